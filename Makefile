@@ -1,0 +1,41 @@
+# The two Quickstart commands (`make demo`, `make test`) work on a fresh machine with only
+# Python 3.11+ and make: each creates .venv and installs what it needs through pyproject.toml.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+
+.PHONY: demo test lint format bench clean
+
+$(VENV)/.stamp-base: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e .
+	touch $@
+
+$(VENV)/.stamp-dev: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[dev]'
+	touch $(VENV)/.stamp-base $@
+
+demo: $(VENV)/.stamp-base
+	$(VENV)/bin/veriml demo
+
+test: $(VENV)/.stamp-dev
+	$(PY) -m pytest
+
+lint: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
+
+format: $(VENV)/.stamp-dev
+	$(VENV)/bin/ruff check --fix src tests benchmarks
+	$(VENV)/bin/ruff format src tests benchmarks
+
+bench: $(VENV)/.stamp-dev
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .veriml .pytest_cache .mypy_cache .ruff_cache build dist

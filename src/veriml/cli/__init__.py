@@ -1,0 +1,5 @@
+"""The ``veriml`` command line."""
+
+from veriml.cli.app import app, main
+
+__all__ = ["app", "main"]

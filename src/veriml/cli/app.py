@@ -1,0 +1,52 @@
+"""The root ``veriml`` typer app: commands grouped by noun, one error boundary."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from veriml.cli import demo, key, log, model, run, witness
+from veriml.cli._common import err_console, state
+from veriml.core.errors import Error
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="veriml",
+    help="veriml: signed models, verifiable inference, and a transparency log.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        bool,
+        typer.Option("--verbose", "-v", envvar="VERIML_VERBOSE", help="Show tracebacks."),
+    ] = False,
+) -> None:
+    state.verbose = verbose
+
+
+for _module in (key, model, run, log, witness, demo):
+    _module.register(app)
+
+
+def main() -> None:
+    """Console entry point: runs the app and turns veriml errors into one-line messages."""
+    verbose = state.verbose or os.environ.get("VERIML_VERBOSE", "") not in ("", "0")
+    try:
+        app()
+    except Error as exc:
+        if state.verbose or verbose:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", markup=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

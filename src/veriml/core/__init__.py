@@ -1,0 +1,57 @@
+"""Core formats shared by every other package: digests, canonical JSON, tensors, keys,
+DSSE/in-toto envelopes and the error hierarchy. Pure logic; the only I/O is key files."""
+
+from veriml.core.canonical import canonical_digest, canonicalize, parse_json_object
+from veriml.core.digest import Digest, sha256_stream
+from veriml.core.dsse import (
+    INTOTO_PAYLOAD_TYPE,
+    STATEMENT_TYPE,
+    Envelope,
+    Signature,
+    Statement,
+    Subject,
+    pae,
+)
+from veriml.core.keys import (
+    KeyKind,
+    SigningKey,
+    VerifyingKey,
+    generate_key,
+    load_private_key,
+    load_public_key,
+)
+from veriml.core.tensors import (
+    canonical_tensor_bytes,
+    tensor_digest,
+    tensor_from_json,
+    tensor_from_npy,
+    tensor_to_json,
+    tensor_to_npy,
+)
+
+__all__ = [
+    "INTOTO_PAYLOAD_TYPE",
+    "STATEMENT_TYPE",
+    "Digest",
+    "Envelope",
+    "KeyKind",
+    "Signature",
+    "SigningKey",
+    "Statement",
+    "Subject",
+    "VerifyingKey",
+    "canonical_digest",
+    "canonical_tensor_bytes",
+    "canonicalize",
+    "generate_key",
+    "load_private_key",
+    "load_public_key",
+    "pae",
+    "parse_json_object",
+    "sha256_stream",
+    "tensor_digest",
+    "tensor_from_json",
+    "tensor_from_npy",
+    "tensor_to_json",
+    "tensor_to_npy",
+]

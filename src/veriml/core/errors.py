@@ -1,0 +1,165 @@
+"""The veriml exception hierarchy.
+
+Every error veriml raises on purpose derives from :class:`Error`, so callers can catch one
+type; each carries the evidence of what went wrong and renders it with :meth:`Error.diagnostics`.
+Security outcomes are always exceptions, never a ``False`` return::
+
+    Error
+    ├── FormatError             bytes or text that do not parse as the format they claim
+    │   └── InvalidTensor       a tensor file or JSON tensor that is malformed or too large
+    ├── KeyFileError            a key file that cannot be read (format, passphrase, type)
+    ├── InvalidModel            a model folder or ONNX file that fails validation
+    ├── InvalidInput            inputs that do not match a model's IO signature
+    ├── ExecutionError          the engine failed to run a valid model on valid inputs
+    ├── StorageError            a store or database could not do what was asked
+    ├── NodeUnavailable         a remote service did not answer
+    └── VerificationError       a check of evidence failed (fails closed)
+        ├── SignatureError      a signature does not verify, or no trusted key signed
+        ├── DigestMismatch      a recomputed digest differs from the claimed one
+        ├── RootMismatchError   a Merkle root recomputed from a proof differs from the expected
+        ├── LogInconsistency    two views of a log cannot both be true
+        └── ReexecutionMismatch re-running the computation gave different outputs
+
+The CLI prints ``diagnostics()`` as one line and exits with :attr:`Error.exit_code`:
+1 for failed verification and service failures, 2 for bad input (a usage error).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "DigestMismatch",
+    "Error",
+    "ExecutionError",
+    "FormatError",
+    "InvalidInput",
+    "InvalidModel",
+    "InvalidTensor",
+    "KeyFileError",
+    "LogInconsistency",
+    "NodeUnavailable",
+    "ReexecutionMismatch",
+    "RootMismatchError",
+    "SignatureError",
+    "StorageError",
+    "VerificationError",
+]
+
+
+class Error(Exception):
+    """Root of every error veriml raises on purpose."""
+
+    exit_code: ClassVar[int] = 1
+
+    def __init__(self, message: str, **evidence: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.evidence: dict[str, Any] = {k: v for k, v in evidence.items() if v is not None}
+
+    def diagnostics(self) -> str:
+        """A human-readable account of the failure and its evidence, on one line."""
+        if not self.evidence:
+            return self.message
+        details = ", ".join(f"{k}={_show(v)}" for k, v in self.evidence.items())
+        return f"{self.message} ({details})"
+
+    def __str__(self) -> str:
+        return self.diagnostics()
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    return str(value)
+
+
+class FormatError(Error):
+    """Input bytes or text do not follow the format they claim to be."""
+
+    exit_code = 2
+
+
+class InvalidTensor(FormatError):
+    """A tensor (npy file, JSON object, raw bytes) is malformed, unsupported or too large."""
+
+
+class KeyFileError(Error):
+    """A key could not be loaded: bad PEM, wrong passphrase, or the wrong kind of key."""
+
+    exit_code = 2
+
+
+class InvalidModel(Error):
+    """A model folder or ONNX file fails validation. ``path`` names the file at fault."""
+
+    exit_code = 2
+
+
+class InvalidInput(Error):
+    """Inputs do not match the model's IO signature: names, dtypes, ranks or static dims."""
+
+    exit_code = 2
+
+
+class ExecutionError(Error):
+    """The engine failed while running a model that passed validation."""
+
+
+class StorageError(Error):
+    """A blob store, database or log storage operation failed."""
+
+
+class NodeUnavailable(Error):
+    """A remote service (node, coordinator, witness) could not be reached in time."""
+
+
+class VerificationError(Error):
+    """A check of evidence failed. ``check`` names the check, as in the verification steps."""
+
+    def __init__(self, message: str, *, check: str | None = None, **evidence: Any) -> None:
+        super().__init__(message, **evidence)
+        self.check = check
+
+    def diagnostics(self) -> str:
+        text = super().diagnostics()
+        return f"{self.check}: {text}" if self.check else text
+
+
+class SignatureError(VerificationError):
+    """A signature does not verify, or none was made by a trusted key."""
+
+
+class DigestMismatch(VerificationError):
+    """A digest recomputed from the data differs from the one claimed."""
+
+    def __init__(
+        self, message: str, *, expected: object, calculated: object, check: str | None = None
+    ) -> None:
+        super().__init__(message, check=check, expected=expected, calculated=calculated)
+        self.expected = expected
+        self.calculated = calculated
+
+
+class RootMismatchError(VerificationError):
+    """The Merkle root recomputed from a proof differs from the expected root."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: bytes,
+        calculated: bytes,
+        check: str | None = None,
+    ) -> None:
+        super().__init__(message, check=check, expected=expected, calculated=calculated)
+        self.expected = expected
+        self.calculated = calculated
+
+
+class LogInconsistency(VerificationError):
+    """Two views of a log (checkpoints, tiles, entries) cannot both be true."""
+
+
+class ReexecutionMismatch(VerificationError):
+    """Re-executing the computation produced outputs that differ from the recorded ones."""
