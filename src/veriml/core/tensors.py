@@ -14,8 +14,8 @@ JSON form: ``{"dtype": ..., "shape": [...], "data": nested lists}`` or, for exac
 from __future__ import annotations
 
 import base64
-import hashlib
 import binascii
+import hashlib
 import io
 import math
 from collections.abc import Mapping
