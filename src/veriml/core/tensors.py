@@ -189,12 +189,13 @@ def tensor_from_npy(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -
             ".npy data length does not match its header", expected=expected, got=len(body)
         )
     array = np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
-    return np.ascontiguousarray(array.astype(dtype.newbyteorder("="), copy=False))
+    # astype(order="C") rather than ascontiguousarray, which turns 0-d arrays into 1-d.
+    return array.astype(dtype.newbyteorder("="), order="C")
 
 
 def tensor_to_npy(array: Array) -> bytes:
     """The ``.npy`` bytes of ``array``."""
     _dtype_name(array)
     buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
+    np.save(buf, array, allow_pickle=False)
     return buf.getvalue()
