@@ -1,0 +1,5 @@
+"""``python -m veriml`` runs the CLI."""
+
+from veriml.cli import main
+
+main()
