@@ -12,6 +12,7 @@ Security outcomes are always exceptions, never a ``False`` return::
     ├── InvalidInput            inputs that do not match a model's IO signature
     ├── ExecutionError          the engine failed to run a valid model on valid inputs
     ├── StorageError            a store or database could not do what was asked
+    ├── NotFound                the asked-for entry, tile, proof or checkpoint does not exist
     ├── NodeUnavailable         a remote service did not answer
     └── VerificationError       a check of evidence failed (fails closed)
         ├── SignatureError      a signature does not verify, or no trusted key signed
@@ -39,6 +40,7 @@ __all__ = [
     "KeyFileError",
     "LogInconsistency",
     "NodeUnavailable",
+    "NotFound",
     "ReexecutionMismatch",
     "RootMismatchError",
     "SignatureError",
@@ -108,6 +110,12 @@ class ExecutionError(Error):
 
 class StorageError(Error):
     """A blob store, database or log storage operation failed."""
+
+
+class NotFound(Error):
+    """The asked-for thing (log entry, tile, proof size, checkpoint) does not exist (yet)."""
+
+    exit_code = 2
 
 
 class NodeUnavailable(Error):
