@@ -1,5 +1,35 @@
-"""Model packages: OMS digests and signatures, ONNX validation, IO signatures, blob store."""
+"""Model packages: OMS digests and signatures, ONNX validation, IO signatures, blob store.
 
+The public surface other packages build on::
+
+    pkg = ModelPackage.load(Path("my-model"))       # validated; raises InvalidModel
+    pkg.digest, pkg.onnx_path, pkg.io, pkg.load_proto()
+    model_digest(Path("my-model"))                  # OMS root digest, sha256:<hex>
+    sign_model(Path("my-model"), Path("publisher.key"))
+    verify_model(Path("my-model"), Path("publisher.key.pub"))
+"""
+
+from veriml.models.blobstore import BlobRef, BlobStore
+from veriml.models.card import ModelCard
+from veriml.models.digest import ManifestEntry, model_digest
+from veriml.models.package import ModelPackage
 from veriml.models.signature import Dim, IOSignature, TensorSpec, io_signature
+from veriml.models.signing import sign_model, verify_model
+from veriml.models.validate import Limits, validate_onnx
 
-__all__ = ["Dim", "IOSignature", "TensorSpec", "io_signature"]
+__all__ = [
+    "BlobRef",
+    "BlobStore",
+    "Dim",
+    "IOSignature",
+    "Limits",
+    "ManifestEntry",
+    "ModelCard",
+    "ModelPackage",
+    "TensorSpec",
+    "io_signature",
+    "model_digest",
+    "sign_model",
+    "validate_onnx",
+    "verify_model",
+]
