@@ -1,7 +1,146 @@
-"""`veriml model` commands (being written)."""
+"""``veriml model``: digest, sign, verify and inspect model folders (OMS signatures)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.table import Table
+
+from veriml.cli._common import JsonOpt, console, print_json
+from veriml.cli.key import read_passphrase
+from veriml.models import ModelPackage, model_digest, sign_model, verify_model
+from veriml.models.signature import TensorSpec
+from veriml.models.signing import signed_digest
+
+app = typer.Typer(help="Digest, sign, verify and inspect model folders.", no_args_is_help=True)
+
+ModelDir = Annotated[
+    Path,
+    typer.Argument(
+        help="The model folder.", exists=True, file_okay=False, dir_okay=True, resolve_path=False
+    ),
+]
+SignatureOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--signature",
+        "-s",
+        envvar="VERIML_MODEL_SIGNATURE",
+        help="OMS signature bundle (default DIR/model.sig).",
+    ),
+]
+IgnoreOpt = Annotated[
+    list[Path] | None,
+    typer.Option("--ignore", help="Leave this path (relative to DIR) out of the digest."),
+]
+
+
+@app.command("digest")
+def digest(model: ModelDir, ignore: IgnoreOpt = None, json_out: JsonOpt = False) -> None:
+    """Print the OMS root digest of a model folder, as model_signing computes it."""
+    value = model_digest(model, ignore=ignore or ())
+    if json_out:
+        print_json({"path": str(model), "digest": str(value)})
+    else:
+        console.print(str(value))
+
+
+@app.command("sign")
+def sign(
+    model: ModelDir,
+    key: Annotated[
+        Path,
+        typer.Option(
+            "--key",
+            "-k",
+            envvar="VERIML_MODEL_KEY",
+            help="EC (P-256/P-384) private key PEM; make one with `veriml key new --type ec`.",
+        ),
+    ],
+    signature: SignatureOpt = None,
+    passphrase_env: Annotated[
+        str | None,
+        typer.Option(
+            "--passphrase-env",
+            envvar="VERIML_MODEL_KEY_PASSPHRASE_ENV",
+            help="Name of the environment variable holding the key's passphrase.",
+        ),
+    ] = None,
+    ignore: IgnoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Sign a model folder; writes an OMS signature bundle (default DIR/model.sig)."""
+    written = sign_model(
+        model,
+        key,
+        signature=signature,
+        passphrase=read_passphrase(passphrase_env),
+        ignore=ignore or (),
+    )
+    value = signed_digest(written)
+    if json_out:
+        print_json({"path": str(model), "digest": str(value), "signature": str(written)})
+    else:
+        console.print(f"signed {model} {value}")
+        console.print(f"wrote {written}")
+
+
+@app.command("verify")
+def verify(
+    model: ModelDir,
+    pubkey: Annotated[
+        Path,
+        typer.Option(
+            "--pubkey", "-p", envvar="VERIML_MODEL_PUBKEY", help="The publisher's EC public key."
+        ),
+    ],
+    signature: SignatureOpt = None,
+    ignore: IgnoreOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Check a model folder against its OMS signature; exit 1 naming the failed check."""
+    value = verify_model(model, pubkey, signature=signature, ignore=ignore or ())
+    if json_out:
+        print_json({"path": str(model), "digest": str(value), "verified": True})
+    else:
+        console.print(f"verified {model} {value}")
+
+
+def _shape(spec: TensorSpec) -> str:
+    if spec.shape is None:
+        return "?"
+    return "[" + ", ".join("?" if d is None else str(d) for d in spec.shape) + "]"
+
+
+@app.command("inspect")
+def inspect(model: ModelDir, json_out: JsonOpt = False) -> None:
+    """Validate a model folder and show its IO signature, opsets, size, digest and card."""
+    pkg = ModelPackage.load(model)
+    if json_out:
+        print_json(pkg.to_json())
+        return
+    console.print(f"[bold]{escape(str(pkg.path))}[/]  {pkg.digest}")
+    opsets = ", ".join(f"{domain} {version}" for domain, version in sorted(pkg.opsets.items()))
+    onnx_name = escape(str(pkg.onnx_path.relative_to(pkg.path)))
+    console.print(f"onnx {onnx_name}  size {pkg.size:,} bytes  opsets {escape(opsets)}")
+    table = Table("", "name", "dtype", "shape", title="IO signature", title_justify="left")
+    for kind, specs in (("input", pkg.io.inputs), ("output", pkg.io.outputs)):
+        for spec in specs:
+            table.add_row(kind, escape(spec.name), spec.dtype, escape(_shape(spec)))
+    console.print(table)
+    if pkg.card is None:
+        console.print("no model card (README.md front matter)")
+        return
+    card = Table("field", "value", title="model card", title_justify="left")
+    for field, value in pkg.card.to_json().items():
+        shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+        card.add_row(escape(field), escape(shown))
+    console.print(card)
 
 
 def register(root: typer.Typer) -> None:
-    """Add this module's commands to the root app."""
+    """Add the ``model`` command group to the root app."""
+    root.add_typer(app, name="model")

@@ -33,6 +33,7 @@ from model_signing._signing import sign_sigstore_pb as ms_sigstore_pb
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     DigestMismatch,
+    FormatError,
     InvalidModel,
     KeyFileError,
     SignatureError,
@@ -47,7 +48,13 @@ from veriml.models.digest import (
     root_digest,
 )
 
-__all__ = ["MAX_SIGNATURE_BYTES", "default_signature_path", "sign_model", "verify_model"]
+__all__ = [
+    "MAX_SIGNATURE_BYTES",
+    "default_signature_path",
+    "sign_model",
+    "signed_digest",
+    "verify_model",
+]
 
 # A bundle lists every file with its digest (~150 bytes each): 64 MiB is ~400k files.
 MAX_SIGNATURE_BYTES = 64 << 20
@@ -135,6 +142,24 @@ def _read_bundle(sig_path: Path) -> Any:
             "not an OMS signature bundle",
             check="signature-file",
             path=str(sig_path),
+            reason=f"{type(exc).__name__}: {exc}",
+        ) from exc
+
+
+def signed_digest(signature: Path) -> Digest:
+    """The root digest an OMS bundle *claims* to sign, read without verifying anything.
+
+    Useful to show what a signature is about; use :func:`verify_model` to trust it.
+    """
+    bundle = _read_bundle(signature)
+    try:
+        statement = json.loads(bundle.bundle.dsse_envelope.payload)
+        return Digest.from_hex(statement["subject"][0]["digest"]["sha256"])
+    except (ValueError, KeyError, TypeError, IndexError, AttributeError, FormatError) as exc:
+        raise SignatureError(
+            "the bundle holds no OMS statement subject",
+            check="statement",
+            path=str(signature),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
 
