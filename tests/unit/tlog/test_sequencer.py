@@ -1,0 +1,202 @@
+"""The sequencer, on SQLite and PostgreSQL: indexes are durable, checkpoints consistent, and
+many writers (threads and processes) build one log."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from veriml.core.errors import FormatError
+from veriml.core.keys import generate_key
+from veriml.tlog.checkpoint import open_checkpoint
+from veriml.tlog.merkle import (
+    EMPTY_ROOT,
+    consistency_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+)
+from veriml.tlog.note import NoteSigner, NoteVerifier
+from veriml.tlog.sequencer import Sequencer, sign_checkpoint
+from veriml.tlog.storage import MAX_ENTRY_SIZE, LogStorage
+
+ORIGIN = "example.com/sequencer-test"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/log.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+@pytest.fixture
+def signer() -> NoteSigner:
+    return NoteSigner(ORIGIN, generate_key())
+
+
+def open_storage(url: str, signer: NoteSigner) -> LogStorage:
+    storage = LogStorage(url)
+    storage.create(
+        origin=ORIGIN,
+        vkey=signer.vkey,
+        empty_root=EMPTY_ROOT,
+        empty_note=sign_checkpoint(signer, ORIGIN, 0, EMPTY_ROOT),
+    )
+    return storage
+
+
+def assert_log_is_sound(storage: LogStorage, signer: NoteSigner) -> list[bytes]:
+    """The tree recomputed from the stored entries matches the state, and every checkpoint
+    ever signed verifies and is consistent with the latest one."""
+    state = storage.state()
+    entries = storage.entries(0, state.size)
+    leaves = [leaf_hash(e) for e in entries]
+    assert state.root_hash == root_from_leaf_hashes(leaves)
+    verifier = NoteVerifier.from_vkey(signer.vkey)
+    notes = storage.checkpoints()
+    assert notes[-1][0] == state.size
+    for size, note in notes:
+        checkpoint, _ = open_checkpoint(note, verifier, origin=ORIGIN)
+        assert checkpoint.size == size
+        assert checkpoint.root_hash == root_from_leaf_hashes(leaves[:size])
+        if size > 0:
+            proof = consistency_proof(size, state.size, leaves)
+            verify_consistency(size, state.size, proof, checkpoint.root_hash, state.root_hash)
+    return entries
+
+
+def test_each_entry_is_at_its_acknowledged_index(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, batch_size=64, max_interval=0.01)
+    entries = [b'{"n":%d}' % i for i in range(300)]
+    indexes = seq.add_many(entries)
+    seq.close()
+    stored = assert_log_is_sound(storage, signer)
+    assert sorted(indexes) == list(range(300))
+    for entry, index in zip(entries, indexes, strict=True):
+        assert stored[index] == entry
+    assert len(storage.checkpoints()) > 2  # one signed checkpoint per batch, plus size 0
+    storage.close()
+
+
+def test_dedup_returns_the_existing_index(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, batch_size=16, max_interval=0.01, dedup=True)
+    first = seq.add(b"same")
+    again = seq.add_many([b"other", b"same", b"other"])
+    seq.close()
+    assert again == [first + 1, first, first + 1]
+    assert storage.state().size == 2
+    storage.close()
+
+
+def test_without_dedup_duplicates_get_new_indexes(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, max_interval=0.0)
+    assert [seq.add(b"same"), seq.add(b"same")] == [0, 1]
+    seq.close()
+    storage.close()
+
+
+def test_async_callers_get_indexes_too(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, max_interval=0.01)
+
+    async def main() -> list[int]:
+        return list(await asyncio.gather(*(seq.add_async(b"%d" % i) for i in range(50))))
+
+    assert sorted(asyncio.run(main())) == list(range(50))
+    seq.close()
+    storage.close()
+
+
+def test_oversize_entries_are_refused_before_queueing(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer)
+    with pytest.raises(FormatError, match="too large"):
+        seq.submit(b"x" * (MAX_ENTRY_SIZE + 1))
+    seq.close()
+    assert storage.state().size == 0
+    storage.close()
+
+
+def test_threads_with_their_own_sequencers_build_one_log(db_url: str, signer: NoteSigner) -> None:
+    # Two storages (as two replicas would have) with two sequencers, four threads each.
+    storages = [open_storage(db_url, signer) for _ in range(2)]
+    sequencers = [Sequencer(s, signer, batch_size=32, max_interval=0.005) for s in storages]
+    acked: dict[bytes, int] = {}
+    lock = threading.Lock()
+
+    def writer(seq: Sequencer, name: int) -> None:
+        for i in range(40):
+            entry = b"w%d-%d" % (name, i)
+            index = seq.add(entry)
+            with lock:
+                acked[entry] = index
+
+    threads = [threading.Thread(target=writer, args=(sequencers[n % 2], n)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    for seq in sequencers:
+        seq.close()
+    stored = assert_log_is_sound(storages[0], signer)
+    assert len(stored) == len(acked) == 320
+    assert all(stored[index] == entry for entry, index in acked.items())
+    for s in storages:
+        s.close()
+
+
+WRITER = textwrap.dedent(
+    """
+    import sys
+    from veriml.core.keys import load_private_key
+    from veriml.tlog.note import NoteSigner
+    from veriml.tlog.sequencer import Sequencer
+    from veriml.tlog.storage import LogStorage
+
+    url, key, name, origin = sys.argv[1:5]
+    signer = NoteSigner(origin, load_private_key(key.encode()))
+    storage = LogStorage(url)
+    seq = Sequencer(storage, signer, batch_size=16, max_interval=0.002)
+    for i in range(60):
+        entry = f"{name}-{i}".encode()
+        print(entry.decode(), seq.add(entry), flush=True)
+    seq.close()
+    storage.close()
+    """
+)
+
+
+@pytest.mark.slow
+def test_processes_on_one_database_build_one_log(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    key_pem = signer.key.to_pem().decode()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, db_url, key_pem, f"p{n}", ORIGIN],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(3)
+    ]
+    acked: dict[bytes, int] = {}
+    for proc in procs:
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0
+        for line in out.splitlines():
+            entry, index = line.split()
+            acked[entry.encode()] = int(index)
+    stored = assert_log_is_sound(storage, signer)
+    assert len(stored) == len(acked) == 180
+    assert all(stored[index] == entry for entry, index in acked.items())
+    storage.close()
