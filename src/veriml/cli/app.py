@@ -7,6 +7,7 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from veriml.cli import demo, key, log, model, run, witness
 from veriml.cli._common import err_console, state
@@ -45,7 +46,8 @@ def main() -> None:
     except Error as exc:
         if state.verbose or verbose:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.diagnostics()}", markup=True)
+        # Escaped: diagnostics hold shapes like [n,5] that rich would take for markup.
+        err_console.print(f"[bold red]error:[/] {escape(exc.diagnostics())}", markup=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")
