@@ -1,0 +1,320 @@
+"""The :class:`Log` facade: one transparency log on one database.
+
+A log writes through a batching :class:`~veriml.tlog.sequencer.Sequencer` and reads proofs,
+tiles and entry bundles back from its tiles (C2SP tlog-tiles, https://c2sp.org/tlog-tiles):
+a proof is planned with :func:`~veriml.tlog.merkle.inclusion_nodes` /
+:func:`~veriml.tlog.merkle.consistency_nodes`, each planned node is recomputed from the one
+tile that holds its subtree, and the plan folds them into the proof.
+
+>>> from veriml.core.keys import generate_key
+>>> from veriml.tlog.note import NoteSigner
+>>> signer = NoteSigner("example.com/log", generate_key())  # doctest: +SKIP
+>>> with Log.open("sqlite:///log.db", signer) as log:  # doctest: +SKIP
+...     index = log.add(b'{"type":"hello"}')
+...     proof = log.inclusion_proof(index, log.size)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from types import TracebackType
+
+from veriml.core.errors import FormatError, NotFound, StorageError
+from veriml.tlog.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    MAX_SIZE,
+    NodeID,
+    consistency_nodes,
+    inclusion_nodes,
+    root_from_leaf_hashes,
+)
+from veriml.tlog.note import NoteSigner
+from veriml.tlog.sequencer import Publisher, Sequencer, sign_checkpoint
+from veriml.tlog.storage import LogStorage, TreeState
+from veriml.tlog.tiles import TilePath, encode_entry_bundle
+from veriml.tlog.witness import WitnessClient, collect_cosignatures
+
+__all__ = ["Log", "LogOptions"]
+
+TILE_HEIGHT = 8
+TILE_WIDTH = 1 << TILE_HEIGHT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogOptions:
+    """How a log sequences: batch size, batch interval (seconds), dedup, tile cache size.
+
+    With ``witnesses``, each new checkpoint is pushed to them (C2SP tlog-witness) after its
+    batch commits, and served with the cosignatures that came back; with ``quorum`` > 0 it is
+    served only if at least that many witnesses cosigned (otherwise the previous checkpoint
+    stays published and the next batch tries again). Without witnesses a checkpoint is
+    published in the same transaction that integrates its batch.
+    """
+
+    batch_size: int = 1024
+    batch_interval: float = 0.05
+    dedup: bool = False
+    tile_cache: int = 2048
+    witnesses: Sequence[WitnessClient] = ()
+    quorum: int = 0
+
+
+class Log:
+    """A transparency log stored in a database. Build it with :meth:`open`.
+
+    Thread-safe. Sizes given to the read methods are bounded by the integrated tree size;
+    servers bound them further by the published checkpoint.
+    """
+
+    def __init__(
+        self,
+        storage: LogStorage,
+        state: TreeState,
+        signer: NoteSigner | None,
+        options: LogOptions,
+    ) -> None:
+        self._storage = storage
+        self._origin = state.origin
+        self._vkey = state.vkey
+        self._signer = signer
+        self._sequencer: Sequencer | None = None
+        if signer is not None:
+            self._sequencer = Sequencer(
+                storage,
+                signer,
+                batch_size=options.batch_size,
+                max_interval=options.batch_interval,
+                dedup=options.dedup,
+                publisher=self._witness_publisher(options) if options.witnesses else None,
+            )
+
+    def _witness_publisher(self, options: LogOptions) -> Publisher:
+        if options.quorum > len(options.witnesses):
+            raise FormatError(
+                "quorum exceeds the number of witnesses",
+                quorum=options.quorum,
+                witnesses=len(options.witnesses),
+            )
+        # Sizes each witness last cosigned; 0 at start, corrected by the witness's 409 answer.
+        old_sizes: dict[str, int] = {}
+
+        def publish(size: int, note: bytes) -> bytes:
+            return collect_cosignatures(
+                options.witnesses, old_sizes, self.consistency_proof, note, options.quorum
+            )
+
+        return publish
+
+    @classmethod
+    def open(
+        cls,
+        url: str,
+        signer: NoteSigner,
+        *,
+        origin: str | None = None,
+        options: LogOptions | None = None,
+    ) -> Log:
+        """Open the log at ``url``, creating it (with a signed empty checkpoint) if absent.
+
+        ``origin`` defaults to the signer's key name, as C2SP tlog-checkpoint recommends.
+        A database holding a log of another origin or key is refused.
+        """
+        options = options or LogOptions()
+        origin = origin or signer.name
+        storage = LogStorage(url, tile_cache=options.tile_cache)
+        try:
+            state = storage.create(
+                origin=origin,
+                vkey=signer.vkey,
+                empty_root=EMPTY_ROOT,
+                empty_note=sign_checkpoint(signer, origin, 0, EMPTY_ROOT),
+            )
+        except BaseException:
+            storage.close()
+            raise
+        return cls(storage, state, signer, options)
+
+    @classmethod
+    def open_readonly(cls, url: str, *, tile_cache: int = 2048) -> Log:
+        """Open an existing log to read and serve it, without its key (``add`` refuses)."""
+        storage = LogStorage(url, tile_cache=tile_cache)
+        try:
+            state = storage.state()
+        except BaseException:
+            storage.close()
+            raise
+        return cls(storage, state, None, LogOptions(tile_cache=tile_cache))
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Integrate what is queued, then release the database."""
+        if self._sequencer is not None:
+            self._sequencer.close()
+        self._storage.close()
+
+    def __enter__(self) -> Log:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    # -- identity and state ---------------------------------------------------------------
+
+    @property
+    def origin(self) -> str:
+        return self._origin
+
+    @property
+    def vkey(self) -> str:
+        """The log's signed-note verifier key, ``name+hash+base64``."""
+        return self._vkey
+
+    @property
+    def storage(self) -> LogStorage:
+        return self._storage
+
+    @property
+    def size(self) -> int:
+        """Entries durably integrated (possibly more than the published checkpoint covers)."""
+        return self._storage.state().size
+
+    @property
+    def published_size(self) -> int:
+        return self._storage.state().published_size
+
+    def checkpoint(self) -> bytes:
+        """The published signed checkpoint note (with any witness cosignatures)."""
+        return self._storage.checkpoint()[1]
+
+    def checkpoint_at(self, size: int) -> bytes:
+        """The note signed when the tree reached ``size``."""
+        return self._storage.checkpoint(size)[1]
+
+    # -- writing --------------------------------------------------------------------------
+
+    def _writer(self) -> Sequencer:
+        if self._sequencer is None:
+            raise StorageError("this log was opened read-only", origin=self._origin)
+        return self._sequencer
+
+    def add(self, entry: bytes, *, timeout: float | None = None) -> int:
+        """Append ``entry`` (≤ 64 KiB) and return its index once durably integrated."""
+        return self._writer().add(entry, timeout=timeout)
+
+    def add_many(self, entries: Sequence[bytes], *, timeout: float | None = None) -> list[int]:
+        """Append several entries; they may share batches with other writers' entries."""
+        return self._writer().add_many(entries, timeout=timeout)
+
+    async def add_async(self, entry: bytes) -> int:
+        return await self._writer().add_async(entry)
+
+    # -- proofs ---------------------------------------------------------------------------
+
+    def _bound(self, size: int, limit: int | None) -> None:
+        if not 0 <= size < MAX_SIZE:
+            raise FormatError("tree size out of range", size=size)
+        current = self.size if limit is None else limit
+        if size > current:
+            raise NotFound("tree size is beyond the log", size=size, tree_size=current)
+
+    def inclusion_proof(self, index: int, size: int, *, limit: int | None = None) -> list[bytes]:
+        """RFC 9162 §2.1.3 inclusion proof of entry ``index`` in the tree of ``size``."""
+        self._bound(size, limit)
+        if not 0 <= index < size:
+            raise FormatError("index must be below the tree size", index=index, size=size)
+        plan = inclusion_nodes(index, size)
+        return plan.rehash(self._node_hashes(plan.ids))
+
+    def inclusion_proof_by_hash(
+        self, leaf_hash: bytes, size: int, *, limit: int | None = None
+    ) -> tuple[int, list[bytes]]:
+        """The lowest index below ``size`` holding ``leaf_hash``, and its inclusion proof."""
+        if len(leaf_hash) != HASH_SIZE:
+            raise FormatError("a leaf hash is 32 bytes", length=len(leaf_hash))
+        self._bound(size, limit)
+        index = self._storage.find_leaf(leaf_hash, size)
+        if index is None:
+            raise NotFound("no entry with that leaf hash", leaf_hash=leaf_hash, size=size)
+        return index, self.inclusion_proof(index, size, limit=limit)
+
+    def consistency_proof(self, old: int, new: int, *, limit: int | None = None) -> list[bytes]:
+        """RFC 9162 §2.1.4 consistency proof from the tree of ``old`` to that of ``new``."""
+        self._bound(new, limit)
+        if not 0 <= old <= new:
+            raise FormatError("consistency needs 0 ≤ old ≤ new", old=old, new=new)
+        if old == 0 or old == new:
+            return []
+        plan = consistency_nodes(old, new)
+        return plan.rehash(self._node_hashes(plan.ids))
+
+    def _node_hashes(self, ids: Sequence[NodeID]) -> list[bytes]:
+        # Node (8L + k, i) is the root of the 2**k hashes of tile level L starting at i * 2**k.
+        spots: list[tuple[tuple[int, int], int, int]] = []
+        for node in ids:
+            tile_level, k = divmod(node.level, TILE_HEIGHT)
+            first = node.index << k
+            spots.append(((tile_level, first >> TILE_HEIGHT), first % TILE_WIDTH, 1 << k))
+        tiles = self._storage.tiles([key for key, _, _ in spots])
+        out: list[bytes] = []
+        for key, offset, count in spots:
+            data = tiles.get(key, b"")
+            chunk = data[offset * HASH_SIZE : (offset + count) * HASH_SIZE]
+            if len(chunk) != count * HASH_SIZE:
+                raise StorageError(
+                    "a tile needed for the proof is missing or short",
+                    level=key[0],
+                    index=key[1],
+                    have=len(data) // HASH_SIZE,
+                    need=offset + count,
+                )
+            if count == 1:
+                out.append(chunk)
+            else:
+                hashes = [chunk[i : i + HASH_SIZE] for i in range(0, len(chunk), HASH_SIZE)]
+                out.append(root_from_leaf_hashes(hashes))
+        return out
+
+    # -- tiles ----------------------------------------------------------------------------
+
+    def _tile_width(self, path: TilePath, level: int, size: int) -> int:
+        available = (size >> (TILE_HEIGHT * level)) - path.index * TILE_WIDTH
+        if available < path.width:
+            raise NotFound("tile is beyond the tree", path=path.to_path(), tree_size=size)
+        return path.width
+
+    def read_tile(self, path: TilePath, *, size: int | None = None) -> bytes:
+        """The bytes of hash tile ``path`` as of the tree of ``size`` (default: published).
+
+        A partial tile narrower than the stored one is its prefix: tiles only grow.
+        """
+        if path.level == "entries":
+            return self.read_entry_bundle(path, size=size)
+        size = self.published_size if size is None else size
+        width = self._tile_width(path, path.level, size)
+        stored = self._storage.tiles([(path.level, path.index)]).get((path.level, path.index))
+        if stored is None or len(stored) < width * HASH_SIZE:
+            raise StorageError("stored tile is missing or short", path=path.to_path())
+        return stored[: width * HASH_SIZE]
+
+    def read_entry_bundle(self, path: TilePath, *, size: int | None = None) -> bytes:
+        """Entry bundle ``tile/entries/N[.p/W]``: big-endian uint16 length-prefixed entries."""
+        if path.level != "entries":
+            raise FormatError("not an entry bundle path", path=path.to_path())
+        size = self.published_size if size is None else size
+        width = self._tile_width(path, 0, size)
+        start = path.index * TILE_WIDTH
+        return encode_entry_bundle(self._storage.entries(start, start + width))
+
+    def entries(self, start: int, end: int) -> list[bytes]:
+        """Entries ``[start, end)`` of the integrated tree."""
+        if not 0 <= start <= end <= self.size:
+            raise NotFound("entries beyond the log", start=start, end=end)
+        return self._storage.entries(start, end)
