@@ -27,6 +27,7 @@ from veriml.tlog.merkle import (
     verify_inclusion,
 )
 from veriml.tlog.note import Note, NoteSignature, NoteSigner, NoteVerifier, open_note, sign_note
+from veriml.tlog.proof import TlogProof, verify_tlog_proof
 from veriml.tlog.tiles import (
     TILE_HEIGHT,
     TILE_WIDTH,
@@ -60,6 +61,7 @@ __all__ = [
     "ProofPlan",
     "TileHashReader",
     "TilePath",
+    "TlogProof",
     "build_tiles",
     "bundles_for_size",
     "consistency_nodes",
@@ -86,4 +88,5 @@ __all__ = [
     "tiles_for_size",
     "verify_consistency",
     "verify_inclusion",
+    "verify_tlog_proof",
 ]

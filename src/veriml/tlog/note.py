@@ -68,7 +68,7 @@ def b64decode_strict(text: str, what: str) -> bytes:
     return raw
 
 
-def _b64(raw: bytes) -> str:
+def b64encode(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
@@ -100,7 +100,7 @@ class NoteSignature:
     def to_line(self) -> str:
         """``— <name> base64(key ID || signature)`` followed by a newline."""
         raw = self.key_hash.to_bytes(4, "big") + self.signature
-        return f"{_DASH}{self.name} {_b64(raw)}\n"
+        return f"{_DASH}{self.name} {b64encode(raw)}\n"
 
     @classmethod
     def from_line(cls, line: str) -> NoteSignature:
@@ -229,7 +229,7 @@ class NoteSigner:
     def vkey(self) -> str:
         """The verifier key text: ``name+hash+base64(0x01 || public key)``."""
         raw = bytes([ALG_ED25519]) + self.key.public.raw()
-        return f"{self.name}+{self.key_hash:08x}+{_b64(raw)}"
+        return f"{self.name}+{self.key_hash:08x}+{b64encode(raw)}"
 
     def sign(self, message: bytes) -> bytes:
         return self.key.sign(message)
@@ -265,7 +265,7 @@ class NoteVerifier:
     @property
     def vkey(self) -> str:
         raw = bytes([ALG_ED25519]) + self.key.raw()
-        return f"{self.name}+{self.key_hash:08x}+{_b64(raw)}"
+        return f"{self.name}+{self.key_hash:08x}+{b64encode(raw)}"
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """Raise :class:`SignatureError` unless ``signature`` is this key's over ``message``."""
