@@ -131,10 +131,10 @@ class Log:
                 empty_root=EMPTY_ROOT,
                 empty_note=sign_checkpoint(signer, origin, 0, EMPTY_ROOT),
             )
+            return cls(storage, state, signer, options)
         except BaseException:
             storage.close()
             raise
-        return cls(storage, state, signer, options)
 
     @classmethod
     def open_readonly(cls, url: str, *, tile_cache: int = 2048) -> Log:

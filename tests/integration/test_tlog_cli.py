@@ -1,0 +1,236 @@
+"""``veriml log new/serve/add/checkpoint`` as a user runs them, and witness cosigning of the
+checkpoints a log publishes."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from fastapi import FastAPI
+
+from veriml.core.errors import FormatError, SignatureError
+from veriml.core.keys import generate_key
+from veriml.tlog.checkpoint import open_checkpoint
+from veriml.tlog.cosignature import CosignatureSigner, CosignatureVerifier
+from veriml.tlog.log import Log, LogOptions
+from veriml.tlog.merkle import leaf_hash, root_from_leaf_hashes
+from veriml.tlog.note import NoteSigner, NoteVerifier, open_note
+from veriml.tlog.storage import MAX_ENTRY_SIZE
+from veriml.tlog.witness import WitnessClient, create_witness_app
+
+ORIGIN = "example.com/cli-test"
+VERIML = [sys.executable, "-m", "veriml"]
+
+
+def veriml(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    done = subprocess.run(
+        [*VERIML, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    if check:
+        assert done.returncode == 0, done.stderr
+    return done
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _ThreadServer(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
+        pass
+
+
+@contextlib.contextmanager
+def serve(app: FastAPI) -> Iterator[str]:
+    """Run ``app`` with uvicorn on a free 127.0.0.1 port; stop it when the block ends."""
+    port = free_port()
+    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "server failed to start"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@contextlib.contextmanager
+def log_server(*args: str) -> Iterator[str]:
+    """``veriml log serve ARGS`` as a subprocess on a free loopback port."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*VERIML, "log", "serve", "--port", str(port), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "log server did not start"
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/checkpoint", timeout=1).status_code == 200:
+                    break
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+@pytest.fixture(scope="module")
+def log_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    key = tmp_path_factory.mktemp("key") / "log.key"
+    done = veriml("log", "new", "--origin", ORIGIN, "--key-out", str(key))
+    return key, done.stdout.strip()
+
+
+def test_log_new_writes_a_private_key_and_prints_the_verifier_key(
+    log_key: tuple[Path, str],
+) -> None:
+    key, vkey = log_key
+    assert key.stat().st_mode & 0o777 == 0o600
+    verifier = NoteVerifier.from_vkey(vkey)
+    assert verifier.name == ORIGIN
+    sidecar = json.loads(key.with_name(key.name + ".json").read_text())
+    assert sidecar == {"origin": ORIGIN, "vkey": vkey}
+    assert "PRIVATE" not in vkey
+
+
+def test_log_new_refuses_to_overwrite_a_key(log_key: tuple[Path, str]) -> None:
+    key, _ = log_key
+    done = veriml("log", "new", "--origin", ORIGIN, "--key-out", str(key), check=False)
+    assert done.returncode == 2
+    assert "overwrite" in done.stderr
+
+
+@pytest.mark.slow
+def test_serve_add_and_checkpoint_round_trip(log_key: tuple[Path, str], tmp_path: Path) -> None:
+    key, vkey = log_key
+    files = []
+    for i in range(3):
+        f = tmp_path / f"e{i}.json"
+        f.write_bytes(b'{"type":"cli","n":%d}' % i)
+        files.append(f)
+    big = tmp_path / "big.bin"
+    big.write_bytes(b"x" * (MAX_ENTRY_SIZE + 1))
+    with log_server("--db", f"sqlite:///{tmp_path}/log.db", "--key", str(key)) as url:
+        added = veriml("log", "add", url, *map(str, files), "--json")
+        assert [r["index"] for r in json.loads(added.stdout)] == [0, 1, 2]
+        plain = veriml("log", "checkpoint", url)
+        checkpoint, _ = open_checkpoint(
+            plain.stdout.encode(), NoteVerifier.from_vkey(vkey), origin=ORIGIN
+        )
+        assert checkpoint.size == 3
+        leaves = [leaf_hash(f.read_bytes()) for f in files]
+        assert checkpoint.root_hash == root_from_leaf_hashes(leaves)
+        as_json = json.loads(veriml("log", "checkpoint", url, "--json").stdout)
+        assert as_json["size"] == 3
+        assert as_json["root_hash"] == checkpoint.root_hash.hex()
+
+        too_big = veriml("log", "add", url, str(big), check=False)
+        assert too_big.returncode == 2
+        assert too_big.stderr.count("\n") == 1  # one line, no traceback
+    unreachable = veriml("log", "checkpoint", url, check=False)
+    assert unreachable.returncode == 1
+    assert "unreachable" in unreachable.stderr
+
+
+def test_a_malformed_witness_option_is_a_usage_error(
+    log_key: tuple[Path, str], tmp_path: Path
+) -> None:
+    key, _ = log_key
+    done = veriml(
+        "log",
+        "serve",
+        "--db",
+        f"sqlite:///{tmp_path}/log.db",
+        "--key",
+        str(key),
+        "--witness",
+        "no-equals-sign",
+        check=False,
+    )
+    assert done.returncode == 2
+
+
+@pytest.fixture
+def witness(tmp_path: Path) -> Iterator[tuple[str, CosignatureVerifier, NoteSigner]]:
+    log_signer = NoteSigner(ORIGIN, generate_key())
+    cosigner = CosignatureSigner("witness.example/w1", generate_key())
+    app = create_witness_app(
+        tmp_path / "witness.db", cosigner, [NoteVerifier.from_vkey(log_signer.vkey)]
+    )
+    with serve(app) as url:
+        yield url, CosignatureVerifier.from_vkey(cosigner.vkey), log_signer
+
+
+def test_published_checkpoints_carry_the_witness_cosignature(
+    tmp_path: Path, witness: tuple[str, CosignatureVerifier, NoteSigner]
+) -> None:
+    url, cosigner, log_signer = witness
+    client = WitnessClient(url, cosigner)
+    opts = LogOptions(batch_interval=0.0, witnesses=(client,), quorum=1)
+    with Log.open(f"sqlite:///{tmp_path}/log.db", log_signer, options=opts) as log:
+        for round_ in range(3):
+            log.add_many([b"w%d-%d" % (round_, i) for i in range(5)])
+            deadline = time.monotonic() + 10
+            while log.published_size < 5 * (round_ + 1) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            note = open_note(log.checkpoint(), [NoteVerifier.from_vkey(log_signer.vkey), cosigner])
+            assert {s.name for s in note.verified} == {ORIGIN, "witness.example/w1"}
+    client.close()
+
+
+def test_without_a_quorum_the_checkpoint_is_not_published(
+    tmp_path: Path, witness: tuple[str, CosignatureVerifier, NoteSigner]
+) -> None:
+    _, cosigner, log_signer = witness
+    dead = WitnessClient(f"http://127.0.0.1:{free_port()}", cosigner, timeout=1)
+    opts = LogOptions(batch_interval=0.0, witnesses=(dead,), quorum=1)
+    with Log.open(f"sqlite:///{tmp_path}/log.db", log_signer, options=opts) as log:
+        assert log.add(b"durable even so") == 0  # acknowledged: it is integrated
+        time.sleep(0.2)
+        assert log.size == 1
+        assert log.published_size == 0
+        note = open_note(log.checkpoint(), [NoteVerifier.from_vkey(log_signer.vkey)])
+        assert note.text.splitlines()[1] == "0"
+        with pytest.raises(SignatureError):
+            open_note(log.checkpoint(), [cosigner])
+    dead.close()
+
+
+def test_a_quorum_larger_than_the_witness_list_is_refused(
+    tmp_path: Path, witness: tuple[str, CosignatureVerifier, NoteSigner]
+) -> None:
+    url, cosigner, log_signer = witness
+    client = WitnessClient(url, cosigner)
+    opts = LogOptions(witnesses=(client,), quorum=2)
+    with pytest.raises(FormatError, match="quorum"):
+        Log.open(f"sqlite:///{tmp_path}/log.db", log_signer, options=opts)
+    client.close()
