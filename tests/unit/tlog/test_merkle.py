@@ -228,3 +228,43 @@ def test_plan_rehash_rejects_wrong_count_and_short_hashes() -> None:
 def test_compact_range_from_hashes_checks_their_number() -> None:
     with pytest.raises(VerificationError):
         CompactRange.from_hashes(3, [b"\x00" * 32])
+
+
+@given(
+    st.binary(max_size=40),
+    st.integers(-5, 2**64),
+    st.integers(-5, 2**64),
+    st.lists(st.binary(max_size=40), max_size=70),
+    st.binary(max_size=40),
+)
+def test_arbitrary_inclusion_input_fails_only_with_verification_errors(
+    leaf: bytes, index: int, size: int, proof: list[bytes], root: bytes
+) -> None:
+    with pytest.raises(VerificationError):
+        verify_inclusion(leaf, index, size, proof, root)
+
+
+@given(
+    st.integers(-5, 2**64),
+    st.integers(-5, 2**64),
+    st.lists(st.binary(min_size=31, max_size=33), max_size=70),
+    st.binary(max_size=40),
+    st.binary(max_size=40),
+)
+def test_arbitrary_consistency_input_fails_only_with_verification_errors(
+    size1: int, size2: int, proof: list[bytes], root1: bytes, root2: bytes
+) -> None:
+    if size1 == size2 and size1 > 0 and not proof and root1 == root2:
+        return  # the one trivially true case
+    with pytest.raises(VerificationError):
+        verify_consistency(size1, size2, proof, root1, root2)
+
+
+@pytest.mark.parametrize("module", ["merkle", "note", "checkpoint", "cosignature"])
+def test_module_docstring_examples_run(module: str) -> None:
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(f"veriml.tlog.{module}"))
+    assert result.attempted > 0
+    assert result.failed == 0
