@@ -1,0 +1,201 @@
+"""A witness on a real socket: restarts keep its memory, the log-side client gets verified
+cosignatures, and collect_cosignatures enforces a quorum."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from veriml.core.errors import LogInconsistency, NodeUnavailable, SignatureError, VerificationError
+from veriml.core.keys import generate_key
+from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
+from veriml.tlog.client import verify_checkpoint_note
+from veriml.tlog.cosignature import CosignatureSigner, CosignatureVerifier
+from veriml.tlog.merkle import consistency_proof, leaf_hash, root_from_leaf_hashes
+from veriml.tlog.note import NoteSigner, NoteVerifier
+from veriml.tlog.witness import (
+    WitnessClient,
+    WitnessConflict,
+    collect_cosignatures,
+    create_witness_app,
+)
+
+ORIGIN = "example.com/log"
+
+
+class _Server(uvicorn.Server):
+    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def serve(app: object, port: int | None = None) -> Iterator[str]:
+    """Run ``app`` with uvicorn on 127.0.0.1; stop it when the block ends."""
+    port = port or _free_port()
+    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        assert thread.is_alive(), "server failed to start"
+        assert time.monotonic() < deadline, "server did not start"
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+class Log:
+    def __init__(self, prefix: str = "entry") -> None:
+        self.signer = NoteSigner(ORIGIN, _LOG_KEY)
+        self.prefix = prefix
+        self.leaves: list[bytes] = []
+
+    def grow(self, n: int) -> None:
+        self.leaves += [
+            leaf_hash(f"{self.prefix} {len(self.leaves) + i}".encode()) for i in range(n)
+        ]
+
+    def signed(self, size: int | None = None) -> bytes:
+        size = len(self.leaves) if size is None else size
+        cp = Checkpoint(ORIGIN, size, root_from_leaf_hashes(self.leaves[:size]))
+        return sign_checkpoint(cp, [self.signer])
+
+    def proof(self, old: int, new: int) -> list[bytes]:
+        return consistency_proof(old, new, self.leaves)
+
+
+_LOG_KEY = generate_key()
+
+
+@pytest.fixture
+def log() -> Log:
+    log = Log()
+    log.grow(20)
+    return log
+
+
+def _witness(name: str) -> CosignatureSigner:
+    return CosignatureSigner(name, generate_key())
+
+
+def _app(state: Path, signer: CosignatureSigner, log: Log) -> object:
+    return create_witness_app(state, signer, [NoteVerifier.from_vkey(log.signer.vkey)])
+
+
+def test_witness_remembers_its_latest_checkpoint_across_restarts(tmp_path: Path, log: Log) -> None:
+    signer = _witness("witness.example/w1")
+    verifier = CosignatureVerifier.from_vkey(signer.vkey)
+    state = tmp_path / "witness.db"
+    port = _free_port()
+    with serve(_app(state, signer, log), port) as url:
+        client = WitnessClient(url, verifier)
+        client.add_checkpoint(0, [], log.signed(8))
+        client.close()
+    fork = Log(prefix="forged")
+    fork.grow(20)
+    with serve(_app(state, signer, log), port) as url:
+        client = WitnessClient(url, verifier)
+        # A fresh start from 0 is refused: the witness still knows size 8.
+        with pytest.raises(WitnessConflict) as conflict:
+            client.add_checkpoint(0, [], fork.signed(20))
+        assert conflict.value.latest_size == 8
+        # A fork that does not extend the cosigned size-8 tree is never cosigned.
+        with pytest.raises(LogInconsistency):
+            client.add_checkpoint(8, fork.proof(8, 20), fork.signed(20))
+        # The honest log continues.
+        sig = client.add_checkpoint(8, log.proof(8, 20), log.signed(20))
+        assert sig.name == "witness.example/w1"
+        client.close()
+
+
+def test_collect_cosignatures_meets_the_quorum_and_the_note_verifies(
+    tmp_path: Path, log: Log
+) -> None:
+    signers = [_witness(f"witness.example/w{i}") for i in range(2)]
+    verifiers = [CosignatureVerifier.from_vkey(s.vkey) for s in signers]
+    with contextlib.ExitStack() as stack:
+        urls = [
+            stack.enter_context(serve(_app(tmp_path / f"{i}.db", s, log)))
+            for i, s in enumerate(signers)
+        ]
+        clients = [WitnessClient(u, v) for u, v in zip(urls, verifiers, strict=True)]
+        sizes: dict[str, int] = {}
+        note = collect_cosignatures(clients, sizes, log.proof, log.signed(5), quorum=2)
+        assert sizes == {"witness.example/w0": 5, "witness.example/w1": 5}
+        # We "forget" the sizes: the 409 tells us, and the retry carries the right proof.
+        note = collect_cosignatures(clients, {}, log.proof, log.signed(20), quorum=2)
+        for c in clients:
+            c.close()
+    signed = verify_checkpoint_note(
+        note, NoteVerifier.from_vkey(log.signer.vkey), witnesses=verifiers, quorum=2
+    )
+    assert signed.checkpoint.size == 20
+    assert sorted(signed.witnesses) == ["witness.example/w0", "witness.example/w1"]
+    with pytest.raises(SignatureError):
+        verify_checkpoint_note(
+            log.signed(20),
+            NoteVerifier.from_vkey(log.signer.vkey),
+            witnesses=verifiers,
+            quorum=1,
+        )
+
+
+def test_quorum_fails_closed_when_a_witness_is_down(tmp_path: Path, log: Log) -> None:
+    up, down = _witness("witness.example/up"), _witness("witness.example/down")
+    with serve(_app(tmp_path / "up.db", up, log)) as url:
+        clients = [
+            WitnessClient(url, CosignatureVerifier.from_vkey(up.vkey)),
+            WitnessClient(
+                f"http://127.0.0.1:{_free_port()}",
+                CosignatureVerifier.from_vkey(down.vkey),
+                timeout=2,
+            ),
+        ]
+        with pytest.raises(NodeUnavailable):
+            clients[1].add_checkpoint(0, [], log.signed(3))
+        with pytest.raises(VerificationError) as failed:
+            collect_cosignatures(clients, {}, log.proof, log.signed(3), quorum=2)
+        assert failed.value.evidence["cosigned"] == 1
+        # One of two is enough for quorum 1, and the note carries that one cosignature.
+        note = collect_cosignatures(clients, {}, log.proof, log.signed(3), quorum=1)
+        assert b"witness.example/up" in note
+        for c in clients:
+            c.close()
+
+
+def test_quorum_failure_from_a_fork_is_a_log_inconsistency(tmp_path: Path, log: Log) -> None:
+    signer = _witness("witness.example/w1")
+    with serve(_app(tmp_path / "w.db", signer, log)) as url:
+        client = WitnessClient(url, CosignatureVerifier.from_vkey(signer.vkey))
+        collect_cosignatures([client], {}, log.proof, log.signed(10), quorum=1)
+        fork = Log(prefix="forged")
+        fork.grow(20)
+        with pytest.raises(LogInconsistency):
+            collect_cosignatures([client], {}, fork.proof, fork.signed(20), quorum=1)
+        client.close()
+
+
+def test_client_rejects_a_cosignature_from_another_key(tmp_path: Path, log: Log) -> None:
+    signer = _witness("witness.example/w1")
+    impostor = CosignatureVerifier.from_vkey(_witness("witness.example/w1").vkey)
+    with serve(_app(tmp_path / "w.db", signer, log)) as url:
+        client = WitnessClient(url, impostor)
+        with pytest.raises(SignatureError):
+            client.add_checkpoint(0, [], log.signed(4))
+        client.close()
