@@ -149,13 +149,31 @@ class WriteTxn:
     ) -> None:
         if not entries:
             return
-        self._conn.execute(
-            _entries.insert(),
-            [
-                {"idx": start + i, "leaf_hash": h, "data": bytes(e)}
-                for i, (e, h) in enumerate(zip(entries, leaf_hashes, strict=True))
-            ],
-        )
+        rows = [
+            (start + i, h, bytes(e))
+            for i, (e, h) in enumerate(zip(entries, leaf_hashes, strict=True))
+        ]
+        # The hot path of integration: the driver's executemany on the transaction's own
+        # connection skips SQLAlchemy's per-value bind processing (a third of the time).
+        cursor: Any = self._conn.connection.cursor()
+        if self._conn.dialect.name == "postgresql":
+            # COPY is PostgreSQL's bulk path: several times faster than pipelined INSERTs.
+            try:
+                with cursor.copy(
+                    "COPY tlog_entries (idx, leaf_hash, data) FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(["int8", "bytea", "bytea"])
+                    for row in rows:
+                        copy.write_row(row)
+            finally:
+                cursor.close()
+            return
+        try:  # SQLite (qmark parameters)
+            cursor.executemany(
+                "INSERT INTO tlog_entries (idx, leaf_hash, data) VALUES (?, ?, ?)", rows
+            )
+        finally:
+            cursor.close()
 
     def put_tiles(self, tiles: Mapping[tuple[int, int], bytes]) -> None:
         """Insert or widen tiles. A tile only ever grows, so its old value is a prefix."""
@@ -306,6 +324,8 @@ class LogStorage:
                     yield conn
         except sa.exc.SQLAlchemyError as exc:
             raise StorageError("log database write failed", reason=_reason(exc)) from exc
+        except self.engine.dialect.loaded_dbapi.Error as exc:  # from the raw executemany
+            raise StorageError("log database write failed", reason=str(exc)) from exc
 
     def _lock_state(self, conn: Connection) -> Any:
         stmt = sa.select(_state).where(_state.c.id == 1)
