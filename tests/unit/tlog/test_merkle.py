@@ -268,3 +268,20 @@ def test_module_docstring_examples_run(module: str) -> None:
     result = doctest.testmod(importlib.import_module(f"veriml.tlog.{module}"))
     assert result.attempted > 0
     assert result.failed == 0
+
+
+def test_format_and_math_names_are_exported_by_the_package() -> None:
+    import veriml.tlog
+
+    names = {
+        "verify_inclusion", "verify_consistency", "leaf_hash", "node_hash", "EMPTY_ROOT",
+        "HASH_SIZE", "NodeID", "ProofPlan", "CompactRange", "inclusion_nodes",
+        "consistency_nodes", "range_nodes", "root_from_range", "root_from_leaf_hashes",
+        "Note", "NoteSignature", "NoteSigner", "NoteVerifier", "sign_note", "open_note",
+        "Checkpoint", "sign_checkpoint", "open_checkpoint", "CosignatureSigner",
+        "CosignatureVerifier", "TilePath", "TileHashReader", "build_tiles", "tiles_for_size",
+        "encode_entry_bundle", "decode_entry_bundle", "split_tile_hashes", "TlogProof",
+        "verify_tlog_proof",
+    }  # fmt: skip
+    assert names <= set(veriml.tlog.__all__)
+    assert all(hasattr(veriml.tlog, name) for name in veriml.tlog.__all__)
