@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_demo_runs_end_to_end_and_catches_every_tampering(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "veriml", "demo", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo complete" in done.stdout
+    assert "ACCEPTED" not in done.stdout
+    assert done.stdout.count("rejected at") >= 3
+    assert (tmp_path / "demo" / "result.json").is_file()
