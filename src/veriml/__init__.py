@@ -1,3 +1,98 @@
-"""veriml: an open, self-hostable trust layer for AI."""
+"""veriml: an open, self-hostable trust layer for AI.
+
+The public API. Heavy parts (ONNX Runtime, model-signing) load on first use, so that
+``import veriml`` and the CLI start quickly::
+
+    import veriml
+
+    node = veriml.generate_key("ed25519")
+    result = veriml.run(Path("my-model"), {"x": x}, key=node)
+    veriml.verify_receipt(result, node_key=node.public, model=Path("my-model"))
+
+Sub-packages with their own public surface: :mod:`veriml.models`, :mod:`veriml.runtime`,
+:mod:`veriml.verify`, :mod:`veriml.tlog`; errors in :mod:`veriml.errors`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, str] = {
+    "Digest": "veriml.core",
+    "Envelope": "veriml.core",
+    "Statement": "veriml.core",
+    "SigningKey": "veriml.core",
+    "VerifyingKey": "veriml.core",
+    "generate_key": "veriml.core",
+    "load_private_key": "veriml.core",
+    "load_public_key": "veriml.core",
+    "tensor_digest": "veriml.core",
+    "Error": "veriml.core.errors",
+    "VerificationError": "veriml.core.errors",
+    "ModelPackage": "veriml.models",
+    "model_digest": "veriml.models",
+    "sign_model": "veriml.models",
+    "verify_model": "veriml.models",
+    "Profile": "veriml.runtime",
+    "RunResult": "veriml.runtime",
+    "run": "veriml.runtime",
+    "VerifiedReceipt": "veriml.verify",
+    "verify_receipt": "veriml.verify",
+}
+
+__all__ = [
+    "Digest",
+    "Envelope",
+    "Error",
+    "ModelPackage",
+    "Profile",
+    "RunResult",
+    "SigningKey",
+    "Statement",
+    "VerificationError",
+    "VerifiedReceipt",
+    "VerifyingKey",
+    "__version__",
+    "generate_key",
+    "load_private_key",
+    "load_public_key",
+    "model_digest",
+    "run",
+    "sign_model",
+    "tensor_digest",
+    "verify_model",
+    "verify_receipt",
+]
+
+if TYPE_CHECKING:
+    from veriml.core import (
+        Digest,
+        Envelope,
+        SigningKey,
+        Statement,
+        VerifyingKey,
+        generate_key,
+        load_private_key,
+        load_public_key,
+        tensor_digest,
+    )
+    from veriml.core.errors import Error, VerificationError
+    from veriml.models import ModelPackage, model_digest, sign_model, verify_model
+    from veriml.runtime import Profile, RunResult, run
+    from veriml.verify import VerifiedReceipt, verify_receipt
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'veriml' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
