@@ -41,6 +41,7 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import load_private_key, load_public_key
 from veriml.models.digest import (
+    DEFAULT_CHUNK_SIZE,
     DEFAULT_SIGNATURE_NAME,
     _config,
     hash_manifest,
@@ -93,7 +94,9 @@ def sign_model(
             got=signing_key.kind,
         )
     sig_path = signature if signature is not None else default_signature_path(path)
-    hashing = _config(path, [sig_path.absolute(), *ignore], max_workers=None, chunk_size=8 << 20)
+    hashing = _config(
+        path, [sig_path.absolute(), *ignore], max_workers=None, chunk_size=DEFAULT_CHUNK_SIZE
+    )
     # model_signing passes the password straight to cryptography, which takes bytes.
     config = ms_signing_api.Config().use_elliptic_key_signer(  # type: ignore[no-untyped-call]
         private_key=key,
