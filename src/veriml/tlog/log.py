@@ -16,6 +16,8 @@ tile that holds its subtree, and the plan folds them into the proof.
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,7 +30,7 @@ from veriml.tlog.merkle import (
     NodeID,
     consistency_nodes,
     inclusion_nodes,
-    root_from_leaf_hashes,
+    node_hash,
 )
 from veriml.tlog.note import NoteSigner
 from veriml.tlog.sequencer import Publisher, Sequencer, sign_checkpoint
@@ -76,6 +78,10 @@ class Log:
         options: LogOptions,
     ) -> None:
         self._storage = storage
+        self._trees: OrderedDict[tuple[int, int], list[list[bytes]]] = OrderedDict()
+        self._trees_limit = options.tile_cache
+        self._trees_lock = threading.Lock()
+        self._known_size = state.size
         self._origin = state.origin
         self._vkey = state.vkey
         self._signer = signer
@@ -221,9 +227,13 @@ class Log:
     def _bound(self, size: int, limit: int | None) -> None:
         if not 0 <= size < MAX_SIZE:
             raise FormatError("tree size out of range", size=size)
-        current = self.size if limit is None else limit
-        if size > current:
-            raise NotFound("tree size is beyond the log", size=size, tree_size=current)
+        if limit is None:
+            # The tree only grows: a size already seen needs no database round trip.
+            if size <= self._known_size:
+                return
+            limit = self._known_size = self.size
+        if size > limit:
+            raise NotFound("tree size is beyond the log", size=size, tree_size=limit)
 
     def inclusion_proof(self, index: int, size: int, *, limit: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.3 inclusion proof of entry ``index`` in the tree of ``size``."""
@@ -256,31 +266,56 @@ class Log:
         return plan.rehash(self._node_hashes(plan.ids))
 
     def _node_hashes(self, ids: Sequence[NodeID]) -> list[bytes]:
-        # Node (8L + k, i) is the root of the 2**k hashes of tile level L starting at i * 2**k.
+        # Node (8L + k, i) is node (k, i mod 2**(8-k)) of the subtree held by tile (L, i >> (8-k)).
         spots: list[tuple[tuple[int, int], int, int]] = []
         for node in ids:
             tile_level, k = divmod(node.level, TILE_HEIGHT)
-            first = node.index << k
-            spots.append(((tile_level, first >> TILE_HEIGHT), first % TILE_WIDTH, 1 << k))
-        tiles = self._storage.tiles([key for key, _, _ in spots])
+            per_tile = TILE_HEIGHT - k
+            spots.append(((tile_level, node.index >> per_tile), k, node.index % (1 << per_tile)))
+        need: dict[tuple[int, int], int] = {}
+        for key, k, j in spots:
+            need[key] = max(need.get(key, 0), ((j + 1) << k) * HASH_SIZE)
+        trees = self._tile_trees(need)
         out: list[bytes] = []
-        for key, offset, count in spots:
-            data = tiles.get(key, b"")
-            chunk = data[offset * HASH_SIZE : (offset + count) * HASH_SIZE]
-            if len(chunk) != count * HASH_SIZE:
+        for key, k, j in spots:
+            levels = trees[key]
+            if k >= len(levels) or j >= len(levels[k]):
                 raise StorageError(
                     "a tile needed for the proof is missing or short",
                     level=key[0],
                     index=key[1],
-                    have=len(data) // HASH_SIZE,
-                    need=offset + count,
+                    have=len(levels[0]),
+                    need=need[key] // HASH_SIZE,
                 )
-            if count == 1:
-                out.append(chunk)
-            else:
-                hashes = [chunk[i : i + HASH_SIZE] for i in range(0, len(chunk), HASH_SIZE)]
-                out.append(root_from_leaf_hashes(hashes))
+            out.append(levels[k][j])
         return out
+
+    def _tile_trees(
+        self, need: dict[tuple[int, int], int]
+    ) -> dict[tuple[int, int], list[list[bytes]]]:
+        """The subtree hashes inside each tile (level 0 = the tile's hashes), cached.
+
+        Tiles only grow, so a cached tree that covers the hashes needed is still exact.
+        """
+        trees: dict[tuple[int, int], list[list[bytes]]] = {}
+        stale: dict[tuple[int, int], int] = {}
+        with self._trees_lock:
+            for key, length in need.items():
+                tree = self._trees.get(key)
+                if tree is not None and len(tree[0]) * HASH_SIZE >= length:
+                    self._trees.move_to_end(key)
+                    trees[key] = tree
+                else:
+                    stale[key] = length
+        if stale:
+            fetched = self._storage.tiles(stale)
+            built = {key: _subtrees(fetched.get(key, b"")) for key in stale}
+            trees.update(built)
+            with self._trees_lock:
+                self._trees.update(built)
+                while len(self._trees) > self._trees_limit:
+                    self._trees.popitem(last=False)
+        return trees
 
     # -- tiles ----------------------------------------------------------------------------
 
@@ -299,7 +334,8 @@ class Log:
             return self.read_entry_bundle(path, size=size)
         size = self.published_size if size is None else size
         width = self._tile_width(path, path.level, size)
-        stored = self._storage.tiles([(path.level, path.index)]).get((path.level, path.index))
+        key = (path.level, path.index)
+        stored = self._storage.tiles({key: width * HASH_SIZE}).get(key)
         if stored is None or len(stored) < width * HASH_SIZE:
             raise StorageError("stored tile is missing or short", path=path.to_path())
         return stored[: width * HASH_SIZE]
@@ -318,3 +354,13 @@ class Log:
         if not 0 <= start <= end <= self.size:
             raise NotFound("entries beyond the log", start=start, end=end)
         return self._storage.entries(start, end)
+
+
+def _subtrees(data: bytes) -> list[list[bytes]]:
+    """Every complete subtree hash of a tile's hashes, level by level (level 0 = the hashes)."""
+    level = [data[i : i + HASH_SIZE] for i in range(0, len(data) - HASH_SIZE + 1, HASH_SIZE)]
+    levels = [level]
+    while len(level) > 1:
+        level = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        levels.append(level)
+    return levels

@@ -238,7 +238,7 @@ def _select_tiles(
 ) -> dict[tuple[int, int], bytes]:
     if not keys:
         return {}
-    cond = sa.or_(*[sa.and_(_tiles.c.level == lv, _tiles.c.idx == ix) for lv, ix in set(keys)])
+    cond = sa.tuple_(_tiles.c.level, _tiles.c.idx).in_(sorted(set(keys)))
     rows = conn.execute(sa.select(_tiles.c.level, _tiles.c.idx, _tiles.c.hashes).where(cond))
     return {(int(lv), int(ix)): bytes(h) for lv, ix, h in rows}
 
@@ -247,8 +247,8 @@ class LogStorage:
     """The database behind one log. Thread-safe; share one instance per process.
 
     ``url`` is a SQLAlchemy URL: ``sqlite:///path/log.db`` (the default back end) or
-    ``postgresql+psycopg://user@host/db``. Full tiles are immutable, so up to
-    ``tile_cache`` of them are kept in memory for proof generation.
+    ``postgresql+psycopg://user@host/db``. Tiles only grow, so up to ``tile_cache`` of them
+    are kept in memory (about 8 KiB each).
     """
 
     def __init__(self, url: str, *, tile_cache: int = 2048) -> None:
@@ -385,14 +385,18 @@ class LogStorage:
             rows = conn.execute(sa.select(_checkpoints).order_by(_checkpoints.c.size))
             return [(int(s), bytes(n)) for s, n in rows]
 
-    def tiles(self, keys: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        """Stored hashes of the tiles ``(level, index)`` that exist; full tiles are cached."""
+    def tiles(self, need: Mapping[tuple[int, int], int]) -> dict[tuple[int, int], bytes]:
+        """Stored hashes of tiles: ``need`` maps ``(level, index)`` to the bytes wanted.
+
+        A tile only ever grows and its old bytes never change, so any cached version that is
+        long enough is as good as the database's; shorter ones are read again.
+        """
         found: dict[tuple[int, int], bytes] = {}
         missing: list[tuple[int, int]] = []
         with self._cache_lock:
-            for key in keys:
+            for key, length in need.items():
                 hit = self._cache.get(key)
-                if hit is None:
+                if hit is None or len(hit) < length:
                     missing.append(key)
                 else:
                     self._cache.move_to_end(key)
@@ -402,9 +406,7 @@ class LogStorage:
                 fetched = _select_tiles(conn, missing)
             found.update(fetched)
             with self._cache_lock:
-                for key, value in fetched.items():
-                    if len(value) == TILE_BYTES:
-                        self._cache[key] = value
+                self._cache.update(fetched)
                 while len(self._cache) > self._cache_limit:
                     self._cache.popitem(last=False)
         return found
@@ -465,7 +467,9 @@ def _make_engine(url: str) -> Engine:
 
     @sa.event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
-        immediate = conn.get_execution_options().get("veriml_write", False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Readers run each statement in autocommit (a snapshot per statement, no extra round
+        # trip); everything they read is append-only, so nothing can change under them.
+        if conn.get_execution_options().get("veriml_write", False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

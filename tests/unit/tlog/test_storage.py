@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from veriml.core.errors import FormatError, StorageError
+from veriml.core.errors import FormatError, NotFound, StorageError
 from veriml.core.keys import generate_key
-from veriml.tlog.merkle import EMPTY_ROOT, leaf_hash, root_from_leaf_hashes
+from veriml.tlog.log import Log, LogOptions
+from veriml.tlog.merkle import (
+    EMPTY_ROOT,
+    consistency_proof,
+    inclusion_proof,
+    leaf_hash,
+    root_from_leaf_hashes,
+)
 from veriml.tlog.note import NoteSigner
 from veriml.tlog.sequencer import grow_tiles, integrate_batch, partial_tiles, sign_checkpoint
 from veriml.tlog.storage import MAX_ENTRY_SIZE, LogStorage, check_entry
@@ -133,3 +141,44 @@ def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path, signer: NoteSign
 def test_an_unusable_url_is_a_storage_error() -> None:
     with pytest.raises(StorageError, match="URL"):
         LogStorage("not a url")
+
+
+PROOF_SIZE = 70_000 // 50  # 1400: five full level-0 tiles, a partial one, a partial level-1
+
+
+@pytest.fixture(scope="module")
+def grown_log(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Log, list[bytes]]]:
+    """A log grown in uneven batches, with proofs read between batches to fill its caches."""
+    db = tmp_path_factory.mktemp("proofs") / "log.db"
+    signer = NoteSigner(ORIGIN, generate_key())
+    entries = [b"e%d" % i for i in range(PROOF_SIZE)]
+    with Log.open(f"sqlite:///{db}", signer, options=LogOptions(batch_interval=0.0)) as log:
+        done = 0
+        for step in (1, 254, 3, 300, 442, 400):
+            log.add_many(entries[done : done + step])
+            done += step
+            log.inclusion_proof(done - 1, done)  # caches partial tiles that later grow
+        yield log, [leaf_hash(e) for e in entries]
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_proofs_from_stored_tiles_equal_proofs_from_all_leaves(
+    grown_log: tuple[Log, list[bytes]], data: st.DataObject
+) -> None:
+    log, leaves = grown_log
+    size = data.draw(st.integers(min_value=1, max_value=PROOF_SIZE), label="size")
+    index = data.draw(st.integers(min_value=0, max_value=size - 1), label="index")
+    old = data.draw(st.integers(min_value=1, max_value=size), label="old")
+    assert log.inclusion_proof(index, size) == inclusion_proof(index, size, leaves)
+    assert log.consistency_proof(old, size) == consistency_proof(old, size, leaves)
+
+
+def test_a_proof_beyond_the_tree_is_not_found(grown_log: tuple[Log, list[bytes]]) -> None:
+    log, _ = grown_log
+    with pytest.raises(NotFound):
+        log.inclusion_proof(0, PROOF_SIZE + 1)
+    with pytest.raises(FormatError):
+        log.inclusion_proof(PROOF_SIZE, PROOF_SIZE)
