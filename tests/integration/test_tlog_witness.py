@@ -15,6 +15,7 @@ import uvicorn
 
 from veriml.core.errors import LogInconsistency, NodeUnavailable, SignatureError, VerificationError
 from veriml.core.keys import generate_key
+from veriml.tlog._witness_store import StoredCheckpoint, WitnessStore
 from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
 from veriml.tlog.client import verify_checkpoint_note
 from veriml.tlog.cosignature import CosignatureSigner, CosignatureVerifier
@@ -28,6 +29,7 @@ from veriml.tlog.witness import (
 )
 
 ORIGIN = "example.com/log"
+OTHER = "other.example/log"
 
 
 class _Server(uvicorn.Server):
@@ -199,3 +201,27 @@ def test_client_rejects_a_cosignature_from_another_key(tmp_path: Path, log: Log)
         with pytest.raises(SignatureError):
             client.add_checkpoint(0, [], log.signed(4))
         client.close()
+
+
+@pytest.mark.postgres
+def test_witness_state_in_postgresql_keeps_the_same_guarantees(postgres_url: str, log: Log) -> None:
+    store = WitnessStore.open(postgres_url)
+    first = StoredCheckpoint(4, bytes(32), b"a")
+    assert store.compare_and_swap(OTHER, expected=None, new=first)
+    assert not store.compare_and_swap(OTHER, expected=None, new=first)
+    newer = StoredCheckpoint(9, b"\1" * 32, b"b")
+    assert store.compare_and_swap(OTHER, expected=first, new=newer)
+    assert not store.compare_and_swap(
+        ORIGIN, expected=first, new=StoredCheckpoint(6, bytes(32), b"c")
+    )
+    assert store.latest(OTHER) == newer
+    store.close()
+
+    signer = _witness("witness.example/pg")
+    verifier = CosignatureVerifier.from_vkey(signer.vkey)
+    app = create_witness_app(postgres_url, signer, [NoteVerifier.from_vkey(log.signer.vkey)])
+    with serve(app) as url, WitnessClient(url, verifier) as client:
+        client.add_checkpoint(0, [], log.signed(7))
+        with pytest.raises(WitnessConflict):
+            client.add_checkpoint(0, [], log.signed(9))
+        client.add_checkpoint(7, log.proof(7, 20), log.signed(20))

@@ -364,6 +364,12 @@ class WitnessClient:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> WitnessClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
     def add_checkpoint(
         self, old_size: int, consistency_proof: Sequence[bytes], signed_checkpoint: bytes
     ) -> NoteSignature:
