@@ -225,3 +225,24 @@ def test_witness_state_in_postgresql_keeps_the_same_guarantees(postgres_url: str
         with pytest.raises(WitnessConflict):
             client.add_checkpoint(0, [], log.signed(9))
         client.add_checkpoint(7, log.proof(7, 20), log.signed(20))
+
+
+def test_client_maps_each_refusal_to_its_error(tmp_path: Path, log: Log) -> None:
+    signer = _witness("witness.example/w1")
+    verifier = CosignatureVerifier.from_vkey(signer.vkey)
+    impostor = Log()
+    impostor.signer = NoteSigner(ORIGIN, generate_key())
+    impostor.grow(3)
+    stranger = NoteSigner("stranger.example/log", generate_key())
+    unknown = sign_checkpoint(
+        Checkpoint("stranger.example/log", 1, root_from_leaf_hashes([leaf_hash(b"x")])), [stranger]
+    )
+    with serve(_app(tmp_path / "w.db", signer, log)) as url, WitnessClient(url, verifier) as client:
+        with pytest.raises(SignatureError):  # 403: not signed by the trusted log key
+            client.add_checkpoint(0, [], impostor.signed())
+        with pytest.raises(VerificationError) as err:  # 404: a log this witness doesn't know
+            client.add_checkpoint(0, [], unknown)
+        assert err.value.evidence["status"] == 404
+        with pytest.raises(VerificationError) as err:  # 400: old size beyond the checkpoint
+            client.add_checkpoint(9, [], log.signed(3))
+        assert err.value.evidence["status"] == 400

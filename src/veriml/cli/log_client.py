@@ -125,13 +125,13 @@ def verify_proof(
         "origin": checkpoint.origin,
         "size": checkpoint.size,
         "root_hash": base64.b64encode(checkpoint.root_hash).decode(),
-        "entry_checked": entry_bytes is not None,
+        "entry_from": "--entry" if entry_bytes is not None else "proof extra data",
         "quorum": quorum,
     }
     if json_out:
         print_json(info)
     else:
-        what = "entry" if entry_bytes is not None else "proof (no --entry: leaf not checked)"
+        what = "entry" if entry_bytes is not None else "entry carried in the proof,"
         console.print(
             f"OK: {what} {index} is in {checkpoint.origin} at size {checkpoint.size}"
             + (f", cosigned by ≥ {quorum} witnesses" if quorum else "")

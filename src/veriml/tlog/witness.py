@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import logging
 import time
 from collections.abc import Callable, MutableMapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,6 +71,7 @@ MAX_PROOF_LINES = 63
 MAX_REQUEST_BYTES = 256 * 1024
 SIZE_CONTENT_TYPE = "text/x.tlog.size"
 _MAX_RESPONSE_BYTES = 64 * 1024
+_log = logging.getLogger(__name__)
 
 
 def decode_hash_line(line: str) -> bytes:
@@ -303,6 +305,8 @@ def create_witness_app(
             body = await _read_bounded(request, MAX_REQUEST_BYTES)
             lines = await run_in_threadpool(witness.add_checkpoint, body)
         except WitnessRejected as rejected:
+            if rejected.status == 422:  # possible evidence of log misbehaviour: keep a record
+                _log.warning("refused checkpoint: %s", rejected.error.diagnostics())
             media = SIZE_CONTENT_TYPE if rejected.status == 409 else "text/plain; charset=utf-8"
             return Response(rejected.body, status_code=rejected.status, media_type=media)
         return Response(lines, media_type="text/plain; charset=utf-8")
