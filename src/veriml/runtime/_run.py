@@ -21,13 +21,14 @@ import onnxruntime as ort
 from veriml.core.digest import Digest
 from veriml.core.errors import ExecutionError, FormatError, InvalidModel, KeyFileError
 from veriml.core.keys import SigningKey
-from veriml.core.receipt import InferencePredicate, request_digest, sign_receipt, utc_now
+from veriml.core.receipt import InferencePredicate, utc_now
 from veriml.core.tensors import tensor_digest
 from veriml.models import IOSignature, ModelPackage, io_signature
 from veriml.runtime._fingerprint import runtime_fingerprint
 from veriml.runtime._inputs import validate_inputs
 from veriml.runtime._profile import ORT_ERRORS, Profile, create_session
 from veriml.runtime._result import RunResult
+from veriml.runtime._sign import canonical_json, is_simple, sign_inference
 from veriml.runtime._trace import Trace, build_trace, traced_model
 
 __all__ = ["Runner", "canonical_request", "run", "runner_for"]
@@ -65,6 +66,10 @@ def _tensor_outputs(session: ort.InferenceSession, what: str) -> list[str]:
     return names
 
 
+def _digests(tensors: Mapping[str, Array]) -> dict[str, Digest]:
+    return {name: tensor_digest(array) for name, array in tensors.items()}
+
+
 class Runner:
     """Sessions for one model under one :class:`Profile`, built once and reused.
 
@@ -85,6 +90,7 @@ class Runner:
         self.io = io if io is not None else io_signature(model)
         self.profile = profile if profile is not None else Profile()
         self.fingerprint = runtime_fingerprint(self.profile)
+        self._fingerprint_simple = is_simple(self.fingerprint)
         try:
             self._serialized = model.SerializeToString()
         except ValueError as exc:  # protobuf refuses messages over 2 GiB
@@ -95,6 +101,8 @@ class Runner:
         self._outputs = _tensor_outputs(self._session, "model")
         self._traced: tuple[ort.InferenceSession, list[str]] | None = None
         self._lock = threading.Lock()
+        self._last_key: SigningKey | None = None
+        self._last_key_id = ""
 
     @classmethod
     def for_package(cls, package: ModelPackage, *, profile: Profile | None = None) -> Runner:
@@ -159,21 +167,28 @@ class Runner:
         else:
             outputs = dict(zip(self._outputs, self._run(self._session, feeds), strict=True))
         finished = utc_now()
-        input_digests = {name: tensor_digest(a) for name, a in feeds.items()}
-        output_digests = {name: tensor_digest(a) for name, a in outputs.items()}
+        input_digests = _digests(feeds)
+        output_digests = _digests(outputs)
+        if key is not self._last_key:
+            self._last_key, self._last_key_id = key, key.key_id
+        key_id = self._last_key_id
+        request = canonical_request(self.digest, input_digests, policy)
         predicate = InferencePredicate(
             request_id=request_id if request_id is not None else str(uuid.uuid4()),
-            request_digest=request_digest(canonical_request(self.digest, input_digests, policy)),
+            # = veriml.core.receipt.request_digest(request), via the same JCS bytes.
+            request_digest=Digest.of(canonical_json(request, known_simple=True)),
             model_digest=self.digest,
             inputs=input_digests,
             runtime=self.fingerprint,
-            node_id=key.key_id,
+            node_id=key_id,
             policy=policy,
             started=started,
             finished=finished,
             trace=None if recorded is None else recorded.commitment,
         )
-        envelope = sign_receipt(output_digests, predicate, key)
+        envelope = sign_inference(
+            output_digests, predicate, key, key_id, runtime_simple=self._fingerprint_simple
+        )
         return RunResult(outputs, envelope, predicate, recorded, feeds)
 
 
