@@ -4,14 +4,16 @@ tampered tiles or bundles, a rollback, a split view, a bad signature."""
 from __future__ import annotations
 
 import shutil
+import tempfile
 import tracemalloc
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.core.errors import (
+    Error,
     FormatError,
     LogInconsistency,
     NotFound,
@@ -250,3 +252,33 @@ def test_state_round_trips(origin: str, size: int, root: bytes, note: str) -> No
 def test_malformed_state_is_a_format_error(data: bytes) -> None:
     with pytest.raises(FormatError):
         AuditState.from_bytes(data)
+
+
+@settings(max_examples=25, deadline=None)
+@given(size=st.integers(1, 700), pick=st.integers(0, 10**6), bit=st.integers(0, 7))
+def test_any_flipped_bit_in_any_served_file_fails_the_audit(size: int, pick: int, bit: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        log = write_log(Path(tmp) / "log", entries(size))
+        files = sorted(p for p in log.rglob("*") if p.is_file())
+        target = files[pick % len(files)]
+        data = bytearray(target.read_bytes())
+        data[(pick // len(files)) % len(data)] ^= 1 << bit
+        target.write_bytes(bytes(data))
+        with pytest.raises(Error):
+            audit(str(log), VERIFIER)
+
+
+@settings(max_examples=15, deadline=None)
+@given(sizes=st.lists(st.integers(0, 800), min_size=2, max_size=4))
+def test_a_growing_log_always_audits_consistent(sizes: list[int]) -> None:
+    sizes.sort()
+    all_entries = entries(sizes[-1])
+    with tempfile.TemporaryDirectory() as tmp:
+        state = Path(tmp) / "state.json"
+        previous = None
+        for size in sizes:
+            report = audit(
+                str(write_log(Path(tmp) / "log", all_entries[:size])), VERIFIER, state_path=state
+            )
+            assert report.previous_size == previous
+            previous = size
