@@ -11,7 +11,13 @@ from rich.table import Table
 
 from veriml.cli._common import JsonOpt, console, print_json
 from veriml.cli.key import read_passphrase
-from veriml.models import ModelPackage, model_digest, sign_model, verify_model
+from veriml.models import (
+    ModelPackage,
+    model_digest,
+    sign_model,
+    verify_model,
+    verify_model_certificate,
+)
 from veriml.models.signature import TensorSpec
 from veriml.models.signing import signed_digest
 
@@ -92,21 +98,56 @@ def sign(
 def verify(
     model: ModelDir,
     pubkey: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             "--pubkey", "-p", envvar="VERIML_MODEL_PUBKEY", help="The publisher's EC public key."
         ),
-    ],
+    ] = None,
+    certificate_chain: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--certificate-chain",
+            envvar="VERIML_MODEL_CERTIFICATE_CHAIN",
+            help="Trusted root certificate(s) (PEM), for bundles signed with a certificate.",
+        ),
+    ] = None,
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            "--identity",
+            envvar="VERIML_MODEL_IDENTITY",
+            help="With --certificate-chain: the signer's name (CN, e-mail or URI) to require.",
+        ),
+    ] = None,
     signature: SignatureOpt = None,
     ignore: IgnoreOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Check a model folder against its OMS signature; exit 1 naming the failed check."""
-    value = verify_model(model, pubkey, signature=signature, ignore=ignore or ())
-    if json_out:
-        print_json({"path": str(model), "digest": str(value), "verified": True})
+    if (pubkey is None) == (not certificate_chain):
+        raise typer.BadParameter("give either --pubkey or --certificate-chain")
+    if identity is not None and pubkey is not None:
+        raise typer.BadParameter(
+            "--identity goes with --certificate-chain", param_hint="--identity"
+        )
+    if pubkey is not None:
+        value = verify_model(model, pubkey, signature=signature, ignore=ignore or ())
+        info: dict[str, object] = {"path": str(model), "digest": str(value), "verified": True}
+        shown = f"verified {model} {value}"
     else:
-        console.print(f"verified {model} {value}")
+        certified = verify_model_certificate(
+            model,
+            certificate_chain or [],
+            signature=signature,
+            identity=identity,
+            ignore=ignore or (),
+        )
+        info = {"path": str(model), "verified": True, **certified.to_json()}
+        shown = f"verified {model} {certified.digest} signed by {certified.subject}"
+    if json_out:
+        print_json(info)
+    else:
+        console.print(escape(shown))
 
 
 def _shape(spec: TensorSpec) -> str:

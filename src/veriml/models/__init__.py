@@ -11,6 +11,7 @@ The public surface other packages build on::
 
 from veriml.models.blobstore import BlobRef, BlobStore
 from veriml.models.card import ModelCard
+from veriml.models.certificates import CertifiedModel, verify_model_certificate
 from veriml.models.digest import ManifestEntry, model_digest
 from veriml.models.package import ModelPackage
 from veriml.models.signature import Dim, IOSignature, TensorSpec, io_signature
@@ -20,6 +21,7 @@ from veriml.models.validate import Limits, validate_onnx
 __all__ = [
     "BlobRef",
     "BlobStore",
+    "CertifiedModel",
     "Dim",
     "IOSignature",
     "Limits",
@@ -32,4 +34,5 @@ __all__ = [
     "sign_model",
     "validate_onnx",
     "verify_model",
+    "verify_model_certificate",
 ]

@@ -52,6 +52,8 @@ from veriml.models.digest import (
 __all__ = [
     "MAX_SIGNATURE_BYTES",
     "default_signature_path",
+    "match_folder",
+    "read_bundle",
     "sign_model",
     "signed_digest",
     "verify_model",
@@ -120,7 +122,7 @@ def sign_model(
     return sig_path
 
 
-def _read_bundle(sig_path: Path) -> Any:
+def read_bundle(sig_path: Path) -> Any:
     try:
         size = sig_path.stat().st_size
     except OSError as exc:
@@ -154,7 +156,7 @@ def signed_digest(signature: Path) -> Digest:
 
     Useful to show what a signature is about; use :func:`verify_model` to trust it.
     """
-    bundle = _read_bundle(signature)
+    bundle = read_bundle(signature)
     try:
         statement = json.loads(bundle.bundle.dsse_envelope.payload)
         return Digest.from_hex(statement["subject"][0]["digest"]["sha256"])
@@ -216,8 +218,15 @@ def verify_model(
     sig_path = signature if signature is not None else default_signature_path(path)
     if not path.is_dir():
         raise InvalidModel("a model is a folder", path=str(path))
-    bundle = _read_bundle(sig_path)  # 1
+    bundle = read_bundle(sig_path)  # 1
     expected = _signed_manifest(bundle, pubkey, sig_path)  # 2, 3, 4
+    return match_folder(path, expected, sig_path, ignore)  # 5, 6
+
+
+def match_folder(
+    path: Path, expected: Any, sig_path: Path, ignore: Iterable[Path | str] = ()
+) -> Digest:
+    """Steps 5 and 6: the folder is exactly the verified manifest ``expected``; its digest."""
     params = expected.serialization_type  # 5
     if params.get("method") != "files" or params.get("hash_type") != "sha256":
         raise VerificationError(

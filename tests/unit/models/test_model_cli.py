@@ -82,6 +82,10 @@ def test_bad_input_exits_2_with_one_line(model_dir: Path, tmp_path: Path) -> Non
     assert done.returncode == 2
     assert "EC P-256 or P-384" in one_line_error(done)
 
+    done = veriml("model", "verify", str(model_dir))
+    assert done.returncode == 2
+    assert "--pubkey or --certificate-chain" in done.stderr
+
     set_external_location(model_dir / "model.onnx", "../../etc/passwd")
     done = veriml("model", "inspect", str(model_dir))
     assert done.returncode == 2

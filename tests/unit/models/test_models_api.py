@@ -9,6 +9,7 @@ def test_public_names_are_pinned() -> None:
     assert sorted(veriml.models.__all__) == [
         "BlobRef",
         "BlobStore",
+        "CertifiedModel",
         "Dim",
         "IOSignature",
         "Limits",
@@ -21,6 +22,7 @@ def test_public_names_are_pinned() -> None:
         "sign_model",
         "validate_onnx",
         "verify_model",
+        "verify_model_certificate",
     ]
     for name in veriml.models.__all__:
         assert getattr(veriml.models, name) is not None
