@@ -7,6 +7,7 @@ import base64
 import contextlib
 import hashlib
 import socket
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.core.errors import FormatError
@@ -29,6 +30,8 @@ from veriml.tlog.witness import (
     MAX_PROOF_LINES,
     SIZE_CONTENT_TYPE,
     AddCheckpointRequest,
+    Witness,
+    WitnessRejected,
     create_witness_app,
 )
 
@@ -322,3 +325,35 @@ def test_concurrent_requests_from_the_same_size_cosign_only_one(
     for t in threads:
         t.join()
     assert sorted(results) == [200] + [409] * 5
+
+
+@settings(max_examples=40, deadline=None)
+@given(pos=st.integers(0, 10**6), value=st.integers(0, 255), old=st.sampled_from([0, 4]))
+def test_mutated_requests_get_a_4xx_never_a_crash_or_a_bad_cosignature(
+    log_signer: NoteSigner, witness_signer: CosignatureSigner, pos: int, value: int, old: int
+) -> None:
+    log = Log(log_signer)
+    log.grow(10)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = WitnessStore.open(Path(tmp) / "w.db")
+        witness = Witness(store, witness_signer, [NoteVerifier.from_vkey(log_signer.vkey)])
+        if old:
+            witness.add_checkpoint(log.request(0, old))
+        body = bytearray(log.request(old, 10))
+        body[pos % len(body)] = value
+        status, line = _submit(witness, bytes(body))
+        store.close()
+    assert status in (200, 400, 403, 404, 409, 422)
+    if status == 200:
+        # Whatever was accepted is the honest checkpoint (a no-op mutation, or one in a part
+        # no trusted signature covers, like an unknown key's signature line).
+        sig = NoteSignature.from_line(line.decode().rstrip("\n"))
+        verifier = CosignatureVerifier.from_vkey(witness_signer.vkey)
+        verifier.verify(log.checkpoint(10).to_bytes(), sig.signature)
+
+
+def _submit(witness: Witness, body: bytes) -> tuple[int, bytes]:
+    try:
+        return 200, witness.add_checkpoint(body)
+    except WitnessRejected as rejected:
+        return rejected.status, b""
