@@ -263,7 +263,13 @@ def validate_onnx(
     if full_check:
         try:
             onnx.checker.check_model(str(path), full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        except (
+            onnx.checker.ValidationError,
+            onnx.shape_inference.InferenceError,
+            # The checker's Python layer raises ValueError (incl. UnicodeDecodeError) for
+            # corrupt strings and unknown tensor types (found by mutating valid models).
+            ValueError,
+        ) as exc:
             reason = str(exc).strip().splitlines()
             raise InvalidModel(
                 "ONNX checker rejects the model",
