@@ -38,7 +38,7 @@ def _throughput(url: str, count: int) -> float:
     signer = NoteSigner("bench.example/log", generate_key())
     rng = random.Random(1)
     entries = [rng.randbytes(1024) for _ in range(count)]
-    opts = LogOptions(batch_size=1024, batch_interval=0.01)
+    opts = LogOptions(batch_size=4096, batch_interval=0.01)
     with Log.open(url, signer, options=opts) as log:
         log.add_many(entries[:1024])  # warm up: schema, connections, caches
         t0 = time.perf_counter()

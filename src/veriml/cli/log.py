@@ -111,7 +111,7 @@ def serve(
         str, typer.Option(envvar="VERIML_LOG_HOST", help="Bind address.")
     ] = "127.0.0.1",
     port: Annotated[int, typer.Option(envvar="VERIML_LOG_PORT", help="TCP port.")] = 8470,
-    batch_size: Annotated[int, typer.Option(envvar="VERIML_LOG_BATCH_SIZE")] = 1024,
+    batch_size: Annotated[int, typer.Option(envvar="VERIML_LOG_BATCH_SIZE")] = 4096,
     batch_interval: Annotated[
         float, typer.Option(envvar="VERIML_LOG_BATCH_INTERVAL", help="Seconds to gather a batch.")
     ] = 0.05,

@@ -55,7 +55,7 @@ class LogOptions:
     published in the same transaction that integrates its batch.
     """
 
-    batch_size: int = 1024
+    batch_size: int = 4096
     batch_interval: float = 0.05
     dedup: bool = False
     tile_cache: int = 2048

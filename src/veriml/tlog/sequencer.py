@@ -227,7 +227,7 @@ class Sequencer:
         storage: LogStorage,
         signer: NoteSigner,
         *,
-        batch_size: int = 1024,
+        batch_size: int = 4096,
         max_interval: float = 0.05,
         dedup: bool = False,
         publisher: Publisher | None = None,
