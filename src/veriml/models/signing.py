@@ -236,7 +236,12 @@ def match_folder(
             hash_type=params.get("hash_type"),
         )
     actual = hash_manifest(path, ignore=[sig_path.absolute(), *ignore])  # 6
-    signed = {e.path: e.digest for e in manifest_entries(expected)}
+    try:
+        signed = {e.path: e.digest for e in manifest_entries(expected)}
+    except InvalidModel as exc:
+        raise VerificationError(
+            "the signed manifest is not per-file SHA-256", check="serialization", **exc.evidence
+        ) from exc
     found = {e.path: e.digest for e in manifest_entries(actual)}
     for name in sorted(signed.keys() & found.keys()):
         if signed[name] != found[name]:

@@ -23,6 +23,7 @@ import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped,unused-ignore]
 
 from veriml.core.errors import InvalidModel
+from veriml.models.digest import GIT_PATHS
 
 __all__ = ["Limits", "external_data_files", "onnx_opsets", "scan_folder", "validate_onnx"]
 
@@ -67,7 +68,8 @@ class FolderScan:
     size: int
 
 
-_SKIPPED_DIRS = frozenset({".git", ".github"})
+# Git metadata at the top of the folder is outside the digest; its size is not the model's.
+_SKIPPED_DIRS = frozenset(GIT_PATHS)
 
 
 def scan_folder(root: Path, limits: Limits) -> FolderScan:
