@@ -8,88 +8,20 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
-import numpy.typing as npt
 import typer
 
 from veriml.cli._common import JsonOpt, console, fail, print_json
 from veriml.cli.key import read_passphrase
-from veriml.core.canonical import parse_json_object
-from veriml.core.errors import FormatError, InvalidInput, InvalidTensor, VerificationError
+from veriml.core.errors import VerificationError
 from veriml.core.keys import load_private_key, load_public_key
-from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, tensor_from_json, tensor_from_npy
 from veriml.models import ModelPackage
+from veriml.runtime import load_input_files
 from veriml.runtime import run as run_model
 from veriml.verify import verify_receipt
 
-__all__ = ["load_input_files", "register"]
-
-Array = npt.NDArray[Any]
-# A JSON tensor spends a few bytes per element on text; bound the file before reading it.
-MAX_INPUT_FILE = 4 * DEFAULT_MAX_TENSOR_BYTES
-
-
-def _read_bounded(path: Path) -> bytes:
-    try:
-        size = path.stat().st_size
-        if size > MAX_INPUT_FILE:
-            raise InvalidTensor("input file is too large", path=str(path), size=size)
-        return path.read_bytes()
-    except OSError as exc:
-        raise InvalidTensor("cannot read input file", path=str(path), reason=exc.strerror) from exc
-
-
-def _read_tensors(path: Path) -> Array | dict[str, Array]:
-    """A ``.npy`` file, a JSON tensor, or a JSON object of ``name -> tensor``."""
-    data = _read_bounded(path)
-    if path.suffix.lower() == ".npy" or data.startswith(b"\x93NUMPY"):
-        try:
-            return tensor_from_npy(data)
-        except InvalidTensor as exc:
-            raise InvalidTensor(exc.message, path=str(path), **exc.evidence) from exc
-    try:
-        obj = parse_json_object(data, what=f"input file {path}")
-        if "dtype" in obj:
-            return tensor_from_json(obj)
-        return {str(name): tensor_from_json(value) for name, value in obj.items()}
-    except FormatError as exc:
-        raise InvalidTensor(exc.message, path=str(path), **exc.evidence) from exc
-
-
-def load_input_files(specs: list[str], input_names: list[str]) -> dict[str, Array]:
-    """Turn ``--input`` values (``FILE`` or ``NAME=FILE``) into named tensors.
-
-    An unnamed tensor goes to the model's only input; a JSON file may hold several named ones.
-    """
-    inputs: dict[str, Array] = {}
-
-    def put(name: str, value: Array) -> None:
-        if name in inputs:
-            raise InvalidInput("input given twice", input=name)
-        inputs[name] = value
-
-    for spec in specs:
-        name, sep, file = spec.partition("=")
-        if sep and name in input_names:
-            value = _read_tensors(Path(file))
-            if isinstance(value, dict):
-                raise InvalidInput("NAME=FILE needs a file holding one tensor", input=name)
-            put(name, value)
-            continue
-        value = _read_tensors(Path(spec))
-        if isinstance(value, dict):
-            for key, tensor in value.items():
-                put(key, tensor)
-        elif len(input_names) == 1:
-            put(input_names[0], value)
-        else:
-            raise InvalidInput(
-                "the model has several inputs: use --input NAME=FILE",
-                file=spec,
-                inputs=",".join(input_names),
-            )
-    return inputs
+__all__ = ["register"]
 
 
 def run_command(

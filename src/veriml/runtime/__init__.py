@@ -8,7 +8,7 @@ The public surface is re-exported here; the ``_``-prefixed modules are internal.
 """
 
 from veriml.runtime._fingerprint import FLOAT_CPU_FLAGS, platform_fingerprint, runtime_fingerprint
-from veriml.runtime._inputs import validate_inputs
+from veriml.runtime._inputs import load_input_files, validate_inputs
 from veriml.runtime._profile import OPTIMIZATION_LEVELS, Profile, create_session
 from veriml.runtime._reexec import Engine, check_node, node_model, reexecute_node
 from veriml.runtime._result import RawResult, RunResult, read_result_file
@@ -30,6 +30,7 @@ __all__ = [
     "canonical_request",
     "check_node",
     "create_session",
+    "load_input_files",
     "node_model",
     "platform_fingerprint",
     "read_result_file",

@@ -21,6 +21,7 @@ def test_runtime_exports_exactly_its_public_api() -> None:
         "canonical_request",
         "check_node",
         "create_session",
+        "load_input_files",
         "node_model",
         "platform_fingerprint",
         "read_result_file",

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from veriml.core.keys import generate_key
 from veriml.core.receipt import sign_receipt
 from veriml.core.tensors import tensor_digest
-from veriml.runtime._sign import canonical_json, is_simple
+from veriml.runtime._run import canonical_json, is_simple
 
 json_values = st.recursive(
     st.none()
