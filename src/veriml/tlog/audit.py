@@ -44,7 +44,7 @@ __all__ = ["AuditReport", "AuditState", "ProgressCallback", "audit"]
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(entries_done, entries_total)`` after each bundle."""
 
-_PREFETCH = 8
+_PREFETCH = 16
 _STATE_VERSION = 1
 _MAX_STATE_BYTES = 1 << 20
 
@@ -290,7 +290,7 @@ def _audit(
     root_at_mark = EMPTY_ROOT if mark == 0 else None
     # 3. Replay the entries; check every tile.
     replay = _TreeReplay(client.read_tile)
-    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="veriml-audit") as pool:
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="veriml-audit") as pool:
         for n, entries, tile0 in _bundles(client, cp.size, pool):
             hashes = [leaf_hash(e) for e in entries]
             start = n * TILE_WIDTH
