@@ -93,7 +93,9 @@ class Profile:
         # Spinning threads only burn CPU on a shared node; they do not change results.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        options.log_severity_level = 3
+        # Fatal only: failures reach the caller as one veriml error carrying onnxruntime's
+        # message, not as extra lines on stderr.
+        options.log_severity_level = 4
         return options
 
     def to_json(self) -> dict[str, Any]:

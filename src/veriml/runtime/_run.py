@@ -179,8 +179,9 @@ class Runner:
         self._outputs = _tensor_outputs(self._session, "model")
         self._traced: tuple[ort.InferenceSession, list[str]] | None = None
         self._lock = threading.Lock()
-        self._last_key: SigningKey | None = None
-        self._last_key_id = ""
+        # (key, key id) as one tuple: a single attribute store, so concurrent runs with
+        # different keys never pair one key with another's id.
+        self._key_id_cache: tuple[SigningKey | None, str] = (None, "")
 
     @classmethod
     def for_package(cls, package: ModelPackage, *, profile: Profile | None = None) -> Runner:
@@ -247,9 +248,10 @@ class Runner:
         finished = utc_now()
         input_digests = _digests(feeds)
         output_digests = _digests(outputs)
-        if key is not self._last_key:
-            self._last_key, self._last_key_id = key, key.key_id
-        key_id = self._last_key_id
+        cached_key, key_id = self._key_id_cache
+        if cached_key is not key:
+            key_id = key.key_id
+            self._key_id_cache = (key, key_id)
         request = canonical_request(self.digest, input_digests, policy)
         predicate = InferencePredicate(
             request_id=request_id if request_id is not None else str(uuid.uuid4()),

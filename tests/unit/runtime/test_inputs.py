@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from veriml.core.errors import InvalidInput
+from veriml.core.errors import InvalidInput, InvalidTensor
 from veriml.models import IOSignature, TensorSpec
-from veriml.runtime import validate_inputs
+from veriml.runtime import load_input_files, validate_inputs
 
 SIG = IOSignature(
     inputs=(
@@ -83,3 +86,52 @@ def test_big_endian_input_is_accepted_and_converted() -> None:
     out = validate_inputs(sig, {"x": x})["x"]
     assert out.dtype.isnative
     assert out.tolist() == [1.5, -2.0]
+
+
+def _json_tensor(values: list[float], dtype: str = "float32") -> dict[str, object]:
+    return {"dtype": dtype, "shape": [len(values)], "data": values}
+
+
+def test_input_files_by_name_by_map_and_unnamed(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", np.array([1.0, 2.0], np.float32))
+    (tmp_path / "k.json").write_text(json.dumps(_json_tensor([3], "int64")))
+    (tmp_path / "both.json").write_text(
+        json.dumps({"a": _json_tensor([4.0, 5.0]), "k": _json_tensor([6], "int64")})
+    )
+    named = load_input_files([f"a={tmp_path / 'a.npy'}", f"k={tmp_path / 'k.json'}"], ["a", "k"])
+    assert named["a"].tolist() == [1.0, 2.0]
+    assert named["k"].tolist() == [3]
+    mapped = load_input_files([str(tmp_path / "both.json")], ["a", "k"])
+    assert mapped["k"].dtype == np.int64
+    single = load_input_files([str(tmp_path / "a.npy")], ["only"])
+    assert list(single) == ["only"]
+
+
+def test_a_path_with_an_equals_sign_is_a_path_unless_it_names_an_input(tmp_path: Path) -> None:
+    path = tmp_path / "x=1.npy"
+    np.save(path, np.zeros(2, np.float32))
+    assert list(load_input_files([str(path)], ["x"])) == ["x"]
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        (["a.npy"], "several inputs"),
+        (["a=a.npy", "a=a.npy"], "given twice"),
+        (["a=both.json"], "one tensor"),
+        (["missing.npy"], "cannot read"),
+        (["bad.json"], "not valid JSON"),
+        (["short.npy"], "does not match its header"),
+    ],
+)
+def test_bad_input_files_are_named_errors(tmp_path: Path, files: list[str], message: str) -> None:
+    np.save(tmp_path / "a.npy", np.zeros(2, np.float32))
+    (tmp_path / "both.json").write_text(json.dumps({"a": _json_tensor([1.0, 2.0])}))
+    (tmp_path / "bad.json").write_text('{"dtype": "float32", "shape": [2], "data": [1,')
+    (tmp_path / "short.npy").write_bytes((tmp_path / "a.npy").read_bytes()[:-3])
+    specs = [
+        f"{f.split('=')[0]}={tmp_path / f.split('=')[1]}" if "=" in f else str(tmp_path / f)
+        for f in files
+    ]
+    with pytest.raises((InvalidInput, InvalidTensor), match=message):
+        load_input_files(specs, ["a", "k"])

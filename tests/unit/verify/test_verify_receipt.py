@@ -262,3 +262,17 @@ def test_statement_payload_is_what_the_verified_predicate_comes_from(
         verified.predicate.policy
         == Statement.from_bytes(result.receipt.payload).predicate["policy"]
     )
+
+
+def test_inputs_given_by_the_caller_are_checked_and_used_for_reexecution(
+    result: RunResult, node_key: SigningKey, folder: Path
+) -> None:
+    doc = result.to_json(include_inputs=False)
+    with pytest.raises(VerificationError, match="needs the model and the inputs"):
+        verify_receipt(doc, node_key=node_key.public, model=folder, reexecute=True)
+    verified = verify_receipt(doc, node_key=node_key.public, model=folder, reexecute=True, inputs=X)
+    assert "input-digest" in verified.checks
+    other = {"x": X["x"] + np.float32(1)}
+    with pytest.raises(DigestMismatch) as info:
+        verify_receipt(doc, node_key=node_key.public, inputs=other)
+    assert _check(info) == "input-digest"
