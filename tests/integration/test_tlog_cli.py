@@ -234,3 +234,23 @@ def test_a_quorum_larger_than_the_witness_list_is_refused(
     with pytest.raises(FormatError, match="quorum"):
         Log.open(f"sqlite:///{tmp_path}/log.db", log_signer, options=opts)
     client.close()
+
+
+def test_a_checkpoint_held_back_is_published_once_witnesses_answer_after_restart(
+    tmp_path: Path, witness: tuple[str, CosignatureVerifier, NoteSigner]
+) -> None:
+    url, cosigner, log_signer = witness
+    db = f"sqlite:///{tmp_path}/log.db"
+    dead = WitnessClient(f"http://127.0.0.1:{free_port()}", cosigner, timeout=1)
+    with Log.open(db, log_signer, options=LogOptions(witnesses=(dead,), quorum=1)) as log:
+        log.add_many([b"a", b"b"])
+        assert log.published_size == 0
+    dead.close()
+    live = WitnessClient(url, cosigner)
+    with Log.open(db, log_signer, options=LogOptions(witnesses=(live,), quorum=1)) as log:
+        deadline = time.monotonic() + 10
+        while log.published_size < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert log.published_size == 2
+        open_note(log.checkpoint(), [cosigner])  # cosigned by the witness
+    live.close()

@@ -21,7 +21,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from veriml.core.errors import Error, StorageError
@@ -242,8 +242,18 @@ class Sequencer:
         self._publisher = publisher
         self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
         self._closed = threading.Event()
+        # Witnesses answer slowly or not at all: publishing runs on its own thread so it never
+        # holds up integration, and only the newest checkpoint waiting is pushed.
+        self._to_publish: tuple[int, bytes] | None = None
+        self._publish_lock = threading.Lock()
+        self._publishing = ThreadPoolExecutor(1, thread_name_prefix="veriml-tlog-publish")
         self._thread = threading.Thread(target=self._run, name="veriml-tlog-sequencer", daemon=True)
         self._thread.start()
+        if publisher is not None:
+            # A checkpoint integrated before a restart but never published is retried now.
+            state = storage.state()
+            if state.size > state.published_size:
+                self._schedule_publish(*storage.checkpoint(state.size))
 
     def submit(self, entry: bytes) -> Future[int]:
         """Queue ``entry``; the future resolves to its index once durably integrated."""
@@ -272,6 +282,7 @@ class Sequencer:
             self._closed.set()
             self._queue.put(None)
             self._thread.join()
+            self._publishing.shutdown(wait=True)
 
     def _collect(self) -> list[_Pending] | None:
         first = self._queue.get()
@@ -331,14 +342,24 @@ class Sequencer:
         for p, index in zip(batch, result.indexes, strict=True):
             p.future.set_result(index)
         if self._publisher is not None and not result.published:
-            self._publish(result)
+            self._schedule_publish(result.size, result.note)
 
-    def _publish(self, result: Integrated) -> None:
+    def _schedule_publish(self, size: int, note: bytes) -> None:
+        with self._publish_lock:
+            if self._to_publish is None or self._to_publish[0] < size:
+                self._to_publish = (size, note)
+        self._publishing.submit(self._publish_latest)
+
+    def _publish_latest(self) -> None:
         assert self._publisher is not None
+        with self._publish_lock:
+            pending, self._to_publish = self._to_publish, None
+        if pending is None:
+            return  # a newer call already published it
+        size, note = pending
         try:
-            note = self._publisher(result.size, result.note)
+            cosigned = self._publisher(size, note)
+            if cosigned is not None:
+                self._storage.publish(size, cosigned)
         except Error as exc:
-            _log.warning("checkpoint %d not published: %s", result.size, exc.diagnostics())
-            return
-        if note is not None:
-            self._storage.publish(result.size, note)
+            _log.warning("checkpoint %d not published: %s", size, exc.diagnostics())
