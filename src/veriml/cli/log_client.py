@@ -84,6 +84,8 @@ def prove(
     """Write a c2sp.org/tlog-proof for entry INDEX, computed from the log's tiles."""
     from veriml.tlog.client import LogClient
 
+    if (witnesses or quorum) and not vkey:
+        raise typer.BadParameter("checking witnesses needs the log's --vkey", param_hint="--vkey")
     verifier = _log_verifier(vkey) if vkey else None
     with LogClient(url, verifier, witnesses=_witnesses(witnesses), quorum=quorum) as client:
         proof = client.prove(index)
@@ -153,8 +155,10 @@ def audit_command(
     quorum: QuorumOpt = 0,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replay the whole log: recompute the tree from the entries, check every tile, the
-    checkpoint signature, and consistency with the last audited checkpoint."""
+    """Replay the log: recompute every tile from the entries; check signature and consistency.
+
+    Rollback or split view against the checkpoint kept in --state exits 1.
+    """
     from veriml.tlog.audit import audit
 
     with Progress(
