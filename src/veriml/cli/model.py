@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from veriml.cli._common import JsonOpt, console, print_json
+from veriml.cli._common import JsonOpt, console, err_console, print_json
 from veriml.cli.key import read_passphrase
 from veriml.models import (
     ModelPackage,
@@ -47,7 +47,8 @@ IgnoreOpt = Annotated[
 @app.command("digest")
 def digest(model: ModelDir, ignore: IgnoreOpt = None, json_out: JsonOpt = False) -> None:
     """Print the OMS root digest of a model folder, as model_signing computes it."""
-    value = model_digest(model, ignore=ignore or ())
+    with err_console.status(f"hashing {escape(str(model))}"):
+        value = model_digest(model, ignore=ignore or ())
     if json_out:
         print_json({"path": str(model), "digest": str(value)})
     else:
@@ -79,13 +80,11 @@ def sign(
     json_out: JsonOpt = False,
 ) -> None:
     """Sign a model folder; writes an OMS signature bundle (default DIR/model.sig)."""
-    written = sign_model(
-        model,
-        key,
-        signature=signature,
-        passphrase=read_passphrase(passphrase_env),
-        ignore=ignore or (),
-    )
+    passphrase = read_passphrase(passphrase_env)
+    with err_console.status(f"hashing and signing {escape(str(model))}"):
+        written = sign_model(
+            model, key, signature=signature, passphrase=passphrase, ignore=ignore or ()
+        )
     value = signed_digest(written)
     if json_out:
         print_json({"path": str(model), "digest": str(value), "signature": str(written)})
@@ -130,18 +129,21 @@ def verify(
         raise typer.BadParameter(
             "--identity goes with --certificate-chain", param_hint="--identity"
         )
+    status = err_console.status(f"verifying {escape(str(model))}")
     if pubkey is not None:
-        value = verify_model(model, pubkey, signature=signature, ignore=ignore or ())
+        with status:
+            value = verify_model(model, pubkey, signature=signature, ignore=ignore or ())
         info: dict[str, object] = {"path": str(model), "digest": str(value), "verified": True}
         shown = f"verified {model} {value}"
     else:
-        certified = verify_model_certificate(
-            model,
-            certificate_chain or [],
-            signature=signature,
-            identity=identity,
-            ignore=ignore or (),
-        )
+        with status:
+            certified = verify_model_certificate(
+                model,
+                certificate_chain or [],
+                signature=signature,
+                identity=identity,
+                ignore=ignore or (),
+            )
         info = {"path": str(model), "verified": True, **certified.to_json()}
         shown = f"verified {model} {certified.digest} signed by {certified.subject}"
     if json_out:
@@ -159,7 +161,8 @@ def _shape(spec: TensorSpec) -> str:
 @app.command("inspect")
 def inspect(model: ModelDir, json_out: JsonOpt = False) -> None:
     """Validate a model folder and show its IO signature, opsets, size, digest and card."""
-    pkg = ModelPackage.load(model)
+    with err_console.status(f"validating and hashing {escape(str(model))}"):
+        pkg = ModelPackage.load(model)
     if json_out:
         print_json(pkg.to_json())
         return

@@ -25,7 +25,13 @@ import onnx
 from veriml.core.digest import Digest
 from veriml.core.errors import InvalidModel
 from veriml.models.card import CARD_FILE, ModelCard
-from veriml.models.digest import DEFAULT_SIGNATURE_NAME, model_digest
+from veriml.models.digest import (
+    DEFAULT_SIGNATURE_NAME,
+    ManifestEntry,
+    hash_manifest,
+    manifest_entries,
+    root_digest,
+)
 from veriml.models.signature import IOSignature, io_signature
 from veriml.models.validate import (
     Limits,
@@ -73,6 +79,9 @@ class ModelPackage:
     size: int
     card: ModelCard | None
     limits: Limits
+    # Every file under the digest, by relative POSIX path. The root digest hashes the file
+    # digests in path order but not the names; this (what OMS signatures list) binds both.
+    manifest: tuple[ManifestEntry, ...] = ()
 
     @classmethod
     def load(cls, path: Path, *, limits: Limits | None = None) -> ModelPackage:
@@ -82,10 +91,12 @@ class ModelPackage:
         onnx_path = find_onnx(path, scan.files)
         graph = validate_onnx(onnx_path, limits, root=path)
         card = ModelCard.from_file(path / CARD_FILE, max_bytes=limits.max_card_bytes)
+        manifest = hash_manifest(path)
         return cls(
             path=path,
             onnx_path=onnx_path,
-            digest=model_digest(path),
+            digest=root_digest(manifest),
+            manifest=manifest_entries(manifest),
             io=io_signature(graph),
             opsets=onnx_opsets(graph),
             size=scan.size,
@@ -125,4 +136,5 @@ class ModelPackage:
             "opsets": dict(self.opsets),
             "io": self.io.to_json(),
             "card": None if self.card is None else self.card.to_json(),
+            "files": [{"path": e.path, "digest": str(e.digest)} for e in self.manifest],
         }

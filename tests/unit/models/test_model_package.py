@@ -11,6 +11,7 @@ import pytest
 from model_builders import set_external_location, tiny_model, write_model_folder
 from onnx import numpy_helper
 
+from veriml.core import Digest
 from veriml.core.errors import InvalidModel
 from veriml.models import IOSignature, Limits, ModelPackage, model_digest, validate_onnx
 from veriml.models.signature import TensorSpec
@@ -28,6 +29,14 @@ def test_load_reports_io_opsets_size_digest_and_card(model_dir: Path) -> None:
     assert pkg.size == sum(p.stat().st_size for p in model_dir.iterdir())
     assert pkg.card is not None
     assert (pkg.card.name, pkg.card.version, pkg.card.task) == ("tiny", "1.0", "regression")
+
+
+def test_the_manifest_binds_every_name_and_digest_under_the_root(model_dir: Path) -> None:
+    (model_dir / "model.sig").write_text("{}")  # not part of the model
+    pkg = ModelPackage.load(model_dir)
+    assert [e.path for e in pkg.manifest] == ["README.md", "model.onnx", "weights.bin"]
+    assert pkg.manifest[2].digest == Digest.of((model_dir / "weights.bin").read_bytes())
+    assert pkg.digest == Digest.of(b"".join(e.digest.raw for e in pkg.manifest))
 
 
 def test_load_proto_brings_the_external_weights(model_dir: Path) -> None:
