@@ -209,7 +209,7 @@ class Witness:
         # 5. Cosign, then record atomically; a lost race is a 409 with the winner's size.
         signature = self.signer.sign(checkpoint, self._clock())
         line = signature.to_line()
-        cosigned = _append_signature(request.checkpoint, line)
+        cosigned = note.add_signatures(signature).to_bytes()
         if not self.store.compare_and_swap(
             checkpoint.origin,
             expected=latest,
@@ -238,7 +238,7 @@ class Witness:
                 raise WitnessRejected(
                     422,
                     LogInconsistency(
-                        "same size as the cosigned checkpoint but a different root",
+                        "same size as the cosigned checkpoint: the root must match, no proof",
                         size=checkpoint.size,
                         cosigned_root=latest.root_hash,
                         root=checkpoint.root_hash,
@@ -262,10 +262,6 @@ def _conflict(old_size: int, latest_size: int) -> WitnessRejected:
         "old size is not the latest cosigned size", old_size=old_size, latest_size=latest_size
     )
     return WitnessRejected(409, error, body=f"{latest_size}\n")
-
-
-def _append_signature(note: bytes, line: str) -> bytes:
-    return note + line.encode()
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:
