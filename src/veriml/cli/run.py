@@ -26,16 +26,16 @@ __all__ = ["register"]
 
 def run_command(
     model: Annotated[Path, typer.Argument(help="Model folder.", show_default=False)],
-    inputs: Annotated[
-        list[str],
-        typer.Option(
-            "--input", "-i", help="Input tensor: FILE (.npy or JSON) or NAME=FILE; repeatable."
-        ),
-    ],
     key: Annotated[
         Path, typer.Option("--key", "-k", envvar="VERIML_NODE_KEY", help="Node Ed25519 key.")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the result JSON.")],
+    inputs: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--input", "-i", help="Input tensor: FILE (.npy or JSON) or NAME=FILE; repeatable."
+        ),
+    ] = None,
     trace: Annotated[
         bool, typer.Option("--trace", help="Record every intermediate tensor; commit to them.")
     ] = False,
@@ -65,7 +65,7 @@ def run_command(
         raise fail(f"{out}: exists (use --force to overwrite)")
     signing_key = load_private_key(key, passphrase=read_passphrase(passphrase_env), kind="ed25519")
     package = ModelPackage.load(model)
-    tensors = load_input_files(inputs, [spec.name for spec in package.io.inputs])
+    tensors = load_input_files(inputs or [], [spec.name for spec in package.io.inputs])
     result = run_model(
         package, tensors, key=signing_key, trace=trace, policy=policy, request_id=request_id
     )

@@ -33,23 +33,31 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Statement
 from veriml.core.errors import (
     DigestMismatch,
+    ExecutionError,
     FormatError,
+    InvalidInput,
+    InvalidModel,
     ReexecutionMismatch,
     SignatureError,
     VerificationError,
 )
 from veriml.core.keys import VerifyingKey
-from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
+from veriml.core.receipt import (
+    PREDICATE_TYPE,
+    InferencePredicate,
+    TraceCommitment,
+    request_digest,
+)
 from veriml.core.tensors import tensor_digest
 from veriml.models import ModelPackage
 from veriml.runtime import (
     Profile,
     RawResult,
-    Runner,
     RunResult,
     canonical_request,
     platform_fingerprint,
     read_result_file,
+    runner_for,
 )
 
 __all__ = ["VerifiedReceipt", "verify_receipt"]
@@ -219,19 +227,29 @@ def _reexecute(
             check="reexecution",
             reason=exc.message,
         ) from exc
-    runner = Runner.for_package(package, profile=profile)
-    if predicate.trace is not None:
-        outputs, trace = runner.traced(inputs, keep_tensors=False)
-        if trace.commitment != predicate.trace:
-            raise ReexecutionMismatch(
-                "re-executed trace differs from the committed one",
-                check="reexecution",
-                expected=predicate.trace.root,
-                calculated=trace.root,
-                size=trace.size,
-            )
-    else:
-        outputs = runner.outputs(inputs)
+    recomputed: TraceCommitment | None = None
+    try:
+        runner = runner_for(package, profile)
+        if predicate.trace is not None:
+            outputs, trace = runner.traced(inputs, keep_tensors=False)
+            recomputed = trace.commitment
+        else:
+            outputs = runner.outputs(inputs)
+    except (InvalidInput, InvalidModel, ExecutionError) as exc:
+        # The node signed a run that cannot be repeated here: fail closed, say why.
+        raise VerificationError(
+            "the signed run cannot be re-executed",
+            check="reexecution",
+            reason=exc.diagnostics(),
+        ) from exc
+    if predicate.trace is not None and recomputed != predicate.trace:
+        raise ReexecutionMismatch(
+            "re-executed trace differs from the committed one",
+            check="reexecution",
+            expected=predicate.trace.root,
+            calculated=None if recomputed is None else recomputed.root,
+            size=None if recomputed is None else recomputed.size,
+        )
     recorded_platform = predicate.runtime.get("platform")
     for name, expected in sorted(claimed.items()):
         calculated = tensor_digest(outputs[name]) if name in outputs else None

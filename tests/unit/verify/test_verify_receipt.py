@@ -22,11 +22,11 @@ from veriml.core.errors import (
     VerificationError,
 )
 from veriml.core.keys import SigningKey, generate_key
-from veriml.core.receipt import TraceCommitment, sign_receipt
+from veriml.core.receipt import TraceCommitment, request_digest, sign_receipt
 from veriml.core.tensors import tensor_digest
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.runtime import RunResult, run
+from veriml.runtime import RunResult, canonical_request, run
 from veriml.verify import VerifiedReceipt, verify_receipt
 
 X = {"x": np.random.default_rng(7).standard_normal((2, 16)).astype(np.float32)}
@@ -276,3 +276,21 @@ def test_inputs_given_by_the_caller_are_checked_and_used_for_reexecution(
     with pytest.raises(DigestMismatch) as info:
         verify_receipt(doc, node_key=node_key.public, inputs=other)
     assert _check(info) == "input-digest"
+
+
+def test_signed_inputs_the_model_cannot_take_fail_reexecution_not_usage(
+    result: RunResult, node_key: SigningKey, folder: Path
+) -> None:
+    wrong = {"x": np.zeros((2, 15), np.float32)}
+    digests = {n: tensor_digest(a) for n, a in result.outputs.items()}
+    inputs = {"x": tensor_digest(wrong["x"])}
+    request = canonical_request(result.predicate.model_digest, inputs, result.predicate.policy)
+    predicate = replace(
+        result.predicate, inputs=inputs, request_digest=request_digest(request), trace=None
+    )
+    forged = RunResult(
+        result.outputs, sign_receipt(digests, predicate, node_key), predicate, None, wrong
+    )
+    with pytest.raises(VerificationError, match="cannot be re-executed") as info:
+        verify_receipt(forged, node_key=node_key.public, model=folder, reexecute=True, inputs=wrong)
+    assert _check(info) == "reexecution"
