@@ -107,7 +107,7 @@ def test_run_then_verify_with_reexecution_succeeds_in_one_line(setup: dict[str, 
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("receipt OK: 1 output(s) [probs]")
+    assert lines[0].startswith("receipt OK: outputs probs of model sha256:")
     assert "reexecution" in lines[0]
 
 

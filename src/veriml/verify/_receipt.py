@@ -87,7 +87,7 @@ class VerifiedReceipt:
         """One line for humans: what was verified."""
         names = ",".join(sorted(self.outputs))
         return (
-            f"receipt OK: {len(self.outputs)} output(s) [{names}] from model "
+            f"receipt OK: outputs {names} of model "
             f"{self.predicate.model_digest} signed by node {self.node_key.key_id}; "
             f"checks: {', '.join(self.checks)}"
         )
