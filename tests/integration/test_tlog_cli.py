@@ -156,6 +156,16 @@ def test_serve_add_and_checkpoint_round_trip(log_key: tuple[Path, str], tmp_path
         too_big = veriml("log", "add", url, str(big), check=False)
         assert too_big.returncode == 2
         assert too_big.stderr.count("\n") == 1  # one line, no traceback
+
+        out = tmp_path / "static"
+        published = veriml(
+            "log", "publish", f"file://{out}", "--db", f"sqlite:///{tmp_path}/log.db", "--json"
+        )
+        assert json.loads(published.stdout)["size"] == 3
+        assert (out / "checkpoint").read_bytes() == httpx.get(f"{url}/checkpoint").content
+        assert (out / "tile/entries/000.p/3").read_bytes() == httpx.get(
+            f"{url}/tile/entries/000.p/3"
+        ).content
     unreachable = veriml("log", "checkpoint", url, check=False)
     assert unreachable.returncode == 1
     assert "unreachable" in unreachable.stderr

@@ -177,3 +177,14 @@ def test_sigkill_while_appending_loses_nothing_acknowledged(
         ).json()
         proof = [base64.b64decode(h) for h in body["proof"]]
         verify_consistency(size, latest.size, proof, checkpoint.root_hash, latest.root_hash)
+    # 4. An independent auditor replaying the served log agrees, and records what it saw.
+    state = tmp_path / "audit.json"
+    audit = subprocess.run(
+        [*VERIML, "log", "audit", url, "--vkey", vkey, "--state", str(state), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert audit.returncode == 0, audit.stderr
+    assert state.exists()

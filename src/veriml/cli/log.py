@@ -17,6 +17,7 @@ import httpx
 import typer
 
 from veriml.cli._common import JsonOpt, console, print_json
+from veriml.cli.log_client import register_log_commands
 from veriml.core.errors import FormatError, KeyFileError, NodeUnavailable, StorageError
 from veriml.core.keys import generate_key, load_private_key
 from veriml.tlog.note import NoteSigner
@@ -218,12 +219,46 @@ def checkpoint(
         typer.echo(body.decode(), nl=False)
 
 
-def register(root: typer.Typer) -> None:
-    """Add the ``log`` group to the root app (with D2's client commands when present)."""
+@app.command("publish")
+def publish(
+    target: Annotated[
+        str,
+        typer.Argument(
+            envvar="VERIML_LOG_PUBLISH_URL",
+            help="fsspec URL to write to: file:///srv/log, s3://bucket/log, ...",
+        ),
+    ],
+    db: Annotated[
+        str, typer.Option("--db", envvar="VERIML_LOG_DB", help="The log's database URL.")
+    ],
+    json_out: JsonOpt = False,
+) -> None:
+    """Write the log's checkpoint, tiles and entry bundles (what is new) to TARGET."""
+    from veriml.tlog.log import Log
+    from veriml.tlog.publish import publish_log
+
+    log = Log.open_readonly(db)
     try:
-        from veriml.cli.log_client import register_log_commands
-    except ImportError:
-        pass
+        report = publish_log(log, target)
+    finally:
+        log.close()
+    if json_out:
+        print_json(
+            {
+                "old_size": report.old_size,
+                "size": report.size,
+                "files": report.files,
+                "bytes": report.bytes,
+            }
+        )
     else:
-        register_log_commands(app)
+        console.print(
+            f"published size {report.size} (was {report.old_size}): "
+            f"{report.files} files, {report.bytes} bytes"
+        )
+
+
+def register(root: typer.Typer) -> None:
+    """Add the ``log`` group (with ``prove``, ``verify-proof`` and ``audit``) to the root app."""
+    register_log_commands(app)
     root.add_typer(app, name="log")
