@@ -172,7 +172,7 @@ class BlobStore:
             raise StorageError("cannot read file", path=str(path), reason=exc.strerror) from exc
 
     def open(self, digest: Digest) -> VerifiedReader:
-        """A stream over the blob; reading it to the end verifies the digest."""
+        """A stream over the blob; the read that reaches the end raises if the digest differs."""
         self._require(digest)
         return VerifiedReader(self._fs.open(self.path(digest), "rb"), digest)
 
@@ -206,6 +206,10 @@ class BlobStore:
                 raise InvalidModel("manifest path escapes the folder", path=name)
             target = dest.joinpath(*rel.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
-            with self.open(ref.digest) as reader, target.open("xb") as out:
-                while chunk := reader.read(CHUNK_SIZE):
-                    out.write(chunk)
+            try:
+                with self.open(ref.digest) as reader, target.open("xb") as out:
+                    while chunk := reader.read(CHUNK_SIZE):
+                        out.write(chunk)
+            except DigestMismatch:
+                target.unlink()  # never leave bytes that failed verification behind
+                raise

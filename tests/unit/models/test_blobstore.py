@@ -146,3 +146,12 @@ def test_what_is_put_is_what_is_read_under_its_sha256(blobs: list[bytes]) -> Non
         assert digest == Digest.of(blob)
         assert store.cat(digest) == blob
         assert store.size(digest) == len(blob)
+
+
+def test_a_corrupted_blob_is_not_left_in_a_restored_folder(tmp_path: Path) -> None:
+    store = BlobStore(str(tmp_path / "store"))
+    digest = store.put_bytes(b"original")
+    Path(store.path(digest)).write_bytes(b"tampered")
+    with pytest.raises(DigestMismatch):
+        store.get_folder({"model.onnx": BlobRef(digest, 8)}, tmp_path / "dst")
+    assert not (tmp_path / "dst" / "model.onnx").exists()
