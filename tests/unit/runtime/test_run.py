@@ -9,13 +9,16 @@ import numpy as np
 import onnx
 import pytest
 from _runtime_models import Model, conv_bn_model, mlp_model, multi_io_model, runner_of
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from onnx import TensorProto, helper
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Statement
 from veriml.core.errors import FormatError, InvalidInput, InvalidModel, KeyFileError
 from veriml.core.keys import SigningKey, generate_key
-from veriml.core.receipt import PREDICATE_TYPE, request_digest
+from veriml.core.receipt import PREDICATE_TYPE, request_digest, sign_receipt
 from veriml.core.tensors import tensor_digest
 from veriml.models import ModelPackage
 from veriml.models.examples import write_example_folder
@@ -178,3 +181,32 @@ def test_model_digest_in_receipt_is_the_folder_digest(tmp_path: Path, node_key: 
     result = run(folder, inputs, key=node_key)
     assert result.predicate.model_digest == model_digest(folder)
     assert isinstance(result.predicate.model_digest, Digest)
+
+
+_HYPOTHESIS_KEY = generate_key("ed25519")
+_DTYPES = ["bool", "int8", "int32", "int64", "uint8", "uint64", "float16", "float32", "float64"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.dictionaries(
+        st.text(min_size=1, max_size=8),
+        st.sampled_from(_DTYPES).flatmap(
+            lambda dt: hnp.arrays(np.dtype(dt), hnp.array_shapes(min_dims=0, max_dims=3))
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
+def test_result_file_round_trips_any_outputs_bit_for_bit(outputs: dict[str, np.ndarray]) -> None:
+    key = _HYPOTHESIS_KEY
+    model, inputs = mlp_model()
+    base = runner_of(model).run(inputs, key=key).predicate
+    digests = {name: tensor_digest(a) for name, a in outputs.items()}
+    result = RunResult(outputs, sign_receipt(digests, base, key), base)
+    again = RunResult.from_bytes(result.to_bytes())
+    assert set(again.outputs) == set(outputs)
+    for name, array in outputs.items():
+        assert again.outputs[name].dtype == array.dtype
+        assert again.outputs[name].shape == array.shape
+        assert tensor_digest(again.outputs[name]) == digests[name]
