@@ -35,13 +35,10 @@ from veriml.tlog.merkle import (
 from veriml.tlog.note import NoteSigner
 from veriml.tlog.sequencer import Publisher, Sequencer, sign_checkpoint
 from veriml.tlog.storage import LogStorage, TreeState
-from veriml.tlog.tiles import TilePath, encode_entry_bundle
+from veriml.tlog.tiles import TILE_HEIGHT, TILE_WIDTH, TilePath, encode_entry_bundle
 from veriml.tlog.witness import WitnessClient, collect_cosignatures
 
 __all__ = ["Log", "LogOptions"]
-
-TILE_HEIGHT = 8
-TILE_WIDTH = 1 << TILE_HEIGHT
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -24,12 +24,9 @@ from veriml.core.errors import FormatError, LogInconsistency, StorageError
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.log import Log
 from veriml.tlog.note import MAX_NOTE_SIZE, Note
-from veriml.tlog.tiles import TilePath
+from veriml.tlog.tiles import TILE_HEIGHT, TILE_WIDTH, TilePath
 
 __all__ = ["PublishReport", "publish_log", "tile_paths_between"]
-
-TILE_HEIGHT = 8
-TILE_WIDTH = 1 << TILE_HEIGHT
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,20 +29,21 @@ from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.merkle import HASH_SIZE, CompactRange, NodeID, leaf_hash
 from veriml.tlog.note import NoteSigner, sign_note
 from veriml.tlog.storage import LogStorage, WriteTxn, check_entry
+from veriml.tlog.tiles import TILE_HEIGHT, TILE_WIDTH
 
 __all__ = [
     "Integrated",
+    "Publisher",
     "Sequencer",
     "TileGrowth",
     "grow_tiles",
     "integrate_batch",
     "partial_tiles",
+    "sign_checkpoint",
 ]
 
 _log = logging.getLogger(__name__)
 
-TILE_HEIGHT = 8
-TILE_WIDTH = 1 << TILE_HEIGHT
 
 Publisher = Callable[[int, bytes], bytes | None]
 """Called after a commit with (size, signed note); returns the note to publish or ``None``."""
@@ -164,7 +165,7 @@ def integrate_batch(
         indexes, new_entries, new_hashes = _assign(txn, entries, hashes, dedup)
         state = txn.state
         if not new_entries:
-            _, note = storage_checkpoint_in(txn, state.size)
+            note = _current_note(txn, state.size)
             return Integrated(tuple(indexes), state.size, state.root_hash, note, True)
         keys = [(lv, ix) for lv, ix, _ in partial_tiles(state.size)]
         growth = grow_tiles(state.size, state.range_hashes, new_hashes, txn.tiles(keys))
@@ -181,12 +182,12 @@ def integrate_batch(
     return Integrated(tuple(indexes), growth.size, growth.root_hash, note, publish_now)
 
 
-def storage_checkpoint_in(txn: WriteTxn, size: int) -> tuple[int, bytes]:
+def _current_note(txn: WriteTxn, size: int) -> bytes:
     """The note already signed for ``size`` (a batch made only of duplicates signs nothing)."""
     found = txn.checkpoint(size)
     if found is None:
         raise StorageError("no checkpoint of the current size", size=size)
-    return size, found
+    return found
 
 
 def _assign(
