@@ -30,7 +30,7 @@ from veriml.tlog.merkle import (
 )
 from veriml.tlog.note import NoteSigner, NoteVerifier
 from veriml.tlog.publish import tile_paths_between
-from veriml.tlog.server import create_log_router
+from veriml.tlog.server import create_log_app, create_log_router
 from veriml.tlog.storage import MAX_ENTRY_SIZE
 from veriml.tlog.tiles import TilePath, decode_entry_bundle
 
@@ -292,3 +292,24 @@ def test_read_only_logs_serve_the_same_bytes(
         assert ro.read_tile(TilePath(0, 0, 256)) == client.get(f"{PREFIX}/tile/0/000").content
     finally:
         ro.close()
+
+
+def test_the_standalone_app_speaks_problem_json_and_gzip(log: Log) -> None:
+    app = create_log_app(log, allow_add=False, prefix="/log")
+    with serve(app) as url, httpx.Client(base_url=url) as http:
+        assert_problem(http.get("/log/nothing-here"), 404)
+        assert_problem(http.get("/log/add"), 404)
+        bundle = http.get("/log/tile/entries/000", headers={"Accept-Encoding": "gzip"})
+        assert bundle.headers["content-encoding"] == "gzip"
+        assert decode_entry_bundle(bundle.content) == [entry(i) for i in range(256)]
+
+
+def test_a_failing_database_is_a_503(tmp_path: Path, signer: NoteSigner) -> None:
+    with Log.open(f"sqlite:///{tmp_path}/broken.db", signer) as broken:
+        broken.add(b"x")
+        with broken.storage.engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE tlog_tiles")
+        app = FastAPI()
+        app.include_router(create_log_router(broken), prefix="/b")
+        with serve(app) as url, httpx.Client(base_url=url) as http:
+            assert_problem(http.get("/b/tile/0/000.p/1"), 503)

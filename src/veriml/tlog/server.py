@@ -15,6 +15,8 @@ Routes, relative to any prefix the router is mounted under:
 
 Full tiles never change and are cached for a year (``immutable``); a partial tile's bytes never
 change either, but a log may drop it once the full tile exists, so it gets a short max-age.
+Proofs between fixed sizes are cacheable for a day. The standalone app gzips responses (entry
+bundles above all) for clients that accept it.
 Everything served is bounded by the published checkpoint. Errors are RFC 9457 problem details
 (``application/problem+json``): 400 bad input, 404 beyond the tree, 413 oversize entry, 503
 storage failure.
@@ -31,6 +33,7 @@ from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.gzip import GZipMiddleware
 
 from veriml.core.errors import Error, FormatError, NotFound, StorageError, VerificationError
 from veriml.tlog.log import Log
@@ -43,6 +46,8 @@ __all__ = ["create_log_app", "create_log_router", "problem"]
 FULL_TILE_CACHE = "public, max-age=31536000, immutable"
 PARTIAL_TILE_CACHE = "public, max-age=60"
 CHECKPOINT_CACHE = "no-cache"
+# A proof between fixed sizes never changes (and by hash, the lowest index below a size is fixed).
+PROOF_CACHE = "public, max-age=86400"
 _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX_HASH = re.compile(r"[0-9a-fA-F]{64}")
 _PROBLEM_TYPE = "https://veriml.dev/problems/"
@@ -158,14 +163,19 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
         else:
             index = _int_param(request, "index")
             proof = log.inclusion_proof(index, size, limit=limit)
-        return JSONResponse({"index": index, "size": size, "proof": _b64(proof)})
+        return JSONResponse(
+            {"index": index, "size": size, "proof": _b64(proof)},
+            headers={"Cache-Control": PROOF_CACHE},
+        )
 
     @router.get("/proof/consistency", operation_id="log_consistency_proof")
     def consistency(request: Request) -> JSONResponse:
         old = _int_param(request, "old")
         new = _int_param(request, "new")
         proof = log.consistency_proof(old, new, limit=log.published_size)
-        return JSONResponse({"old": old, "new": new, "proof": _b64(proof)})
+        return JSONResponse(
+            {"old": old, "new": new, "proof": _b64(proof)}, headers={"Cache-Control": PROOF_CACHE}
+        )
 
     if allow_add:
 
@@ -189,6 +199,8 @@ def create_log_app(log: Log, *, allow_add: bool = True, prefix: str = "") -> Fas
     """A standalone app serving ``log`` under ``prefix``; every error is problem JSON."""
     app = FastAPI(title=f"veriml log {log.origin}", docs_url=None, redoc_url=None)
     app.include_router(create_log_router(log, allow_add=allow_add), prefix=prefix)
+    # tlog-tiles: entry bundles SHOULD be compressed at the HTTP layer (when clients accept it).
+    app.add_middleware(GZipMiddleware, minimum_size=1024)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:

@@ -78,6 +78,14 @@ def test_entries_over_64_kib_are_refused() -> None:
         check_entry(b"x" * (MAX_ENTRY_SIZE + 1))
 
 
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/log.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
 @pytest.fixture
 def signer() -> NoteSigner:
     return NoteSigner(ORIGIN, generate_key())
@@ -92,8 +100,8 @@ def _create(storage: LogStorage, signer: NoteSigner, origin: str = ORIGIN) -> No
     )
 
 
-def test_oversize_entry_in_a_batch_stores_nothing(tmp_path: Path, signer: NoteSigner) -> None:
-    storage = LogStorage(f"sqlite:///{tmp_path}/log.db")
+def test_oversize_entry_in_a_batch_stores_nothing(db_url: str, signer: NoteSigner) -> None:
+    storage = LogStorage(db_url)
     _create(storage, signer)
     with pytest.raises(FormatError):
         integrate_batch(storage, signer, [b"ok", b"x" * (MAX_ENTRY_SIZE + 1)])
@@ -101,8 +109,8 @@ def test_oversize_entry_in_a_batch_stores_nothing(tmp_path: Path, signer: NoteSi
     storage.close()
 
 
-def test_state_survives_a_restart_without_rescanning(tmp_path: Path, signer: NoteSigner) -> None:
-    url = f"sqlite:///{tmp_path}/log.db"
+def test_state_survives_a_restart_without_rescanning(db_url: str, signer: NoteSigner) -> None:
+    url = db_url
     storage = LogStorage(url)
     _create(storage, signer)
     integrate_batch(storage, signer, [b"%d" % i for i in range(300)])
@@ -118,8 +126,8 @@ def test_state_survives_a_restart_without_rescanning(tmp_path: Path, signer: Not
     reopened.close()
 
 
-def test_a_database_holding_another_log_is_refused(tmp_path: Path, signer: NoteSigner) -> None:
-    url = f"sqlite:///{tmp_path}/log.db"
+def test_a_database_holding_another_log_is_refused(db_url: str, signer: NoteSigner) -> None:
+    url = db_url
     storage = LogStorage(url)
     _create(storage, signer)
     with pytest.raises(StorageError, match="another log"):
