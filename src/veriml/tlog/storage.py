@@ -180,20 +180,13 @@ class WriteTxn:
         if not tiles:
             return
         rows = [{"level": lv, "idx": ix, "hashes": h} for (lv, ix), h in tiles.items()]
-        dialect = self._conn.dialect.name
-        if dialect == "postgresql":
-            pg_stmt = postgresql.insert(_tiles)
-            stmt: Any = pg_stmt.on_conflict_do_update(
-                index_elements=["level", "idx"], set_={"hashes": pg_stmt.excluded.hashes}
-            )
-        elif dialect == "sqlite":
-            lite_stmt = sqlite.insert(_tiles)
-            stmt = lite_stmt.on_conflict_do_update(
-                index_elements=["level", "idx"], set_={"hashes": lite_stmt.excluded.hashes}
-            )
-        else:  # pragma: no cover - only SQLite and PostgreSQL are supported
-            raise StorageError("unsupported database", dialect=dialect)
-        self._conn.execute(stmt, rows)
+        stmt = _upsert(self._conn, _tiles)
+        self._conn.execute(
+            stmt.on_conflict_do_update(
+                index_elements=["level", "idx"], set_={"hashes": stmt.excluded.hashes}
+            ),
+            rows,
+        )
 
     def checkpoint(self, size: int) -> bytes | None:
         """The signed note stored for ``size``, if one was signed."""
@@ -231,6 +224,15 @@ class WriteTxn:
             root_hash=root_hash,
             published_size=published_size,
         )
+
+
+def _upsert(conn: Connection, table: sa.Table) -> Any:
+    """``INSERT`` with ``ON CONFLICT`` support, in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        return postgresql.insert(table)
+    if conn.dialect.name == "sqlite":
+        return sqlite.insert(table)
+    raise StorageError("unsupported database (SQLite or PostgreSQL)", dialect=conn.dialect.name)
 
 
 def _select_tiles(
@@ -284,18 +286,20 @@ class LogStorage:
         with self._write_conn() as conn:
             row = self._lock_state(conn)
             if row is None:
-                conn.execute(
-                    _state.insert().values(
-                        id=1,
-                        origin=origin,
-                        vkey=vkey,
-                        size=0,
-                        compact_range=b"",
-                        root_hash=empty_root,
-                        published_size=0,
-                    )
+                # Two replicas may create one log at once: the second insert does nothing
+                # (the empty checkpoint is the same bytes: Ed25519 signatures are deterministic).
+                state_row = _upsert(conn, _state).values(
+                    id=1,
+                    origin=origin,
+                    vkey=vkey,
+                    size=0,
+                    compact_range=b"",
+                    root_hash=empty_root,
+                    published_size=0,
                 )
-                conn.execute(_checkpoints.insert().values(size=0, note=empty_note))
+                conn.execute(state_row.on_conflict_do_nothing(index_elements=["id"]))
+                empty = _upsert(conn, _checkpoints).values(size=0, note=empty_note)
+                conn.execute(empty.on_conflict_do_nothing(index_elements=["size"]))
                 row = self._lock_state(conn)
             state = _state_from_row(row)
         if state.origin != origin:

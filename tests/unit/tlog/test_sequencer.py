@@ -160,13 +160,17 @@ WRITER = textwrap.dedent(
     """
     import sys
     from veriml.core.keys import load_private_key
+    from veriml.tlog.merkle import EMPTY_ROOT
     from veriml.tlog.note import NoteSigner
-    from veriml.tlog.sequencer import Sequencer
+    from veriml.tlog.sequencer import Sequencer, sign_checkpoint
     from veriml.tlog.storage import LogStorage
 
     url, key, name, origin = sys.argv[1:5]
     signer = NoteSigner(origin, load_private_key(key.encode()))
     storage = LogStorage(url)
+    # Every process creates the log if absent: they race to create one log, not three.
+    empty = sign_checkpoint(signer, origin, 0, EMPTY_ROOT)
+    storage.create(origin=origin, vkey=signer.vkey, empty_root=EMPTY_ROOT, empty_note=empty)
     seq = Sequencer(storage, signer, batch_size=16, max_interval=0.002)
     for i in range(60):
         entry = f"{name}-{i}".encode()
@@ -179,7 +183,6 @@ WRITER = textwrap.dedent(
 
 @pytest.mark.slow
 def test_processes_on_one_database_build_one_log(db_url: str, signer: NoteSigner) -> None:
-    storage = open_storage(db_url, signer)
     key_pem = signer.key.to_pem().decode()
     procs = [
         subprocess.Popen(
@@ -196,6 +199,7 @@ def test_processes_on_one_database_build_one_log(db_url: str, signer: NoteSigner
         for line in out.splitlines():
             entry, index = line.split()
             acked[entry.encode()] = int(index)
+    storage = open_storage(db_url, signer)
     stored = assert_log_is_sound(storage, signer)
     assert len(stored) == len(acked) == 180
     assert all(stored[index] == entry for entry, index in acked.items())
