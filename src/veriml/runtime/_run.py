@@ -2,24 +2,13 @@
 
 A :class:`Runner` holds the sessions of one model under one profile and reuses them, as a
 node does; :func:`run` finds (or builds) the runner for a model's digest and profile in a small
-process-wide cache, so calling it in a loop does not rebuild sessions.
-
-Signing on the hot path. The bytes signed are exactly those of
-:func:`veriml.core.receipt.sign_receipt` (an RFC 8785 in-toto Statement in a DSSE envelope), made
-cheaper per call without changing a byte:
-
-- JCS of a JSON value with no floats, integers within +-2**53, and ASCII member names is what
-  ``json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`` writes: the same
-  member order (UTF-16 and code-point order agree on ASCII), the same string escapes (RFC 8785
-  section 3.2.2.2: ``\\b \\t \\n \\f \\r``, other controls as lowercase ``\\u00xx``,
-  nothing else escaped) and the same integers. Anything else falls back to ``rfc8785``. The
-  equivalence is a property test (``tests/unit/runtime/test_sign.py``);
-- the signing key's id is computed once per key, not once per use.
+process-wide cache, so calling it in a loop does not rebuild sessions. Receipts are signed by
+:func:`veriml.core.receipt.sign_receipt`: one RFC 8785 serialiser (``rfc8785``) for everything
+veriml signs.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import uuid
 from collections import OrderedDict
@@ -31,12 +20,10 @@ import numpy.typing as npt
 import onnx
 import onnxruntime as ort
 
-from veriml.core.canonical import canonicalize
 from veriml.core.digest import Digest
-from veriml.core.dsse import INTOTO_PAYLOAD_TYPE, Envelope, Signature, Statement, Subject, pae
 from veriml.core.errors import ExecutionError, FormatError, InvalidModel, KeyFileError
 from veriml.core.keys import SigningKey
-from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, utc_now
+from veriml.core.receipt import InferencePredicate, request_digest, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
 from veriml.models import IOSignature, ModelPackage, io_signature
 from veriml.runtime._fingerprint import runtime_fingerprint
@@ -47,73 +34,14 @@ from veriml.runtime._trace import Trace, build_trace, traced_model
 
 __all__ = [
     "Runner",
-    "canonical_json",
     "canonical_request",
-    "is_simple",
     "run",
     "runner_for",
-    "sign_inference",
 ]
 
 Array = npt.NDArray[Any]
 MAX_POLICY_LEN = 256
 _CACHE_SIZE = 8
-
-
-_MAX_SAFE_INT = 2**53
-
-
-def is_simple(value: Any) -> bool:
-    """True if JCS and sorted compact ``json.dumps`` agree byte for byte on ``value``."""
-    if value is None or isinstance(value, bool | str):
-        return True
-    if isinstance(value, int):
-        return -_MAX_SAFE_INT <= value <= _MAX_SAFE_INT
-    if isinstance(value, dict):
-        return all(isinstance(k, str) and k.isascii() and is_simple(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return all(is_simple(v) for v in value)
-    return False  # floats (ES6 number formatting) and anything else
-
-
-def canonical_json(value: Any, *, known_simple: bool = False) -> bytes:
-    """RFC 8785 bytes of ``value``; a fast path for float-free values, else ``rfc8785``.
-
-    ``known_simple`` skips the walk when the caller built ``value`` from parts already known
-    to be simple (string values may still be anything: lone surrogates fall back below).
-    """
-    if known_simple or is_simple(value):
-        try:
-            text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-            return text.encode("utf-8")
-        except UnicodeEncodeError:
-            pass  # lone surrogates: let rfc8785 refuse them with its own error
-    return canonicalize(value)
-
-
-def sign_inference(
-    outputs: Mapping[str, Digest],
-    predicate: InferencePredicate,
-    key: SigningKey,
-    key_id: str,
-    *,
-    runtime_simple: bool = False,
-) -> Envelope:
-    """What :func:`veriml.core.receipt.sign_receipt` returns, for a key whose id is known.
-
-    ``runtime_simple`` says the predicate's runtime fingerprint passed :func:`is_simple`; every
-    other member of an inference statement is a string, a digest string or a bounded integer
-    under a fixed ASCII name, so the walk can then be skipped.
-    """
-    statement = Statement(
-        subjects=tuple(Subject(name, digest) for name, digest in sorted(outputs.items())),
-        predicate_type=PREDICATE_TYPE,
-        predicate=predicate.to_json(),
-    )
-    known = runtime_simple and not predicate.extra
-    payload = canonical_json(statement.to_json(), known_simple=known)
-    signature = key.sign(pae(INTOTO_PAYLOAD_TYPE, payload))
-    return Envelope(INTOTO_PAYLOAD_TYPE, payload, (Signature(key_id, signature),))
 
 
 def canonical_request(
@@ -168,7 +96,6 @@ class Runner:
         self.io = io if io is not None else io_signature(model)
         self.profile = profile if profile is not None else Profile()
         self.fingerprint = runtime_fingerprint(self.profile)
-        self._fingerprint_simple = is_simple(self.fingerprint)
         try:
             self._serialized = model.SerializeToString()
         except ValueError as exc:  # protobuf refuses messages over 2 GiB
@@ -179,9 +106,6 @@ class Runner:
         self._outputs = _tensor_outputs(self._session, "model")
         self._traced: tuple[ort.InferenceSession, list[str]] | None = None
         self._lock = threading.Lock()
-        # (key, key id) as one tuple: a single attribute store, so concurrent runs with
-        # different keys never pair one key with another's id.
-        self._key_id_cache: tuple[SigningKey | None, str] = (None, "")
 
     @classmethod
     def for_package(cls, package: ModelPackage, *, profile: Profile | None = None) -> Runner:
@@ -248,27 +172,20 @@ class Runner:
         finished = utc_now()
         input_digests = _digests(feeds)
         output_digests = _digests(outputs)
-        cached_key, key_id = self._key_id_cache
-        if cached_key is not key:
-            key_id = key.key_id
-            self._key_id_cache = (key, key_id)
         request = canonical_request(self.digest, input_digests, policy)
         predicate = InferencePredicate(
             request_id=request_id if request_id is not None else str(uuid.uuid4()),
-            # = veriml.core.receipt.request_digest(request), via the same JCS bytes.
-            request_digest=Digest.of(canonical_json(request, known_simple=True)),
+            request_digest=request_digest(request),
             model_digest=self.digest,
             inputs=input_digests,
             runtime=self.fingerprint,
-            node_id=key_id,
+            node_id=key.key_id,
             policy=policy,
             started=started,
             finished=finished,
             trace=None if recorded is None else recorded.commitment,
         )
-        envelope = sign_inference(
-            output_digests, predicate, key, key_id, runtime_simple=self._fingerprint_simple
-        )
+        envelope = sign_receipt(output_digests, predicate, key)
         return RunResult(outputs, envelope, predicate, recorded, feeds)
 
 
