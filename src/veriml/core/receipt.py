@@ -8,7 +8,7 @@ Predicate (all digests as ``sha256:<hex>``)::
 
     {
       "request":   {"id": str, "digest": Digest},
-      "model":     {"digest": Digest},
+      "model":     {"digest": Digest, "files": Digest},     # OMS root; file layout
       "inputs":    [{"name": str, "digest": Digest}, ...]      # sorted by name
       "runtime":   {engine, version, execution_provider, graph_optimization_level,
                     intra_op_threads, inter_op_threads, platform: {...}},
@@ -93,12 +93,16 @@ class InferencePredicate:
     started: str
     finished: str
     trace: TraceCommitment | None = None
+    # Digest of the model's file layout (paths + file digests). The OMS root digest does not
+    # cover file names, so a receipt binds both; see veriml.models.digest.files_digest.
+    model_files: Digest | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "request": {"id": self.request_id, "digest": self.request_digest.to_text()},
-            "model": {"digest": self.model_digest.to_text()},
+            "model": {"digest": self.model_digest.to_text()}
+            | ({} if self.model_files is None else {"files": self.model_files.to_text()}),
             "inputs": [
                 {"name": name, "digest": digest.to_text()}
                 for name, digest in sorted(self.inputs.items())
@@ -159,6 +163,7 @@ class InferencePredicate:
                 request_id=request["id"],
                 request_digest=_digest_member(request, "digest", "request"),
                 model_digest=_digest_member(model, "digest", "model"),
+                model_files=_digest_member(model, "files", "model") if "files" in model else None,
                 inputs=inputs,
                 runtime=runtime,
                 node_id=node["id"],

@@ -28,6 +28,7 @@ from model_signing import hashing as ms_hashing
 from model_signing import manifest as ms_manifest
 from model_signing._signing import signing as ms_signing
 
+from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
 from veriml.core.errors import InvalidModel
 
@@ -36,6 +37,7 @@ __all__ = [
     "DEFAULT_SIGNATURE_NAME",
     "GIT_PATHS",
     "ManifestEntry",
+    "files_digest",
     "hash_manifest",
     "manifest_entries",
     "model_digest",
@@ -132,6 +134,23 @@ def manifest_entries(manifest: Any) -> tuple[ManifestEntry, ...]:
             )
         entries.append(ManifestEntry(descriptor.identifier, Digest(descriptor.digest.digest_value)))
     return tuple(entries)
+
+
+def files_digest(entries: Iterable[ManifestEntry]) -> Digest:
+    """Digest of the file layout: RFC 8785 JSON of ``[{"path", "digest"}, ...]`` sorted by path.
+
+    The OMS root digest hashes the file digests in path order but not the paths, so two
+    folders that hold the same bytes under different names (``model.onnx`` and ``x.onnx``
+    swapped) share a root digest and run different graphs. Receipts therefore bind this digest
+    beside the root digest.
+    """
+    return canonical_digest(
+        [{"path": e.path, "digest": e.digest.to_text()} for e in sorted(entries, key=_path_of)]
+    )
+
+
+def _path_of(entry: ManifestEntry) -> str:
+    return entry.path
 
 
 def root_digest(manifest: ms_manifest.Manifest) -> Digest:

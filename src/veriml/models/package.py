@@ -28,6 +28,7 @@ from veriml.models.card import CARD_FILE, ModelCard
 from veriml.models.digest import (
     DEFAULT_SIGNATURE_NAME,
     ManifestEntry,
+    files_digest,
     hash_manifest,
     manifest_entries,
     root_digest,
@@ -122,6 +123,11 @@ class ModelPackage:
         return model
 
     @property
+    def files_digest(self) -> Digest:
+        """Digest of the file layout (paths and file digests); see :func:`files_digest`."""
+        return files_digest(self.manifest)
+
+    @property
     def signature_path(self) -> Path:
         """Where the OMS signature of this package is by default (``model.sig``)."""
         return self.path / DEFAULT_SIGNATURE_NAME
@@ -132,6 +138,7 @@ class ModelPackage:
             "path": str(self.path),
             "onnx": str(self.onnx_path.relative_to(self.path)),
             "digest": str(self.digest),
+            "files_digest": str(self.files_digest),
             "size": self.size,
             "opsets": dict(self.opsets),
             "io": self.io.to_json(),

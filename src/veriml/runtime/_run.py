@@ -90,9 +90,11 @@ class Runner:
         digest: Digest,
         io: IOSignature | None = None,
         profile: Profile | None = None,
+        files_digest: Digest | None = None,
     ) -> None:
         self.model = model
         self.digest = digest
+        self.files_digest = files_digest
         self.io = io if io is not None else io_signature(model)
         self.profile = profile if profile is not None else Profile()
         self.fingerprint = runtime_fingerprint(self.profile)
@@ -109,7 +111,13 @@ class Runner:
 
     @classmethod
     def for_package(cls, package: ModelPackage, *, profile: Profile | None = None) -> Runner:
-        return cls(package.load_proto(), digest=package.digest, io=package.io, profile=profile)
+        return cls(
+            package.load_proto(),
+            digest=package.digest,
+            io=package.io,
+            profile=profile,
+            files_digest=package.files_digest,
+        )
 
     def _traced_session(self) -> tuple[ort.InferenceSession, list[str]]:
         with self._lock:
@@ -177,6 +185,7 @@ class Runner:
             request_id=request_id if request_id is not None else str(uuid.uuid4()),
             request_digest=request_digest(request),
             model_digest=self.digest,
+            model_files=self.files_digest,
             inputs=input_digests,
             runtime=self.fingerprint,
             node_id=key.key_id,

@@ -12,7 +12,8 @@ The checks run in a fixed order and the first failure raises a
 3. ``output-digest``: the output names in the file are exactly the subjects, and each output
    tensor's digest is the subject's digest; ``input-digest``: inputs in the file, if any,
    match the predicate's input digests and the request digest is recomputed from them;
-4. ``model-digest``: with a model, its OMS digest is the predicate's model digest;
+4. ``model-digest``: with a model, its OMS digest is the predicate's model digest and its
+   file-layout digest (paths + file digests) is the predicate's ``model.files``;
 5. ``reexecution``: with ``reexecute``, running the model again under the profile recorded in
    the receipt gives bitwise the same outputs (and, if the receipt commits to a trace, the
    same trace root).
@@ -308,6 +309,15 @@ def verify_receipt(
                 check="model-digest",
                 expected=predicate.model_digest,
                 calculated=package.digest,
+            )
+        # The OMS root digest does not cover file names: the layout digest must match too,
+        # and a receipt that does not bind it cannot be checked against a folder (fail closed).
+        if predicate.model_files != package.files_digest:
+            raise DigestMismatch(
+                "model folder's file layout is not the one the receipt names",
+                check="model-digest",
+                expected=predicate.model_files or "absent from the receipt",
+                calculated=package.files_digest,
             )
         checks.append("model-digest")
     # 5. Re-execution under the recorded profile, bitwise.

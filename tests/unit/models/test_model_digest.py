@@ -17,6 +17,7 @@ from model_signing import signing as ms_signing
 from veriml.core import Digest
 from veriml.core.errors import InvalidModel
 from veriml.models import model_digest
+from veriml.models.digest import files_digest, hash_manifest, manifest_entries
 from veriml.models.signing import signed_digest
 
 
@@ -85,6 +86,21 @@ def test_root_digest_does_not_bind_file_names_only_their_order(tmp_path: Path) -
     before = model_digest(tmp_path)
     (tmp_path / "w.bin").rename(tmp_path / "v.bin")
     assert model_digest(tmp_path) == before
+
+
+def test_files_digest_binds_names_where_the_root_digest_does_not(tmp_path: Path) -> None:
+    # {model.onnx: X, x.onnx: Y} and {a.onnx: X, model.onnx: Y} share a root digest but run
+    # different graphs; the layout digest that receipts carry tells them apart.
+    first, second = tmp_path / "first", tmp_path / "second"
+    first.mkdir()
+    second.mkdir()
+    (first / "model.onnx").write_bytes(b"X")
+    (first / "x.onnx").write_bytes(b"Y")
+    (second / "a.onnx").write_bytes(b"X")
+    (second / "model.onnx").write_bytes(b"Y")
+    assert model_digest(first) == model_digest(second)
+    layouts = [files_digest(manifest_entries(hash_manifest(d))) for d in (first, second)]
+    assert layouts[0] != layouts[1]
 
 
 def test_a_symlink_in_the_folder_is_refused(tmp_path: Path) -> None:

@@ -294,3 +294,39 @@ def test_signed_inputs_the_model_cannot_take_fail_reexecution_not_usage(
     with pytest.raises(VerificationError, match="cannot be re-executed") as info:
         verify_receipt(forged, node_key=node_key.public, model=folder, reexecute=True, inputs=wrong)
     assert _check(info) == "reexecution"
+
+
+def test_a_folder_with_the_same_root_digest_but_renamed_files_fails_model_digest(
+    tmp_path: Path, node_key: SigningKey
+) -> None:
+    # The OMS root digest hashes file digests in path order, not names: swapping which file
+    # is called model.onnx keeps the root digest but runs another graph. The receipt's
+    # layout digest catches it.
+    import onnx
+
+    first = tmp_path / "first"
+    first.mkdir()
+    onnx.save_model(build_mlp((16, 24, 4), seed=1), first / "model.onnx")
+    onnx.save_model(build_mlp((16, 24, 4), seed=2), first / "x.onnx")
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "a.onnx").write_bytes((first / "model.onnx").read_bytes())
+    (second / "model.onnx").write_bytes((first / "x.onnx").read_bytes())
+    assert ModelPackage.load(first).digest == ModelPackage.load(second).digest
+
+    honest = run(first, X, key=node_key)
+    verify_receipt(honest, node_key=node_key.public, model=first)
+    with pytest.raises(DigestMismatch, match="layout") as info:
+        verify_receipt(honest, node_key=node_key.public, model=second)
+    assert _check(info) == "model-digest"
+
+
+def test_a_receipt_without_a_layout_digest_cannot_be_checked_against_a_folder(
+    folder: Path, result: RunResult, node_key: SigningKey
+) -> None:
+    doc = result.to_json()
+    statement = _statement(doc)
+    del statement["predicate"]["model"]["files"]
+    with pytest.raises(DigestMismatch) as info:
+        verify_receipt(_resign(doc, statement, node_key), node_key=node_key.public, model=folder)
+    assert _check(info) == "model-digest"
