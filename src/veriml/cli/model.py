@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -11,15 +11,11 @@ from rich.table import Table
 
 from veriml.cli._common import JsonOpt, console, err_console, print_json
 from veriml.cli.key import read_passphrase
-from veriml.models import (
-    ModelPackage,
-    model_digest,
-    sign_model,
-    verify_model,
-    verify_model_certificate,
-)
-from veriml.models.signature import TensorSpec
-from veriml.models.signing import signed_digest
+
+# veriml.models pulls in onnx and model-signing: imported inside the commands, so that the
+# CLI starts quickly for everything else.
+if TYPE_CHECKING:
+    from veriml.models.signature import TensorSpec
 
 app = typer.Typer(help="Digest, sign, verify and inspect model folders.", no_args_is_help=True)
 
@@ -47,6 +43,8 @@ IgnoreOpt = Annotated[
 @app.command("digest")
 def digest(model: ModelDir, ignore: IgnoreOpt = None, json_out: JsonOpt = False) -> None:
     """Print the OMS root digest of a model folder, as model_signing computes it."""
+    from veriml.models import model_digest
+
     with err_console.status(f"hashing {escape(str(model))}"):
         value = model_digest(model, ignore=ignore or ())
     if json_out:
@@ -80,6 +78,9 @@ def sign(
     json_out: JsonOpt = False,
 ) -> None:
     """Sign a model folder; writes an OMS signature bundle (default DIR/model.sig)."""
+    from veriml.models import sign_model
+    from veriml.models.signing import signed_digest
+
     passphrase = read_passphrase(passphrase_env)
     with err_console.status(f"hashing and signing {escape(str(model))}"):
         written = sign_model(
@@ -123,6 +124,8 @@ def verify(
     json_out: JsonOpt = False,
 ) -> None:
     """Check a model folder against its OMS signature; exit 1 naming the failed check."""
+    from veriml.models import verify_model, verify_model_certificate
+
     if (pubkey is None) == (not certificate_chain):
         raise typer.BadParameter("give either --pubkey or --certificate-chain")
     if identity is not None and pubkey is not None:
@@ -161,6 +164,8 @@ def _shape(spec: TensorSpec) -> str:
 @app.command("inspect")
 def inspect(model: ModelDir, json_out: JsonOpt = False) -> None:
     """Validate a model folder and show its IO signature, opsets, size, digest and card."""
+    from veriml.models import ModelPackage
+
     with err_console.status(f"validating and hashing {escape(str(model))}"):
         pkg = ModelPackage.load(model)
     if json_out:

@@ -16,10 +16,6 @@ from veriml.cli._common import JsonOpt, console, fail, print_json
 from veriml.cli.key import read_passphrase
 from veriml.core.errors import VerificationError
 from veriml.core.keys import load_private_key, load_public_key
-from veriml.models import ModelPackage
-from veriml.runtime import load_input_files
-from veriml.runtime import run as run_model
-from veriml.verify import verify_receipt
 
 __all__ = ["register"]
 
@@ -61,6 +57,11 @@ def run_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Run a model locally and write its outputs with a signed receipt."""
+    # ONNX Runtime loads here, not at CLI start-up.
+    from veriml.models import ModelPackage
+    from veriml.runtime import load_input_files
+    from veriml.runtime import run as run_model
+
     if out.exists() and not force:
         raise fail(f"{out}: exists (use --force to overwrite)")
     signing_key = load_private_key(key, passphrase=read_passphrase(passphrase_env), kind="ed25519")
@@ -111,6 +112,8 @@ def verify_command(
     json_out: JsonOpt = False,
 ) -> None:
     """Verify a result's receipt; exit 1 naming the first failed check."""
+    from veriml.verify import verify_receipt
+
     if reexecute and model is None:
         raise fail("--reexecute needs --model DIR")
     if pubkey is None:
