@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from veriml.core.errors import FormatError
+from veriml.core.errors import FormatError, StorageError
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
 from veriml.tlog.merkle import (
@@ -203,4 +203,24 @@ def test_processes_on_one_database_build_one_log(db_url: str, signer: NoteSigner
     stored = assert_log_is_sound(storage, signer)
     assert len(stored) == len(acked) == 180
     assert all(stored[index] == entry for entry, index in acked.items())
+    storage.close()
+
+
+def test_a_failed_integration_acknowledges_nothing(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, max_interval=0.01)
+    assert seq.add(b"before") == 0
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE tlog_tiles RENAME TO tlog_tiles_away")
+    futures = [seq.submit(b"lost-%d" % i) for i in range(5)]
+    for future in futures:
+        with pytest.raises(StorageError):
+            future.result(timeout=30)
+    with storage.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE tlog_tiles_away RENAME TO tlog_tiles")
+    # Nothing of the failed batch was stored, and the log carries on from where it was.
+    assert storage.state().size == 1
+    assert seq.add(b"after") == 1
+    seq.close()
+    assert assert_log_is_sound(storage, signer) == [b"before", b"after"]
     storage.close()
