@@ -236,14 +236,30 @@ def test_without_a_quorum_the_checkpoint_is_not_published(
 
 
 def test_a_quorum_larger_than_the_witness_list_is_refused(
-    tmp_path: Path, witness: tuple[str, CosignatureVerifier, NoteSigner]
+    tmp_path: Path,
+    witness: tuple[str, CosignatureVerifier, NoteSigner],
+    log_key: tuple[Path, str],
 ) -> None:
-    url, cosigner, log_signer = witness
+    url, cosigner, _ = witness
     client = WitnessClient(url, cosigner)
-    opts = LogOptions(witnesses=(client,), quorum=2)
     with pytest.raises(FormatError, match="quorum"):
-        Log.open(f"sqlite:///{tmp_path}/log.db", log_signer, options=opts)
+        LogOptions(witnesses=(client,), quorum=2)
     client.close()
+    done = veriml(
+        "log",
+        "serve",
+        "--db",
+        f"sqlite:///{tmp_path}/log.db",
+        "--key",
+        str(log_key[0]),
+        "--witness",
+        f"{cosigner.vkey}={url}",
+        "--quorum",
+        "2",
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "quorum" in done.stderr
 
 
 def test_a_checkpoint_held_back_is_published_once_witnesses_answer_after_restart(

@@ -59,6 +59,21 @@ class LogOptions:
     witnesses: Sequence[WitnessClient] = ()
     quorum: int = 0
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.batch_interval < 0 or self.tile_cache < 0:
+            raise FormatError(
+                "batch size must be ≥ 1, batch interval and tile cache ≥ 0",
+                batch_size=self.batch_size,
+                batch_interval=self.batch_interval,
+                tile_cache=self.tile_cache,
+            )
+        if not 0 <= self.quorum <= len(self.witnesses):
+            raise FormatError(
+                "quorum must be between 0 and the number of witnesses",
+                quorum=self.quorum,
+                witnesses=len(self.witnesses),
+            )
+
 
 class Log:
     """A transparency log stored in a database. Build it with :meth:`open`.
@@ -94,12 +109,6 @@ class Log:
             )
 
     def _witness_publisher(self, options: LogOptions) -> Publisher:
-        if options.quorum > len(options.witnesses):
-            raise FormatError(
-                "quorum exceeds the number of witnesses",
-                quorum=options.quorum,
-                witnesses=len(options.witnesses),
-            )
         # Sizes each witness last cosigned; 0 at start, corrected by the witness's 409 answer.
         old_sizes: dict[str, int] = {}
 
