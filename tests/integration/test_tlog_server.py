@@ -313,3 +313,12 @@ def test_a_failing_database_is_a_503(tmp_path: Path, signer: NoteSigner) -> None
         app.include_router(create_log_router(broken), prefix="/b")
         with serve(app) as url, httpx.Client(base_url=url) as http:
             assert_problem(http.get("/b/tile/0/000.p/1"), 503)
+
+
+def test_the_largest_entry_fits_its_entry_bundle(client: httpx.Client, log: Log) -> None:
+    biggest = b"y" * MAX_ENTRY_SIZE
+    index = client.post(f"{PREFIX}/add", content=biggest).json()["index"]
+    size = log.published_size
+    bundle = TilePath("entries", index // 256, min(256, size - index // 256 * 256))
+    entries = decode_entry_bundle(client.get(f"{PREFIX}/{bundle.to_path()}").content)
+    assert entries[index % 256] == biggest

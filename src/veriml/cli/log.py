@@ -23,7 +23,7 @@ from veriml.core.keys import generate_key, load_private_key
 from veriml.tlog.note import NoteSigner
 from veriml.tlog.storage import MAX_ENTRY_SIZE
 
-app = typer.Typer(help="Create, serve and append to a transparency log.", no_args_is_help=True)
+app = typer.Typer(help="Run, use and audit a transparency log.", no_args_is_help=True)
 
 _MAX_CHECKPOINT = 1 << 20
 

@@ -218,7 +218,7 @@ class Log:
         return self._sequencer
 
     def add(self, entry: bytes, *, timeout: float | None = None) -> int:
-        """Append ``entry`` (≤ 64 KiB) and return its index once durably integrated."""
+        """Append ``entry`` (at most 65,535 bytes) and return its index once durably integrated."""
         return self._writer().add(entry, timeout=timeout)
 
     def add_many(self, entries: Sequence[bytes], *, timeout: float | None = None) -> list[int]:

@@ -45,8 +45,9 @@ __all__ = [
     "check_entry",
 ]
 
-MAX_ENTRY_SIZE = 64 * 1024
-"""Largest entry accepted, in bytes (entry bundles use uint16 length prefixes)."""
+MAX_ENTRY_SIZE = 0xFFFF
+"""Largest entry accepted, in bytes: 64 KiB less one, the most a uint16 length prefix in a
+tlog-tiles entry bundle can describe (https://c2sp.org/tlog-tiles#log-entries)."""
 
 TILE_BYTES = 256 * HASH_SIZE
 
@@ -85,7 +86,7 @@ _checkpoints = sa.Table(
 
 
 def check_entry(entry: bytes) -> None:
-    """Raise :class:`FormatError` unless ``entry`` is bytes of at most 64 KiB."""
+    """Raise :class:`FormatError` unless ``entry`` is bytes of at most 65,535 bytes."""
     if not isinstance(entry, bytes | bytearray | memoryview):
         raise FormatError("a log entry must be bytes", type=type(entry).__name__)
     if len(entry) > MAX_ENTRY_SIZE:
