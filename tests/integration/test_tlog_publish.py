@@ -4,6 +4,7 @@ grows incrementally, and is never written over another log's tree."""
 from __future__ import annotations
 
 import contextlib
+import json
 import socket
 import threading
 import time
@@ -161,3 +162,28 @@ def test_another_logs_tree_is_never_overwritten(log: Log, target: str, tmp_path:
     with pytest.raises(LogInconsistency):
         publish_log(log, target)
     assert published_files(target) == before
+
+
+def test_a_log_of_the_go_vector_entries_publishes_the_go_tree_byte_for_byte(
+    vectors_dir: Path, tmp_path: Path
+) -> None:
+    # ../shared/vectors/go-tlog-tiles: 1000 entries "entry i", written by Go's sumdb/tlog and
+    # signed with the example.com/log key of ../shared/vectors/go-sumdb-note/notes.json.
+    keys = json.loads((vectors_dir / "go-sumdb-note/notes.json").read_text())["signer_keys"]
+    signer = NoteSigner.from_skey(keys["example.com/log"])
+    go_tree = vectors_dir / "go-tlog-tiles"
+    expected = {
+        str(p.relative_to(go_tree)): p.read_bytes()
+        for p in go_tree.rglob("*")
+        if p.is_file() and p.name != "README.txt"
+    }
+    opts = LogOptions(batch_size=1000, batch_interval=1.0)
+    with Log.open(f"sqlite:///{tmp_path}/go.db", signer, options=opts) as log:
+        log.add_many([b"entry %d" % i for i in range(1000)])
+        assert log.size == 1000
+        target = f"file://{tmp_path}/published"
+        publish_log(log, target)
+        assert published_files(target) == expected
+        with serve(create_log_app(log)) as base, httpx.Client(base_url=base) as http:
+            for rel, data in expected.items():
+                assert http.get("/" + rel).content == data, rel
