@@ -188,3 +188,49 @@ def test_sigkill_while_appending_loses_nothing_acknowledged(
     )
     assert audit.returncode == 0, audit.stderr
     assert state.exists()
+
+
+@pytest.mark.slow
+def test_two_replicas_on_one_database_serve_one_log(tmp_path: Path, servers: list[Server]) -> None:
+    key = tmp_path / "log.key"
+    vkey = subprocess.run(
+        [*VERIML, "log", "new", "--origin", ORIGIN, "--key-out", str(key)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    db = f"sqlite:///{tmp_path}/log.db"
+    servers.extend(Server(db, key, tmp_path / f"replica{n}.log") for n in range(2))
+    acked: dict[bytes, int] = {}
+    lock = threading.Lock()
+
+    def writer(n: int) -> None:
+        url = servers[n % 2].url
+        with httpx.Client(timeout=30) as http:
+            for i in range(75):
+                body = b'{"type":"replica","writer":%d,"n":%d}' % (n, i)
+                index = http.post(f"{url}/add", content=body).json()["index"]
+                with lock:
+                    acked[body] = index
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(acked) == 300
+    assert sorted(acked.values()) == list(range(300))  # no index given out twice
+
+    verifier = NoteVerifier.from_vkey(vkey)
+    seen = [httpx.get(f"{s.url}/checkpoint", timeout=10).content for s in servers]
+    assert seen[0] == seen[1]  # both replicas serve the same, latest checkpoint
+    latest, _ = open_checkpoint(seen[0], verifier, origin=ORIGIN)
+    assert latest.size == 300
+    reader = Log.open_readonly(db)
+    try:
+        entries = reader.entries(0, 300)
+    finally:
+        reader.close()
+    assert all(entries[index] == body for body, index in acked.items())
+    assert root_from_leaf_hashes([leaf_hash(e) for e in entries]) == latest.root_hash
