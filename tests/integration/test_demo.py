@@ -17,3 +17,16 @@ def test_demo_runs_end_to_end_and_catches_every_tampering(tmp_path: Path) -> Non
     assert "ACCEPTED" not in done.stdout
     assert done.stdout.count("rejected at") >= 3
     assert (tmp_path / "demo" / "result.json").is_file()
+    # Step 6: the receipt is in the log and its offline proof verifies with the log key alone.
+    assert "verified offline" in done.stdout
+    assert done.stdout.count("✓ rejected") == 2
+    vkey = next(w for w in done.stdout.split() if w.startswith("demo.veriml.local/log+"))
+    proof = tmp_path / "demo" / "receipt.tlog-proof"
+    checked = subprocess.run(
+        [sys.executable, "-m", "veriml", "log", "verify-proof", str(proof), "--vkey", vkey],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stderr
+    assert "entry 0" in checked.stdout

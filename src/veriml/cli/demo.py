@@ -4,7 +4,9 @@
 2. sign it as a publisher (OMS signature, EC P-256 key);
 3. run it on a node key with a signed receipt (trace mode on);
 4. verify the receipt: signature, types, output digests, model digest, re-execution;
-5. tamper with an output and with the model, and show both are rejected.
+5. tamper with an output, the signature and the model, and show each is rejected;
+6. record the receipt in a transparency log (SQLite), write an offline C2SP tlog-proof for it
+   and verify that proof with nothing but the log's public key.
 """
 
 from __future__ import annotations
@@ -103,6 +105,16 @@ def demo(
             console.print(table)
             raise typer.Exit(1)
     console.print(table)
+
+    _step(6, "Record the receipt in the transparency log and prove it offline")
+    proof_path, index, size, vkey = _log_receipt(result, work)
+    console.print(f"   log           {work / 'log.db'} (RFC 9162 tree, C2SP checkpoints)")
+    console.print(f"   log key       {vkey}")
+    console.print(f"   entry         index {index} of a tree of {size}")
+    console.print(f"   offline proof {proof_path} (C2SP tlog-proof)")
+    for label, ok, why in _check_log_proof(proof_path, vkey):
+        mark = "[green]✓[/]" if ok else "[green]✓ rejected[/]"
+        console.print(f"   {mark} {label}: {why}")
     console.print(
         "\n[bold green]demo complete:[/] every honest check passed, every tampering was caught."
     )
@@ -147,6 +159,61 @@ def _tamperings(
         ("receipt re-signed by another key", forged, None),
         ("receipt checked against an altered model", result.to_json(), altered),
     ]
+
+
+def _log_entry(result: RunResult) -> bytes:
+    from veriml.core.canonical import canonicalize
+
+    # Log entries are RFC 8785 JSON objects with a type (DESIGN.md, "Log").
+    return canonicalize({"type": "inference", "receipt": result.receipt.to_json()})
+
+
+def _log_receipt(result: RunResult, work: Path) -> tuple[Path, int, int, str]:
+    from veriml.core.keys import generate_key
+    from veriml.tlog import Checkpoint, Log, Note, NoteSigner, TlogProof
+
+    log_key = generate_key("ed25519")
+    log_key.save(work / "log.key")
+    signer = NoteSigner("demo.veriml.local/log", log_key)
+    entry = _log_entry(result)
+    with Log.open(f"sqlite:///{work / 'log.db'}", signer) as log:
+        index = log.add(entry)
+        note = log.checkpoint()
+        size = Checkpoint.from_text(Note.from_bytes(note).text).size
+        proof = TlogProof(index, tuple(log.inclusion_proof(index, size)), note, extra=entry)
+    proof_path = work / "receipt.tlog-proof"
+    proof_path.write_bytes(proof.to_bytes())
+    return proof_path, index, size, signer.vkey
+
+
+def _check_log_proof(proof_path: Path, vkey: str) -> list[tuple[str, bool, str]]:
+    from veriml.core.errors import VerificationError
+    from veriml.core.keys import generate_key
+    from veriml.tlog import NoteSigner, NoteVerifier, TlogProof, verify_tlog_proof
+
+    data = proof_path.read_bytes()
+    index, checkpoint = verify_tlog_proof(data, log=NoteVerifier.from_vkey(vkey))
+    rows = [("verified offline", True, f"entry {index} is in the tree of {checkpoint.size}")]
+    proof = TlogProof.from_bytes(data)
+    assert proof.extra is not None
+    other_log = NoteVerifier.from_vkey(NoteSigner("demo.veriml.local/log", generate_key()).vkey)
+    altered = proof.extra.replace(b'"inference"', b'"inferencf"')
+    attempts = [
+        ("proof checked against another log's key", data, other_log),
+        (
+            "logged receipt altered",
+            TlogProof(proof.index, proof.proof, proof.checkpoint, extra=altered).to_bytes(),
+            NoteVerifier.from_vkey(vkey),
+        ),
+    ]
+    for label, candidate, verifier in attempts:
+        try:
+            verify_tlog_proof(candidate, log=verifier)
+        except VerificationError as exc:
+            rows.append((label, False, exc.message))
+        else:
+            raise VerificationError("a tampered log proof verified", check=label)
+    return rows
 
 
 def register(root: typer.Typer) -> None:

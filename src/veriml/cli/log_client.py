@@ -133,9 +133,9 @@ def verify_proof(
     if json_out:
         print_json(info)
     else:
-        what = "entry" if entry_bytes is not None else "entry carried in the proof,"
+        source = "given with --entry" if entry_bytes is not None else "carried in the proof"
         console.print(
-            f"OK: {what} {index} is in {checkpoint.origin} at size {checkpoint.size}"
+            f"OK: entry {index} ({source}) is in {checkpoint.origin} at size {checkpoint.size}"
             + (f", cosigned by ≥ {quorum} witnesses" if quorum else "")
         )
 
