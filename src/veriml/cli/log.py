@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -17,6 +16,7 @@ import httpx
 import typer
 
 from veriml.cli._common import JsonOpt, console, print_json
+from veriml.cli.key import read_passphrase
 from veriml.cli.log_client import register_log_commands
 from veriml.core.errors import FormatError, KeyFileError, NodeUnavailable, StorageError
 from veriml.core.keys import generate_key, load_private_key
@@ -32,15 +32,6 @@ def _sidecar(key: Path) -> Path:
     return key.with_name(key.name + ".json")
 
 
-def _passphrase(env: str | None) -> bytes | None:
-    if not env:
-        return None
-    value = os.environ.get(env)
-    if value is None:
-        raise typer.BadParameter(f"environment variable {env} is not set")
-    return value.encode()
-
-
 def load_log_signer(key: Path, origin: str | None, passphrase_env: str | None = None) -> NoteSigner:
     """The note signer for a log key file; the origin comes from ``origin`` or the sidecar."""
     if origin is None:
@@ -51,7 +42,7 @@ def load_log_signer(key: Path, origin: str | None, passphrase_env: str | None = 
             raise KeyFileError(
                 "no --origin and no readable origin sidecar", path=str(_sidecar(key))
             ) from exc
-    signing = load_private_key(key, passphrase=_passphrase(passphrase_env), kind="ed25519")
+    signing = load_private_key(key, passphrase=read_passphrase(passphrase_env), kind="ed25519")
     return NoteSigner(origin, signing)
 
 
@@ -76,10 +67,10 @@ def new(
     """Create a log key (0600) and print the log's verifier key (name+hash+base64)."""
     key = generate_key("ed25519")
     signer = NoteSigner(origin, key)  # checks the origin is a valid key name first
-    key.save(key_out, passphrase=_passphrase(passphrase_env), overwrite=force)
     sidecar = _sidecar(key_out)
-    if sidecar.exists() and not force:
+    if sidecar.exists() and not force:  # checked first, so a refusal writes nothing
         raise KeyFileError("refusing to overwrite an existing file", path=str(sidecar))
+    key.save(key_out, passphrase=read_passphrase(passphrase_env), overwrite=force)
     sidecar.write_text(json.dumps({"origin": origin, "vkey": signer.vkey}, indent=2) + "\n")
     if json_out:
         print_json({"origin": origin, "vkey": signer.vkey, "key": str(key_out)})

@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from veriml.cli._common import JsonOpt, console, err_console, print_json
-from veriml.core.errors import FormatError
+from veriml.core.errors import KeyFileError
 from veriml.core.keys import generate_key, load_private_key
 from veriml.tlog.cosignature import CosignatureSigner
 from veriml.tlog.note import NoteVerifier
@@ -58,10 +58,10 @@ def new(
     """Create a witness key and print its cosignature/v1 verifier key (for log operators)."""
     key = generate_key("ed25519")
     signer = CosignatureSigner(name, key)
-    key.save(key_out, overwrite=force)
     vkey_file = _vkey_file(key_out)
-    if vkey_file.exists() and not force:
-        raise FormatError("refusing to overwrite an existing file", path=str(vkey_file))
+    if vkey_file.exists() and not force:  # checked first, so a refusal writes nothing
+        raise KeyFileError("refusing to overwrite an existing file", path=str(vkey_file))
+    key.save(key_out, overwrite=force)
     vkey_file.write_text(signer.vkey + "\n")
     if json_out:
         print_json({"name": name, "vkey": signer.vkey, "key": str(key_out)})
