@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import json
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
+from _servers import free_port, serve, start_process
 from veriml.core.errors import FormatError, SignatureError
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
@@ -41,66 +38,14 @@ def veriml(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class _ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
-        pass
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port; stop it when the block ends."""
-    port = free_port()
-    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "server failed to start"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
-
-
 @contextlib.contextmanager
 def log_server(*args: str) -> Iterator[str]:
     """``veriml log serve ARGS`` as a subprocess on a free loopback port."""
     port = free_port()
-    proc = subprocess.Popen(
-        [*VERIML, "log", "serve", "--port", str(port), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, "log server did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/checkpoint", timeout=1).status_code == 200:
-                    break
-            time.sleep(0.1)
+    command = [*VERIML, "log", "serve", "--port", str(port), *args]
+    with start_process(command, url_to_poll=f"{url}/checkpoint"):
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        if proc.stdout:
-            proc.stdout.close()
 
 
 @pytest.fixture(scope="module")

@@ -4,18 +4,20 @@ it, and check that nothing acknowledged was lost and no two signed checkpoints d
 from __future__ import annotations
 
 import base64
+import contextlib
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 
+from _servers import free_port, start_process
 from veriml.tlog.checkpoint import open_checkpoint
 from veriml.tlog.log import Log
 from veriml.tlog.merkle import leaf_hash, root_from_leaf_hashes, verify_consistency
@@ -25,78 +27,8 @@ ORIGIN = "example.com/crash-test"
 VERIML = [sys.executable, "-m", "veriml"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-class Server:
-    """One ``veriml log serve`` subprocess on loopback; always stopped by the test."""
-
-    def __init__(self, db: str, key: Path, log_file: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._out = log_file.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                *VERIML,
-                "log",
-                "serve",
-                "--db",
-                db,
-                "--key",
-                str(key),
-                "--port",
-                str(self.port),
-                "--batch-size",
-                "32",
-                "--batch-interval",
-                "0.005",
-            ],
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited: {log_file.read_text()[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/checkpoint", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        self.stop()
-        raise AssertionError("server did not start within 60 s")
-
-    def kill(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-        self._out.close()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Server]]:
-    started: list[Server] = []
-    yield started
-    for server in started:
-        server.stop()
-
-
-@pytest.mark.slow
-def test_sigkill_while_appending_loses_nothing_acknowledged(
-    tmp_path: Path, servers: list[Server]
-) -> None:
-    key = tmp_path / "log.key"
+def new_log_key(key: Path) -> str:
+    """``veriml log new`` writing the private key to ``key``; return the log's verifier key."""
     made = subprocess.run(
         [*VERIML, "log", "new", "--origin", ORIGIN, "--key-out", str(key)],
         capture_output=True,
@@ -104,11 +36,47 @@ def test_sigkill_while_appending_loses_nothing_acknowledged(
         check=True,
         timeout=60,
     )
-    vkey = made.stdout.strip()
+    return made.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Server:
+    """One ``veriml log serve`` subprocess on loopback."""
+
+    url: str
+    proc: subprocess.Popen[str]
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[[str, Path, Path], Server]]:
+    """Start ``veriml log serve --db DB --key KEY`` logging to a file; always stopped after."""
+    with contextlib.ExitStack() as stack:
+
+        def start(db: str, key: Path, log_file: Path) -> Server:
+            port = free_port()
+            url = f"http://127.0.0.1:{port}"
+            args = [*VERIML, "log", "serve", "--db", db, "--key", str(key), "--port", str(port)]
+            args += ["--batch-size", "32", "--batch-interval", "0.005"]
+            ready = start_process(args, url_to_poll=f"{url}/checkpoint", output=log_file)
+            return Server(url, stack.enter_context(ready))
+
+        yield start
+
+
+@pytest.mark.slow
+def test_sigkill_while_appending_loses_nothing_acknowledged(
+    tmp_path: Path, start_server: Callable[[str, Path, Path], Server]
+) -> None:
+    key = tmp_path / "log.key"
+    vkey = new_log_key(key)
     assert oct(key.stat().st_mode & 0o777) == "0o600"
     db = f"sqlite:///{tmp_path}/log.db"
-    servers.append(Server(db, key, tmp_path / "server.log"))
-    url = servers[0].url
+    first = start_server(db, key, tmp_path / "server.log")
+    url = first.url
 
     acked: dict[bytes, int] = {}
     lock = threading.Lock()
@@ -135,14 +103,13 @@ def test_sigkill_while_appending_loses_nothing_acknowledged(
     deadline = time.monotonic() + 60
     while len(acked) < 300 and time.monotonic() < deadline:
         time.sleep(0.05)
-    servers[0].kill()  # SIGKILL mid-stream: no shutdown hooks run
+    first.kill()  # SIGKILL mid-stream: no shutdown hooks run
     stop.set()
     for t in threads:
         t.join(timeout=30)
     assert len(acked) >= 300, "writers made too little progress before the kill"
 
-    servers.append(Server(db, key, tmp_path / "server.log"))
-    url = servers[1].url
+    url = start_server(db, key, tmp_path / "server.log").url
     # The restarted log keeps appending after what survived.
     after = httpx.post(f"{url}/add", content=b'{"type":"after-restart"}', timeout=30)
     assert after.status_code == 200
@@ -191,17 +158,13 @@ def test_sigkill_while_appending_loses_nothing_acknowledged(
 
 
 @pytest.mark.slow
-def test_two_replicas_on_one_database_serve_one_log(tmp_path: Path, servers: list[Server]) -> None:
+def test_two_replicas_on_one_database_serve_one_log(
+    tmp_path: Path, start_server: Callable[[str, Path, Path], Server]
+) -> None:
     key = tmp_path / "log.key"
-    vkey = subprocess.run(
-        [*VERIML, "log", "new", "--origin", ORIGIN, "--key-out", str(key)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout.strip()
+    vkey = new_log_key(key)
     db = f"sqlite:///{tmp_path}/log.db"
-    servers.extend(Server(db, key, tmp_path / f"replica{n}.log") for n in range(2))
+    servers = [start_server(db, key, tmp_path / f"replica{n}.log") for n in range(2)]
     acked: dict[bytes, int] = {}
     lock = threading.Lock()
 

@@ -3,11 +3,7 @@ grows incrementally, and is never written over another log's tree."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import socket
-import threading
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,9 +11,8 @@ from pathlib import Path
 import fsspec
 import httpx
 import pytest
-import uvicorn
-from fastapi import FastAPI
 
+from _servers import serve
 from veriml.core.errors import LogInconsistency
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
@@ -66,32 +61,6 @@ def published_files(url: str) -> dict[str, bytes]:
         for path in fs.find(root)
         if not path.endswith(".tmp")
     }
-
-
-class _ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
-        pass
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port; stop it when the block ends."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "server failed to start"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 def assert_same_as_server(log: Log, url: str) -> dict[str, bytes]:

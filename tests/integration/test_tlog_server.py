@@ -4,20 +4,16 @@ problem JSON for every kind of bad request."""
 from __future__ import annotations
 
 import base64
-import contextlib
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _servers import serve
 from veriml.core.errors import FormatError
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import Checkpoint, open_checkpoint
@@ -54,32 +50,6 @@ def log(tmp_path_factory: pytest.TempPathFactory, signer: NoteSigner) -> Iterato
     with Log.open(f"sqlite:///{db}", signer, options=LogOptions(batch_interval=0.0)) as opened:
         opened.add_many([entry(i) for i in range(SIZE)])
         yield opened
-
-
-class _ThreadServer(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
-        pass
-
-
-@contextlib.contextmanager
-def serve(app: FastAPI) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port; stop it when the block ends."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
-    server = _ThreadServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "server failed to start"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")

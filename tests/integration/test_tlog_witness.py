@@ -4,15 +4,11 @@ cosignatures, and collect_cosignatures enforces a quorum."""
 from __future__ import annotations
 
 import contextlib
-import socket
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 
+from _servers import free_port, serve
 from veriml.core.errors import LogInconsistency, NodeUnavailable, SignatureError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.tlog._witness_store import StoredCheckpoint, WitnessStore
@@ -30,36 +26,6 @@ from veriml.tlog.witness import (
 
 ORIGIN = "example.com/log"
 OTHER = "other.example/log"
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
-        pass
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def serve(app: object, port: int | None = None) -> Iterator[str]:
-    """Run ``app`` with uvicorn on 127.0.0.1; stop it when the block ends."""
-    port = port or _free_port()
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert thread.is_alive(), "server failed to start"
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 class Log:
@@ -104,14 +70,14 @@ def test_witness_remembers_its_latest_checkpoint_across_restarts(tmp_path: Path,
     signer = _witness("witness.example/w1")
     verifier = CosignatureVerifier.from_vkey(signer.vkey)
     state = tmp_path / "witness.db"
-    port = _free_port()
-    with serve(_app(state, signer, log), port) as url:
+    port = free_port()
+    with serve(_app(state, signer, log), port=port) as url:
         client = WitnessClient(url, verifier)
         client.add_checkpoint(0, [], log.signed(8))
         client.close()
     fork = Log(prefix="forged")
     fork.grow(20)
-    with serve(_app(state, signer, log), port) as url:
+    with serve(_app(state, signer, log), port=port) as url:
         client = WitnessClient(url, verifier)
         # A fresh start from 0 is refused: the witness still knows size 8.
         with pytest.raises(WitnessConflict) as conflict:
@@ -164,7 +130,7 @@ def test_quorum_fails_closed_when_a_witness_is_down(tmp_path: Path, log: Log) ->
         clients = [
             WitnessClient(url, CosignatureVerifier.from_vkey(up.vkey)),
             WitnessClient(
-                f"http://127.0.0.1:{_free_port()}",
+                f"http://127.0.0.1:{free_port()}",
                 CosignatureVerifier.from_vkey(down.vkey),
                 timeout=2,
             ),

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from _servers import free_port, start_process
 from veriml.tlog.cosignature import CosignatureVerifier
 
 ORIGIN = "example.com/e2e"
@@ -35,46 +35,14 @@ def veriml(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
     return done
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def process(args: list[str], ready_url: str, ready_status: int) -> Iterator[subprocess.Popen[str]]:
-    """Start ``veriml ARGS``; wait until ``ready_url`` answers ``ready_status``; stop it after."""
-    proc = subprocess.Popen(
-        [*VERIML, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            assert time.monotonic() < deadline, f"{args[0]} did not start"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(ready_url, timeout=1).status_code == ready_status:
-                    break
-            time.sleep(0.1)
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        if proc.stdout:
-            proc.stdout.close()
-
-
 @contextlib.contextmanager
 def witness_server(key: Path, log_vkey: str, state: Path, port: int) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     probe = f"{url}/{hashlib.sha256(ORIGIN.encode()).hexdigest()}/checkpoint"
-    args = ["witness", "serve", "--key", str(key), "--log", log_vkey, "--state", str(state)]
+    args = [*VERIML, "witness", "serve", "--key", str(key), "--log", log_vkey]
+    args += ["--state", str(state), "--port", str(port)]
     # Before any cosignature the monitoring endpoint answers 404; after, 200. Either means up.
-    with process([*args, "--port", str(port)], probe, 404 if not state.exists() else 200):
+    with start_process(args, url_to_poll=probe, ready_status=404 if not state.exists() else 200):
         yield url
 
 
@@ -112,11 +80,11 @@ def test_log_and_witness_processes_produce_offline_verifiable_proofs(tmp_path: P
 
     with witness_server(w_key, log_vkey, w_state, w_port) as w_url:
         log_args = [
-            "log", "serve", "--db", f"sqlite:///{tmp_path}/log.db", "--key", str(log_key),
+            *VERIML, "log", "serve", "--db", f"sqlite:///{tmp_path}/log.db", "--key", str(log_key),
             "--witness", f"{w_vkey}={w_url}", "--quorum", "1", "--port", str(log_port),
             "--batch-interval", "0.01",
         ]  # fmt: skip
-        with process(log_args, f"{log_url}/checkpoint", 200):
+        with start_process(log_args, url_to_poll=f"{log_url}/checkpoint"):
             files = add(log_url, tmp_path, 0, 5)
             wait_for_size(log_url, 5)
 
@@ -150,7 +118,7 @@ def test_log_and_witness_processes_produce_offline_verifiable_proofs(tmp_path: P
 
     # Both restart; the witness's memory of size 5 survives and the log goes on from there.
     with witness_server(w_key, log_vkey, w_state, w_port) as w_url:
-        with process(log_args, f"{log_url}/checkpoint", 200):
+        with start_process(log_args, url_to_poll=f"{log_url}/checkpoint"):
             add(log_url, tmp_path, 5, 4)
             wait_for_size(log_url, 9)
             second = veriml("log", "audit", log_url, "--vkey", log_vkey, "--state", str(state))

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.staticfiles import StaticFiles
 
+from _servers import serve
 from veriml.core.errors import (
     FormatError,
     NotFound,
@@ -175,35 +172,11 @@ def test_checkpoint_policy_counts_only_trusted_valid_cosignatures(tmp_path: Path
         )
 
 
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
-        pass
-
-
 @contextlib.contextmanager
 def serve_folder(folder: Path) -> Iterator[str]:
     """Serve a static tile tree over HTTP on 127.0.0.1, like a CDN would."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    config = uvicorn.Config(
-        Starlette(routes=[Mount("/", StaticFiles(directory=folder))]),
-        host="127.0.0.1",
-        port=port,
-        log_level="warning",
-    )
-    server = _Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve(Starlette(routes=[Mount("/", StaticFiles(directory=folder))])) as url:
+        yield url + "/"
 
 
 def test_http_client_and_audit_read_a_static_tree(vectors_dir: Path, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-from pathlib import Path
 
 import pytest
 
@@ -27,14 +26,6 @@ from veriml.tlog.sequencer import Sequencer, sign_checkpoint
 from veriml.tlog.storage import MAX_ENTRY_SIZE, LogStorage
 
 ORIGIN = "example.com/sequencer-test"
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
 
 
 @pytest.fixture

@@ -78,14 +78,6 @@ def test_entries_over_64_kib_are_refused() -> None:
         check_entry(b"x" * (MAX_ENTRY_SIZE + 1))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path}/log.db"
-    url: str = request.getfixturevalue("postgres_url")
-    return url
-
-
 @pytest.fixture
 def signer() -> NoteSigner:
     return NoteSigner(ORIGIN, generate_key())

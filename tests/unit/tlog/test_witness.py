@@ -4,21 +4,18 @@ never cosigns a checkpoint inconsistent with one it cosigned."""
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
-import socket
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _servers import serve
 from veriml.core.errors import FormatError
 from veriml.core.keys import generate_key
 from veriml.tlog._witness_store import StoredCheckpoint, WitnessStore
@@ -83,31 +80,6 @@ def log(log_signer: NoteSigner) -> Log:
     log = Log(log_signer)
     log.grow(10)
     return log
-
-
-class _Server(uvicorn.Server):
-    def install_signal_handlers(self) -> None:  # a server in a thread leaves signals alone
-        pass
-
-
-@contextlib.contextmanager
-def serve(app: object) -> Iterator[str]:
-    """Run ``app`` with uvicorn on a free 127.0.0.1 port; stop it when the caller is done."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = _Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started:
-        assert time.monotonic() < deadline, "witness server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture
