@@ -34,7 +34,13 @@ from veriml.tlog.note import NoteVerifier
 t0 = time.perf_counter()
 report = audit(sys.argv[1], NoteVerifier.from_vkey(sys.argv[2]))
 seconds = time.perf_counter() - t0
-peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+# VmHWM is this process image's own peak: Linux carries ru_maxrss across fork and exec, so a
+# child of a large benchmark process would report its parent's peak.
+try:
+    status = open("/proc/self/status").read()
+    peak_kib = int(status.split("VmHWM:")[1].split()[0])
+except (OSError, IndexError, ValueError):
+    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"entries": report.entries, "tiles": report.tiles, "seconds": seconds,
                   "peak_mib": peak_kib / 1024}))
 """
