@@ -6,13 +6,15 @@ Security outcomes are always exceptions, never a ``False`` return::
 
     Error
     ├── FormatError             bytes or text that do not parse as the format they claim
-    │   └── InvalidTensor       a tensor file or JSON tensor that is malformed or too large
+    │   ├── InvalidTensor       a tensor file or JSON tensor that is malformed or too large
+    │   └── LimitExceeded       a body, upload or archive is bigger than a configured limit
     ├── KeyFileError            a key file that cannot be read (format, passphrase, type)
     ├── InvalidModel            a model folder or ONNX file that fails validation
     ├── InvalidInput            inputs that do not match a model's IO signature
     ├── ExecutionError          the engine failed to run a valid model on valid inputs
     ├── StorageError            a store or database could not do what was asked
     ├── NotFound                the asked-for entry, tile, proof or checkpoint does not exist
+    ├── Conflict                the request contradicts recorded state (name taken, replay)
     ├── NodeUnavailable         a remote service did not answer
     └── VerificationError       a check of evidence failed (fails closed)
         ├── SignatureError      a signature does not verify, or no trusted key signed
@@ -30,6 +32,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 __all__ = [
+    "Conflict",
     "DigestMismatch",
     "Error",
     "ExecutionError",
@@ -38,6 +41,7 @@ __all__ = [
     "InvalidModel",
     "InvalidTensor",
     "KeyFileError",
+    "LimitExceeded",
     "LogInconsistency",
     "NodeUnavailable",
     "NotFound",
@@ -86,6 +90,10 @@ class InvalidTensor(FormatError):
     """A tensor (npy file, JSON object, raw bytes) is malformed, unsupported or too large."""
 
 
+class LimitExceeded(FormatError):
+    """A body, upload or archive exceeds a configured size limit (HTTP 413); ``limit`` is it."""
+
+
 class KeyFileError(Error):
     """A key could not be loaded: bad PEM, wrong passphrase, or the wrong kind of key."""
 
@@ -114,6 +122,13 @@ class StorageError(Error):
 
 class NotFound(Error):
     """The asked-for thing (log entry, tile, proof size, checkpoint) does not exist (yet)."""
+
+    exit_code = 2
+
+
+class Conflict(Error):
+    """The request contradicts recorded state: a name@version bound to another digest, a
+    replayed message. Retrying the same request gives the same answer (HTTP 409)."""
 
     exit_code = 2
 
