@@ -1,0 +1,15 @@
+"""A veriml node: pulls verified models from its coordinator's hub and runs signed jobs.
+
+>>> from veriml.node import NodeConfig, serve_node
+>>> serve_node(NodeConfig(coordinator_url="http://127.0.0.1:8700", operator="op-1",
+...     key_path=Path(".veriml/nodes/n1/node.key"), home=Path(".veriml/nodes/n1"),
+...     port=8701))  # doctest: +SKIP
+
+The public surface is re-exported here; the ``_``-prefixed modules are internal. See
+docs/node.md for configuration, job handling, replay protection, the model cache and traces.
+"""
+
+from veriml.node._app import create_node_app, load_node_key, serve_node
+from veriml.node._config import NodeConfig
+
+__all__ = ["NodeConfig", "create_node_app", "load_node_key", "serve_node"]

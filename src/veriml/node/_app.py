@@ -1,0 +1,334 @@
+"""The node's HTTP API (docs/network.md, "Node HTTP API") and its process lifecycle.
+
+Routes -> the services in this package. Every error is RFC 9457 problem JSON
+(https://www.rfc-editor.org/rfc/rfc9457): 400 malformed body, 403 job not signed by our
+coordinator or not for this node, 404 unknown trace, 409 replay, 410 expired job, 413 body over
+the limit, 422 inputs that do not match the job or the model, 502 a model the hub served that
+fails verification, 503 busy or shutting down (with ``Retry-After``), 504 job timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import httpx
+import uvicorn
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from veriml.core.errors import (
+    Conflict,
+    Error,
+    ExecutionError,
+    FormatError,
+    InvalidInput,
+    InvalidTensor,
+    KeyFileError,
+    LimitExceeded,
+    NodeUnavailable,
+    NotFound,
+    StorageError,
+    VerificationError,
+)
+from veriml.core.keys import SigningKey, generate_key, load_private_key, load_public_key
+from veriml.node._config import NodeConfig
+from veriml.node._coordinator import CoordinatorLink
+from veriml.node._jobs import JobService
+from veriml.node._memory import ReplayCache, TraceStore
+from veriml.node._models import ModelCache
+from veriml.protocol.messages import format_time
+
+__all__ = ["NodeState", "create_node_app", "load_node_key", "serve_node"]
+
+log = logging.getLogger("veriml.node")
+
+_PROBLEM_TYPE = "https://veriml.dev/problems/"
+# Checks on the job message itself: the coordinator's signature and the addressee.
+_FORBIDDEN_CHECKS = frozenset(
+    {"job-signature", "payload-type", "message-type", "job-node", "job-time", "job-validity"}
+)
+_TITLES = {
+    400: "Bad Request",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    410: "Gone",
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    500: "Internal Error",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def load_node_key(path: Path, passphrase: bytes | None) -> SigningKey:
+    """The node's Ed25519 key from ``path``; created (mode 0600, plus ``.pub``) if absent."""
+    if path.exists():
+        return load_private_key(path, passphrase=passphrase, kind="ed25519")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    key = generate_key("ed25519")
+    key.save(path, passphrase=passphrase)
+    log.info("created node key %s at %s", key.key_id, path)
+    return key
+
+
+def status_for(exc: Error) -> int:
+    """The HTTP status a veriml error answers with on the node API."""
+    if isinstance(exc, LimitExceeded):
+        return 413
+    if isinstance(exc, Conflict):
+        return 409
+    if isinstance(exc, NotFound):
+        return 404
+    if isinstance(exc, NodeUnavailable):
+        return 504 if "timeout_seconds" in exc.evidence else 503
+    if isinstance(exc, VerificationError):
+        if exc.check == "job-expired":
+            return 410
+        if exc.check in _FORBIDDEN_CHECKS:
+            return 403
+        if exc.check == "job-inputs":
+            return 422
+        return 502  # the hub served a model that does not verify
+    if isinstance(exc, InvalidTensor | InvalidInput):
+        return 422
+    if isinstance(exc, FormatError):
+        return 400
+    if isinstance(exc, KeyFileError):
+        return 502  # the hub's publisher key is unusable
+    if isinstance(exc, StorageError):
+        return 503
+    if isinstance(exc, ExecutionError):
+        return 500
+    return 502  # InvalidModel: what the hub served is not a valid model
+
+
+def problem(status: int, detail: str, **members: Any) -> JSONResponse:
+    """An RFC 9457 problem details response."""
+    title = _TITLES.get(status, "Error")
+    body = {
+        "type": _PROBLEM_TYPE + title.lower().replace(" ", "-"),
+        "title": title,
+        "status": status,
+        "detail": detail,
+        **members,
+    }
+    headers = {"Retry-After": str(members["retry_after"])} if "retry_after" in members else None
+    return JSONResponse(
+        body, status_code=status, media_type="application/problem+json", headers=headers
+    )
+
+
+def _evidence(exc: Error) -> dict[str, Any]:
+    members: dict[str, Any] = {
+        k: v if isinstance(v, int | float) else str(v) for k, v in exc.evidence.items()
+    }
+    if isinstance(exc, VerificationError) and exc.check:
+        members["check"] = exc.check
+    return members
+
+
+class NodeState:
+    """Everything a running node holds; created in the app's lifespan, stored on
+    ``app.state.node``."""
+
+    def __init__(self, config: NodeConfig, key: SigningKey) -> None:
+        self.config = config
+        self.key = key
+        self.started_at = dt.datetime.now(dt.UTC)
+        self.models = ModelCache(
+            config.cache_dir,
+            config.coordinator,
+            max_bytes=config.max_model_bytes,
+            timeout=config.job_timeout,
+        )
+        self.replay = ReplayCache(
+            started_at=self.started_at,
+            max_validity=dt.timedelta(seconds=config.max_job_validity),
+        )
+        self.traces = TraceStore(retention=config.trace_retention, max_bytes=config.max_trace_bytes)
+        self.jobs = JobService(
+            key=key,
+            models=self.models,
+            replay=self.replay,
+            traces=self.traces,
+            concurrency=config.concurrency,
+            queue_length=config.queue_length,
+            job_timeout=config.job_timeout,
+            max_tensor_bytes=config.max_body_bytes,
+        )
+        self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self.link = CoordinatorLink(
+            url=config.coordinator,
+            key=key,
+            operator=config.operator,
+            endpoint=config.advertised_endpoint,
+            client=self.http,
+            status=self._status,
+            heartbeat_interval=config.heartbeat_interval,
+        )
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _status(self) -> tuple[dict[str, int], list[str]]:
+        return self.jobs.load(), self.models.loaded
+
+    async def start(self) -> None:
+        self.models.clean()
+        if self.config.coordinator_key is not None:
+            self.jobs.coordinator_key = load_public_key(self.config.coordinator_key, kind="ed25519")
+        self._tasks.append(asyncio.create_task(self._connect(), name="veriml-node-coordinator"))
+        self._tasks.append(asyncio.create_task(self._prune(), name="veriml-node-prune"))
+
+    async def _connect(self) -> None:
+        if self.jobs.coordinator_key is None:
+            self.jobs.coordinator_key = await self.link.fetch_key()
+        await self.link.run()
+
+    async def _prune(self) -> None:
+        interval = max(1.0, min(60.0, self.config.trace_retention / 4))
+        while True:
+            await asyncio.sleep(interval)
+            self.traces.prune()
+
+    async def stop(self) -> None:
+        """Stop heartbeats, let admitted jobs finish within the grace period, close."""
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.jobs.drain(self.config.shutdown_grace)
+        self.jobs.close()
+        await self.http.aclose()
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "node_id": self.key.key_id,
+            "public_key": self.key.public.to_pem().decode(),
+            "operator": self.config.operator,
+            "endpoint": self.config.advertised_endpoint,
+            "coordinator": self.config.coordinator,
+            "descriptor": self.link.descriptor,
+            "log_index": self.link.log_index,
+        }
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok" if self.jobs.accepting else "stopping",
+            "node_id": self.key.key_id,
+            "registered": self.link.registered.is_set(),
+            "load": self.jobs.load(),
+            "completed": self.jobs.completed,
+            "cached": self.models.cached(),
+            "loaded": self.models.loaded,
+            "traces": len(self.traces),
+            "started_at": format_time(self.started_at),
+        }
+
+
+def _state(request: Request) -> NodeState:
+    state: NodeState = request.app.state.node
+    return state
+
+
+Node = Annotated[NodeState, Depends(_state)]
+
+
+async def _read_json(request: Request, limit: int) -> Any:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > limit):
+        raise LimitExceeded("request body is too large", limit=limit, declared=declared[:20])
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise LimitExceeded("request body is too large", limit=limit)
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise FormatError("request body is not JSON", reason=str(exc)[:200]) from exc
+
+
+def create_node_app(config: NodeConfig) -> FastAPI:
+    """The node's FastAPI app. Its lifespan loads (or creates) the node key, connects to the
+    coordinator (registration and heartbeats in the background) and, on shutdown, stops
+    heartbeats and waits up to ``shutdown_grace`` for admitted jobs.
+
+    >>> app = create_node_app(NodeConfig(coordinator_url="http://127.0.0.1:8700",
+    ...     key_path=Path("n/node.key"), operator="op-1", home=Path("n")))  # doctest: +SKIP
+    """
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        key = load_node_key(config.key_path, config.passphrase())
+        state = NodeState(config, key)
+        app.state.node = state
+        await state.start()
+        try:
+            yield
+        finally:
+            await state.stop()
+
+    app = FastAPI(
+        title="veriml node",
+        version="1",
+        lifespan=lifespan,
+        openapi_url="/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+    )
+
+    @app.exception_handler(Error)
+    async def _veriml_error(request: Request, exc: Error) -> Response:
+        status = status_for(exc)
+        if status >= 500:
+            log.warning("%s %s -> %d: %s", request.method, request.url.path, status, exc)
+        return problem(status, exc.diagnostics(), **_evidence(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        return problem(exc.status_code, str(exc.detail))
+
+    @app.get("/v1/info", operation_id="get_info")
+    async def get_info(node: Node) -> dict[str, Any]:
+        return node.info()
+
+    @app.post("/v1/jobs", operation_id="run_job")
+    async def run_job(request: Request, node: Node) -> dict[str, Any]:
+        body = await _read_json(request, config.max_body_bytes)
+        return await node.jobs.run(body)
+
+    @app.get("/v1/traces/{request_id}", operation_id="get_trace")
+    async def get_trace(request_id: str, node: Node) -> dict[str, Any]:
+        return node.traces.get(request_id).to_json()
+
+    @app.get("/healthz", operation_id="healthz")
+    async def healthz(node: Node) -> dict[str, Any]:
+        return node.health()
+
+    return app
+
+
+def serve_node(config: NodeConfig) -> None:
+    """Run a node until SIGINT/SIGTERM. Shutdown stops accepting connections, lets requests
+    in flight (running jobs) finish within ``shutdown_grace`` seconds, then stops heartbeats."""
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_node_app(config),
+            host=config.host,
+            port=config.port,
+            log_level="info",
+            timeout_graceful_shutdown=int(config.shutdown_grace) or None,
+        )
+    )
+    server.run()

@@ -1,0 +1,115 @@
+"""Node configuration: one frozen value built once at start-up (from the CLI or code).
+
+Defaults and why:
+
+- ``concurrency`` = the number of CPU cores. Jobs run under the verifiable profile, which pins
+  onnxruntime to one intra-op and one inter-op thread, so one job per core keeps every core
+  busy without oversubscribing; more would only queue inside the thread pool.
+- ``queue_length`` = 64 waiting jobs beyond the running ones. Past that the node answers 503
+  with ``Retry-After`` so the coordinator retries elsewhere instead of piling up latency.
+- ``heartbeat_interval`` = 5 s; the coordinator calls a node live for about three intervals.
+- ``max_job_validity`` = 5 minutes: the replay cache keeps job ids in memory until they
+  expire, so the node refuses jobs whose validity window is longer than this (docs/node.md,
+  "Replay protection").
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veriml.core.errors import FormatError
+
+__all__ = ["DEFAULT_PASSPHRASE_ENV", "NodeConfig"]
+
+DEFAULT_PASSPHRASE_ENV = "VERIML_NODE_PASSPHRASE"  # noqa: S105 - a variable name
+_MAX_QUEUE = 1 << 16
+
+
+def _default_concurrency() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """Everything a node needs to run.
+
+    >>> NodeConfig(coordinator_url="http://127.0.0.1:8700", key_path=Path("n/node.key"),
+    ...            operator="op-1", home=Path("n")).cache_dir
+    PosixPath('n/models')
+    """
+
+    coordinator_url: str
+    """Base URL of the coordinator the node registers with and pulls models from."""
+    key_path: Path
+    """The node's Ed25519 private key (PEM); created with mode 0600 on first start if absent."""
+    operator: str
+    """Free-form operator id; quorum picks nodes of distinct operators."""
+    home: Path
+    """The node's own folder; the model cache is ``home/models``."""
+    passphrase_env: str = DEFAULT_PASSPHRASE_ENV
+    """Name of the environment variable holding the key's passphrase (unset: no passphrase)."""
+    host: str = "127.0.0.1"
+    port: int = 8701
+    endpoint: str | None = None
+    """URL the coordinator reaches this node at; default ``http://host:port``."""
+    coordinator_key: Path | None = None
+    """The coordinator's Ed25519 public key (PEM). None: fetched once from ``/v1/info`` and
+    trusted on first use, with a warning."""
+    concurrency: int = field(default_factory=_default_concurrency)
+    queue_length: int = 64
+    heartbeat_interval: float = 5.0
+    trace_retention: float = 3600.0
+    """Seconds a trace is kept and served after its job ran."""
+    job_timeout: float = 60.0
+    """Seconds a job may take from admission to answer, pull of its model included."""
+    max_job_validity: float = 300.0
+    """Longest ``expires_at - issued_at`` accepted; bounds how long the replay cache keeps ids."""
+    max_body_bytes: int = 64 << 20
+    """Largest ``POST /v1/jobs`` body (inputs travel in it)."""
+    max_model_bytes: int = 8 << 30
+    """Largest model (sum of its files) the node pulls."""
+    max_trace_bytes: int = 512 << 20
+    """Most tensor bytes kept in traces; the oldest traces go first beyond it."""
+    shutdown_grace: float = 30.0
+    """Seconds running jobs get to finish once shutdown starts."""
+
+    def __post_init__(self) -> None:
+        if not self.coordinator_url.startswith(("http://", "https://")):
+            raise FormatError("coordinator URL must be http(s)", got=self.coordinator_url)
+        if not self.operator or len(self.operator) > 128:
+            raise FormatError("operator id must be 1-128 characters", got=self.operator[:40])
+        if not 0 < self.port < 65536:
+            raise FormatError("port must be 1-65535", got=self.port)
+        if self.concurrency < 1 or self.concurrency > 1024:
+            raise FormatError("concurrency must be 1-1024", got=self.concurrency)
+        if not 0 <= self.queue_length <= _MAX_QUEUE:
+            raise FormatError(f"queue length must be 0-{_MAX_QUEUE}", got=self.queue_length)
+        for name in ("heartbeat_interval", "job_timeout", "max_job_validity"):
+            if not getattr(self, name) > 0:
+                raise FormatError(f"{name} must be positive", got=getattr(self, name))
+        for name in ("trace_retention", "shutdown_grace"):
+            if getattr(self, name) < 0:
+                raise FormatError(f"{name} must not be negative", got=getattr(self, name))
+        if self.max_body_bytes < 1024 or self.max_model_bytes < 1024:
+            raise FormatError("size limits must be at least 1 KiB")
+        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
+            raise FormatError("advertised endpoint must be http(s)", got=self.endpoint)
+
+    @property
+    def advertised_endpoint(self) -> str:
+        return self.endpoint or f"http://{self.host}:{self.port}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def coordinator(self) -> str:
+        """The coordinator URL without a trailing slash."""
+        return self.coordinator_url.rstrip("/")
+
+    def passphrase(self) -> bytes | None:
+        value = os.environ.get(self.passphrase_env)
+        return value.encode() if value else None

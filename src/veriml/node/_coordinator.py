@@ -1,0 +1,191 @@
+"""The node's side of the node <-> coordinator protocol: key, registration, heartbeats.
+
+- The coordinator's public key comes from the configuration (``--coordinator-key``) or, when
+  none is given, from ``GET /v1/info`` once, trusted on first use with a logged warning.
+- Registration (``POST /v1/nodes``) sends a signed :class:`NodeDescriptor` with a fresh nonce,
+  the runtime fingerprint and ``models: ["*"]`` (any hub model is pulled on demand). It is
+  retried with exponential backoff (0.5 s doubling to 30 s) until the coordinator accepts it.
+- Heartbeats (``POST /v1/nodes/{node_id}/heartbeat``) are signed :class:`Heartbeat` messages
+  carrying the node's load and cached models, sent every ``heartbeat_interval`` seconds. A 404
+  means the coordinator no longer knows the node (a fresh database, say): the node registers
+  again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from veriml.core.errors import Error, FormatError, KeyFileError, NodeUnavailable
+from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.protocol.messages import Heartbeat, NodeDescriptor, format_time
+from veriml.runtime import Profile, platform_fingerprint, runtime_fingerprint
+
+__all__ = ["CoordinatorLink"]
+
+log = logging.getLogger("veriml.node")
+
+MAX_INFO_BYTES = 64 * 1024
+BACKOFF_START = 0.5
+BACKOFF_MAX = 30.0
+
+
+class CoordinatorLink:
+    """Talks to one coordinator on behalf of one node key."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        key: SigningKey,
+        operator: str,
+        endpoint: str,
+        client: httpx.AsyncClient,
+        status: Callable[[], tuple[dict[str, int], list[str]]],
+        heartbeat_interval: float,
+        profile: Profile | None = None,
+    ) -> None:
+        self.url = url
+        self.key = key
+        self.operator = operator
+        self.endpoint = endpoint
+        self.client = client
+        self.status = status
+        """Returns ``(load, cached digests)`` for heartbeats."""
+        self.heartbeat_interval = heartbeat_interval
+        self.profile = profile if profile is not None else Profile()
+        self.registered = asyncio.Event()
+        self.registrations = 0
+        self.heartbeats = 0
+        self.descriptor: dict[str, Any] | None = None
+        """The last descriptor envelope the coordinator accepted (JSON)."""
+        self.log_index: int | None = None
+
+    def build_descriptor(self) -> dict[str, Any]:
+        """A freshly signed descriptor envelope (new nonce, now as ``issued_at``)."""
+        descriptor = NodeDescriptor(
+            public_key=self.key.public.to_pem().decode(),
+            operator=self.operator,
+            endpoint=self.endpoint,
+            issued_at=format_time(dt.datetime.now(dt.UTC)),
+            nonce=secrets.token_hex(16),
+            engines=("onnxruntime",),
+            models=("*",),
+            hardware=platform_fingerprint(),
+            runtime=runtime_fingerprint(self.profile),
+        )
+        return descriptor.sign(self.key).to_json()
+
+    async def fetch_key(self) -> VerifyingKey:
+        """The coordinator key from ``GET /v1/info``, retried until the coordinator answers.
+
+        Trust on first use: whoever answers at the URL is believed; say so loudly.
+        """
+        delay = BACKOFF_START
+        while True:
+            try:
+                response = await self.client.get(f"{self.url}/v1/info")
+                if response.status_code == 200 and len(response.content) <= MAX_INFO_BYTES:
+                    pem = response.json().get("coordinator_key")
+                    if not isinstance(pem, str):
+                        raise FormatError("coordinator /v1/info has no coordinator_key")
+                    key = VerifyingKey.from_pem(pem.encode())
+                    if key.kind != "ed25519":
+                        raise KeyFileError("the coordinator key must be Ed25519", got=key.kind)
+                    log.warning(
+                        "trusting coordinator key %s on first use (from %s/v1/info); pass "
+                        "--coordinator-key to pin it",
+                        key.key_id,
+                        self.url,
+                    )
+                    return key
+                log.warning("coordinator /v1/info answered %d", response.status_code)
+            except (httpx.HTTPError, ValueError, Error) as exc:
+                log.warning("cannot fetch the coordinator key yet: %s", _reason(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def register_once(self) -> int:
+        """Register now; the log index of the registration, or raise."""
+        envelope = self.build_descriptor()
+        try:
+            response = await self.client.post(f"{self.url}/v1/nodes", json=envelope)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(
+                "coordinator did not answer the registration", url=self.url, reason=_reason(exc)
+            ) from exc
+        if response.status_code not in (200, 201):
+            raise NodeUnavailable(
+                "coordinator refused the registration",
+                url=self.url,
+                status=response.status_code,
+                detail=response.text[:300],
+            )
+        body = response.json()
+        index = body.get("log_index") if isinstance(body, dict) else None
+        self.descriptor = envelope
+        self.log_index = index if isinstance(index, int) else None
+        self.registrations += 1
+        self.registered.set()
+        log.info("registered with %s as %s (log index %s)", self.url, self.key.key_id, index)
+        return self.log_index if self.log_index is not None else -1
+
+    async def register(self) -> None:
+        """Register, retrying with exponential backoff until the coordinator accepts."""
+        delay = BACKOFF_START
+        while True:
+            try:
+                await self.register_once()
+                return
+            except (NodeUnavailable, ValueError) as exc:
+                log.warning("registration failed, retrying in %.1f s: %s", delay, _reason(exc))
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    async def heartbeat_once(self) -> int:
+        """Send one heartbeat; the HTTP status the coordinator answered."""
+        load, cached = self.status()
+        heartbeat = Heartbeat(
+            node_id=self.key.key_id,
+            issued_at=format_time(dt.datetime.now(dt.UTC)),
+            active=load["active"],
+            queued=load["queued"],
+            capacity=load["capacity"],
+            cached=tuple(cached),
+        )
+        response = await self.client.post(
+            f"{self.url}/v1/nodes/{self.key.key_id}/heartbeat",
+            json=heartbeat.sign(self.key).to_json(),
+        )
+        if response.status_code < 300:
+            self.heartbeats += 1
+        return response.status_code
+
+    async def run(self) -> None:
+        """Register, then heartbeat forever; re-register whenever the coordinator forgets us."""
+        await self.register()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            try:
+                status = await self.heartbeat_once()
+            except httpx.HTTPError as exc:
+                log.warning("heartbeat failed: %s", _reason(exc))
+                continue
+            if status == 404:
+                log.warning("coordinator does not know this node any more; registering again")
+                self.registered.clear()
+                await self.register()
+            elif status >= 300:
+                log.warning("coordinator answered %d to a heartbeat", status)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, Error):
+        return exc.diagnostics()
+    return f"{type(exc).__name__}: {exc}"[:300]
