@@ -1,0 +1,212 @@
+"""Choosing nodes for a request, and retrying slots on other nodes when one fails.
+
+The selection is pure (no I/O, no clock of its own): given the registered nodes, the model, the
+time and what has been tried, :func:`pick` returns the nodes to use. Its rules (docs/network.md,
+"Policies"; issue 4, "Scheduling"):
+
+1. only **live** nodes (a heartbeat or registration within ``live_within`` seconds) that
+   **serve** the model (``"*"`` or its digest in the descriptor's ``models``);
+2. never a node already **tried** for this request, never a second node of an **operator**
+   already answering (a quorum needs distinct operators);
+3. **fewest active jobs first** (the node's last reported load plus the jobs this coordinator has
+   in flight on it), then nodes that **have the model cached**, then a per-request salted hash
+   so equal nodes share the load instead of one of them taking every request.
+
+:func:`gather` is the retry loop: one slot per answer the policy needs, each slot trying up to
+``attempts_per_slot`` nodes, all slots concurrently, within one overall deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from veriml.core.digest import Digest
+from veriml.core.errors import Error, NodeUnavailable, VerificationError
+
+__all__ = ["Candidate", "Failure", "Gathered", "eligible", "gather", "pick", "retryable"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """A registered node as the scheduler sees it."""
+
+    node_id: str
+    operator: str
+    endpoint: str
+    public_key: str
+    log_index: int
+    last_seen: float  # Unix seconds of the last heartbeat or registration
+    active: int = 0
+    capacity: int = 1
+    cached: frozenset[str] = frozenset()
+    models: tuple[str, ...] = ("*",)
+
+    def serves(self, model: Digest) -> bool:
+        return "*" in self.models or model.to_text() in self.models
+
+    def is_live(self, now: float, live_within: float) -> bool:
+        return now - self.last_seen <= live_within
+
+
+def _rank(
+    node: Candidate, model: Digest, inflight: Mapping[str, int], salt: str
+) -> tuple[int, bool, bytes]:
+    spread = hashlib.sha256(f"{salt}\n{node.node_id}".encode()).digest()[:8]
+    return (node.active + inflight.get(node.node_id, 0), model.to_text() not in node.cached, spread)
+
+
+def eligible(
+    candidates: Iterable[Candidate],
+    model: Digest,
+    *,
+    now: float,
+    live_within: float,
+    exclude_nodes: Collection[str] = (),
+    exclude_operators: Collection[str] = (),
+    inflight: Mapping[str, int] | None = None,
+    salt: str = "",
+) -> list[Candidate]:
+    """Live nodes that serve ``model`` and are not excluded, best first (rules 1-3)."""
+    load = inflight or {}
+    usable = [
+        node
+        for node in candidates
+        if node.is_live(now, live_within)
+        and node.serves(model)
+        and node.node_id not in exclude_nodes
+        and node.operator not in exclude_operators
+    ]
+    return sorted(usable, key=lambda node: _rank(node, model, load, salt))
+
+
+def pick(
+    candidates: Iterable[Candidate],
+    model: Digest,
+    count: int,
+    *,
+    now: float,
+    live_within: float,
+    exclude_nodes: Collection[str] = (),
+    exclude_operators: Collection[str] = (),
+    inflight: Mapping[str, int] | None = None,
+    salt: str = "",
+) -> list[Candidate]:
+    """Up to ``count`` eligible nodes of distinct operators, best first.
+
+    Fewer than ``count`` come back when there are not enough live nodes of distinct operators;
+    the caller decides whether that is an error.
+    """
+    chosen: list[Candidate] = []
+    operators: set[str] = set(exclude_operators)
+    for node in eligible(
+        candidates,
+        model,
+        now=now,
+        live_within=live_within,
+        exclude_nodes=exclude_nodes,
+        exclude_operators=exclude_operators,
+        inflight=inflight,
+        salt=salt,
+    ):
+        if len(chosen) == count:
+            break
+        if node.operator in operators:
+            continue
+        operators.add(node.operator)
+        chosen.append(node)
+    return chosen
+
+
+def retryable(exc: BaseException) -> bool:
+    """A node that did not answer, or answered with evidence that does not verify, is replaced
+    by another node; any other error ends the request."""
+    return isinstance(exc, NodeUnavailable | VerificationError)
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One node's failed attempt, kept as evidence for the error the caller may raise."""
+
+    node: Candidate
+    error: Error
+
+
+@dataclass(frozen=True, slots=True)
+class Gathered(Generic[T]):
+    """What :func:`gather` collected: answers in the order slots finished, and failures."""
+
+    answers: tuple[tuple[Candidate, T], ...]
+    failures: tuple[Failure, ...] = field(default_factory=tuple)
+
+
+async def gather(
+    first: Sequence[Candidate],
+    attempt: Callable[[Candidate], Awaitable[T]],
+    replace: Callable[[Collection[str], Collection[str]], Candidate | None],
+    *,
+    attempts_per_slot: int,
+    timeout: float,
+) -> Gathered[T]:
+    """Run ``attempt`` on each node of ``first`` concurrently (one slot each); when an attempt
+    fails with a :func:`retryable` error, ask ``replace(tried_nodes, busy_operators)`` for
+    another node and try it, up to ``attempts_per_slot`` nodes per slot.
+
+    A slot that runs out of attempts or replacements gives up; slots still running when
+    ``timeout`` seconds have passed are cancelled (and count as failures). A non-retryable
+    error cancels everything and propagates. ``busy_operators`` are the operators of every node
+    running or answered, so a replacement never duplicates an operator in the answer set.
+    """
+    tried: set[str] = {node.node_id for node in first}
+    busy: dict[str, str] = {node.node_id: node.operator for node in first}
+    answers: list[tuple[Candidate, T]] = []
+    failures: list[Failure] = []
+    running: dict[asyncio.Task[T], tuple[Candidate, int]] = {
+        asyncio.ensure_future(attempt(node)): (node, 1) for node in first
+    }
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while running:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            done, _ = await asyncio.wait(
+                running, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in done:
+                node, used = running.pop(task)
+                exc = task.exception()
+                if exc is None:
+                    answers.append((node, task.result()))
+                    continue
+                if not isinstance(exc, Error) or not retryable(exc):
+                    raise exc
+                failures.append(Failure(node, exc))
+                del busy[node.node_id]
+                if used >= attempts_per_slot:
+                    continue
+                successor = replace(frozenset(tried), frozenset(busy.values()))
+                if successor is None:
+                    continue
+                tried.add(successor.node_id)
+                busy[successor.node_id] = successor.operator
+                running[asyncio.ensure_future(attempt(successor))] = (successor, used + 1)
+    finally:
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running)
+        for task in running:
+            if not task.cancelled():
+                task.exception()  # retrieved, so asyncio does not report it as lost
+    for node, _ in running.values():
+        failures.append(
+            Failure(node, NodeUnavailable("node did not answer in time", node=node.node_id))
+        )
+    return Gathered(tuple(answers), tuple(failures))
