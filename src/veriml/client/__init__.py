@@ -1,0 +1,92 @@
+"""The veriml Python SDK: publish models, run verified inference, check saved answers offline.
+
+    from veriml.client import Client
+
+    with Client("http://127.0.0.1:8700", log_vkey=vkey) as client:
+        client.publish(Path("iris"), Path("publisher.key"))
+        result = client.infer("iris", {"x": x}, policy="quorum:3/2")   # verified
+        result.save(Path("answer.json"))
+
+    verify_inference_file(Path("answer.json"), log_vkey=vkey)         # offline
+
+Every answer is verified before it is returned (issue 4 §3): receipt signatures against node
+keys proven in the log, the model digest, the output digests, the inference entry's inclusion
+under a checkpoint signed by the pinned log key (and witnesses), and the policy verdict. Any
+failure raises :class:`veriml.core.errors.VerificationError` naming the ``check``.
+The ``_``-prefixed modules are internal.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from veriml.client._config import (
+    NETWORK_FILE,
+    NetworkFile,
+    default_home,
+    pin_log_key,
+    read_network_file,
+    resolve_url,
+    write_network_file,
+)
+from veriml.client._result import InferenceResult, LogEvidence, NodeEvidence, is_network_result
+from veriml.client._verify import CHECKS, VerifiedInference, verify_inference
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from veriml.client._client import AsyncClient, Client
+    from veriml.tlog.cosignature import CosignatureVerifier
+    from veriml.tlog.note import NoteVerifier
+
+__all__ = [
+    "CHECKS",
+    "NETWORK_FILE",
+    "AsyncClient",
+    "Client",
+    "InferenceResult",
+    "LogEvidence",
+    "NetworkFile",
+    "NodeEvidence",
+    "VerifiedInference",
+    "default_home",
+    "is_network_result",
+    "pin_log_key",
+    "read_network_file",
+    "resolve_url",
+    "verify_inference",
+    "verify_inference_file",
+    "write_network_file",
+]
+
+
+def verify_inference_file(
+    path: Path,
+    *,
+    log_vkey: str | NoteVerifier | None = None,
+    witnesses: Sequence[str | CosignatureVerifier] = (),
+    quorum: int = 0,
+    home: Path | None = None,
+) -> VerifiedInference:
+    """Verify a saved answer fully offline; the log key is pinned as for :class:`Client`."""
+    from veriml.client._config import witness_verifiers
+
+    result = InferenceResult.load(Path(path))
+    return verify_inference(
+        result,
+        log_key=pin_log_key(log_vkey, home),
+        witnesses=witness_verifiers(tuple(witnesses)),
+        quorum=quorum,
+    )
+
+
+def __getattr__(name: str) -> object:
+    # httpx loads on first use of a client, so offline verification stays light.
+    if name in ("Client", "AsyncClient"):
+        from veriml.client import _client
+
+        value = getattr(_client, name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'veriml.client' has no attribute {name!r}")

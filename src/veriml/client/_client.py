@@ -1,0 +1,359 @@
+"""``veriml.Client`` and ``veriml.AsyncClient``: publish, list, infer, and verify every answer.
+
+Both speak the coordinator API of docs/network.md over httpx. Answers are verified by default
+(:func:`veriml.client.verify_inference`, issue 4 §3): node keys come from the log, proven
+against a checkpoint signed by the pinned log key, never from the coordinator's say-so.
+``verify=False`` skips verification, explicitly.
+
+>>> with Client("http://127.0.0.1:8700", log_vkey=vkey) as client:  # doctest: +SKIP
+...     result = client.infer("iris", {"x": x}, policy="quorum:3/2")
+...     result.save(Path("answer.json"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
+from veriml.client._publish import ensure_signed, publisher_header, tar_stream
+from veriml.client._result import InferenceResult, NodeEvidence
+from veriml.client._verify import open_checkpoint_note, verify_inference
+from veriml.core.errors import (
+    Conflict,
+    FormatError,
+    InvalidInput,
+    LimitExceeded,
+    NodeUnavailable,
+    NotFound,
+    VerificationError,
+)
+from veriml.core.tensors import tensor_to_json
+from veriml.tlog.client import LogClient
+from veriml.tlog.cosignature import CosignatureVerifier
+from veriml.tlog.note import NoteVerifier
+
+__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "raise_for_problem"]
+
+DEFAULT_TIMEOUT = 60.0
+MAX_ANSWER_BYTES = 256 << 20
+
+
+def raise_for_problem(response: httpx.Response) -> None:
+    """Turn an RFC 9457 problem answer into the veriml error it stands for."""
+    if response.status_code < 400:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
+    evidence = {"status": response.status_code, "url": str(response.request.url)}
+    status = response.status_code
+    if status == 404:
+        raise NotFound(detail, **evidence)
+    if status == 409:
+        raise Conflict(detail, **evidence)
+    if status == 413:
+        raise LimitExceeded(detail, **evidence)
+    if status == 403:
+        raise VerificationError(detail, check=str(problem.get("check") or "signature"), **evidence)
+    if status == 422:
+        raise InvalidInput(detail, **evidence)
+    if 400 <= status < 500:
+        raise FormatError(detail, **evidence)
+    raise NodeUnavailable(detail, **evidence)
+
+
+def _inputs_json(inputs: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: tensor_to_json(np.asarray(value)) for name, value in inputs.items()}
+
+
+class _Base:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        log_vkey: str | NoteVerifier | None,
+        witnesses: Sequence[str | CosignatureVerifier],
+        quorum: int,
+        verify: bool,
+        home: Path | None,
+    ) -> None:
+        self.url = resolve_url(url, home)
+        self.verify = verify
+        self.witnesses = witness_verifiers(tuple(witnesses))
+        self.quorum = quorum
+        # Pinned up front: a client that verifies fails at construction, not mid-request.
+        self.log_key: NoteVerifier | None = pin_log_key(log_vkey, home) if verify else None
+        self._log: LogClient | None = None
+
+    def _log_client(self) -> LogClient:
+        if self._log is None:
+            self._log = LogClient(self.url + "/log/", self._pinned())
+        return self._log
+
+    def _pinned(self) -> NoteVerifier:
+        if self.log_key is None:
+            self.log_key = pin_log_key(None)
+        return self.log_key
+
+    def _verify_result(self, result: InferenceResult) -> InferenceResult:
+        """Fetch each answering node's registration entry with its proof at the answer's
+        checkpoint (both checked against the pinned key), then verify everything."""
+        key = self._pinned()
+        signed = open_checkpoint_note(
+            result.log.checkpoint, key, witnesses=self.witnesses, quorum=self.quorum
+        )
+        log = self._log_client()
+        nodes: list[NodeEvidence] = []
+        for node in result.nodes:
+            if not 0 <= node.log_index < signed.checkpoint.size:
+                raise VerificationError(
+                    "a node's registration is not in the answer's checkpoint",
+                    check="node-key",
+                    node=node.id,
+                    index=node.log_index,
+                )
+            entry, proof = log.entry(node.log_index, signed)
+            nodes.append(NodeEvidence(node.id, node.log_index, entry, tuple(proof)))
+        full = result.with_nodes(nodes)
+        verified = verify_inference(full, log_key=key, witnesses=self.witnesses, quorum=self.quorum)
+        return replace(full, verified=verified.checks)
+
+    def _answer(self, response: httpx.Response, verify: bool | None) -> InferenceResult:
+        raise_for_problem(response)
+        if len(response.content) > MAX_ANSWER_BYTES:
+            raise LimitExceeded("inference answer is too large", limit=MAX_ANSWER_BYTES)
+        try:
+            body = response.json()
+        except ValueError as exc:
+            raise FormatError("the coordinator's answer is not JSON") from exc
+        result = InferenceResult.from_json(body)
+        if not (self.verify if verify is None else verify):
+            return result
+        return self._verify_result(result)
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+
+class Client(_Base):
+    """A synchronous client of a veriml coordinator. Answers are verified unless
+    ``verify=False``; the log key is pinned from ``log_vkey``, ``$VERIML_LOG_VKEY`` or the
+    local network's ``network.json`` (see :mod:`veriml.client`)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        log_vkey: str | NoteVerifier | None = None,
+        witnesses: Sequence[str | CosignatureVerifier] = (),
+        quorum: int = 0,
+        verify: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        home: Path | None = None,
+    ) -> None:
+        super().__init__(
+            url, log_vkey=log_vkey, witnesses=witnesses, quorum=quorum, verify=verify, home=home
+        )
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+        self._close_log()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def _get(self, path: str, **params: Any) -> Any:
+        try:
+            response = self._http.get(path, params={k: v for k, v in params.items() if v})
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        raise_for_problem(response)
+        return response.json()
+
+    def info(self) -> dict[str, Any]:
+        """``GET /v1/info``: version, coordinator key and the log's origin and key (as the
+        coordinator claims them: pin the log key from elsewhere)."""
+        return dict(self._get("/v1/info"))
+
+    def publish(
+        self, folder: Path, key: Path, *, passphrase: bytes | None = None
+    ) -> dict[str, Any]:
+        """Sign ``folder`` with the EC key file ``key`` if ``model.sig`` is absent or stale,
+        then upload it as a streamed tar; returns the registered model."""
+        folder = Path(folder)
+        signing = ensure_signed(folder, Path(key), passphrase=passphrase)
+        try:
+            response = self._http.post(
+                "/v1/models",
+                content=tar_stream(folder),
+                headers={
+                    "Content-Type": "application/x-tar",
+                    "X-Veriml-Publisher-Key": publisher_header(signing),
+                },
+            )
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        raise_for_problem(response)
+        return dict(response.json())
+
+    def models(self, **filters: str | None) -> list[dict[str, Any]]:
+        """``GET /v1/models`` filtered by ``name``, ``task`` or ``publisher``."""
+        body = self._get("/v1/models", **filters)
+        items = body.get("models", body) if isinstance(body, dict) else body
+        return [dict(m) for m in items]
+
+    def model(self, ref: str) -> dict[str, Any]:
+        """One model by digest, ``name`` or ``name@version``."""
+        return dict(self._get(f"/v1/models/{ref}"))
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """``GET /v1/nodes``: registered nodes with liveness."""
+        body = self._get("/v1/nodes")
+        items = body.get("nodes", body) if isinstance(body, dict) else body
+        return [dict(n) for n in items]
+
+    def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        policy: str = "none",
+        verify: bool | None = None,
+    ) -> InferenceResult:
+        """Run ``model`` (digest, name or name@version) on ``inputs`` under ``policy``;
+        the answer is verified unless ``verify=False`` (here or on the client)."""
+        body = {"model": model, "inputs": _inputs_json(inputs), "policy": policy}
+        try:
+            response = self._http.post("/v1/inferences", json=body)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        return self._answer(response, verify)
+
+    def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
+        """``GET /v1/inferences/{id}``, verified like :meth:`infer`."""
+        try:
+            response = self._http.get(f"/v1/inferences/{id}")
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        return self._answer(response, verify)
+
+
+class AsyncClient(_Base):
+    """The asyncio twin of :class:`Client` (same arguments and methods, awaited)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        log_vkey: str | NoteVerifier | None = None,
+        witnesses: Sequence[str | CosignatureVerifier] = (),
+        quorum: int = 0,
+        verify: bool = True,
+        timeout: float = DEFAULT_TIMEOUT,
+        home: Path | None = None,
+        limits: httpx.Limits | None = None,
+    ) -> None:
+        super().__init__(
+            url, log_vkey=log_vkey, witnesses=witnesses, quorum=quorum, verify=verify, home=home
+        )
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=timeout, limits=limits or httpx.Limits()
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+        self._close_log()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            return await self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+
+    async def _get(self, path: str, **params: Any) -> Any:
+        response = await self._request("GET", path, params={k: v for k, v in params.items() if v})
+        raise_for_problem(response)
+        return response.json()
+
+    async def info(self) -> dict[str, Any]:
+        return dict(await self._get("/v1/info"))
+
+    async def publish(
+        self, folder: Path, key: Path, *, passphrase: bytes | None = None
+    ) -> dict[str, Any]:
+        folder = Path(folder)
+        signing = await asyncio.to_thread(ensure_signed, folder, Path(key), passphrase=passphrase)
+
+        async def body() -> Any:
+            for chunk in tar_stream(folder):
+                yield chunk
+
+        response = await self._request(
+            "POST",
+            "/v1/models",
+            content=body(),
+            headers={
+                "Content-Type": "application/x-tar",
+                "X-Veriml-Publisher-Key": publisher_header(signing),
+            },
+        )
+        raise_for_problem(response)
+        return dict(response.json())
+
+    async def models(self, **filters: str | None) -> list[dict[str, Any]]:
+        body = await self._get("/v1/models", **filters)
+        items = body.get("models", body) if isinstance(body, dict) else body
+        return [dict(m) for m in items]
+
+    async def model(self, ref: str) -> dict[str, Any]:
+        return dict(await self._get(f"/v1/models/{ref}"))
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        body = await self._get("/v1/nodes")
+        items = body.get("nodes", body) if isinstance(body, dict) else body
+        return [dict(n) for n in items]
+
+    async def infer(
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        *,
+        policy: str = "none",
+        verify: bool | None = None,
+    ) -> InferenceResult:
+        body = {"model": model, "inputs": _inputs_json(inputs), "policy": policy}
+        response = await self._request("POST", "/v1/inferences", json=body)
+        return await self._answer_async(response, verify)
+
+    async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
+        response = await self._request("GET", f"/v1/inferences/{id}")
+        return await self._answer_async(response, verify)
+
+    async def _answer_async(self, response: httpx.Response, verify: bool | None) -> InferenceResult:
+        if not (self.verify if verify is None else verify):
+            return self._answer(response, False)
+        # Verification reads log tiles and checks signatures: off the event loop.
+        return await asyncio.to_thread(self._answer, response, True)

@@ -1,0 +1,270 @@
+"""The answer to a network inference, as the SDK returns it and as ``--out`` saves it.
+
+The saved JSON keeps the members of a ``veriml run`` result file (``outputs``, and ``receipt``:
+the first agreeing node's) and adds what makes it checkable offline (docs/network.md,
+"Inference request and answer"; docs/sdk.md, "Result files")::
+
+    {
+      "id": "<request id>", "model": "sha256:…", "policy": "quorum:3/2",
+      "outputs": {name: tensor JSON}, "receipt": <DSSE>, "receipts": [<DSSE>, …],
+      "verdict": {…},
+      "log": {"index": 42, "inclusion_proof": ["<base64>", …], "checkpoint": "<signed note>"},
+      "nodes": [{"id", "log_index", "entry": "<base64 NodeEntry bytes>",
+                 "inclusion_proof": ["<base64>", …]}, …],
+      "request": {…}            # optional: members the log entry's request carries beyond
+    }                           # id, digest, model and policy
+
+Parsing proves nothing; :func:`veriml.client.verify_inference` does.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy.typing as npt
+
+from veriml.core.canonical import parse_json_object
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
+from veriml.core.errors import FormatError
+from veriml.core.tensors import tensor_from_json, tensor_to_json
+from veriml.verify.policy import Verdict
+
+__all__ = ["MAX_RESULT_BYTES", "InferenceResult", "LogEvidence", "NodeEvidence"]
+
+MAX_RESULT_BYTES = 1 << 30
+MAX_PROOF_HASHES = 64
+_DATA_ELEMENTS = 4096
+
+Array = npt.NDArray[Any]
+
+
+def _b64(text: object, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise FormatError(f"{what} must be a base64 string")
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"{what} is not valid base64") from exc
+
+
+def _hashes(value: object, what: str) -> tuple[bytes, ...]:
+    if not isinstance(value, list) or len(value) > MAX_PROOF_HASHES:
+        raise FormatError(f"{what} must be a list of at most {MAX_PROOF_HASHES} hashes")
+    hashes = tuple(_b64(h, what) for h in value)
+    if any(len(h) != 32 for h in hashes):
+        raise FormatError(f"{what} hashes must be 32 bytes")
+    return hashes
+
+
+def _int(value: object, what: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 63:
+        raise FormatError(f"{what} must be a non-negative integer", got=str(value)[:40])
+    return value
+
+
+def _encode_hashes(hashes: Sequence[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
+@dataclass(frozen=True, slots=True)
+class LogEvidence:
+    """Where the inference entry is in the log: its index, its inclusion proof (RFC 9162
+    §2.1.3) and the signed checkpoint (C2SP tlog-checkpoint) that proof leads to."""
+
+    index: int
+    inclusion_proof: tuple[bytes, ...]
+    checkpoint: bytes
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "inclusion_proof": _encode_hashes(self.inclusion_proof),
+            "checkpoint": self.checkpoint.decode(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> LogEvidence:
+        if not isinstance(obj, Mapping):
+            raise FormatError("log must be an object with index, inclusion_proof, checkpoint")
+        checkpoint = obj.get("checkpoint")
+        if not isinstance(checkpoint, str) or not checkpoint:
+            raise FormatError("log.checkpoint must be the signed checkpoint note text")
+        return cls(
+            index=_int(obj.get("index"), "log.index"),
+            inclusion_proof=_hashes(obj.get("inclusion_proof"), "log.inclusion_proof"),
+            checkpoint=checkpoint.encode(),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEvidence:
+    """A node that answered and its registration entry in the log. ``entry`` and
+    ``inclusion_proof`` (at the inference's checkpoint) are filled in once fetched."""
+
+    id: str
+    log_index: int
+    entry: bytes | None = None
+    inclusion_proof: tuple[bytes, ...] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "log_index": self.log_index}
+        if self.entry is not None:
+            out["entry"] = base64.b64encode(self.entry).decode()
+        if self.inclusion_proof is not None:
+            out["inclusion_proof"] = _encode_hashes(self.inclusion_proof)
+        return out
+
+    @classmethod
+    def from_json(cls, obj: object) -> NodeEvidence:
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("id"), str):
+            raise FormatError("each node is an object with an id and a log_index")
+        proof = obj.get("inclusion_proof")
+        return cls(
+            id=str(obj["id"]),
+            log_index=_int(obj.get("log_index"), "nodes[].log_index"),
+            entry=_b64(obj["entry"], "nodes[].entry") if "entry" in obj else None,
+            inclusion_proof=None if proof is None else _hashes(proof, "nodes[].inclusion_proof"),
+        )
+
+
+def _tensors(obj: object) -> dict[str, Array]:
+    if not isinstance(obj, Mapping):
+        raise FormatError("outputs must be an object of name -> tensor")
+    return {str(name): tensor_from_json(value) for name, value in obj.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class InferenceResult:
+    """An answered inference: agreed outputs, every receipt, the verdict, and the log evidence.
+
+    ``verified`` names the checks that passed (empty when verification was skipped with
+    ``verify=False``); it is not saved: a saved file is verified again when read.
+    """
+
+    id: str
+    model: Digest
+    policy: str
+    outputs: Mapping[str, Array]
+    receipts: tuple[Envelope, ...]
+    verdict: Verdict
+    log: LogEvidence
+    nodes: tuple[NodeEvidence, ...]
+    request: Mapping[str, Any] = field(default_factory=dict)
+    verified: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def receipt(self) -> Envelope:
+        """The receipt of the first agreeing node (the one ``veriml run``-style readers use)."""
+        from veriml.client._verify import receipt_node_id
+
+        for receipt in self.receipts:
+            if receipt_node_id(receipt) in self.verdict.agreeing:
+                return receipt
+        if not self.receipts:
+            raise FormatError("an inference result carries at least one receipt")
+        return self.receipts[0]
+
+    def with_nodes(self, nodes: Sequence[NodeEvidence]) -> InferenceResult:
+        return replace(self, nodes=tuple(nodes))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "id": self.id,
+            "model": self.model.to_text(),
+            "policy": self.policy,
+            "outputs": {
+                name: tensor_to_json(a, force_b64=a.size > _DATA_ELEMENTS)
+                for name, a in sorted(self.outputs.items())
+            },
+            "receipt": self.receipt.to_json(),
+            "receipts": [r.to_json() for r in self.receipts],
+            "verdict": self.verdict.to_json(),
+            "log": self.log.to_json(),
+            "nodes": [n.to_json() for n in self.nodes],
+        }
+        if self.request:
+            out["request"] = dict(self.request)
+        return out
+
+    def to_bytes(self) -> bytes:
+        return (json.dumps(self.to_json(), indent=1) + "\n").encode()
+
+    def save(self, path: Path) -> Path:
+        """Write the result file atomically (a reader never sees half a file)."""
+        path = Path(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path())
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(self.to_bytes())
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> InferenceResult:
+        """Parse an answer of ``POST /v1/inferences`` or a saved result file (unverified)."""
+        if not isinstance(obj, Mapping):
+            raise FormatError("an inference result is a JSON object")
+        try:
+            receipts = obj["receipts"]
+            if not isinstance(receipts, list) or not receipts:
+                raise FormatError("receipts must be a non-empty list of DSSE envelopes")
+            nodes = obj.get("nodes", [])
+            if not isinstance(nodes, list):
+                raise FormatError("nodes must be a list")
+            request = obj.get("request", {})
+            if not isinstance(request, Mapping):
+                raise FormatError("request must be an object")
+            result = cls(
+                id=str(obj["id"]),
+                model=Digest.from_text(str(obj["model"])),
+                policy=str(obj["policy"]),
+                outputs=_tensors(obj["outputs"]),
+                receipts=tuple(Envelope.from_json(r) for r in receipts),
+                verdict=Verdict.from_json(obj["verdict"]),
+                log=LogEvidence.from_json(obj["log"]),
+                nodes=tuple(NodeEvidence.from_json(n) for n in nodes),
+                request=dict(request),
+            )
+        except KeyError as exc:
+            raise FormatError("inference result is missing a member", member=str(exc)) from exc
+        # A saved file's receipt member (what `veriml run` readers use) must be the derived one.
+        if "receipt" in obj and Envelope.from_json(obj["receipt"]) != result.receipt:
+            raise FormatError("the receipt member is not the first agreeing node's receipt")
+        return result
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> InferenceResult:
+        if len(data) > MAX_RESULT_BYTES:
+            raise FormatError("result file is too large", size=len(data))
+        return cls.from_json(parse_json_object(data, what="inference result"))
+
+    @classmethod
+    def load(cls, path: Path) -> InferenceResult:
+        """Read a saved result file, bounding its size before reading it."""
+        try:
+            size = path.stat().st_size
+            if size > MAX_RESULT_BYTES:
+                raise FormatError("result file is too large", path=str(path), size=size)
+            data = path.read_bytes()
+        except OSError as exc:
+            raise FormatError(
+                "cannot read result file", path=str(path), reason=exc.strerror
+            ) from exc
+        return cls.from_bytes(data)
+
+
+def is_network_result(obj: Mapping[str, Any]) -> bool:
+    """Whether a parsed result file is a network answer (it carries a verdict and a log)."""
+    return "log" in obj or "verdict" in obj

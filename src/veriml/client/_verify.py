@@ -1,0 +1,346 @@
+"""Verifying a network answer from its evidence alone (pure: no I/O, no HTTP).
+
+The SDK runs this on every answer before returning it, and ``veriml verify FILE`` runs it on a
+saved result. Checks run in the order of issue 4, §3; the first failure raises a
+:class:`~veriml.core.errors.VerificationError` whose ``check`` names it:
+
+0. ``checkpoint``: the checkpoint note is signed by the pinned log key, its origin is the
+   key's name, and at least ``quorum`` of ``witnesses`` cosigned it (C2SP tlog-checkpoint,
+   signed-note, tlog-cosignature);
+1. ``node-key``: every answering node's registration entry is in that tree (RFC 9162 §2.1.3.2)
+   and is a node descriptor signed by the key it carries; ``signature``: every receipt is signed
+   by the key of a node registered that way, and names that node (DSSE, in-toto Statement v1);
+2. ``model-digest``: every receipt is for the answer's model, request id, policy and one
+   request digest;
+3. ``output-digest``: the agreed outputs hash to the verdict's output digests, and every
+   agreeing receipt signs exactly those digests;
+4. ``inclusion``: the inference entry rebuilt byte for byte (``InferenceEntry.to_bytes()``) is
+   at ``log.index`` in the checkpoint's tree;
+5. ``verdict``: the verdict recomputed from the verified receipts with
+   :func:`veriml.verify.policy.decide` equals the claimed one, and accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from veriml.client._result import InferenceResult
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope, Statement
+from veriml.core.errors import (
+    DigestMismatch,
+    Error,
+    FormatError,
+    SignatureError,
+    VerificationError,
+)
+from veriml.core.keys import VerifyingKey
+from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate
+from veriml.core.tensors import tensor_digest
+from veriml.ledger.entries import InferenceEntry, NodeEntry, parse_entry
+from veriml.protocol.messages import NodeDescriptor
+from veriml.tlog.checkpoint import Checkpoint
+from veriml.tlog.client import SignedCheckpoint, verify_checkpoint_note
+from veriml.tlog.cosignature import CosignatureVerifier
+from veriml.tlog.merkle import leaf_hash, verify_inclusion
+from veriml.tlog.note import NoteVerifier
+from veriml.verify.policy import Policy, check_verdict, decide
+
+__all__ = [
+    "CHECKS",
+    "VerifiedInference",
+    "inference_entry",
+    "open_checkpoint_note",
+    "receipt_node_id",
+    "verify_inference",
+]
+
+CHECKS = (
+    "checkpoint",
+    "node-key",
+    "signature",
+    "model-digest",
+    "output-digest",
+    "inclusion",
+    "verdict",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedInference:
+    """What verification established: the checkpoint, each node's descriptor, the predicates."""
+
+    result: InferenceResult
+    checkpoint: Checkpoint
+    nodes: Mapping[str, NodeDescriptor]
+    predicates: tuple[InferencePredicate, ...]
+    checks: tuple[str, ...] = CHECKS
+
+    def summary(self) -> str:
+        verdict = self.result.verdict
+        return (
+            f"inference OK: {self.result.id} of model {self.result.model} under "
+            f"{self.result.policy}, {verdict.outcome} by {len(verdict.agreeing)} of "
+            f"{len(self.result.receipts)} nodes; entry {self.result.log.index} in the log of "
+            f"{self.checkpoint.size} ({self.checkpoint.origin}); checks: {', '.join(self.checks)}"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "id": self.result.id,
+            "model": self.result.model.to_text(),
+            "policy": self.result.policy,
+            "verdict": self.result.verdict.to_json(),
+            "log": {
+                "index": self.result.log.index,
+                "size": self.checkpoint.size,
+                "origin": self.checkpoint.origin,
+            },
+            "nodes": {nid: d.operator for nid, d in sorted(self.nodes.items())},
+            "checks": list(self.checks),
+        }
+
+
+def receipt_node_id(receipt: Envelope) -> str | None:
+    """The node a receipt *claims* to be from (unverified; for lookup only)."""
+    try:
+        statement = Statement.from_bytes(receipt.payload)
+        node = statement.predicate.get("node")
+        return str(node["id"]) if isinstance(node, Mapping) and "id" in node else None
+    except (FormatError, KeyError, TypeError):
+        return None
+
+
+def open_checkpoint_note(
+    note: bytes,
+    log_key: NoteVerifier,
+    *,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int = 0,
+) -> SignedCheckpoint:
+    """Step 0: the checkpoint against the pinned log key and the witness policy."""
+    try:
+        return verify_checkpoint_note(note, log_key, witnesses=witnesses, quorum=quorum)
+    except VerificationError as exc:
+        raise SignatureError(
+            "the checkpoint is not signed by the pinned log key (and witness quorum)",
+            check="checkpoint",
+            reason=exc.diagnostics(),
+        ) from exc
+    except FormatError as exc:
+        raise VerificationError(
+            "the checkpoint note is malformed", check="checkpoint", reason=exc.diagnostics()
+        ) from exc
+
+
+def _prove(entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, check: str) -> None:
+    if not 0 <= index < cp.size:
+        raise VerificationError(
+            "log index is outside the checkpoint's tree", check=check, index=index, size=cp.size
+        )
+    try:
+        verify_inclusion(leaf_hash(entry), index, cp.size, proof, cp.root_hash)
+    except (VerificationError, FormatError) as exc:
+        raise VerificationError(
+            "entry is not in the log at the claimed index",
+            check=check,
+            index=index,
+            size=cp.size,
+            reason=exc.message,
+        ) from exc
+
+
+def _node_descriptors(result: InferenceResult, cp: Checkpoint) -> dict[str, NodeDescriptor]:
+    """Step 1a: node keys known from the log, each registration proven against ``cp``."""
+    nodes: dict[str, NodeDescriptor] = {}
+    for node in result.nodes:
+        if node.entry is None or node.inclusion_proof is None:
+            raise VerificationError(
+                "the node's registration entry and its proof are missing",
+                check="node-key",
+                node=node.id,
+            )
+        _prove(node.entry, node.log_index, node.inclusion_proof, cp, "node-key")
+        try:
+            entry = parse_entry(node.entry)
+            if not isinstance(entry, NodeEntry):
+                raise FormatError("log entry is not a node registration", index=node.log_index)
+            descriptor = entry.open()
+        except Error as exc:
+            raise VerificationError(
+                "the node's log entry is not a valid registration",
+                check="node-key",
+                node=node.id,
+                reason=exc.diagnostics(),
+            ) from exc
+        if descriptor.node_id != node.id:
+            raise VerificationError(
+                "the logged registration is for another node",
+                check="node-key",
+                expected=node.id,
+                got=descriptor.node_id,
+            )
+        nodes[node.id] = descriptor
+    return nodes
+
+
+def _receipt(
+    receipt: Envelope, nodes: Mapping[str, NodeDescriptor]
+) -> tuple[InferencePredicate, dict[str, Digest]]:
+    """Step 1b: one receipt's signature under its logged node key; its predicate and subjects."""
+    claimed = receipt_node_id(receipt)
+    descriptor = nodes.get(claimed or "")
+    if descriptor is None:
+        raise SignatureError(
+            "a receipt is from a node whose registration is not in the evidence",
+            check="signature",
+            node=claimed or "unnamed",
+        )
+    key: VerifyingKey = descriptor.key
+    receipt.verify([key])
+    try:
+        statement = Statement.from_bytes(receipt.payload)
+    except FormatError as exc:
+        raise VerificationError(
+            "receipt payload is not an in-toto statement", check="signature", reason=exc.message
+        ) from exc
+    if statement.predicate_type != PREDICATE_TYPE:
+        raise VerificationError(
+            "receipt is not an inference receipt",
+            check="signature",
+            got=statement.predicate_type,
+        )
+    predicate = InferencePredicate.from_json(statement.predicate)
+    if predicate.node_id != key.key_id:
+        raise SignatureError(
+            "receipt names another node than its signer", check="signature", node=claimed
+        )
+    subjects: dict[str, Digest] = {}
+    for subject in statement.subjects:
+        if subject.name in subjects:
+            raise VerificationError("receipt names an output twice", check="output-digest")
+        subjects[subject.name] = subject.digest
+    return predicate, subjects
+
+
+def _check_request(result: InferenceResult, predicates: Sequence[InferencePredicate]) -> Digest:
+    """Step 2: every receipt is for this model, request and policy."""
+    digests = {p.request_digest for p in predicates}
+    for p in predicates:
+        if p.model_digest != result.model:
+            raise DigestMismatch(
+                "a receipt is for another model",
+                check="model-digest",
+                expected=result.model,
+                calculated=p.model_digest,
+            )
+        if p.request_id != result.id or p.policy != result.policy:
+            raise VerificationError(
+                "a receipt is for another request or policy",
+                check="model-digest",
+                request=p.request_id,
+                policy=p.policy,
+            )
+    if len(digests) != 1:
+        raise VerificationError(
+            "the receipts do not share one request digest",
+            check="model-digest",
+            digests=len(digests),
+        )
+    return next(iter(digests))
+
+
+def _check_outputs(
+    result: InferenceResult, answers: Sequence[tuple[str, str, Mapping[str, Digest]]]
+) -> None:
+    """Step 3: agreed outputs = verdict outputs = every agreeing receipt's subjects."""
+    claimed = dict(result.verdict.outputs)
+    if set(result.outputs) != set(claimed):
+        raise VerificationError(
+            "the outputs are not the ones the verdict names",
+            check="output-digest",
+            verdict=",".join(sorted(claimed)) or "none",
+            outputs=",".join(sorted(result.outputs)) or "none",
+        )
+    for name, expected in sorted(claimed.items()):
+        calculated = tensor_digest(result.outputs[name])
+        if calculated != expected:
+            raise DigestMismatch(
+                f"output {name!r} does not match the verdict's digest",
+                check="output-digest",
+                expected=expected,
+                calculated=calculated,
+            )
+    by_node = {node: outputs for node, _, outputs in answers}
+    for node in result.verdict.agreeing:
+        if node in by_node and dict(by_node[node]) != claimed:
+            raise VerificationError(
+                "an agreeing receipt signs other outputs",
+                check="output-digest",
+                node=node,
+            )
+
+
+def inference_entry(result: InferenceResult, request_digest: Digest) -> InferenceEntry:
+    """The log entry the coordinator must have appended for this answer."""
+    return InferenceEntry(
+        request_id=result.id,
+        request_digest=request_digest,
+        model=result.model,
+        policy=result.policy,
+        receipts=result.receipts,
+        verdict=result.verdict,
+        extra=dict(result.request),
+    )
+
+
+def verify_inference(
+    result: InferenceResult,
+    *,
+    log_key: NoteVerifier,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int = 0,
+) -> VerifiedInference:
+    """Verify an answer and its log evidence; raise :class:`VerificationError` on any failure.
+
+    ``log_key`` is the log's note verifier key you pinned (``NoteVerifier.from_vkey(...)``).
+    The node registration entries and their proofs must be in ``result.nodes`` (the SDK fetches
+    them; saved files carry them).
+    """
+    # 0. The checkpoint, signed by the pinned log key (and the witness quorum).
+    signed = open_checkpoint_note(
+        result.log.checkpoint, log_key, witnesses=witnesses, quorum=quorum
+    )
+    cp = signed.checkpoint
+    # 1. Node keys from the log; every receipt signed by one of them.
+    nodes = _node_descriptors(result, cp)
+    verified = [_receipt(r, nodes) for r in result.receipts]
+    predicates = tuple(p for p, _ in verified)
+    # 2. The model (and request) every receipt is about.
+    request_digest = _check_request(result, predicates)
+    # 3. The outputs.
+    answers = [(p.node_id, nodes[p.node_id].operator, subjects) for p, subjects in verified]
+    _check_outputs(result, answers)
+    # 4. The inference entry, rebuilt byte for byte, is in the log.
+    try:
+        entry = inference_entry(result, request_digest).to_bytes()
+    except FormatError as exc:
+        raise VerificationError(
+            "the inference entry cannot be rebuilt", check="inclusion", reason=exc.message
+        ) from exc
+    _prove(entry, result.log.index, result.log.inclusion_proof, cp, "inclusion")
+    # 5. The verdict follows from the verified receipts and accepts.
+    try:
+        policy = Policy.parse(result.policy)
+    except FormatError as exc:
+        raise VerificationError("unknown policy", check="verdict", reason=exc.message) from exc
+    check_verdict(result.verdict, decide(policy, answers))
+    return VerifiedInference(result, cp, nodes, predicates)
+
+
+def node_entry_index(result: InferenceResult) -> dict[str, int]:
+    """Node id -> log index of its registration, as the answer claims."""
+    return {n.id: n.log_index for n in result.nodes}

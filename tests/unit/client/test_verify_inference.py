@@ -1,0 +1,267 @@
+"""Verifying network answers from evidence built with the real runtime, log and entry types."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from veriml.client import (
+    CHECKS,
+    InferenceResult,
+    LogEvidence,
+    NodeEvidence,
+    verify_inference,
+    verify_inference_file,
+)
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.keys import SigningKey, generate_key
+from veriml.core.receipt import utc_now
+from veriml.ledger import InferenceEntry, NodeEntry
+from veriml.models.examples import build_mlp, write_example_folder
+from veriml.protocol import NodeDescriptor
+from veriml.runtime import run
+from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
+from veriml.verify.policy import Policy, Verdict, decide
+
+X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+
+
+@dataclasses.dataclass
+class Network:
+    log: Log
+    vkey: str
+    model: Path
+    nodes: list[tuple[SigningKey, str, int]]  # key, operator, registration index
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    tmp = tmp_path_factory.mktemp("net")
+    model = write_example_folder(tmp / "m", build_mlp((4, 8, 3), seed=1), name="m")
+    signer = NoteSigner("test.veriml.local/log", generate_key())
+    with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
+        nodes = []
+        for i in range(4):
+            key = generate_key()
+            descriptor = NodeDescriptor(
+                public_key=key.public.to_pem().decode(),
+                operator=f"op-{i}",
+                endpoint=f"http://127.0.0.1:{9000 + i}",
+                issued_at=utc_now(),
+                nonce=uuid.uuid4().hex,
+            ).sign(key)
+            nodes.append((key, f"op-{i}", log.add(NodeEntry(descriptor).to_bytes())))
+        yield Network(log, signer.vkey, model, nodes)
+
+
+def _answer(net: Network, policy: str, *, tamper_node: int | None = None) -> InferenceResult:
+    """What a coordinator answers: N receipts, the verdict, one logged entry, proofs."""
+    parsed = Policy.parse(policy)
+    request_id = str(uuid.uuid4())
+    results, answers = [], []
+    for i, (key, operator, _) in enumerate(net.nodes[: parsed.nodes]):
+        inputs = {"x": X + np.float32(1) if i == tamper_node else X}
+        result = run(net.model, inputs, key=key, policy=policy, request_id=request_id)
+        results.append(result)
+        digests = {n: Digest.from_text(json_digest(result, n)) for n in result.outputs}
+        answers.append((key.key_id, operator, digests))
+    verdict = decide(parsed, answers)
+    # A real coordinator logs one request digest; a node that computed on other inputs
+    # would carry another (the test of a disagreeing node keeps the honest digest).
+    first = results[0].predicate
+    entry = InferenceEntry(
+        request_id=request_id,
+        request_digest=first.request_digest,
+        model=first.model_digest,
+        policy=policy,
+        receipts=tuple(r.receipt for r in results),
+        verdict=verdict,
+    )
+    index = net.log.add(entry.to_bytes())
+    note = net.log.checkpoint()
+    size = Checkpoint.from_text(Note.from_bytes(note).text).size
+    agreeing = next(r for r in results if r.predicate.node_id in verdict.agreeing)
+    nodes = [
+        NodeEvidence(
+            key.key_id,
+            reg,
+            net.log.entries(reg, reg + 1)[0],
+            tuple(net.log.inclusion_proof(reg, size)),
+        )
+        for key, _, reg in net.nodes[: parsed.nodes]
+    ]
+    return InferenceResult(
+        id=request_id,
+        model=first.model_digest,
+        policy=policy,
+        outputs=agreeing.outputs,
+        receipts=entry.receipts,
+        verdict=verdict,
+        log=LogEvidence(index, tuple(net.log.inclusion_proof(index, size)), note),
+        nodes=tuple(nodes),
+    )
+
+
+def json_digest(result: Any, name: str) -> str:
+    subjects = json.loads(result.receipt.payload)["subject"]
+    return next("sha256:" + s["digest"]["sha256"] for s in subjects if s["name"] == name)
+
+
+def _key(net: Network) -> NoteVerifier:
+    return NoteVerifier.from_vkey(net.vkey)
+
+
+@pytest.mark.parametrize("policy", ["none", "quorum:3/2", "quorum:4/4"])
+def test_an_honest_answer_passes_every_check(network: Network, policy: str) -> None:
+    verified = verify_inference(_answer(network, policy), log_key=_key(network))
+    assert verified.checks == CHECKS
+    assert verified.result.verdict.outcome == "accepted"
+    assert len(verified.nodes) == Policy.parse(policy).nodes
+
+
+def test_a_quorum_accepts_when_k_agree_and_one_node_differs(network: Network) -> None:
+    result = _answer(network, "quorum:3/2", tamper_node=2)
+    # The odd node signed other inputs, so its request digest differs: the coordinator's
+    # answer then fails the request check, whatever the verdict says.
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(result, log_key=_key(network))
+    assert caught.value.check == "model-digest"
+
+
+def test_a_saved_answer_verifies_offline_and_round_trips(network: Network, tmp_path: Path) -> None:
+    result = _answer(network, "quorum:3/2")
+    path = result.save(tmp_path / "answer.json")
+    assert InferenceResult.load(path).to_json() == result.to_json()
+    saved = json.loads(path.read_text())
+    # The members a `veriml run` reader relies on are there.
+    assert {"outputs", "receipt", "receipts", "verdict", "log", "nodes"} <= set(saved)
+    assert verify_inference_file(path, log_vkey=network.vkey).result.id == result.id
+
+
+def _tampered(result: InferenceResult, path: Path, change: Any) -> Path:
+    obj = result.to_json()
+    change(obj)
+    path.write_text(json.dumps(obj))
+    return path
+
+
+def _flip_output(obj: dict[str, Any]) -> None:
+    data = obj["outputs"]["probs"]["data"]
+    data[0][0] = float(np.nextafter(np.float32(data[0][0]), np.float32(2)))
+
+
+def _flip_verdict(obj: dict[str, Any]) -> None:
+    obj["verdict"]["agreeing"] = obj["verdict"]["agreeing"][:1]
+
+
+def _flip_proof(obj: dict[str, Any]) -> None:
+    proof = obj["log"]["inclusion_proof"]
+    raw = bytearray(base64.b64decode(proof[0]))
+    raw[0] ^= 1
+    proof[0] = base64.b64encode(bytes(raw)).decode()
+
+
+def _swap_node_entry(obj: dict[str, Any]) -> None:
+    key = generate_key()
+    forged = NodeDescriptor(
+        public_key=key.public.to_pem().decode(),
+        operator="op-0",
+        endpoint="http://127.0.0.1:1",
+        issued_at=utc_now(),
+        nonce="ff",
+    ).sign(key)
+    obj["nodes"][0]["entry"] = base64.b64encode(NodeEntry(forged).to_bytes()).decode()
+
+
+def _drop_index(obj: dict[str, Any]) -> None:
+    obj["log"]["index"] = obj["log"]["index"] - 1
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        (_flip_output, "output-digest"),
+        (_flip_verdict, "inclusion"),
+        (_flip_proof, "inclusion"),
+        (_drop_index, "inclusion"),
+        (_swap_node_entry, "node-key"),
+    ],
+)
+def test_tampering_a_saved_answer_fails_offline_naming_the_check(
+    network: Network, tmp_path: Path, change: Any, check: str
+) -> None:
+    path = _tampered(_answer(network, "quorum:3/2"), tmp_path / "t.json", change)
+    with pytest.raises(VerificationError) as caught:
+        verify_inference_file(path, log_vkey=network.vkey)
+    assert caught.value.check == check
+
+
+def test_an_answer_checked_against_another_log_key_fails_at_the_checkpoint(
+    network: Network,
+) -> None:
+    other = NoteSigner("test.veriml.local/log", generate_key())
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(_answer(network, "none"), log_key=NoteVerifier.from_vkey(other.vkey))
+    assert caught.value.check == "checkpoint"
+
+
+def test_a_receipt_signed_by_an_unregistered_key_is_rejected(network: Network) -> None:
+    result = _answer(network, "none")
+    stranger = generate_key()
+    forged = Envelope.sign(result.receipts[0].payload, [stranger])
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(dataclasses.replace(result, receipts=(forged,)), log_key=_key(network))
+    assert caught.value.check == "signature"
+
+
+def test_a_rejected_verdict_that_is_logged_still_fails_verification(network: Network) -> None:
+    result = _answer(network, "quorum:3/2")
+    # A coordinator that logs a 'rejected' verdict: inclusion holds, the policy was not met.
+    rejected = Verdict("quorum:3/2", "rejected", result.verdict.agreeing, result.verdict.outputs)
+    entry = InferenceEntry(
+        request_id=result.id,
+        request_digest=Digest.from_text(
+            json.loads(result.receipts[0].payload)["predicate"]["request"]["digest"]
+        ),
+        model=result.model,
+        policy=result.policy,
+        receipts=result.receipts,
+        verdict=rejected,
+    )
+    index = network.log.add(entry.to_bytes())
+    note = network.log.checkpoint()
+    size = Checkpoint.from_text(Note.from_bytes(note).text).size
+    nodes = tuple(
+        dataclasses.replace(
+            n, inclusion_proof=tuple(network.log.inclusion_proof(n.log_index, size))
+        )
+        for n in result.nodes
+    )
+    logged = dataclasses.replace(
+        result,
+        verdict=rejected,
+        nodes=nodes,
+        log=LogEvidence(index, tuple(network.log.inclusion_proof(index, size)), note),
+    )
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(logged, log_key=_key(network))
+    assert caught.value.check == "verdict"
+
+
+def test_a_file_whose_receipt_member_is_not_an_agreeing_receipt_does_not_parse(
+    network: Network,
+) -> None:
+    obj = _answer(network, "none").to_json()
+    obj["receipt"] = Envelope.sign(b"{}", [generate_key()]).to_json()
+    with pytest.raises(FormatError):
+        InferenceResult.from_json(obj)
