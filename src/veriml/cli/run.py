@@ -109,11 +109,25 @@ def verify_command(
     reexecute: Annotated[
         bool, typer.Option("--reexecute", help="Re-run the model; require bitwise equality.")
     ] = False,
+    log_vkey: Annotated[
+        str | None,
+        typer.Option(
+            "--log-vkey",
+            envvar="VERIML_LOG_VKEY",
+            help="For network results: the log key to pin (default: the local network's).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Verify a result's receipt; exit 1 naming the first failed check."""
+    """Verify a result file or a saved network answer; exit 1 naming the failed check.
+
+    A network answer (``veriml infer --out``) is checked fully offline: node keys from the log,
+    receipts, outputs, log inclusion under the pinned log key, and the verdict."""
     from veriml.verify import verify_receipt
 
+    if _is_network_result(result):
+        _verify_network_result(result, log_vkey, json_out)
+        return
     if reexecute and model is None:
         raise fail("--reexecute needs --model DIR")
     if pubkey is None:
@@ -121,6 +135,36 @@ def verify_command(
     node_key = load_public_key(pubkey)
     try:
         verified = verify_receipt(result, node_key=node_key, model=model, reexecute=reexecute)
+    except VerificationError as exc:
+        if json_out:
+            print_json({"ok": False, "check": exc.check, "error": exc.diagnostics()})
+            raise typer.Exit(exc.exit_code) from exc
+        raise
+    if json_out:
+        print_json(verified.to_json())
+    else:
+        console.print(verified.summary(), markup=False)
+
+
+def _is_network_result(path: Path) -> bool:
+    from veriml.client import is_network_result
+    from veriml.runtime._result import MAX_RESULT_BYTES
+
+    try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            return False  # verify_receipt reports the size
+        obj = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False  # verify_receipt reports what is wrong with the file
+    return isinstance(obj, dict) and is_network_result(obj)
+
+
+def _verify_network_result(path: Path, log_vkey: str | None, json_out: bool) -> None:
+    """A network answer saved by ``veriml infer --out``: every check of the SDK, offline."""
+    from veriml.client import verify_inference_file
+
+    try:
+        verified = verify_inference_file(path, log_vkey=log_vkey)
     except VerificationError as exc:
         if json_out:
             print_json({"ok": False, "check": exc.check, "error": exc.diagnostics()})

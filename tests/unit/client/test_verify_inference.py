@@ -265,3 +265,36 @@ def test_a_file_whose_receipt_member_is_not_an_agreeing_receipt_does_not_parse(
     obj["receipt"] = Envelope.sign(b"{}", [generate_key()]).to_json()
     with pytest.raises(FormatError):
         InferenceResult.from_json(obj)
+
+
+def _veriml(*args: str, env: dict[str, str] | None = None) -> Any:
+    import os
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-m", "veriml", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_veriml_verify_checks_a_saved_network_answer_offline(
+    network: Network, tmp_path: Path
+) -> None:
+    path = _answer(network, "quorum:3/2").save(tmp_path / "answer.json")
+    ok = _veriml("verify", str(path), "--json", env={"VERIML_LOG_VKEY": network.vkey})
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["checks"] == list(CHECKS)
+    bad = _tampered(_answer(network, "none"), tmp_path / "bad.json", _flip_output)
+    failed = _veriml("verify", str(bad), "--log-vkey", network.vkey)
+    assert failed.returncode == 1
+    assert "output-digest" in failed.stderr
+    # No pinned key anywhere: verification refuses rather than trusting the file.
+    unpinned = _veriml(
+        "verify", str(path), env={"VERIML_LOG_VKEY": "", "VERIML_HOME": str(tmp_path)}
+    )
+    assert unpinned.returncode == 1
+    assert "log-key" in unpinned.stderr

@@ -1,0 +1,288 @@
+"""A local network on this machine: one coordinator and N nodes, each a ``veriml serve``
+subprocess, all under one home folder (what ``veriml up``, the demo, the end-to-end tests and
+the network benchmark start).
+
+Layout under ``HOME`` (docs/network.md, "Keys on disk"): ``coordinator/`` (its keys, SQLite
+database, blobs) and ``nodes/node-<i>/`` (node key, model cache), plus ``network.json`` once
+every node is registered. Each node gets its own key and operator id ``op-<i>``.
+
+    with LocalNetwork(Path(".veriml"), nodes=3) as net:   # started, registered
+        net.url, net.log_vkey, net.nodes                  # network.json written
+    # every child stopped, network.json removed
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+
+from veriml.client._config import NETWORK_FILE, NetworkFile, write_network_file
+from veriml.core.errors import FormatError, NodeUnavailable
+
+__all__ = ["Child", "LocalNetwork", "free_port"]
+
+HOST = "127.0.0.1"
+START_TIMEOUT = 90.0
+STOP_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Child:
+    """One service process: its name, URL, command and log file."""
+
+    name: str
+    url: str
+    args: list[str]
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    node_id: str | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
+    def start(self, env: Mapping[str, str]) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=dict(env),
+            start_new_session=True,  # Ctrl-C reaches the launcher, which stops us in order
+        )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def tail(self, limit: int = 2000) -> str:
+        try:
+            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=timeout)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would (for the reliability tests)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=STOP_TIMEOUT)
+
+
+def _veriml() -> list[str]:
+    return [sys.executable, "-m", "veriml"]
+
+
+class LocalNetwork:
+    """Start, watch and stop a coordinator and ``nodes`` nodes under ``home``."""
+
+    def __init__(
+        self,
+        home: Path,
+        *,
+        nodes: int = 3,
+        port: int = 8700,
+        db: str | None = None,
+        env: Mapping[str, str] | None = None,
+        start_timeout: float = START_TIMEOUT,
+        coordinator_args: Sequence[str] = (),
+        node_args: Sequence[str] = (),
+    ) -> None:
+        if nodes < 1:
+            raise FormatError("a network needs at least one node", nodes=nodes)
+        self.home = home.resolve()
+        self.start_timeout = start_timeout
+        self.env = {**os.environ, **(env or {})}
+        self.env.pop("VERIML_URL", None)  # the children are told their URLs explicitly
+        coordinator_port = port or free_port()
+        self.url = f"http://{HOST}:{coordinator_port}"
+        logs = self.home / "logs"
+        args = [
+            *_veriml(),
+            "serve",
+            "coordinator",
+            "--home",
+            str(self.home),
+            "--host",
+            HOST,
+            "--port",
+            str(coordinator_port),
+            *(["--db", db] if db else []),
+            *coordinator_args,
+        ]
+        self.coordinator = Child("coordinator", self.url, args, logs / "coordinator.log")
+        self.nodes: list[Child] = []
+        for i in range(1, nodes + 1):
+            node_port = port + i if port else free_port()
+            name = f"node-{i}"
+            node_home = self.home / "nodes" / name
+            node_cmd = [
+                *_veriml(),
+                "serve",
+                "node",
+                "--coordinator",
+                self.url,
+                "--coordinator-key",
+                str(self.home / "coordinator" / "coordinator.pub"),
+                "--home",
+                str(node_home),
+                "--key",
+                str(node_home / "node.key"),
+                "--operator",
+                f"op-{i}",
+                "--host",
+                HOST,
+                "--port",
+                str(node_port),
+                *node_args,
+            ]
+            node_url = f"http://{HOST}:{node_port}"
+            self.nodes.append(Child(name, node_url, node_cmd, logs / f"{name}.log"))
+        self.log_vkey = ""
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def __enter__(self) -> LocalNetwork:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def start(self) -> NetworkFile:
+        """Start everything; return once every node is registered and network.json is written."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / NETWORK_FILE).unlink(missing_ok=True)
+        self.start_coordinator()
+        for node in self.nodes:
+            node.start(self.env)
+        self.wait_registered()
+        return self.write_network_file()
+
+    def start_coordinator(self) -> None:
+        self.coordinator.start(self.env)
+        self._wait(lambda: self._get("/healthz") is not None, "the coordinator to start")
+        self.log_vkey = self._read_log_vkey()
+
+    def _read_log_vkey(self) -> str:
+        # From the coordinator's own key sidecar on this disk, not from what it serves: the
+        # log key is pinned from a source the coordinator process cannot rewrite later.
+        import json
+
+        sidecar = self.home / "coordinator" / "log.key.json"
+        try:
+            return str(json.loads(sidecar.read_text())["vkey"])
+        except (OSError, ValueError, KeyError) as exc:
+            raise NodeUnavailable(
+                "the coordinator wrote no log key sidecar", path=str(sidecar)
+            ) from exc
+
+    def wait_registered(self, nodes: Sequence[Child] | None = None) -> None:
+        """Wait until every node (or ``nodes``) is registered and live."""
+        wanted = list(nodes if nodes is not None else self.nodes)
+
+        def registered() -> bool:
+            listed = self._get("/v1/nodes")
+            if listed is None:
+                return False
+            items = listed.get("nodes", listed) if isinstance(listed, dict) else listed
+            by_endpoint = {
+                str(n.get("endpoint", "")).rstrip("/"): n
+                for n in items
+                if isinstance(n, dict) and n.get("live", n.get("active", True))
+            }
+            for node in wanted:
+                entry = by_endpoint.get(node.url)
+                if entry is None:
+                    return False
+                node.node_id = str(entry.get("node_id") or entry.get("id"))
+            return True
+
+        self._wait(registered, "every node to register")
+
+    def write_network_file(self) -> NetworkFile:
+        network = NetworkFile(
+            url=self.url,
+            log_vkey=self.log_vkey,
+            nodes=tuple({"id": n.node_id, "url": n.url, "pid": n.pid} for n in self.nodes),
+        )
+        write_network_file(self.home, network)
+        return network
+
+    def dead(self) -> list[Child]:
+        """Children that exited on their own."""
+        return [c for c in (self.coordinator, *self.nodes) if c.process and not c.alive()]
+
+    def stop(self) -> None:
+        """Stop the nodes, then the coordinator; remove network.json."""
+        (self.home / NETWORK_FILE).unlink(missing_ok=True)
+        for node in self.nodes:
+            with contextlib.suppress(OSError):
+                node.stop()
+        with contextlib.suppress(OSError):
+            self.coordinator.stop()
+
+    # -- helpers -----------------------------------------------------------------------------
+
+    def _get(self, path: str) -> Any:
+        try:
+            response = httpx.get(self.url + path, timeout=2)
+        except httpx.HTTPError:
+            return None
+        if response.status_code != 200:
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            return {}
+
+    def _wait(self, ready: Any, what: str) -> None:
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            dead = self.dead()
+            if dead:
+                child = dead[0]
+                raise NodeUnavailable(
+                    f"{child.name} exited while waiting for {what}",
+                    code=child.process.returncode if child.process else None,
+                    log=child.tail(600),
+                )
+            if ready():
+                return
+            if time.monotonic() > deadline:
+                raise NodeUnavailable(f"timed out waiting for {what}", seconds=self.start_timeout)
+            time.sleep(0.1)
