@@ -10,7 +10,8 @@ The public API. Heavy parts (ONNX Runtime, model-signing) load on first use, so 
     veriml.verify_receipt(result, node_key=node.public, model=Path("my-model"))
 
 Sub-packages with their own public surface: :mod:`veriml.models`, :mod:`veriml.runtime`,
-:mod:`veriml.verify`, :mod:`veriml.tlog`; errors in :mod:`veriml.errors`.
+:mod:`veriml.verify`, :mod:`veriml.tlog`, :mod:`veriml.client` (the network SDK); errors in
+:mod:`veriml.errors`.
 """
 
 from __future__ import annotations
@@ -41,12 +42,19 @@ _EXPORTS: dict[str, str] = {
     "run": "veriml.runtime",
     "VerifiedReceipt": "veriml.verify",
     "verify_receipt": "veriml.verify",
+    "Client": "veriml.client",
+    "AsyncClient": "veriml.client",
+    "InferenceResult": "veriml.client",
+    "verify_inference_file": "veriml.client",
 }
 
 __all__ = [
+    "AsyncClient",
+    "Client",
     "Digest",
     "Envelope",
     "Error",
+    "InferenceResult",
     "ModelPackage",
     "Profile",
     "RunResult",
@@ -63,11 +71,13 @@ __all__ = [
     "run",
     "sign_model",
     "tensor_digest",
+    "verify_inference_file",
     "verify_model",
     "verify_receipt",
 ]
 
 if TYPE_CHECKING:
+    from veriml.client import AsyncClient, Client, InferenceResult, verify_inference_file
     from veriml.core import (
         Digest,
         Envelope,

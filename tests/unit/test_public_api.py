@@ -8,6 +8,10 @@ import sys
 import veriml
 
 PUBLIC = {
+    "AsyncClient",
+    "Client",
+    "InferenceResult",
+    "verify_inference_file",
     "Digest",
     "Envelope",
     "Error",
