@@ -1,0 +1,209 @@
+"""``create_app(settings)``: the coordinator as one FastAPI application.
+
+Nothing is opened at import time or in ``create_app``: the lifespan opens the database (and
+migrates it), the blob store, the keys, the log and an HTTP client, puts them on
+``app.state`` (names in the package docstring) and closes them all at shut-down. The log's
+C2SP tlog-tiles API is mounted read-only under ``/log/`` (entries are appended by the
+coordinator itself, never through HTTP).
+
+>>> app = create_app(Settings(home=Path(".veriml")))  # doctest: +SKIP
+>>> uvicorn.run(app, host="127.0.0.1", port=8700)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any, cast
+
+import httpx
+import sqlalchemy as sa
+from fastapi import FastAPI, Request
+from fastapi.responses import Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.concurrency import run_in_threadpool
+
+import veriml
+from veriml.coordinator import db, hub, registry
+from veriml.coordinator.deps import LogDep, SettingsDep
+from veriml.coordinator.keys import load_or_create_keys
+from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
+from veriml.coordinator.problems import install_problem_handlers, problem
+from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
+from veriml.coordinator.settings import Settings
+from veriml.core.errors import LimitExceeded, StorageError
+from veriml.models.blobstore import BlobStore
+from veriml.tlog.log import Log, LogOptions
+from veriml.tlog.server import create_log_router
+
+__all__ = ["INFERENCE_ROUTES", "create_app"]
+
+INFERENCE_ROUTES = "veriml.coordinator.inference_routes"
+_UPLOAD_ROUTE = ("POST", "/v1/models")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class _LogProxy:
+    """Stands for the log in the ``/log/`` router, which is built before the lifespan opens
+    the log; every attribute is read from ``app.state.log`` at request time."""
+
+    def __init__(self, app: FastAPI) -> None:
+        self._app = app
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            log = self._app.state.log
+        except AttributeError as exc:
+            raise StorageError("the log is not open (the coordinator is starting)") from exc
+        return getattr(log, name)
+
+
+class BodyLimit:
+    """ASGI middleware: 413 for a body whose ``Content-Length`` exceeds the route's limit,
+    before any of it is read; the same when a body without one streams past it."""
+
+    def __init__(self, app: ASGIApp, *, default: int, upload: int) -> None:
+        self.app = app
+        self.default = default
+        self.upload = upload
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.upload if (scope["method"], scope["path"]) == _UPLOAD_ROUTE else self.default
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and (not value.isdigit() or int(value) > limit):
+                response = problem(413, f"request body is larger than {limit} bytes", limit=limit)
+                await response(scope, receive, send)
+                return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    raise LimitExceeded("request body is too large", limit=limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
+    """Open every resource onto ``app.state``; the closers, in the order to run them."""
+    closers: list[Callable[[], None]] = []
+    try:
+        passphrase = settings.key_passphrase.encode() if settings.key_passphrase else None
+        keys = load_or_create_keys(
+            settings.data_dir, origin=settings.log_origin, passphrase=passphrase
+        )
+        engine = db.open_engine(settings.db_url)
+        closers.append(engine.dispose)
+        blobs = BlobStore(settings.blobs_url, max_size=settings.max_upload_bytes)
+        log = Log.open(
+            settings.log_db_url,
+            keys.log,
+            options=LogOptions(batch_interval=settings.log_batch_interval),
+        )
+        closers.insert(0, log.close)
+        models = ModelRepository(engine)
+        nodes = NodeRepository(engine, live_after=settings.live_after)
+        nonces = NonceRepository(engine, keep=2 * settings.descriptor_max_age)
+        metrics: Metrics = app.state.metrics
+        metrics.watch(models, nodes, log)
+        state = app.state
+        state.engine, state.blobs, state.log = engine, blobs, log
+        state.coordinator_key = keys.coordinator
+        state.models, state.nodes = models, nodes
+        state.hub = hub.HubService(settings=settings, models=models, blobs=blobs, log=log)
+        state.registry = registry.RegistryService(
+            settings=settings, nodes=nodes, nonces=nonces, log=log
+        )
+    except BaseException:
+        for close in closers:
+            close()
+        raise
+    return closers
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The coordinator app for ``settings``; resources open when the app starts."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        closers = await run_in_threadpool(_open_state, app, settings)
+        app.state.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
+            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+        )
+        try:
+            yield
+        finally:
+            await app.state.http.aclose()
+            for close in closers:
+                await run_in_threadpool(close)
+
+    app = FastAPI(
+        title="veriml coordinator",
+        version=veriml.__version__,
+        lifespan=lifespan,
+        docs_url="/docs",
+        redoc_url=None,
+    )
+    app.state.settings = settings
+    app.state.metrics = Metrics()
+    install_problem_handlers(app)
+    app.include_router(hub.router)
+    app.include_router(registry.router)
+    if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
+        app.include_router(importlib.import_module(INFERENCE_ROUTES).router)
+    app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")
+    _service_routes(app)
+    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(BodyLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes)
+    return app
+
+
+def _service_routes(app: FastAPI) -> None:
+    @app.get("/v1/info", operation_id="get_info", tags=["service"])
+    def get_info(request: Request, settings: SettingsDep, log: LogDep) -> dict[str, Any]:
+        """Who this coordinator is: its job-signing key and its log's identity."""
+        key = request.app.state.coordinator_key
+        return {
+            "version": veriml.__version__,
+            "coordinator_key": key.public.to_pem().decode(),
+            "coordinator_key_id": key.key_id,
+            "log_origin": log.origin,
+            "log_vkey": log.vkey,
+            "heartbeat_interval": settings.heartbeat_interval,
+        }
+
+    @app.get("/healthz", operation_id="healthz", tags=["service"])
+    def healthz(request: Request, log: LogDep) -> dict[str, Any]:
+        """200 when the database and the log answer; 503 problem JSON otherwise."""
+        try:
+            with request.app.state.engine.connect() as conn:
+                conn.execute(sa.text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise StorageError("coordinator database unreachable", reason=str(exc)[:200]) from exc
+        return {"status": "ok", "log_size": log.size}
+
+    @app.get("/metrics", operation_id="metrics", tags=["service"])
+    def metrics(request: Request) -> Response:
+        """Prometheus text exposition: requests by operation, models, live nodes, log size."""
+        body = request.app.state.metrics.render()
+        return Response(body, media_type=CONTENT_TYPE)
+
+
+def default_app() -> FastAPI:
+    """An app from ``VERIML_*`` variables (for ``uvicorn --factory``)."""
+    return create_app(Settings.from_env())

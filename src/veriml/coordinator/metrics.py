@@ -1,0 +1,102 @@
+"""Prometheus metrics for the coordinator (``GET /metrics``, text exposition format).
+
+Each app has its own :class:`prometheus_client.CollectorRegistry` (no process-wide globals,
+so several apps in one process do not collide). Request counts and latencies are labelled by
+the route's OpenAPI ``operation_id`` (bounded cardinality: never by raw path). Gauges for
+models, live nodes and log size are read from the repositories and the log when scraped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Match
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from prometheus_client.metrics_core import Metric
+
+    from veriml.coordinator.repositories import ModelRepository, NodeRepository
+    from veriml.tlog.log import Log
+
+__all__ = ["CONTENT_TYPE", "Metrics"]
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _StateCollector(Collector):
+    def __init__(self, models: ModelRepository, nodes: NodeRepository, log: Log) -> None:
+        self._models, self._nodes, self._log = models, nodes, log
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "veriml_models", "Models registered on the hub", value=self._models.count()
+        )
+        yield GaugeMetricFamily(
+            "veriml_live_nodes", "Nodes with a recent heartbeat", value=self._nodes.count_live()
+        )
+        yield GaugeMetricFamily(
+            "veriml_log_size", "Entries integrated in the transparency log", value=self._log.size
+        )
+
+
+class Metrics:
+    """The app's registry: request counters and latencies, plus state gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "veriml_http_requests",
+            "HTTP requests answered, by operation and status code",
+            ["operation", "method", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "veriml_http_request_duration_seconds",
+            "Time to answer HTTP requests, by operation",
+            ["operation"],
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+
+    def watch(self, models: ModelRepository, nodes: NodeRepository, log: Log) -> None:
+        """Report the number of models, live nodes and the log size at every scrape."""
+        self.registry.register(_StateCollector(models, nodes, log))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    async def middleware(
+        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
+        """Count and time every request under its route's operation id."""
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            operation = _operation(request)
+            self.requests.labels(operation, request.method, str(status)).inc()
+            self.latency.labels(operation).observe(time.perf_counter() - start)
+
+
+def _operation(request: Request) -> str:
+    route = request.scope.get("route")
+    if route is None:
+        for candidate in request.app.router.routes:
+            if candidate.matches(request.scope)[0] == Match.FULL:
+                route = candidate
+                break
+    name = getattr(route, "operation_id", None) or getattr(route, "name", None)
+    return str(name) if name else "unmatched"

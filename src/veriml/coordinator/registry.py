@@ -1,0 +1,149 @@
+"""The node registry: signed registrations, signed heartbeats, liveness.
+
+``POST /v1/nodes`` checks the descriptor (docs/network.md, "Node descriptor") in order:
+
+1. the DSSE envelope is signed by the key it carries, and ``node_id`` is that key's id (403);
+2. ``issued_at`` is within the freshness window of the coordinator's clock (403);
+3. the nonce was never used before (409: a replay);
+
+then appends ONE ``NodeEntry`` (the node's own signed descriptor, so anyone can re-check it
+from the log) and inserts or replaces the node's row with the entry's index. A node that
+registers again (a restart, a new endpoint) gets a new entry and its row is updated.
+
+``POST /v1/nodes/{id}/heartbeat`` takes a heartbeat signed by the registered key (403 for
+any other key, 404 for an unknown node) and newer than the last one (409).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
+
+from veriml.coordinator.deps import NodesDep, SettingsDep
+from veriml.coordinator.repositories import NodeRepository, NonceRepository
+from veriml.coordinator.settings import Settings
+from veriml.core.canonical import parse_json_object
+from veriml.core.dsse import Envelope
+from veriml.core.errors import LimitExceeded, NotFound, SignatureError, VerificationError
+from veriml.core.keys import VerifyingKey
+from veriml.ledger.entries import NodeEntry
+from veriml.protocol.messages import Heartbeat, NodeDescriptor, parse_time
+from veriml.tlog.log import Log
+
+__all__ = ["MAX_MESSAGE_BODY", "RegistryService", "read_body", "router"]
+
+# A descriptor or heartbeat envelope: a 64 KiB payload, base64, plus signatures.
+MAX_MESSAGE_BODY = 256 * 1024
+# How far in the future a heartbeat's issued_at may be (clock skew).
+HEARTBEAT_SKEW = dt.timedelta(seconds=60)
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with :class:`LimitExceeded` (413) past ``limit`` bytes:
+    from ``Content-Length`` before reading, and while streaming."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise LimitExceeded("request body is too large", limit=limit)
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise LimitExceeded("request body is too large", limit=limit)
+    return bytes(body)
+
+
+def parse_envelope(body: bytes) -> Envelope:
+    """A DSSE envelope from a request body; one without signatures is refused as unsigned
+    (403), not as malformed."""
+    obj = parse_json_object(body, what="DSSE envelope")
+    if obj.get("signatures") in ([], None):
+        raise SignatureError("the message is unsigned", check="signature")
+    return Envelope.from_json(obj)
+
+
+class RegistryService:
+    """Registers nodes and records their heartbeats (steps in the module docstring)."""
+
+    def __init__(
+        self, *, settings: Settings, nodes: NodeRepository, nonces: NonceRepository, log: Log
+    ) -> None:
+        self.settings = settings
+        self.nodes = nodes
+        self.nonces = nonces
+        self.log = log
+
+    def register(self, envelope: Envelope, *, now: dt.datetime | None = None) -> tuple[str, int]:
+        """Check, log and record a node descriptor; ``(node_id, log_index)``."""
+        descriptor = NodeDescriptor.open(  # 1, 2
+            envelope, now=now, max_age=dt.timedelta(seconds=self.settings.descriptor_max_age)
+        )
+        self.nonces.use(descriptor.nonce)  # 3
+        index = self.log.add(NodeEntry(envelope).to_bytes())
+        self.nodes.register(descriptor, envelope.to_json(), index)
+        return descriptor.node_id, index
+
+    def heartbeat(
+        self, node_id: str, envelope: Envelope, *, now: dt.datetime | None = None
+    ) -> None:
+        """Check a heartbeat against the node's registered key and record its load."""
+        row = self.nodes.get(node_id)
+        if row is None:
+            raise NotFound("no such node; register first", node=node_id)
+        heartbeat = Heartbeat.open(envelope, VerifyingKey.from_pem(row.public_key.encode()))
+        if heartbeat.node_id != node_id:
+            raise VerificationError(
+                "heartbeat names another node", check="heartbeat", node=heartbeat.node_id
+            )
+        issued = parse_time(heartbeat.issued_at, what="issued_at")
+        if issued > (now or dt.datetime.now(dt.UTC)) + HEARTBEAT_SKEW:
+            raise VerificationError(
+                "heartbeat is from the future", check="freshness", issued_at=heartbeat.issued_at
+            )
+        self.nodes.heartbeat(
+            node_id,
+            issued_at=issued.timestamp(),
+            active=heartbeat.active,
+            queued=heartbeat.queued,
+            capacity=heartbeat.capacity,
+            cached=heartbeat.cached,
+        )
+
+
+def _registry(request: Request) -> RegistryService:
+    registry: RegistryService = request.app.state.registry
+    return registry
+
+
+RegistryDep = Annotated[RegistryService, Depends(_registry)]
+router = APIRouter(tags=["nodes"])
+
+
+@router.post("/v1/nodes", operation_id="register_node", status_code=201)
+async def register_node(request: Request, registry: RegistryDep) -> JSONResponse:
+    """Register (or re-register) a node with its signed descriptor (a DSSE envelope)."""
+    envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))
+    node_id, index = await run_in_threadpool(registry.register, envelope)
+    return JSONResponse({"node_id": node_id, "log_index": index}, status_code=201)
+
+
+@router.post("/v1/nodes/{node_id}/heartbeat", operation_id="node_heartbeat")
+async def node_heartbeat(node_id: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
+    """Record a heartbeat signed by the node's registered key."""
+    envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))
+    await run_in_threadpool(registry.heartbeat, node_id, envelope)
+    return {"node_id": node_id, "heartbeat_interval": registry.settings.heartbeat_interval}
+
+
+@router.get("/v1/nodes", operation_id="list_nodes")
+def list_nodes(nodes: NodesDep, settings: SettingsDep) -> dict[str, Any]:
+    """Every registered node, with ``live`` (a heartbeat within three intervals)."""
+    now = time.time()
+    return {
+        "nodes": [n.to_json(live=n.is_live(now, settings.live_after)) for n in nodes.all()],
+        "heartbeat_interval": settings.heartbeat_interval,
+    }

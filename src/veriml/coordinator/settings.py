@@ -1,0 +1,154 @@
+"""Coordinator configuration: one frozen :class:`Settings`, from arguments or ``VERIML_*``.
+
+Every field can be given to the constructor (the CLI does) or read from the environment with
+:meth:`Settings.from_env`; explicit arguments win. Defaults put everything under ``home``::
+
+    HOME/coordinator/coordinator.key       Ed25519, signs jobs (0600)
+    HOME/coordinator/log.key{,.json}       the log's note key and its origin/vkey sidecar
+    HOME/coordinator/veriml.db             SQLite: coordinator tables and the log's tables
+    HOME/coordinator/blobs/                content-addressed blob store
+
+Limits are checked when the settings are built, so a coordinator never starts with a limit of
+zero or a placeholder secret.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from veriml.core.errors import FormatError
+
+__all__ = ["DEFAULT_LOG_ORIGIN", "ENV_PREFIX", "Settings"]
+
+ENV_PREFIX = "VERIML_"
+DEFAULT_LOG_ORIGIN = "veriml.local/coordinator"
+_PLACEHOLDERS = frozenset({"changeme", "changethis", "secret", "password", "placeholder", "xxx"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """How one coordinator runs. ``Settings(home=Path(".veriml"))`` is a working local one.
+
+    >>> s = Settings(home=Path("/tmp/x"))
+    >>> s.db_url
+    'sqlite:////tmp/x/coordinator/veriml.db'
+    """
+
+    home: Path = field(default_factory=lambda: Path(".veriml"))
+    db_url: str = ""
+    blobs_url: str = ""
+    log_db_url: str = ""
+    log_origin: str = DEFAULT_LOG_ORIGIN
+    public_url: str = ""
+    # Passphrase that encrypts the coordinator and log keys on disk (None: unencrypted, 0600).
+    key_passphrase: str | None = field(default=None, repr=False)
+    # Limits (bytes unless named otherwise).
+    max_upload_bytes: int = 8 << 30
+    max_files: int = 10_000
+    max_path_depth: int = 32
+    max_json_bytes: int = 64 << 20
+    # Node liveness and jobs (seconds).
+    heartbeat_interval: float = 5.0
+    job_timeout: float = 60.0
+    max_job_attempts: int = 3
+    descriptor_max_age: float = 300.0
+    # Refuse unsigned publications (requests without a valid X-Veriml-Signature).
+    require_signed_publish: bool = False
+    log_batch_interval: float = 0.01
+
+    def __post_init__(self) -> None:
+        home = Path(self.home)
+        object.__setattr__(self, "home", home)
+        base = home / "coordinator"
+        if not self.db_url:
+            object.__setattr__(self, "db_url", f"sqlite:///{base / 'veriml.db'}")
+        if not self.blobs_url:
+            object.__setattr__(self, "blobs_url", str(base / "blobs"))
+        if not self.log_db_url:
+            object.__setattr__(self, "log_db_url", self.db_url)
+        positive = {
+            "max_upload_bytes": self.max_upload_bytes,
+            "max_files": self.max_files,
+            "max_path_depth": self.max_path_depth,
+            "max_json_bytes": self.max_json_bytes,
+            "heartbeat_interval": self.heartbeat_interval,
+            "job_timeout": self.job_timeout,
+            "max_job_attempts": self.max_job_attempts,
+            "descriptor_max_age": self.descriptor_max_age,
+        }
+        bad = {k: v for k, v in positive.items() if not v > 0}
+        if bad:
+            raise FormatError("coordinator limits must be positive", **bad)
+        if self.log_batch_interval < 0:
+            raise FormatError("log batch interval must be ≥ 0", got=self.log_batch_interval)
+        if self.key_passphrase is not None and (
+            len(self.key_passphrase) < 8 or self.key_passphrase.lower() in _PLACEHOLDERS
+        ):
+            raise FormatError(
+                "refusing a placeholder or short key passphrase (VERIML_KEY_PASSPHRASE)"
+            )
+
+    @property
+    def data_dir(self) -> Path:
+        """``HOME/coordinator``: keys, the SQLite file and (by default) the blobs."""
+        return self.home / "coordinator"
+
+    @property
+    def live_after(self) -> float:
+        """A node is live if its last heartbeat is at most this many seconds old."""
+        return 3 * self.heartbeat_interval
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from ``VERIML_<FIELD>`` variables (``VERIML_DB_URL``, ...), then ``overrides``.
+
+        ``VERIML_HOME`` sets ``home``. Overrides that are ``None`` are ignored, so CLI options
+        left unset fall back to the environment.
+        """
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is not None and raw != "":
+                values[f.name] = _convert(f.name, raw, _CONVERTERS.get(f.name, str))
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+    def with_(self, **changes: Any) -> Settings:
+        return replace(self, **changes)
+
+
+def _bool(raw: str) -> bool:
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(raw)
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "home": Path,
+    "max_upload_bytes": int,
+    "max_files": int,
+    "max_path_depth": int,
+    "max_json_bytes": int,
+    "heartbeat_interval": float,
+    "job_timeout": float,
+    "max_job_attempts": int,
+    "descriptor_max_age": float,
+    "require_signed_publish": _bool,
+    "log_batch_interval": float,
+}
+
+
+def _convert(name: str, raw: str, convert: Callable[[str], Any]) -> Any:
+    try:
+        return convert(raw)
+    except ValueError as exc:
+        raise FormatError(
+            "bad value in the environment", variable=ENV_PREFIX + name.upper(), got=raw[:40]
+        ) from exc
