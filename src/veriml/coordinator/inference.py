@@ -1,0 +1,455 @@
+"""The inference service: run one request on nodes, verify, decide, log once, answer.
+
+``POST /v1/inferences`` (docs/network.md, "Inference request and answer") goes through these
+steps, in order; nothing is written anywhere before step 7:
+
+1. resolve the model reference (``NotFound`` -> 404);
+2. parse the policy (``FormatError`` -> 400) and decode every input tensor within the size
+   limit, then check them against the model's IO signature (``InvalidTensor`` /
+   ``InvalidInput`` naming the input) -- all before any node is asked;
+3. with an ``Idempotency-Key``, a request already answered returns its stored answer (the same
+   key for another request is a ``Conflict``);
+4. pick ``N`` live nodes of distinct operators that serve the model (``NodeUnavailable`` -> 503
+   when there are not enough), and post each a job signed by the coordinator key;
+5. verify each answer's receipt under the node's **registered** key and check it names this
+   request (request id and digest, model, policy, input digests); a node that fails, times out
+   or answers with evidence that does not verify is replaced by another (bounded attempts);
+6. decide the verdict with :func:`veriml.verify.policy.decide` (a rejected verdict is still an
+   answer, logged and returned);
+7. append **one** :class:`~veriml.ledger.entries.InferenceEntry` to the log, prove its inclusion
+   at the published checkpoint that covers it, store the answer in ``inferences``, return it.
+
+The log entry is the request's single point of commitment: a crash before step 7 leaves no
+trace, and the entry is one atomic append, so a request is logged completely or not at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy.typing as npt
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from veriml.coordinator import db
+from veriml.coordinator.dispatch import JobSpec, dispatch
+from veriml.coordinator.scheduler import Candidate, gather, pick
+from veriml.core.digest import Digest
+from veriml.core.errors import (
+    Conflict,
+    FormatError,
+    InvalidInput,
+    InvalidTensor,
+    NodeUnavailable,
+    NotFound,
+    StorageError,
+    VerificationError,
+)
+from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.receipt import request_digest, utc_now
+from veriml.core.tensors import tensor_digest, tensor_from_json
+from veriml.ledger.entries import InferenceEntry
+from veriml.models import IOSignature
+from veriml.runtime import RunResult, canonical_request, validate_inputs
+from veriml.tlog.checkpoint import Checkpoint
+from veriml.tlog.log import Log
+from veriml.tlog.note import Note
+from veriml.verify import verify_receipt
+from veriml.verify.policy import Policy, Verdict, decide
+
+__all__ = [
+    "InferenceOptions",
+    "InferenceService",
+    "ResolvedModel",
+    "load_inference",
+    "store_inference",
+]
+
+Array = npt.NDArray[Any]
+_KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedModel:
+    """What the service needs of a hub model: its digest and IO signature."""
+
+    digest: Digest
+    io: IOSignature
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InferenceOptions:
+    """Timeouts (seconds), retry bound and size limits of the inference service."""
+
+    job_timeout: float = 60.0
+    attempts_per_slot: int = 3
+    live_within: float = 15.0
+    max_tensor_bytes: int = 64 << 20
+    publish_timeout: float = 30.0
+
+    def __post_init__(self) -> None:
+        if not (self.job_timeout > 0 and self.attempts_per_slot >= 1 and self.live_within > 0):
+            raise FormatError(
+                "inference timeouts and attempts must be positive",
+                job_timeout=self.job_timeout,
+                attempts_per_slot=self.attempts_per_slot,
+                live_within=self.live_within,
+            )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    result: RunResult
+    outputs: Mapping[str, Digest]
+
+
+# -- the inferences table ----------------------------------------------------------------------
+
+
+def store_inference(
+    engine: Engine,
+    *,
+    inference_id: str,
+    model: Digest,
+    policy: str,
+    digest: Digest,
+    log_index: int,
+    response: Mapping[str, Any],
+) -> None:
+    """Insert one answered inference; an id stored before is a :class:`Conflict`."""
+    row = {
+        "id": inference_id,
+        "model": model.to_text(),
+        "policy": policy,
+        "request_digest": digest.to_text(),
+        "log_index": log_index,
+        "response": dict(response),
+        "created_at": utc_now(),
+    }
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.insert(db.inferences).values(**row))
+    except IntegrityError as exc:
+        raise Conflict("an inference with this id is already stored", id=inference_id) from exc
+    except SQLAlchemyError as exc:
+        raise StorageError("cannot store the inference", reason=type(exc).__name__) from exc
+
+
+def load_inference(engine: Engine, inference_id: str) -> tuple[Digest, dict[str, Any]] | None:
+    """The stored request digest and answer of ``inference_id``, or None."""
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(
+                sa.select(db.inferences.c.request_digest, db.inferences.c.response).where(
+                    db.inferences.c.id == inference_id
+                )
+            ).first()
+    except SQLAlchemyError as exc:
+        raise StorageError("cannot read the inference", reason=type(exc).__name__) from exc
+    if row is None:
+        return None
+    return Digest.from_text(row.request_digest), dict(row.response)
+
+
+# -- the service ---------------------------------------------------------------------------------
+
+
+def check_request_id(value: str) -> str:
+    """A client-chosen request id (``Idempotency-Key``): 1-200 URL-safe characters."""
+    if not _KEY_PATTERN.fullmatch(value):
+        raise FormatError(
+            "Idempotency-Key must be 1-200 characters of A-Z a-z 0-9 . _ : ~ + / = -",
+            got=value[:40],
+        )
+    return value
+
+
+def decode_inputs(
+    io: IOSignature, raw: object, *, max_tensor_bytes: int
+) -> tuple[dict[str, Array], dict[str, Any]]:
+    """Decode and validate the request's input tensors; return arrays and their JSON by name."""
+    if not isinstance(raw, Mapping):
+        raise InvalidTensor("inputs must be an object of input name -> tensor JSON")
+    expected = {spec.name for spec in io.inputs}
+    unknown = sorted(set(raw) - expected)
+    if unknown:
+        raise InvalidInput(
+            "unknown input name", got=",".join(unknown)[:200], expected=",".join(sorted(expected))
+        )
+    arrays: dict[str, Array] = {}
+    for name, value in raw.items():
+        try:
+            arrays[name] = tensor_from_json(value, max_bytes=max_tensor_bytes)
+        except InvalidTensor as exc:
+            raise InvalidTensor(f"input {name!r}: {exc.message}", **exc.evidence) from exc
+    return validate_inputs(io, arrays), {str(name): value for name, value in raw.items()}
+
+
+def check_answer(
+    result: RunResult, node: Candidate, key: VerifyingKey, spec: JobSpec, digest: Digest
+) -> dict[str, Digest]:
+    """Verify a node's result under its registered key and that it answers this request;
+    return the signed output digests."""
+    verified = verify_receipt(result, node_key=key)
+    p = verified.predicate
+    bindings = {
+        "node": (p.node_id, node.node_id),
+        "request id": (p.request_id, spec.request_id),
+        "request digest": (p.request_digest, digest),
+        "model": (p.model_digest, spec.model),
+        "policy": (p.policy, spec.policy),
+        "inputs": (dict(p.inputs), dict(spec.input_digests)),
+    }
+    for what, (signed, expected) in bindings.items():
+        if signed != expected:
+            raise VerificationError(
+                f"receipt does not answer this request: its {what} differs",
+                check="request-binding",
+                node=node.node_id,
+                signed=str(signed)[:200],
+                expected=str(expected)[:200],
+            )
+    return dict(verified.output_digests)
+
+
+class InferenceService:
+    """Runs inference requests on nodes (see the module docstring for the steps).
+
+    Its collaborators are passed in, so it runs the same inside the app and in tests:
+    ``resolve_model(ref)`` and ``list_nodes(model)`` are blocking lookups (called in a worker
+    thread), ``node_failed(node_id)`` is told when a node did not answer.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        log: Log,
+        key: SigningKey,
+        http: httpx.AsyncClient,
+        resolve_model: Callable[[str], ResolvedModel],
+        list_nodes: Callable[[Digest], Sequence[Candidate]],
+        node_failed: Callable[[str], None] | None = None,
+        options: InferenceOptions | None = None,
+    ) -> None:
+        self._engine = engine
+        self._log = log
+        self._key = key
+        self._http = http
+        self._resolve_model = resolve_model
+        self._list_nodes = list_nodes
+        self._node_failed = node_failed
+        self._options = options or InferenceOptions()
+        self._inflight: dict[str, int] = {}
+        self._keys: dict[str, VerifyingKey] = {}
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    async def get(self, inference_id: str) -> dict[str, Any]:
+        """The stored answer of ``inference_id`` (``NotFound`` if there is none)."""
+        stored = await asyncio.to_thread(load_inference, self._engine, inference_id)
+        if stored is None:
+            raise NotFound("no inference with this id", id=inference_id[:200])
+        return stored[1]
+
+    async def create(
+        self, request: Mapping[str, Any], *, idempotency_key: str | None = None
+    ) -> dict[str, Any]:
+        """Answer one ``{"model", "inputs", "policy"}`` request (module docstring, steps 1-7)."""
+        model_ref = request.get("model")
+        if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
+            raise FormatError("model must be a name, name@version or sha256 digest")
+        policy_text = request.get("policy", "none")
+        if not isinstance(policy_text, str):
+            raise FormatError("policy must be a string: none or quorum:N/K")
+        unknown = sorted(set(request) - {"model", "inputs", "policy"})
+        if unknown:
+            raise FormatError("inference request has unknown members", members=",".join(unknown))
+        policy = Policy.parse(policy_text)
+        request_id = str(uuid.uuid4()) if idempotency_key is None else idempotency_key
+        check_request_id(request_id)
+        # 1. The model, and the nodes that may run it (blocking lookups, off the event loop).
+        model, candidates = await asyncio.to_thread(self._lookup, model_ref)
+        # 2. Inputs decoded and checked against the model before any node is asked.
+        arrays, inputs_json = decode_inputs(
+            model.io, request.get("inputs"), max_tensor_bytes=self._options.max_tensor_bytes
+        )
+        input_digests = {name: tensor_digest(a) for name, a in arrays.items()}
+        spec = JobSpec(
+            request_id=request_id,
+            model=model.digest,
+            input_digests=input_digests,
+            inputs_json=inputs_json,
+            policy=str(policy),
+        )
+        digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
+        if idempotency_key is None:
+            return await self._answer(spec, digest, policy, candidates)
+        # 3. One answer per key: later requests with the key get the stored answer.
+        lock, users = self._locks.get(request_id, (asyncio.Lock(), 0))
+        self._locks[request_id] = (lock, users + 1)
+        try:
+            async with lock:
+                stored = await asyncio.to_thread(load_inference, self._engine, request_id)
+                if stored is not None:
+                    if stored[0] != digest:
+                        raise Conflict(
+                            "this Idempotency-Key was used for another request", key=request_id
+                        )
+                    return stored[1]
+                return await self._answer(spec, digest, policy, candidates)
+        finally:
+            users = self._locks[request_id][1]
+            if users == 1:
+                del self._locks[request_id]
+            else:
+                self._locks[request_id] = (lock, users - 1)
+
+    def _lookup(self, ref: str) -> tuple[ResolvedModel, list[Candidate]]:
+        model = self._resolve_model(ref)
+        return model, list(self._list_nodes(model.digest))
+
+    def _node_key(self, node: Candidate) -> VerifyingKey:
+        key = self._keys.get(node.public_key)
+        if key is None:
+            key = self._keys[node.public_key] = VerifyingKey.from_pem(node.public_key.encode())
+        return key
+
+    async def _attempt(self, node: Candidate, spec: JobSpec, digest: Digest) -> _Answer:
+        self._inflight[node.node_id] = self._inflight.get(node.node_id, 0) + 1
+        try:
+            result = await dispatch(
+                self._http, node, spec, self._key, timeout=self._options.job_timeout
+            )
+        except NodeUnavailable:
+            if self._node_failed is not None:
+                await asyncio.to_thread(self._node_failed, node.node_id)
+            raise
+        finally:
+            self._inflight[node.node_id] -= 1
+            if not self._inflight[node.node_id]:
+                del self._inflight[node.node_id]
+        outputs = check_answer(result, node, self._node_key(node), spec, digest)
+        return _Answer(result, outputs)
+
+    async def _answer(
+        self, spec: JobSpec, digest: Digest, policy: Policy, candidates: Sequence[Candidate]
+    ) -> dict[str, Any]:
+        # 4. Nodes of distinct operators, least loaded first.
+        now = time.time()
+        live = self._options.live_within
+
+        def choose(count: int, tried: frozenset[str], busy: frozenset[str]) -> list[Candidate]:
+            return pick(
+                candidates,
+                spec.model,
+                count,
+                now=now,
+                live_within=live,
+                exclude_nodes=tried,
+                exclude_operators=busy,
+                inflight=self._inflight,
+                salt=spec.request_id,
+            )
+
+        first = choose(policy.nodes, frozenset(), frozenset())
+        if len(first) < policy.nodes:
+            raise NodeUnavailable(
+                "not enough live nodes of distinct operators serve this model",
+                model=spec.model,
+                policy=str(policy),
+                needed=policy.nodes,
+                available=len(first),
+            )
+        # 5. Run, verify, and replace failing nodes.
+        gathered = await gather(
+            first,
+            lambda node: self._attempt(node, spec, digest),
+            lambda tried, busy: next(iter(choose(1, frozenset(tried), frozenset(busy))), None),
+            attempts_per_slot=self._options.attempts_per_slot,
+            timeout=self._options.job_timeout * self._options.attempts_per_slot,
+        )
+        needed = policy.k if policy.kind == "quorum" else 1
+        if len(gathered.answers) < needed:
+            raise NodeUnavailable(
+                "not enough nodes answered with a verified receipt",
+                needed=needed,
+                answered=len(gathered.answers),
+                failures="; ".join(f.error.diagnostics()[:200] for f in gathered.failures[-4:]),
+            )
+        # 6. The verdict, from the verified answers alone.
+        verdict = decide(policy, [(n.node_id, n.operator, a.outputs) for n, a in gathered.answers])
+        chosen = next(a for _, a in gathered.answers if dict(a.outputs) == dict(verdict.outputs))
+        entry = InferenceEntry(
+            request_id=spec.request_id,
+            request_digest=digest,
+            model=spec.model,
+            policy=spec.policy,
+            receipts=tuple(a.result.receipt for _, a in gathered.answers),
+            verdict=verdict,
+        )
+        # 7. One log entry, then its proof, then the stored answer.
+        index = await self._log.add_async(entry.to_bytes())
+        proof, checkpoint = await asyncio.to_thread(self._prove, index)
+        response = _response(spec, verdict, gathered.answers, chosen, index, proof, checkpoint)
+        await asyncio.to_thread(
+            store_inference,
+            self._engine,
+            inference_id=spec.request_id,
+            model=spec.model,
+            policy=spec.policy,
+            digest=digest,
+            log_index=index,
+            response=response,
+        )
+        return response
+
+    def _prove(self, index: int) -> tuple[list[bytes], bytes]:
+        """The inclusion proof of ``index`` at the first published checkpoint that covers it
+        (witnessed logs may publish a little after they integrate)."""
+        deadline = time.monotonic() + self._options.publish_timeout
+        while True:
+            note = self._log.checkpoint()
+            size = Checkpoint.from_text(Note.from_bytes(note).text).size
+            if size > index:
+                return self._log.inclusion_proof(index, size), note
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    "the log has not published a checkpoint covering the entry",
+                    index=index,
+                    published=size,
+                )
+            time.sleep(0.01)
+
+
+def _response(
+    spec: JobSpec,
+    verdict: Verdict,
+    answers: Sequence[tuple[Candidate, _Answer]],
+    chosen: _Answer,
+    index: int,
+    proof: Sequence[bytes],
+    checkpoint: bytes,
+) -> dict[str, Any]:
+    return {
+        "id": spec.request_id,
+        "model": spec.model.to_text(),
+        "policy": spec.policy,
+        "outputs": chosen.result.to_json(include_inputs=False)["outputs"],
+        "receipts": [a.result.receipt.to_json() for _, a in answers],
+        "nodes": [{"id": n.node_id, "log_index": n.log_index} for n, _ in answers],
+        "verdict": verdict.to_json(),
+        "log": {
+            "index": index,
+            "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+            "checkpoint": checkpoint.decode(),
+        },
+    }

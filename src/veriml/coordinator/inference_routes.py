@@ -1,0 +1,155 @@
+"""``POST /v1/inferences`` and ``GET /v1/inferences/{id}`` (docs/network.md, "Inference
+request and answer"), over :class:`~veriml.coordinator.inference.InferenceService`.
+
+The service is built on first use from what the app's lifespan put on ``app.state``
+(``veriml.coordinator`` lists the names) and kept there as ``app.state.inference``. Errors are
+RFC 9457 problem details through the app's handlers, except two statuses this API sets itself:
+too few nodes (none live, or every attempt failed) is **503** with ``Retry-After``, since
+trying again later may succeed; a node refusing the job is **502**, the coordinator's upstream
+having failed.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+
+from veriml.coordinator.dispatch import JobRejected
+from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
+from veriml.coordinator.problems import problem
+from veriml.coordinator.scheduler import Candidate
+from veriml.core.canonical import parse_json_object
+from veriml.core.digest import Digest
+from veriml.core.errors import Error, LimitExceeded, NodeUnavailable
+from veriml.models import IOSignature
+
+__all__ = ["inference_service", "router"]
+
+router = APIRouter(tags=["inference"])
+_RETRY_AFTER = "1"
+
+
+def _service_from_state(state: Any) -> InferenceService:
+    settings = state.settings
+    models = state.models
+    nodes = state.nodes
+
+    def resolve_model(ref: str) -> ResolvedModel:
+        record = models.resolve(ref)
+        return ResolvedModel(record.digest, IOSignature.from_json(record.io))
+
+    def list_nodes(model: Digest) -> list[Candidate]:
+        return [
+            Candidate(
+                node_id=row.node_id,
+                operator=row.operator,
+                endpoint=row.endpoint,
+                public_key=row.public_key,
+                log_index=row.log_index,
+                last_seen=row.last_seen,
+                active=row.active + row.queued,
+                capacity=row.capacity,
+                cached=frozenset(row.cached),
+                models=row.models,
+            )
+            for row in nodes.live_nodes(model)
+        ]
+
+    return InferenceService(
+        engine=state.engine,
+        log=state.log,
+        key=state.coordinator_key,
+        http=state.http,
+        resolve_model=resolve_model,
+        list_nodes=list_nodes,
+        node_failed=nodes.mark_failed,
+        options=InferenceOptions(
+            job_timeout=settings.job_timeout,
+            attempts_per_slot=settings.max_job_attempts,
+            live_within=settings.live_after,
+            max_tensor_bytes=settings.max_json_bytes,
+        ),
+    )
+
+
+def inference_service(request: Request) -> InferenceService:
+    """The app's inference service, built from ``app.state`` on first use."""
+    state = request.app.state
+    service: InferenceService | None = getattr(state, "inference", None)
+    if service is None:
+        service = state.inference = _service_from_state(state)
+    return service
+
+
+Service = Annotated[InferenceService, Depends(inference_service)]
+IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise LimitExceeded("request body is too large", size=int(declared), limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LimitExceeded("request body is too large", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _json(content: dict[str, Any]) -> Response:
+    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, media_type="application/json")
+
+
+def _upstream_problem(exc: Error, status: int) -> Response:
+    members: dict[str, Any] = dict(exc.evidence)
+    check = getattr(exc, "check", None)
+    if check:
+        members["check"] = check
+    members["error"] = type(exc).__name__
+    headers = {"Retry-After": _RETRY_AFTER} if status == 503 else None
+    return problem(status, exc.diagnostics(), headers=headers, **members)
+
+
+@router.post(
+    "/v1/inferences",
+    operation_id="create_inference",
+    summary="Run an inference on nodes under a verification policy, logged once",
+    responses={
+        200: {"description": "the answer: outputs, receipts, verdict, log inclusion"},
+        413: {"description": "request body over the limit"},
+        422: {"description": "inputs that do not fit the model"},
+        503: {"description": "not enough live nodes, or none answered"},
+    },
+)
+async def create_inference(
+    request: Request, service: Service, idempotency_key: IdempotencyKey = None
+) -> Response:
+    """``{"model", "inputs", "policy"}`` -> ``{"id", "outputs", "receipts", "verdict", "log"}``.
+
+    With an ``Idempotency-Key`` header the key is the request id, and retrying the request
+    returns the stored answer instead of running and logging it again.
+    """
+    limit = request.app.state.settings.max_json_bytes
+    body = parse_json_object(await _read_body(request, limit), what="inference request")
+    try:
+        answer = await service.create(body, idempotency_key=idempotency_key)
+    except NodeUnavailable as exc:
+        return _upstream_problem(exc, 503)
+    except JobRejected as exc:
+        return _upstream_problem(exc, 502)
+    return _json(answer)
+
+
+@router.get(
+    "/v1/inferences/{inference_id}",
+    operation_id="get_inference",
+    summary="An answered inference, as it was returned",
+)
+async def get_inference(inference_id: str, service: Service) -> Response:
+    return _json(await service.get(inference_id))
