@@ -13,13 +13,19 @@ $(VENV)/.stamp-base: pyproject.toml
 	$(PIP) install -q -e .
 	touch $@
 
+$(VENV)/.stamp-demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[demo]'
+	touch $(VENV)/.stamp-base $@
+
 $(VENV)/.stamp-dev: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q -e '.[dev]'
-	touch $(VENV)/.stamp-base $@
+	touch $(VENV)/.stamp-base $(VENV)/.stamp-demo $@
 
-demo: $(VENV)/.stamp-base
+demo: $(VENV)/.stamp-demo
 	$(VENV)/bin/veriml demo
 
 test: $(VENV)/.stamp-dev

@@ -1,4 +1,6 @@
-"""``veriml demo``: the local flow end to end, with a readable summary.
+"""``veriml demo``: the network demo (default) or the local flow (``--local``).
+
+The network demo is in :mod:`veriml.cli.demo_network`. The local flow, without any service:
 
 1. build a small real model (an MLP with seeded weights and a model card);
 2. sign it as a publisher (OMS signature, EC P-256 key);
@@ -35,7 +37,21 @@ def demo(
         Path,
         typer.Option(envvar="VERIML_HOME", help="Working folder; the demo uses HOME/demo."),
     ] = Path(".veriml"),
+    local: Annotated[
+        bool, typer.Option("--local", help="The local flow only: no network, no services.")
+    ] = False,
 ) -> None:
+    """Start a local network, publish a real model, run verified inferences; show that
+    tampering is caught. ``--local``: the same checks on one machine without services."""
+    if local:
+        local_demo(home)
+        return
+    from veriml.cli.demo_network import network_demo
+
+    network_demo(home)
+
+
+def local_demo(home: Path) -> None:
     """Build, sign, run and verify a model locally; show that tampering is caught."""
     # Heavy imports (ONNX Runtime, model-signing) stay out of CLI start-up.
     import numpy as np
