@@ -5,9 +5,40 @@ import sys
 from pathlib import Path
 
 
-def test_demo_runs_end_to_end_and_catches_every_tampering(tmp_path: Path) -> None:
+def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
+    tmp_path: Path,
+) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "veriml", "demo", "--home", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "demo complete" in done.stdout
+    assert "ACCEPTED" not in done.stdout
+    # Four tamperings of a saved quorum answer, each rejected at its own check.
+    for check in ("output-digest", "inclusion", "node-key"):
+        assert f"rejected at {check}" in done.stdout, done.stdout
+    assert done.stdout.count("rejected at") == 4
+    work = tmp_path / "demo-network"
+    # The network is gone (network.json removed) and the saved answers verify offline.
+    assert not (work / "net" / "network.json").exists()
+    vkey = next(line.split()[-1] for line in done.stdout.splitlines() if "log key" in line)
+    for answer in ("answer-none.json", "answer-quorum-3-2.json"):
+        checked = subprocess.run(
+            [sys.executable, "-m", "veriml", "verify", str(work / answer), "--log-vkey", vkey],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert checked.returncode == 0, checked.stderr
+        assert "inference OK" in checked.stdout
+
+
+def test_local_demo_runs_end_to_end_and_catches_every_tampering(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "veriml", "demo", "--local", "--home", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=300,

@@ -197,6 +197,15 @@ class LocalNetwork:
         self.coordinator.start(self.env)
         self._wait(lambda: self._get("/healthz") is not None, "the coordinator to start")
         self.log_vkey = self._read_log_vkey()
+        self._write_coordinator_pub()
+
+    def _write_coordinator_pub(self) -> None:
+        # The nodes pin the coordinator's job-signing key from this disk (no trust on first use).
+        from veriml.core.keys import load_private_key
+
+        data = self.home / "coordinator"
+        key = load_private_key(data / "coordinator.key", kind="ed25519")
+        (data / "coordinator.pub").write_bytes(key.public.to_pem())
 
     def _read_log_vkey(self) -> str:
         # From the coordinator's own key sidecar on this disk, not from what it serves: the
