@@ -1,0 +1,165 @@
+"""``veriml serve coordinator|node``: run one network service in the foreground.
+
+``serve coordinator`` creates its keys under ``HOME/coordinator/`` on first start (0600) and
+prints its URL, its job-signing key id and the log's verifier key (what clients pin); every
+other setting comes from ``VERIML_*`` variables (see docs/coordinator.md). ``serve node``
+runs a node (docs/node.md). Both stop cleanly on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from veriml.cli._common import JsonOpt, console, print_json
+
+__all__ = ["register"]
+
+app = typer.Typer(help="Run one network service (coordinator or node).", no_args_is_help=True)
+
+
+@app.command("coordinator")
+def coordinator(
+    home: Annotated[
+        Path, typer.Option("--home", envvar="VERIML_HOME", help="State folder (keys, DB, blobs).")
+    ] = Path(".veriml"),
+    host: Annotated[
+        str, typer.Option("--host", envvar="VERIML_COORDINATOR_HOST", help="Address to bind.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option("--port", envvar="VERIML_COORDINATOR_PORT", help="Port to bind.")
+    ] = 8700,
+    db: Annotated[
+        str | None,
+        typer.Option(
+            "--db", envvar="VERIML_DB_URL", help="Database URL (default SQLite under HOME)."
+        ),
+    ] = None,
+    blobs: Annotated[
+        str | None,
+        typer.Option("--blobs", envvar="VERIML_BLOBS_URL", help="Blob store (path or fsspec URL)."),
+    ] = None,
+    log_db: Annotated[
+        str | None,
+        typer.Option("--log-db", envvar="VERIML_LOG_DB_URL", help="Log database (default: --db)."),
+    ] = None,
+    log_origin: Annotated[
+        str | None,
+        typer.Option("--log-origin", envvar="VERIML_LOG_ORIGIN", help="Log checkpoint origin."),
+    ] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Run a coordinator: hub, node registry, inference and its transparency log."""
+    import uvicorn
+
+    from veriml.coordinator.app import create_app
+    from veriml.coordinator.keys import load_or_create_keys
+    from veriml.coordinator.settings import Settings
+
+    settings = Settings.from_env(
+        home=home,
+        db_url=db,
+        blobs_url=blobs,
+        log_db_url=log_db,
+        log_origin=log_origin,
+    )
+    passphrase = settings.key_passphrase.encode() if settings.key_passphrase else None
+    keys = load_or_create_keys(settings.data_dir, origin=settings.log_origin, passphrase=passphrase)
+    url = f"http://{host}:{port}"
+    if json_out:
+        print_json(
+            {"url": url, "coordinator_key_id": keys.coordinator.key_id, "log_vkey": keys.log.vkey}
+        )
+    else:
+        console.print(f"coordinator  {url}")
+        console.print(f"key id       {keys.coordinator.key_id}")
+        console.print(f"log vkey     {keys.log.vkey}")
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings), host=host, port=port, log_level="warning", lifespan="on"
+        )
+    )
+    server.run()
+
+
+@app.command("node")
+def node(
+    coordinator_url: Annotated[
+        str,
+        typer.Option("--coordinator", envvar="VERIML_COORDINATOR_URL", help="Coordinator URL."),
+    ],
+    home: Annotated[
+        Path,
+        typer.Option("--home", envvar="VERIML_NODE_HOME", help="Node folder (model cache)."),
+    ],
+    operator: Annotated[
+        str, typer.Option("--operator", envvar="VERIML_OPERATOR", help="Operator id.")
+    ],
+    key: Annotated[
+        Path | None,
+        typer.Option(
+            "--key", envvar="VERIML_NODE_KEY", help="Ed25519 key (default HOME/node.key)."
+        ),
+    ] = None,
+    coordinator_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--coordinator-key",
+            envvar="VERIML_COORDINATOR_KEY",
+            help="Coordinator public key PEM (omitted: trusted on first use, with a warning).",
+        ),
+    ] = None,
+    host: Annotated[
+        str, typer.Option("--host", envvar="VERIML_NODE_HOST", help="Address to bind.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", envvar="VERIML_NODE_PORT", help="Port.")] = 8701,
+    endpoint: Annotated[
+        str | None,
+        typer.Option(
+            "--endpoint", envvar="VERIML_NODE_ENDPOINT", help="URL the coordinator calls."
+        ),
+    ] = None,
+    concurrency: Annotated[
+        int | None,
+        typer.Option("--concurrency", envvar="VERIML_NODE_CONCURRENCY", help="Jobs at once."),
+    ] = None,
+    queue_length: Annotated[
+        int, typer.Option("--queue", envvar="VERIML_NODE_QUEUE", help="Jobs waiting beyond.")
+    ] = 64,
+    heartbeat_interval: Annotated[
+        float,
+        typer.Option("--heartbeat", envvar="VERIML_HEARTBEAT_INTERVAL", help="Seconds."),
+    ] = 5.0,
+    trace_retention: Annotated[
+        float,
+        typer.Option(
+            "--trace-retention", envvar="VERIML_TRACE_RETENTION", help="Seconds traces are kept."
+        ),
+    ] = 3600.0,
+) -> None:
+    """Run a node: register with the coordinator, pull verified models, run signed jobs."""
+    from veriml.node import NodeConfig, serve_node
+
+    extra = {} if concurrency is None else {"concurrency": concurrency}
+    config = NodeConfig(
+        coordinator_url=coordinator_url,
+        key_path=key if key is not None else home / "node.key",
+        operator=operator,
+        home=home,
+        host=host,
+        port=port,
+        endpoint=endpoint,
+        coordinator_key=coordinator_key,
+        queue_length=queue_length,
+        heartbeat_interval=heartbeat_interval,
+        trace_retention=trace_retention,
+        **extra,  # type: ignore[arg-type]
+    )
+    console.print(f"node  http://{host}:{port}  operator {operator}  -> {coordinator_url}")
+    serve_node(config)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="serve")
