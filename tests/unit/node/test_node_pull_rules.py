@@ -1,0 +1,123 @@
+"""What a node accepts from a hub before downloading anything: paths that stay inside the
+model folder, a well-formed record, and a sane configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import veriml.node
+from veriml.core.digest import Digest
+from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.keys import generate_key
+from veriml.node import NodeConfig
+from veriml.node._models import HubModel, safe_relative
+
+_part = st.text(
+    alphabet=st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)),
+    min_size=1,
+    max_size=12,
+).filter(lambda p: p not in {".", ".."})
+
+
+@given(st.lists(_part, min_size=1, max_size=5))
+def test_accepted_paths_stay_inside_the_folder(parts: list[str]) -> None:
+    name = "/".join(parts)
+    if name == "model.sig":
+        return
+    rel = safe_relative(name)
+    root = Path("/cache/model")
+    assert (root / rel).resolve().is_relative_to(root)
+
+
+@given(st.lists(_part, max_size=3), st.lists(_part, max_size=3))
+def test_a_dot_dot_component_anywhere_is_refused(before: list[str], after: list[str]) -> None:
+    with pytest.raises(InvalidModel):
+        safe_relative("/".join([*before, "..", *after]))
+
+
+@pytest.mark.parametrize("name", ["", "/abs", "a//b", "a/./b", "a/", "a\\..\\b", "model.sig"])
+def test_ambiguous_or_reserved_paths_are_refused(name: str) -> None:
+    with pytest.raises(InvalidModel):
+        safe_relative(name)
+
+
+def _record() -> dict[str, object]:
+    return {
+        "digest": Digest.of(b"m").to_text(),
+        "files": [{"path": "model.onnx", "digest": Digest.of(b"f").to_text(), "size": 1}],
+        "publisher": {"public_key": generate_key("ec").public.to_pem().decode()},
+        "signature": Digest.of(b"s").to_text(),
+    }
+
+
+def test_a_hub_record_names_files_publisher_key_and_signature() -> None:
+    hub = HubModel.from_json(_record())
+    assert hub.size == 1
+    assert hub.files[0].path == "model.onnx"
+    assert hub.publisher_key.kind == "ec"
+
+
+@pytest.mark.parametrize(
+    ("member", "value"),
+    [
+        ("files", "model.onnx"),
+        ("files", [{"path": "a", "digest": Digest.of(b"f").to_text(), "size": -1}]),
+        ("files", [{"path": "a", "digest": "md5:00", "size": 1}]),
+        ("publisher", {}),
+        ("signature", None),
+        ("digest", "nope"),
+    ],
+)
+def test_a_malformed_hub_record_is_refused(member: str, value: object) -> None:
+    record = _record() | {member: value}
+    with pytest.raises(FormatError):
+        HubModel.from_json(record)
+
+
+def _config(**overrides: object) -> NodeConfig:
+    settings: dict[str, object] = {
+        "coordinator_url": "http://127.0.0.1:8700",
+        "key_path": Path("n/node.key"),
+        "operator": "op",
+        "home": Path("n"),
+    }
+    return NodeConfig(**(settings | overrides))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"coordinator_url": "ftp://x"},
+        {"operator": ""},
+        {"port": 0},
+        {"concurrency": 0},
+        {"queue_length": -1},
+        {"heartbeat_interval": 0},
+        {"job_timeout": -1},
+        {"trace_retention": -1},
+        {"endpoint": "127.0.0.1:9"},
+    ],
+)
+def test_an_impossible_configuration_is_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(FormatError):
+        _config(**overrides)
+
+
+def test_defaults_advertise_the_bound_address_and_cache_under_home() -> None:
+    config = _config(port=9001)
+    assert config.advertised_endpoint == "http://127.0.0.1:9001"
+    assert config.cache_dir == Path("n/models")
+    assert config.concurrency >= 1
+
+
+def test_the_public_api_is_pinned() -> None:
+    assert sorted(veriml.node.__all__) == [
+        "NodeConfig",
+        "create_node_app",
+        "load_node_key",
+        "serve_node",
+    ]
