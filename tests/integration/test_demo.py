@@ -20,7 +20,7 @@ def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
     # Four tamperings of a saved quorum answer, each rejected at its own check.
     for check in ("output-digest", "inclusion", "node-key"):
         assert f"rejected at {check}" in done.stdout, done.stdout
-    assert done.stdout.count("rejected at") == 4
+    assert done.stdout.count("✓ rejected at") == 4
     work = tmp_path / "demo-network"
     # The network is gone (network.json removed) and the saved answers verify offline.
     assert not (work / "net" / "network.json").exists()
