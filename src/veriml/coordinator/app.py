@@ -98,6 +98,16 @@ class BodyLimit:
         await self.app(scope, counted, send)
 
 
+class _Metered:
+    """Counts and times requests (see :meth:`Metrics.middleware`)."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics) -> None:
+        self._counted = metrics.middleware(app)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._counted(scope, receive, send)
+
+
 def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
     """Open every resource onto ``app.state``; the closers, in the order to run them."""
     closers: list[Callable[[], None]] = []
@@ -168,7 +178,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(importlib.import_module(INFERENCE_ROUTES).router)
     app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")
     _service_routes(app)
-    app.middleware("http")(app.state.metrics.middleware)
+    app.add_middleware(_Metered, metrics=app.state.metrics)
     app.add_middleware(BodyLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes)
     return app
 

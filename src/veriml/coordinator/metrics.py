@@ -9,14 +9,12 @@ models, live nodes and log size are read from the repositories and the log when 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from starlette.requests import Request
-from starlette.responses import Response
 from starlette.routing import Match
 
 if TYPE_CHECKING:
@@ -28,6 +26,12 @@ if TYPE_CHECKING:
     from veriml.tlog.log import Log
 
 __all__ = ["CONTENT_TYPE", "Metrics"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -75,27 +79,41 @@ class Metrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
-    async def middleware(
-        self, request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        """Count and time every request under its route's operation id."""
-        start = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            operation = _operation(request)
-            self.requests.labels(operation, request.method, str(status)).inc()
-            self.latency.labels(operation).observe(time.perf_counter() - start)
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Pure ASGI middleware that counts and times every request by operation id.
+
+        (Not ``BaseHTTPMiddleware``: that wraps ``receive`` in a task group, which turns the
+        body-limit error into an exception group, and it costs a task per request.)
+        """
+
+        async def counted(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            start = time.perf_counter()
+            status = 500
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = int(message["status"])
+                await send(message)
+
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                operation = _operation(scope)
+                self.requests.labels(operation, scope["method"], str(status)).inc()
+                self.latency.labels(operation).observe(time.perf_counter() - start)
+
+        return counted
 
 
-def _operation(request: Request) -> str:
-    route = request.scope.get("route")
-    if route is None:
-        for candidate in request.app.router.routes:
-            if candidate.matches(request.scope)[0] == Match.FULL:
+def _operation(scope: Scope) -> str:
+    route = scope.get("route")
+    if route is None and "app" in scope:
+        for candidate in scope["app"].router.routes:
+            if candidate.matches(scope)[0] == Match.FULL:
                 route = candidate
                 break
     name = getattr(route, "operation_id", None) or getattr(route, "name", None)
