@@ -62,6 +62,7 @@ class Child:
 
     def start(self, env: Mapping[str, str]) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._close_log()
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
             self.args,
@@ -88,6 +89,9 @@ class Child:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=timeout)
+        self._close_log()
+
+    def _close_log(self) -> None:
         if self._log is not None:
             self._log.close()
             self._log = None
@@ -97,6 +101,7 @@ class Child:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=STOP_TIMEOUT)
+        self._close_log()
 
 
 def _veriml() -> list[str]:
