@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -102,8 +103,9 @@ class JobService:
     def load(self) -> dict[str, int]:
         return {"active": self.active, "queued": self.waiting, "capacity": self.concurrency}
 
-    async def run(self, body: object) -> dict[str, Any]:
-        """Steps 1-6 for one job body; the result document, or a veriml error."""
+    async def run(self, body: object) -> bytes:
+        """Steps 1-6 for one job body; the result document as JSON bytes (serialised in the
+        worker thread, off the event loop), or a veriml error."""
         envelope, inputs = parse_job_body(body)  # 1
         if self.coordinator_key is None:
             raise NodeUnavailable(
@@ -138,9 +140,7 @@ class JobService:
                 self.waiting -= 1
                 self._check_idle()
 
-    async def _execute(
-        self, job: Job, inputs: Mapping[str, Any], started: list[bool]
-    ) -> dict[str, Any]:
+    async def _execute(self, job: Job, inputs: Mapping[str, Any], started: list[bool]) -> bytes:
         runner = await self.models.runner(job.model)  # 5
         await self._slots.acquire()
         started[0] = True
@@ -162,7 +162,7 @@ class JobService:
         if self.active == 0 and self.waiting == 0:
             self._idle.set()
 
-    def _work(self, runner: Runner, job: Job, encoded: Mapping[str, Any]) -> dict[str, Any]:
+    def _work(self, runner: Runner, job: Job, encoded: Mapping[str, Any]) -> bytes:
         try:
             inputs = {
                 str(name): tensor_from_json(obj, max_bytes=self.max_tensor_bytes)
@@ -186,7 +186,7 @@ class JobService:
                 model=job.model.to_text(),
                 trace=result.trace,
             )
-        return result.to_json(include_inputs=False)
+        return json.dumps(result.to_json(include_inputs=False)).encode()
 
     async def drain(self, grace: float) -> bool:
         """Stop admitting jobs and wait up to ``grace`` seconds for admitted ones to end.
