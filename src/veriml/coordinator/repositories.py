@@ -7,6 +7,7 @@ conditional ``UPDATE`` statements, and a pending model row is finished by whoeve
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -140,8 +141,21 @@ _DONE = db.models.c.log_index.is_not(None)
 class ModelRepository:
     """Models by digest, ``name``, ``name@version``; search; pending-row registration."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, cache_size: int = 1024) -> None:
         self._engine = engine
+        # A registered model never changes, so digest and name@version lookups are cached
+        # (a bare name is not: its latest version moves).
+        self._cache: dict[str, ModelRecord] = {}
+        self._cache_size = cache_size
+        self._lock = threading.Lock()
+
+    def _remember(self, key: str, record: ModelRecord | None) -> ModelRecord | None:
+        if record is not None and record.log_index is not None:
+            with self._lock:
+                if len(self._cache) >= self._cache_size:
+                    self._cache.pop(next(iter(self._cache)))
+                self._cache[key] = record
+        return record
 
     def _one(self, where: Any, *, pending: bool = False) -> ModelRecord | None:
         query = sa.select(db.models).where(where)
@@ -156,7 +170,10 @@ class ModelRepository:
         return None if row is None else ModelRecord.from_row(row)
 
     def get(self, digest: Digest, *, pending: bool = False) -> ModelRecord | None:
-        return self._one(db.models.c.digest == digest.to_text(), pending=pending)
+        key = digest.to_text()
+        if key in self._cache:
+            return self._cache[key]
+        return self._remember(key, self._one(db.models.c.digest == key, pending=pending))
 
     def resolve(self, ref: str) -> ModelRecord:
         """A registered model by ``sha256:...``, ``name@version`` or ``name`` (latest)."""
@@ -164,7 +181,9 @@ class ModelRepository:
             found = self.get(Digest.from_text(ref))
         elif "@" in ref:
             name, _, version = ref.rpartition("@")
-            found = self._one((db.models.c.name == name) & (db.models.c.version == version))
+            found = self._cache.get(ref) or self._remember(
+                ref, self._one((db.models.c.name == name) & (db.models.c.version == version))
+            )
         else:
             found = self._one(db.models.c.name == ref)
         if found is None:
