@@ -36,12 +36,10 @@ from typing import Any
 
 import httpx
 import numpy.typing as npt
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from veriml.coordinator import db
 from veriml.coordinator.dispatch import JobSpec, dispatch
+from veriml.coordinator.inference_store import InferenceStore, StoredInference
 from veriml.coordinator.scheduler import Candidate, gather, pick
 from veriml.core.digest import Digest
 from veriml.core.errors import (
@@ -51,18 +49,15 @@ from veriml.core.errors import (
     InvalidTensor,
     NodeUnavailable,
     NotFound,
-    StorageError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey
-from veriml.core.receipt import request_digest, utc_now
+from veriml.core.receipt import request_digest
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.ledger.entries import InferenceEntry
 from veriml.models import IOSignature
 from veriml.runtime import RunResult, canonical_request, validate_inputs
-from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.log import Log
-from veriml.tlog.note import Note
 from veriml.verify import verify_receipt
 from veriml.verify.policy import Policy, Verdict, decide
 
@@ -70,11 +65,12 @@ __all__ = [
     "InferenceOptions",
     "InferenceService",
     "ResolvedModel",
-    "load_inference",
-    "store_inference",
+    "check_answer",
+    "decode_inputs",
 ]
 
 Array = npt.NDArray[Any]
+_LOOKUP_CACHE = 256
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
 
 
@@ -95,6 +91,7 @@ class InferenceOptions:
     live_within: float = 15.0
     max_tensor_bytes: int = 64 << 20
     publish_timeout: float = 30.0
+    lookup_ttl: float = 1.0
 
     def __post_init__(self) -> None:
         if not (self.job_timeout > 0 and self.attempts_per_slot >= 1 and self.live_within > 0):
@@ -110,54 +107,6 @@ class InferenceOptions:
 class _Answer:
     result: RunResult
     outputs: Mapping[str, Digest]
-
-
-# -- the inferences table ----------------------------------------------------------------------
-
-
-def store_inference(
-    engine: Engine,
-    *,
-    inference_id: str,
-    model: Digest,
-    policy: str,
-    digest: Digest,
-    log_index: int,
-    response: Mapping[str, Any],
-) -> None:
-    """Insert one answered inference; an id stored before is a :class:`Conflict`."""
-    row = {
-        "id": inference_id,
-        "model": model.to_text(),
-        "policy": policy,
-        "request_digest": digest.to_text(),
-        "log_index": log_index,
-        "response": dict(response),
-        "created_at": utc_now(),
-    }
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.insert(db.inferences).values(**row))
-    except IntegrityError as exc:
-        raise Conflict("an inference with this id is already stored", id=inference_id) from exc
-    except SQLAlchemyError as exc:
-        raise StorageError("cannot store the inference", reason=type(exc).__name__) from exc
-
-
-def load_inference(engine: Engine, inference_id: str) -> tuple[Digest, dict[str, Any]] | None:
-    """The stored request digest and answer of ``inference_id``, or None."""
-    try:
-        with engine.connect() as conn:
-            row = conn.execute(
-                sa.select(db.inferences.c.request_digest, db.inferences.c.response).where(
-                    db.inferences.c.id == inference_id
-                )
-            ).first()
-    except SQLAlchemyError as exc:
-        raise StorageError("cannot read the inference", reason=type(exc).__name__) from exc
-    if row is None:
-        return None
-    return Digest.from_text(row.request_digest), dict(row.response)
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -241,7 +190,6 @@ class InferenceService:
         node_failed: Callable[[str], None] | None = None,
         options: InferenceOptions | None = None,
     ) -> None:
-        self._engine = engine
         self._log = log
         self._key = key
         self._http = http
@@ -249,13 +197,15 @@ class InferenceService:
         self._list_nodes = list_nodes
         self._node_failed = node_failed
         self._options = options or InferenceOptions()
+        self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
+        self._lookups: dict[str, tuple[float, ResolvedModel, list[Candidate]]] = {}
         self._inflight: dict[str, int] = {}
         self._keys: dict[str, VerifyingKey] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     async def get(self, inference_id: str) -> dict[str, Any]:
         """The stored answer of ``inference_id`` (``NotFound`` if there is none)."""
-        stored = await asyncio.to_thread(load_inference, self._engine, inference_id)
+        stored = await asyncio.to_thread(self._store.get, inference_id)
         if stored is None:
             raise NotFound("no inference with this id", id=inference_id[:200])
         return stored[1]
@@ -277,7 +227,7 @@ class InferenceService:
         request_id = str(uuid.uuid4()) if idempotency_key is None else idempotency_key
         check_request_id(request_id)
         # 1. The model, and the nodes that may run it (blocking lookups, off the event loop).
-        model, candidates = await asyncio.to_thread(self._lookup, model_ref)
+        model, candidates = await self._lookup(model_ref)
         # 2. Inputs decoded and checked against the model before any node is asked.
         arrays, inputs_json = decode_inputs(
             model.io, request.get("inputs"), max_tensor_bytes=self._options.max_tensor_bytes
@@ -298,7 +248,7 @@ class InferenceService:
         self._locks[request_id] = (lock, users + 1)
         try:
             async with lock:
-                stored = await asyncio.to_thread(load_inference, self._engine, request_id)
+                stored = await asyncio.to_thread(self._store.get, request_id)
                 if stored is not None:
                     if stored[0] != digest:
                         raise Conflict(
@@ -313,9 +263,24 @@ class InferenceService:
             else:
                 self._locks[request_id] = (lock, users - 1)
 
-    def _lookup(self, ref: str) -> tuple[ResolvedModel, list[Candidate]]:
-        model = self._resolve_model(ref)
-        return model, list(self._list_nodes(model.digest))
+    async def _lookup(self, ref: str) -> tuple[ResolvedModel, list[Candidate]]:
+        """The model and its candidate nodes, reused for ``lookup_ttl`` seconds: under load
+        this saves two queries per request; a failing node clears it."""
+        now = time.monotonic()
+        hit = self._lookups.get(ref)
+        if hit is not None and hit[0] > now:
+            return hit[1], hit[2]
+
+        def lookup() -> tuple[ResolvedModel, list[Candidate]]:
+            model = self._resolve_model(ref)
+            return model, list(self._list_nodes(model.digest))
+
+        model, candidates = await asyncio.to_thread(lookup)
+        if self._options.lookup_ttl > 0:
+            if len(self._lookups) >= _LOOKUP_CACHE:
+                self._lookups.clear()
+            self._lookups[ref] = (now + self._options.lookup_ttl, model, candidates)
+        return model, candidates
 
     def _node_key(self, node: Candidate) -> VerifyingKey:
         key = self._keys.get(node.public_key)
@@ -330,6 +295,7 @@ class InferenceService:
                 self._http, node, spec, self._key, timeout=self._options.job_timeout
             )
         except NodeUnavailable:
+            self._lookups.clear()
             if self._node_failed is not None:
                 await asyncio.to_thread(self._node_failed, node.node_id)
             raise
@@ -398,36 +364,21 @@ class InferenceService:
         )
         # 7. One log entry, then its proof, then the stored answer.
         index = await self._log.add_async(entry.to_bytes())
-        proof, checkpoint = await asyncio.to_thread(self._prove, index)
-        response = _response(spec, verdict, gathered.answers, chosen, index, proof, checkpoint)
-        await asyncio.to_thread(
-            store_inference,
-            self._engine,
-            inference_id=spec.request_id,
-            model=spec.model,
-            policy=spec.policy,
-            digest=digest,
-            log_index=index,
-            response=response,
-        )
-        return response
 
-    def _prove(self, index: int) -> tuple[list[bytes], bytes]:
-        """The inclusion proof of ``index`` at the first published checkpoint that covers it
-        (witnessed logs may publish a little after they integrate)."""
-        deadline = time.monotonic() + self._options.publish_timeout
-        while True:
-            note = self._log.checkpoint()
-            size = Checkpoint.from_text(Note.from_bytes(note).text).size
-            if size > index:
-                return self._log.inclusion_proof(index, size), note
-            if time.monotonic() > deadline:
-                raise StorageError(
-                    "the log has not published a checkpoint covering the entry",
-                    index=index,
-                    published=size,
-                )
-            time.sleep(0.01)
+        def build(index: int, proof: Sequence[bytes], checkpoint: bytes) -> StoredInference:
+            return StoredInference(
+                inference_id=spec.request_id,
+                model=spec.model,
+                policy=spec.policy,
+                request_digest=digest,
+                log_index=index,
+                response=_response(
+                    spec, verdict, gathered.answers, chosen, index, proof, checkpoint
+                ),
+            )
+
+        stored = await self._store.commit(index, build)
+        return dict(stored.response)
 
 
 def _response(
