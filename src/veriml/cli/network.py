@@ -122,7 +122,10 @@ class LocalNetwork:
         start_timeout: float = START_TIMEOUT,
         coordinator_args: Sequence[str] = (),
         node_args: Sequence[str] = (),
+        coordinator_python_args: Sequence[str] = (),
     ) -> None:
+        """``coordinator_python_args`` go before ``-m veriml`` (the benchmark profiles the
+        coordinator with ``-m cProfile -o FILE``)."""
         if nodes < 1:
             raise FormatError("a network needs at least one node", nodes=nodes)
         self.home = home.resolve()
@@ -133,7 +136,10 @@ class LocalNetwork:
         self.url = f"http://{HOST}:{coordinator_port}"
         logs = self.home / "logs"
         args = [
-            *_veriml(),
+            sys.executable,
+            *coordinator_python_args,
+            "-m",
+            "veriml",
             "serve",
             "coordinator",
             "--home",
