@@ -169,7 +169,7 @@ def running_node(config: NodeConfig) -> Iterator[str]:
         yield url
 
 
-def wait_until(condition: Callable[[], bool], *, timeout: float = 10, what: str = "") -> None:
+def wait_until(condition: Callable[[], bool], *, timeout: float = 20, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"

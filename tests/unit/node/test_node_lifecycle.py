@@ -24,9 +24,10 @@ from _node_harness import (
 )
 
 from _servers import HOST, free_port, serve
-from veriml.core.keys import SigningKey
+from veriml.core.errors import KeyFileError
+from veriml.core.keys import SigningKey, generate_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
-from veriml.node import create_node_app
+from veriml.node import create_node_app, load_node_key
 from veriml.runtime import Profile, RunResult, Trace, runtime_fingerprint
 
 
@@ -123,7 +124,7 @@ def test_a_traced_job_keeps_its_trace_for_the_retention_period_only(
     coordinator_pub: Path,
     signed_model: SignedModel,
 ) -> None:
-    config = node_config(tmp_path / "node", hub_url, coordinator_pub, trace_retention=1.5)
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub, trace_retention=3)
     with running_node(config) as url:
         node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
         inputs = inputs_for()
@@ -142,7 +143,7 @@ def test_a_traced_job_keeps_its_trace_for_the_retention_period_only(
         assert tensor_digest(tensors["x"]) == tensor_digest(inputs["x"])
         for entry in trace.entries:
             assert tensor_digest(tensors[entry.output]) == entry.digest
-        time.sleep(1.7)
+        time.sleep(3.2)
         gone = httpx.get(f"{url}/v1/traces/t-1")
         assert gone.status_code == 404
         assert gone.headers["content-type"] == "application/problem+json"
@@ -215,3 +216,19 @@ def test_shutdown_stops_accepting_and_finishes_the_job_in_flight(
         hub.blob_gate.set()
         server.should_exit = True
         thread.join(20)
+
+
+def test_a_key_created_with_a_passphrase_needs_it_to_load(tmp_path: Path) -> None:
+    path = tmp_path / "n" / "node.key"
+    created = load_node_key(path, b"s3cret")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_node_key(path, b"s3cret").key_id == created.key_id
+    with pytest.raises(KeyFileError):
+        load_node_key(path, None)
+
+
+def test_a_node_key_must_be_ed25519(tmp_path: Path) -> None:
+    path = tmp_path / "ec.key"
+    generate_key("ec").save(path)
+    with pytest.raises(KeyFileError):
+        load_node_key(path, None)
