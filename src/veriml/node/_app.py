@@ -129,9 +129,15 @@ def problem(status: int, detail: str, **members: Any) -> JSONResponse:
     )
 
 
+_RESERVED = frozenset({"type", "title", "status", "detail", "instance"})
+
+
 def _evidence(exc: Error) -> dict[str, Any]:
+    """The error's evidence as extension members; RFC 9457's own names are never overridden."""
     members: dict[str, Any] = {
-        k: v if isinstance(v, int | float) else str(v) for k, v in exc.evidence.items()
+        k: v if isinstance(v, int | float) else str(v)
+        for k, v in exc.evidence.items()
+        if k not in _RESERVED
     }
     if isinstance(exc, VerificationError) and exc.check:
         members["check"] = exc.check

@@ -138,11 +138,11 @@ def _fetch_json(client: httpx.Client, url: str, what: str) -> dict[str, Any]:
 
 
 def _raise_for_status(response: httpx.Response, url: str, what: str) -> None:
-    if response.status_code == 404:
-        raise NotFound(f"the hub has no such {what}", url=url)
+    if response.status_code == 404 and what == "model":
+        raise NotFound("the hub has no such model", url=url)
     if response.status_code != 200:
         raise NodeUnavailable(
-            f"the hub did not serve the {what}", url=url, status=response.status_code
+            f"the hub did not serve the {what}", url=url, hub_status=response.status_code
         )
 
 

@@ -228,3 +228,24 @@ def test_pulls_run_off_the_event_loop(
         assert httpx.get(f"{url}/healthz", timeout=2).status_code == 200
         hub.blob_gate.set()
         assert pending.result().status_code == 200
+
+
+def test_a_hub_that_lost_a_blob_makes_the_job_fail_retryably_and_caches_nothing(
+    tmp_path: Path,
+    hub: HubStandIn,
+    hub_url: str,
+    coordinator_key: SigningKey,
+    coordinator_pub: Path,
+    signed_model: SignedModel,
+) -> None:
+    lost = hub.models[signed_model.digest.to_text()]["files"][0]["digest"]
+    del hub.blobs[lost]
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub)
+    with running_node(config) as url:
+        body = job_body(coordinator_key, _node_id(url), signed_model.digest, inputs_for())
+        response = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
+    assert response.status_code == 503
+    problem = response.json()
+    assert problem["status"] == 503
+    assert problem["hub_status"] == 404
+    assert _leftovers(config.cache_dir) == []
