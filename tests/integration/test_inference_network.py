@@ -207,10 +207,23 @@ def _bad_requests(net: Network) -> None:
     assert logged_requests(net) == before
 
 
+def metric(net: Network, name: str, **labels: str) -> float:
+    """A sample's value from ``GET /metrics`` (0 when the labelled series does not exist)."""
+    text = httpx.get(f"{net.url}/metrics").text
+    wanted = name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(labels.items())) + "}"
+    for line in text.splitlines():
+        if line.startswith(wanted + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def test_inference_on_a_network_with_sqlite(tmp_path: Path) -> None:
     with network(tmp_path) as net:
         _happy_paths(net)
         _bad_requests(net)
+        verdicts = "veriml_inference_verdicts_total"
+        assert metric(net, verdicts, policy="none", outcome="accepted") == 1
+        assert metric(net, verdicts, policy="quorum", outcome="accepted") == 2
 
 
 @pytest.mark.postgres
@@ -300,3 +313,6 @@ def test_a_node_killed_mid_job_loses_no_request_and_logs_none_twice(tmp_path: Pa
         logged = logged_requests(net)
         assert sorted(logged) == sorted(a["id"] for a in answers)
         assert len(set(logged)) == len(logged)
+        # The killed node's job failed and was run again elsewhere.
+        failures = metric(net, "veriml_inference_node_failures_total", reason="unavailable")
+        assert failures >= 1

@@ -175,7 +175,9 @@ class InferenceService:
 
     Its collaborators are passed in, so it runs the same inside the app and in tests:
     ``resolve_model(ref)`` and ``list_nodes(model)`` are blocking lookups (called in a worker
-    thread), ``node_failed(node_id)`` is told when a node did not answer.
+    thread), ``node_failed(node_id)`` is told when a node did not answer, and ``observe`` (for
+    metrics) gets ``("verdict", "<policy kind>/<outcome>")`` per answer and
+    ``("node-failure", "unavailable" | "unverified")`` per failed attempt.
     """
 
     def __init__(
@@ -188,6 +190,7 @@ class InferenceService:
         resolve_model: Callable[[str], ResolvedModel],
         list_nodes: Callable[[Digest], Sequence[Candidate]],
         node_failed: Callable[[str], None] | None = None,
+        observe: Callable[[str, str], None] | None = None,
         options: InferenceOptions | None = None,
     ) -> None:
         self._log = log
@@ -196,6 +199,7 @@ class InferenceService:
         self._resolve_model = resolve_model
         self._list_nodes = list_nodes
         self._node_failed = node_failed
+        self._observe = observe or (lambda event, value: None)
         self._options = options or InferenceOptions()
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
         self._lookups: dict[str, tuple[float, ResolvedModel, list[Candidate]]] = {}
@@ -343,6 +347,9 @@ class InferenceService:
             attempts_per_slot=self._options.attempts_per_slot,
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
+        for failure in gathered.failures:
+            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            self._observe("node-failure", reason)
         needed = policy.k if policy.kind == "quorum" else 1
         if len(gathered.answers) < needed:
             raise NodeUnavailable(
@@ -353,6 +360,7 @@ class InferenceService:
             )
         # 6. The verdict, from the verified answers alone.
         verdict = decide(policy, [(n.node_id, n.operator, a.outputs) for n, a in gathered.answers])
+        self._observe("verdict", f"{policy.kind}/{verdict.outcome}")
         chosen = next(a for _, a in gathered.answers if dict(a.outputs) == dict(verdict.outputs))
         entry = InferenceEntry(
             request_id=spec.request_id,

@@ -12,9 +12,11 @@ having failed.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
+from prometheus_client import CollectorRegistry, Counter
 
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
@@ -29,6 +31,31 @@ __all__ = ["inference_service", "router"]
 
 router = APIRouter(tags=["inference"])
 _RETRY_AFTER = "1"
+
+
+def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
+    verdicts = Counter(
+        "veriml_inference_verdicts",
+        "Inferences answered and logged, by policy kind and verdict",
+        ["policy", "outcome"],
+        registry=registry,
+    )
+    failures = Counter(
+        "veriml_inference_node_failures",
+        "Node attempts that failed: no answer in time (unavailable) or evidence that did "
+        "not verify (unverified)",
+        ["reason"],
+        registry=registry,
+    )
+
+    def observe(event: str, value: str) -> None:
+        if event == "verdict":
+            kind, _, outcome = value.partition("/")
+            verdicts.labels(kind, outcome).inc()
+        elif event == "node-failure":
+            failures.labels(value).inc()
+
+    return observe
 
 
 def _service_from_state(state: Any) -> InferenceService:
@@ -65,6 +92,7 @@ def _service_from_state(state: Any) -> InferenceService:
         resolve_model=resolve_model,
         list_nodes=list_nodes,
         node_failed=nodes.mark_failed,
+        observe=_observer(state.metrics.registry),
         options=InferenceOptions(
             job_timeout=settings.job_timeout,
             attempts_per_slot=settings.max_job_attempts,
