@@ -32,7 +32,7 @@ from veriml.client import (
     read_network_file,
     verify_inference_file,
 )
-from veriml.core.errors import VerificationError
+from veriml.core.errors import NodeUnavailable, VerificationError
 from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder
@@ -231,14 +231,36 @@ def test_a_coordinator_killed_and_restarted_keeps_its_state_and_log(
 ) -> None:
     with _client(net) as client:
         before = client.infer("mlp", {"x": X}, policy="quorum:3/2")
-    entries_before = len(_inference_entries(net))
-    net.coordinator.kill()
+    answered: list[str] = []
+    failed: list[BaseException] = []
+    three_done = threading.Event()
+
+    def one(i: int) -> None:
+        try:
+            with _client(net) as client:
+                answered.append(client.infer("mlp", {"x": X - np.float32(i)}, policy="none").id)
+            if len(answered) >= 3:
+                three_done.set()
+        except NodeUnavailable as exc:  # in flight at the crash: no answer
+            failed.append(exc)
+
+    # SIGKILL while requests are in flight.
+    with ThreadPoolExecutor(8) as pool:
+        futures = [pool.submit(one, i) for i in range(40)]
+        assert three_done.wait(60)
+        net.coordinator.kill()
+        for future in futures:
+            future.result(timeout=120)
     net.start_coordinator()
     net.wait_registered()
     verifier = NoteVerifier.from_vkey(net.log_vkey)
     report = audit(net.url + "/log/", verifier)
     assert report.size >= before.log.index + 1
-    assert len(_inference_entries(net)) == entries_before
+    # Every entry parses (logged completely or not at all), no request twice, and every
+    # answered request is in the log.
+    counts = Counter(e.request_id for e in _inference_entries(net))
+    assert max(counts.values()) == 1
+    assert all(counts[i] == 1 for i in answered)
     with _client(net) as client:
         assert client.model("mlp")["digest"] == model["digest"]
         assert client.inference(before.id).to_json() == before.to_json()
