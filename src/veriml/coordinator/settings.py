@@ -43,7 +43,6 @@ class Settings:
     blobs_url: str = ""
     log_db_url: str = ""
     log_origin: str = DEFAULT_LOG_ORIGIN
-    public_url: str = ""
     # Passphrase that encrypts the coordinator and log keys on disk (None: unencrypted, 0600).
     key_passphrase: str | None = field(default=None, repr=False)
     # Limits (bytes unless named otherwise).
