@@ -268,7 +268,9 @@ async def receive_tar(request: Request, dest: Path, limits: ArchiveLimits) -> Di
             if total > limits.max_bytes:
                 raise LimitExceeded("upload is too large", limit=limits.max_bytes)
             body.update(chunk)
-            if pipe.closed:
+            if pipe.closed:  # the extractor stopped: refused the archive, or it ended
+                if not extractor.done():
+                    await asyncio.wait([extractor], timeout=5)
                 if extractor.done() and extractor.exception() is not None:
                     break  # the archive was refused: stop reading
                 continue  # the archive ended; hash what trails it (the signature covers it)
