@@ -38,7 +38,6 @@ from veriml.core.errors import (
     DigestMismatch,
     FormatError,
     InvalidModel,
-    LimitExceeded,
     NodeUnavailable,
     NotFound,
     StorageError,
@@ -133,7 +132,9 @@ def _fetch_json(client: httpx.Client, url: str, what: str) -> dict[str, Any]:
         for chunk in response.iter_bytes():
             body += chunk
             if len(body) > MAX_MODEL_JSON:
-                raise LimitExceeded(f"{what} is too large", limit=MAX_MODEL_JSON)
+                raise NodeUnavailable(
+                    f"the hub's {what} record is too large", url=url, limit=MAX_MODEL_JSON
+                )
     return parse_json_object(bytes(body), what=what)
 
 
@@ -209,9 +210,7 @@ def pull_model(
     if len(set(paths)) != len(paths):
         raise InvalidModel("manifest lists a path twice", model=str(digest))
     if hub.size > max_bytes:
-        raise LimitExceeded(
-            "model is larger than this node accepts", size=hub.size, limit=max_bytes
-        )
+        raise StorageError("model is larger than this node accepts", size=hub.size, limit=max_bytes)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / digest.hex
     tmp = cache_dir / f"{_TMP_PREFIX}{digest.hex}-{uuid.uuid4().hex[:8]}"

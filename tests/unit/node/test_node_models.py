@@ -249,3 +249,46 @@ def test_a_hub_that_lost_a_blob_makes_the_job_fail_retryably_and_caches_nothing(
     assert problem["status"] == 503
     assert problem["hub_status"] == 404
     assert _leftovers(config.cache_dir) == []
+
+
+def test_a_model_larger_than_the_node_accepts_is_not_downloaded(
+    tmp_path: Path,
+    hub: HubStandIn,
+    hub_url: str,
+    coordinator_key: SigningKey,
+    coordinator_pub: Path,
+    signed_model: SignedModel,
+) -> None:
+    hub.models[signed_model.digest.to_text()]["files"][0]["size"] = 4096
+    hub.blob_gate = threading.Event()  # never set: a download would hang until the timeout
+    config = node_config(
+        tmp_path / "node", hub_url, coordinator_pub, max_model_bytes=4096, job_timeout=10
+    )
+    with running_node(config) as url:
+        body = job_body(coordinator_key, _node_id(url), signed_model.digest, inputs_for())
+        response = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
+    hub.blob_gate.set()
+    assert response.status_code == 503
+    assert response.json()["limit"] == 4096
+    assert _leftovers(config.cache_dir) == []
+
+
+def test_a_job_that_outlives_its_timeout_answers_504_and_frees_its_place(
+    tmp_path: Path,
+    hub: HubStandIn,
+    hub_url: str,
+    coordinator_key: SigningKey,
+    coordinator_pub: Path,
+    signed_model: SignedModel,
+) -> None:
+    hub.blob_gate = threading.Event()
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub, job_timeout=1)
+    try:
+        with running_node(config) as url:
+            body = job_body(coordinator_key, _node_id(url), signed_model.digest, inputs_for())
+            response = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
+            assert response.status_code == 504
+            assert response.json()["timeout_seconds"] == 1
+            assert httpx.get(f"{url}/healthz").json()["load"]["queued"] == 0
+    finally:
+        hub.blob_gate.set()
