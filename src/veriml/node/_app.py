@@ -186,7 +186,7 @@ class NodeState:
         self._tasks: list[asyncio.Task[None]] = []
 
     def _status(self) -> tuple[dict[str, int], list[str]]:
-        return self.jobs.load(), self.models.loaded
+        return self.jobs.load(), self.models.cached()
 
     async def start(self) -> None:
         self.models.clean()
