@@ -32,7 +32,7 @@ from veriml.client import (
     read_network_file,
     verify_inference_file,
 )
-from veriml.core.errors import NodeUnavailable, VerificationError
+from veriml.core.errors import Error, NodeUnavailable, VerificationError
 from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder
@@ -177,6 +177,23 @@ def test_a_tampered_saved_answer_fails_offline_naming_the_check(
     with pytest.raises(VerificationError) as caught:
         verify_inference_file(path, log_vkey=net.log_vkey)
     assert caught.value.check == check
+
+
+def test_a_retried_request_id_returns_the_one_logged_answer(
+    net: LocalNetwork, model: dict[str, Any]
+) -> None:
+    request_id = str(uuid.uuid4())
+    with _client(net) as client:
+        first = client.infer("mlp", {"x": X}, policy="quorum:3/2", request_id=request_id)
+        again = client.infer("mlp", {"x": X}, policy="quorum:3/2", request_id=request_id)
+        assert first.id == request_id
+        assert again.to_json() == first.to_json()
+        # The same id with other inputs is not silently answered with the stored answer.
+        with pytest.raises(Error) as caught:
+            client.infer("mlp", {"x": X + 1}, policy="quorum:3/2", request_id=request_id)
+        assert not isinstance(caught.value, VerificationError) or caught.value.check == "request"
+    counts = Counter(e.request_id for e in _inference_entries(net))
+    assert counts[request_id] == 1
 
 
 def test_the_async_client_verifies_concurrent_answers(

@@ -13,8 +13,10 @@ against a checkpoint signed by the pinned log key, never from the coordinator's 
 from __future__ import annotations
 
 import asyncio
+import threading
+import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,18 +26,20 @@ import numpy as np
 from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._result import InferenceResult, NodeEvidence
-from veriml.client._verify import open_checkpoint_note, verify_inference
+from veriml.client._verify import VerifiedInference, open_checkpoint_note, verify_inference
+from veriml.core.digest import Digest
 from veriml.core.errors import (
     Conflict,
     FormatError,
     InvalidInput,
     LimitExceeded,
+    LogInconsistency,
     NodeUnavailable,
     NotFound,
     VerificationError,
 )
-from veriml.core.tensors import tensor_to_json
-from veriml.tlog.client import LogClient
+from veriml.core.tensors import tensor_digest, tensor_to_json
+from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 
@@ -73,8 +77,53 @@ def raise_for_problem(response: httpx.Response) -> None:
     raise NodeUnavailable(detail, **evidence)
 
 
-def _inputs_json(inputs: Mapping[str, Any]) -> dict[str, Any]:
-    return {name: tensor_to_json(np.asarray(value)) for name, value in inputs.items()}
+@dataclass(frozen=True, slots=True)
+class _Expected:
+    """What this client asked for: the answer must be about exactly that (a coordinator could
+    otherwise return a genuine, logged answer to someone else's request)."""
+
+    model: str
+    inputs: Mapping[str, Digest]
+    policy: str
+    request_id: str
+    body: Mapping[str, Any]
+
+    @classmethod
+    def of(
+        cls, model: str, inputs: Mapping[str, Any], policy: str, request_id: str | None
+    ) -> _Expected:
+        arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        return cls(
+            model=model,
+            inputs={name: tensor_digest(a) for name, a in arrays.items()},
+            policy=policy,
+            request_id=request_id or str(uuid.uuid4()),
+            body={
+                "model": model,
+                "inputs": {name: tensor_to_json(a) for name, a in arrays.items()},
+                "policy": policy,
+            },
+        )
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Idempotency-Key": self.request_id}
+
+    def check(self, verified: VerifiedInference) -> None:
+        result = verified.result
+        mismatch = (
+            result.id != self.request_id
+            or result.policy != self.policy
+            or (self.model.startswith("sha256:") and result.model.to_text() != self.model)
+            or any(dict(p.inputs) != dict(self.inputs) for p in verified.predicates)
+        )
+        if mismatch:
+            raise VerificationError(
+                "the answer is not for the request this client sent",
+                check="request",
+                request=self.request_id,
+                answered=result.id,
+            )
 
 
 class _Base:
@@ -95,6 +144,36 @@ class _Base:
         # Pinned up front: a client that verifies fails at construction, not mid-request.
         self.log_key: NoteVerifier | None = pin_log_key(log_vkey, home) if verify else None
         self._log: LogClient | None = None
+        # The largest checkpoint this client has seen: every later one must extend it.
+        self._latest: SignedCheckpoint | None = None
+        self._latest_lock = threading.Lock()
+
+    def _check_consistent(self, signed: SignedCheckpoint) -> None:
+        """Online only: the answer's tree and the largest one seen before are one history
+        (RFC 9162 §2.1.4 consistency proof, computed from tiles), so a coordinator cannot
+        show this client two forks of its log."""
+        with self._latest_lock:
+            latest = self._latest
+        if latest is None or latest.checkpoint == signed.checkpoint:
+            older, newer = None, signed
+        elif latest.checkpoint.size <= signed.checkpoint.size:
+            older, newer = latest, signed
+        else:
+            older, newer = signed, latest
+        if older is not None:
+            try:
+                self._log_client().verify_consistent(older.checkpoint, newer)
+            except VerificationError as exc:
+                raise LogInconsistency(
+                    "the log shown to this client forked",
+                    check="consistency",
+                    old=older.checkpoint.size,
+                    new=newer.checkpoint.size,
+                    reason=exc.message,
+                ) from exc
+        with self._latest_lock:
+            if self._latest is None or self._latest.checkpoint.size < newer.checkpoint.size:
+                self._latest = newer
 
     def _log_client(self) -> LogClient:
         if self._log is None:
@@ -106,7 +185,9 @@ class _Base:
             self.log_key = pin_log_key(None)
         return self.log_key
 
-    def _verify_result(self, result: InferenceResult) -> InferenceResult:
+    def _verify_result(
+        self, result: InferenceResult, expect: _Expected | None = None
+    ) -> InferenceResult:
         """Fetch each answering node's registration entry with its proof at the answer's
         checkpoint (both checked against the pinned key), then verify everything."""
         key = self._pinned()
@@ -127,9 +208,14 @@ class _Base:
             nodes.append(NodeEvidence(node.id, node.log_index, entry, tuple(proof)))
         full = result.with_nodes(nodes)
         verified = verify_inference(full, log_key=key, witnesses=self.witnesses, quorum=self.quorum)
+        if expect is not None:
+            expect.check(verified)
+        self._check_consistent(signed)
         return replace(full, verified=verified.checks)
 
-    def _answer(self, response: httpx.Response, verify: bool | None) -> InferenceResult:
+    def _answer(
+        self, response: httpx.Response, verify: bool | None, expect: _Expected | None = None
+    ) -> InferenceResult:
         raise_for_problem(response)
         if len(response.content) > MAX_ANSWER_BYTES:
             raise LimitExceeded("inference answer is too large", limit=MAX_ANSWER_BYTES)
@@ -140,7 +226,7 @@ class _Base:
         result = InferenceResult.from_json(body)
         if not (self.verify if verify is None else verify):
             return result
-        return self._verify_result(result)
+        return self._verify_result(result, expect)
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -236,15 +322,19 @@ class Client(_Base):
         *,
         policy: str = "none",
         verify: bool | None = None,
+        request_id: str | None = None,
     ) -> InferenceResult:
         """Run ``model`` (digest, name or name@version) on ``inputs`` under ``policy``;
-        the answer is verified unless ``verify=False`` (here or on the client)."""
-        body = {"model": model, "inputs": _inputs_json(inputs), "policy": policy}
+        the answer is verified unless ``verify=False`` (here or on the client).
+
+        ``request_id`` (default: a new UUID) is sent as ``Idempotency-Key``: retrying with the
+        same id after a lost answer returns the one logged answer, never a second entry."""
+        expect = _Expected.of(model, inputs, policy, request_id)
         try:
-            response = self._http.post("/v1/inferences", json=body)
+            response = self._http.post("/v1/inferences", json=expect.body, headers=expect.headers)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
-        return self._answer(response, verify)
+        return self._answer(response, verify, expect)
 
     def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
         """``GET /v1/inferences/{id}``, verified like :meth:`infer`."""
@@ -343,17 +433,22 @@ class AsyncClient(_Base):
         *,
         policy: str = "none",
         verify: bool | None = None,
+        request_id: str | None = None,
     ) -> InferenceResult:
-        body = {"model": model, "inputs": _inputs_json(inputs), "policy": policy}
-        response = await self._request("POST", "/v1/inferences", json=body)
-        return await self._answer_async(response, verify)
+        expect = _Expected.of(model, inputs, policy, request_id)
+        response = await self._request(
+            "POST", "/v1/inferences", json=expect.body, headers=expect.headers
+        )
+        return await self._answer_async(response, verify, expect)
 
     async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
         response = await self._request("GET", f"/v1/inferences/{id}")
         return await self._answer_async(response, verify)
 
-    async def _answer_async(self, response: httpx.Response, verify: bool | None) -> InferenceResult:
+    async def _answer_async(
+        self, response: httpx.Response, verify: bool | None, expect: _Expected | None = None
+    ) -> InferenceResult:
         if not (self.verify if verify is None else verify):
             return self._answer(response, False)
         # Verification reads log tiles and checks signatures: off the event loop.
-        return await asyncio.to_thread(self._answer, response, True)
+        return await asyncio.to_thread(self._answer, response, True, expect)
