@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import json
 import os
 import signal
 import sys
@@ -28,6 +29,7 @@ import pytest
 import veriml
 from _servers import free_port, serve, start_process
 from veriml.coordinator.app import create_app
+from veriml.coordinator.auth import sign_request
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
@@ -125,6 +127,7 @@ def check_answer(net: Network, answer: dict[str, Any]) -> InferenceEntry:
         policy=answer["policy"],
         receipts=receipts,
         verdict=Verdict.from_json(answer["verdict"]),
+        extra=answer.get("request", {}),
     )
     log = answer["log"]
     checkpoint, _ = open_checkpoint(
@@ -248,6 +251,27 @@ def test_an_idempotency_key_logs_a_request_once(tmp_path: Path) -> None:
         )
         assert other.status_code == 409
         assert logged_requests(net) == ["invoice-7"]
+
+
+def test_a_signed_request_is_logged_with_its_signer_and_a_bad_signature_is_refused(
+    tmp_path: Path,
+) -> None:
+    client_key = generate_key("ed25519")
+    with network(tmp_path, nodes=1) as net:
+        body = json.dumps({"model": "mlp", "inputs": INPUTS}).encode()
+        headers = sign_request(client_key, "POST", "/v1/inferences", body)
+        response = httpx.post(f"{net.url}/v1/inferences", content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        answer = response.json()
+        assert answer["request"] == {"client": client_key.key_id}
+        assert check_answer(net, answer).extra == {"client": client_key.key_id}
+        with veriml.Client(net.url, log_vkey=net.info["log_vkey"]) as client:
+            assert client.inference(answer["id"]).request == {"client": client_key.key_id}
+        other = json.dumps({"model": "mlp", "inputs": INPUTS, "policy": "none"}).encode()
+        forged = httpx.post(f"{net.url}/v1/inferences", content=other, headers=headers)
+        assert forged.status_code == 403
+        assert forged.json()["check"] == "request-signature"
+        assert logged_requests(net) == [answer["id"]]
 
 
 def _node_process(config: NodeConfig) -> list[str]:

@@ -215,9 +215,17 @@ class InferenceService:
         return stored[1]
 
     async def create(
-        self, request: Mapping[str, Any], *, idempotency_key: str | None = None
+        self,
+        request: Mapping[str, Any],
+        *,
+        idempotency_key: str | None = None,
+        client: str | None = None,
     ) -> dict[str, Any]:
-        """Answer one ``{"model", "inputs", "policy"}`` request (module docstring, steps 1-7)."""
+        """Answer one ``{"model", "inputs", "policy"}`` request (module docstring, steps 1-7).
+
+        ``client`` is the key id of a verified request signature: it is logged with the
+        request (``request.client`` in the entry) and returned as ``request.client``.
+        """
         model_ref = request.get("model")
         if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
             raise FormatError("model must be a name, name@version or sha256 digest")
@@ -245,8 +253,9 @@ class InferenceService:
             policy=str(policy),
         )
         digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
+        extra = {} if client is None else {"client": client}
         if idempotency_key is None:
-            return await self._answer(spec, digest, policy, candidates)
+            return await self._answer(spec, digest, policy, candidates, extra)
         # 3. One answer per key: later requests with the key get the stored answer.
         lock, users = self._locks.get(request_id, (asyncio.Lock(), 0))
         self._locks[request_id] = (lock, users + 1)
@@ -259,7 +268,7 @@ class InferenceService:
                             "this Idempotency-Key was used for another request", key=request_id
                         )
                     return stored[1]
-                return await self._answer(spec, digest, policy, candidates)
+                return await self._answer(spec, digest, policy, candidates, extra)
         finally:
             users = self._locks[request_id][1]
             if users == 1:
@@ -311,7 +320,12 @@ class InferenceService:
         return _Answer(result, outputs)
 
     async def _answer(
-        self, spec: JobSpec, digest: Digest, policy: Policy, candidates: Sequence[Candidate]
+        self,
+        spec: JobSpec,
+        digest: Digest,
+        policy: Policy,
+        candidates: Sequence[Candidate],
+        extra: Mapping[str, str],
     ) -> dict[str, Any]:
         # 4. Nodes of distinct operators, least loaded first.
         now = time.time()
@@ -369,6 +383,7 @@ class InferenceService:
             policy=spec.policy,
             receipts=tuple(a.result.receipt for _, a in gathered.answers),
             verdict=verdict,
+            extra=extra,
         )
         # 7. One log entry, then its proof, then the stored answer.
         index = await self._log.add_async(entry.to_bytes())
@@ -381,7 +396,7 @@ class InferenceService:
                 request_digest=digest,
                 log_index=index,
                 response=_response(
-                    spec, verdict, gathered.answers, chosen, index, proof, checkpoint
+                    spec, verdict, gathered.answers, chosen, index, proof, checkpoint, extra
                 ),
             )
 
@@ -397,8 +412,9 @@ def _response(
     index: int,
     proof: Sequence[bytes],
     checkpoint: bytes,
+    extra: Mapping[str, str],
 ) -> dict[str, Any]:
-    return {
+    response = {
         "id": spec.request_id,
         "model": spec.model.to_text(),
         "policy": spec.policy,
@@ -412,3 +428,7 @@ def _response(
             "checkpoint": checkpoint.decode(),
         },
     }
+    if extra:
+        # Members the log entry's request carries beyond id, digest, model and policy.
+        response["request"] = dict(extra)
+    return response

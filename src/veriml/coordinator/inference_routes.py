@@ -18,6 +18,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
+from veriml.coordinator.auth import RequestSignature
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
 from veriml.coordinator.problems import problem
@@ -161,12 +162,17 @@ async def create_inference(
     """``{"model", "inputs", "policy"}`` -> ``{"id", "outputs", "receipts", "verdict", "log"}``.
 
     With an ``Idempotency-Key`` header the key is the request id, and retrying the request
-    returns the stored answer instead of running and logging it again.
+    returns the stored answer instead of running and logging it again. A request signed with
+    ``X-Veriml-Key``/``X-Veriml-Signature`` is logged with the signer's key id
+    (``request.client``); a signature that does not verify is refused (403).
     """
+    signature = RequestSignature.from_headers(request.headers)
     limit = request.app.state.settings.max_json_bytes
-    body = parse_json_object(await _read_body(request, limit), what="inference request")
+    raw = await _read_body(request, limit)
+    client = signature.verify("POST", request.url.path, Digest.of(raw)) if signature else None
+    body = parse_json_object(raw, what="inference request")
     try:
-        answer = await service.create(body, idempotency_key=idempotency_key)
+        answer = await service.create(body, idempotency_key=idempotency_key, client=client)
     except NodeUnavailable as exc:
         return _upstream_problem(exc, 503)
     except JobRejected as exc:
