@@ -37,7 +37,7 @@ from veriml.core.errors import (
     VerificationError,
 )
 from veriml.core.keys import VerifyingKey
-from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate
+from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
 from veriml.core.tensors import tensor_digest
 from veriml.ledger.entries import InferenceEntry, NodeEntry, parse_entry
 from veriml.protocol.messages import NodeDescriptor
@@ -54,6 +54,7 @@ __all__ = [
     "inference_entry",
     "open_checkpoint_note",
     "receipt_node_id",
+    "request_object",
     "verify_inference",
 ]
 
@@ -226,10 +227,29 @@ def _receipt(
     return predicate, subjects
 
 
+def request_object(model: Digest, inputs: Mapping[str, Digest], policy: str) -> dict[str, Any]:
+    """The request whose RFC 8785 digest a receipt's ``request.digest`` is (the same object as
+    :func:`veriml.runtime.canonical_request`, rebuilt here so that offline verification does
+    not load onnxruntime)."""
+    return {
+        "model": model.to_text(),
+        "inputs": [{"name": n, "digest": d.to_text()} for n, d in sorted(inputs.items())],
+        "policy": policy,
+    }
+
+
 def _check_request(result: InferenceResult, predicates: Sequence[InferencePredicate]) -> Digest:
     """Step 2: every receipt is for this model, request and policy."""
     digests = {p.request_digest for p in predicates}
     for p in predicates:
+        calculated = request_digest(request_object(p.model_digest, p.inputs, p.policy))
+        if calculated != p.request_digest:
+            raise DigestMismatch(
+                "a receipt's request digest does not match its model, inputs and policy",
+                check="model-digest",
+                expected=p.request_digest,
+                calculated=calculated,
+            )
         if p.model_digest != result.model:
             raise DigestMismatch(
                 "a receipt is for another model",

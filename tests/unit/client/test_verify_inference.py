@@ -311,3 +311,14 @@ def test_a_genuine_answer_to_another_request_is_refused_by_the_client(network: N
         asked.check(verified)
     assert caught.value.check == "request"
     _Expected.of("m", {"x": X}, "none", result.id).check(verified)  # the honest case passes
+
+
+def test_the_offline_request_object_is_the_runtimes_canonical_request() -> None:
+    from veriml.client._verify import request_object
+    from veriml.runtime import canonical_request
+
+    inputs = {"b": Digest.of(b"b"), "a": Digest.of(b"a")}
+    model = Digest.of(b"m")
+    assert request_object(model, inputs, "quorum:3/2") == canonical_request(
+        model, inputs, "quorum:3/2"
+    )
