@@ -82,7 +82,7 @@ def verify_inference_file(
 
 
 def __getattr__(name: str) -> object:
-    # httpx loads on first use of a client, so offline verification stays light.
+    # The HTTP clients load on first use.
     if name in ("Client", "AsyncClient"):
         from veriml.client import _client
 

@@ -228,9 +228,9 @@ def _receipt(
 
 
 def request_object(model: Digest, inputs: Mapping[str, Digest], policy: str) -> dict[str, Any]:
-    """The request whose RFC 8785 digest a receipt's ``request.digest`` is (the same object as
-    :func:`veriml.runtime.canonical_request`, rebuilt here so that offline verification does
-    not load onnxruntime)."""
+    """The request whose RFC 8785 digest a receipt's ``request.digest`` is: the object of
+    :func:`veriml.runtime.canonical_request`, rebuilt from the predicate alone (a test pins
+    the two equal)."""
     return {
         "model": model.to_text(),
         "inputs": [{"name": n, "digest": d.to_text()} for n, d in sorted(inputs.items())],

@@ -1,4 +1,4 @@
-"""The SDK's public names are pinned, and offline verification does not load httpx."""
+"""The SDK's public names are pinned; a verifying client needs a pinned log key."""
 
 from __future__ import annotations
 
