@@ -21,11 +21,13 @@ from veriml.core.keys import generate_key, load_private_key
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.node import NodeConfig, create_node_app
 
-HEARTBEAT = 0.2
+HEARTBEAT = 0.5
 
 
-def _settings(home: Path) -> Settings:
-    return Settings(home=home, heartbeat_interval=HEARTBEAT, log_batch_interval=0.005)
+def _settings(home: Path, db_url: str = "") -> Settings:
+    return Settings(
+        home=home, db_url=db_url, heartbeat_interval=HEARTBEAT, log_batch_interval=0.005
+    )
 
 
 def _node_config(home: Path, coordinator: str, operator: str, coordinator_pub: Path) -> NodeConfig:
@@ -54,12 +56,15 @@ def _live_nodes(url: str) -> list[dict[str, object]]:
     return [n for n in nodes if n["live"]]
 
 
-@pytest.fixture
-def network(tmp_path: Path) -> Iterator[tuple[str, Path, list[str]]]:
-    """A coordinator and two nodes of distinct operators, all on loopback."""
+@pytest.fixture(params=["sqlite", "postgres"])
+def network(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, Path, list[str]]]:
+    """A coordinator (on SQLite or PostgreSQL) and two nodes of distinct operators."""
+    db_url = request.getfixturevalue("postgres_url") if request.param == "postgres" else ""
     home = tmp_path / "net"
     port = free_port()
-    with serve(create_app(_settings(home)), port=port) as url:
+    with serve(create_app(_settings(home, db_url)), port=port) as url:
         coordinator_key = load_private_key(home / "coordinator" / "coordinator.key")
         pub = tmp_path / "coordinator.pub"
         pub.write_bytes(coordinator_key.public.to_pem())
