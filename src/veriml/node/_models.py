@@ -25,6 +25,7 @@ import logging
 import os
 import shutil
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -292,6 +293,7 @@ class ModelCache:
         max_bytes: int,
         profile: Profile | None = None,
         timeout: float = 600.0,
+        max_loaded: int = 8,
     ) -> None:
         self.cache_dir = cache_dir
         self.coordinator = coordinator
@@ -300,7 +302,9 @@ class ModelCache:
         self.timeout = timeout
         self.pulls = 0
         """How many pulls from the hub this cache started (for health and tests)."""
-        self._runners: dict[Digest, Runner] = {}
+        self.max_loaded = max_loaded
+        # Least recently used first; a model pushed out stays on disk and reloads from there.
+        self._runners: OrderedDict[Digest, Runner] = OrderedDict()
         self._locks: dict[Digest, asyncio.Lock] = {}
 
     @property
@@ -332,6 +336,7 @@ class ModelCache:
         """The runner for ``digest``: loaded, re-validated from the cache, or pulled."""
         runner = self._runners.get(digest)
         if runner is not None:
+            self._runners.move_to_end(digest)
             return runner
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
@@ -339,6 +344,8 @@ class ModelCache:
             if runner is None:
                 runner = await asyncio.to_thread(self._prepare, digest)
                 self._runners[digest] = runner
+                while len(self._runners) > self.max_loaded:
+                    self._runners.popitem(last=False)
         return runner
 
     def _prepare(self, digest: Digest) -> Runner:

@@ -4,6 +4,7 @@ across restarts, re-validated."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,6 +25,7 @@ from _node_harness import (
 from _servers import serve
 from veriml.core.digest import Digest
 from veriml.core.keys import SigningKey, generate_key
+from veriml.node._models import ModelCache
 
 
 def _node_id(url: str) -> str:
@@ -292,3 +294,26 @@ def test_a_job_that_outlives_its_timeout_answers_504_and_frees_its_place(
             assert httpx.get(f"{url}/healthz").json()["load"]["queued"] == 0
     finally:
         hub.blob_gate.set()
+
+
+def test_models_pushed_out_of_memory_reload_from_disk_without_a_pull(
+    tmp_path: Path, coordinator_key: SigningKey, signed_model: SignedModel
+) -> None:
+    other = make_signed_model(tmp_path / "m2", seed=7, name="other")
+    hub = HubStandIn(coordinator_key)
+    hub.publish(signed_model)
+    hub.publish(other)
+    with serve(hub.app()) as hub_url:
+        cache = ModelCache(tmp_path / "models", hub_url, max_bytes=1 << 30, max_loaded=1)
+
+        async def use(*digests: Digest) -> list[Digest]:
+            return [(await cache.runner(d)).digest for d in digests]
+
+        order = (signed_model.digest, other.digest, signed_model.digest)
+        assert asyncio.run(use(*order)) == list(order)
+    assert cache.loaded == [signed_model.digest.to_text()]
+    assert cache.pulls == 2
+    assert hub.model_requests == 2
+    assert sorted(cache.cached()) == sorted(
+        d.to_text() for d in (signed_model.digest, other.digest)
+    )
