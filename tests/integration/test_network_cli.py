@@ -110,3 +110,33 @@ def test_up_then_publish_infer_verify_and_sigterm_stops_everything(tmp_path: Pat
     assert up.returncode == 0
     assert not network_file.exists()
     assert all(_gone(pid) for pid in children)
+
+
+def test_up_reports_a_child_that_dies_and_stops_the_rest(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    up = subprocess.Popen(
+        [sys.executable, "-m", "veriml", "up", "--nodes", "1", "--port", "0", "--home", str(home)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        network_file = home / "network.json"
+        deadline = time.monotonic() + 120
+        while not network_file.exists():
+            assert up.poll() is None, up.stderr.read() if up.stderr else ""
+            assert time.monotonic() < deadline, "veriml up did not become ready"
+            time.sleep(0.2)
+        node_pid = json.loads(network_file.read_text())["nodes"][0]["pid"]
+        os.kill(node_pid, signal.SIGKILL)
+        up.wait(timeout=60)
+        stderr = up.stderr.read() if up.stderr else ""
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            up.wait(timeout=60)
+        if up.stderr:
+            up.stderr.close()
+    assert up.returncode == 1
+    assert "node-1 exited" in stderr
+    assert not network_file.exists()
