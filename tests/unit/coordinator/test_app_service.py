@@ -152,3 +152,10 @@ def test_an_encrypted_key_passphrase_protects_the_keys_on_disk(tmp_path: Path) -
         assert httpx.get(url + "/healthz").status_code == 200
     pem = (tmp_path / "home" / "coordinator" / "coordinator.key").read_bytes()
     assert b"ENCRYPTED" in pem
+
+
+def test_create_app_opens_nothing_until_the_app_starts(tmp_path: Path) -> None:
+    from veriml.coordinator.app import create_app
+
+    create_app(Settings(home=tmp_path / "home"))
+    assert not (tmp_path / "home").exists()  # keys, database and blobs come with the lifespan
