@@ -12,6 +12,7 @@ import pytest
 from fastapi import FastAPI
 
 from _coordinator import make_signed_model, running_coordinator
+from veriml.coordinator.app import create_app
 from veriml.coordinator.settings import Settings
 from veriml.core.errors import FormatError
 from veriml.core.keys import load_private_key
@@ -155,7 +156,5 @@ def test_an_encrypted_key_passphrase_protects_the_keys_on_disk(tmp_path: Path) -
 
 
 def test_create_app_opens_nothing_until_the_app_starts(tmp_path: Path) -> None:
-    from veriml.coordinator.app import create_app
-
     create_app(Settings(home=tmp_path / "home"))
     assert not (tmp_path / "home").exists()  # keys, database and blobs come with the lifespan
