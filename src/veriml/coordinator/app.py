@@ -135,6 +135,7 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         state.coordinator_key = keys.coordinator
         state.models, state.nodes = models, nodes
         state.hub = hub.HubService(settings=settings, models=models, blobs=blobs, log=log)
+        state.hub.sweep_staging()
         state.registry = registry.RegistryService(
             settings=settings, nodes=nodes, nonces=nonces, log=log
         )

@@ -70,6 +70,8 @@ __all__ = ["PUBLISHER_KEY_HEADER", "HubService", "router"]
 
 PUBLISHER_KEY_HEADER = "X-Veriml-Publisher-Key"
 IMMUTABLE = "public, max-age=31536000, immutable"
+# Staging folders older than this (seconds) were left by a crash and are swept at start-up.
+STALE_UPLOAD = 6 * 3600.0
 # How long a publish waits for another replica that is registering the same digest.
 PENDING_WAIT = 10.0
 
@@ -93,6 +95,24 @@ class HubService:
             max_files=self.settings.max_files,
             max_depth=self.settings.max_path_depth,
         )
+
+    def sweep_staging(self, *, older_than: float = STALE_UPLOAD) -> int:
+        """Remove staging folders a crashed process left behind; how many were removed.
+
+        Only old ones: another replica sharing the blob store may be receiving an upload.
+        """
+        removed = 0
+        cutoff = time.time() - older_than
+        if not self.staging_root.is_dir():
+            return 0
+        for folder in self.staging_root.iterdir():
+            try:
+                if folder.stat().st_mtime < cutoff:
+                    shutil.rmtree(folder, ignore_errors=True)
+                    removed += 1
+            except FileNotFoundError:
+                continue  # removed meanwhile by its owner
+        return removed
 
     def new_staging(self) -> Path:
         path = self.staging_root / uuid.uuid4().hex

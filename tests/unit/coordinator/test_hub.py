@@ -4,6 +4,7 @@ with nothing written, each model is logged once, blobs download with ranges."""
 from __future__ import annotations
 
 import base64
+import os
 import tarfile
 import time
 from collections.abc import Iterator
@@ -386,3 +387,15 @@ def test_concurrent_publishes_of_one_model_log_it_once(
     assert sorted(a.status_code for a in answers) == [200, 200, 200, 201]
     assert len({a.json()["log_index"] for a in answers}) == 1
     assert _log_size(url) == 1
+
+
+def test_staging_folders_left_by_a_crash_are_swept_at_start(tmp_path: Path) -> None:
+    uploads = tmp_path / "home" / "coordinator" / "blobs" / "uploads"
+    stale, fresh = uploads / "stale", uploads / "fresh"
+    for folder in (stale, fresh):
+        (folder / "upload").mkdir(parents=True)
+    old = time.time() - 7 * 3600
+    os.utime(stale, (old, old))
+    with running_coordinator(tmp_path / "home"):
+        assert not stale.exists()
+        assert fresh.exists()  # possibly another replica's upload in progress
