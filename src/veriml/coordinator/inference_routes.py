@@ -6,7 +6,9 @@ The service is built on first use from what the app's lifespan put on ``app.stat
 RFC 9457 problem details through the app's handlers, except two statuses this API sets itself:
 too few nodes (none live, or every attempt failed) is **503** with ``Retry-After``, since
 trying again later may succeed; a node refusing the job is **502**, the coordinator's upstream
-having failed.
+having failed. The service reports to the app's Prometheus registry:
+``veriml_inference_verdicts_total{policy,outcome}`` and
+``veriml_inference_node_failures_total{reason="unavailable"|"unverified"}``.
 """
 
 from __future__ import annotations
