@@ -25,6 +25,7 @@ __all__ = ["DEFAULT_PASSPHRASE_ENV", "NodeConfig"]
 
 DEFAULT_PASSPHRASE_ENV = "VERIML_NODE_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_QUEUE = 1 << 16
+_ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised, not bound
 
 
 def _default_concurrency() -> int:
@@ -96,6 +97,12 @@ class NodeConfig:
             raise FormatError("size limits must be at least 1 KiB")
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise FormatError("advertised endpoint must be http(s)", got=self.endpoint)
+        if self.endpoint is None and self.host in _ANY_ADDRESS:
+            raise FormatError(
+                "a node bound to every interface needs an advertised endpoint the coordinator "
+                "can reach (--endpoint)",
+                host=self.host,
+            )
 
     @property
     def advertised_endpoint(self) -> str:

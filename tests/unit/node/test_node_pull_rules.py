@@ -100,6 +100,7 @@ def _config(**overrides: object) -> NodeConfig:
         {"job_timeout": -1},
         {"trace_retention": -1},
         {"endpoint": "127.0.0.1:9"},
+        {"host": "0.0.0.0"},
     ],
 )
 def test_an_impossible_configuration_is_refused(overrides: dict[str, object]) -> None:
