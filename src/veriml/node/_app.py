@@ -335,6 +335,7 @@ def serve_node(config: NodeConfig) -> None:
             host=config.host,
             port=config.port,
             log_level="info",
+            access_log=config.access_log,
             timeout_graceful_shutdown=int(config.shutdown_grace) or None,
         )
     )

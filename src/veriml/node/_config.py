@@ -75,6 +75,8 @@ class NodeConfig:
     """Most tensor bytes kept in traces; the oldest traces go first beyond it."""
     shutdown_grace: float = 30.0
     """Seconds running jobs get to finish once shutdown starts."""
+    access_log: bool = False
+    """Log every HTTP request (off by default: at hundreds of jobs a second it costs CPU)."""
 
     def __post_init__(self) -> None:
         if not self.coordinator_url.startswith(("http://", "https://")):
