@@ -70,13 +70,17 @@ def net(db: str | None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lo
 
 
 @pytest.fixture(scope="module")
-def model(net: LocalNetwork, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("model")
     folder = write_example_folder(tmp / "mlp", build_mlp((4, 8, 3), seed=3), name="mlp")
-    key = generate_key("ec")
-    key.save(tmp / "publisher.key")
+    generate_key("ec").save(tmp / "publisher.key")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model(net: LocalNetwork, model_dir: Path) -> dict[str, Any]:
     with Client(net.url, log_vkey=net.log_vkey) as client:
-        return client.publish(folder, tmp / "publisher.key")
+        return client.publish(model_dir, model_dir.parent / "publisher.key")
 
 
 def _client(net: LocalNetwork) -> Client:
@@ -196,16 +200,20 @@ def test_a_retried_request_id_returns_the_one_logged_answer(
     assert counts[request_id] == 1
 
 
-def test_the_async_client_verifies_concurrent_answers(
-    net: LocalNetwork, model: dict[str, Any]
+def test_the_async_client_republishes_idempotently_and_verifies_concurrent_answers(
+    net: LocalNetwork, model: dict[str, Any], model_dir: Path
 ) -> None:
-    async def main() -> list[InferenceResult]:
+    async def main() -> tuple[dict[str, Any], list[InferenceResult]]:
         async with AsyncClient(net.url, log_vkey=net.log_vkey) as client:
-            return await asyncio.gather(
+            again = await client.publish(model_dir, model_dir.parent / "publisher.key")
+            answers = await asyncio.gather(
                 *(client.infer("mlp", {"x": X * i}, policy="none") for i in range(8))
             )
+            return again, list(answers)
 
-    results = asyncio.run(main())
+    again, results = asyncio.run(main())
+    assert again["digest"] == model["digest"]
+    assert again["log_index"] == model["log_index"]  # registered once
     assert len({r.id for r in results}) == 8
     assert all(r.verified == CHECKS for r in results)
 
