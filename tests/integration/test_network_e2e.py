@@ -183,6 +183,20 @@ def test_a_tampered_saved_answer_fails_offline_naming_the_check(
     assert caught.value.check == check
 
 
+def test_a_signed_request_is_logged_with_its_signer_and_verifies(
+    net: LocalNetwork, model: dict[str, Any], model_dir: Path
+) -> None:
+    key = generate_key("ed25519")
+    with Client(net.url, log_vkey=net.log_vkey, key=key) as client:
+        again = client.publish(model_dir, model_dir.parent / "publisher.key")  # signed upload
+        assert again["digest"] == model["digest"]
+        result = client.infer("mlp", {"x": X}, policy="quorum:3/2")
+    assert result.request == {"client": key.key_id}
+    assert result.verified == CHECKS
+    logged = next(e for e in _inference_entries(net) if e.request_id == result.id)
+    assert logged.extra == {"client": key.key_id}
+
+
 def test_a_retried_request_id_returns_the_one_logged_answer(
     net: LocalNetwork, model: dict[str, Any]
 ) -> None:

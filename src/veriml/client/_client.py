@@ -14,31 +14,27 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 
 from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
+from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
 from veriml.client._result import InferenceResult, NodeEvidence
-from veriml.client._verify import VerifiedInference, open_checkpoint_note, verify_inference
-from veriml.core.digest import Digest
+from veriml.client._verify import open_checkpoint_note, verify_inference
 from veriml.core.errors import (
-    Conflict,
     FormatError,
-    InvalidInput,
     LimitExceeded,
     LogInconsistency,
     NodeUnavailable,
-    NotFound,
     VerificationError,
 )
-from veriml.core.tensors import tensor_digest, tensor_to_json
+from veriml.core.keys import SigningKey
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
@@ -47,83 +43,6 @@ __all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "raise_for_problem"]
 
 DEFAULT_TIMEOUT = 60.0
 MAX_ANSWER_BYTES = 256 << 20
-
-
-def raise_for_problem(response: httpx.Response) -> None:
-    """Turn an RFC 9457 problem answer into the veriml error it stands for."""
-    if response.status_code < 400:
-        return
-    try:
-        problem = response.json()
-    except ValueError:
-        problem = {}
-    if not isinstance(problem, dict):
-        problem = {}
-    detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
-    evidence = {"status": response.status_code, "url": str(response.request.url)}
-    status = response.status_code
-    if status == 404:
-        raise NotFound(detail, **evidence)
-    if status == 409:
-        raise Conflict(detail, **evidence)
-    if status == 413:
-        raise LimitExceeded(detail, **evidence)
-    if status == 403:
-        raise VerificationError(detail, check=str(problem.get("check") or "signature"), **evidence)
-    if status == 422:
-        raise InvalidInput(detail, **evidence)
-    if 400 <= status < 500:
-        raise FormatError(detail, **evidence)
-    raise NodeUnavailable(detail, **evidence)
-
-
-@dataclass(frozen=True, slots=True)
-class _Expected:
-    """What this client asked for: the answer must be about exactly that (a coordinator could
-    otherwise return a genuine, logged answer to someone else's request)."""
-
-    model: str
-    inputs: Mapping[str, Digest]
-    policy: str
-    request_id: str
-    body: Mapping[str, Any]
-
-    @classmethod
-    def of(
-        cls, model: str, inputs: Mapping[str, Any], policy: str, request_id: str | None
-    ) -> _Expected:
-        arrays = {name: np.asarray(value) for name, value in inputs.items()}
-        return cls(
-            model=model,
-            inputs={name: tensor_digest(a) for name, a in arrays.items()},
-            policy=policy,
-            request_id=request_id or str(uuid.uuid4()),
-            body={
-                "model": model,
-                "inputs": {name: tensor_to_json(a) for name, a in arrays.items()},
-                "policy": policy,
-            },
-        )
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Idempotency-Key": self.request_id}
-
-    def check(self, verified: VerifiedInference) -> None:
-        result = verified.result
-        mismatch = (
-            result.id != self.request_id
-            or result.policy != self.policy
-            or (self.model.startswith("sha256:") and result.model.to_text() != self.model)
-            or any(dict(p.inputs) != dict(self.inputs) for p in verified.predicates)
-        )
-        if mismatch:
-            raise VerificationError(
-                "the answer is not for the request this client sent",
-                check="request",
-                request=self.request_id,
-                answered=result.id,
-            )
 
 
 class _Base:
@@ -136,8 +55,11 @@ class _Base:
         quorum: int,
         verify: bool,
         home: Path | None,
+        key: SigningKey | None = None,
     ) -> None:
         self.url = resolve_url(url, home)
+        self.key = key
+        self._prefix = urlsplit(self.url).path.rstrip("/")
         self.verify = verify
         self.witnesses = witness_verifiers(tuple(witnesses))
         self.quorum = quorum
@@ -175,6 +97,25 @@ class _Base:
             if self._latest is None or self._latest.checkpoint.size < newer.checkpoint.size:
                 self._latest = newer
 
+    def _expect(
+        self, model: str, inputs: Mapping[str, Any], policy: str, request_id: str | None
+    ) -> tuple[Expected, bytes, dict[str, str]]:
+        client = self.key.key_id if self.key is not None else None
+        expect = Expected.of(model, inputs, policy, request_id, client)
+        content = expect.content()
+        return expect, content, expect.headers(self.key, self._prefix + "/v1/inferences", content)
+
+    def _publish_headers(self, folder: Path, publisher: SigningKey) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/x-tar",
+            "X-Veriml-Publisher-Key": publisher_header(publisher),
+        }
+        if self.key is not None:
+            # Signed uploads hash the archive once before sending it: two passes, no buffer.
+            digest = stream_digest(tar_stream(folder))
+            headers |= request_headers(self.key, "POST", self._prefix + "/v1/models", digest)
+        return headers
+
     def _log_client(self) -> LogClient:
         if self._log is None:
             self._log = LogClient(self.url + "/log/", self._pinned())
@@ -186,7 +127,7 @@ class _Base:
         return self.log_key
 
     def _verify_result(
-        self, result: InferenceResult, expect: _Expected | None = None
+        self, result: InferenceResult, expect: Expected | None = None
     ) -> InferenceResult:
         """Fetch each answering node's registration entry with its proof at the answer's
         checkpoint (both checked against the pinned key), then verify everything."""
@@ -214,7 +155,7 @@ class _Base:
         return replace(full, verified=verified.checks)
 
     def _answer(
-        self, response: httpx.Response, verify: bool | None, expect: _Expected | None = None
+        self, response: httpx.Response, verify: bool | None, expect: Expected | None = None
     ) -> InferenceResult:
         raise_for_problem(response)
         if len(response.content) > MAX_ANSWER_BYTES:
@@ -237,7 +178,9 @@ class _Base:
 class Client(_Base):
     """A synchronous client of a veriml coordinator. Answers are verified unless
     ``verify=False``; the log key is pinned from ``log_vkey``, ``$VERIML_LOG_VKEY`` or the
-    local network's ``network.json`` (see :mod:`veriml.client`)."""
+    local network's ``network.json`` (see :mod:`veriml.client`). With ``key`` (Ed25519 or EC)
+    every publish and inference request is signed, and the logged inference names its key id
+    (``request.client``), which the SDK checks."""
 
     def __init__(
         self,
@@ -249,9 +192,16 @@ class Client(_Base):
         verify: bool = True,
         timeout: float = DEFAULT_TIMEOUT,
         home: Path | None = None,
+        key: SigningKey | None = None,
     ) -> None:
         super().__init__(
-            url, log_vkey=log_vkey, witnesses=witnesses, quorum=quorum, verify=verify, home=home
+            url,
+            log_vkey=log_vkey,
+            witnesses=witnesses,
+            quorum=quorum,
+            verify=verify,
+            home=home,
+            key=key,
         )
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
@@ -285,15 +235,9 @@ class Client(_Base):
         then upload it as a streamed tar; returns the registered model."""
         folder = Path(folder)
         signing = ensure_signed(folder, Path(key), passphrase=passphrase)
+        headers = self._publish_headers(folder, signing)
         try:
-            response = self._http.post(
-                "/v1/models",
-                content=tar_stream(folder),
-                headers={
-                    "Content-Type": "application/x-tar",
-                    "X-Veriml-Publisher-Key": publisher_header(signing),
-                },
-            )
+            response = self._http.post("/v1/models", content=tar_stream(folder), headers=headers)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         raise_for_problem(response)
@@ -329,9 +273,9 @@ class Client(_Base):
 
         ``request_id`` (default: a new UUID) is sent as ``Idempotency-Key``: retrying with the
         same id after a lost answer returns the one logged answer, never a second entry."""
-        expect = _Expected.of(model, inputs, policy, request_id)
+        expect, content, headers = self._expect(model, inputs, policy, request_id)
         try:
-            response = self._http.post("/v1/inferences", json=expect.body, headers=expect.headers)
+            response = self._http.post("/v1/inferences", content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         return self._answer(response, verify, expect)
@@ -359,9 +303,16 @@ class AsyncClient(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         home: Path | None = None,
         limits: httpx.Limits | None = None,
+        key: SigningKey | None = None,
     ) -> None:
         super().__init__(
-            url, log_vkey=log_vkey, witnesses=witnesses, quorum=quorum, verify=verify, home=home
+            url,
+            log_vkey=log_vkey,
+            witnesses=witnesses,
+            quorum=quorum,
+            verify=verify,
+            home=home,
+            key=key,
         )
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=timeout, limits=limits or httpx.Limits()
@@ -396,6 +347,7 @@ class AsyncClient(_Base):
     ) -> dict[str, Any]:
         folder = Path(folder)
         signing = await asyncio.to_thread(ensure_signed, folder, Path(key), passphrase=passphrase)
+        headers = await asyncio.to_thread(self._publish_headers, folder, signing)
 
         async def body() -> Any:
             for chunk in tar_stream(folder):
@@ -405,10 +357,7 @@ class AsyncClient(_Base):
             "POST",
             "/v1/models",
             content=body(),
-            headers={
-                "Content-Type": "application/x-tar",
-                "X-Veriml-Publisher-Key": publisher_header(signing),
-            },
+            headers=headers,
         )
         raise_for_problem(response)
         return dict(response.json())
@@ -435,10 +384,8 @@ class AsyncClient(_Base):
         verify: bool | None = None,
         request_id: str | None = None,
     ) -> InferenceResult:
-        expect = _Expected.of(model, inputs, policy, request_id)
-        response = await self._request(
-            "POST", "/v1/inferences", json=expect.body, headers=expect.headers
-        )
+        expect, content, headers = self._expect(model, inputs, policy, request_id)
+        response = await self._request("POST", "/v1/inferences", content=content, headers=headers)
         return await self._answer_async(response, verify, expect)
 
     async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
@@ -446,7 +393,7 @@ class AsyncClient(_Base):
         return await self._answer_async(response, verify)
 
     async def _answer_async(
-        self, response: httpx.Response, verify: bool | None, expect: _Expected | None = None
+        self, response: httpx.Response, verify: bool | None, expect: Expected | None = None
     ) -> InferenceResult:
         if not (self.verify if verify is None else verify):
             return self._answer(response, False)

@@ -301,16 +301,16 @@ def test_veriml_verify_checks_a_saved_network_answer_offline(
 
 
 def test_a_genuine_answer_to_another_request_is_refused_by_the_client(network: Network) -> None:
-    from veriml.client._client import _Expected
+    from veriml.client._requests import Expected
 
     result = _answer(network, "none")
     verified = verify_inference(result, log_key=_key(network))
     # The coordinator answered with a real, logged answer, but for other inputs.
-    asked = _Expected.of("m", {"x": X + np.float32(1)}, "none", result.id)
+    asked = Expected.of("m", {"x": X + np.float32(1)}, "none", result.id)
     with pytest.raises(VerificationError) as caught:
         asked.check(verified)
     assert caught.value.check == "request"
-    _Expected.of("m", {"x": X}, "none", result.id).check(verified)  # the honest case passes
+    Expected.of("m", {"x": X}, "none", result.id).check(verified)  # the honest case passes
 
 
 def test_the_offline_request_object_is_the_runtimes_canonical_request() -> None:

@@ -1,0 +1,152 @@
+"""What travels with a request and what must come back: problem answers as veriml errors,
+optional request signatures (docs/network.md, "Coordinator HTTP API"), and the expectation an
+answer must meet to be about the request this client sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import numpy as np
+
+from veriml.client._verify import VerifiedInference
+from veriml.core.digest import Digest
+from veriml.core.dsse import pae
+from veriml.core.errors import (
+    Conflict,
+    FormatError,
+    InvalidInput,
+    LimitExceeded,
+    NodeUnavailable,
+    NotFound,
+    VerificationError,
+)
+from veriml.core.keys import SigningKey
+from veriml.core.tensors import tensor_digest, tensor_to_json
+
+__all__ = [
+    "REQUEST_PAYLOAD_TYPE",
+    "Expected",
+    "raise_for_problem",
+    "request_headers",
+    "stream_digest",
+]
+
+REQUEST_PAYLOAD_TYPE = "application/vnd.veriml.request"
+
+
+def request_headers(key: SigningKey, method: str, path: str, body_digest: Digest) -> dict[str, str]:
+    """``X-Veriml-Key`` and ``X-Veriml-Signature`` over
+    ``PAE("application/vnd.veriml.request", "METHOD PATH sha256:<hex>")`` (DSSE v1 PAE)."""
+    line = f"{method.upper()} {path} {body_digest.to_text()}".encode()
+    signature = key.sign(pae(REQUEST_PAYLOAD_TYPE, line))
+    return {
+        "X-Veriml-Key": base64.b64encode(key.public.to_pem()).decode(),
+        "X-Veriml-Signature": f"{key.key_id}:{base64.b64encode(signature).decode()}",
+    }
+
+
+def stream_digest(chunks: Iterable[bytes]) -> Digest:
+    """SHA-256 of a stream, chunk by chunk (a signed upload is hashed before it is sent)."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return Digest.from_hex(h.hexdigest())
+
+
+def raise_for_problem(response: httpx.Response) -> None:
+    """Turn an RFC 9457 problem answer into the veriml error it stands for."""
+    if response.status_code < 400:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {}
+    if not isinstance(problem, dict):
+        problem = {}
+    detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
+    evidence = {"status": response.status_code, "url": str(response.request.url)}
+    status = response.status_code
+    if status == 404:
+        raise NotFound(detail, **evidence)
+    if status == 409:
+        raise Conflict(detail, **evidence)
+    if status == 413:
+        raise LimitExceeded(detail, **evidence)
+    if status == 403:
+        raise VerificationError(detail, check=str(problem.get("check") or "signature"), **evidence)
+    if status == 422:
+        raise InvalidInput(detail, **evidence)
+    if 400 <= status < 500:
+        raise FormatError(detail, **evidence)
+    raise NodeUnavailable(detail, **evidence)
+
+
+@dataclass(frozen=True, slots=True)
+class Expected:
+    """What this client asked for: the answer must be about exactly that (a coordinator could
+    otherwise return a genuine, logged answer to someone else's request)."""
+
+    model: str
+    inputs: Mapping[str, Digest]
+    policy: str
+    request_id: str
+    body: Mapping[str, Any]
+    client: str | None = None
+
+    @classmethod
+    def of(
+        cls,
+        model: str,
+        inputs: Mapping[str, Any],
+        policy: str,
+        request_id: str | None,
+        client: str | None = None,
+    ) -> Expected:
+        arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        return cls(
+            model=model,
+            inputs={name: tensor_digest(a) for name, a in arrays.items()},
+            policy=policy,
+            request_id=request_id or str(uuid.uuid4()),
+            body={
+                "model": model,
+                "inputs": {name: tensor_to_json(a) for name, a in arrays.items()},
+                "policy": policy,
+            },
+            client=client,
+        )
+
+    def content(self) -> bytes:
+        """The exact body bytes sent (and signed)."""
+        return json.dumps(self.body, separators=(",", ":")).encode()
+
+    def headers(self, key: SigningKey | None, path: str, content: bytes) -> dict[str, str]:
+        headers = {"Idempotency-Key": self.request_id, "Content-Type": "application/json"}
+        if key is not None:
+            headers |= request_headers(key, "POST", path, Digest.of(content))
+        return headers
+
+    def check(self, verified: VerifiedInference) -> None:
+        result = verified.result
+        mismatch = (
+            result.id != self.request_id
+            or result.policy != self.policy
+            or (self.model.startswith("sha256:") and result.model.to_text() != self.model)
+            or any(dict(p.inputs) != dict(self.inputs) for p in verified.predicates)
+            or (self.client is not None and result.request.get("client") != self.client)
+        )
+        if mismatch:
+            raise VerificationError(
+                "the answer is not for the request this client sent",
+                check="request",
+                request=self.request_id,
+                answered=result.id,
+            )
