@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
 
 import onnxruntime as ort
@@ -132,8 +133,11 @@ class Profile:
             ) from exc
 
 
-def create_session(model: bytes, profile: Profile, *, what: str = "model") -> ort.InferenceSession:
-    """An ``InferenceSession`` for serialised ONNX ``model`` under ``profile`` (one provider)."""
+def create_session(
+    model: bytes | Path, profile: Profile, *, what: str = "model"
+) -> ort.InferenceSession:
+    """An ``InferenceSession`` under ``profile`` (one provider) for serialised ONNX ``model``
+    or the ONNX file at a path (which ONNX Runtime reads without a second in-memory copy)."""
     if profile.execution_provider not in ort.get_available_providers():
         raise ExecutionError(
             "execution provider is not available here",
@@ -142,7 +146,9 @@ def create_session(model: bytes, profile: Profile, *, what: str = "model") -> or
         )
     try:
         return ort.InferenceSession(
-            model, sess_options=profile.session_options(), providers=[profile.execution_provider]
+            str(model) if isinstance(model, Path) else model,
+            sess_options=profile.session_options(),
+            providers=[profile.execution_provider],
         )
     except ORT_ERRORS as exc:
         raise InvalidModel(

@@ -210,3 +210,34 @@ def test_result_file_round_trips_any_outputs_bit_for_bit(outputs: dict[str, np.n
         assert again.outputs[name].dtype == array.dtype
         assert again.outputs[name].shape == array.shape
         assert tensor_digest(again.outputs[name]) == digests[name]
+
+
+def test_a_package_runner_keeps_no_python_copy_of_the_weights(tmp_path: Path) -> None:
+    # A node holds many models: the weights must live once, in ONNX Runtime.
+    from veriml.models import ModelPackage
+    from veriml.models.examples import build_mlp, write_example_folder
+    from veriml.runtime import Runner
+
+    package = ModelPackage.load(
+        write_example_folder(tmp_path / "m", build_mlp((8, 16, 3)), name="m")
+    )
+    runner = Runner.for_package(package)
+    assert runner._model is None
+    # Tracing loads the model again, once, after checking the folder did not change.
+    x = {"x": np.ones((1, 8), np.float32)}
+    outputs, trace = runner.traced(x)
+    assert trace.size > 0
+    np.testing.assert_array_equal(outputs["probs"], runner.outputs(x)["probs"])
+
+
+def test_tracing_refuses_a_package_folder_changed_after_loading(tmp_path: Path) -> None:
+    from veriml.core.errors import InvalidModel
+    from veriml.models import ModelPackage
+    from veriml.models.examples import build_mlp, write_example_folder
+    from veriml.runtime import Runner
+
+    folder = write_example_folder(tmp_path / "m", build_mlp((8, 16, 3)), name="m")
+    runner = Runner.for_package(ModelPackage.load(folder))
+    onnx.save_model(build_mlp((8, 16, 3), seed=99), folder / "model.onnx")
+    with pytest.raises(InvalidModel, match="changed"):
+        runner.traced({"x": np.ones((1, 8), np.float32)})
