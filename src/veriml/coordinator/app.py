@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -33,7 +34,7 @@ from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
 from veriml.coordinator.problems import install_problem_handlers, problem
 from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
 from veriml.coordinator.settings import Settings
-from veriml.core.errors import LimitExceeded, StorageError
+from veriml.core.errors import Error, LimitExceeded, StorageError
 from veriml.models.blobstore import BlobStore
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.server import create_log_router
@@ -42,6 +43,7 @@ __all__ = ["INFERENCE_ROUTES", "create_app"]
 
 INFERENCE_ROUTES = "veriml.coordinator.inference_routes"
 _UPLOAD_ROUTE = ("POST", "/v1/models")
+_log = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -156,6 +158,12 @@ def create_app(settings: Settings) -> FastAPI:
             timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
             limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
         )
+        if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
+            routes = importlib.import_module(INFERENCE_ROUTES)
+            try:
+                await run_in_threadpool(routes.recover_pending, app.state)
+            except Error as exc:  # the rows stay pending; GET and retries complete them
+                _log.warning("pending inferences not recovered: %s", exc.diagnostics())
         try:
             yield
         finally:

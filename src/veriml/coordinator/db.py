@@ -8,6 +8,9 @@ The transparency log keeps its own ``tlog_*`` tables in the same (or another) da
 A ``models`` row is written *before* its log entry with ``log_index`` NULL (pending; it
 reserves ``name@version`` and is invisible to readers) and completed with the index after
 the append; ``claimed_at`` lets exactly one replica finish a pending row left by a crash.
+An ``inferences`` row works the same way: written pending (``log_index`` NULL, the answer
+without its ``log`` member, the entry and its RFC 9162 leaf hash) before the entry is
+appended, completed with the index and inclusion proof after it.
 
 Timestamps the protocol signs or logs stay RFC 3339 strings; times the coordinator only
 compares (liveness, heartbeat order, nonce expiry) are Unix seconds as floats.
@@ -101,9 +104,12 @@ inferences = sa.Table(
     sa.Column("model", sa.String(71), nullable=False),
     sa.Column("policy", sa.String(256), nullable=False),
     sa.Column("request_digest", sa.String(71), nullable=False),
-    sa.Column("log_index", sa.BigInteger, nullable=False),
+    sa.Column("log_index", sa.BigInteger),
     sa.Column("response", sa.JSON, nullable=False),
     sa.Column("created_at", sa.String(32), nullable=False),
+    sa.Column("entry", sa.Text),
+    sa.Column("leaf_hash", sa.String(64)),
+    sa.Column("claimed_at", sa.Float),
 )
 
 

@@ -16,18 +16,27 @@ steps, in order; nothing is written anywhere before step 7:
    or answers with evidence that does not verify is replaced by another (bounded attempts);
 6. decide the verdict with :func:`veriml.verify.policy.decide` (a rejected verdict is still an
    answer, logged and returned);
-7. append **one** :class:`~veriml.ledger.entries.InferenceEntry` to the log, prove its inclusion
-   at the published checkpoint that covers it, store the answer in ``inferences``, return it.
+7. write a pending ``inferences`` row (the answer without ``log``, the entry and its leaf
+   hash), append **one** :class:`~veriml.ledger.entries.InferenceEntry` to the log, prove its
+   inclusion at the published checkpoint that covers it, complete the row, return the answer.
 
 The log entry is the request's single point of commitment: a crash before step 7 leaves no
 trace, and the entry is one atomic append, so a request is logged completely or not at all.
+A crash after the append leaves a pending row that :mod:`~veriml.coordinator.inference_store`
+completes from the log (on ``GET``, on a retry with the same ``Idempotency-Key``, and at
+start-up): the answer is never lost and the request is never logged twice.
+
+``VERIML_UNSAFE_TEST_CRASH_AFTER_LOG_APPEND=1`` makes the process SIGKILL itself right after
+the append (for crash tests only; it is off unless set, and logs a warning when on).
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import logging
+import os
 import re
+import signal
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -39,7 +48,7 @@ import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
 from veriml.coordinator.dispatch import JobSpec, dispatch
-from veriml.coordinator.inference_store import InferenceStore, StoredInference
+from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.scheduler import Candidate, gather, pick
 from veriml.core.digest import Digest
 from veriml.core.errors import (
@@ -49,6 +58,7 @@ from veriml.core.errors import (
     InvalidTensor,
     NodeUnavailable,
     NotFound,
+    StorageError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey
@@ -70,6 +80,8 @@ __all__ = [
 ]
 
 Array = npt.NDArray[Any]
+CRASH_AFTER_APPEND = "VERIML_UNSAFE_TEST_CRASH_AFTER_LOG_APPEND"
+_log = logging.getLogger(__name__)
 _LOOKUP_CACHE = 256
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
 
@@ -206,13 +218,23 @@ class InferenceService:
         self._inflight: dict[str, int] = {}
         self._keys: dict[str, VerifyingKey] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._crash_after_append = os.environ.get(CRASH_AFTER_APPEND) == "1"
+        if self._crash_after_append:
+            _log.warning(
+                "%s is set: the coordinator kills itself after a log append", CRASH_AFTER_APPEND
+            )
 
     async def get(self, inference_id: str) -> dict[str, Any]:
-        """The stored answer of ``inference_id`` (``NotFound`` if there is none)."""
-        stored = await asyncio.to_thread(self._store.get, inference_id)
+        """The stored answer of ``inference_id`` (``NotFound`` if there is none); a row a
+        crash left pending is completed from the log first."""
+        stored = await asyncio.to_thread(self._store.recover, inference_id)
         if stored is None:
             raise NotFound("no inference with this id", id=inference_id[:200])
         return stored[1]
+
+    def recover_pending(self) -> int:
+        """Complete the answers a crash left pending (blocking; run at start-up)."""
+        return self._store.recover_all()
 
     async def create(
         self,
@@ -261,7 +283,13 @@ class InferenceService:
         self._locks[request_id] = (lock, users + 1)
         try:
             async with lock:
-                stored = await asyncio.to_thread(self._store.get, request_id)
+                try:
+                    stored = await asyncio.to_thread(self._store.recover, request_id)
+                except NotFound as exc:
+                    raise StorageError(
+                        "another replica is answering this Idempotency-Key; retry",
+                        key=request_id,
+                    ) from exc
                 if stored is not None:
                     if stored[0] != digest:
                         raise Conflict(
@@ -385,22 +413,20 @@ class InferenceService:
             verdict=verdict,
             extra=extra,
         )
-        # 7. One log entry, then its proof, then the stored answer.
-        index = await self._log.add_async(entry.to_bytes())
-
-        def build(index: int, proof: Sequence[bytes], checkpoint: bytes) -> StoredInference:
-            return StoredInference(
-                inference_id=spec.request_id,
-                model=spec.model,
-                policy=spec.policy,
-                request_digest=digest,
-                log_index=index,
-                response=_response(
-                    spec, verdict, gathered.answers, chosen, index, proof, checkpoint, extra
-                ),
-            )
-
-        stored = await self._store.commit(index, build)
+        # 7. A pending row, one log entry, then its proof and the completed row.
+        pending = PendingInference(
+            inference_id=spec.request_id,
+            model=spec.model,
+            policy=spec.policy,
+            request_digest=digest,
+            entry=entry.to_bytes(),
+            answer=_response(spec, verdict, gathered.answers, chosen, extra),
+        )
+        await self._store.reserve(pending)
+        index = await self._log.add_async(pending.entry)
+        if self._crash_after_append:
+            os.kill(os.getpid(), signal.SIGKILL)
+        stored = await self._store.commit(index, pending)
         return dict(stored.response)
 
 
@@ -409,11 +435,9 @@ def _response(
     verdict: Verdict,
     answers: Sequence[tuple[Candidate, _Answer]],
     chosen: _Answer,
-    index: int,
-    proof: Sequence[bytes],
-    checkpoint: bytes,
     extra: Mapping[str, str],
 ) -> dict[str, Any]:
+    """The answer without its ``log`` member (added once the entry is proved)."""
     response = {
         "id": spec.request_id,
         "model": spec.model.to_text(),
@@ -422,11 +446,6 @@ def _response(
         "receipts": [a.result.receipt.to_json() for _, a in answers],
         "nodes": [{"id": n.node_id, "log_index": n.log_index} for n, _ in answers],
         "verdict": verdict.to_json(),
-        "log": {
-            "index": index,
-            "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
-            "checkpoint": checkpoint.decode(),
-        },
     }
     if extra:
         # Members the log entry's request carries beyond id, digest, model and policy.

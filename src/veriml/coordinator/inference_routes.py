@@ -30,7 +30,7 @@ from veriml.core.digest import Digest
 from veriml.core.errors import Error, LimitExceeded, NodeUnavailable
 from veriml.models import IOSignature
 
-__all__ = ["inference_service", "router"]
+__all__ = ["inference_service", "recover_pending", "router"]
 
 router = APIRouter(tags=["inference"])
 _RETRY_AFTER = "1"
@@ -112,6 +112,15 @@ def inference_service(request: Request) -> InferenceService:
     if service is None:
         service = state.inference = _service_from_state(state)
     return service
+
+
+def recover_pending(state: Any) -> int:
+    """Build the app's inference service and complete the answers a crash left pending
+    (blocking; the app's lifespan runs it at start-up)."""
+    service: InferenceService | None = getattr(state, "inference", None)
+    if service is None:
+        service = state.inference = _service_from_state(state)
+    return service.recover_pending()
 
 
 Service = Annotated[InferenceService, Depends(inference_service)]

@@ -1,19 +1,35 @@
-"""The ``inferences`` table, and the commit step that proves and stores answers in groups.
+"""The ``inferences`` table: pending rows before the log append, completed rows after it.
 
-After its entry is in the log, an answer needs its inclusion proof at a published checkpoint
-and a row in ``inferences``. Done one by one, every answer would pay a database commit (an
-fsync) and two worker-thread hops; :class:`InferenceStore` lets answers that arrive while a
-commit is running wait for the next one, so concurrent answers share one checkpoint read and
-one transaction. Nothing waits for a timer: a lone answer is committed at once.
+An answer is stored in two steps around its log entry, so that the log and the table always
+converge, whatever crashes:
+
+1. :meth:`InferenceStore.reserve` writes a **pending** row (``log_index`` NULL) holding the
+   answer without its ``log`` member, the entry bytes and the entry's RFC 9162 leaf hash;
+2. the caller appends the entry to the log;
+3. :meth:`InferenceStore.commit` proves the entry's inclusion at a published checkpoint and
+   completes the row (index, full answer).
+
+A coordinator killed between 2 and 3 leaves a pending row whose entry is in the log.
+:meth:`InferenceStore.recover` (on ``GET``, on a retry with the same ``Idempotency-Key``, and
+at start-up via :meth:`InferenceStore.recover_all`) finds the entry by its leaf hash and
+completes the row instead of running the request again. A row whose entry is *not* in the log
+(killed between 1 and 2) is appended from the stored bytes by whoever claims it once its claim
+is older than :data:`CLAIM_TIMEOUT`; before that its owner may still be appending it.
+
+Writes are grouped: answers that arrive while a transaction is running wait for the next one,
+so concurrent answers share one transaction (one fsync) and one checkpoint read. Nothing
+waits for a timer: a lone answer is written at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -21,88 +37,104 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.coordinator import db
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, Error, StorageError
+from veriml.core.errors import Conflict, Error, NotFound, StorageError
 from veriml.core.receipt import utc_now
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.log import Log
+from veriml.tlog.merkle import leaf_hash
 from veriml.tlog.note import Note
 
-__all__ = ["Build", "InferenceStore", "StoredInference"]
+__all__ = ["CLAIM_TIMEOUT", "InferenceStore", "PendingInference", "StoredInference"]
+
+_log = logging.getLogger(__name__)
+
+# A pending row whose claim is older than this was left by a crashed coordinator.
+CLAIM_TIMEOUT = 60.0
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class StoredInference:
-    """One row of ``inferences``: the answer as returned, and what identifies its request."""
+class PendingInference:
+    """An answer whose log entry is about to be appended: the answer without ``log``, and
+    the entry (``InferenceEntry.to_bytes()``)."""
 
     inference_id: str
     model: Digest
     policy: str
     request_digest: Digest
-    log_index: int
-    response: Mapping[str, Any]
+    entry: bytes
+    answer: Mapping[str, Any]
 
-    def to_row(self) -> dict[str, Any]:
+    def to_row(self, now: float) -> dict[str, Any]:
         return {
             "id": self.inference_id,
             "model": self.model.to_text(),
             "policy": self.policy,
             "request_digest": self.request_digest.to_text(),
-            "log_index": self.log_index,
-            "response": dict(self.response),
+            "log_index": None,
+            "response": dict(self.answer),
             "created_at": utc_now(),
+            "entry": self.entry.decode(),
+            "leaf_hash": leaf_hash(self.entry).hex(),
+            "claimed_at": now,
         }
 
 
-# Given the log index, its inclusion proof and the signed checkpoint the proof is for, the row.
-Build = Callable[[int, Sequence[bytes], bytes], StoredInference]
-_Pending = tuple[int, Build, "asyncio.Future[StoredInference]"]
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredInference:
+    """A completed row: the answer as returned, and what identifies its request."""
+
+    inference_id: str
+    request_digest: Digest
+    log_index: int
+    response: Mapping[str, Any]
 
 
-class InferenceStore:
-    """Reads answers back; proves and stores new ones, concurrent ones in one transaction."""
+def with_log(
+    answer: Mapping[str, Any], index: int, proof: Sequence[bytes], checkpoint: bytes
+) -> dict[str, Any]:
+    """The full answer: ``answer`` with its ``log`` member (index, proof, checkpoint)."""
+    return dict(answer) | {
+        "log": {
+            "index": index,
+            "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
+            "checkpoint": checkpoint.decode(),
+        }
+    }
 
-    def __init__(self, engine: Engine, log: Log, *, publish_timeout: float = 30.0) -> None:
-        self._engine = engine
-        self._log = log
-        self._publish_timeout = publish_timeout
-        self._pending: list[_Pending] = []
+
+class _Group(Generic[T, R]):
+    """Runs ``work(batch)`` in a worker thread for items submitted from the event loop;
+    items submitted while a batch runs form the next batch. ``work`` returns one result (or
+    :class:`Error`) per item, in order."""
+
+    def __init__(self, work: Callable[[list[T]], list[R | Error]]) -> None:
+        self._work = work
+        self._queued: list[tuple[T, asyncio.Future[R]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    def get(self, inference_id: str) -> tuple[Digest, dict[str, Any]] | None:
-        """The stored request digest and answer of ``inference_id``, or None."""
-        query = sa.select(db.inferences.c.request_digest, db.inferences.c.response).where(
-            db.inferences.c.id == inference_id
-        )
-        try:
-            with self._engine.connect() as conn:
-                row = conn.execute(query).first()
-        except SQLAlchemyError as exc:
-            raise StorageError("cannot read the inference", reason=type(exc).__name__) from exc
-        if row is None:
-            return None
-        return Digest.from_text(row.request_digest), dict(row.response)
-
-    async def commit(self, index: int, build: Build) -> StoredInference:
-        """Prove log entry ``index``, build its row with ``build`` and store it."""
-        future: asyncio.Future[StoredInference] = asyncio.get_running_loop().create_future()
-        self._pending.append((index, build, future))
+    async def submit(self, item: T) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._queued.append((item, future))
         if self._flusher is None:
             self._flusher = asyncio.ensure_future(self._flush())
         return await asyncio.shield(future)
 
     async def _flush(self) -> None:
         try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                results: list[StoredInference | Error]
+            while self._queued:
+                batch, self._queued = self._queued, []
+                results: list[R | Error]
                 try:
-                    results = await asyncio.to_thread(self._write, batch)
+                    results = await asyncio.to_thread(self._work, [item for item, _ in batch])
                 except Error as exc:
                     results = [exc] * len(batch)
                 except Exception as exc:  # never leave a caller waiting forever
                     failure = StorageError("storing the answer failed", reason=repr(exc)[:200])
                     results = [failure] * len(batch)
-                for (_, _, future), result in zip(batch, results, strict=True):
+                for (_, future), result in zip(batch, results, strict=True):
                     if future.done():
                         continue
                     if isinstance(result, Error):
@@ -111,6 +143,163 @@ class InferenceStore:
                         future.set_result(result)
         finally:
             self._flusher = None
+
+
+def _storage_error(exc: SQLAlchemyError, what: str) -> StorageError:
+    return StorageError(f"coordinator database failed ({what})", reason=type(exc).__name__)
+
+
+_COMPLETE = (
+    sa.update(db.inferences)
+    .where((db.inferences.c.id == sa.bindparam("b_id")) & db.inferences.c.log_index.is_(None))
+    .values(
+        log_index=sa.bindparam("b_index"),
+        response=sa.bindparam("b_response", type_=sa.JSON),
+        entry=None,
+        claimed_at=None,
+    )
+)
+
+
+class InferenceStore:
+    """Reserves, completes and recovers ``inferences`` rows (see the module docstring)."""
+
+    def __init__(self, engine: Engine, log: Log, *, publish_timeout: float = 30.0) -> None:
+        self._engine = engine
+        self._log = log
+        self._publish_timeout = publish_timeout
+        self._reserving: _Group[PendingInference, PendingInference] = _Group(self._reserve)
+        self._committing: _Group[tuple[int, PendingInference], StoredInference] = _Group(
+            self._commit
+        )
+
+    # -- reading and recovering -----------------------------------------------------------
+
+    def get(self, inference_id: str) -> tuple[Digest, dict[str, Any]] | None:
+        """The request digest and answer of a completed ``inference_id``, or None (no row,
+        or a pending one)."""
+        row = self._row(inference_id)
+        if row is None or row.log_index is None:
+            return None
+        return Digest.from_text(row.request_digest), dict(row.response)
+
+    def _row(self, inference_id: str) -> Any:
+        query = sa.select(db.inferences).where(db.inferences.c.id == inference_id)
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(query).first()
+        except SQLAlchemyError as exc:
+            raise _storage_error(exc, "read inference") from exc
+
+    def recover(
+        self, inference_id: str, *, now: float | None = None
+    ) -> tuple[Digest, dict[str, Any]] | None:
+        """As :meth:`get`, but a pending row is completed first when its entry is in the log
+        (or appended from the row, if its claim has expired). None if there is no row;
+        ``NotFound`` if the row is pending and its owner may still be appending its entry."""
+        row = self._row(inference_id)
+        if row is None:
+            return None
+        if row.log_index is None:
+            row = self._finish(row, now=now or time.time())
+        return Digest.from_text(row.request_digest), dict(row.response)
+
+    def recover_all(self, *, now: float | None = None) -> int:
+        """Complete every pending row that can be (start-up); the number completed."""
+        query = sa.select(db.inferences.c.id).where(db.inferences.c.log_index.is_(None))
+        try:
+            with self._engine.connect() as conn:
+                ids = list(conn.execute(query).scalars())
+        except SQLAlchemyError as exc:
+            raise _storage_error(exc, "list pending inferences") from exc
+        done = 0
+        for inference_id in ids:
+            try:
+                self.recover(inference_id, now=now)
+                done += 1
+            except NotFound:
+                pass  # not in the log and still claimed: its owner may be alive
+        return done
+
+    def _finish(self, row: Any, *, now: float) -> Any:
+        entry = str(row.entry).encode()
+        index = self._log.storage.find_leaf(bytes.fromhex(row.leaf_hash), self._log.size)
+        if index is None:
+            if not self._claim(row.id, now):
+                current = self._row(row.id)
+                if current is not None and current.log_index is not None:
+                    return current  # completed meanwhile
+                raise NotFound(
+                    "this inference is being answered and is not logged yet", id=row.id[:200]
+                )
+            # Its owner died before the append: log it now, from the very bytes it reserved.
+            index = self._log.add(entry)
+        pending = PendingInference(
+            inference_id=row.id,
+            model=Digest.from_text(row.model),
+            policy=row.policy,
+            request_digest=Digest.from_text(row.request_digest),
+            entry=entry,
+            answer=row.response,
+        )
+        result = self._commit([(index, pending)])[0]
+        if isinstance(result, Error):
+            raise result
+        _log.info("completed pending inference %s (log index %d)", row.id, index)
+        return self._row(row.id)
+
+    def _claim(self, inference_id: str, now: float) -> bool:
+        query = (
+            sa.update(db.inferences)
+            .where(
+                (db.inferences.c.id == inference_id)
+                & db.inferences.c.log_index.is_(None)
+                & (db.inferences.c.claimed_at < now - CLAIM_TIMEOUT)
+            )
+            .values(claimed_at=now)
+        )
+        try:
+            with self._engine.begin() as conn:
+                return bool(conn.execute(query).rowcount == 1)
+        except SQLAlchemyError as exc:
+            raise _storage_error(exc, "claim inference") from exc
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def reserve(self, pending: PendingInference) -> PendingInference:
+        """Write ``pending`` as a pending row (``Conflict`` if its id is taken)."""
+        return await self._reserving.submit(pending)
+
+    async def commit(self, index: int, pending: PendingInference) -> StoredInference:
+        """Prove log entry ``index`` (``pending``'s entry) and complete its row."""
+        return await self._committing.submit((index, pending))
+
+    def _reserve(self, batch: list[PendingInference]) -> list[PendingInference | Error]:
+        now = time.time()
+        try:
+            self._insert([p.to_row(now) for p in batch])
+        except IntegrityError:
+            # An id is taken (by another replica): insert one by one to find out which.
+            return [self._insert_one(p, now) for p in batch]
+        return list(batch)
+
+    def _insert(self, rows: Sequence[dict[str, Any]]) -> None:
+        try:
+            with self._engine.begin() as conn:
+                conn.execute(sa.insert(db.inferences), list(rows))
+        except IntegrityError:
+            raise
+        except SQLAlchemyError as exc:
+            raise _storage_error(exc, "reserve inference") from exc
+
+    def _insert_one(self, pending: PendingInference, now: float) -> PendingInference | Error:
+        try:
+            self._insert([pending.to_row(now)])
+        except IntegrityError:
+            return Conflict("an inference with this id is already stored", id=pending.inference_id)
+        except Error as exc:
+            return exc
+        return pending
 
     def _published(self, index: int) -> tuple[bytes, int]:
         """The first published checkpoint covering ``index`` (a witnessed log may publish a
@@ -129,38 +318,33 @@ class InferenceStore:
                 )
             time.sleep(0.01)
 
-    def _write(self, batch: Sequence[_Pending]) -> list[StoredInference | Error]:
-        note, size = self._published(max(index for index, _, _ in batch))
+    def _commit(self, batch: list[tuple[int, PendingInference]]) -> list[StoredInference | Error]:
+        note, size = self._published(max(index for index, _ in batch))
         results: list[StoredInference | Error] = []
-        for index, build, _ in batch:
+        for index, pending in batch:
             try:
-                results.append(build(index, self._log.inclusion_proof(index, size), note))
+                proof = self._log.inclusion_proof(index, size)
             except Error as exc:
                 results.append(exc)
-        rows = [r for r in results if isinstance(r, StoredInference)]
-        try:
-            self._insert(rows)
-        except IntegrityError:
-            # Someone stored one of these ids first: insert one by one to find out which.
-            return [self._insert_one(r) if isinstance(r, StoredInference) else r for r in results]
+                continue
+            results.append(
+                StoredInference(
+                    inference_id=pending.inference_id,
+                    request_digest=pending.request_digest,
+                    log_index=index,
+                    response=with_log(pending.answer, index, proof, note),
+                )
+            )
+        params = [
+            {"b_id": r.inference_id, "b_index": r.log_index, "b_response": dict(r.response)}
+            for r in results
+            if isinstance(r, StoredInference)
+        ]
+        if params:
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(_COMPLETE, params)
+            except SQLAlchemyError as exc:
+                failure = _storage_error(exc, "complete inference")
+                return [failure] * len(batch)
         return results
-
-    def _insert(self, rows: Sequence[StoredInference]) -> None:
-        if not rows:
-            return
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(sa.insert(db.inferences), [r.to_row() for r in rows])
-        except IntegrityError:
-            raise
-        except SQLAlchemyError as exc:
-            raise StorageError("cannot store the inference", reason=type(exc).__name__) from exc
-
-    def _insert_one(self, row: StoredInference) -> StoredInference | Error:
-        try:
-            self._insert([row])
-        except IntegrityError:
-            return Conflict("an inference with this id is already stored", id=row.inference_id)
-        except Error as exc:
-            return exc
-        return row

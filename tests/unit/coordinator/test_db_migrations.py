@@ -36,7 +36,7 @@ def test_migrations_build_exactly_the_declared_schema(db_url: str) -> None:
         db.migrate(engine)  # again: nothing to do, nothing breaks
         with engine.connect() as conn:
             version = conn.execute(sa.text(f"SELECT version_num FROM {db.VERSION_TABLE}"))
-            assert version.scalar_one() == "0001"
+            assert version.scalar_one() == "0002"
     finally:
         engine.dispose()
 
