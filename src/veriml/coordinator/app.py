@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 import veriml
 from veriml.coordinator import db, hub, registry
 from veriml.coordinator.deps import LogDep, SettingsDep
+from veriml.coordinator.dispatch import PerHostTransport
 from veriml.coordinator.keys import load_or_create_keys
 from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
 from veriml.coordinator.problems import install_problem_handlers, problem
@@ -156,7 +157,9 @@ def create_app(settings: Settings) -> FastAPI:
         closers = await run_in_threadpool(_open_state, app, settings)
         app.state.http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
-            limits=httpx.Limits(max_connections=256, max_keepalive_connections=64),
+            transport=PerHostTransport(
+                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+            ),
         )
         if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
             routes = importlib.import_module(INFERENCE_ROUTES)

@@ -14,6 +14,11 @@ Failures are sorted by what the caller can do about them::
     JobRejected          4xx: the node refused this job (bad signature, wrong addressee,
                          replay, expired, inputs that do not match); another node would refuse
                          the same job for the same reason, so the request fails
+
+:class:`PerHostTransport` is the transport of the coordinator's client to nodes: httpcore's
+pool checks every connection it holds (a ``poll`` system call each) whenever it assigns a
+request or takes a response back, so one pool shared by all nodes costs CPU in proportion to
+the connections to *every* node on each job; one pool per node keeps it to that node's.
 """
 
 from __future__ import annotations
@@ -35,7 +40,14 @@ from veriml.core.keys import SigningKey
 from veriml.protocol.messages import Job, format_time
 from veriml.runtime import RunResult
 
-__all__ = ["DEFAULT_MAX_RESULT_BYTES", "JobRejected", "JobSpec", "dispatch", "sign_job"]
+__all__ = [
+    "DEFAULT_MAX_RESULT_BYTES",
+    "JobRejected",
+    "JobSpec",
+    "PerHostTransport",
+    "dispatch",
+    "sign_job",
+]
 
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
 _DETAIL_CHARS = 300
@@ -85,6 +97,34 @@ def sign_job(
         trace=spec.trace,
     )
     return job, job.sign(key)
+
+
+class PerHostTransport(httpx.AsyncBaseTransport):
+    """An :class:`httpx.AsyncBaseTransport` with one keep-alive pool per origin.
+
+    ``limits`` apply to each origin's pool; at most ``max_hosts`` pools are kept (the oldest
+    is closed when a new origin needs one)."""
+
+    def __init__(self, *, limits: httpx.Limits, max_hosts: int = 1024) -> None:
+        self._limits = limits
+        self._max_hosts = max_hosts
+        self._pools: dict[tuple[bytes, bytes, int | None], httpx.AsyncHTTPTransport] = {}
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        url = request.url
+        origin = (url.raw_scheme, url.raw_host, url.port)
+        pool = self._pools.get(origin)
+        if pool is None:
+            if len(self._pools) >= self._max_hosts:
+                oldest = next(iter(self._pools))
+                await self._pools.pop(oldest).aclose()
+            pool = self._pools[origin] = httpx.AsyncHTTPTransport(limits=self._limits)
+        return await pool.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        pools, self._pools = list(self._pools.values()), {}
+        for pool in pools:
+            await pool.aclose()
 
 
 def _problem_detail(body: bytes) -> str:
