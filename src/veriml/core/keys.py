@@ -9,7 +9,7 @@ Keys never print their private part: ``repr`` shows the kind and the id only.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -46,6 +46,8 @@ class VerifyingKey:
     """A public key that checks signatures. :meth:`verify` raises; it never returns ``False``."""
 
     key: PublicKey
+    # Derived once: ids are looked up on every signature made or checked.
+    _key_id: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.key, ec.EllipticCurvePublicKey) and self.key.curve.name not in {
@@ -53,6 +55,7 @@ class VerifyingKey:
             "secp384r1",
         }:
             raise KeyFileError("EC keys must be on P-256 or P-384", curve=self.key.curve.name)
+        object.__setattr__(self, "_key_id", Digest.of(self.spki_der()).to_text())
 
     @property
     def kind(self) -> KeyKind:
@@ -66,7 +69,7 @@ class VerifyingKey:
     @property
     def key_id(self) -> str:
         """``sha256:<hex>`` of the DER SubjectPublicKeyInfo."""
-        return Digest.of(self.spki_der()).to_text()
+        return self._key_id
 
     def raw(self) -> bytes:
         """The 32 raw bytes of an Ed25519 public key (as signed notes and cosignatures use)."""
@@ -117,6 +120,10 @@ class SigningKey:
     """A private key. ``repr`` and ``str`` never reveal key material."""
 
     key: PrivateKey
+    _public: VerifyingKey = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_public", VerifyingKey(self.key.public_key()))
 
     @property
     def kind(self) -> KeyKind:
@@ -124,7 +131,7 @@ class SigningKey:
 
     @property
     def public(self) -> VerifyingKey:
-        return VerifyingKey(self.key.public_key())
+        return self._public
 
     @property
     def key_id(self) -> str:
