@@ -404,9 +404,10 @@ def run(quick: bool) -> dict[str, Any]:
         f"about a third is HTTP to the nodes (httpx/httpcore: two socket writes per job, "
         f"pool bookkeeping), a quarter serving HTTP (uvicorn, FastAPI, middleware), a fifth "
         f"the database (pending row, completion, the log's batch commit and tiles), the rest "
-        f"JSON and RFC 8785, job signing and receipt verification (~0.3 ms); a node's ~0.7 ms "
-        f"is mostly HTTP and JSON, then receipt signing with RFC 8785, job-signature check "
-        f"and the onnxruntime call. Coordinator cProfile (second, profiled run), event-loop "
+        f"JSON and RFC 8785, job signing and receipt verification (~0.3 ms); a node's job "
+        f"is mostly HTTP (uvicorn, FastAPI: ~a quarter) and JSON, then the receipt "
+        f"(RFC 8785 and signing), the job-signature check and the onnxruntime call. "
+        f"Coordinator cProfile (second, profiled run), event-loop "
         f"thread, by own time: {breakdown}. Memory: publishing, pulling and loading a "
         f"{big_mib} MiB model (external data)."
     )
