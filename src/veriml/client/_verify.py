@@ -38,7 +38,6 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import VerifyingKey
 from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
-from veriml.core.tensors import tensor_digest
 from veriml.ledger.entries import InferenceEntry, NodeEntry, parse_entry
 from veriml.protocol.messages import NodeDescriptor
 from veriml.tlog.checkpoint import Checkpoint
@@ -46,6 +45,7 @@ from veriml.tlog.client import SignedCheckpoint, verify_checkpoint_note
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.merkle import leaf_hash, verify_inclusion
 from veriml.tlog.note import NoteVerifier
+from veriml.verify._tensors import check_tensor_digests
 from veriml.verify.policy import Policy, check_verdict, decide
 
 __all__ = [
@@ -278,22 +278,9 @@ def _check_outputs(
 ) -> None:
     """Step 3: agreed outputs = verdict outputs = every agreeing receipt's subjects."""
     claimed = dict(result.verdict.outputs)
-    if set(result.outputs) != set(claimed):
-        raise VerificationError(
-            "the outputs are not the ones the verdict names",
-            check="output-digest",
-            verdict=",".join(sorted(claimed)) or "none",
-            outputs=",".join(sorted(result.outputs)) or "none",
-        )
-    for name, expected in sorted(claimed.items()):
-        calculated = tensor_digest(result.outputs[name])
-        if calculated != expected:
-            raise DigestMismatch(
-                f"output {name!r} does not match the verdict's digest",
-                check="output-digest",
-                expected=expected,
-                calculated=calculated,
-            )
+    check_tensor_digests(
+        result.outputs, claimed, check="output-digest", kind="output", claimant="the verdict"
+    )
     by_node = {node: outputs for node, _, outputs in answers}
     for node in result.verdict.agreeing:
         if node in by_node and dict(by_node[node]) != claimed:

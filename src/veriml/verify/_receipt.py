@@ -60,6 +60,7 @@ from veriml.runtime import (
     read_result_file,
     runner_for,
 )
+from veriml.verify._tensors import check_tensor_digests
 
 __all__ = ["VerifiedReceipt", "verify_receipt"]
 
@@ -167,42 +168,16 @@ def _check_outputs(raw: RawResult, statement: Statement) -> dict[str, Digest]:
                 "receipt names an output twice", check="output-digest", output=subject.name
             )
         claimed[subject.name] = subject.digest
-    if set(claimed) != set(raw.outputs):
-        raise VerificationError(
-            "outputs in the file are not the outputs the receipt signs",
-            check="output-digest",
-            signed=",".join(sorted(claimed)) or "none",
-            file=",".join(sorted(raw.outputs)) or "none",
-        )
-    for name, expected in sorted(claimed.items()):
-        calculated = tensor_digest(raw.outputs[name])
-        if calculated != expected:
-            raise DigestMismatch(
-                f"output {name!r} does not match the signed digest",
-                check="output-digest",
-                expected=expected,
-                calculated=calculated,
-            )
+    check_tensor_digests(
+        raw.outputs, claimed, check="output-digest", kind="output", claimant="the receipt"
+    )
     return claimed
 
 
 def _check_inputs(inputs: Mapping[str, Array], predicate: InferencePredicate) -> None:
-    if set(inputs) != set(predicate.inputs):
-        raise VerificationError(
-            "inputs are not the inputs the receipt signs",
-            check="input-digest",
-            signed=",".join(sorted(predicate.inputs)) or "none",
-            given=",".join(sorted(inputs)) or "none",
-        )
-    for name, expected in sorted(predicate.inputs.items()):
-        calculated = tensor_digest(inputs[name])
-        if calculated != expected:
-            raise DigestMismatch(
-                f"input {name!r} does not match the signed digest",
-                check="input-digest",
-                expected=expected,
-                calculated=calculated,
-            )
+    check_tensor_digests(
+        inputs, predicate.inputs, check="input-digest", kind="input", claimant="the receipt"
+    )
     request = canonical_request(predicate.model_digest, predicate.inputs, predicate.policy)
     calculated = request_digest(request)
     if calculated != predicate.request_digest:
