@@ -55,8 +55,8 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 
 from benchmarks._timing import best_rate
-from veriml.cli.network import LocalNetwork, free_port
 from veriml.client import AsyncClient, Client
+from veriml.client._local import LocalNetwork, free_port
 from veriml.core.digest import Digest
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_to_json

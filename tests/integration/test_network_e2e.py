@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import sqlalchemy
 
-from veriml.cli.network import LocalNetwork
 from veriml.client import (
     CHECKS,
     AsyncClient,
     Client,
     InferenceResult,
+    LocalNetwork,
     read_network_file,
     verify_inference_file,
 )

@@ -124,8 +124,7 @@ def network_demo(home: Path) -> None:
     """Run the network demo under ``home/demo-network`` (see the module docstring)."""
     import numpy as np
 
-    from veriml.cli.network import LocalNetwork
-    from veriml.client import Client, verify_inference_file
+    from veriml.client import Client, LocalNetwork, verify_inference_file
     from veriml.core.errors import VerificationError
     from veriml.core.keys import generate_key
     from veriml.models import sign_model, verify_model

@@ -17,7 +17,7 @@ from typing import Annotated
 import typer
 
 from veriml.cli._common import console, err_console
-from veriml.cli.network import LocalNetwork
+from veriml.client import LocalNetwork
 
 __all__ = ["register"]
 

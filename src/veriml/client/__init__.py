@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from veriml.client._client import AsyncClient, Client
+    from veriml.client._local import LocalNetwork
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.note import NoteVerifier
 
@@ -46,6 +47,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "InferenceResult",
+    "LocalNetwork",
     "LogEvidence",
     "NetworkFile",
     "NodeEvidence",
@@ -82,11 +84,11 @@ def verify_inference_file(
 
 
 def __getattr__(name: str) -> object:
-    # The HTTP clients load on first use.
-    if name in ("Client", "AsyncClient"):
-        from veriml.client import _client
+    # The HTTP clients and the local-network launcher load on first use.
+    if name in ("Client", "AsyncClient", "LocalNetwork"):
+        from veriml.client import _client, _local
 
-        value = getattr(_client, name)
+        value = getattr(_local if name == "LocalNetwork" else _client, name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'veriml.client' has no attribute {name!r}")

@@ -13,6 +13,7 @@ PUBLIC = {
     "AsyncClient",
     "Client",
     "InferenceResult",
+    "LocalNetwork",
     "LogEvidence",
     "NetworkFile",
     "NodeEvidence",
