@@ -138,6 +138,18 @@ def node(
             "--trace-retention", envvar="VERIML_TRACE_RETENTION", help="Seconds traces are kept."
         ),
     ] = 3600.0,
+    job_timeout: Annotated[
+        float,
+        typer.Option("--job-timeout", envvar="VERIML_JOB_TIMEOUT", help="Seconds a job may run."),
+    ] = 60.0,
+    shutdown_grace: Annotated[
+        float,
+        typer.Option(
+            "--shutdown-grace",
+            envvar="VERIML_SHUTDOWN_GRACE",
+            help="Seconds running jobs get to finish on SIGTERM/Ctrl-C.",
+        ),
+    ] = 30.0,
 ) -> None:
     """Run a node: register with the coordinator, pull verified models, run signed jobs."""
     from veriml.node import NodeConfig, serve_node
@@ -155,6 +167,8 @@ def node(
         queue_length=queue_length,
         heartbeat_interval=heartbeat_interval,
         trace_retention=trace_retention,
+        job_timeout=job_timeout,
+        shutdown_grace=shutdown_grace,
         **extra,  # type: ignore[arg-type]
     )
     console.print(f"node  http://{host}:{port}  operator {operator}  -> {coordinator_url}")
