@@ -96,6 +96,25 @@ def test_up_then_publish_infer_verify_and_sigterm_stops_everything(tmp_path: Pat
         assert verified.returncode == 0, verified.stderr
         assert "inference OK" in verified.stdout
 
+        # A request signed with --sign-key is logged under that key, and still verifies.
+        client_key = generate_key("ed25519")
+        client_key.save(tmp_path / "client.key")
+        signed_out = tmp_path / "signed.json"
+        signed = _veriml(
+            "infer",
+            "mlp",
+            "--input",
+            str(tmp_path / "x.npy"),
+            "--out",
+            str(signed_out),
+            "--sign-key",
+            str(tmp_path / "client.key"),
+            env=env,
+        )
+        assert signed.returncode == 0, signed.stderr
+        assert json.loads(signed_out.read_text())["request"]["client"] == client_key.key_id
+        assert _veriml("verify", str(signed_out), env=env).returncode == 0
+
         unknown = _veriml("infer", "no-such-model", "--input", str(tmp_path / "x.npy"), env=env)
         assert unknown.returncode == 2
         assert len(unknown.stderr.strip().splitlines()) == 1

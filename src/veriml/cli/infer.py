@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from veriml.cli._common import JsonOpt, console, fail, print_json
-from veriml.cli.publish import CoordinatorOpt
+from veriml.cli.publish import CoordinatorOpt, SignKeyOpt, load_request_key
 
 __all__ = ["LogVkeyOpt", "register"]
 
@@ -42,6 +42,7 @@ def infer(
     verify: Annotated[
         bool, typer.Option("--verify/--no-verify", help="Verify the answer (default: yes).")
     ] = True,
+    sign_key: SignKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a model on the network under a policy; verify and show (or save) the answer."""
@@ -50,7 +51,8 @@ def infer(
     from veriml.verify.policy import Policy
 
     Policy.parse(policy)  # a bad policy is a usage error before any request
-    with Client(coordinator, log_vkey=log_vkey, verify=verify) as client:
+    request_key = load_request_key(sign_key)
+    with Client(coordinator, log_vkey=log_vkey, verify=verify, key=request_key) as client:
         info = client.model(model)
         names = [str(i["name"]) for i in (info.get("io") or {}).get("inputs", [])]
         if not names and not inputs:

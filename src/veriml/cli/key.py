@@ -14,12 +14,17 @@ from veriml.core.keys import KeyKind, generate_key, load_public_key
 app = typer.Typer(help="Create and inspect keys.", no_args_is_help=True)
 
 
-def read_passphrase(env: str | None) -> bytes | None:
-    """The passphrase from the named environment variable, never from argv (argv leaks)."""
+def read_passphrase(env: str | None, *, optional: bool = False) -> bytes | None:
+    """The passphrase from the named environment variable, never from argv (argv leaks).
+
+    A variable that is named but unset is a usage error, unless ``optional``.
+    """
     if not env:
         return None
     value = os.environ.get(env)
     if value is None:
+        if optional:
+            return None
         raise typer.BadParameter(f"environment variable {env} is not set")
     return value.encode()
 

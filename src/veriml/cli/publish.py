@@ -7,7 +7,7 @@ streams it to the coordinator, which verifies the signature before registering a
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
@@ -15,7 +15,10 @@ from rich.table import Table
 from veriml.cli._common import JsonOpt, console, print_json
 from veriml.cli.key import read_passphrase
 
-__all__ = ["CoordinatorOpt", "register"]
+if TYPE_CHECKING:
+    from veriml.core.keys import SigningKey
+
+__all__ = ["CoordinatorOpt", "SignKeyOpt", "load_request_key", "register"]
 
 CoordinatorOpt = Annotated[
     str | None,
@@ -26,6 +29,28 @@ CoordinatorOpt = Annotated[
         help="Coordinator URL (default: the local network's, from network.json).",
     ),
 ]
+
+
+SignKeyOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--sign-key",
+        envvar="VERIML_CLIENT_KEY",
+        help="Sign the request with this private key (Ed25519 or EC); the coordinator records "
+        "its key id (docs/network.md, request signatures).",
+    ),
+]
+
+
+def load_request_key(path: Path | None) -> SigningKey | None:
+    """The request-signing key, if one is given; its passphrase from VERIML_CLIENT_PASSPHRASE."""
+    if path is None:
+        return None
+    from veriml.core.keys import load_private_key
+
+    return load_private_key(
+        path, passphrase=read_passphrase("VERIML_CLIENT_PASSPHRASE", optional=True)
+    )
 
 
 def publish(
@@ -42,12 +67,13 @@ def publish(
             help="Environment variable holding the key's passphrase.",
         ),
     ] = None,
+    sign_key: SignKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Sign (if needed) and publish a model folder to the hub."""
     from veriml.client import Client
 
-    with Client(coordinator, verify=False) as client:
+    with Client(coordinator, verify=False, key=load_request_key(sign_key)) as client:
         model = client.publish(folder, key, passphrase=read_passphrase(passphrase_env))
     if json_out:
         print_json(model)
