@@ -7,7 +7,6 @@ the wait for the server to come up) fails, so a failing test never leaves a serv
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import threading
 import time
@@ -18,14 +17,9 @@ from typing import Any
 import httpx
 import uvicorn
 
+from veriml.client._local import free_port
+
 HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 class _ThreadServer(uvicorn.Server):

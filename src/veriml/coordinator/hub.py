@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import datetime as dt
 import hashlib
 import shutil
 import time
@@ -56,13 +55,13 @@ from veriml.core.errors import (
     StorageError,
 )
 from veriml.core.keys import load_public_key
+from veriml.core.timestamps import utc_now
 from veriml.ledger.entries import ModelEntry
 from veriml.models.blobstore import BlobStore
 from veriml.models.digest import DEFAULT_SIGNATURE_NAME
 from veriml.models.package import ModelPackage
 from veriml.models.signing import MAX_SIGNATURE_BYTES, verify_model
 from veriml.models.validate import Limits
-from veriml.protocol.messages import format_time
 from veriml.tlog.log import Log
 from veriml.tlog.merkle import leaf_hash
 
@@ -179,7 +178,7 @@ class HubService:
             card=card.to_json(),
             parents=tuple(p.to_text() for p in card.parents),
             datasets=tuple(str(d) for d in card.datasets),
-            registered_at=format_time_now(),
+            registered_at=utc_now(),
             submitted_by=submitted_by,
         )
         return self.register(record)  # 7
@@ -241,10 +240,6 @@ class HubService:
                 }
             )
         return record.to_json() | {"lineage": lineage}
-
-
-def format_time_now() -> str:
-    return format_time(dt.datetime.now(dt.UTC))
 
 
 def model_entry(record: ModelRecord) -> ModelEntry:

@@ -21,7 +21,6 @@ Predicate (all digests as ``sha256:<hex>``)::
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +30,7 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement, Subject
 from veriml.core.errors import FormatError, VerificationError
 from veriml.core.keys import SigningKey
+from veriml.core.timestamps import utc_now
 
 __all__ = [
     "PREDICATE_TYPE",
@@ -42,11 +42,6 @@ __all__ = [
 ]
 
 PREDICATE_TYPE = "https://veriml.dev/inference/v1"
-
-
-def utc_now() -> str:
-    """RFC 3339 UTC timestamp with microseconds, e.g. ``2026-11-26T02:20:23.123456Z``."""
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def request_digest(request: Mapping[str, Any]) -> Digest:

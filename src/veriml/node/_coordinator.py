@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import secrets
 from collections.abc import Callable
@@ -24,7 +23,8 @@ import httpx
 
 from veriml.core.errors import Error, FormatError, KeyFileError, NodeUnavailable
 from veriml.core.keys import SigningKey, VerifyingKey
-from veriml.protocol.messages import Heartbeat, NodeDescriptor, format_time
+from veriml.core.timestamps import utc_now
+from veriml.protocol.messages import Heartbeat, NodeDescriptor
 from veriml.runtime import Profile, platform_fingerprint, runtime_fingerprint
 
 __all__ = ["CoordinatorLink"]
@@ -73,7 +73,7 @@ class CoordinatorLink:
             public_key=self.key.public.to_pem().decode(),
             operator=self.operator,
             endpoint=self.endpoint,
-            issued_at=format_time(dt.datetime.now(dt.UTC)),
+            issued_at=utc_now(),
             nonce=secrets.token_hex(16),
             engines=("onnxruntime",),
             models=("*",),
@@ -153,7 +153,7 @@ class CoordinatorLink:
         load, cached = self.status()
         heartbeat = Heartbeat(
             node_id=self.key.key_id,
-            issued_at=format_time(dt.datetime.now(dt.UTC)),
+            issued_at=utc_now(),
             active=load["active"],
             queued=load["queued"],
             capacity=load["capacity"],

@@ -18,6 +18,7 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.timestamps import format_time, parse_time
 
 __all__ = [
     "HEARTBEAT_TYPE",
@@ -37,21 +38,6 @@ HEARTBEAT_TYPE = "application/vnd.veriml.heartbeat+json"
 JOB_TYPE = "application/vnd.veriml.job+json"
 MAX_MESSAGE_BYTES = 64 * 1024
 DESCRIPTOR_MAX_AGE = dt.timedelta(minutes=5)
-
-
-def format_time(when: dt.datetime) -> str:
-    """RFC 3339 UTC with microseconds, as every veriml timestamp is written."""
-    return when.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def parse_time(text: object, *, what: str = "timestamp") -> dt.datetime:
-    """Parse an RFC 3339 UTC timestamp (``...Z``); anything else is a FormatError."""
-    if not isinstance(text, str) or not text.endswith("Z"):
-        raise FormatError(f"{what} must be an RFC 3339 UTC string ending in Z", got=str(text)[:40])
-    try:
-        return dt.datetime.fromisoformat(text[:-1] + "+00:00")
-    except ValueError as exc:
-        raise FormatError(f"{what} is not an RFC 3339 timestamp", got=text[:40]) from exc
 
 
 def sign_message(payload_type: str, message: Mapping[str, Any], key: SigningKey) -> Envelope:
