@@ -21,7 +21,7 @@ from veriml.cli.log_client import register_log_commands
 from veriml.core.errors import FormatError, KeyFileError, NodeUnavailable, StorageError
 from veriml.core.keys import generate_key, load_private_key
 from veriml.tlog.note import NoteSigner
-from veriml.tlog.storage import MAX_ENTRY_SIZE
+from veriml.tlog.tiles import MAX_ENTRY_SIZE
 
 app = typer.Typer(help="Run, use and audit a transparency log.", no_args_is_help=True)
 

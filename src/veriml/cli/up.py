@@ -17,7 +17,6 @@ from typing import Annotated
 import typer
 
 from veriml.cli._common import console, err_console
-from veriml.client import LocalNetwork
 
 __all__ = ["register"]
 
@@ -47,6 +46,8 @@ def up(
         stop.set()
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
+
     network = LocalNetwork(home, nodes=nodes, port=port, db=db)
     try:
         with network:

@@ -16,6 +16,7 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
 from veriml.protocol.messages import NodeDescriptor
+from veriml.tlog.tiles import MAX_ENTRY_SIZE
 from veriml.verify.policy import Verdict
 
 __all__ = [
@@ -27,7 +28,8 @@ __all__ = [
     "parse_entry",
 ]
 
-MAX_ENTRY_BYTES = 65_535
+# The log's own limit: a tile entry bundle's uint16 length prefix.
+MAX_ENTRY_BYTES = MAX_ENTRY_SIZE
 
 
 def _encode(obj: dict[str, Any]) -> bytes:

@@ -36,6 +36,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from veriml.core.errors import FormatError, StorageError
 from veriml.tlog.merkle import HASH_SIZE
+from veriml.tlog.tiles import MAX_ENTRY_SIZE
 
 __all__ = [
     "MAX_ENTRY_SIZE",
@@ -45,7 +46,6 @@ __all__ = [
     "check_entry",
 ]
 
-MAX_ENTRY_SIZE = 0xFFFF
 """Largest entry accepted, in bytes: 64 KiB less one, the most a uint16 length prefix in a
 tlog-tiles entry bundle can describe (https://c2sp.org/tlog-tiles#log-entries)."""
 
