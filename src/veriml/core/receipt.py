@@ -13,6 +13,7 @@ Predicate (all digests as ``sha256:<hex>``)::
       "runtime":   {engine, version, execution_provider, graph_optimization_level,
                     intra_op_threads, inter_op_threads, platform: {...}},
       "trace":     {"root": Digest, "size": int}              # optional
+      "spot":      {"commitment": Digest}                     # optional, spot:P jobs
       "node":      {"id": key id of the signing key},
       "policy":    str,
       "timestamps": {"started": RFC 3339 UTC, "finished": RFC 3339 UTC}
@@ -91,6 +92,9 @@ class InferencePredicate:
     # Digest of the model's file layout (paths + file digests). The OMS root digest does not
     # cover file names, so a receipt binds both; see veriml.models.digest.files_digest.
     model_files: Digest | None = None
+    spot: Digest | None = None
+    """The coordinator's commitment to its spot-check secret (``spot:P`` jobs): signed here
+    before the secret is revealed, so the check cannot be predicted or chosen afterwards."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -109,6 +113,8 @@ class InferencePredicate:
         }
         if self.trace is not None:
             out["trace"] = self.trace.to_json()
+        if self.spot is not None:
+            out["spot"] = {"commitment": self.spot.to_text()}
         out.update(self.extra)
         return out
 
@@ -135,6 +141,9 @@ class InferencePredicate:
                 if not isinstance(size, int) or size < 0:
                     raise FormatError("receipt trace.size must be a non-negative integer")
                 trace = TraceCommitment(_digest_member(t, "root", "trace"), size)
+            spot = None
+            if "spot" in obj:
+                spot = _digest_member(_object(obj, "spot"), "commitment", "spot")
             for key, value in (
                 ("request.id", request.get("id")),
                 ("node.id", node.get("id")),
@@ -153,6 +162,7 @@ class InferencePredicate:
                 "policy",
                 "timestamps",
                 "trace",
+                "spot",
             }
             return cls(
                 request_id=request["id"],
@@ -166,6 +176,7 @@ class InferencePredicate:
                 started=times["started"],
                 finished=times["finished"],
                 trace=trace,
+                spot=spot,
                 extra={k: v for k, v in obj.items() if k not in known},
             )
         except FormatError as exc:

@@ -33,6 +33,7 @@ __all__ = [
     "canonical_tensor_bytes",
     "check_dtype",
     "tensor_digest",
+    "tensor_from_canonical",
     "tensor_from_json",
     "tensor_from_npy",
     "tensor_to_json",
@@ -97,6 +98,38 @@ def tensor_digest(array: Array) -> Digest:
     h = hashlib.sha256(header)
     h.update(body.data if body.size else b"")
     return Digest(h.digest())
+
+
+def tensor_from_canonical(
+    data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES
+) -> Array:
+    """Decode the canonical encoding (:func:`canonical_tensor_bytes`), sizes checked first.
+
+    The encoding is self-describing and its SHA-256 is the tensor digest, so tensors stored by
+    digest (a content-addressed blob store) are checked by hashing what was read.
+    """
+    if not data.startswith(MAGIC):
+        raise InvalidTensor("not a canonical tensor encoding (bad magic)")
+    rest = data[len(MAGIC) :]
+    dtype_end = rest.find(b"\n")
+    shape_end = rest.find(b"\n", dtype_end + 1) if dtype_end >= 0 else -1
+    if dtype_end < 0 or shape_end < 0 or shape_end > 64 + 32 * 24:
+        raise InvalidTensor("canonical tensor header is malformed")
+    dtype = check_dtype(rest[:dtype_end].decode("ascii", "replace"))
+    shape_text = rest[dtype_end + 1 : shape_end].decode("ascii", "replace")
+    try:
+        shape = [int(d) for d in shape_text.split(",")] if shape_text else []
+    except ValueError as exc:
+        raise InvalidTensor("canonical tensor shape is malformed", got=shape_text[:80]) from exc
+    dims = _check_shape(shape, max_bytes=max_bytes, itemsize=dtype.itemsize)
+    body = rest[shape_end + 1 :]
+    if len(body) != math.prod(dims) * dtype.itemsize:
+        raise InvalidTensor(
+            "canonical tensor body has the wrong length",
+            expected=math.prod(dims) * dtype.itemsize,
+            got=len(body),
+        )
+    return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
 def _check_shape(shape: Any, *, max_bytes: int, itemsize: int) -> tuple[int, ...]:

@@ -178,6 +178,7 @@ class JobService:
             policy=job.policy,
             request_id=job.request_id,
             keep_tensors=job.trace,
+            spot=job.spot,
         )
         if result.trace is not None:
             self.traces.put(

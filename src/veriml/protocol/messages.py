@@ -247,9 +247,11 @@ class Job:
     issued_at: str
     expires_at: str
     trace: bool = False
+    spot: Digest | None = None
+    """``spot:P`` jobs: the coordinator's commitment to its secret; the receipt repeats it."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "job",
             "job_id": self.job_id,
             "node_id": self.node_id,
@@ -261,6 +263,9 @@ class Job:
             "issued_at": self.issued_at,
             "expires_at": self.expires_at,
         }
+        if self.spot is not None:
+            out["spot"] = self.spot.to_text()
+        return out
 
     def sign(self, coordinator_key: SigningKey) -> Envelope:
         return sign_message(JOB_TYPE, self.to_json(), coordinator_key)
@@ -299,6 +304,7 @@ class Job:
             issued_at=_str(message, "issued_at"),
             expires_at=_str(message, "expires_at"),
             trace=trace,
+            spot=None if message.get("spot") is None else Digest.from_text(_str(message, "spot")),
         )
         if job.node_id != node_id:
             raise VerificationError(

@@ -202,8 +202,12 @@ class Runner:
         policy: str = "none",
         request_id: str | None = None,
         keep_tensors: bool = False,
+        spot: Digest | None = None,
     ) -> RunResult:
-        """Run once and sign a receipt over the outputs with the node's Ed25519 ``key``."""
+        """Run once and sign a receipt over the outputs with the node's Ed25519 ``key``.
+
+        ``spot`` is the coordinator's spot-check commitment from the job (``spot:P``), copied
+        into the receipt so the check is decided only after the receipt is signed."""
         if key.kind != "ed25519":
             raise KeyFileError("node receipts are signed with Ed25519 keys", got=key.kind)
         if not isinstance(policy, str) or not 0 < len(policy) <= MAX_POLICY_LEN:
@@ -233,6 +237,7 @@ class Runner:
             started=started,
             finished=finished,
             trace=None if recorded is None else recorded.commitment,
+            spot=spot,
         )
         envelope = sign_receipt(output_digests, predicate, key)
         return RunResult(outputs, envelope, predicate, recorded, feeds)
