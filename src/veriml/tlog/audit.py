@@ -39,10 +39,15 @@ from veriml.tlog.merkle import root_from_range as fold_range
 from veriml.tlog.note import NoteVerifier
 from veriml.tlog.tiles import TILE_HEIGHT, TILE_WIDTH, TilePath
 
-__all__ = ["AuditReport", "AuditState", "ProgressCallback", "audit"]
+__all__ = ["AuditReport", "AuditState", "EntryCallback", "ProgressCallback", "audit"]
 
 ProgressCallback = Callable[[int, int], None]
 """Called as ``progress(entries_done, entries_total)`` after each bundle."""
+
+EntryCallback = Callable[[int, bytes], None]
+"""Called as ``on_entry(index, entry_bytes)`` for every entry, in log order, before the root is
+compared. Whatever it raises fails the audit (and the state file is left as it was): this is how
+an auditor folds the ledger over the same pass without the log knowing what a ledger is."""
 
 _PREFETCH = 16
 _STATE_VERSION = 1
@@ -265,19 +270,27 @@ def audit(
     witnesses: Sequence[CosignatureVerifier] = (),
     quorum: int = 0,
     progress: ProgressCallback | None = None,
+    on_entry: EntryCallback | None = None,
 ) -> AuditReport:
     """Replay the whole log at ``source`` and verify it (see the module docstring).
+
+    ``on_entry`` sees every entry once, in order (see :data:`EntryCallback`), after its bundle
+    was hashed into the replay; the entries are proven to be the signed log's only when
+    :func:`audit` returns, so a caller trusts what it folded only then.
 
     Raises :class:`SignatureError` for a bad checkpoint, :class:`LogInconsistency` for a tile
     that disagrees with the entries, a rollback or a split view, :class:`RootMismatchError` when
     the entries do not hash to the checkpoint's root. The state file is only updated on success.
     """
     with LogClient(source, log_verifier, witnesses=witnesses, quorum=quorum) as client:
-        return _audit(client, state_path, progress)
+        return _audit(client, state_path, progress, on_entry)
 
 
 def _audit(
-    client: LogClient, state_path: Path | None, progress: ProgressCallback | None
+    client: LogClient,
+    state_path: Path | None,
+    progress: ProgressCallback | None,
+    on_entry: EntryCallback | None = None,
 ) -> AuditReport:
     started = time.perf_counter()
     # 1. The checkpoint, signed by the log (and the witness quorum).
@@ -305,6 +318,9 @@ def _audit(
                     root_at_mark = replay.root()
             else:
                 replay.add(hashes, tile0)
+            if on_entry is not None:
+                for offset, entry in enumerate(entries):
+                    on_entry(start + offset, entry)
             if progress is not None:
                 progress(replay.size, cp.size)
     replay.finish()
