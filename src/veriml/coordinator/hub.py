@@ -26,6 +26,7 @@ import base64
 import binascii
 import hashlib
 import shutil
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -57,7 +58,7 @@ from veriml.core.errors import (
 from veriml.core.keys import load_public_key
 from veriml.core.timestamps import utc_now
 from veriml.ledger.entries import ModelEntry
-from veriml.models.blobstore import BlobStore
+from veriml.models.blobstore import BlobRef, BlobStore
 from veriml.models.digest import DEFAULT_SIGNATURE_NAME
 from veriml.models.package import ModelPackage
 from veriml.models.signing import MAX_SIGNATURE_BYTES, verify_model
@@ -86,6 +87,44 @@ class HubService:
         fs, root = url_to_fs(blobs.url)
         local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         self.staging_root = Path(root) / "uploads" if local else settings.data_dir / "uploads"
+        self.checkout_root = settings.data_dir / "models"
+        self._checkout_lock = threading.Lock()
+
+    def package(self, digest: Digest) -> ModelPackage:
+        """A registered model as a verified local folder (blocking), for the coordinator's own
+        use: tolerance bounds and the dispute referee.
+
+        The folder is written once under ``HOME/coordinator/models/<hex>`` from the blob store
+        (each blob checked by digest) and loaded as a :class:`ModelPackage`, whose OMS digest
+        must be the registered one.
+        """
+        record = self.models.get(digest)
+        if record is None:
+            raise NotFound("no model with this digest", digest=digest)
+        target = self.checkout_root / digest.hex
+        with self._checkout_lock:
+            if not target.is_dir():
+                staging = self.checkout_root / f".{digest.hex}.{uuid.uuid4().hex}"
+                staging.mkdir(parents=True)
+                try:
+                    manifest = {
+                        str(e["path"]): BlobRef(Digest.from_text(e["digest"]), int(e["size"]))
+                        for e in record.manifest
+                    }
+                    self.blobs.get_folder(manifest, staging)
+                    staging.rename(target)
+                except BaseException:
+                    shutil.rmtree(staging, ignore_errors=True)
+                    raise
+        package = ModelPackage.load(target)
+        if package.digest != digest:
+            raise DigestMismatch(
+                "checked-out model folder is not the registered model",
+                check="root-digest",
+                expected=digest,
+                calculated=package.digest,
+            )
+        return package
 
     @property
     def archive_limits(self) -> ArchiveLimits:

@@ -8,7 +8,10 @@ time and what has been tried, :func:`pick` returns the nodes to use. Its rules (
    **serve** the model (``"*"`` or its digest in the descriptor's ``models``);
 2. never a node already **tried** for this request, never a second node of an **operator**
    already answering (a quorum needs distinct operators);
-3. **fewest active jobs first** (the node's last reported load plus the jobs this coordinator has
+3. nodes with a **negative reputation** (they lost a dispute) last; the candidates the caller
+   passes have already been filtered by the ledger rules (minimum stake and reputation,
+   docs/verification.md, "Rules");
+4. **fewest active jobs first** (the node's last reported load plus the jobs this coordinator has
    in flight on it), then nodes that **have the model cached**, then a per-request salted hash
    so equal nodes share the load instead of one of them taking every request.
 
@@ -46,6 +49,8 @@ class Candidate:
     capacity: int = 1
     cached: frozenset[str] = frozenset()
     models: tuple[str, ...] = ("*",)
+    reputation: int = 0
+    """From the ledger fold: accepted jobs and disputes won, minus lost disputes."""
 
     def serves(self, model: Digest) -> bool:
         return "*" in self.models or model.to_text() in self.models
@@ -56,9 +61,12 @@ class Candidate:
 
 def _rank(
     node: Candidate, model: Digest, inflight: Mapping[str, int], salt: str
-) -> tuple[int, bool, bytes]:
+) -> tuple[bool, int, bool, bytes]:
+    # A node with a negative reputation (it lost a dispute) is picked only when no other
+    # will do; positive reputation does not outrank load, so new nodes still get work.
     spread = hashlib.sha256(f"{salt}\n{node.node_id}".encode()).digest()[:8]
-    return (node.active + inflight.get(node.node_id, 0), model.to_text() not in node.cached, spread)
+    load = node.active + inflight.get(node.node_id, 0)
+    return (node.reputation < 0, load, model.to_text() not in node.cached, spread)
 
 
 def eligible(

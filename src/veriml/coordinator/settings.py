@@ -58,6 +58,16 @@ class Settings:
     # Refuse unsigned publications (requests without a valid X-Veriml-Signature).
     require_signed_publish: bool = False
     log_batch_interval: float = 0.01
+    # Ledger rules (docs/verification.md, "Rules"): integer amounts, fractions in [0, 1].
+    min_stake: int = 0
+    unstake_delay: float = 3600.0
+    slash_fraction: float = 0.5
+    reward_fraction: float = 0.5
+    challenge_bond: int = 0
+    fee_per_job: int = 0
+    min_reputation: int = -1000
+    # Seconds a dispute party has for each move.
+    dispute_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         home = Path(self.home)
@@ -79,9 +89,23 @@ class Settings:
             "max_job_attempts": self.max_job_attempts,
             "descriptor_max_age": self.descriptor_max_age,
         }
+        positive["dispute_timeout"] = self.dispute_timeout
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise FormatError("coordinator limits must be positive", **bad)
+        amounts = {
+            "min_stake": self.min_stake,
+            "challenge_bond": self.challenge_bond,
+            "fee_per_job": self.fee_per_job,
+            "unstake_delay": self.unstake_delay,
+        }
+        negative = {k: v for k, v in amounts.items() if v < 0}
+        if negative:
+            raise FormatError("ledger amounts and delays must be ≥ 0", **negative)
+        fractions = {"slash_fraction": self.slash_fraction, "reward_fraction": self.reward_fraction}
+        outside = {k: v for k, v in fractions.items() if not 0 <= v <= 1}
+        if outside:
+            raise FormatError("ledger fractions must be within [0, 1]", **outside)
         if self.log_batch_interval < 0:
             raise FormatError("log batch interval must be ≥ 0", got=self.log_batch_interval)
         if self.key_passphrase is not None and (
@@ -141,6 +165,14 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "descriptor_max_age": float,
     "require_signed_publish": _bool,
     "log_batch_interval": float,
+    "min_stake": int,
+    "unstake_delay": float,
+    "slash_fraction": float,
+    "reward_fraction": float,
+    "challenge_bond": int,
+    "fee_per_job": int,
+    "min_reputation": int,
+    "dispute_timeout": float,
 }
 
 
