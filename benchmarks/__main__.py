@@ -3,8 +3,10 @@
 Each ``benchmarks/bench_*.py`` module defines ``run(quick: bool) -> dict[str, object]``; its
 comparisons are fields named ``<what>_ratio`` (veriml divided by the baseline, so for
 throughput higher is better and ≥ 1.0 means veriml is at least as fast) and may carry a
-``goals`` mapping ``{"<what>_ratio": minimum}``. Times on this shared machine are noisy: quote
-ratios, which are measured in the same run, not absolute times.
+``goals`` mapping ``{"<what>_ratio": minimum}``; costs (a policy's compute over ``none``, the
+referee's time over a full re-execution) are ratios where lower is better and carry their
+limits in ``goals_max`` ``{"<what>_ratio": maximum}``. Times on this shared machine are noisy:
+quote ratios, which are measured in the same run, not absolute times.
 
     python -m benchmarks [--quick] [--only NAME]
 """
@@ -33,13 +35,31 @@ def _modules(only: str | None) -> list[str]:
     return names
 
 
+def _goal(result: dict[str, Any], key: str, value: object) -> tuple[str, str]:
+    """The goal column and the met column for one measure: ``goals`` are minimums (≥),
+    ``goals_max`` maximums (≤); a measure may have neither."""
+    minimum = result.get("goals", {}).get(key)
+    maximum = result.get("goals_max", {}).get(key)
+    if (minimum is None and maximum is None) or not isinstance(value, int | float):
+        return "", ""
+    shown, ok = [], True
+    if minimum is not None:
+        shown.append(f"≥ {minimum}")
+        ok = ok and value >= minimum
+    if maximum is not None:
+        shown.append(f"≤ {maximum}")
+        ok = ok and value <= maximum
+    return ", ".join(shown), "yes" if ok else "**no**"
+
+
 def _markdown(report: dict[str, Any]) -> str:
     lines = [
         "# veriml benchmarks",
         "",
         f"Run {report['started']} on {report['machine']['platform']} "
         f"({report['machine']['cpus']} CPUs), Python {report['machine']['python']}.",
-        "Ratios are veriml ÷ baseline from the same run; a goal is the minimum ratio wanted.",
+        "Ratios are veriml ÷ baseline from the same run; a goal is the minimum ratio wanted "
+        "(≥) or, for costs, the maximum allowed (≤).",
         "",
     ]
     for name, result in report["benchmarks"].items():
@@ -49,15 +69,13 @@ def _markdown(report: dict[str, Any]) -> str:
             continue
         if result.get("description"):
             lines += [str(result["description"]), ""]
-        goals = result.get("goals", {})
         lines += ["| measure | value | goal | met |", "| --- | --- | --- | --- |"]
         for key, value in result.items():
-            if key in ("goals", "description", "seconds"):
+            if key in ("goals", "goals_max", "description", "seconds"):
                 continue
-            goal = goals.get(key)
             shown = f"{value:.4g}" if isinstance(value, float) else str(value)
-            met = "" if goal is None else ("yes" if value >= goal else "**no**")
-            lines.append(f"| {key} | {shown} | {'' if goal is None else f'≥ {goal}'} | {met} |")
+            goal, met = _goal(result, key, value)
+            lines.append(f"| {key} | {shown} | {goal} | {met} |")
         lines += ["", f"({result.get('seconds', 0):.1f} s)", ""]
     return "\n".join(lines)
 
