@@ -13,6 +13,7 @@ against a checkpoint signed by the pinned log key, never from the coordinator's 
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
@@ -27,14 +28,18 @@ from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
 from veriml.client._result import InferenceResult, NodeEvidence
 from veriml.client._verify import open_checkpoint_note, verify_inference
+from veriml.core.digest import Digest
 from veriml.core.errors import (
+    DigestMismatch,
     FormatError,
+    KeyFileError,
     LimitExceeded,
     LogInconsistency,
     NodeUnavailable,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
+from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_canonical
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
@@ -43,6 +48,56 @@ __all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "raise_for_problem"]
 
 DEFAULT_TIMEOUT = 60.0
 MAX_ANSWER_BYTES = 256 << 20
+# The canonical encoding's header is at most a few hundred bytes on top of the tensor's data.
+MAX_TENSOR_ANSWER_BYTES = DEFAULT_MAX_TENSOR_BYTES + 4096
+
+
+def _amount(amount: int) -> int:
+    """Ledger amounts are positive integers (docs/verification.md, "Entries"); checked before
+    anything is signed or sent."""
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < 1 << 63:
+        raise FormatError("a ledger amount is a positive integer", got=str(amount)[:40])
+    return amount
+
+
+def _deposit(account: str, amount: int, memo: str) -> dict[str, Any]:
+    if not isinstance(account, str) or not account:
+        raise FormatError("a deposit names the account it credits")
+    body: dict[str, Any] = {"account": account, "amount": _amount(amount)}
+    if memo:
+        body["memo"] = str(memo)
+    return body
+
+
+def _size_params(size: int | None) -> dict[str, int]:
+    if size is None:
+        return {}
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise FormatError("a ledger state size is a non-negative integer", got=str(size)[:40])
+    return {"size": size}
+
+
+def _digest(digest: Digest | str) -> Digest:
+    return digest if isinstance(digest, Digest) else Digest.from_text(digest)
+
+
+def _append_bounded(data: bytearray, chunk: bytes) -> None:
+    data += chunk
+    if len(data) > MAX_TENSOR_ANSWER_BYTES:
+        raise LimitExceeded("the tensor served is too large", limit=MAX_TENSOR_ANSWER_BYTES)
+
+
+def _tensor(wanted: Digest, data: bytes) -> Array:
+    """A tensor fetched by digest: the canonical bytes must hash to the digest asked for."""
+    calculated = Digest.of(data)
+    if calculated != wanted:
+        raise DigestMismatch(
+            "the tensor served does not hash to the digest asked for",
+            check="tensor",
+            expected=wanted,
+            calculated=calculated,
+        )
+    return tensor_from_canonical(data)
 
 
 class _Base:
@@ -115,6 +170,17 @@ class _Base:
             digest = stream_digest(tar_stream(folder))
             headers |= request_headers(self.key, "POST", self._prefix + "/v1/models", digest)
         return headers
+
+    def _signed_post(
+        self, path: str, body: Mapping[str, Any], key: SigningKey | None, what: str
+    ) -> tuple[bytes, dict[str, str]]:
+        """The exact body bytes of a signed ledger request and their signature headers."""
+        if key is None:
+            raise KeyFileError(f"{what} requests are signed: give the client a key (key=...)")
+        content = json.dumps(dict(body), separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        headers |= request_headers(key, "POST", self._prefix + path, Digest.of(content))
+        return content, headers
 
     def _log_client(self) -> LogClient:
         if self._log is None:
@@ -288,6 +354,70 @@ class Client(_Base):
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         return self._answer(response, verify)
 
+    def _post(self, path: str, content: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+        try:
+            response = self._http.post(path, content=content, headers=dict(headers))
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        raise_for_problem(response)
+        return dict(response.json())
+
+    def ledger_state(self, size: int | None = None) -> dict[str, Any]:
+        """``GET /v1/ledger/state``: the coordinator's ledger fold (docs/verification.md,
+        "State"), over the first ``size`` log entries when given. As the coordinator claims
+        it: ``veriml log audit --coordinator`` folds the log itself and compares."""
+        try:
+            response = self._http.get("/v1/ledger/state", params=_size_params(size))
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        raise_for_problem(response)
+        return dict(response.json())
+
+    def stake(self, amount: int) -> dict[str, Any]:
+        """Move ``amount`` of this client's balance to its stake; the request is signed with
+        the client's key, whose key id is the account. Returns ``{"log_index", "state"}``."""
+        body = {"amount": _amount(amount)}
+        return self._post(
+            "/v1/ledger/stake", *self._signed_post("/v1/ledger/stake", body, self.key, "stake")
+        )
+
+    def unstake(self, amount: int) -> dict[str, Any]:
+        """Start unbonding ``amount`` of this client's stake (released after the coordinator's
+        unstake delay, slashable until then). Signed like :meth:`stake`."""
+        body = {"amount": _amount(amount)}
+        return self._post(
+            "/v1/ledger/unstake",
+            *self._signed_post("/v1/ledger/unstake", body, self.key, "unstake"),
+        )
+
+    def deposit(
+        self, account: str, amount: int, key: SigningKey, *, memo: str = ""
+    ) -> dict[str, Any]:
+        """Mint ``amount`` to ``account``: an administrative request, signed with ``key`` (the
+        coordinator's admin key), not with the client's own key."""
+        return self._post(
+            "/v1/ledger/deposit",
+            *self._signed_post(
+                "/v1/ledger/deposit", _deposit(account, amount, memo), key, "deposit"
+            ),
+        )
+
+    def tensor(self, digest: Digest | str) -> Array:
+        """``GET /v1/tensors/{digest}``: a stored tensor (a request's input), decoded from its
+        canonical bytes after checking that they hash to ``digest``."""
+        wanted = _digest(digest)
+        data = bytearray()
+        try:
+            with self._http.stream("GET", f"/v1/tensors/{wanted.to_text()}") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_problem(response)
+                for chunk in response.iter_bytes():
+                    _append_bounded(data, chunk)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        return _tensor(wanted, bytes(data))
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client` (same arguments and methods, awaited)."""
@@ -391,6 +521,53 @@ class AsyncClient(_Base):
     async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
         response = await self._request("GET", f"/v1/inferences/{id}")
         return await self._answer_async(response, verify)
+
+    async def _post(self, path: str, content: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
+        response = await self._request("POST", path, content=content, headers=dict(headers))
+        raise_for_problem(response)
+        return dict(response.json())
+
+    async def ledger_state(self, size: int | None = None) -> dict[str, Any]:
+        response = await self._request("GET", "/v1/ledger/state", params=_size_params(size))
+        raise_for_problem(response)
+        return dict(response.json())
+
+    async def stake(self, amount: int) -> dict[str, Any]:
+        body = {"amount": _amount(amount)}
+        return await self._post(
+            "/v1/ledger/stake", *self._signed_post("/v1/ledger/stake", body, self.key, "stake")
+        )
+
+    async def unstake(self, amount: int) -> dict[str, Any]:
+        body = {"amount": _amount(amount)}
+        return await self._post(
+            "/v1/ledger/unstake",
+            *self._signed_post("/v1/ledger/unstake", body, self.key, "unstake"),
+        )
+
+    async def deposit(
+        self, account: str, amount: int, key: SigningKey, *, memo: str = ""
+    ) -> dict[str, Any]:
+        return await self._post(
+            "/v1/ledger/deposit",
+            *self._signed_post(
+                "/v1/ledger/deposit", _deposit(account, amount, memo), key, "deposit"
+            ),
+        )
+
+    async def tensor(self, digest: Digest | str) -> Array:
+        wanted = _digest(digest)
+        data = bytearray()
+        try:
+            async with self._http.stream("GET", f"/v1/tensors/{wanted.to_text()}") as response:
+                if response.status_code >= 400:
+                    await response.aread()
+                    raise_for_problem(response)
+                async for chunk in response.aiter_bytes():
+                    _append_bounded(data, chunk)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        return _tensor(wanted, bytes(data))
 
     async def _answer_async(
         self, response: httpx.Response, verify: bool | None, expect: Expected | None = None
