@@ -1,0 +1,542 @@
+"""Watchers: follow the log, re-execute a random sample of inferences, dispute any mismatch
+(docs/verification.md, "Watchers"; docs/watcher.md).
+
+A :class:`Watcher` reads the coordinator's log through its tiles with
+:class:`~veriml.tlog.client.LogClient`: every checkpoint is verified under the pinned log key,
+every entry against the checkpoint's root, and each new checkpoint must extend the last one it
+saw (RFC 9162 consistency, also across restarts through the state file). For every inference
+entry it draws a local random choice at rate ``sample`` (a CSPRNG unless ``seed`` is given, so
+no one can predict which answers a watcher checks). A sampled, accepted inference is checked:
+
+1. the defendant is the first agreeing node; its receipt names the input digests and the
+   output digests it signed;
+2. each input comes from ``GET /v1/tensors/{digest}``, kept only if it hashes to its digest;
+3. the model is pulled from the hub and verified (OMS signature and digest) by the node's own
+   pull code (:func:`veriml.node._models.pull_model`), cached under ``cache_dir``;
+4. the watcher runs it with a trace under the pinned profile, and compares: bitwise (output
+   digests) or, when the verdict says ``tolerance``, within
+   :func:`veriml.verify.tolerance.output_bounds` of the model;
+5. on a mismatch, with a signing key, it opens a dispute against the defendant and plays it
+   with its own trace (:class:`~veriml.client._disputes.Challenger`).
+
+Each check is reported as a :class:`CheckedInference`; :class:`WatchSummary` adds them up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
+
+import httpx
+import numpy.typing as npt
+
+from veriml.client._config import default_home, pin_log_key
+from veriml.client._disputes import DEFAULT_DISPUTE_TIMEOUT, DEFAULT_MAX_MOVES, Challenger
+from veriml.client._requests import raise_for_problem
+from veriml.core.canonical import parse_json_object
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope, Statement
+from veriml.core.errors import (
+    DigestMismatch,
+    Error,
+    FormatError,
+    LimitExceeded,
+    LogInconsistency,
+    NodeUnavailable,
+    VerificationError,
+)
+from veriml.core.receipt import InferencePredicate
+from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, tensor_digest, tensor_from_canonical
+from veriml.ledger.entries import InferenceEntry, parse_entry
+from veriml.tlog.checkpoint import Checkpoint
+from veriml.tlog.client import LogClient, SignedCheckpoint
+from veriml.tlog.tiles import TILE_WIDTH
+
+if TYPE_CHECKING:
+    from veriml.client._client import Client
+    from veriml.client._result import InferenceResult
+    from veriml.runtime import Runner
+
+__all__ = [
+    "STATE_FORMAT",
+    "CheckedInference",
+    "WatchState",
+    "WatchSummary",
+    "Watcher",
+]
+
+STATE_FORMAT = "veriml-watch/v1"
+DEFAULT_MAX_MODEL_BYTES = 16 << 30
+MAX_STATE_FILE = 1 << 16
+
+Array = npt.NDArray[Any]
+Result = Literal["match", "mismatch", "skipped", "error"]
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedInference:
+    """What the watcher concluded about one inference.
+
+    ``result`` is ``match``, ``mismatch`` (its outputs differ from the watcher's),
+    ``skipped`` (nothing to check: the answer was rejected) or ``error`` (the check could not
+    run: ``detail`` says why). ``dispute`` and ``winner`` are set when a mismatch was disputed.
+    """
+
+    id: str
+    model: str
+    result: Result
+    index: int | None = None
+    node: str | None = None
+    mode: str = "bitwise"
+    detail: str = ""
+    dispute: str | None = None
+    winner: str | None = None
+
+    @property
+    def won(self) -> bool | None:
+        """Whether the watcher won its dispute (``None``: no dispute, or a tie)."""
+        if self.winner in ("defendant", "neither"):
+            return False
+        return True if self.winner == "challenger" else None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "id": self.id,
+            "model": self.model,
+            "node": self.node,
+            "mode": self.mode,
+            "result": self.result,
+            "detail": self.detail,
+            "dispute": self.dispute,
+            "winner": self.winner,
+        }
+
+    def line(self) -> str:
+        """One human-readable line."""
+        where = f"entry {self.index} " if self.index is not None else ""
+        node = f" node {self.node[:16]}" if self.node else ""
+        text = f"{where}inference {self.id}{node}: {self.result}"
+        if self.detail:
+            text += f" ({self.detail})"
+        if self.dispute is not None:
+            text += f"; dispute {self.dispute} won by {self.winner}"
+        return text
+
+
+@dataclass
+class WatchSummary:
+    """Counts over every inference this watcher has looked at."""
+
+    seen: int = 0
+    checked: int = 0
+    matched: int = 0
+    mismatched: int = 0
+    skipped: int = 0
+    errors: int = 0
+    disputes: int = 0
+    won: int = 0
+    lost: int = 0
+    position: int = 0
+
+    def add(self, checked: CheckedInference) -> None:
+        if checked.result == "skipped":
+            self.skipped += 1
+        elif checked.result == "error":
+            self.errors += 1
+        else:
+            self.checked += 1
+            if checked.result == "match":
+                self.matched += 1
+            else:
+                self.mismatched += 1
+        if checked.dispute is not None:
+            self.disputes += 1
+            self.won += checked.won is True
+            self.lost += checked.won is False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seen": self.seen,
+            "checked": self.checked,
+            "matched": self.matched,
+            "mismatched": self.mismatched,
+            "skipped": self.skipped,
+            "errors": self.errors,
+            "disputes": {"opened": self.disputes, "won": self.won, "lost": self.lost},
+            "position": self.position,
+        }
+
+    def line(self) -> str:
+        return (
+            f"watched {self.position} log entries: {self.seen} inferences sampled, "
+            f"{self.checked} checked, {self.matched} matched, {self.mismatched} mismatched, "
+            f"{self.skipped} skipped, {self.errors} errors; disputes {self.disputes} opened, "
+            f"{self.won} won, {self.lost} lost"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WatchState:
+    """Where a watcher stopped: the next log index and the checkpoint it last verified
+    (``{"format": "veriml-watch/v1", "position": n, "checkpoint": "<checkpoint text>"}``)."""
+
+    position: int = 0
+    checkpoint: Checkpoint | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": STATE_FORMAT,
+            "position": self.position,
+            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_text(),
+        }
+
+    @classmethod
+    def from_json(cls, obj: Any) -> WatchState:
+        if not isinstance(obj, Mapping) or obj.get("format") != STATE_FORMAT:
+            raise FormatError(f"a watch state is a JSON object with format {STATE_FORMAT!r}")
+        position, text = obj.get("position"), obj.get("checkpoint")
+        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+            raise FormatError("watch state position must be a non-negative integer")
+        if text is not None and not isinstance(text, str):
+            raise FormatError("watch state checkpoint must be checkpoint text or null")
+        checkpoint = None if text is None else Checkpoint.from_text(text)
+        if checkpoint is not None and position > checkpoint.size:
+            raise FormatError("watch state position is beyond its checkpoint", position=position)
+        return cls(position, checkpoint)
+
+    @classmethod
+    def load(cls, path: Path) -> WatchState:
+        """The state in ``path``, or a fresh one when the file does not exist."""
+        try:
+            if path.stat().st_size > MAX_STATE_FILE:
+                raise FormatError("watch state file is too large", path=str(path))
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return cls()
+        except OSError as exc:
+            raise FormatError("cannot read the watch state", path=str(path)) from exc
+        return cls.from_json(parse_json_object(data, what="watch state"))
+
+    def save(self, path: Path) -> None:
+        """Write atomically: a crash leaves the old state or the new one."""
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_json(), f)
+            Path(tmp).replace(path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _defendant_receipt(
+    entry: InferenceEntry, node: str
+) -> tuple[InferencePredicate, dict[str, Digest]]:
+    """The predicate and signed output digests of ``node``'s receipt in ``entry``."""
+    for receipt in entry.receipts:
+        predicate, outputs = _open_receipt(receipt)
+        if predicate.node_id == node:
+            return predicate, outputs
+    raise FormatError("the inference has no receipt from that node", node=node)
+
+
+def _open_receipt(receipt: Envelope) -> tuple[InferencePredicate, dict[str, Digest]]:
+    # The coordinator verified the signatures before logging; what the watcher needs here is
+    # what the node committed to, and a dispute re-checks everything against the receipt.
+    statement = Statement.from_bytes(receipt.payload)
+    predicate = InferencePredicate.from_json(statement.predicate)
+    return predicate, {s.name: s.digest for s in statement.subjects}
+
+
+class Watcher:
+    """Follow a coordinator's log and re-execute a sample of its inferences.
+
+    ``client`` gives the coordinator URL and the pinned log key (its ``log_vkey``, else
+    ``$VERIML_LOG_VKEY`` or network.json); with a ``key`` it also signs disputes, without
+    one a mismatch is reported but not disputed. ``sample`` is the rate in [0, 1]; ``seed``
+    makes the draws reproducible (tests only: a predictable watcher can be dodged).
+    ``state`` (a file) keeps the position and last checkpoint across runs.
+
+    >>> with Client(url, key=watcher_key) as client:  # doctest: +SKIP
+    ...     watcher = Watcher(client, sample=0.05, state=Path("watch.json"))
+    ...     for checked in watcher.poll():
+    ...         print(checked.line())
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        *,
+        sample: float,
+        seed: int | None = None,
+        state: Path | None = None,
+        cache_dir: Path | None = None,
+        max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
+        max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
+        max_moves: int = DEFAULT_MAX_MOVES,
+        dispute_timeout: float = DEFAULT_DISPUTE_TIMEOUT,
+        log: LogClient | None = None,
+    ) -> None:
+        if not 0.0 <= sample <= 1.0:
+            raise FormatError("the sample rate is a probability in [0, 1]", got=sample)
+        self.client = client
+        self.sample = sample
+        self._rng: random.Random = (
+            secrets.SystemRandom() if seed is None else random.Random(seed)  # noqa: S311 - reproducible draws, asked for by --seed
+        )
+        self.state_path = state
+        self.state = WatchState.load(state) if state is not None else WatchState()
+        self.cache_dir = cache_dir if cache_dir is not None else default_home() / "watch" / "models"
+        self.max_model_bytes = max_model_bytes
+        self.max_tensor_bytes = max_tensor_bytes
+        self.max_moves = max_moves
+        self.dispute_timeout = dispute_timeout
+        key = client.log_key if client.log_key is not None else pin_log_key(None)
+        self._owns_log = log is None
+        self.log = log if log is not None else LogClient(client.url + "/log/", key)
+        self.summary = WatchSummary(position=self.state.position)
+        self._runners: dict[Digest, Runner] = {}
+
+    def close(self) -> None:
+        if self._owns_log:
+            self.log.close()
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    # -- following the log -------------------------------------------------------------------
+
+    def sampled(self) -> bool:
+        """One draw: check this inference? True with probability ``sample``."""
+        return self._rng.random() < self.sample
+
+    def poll(
+        self, on_checked: Callable[[CheckedInference], None] | None = None
+    ) -> list[CheckedInference]:
+        """Process every entry from the saved position to the log's current checkpoint;
+        return (and pass to ``on_checked`` as they come) the sampled inferences' checks."""
+        signed = self._checkpoint()
+        checked: list[CheckedInference] = []
+        for index, data in self._entries(signed):
+            result = self._process(index, data)
+            if result is not None:
+                checked.append(result)
+                self.summary.add(result)
+                if on_checked is not None:
+                    on_checked(result)
+            self._advance(index + 1, signed)
+        self._advance(signed.checkpoint.size, signed)
+        return checked
+
+    def _checkpoint(self) -> SignedCheckpoint:
+        """The log's checkpoint, verified, and consistent with the last one this watcher saw."""
+        signed = self.log.checkpoint()
+        old = self.state.checkpoint
+        if old is not None:
+            if signed.checkpoint.size < old.size:
+                raise LogInconsistency(
+                    "the log shrank since this watcher last read it",
+                    check="consistency",
+                    old=old.size,
+                    new=signed.checkpoint.size,
+                )
+            try:
+                self.log.verify_consistent(old, signed)
+            except VerificationError as exc:
+                raise LogInconsistency(
+                    "the log forked since this watcher last read it",
+                    check="consistency",
+                    old=old.size,
+                    new=signed.checkpoint.size,
+                    reason=exc.message,
+                ) from exc
+        return signed
+
+    def _entries(self, signed: SignedCheckpoint) -> Iterator[tuple[int, bytes]]:
+        """Entries from the saved position, each checked against ``signed``'s root."""
+        size, start = signed.checkpoint.size, self.state.position
+        reader = self.log.hash_reader(signed)
+        for bundle in range(start // TILE_WIDTH, -(-size // TILE_WIDTH)):
+            for offset, data in enumerate(reader.read_entry_bundle(bundle)):
+                index = bundle * TILE_WIDTH + offset
+                if start <= index < size:
+                    yield index, data
+
+    def _advance(self, position: int, signed: SignedCheckpoint) -> None:
+        self.state = WatchState(position, signed.checkpoint)
+        self.summary.position = position
+        if self.state_path is not None:
+            self.state.save(self.state_path)
+
+    def _process(self, index: int, data: bytes) -> CheckedInference | None:
+        obj = parse_json_object(data, what="log entry")
+        if obj.get("type") != "inference":
+            return None
+        entry = parse_entry(data)
+        if not isinstance(entry, InferenceEntry) or not self.sampled():
+            return None
+        self.summary.seen += 1
+        return self.check(entry, index=index)
+
+    # -- checking one inference --------------------------------------------------------------
+
+    def check(
+        self, entry: InferenceEntry, *, index: int | None = None, node: str | None = None
+    ) -> CheckedInference:
+        """Re-execute ``entry`` locally and compare with ``node``'s answer (default: the
+        first agreeing node); dispute a mismatch when the client signs."""
+        verdict = entry.verdict
+        base = CheckedInference(
+            id=entry.request_id,
+            model=entry.model.to_text(),
+            result="skipped",
+            index=index,
+            node=node,
+            mode=verdict.mode,
+        )
+        if node is None:
+            if verdict.outcome != "accepted" or not verdict.agreeing:
+                return _with(base, detail=f"verdict {verdict.outcome}: nothing to check")
+            node = verdict.agreeing[0]
+            base = _with(base, node=node)
+        try:
+            predicate, claimed = _defendant_receipt(entry, node)
+            inputs = {name: self.tensor(d) for name, d in sorted(predicate.inputs.items())}
+            runner = self.runner(entry.model)
+            outputs, trace = runner.traced(inputs, keep_tensors=True)
+            mine = {name: tensor_digest(a) for name, a in outputs.items()}
+            agree = (
+                self._within_bounds(entry, runner, outputs, claimed)
+                if verdict.mode == "tolerance"
+                else mine == claimed
+            )
+        except Error as exc:
+            return _with(base, result="error", detail=exc.diagnostics()[:300])
+        if agree:
+            return _with(base, result="match")
+        mismatch = _with(base, result="mismatch")
+        if self.client.key is None:
+            return _with(mismatch, detail="not disputed: no signing key")
+        challenger = Challenger(self.client, max_moves=self.max_moves, timeout=self.dispute_timeout)
+        try:
+            result = challenger.challenge(entry.request_id, node, trace, mine, mode=verdict.mode)
+        except Error as exc:
+            return _with(mismatch, detail="dispute failed: " + exc.diagnostics()[:300])
+        return _with(
+            mismatch,
+            dispute=str(result.get("dispute")),
+            winner=str(result.get("winner")),
+            detail=f"reason {result.get('reason')}",
+        )
+
+    def check_answer(self, result: InferenceResult, *, node: str | None = None) -> CheckedInference:
+        """:meth:`check` for an answer fetched from the coordinator (``client.inference``)."""
+        predicate, _ = _open_receipt(result.receipts[0])
+        entry = InferenceEntry(
+            request_id=result.id,
+            request_digest=predicate.request_digest,
+            model=result.model,
+            policy=result.policy,
+            receipts=result.receipts,
+            verdict=result.verdict,
+            extra=dict(result.request),
+        )
+        return self.check(entry, index=result.log.index, node=node)
+
+    def _within_bounds(
+        self,
+        entry: InferenceEntry,
+        runner: Runner,
+        outputs: Mapping[str, Array],
+        claimed: Mapping[str, Digest],
+    ) -> bool:
+        """Tolerance mode: the answer's output tensors (from the coordinator, checked against
+        the digests the node signed) within the model's first-order output bounds."""
+        from veriml.verify._tensors import check_tensor_digests
+        from veriml.verify.tolerance import output_bounds, outputs_agree
+
+        answer = self.client.inference(entry.request_id, verify=False)
+        check_tensor_digests(
+            answer.outputs, claimed, check="output-digest", kind="output", claimant="the receipt"
+        )
+        return outputs_agree(outputs, answer.outputs, output_bounds(runner.model))
+
+    def tensor(self, digest: Digest) -> Array:
+        """``GET /v1/tensors/{digest}``: the canonical encoding, kept only if it hashes to
+        ``digest`` (it is the tensor digest's preimage)."""
+        path = f"/v1/tensors/{quote(digest.to_text(), safe='')}"
+        limit = self.max_tensor_bytes + 4096  # the body plus its header
+        try:
+            with self.client._http.stream("GET", path) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    raise_for_problem(response)
+                body = bytearray()
+                for chunk in response.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise LimitExceeded("the tensor is too large", digest=digest, limit=limit)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(
+                "coordinator unreachable", url=self.client.url, reason=str(exc)
+            ) from exc
+        calculated = Digest.of(bytes(body))
+        if calculated != digest:
+            raise DigestMismatch(
+                "the coordinator served another tensor than the digest names",
+                check="input-digest",
+                expected=digest,
+                calculated=calculated,
+            )
+        return tensor_from_canonical(bytes(body), max_bytes=self.max_tensor_bytes)
+
+    def runner(self, digest: Digest) -> Runner:
+        """The runner of model ``digest`` under the pinned profile: from the cache
+        (re-validated) or pulled from the hub and verified, as a node does."""
+        runner = self._runners.get(digest)
+        if runner is not None:
+            return runner
+        from veriml.node._models import load_cached, pull_model
+        from veriml.runtime import Profile, runner_for
+
+        folder = self.cache_dir / digest.hex
+        package = None
+        if folder.is_dir():
+            try:
+                package = load_cached(folder, digest)
+            except Error:  # changed on disk or half-written: pull it again
+                shutil.rmtree(folder, ignore_errors=True)
+        if package is None:
+            with httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0)) as http:
+                try:
+                    package = pull_model(
+                        http,
+                        self.client.url,
+                        digest,
+                        self.cache_dir,
+                        max_bytes=self.max_model_bytes,
+                    )
+                except httpx.HTTPError as exc:
+                    raise NodeUnavailable(
+                        "cannot pull the model from the hub", model=digest, reason=repr(exc)[:200]
+                    ) from exc
+        runner = runner_for(package, Profile())
+        self._runners[digest] = runner
+        return runner
+
+
+def _with(base: CheckedInference, **changes: Any) -> CheckedInference:
+    return replace(base, **changes)
