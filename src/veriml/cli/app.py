@@ -9,7 +9,20 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from veriml.cli import demo, infer, key, ledger, log, model, publish, run, serve, up, witness
+from veriml.cli import (
+    demo,
+    infer,
+    key,
+    ledger,
+    log,
+    model,
+    publish,
+    run,
+    serve,
+    up,
+    watch,
+    witness,
+)
 from veriml.cli._common import err_console, state
 from veriml.core.errors import Error
 
@@ -34,7 +47,7 @@ def _root(
     state.verbose = verbose
 
 
-for _module in (key, model, run, log, witness, serve, up, publish, infer, ledger, demo):
+for _module in (key, model, run, log, witness, serve, up, publish, infer, ledger, demo, watch):
     _module.register(app)
 
 

@@ -10,7 +10,8 @@ no one can predict which answers a watcher checks). A sampled, accepted inferenc
 
 1. the defendant is the first agreeing node; its receipt names the input digests and the
    output digests it signed;
-2. each input comes from ``GET /v1/tensors/{digest}``, kept only if it hashes to its digest;
+2. each input comes from ``GET /v1/tensors/{digest}`` (:meth:`Client.tensor`), kept only if
+   it hashes to its digest;
 3. the model is pulled from the hub and verified (OMS signature and digest) by the node's own
    pull code (:func:`veriml.node._models.pull_model`), cached under ``cache_dir``;
 4. the watcher runs it with a trace under the pinned profile, and compares: bitwise (output
@@ -34,28 +35,24 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote
 
 import httpx
 import numpy.typing as npt
 
 from veriml.client._config import default_home, pin_log_key
 from veriml.client._disputes import DEFAULT_DISPUTE_TIMEOUT, DEFAULT_MAX_MOVES, Challenger
-from veriml.client._requests import raise_for_problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
-    DigestMismatch,
     Error,
     FormatError,
-    LimitExceeded,
     LogInconsistency,
     NodeUnavailable,
     VerificationError,
 )
 from veriml.core.receipt import InferencePredicate
-from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, tensor_digest, tensor_from_canonical
+from veriml.core.tensors import tensor_digest
 from veriml.ledger.entries import InferenceEntry, parse_entry
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.client import LogClient, SignedCheckpoint
@@ -282,7 +279,6 @@ class Watcher:
         state: Path | None = None,
         cache_dir: Path | None = None,
         max_model_bytes: int = DEFAULT_MAX_MODEL_BYTES,
-        max_tensor_bytes: int = DEFAULT_MAX_TENSOR_BYTES,
         max_moves: int = DEFAULT_MAX_MOVES,
         dispute_timeout: float = DEFAULT_DISPUTE_TIMEOUT,
         log: LogClient | None = None,
@@ -298,7 +294,6 @@ class Watcher:
         self.state = WatchState.load(state) if state is not None else WatchState()
         self.cache_dir = cache_dir if cache_dir is not None else default_home() / "watch" / "models"
         self.max_model_bytes = max_model_bytes
-        self.max_tensor_bytes = max_tensor_bytes
         self.max_moves = max_moves
         self.dispute_timeout = dispute_timeout
         key = client.log_key if client.log_key is not None else pin_log_key(None)
@@ -414,7 +409,7 @@ class Watcher:
             base = _with(base, node=node)
         try:
             predicate, claimed = _defendant_receipt(entry, node)
-            inputs = {name: self.tensor(d) for name, d in sorted(predicate.inputs.items())}
+            inputs = {name: self.client.tensor(d) for name, d in sorted(predicate.inputs.items())}
             runner = self.runner(entry.model)
             outputs, trace = runner.traced(inputs, keep_tensors=True)
             mine = {name: tensor_digest(a) for name, a in outputs.items()}
@@ -473,35 +468,6 @@ class Watcher:
             answer.outputs, claimed, check="output-digest", kind="output", claimant="the receipt"
         )
         return outputs_agree(outputs, answer.outputs, output_bounds(runner.model))
-
-    def tensor(self, digest: Digest) -> Array:
-        """``GET /v1/tensors/{digest}``: the canonical encoding, kept only if it hashes to
-        ``digest`` (it is the tensor digest's preimage)."""
-        path = f"/v1/tensors/{quote(digest.to_text(), safe='')}"
-        limit = self.max_tensor_bytes + 4096  # the body plus its header
-        try:
-            with self.client._http.stream("GET", path) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    raise_for_problem(response)
-                body = bytearray()
-                for chunk in response.iter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise LimitExceeded("the tensor is too large", digest=digest, limit=limit)
-        except httpx.HTTPError as exc:
-            raise NodeUnavailable(
-                "coordinator unreachable", url=self.client.url, reason=str(exc)
-            ) from exc
-        calculated = Digest.of(bytes(body))
-        if calculated != digest:
-            raise DigestMismatch(
-                "the coordinator served another tensor than the digest names",
-                check="input-digest",
-                expected=digest,
-                calculated=calculated,
-            )
-        return tensor_from_canonical(bytes(body), max_bytes=self.max_tensor_bytes)
 
     def runner(self, digest: Digest) -> Runner:
         """The runner of model ``digest`` under the pinned profile: from the cache
