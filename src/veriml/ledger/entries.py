@@ -1,4 +1,10 @@
-"""The log's entry types (docs/network.md, "Log entries").
+"""The log's entry types (docs/network.md, "Log entries"; docs/ledger.md for the ledger's).
+
+The hub, registry and inference service log ``model``, ``node`` and ``inference`` entries; the
+ledger adds ``deposit``, ``stake``, ``unstake``, ``fee``, ``challenge``, ``verdict``, ``slash``,
+``reward`` and ``reputation`` (docs/verification.md, "Ledger"). Ledger entries are checked
+when built and when parsed: integer amounts in [0, 2**53), one spelling of every timestamp,
+exactly the documented members, so an entry's bytes are a function of its value.
 
 Each entry is an RFC 8785 JSON object with a ``type``, at most 65,535 bytes (the tile entry
 bundle limit). ``to_bytes`` writes the canonical bytes that are logged; ``parse_entry`` reads
@@ -7,24 +13,41 @@ any of them back. Pure: no I/O.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from veriml.core.canonical import canonicalize, parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
+from veriml.core.timestamps import format_time, parse_time
 from veriml.protocol.messages import NodeDescriptor
 from veriml.tlog.tiles import MAX_ENTRY_SIZE
 from veriml.verify.policy import Verdict
 
 __all__ = [
+    "AMOUNT_LIMIT",
     "MAX_ENTRY_BYTES",
+    "REASONS",
+    "WINNERS",
+    "ChallengeEntry",
+    "DepositEntry",
+    "DisputeVerdictEntry",
     "Entry",
+    "FeeEntry",
     "InferenceEntry",
+    "LedgerEntry",
     "ModelEntry",
     "NodeEntry",
+    "Reason",
+    "ReputationEntry",
+    "RewardEntry",
+    "SlashEntry",
+    "StakeEntry",
+    "UnstakeEntry",
+    "Winner",
     "parse_entry",
 ]
 
@@ -162,8 +185,605 @@ class InferenceEntry:
         )
 
 
-Entry = ModelEntry | NodeEntry | InferenceEntry
-_TYPES: dict[str, Any] = {"model": ModelEntry, "node": NodeEntry, "inference": InferenceEntry}
+# -- ledger entries (docs/verification.md, "Ledger / Entries"; docs/ledger.md) -----------------
+
+# Amounts are integers in [0, 2**53): the integers RFC 8785 can write (it writes numbers as
+# IEEE 754 doubles; I-JSON, RFC 7493 section 2.2), so every entry and every folded state has a
+# canonical form, and every implementation of the fold reads them exactly.
+AMOUNT_LIMIT = 1 << 53
+_MAX_TEXT = 256
+_MAX_DEADLINE = 10**9
+
+Winner = Literal["defendant", "challenger", "none", "neither"]
+Reason = Literal["referee", "timeout", "inconsistent", "invalid-proof", "no-difference"]
+WINNERS: tuple[Winner, ...] = ("defendant", "challenger", "none", "neither")
+REASONS: tuple[Reason, ...] = (
+    "referee",
+    "timeout",
+    "inconsistent",
+    "invalid-proof",
+    "no-difference",
+)
+MODES = ("bitwise", "tolerance")
+
+
+def _amount(kind: str, member: str, value: object, *, signed: bool = False) -> int:
+    # type() rather than isinstance(): bool is an int subclass, and True is not an amount.
+    if type(value) is not int:
+        raise FormatError(f"{kind} {member} must be an integer", got=type(value).__name__)
+    low = -AMOUNT_LIMIT + 1 if signed else 0
+    if not low <= value < AMOUNT_LIMIT:
+        raise FormatError(f"{kind} {member} is out of range", got=str(value)[:40])
+    return value
+
+
+def _account(kind: str, member: str, value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= _MAX_TEXT:
+        raise FormatError(
+            f"{kind} {member} must be an account id of 1-{_MAX_TEXT} characters",
+            got=str(value)[:80],
+        )
+    return value
+
+
+def _text(kind: str, member: str, value: object) -> str:
+    if not isinstance(value, str) or len(value) > _MAX_TEXT:
+        raise FormatError(f"{kind} {member} must be a string of at most {_MAX_TEXT} characters")
+    return value
+
+
+def _time(kind: str, member: str, value: object) -> str:
+    """A timestamp in the one spelling :func:`format_time` writes: each instant has exactly
+    one text, so entries and folded states have one byte form, and texts compare in time
+    order."""
+    when = parse_time(value, what=f"{kind} {member}")
+    if format_time(when) != value:
+        raise FormatError(
+            f"{kind} {member} must be written YYYY-MM-DDTHH:MM:SS.ffffffZ", got=str(value)[:40]
+        )
+    return str(value)
+
+
+def _choice(kind: str, member: str, value: object, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise FormatError(
+            f"{kind} {member} must be one of {', '.join(choices)}", got=str(value)[:40]
+        )
+    return str(value)
+
+
+def _digest(kind: str, member: str, value: object) -> Digest:
+    if isinstance(value, Digest):
+        return value
+    if not isinstance(value, str):
+        raise FormatError(f"{kind} {member} must be a sha256:<hex> digest")
+    return Digest.from_text(value)
+
+
+def _digest_map(
+    kind: str, member: str, value: object, *, names: tuple[str, ...] | None = None
+) -> dict[str, Digest]:
+    if not isinstance(value, Mapping):
+        raise FormatError(f"{kind} {member} must be an object of digests")
+    out: dict[str, Digest] = {}
+    for name, digest in value.items():
+        if names is not None:
+            _choice(kind, f"{member} name", name, names)
+        else:
+            _account(kind, f"{member} name", name)
+        out[name] = _digest(kind, f"{member}[{name}]", digest)
+    return out
+
+
+def _members(
+    obj: Mapping[str, Any], kind: str, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> None:
+    """Exactly the documented members: one spelling per entry, so its bytes round-trip."""
+    present = set(obj) - {"type"}
+    missing = [m for m in required if m not in present]
+    if missing:
+        raise FormatError(f"{kind} entry is missing members", missing=",".join(missing))
+    unknown = sorted(present - set(required) - set(optional))
+    if unknown:
+        raise FormatError(f"{kind} entry has unknown members", unknown=",".join(unknown)[:200])
+    for name in optional:
+        if name in obj and obj[name] is None:
+            raise FormatError(f"{kind} {name} is omitted when absent, never null")
+
+
+def _set(obj: object, name: str, value: object) -> None:
+    object.__setattr__(obj, name, value)
+
+
+@dataclass(frozen=True, slots=True)
+class DepositEntry:
+    """Money enters the ledger: ``amount`` is minted into ``account``'s balance (the
+    coordinator's operator signs deposit requests)."""
+
+    account: str
+    amount: int
+    at: str
+    memo: str = ""
+
+    def __post_init__(self) -> None:
+        _account("deposit", "account", self.account)
+        _amount("deposit", "amount", self.amount)
+        _time("deposit", "at", self.at)
+        _text("deposit", "memo", self.memo)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "deposit",
+            "account": self.account,
+            "amount": self.amount,
+            "memo": self.memo,
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> DepositEntry:
+        _members(obj, "deposit", ("account", "amount", "memo", "at"))
+        return cls(obj["account"], obj["amount"], obj["at"], obj["memo"])
+
+
+@dataclass(frozen=True, slots=True)
+class StakeEntry:
+    """``amount`` moves from ``account``'s balance into its stake (slashable)."""
+
+    account: str
+    amount: int
+    at: str
+
+    def __post_init__(self) -> None:
+        _account("stake", "account", self.account)
+        _amount("stake", "amount", self.amount)
+        _time("stake", "at", self.at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"type": "stake", "account": self.account, "amount": self.amount, "at": self.at}
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> StakeEntry:
+        _members(obj, "stake", ("account", "amount", "at"))
+        return cls(obj["account"], obj["amount"], obj["at"])
+
+
+@dataclass(frozen=True, slots=True)
+class UnstakeEntry:
+    """``amount`` of stake starts unbonding: still slashable until ``available_at``, then
+    back in the balance (released by the first entry folded at or after that time)."""
+
+    account: str
+    amount: int
+    at: str
+    available_at: str
+
+    def __post_init__(self) -> None:
+        _account("unstake", "account", self.account)
+        _amount("unstake", "amount", self.amount)
+        _time("unstake", "at", self.at)
+        _time("unstake", "available_at", self.available_at)
+        if self.available_at < self.at:
+            raise FormatError(
+                "unstake available_at is before the entry's own time",
+                at=self.at,
+                available_at=self.available_at,
+            )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "unstake",
+            "account": self.account,
+            "amount": self.amount,
+            "available_at": self.available_at,
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> UnstakeEntry:
+        _members(obj, "unstake", ("account", "amount", "available_at", "at"))
+        return cls(obj["account"], obj["amount"], obj["at"], obj["available_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class FeeEntry:
+    """``payer`` pays ``payee`` for one answered inference (request id ``inference``)."""
+
+    payer: str
+    payee: str
+    amount: int
+    inference: str
+    at: str
+
+    def __post_init__(self) -> None:
+        _account("fee", "payer", self.payer)
+        _account("fee", "payee", self.payee)
+        _amount("fee", "amount", self.amount)
+        _account("fee", "inference", self.inference)
+        _time("fee", "at", self.at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "fee",
+            "payer": self.payer,
+            "payee": self.payee,
+            "amount": self.amount,
+            "inference": self.inference,
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> FeeEntry:
+        _members(obj, "fee", ("payer", "payee", "amount", "inference", "at"))
+        return cls(obj["payer"], obj["payee"], obj["amount"], obj["inference"], obj["at"])
+
+
+def _trace(kind: str, member: str, value: object) -> dict[str, Any]:
+    if not isinstance(value, Mapping) or set(value) != {"root", "size"}:
+        raise FormatError(f"{kind} {member} must be a trace commitment {{root, size}}")
+    root = _digest(kind, f"{member} root", value["root"]).to_text()
+    return {"root": root, "size": _amount(kind, f"{member} size", value["size"])}
+
+
+def _party(
+    kind: str, member: str, value: object, required: tuple[str, ...], optional: tuple[str, ...]
+) -> dict[str, Any]:
+    """A dispute party as plain JSON (digests as text), checked member by member."""
+    if not isinstance(value, Mapping):
+        raise FormatError(f"{kind} {member} must be an object")
+    present = set(value)
+    missing = [m for m in required if m not in present]
+    unknown = sorted(present - set(required) - set(optional))
+    if missing or unknown:
+        raise FormatError(
+            f"{kind} {member} has the wrong members",
+            missing=",".join(missing) or None,
+            unknown=",".join(unknown)[:200] or None,
+        )
+    out: dict[str, Any] = {}
+    for name in sorted(present):
+        item = value[name]
+        if name in ("node", "account"):
+            out[name] = _account(kind, f"{member} {name}", item)
+        elif name == "receipt":
+            out[name] = _digest(kind, f"{member} receipt", item).to_text()
+        elif name == "trace":
+            out[name] = _trace(kind, f"{member} trace", item)
+        else:  # outputs
+            digests = _digest_map(kind, f"{member} outputs", item)
+            out[name] = {k: d.to_text() for k, d in sorted(digests.items())}
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class ChallengeEntry:
+    """A dispute opens: ``challenger`` locks ``bond`` against ``defendant``'s receipt.
+
+    ``defendant`` is ``{"node", "receipt", "trace"}`` (the node id, the SHA-256 of the
+    challenged receipt's DSSE payload, its trace commitment ``{"root", "size"}``);
+    ``challenger`` is ``{"account", "node"?, "trace", "outputs"}`` (who pays the bond, its node
+    when a node challenges, its own trace commitment and claimed output digests). Both are
+    kept as JSON (digests as ``sha256:`` text; :class:`Digest` values are accepted and
+    converted), so the entry's bytes are exactly what was checked.
+    """
+
+    dispute: str
+    inference: str
+    defendant: Mapping[str, Any]
+    challenger: Mapping[str, Any]
+    mode: str
+    bond: int
+    deadline_seconds: float
+    at: str
+
+    def __post_init__(self) -> None:
+        _account("challenge", "dispute", self.dispute)
+        _account("challenge", "inference", self.inference)
+        required = ("node", "receipt", "trace")
+        _set(self, "defendant", _party("challenge", "defendant", self.defendant, required, ()))
+        required = ("account", "trace", "outputs")
+        party = _party("challenge", "challenger", self.challenger, required, ("node",))
+        _set(self, "challenger", party)
+        _choice("challenge", "mode", self.mode, MODES)
+        _amount("challenge", "bond", self.bond)
+        deadline = self.deadline_seconds
+        if (
+            type(deadline) not in (int, float)
+            or not math.isfinite(deadline)
+            or not 0 < deadline <= _MAX_DEADLINE
+        ):
+            raise FormatError(
+                "challenge deadline_seconds must be a positive number of seconds",
+                got=str(deadline)[:40],
+            )
+        _time("challenge", "at", self.at)
+
+    @property
+    def defendant_node(self) -> str:
+        return str(self.defendant["node"])
+
+    @property
+    def challenger_account(self) -> str:
+        return str(self.challenger["account"])
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "challenge",
+            "dispute": self.dispute,
+            "inference": self.inference,
+            "defendant": dict(self.defendant),
+            "challenger": dict(self.challenger),
+            "mode": self.mode,
+            "bond": self.bond,
+            "deadline_seconds": self.deadline_seconds,
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ChallengeEntry:
+        members = ("dispute", "inference", "defendant", "challenger", "mode", "bond")
+        _members(obj, "challenge", (*members, "deadline_seconds", "at"))
+        return cls(
+            dispute=obj["dispute"],
+            inference=obj["inference"],
+            defendant=obj["defendant"],
+            challenger=obj["challenger"],
+            mode=obj["mode"],
+            bond=obj["bond"],
+            deadline_seconds=obj["deadline_seconds"],
+            at=obj["at"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeVerdictEntry:
+    """A dispute closes (type ``verdict``): who won, why, and the evidence the referee used.
+
+    ``node_index``/``op_type`` name the operator the bisection ended on (``None`` when the
+    dispute ended before the referee: timeout, inconsistency, invalid proof, no difference);
+    ``inputs`` are its agreed input digests, ``claims`` the parties' output digests
+    (``defendant``/``challenger``), ``referee`` the referee's own output digests.
+    """
+
+    dispute: str
+    winner: Winner
+    reason: Reason
+    at: str
+    node_index: int | None = None
+    op_type: str | None = None
+    inputs: Mapping[str, Digest] = field(default_factory=dict)
+    claims: Mapping[str, Digest] = field(default_factory=dict)
+    referee: Mapping[str, Digest] = field(default_factory=dict)
+    rounds: int = 0
+    messages: int = 0
+
+    def __post_init__(self) -> None:
+        _account("verdict", "dispute", self.dispute)
+        _choice("verdict", "winner", self.winner, WINNERS)
+        _choice("verdict", "reason", self.reason, REASONS)
+        _time("verdict", "at", self.at)
+        if self.node_index is not None:
+            _amount("verdict", "node_index", self.node_index)
+        if self.op_type is not None:
+            _account("verdict", "op_type", self.op_type)
+        _set(self, "inputs", _digest_map("verdict", "inputs", self.inputs))
+        parties = ("defendant", "challenger")
+        _set(self, "claims", _digest_map("verdict", "claims", self.claims, names=parties))
+        _set(self, "referee", _digest_map("verdict", "referee", self.referee))
+        _amount("verdict", "rounds", self.rounds)
+        _amount("verdict", "messages", self.messages)
+
+    @property
+    def challenger_lost(self) -> bool:
+        """Whether the challenger's bond is forfeit: the defendant won, or both were wrong."""
+        return self.winner in ("defendant", "neither")
+
+    def to_json(self) -> dict[str, Any]:
+        def texts(digests: Mapping[str, Digest]) -> dict[str, str]:
+            return {name: d.to_text() for name, d in sorted(digests.items())}
+
+        return {
+            "type": "verdict",
+            "dispute": self.dispute,
+            "winner": self.winner,
+            "reason": self.reason,
+            "node_index": self.node_index,
+            "op_type": self.op_type,
+            "inputs": texts(self.inputs),
+            "claims": texts(self.claims),
+            "referee": texts(self.referee),
+            "rounds": self.rounds,
+            "messages": self.messages,
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> DisputeVerdictEntry:
+        members = ("node_index", "op_type", "inputs", "claims", "referee", "rounds", "messages")
+        _members(obj, "verdict", ("dispute", "winner", "reason", *members, "at"))
+        return cls(
+            dispute=obj["dispute"],
+            winner=obj["winner"],
+            reason=obj["reason"],
+            at=obj["at"],
+            node_index=obj["node_index"],
+            op_type=obj["op_type"],
+            inputs=obj["inputs"],
+            claims=obj["claims"],
+            referee=obj["referee"],
+            rounds=obj["rounds"],
+            messages=obj["messages"],
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SlashEntry:
+    """``amount`` is taken from ``account``'s stake (then its unbonding, newest first) for
+    losing ``dispute``: ``burned`` is destroyed, the rest held to reward that dispute's winner."""
+
+    account: str
+    amount: int
+    burned: int
+    dispute: str
+    at: str
+
+    def __post_init__(self) -> None:
+        _account("slash", "account", self.account)
+        _amount("slash", "amount", self.amount)
+        _amount("slash", "burned", self.burned)
+        if self.burned > self.amount:
+            raise FormatError(
+                "slash burns more than it takes", amount=self.amount, burned=self.burned
+            )
+        _account("slash", "dispute", self.dispute)
+        _time("slash", "at", self.at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "slash",
+            "account": self.account,
+            "amount": self.amount,
+            "burned": self.burned,
+            "dispute": self.dispute,
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> SlashEntry:
+        _members(obj, "slash", ("account", "amount", "burned", "dispute", "at"))
+        return cls(obj["account"], obj["amount"], obj["burned"], obj["dispute"], obj["at"])
+
+
+@dataclass(frozen=True, slots=True)
+class RewardEntry:
+    """``amount`` is paid to ``account``: out of ``dispute``'s held slash, or minted when the
+    reward belongs to no dispute. ``dispute`` is omitted from the JSON when ``None``."""
+
+    account: str
+    amount: int
+    reason: str
+    at: str
+    dispute: str | None = None
+
+    def __post_init__(self) -> None:
+        _account("reward", "account", self.account)
+        _amount("reward", "amount", self.amount)
+        _account("reward", "reason", self.reason)
+        _time("reward", "at", self.at)
+        if self.dispute is not None:
+            _account("reward", "dispute", self.dispute)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "reward",
+            "account": self.account,
+            "amount": self.amount,
+            "reason": self.reason,
+            "at": self.at,
+        }
+        if self.dispute is not None:
+            out["dispute"] = self.dispute
+        return out
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> RewardEntry:
+        _members(obj, "reward", ("account", "amount", "reason", "at"), ("dispute",))
+        return cls(obj["account"], obj["amount"], obj["reason"], obj["at"], obj.get("dispute"))
+
+
+@dataclass(frozen=True, slots=True)
+class ReputationEntry:
+    """``account``'s reputation changes by ``delta`` (signed), for ``reason`` (and
+    ``dispute``, omitted from the JSON when ``None``)."""
+
+    account: str
+    delta: int
+    reason: str
+    at: str
+    dispute: str | None = None
+
+    def __post_init__(self) -> None:
+        _account("reputation", "account", self.account)
+        _amount("reputation", "delta", self.delta, signed=True)
+        _account("reputation", "reason", self.reason)
+        _time("reputation", "at", self.at)
+        if self.dispute is not None:
+            _account("reputation", "dispute", self.dispute)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "reputation",
+            "account": self.account,
+            "delta": self.delta,
+            "reason": self.reason,
+            "at": self.at,
+        }
+        if self.dispute is not None:
+            out["dispute"] = self.dispute
+        return out
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> ReputationEntry:
+        _members(obj, "reputation", ("account", "delta", "reason", "at"), ("dispute",))
+        return cls(obj["account"], obj["delta"], obj["reason"], obj["at"], obj.get("dispute"))
+
+
+LedgerEntry = (
+    DepositEntry
+    | StakeEntry
+    | UnstakeEntry
+    | FeeEntry
+    | ChallengeEntry
+    | DisputeVerdictEntry
+    | SlashEntry
+    | RewardEntry
+    | ReputationEntry
+)
+"""The entries that move money, stake or reputation; each has an ``at`` time."""
+
+
+Entry = ModelEntry | NodeEntry | InferenceEntry | LedgerEntry
+_TYPES: dict[str, Any] = {
+    "model": ModelEntry,
+    "node": NodeEntry,
+    "inference": InferenceEntry,
+    "deposit": DepositEntry,
+    "stake": StakeEntry,
+    "unstake": UnstakeEntry,
+    "fee": FeeEntry,
+    "challenge": ChallengeEntry,
+    "verdict": DisputeVerdictEntry,
+    "slash": SlashEntry,
+    "reward": RewardEntry,
+    "reputation": ReputationEntry,
+}
 
 
 def parse_entry(data: bytes) -> Entry:
