@@ -73,6 +73,9 @@ class JobSpec:
     inputs_json: Mapping[str, Any]
     policy: str
     trace: bool = False
+    spot: Digest | None = None
+    """``spot:P``: the commitment to the coordinator's secret, signed into every job of the
+    request (the checker's too, so no node can tell a check from a first run)."""
 
 
 def sign_job(
@@ -95,6 +98,7 @@ def sign_job(
         issued_at=format_time(issued),
         expires_at=format_time(issued + timeout),
         trace=spec.trace,
+        spot=spec.spot,
     )
     return job, job.sign(key)
 

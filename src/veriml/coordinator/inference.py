@@ -33,26 +33,30 @@ the append (for crash tests only; it is off unless set, and logs a warning when 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import logging
 import os
 import re
+import secrets
 import signal
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy.typing as npt
+import onnx
 from sqlalchemy.engine import Engine
 
 from veriml.coordinator.dispatch import JobSpec, dispatch
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
-from veriml.coordinator.scheduler import Candidate, gather, pick
+from veriml.coordinator.scheduler import Candidate, Failure, gather, pick
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     Conflict,
+    Error,
     FormatError,
     InvalidInput,
     InvalidTensor,
@@ -63,13 +67,26 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.receipt import request_digest
-from veriml.core.tensors import tensor_digest, tensor_from_json
+from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
+from veriml.core.timestamps import format_time
 from veriml.ledger.entries import InferenceEntry
 from veriml.models import IOSignature
 from veriml.runtime import RunResult, canonical_request, validate_inputs
 from veriml.tlog.log import Log
 from veriml.verify import verify_receipt
-from veriml.verify.policy import Policy, Verdict, decide
+from veriml.verify.policy import (
+    DisputeRef,
+    Policy,
+    SpotReveal,
+    Verdict,
+    decide,
+    spot_checked,
+    spot_commitment,
+)
+from veriml.verify.tolerance import OutputBounds, output_bounds
+
+if TYPE_CHECKING:
+    from veriml.coordinator.disputes import DisputeService
 
 __all__ = [
     "InferenceOptions",
@@ -84,6 +101,10 @@ CRASH_AFTER_APPEND = "VERIML_UNSAFE_TEST_CRASH_AFTER_LOG_APPEND"
 _log = logging.getLogger(__name__)
 _LOOKUP_CACHE = 256
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
+MAX_DISSENT_DISPUTES = 4
+"""Disputes one quorum request opens at most (one per dissenting answer): N <= 16 bounds
+them already; this keeps a request's latency to a few disputes run side by side."""
+_BOUNDS_CACHE = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +140,16 @@ class InferenceOptions:
 class _Answer:
     result: RunResult
     outputs: Mapping[str, Digest]
+
+
+@dataclass(frozen=True, slots=True)
+class _Request:
+    """One request as the policies need it: the shared job spec, the decoded inputs (for
+    disputes and the tensor store) and the spot secret (``spot:P`` only)."""
+
+    spec: JobSpec
+    arrays: Mapping[str, Array]
+    secret: bytes | None = None
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -169,6 +200,7 @@ def check_answer(
         "model": (p.model_digest, spec.model),
         "policy": (p.policy, spec.policy),
         "inputs": (dict(p.inputs), dict(spec.input_digests)),
+        "spot commitment": (p.spot, spec.spot),
     }
     for what, (signed, expected) in bindings.items():
         if signed != expected:
@@ -179,6 +211,12 @@ def check_answer(
                 signed=str(signed)[:200],
                 expected=str(expected)[:200],
             )
+    if spec.trace and p.trace is None:
+        raise VerificationError(
+            "receipt of a traced job commits to no trace",
+            check="request-binding",
+            node=node.node_id,
+        )
     return dict(verified.output_digests)
 
 
@@ -188,8 +226,16 @@ class InferenceService:
     Its collaborators are passed in, so it runs the same inside the app and in tests:
     ``resolve_model(ref)`` and ``list_nodes(model)`` are blocking lookups (called in a worker
     thread), ``node_failed(node_id)`` is told when a node did not answer, and ``observe`` (for
-    metrics) gets ``("verdict", "<policy kind>/<outcome>")`` per answer and
-    ``("node-failure", "unavailable" | "unverified")`` per failed attempt.
+    metrics) gets ``("verdict", "<policy kind>/<outcome>")`` per answer,
+    ``("node-failure", "unavailable" | "unverified")`` per failed attempt and
+    ``("dispute", "<winner>")`` per dispute a request opened.
+
+    The verification policies (docs/verification.md) need three more collaborators:
+    ``disputes`` settles a spot check that disagrees and every dissenting quorum answer (without
+    it the disagreement is only recorded by the verdict); ``load_model(digest)`` (blocking)
+    gives the model whose output bounds tolerance mode compares with; ``store_tensors(arrays)``
+    (blocking) keeps every request's inputs by digest before the log append, so watchers and
+    disputes can fetch them.
     """
 
     def __init__(
@@ -204,8 +250,15 @@ class InferenceService:
         node_failed: Callable[[str], None] | None = None,
         observe: Callable[[str, str], None] | None = None,
         options: InferenceOptions | None = None,
+        disputes: DisputeService | None = None,
+        load_model: Callable[[Digest], onnx.ModelProto] | None = None,
+        store_tensors: Callable[[Mapping[str, Array]], object] | None = None,
     ) -> None:
         self._log = log
+        self._disputes = disputes
+        self._load_model = load_model
+        self._store_tensors = store_tensors
+        self._bounds: dict[Digest, OutputBounds] = {}
         self._key = key
         self._http = http
         self._resolve_model = resolve_model
@@ -253,7 +306,7 @@ class InferenceService:
             raise FormatError("model must be a name, name@version or sha256 digest")
         policy_text = request.get("policy", "none")
         if not isinstance(policy_text, str):
-            raise FormatError("policy must be a string: none or quorum:N/K")
+            raise FormatError("policy must be a string: none, quorum:N/K, spot:P or optimistic:W")
         unknown = sorted(set(request) - {"model", "inputs", "policy"})
         if unknown:
             raise FormatError("inference request has unknown members", members=",".join(unknown))
@@ -267,17 +320,22 @@ class InferenceService:
             model.io, request.get("inputs"), max_tensor_bytes=self._options.max_tensor_bytes
         )
         input_digests = {name: tensor_digest(a) for name, a in arrays.items()}
+        # spot:P commits to a fresh secret in every job; the verdict reveals it.
+        secret = secrets.token_bytes(32) if policy.kind == "spot" else None
         spec = JobSpec(
             request_id=request_id,
             model=model.digest,
             input_digests=input_digests,
             inputs_json=inputs_json,
             policy=str(policy),
+            trace=policy.kind == "optimistic",
+            spot=None if secret is None else spot_commitment(secret),
         )
+        job = _Request(spec, arrays, secret)
         digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
         extra = {} if client is None else {"client": client}
         if idempotency_key is None:
-            return await self._answer(spec, digest, policy, candidates, extra)
+            return await self._answer(job, digest, policy, candidates, extra)
         # 3. One answer per key: later requests with the key get the stored answer.
         lock, users = self._locks.get(request_id, (asyncio.Lock(), 0))
         self._locks[request_id] = (lock, users + 1)
@@ -296,7 +354,7 @@ class InferenceService:
                             "this Idempotency-Key was used for another request", key=request_id
                         )
                     return stored[1]
-                return await self._answer(spec, digest, policy, candidates, extra)
+                return await self._answer(job, digest, policy, candidates, extra)
         finally:
             users = self._locks[request_id][1]
             if users == 1:
@@ -349,12 +407,13 @@ class InferenceService:
 
     async def _answer(
         self,
-        spec: JobSpec,
+        request: _Request,
         digest: Digest,
         policy: Policy,
         candidates: Sequence[Candidate],
         extra: Mapping[str, str],
     ) -> dict[str, Any]:
+        spec = request.spec
         # 4. Nodes of distinct operators, least loaded first.
         now = time.time()
         live = self._options.live_within
@@ -382,45 +441,73 @@ class InferenceService:
                 available=len(first),
             )
         # 5. Run, verify, and replace failing nodes.
-        gathered = await gather(
-            first,
-            lambda node: self._attempt(node, spec, digest),
-            lambda tried, busy: next(iter(choose(1, frozenset(tried), frozenset(busy))), None),
-            attempts_per_slot=self._options.attempts_per_slot,
-            timeout=self._options.job_timeout * self._options.attempts_per_slot,
-        )
-        for failure in gathered.failures:
-            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
-            self._observe("node-failure", reason)
-        needed = policy.k if policy.kind == "quorum" else 1
-        if len(gathered.answers) < needed:
+        answers, failures = await self._run(first, spec, digest, choose)
+        if len(answers) < policy.needed:
             raise NodeUnavailable(
                 "not enough nodes answered with a verified receipt",
-                needed=needed,
-                answered=len(gathered.answers),
-                failures="; ".join(f.error.diagnostics()[:200] for f in gathered.failures[-4:]),
+                needed=policy.needed,
+                answered=len(answers),
+                failures="; ".join(f.error.diagnostics()[:200] for f in failures[-4:]),
             )
-        # 6. The verdict, from the verified answers alone.
-        verdict = decide(policy, [(n.node_id, n.operator, a.outputs) for n, a in gathered.answers])
+        # 6. The verdict, from the verified answers (and the disputes they led to).
+        bounds = await self._output_bounds(spec.model) if policy.compare == "tolerance" else None
+        spot: SpotReveal | None = None
+        final_after: str | None = None
+        if policy.kind == "spot":
+            assert request.secret is not None
+            checked = spot_checked(policy, request.secret, answers[0][1].result.receipt)
+            spot = SpotReveal(request.secret, checked)
+            if checked:
+                # The checker: another operator's node, running the very same request.
+                tried = frozenset(n.node_id for n, _ in answers)
+                busy = frozenset(n.operator for n, _ in answers)
+                checker = choose(1, tried, busy)
+                if checker:
+                    answers += (await self._run(checker, spec, digest, choose, busy=busy))[0]
+                else:
+                    _log.warning("spot check of %s: no node of another operator", spec.request_id)
+        elif policy.kind == "optimistic":
+            window = dt.timedelta(seconds=policy.window)
+            final_after = format_time(dt.datetime.now(dt.UTC) + window)
+
+        def verdict_of(disputes: Sequence[DisputeRef]) -> Verdict:
+            return decide(
+                policy,
+                [(n.node_id, n.operator, a.outputs) for n, a in answers],
+                tensors=[a.result.outputs for _, a in answers] if bounds is not None else None,
+                bounds=bounds,
+                spot=spot,
+                final_after=final_after,
+                disputes=disputes,
+            )
+
+        verdict = verdict_of(())
+        refs = await self._disputes_for(request, policy, verdict, answers)
+        if refs:
+            verdict = verdict_of(refs)
         self._observe("verdict", f"{policy.kind}/{verdict.outcome}")
-        chosen = next(a for _, a in gathered.answers if dict(a.outputs) == dict(verdict.outputs))
+        chosen = next(
+            (a for _, a in answers if dict(a.outputs) == dict(verdict.outputs)), answers[0][1]
+        )
         entry = InferenceEntry(
             request_id=spec.request_id,
             request_digest=digest,
             model=spec.model,
             policy=spec.policy,
-            receipts=tuple(a.result.receipt for _, a in gathered.answers),
+            receipts=tuple(a.result.receipt for _, a in answers),
             verdict=verdict,
             extra=extra,
         )
-        # 7. A pending row, one log entry, then its proof and the completed row.
+        # 7. The inputs by digest, a pending row, one log entry, its proof, the completed row.
+        if self._store_tensors is not None:
+            await asyncio.to_thread(self._store_tensors, request.arrays)
         pending = PendingInference(
             inference_id=spec.request_id,
             model=spec.model,
             policy=spec.policy,
             request_digest=digest,
             entry=entry.to_bytes(),
-            answer=_response(spec, verdict, gathered.answers, chosen, extra),
+            answer=_response(spec, verdict, answers, chosen, extra, tolerance=bounds is not None),
         )
         await self._store.reserve(pending)
         index = await self._log.add_async(pending.entry)
@@ -429,6 +516,103 @@ class InferenceService:
         stored = await self._store.commit(index, pending)
         return dict(stored.response)
 
+    async def _run(
+        self,
+        nodes: Sequence[Candidate],
+        spec: JobSpec,
+        digest: Digest,
+        choose: Callable[[int, frozenset[str], frozenset[str]], list[Candidate]],
+        *,
+        busy: frozenset[str] = frozenset(),
+    ) -> tuple[list[tuple[Candidate, _Answer]], tuple[Failure, ...]]:
+        """The verified answers of ``nodes`` (one slot each), failing nodes replaced by nodes
+        of operators not in ``busy``, and the failed attempts."""
+        gathered = await gather(
+            nodes,
+            lambda node: self._attempt(node, spec, digest),
+            lambda tried, used: next(
+                iter(choose(1, frozenset(tried), frozenset(used) | busy)), None
+            ),
+            attempts_per_slot=self._options.attempts_per_slot,
+            timeout=self._options.job_timeout * self._options.attempts_per_slot,
+        )
+        for failure in gathered.failures:
+            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            self._observe("node-failure", reason)
+        return list(gathered.answers), gathered.failures
+
+    async def _output_bounds(self, model: Digest) -> OutputBounds:
+        """Tolerance bounds of ``model``'s outputs, computed once per model."""
+        bounds = self._bounds.get(model)
+        if bounds is None:
+            if self._load_model is None:
+                raise NotFound("tolerance mode needs the model, and this service has none")
+            load = self._load_model
+            bounds = await asyncio.to_thread(lambda: output_bounds(load(model)))
+            if len(self._bounds) >= _BOUNDS_CACHE:
+                self._bounds.clear()
+            self._bounds[model] = bounds
+        return bounds
+
+    async def _disputes_for(
+        self,
+        request: _Request,
+        policy: Policy,
+        verdict: Verdict,
+        answers: Sequence[tuple[Candidate, _Answer]],
+    ) -> list[DisputeRef]:
+        """Settle the disagreements a verdict leaves before it is logged.
+
+        ``spot:P``: a checked answer the checker contradicts (the primary is the defendant).
+        ``quorum:N/K`` accepted: each dissenting answer (the defendant) against the first
+        agreeing node, at most :data:`MAX_DISSENT_DISPUTES`, side by side.
+        """
+        if self._disputes is None:
+            return []
+        pairs: list[tuple[tuple[Candidate, _Answer], tuple[Candidate, _Answer]]] = []
+        by_node = {n.node_id: (n, a) for n, a in answers}
+        if policy.kind == "spot" and len(answers) >= 2 and verdict.outcome == "rejected":
+            pairs.append((answers[0], answers[1]))
+        elif policy.kind == "quorum" and verdict.outcome == "accepted":
+            agreeing = by_node[verdict.agreeing[0]]
+            agreeing_operators = {by_node[n][0].operator for n in verdict.agreeing}
+            dissent = [
+                (n, a)
+                for n, a in answers
+                if n.node_id not in verdict.agreeing and n.operator not in agreeing_operators
+            ]
+            pairs += [(d, agreeing) for d in dissent[:MAX_DISSENT_DISPUTES]]
+        if not pairs:
+            return []
+        disputes = self._disputes
+
+        async def one(
+            defendant: tuple[Candidate, _Answer], challenger: tuple[Candidate, _Answer]
+        ) -> DisputeRef | None:
+            try:
+                return await disputes.between_nodes(
+                    spec=request.spec,
+                    inputs=request.arrays,
+                    defendant=(defendant[0], defendant[1].result.receipt),
+                    challenger=(challenger[0], challenger[1].result.receipt),
+                    mode=policy.compare,
+                )
+            except Error as exc:
+                # The verdict then records the disagreement without a ruling (a spot check
+                # is rejected; a quorum keeps its majority).
+                _log.warning(
+                    "dispute of %s against %s not settled: %s",
+                    request.spec.request_id,
+                    defendant[0].node_id,
+                    exc.diagnostics(),
+                )
+                return None
+
+        refs = [r for r in await asyncio.gather(*(one(d, c) for d, c in pairs)) if r is not None]
+        for ref in refs:
+            self._observe("dispute", ref.winner)
+        return refs
+
 
 def _response(
     spec: JobSpec,
@@ -436,8 +620,13 @@ def _response(
     answers: Sequence[tuple[Candidate, _Answer]],
     chosen: _Answer,
     extra: Mapping[str, str],
+    *,
+    tolerance: bool = False,
 ) -> dict[str, Any]:
-    """The answer without its ``log`` member (added once the entry is proved)."""
+    """The answer without its ``log`` member (added once the entry is proved).
+
+    In tolerance mode the answers differ within bounds, so every answer's outputs are
+    returned (``answers``): a client recomputes the verdict from them."""
     response = {
         "id": spec.request_id,
         "model": spec.model.to_text(),
@@ -447,6 +636,14 @@ def _response(
         "nodes": [{"id": n.node_id, "log_index": n.log_index} for n, _ in answers],
         "verdict": verdict.to_json(),
     }
+    if tolerance:
+        response["answers"] = [
+            {
+                "node": n.node_id,
+                "outputs": {k: tensor_to_json(v) for k, v in a.result.outputs.items()},
+            }
+            for n, a in answers
+        ]
     if extra:
         # Members the log entry's request carries beyond id, digest, model and policy.
         response["request"] = dict(extra)
