@@ -296,9 +296,12 @@ class Watcher:
         self.max_model_bytes = max_model_bytes
         self.max_moves = max_moves
         self.dispute_timeout = dispute_timeout
-        key = client.log_key if client.log_key is not None else pin_log_key(None)
         self._owns_log = log is None
-        self.log = log if log is not None else LogClient(client.url + "/log/", key)
+        if log is None:
+            # The log is read under the pinned key, never one the coordinator names.
+            key = client.log_key if client.log_key is not None else pin_log_key(None)
+            log = LogClient(client.url + "/log/", key)
+        self.log = log
         self.summary = WatchSummary(position=self.state.position)
         self._runners: dict[Digest, Runner] = {}
 
