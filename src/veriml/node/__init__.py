@@ -6,10 +6,13 @@
 ...     port=8701))  # doctest: +SKIP
 
 The public surface is re-exported here; the ``_``-prefixed modules are internal. See
-docs/node.md for configuration, job handling, replay protection, the model cache and traces.
+docs/node.md for configuration, job handling, replay protection, the model cache, traces and
+the byzantine harness (``NodeConfig(byzantine=mode)``, one of ``BYZANTINE_MODES``: tests and
+demos only).
 """
 
 from veriml.node._app import create_node_app, load_node_key, serve_node
+from veriml.node._byzantine import BYZANTINE_MODES
 from veriml.node._config import NodeConfig
 
-__all__ = ["NodeConfig", "create_node_app", "load_node_key", "serve_node"]
+__all__ = ["BYZANTINE_MODES", "NodeConfig", "create_node_app", "load_node_key", "serve_node"]

@@ -1,10 +1,11 @@
 """The node's HTTP API (docs/network.md, "Node HTTP API") and its process lifecycle.
 
 Routes -> the services in this package. Every error is RFC 9457 problem JSON
-(https://www.rfc-editor.org/rfc/rfc9457): 400 malformed body, 403 job not signed by our
-coordinator or not for this node, 404 unknown trace, 409 replay, 410 expired job, 413 body over
-the limit, 422 inputs that do not match the job or the model, 502 a model the hub served that
-fails verification, 503 busy or shutting down (with ``Retry-After``), 504 job timeout.
+(https://www.rfc-editor.org/rfc/rfc9457): 400 malformed body or trace index, 403 job not
+signed by our coordinator or not for this node, 404 unknown trace or kept tensor, 409 replay,
+410 expired job, 413 body over the limit, 422 inputs that do not match the job or the model,
+502 a model the hub served that fails verification, 503 busy or shutting down (with
+``Retry-After``), 504 job timeout.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from veriml.core.errors import (
     VerificationError,
 )
 from veriml.core.keys import SigningKey, generate_key, load_private_key, load_public_key
+from veriml.node._byzantine import behaviour_for
 from veriml.node._config import NodeConfig
 from veriml.node._coordinator import CoordinatorLink
 from veriml.node._jobs import JobService
@@ -156,6 +158,7 @@ class NodeState:
             config.cache_dir,
             config.coordinator,
             max_bytes=config.max_model_bytes,
+            profile=config.profile,
             timeout=config.job_timeout,
         )
         self.replay = ReplayCache(
@@ -172,6 +175,7 @@ class NodeState:
             queue_length=config.queue_length,
             job_timeout=config.job_timeout,
             max_tensor_bytes=config.max_body_bytes,
+            behaviour=behaviour_for(config.byzantine, key),
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self.link = CoordinatorLink(
@@ -182,6 +186,7 @@ class NodeState:
             client=self.http,
             status=self._status,
             heartbeat_interval=config.heartbeat_interval,
+            profile=config.profile,
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -189,6 +194,12 @@ class NodeState:
         return self.jobs.load(), self.models.cached()
 
     async def start(self) -> None:
+        if self.config.byzantine is not None:
+            log.warning(
+                "BYZANTINE node %s: mode %r, it cheats on purpose (tests and demos only)",
+                self.key.key_id,
+                self.config.byzantine,
+            )
         self.models.clean()
         if self.config.coordinator_key is not None:
             self.jobs.coordinator_key = load_public_key(self.config.coordinator_key, kind="ed25519")
@@ -318,6 +329,18 @@ def create_node_app(config: NodeConfig) -> FastAPI:
     @app.get("/v1/traces/{request_id}", operation_id="get_trace")
     async def get_trace(request_id: str, node: Node) -> dict[str, Any]:
         return node.traces.get(request_id).to_json()
+
+    @app.get("/v1/traces/{request_id}/entries/{index}", operation_id="get_trace_entry")
+    async def get_trace_entry(request_id: str, index: str, node: Node) -> dict[str, Any]:
+        # Parsed here, not by FastAPI: a bad index is a 400 problem like every other.
+        if not (index.isascii() and index.isdigit()) or len(index) > 12:
+            raise FormatError("trace index must be a non-negative integer", got=index[:40])
+        return node.traces.get(request_id).reveal(int(index))
+
+    @app.get("/v1/traces/{request_id}/tensors/{name:path}", operation_id="get_trace_tensor")
+    async def get_trace_tensor(request_id: str, name: str, node: Node) -> dict[str, Any]:
+        # ``:path``: exported graphs name tensors like "/encoder/MatMul_output_0".
+        return node.traces.get(request_id).tensor(name)
 
     @app.get("/healthz", operation_id="healthz")
     async def healthz(node: Node) -> dict[str, Any]:

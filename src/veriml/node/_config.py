@@ -8,6 +8,11 @@ Defaults and why:
 - ``queue_length`` = 64 waiting jobs beyond the running ones. Past that the node answers 503
   with ``Retry-After`` so the coordinator retries elsewhere instead of piling up latency.
 - ``heartbeat_interval`` = 5 s; the coordinator calls a node live for about three intervals.
+- ``threads`` = 1 intra-op thread per job: reductions then run in one fixed order, so every
+  node with the same profile gets bitwise the same result. Other values are recorded in the
+  receipt's runtime fingerprint; comparing such nodes needs the tolerance mode.
+- ``byzantine`` = None. A mode name makes the node cheat on purpose (docs/verification.md,
+  "Byzantine harness"): for tests and demos only, and logged as a warning at start.
 - ``max_job_validity`` = 5 minutes: the replay cache keeps job ids in memory until they
   expire, so the node refuses jobs whose validity window is longer than this (docs/node.md,
   "Replay protection").
@@ -20,11 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from veriml.core.errors import FormatError
+from veriml.node._byzantine import BYZANTINE_MODES
+from veriml.runtime import Profile
 
 __all__ = ["DEFAULT_PASSPHRASE_ENV", "NodeConfig"]
 
 DEFAULT_PASSPHRASE_ENV = "VERIML_NODE_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_QUEUE = 1 << 16
+_MAX_THREADS = 256  # the runtime profile's own limit
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised, not bound
 
 
@@ -77,6 +85,10 @@ class NodeConfig:
     """Seconds running jobs get to finish once shutdown starts."""
     access_log: bool = False
     """Log every HTTP request (off by default: at hundreds of jobs a second it costs CPU)."""
+    threads: int = 1
+    """onnxruntime intra-op threads per job; recorded in every receipt's runtime fingerprint."""
+    byzantine: str | None = None
+    """A mode of ``BYZANTINE_MODES``: the node cheats that way. Tests and demos only."""
 
     def __post_init__(self) -> None:
         if not self.coordinator_url.startswith(("http://", "https://")):
@@ -97,6 +109,12 @@ class NodeConfig:
                 raise FormatError(f"{name} must not be negative", got=getattr(self, name))
         if self.max_body_bytes < 1024 or self.max_model_bytes < 1024:
             raise FormatError("size limits must be at least 1 KiB")
+        if isinstance(self.threads, bool) or not 1 <= self.threads <= _MAX_THREADS:
+            raise FormatError(f"threads must be 1-{_MAX_THREADS}", got=self.threads)
+        if self.byzantine is not None and self.byzantine not in BYZANTINE_MODES:
+            raise FormatError(
+                "unknown byzantine mode", got=self.byzantine, expected="|".join(BYZANTINE_MODES)
+            )
         if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
             raise FormatError("advertised endpoint must be http(s)", got=self.endpoint)
         if self.endpoint is None and self.host in _ANY_ADDRESS:
@@ -109,6 +127,11 @@ class NodeConfig:
     @property
     def advertised_endpoint(self) -> str:
         return self.endpoint or f"http://{self.host}:{self.port}"
+
+    @property
+    def profile(self) -> Profile:
+        """The runtime profile jobs run under: the verifiable one, with ``threads``."""
+        return Profile(intra_op_threads=self.threads)
 
     @property
     def cache_dir(self) -> Path:

@@ -11,8 +11,11 @@ For each ``POST /v1/jobs`` body ``{"job": <DSSE envelope>, "inputs": {name: tens
 4. the replay cache admits the job id (409; see :mod:`veriml.node._memory`);
 5. the model is loaded, or pulled and verified (:mod:`veriml.node._models`);
 6. a worker thread (one per ``concurrency``) decodes the input tensors, checks their digests
-   against the signed ones (422) and runs the model under the verifiable profile, signing the
-   receipt with the node key; ``policy`` and ``request_id`` come from the job.
+   against the signed ones (422) and hands the job to the node's
+   :class:`~veriml.node._byzantine.Behaviour`: the honest one runs the model under the
+   verifiable profile and signs the receipt with the node key (``policy`` and ``request_id``
+   from the job); a byzantine one (tests and demos only) cheats in its documented way.
+   A traced job's trace is kept for disputes, replacing any earlier one of the same request.
 
 Steps 5 and 6 together must finish within ``job_timeout`` (504). A run that is already in a
 worker when the timeout hits keeps its slot until it ends, so the concurrency limit holds.
@@ -23,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
-import json
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -32,6 +34,7 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError, InvalidTensor, NodeUnavailable
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
+from veriml.node._byzantine import Behaviour
 from veriml.node._memory import ReplayCache, TraceStore
 from veriml.node._models import ModelCache
 from veriml.protocol.messages import Job
@@ -71,8 +74,11 @@ class JobService:
         queue_length: int,
         job_timeout: float,
         max_tensor_bytes: int,
+        behaviour: Behaviour | None = None,
     ) -> None:
         self.key = key
+        self.behaviour = behaviour if behaviour is not None else Behaviour(key)
+        """Turns a checked job into its result; honest unless the node was started byzantine."""
         self.node_id = key.key_id
         self.models = models
         self.replay = replay
@@ -171,15 +177,7 @@ class JobService:
         except FormatError as exc:
             raise InvalidTensor(exc.message, **exc.evidence) from exc
         job.check_inputs({name: tensor_digest(array) for name, array in inputs.items()})
-        result = runner.run(
-            inputs,
-            key=self.key,
-            trace=job.trace,
-            policy=job.policy,
-            request_id=job.request_id,
-            keep_tensors=job.trace,
-            spot=job.spot,
-        )
+        result = self.behaviour.run(runner, job, inputs)
         if result.trace is not None:
             self.traces.put(
                 request_id=job.request_id,
@@ -187,7 +185,7 @@ class JobService:
                 model=job.model.to_text(),
                 trace=result.trace,
             )
-        return json.dumps(result.to_json(include_inputs=False)).encode()
+        return self.behaviour.answer(result)
 
     async def drain(self, grace: float) -> bool:
         """Stop admitting jobs and wait up to ``grace`` seconds for admitted ones to end.

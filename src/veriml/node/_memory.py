@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from veriml.core.errors import Conflict, NotFound, VerificationError
+from veriml.core.errors import Conflict, FormatError, NotFound, VerificationError
 from veriml.core.tensors import tensor_to_json
 from veriml.protocol.messages import Job, format_time, parse_time
 from veriml.runtime import Trace
@@ -106,10 +106,38 @@ class KeptTrace:
         out["tensors"] = {name: tensor_to_json(a, force_b64=True) for name, a in tensors.items()}
         return out
 
+    def reveal(self, index: int) -> dict[str, Any]:
+        """Entry ``index`` with its RFC 9162 inclusion proof against the trace root
+        (docs/verification.md, "Service"): ``{"root", "size", "index", "entry", "proof"}``,
+        the proof as hex strings. :class:`FormatError` for an index out of range."""
+        size = self.trace.size
+        if not 0 <= index < size:
+            raise FormatError("trace index is out of range", index=index, size=size)
+        return {
+            "root": self.trace.root.to_text(),
+            "size": size,
+            "index": index,
+            "entry": self.trace.entries[index].to_json(),
+            "proof": [node.hex() for node in self.trace.inclusion_proof(index)],
+        }
+
+    def tensor(self, name: str) -> dict[str, Any]:
+        """The kept tensor ``name`` (a graph input or a node output) as tensor JSON (base64);
+        :class:`NotFound` when the trace keeps no tensor of that name."""
+        value = (self.trace.tensors or {}).get(name)
+        if value is None:
+            raise NotFound(
+                "the trace keeps no tensor of this name",
+                request_id=self.request_id[:256],
+                name=name[:256],
+            )
+        return tensor_to_json(value, force_b64=True)
+
 
 class TraceStore:
     """Traces by request id, kept for ``retention`` seconds and at most ``max_bytes`` of
-    tensors (the oldest go first when a new one does not fit)."""
+    tensors (the oldest go first when a new one does not fit). A later trace of the same
+    request id (the coordinator's re-traced job for a dispute) replaces the earlier one."""
 
     def __init__(
         self,

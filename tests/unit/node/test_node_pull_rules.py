@@ -117,6 +117,7 @@ def test_defaults_advertise_the_bound_address_and_cache_under_home() -> None:
 
 def test_the_public_api_is_pinned() -> None:
     assert sorted(veriml.node.__all__) == [
+        "BYZANTINE_MODES",
         "NodeConfig",
         "create_node_app",
         "load_node_key",
