@@ -1,26 +1,90 @@
-"""Verification of inference evidence: receipts, policies and verdicts.
+"""Verification of inference evidence: receipts, policies, verdicts, comparison and disputes.
 
 Verifiers raise :class:`~veriml.core.errors.VerificationError` subclasses naming the failed
 check and return a description of what was verified on success; they never return ``False``.
-Receipt verification (which can re-execute, so it pulls in ONNX Runtime and model-signing)
-loads on first use: ``veriml.verify.policy`` stays light for clients that only check verdicts.
+
+Every name loads its module on first use: receipt verification (which can re-execute, so it
+pulls in ONNX Runtime and model-signing) and the dispute referee stay out of a client that only
+checks verdicts with :mod:`veriml.verify.policy`.
+
+- :mod:`veriml.verify.policy`: policies, spot-check commit-reveal, verdicts, :func:`decide`;
+- :mod:`veriml.verify.tolerance`: per-operator error bounds and tolerance comparison;
+- :mod:`veriml.verify.dispute`: trace layout, reveal checks, bisection and the referee.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["VerifiedReceipt", "verify_receipt"]
+__all__ = [
+    "Bisection",
+    "DisputeRef",
+    "OutputBounds",
+    "Policy",
+    "RefereeDecision",
+    "SpotReveal",
+    "TraceLayout",
+    "Verdict",
+    "VerifiedReceipt",
+    "check_reveal",
+    "check_verdict",
+    "decide",
+    "output_bounds",
+    "outputs_agree",
+    "referee",
+    "spot_checked",
+    "spot_commitment",
+    "verify_receipt",
+]
+
+_HOMES = {
+    "VerifiedReceipt": "_receipt",
+    "verify_receipt": "_receipt",
+    "DisputeRef": "policy",
+    "Policy": "policy",
+    "SpotReveal": "policy",
+    "Verdict": "policy",
+    "check_verdict": "policy",
+    "decide": "policy",
+    "spot_checked": "policy",
+    "spot_commitment": "policy",
+    "OutputBounds": "tolerance",
+    "output_bounds": "tolerance",
+    "outputs_agree": "tolerance",
+    "Bisection": "dispute",
+    "RefereeDecision": "dispute",
+    "TraceLayout": "dispute",
+    "check_reveal": "dispute",
+    "referee": "dispute",
+}
 
 if TYPE_CHECKING:
     from veriml.verify._receipt import VerifiedReceipt, verify_receipt
+    from veriml.verify.dispute import (
+        Bisection,
+        RefereeDecision,
+        TraceLayout,
+        check_reveal,
+        referee,
+    )
+    from veriml.verify.policy import (
+        DisputeRef,
+        Policy,
+        SpotReveal,
+        Verdict,
+        check_verdict,
+        decide,
+        spot_checked,
+        spot_commitment,
+    )
+    from veriml.verify.tolerance import OutputBounds, output_bounds, outputs_agree
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from veriml.verify import _receipt
-
-        value = getattr(_receipt, name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'veriml.verify' has no attribute {name!r}")
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module 'veriml.verify' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"veriml.verify.{home}"), name)
+    globals()[name] = value
+    return value

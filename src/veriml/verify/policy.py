@@ -1,82 +1,314 @@
-"""Verification policies and their verdicts (pure logic, no I/O).
+"""Verification policies, spot-check commitments and verdicts (pure logic, no I/O).
+
+The formats are fixed in ``docs/verification.md`` ("Policies", "Spot checks", "Verdicts"):
 
 - ``none``: one node answers; the verdict accepts its verified receipt.
-- ``quorum:N/K`` (1 <= K <= N): N nodes of distinct operators answer; the verdict accepts the
-  outputs that at least K receipts agree on, bitwise (same output digests).
+- ``quorum:N/K`` (1 <= K <= N <= 16): N nodes of distinct operators answer; the verdict
+  accepts the outputs that at least K of them agree on.
+- ``spot:P`` (0 < P <= 1, at most 4 decimals): one node answers; with probability P a node of
+  another operator re-executes, decided by a commit-reveal the node cannot predict.
+- ``optimistic:W`` (1 s <= W <= 7 d): one traced node answers; final after W unless challenged.
 
-The verdict is recomputed by anyone from the receipts alone: :func:`decide` is what the
-coordinator runs and what the SDK runs again to check the coordinator's claim.
+Each may end in ``,tolerance`` (agreement within per-operator error bounds, see
+:mod:`veriml.verify.tolerance`) or ``,bitwise`` (the default, omitted from the canonical text).
+
+The verdict is recomputed by anyone from the receipts: :func:`decide` is what the coordinator
+runs and what the SDK runs again to check the coordinator's claim with :func:`check_verdict`.
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Mapping, Sequence
+import hashlib
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, VerificationError
 
-__all__ = ["Policy", "Verdict", "check_verdict", "decide"]
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
 
-MAX_QUORUM = 16
+    from veriml.core.dsse import Envelope
+    from veriml.verify.tolerance import OutputBounds
+
+__all__ = [
+    "Compare",
+    "DisputeRef",
+    "Policy",
+    "SpotReveal",
+    "Verdict",
+    "Winner",
+    "check_verdict",
+    "decide",
+    "spot_checked",
+    "spot_commitment",
+]
+
+MAX_QUORUM: Final = 16
+BASIS_POINTS: Final = 10_000
+MAX_WINDOW: Final = 7 * 86_400
+SPOT_SECRET_SIZE: Final = 32
+SPOT_COMMIT_TAG: Final = b"veriml-spot-commit/v1\n"
+SPOT_DECIDE_TAG: Final = b"veriml-spot/v1\n"
+_MAX_POLICY_TEXT: Final = 64
+
 Outcome = Literal["accepted", "rejected"]
+Compare = Literal["bitwise", "tolerance"]
+Kind = Literal["none", "quorum", "spot", "optimistic"]
+Winner = Literal["defendant", "challenger", "none", "neither"]
+WINNERS: Final[tuple[Winner, ...]] = ("defendant", "challenger", "none", "neither")
+COMPARES: Final[tuple[Compare, ...]] = ("bitwise", "tolerance")
+
+# Units of an optimistic window, largest first: the canonical text uses the largest that divides.
+_UNITS: Final[tuple[tuple[str, int], ...]] = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
+_QUORUM = re.compile(r"quorum:([0-9]{1,2})/([0-9]{1,2})")
+_SPOT = re.compile(r"spot:([0-9])(?:\.([0-9]+))?")
+_WINDOW = re.compile(r"optimistic:([0-9]{1,7})([smhd])")
+
+Answer = tuple[str, str, Mapping[str, Digest]]
 
 
 @dataclass(frozen=True, slots=True)
 class Policy:
-    """A parsed policy. ``str(policy)`` is its canonical text (``none``, ``quorum:3/2``)."""
+    """A parsed policy. ``str(policy)`` is its canonical text.
 
-    kind: Literal["none", "quorum"]
+    >>> str(Policy.parse("spot:0.10,bitwise"))
+    'spot:0.1'
+    >>> Policy.parse("optimistic:120m").window
+    7200
+    """
+
+    kind: Kind
     n: int = 1
     k: int = 1
+    p_bp: int = 0
+    """Spot-check probability in basis points (1/10000), 1..10000; 0 for other kinds."""
+    window: int = 0
+    """Optimistic challenge window in seconds, 1..604800; 0 for other kinds."""
+    compare: Compare = "bitwise"
 
     def __post_init__(self) -> None:
-        if self.kind == "none" and (self.n, self.k) != (1, 1):
-            raise FormatError("policy none runs exactly one node")
-        if not 1 <= self.k <= self.n <= MAX_QUORUM:
+        if self.compare not in COMPARES:
+            raise FormatError("policy comparison must be bitwise or tolerance", got=self.compare)
+        if self.kind == "quorum":
+            if not 1 <= self.k <= self.n <= MAX_QUORUM:
+                raise FormatError(
+                    "quorum:N/K needs 1 <= K <= N <= 16", policy=f"quorum:{self.n}/{self.k}"
+                )
+        elif self.kind in ("none", "spot", "optimistic"):
+            if (self.n, self.k) != (1, 1):
+                raise FormatError(f"policy {self.kind} runs exactly one node first")
+        else:
+            raise FormatError("unknown policy kind", got=self.kind)
+        if (self.kind == "spot") != (self.p_bp != 0) or not 0 <= self.p_bp <= BASIS_POINTS:
             raise FormatError(
-                "quorum:N/K needs 1 <= K <= N <= 16", policy=f"quorum:{self.n}/{self.k}"
+                "a spot probability (1..10000 basis points) belongs to spot:P only",
+                kind=self.kind,
+                p_bp=self.p_bp,
+            )
+        if (self.kind == "optimistic") != (self.window != 0) or not 0 <= self.window <= MAX_WINDOW:
+            raise FormatError(
+                "a window (1 s to 7 d) belongs to optimistic:W only",
+                kind=self.kind,
+                window=self.window,
             )
 
     @classmethod
     def parse(cls, text: str) -> Policy:
-        if text == "none":
-            return cls("none")
-        kind, sep, rest = text.partition(":")
-        n_text, slash, k_text = rest.partition("/")
-        if kind != "quorum" or not sep or not slash or not n_text.isdigit() or not k_text.isdigit():
-            raise FormatError("policy must be none or quorum:N/K", got=text[:64])
-        return cls("quorum", int(n_text), int(k_text))
+        """Parse ``base[,compare]``; :class:`FormatError` names what is wrong."""
+        if not isinstance(text, str) or len(text) > _MAX_POLICY_TEXT:
+            raise FormatError("a policy is a short text", got=str(text)[:_MAX_POLICY_TEXT])
+        base, sep, compare_text = text.partition(",")
+        compare: Compare = "bitwise"
+        if sep:
+            if compare_text not in COMPARES:
+                raise FormatError(
+                    "policy comparison must be bitwise or tolerance", got=compare_text[:32]
+                )
+            compare = compare_text
+        if base == "none":
+            return cls("none", compare=compare)
+        if match := _QUORUM.fullmatch(base):
+            return cls("quorum", int(match[1]), int(match[2]), compare=compare)
+        if match := _SPOT.fullmatch(base):
+            return cls("spot", p_bp=_basis_points(match[1], match[2] or "", base), compare=compare)
+        if match := _WINDOW.fullmatch(base):
+            seconds = int(match[1]) * dict(_UNITS)[match[2]]
+            if not 1 <= seconds <= MAX_WINDOW:
+                raise FormatError("optimistic window must be 1s..7d", got=base)
+            return cls("optimistic", window=seconds, compare=compare)
+        raise FormatError(
+            "policy must be none, quorum:N/K, spot:P or optimistic:W, optionally "
+            "followed by ,bitwise or ,tolerance",
+            got=text,
+        )
 
     @property
     def nodes(self) -> int:
-        """How many nodes (of distinct operators) must answer."""
-        return self.n
+        """How many nodes (of distinct operators) are asked first."""
+        return self.n if self.kind == "quorum" else 1
+
+    @property
+    def needed(self) -> int:
+        """How many distinct operators must agree."""
+        return self.k if self.kind == "quorum" else 1
+
+    @property
+    def probability(self) -> Fraction:
+        """The spot-check probability P (0 for other kinds)."""
+        return Fraction(self.p_bp, BASIS_POINTS)
 
     def __str__(self) -> str:
-        return "none" if self.kind == "none" else f"quorum:{self.n}/{self.k}"
+        if self.kind == "quorum":
+            base = f"quorum:{self.n}/{self.k}"
+        elif self.kind == "spot":
+            base = "spot:" + _decimal(self.p_bp)
+        elif self.kind == "optimistic":
+            unit, size = next((u, s) for u, s in _UNITS if self.window % s == 0)
+            base = f"optimistic:{self.window // size}{unit}"
+        else:
+            base = "none"
+        return base if self.compare == "bitwise" else f"{base},{self.compare}"
+
+
+def _basis_points(whole: str, decimals: str, text: str) -> int:
+    if len(decimals) > 4:
+        raise FormatError("spot probability has at most 4 decimals", got=text)
+    p_bp = int(whole) * BASIS_POINTS + int(decimals.ljust(4, "0") or "0")
+    if not 0 < p_bp <= BASIS_POINTS:
+        raise FormatError("spot probability must be in (0, 1]", got=text)
+    return p_bp
+
+
+def _decimal(p_bp: int) -> str:
+    """The shortest decimal for ``p_bp / 10000``: ``1``, ``0.5``, ``0.05``."""
+    if p_bp == BASIS_POINTS:
+        return "1"
+    return "0." + f"{p_bp:04d}".rstrip("0")
+
+
+def _winner(value: object) -> Winner:
+    if value not in WINNERS:
+        raise FormatError("dispute winner must be one of " + "|".join(WINNERS), got=value)
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class SpotReveal:
+    """The revealed spot-check secret and the decision it implies: ``{"secret", "checked"}``."""
+
+    secret: bytes
+    checked: bool
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.secret, bytes) or len(self.secret) != SPOT_SECRET_SIZE:
+            raise FormatError("a spot secret is 32 bytes", got=len(self.secret))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"secret": self.secret.hex(), "checked": self.checked}
+
+    @classmethod
+    def from_json(cls, obj: object) -> SpotReveal:
+        if not isinstance(obj, Mapping):
+            raise FormatError("verdict spot must be an object")
+        secret, checked = obj.get("secret"), obj.get("checked")
+        if not isinstance(secret, str) or not re.fullmatch(r"[0-9a-f]{64}", secret):
+            raise FormatError("verdict spot secret must be 64 lowercase hex digits")
+        if not isinstance(checked, bool):
+            raise FormatError("verdict spot checked must be a boolean", got=checked)
+        return cls(bytes.fromhex(secret), checked)
+
+
+@dataclass(frozen=True, slots=True)
+class DisputeRef:
+    """A dispute the request opened, with its logged outcome (its ``verdict`` ledger entry)."""
+
+    id: str
+    defendant: str
+    challenger: str
+    winner: Winner
+    log_index: int
+
+    def __post_init__(self) -> None:
+        _winner(self.winner)
+        for name in ("id", "defendant", "challenger"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise FormatError(f"dispute {name} must be a non-empty string")
+        if isinstance(self.log_index, bool) or not isinstance(self.log_index, int):
+            raise FormatError("dispute log_index must be an integer", got=self.log_index)
+        if self.log_index < 0:
+            raise FormatError("dispute log_index must be >= 0", got=self.log_index)
+
+    def losers(self) -> tuple[str, ...]:
+        """The parties that lost: ``none`` has no loser, ``neither`` two."""
+        return {
+            "defendant": (self.challenger,),
+            "challenger": (self.defendant,),
+            "none": (),
+            "neither": (self.defendant, self.challenger),
+        }[self.winner]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "defendant": self.defendant,
+            "challenger": self.challenger,
+            "winner": self.winner,
+            "log_index": self.log_index,
+        }
+
+    @classmethod
+    def from_json(cls, obj: object) -> DisputeRef:
+        if not isinstance(obj, Mapping):
+            raise FormatError("a verdict dispute must be an object")
+        try:
+            return cls(
+                id=obj["id"],
+                defendant=obj["defendant"],
+                challenger=obj["challenger"],
+                winner=_winner(obj["winner"]),
+                log_index=obj["log_index"],
+            )
+        except KeyError as exc:
+            raise FormatError("verdict dispute is missing a member", member=str(exc)) from exc
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What the policy concluded from the receipts; part of the inference log entry."""
+    """What the policy concluded from the receipts; part of the inference log entry.
+
+    ``spot``, ``final_after`` and ``disputes`` are omitted from the JSON when unset, so a
+    verdict without them has the bytes it had before they existed.
+    """
 
     policy: str
     outcome: Outcome
     agreeing: tuple[str, ...]
     outputs: Mapping[str, Digest] = field(default_factory=dict)
     mode: str = "bitwise"
+    spot: SpotReveal | None = None
+    final_after: str | None = None
+    disputes: tuple[DisputeRef, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "policy": self.policy,
             "mode": self.mode,
             "outcome": self.outcome,
             "agreeing": list(self.agreeing),
             "outputs": {name: d.to_text() for name, d in sorted(self.outputs.items())},
         }
+        if self.spot is not None:
+            out["spot"] = self.spot.to_json()
+        if self.final_after is not None:
+            out["final_after"] = self.final_after
+        if self.disputes:
+            out["disputes"] = [d.to_json() for d in self.disputes]
+        return out
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Verdict:
@@ -90,41 +322,154 @@ class Verdict:
                 raise FormatError("verdict agreeing must be a list of node ids")
             if not isinstance(outputs, dict):
                 raise FormatError("verdict outputs must be an object")
+            mode = obj.get("mode", "bitwise")
+            if mode not in COMPARES:
+                raise FormatError("verdict mode must be bitwise or tolerance", got=mode)
+            final_after = obj.get("final_after")
+            if final_after is not None and not isinstance(final_after, str):
+                raise FormatError("verdict final_after must be a timestamp string")
+            disputes = obj.get("disputes", [])
+            if not isinstance(disputes, list):
+                raise FormatError("verdict disputes must be a list")
+            spot = obj.get("spot")
             return cls(
                 policy=str(Policy.parse(str(obj["policy"]))),
                 outcome=outcome,
                 agreeing=tuple(agreeing),
                 outputs={str(k): Digest.from_text(str(v)) for k, v in outputs.items()},
-                mode=str(obj.get("mode", "bitwise")),
+                mode=mode,
+                spot=None if spot is None else SpotReveal.from_json(spot),
+                final_after=final_after,
+                disputes=tuple(DisputeRef.from_json(d) for d in disputes),
             )
         except KeyError as exc:
             raise FormatError("verdict is missing a member", member=str(exc)) from exc
 
 
-def decide(policy: Policy, answers: Sequence[tuple[str, str, Mapping[str, Digest]]]) -> Verdict:
+def spot_commitment(secret: bytes) -> Digest:
+    """``SHA-256("veriml-spot-commit/v1\\n" || secret)``: what the signed job and receipt carry."""
+    if not isinstance(secret, bytes) or len(secret) != SPOT_SECRET_SIZE:
+        raise FormatError("a spot secret is 32 bytes", got=len(secret))
+    return Digest.of(SPOT_COMMIT_TAG + secret)
+
+
+def spot_checked(policy: Policy, secret: bytes, receipt: Envelope) -> bool:
+    """Whether the signed ``receipt`` of a ``spot:P`` job is re-executed by a second node.
+
+    ``h = SHA-256("veriml-spot/v1\\n" || secret || SHA-256(receipt payload))``; checked when
+    ``int(h[0:8], big-endian) * 10000 < P_bp * 2**64``, i.e. with probability exactly P over
+    uniform ``h``. The node signs the receipt knowing only the commitment to ``secret``.
+    """
+    if policy.kind != "spot":
+        raise FormatError("only spot:P policies have spot checks", policy=str(policy))
+    if not isinstance(secret, bytes) or len(secret) != SPOT_SECRET_SIZE:
+        raise FormatError("a spot secret is 32 bytes", got=len(secret))
+    payload_digest = hashlib.sha256(receipt.payload).digest()
+    h = hashlib.sha256(SPOT_DECIDE_TAG + secret + payload_digest).digest()
+    return int.from_bytes(h[:8], "big") * BASIS_POINTS < policy.p_bp * (1 << 64)
+
+
+def decide(
+    policy: Policy,
+    answers: Sequence[Answer],
+    *,
+    tensors: Sequence[Mapping[str, npt.NDArray[np.generic]]] | None = None,
+    bounds: OutputBounds | None = None,
+    spot: SpotReveal | None = None,
+    final_after: str | None = None,
+    disputes: Sequence[DisputeRef] = (),
+) -> Verdict:
     """The verdict for verified ``answers``: ``(node id, operator id, output digests)`` each.
 
-    Answers from one operator count once (the first), as distinct operators are the point of a
-    quorum. Bitwise agreement: identical output-digest maps. The verdict accepts when at least K
-    distinct operators agree (1 for ``none``), even if fewer than N answered: K independent
-    agreeing answers are the guarantee the policy promises.
+    Answers from one operator count once (the first), as distinct operators are the point of
+    the policy. Two answers agree when their output-digest maps are equal, or, in tolerance
+    mode, when their output ``tensors`` (one map per answer, in the same order, checked here
+    against the digests) agree within ``bounds``. Tolerance agreement is not transitive, so
+    answers are grouped greedily in answer order: each joins the first group whose first member
+    it agrees with, else starts a group; the largest group (the earliest on a tie) wins.
+
+    - ``none`` / ``optimistic``: the first answer (``final_after`` is recorded as given).
+    - ``quorum:N/K``: accepted when K distinct operators agree, even if fewer than N answered.
+    - ``spot:P``: ``answers[0]`` is the primary, ``answers[1]`` the checker. Unchecked (or no
+      checker answer): the primary. Checked and agreeing: both. Differing: the dispute against
+      the primary decides (``defendant``: the primary alone, ``challenger``: the checker alone,
+      ``none``: both, ``neither`` or no dispute: rejected).
+
+    Finally, any dispute lost by an agreeing node (as defendant or challenger) rejects.
     """
+    mode = policy.compare
+    if (spot is not None) != (policy.kind == "spot"):
+        raise FormatError("a spot:P verdict needs the spot reveal, and only it has one")
+    if final_after is not None and policy.kind != "optimistic":
+        raise FormatError("only optimistic:W verdicts have final_after", policy=str(policy))
+    refs = tuple(disputes)
+    same = _agreement(policy, answers, tensors, bounds)
     seen_operators: set[str] = set()
-    distinct: list[tuple[str, tuple[tuple[str, Digest], ...]]] = []
-    for node_id, operator, outputs in answers:
-        if operator in seen_operators:
-            continue
-        seen_operators.add(operator)
-        distinct.append((node_id, tuple(sorted(outputs.items()))))
+    distinct: list[int] = []
+    for index, (_, operator, _) in enumerate(answers):
+        if operator not in seen_operators:
+            seen_operators.add(operator)
+            distinct.append(index)
+
+    def verdict(outcome: Outcome, members: Sequence[int]) -> Verdict:
+        agreeing = tuple(answers[i][0] for i in members)
+        outputs = dict(answers[members[0]][2]) if members else {}
+        if outcome == "accepted" and any(set(agreeing) & set(d.losers()) for d in refs):
+            outcome = "rejected"
+        return Verdict(str(policy), outcome, agreeing, outputs, mode, spot, final_after, refs)
+
     if not distinct:
-        return Verdict(str(policy), "rejected", ())
-    counts = Counter(outputs for _, outputs in distinct)
-    best, votes = counts.most_common(1)[0]
-    agreeing = tuple(node for node, outputs in distinct if outputs == best)
-    needed = policy.k if policy.kind == "quorum" else 1
-    if votes < needed:
-        return Verdict(str(policy), "rejected", agreeing, dict(best))
-    return Verdict(str(policy), "accepted", agreeing, dict(best))
+        return verdict("rejected", ())
+    if policy.kind == "spot":
+        assert spot is not None
+        primary = distinct[0]
+        if not spot.checked or len(distinct) < 2:
+            return verdict("accepted", (primary,))
+        checker = distinct[1]
+        if same(primary, checker):
+            return verdict("accepted", (primary, checker))
+        ruling = next((d for d in refs if d.defendant == answers[primary][0]), None)
+        if ruling is None or ruling.winner == "neither":
+            return verdict("rejected", ())
+        chosen = {"defendant": (primary,), "challenger": (checker,), "none": (primary, checker)}
+        return verdict("accepted", chosen[ruling.winner])
+    if policy.kind != "quorum":
+        return verdict("accepted", (distinct[0],))
+    groups: list[list[int]] = []
+    for index in distinct:
+        group = next((g for g in groups if same(g[0], index)), None)
+        if group is None:
+            groups.append([index])
+        else:
+            group.append(index)
+    best = max(groups, key=len)  # max keeps the first of equal-sized groups
+    return verdict("accepted" if len(best) >= policy.needed else "rejected", best)
+
+
+def _agreement(
+    policy: Policy,
+    answers: Sequence[Answer],
+    tensors: Sequence[Mapping[str, npt.NDArray[np.generic]]] | None,
+    bounds: OutputBounds | None,
+) -> Callable[[int, int], bool]:
+    """The agreement relation between two answers (by index) for the policy's mode."""
+    digests = [tuple(sorted(outputs.items())) for _, _, outputs in answers]
+    if policy.compare == "bitwise":
+        return lambda i, j: digests[i] == digests[j]
+    if tensors is None or bounds is None or len(tensors) != len(answers):
+        raise FormatError(
+            "tolerance mode needs the output tensors of every answer and the output bounds",
+            answers=len(answers),
+            tensors=None if tensors is None else len(tensors),
+        )
+    from veriml.verify._tensors import check_tensor_digests
+    from veriml.verify.tolerance import outputs_agree
+
+    for (node_id, _, outputs), values in zip(answers, tensors, strict=True):
+        check_tensor_digests(
+            values, outputs, check="verdict", kind="output", claimant=f"node {node_id}'s receipt"
+        )
+    return lambda i, j: digests[i] == digests[j] or outputs_agree(tensors[i], tensors[j], bounds)
 
 
 def check_verdict(claimed: Verdict, recomputed: Verdict) -> None:

@@ -7,6 +7,27 @@ import veriml.verify
 
 
 def test_verify_exports_exactly_its_public_api() -> None:
-    assert sorted(veriml.verify.__all__) == ["VerifiedReceipt", "verify_receipt"]
+    assert sorted(veriml.verify.__all__) == [
+        "Bisection",
+        "DisputeRef",
+        "OutputBounds",
+        "Policy",
+        "RefereeDecision",
+        "SpotReveal",
+        "TraceLayout",
+        "Verdict",
+        "VerifiedReceipt",
+        "check_reveal",
+        "check_verdict",
+        "decide",
+        "output_bounds",
+        "outputs_agree",
+        "referee",
+        "spot_checked",
+        "spot_commitment",
+        "verify_receipt",
+    ]
+    for name in veriml.verify.__all__:
+        assert getattr(veriml.verify, name) is not None
     assert veriml.verify_receipt is veriml.verify.verify_receipt
     assert veriml.run is veriml.runtime.run
