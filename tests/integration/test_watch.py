@@ -1,0 +1,159 @@
+"""A watcher catches a cheating node end to end, as real processes.
+
+A local network of two nodes, node 0 started with ``--byzantine wrong-output`` (one ulp added to
+its first output; its trace agrees with what it answered). Inferences under policy ``none``
+are accepted on one node's word. ``veriml watch --once --sample 1`` then re-executes every one of
+them, finds each answer of node 0 wrong, disputes it with its own trace, and wins at the referee;
+the log then holds a verdict for the watcher and a slash of node 0 for every such answer, and
+nothing against the honest node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from veriml.client import Client, LocalNetwork
+from veriml.core.keys import generate_key
+from veriml.ledger.entries import DisputeVerdictEntry, SlashEntry, parse_entry
+from veriml.models.examples import build_mlp, write_example_folder
+from veriml.tlog import LogClient, NoteVerifier
+
+pytestmark = pytest.mark.slow
+
+MAX_REQUESTS = 16
+
+
+@dataclass(frozen=True)
+class Watched:
+    network: LocalNetwork
+    home: Path
+    key: Path
+    key_id: str
+    answered_by: dict[str, str]  # inference id -> node id
+    cheater: str
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
+    home = tmp_path_factory.mktemp("watched")
+    folder = write_example_folder(home / "mlp", build_mlp((4, 8, 3), seed=5), name="mlp")
+    generate_key("ec").save(home / "publisher.key")
+    watcher_key = generate_key("ed25519")
+    watcher_key.save(home / "watcher.key")
+    with LocalNetwork(home / "net", nodes=2, port=0, byzantine={0: "wrong-output"}) as net:
+        cheater = net.nodes[0].node_id
+        assert cheater is not None
+        answered_by: dict[str, str] = {}
+        with Client(net.url, log_vkey=net.log_vkey) as client:
+            client.publish(folder, home / "publisher.key")
+            rng = np.random.default_rng(0)
+            # Until both nodes have answered (the scheduler picks), within a bound.
+            for _ in range(MAX_REQUESTS):
+                x = rng.standard_normal((1, 4)).astype(np.float32)
+                result = client.infer("mlp", {"x": x}, policy="none")
+                answered_by[result.id] = result.verdict.agreeing[0]
+                if len(set(answered_by.values())) == 2 and len(answered_by) >= 4:
+                    break
+        assert cheater in answered_by.values()
+        yield Watched(net, home, home / "watcher.key", watcher_key.key_id, answered_by, cheater)
+
+
+def run_cli(watched: Watched, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "VERIML_HOME": str(watched.home / "watcher-home")}
+    env.pop("VERIML_URL", None)
+    command = [
+        sys.executable,
+        "-m",
+        "veriml",
+        *args,
+        "--coordinator",
+        watched.network.url,
+        "--log-vkey",
+        watched.network.log_vkey,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+
+
+def log_entries(watched: Watched) -> list[Any]:
+    verifier = NoteVerifier.from_vkey(watched.network.log_vkey)
+    with LogClient(watched.network.url + "/log/", verifier) as log:
+        signed = log.checkpoint()
+        reader = log.hash_reader(signed)
+        raw: list[bytes] = []
+        bundle = 0
+        while len(raw) < signed.checkpoint.size:
+            raw += reader.read_entry_bundle(bundle)
+            bundle += 1
+    entries = []
+    for data in raw:
+        if json.loads(data)["type"] in ("verdict", "slash"):
+            entries.append(parse_entry(data))
+    return entries
+
+
+def test_watch_once_catches_the_cheater_wins_every_dispute_and_slashes_only_it(
+    watched: Watched,
+) -> None:
+    state = watched.home / "watch.json"
+    done = run_cli(
+        watched,
+        "watch",
+        "--once",
+        "--sample",
+        "1",
+        "--key",
+        str(watched.key),
+        "--state",
+        str(state),
+        "--json",
+    )
+    assert done.returncode == 1, done.stderr  # a mismatch was found
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    checks, summary = lines[:-1], lines[-1]["summary"]
+    by_id = {c["id"]: c for c in checks}
+    assert set(by_id) == set(watched.answered_by)
+    for inference, node in watched.answered_by.items():
+        checked = by_id[inference]
+        assert checked["node"] == node
+        if node == watched.cheater:
+            assert checked["result"] == "mismatch", checked
+            assert checked["winner"] == "challenger", checked
+        else:
+            assert checked["result"] == "match", checked
+            assert checked["dispute"] is None
+    cheats = sum(node == watched.cheater for node in watched.answered_by.values())
+    assert summary["mismatched"] == cheats
+    assert summary["disputes"] == {"opened": cheats, "won": cheats, "lost": 0}
+
+    entries = log_entries(watched)
+    verdicts = [e for e in entries if isinstance(e, DisputeVerdictEntry)]
+    slashes = [e for e in entries if isinstance(e, SlashEntry)]
+    disputes = {c["dispute"] for c in checks if c["dispute"]}
+    assert {v.dispute for v in verdicts} >= disputes
+    assert all(v.winner == "challenger" for v in verdicts if v.dispute in disputes)
+    assert {s.dispute for s in slashes if s.account == watched.cheater} >= disputes
+    assert all(s.account == watched.cheater for s in slashes)
+
+    # The state remembers the position: a second run finds nothing new to check.
+    again = run_cli(watched, "watch", "--once", "--sample", "1", "--state", str(state), "--json")
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["summary"]["checked"] == 0
+
+
+def test_challenge_of_an_honest_answer_matches_and_opens_nothing(watched: Watched) -> None:
+    honest = next(i for i, n in watched.answered_by.items() if n != watched.cheater)
+    done = run_cli(watched, "challenge", honest, "--key", str(watched.key), "--json")
+    assert done.returncode == 0, done.stderr
+    checked = json.loads(done.stdout)
+    assert checked["result"] == "match"
+    assert checked["dispute"] is None
