@@ -150,9 +150,35 @@ def node(
             help="Seconds running jobs get to finish on SIGTERM/Ctrl-C.",
         ),
     ] = 30.0,
+    threads: Annotated[
+        int,
+        typer.Option(
+            "--threads",
+            min=1,
+            max=256,
+            envvar="VERIML_NODE_THREADS",
+            help="onnxruntime intra-op threads per job (recorded in every receipt).",
+        ),
+    ] = 1,
+    byzantine: Annotated[
+        str | None,
+        typer.Option(
+            "--byzantine",
+            envvar="VERIML_NODE_BYZANTINE",
+            metavar="MODE",
+            help="TESTS AND DEMOS ONLY: cheat on purpose in MODE (wrong-output, lazy, "
+            "substitute, fp16, replay, impersonate, collude; docs/verification.md).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node: register with the coordinator, pull verified models, run signed jobs."""
-    from veriml.node import NodeConfig, serve_node
+    from veriml.node import BYZANTINE_MODES, NodeConfig, serve_node
+
+    if byzantine is not None and byzantine not in BYZANTINE_MODES:
+        raise typer.BadParameter(
+            f"{byzantine!r} is not one of {', '.join(BYZANTINE_MODES)}",
+            param_hint="'--byzantine'",
+        )
 
     extra = {} if concurrency is None else {"concurrency": concurrency}
     config = NodeConfig(
@@ -169,9 +195,13 @@ def node(
         trace_retention=trace_retention,
         job_timeout=job_timeout,
         shutdown_grace=shutdown_grace,
+        threads=threads,
+        byzantine=byzantine,
         **extra,  # type: ignore[arg-type]
     )
     console.print(f"node  http://{host}:{port}  operator {operator}  -> {coordinator_url}")
+    if byzantine is not None:
+        console.print(f"BYZANTINE mode {byzantine}: this node cheats (tests and demos only)")
     serve_node(config)
 
 

@@ -4,6 +4,10 @@ It writes ``HOME/network.json`` (``{"url", "log_vkey", "nodes": [{"id", "url", "
 once every node is registered, so ``veriml publish``, ``veriml infer`` and the SDK find the
 network and pin its log key without further configuration. Ctrl-C or SIGTERM stops every
 child and removes the file; a child that dies is reported and the rest are stopped.
+
+``--byzantine INDEX:MODE`` (repeatable; INDEX 0-based in ``network.json``'s ``nodes``) starts
+that node cheating on purpose, for tests and demos (docs/verification.md, "Byzantine
+harness"); a bad INDEX or MODE is a usage error (exit 2).
 """
 
 from __future__ import annotations
@@ -19,6 +23,32 @@ import typer
 from veriml.cli._common import console, err_console
 
 __all__ = ["register"]
+
+
+def parse_byzantine(specs: list[str], nodes: int) -> dict[int, str]:
+    """``INDEX:MODE`` options as ``{index: mode}``; :class:`typer.BadParameter` (exit 2) for a
+    malformed spec, an index outside ``0..nodes-1``, an index given twice or an unknown mode."""
+    from veriml.node import BYZANTINE_MODES  # here: it loads the runtime, and only when asked
+
+    chosen: dict[int, str] = {}
+    for spec in specs:
+        index_text, sep, mode = spec.partition(":")
+        hint = "'--byzantine'"
+        if not sep or not (index_text.isascii() and index_text.isdigit()):
+            raise typer.BadParameter(f"{spec!r} is not INDEX:MODE", param_hint=hint)
+        index = int(index_text)
+        if index >= nodes:
+            raise typer.BadParameter(
+                f"node index {index} is out of range (0-{nodes - 1})", param_hint=hint
+            )
+        if mode not in BYZANTINE_MODES:
+            raise typer.BadParameter(
+                f"{mode!r} is not one of {', '.join(BYZANTINE_MODES)}", param_hint=hint
+            )
+        if index in chosen:
+            raise typer.BadParameter(f"node {index} is given two modes", param_hint=hint)
+        chosen[index] = mode
+    return chosen
 
 
 def up(
@@ -38,8 +68,19 @@ def up(
         str | None,
         typer.Option(envvar="VERIML_DB", help="Coordinator database URL (default: SQLite)."),
     ] = None,
+    byzantine: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--byzantine",
+            metavar="INDEX:MODE",
+            help="TESTS AND DEMOS ONLY: start node INDEX (0-based, network.json order) "
+            "cheating in MODE (wrong-output, lazy, substitute, fp16, replay, impersonate, "
+            "collude). Repeatable.",
+        ),
+    ] = None,
 ) -> None:
     """Start a local network (coordinator + nodes) and keep it running until Ctrl-C."""
+    cheats = parse_byzantine(byzantine or [], nodes)
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -48,12 +89,13 @@ def up(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
 
-    network = LocalNetwork(home, nodes=nodes, port=port, db=db)
+    network = LocalNetwork(home, nodes=nodes, port=port, db=db, byzantine=cheats)
     try:
         with network:
             console.print(f"coordinator  {network.url}", markup=False)
-            for node in network.nodes:
-                console.print(f"{node.name:<12} {node.url}  {node.node_id}", markup=False)
+            for index, node in enumerate(network.nodes):
+                mode = f"  BYZANTINE {cheats[index]}" if index in cheats else ""
+                console.print(f"{node.name:<12} {node.url}  {node.node_id}{mode}", markup=False)
             console.print(f"log key      {network.log_vkey}", markup=False)
             console.print(f"wrote {network.home / 'network.json'}; Ctrl-C to stop", markup=False)
             while not stop.wait(0.5):

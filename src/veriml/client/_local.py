@@ -6,6 +6,10 @@ Layout under ``HOME`` (docs/network.md, "Keys on disk"): ``coordinator/`` (its k
 database, blobs) and ``nodes/node-<i>/`` (node key, model cache), plus ``network.json`` once
 every node is registered. Each node gets its own key and operator id ``op-<i>``.
 
+``byzantine={index: mode}`` starts node ``index`` (0-based, the order of ``network.json``'s
+``nodes``) cheating in that mode (docs/verification.md, "Byzantine harness": tests and demos
+only); ``threads={index: n}`` gives it ``n`` intra-op threads.
+
     with LocalNetwork(Path(".veriml"), nodes=3) as net:   # started, registered
         net.url, net.log_vkey, net.nodes                  # network.json written
     # every child stopped, network.json removed
@@ -108,6 +112,32 @@ def _veriml() -> list[str]:
     return [sys.executable, "-m", "veriml"]
 
 
+def _per_node_args(
+    nodes: int, byzantine: Mapping[int, str], threads: Mapping[int, int]
+) -> list[list[str]]:
+    """The extra ``serve node`` arguments of each node, checked before anything starts."""
+    extra: list[list[str]] = [[] for _ in range(nodes)]
+    for index in (*byzantine, *threads):
+        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < nodes:
+            raise FormatError(
+                "node index must be 0-based and below the node count", index=index, nodes=nodes
+            )
+    if byzantine:
+        from veriml.node import BYZANTINE_MODES  # only when asked: it loads the node's runtime
+
+        for index, mode in sorted(byzantine.items()):
+            if mode not in BYZANTINE_MODES:
+                raise FormatError(
+                    "unknown byzantine mode", got=mode, expected="|".join(BYZANTINE_MODES)
+                )
+            extra[index] += ["--byzantine", mode]
+    for index, count in sorted(threads.items()):
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= 256:
+            raise FormatError("threads must be 1-256", index=index, got=count)
+        extra[index] += ["--threads", str(count)]
+    return extra
+
+
 class LocalNetwork:
     """Start, watch and stop a coordinator and ``nodes`` nodes under ``home``."""
 
@@ -123,11 +153,15 @@ class LocalNetwork:
         coordinator_args: Sequence[str] = (),
         node_args: Sequence[str] = (),
         coordinator_python_args: Sequence[str] = (),
+        byzantine: Mapping[int, str] | None = None,
+        threads: Mapping[int, int] | None = None,
     ) -> None:
         """``coordinator_python_args`` go before ``-m veriml`` (the benchmark profiles the
-        coordinator with ``-m cProfile -o FILE``)."""
+        coordinator with ``-m cProfile -o FILE``). ``byzantine`` and ``threads`` are per node
+        index (0-based); a bad index, mode or thread count is a :class:`FormatError`."""
         if nodes < 1:
             raise FormatError("a network needs at least one node", nodes=nodes)
+        per_node = _per_node_args(nodes, byzantine or {}, threads or {})
         self.home = home.resolve()
         self.start_timeout = start_timeout
         self.env = {**os.environ, **(env or {})}
@@ -176,6 +210,7 @@ class LocalNetwork:
                 "--port",
                 str(node_port),
                 *node_args,
+                *per_node[i - 1],
             ]
             node_url = f"http://{HOST}:{node_port}"
             self.nodes.append(Child(name, node_url, node_cmd, logs / f"{name}.log"))

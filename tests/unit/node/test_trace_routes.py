@@ -1,0 +1,161 @@
+"""The node's trace reveals (docs/verification.md, "Service"): every entry comes with an
+RFC 9162 proof against the root the receipt signed, every kept tensor hashes to its entry,
+a re-traced request replaces its trace, and the job path runs with the configured threads and
+byzantine behaviour."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from _node_harness import SignedModel, inputs_for, job_body, node_config, running_node
+
+from veriml.core.keys import SigningKey
+from veriml.core.tensors import tensor_digest, tensor_from_json
+from veriml.runtime import RunResult, TraceEntry
+from veriml.tlog.merkle import leaf_hash, verify_inclusion
+
+
+@pytest.fixture
+def node(tmp_path: Path, hub_url: str, coordinator_pub: Path) -> Iterator[tuple[str, str]]:
+    with running_node(node_config(tmp_path / "node", hub_url, coordinator_pub)) as url:
+        yield url, httpx.get(f"{url}/v1/info").json()["node_id"]
+
+
+def _traced(
+    url: str,
+    node_id: str,
+    coordinator_key: SigningKey,
+    model: SignedModel,
+    request_id: str,
+    seed: int = 1,
+    *,
+    trace: bool = True,
+) -> RunResult:
+    body = job_body(
+        coordinator_key, node_id, model.digest, inputs_for(seed), trace=trace, request_id=request_id
+    )
+    response = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    return RunResult.from_json(response.json())
+
+
+def _reveal(url: str, request_id: str, index: int | str) -> httpx.Response:
+    return httpx.get(f"{url}/v1/traces/{request_id}/entries/{index}")
+
+
+def _check_reveal(url: str, result: RunResult, index: int) -> TraceEntry:
+    """Entry ``index`` as the coordinator checks it: proven against the receipt's root."""
+    commitment = result.predicate.trace
+    assert commitment is not None
+    response = _reveal(url, result.predicate.request_id, index)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["root"] == commitment.root.to_text()
+    assert (body["size"], body["index"]) == (commitment.size, index)
+    entry = TraceEntry.from_json(body["entry"])
+    proof = [bytes.fromhex(h) for h in body["proof"]]
+    verify_inclusion(
+        leaf_hash(entry.digest.raw), index, commitment.size, proof, commitment.root.raw
+    )
+    return entry
+
+
+def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    return dict(response.json())
+
+
+def test_every_entry_is_proven_against_the_receipt_root_and_every_tensor_matches_it(
+    node: tuple[str, str], coordinator_key: SigningKey, signed_model: SignedModel
+) -> None:
+    url, node_id = node
+    result = _traced(url, node_id, coordinator_key, signed_model, "r-1")
+    assert result.trace is not None
+    for index in range(result.trace.size):
+        entry = _check_reveal(url, result, index)
+        assert entry == result.trace.entries[index]
+        kept = httpx.get(f"{url}/v1/traces/r-1/tensors/{entry.output}")
+        assert kept.status_code == 200, kept.text
+        assert "b64" in kept.json()
+        assert tensor_digest(tensor_from_json(kept.json())) == entry.digest
+    graph_input = httpx.get(f"{url}/v1/traces/r-1/tensors/x")
+    assert tensor_digest(tensor_from_json(graph_input.json())) == result.predicate.inputs["x"]
+
+
+def test_unknown_requests_and_names_are_404_and_bad_indices_400(
+    node: tuple[str, str], coordinator_key: SigningKey, signed_model: SignedModel
+) -> None:
+    url, node_id = node
+    result = _traced(url, node_id, coordinator_key, signed_model, "r-2")
+    assert result.trace is not None
+    _problem(_reveal(url, "no-such-request", 0), 404)
+    _problem(httpx.get(f"{url}/v1/traces/no-such-request/tensors/x"), 404)
+    missing = _problem(httpx.get(f"{url}/v1/traces/r-2/tensors/no/such/tensor"), 404)
+    assert missing["name"] == "no/such/tensor"
+    out_of_range = _problem(_reveal(url, "r-2", result.trace.size), 400)
+    assert out_of_range["size"] == result.trace.size
+    for bad in ("-1", "one", "1.5", "99999999999999999999"):
+        _problem(_reveal(url, "r-2", bad), 400)
+    # An untraced job keeps nothing to reveal.
+    _traced(url, node_id, coordinator_key, signed_model, "r-3", trace=False)
+    _problem(_reveal(url, "r-3", 0), 404)
+
+
+def test_a_later_traced_job_for_the_same_request_replaces_the_trace(
+    node: tuple[str, str], coordinator_key: SigningKey, signed_model: SignedModel
+) -> None:
+    url, node_id = node
+    first = _traced(url, node_id, coordinator_key, signed_model, "r-4", seed=1)
+    again = _traced(url, node_id, coordinator_key, signed_model, "r-4", seed=2)
+    assert first.predicate.trace is not None
+    assert again.predicate.trace is not None
+    assert first.predicate.trace.root != again.predicate.trace.root
+    _check_reveal(url, again, 0)
+    body = _reveal(url, "r-4", 0).json()
+    assert body["root"] == again.predicate.trace.root.to_text()
+
+
+def test_the_thread_count_is_recorded_in_every_receipt(
+    tmp_path: Path,
+    hub_url: str,
+    coordinator_pub: Path,
+    coordinator_key: SigningKey,
+    signed_model: SignedModel,
+) -> None:
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub, threads=2)
+    with running_node(config) as url:
+        node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
+        result = _traced(url, node_id, coordinator_key, signed_model, "r-5", trace=False)
+    assert result.predicate.runtime["intra_op_threads"] == 2
+    assert result.predicate.runtime["inter_op_threads"] == 1
+
+
+def test_a_byzantine_node_warns_at_start_and_reveals_a_trace_consistent_with_its_lie(
+    tmp_path: Path,
+    hub_url: str,
+    coordinator_pub: Path,
+    coordinator_key: SigningKey,
+    signed_model: SignedModel,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub, byzantine="wrong-output")
+    with caplog.at_level(logging.WARNING, logger="veriml.node"), running_node(config) as url:
+        node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
+        lie = _traced(url, node_id, coordinator_key, signed_model, "r-6")
+        assert lie.trace is not None
+        last = lie.trace.size - 1
+        entry = _check_reveal(url, lie, last)
+        (name,) = lie.outputs
+        assert entry.output == name
+        assert entry.digest == tensor_digest(lie.outputs[name])
+        kept = httpx.get(f"{url}/v1/traces/r-6/tensors/{name}").json()
+        assert tensor_digest(tensor_from_json(kept)) == entry.digest
+    assert any(
+        "BYZANTINE" in r.getMessage() and "wrong-output" in r.getMessage() for r in caplog.records
+    )
