@@ -335,7 +335,9 @@ class Watcher:
                 self.summary.add(result)
                 if on_checked is not None:
                     on_checked(result)
-            self._advance(index + 1, signed)
+            # Saved after each check (a restart never checks an inference twice), not after
+            # every skipped entry: a long log is read without a file write per entry.
+            self._advance(index + 1, signed, save=result is not None)
         self._advance(signed.checkpoint.size, signed)
         return checked
 
@@ -373,10 +375,10 @@ class Watcher:
                 if start <= index < size:
                     yield index, data
 
-    def _advance(self, position: int, signed: SignedCheckpoint) -> None:
+    def _advance(self, position: int, signed: SignedCheckpoint, *, save: bool = True) -> None:
         self.state = WatchState(position, signed.checkpoint)
         self.summary.position = position
-        if self.state_path is not None:
+        if save and self.state_path is not None:
             self.state.save(self.state_path)
 
     def _process(self, index: int, data: bytes) -> CheckedInference | None:
