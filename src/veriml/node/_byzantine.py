@@ -191,7 +191,8 @@ def _output_shapes(runner: Runner, feeds: Mapping[str, Array]) -> dict[str, tupl
                 bound[dim] = size
     shapes: dict[str, tuple[int, ...]] = {}
     for spec in runner.io.outputs:
-        dims = [bound.get(d) if isinstance(d, str) else d for d in spec.shape or (None,)]
+        declared = (None,) if spec.shape is None else spec.shape  # rank unknown: open
+        dims = [bound.get(d) if isinstance(d, str) else d for d in declared]
         if any(d is None for d in dims):
             return {name: a.shape for name, a in runner.outputs(feeds).items()}
         shapes[spec.name] = tuple(int(d) for d in dims if d is not None)

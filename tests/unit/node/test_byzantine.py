@@ -191,6 +191,17 @@ def test_lazy_answers_random_tensors_of_the_right_shape_and_a_made_up_trace(
     assert again.trace is None
 
 
+def test_lazy_never_runs_the_model_when_the_signature_gives_the_shapes(
+    runner: Runner, key: SigningKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(*_: object) -> None:
+        raise AssertionError("the lazy node ran the model")
+
+    monkeypatch.setattr(runner, "_run", refuse)
+    lazy = _run("lazy", runner, key, trace=True)
+    assert {name: a.shape for name, a in lazy.outputs.items()} == {"probs": (2, 3)}
+
+
 def _altered(package: ModelPackage, change: Any) -> Runner:
     model = package.load_proto()
     for init in model.graph.initializer:
