@@ -281,6 +281,9 @@ class Challenger:
             raise NodeUnavailable(
                 "coordinator unreachable", url=self.client.url, dispute=dispute, reason=str(exc)
             ) from exc
+        if response.status_code == 410 and method == "POST" and dispute is not None:
+            # Settled while this move was on its way (a deadline passed): read the verdict.
+            return self._get(f"/v1/disputes/{quote(dispute, safe='')}", dispute)
         raise_for_problem(response)
         if len(response.content) > MAX_STATE_BYTES:
             raise LimitExceeded("the dispute state is too large", limit=MAX_STATE_BYTES)

@@ -141,6 +141,11 @@ class Service:
             dispute.rounds += 1
             if self.behaviour == "endless":
                 return dispute.state()
+            if self.behaviour == "late":
+                dispute.query = None
+                dispute.result = {"type": "verdict", "dispute": dispute.id, "winner": "defendant"}
+                dispute.result |= {"reason": "timeout"}
+                return JSONResponse({"title": "Gone"}, status_code=410)
             dispute.revealed[index] = entry.digest
             if entry.digest == self.defendant.entries[index].digest:
                 dispute.lo = index + 1
@@ -266,6 +271,15 @@ def test_a_dispute_that_never_moves_is_bounded_by_the_deadline(
     honest, _, outputs = traces
     with pytest.raises(NodeUnavailable, match="in time"):
         Challenger(client, timeout=0.4).challenge("inference-4", "node-a", honest, outputs)
+
+
+def test_a_move_that_arrives_after_settlement_reads_the_verdict(
+    traces: tuple[Trace, Trace, dict[str, Digest]], service: Service, client: Client
+) -> None:
+    service.behaviour = "late"
+    honest, _, outputs = traces
+    verdict = Challenger(client).challenge("inference-6", "node-a", honest, outputs)
+    assert (verdict["winner"], verdict["reason"]) == ("defendant", "timeout")
 
 
 def test_a_challenger_must_sign(service: Service) -> None:
