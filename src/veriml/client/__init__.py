@@ -30,8 +30,15 @@ from veriml.client._config import (
     resolve_url,
     write_network_file,
 )
-from veriml.client._result import InferenceResult, LogEvidence, NodeEvidence, is_network_result
-from veriml.client._verify import CHECKS, VerifiedInference, verify_inference
+from veriml.client._result import (
+    AnswerOutputs,
+    InferenceResult,
+    LogEvidence,
+    NodeEvidence,
+    Verification,
+    is_network_result,
+)
+from veriml.client._verify import CHECKS, POLICY_CHECKS, VerifiedInference, verify_inference
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,10 +47,13 @@ if TYPE_CHECKING:
     from veriml.client._local import LocalNetwork
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.note import NoteVerifier
+    from veriml.verify.tolerance import OutputBounds
 
 __all__ = [
     "CHECKS",
     "NETWORK_FILE",
+    "POLICY_CHECKS",
+    "AnswerOutputs",
     "AsyncClient",
     "Client",
     "InferenceResult",
@@ -51,6 +61,7 @@ __all__ = [
     "LogEvidence",
     "NetworkFile",
     "NodeEvidence",
+    "Verification",
     "VerifiedInference",
     "default_home",
     "is_network_result",
@@ -70,8 +81,10 @@ def verify_inference_file(
     witnesses: Sequence[str | CosignatureVerifier] = (),
     quorum: int = 0,
     home: Path | None = None,
+    bounds: OutputBounds | None = None,
 ) -> VerifiedInference:
-    """Verify a saved answer fully offline; the log key is pinned as for :class:`Client`."""
+    """Verify a saved answer fully offline; the log key is pinned as for :class:`Client`.
+    ``bounds`` recomputes tolerance-mode agreement (see :func:`verify_inference`)."""
     from veriml.client._config import witness_verifiers
 
     result = InferenceResult.load(Path(path))
@@ -80,6 +93,7 @@ def verify_inference_file(
         log_key=pin_log_key(log_vkey, home),
         witnesses=witness_verifiers(tuple(witnesses)),
         quorum=quorum,
+        bounds=bounds,
     )
 
 

@@ -218,7 +218,7 @@ class _Base:
         if expect is not None:
             expect.check(verified)
         self._check_consistent(signed)
-        return replace(full, verified=verified.checks)
+        return replace(full, verified=verified.checks, verification=verified.verification)
 
     def _answer(
         self, response: httpx.Response, verify: bool | None, expect: Expected | None = None

@@ -11,8 +11,14 @@ the first agreeing node's) and adds what makes it checkable offline (docs/networ
       "log": {"index": 42, "inclusion_proof": ["<base64>", …], "checkpoint": "<signed note>"},
       "nodes": [{"id", "log_index", "entry": "<base64 NodeEntry bytes>",
                  "inclusion_proof": ["<base64>", …]}, …],
-      "request": {…}            # optional: members the log entry's request carries beyond
-    }                           # id, digest, model and policy
+      "request": {…},           # optional: members the log entry's request carries beyond
+                                # id, digest, model and policy
+      "answers": [{"node": "<node id>", "outputs": {name: tensor JSON}}, …]
+    }                           # optional: every node's outputs (tolerance mode compares them)
+
+The verdict's optional members (``spot``, ``final_after``, ``disputes``; docs/verification.md,
+"Verdicts") are read through :attr:`InferenceResult.mode`, :attr:`~InferenceResult.spot_checked`,
+:attr:`~InferenceResult.final_after` and :attr:`~InferenceResult.disputes`.
 
 Parsing proves nothing; :func:`veriml.client.verify_inference` does.
 """
@@ -36,9 +42,16 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
 from veriml.core.tensors import tensor_from_json, tensor_to_json
-from veriml.verify.policy import Verdict
+from veriml.verify.policy import DisputeRef, Verdict
 
-__all__ = ["MAX_RESULT_BYTES", "InferenceResult", "LogEvidence", "NodeEvidence"]
+__all__ = [
+    "MAX_RESULT_BYTES",
+    "AnswerOutputs",
+    "InferenceResult",
+    "LogEvidence",
+    "NodeEvidence",
+    "Verification",
+]
 
 MAX_RESULT_BYTES = 1 << 30
 MAX_PROOF_HASHES = 64
@@ -142,12 +155,49 @@ def _tensors(obj: object) -> dict[str, Array]:
     return {str(name): tensor_from_json(value) for name, value in obj.items()}
 
 
+def _tensors_json(tensors: Mapping[str, Array]) -> dict[str, Any]:
+    return {
+        name: tensor_to_json(a, force_b64=a.size > _DATA_ELEMENTS)
+        for name, a in sorted(tensors.items())
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerOutputs:
+    """One node's output tensors, as the coordinator received them. The receipt of ``node``
+    commits to their digests; in tolerance mode the verdict is recomputed from them."""
+
+    node: str
+    outputs: Mapping[str, Array]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"node": self.node, "outputs": _tensors_json(self.outputs)}
+
+    @classmethod
+    def from_json(cls, obj: object) -> AnswerOutputs:
+        if not isinstance(obj, Mapping) or not isinstance(obj.get("node"), str):
+            raise FormatError("each answer is an object with a node id and its outputs")
+        return cls(node=str(obj["node"]), outputs=_tensors(obj.get("outputs")))
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    """What verifying an answer established: the checks that passed, in order, and notes on
+    what was taken as claimed rather than recomputed (for example a dispute's outcome, which
+    only re-running the dispute could confirm)."""
+
+    checks: tuple[str, ...]
+    notes: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceResult:
     """An answered inference: agreed outputs, every receipt, the verdict, and the log evidence.
 
     ``verified`` names the checks that passed (empty when verification was skipped with
-    ``verify=False``); it is not saved: a saved file is verified again when read.
+    ``verify=False``) and ``verification`` adds the notes (``None`` when skipped); neither is
+    saved: a saved file is verified again when read. ``answers`` holds every node's outputs
+    when the coordinator sent them (tolerance mode needs them).
     """
 
     id: str
@@ -159,7 +209,29 @@ class InferenceResult:
     log: LogEvidence
     nodes: tuple[NodeEvidence, ...]
     request: Mapping[str, Any] = field(default_factory=dict)
+    answers: tuple[AnswerOutputs, ...] = ()
     verified: tuple[str, ...] = field(default=(), compare=False)
+    verification: Verification | None = field(default=None, compare=False)
+
+    @property
+    def mode(self) -> str:
+        """How answers were compared: ``bitwise`` or ``tolerance``."""
+        return self.verdict.mode
+
+    @property
+    def spot_checked(self) -> bool | None:
+        """``spot:P`` only: whether the revealed secret drew a second execution."""
+        return None if self.verdict.spot is None else self.verdict.spot.checked
+
+    @property
+    def final_after(self) -> str | None:
+        """``optimistic:W`` only: when the answer becomes final unless challenged (RFC 3339)."""
+        return self.verdict.final_after
+
+    @property
+    def disputes(self) -> tuple[DisputeRef, ...]:
+        """The disputes this request opened, with their logged outcomes."""
+        return self.verdict.disputes
 
     @property
     def receipt(self) -> Envelope:
@@ -181,10 +253,7 @@ class InferenceResult:
             "id": self.id,
             "model": self.model.to_text(),
             "policy": self.policy,
-            "outputs": {
-                name: tensor_to_json(a, force_b64=a.size > _DATA_ELEMENTS)
-                for name, a in sorted(self.outputs.items())
-            },
+            "outputs": _tensors_json(self.outputs),
             "receipt": self.receipt.to_json(),
             "receipts": [r.to_json() for r in self.receipts],
             "verdict": self.verdict.to_json(),
@@ -193,6 +262,8 @@ class InferenceResult:
         }
         if self.request:
             out["request"] = dict(self.request)
+        if self.answers:
+            out["answers"] = [a.to_json() for a in self.answers]
         return out
 
     def to_bytes(self) -> bytes:
@@ -226,6 +297,9 @@ class InferenceResult:
             request = obj.get("request", {})
             if not isinstance(request, Mapping):
                 raise FormatError("request must be an object")
+            answers = obj.get("answers", [])
+            if not isinstance(answers, list):
+                raise FormatError("answers must be a list")
             result = cls(
                 id=str(obj["id"]),
                 model=Digest.from_text(str(obj["model"])),
@@ -236,6 +310,7 @@ class InferenceResult:
                 log=LogEvidence.from_json(obj["log"]),
                 nodes=tuple(NodeEvidence.from_json(n) for n in nodes),
                 request=dict(request),
+                answers=tuple(AnswerOutputs.from_json(a) for a in answers),
             )
         except KeyError as exc:
             raise FormatError("inference result is missing a member", member=str(exc)) from exc

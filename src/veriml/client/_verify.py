@@ -16,17 +16,34 @@ saved result. Checks run in the order of issue 4, §3; the first failure raises 
    agreeing receipt signs exactly those digests;
 4. ``inclusion``: the inference entry rebuilt byte for byte (``InferenceEntry.to_bytes()``) is
    at ``log.index`` in the checkpoint's tree;
-5. ``verdict``: the verdict recomputed from the verified receipts with
-   :func:`veriml.verify.policy.decide` equals the claimed one, and accepts.
+5. the policy's own evidence (docs/verification.md, "Spot checks" and "Verdicts"):
+
+   - ``spot`` (``spot:P``): the revealed secret hashes to the commitment the primary node
+     signed in its receipt, the decision it implies is the verdict's ``checked``, and a
+     drawn check has a second operator's answer (or a dispute) in the evidence;
+   - ``tolerance`` (``…,tolerance``): every node's output tensors, as sent in ``answers``,
+     hash to its receipt's output digests; agreement is recomputed within the model's output
+     bounds when the caller passes them (``bounds=``), else only bitwise-equal values are
+     taken as agreeing and any agreement beyond that is reported in ``notes``;
+   - ``optimistic`` (``optimistic:W``): the primary receipt commits to a trace root and the
+     verdict's ``final_after`` is at least W after the receipt was signed;
+
+6. ``verdict``: the verdict recomputed from the verified receipts with
+   :func:`veriml.verify.policy.decide` equals the claimed one, and accepts. Dispute outcomes
+   are taken from the verdict as claimed (each names its ``verdict`` log entry): re-running a
+   dispute needs both parties' traces, which the answer does not carry, so the summary says so.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from veriml.client._result import InferenceResult
+import numpy.typing as npt
+
+from veriml.client._result import InferenceResult, Verification
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
@@ -38,6 +55,7 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import VerifyingKey
 from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
+from veriml.core.timestamps import parse_time
 from veriml.ledger.entries import InferenceEntry, NodeEntry, parse_entry
 from veriml.protocol.messages import NodeDescriptor
 from veriml.tlog.checkpoint import Checkpoint
@@ -46,10 +64,21 @@ from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.merkle import leaf_hash, verify_inclusion
 from veriml.tlog.note import NoteVerifier
 from veriml.verify._tensors import check_tensor_digests
-from veriml.verify.policy import Policy, check_verdict, decide
+from veriml.verify.policy import (
+    Policy,
+    Verdict,
+    check_verdict,
+    decide,
+    spot_checked,
+    spot_commitment,
+)
+
+if TYPE_CHECKING:
+    from veriml.verify.tolerance import OutputBounds
 
 __all__ = [
     "CHECKS",
+    "POLICY_CHECKS",
     "VerifiedInference",
     "inference_entry",
     "open_checkpoint_note",
@@ -67,6 +96,14 @@ CHECKS = (
     "inclusion",
     "verdict",
 )
+# Checks only some policies have; each runs just before "verdict" and is listed when it ran.
+POLICY_CHECKS = ("spot", "tolerance", "optimistic")
+# How far a node's clock may be ahead of the coordinator's when an optimistic window is checked
+# (as for node heartbeats).
+CLOCK_SKEW = dt.timedelta(seconds=60)
+
+Answer = tuple[str, str, Mapping[str, Digest]]
+Tensors = Mapping[str, npt.NDArray[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +115,22 @@ class VerifiedInference:
     nodes: Mapping[str, NodeDescriptor]
     predicates: tuple[InferencePredicate, ...]
     checks: tuple[str, ...] = CHECKS
+    notes: tuple[str, ...] = ()
+
+    @property
+    def verification(self) -> Verification:
+        """The checks and notes, as :attr:`InferenceResult.verification` carries them."""
+        return Verification(self.checks, self.notes)
 
     def summary(self) -> str:
         verdict = self.result.verdict
-        return (
+        text = (
             f"inference OK: {self.result.id} of model {self.result.model} under "
             f"{self.result.policy}, {verdict.outcome} by {len(verdict.agreeing)} of "
             f"{len(self.result.receipts)} nodes; entry {self.result.log.index} in the log of "
             f"{self.checkpoint.size} ({self.checkpoint.origin}); checks: {', '.join(self.checks)}"
         )
+        return "; ".join((text, *self.notes))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -102,6 +146,7 @@ class VerifiedInference:
             },
             "nodes": {nid: d.operator for nid, d in sorted(self.nodes.items())},
             "checks": list(self.checks),
+            "notes": list(self.notes),
         }
 
 
@@ -281,6 +326,10 @@ def _check_outputs(
     check_tensor_digests(
         result.outputs, claimed, check="output-digest", kind="output", claimant="the verdict"
     )
+    if result.verdict.mode == "tolerance":
+        # Agreeing receipts may sign other bits; step 5 checks each against its tensors and
+        # the verdict recomputation that the verdict's digests are one agreeing node's.
+        return
     by_node = {node: outputs for node, _, outputs in answers}
     for node in result.verdict.agreeing:
         if node in by_node and dict(by_node[node]) != claimed:
@@ -310,12 +359,15 @@ def verify_inference(
     log_key: NoteVerifier,
     witnesses: Sequence[CosignatureVerifier] = (),
     quorum: int = 0,
+    bounds: OutputBounds | None = None,
 ) -> VerifiedInference:
     """Verify an answer and its log evidence; raise :class:`VerificationError` on any failure.
 
     ``log_key`` is the log's note verifier key you pinned (``NoteVerifier.from_vkey(...)``).
     The node registration entries and their proofs must be in ``result.nodes`` (the SDK fetches
-    them; saved files carry them).
+    them; saved files carry them). ``bounds`` (tolerance mode only:
+    ``veriml.verify.tolerance.output_bounds(model)`` of the answer's model) lets agreement
+    within bounds be recomputed rather than reported as taken on the coordinator's word.
     """
     # 0. The checkpoint, signed by the pinned log key (and the witness quorum).
     signed = open_checkpoint_note(
@@ -339,13 +391,231 @@ def verify_inference(
             "the inference entry cannot be rebuilt", check="inclusion", reason=exc.message
         ) from exc
     _prove(entry, result.log.index, result.log.inclusion_proof, cp, "inclusion")
-    # 5. The verdict follows from the verified receipts and accepts.
     try:
         policy = Policy.parse(result.policy)
     except FormatError as exc:
         raise VerificationError("unknown policy", check="verdict", reason=exc.message) from exc
-    check_verdict(result.verdict, decide(policy, answers))
-    return VerifiedInference(result, cp, nodes, predicates)
+    # 5. The policy's own evidence; 6. the verdict follows from all of it and accepts.
+    ran, notes = _check_policy(result, policy, answers, predicates, bounds)
+    checks = (*CHECKS[:-1], *ran, CHECKS[-1])
+    if result.verdict.disputes:
+        notes.append(
+            f"{len(result.verdict.disputes)} dispute outcome(s) taken as logged (entries "
+            + ", ".join(str(d.log_index) for d in result.verdict.disputes)
+            + "): the SDK cannot re-run a dispute offline"
+        )
+    return VerifiedInference(result, cp, nodes, predicates, checks, tuple(notes))
+
+
+def _check_policy(
+    result: InferenceResult,
+    policy: Policy,
+    answers: Sequence[Answer],
+    predicates: Sequence[InferencePredicate],
+    bounds: OutputBounds | None,
+) -> tuple[list[str], list[str]]:
+    """Steps 5 and 6: the policy-specific checks that ran, and the notes they left."""
+    verdict = result.verdict
+    ran: list[str] = []
+    notes: list[str] = []
+    if policy.kind == "spot":
+        _check_spot(result, policy, answers, predicates)
+        ran.append("spot")
+    elif verdict.spot is not None:
+        raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
+    if policy.kind == "optimistic":
+        _check_optimistic(result, policy, predicates)
+        ran.append("optimistic")
+    elif verdict.final_after is not None:
+        raise VerificationError("only an optimistic:W verdict has final_after", check="optimistic")
+    if verdict.mode != policy.compare:
+        raise VerificationError(
+            "the verdict's comparison mode is not the policy's",
+            check="verdict",
+            mode=verdict.mode,
+            policy=str(policy),
+        )
+    try:
+        if policy.compare == "tolerance":
+            recomputed, taken = _decide_tolerance(result, policy, answers, bounds)
+            ran.append("tolerance")
+            if taken:
+                notes.append(
+                    "tolerance agreement of node(s) " + ", ".join(taken) + " with the verdict's "
+                    "outputs taken as claimed: their outputs differ bitwise and no output "
+                    "bounds were given (pass bounds=output_bounds(model) to recompute it)"
+                )
+        else:
+            recomputed = _decide(policy, answers, verdict)
+    except FormatError as exc:
+        raise VerificationError(
+            "the verdict cannot be recomputed", check="verdict", reason=exc.diagnostics()
+        ) from exc
+    check_verdict(verdict, recomputed)
+    return ran, notes
+
+
+def _decide(
+    policy: Policy,
+    answers: Sequence[Answer],
+    claimed: Verdict,
+    tensors: Sequence[Tensors] | None = None,
+    bounds: OutputBounds | None = None,
+) -> Verdict:
+    """:func:`decide` with what the receipts cannot say taken from the claimed verdict: the
+    spot reveal (checked above), the window's end (checked above), the disputes' outcomes."""
+    return decide(
+        policy,
+        answers,
+        tensors=tensors,
+        bounds=bounds,
+        spot=claimed.spot,
+        final_after=claimed.final_after,
+        disputes=claimed.disputes,
+    )
+
+
+def _check_spot(
+    result: InferenceResult,
+    policy: Policy,
+    answers: Sequence[Answer],
+    predicates: Sequence[InferencePredicate],
+) -> None:
+    """Commit-reveal: the secret is the one the primary node signed a commitment to, and the
+    draw it implies over the primary receipt is the verdict's ``checked``."""
+    reveal = result.verdict.spot
+    if reveal is None:
+        raise VerificationError("a spot:P verdict must reveal its secret", check="spot")
+    committed = predicates[0].spot
+    if committed is None:
+        raise VerificationError(
+            "the primary receipt does not commit to a spot secret",
+            check="spot",
+            node=predicates[0].node_id,
+        )
+    revealed = spot_commitment(reveal.secret)
+    if revealed != committed:
+        raise DigestMismatch(
+            "the revealed spot secret is not the one the primary node's receipt commits to",
+            check="spot",
+            expected=committed,
+            calculated=revealed,
+        )
+    drawn = spot_checked(policy, reveal.secret, result.receipts[0])
+    if drawn != reveal.checked:
+        raise VerificationError(
+            "the spot decision is not the one the revealed secret implies",
+            check="spot",
+            claimed=reveal.checked,
+            recomputed=drawn,
+        )
+    operators = {operator for _, operator, _ in answers}
+    if drawn and len(operators) < 2 and not result.verdict.disputes:
+        raise VerificationError(
+            "the spot check was drawn but no second operator's answer is in the evidence",
+            check="spot",
+            receipts=len(answers),
+        )
+
+
+def _check_optimistic(
+    result: InferenceResult, policy: Policy, predicates: Sequence[InferencePredicate]
+) -> None:
+    """The answer commits to a trace (so it can be disputed) and its window was not cut."""
+    final_after = result.verdict.final_after
+    if final_after is None:
+        raise VerificationError(
+            "an optimistic:W verdict must say when it is final", check="optimistic"
+        )
+    primary = predicates[0]
+    if primary.trace is None:
+        raise VerificationError(
+            "the receipt of an optimistic answer must commit to a trace root",
+            check="optimistic",
+            node=primary.node_id,
+        )
+    try:
+        final = parse_time(final_after, what="verdict final_after")
+        signed = parse_time(primary.finished, what="receipt finished")
+    except FormatError as exc:
+        raise VerificationError(
+            "the optimistic window cannot be read", check="optimistic", reason=exc.message
+        ) from exc
+    if final + CLOCK_SKEW < signed + dt.timedelta(seconds=policy.window):
+        raise VerificationError(
+            "the challenge window is shorter than the policy's",
+            check="optimistic",
+            final_after=final_after,
+            receipt_finished=primary.finished,
+            window=policy.window,
+        )
+
+
+def _answer_tensors(result: InferenceResult, answers: Sequence[Answer]) -> list[Tensors]:
+    """Each answer's output tensors, checked against its receipt's output digests. A node
+    whose receipt signs the verdict's outputs may be left out of ``answers``: the agreed
+    outputs (already checked against those digests) are its outputs."""
+    sent: dict[str, Tensors] = {}
+    for answer in result.answers:
+        if answer.node in sent:
+            raise VerificationError("the answer lists a node's outputs twice", check="tolerance")
+        sent[answer.node] = answer.outputs
+    tensors: list[Tensors] = []
+    for node, _, digests in answers:
+        values = sent.get(node)
+        if values is None:
+            if dict(digests) != dict(result.verdict.outputs):
+                raise VerificationError(
+                    "tolerance mode needs every differing node's outputs in the answer",
+                    check="tolerance",
+                    node=node,
+                )
+            values = result.outputs
+        check_tensor_digests(
+            values, digests, check="tolerance", kind="output", claimant=f"node {node}'s receipt"
+        )
+        tensors.append(values)
+    return tensors
+
+
+def _decide_tolerance(
+    result: InferenceResult,
+    policy: Policy,
+    answers: Sequence[Answer],
+    bounds: OutputBounds | None,
+) -> tuple[Verdict, list[str]]:
+    """The verdict in tolerance mode, and the nodes whose agreement was taken as claimed.
+
+    With ``bounds`` agreement is recomputed. Without them, first with zero bounds (equal
+    values agree); if that does not give the claimed verdict, the claimed agreeing nodes are
+    taken to agree with the verdict's outputs, everything else is recomputed, and those nodes
+    are returned so the caller can say so.
+    """
+    from veriml.verify.tolerance import OutputBounds
+
+    tensors = _answer_tensors(result, answers)
+    if bounds is not None:
+        return _decide(policy, answers, result.verdict, tensors, bounds), []
+    exact = OutputBounds(rtol=0.0)
+    recomputed = _decide(policy, answers, result.verdict, tensors, exact)
+    if recomputed == result.verdict:
+        return recomputed, []
+    agreeing = set(result.verdict.agreeing)
+    claimed_outputs = dict(result.verdict.outputs)
+    taken = [
+        node
+        for node, _, digests in answers
+        if node in agreeing and dict(digests) != claimed_outputs
+    ]
+    as_claimed = [
+        (node, operator, claimed_outputs if node in agreeing else digests)
+        for node, operator, digests in answers
+    ]
+    tensors = [
+        result.outputs if node in agreeing else values
+        for (node, _, _), values in zip(answers, tensors, strict=True)
+    ]
+    return _decide(policy, as_claimed, result.verdict, tensors, exact), taken
 
 
 def node_entry_index(result: InferenceResult) -> dict[str, int]:

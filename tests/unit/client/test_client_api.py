@@ -10,6 +10,8 @@ import veriml.client
 PUBLIC = {
     "CHECKS",
     "NETWORK_FILE",
+    "POLICY_CHECKS",
+    "AnswerOutputs",
     "AsyncClient",
     "Client",
     "InferenceResult",
@@ -17,6 +19,7 @@ PUBLIC = {
     "LogEvidence",
     "NetworkFile",
     "NodeEvidence",
+    "Verification",
     "VerifiedInference",
     "default_home",
     "is_network_result",

@@ -1,0 +1,436 @@
+"""The SDK re-derives spot checks, tolerance agreement and optimistic windows from the evidence.
+
+Answers are built as a coordinator builds them (real runtime receipts, a real log, decide()),
+then each member the policy's check relies on is tampered with, as a lying coordinator would,
+and logged anyway: verification must fail naming that check.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import secrets
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import onnx
+import pytest
+
+from veriml.client import (
+    CHECKS,
+    AnswerOutputs,
+    InferenceResult,
+    LogEvidence,
+    NodeEvidence,
+    verify_inference,
+)
+from veriml.client._verify import receipt_node_id
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope, Statement
+from veriml.core.errors import VerificationError
+from veriml.core.keys import SigningKey, generate_key
+from veriml.core.receipt import InferencePredicate, sign_receipt, utc_now
+from veriml.core.tensors import tensor_digest
+from veriml.core.timestamps import format_time, parse_time
+from veriml.ledger import InferenceEntry, NodeEntry
+from veriml.models.examples import build_mlp, write_example_folder
+from veriml.protocol import NodeDescriptor
+from veriml.runtime import runner_for
+from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
+from veriml.verify.policy import (
+    DisputeRef,
+    Policy,
+    SpotReveal,
+    Verdict,
+    decide,
+    spot_checked,
+    spot_commitment,
+)
+from veriml.verify.tolerance import OutputBounds, output_bounds
+
+X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+Array = npt.NDArray[Any]
+
+
+@dataclasses.dataclass
+class Network:
+    log: Log
+    vkey: str
+    model: Path
+    nodes: list[tuple[SigningKey, str, int]]  # key, operator, registration index
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
+    tmp = tmp_path_factory.mktemp("net")
+    model = write_example_folder(tmp / "m", build_mlp((4, 8, 3), seed=1), name="m")
+    signer = NoteSigner("test.veriml.local/log", generate_key())
+    with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
+        nodes = []
+        for i in range(3):
+            key = generate_key()
+            descriptor = NodeDescriptor(
+                public_key=key.public.to_pem().decode(),
+                operator=f"op-{i}",
+                endpoint=f"http://127.0.0.1:{9000 + i}",
+                issued_at=utc_now(),
+                nonce=uuid.uuid4().hex,
+            ).sign(key)
+            nodes.append((key, f"op-{i}", log.add(NodeEntry(descriptor).to_bytes())))
+        yield Network(log, signer.vkey, model, nodes)
+
+
+@dataclasses.dataclass
+class Answered:
+    """What the nodes did: a receipt and the outputs per node, in answer order."""
+
+    receipts: list[Envelope]
+    outputs: list[dict[str, Array]]
+    answers: list[tuple[str, str, Mapping[str, Digest]]]
+
+
+def _digests(outputs: Mapping[str, Array]) -> dict[str, Digest]:
+    return {name: tensor_digest(a) for name, a in outputs.items()}
+
+
+def _run(
+    net: Network,
+    policy: str,
+    count: int,
+    *,
+    request_id: str,
+    spot: Digest | None = None,
+    trace: bool = False,
+    nudge: Sequence[int] = (),
+    scale: float = 1.0,
+) -> Answered:
+    """Run ``count`` nodes; the nodes in ``nudge`` answer with their first output moved by
+    ``scale`` ulps of its magnitude (as a node on other hardware might), signed honestly."""
+    runner = runner_for(net.model)
+    out = Answered([], [], [])
+    for i, (key, operator, _) in enumerate(net.nodes[:count]):
+        result = runner.run(
+            {"x": X},
+            key=key,
+            policy=policy,
+            request_id=request_id,
+            spot=spot if i == 0 else None,
+            trace=trace,
+        )
+        outputs = dict(result.outputs)
+        receipt = result.receipt
+        if i in nudge:
+            name = sorted(outputs)[0]
+            value = outputs[name].copy()
+            value.flat[0] += np.float32(scale) * np.spacing(np.abs(value.flat[0]))
+            outputs[name] = value
+            receipt = sign_receipt(_digests(outputs), result.predicate, key)
+        out.receipts.append(receipt)
+        out.outputs.append(outputs)
+        out.answers.append((key.key_id, operator, _digests(outputs)))
+    return out
+
+
+def _logged(
+    net: Network,
+    request_id: str,
+    policy: str,
+    done: Answered,
+    verdict: Verdict,
+    *,
+    answers: Sequence[int] = (),
+) -> InferenceResult:
+    """Log the inference entry as a coordinator does and hand back its answer with proofs;
+    ``answers`` lists the nodes whose outputs travel in the answer's ``answers`` member."""
+    predicate = InferencePredicate.from_json(
+        Statement.from_bytes(done.receipts[0].payload).predicate
+    )
+    entry = InferenceEntry(
+        request_id=request_id,
+        request_digest=predicate.request_digest,
+        model=predicate.model_digest,
+        policy=policy,
+        receipts=tuple(done.receipts),
+        verdict=verdict,
+    )
+    index = net.log.add(entry.to_bytes())
+    note = net.log.checkpoint()
+    size = Checkpoint.from_text(Note.from_bytes(note).text).size
+    node_ids = [receipt_node_id(r) or "" for r in done.receipts]
+    agreed = node_ids.index(verdict.agreeing[0]) if verdict.agreeing else 0
+    nodes = [
+        NodeEvidence(
+            key.key_id,
+            reg,
+            net.log.entries(reg, reg + 1)[0],
+            tuple(net.log.inclusion_proof(reg, size)),
+        )
+        for key, _, reg in net.nodes[: len(done.receipts)]
+    ]
+    return InferenceResult(
+        id=request_id,
+        model=predicate.model_digest,
+        policy=policy,
+        outputs=done.outputs[agreed] if verdict.agreeing else {},
+        receipts=entry.receipts,
+        verdict=verdict,
+        log=LogEvidence(index, tuple(net.log.inclusion_proof(index, size)), note),
+        nodes=tuple(nodes),
+        answers=tuple(AnswerOutputs(node_ids[i], done.outputs[i]) for i in answers),
+    )
+
+
+def _verify(net: Network, result: InferenceResult, **kwargs: Any) -> Any:
+    return verify_inference(result, log_key=NoteVerifier.from_vkey(net.vkey), **kwargs)
+
+
+def _fails(net: Network, result: InferenceResult, check: str, **kwargs: Any) -> VerificationError:
+    with pytest.raises(VerificationError) as caught:
+        _verify(net, result, **kwargs)
+    assert caught.value.check == check, caught.value.diagnostics()
+    return caught.value
+
+
+# -- spot:P ---------------------------------------------------------------------------------
+
+
+def _secret(policy: Policy, receipt_for: Any, *, checked: bool) -> bytes:
+    """A secret whose draw over the receipt it commits to is ``checked`` (drawn, as the
+    coordinator does, before the node runs; retried until the draw is the one wanted)."""
+    for _ in range(200):
+        secret = secrets.token_bytes(32)
+        receipt = receipt_for(spot_commitment(secret))
+        if spot_checked(policy, secret, receipt) == checked:
+            return secret
+    raise AssertionError("no secret gave the wanted draw")
+
+
+def _spot_answer(
+    net: Network,
+    *,
+    checked: bool,
+    policy_text: str = "spot:0.5",
+    reveal: SpotReveal | None = None,
+    flip: bool = False,
+    checker: bool | None = None,
+    commit: bool = True,
+    disputes: Sequence[DisputeRef] = (),
+    nudge: Sequence[int] = (),
+) -> InferenceResult:
+    policy = Policy.parse(policy_text)
+    request_id = str(uuid.uuid4())
+    runs: dict[Digest, Answered] = {}
+    with_checker = checked if checker is None else checker
+
+    def primary(commitment: Digest) -> Envelope:
+        done = _run(
+            net,
+            policy_text,
+            2 if with_checker else 1,
+            request_id=request_id,
+            spot=commitment if commit else None,
+            nudge=nudge,
+        )
+        runs[commitment] = done
+        return done.receipts[0]
+
+    secret = _secret(policy, primary, checked=checked)
+    done = runs[spot_commitment(secret)]
+    truth = SpotReveal(secret, checked)
+    verdict = decide(policy, done.answers, spot=truth, disputes=disputes)
+    if reveal is not None or flip:
+        verdict = dataclasses.replace(verdict, spot=reveal or SpotReveal(secret, not checked))
+    return _logged(net, request_id, policy_text, done, verdict)
+
+
+@pytest.mark.parametrize("checked", [False, True])
+def test_an_honest_spot_answer_passes_with_the_spot_check(network: Network, checked: bool) -> None:
+    result = _spot_answer(network, checked=checked)
+    verified = _verify(network, result)
+    assert verified.checks == (*CHECKS[:-1], "spot", "verdict")
+    assert result.spot_checked is checked
+    assert len(verified.result.verdict.agreeing) == (2 if checked else 1)
+    assert verified.notes == ()
+
+
+def test_a_revealed_secret_that_is_not_the_committed_one_fails_spot(network: Network) -> None:
+    other = SpotReveal(bytes(32), False)
+    _fails(network, _spot_answer(network, checked=False, reveal=other), "spot")
+
+
+def test_a_spot_decision_the_secret_does_not_imply_fails_spot(network: Network) -> None:
+    # The right secret, but the coordinator claims the drawn check was not drawn (and so
+    # skips the second execution it owed).
+    _fails(network, _spot_answer(network, checked=True, checker=False, flip=True), "spot")
+    # And the other way round: an undrawn job claimed as checked.
+    _fails(network, _spot_answer(network, checked=False, flip=True), "spot")
+
+
+def test_a_drawn_check_without_a_second_answer_or_dispute_fails_spot(network: Network) -> None:
+    _fails(network, _spot_answer(network, checked=True, checker=False), "spot")
+
+
+def test_a_primary_receipt_without_a_commitment_fails_spot(network: Network) -> None:
+    _fails(network, _spot_answer(network, checked=False, commit=False), "spot")
+
+
+def test_a_spot_mismatch_settled_by_a_dispute_is_accepted_with_a_note(network: Network) -> None:
+    # The checker differs and no dispute is claimed: the verdict rejects, the SDK refuses.
+    _fails(network, _spot_answer(network, checked=True, nudge=(1,)), "verdict")
+    # The dispute (as logged) found the primary right: it alone is agreeing.
+    primary, checker = (key.key_id for key, _, _ in network.nodes[:2])
+    ruling = DisputeRef(str(uuid.uuid4()), primary, checker, "defendant", 3)
+    result = _spot_answer(network, checked=True, nudge=(1,), disputes=(ruling,))
+    verified = _verify(network, result)
+    assert verified.result.verdict.agreeing == (primary,)
+    assert result.disputes == (ruling,)
+    assert any("cannot re-run a dispute" in note for note in verified.notes)
+    assert "cannot re-run a dispute" in verified.summary()
+
+
+# -- optimistic:W ---------------------------------------------------------------------------
+
+
+def _optimistic(
+    net: Network, *, trace: bool = True, final_after: str | bool | None = True
+) -> InferenceResult:
+    policy_text = "optimistic:10m"
+    request_id = str(uuid.uuid4())
+    done = _run(net, policy_text, 1, request_id=request_id, trace=trace)
+    now = dt.datetime.now(dt.UTC)
+    final = format_time(now + dt.timedelta(minutes=10)) if final_after is True else final_after
+    verdict = decide(Policy.parse(policy_text), done.answers, final_after=final or None)
+    return _logged(net, request_id, policy_text, done, verdict)
+
+
+def test_an_honest_optimistic_answer_passes(network: Network) -> None:
+    result = _optimistic(network)
+    verified = _verify(network, result)
+    assert verified.checks == (*CHECKS[:-1], "optimistic", "verdict")
+    assert result.final_after is not None
+    assert parse_time(result.final_after) > dt.datetime.now(dt.UTC)
+
+
+def test_an_optimistic_answer_without_final_after_fails(network: Network) -> None:
+    _fails(network, _optimistic(network, final_after=False), "optimistic")
+
+
+def test_an_optimistic_receipt_without_a_trace_fails(network: Network) -> None:
+    _fails(network, _optimistic(network, trace=False), "optimistic")
+
+
+def test_a_cut_window_fails_optimistic(network: Network) -> None:
+    soon = format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
+    _fails(network, _optimistic(network, final_after=soon), "optimistic")
+
+
+def test_final_after_on_another_policy_fails(network: Network) -> None:
+    request_id = str(uuid.uuid4())
+    done = _run(network, "none", 1, request_id=request_id)
+    verdict = dataclasses.replace(decide(Policy.parse("none"), done.answers), final_after=utc_now())
+    _fails(network, _logged(network, request_id, "none", done, verdict), "optimistic")
+
+
+# -- tolerance --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bounds(network: Network) -> OutputBounds:
+    return output_bounds(onnx.load(str(network.model / "model.onnx")))
+
+
+def _tolerance(
+    net: Network,
+    *,
+    nudge: Sequence[int] = (2,),
+    scale: float = 1.0,
+    sent: Sequence[int] = (0, 1, 2),
+    judge: OutputBounds,
+) -> InferenceResult:
+    policy_text = "quorum:3/3,tolerance"
+    request_id = str(uuid.uuid4())
+    done = _run(net, policy_text, 3, request_id=request_id, nudge=nudge, scale=scale)
+    verdict = decide(Policy.parse(policy_text), done.answers, tensors=done.outputs, bounds=judge)
+    return _logged(net, request_id, policy_text, done, verdict, answers=sent)
+
+
+def test_agreement_within_bounds_is_recomputed_with_the_bounds(
+    network: Network, bounds: OutputBounds
+) -> None:
+    result = _tolerance(network, judge=bounds)
+    assert result.verdict.outcome == "accepted"
+    assert result.mode == "tolerance"
+    verified = _verify(network, result, bounds=bounds)
+    assert verified.checks == (*CHECKS[:-1], "tolerance", "verdict")
+    assert verified.notes == ()
+
+
+def test_without_bounds_agreement_beyond_equal_bits_is_reported(
+    network: Network, bounds: OutputBounds
+) -> None:
+    result = _tolerance(network, judge=bounds)
+    verified = _verify(network, result)
+    nudged = result.nodes[2].id
+    assert len(verified.notes) == 1
+    assert nudged in verified.notes[0]
+    assert "taken as claimed" in verified.summary()
+
+
+def test_bitwise_equal_answers_need_no_bounds_and_leave_no_note(
+    network: Network, bounds: OutputBounds
+) -> None:
+    result = _tolerance(network, nudge=(), sent=(), judge=bounds)
+    assert _verify(network, result).notes == ()
+
+
+def test_a_claimed_agreement_beyond_the_bounds_fails_the_verdict(
+    network: Network, bounds: OutputBounds
+) -> None:
+    # The coordinator judged with a far looser rtol than the model's: the client's bounds
+    # split the third node off, and with K = 3 the claimed acceptance does not follow.
+    loose = OutputBounds(rtol=0.5)
+    result = _tolerance(network, scale=1e6, judge=loose)
+    assert result.verdict.outcome == "accepted"
+    _fails(network, result, "verdict", bounds=bounds)
+
+
+def test_a_differing_node_whose_outputs_are_not_sent_fails_tolerance(
+    network: Network, bounds: OutputBounds
+) -> None:
+    _fails(network, _tolerance(network, sent=(0, 1), judge=bounds), "tolerance")
+
+
+def test_sent_outputs_that_are_not_the_signed_ones_fail_tolerance(
+    network: Network, bounds: OutputBounds
+) -> None:
+    result = _tolerance(network, judge=bounds)
+    tampered = [
+        dataclasses.replace(a, outputs={n: v + np.float32(1) for n, v in a.outputs.items()})
+        if a.node == result.nodes[2].id
+        else a
+        for a in result.answers
+    ]
+    _fails(network, dataclasses.replace(result, answers=tuple(tampered)), "tolerance")
+
+
+def test_a_verdict_mode_that_is_not_the_policys_fails(
+    network: Network, bounds: OutputBounds
+) -> None:
+    result = _tolerance(network, nudge=(), judge=bounds)
+    forged = dataclasses.replace(result.verdict, mode="bitwise")
+    done = Answered(list(result.receipts), [dict(result.outputs)] * 3, [])
+    _fails(network, _logged(network, result.id, result.policy, done, forged), "verdict")
+
+
+def test_saved_answers_round_trip_with_every_nodes_outputs(
+    network: Network, bounds: OutputBounds, tmp_path: Path
+) -> None:
+    result = _tolerance(network, judge=bounds)
+    loaded = InferenceResult.load(result.save(tmp_path / "answer.json"))
+    assert loaded.to_json() == result.to_json()
+    assert [a.node for a in loaded.answers] == [n.id for n in result.nodes]
+    _verify(network, loaded, bounds=bounds)
