@@ -162,9 +162,10 @@ def node(
     ] = 1,
     byzantine: Annotated[
         str | None,
+        # No environment variable on purpose: cheating is only ever asked for explicitly, never
+        # inherited (LocalNetwork passes its environment to every node).
         typer.Option(
             "--byzantine",
-            envvar="VERIML_NODE_BYZANTINE",
             metavar="MODE",
             help="TESTS AND DEMOS ONLY: cheat on purpose in MODE (wrong-output, lazy, "
             "substitute, fp16, replay, impersonate, collude; docs/verification.md).",
