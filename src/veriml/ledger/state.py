@@ -194,7 +194,7 @@ class _Change:
         self.state = state
         self.index = index
         self.kind = kind
-        self.totals = state.totals.copy()
+        self.totals = state._totals.copy()
         self.accounts: dict[str, Account] = {}
         self.held: dict[str, int] = {}
         self.opened: dict[str, OpenDispute] = {}
@@ -255,7 +255,7 @@ class LedgerState:
     def __init__(self) -> None:
         self.size = 0
         self.at: str | None = None
-        self.totals = Totals()
+        self._totals = Totals()
         self._accounts: dict[str, Account] = {}
         self._disputes: dict[str, OpenDispute] = {}
         self._known_disputes: set[str] = set()
@@ -284,6 +284,11 @@ class LedgerState:
         return 0 if found is None else found.reputation
 
     @property
+    def totals(self) -> Totals:
+        """A copy of the running totals."""
+        return self._totals.copy()
+
+    @property
     def open_disputes(self) -> Mapping[str, OpenDispute]:
         """Disputes challenged and not yet decided, by id (a read-only view)."""
         return MappingProxyType(self._disputes)
@@ -301,7 +306,7 @@ class LedgerState:
             "at": self.at,
             "accounts": {k: self._accounts[k].to_json() for k in sorted(self._accounts)},
             "disputes": {k: self._disputes[k].to_json() for k in sorted(self._disputes)},
-            "totals": self.totals.to_json(),
+            "totals": self._totals.to_json(),
         }
 
     def digest(self) -> Digest:
@@ -313,7 +318,7 @@ class LedgerState:
         other = LedgerState()
         other.size = self.size
         other.at = self.at
-        other.totals = self.totals.copy()
+        other._totals = self._totals.copy()
         other._accounts = {k: a.copy() for k, a in self._accounts.items()}
         other._disputes = dict(self._disputes)
         other._known_disputes = set(self._known_disputes)
@@ -417,7 +422,7 @@ class LedgerState:
         self._known_disputes.update(change.opened)
         for item in change.pushes:
             heapq.heappush(releases, item)
-        self.totals = change.totals
+        self._totals = change.totals
         self.at = clock
         self.size += 1
 
