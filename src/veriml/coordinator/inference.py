@@ -87,6 +87,7 @@ from veriml.verify.tolerance import OutputBounds, output_bounds
 
 if TYPE_CHECKING:
     from veriml.coordinator.disputes import DisputeService
+    from veriml.coordinator.ledger import LedgerBook
 
 __all__ = [
     "InferenceOptions",
@@ -235,7 +236,8 @@ class InferenceService:
     it the disagreement is only recorded by the verdict); ``load_model(digest)`` (blocking)
     gives the model whose output bounds tolerance mode compares with; ``store_tensors(arrays)``
     (blocking) keeps every request's inputs by digest before the log append, so watchers and
-    disputes can fetch them.
+    disputes can fetch them. With a ``ledger``, a signed client pays ``fee_per_job`` to each
+    node that answered (checked before any node runs, logged after the inference entry).
     """
 
     def __init__(
@@ -253,11 +255,13 @@ class InferenceService:
         disputes: DisputeService | None = None,
         load_model: Callable[[Digest], onnx.ModelProto] | None = None,
         store_tensors: Callable[[Mapping[str, Array]], object] | None = None,
+        ledger: LedgerBook | None = None,
     ) -> None:
         self._log = log
         self._disputes = disputes
         self._load_model = load_model
         self._store_tensors = store_tensors
+        self._ledger = ledger
         self._bounds: dict[Digest, OutputBounds] = {}
         self._key = key
         self._http = http
@@ -334,6 +338,10 @@ class InferenceService:
         job = _Request(spec, arrays, secret)
         digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
         extra = {} if client is None else {"client": client}
+        if self._ledger is not None:
+            # Every node that answers is paid: a spot check may add one.
+            jobs = policy.nodes + (1 if policy.kind == "spot" else 0)
+            await asyncio.to_thread(self._ledger.check_funds, client, jobs)
         if idempotency_key is None:
             return await self._answer(job, digest, policy, candidates, extra)
         # 3. One answer per key: later requests with the key get the stored answer.
@@ -514,6 +522,13 @@ class InferenceService:
         if self._crash_after_append:
             os.kill(os.getpid(), signal.SIGKILL)
         stored = await self._store.commit(index, pending)
+        if self._ledger is not None:
+            client = extra.get("client")
+            fees = self._ledger.fees(client, [n.node_id for n, _ in answers], spec.request_id)
+            try:
+                await self._ledger.append(fees)
+            except Error as exc:  # the answer is logged; a fee the payer cannot pay is skipped
+                _log.warning("fees of %s not logged: %s", spec.request_id, exc.diagnostics())
         return dict(stored.response)
 
     async def _run(

@@ -102,6 +102,12 @@ def _service_from_state(state: Any) -> InferenceService:
             live_within=settings.live_after,
             max_tensor_bytes=settings.max_json_bytes,
         ),
+        # The verification policies' collaborators, when the app provides them (app.py):
+        # disputes, the model for tolerance bounds, and the store of request inputs.
+        disputes=getattr(state, "disputes", None),
+        load_model=getattr(state, "load_model", None),
+        store_tensors=getattr(state, "store_tensors", None),
+        ledger=getattr(state, "ledger", None),
     )
 
 

@@ -1,0 +1,154 @@
+"""``/v1/disputes``: external challenges over HTTP (docs/verification.md, "Service").
+
+=====================================  ====================  ================================
+``POST /v1/disputes``                  challenger, signed    201, the dispute state
+``GET /v1/disputes/{id}``              anyone                the dispute state
+``POST /v1/disputes/{id}/reveal``      challenger, signed    the new state
+``POST /v1/disputes/{id}/tensors``     challenger, signed    the new state
+=====================================  ====================  ================================
+
+A challenger is an account: the key id of the request signature (``X-Veriml-Key`` /
+``X-Veriml-Signature``, :mod:`veriml.coordinator.auth`). Only the account that opened a
+dispute may move in it. The routes read the :class:`~veriml.coordinator.disputes.DisputeService`
+from ``app.state.disputes`` and the stored inference through the app's inference service.
+
+Errors are RFC 9457 problems: a malformed body is 400 (the move stays open until its
+deadline), an unsigned request or another account's signature 403, an unknown dispute or
+inference 404, a move the dispute is not asking for (or a bond the balance does not cover) 409,
+and any move in a settled dispute 410.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+
+from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.disputes import DisputeRun, DisputeService, tensors_from_json
+from veriml.coordinator.inference_routes import inference_service
+from veriml.coordinator.problems import problem
+from veriml.core.canonical import parse_json_object
+from veriml.core.digest import Digest
+from veriml.core.errors import FormatError, SignatureError, StorageError
+
+__all__ = ["create_dispute_router"]
+
+
+def _service(request: Request) -> DisputeService:
+    service: DisputeService | None = getattr(request.app.state, "disputes", None)
+    if service is None:
+        raise StorageError("this coordinator hosts no disputes (it is starting, or has no ledger)")
+    return service
+
+
+def _json(content: dict[str, Any], status: int = 200) -> Response:
+    body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
+    return Response(body, status_code=status, media_type="application/json")
+
+
+async def _signed_body(request: Request) -> tuple[str, dict[str, Any]]:
+    """The verified signer's key id and the JSON object body; unsigned requests are refused."""
+    raw = await request.body()
+    signature = RequestSignature.from_headers(request.headers)
+    if signature is None:
+        raise SignatureError(
+            "dispute requests are signed: the challenger's account is the signing key's id",
+            check="request-signature",
+        )
+    account = signature.verify(request.method, request.url.path, Digest.of(raw))
+    return account, parse_json_object(raw, what="dispute request")
+
+
+def _gone(run: DisputeRun) -> Response:
+    return problem(410, "the dispute is settled", title="Gone", dispute=run.id, winner=run.winner)
+
+
+async def _move(
+    request: Request, dispute_id: str, body_of: str
+) -> tuple[DisputeService, DisputeRun, dict[str, Any]] | Response:
+    """The checks every challenger move shares: signed, the challenger's, still open."""
+    service = _service(request)
+    run = service.get(dispute_id)
+    account, body = await _signed_body(request)
+    if account != run.challenger.claim.account:
+        raise SignatureError(
+            "only the challenger moves in a dispute",
+            check="dispute-party",
+            dispute=run.id,
+            signer=account,
+        )
+    if run.status != "open":
+        return _gone(run)
+    if body_of not in body:
+        raise FormatError(f"the move needs {body_of!r}", dispute=run.id)
+    return service, run, body
+
+
+def create_dispute_router() -> APIRouter:
+    """The dispute routes, bound to the app's services at request time."""
+    router = APIRouter(tags=["disputes"])
+
+    @router.post(
+        "/v1/disputes",
+        operation_id="create_dispute",
+        status_code=201,
+        summary="Challenge a node's answer to a logged inference with your own trace",
+        responses={
+            201: {"description": "the dispute state"},
+            403: {"description": "the request is not signed, or its signature does not verify"},
+            404: {"description": "no such inference, or no receipt of that node in it"},
+            409: {"description": "the balance does not cover the challenge bond"},
+        },
+    )
+    async def create_dispute(request: Request) -> Response:
+        """``{"inference", "node", "trace": {"root", "size"}, "outputs", "mode"?}`` -> 201 and
+        the dispute state; the challenge entry is logged before the answer."""
+        service = _service(request)
+        account, body = await _signed_body(request)
+        inference = body.get("inference")
+        if not isinstance(inference, str) or not 0 < len(inference) <= 200:
+            raise FormatError("a dispute names the inference it challenges")
+        answer = await inference_service(request).get(inference)
+        run = await service.challenge(answer, body, account=account)
+        return _json(run.to_json(), status=201)
+
+    @router.get(
+        "/v1/disputes/{dispute_id}",
+        operation_id="get_dispute",
+        summary="A dispute's state: the query it waits for, its rounds, its verdict",
+    )
+    async def get_dispute(dispute_id: str, request: Request) -> Response:
+        return _json(_service(request).get(dispute_id).to_json())
+
+    @router.post(
+        "/v1/disputes/{dispute_id}/reveal",
+        operation_id="reveal_dispute_entry",
+        summary="The challenger reveals the trace entry the dispute asks for",
+    )
+    async def reveal(dispute_id: str, request: Request) -> Response:
+        """``{"index", "entry", "proof": [hex]}`` -> the state once the dispute has moved on."""
+        moved = await _move(request, dispute_id, "entry")
+        if isinstance(moved, Response):
+            return moved
+        service, run, body = moved
+        await service.submit(run, reveal=body)
+        return _json(run.to_json())
+
+    @router.post(
+        "/v1/disputes/{dispute_id}/tensors",
+        operation_id="submit_dispute_tensors",
+        summary="The challenger sends the recorded tensors the dispute asks for",
+    )
+    async def tensors(dispute_id: str, request: Request) -> Response:
+        """``{"tensors": {name: tensor JSON}}`` -> the state once the dispute has moved on."""
+        moved = await _move(request, dispute_id, "tensors")
+        if isinstance(moved, Response):
+            return moved
+        service, run, body = moved
+        arrays = tensors_from_json(body["tensors"], max_bytes=service.options.max_tensor_bytes)
+        await service.submit(run, tensors=arrays)
+        return _json(run.to_json())
+
+    return router
