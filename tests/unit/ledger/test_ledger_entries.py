@@ -259,3 +259,30 @@ def test_account_ids_are_1_to_256_characters(account: str) -> None:
     else:
         with pytest.raises(FormatError):
             parse_entry(data)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+@given(st.sampled_from(_entries()), st.data())
+def test_any_member_replaced_by_any_json_parses_or_is_a_format_error(
+    entry: LedgerEntry, data: st.DataObject
+) -> None:
+    obj = entry.to_json()
+    member = data.draw(st.sampled_from(sorted(set(obj) - {"type"})))
+    obj[member] = data.draw(json_values)
+    try:
+        raw = canonicalize(obj)
+    except FormatError:
+        return  # a float or integer RFC 8785 cannot write: no such logged bytes exist
+    try:
+        parsed = parse_entry(raw)
+    except FormatError:
+        return
+    assert parsed.to_bytes() == raw  # one spelling: what parses is written back byte for byte
