@@ -85,3 +85,34 @@ def propagate(
     for index in range(node + 1, len(model.graph.node)):
         current.update(reexecute_node(model, index, current))
     return build_trace(model, current)
+
+
+def chain_model(layers: int, width: int = 16, seed: int = 0) -> onnx.ModelProto:
+    """x[4, width] -> (MatMul -> Add -> Tanh) * layers: 3·layers operators whose signal
+    survives to the end (no dead units), for bisection depth tests."""
+    rng = np.random.default_rng(seed)
+    nodes: list[onnx.NodeProto] = []
+    weights: list[onnx.TensorProto] = []
+    current = "x"
+    for i in range(layers):
+        w = (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32)
+        b = (rng.standard_normal(width) * 0.1).astype(np.float32)
+        weights += [numpy_helper.from_array(w, f"w{i}"), numpy_helper.from_array(b, f"b{i}")]
+        nodes += [
+            helper.make_node("MatMul", [current, f"w{i}"], [f"m{i}"]),
+            helper.make_node("Add", [f"m{i}", f"b{i}"], [f"a{i}"]),
+            helper.make_node("Tanh", [f"a{i}"], [f"t{i}"]),
+        ]
+        current = f"t{i}"
+    nodes[-1].output[0] = "y"
+    graph = helper.make_graph(
+        nodes,
+        "chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, width])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, width])],
+        weights,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    return model
