@@ -75,8 +75,9 @@ def _show_state(state: Mapping[str, Any]) -> None:
     accounts: Mapping[str, Any] = state.get("accounts") or {}
     table = Table(show_header=True, header_style="bold", title="accounts")
     columns = ("account", "balance", "stake", "unbonding", "reputation", "jobs", "slashes")
-    for column in columns:
-        table.add_column(column, justify="left" if column == "account" else "right")
+    table.add_column("account", overflow="fold")  # folded, never cut: ids are copied from here
+    for column in columns[1:]:
+        table.add_column(column, justify="right")
     for account_id, account in sorted(accounts.items()):
         table.add_row(
             account_id,
@@ -92,7 +93,7 @@ def _show_state(state: Mapping[str, Any]) -> None:
     if disputes:
         open_table = Table(show_header=True, header_style="bold", title="open disputes")
         for column in ("dispute", "inference", "defendant", "challenger", "bond", "opened"):
-            open_table.add_column(column)
+            open_table.add_column(column, overflow="fold")
         for dispute_id, d in sorted(disputes.items()):
             open_table.add_row(
                 dispute_id,

@@ -4,22 +4,31 @@
     veriml log prove http://127.0.0.1:8080 42 --out entry42.tlog-proof
     veriml log verify-proof entry42.tlog-proof --vkey LOG_VKEY --witness W_VKEY --quorum 1
     veriml log audit http://127.0.0.1:8080 --vkey LOG_VKEY --state log.audit.json
+    veriml log audit http://127.0.0.1:8700/log --vkey LOG_VKEY --coordinator http://127.0.0.1:8700
+
+On a veriml log, ``audit`` also folds the ledger over the same pass (docs/verification.md,
+"Ledger") and prints the state's digest; with ``--coordinator`` it fetches the coordinator's
+state at the audited size and fails unless the two are equal.
 """
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from veriml.cli._common import JsonOpt, console, err_console, print_json
 from veriml.cli.witness import read_vkey
-from veriml.core.errors import FormatError
+from veriml.core.errors import FormatError, VerificationError
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
+
+if TYPE_CHECKING:
+    from veriml.ledger.state import LedgerState
 
 __all__ = ["register_log_commands"]
 
@@ -63,6 +72,120 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
     if len(data) > limit:
         raise FormatError(f"the {what} is too large", path=str(path), limit=limit)
     return data
+
+
+LedgerOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--ledger/--no-ledger",
+        help="Fold the ledger over the log (default: when entry 0 is a veriml entry, or with "
+        "--coordinator); every entry must then fold.",
+    ),
+]
+AuditCoordinatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--coordinator",
+        "-c",
+        envvar="VERIML_URL",
+        help="Also compare the folded ledger with this coordinator's "
+        "GET /v1/ledger/state?size=N (N: the audited size).",
+    ),
+]
+
+
+class LedgerFold:
+    """The ledger folded entry by entry as the auditor replays the log (an
+    :data:`veriml.tlog.audit.EntryCallback`).
+
+    ``required`` (``--ledger`` or ``--coordinator``) folds every entry. Otherwise the log's
+    entry 0 decides: a log whose first entry is not a veriml entry is some other log (a
+    witness test tree, a Go vector) and has no ledger; once folding started, every entry must
+    fold. Either way a failure is a :class:`VerificationError` (``check="ledger"``, exit 1)
+    naming the entry, so the audit fails and keeps its state file as it was.
+    """
+
+    def __init__(self, *, required: bool) -> None:
+        from veriml.ledger.state import LedgerState
+
+        self.required = required
+        self.state: LedgerState | None = LedgerState()
+        self.skipped: str | None = None
+        # Per node of spot:P inferences: [jobs, checked] (docs/verification.md, "Spot checks").
+        self.spot: dict[str, list[int]] = {}
+
+    def __call__(self, index: int, data: bytes) -> None:
+        from veriml.ledger.entries import parse_entry
+
+        if self.state is None:
+            return
+        try:
+            entry = parse_entry(data)
+        except FormatError as exc:
+            if index == 0 and not self.required:
+                self.state, self.skipped = None, exc.message
+                return
+            raise VerificationError(
+                "a log entry is not a veriml entry, so the ledger cannot be folded",
+                check="ledger",
+                index=index,
+                reason=exc.diagnostics(),
+            ) from exc
+        try:
+            self.state.apply(entry, index)
+        except FormatError as exc:
+            raise VerificationError(
+                "the ledger does not fold over the log",
+                check="ledger",
+                index=index,
+                reason=exc.diagnostics(),
+            ) from exc
+        self._count_spot(entry)
+
+    def _count_spot(self, entry: object) -> None:
+        from veriml.client._verify import receipt_node_id
+        from veriml.ledger.entries import InferenceEntry
+
+        if not isinstance(entry, InferenceEntry) or entry.verdict.spot is None:
+            return
+        node = receipt_node_id(entry.receipts[0]) if entry.receipts else None
+        counts = self.spot.setdefault(node or "unknown", [0, 0])
+        counts[0] += 1
+        counts[1] += int(entry.verdict.spot.checked)
+
+
+def _first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, str]:
+    """Where two ledger states first differ: an account if any differs, else a member."""
+    mine: Mapping[str, Any] = ours.get("accounts") or {}
+    other: Mapping[str, Any] = theirs.get("accounts") or {}
+    for account in sorted(set(mine) | set(other)):
+        if mine.get(account) != other.get(account):
+            a, b = mine.get(account) or {}, other.get(account) or {}
+            members = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+            return {"account": account, "members": ",".join(members)}
+    for member in sorted(set(ours) | set(theirs)):
+        if ours.get(member) != theirs.get(member):
+            return {"member": member}
+    return {}
+
+
+def compare_ledger(state: LedgerState, coordinator: str, size: int) -> None:
+    """Raise unless the coordinator's ledger at ``size`` is the one folded from the log."""
+    import json
+
+    from veriml.client import Client
+
+    with Client(coordinator, verify=False) as client:
+        theirs = client.ledger_state(size)
+    # Both sides as JSON values: the coordinator's arrived as JSON, ours is made comparable.
+    ours = json.loads(json.dumps(state.to_json()))
+    if ours != theirs:
+        raise VerificationError(
+            "the coordinator's ledger differs from the one folded from the log",
+            check="ledger",
+            size=size,
+            **_first_difference(ours, theirs),
+        )
 
 
 def prove(
@@ -153,13 +276,23 @@ def audit_command(
     ] = None,
     witnesses: WitnessOpt = None,
     quorum: QuorumOpt = 0,
+    ledger: LedgerOpt = None,
+    coordinator: AuditCoordinatorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Replay the log: recompute every tile from the entries; check signature and consistency.
+    """Replay the log: recompute every tile from the entries; check signature and consistency;
+    fold the ledger (and compare it with the coordinator's).
 
-    Rollback or split view against the checkpoint kept in --state exits 1.
+    Rollback or split view against the checkpoint kept in --state, an entry the ledger cannot
+    fold, or a coordinator ledger that differs from the fold exits 1.
     """
     from veriml.tlog.audit import audit
+
+    if ledger is False and coordinator:
+        raise typer.BadParameter(
+            "comparing with the coordinator needs the ledger fold", param_hint="--no-ledger"
+        )
+    fold = LedgerFold(required=bool(ledger) or bool(coordinator)) if ledger is not False else None
 
     with Progress(
         TextColumn("[bold]audit"),
@@ -183,8 +316,13 @@ def audit_command(
             witnesses=_witnesses(witnesses),
             quorum=quorum,
             progress=progress,
+            on_entry=fold,
         )
-    info = {
+    folded = fold.state if fold is not None else None
+    spot = sorted(fold.spot.items()) if fold is not None else []
+    if folded is not None and coordinator:
+        compare_ledger(folded, coordinator, report.size)
+    info: dict[str, Any] = {
         "ok": True,
         "origin": report.origin,
         "size": report.size,
@@ -195,7 +333,16 @@ def audit_command(
         "witnesses": list(report.witnesses),
         "seconds": round(report.seconds, 3),
         "entries_per_second": round(report.entries_per_second),
+        "ledger": None,
     }
+    if folded is not None:
+        info["ledger"] = {
+            "digest": folded.digest().to_text(),
+            "accounts": len(folded.to_json().get("accounts") or {}),
+            "open_disputes": len(folded.open_disputes),
+            "coordinator": "matches" if coordinator else None,
+            "spot": {node: {"jobs": j, "checked": c} for node, (j, c) in spot},
+        }
     if json_out:
         print_json(info)
         return
@@ -206,6 +353,21 @@ def audit_command(
     )
     if report.previous_size is not None:
         console.print(f"consistent with the previously audited size {report.previous_size}")
+    if folded is not None:
+        ledger_info = info["ledger"]
+        console.print(
+            f"ledger folded over {report.size} entries: {ledger_info['accounts']} account(s), "
+            f"{ledger_info['open_disputes']} open dispute(s), state {ledger_info['digest']}"
+            + (f"; equal to {coordinator}'s" if coordinator else ""),
+            markup=False,
+        )
+        for node, (jobs, checked) in spot:
+            console.print(
+                f"spot checks of node {node}: {checked} of {jobs} job(s) ({checked / jobs:.1%})",
+                markup=False,
+            )
+    elif fold is not None and fold.skipped is not None:
+        console.print(f"no ledger: entry 0 is not a veriml entry ({fold.skipped})", markup=False)
     if state is not None:
         console.print(f"state saved to {state}")
 
