@@ -1,0 +1,200 @@
+"""The verification policies on a real local network (``veriml serve`` processes), with
+byzantine nodes: every detection ends in a slash entry, no honest node is slashed, and forged
+or replayed receipts are refused before any vote (so no dispute is opened for them)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from veriml.client import Client, LocalNetwork
+from veriml.core.dsse import Envelope, Statement
+from veriml.core.keys import generate_key
+from veriml.core.receipt import InferencePredicate
+from veriml.core.tensors import tensor_to_json
+from veriml.ledger.entries import (
+    ChallengeEntry,
+    DisputeVerdictEntry,
+    ReputationEntry,
+    SlashEntry,
+    parse_entry,
+)
+from veriml.models.examples import build_mlp, write_example_folder
+from veriml.tlog import LogClient, NoteVerifier
+from veriml.verify.policy import spot_commitment
+
+pytestmark = pytest.mark.slow
+
+X = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.5, 3.0]], dtype=np.float32)
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("policies")
+    generate_key("ec").save(root / "publisher.key")
+    return write_example_folder(root / "mlp", build_mlp((4, 8, 8, 3), seed=4), name="mlp")
+
+
+def network(home: Path, folder: Path, *, nodes: int, byzantine: dict[int, str]) -> LocalNetwork:
+    net = LocalNetwork(home, nodes=nodes, port=0, byzantine=byzantine, start_timeout=60)
+    net.start()
+    try:
+        with Client(net.url, log_vkey=net.log_vkey) as client:
+            client.publish(folder, folder.parent / "publisher.key")
+    except BaseException:
+        net.stop()
+        raise
+    return net
+
+
+@pytest.fixture(scope="module")
+def wrong_output(
+    tmp_path_factory: pytest.TempPathFactory, model_folder: Path
+) -> Iterator[LocalNetwork]:
+    """Three nodes of three operators; node 0 adds one ulp to its first output."""
+    home = tmp_path_factory.mktemp("trio")
+    net = network(home / "net", model_folder, nodes=3, byzantine={0: "wrong-output"})
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[LocalNetwork]:
+    """Two nodes: whichever answers first, the other checks it, and one of them cheats."""
+    home = tmp_path_factory.mktemp("pair")
+    net = network(home / "net", model_folder, nodes=2, byzantine={0: "wrong-output"})
+    try:
+        yield net
+    finally:
+        net.stop()
+
+
+def infer(net: LocalNetwork, policy: str) -> dict[str, Any]:
+    response = httpx.post(
+        f"{net.url}/v1/inferences",
+        json={"model": "mlp", "inputs": {"x": tensor_to_json(X)}, "policy": policy},
+        timeout=300,
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    return answer
+
+
+def log_entries(net: LocalNetwork) -> list[Any]:
+    """Every ledger entry of the coordinator's log, read through its tiles."""
+    verifier = NoteVerifier.from_vkey(net.log_vkey)
+    with LogClient(net.url + "/log/", verifier) as log:
+        signed = log.checkpoint()
+        reader = log.hash_reader(signed)
+        raw: list[bytes] = []
+        bundle = 0
+        while len(raw) < signed.checkpoint.size:
+            raw += reader.read_entry_bundle(bundle)
+            bundle += 1
+    kinds = ("challenge", "verdict", "slash", "reputation")
+    return [parse_entry(data) for data in raw if json.loads(data)["type"] in kinds]
+
+
+def predicate(receipt: dict[str, Any]) -> InferencePredicate:
+    statement = Statement.from_bytes(Envelope.from_json(receipt).payload)
+    return InferencePredicate.from_json(statement.predicate)
+
+
+def check_only_cheater_convicted(net: LocalNetwork, answer: dict[str, Any], cheater: str) -> None:
+    """The answer's disputes are logged, each convicts the cheater, and nobody else."""
+    disputes = answer["verdict"]["disputes"]
+    assert disputes
+    entries = log_entries(net)
+    verdicts = {e.dispute: e for e in entries if isinstance(e, DisputeVerdictEntry)}
+    slashes = [e for e in entries if isinstance(e, SlashEntry)]
+    for ref in disputes:
+        loser = ref["defendant"] if ref["winner"] == "challenger" else ref["challenger"]
+        assert loser == cheater, ref
+        verdict = verdicts[ref["id"]]
+        assert verdict.winner == ref["winner"]
+        assert verdict.reason == "referee"
+        assert any(s.dispute == ref["id"] and s.account == cheater for s in slashes)
+    assert {s.account for s in slashes} == {cheater}
+    losses = [e for e in entries if isinstance(e, ReputationEntry) and e.delta < 0]
+    assert {e.account for e in losses} == {cheater}
+
+
+def test_spot_1_checks_every_answer_and_a_wrong_output_is_disputed_and_slashed(
+    pair: LocalNetwork,
+) -> None:
+    cheater = pair.nodes[0].node_id
+    assert cheater is not None
+    for _ in range(2):  # the cheater as the primary, or as the checker: convicted either way
+        answer = infer(pair, "spot:1")
+        verdict = answer["verdict"]
+        assert verdict["outcome"] == "accepted"
+        assert verdict["spot"]["checked"] is True
+        assert {n["id"] for n in answer["nodes"]} == {n.node_id for n in pair.nodes}
+        assert len(verdict["agreeing"]) == 1
+        assert cheater not in verdict["agreeing"]
+        # The revealed secret is the one every job committed to, inside every receipt.
+        commitment = spot_commitment(bytes.fromhex(verdict["spot"]["secret"]))
+        assert all(predicate(r).spot == commitment for r in answer["receipts"])
+        check_only_cheater_convicted(pair, answer, cheater)
+
+
+def test_spot_check_rate_follows_p_and_unchecked_answers_are_accepted_alone(
+    pair: LocalNetwork,
+) -> None:
+    answer = infer(pair, "spot:0.0001")
+    verdict = answer["verdict"]
+    assert verdict["spot"]["checked"] is False
+    assert len(answer["receipts"]) == 1
+    assert "disputes" not in verdict
+
+
+def test_quorum_outvotes_a_wrong_node_and_its_dissent_is_slashed(
+    wrong_output: LocalNetwork,
+) -> None:
+    cheater = wrong_output.nodes[0].node_id
+    assert cheater is not None
+    answer = infer(wrong_output, "quorum:3/2")
+    verdict = answer["verdict"]
+    assert verdict["outcome"] == "accepted"
+    assert len(verdict["agreeing"]) == 2
+    assert cheater not in verdict["agreeing"]
+    assert [d["defendant"] for d in verdict["disputes"]] == [cheater]
+    assert verdict["disputes"][0]["winner"] == "challenger"
+    check_only_cheater_convicted(wrong_output, answer, cheater)
+    state = httpx.get(f"{wrong_output.url}/v1/ledger/state", timeout=30).json()
+    assert state["accounts"][cheater]["reputation"] <= -100
+    assert not state["disputes"]  # settled before the inference was logged
+
+
+def test_optimistic_answers_carry_a_trace_and_a_final_time(wrong_output: LocalNetwork) -> None:
+    answer = infer(wrong_output, "optimistic:10m")
+    assert answer["verdict"]["outcome"] == "accepted"
+    assert "final_after" in answer["verdict"]
+    assert predicate(answer["receipts"][0]).trace is not None
+
+
+@pytest.mark.parametrize("mode", ["impersonate", "replay"])
+def test_forged_and_replayed_receipts_are_refused_before_any_vote(
+    tmp_path: Path, model_folder: Path, mode: str
+) -> None:
+    net = network(tmp_path / "net", model_folder, nodes=3, byzantine={0: mode})
+    try:
+        cheater = net.nodes[0].node_id
+        for attempt in range(3):
+            answer = infer(net, "quorum:3/2")
+            assert answer["verdict"]["outcome"] == "accepted"
+            assert "disputes" not in answer["verdict"]
+            if mode == "impersonate" or attempt > 0:  # a replaying node's first answer is honest
+                assert cheater not in [n["id"] for n in answer["nodes"]]
+        # Refused at the receipt check: never a vote, so never a challenge in the log.
+        assert not [e for e in log_entries(net) if isinstance(e, ChallengeEntry)]
+    finally:
+        net.stop()
