@@ -126,10 +126,10 @@ def test_watch_once_catches_the_cheater_wins_every_dispute_and_slashes_only_it(
         checked = by_id[inference]
         assert checked["node"] == node
         if node == watched.cheater:
-            assert checked["result"] == "mismatch", checked
-            assert checked["winner"] == "challenger", checked
+            assert checked["result"] == "mismatch", json.dumps(checked)
+            assert checked["winner"] == "challenger", json.dumps(checked)
         else:
-            assert checked["result"] == "match", checked
+            assert checked["result"] == "match", json.dumps(checked)
             assert checked["dispute"] is None
     cheats = sum(node == watched.cheater for node in watched.answered_by.values())
     assert summary["mismatched"] == cheats
