@@ -409,6 +409,8 @@ def referee(
 
     if not 0 <= index < layout.size:
         raise FormatError("no such trace index", index=index, size=layout.size)
+    if mode not in ("bitwise", "tolerance"):
+        raise FormatError("comparison mode must be bitwise or tolerance", got=mode)
     entry = layout.entries[index]
     # The agreed inputs are exactly the operator's non-initializer reads, and the tensors are
     # the ones agreed on.
@@ -451,10 +453,8 @@ def referee(
 
         defendant_ok = matches(defendant, defendant_value)
         challenger_ok = matches(challenger, challenger_value)
-    elif mode == "bitwise":
-        defendant_ok, challenger_ok = defendant == expected, challenger == expected
     else:
-        raise FormatError("comparison mode must be bitwise or tolerance", got=mode)
+        defendant_ok, challenger_ok = defendant == expected, challenger == expected
     winner: Winner = (
         ("none" if challenger_ok else "defendant")
         if defendant_ok

@@ -26,7 +26,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import DigestMismatch, FormatError, VerificationError
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,6 +42,7 @@ __all__ = [
     "SpotReveal",
     "Verdict",
     "Winner",
+    "check_spot",
     "check_verdict",
     "decide",
     "spot_checked",
@@ -367,6 +368,35 @@ def spot_checked(policy: Policy, secret: bytes, receipt: Envelope) -> bool:
     payload_digest = hashlib.sha256(receipt.payload).digest()
     h = hashlib.sha256(SPOT_DECIDE_TAG + secret + payload_digest).digest()
     return int.from_bytes(h[:8], "big") * BASIS_POINTS < policy.p_bp * (1 << 64)
+
+
+def check_spot(
+    policy: Policy, reveal: SpotReveal, receipt: Envelope, commitment: Digest | None
+) -> None:
+    """Raise unless a verdict's spot reveal is the one the signed receipt committed to.
+
+    ``commitment`` is the receipt predicate's ``spot.commitment``: the revealed secret must hash
+    to it (``DigestMismatch``, ``check="spot"``), and the decision it implies must be the
+    verdict's ``checked`` (``VerificationError``, ``check="spot"``).
+    """
+    # 1. The secret is the one committed to before the node signed.
+    calculated = spot_commitment(reveal.secret)
+    if commitment is None or calculated != commitment:
+        raise DigestMismatch(
+            "the revealed spot secret is not the one the receipt commits to",
+            check="spot",
+            expected=commitment,
+            calculated=calculated,
+        )
+    # 2. The decision follows from the secret and the signed payload.
+    checked = spot_checked(policy, reveal.secret, receipt)
+    if checked != reveal.checked:
+        raise VerificationError(
+            "the spot decision does not follow from the secret and the receipt",
+            check="spot",
+            claimed=reveal.checked,
+            recomputed=checked,
+        )
 
 
 def decide(

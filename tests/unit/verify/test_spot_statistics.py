@@ -12,8 +12,8 @@ import random
 import pytest
 
 from veriml.core.dsse import INTOTO_PAYLOAD_TYPE, Envelope
-from veriml.core.errors import FormatError
-from veriml.verify.policy import Policy, spot_checked, spot_commitment
+from veriml.core.errors import DigestMismatch, FormatError, VerificationError
+from veriml.verify.policy import Policy, SpotReveal, check_spot, spot_checked, spot_commitment
 
 SIGMAS = 4.5
 
@@ -102,3 +102,19 @@ def test_only_spot_policies_have_checks() -> None:
         spot_checked(Policy.parse("none"), rng.randbytes(32), _receipt(rng))
     with pytest.raises(FormatError):
         spot_checked(Policy.parse("spot:0.1"), b"short", _receipt(rng))
+
+
+def test_anyone_can_recheck_a_revealed_spot_decision() -> None:
+    rng = random.Random("recheck")
+    policy = Policy.parse("spot:0.5")
+    secret, receipt = rng.randbytes(32), _receipt(rng)
+    commitment = spot_commitment(secret)
+    checked = spot_checked(policy, secret, receipt)
+    check_spot(policy, SpotReveal(secret, checked), receipt, commitment)
+    with pytest.raises(VerificationError) as flipped:
+        check_spot(policy, SpotReveal(secret, not checked), receipt, commitment)
+    assert flipped.value.check == "spot"
+    with pytest.raises(DigestMismatch):
+        check_spot(policy, SpotReveal(rng.randbytes(32), checked), receipt, commitment)
+    with pytest.raises(DigestMismatch):
+        check_spot(policy, SpotReveal(secret, checked), receipt, None)

@@ -18,6 +18,7 @@ def test_verify_exports_exactly_its_public_api() -> None:
         "Verdict",
         "VerifiedReceipt",
         "check_reveal",
+        "check_spot",
         "check_verdict",
         "decide",
         "output_bounds",
