@@ -311,11 +311,38 @@ def _opset(model: onnx.ModelProto) -> int:
     raise InvalidModel("model imports no default-domain opset")
 
 
+_SMALL_CONSTANT: Final = 64
+
+
+def _external(tensor: onnx.TensorProto) -> bool:
+    return bool(tensor.data_location == onnx.TensorProto.EXTERNAL)
+
+
+def _skeleton(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its large initializers replaced by typed graph inputs: shape inference
+    needs their shapes, not their values, and copying a model's weights would cost its size."""
+    skeleton = onnx.ModelProto(ir_version=model.ir_version)
+    skeleton.opset_import.extend(model.opset_import)
+    skeleton.functions.extend(model.functions)
+    graph, source = skeleton.graph, model.graph
+    graph.node.extend(source.node)
+    graph.output.extend(source.output)
+    graph.value_info.extend(source.value_info)
+    declared = {v.name for v in source.input}
+    graph.input.extend(source.input)
+    for init in source.initializer:
+        if math.prod(init.dims) <= _SMALL_CONSTANT and not _external(init):
+            graph.initializer.append(init)
+        elif init.name not in declared:
+            graph.input.append(helper.make_tensor_value_info(init.name, init.data_type, init.dims))
+    return skeleton
+
+
 def _static_shapes(
     model: onnx.ModelProto,
 ) -> tuple[dict[str, list[int | None] | None], dict[str, Array]]:
     try:
-        inferred = onnx.shape_inference.infer_shapes(model)
+        inferred = onnx.shape_inference.infer_shapes(_skeleton(model))
     except (onnx.shape_inference.InferenceError, ValueError):
         inferred = model  # shape inference is best effort: unknown dims count as UNKNOWN_DIM
     graph = inferred.graph
@@ -329,9 +356,10 @@ def _static_shapes(
             d.dim_value if d.HasField("dim_value") else None for d in tensor.shape.dim
         ]
     constants: dict[str, Array] = {}
-    for init in graph.initializer:
+    for init in model.graph.initializer:
         shapes[init.name] = list(init.dims)
-        if init.data_type == onnx.TensorProto.INT64 and math.prod(init.dims) <= 64:
+        small = math.prod(init.dims) <= _SMALL_CONSTANT and not _external(init)
+        if small and init.data_type == onnx.TensorProto.INT64:
             constants[init.name] = numpy_helper.to_array(init)
     for node in graph.node:
         if node.op_type == "Constant" and node.output:
