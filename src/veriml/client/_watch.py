@@ -134,7 +134,7 @@ class CheckedInference:
 class WatchSummary:
     """Counts over every inference this watcher has looked at."""
 
-    seen: int = 0
+    sampled: int = 0
     checked: int = 0
     matched: int = 0
     mismatched: int = 0
@@ -163,7 +163,7 @@ class WatchSummary:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "seen": self.seen,
+            "sampled": self.sampled,
             "checked": self.checked,
             "matched": self.matched,
             "mismatched": self.mismatched,
@@ -175,7 +175,7 @@ class WatchSummary:
 
     def line(self) -> str:
         return (
-            f"watched {self.position} log entries: {self.seen} inferences sampled, "
+            f"watched {self.position} log entries: {self.sampled} inferences sampled, "
             f"{self.checked} checked, {self.matched} matched, {self.mismatched} mismatched, "
             f"{self.skipped} skipped, {self.errors} errors; disputes {self.disputes} opened, "
             f"{self.won} won, {self.lost} lost"
@@ -287,9 +287,11 @@ class Watcher:
             raise FormatError("the sample rate is a probability in [0, 1]", got=sample)
         self.client = client
         self.sample = sample
-        self._rng: random.Random = (
-            secrets.SystemRandom() if seed is None else random.Random(seed)  # noqa: S311 - reproducible draws, asked for by --seed
-        )
+        # Reproducible draws only when asked for (--seed, tests): a predictable watcher can be
+        # dodged by a node that knows which of its answers will be checked.
+        self._rng: random.Random = secrets.SystemRandom()
+        if seed is not None:
+            self._rng = random.Random(seed)  # noqa: S311
         self.state_path = state
         self.state = WatchState.load(state) if state is not None else WatchState()
         self.cache_dir = cache_dir if cache_dir is not None else default_home() / "watch" / "models"
@@ -382,13 +384,29 @@ class Watcher:
             self.state.save(self.state_path)
 
     def _process(self, index: int, data: bytes) -> CheckedInference | None:
-        obj = parse_json_object(data, what="log entry")
-        if obj.get("type") != "inference":
+        try:
+            obj = parse_json_object(data, what="log entry")
+        except FormatError:
+            obj = {}
+        if obj.get("type") != "inference" or not self.sampled():
             return None
-        entry = parse_entry(data)
-        if not isinstance(entry, InferenceEntry) or not self.sampled():
-            return None
-        self.summary.seen += 1
+        self.summary.sampled += 1
+        try:
+            entry = parse_entry(data)
+            if not isinstance(entry, InferenceEntry):
+                raise FormatError("the entry is not an inference entry")
+        except FormatError as exc:
+            # Logged, so part of the record: reported (a coordinator logged it), not fatal,
+            # or a restarted watcher would stop at the same entry forever.
+            request = obj.get("request")
+            rid = request.get("id") if isinstance(request, dict) else None
+            return CheckedInference(
+                id=str(rid)[:200],
+                model="",
+                result="error",
+                index=index,
+                detail="malformed inference entry: " + exc.diagnostics()[:300],
+            )
         return self.check(entry, index=index)
 
     # -- checking one inference --------------------------------------------------------------

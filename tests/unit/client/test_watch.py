@@ -173,6 +173,19 @@ def test_every_inference_entry_is_checked_once_in_log_order_across_bundles(
     assert watcher.poll() == []  # nothing new
 
 
+def test_a_malformed_inference_entry_is_reported_and_the_watcher_goes_on(
+    client: Client, model: Model, tmp_path: Path
+) -> None:
+    good = log_entries(model, 2)[1]
+    bad = b'{"type":"inference","request":{"id":"bad"}}'
+    watcher = recording(client, publish(tmp_path / "log", [bad, good]), sample=1.0)
+    first, second = watcher.poll()
+    assert (first.index, first.id, first.result) == (0, "bad", "error")
+    assert "malformed inference entry" in first.detail
+    assert (second.index, second.result) == (1, "match")
+    assert watcher.summary.position == 2
+
+
 def test_the_state_file_resumes_where_the_last_run_stopped(
     client: Client, model: Model, tmp_path: Path
 ) -> None:
@@ -233,7 +246,7 @@ def test_the_summary_counts_results_and_dispute_outcomes() -> None:
         dispute = None if winner is None else f"d-{winner}"
         summary.add(CheckedInference("r", "m", result, dispute=dispute, winner=winner))  # type: ignore[arg-type]
     assert summary.to_json() | {"position": 0} == {
-        "seen": 0,
+        "sampled": 0,
         "checked": 4,
         "matched": 1,
         "mismatched": 3,
