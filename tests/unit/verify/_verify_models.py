@@ -76,11 +76,13 @@ def propagate(
     values: Mapping[str, Array],
     node: int,
     change: Callable[[Array], Array],
+    output: int = 0,
 ) -> Trace:
-    """The trace of a run whose node ``node`` output was replaced by ``change(output)`` and
-    whose later operators ran honestly on it (a consistent cheating trace)."""
+    """The trace of a run whose node ``node`` output number ``output`` was replaced by
+    ``change(value)`` and whose later operators ran honestly on it (a consistent cheating
+    trace)."""
     current = dict(values)
-    out = model.graph.node[node].output[0]
+    out = model.graph.node[node].output[output]
     current[out] = change(current[out])
     for index in range(node + 1, len(model.graph.node)):
         current.update(reexecute_node(model, index, current))

@@ -223,6 +223,53 @@ def test_a_long_model_needs_logarithmically_many_rounds() -> None:
         assert game.rounds <= 2 * math.ceil(math.log2(layout.size)) + _fan_in(model)
 
 
+def test_a_multi_output_operator_is_found_by_its_trace_index() -> None:
+    # Split has two outputs, so trace indices run ahead of node numbers after it.
+    rng = np.random.default_rng(5)
+    nodes = [
+        helper.make_node("MatMul", ["x", "W"], ["m"]),
+        helper.make_node("Split", ["m", "halves"], ["p", "q"], axis=1),
+        helper.make_node("Tanh", ["q"], ["tq"]),
+        helper.make_node("Add", ["p", "tq"], ["y"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "split",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [
+            numpy_helper.from_array(rng.standard_normal((8, 8)).astype(np.float32), "W"),
+            numpy_helper.from_array(np.array([4, 4], np.int64), "halves"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    layout = TraceLayout.from_model(model)
+    assert [(e.node, e.output) for e in layout.entries] == [
+        (0, "m"),
+        (1, "p"),
+        (1, "q"),
+        (2, "tq"),
+        (3, "y"),
+    ]
+    _, honest = _honest(model)
+    assert honest.tensors is not None
+    cheat = propagate(model, honest.tensors, 1, _nudge, output=1)
+    game = _play(model, cheat, honest)
+    assert game.found == layout.producer["q"] == 2
+    decision = referee(
+        model,
+        layout,
+        2,
+        honest.tensors,
+        cheat.entries[2].digest,
+        honest.entries[2].digest,
+        agreed=game.agreed_inputs(),
+    )
+    assert (decision.winner, decision.node_index, decision.op_type) == ("challenger", 1, "Split")
+    assert set(decision.referee) == {"p", "q"}
+
+
 def test_claims_that_agree_are_no_dispute() -> None:
     model = build_mlp((16, 32, 3))
     _, trace = _honest(model)

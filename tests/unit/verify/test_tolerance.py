@@ -230,6 +230,16 @@ def runner_conv(node: onnx.NodeProto, x: np.ndarray, w: np.ndarray) -> np.ndarra
     return np.asarray(ReferenceEvaluator(model).run(None, {"x": x, "w": w})[0])
 
 
+def test_referee_bound_for_reduce_sum_is_the_sum_of_magnitudes() -> None:
+    x = np.random.default_rng(13).standard_normal((3, 50, 2)).astype(np.float32)
+    node = helper.make_node("ReduceSum", ["x", "axes"], ["y"], keepdims=0)
+    axes = np.array([1], np.int64)
+    reference = x.sum(axis=1)
+    tolerance = referee_tolerance(node, {"x": x, "axes": axes}, reference, 0, opset=17)
+    expected = 2 * gamma(50, U32) * np.abs(x.astype(np.float64)).sum(axis=1)
+    np.testing.assert_allclose(tolerance, expected)
+
+
 def test_referee_bounds_of_the_other_classes() -> None:
     x = np.array([0.5, -2.0, 3.0], np.float32)
     assert not referee_tolerance(helper.make_node("Add", ["x", "x"], ["y"]), {"x": x}, x).any()
