@@ -10,6 +10,8 @@ import numpy as np
 import onnx
 import pytest
 from _verify_models import chain_model, conv_model, fp16_weights, propagate, runner
+from hypothesis import given
+from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 from veriml.core import Digest
@@ -446,3 +448,40 @@ def test_the_tolerance_referee_clears_honest_parties_and_convicts_float16(name: 
         challenger_value=honest.tensors[output],
     )
     assert decision.winner == "challenger"
+
+
+def _skip_chain(length: int) -> onnx.ModelProto:
+    """n0 = Neg(x); n_i = Add(n_{i-1}, n_{i//2}): every operator reads its predecessor and an
+    earlier one, so differences can vanish and reappear along the trace."""
+    nodes = [helper.make_node("Neg", ["x"], ["n0"])]
+    for i in range(1, length):
+        nodes.append(helper.make_node("Add", [f"n{i - 1}", f"n{i // 2}"], [f"n{i}"]))
+    graph = helper.make_graph(
+        nodes,
+        "skip-chain",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info(f"n{length - 1}", TensorProto.FLOAT, [2])],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@given(st.lists(st.booleans(), min_size=1, max_size=80))
+def test_any_pattern_of_differences_ends_at_an_operator_with_agreeing_inputs(
+    pattern: list[bool],
+) -> None:
+    pattern[-1] = True  # the outputs differ, or there is no dispute
+    layout = TraceLayout.from_model(_skip_chain(len(pattern)))
+    mine = [Digest.of(b"%d" % i) for i in range(len(pattern))]
+    theirs = [Digest.of(b"other %d" % i) if d else mine[i] for i, d in enumerate(pattern)]
+    last = layout.size - 1
+    game = Bisection(layout, {f"n{last}": mine[last]}, {f"n{last}": theirs[last]}, {})
+    asked: set[int] = set()
+    while (index := game.next_query()) is not None:
+        assert index not in asked
+        asked.add(index)
+        game.record(index, mine[index], theirs[index])
+    assert game.found is not None
+    assert pattern[game.found]
+    for name in layout.entries[game.found].reads:
+        if name in layout.producer:
+            assert not pattern[layout.producer[name]]
