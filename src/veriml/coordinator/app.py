@@ -27,9 +27,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 import veriml
-from veriml.coordinator import db, hub, registry
+from veriml.coordinator import db, hub, ledger, registry
 from veriml.coordinator.deps import LogDep, SettingsDep
 from veriml.coordinator.dispatch import PerHostTransport
+from veriml.coordinator.dispute_routes import create_dispute_router
+from veriml.coordinator.disputes import DisputeOptions, DisputeService
 from veriml.coordinator.keys import load_or_create_keys
 from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
 from veriml.coordinator.problems import install_problem_handlers, problem
@@ -142,11 +144,38 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         state.registry = registry.RegistryService(
             settings=settings, nodes=nodes, nonces=nonces, log=log
         )
+        state.ledger = ledger.LedgerBook(log, settings)
+        tensors = ledger.TensorStore(blobs, max_bytes=settings.max_json_bytes)
+        state.tensors, state.store_tensors = tensors, tensors.put
+        hub_service = state.hub
+        state.load_model = lambda digest: hub_service.package(digest).load_proto()
     except BaseException:
         for close in closers:
             close()
         raise
     return closers
+
+
+def _dispute_service(state: Any, settings: Settings) -> DisputeService:
+    """The dispute engine over the app's keys, HTTP client, models, tensors and ledger."""
+    from veriml.coordinator.inference_routes import node_lister
+
+    return DisputeService(
+        key=state.coordinator_key,
+        http=state.http,
+        load_model=state.load_model,
+        book=state.ledger,
+        load_tensor=state.tensors.get,
+        list_nodes=node_lister(state),
+        options=DisputeOptions(
+            timeout=settings.dispute_timeout,
+            job_timeout=settings.job_timeout,
+            slash_fraction=settings.slash_fraction,
+            reward_fraction=settings.reward_fraction,
+            challenge_bond=settings.challenge_bond,
+            max_tensor_bytes=settings.max_json_bytes,
+        ),
+    )
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -161,6 +190,7 @@ def create_app(settings: Settings) -> FastAPI:
                 limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
             ),
         )
+        app.state.disputes = _dispute_service(app.state, settings)
         if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
             routes = importlib.import_module(INFERENCE_ROUTES)
             try:
@@ -170,6 +200,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            await app.state.disputes.aclose()
             await app.state.http.aclose()
             for close in closers:
                 await run_in_threadpool(close)
@@ -186,6 +217,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_problem_handlers(app)
     app.include_router(hub.router)
     app.include_router(registry.router)
+    app.include_router(ledger.router)
+    app.include_router(create_dispute_router())
     if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
         app.include_router(importlib.import_module(INFERENCE_ROUTES).router)
     app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")

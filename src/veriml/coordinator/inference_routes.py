@@ -30,7 +30,7 @@ from veriml.core.digest import Digest
 from veriml.core.errors import Error, LimitExceeded, NodeUnavailable
 from veriml.models import IOSignature
 
-__all__ = ["inference_service", "recover_pending", "router"]
+__all__ = ["inference_service", "node_lister", "recover_pending", "router"]
 
 router = APIRouter(tags=["inference"])
 _RETRY_AFTER = "1"
@@ -61,16 +61,14 @@ def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
     return observe
 
 
-def _service_from_state(state: Any) -> InferenceService:
-    settings = state.settings
-    models = state.models
-    nodes = state.nodes
-
-    def resolve_model(ref: str) -> ResolvedModel:
-        record = models.resolve(ref)
-        return ResolvedModel(record.digest, IOSignature.from_json(record.io))
+def node_lister(state: Any) -> Callable[[Digest], list[Candidate]]:
+    """``list_nodes(model)``: the live nodes serving ``model`` that the ledger's rules let
+    receive jobs (enough stake and reputation), with their reputation for the scheduler.
+    Blocking: it reads the node table and the folded ledger."""
+    nodes, book = state.nodes, state.ledger
 
     def list_nodes(model: Digest) -> list[Candidate]:
+        ledger = book.state()
         return [
             Candidate(
                 node_id=row.node_id,
@@ -83,9 +81,25 @@ def _service_from_state(state: Any) -> InferenceService:
                 capacity=row.capacity,
                 cached=frozenset(row.cached),
                 models=row.models,
+                reputation=ledger.reputation_of(row.node_id),
             )
             for row in nodes.live_nodes(model)
+            if book.schedulable(row.node_id)
         ]
+
+    return list_nodes
+
+
+def _service_from_state(state: Any) -> InferenceService:
+    settings = state.settings
+    models = state.models
+    nodes = state.nodes
+
+    def resolve_model(ref: str) -> ResolvedModel:
+        record = models.resolve(ref)
+        return ResolvedModel(record.digest, IOSignature.from_json(record.io))
+
+    list_nodes = node_lister(state)
 
     return InferenceService(
         engine=state.engine,
