@@ -198,3 +198,32 @@ def test_forged_and_replayed_receipts_are_refused_before_any_vote(
         assert not [e for e in log_entries(net) if isinstance(e, ChallengeEntry)]
     finally:
         net.stop()
+
+
+def test_tolerance_mode_accepts_honest_nodes_on_other_thread_counts_and_convicts_fp16(
+    tmp_path: Path, model_folder: Path
+) -> None:
+    net = LocalNetwork(
+        tmp_path / "net",
+        nodes=3,
+        port=0,
+        byzantine={0: "fp16"},
+        threads={1: 1, 2: 4},
+        start_timeout=60,
+    )
+    net.start()
+    try:
+        with Client(net.url, log_vkey=net.log_vkey) as client:
+            client.publish(model_folder, model_folder.parent / "publisher.key")
+        cheater = net.nodes[0].node_id
+        assert cheater is not None
+        answer = infer(net, "quorum:3/2,tolerance")
+        verdict = answer["verdict"]
+        assert verdict["mode"] == "tolerance"
+        assert verdict["outcome"] == "accepted"
+        assert cheater not in verdict["agreeing"]
+        # Every answer's outputs come back, so a client can recompute the comparison.
+        assert [a["node"] for a in answer["answers"]] == [n["id"] for n in answer["nodes"]]
+        check_only_cheater_convicted(net, answer, cheater)
+    finally:
+        net.stop()
