@@ -277,3 +277,50 @@ def test_no_ledger_with_a_coordinator_is_a_usage_error(tmp_path: Path) -> None:
     log = _publish(tmp_path / "log", LEDGER)
     assert _audit(log, "--no-ledger", "--coordinator", "http://127.0.0.1:1").returncode == 2
     assert json.loads(_audit(log, "--no-ledger", "--json").stdout)["ledger"] is None
+
+
+# -- the SDK methods behind the commands ------------------------------------------------------
+
+
+def test_sdk_ledger_moves_check_amounts_and_keys_before_sending(
+    coordinator: tuple[Coordinator, str], admin: tuple[SigningKey, Path]
+) -> None:
+    from veriml.client import Client
+    from veriml.core.errors import FormatError, KeyFileError
+
+    fake, url = coordinator
+    with Client(url, verify=False) as unsigned:
+        with pytest.raises(KeyFileError):
+            unsigned.stake(5)
+        for bad in (0, -1, True, 2.5, 1 << 63):
+            with pytest.raises(FormatError):
+                unsigned.deposit("acct", bad, admin[0])  # type: ignore[arg-type]
+        with pytest.raises(FormatError):
+            unsigned.deposit("", 5, admin[0])
+        with pytest.raises(FormatError):
+            unsigned.ledger_state(-1)
+    assert fake.requests == []
+
+
+def test_the_async_client_moves_the_same_funds(
+    coordinator: tuple[Coordinator, str], admin: tuple[SigningKey, Path]
+) -> None:
+    import asyncio
+
+    from veriml.client import AsyncClient
+
+    fake, url = coordinator
+    node = generate_key()
+
+    async def moves() -> dict[str, Any]:
+        async with AsyncClient(url, verify=False, key=node) as client:
+            await client.deposit(node.key_id, 30, admin[0], memo="seed")
+            await client.stake(20)
+            await client.unstake(5)
+            return await client.ledger_state()
+
+    state = asyncio.run(moves())
+    assert state["accounts"][node.key_id]["stake"] == 15
+    assert fake.requests[0] == ("deposit", admin[0].key_id, {
+        "account": node.key_id, "amount": 30, "memo": "seed"
+    })  # fmt: skip
