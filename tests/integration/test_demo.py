@@ -21,6 +21,12 @@ def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
     for check in ("output-digest", "inclusion", "node-key"):
         assert f"rejected at {check}" in done.stdout, done.stdout
     assert done.stdout.count("✓ rejected at") == 4
+    # The cheater act: the wrong-output node's dissent is disputed, bisected to one operator,
+    # decided by the referee, and slashed in the log; the ledger folded from the log matches.
+    assert "challenger wins (reason referee)" in done.stdout, done.stdout
+    assert "slash      node-3" in done.stdout
+    assert "the cheater was slashed; no honest node was" in done.stdout
+    assert "entries folded: the coordinator's ledger" in done.stdout
     work = tmp_path / "demo-network"
     # The network is gone (network.json removed) and the saved answers verify offline.
     assert not (work / "net" / "network.json").exists()

@@ -9,13 +9,31 @@
 5. verify the saved answers offline with nothing but the log key, and show that tampered
    copies are rejected, each naming the failed check;
 6. print a summary (models, nodes, inferences, verdicts, log size);
-7. shut everything down and exit 0.
+7. shut everything down.
+
+Then a cheating node is caught and slashed (issue 5, "Byzantine harness"):
+
+8. start a second network whose third node runs ``--byzantine wrong-output`` (one ulp added
+   to its first float output, its trace consistent with it); every node stakes;
+9. ask for ``quorum:3/2``: all three nodes answer, the two honest ones agree and the
+   coordinator disputes the cheater's dissent before it logs the answer;
+10. show the dispute: bisection over the two trace commitments to one operator in O(log L)
+    rounds, and the referee's re-execution of that operator alone;
+11. read the entries the dispute added to the log (each checked against a signed
+    checkpoint): challenge, verdict, slash, reward, reputation; the cheater's stake before
+    and after, from ``GET /v1/ledger/state``, and no honest node slashed;
+12. fold the ledger from the whole log, as an auditor does, and compare it with the
+    coordinator's;
+13. shut down and exit 0.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,9 +46,9 @@ from veriml.cli._common import console
 if TYPE_CHECKING:
     import onnx
 
-    from veriml.client import InferenceResult
+    from veriml.client import Client, InferenceResult, LocalNetwork
 
-__all__ = ["build_demo_model", "network_demo"]
+__all__ = ["build_demo_model", "cheater_act", "network_demo"]
 
 IRIS_URI = "https://archive.ics.uci.edu/dataset/53/iris"
 
@@ -199,8 +217,260 @@ def network_demo(home: Path) -> None:
         size = Checkpoint.from_text(Note.from_bytes(note).text).size
         console.print(f"   log size      {size} entries (checkpoint of the last answer)")
         _step(7, "Shut down")
+    cheater_act(work, work / "publisher.key", x, first=8)
     console.print(
-        "\n[bold green]demo complete:[/] every answer verified, every tampering was caught."
+        "\n[bold green]demo complete:[/] every answer verified, every tampering was caught, "
+        "the cheating node was caught and slashed."
+    )
+
+
+DEEP_MODEL = "deep-mlp"
+STAKE = 1000
+"""What each node of the cheater act stakes, in ledger units; losing a dispute costs a node
+the coordinator's ``slash_fraction`` of it."""
+
+
+def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
+    """Steps ``first`` to ``first + 5`` of the demo (module docstring, steps 8-13): a network
+    with one cheating node, serving a deeper model (``x``: its ``[batch, 4]`` input) so the
+    bisection has a trace worth halving. Fails the demo (exit 1) unless the cheater is
+    slashed, no honest node is, and the ledger folded from the log is the coordinator's."""
+    from veriml.client import Client, LocalNetwork
+    from veriml.models import sign_model
+    from veriml.models.examples import build_mlp, write_example_folder
+
+    numbers = itertools.count(first)
+    _step(
+        next(numbers),
+        "A network where node-3 cheats (wrong-output: one ulp added to its answer); "
+        "every node stakes",
+    )
+    model = build_mlp((4, *[32] * 7, 3), seed=7, name=DEEP_MODEL)
+    folder = write_example_folder(
+        work / DEEP_MODEL, model, name=DEEP_MODEL, version="1.0.0", task="classification"
+    )
+    sign_model(folder, publisher_key)
+    with LocalNetwork(work / "net-cheater", nodes=3, port=0, byzantine={2: "wrong-output"}) as net:
+        names = {str(child.node_id): child.name for child in net.nodes}
+        cheater = str(net.nodes[2].node_id)
+        with Client(net.url, log_vkey=net.log_vkey) as client:
+            published = client.publish(folder, publisher_key)
+            console.print(
+                f"   model         {DEEP_MODEL}: an MLP of {len(model.graph.node)} operators, "
+                f"{published.get('digest')}",
+                markup=False,
+            )
+            _stake_nodes(net, client, STAKE)
+            before = client.ledger_state()
+            for child in net.nodes:
+                account = before["accounts"].get(str(child.node_id), {})
+                role = "[red]cheats[/]" if child.node_id == cheater else "honest"
+                console.print(
+                    f"   {child.name:<13} {child.node_id}  stake {account.get('stake', 0)}  {role}"
+                )
+
+            _step(next(numbers), "Ask for quorum:3/2: all three nodes answer, the cheater dissents")
+            result = client.infer(DEEP_MODEL, {"x": x}, policy="quorum:3/2")
+            verdict = result.verdict
+            agreeing = ", ".join(names.get(n, n) for n in verdict.agreeing)
+            console.print(
+                f"   [green]✓[/] verdict     {verdict.outcome} by {agreeing} "
+                f"(log entry {result.log.index}; the SDK re-derived it from the receipts)"
+            )
+            if not verdict.disputes:
+                console.print("   [red]no dispute was opened against the cheater[/]")
+                raise typer.Exit(1)
+            for ref in verdict.disputes:
+                console.print(
+                    f"   dispute       {ref.id}: {names.get(ref.challenger, ref.challenger)} "
+                    f"challenges {names.get(ref.defendant, ref.defendant)}"
+                )
+
+            _step(next(numbers), "The dispute: bisection to one operator, then the referee")
+            entries, size = _log_entries(net.url, net.log_vkey)
+            traces = {
+                e["dispute"]: int((e["defendant"].get("trace") or {}).get("size", 0))
+                for e in entries
+                if e.get("type") == "challenge"
+            }
+            for ref in verdict.disputes:
+                _show_dispute(net.url, ref.id, names, traces.get(ref.id, 0))
+
+            _step(next(numbers), "The evidence in the log, and every node's stake before and after")
+            for index in range(before["size"], size):
+                console.print(f"   entry {index:<7} {_describe(entries[index], names)}")
+            after = client.ledger_state(size)
+            _stakes(net, before, after, cheater)
+
+            _step(next(numbers), "Audit: fold the ledger from the whole log, as anyone can")
+            _audit(entries, after)
+        _step(next(numbers), "Shut down")
+
+
+def _stake_nodes(net: LocalNetwork, client: Client, amount: int) -> None:
+    """Give every node ``amount`` of stake: a deposit signed by the coordinator's key (its
+    operator mints), then a stake signed by the node's own key (the account is its key id).
+    A node that already holds the stake (a network that stakes its nodes itself) is left."""
+    from veriml.client import Client
+    from veriml.core.keys import load_private_key
+
+    accounts = client.ledger_state()["accounts"]
+    minting = load_private_key(net.home / "coordinator" / "coordinator.key", kind="ed25519")
+    for child in net.nodes:
+        missing = amount - int(accounts.get(str(child.node_id), {}).get("stake", 0))
+        if missing <= 0:
+            continue
+        client.deposit(str(child.node_id), missing, minting, memo="demo stake")
+        node_key = load_private_key(net.home / "nodes" / child.name / "node.key", kind="ed25519")
+        with Client(net.url, verify=False, key=node_key) as node:
+            node.stake(missing)
+
+
+def _show_dispute(url: str, dispute: str, names: Mapping[str, str], trace_size: int) -> None:
+    """The settled dispute as the coordinator serves it (``GET /v1/disputes/{id}``);
+    ``trace_size`` is the length of the defendant's committed trace (its challenge entry)."""
+    import httpx
+
+    from veriml.client._client import raise_for_problem
+
+    response = httpx.get(f"{url}/v1/disputes/{dispute}", timeout=30)
+    raise_for_problem(response)
+    state = response.json()
+    result = state.get("result") or {}
+    rounds, messages = state.get("rounds", 0), state.get("messages", 0)
+    bound = math.ceil(math.log2(trace_size)) if trace_size > 1 else 1
+    console.print(
+        f"   trace         {trace_size} tensors committed by each party (one Merkle root each)"
+    )
+    console.print(
+        f"   bisection     {rounds} rounds (⌈log₂ {trace_size}⌉ = {bound}), {messages} "
+        "messages: per round, each party reveals one entry with its inclusion proof"
+    )
+    console.print(
+        f"   operator      #{result.get('node_index')} {result.get('op_type')}: inputs agreed, "
+        "output differs",
+        markup=False,
+    )
+    claims = result.get("claims") or {}
+    for party in ("defendant", "challenger"):
+        who = names.get(str(state.get(party)), str(state.get(party)))
+        console.print(f"   {party:<13} {who} claims {_short(claims.get(party))}", markup=False)
+    for output, digest in sorted((result.get("referee") or {}).items()):
+        console.print(
+            f"   referee       re-ran that operator alone: {output} = {_short(digest)}",
+            markup=False,
+        )
+    winner = result.get("winner")
+    colour = "green" if winner == "challenger" else "red"
+    console.print(
+        f"   verdict       [{colour}]{winner} wins[/] (reason {result.get('reason')}), "
+        f"status {state.get('status')}"
+    )
+
+
+def _short(value: Any) -> str:
+    """A digest, or a mapping of name to digest, shortened for the screen."""
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k} {_short(v)}" for k, v in sorted(value.items()))
+    text = str(value)
+    return text[:19] + "…" if len(text) > 20 else text
+
+
+def _log_entries(url: str, vkey: str) -> tuple[list[dict[str, Any]], int]:
+    """Every entry of the log and its size, read from tiles: each entry bundle is checked
+    against the tree of a checkpoint signed by the log key."""
+    from veriml.tlog import LogClient, NoteVerifier
+    from veriml.tlog.tiles import TILE_WIDTH
+
+    with LogClient(url + "/log/", NoteVerifier.from_vkey(vkey)) as log:
+        signed = log.checkpoint()
+        reader = log.hash_reader(signed)
+        raw: list[bytes] = []
+        while len(raw) < signed.checkpoint.size:
+            raw += reader.read_entry_bundle(len(raw) // TILE_WIDTH)
+    return [json.loads(data) for data in raw], signed.checkpoint.size
+
+
+def _describe(entry: Mapping[str, Any], names: Mapping[str, str]) -> str:
+    """One log entry on one line, nodes by their demo names."""
+
+    def who(account: Any) -> str:
+        return names.get(str(account), str(account)[:19] + "…")
+
+    kind = entry.get("type")
+    if kind == "challenge":
+        defendant, challenger = entry["defendant"], entry["challenger"]
+        trace = defendant.get("trace") or {}
+        return (
+            f"challenge  {who(challenger.get('node') or challenger.get('account'))} vs "
+            f"{who(defendant.get('node'))}, trace of {trace.get('size')} tensors, "
+            f"bond {entry.get('bond')}"
+        )
+    if kind == "verdict":
+        return (
+            f"verdict    {entry.get('winner')} wins ({entry.get('reason')}) at operator "
+            f"#{entry.get('node_index')} {entry.get('op_type')}, {entry.get('rounds')} rounds, "
+            f"{entry.get('messages')} messages"
+        )
+    if kind == "slash":
+        return (
+            f"slash      {who(entry.get('account'))}: {entry.get('amount')} "
+            f"({entry.get('burned')} burned)"
+        )
+    if kind == "reward":
+        return f"reward     {who(entry.get('account'))}: {entry.get('amount')}"
+    if kind == "reputation":
+        return f"reputation {who(entry.get('account'))}: {entry.get('delta'):+d}"
+    if kind == "inference":
+        verdict = entry.get("verdict") or {}
+        return f"inference  {verdict.get('policy')} {verdict.get('outcome')}"
+    return str(kind)
+
+
+def _stakes(
+    net: LocalNetwork, before: Mapping[str, Any], after: Mapping[str, Any], cheater: str
+) -> None:
+    """The stake table; exit 1 unless the cheater and only the cheater lost stake."""
+    table = Table(header_style="bold")
+    for column in ("node", "role", "stake before", "stake after", "slashed", "reputation"):
+        table.add_column(column)
+    failed = False
+    for child in net.nodes:
+        node = str(child.node_id)
+        was = before["accounts"].get(node, {})
+        now = after["accounts"].get(node, {})
+        lost = int(was.get("stake", 0)) - int(now.get("stake", 0))
+        is_cheater = node == cheater
+        failed |= (lost <= 0) if is_cheater else (lost != 0 or now.get("slashes", 0) != 0)
+        table.add_row(
+            child.name,
+            "[red]cheater[/]" if is_cheater else "honest",
+            str(was.get("stake", 0)),
+            str(now.get("stake", 0)),
+            f"[red]{now.get('slashed', 0)}[/]" if is_cheater else str(now.get("slashed", 0)),
+            str(now.get("reputation", 0)),
+        )
+    console.print(table)
+    if failed:
+        console.print("   [red]the slashes are not the cheater's alone[/]")
+        raise typer.Exit(1)
+    console.print("   [green]✓[/] the cheater was slashed; no honest node was")
+
+
+def _audit(entries: list[dict[str, Any]], coordinator: Mapping[str, Any]) -> None:
+    """Fold the ledger from the log's entries and require the coordinator's state to match."""
+    from veriml.core.canonical import canonicalize
+    from veriml.ledger import fold
+
+    state = fold(canonicalize(e) for e in entries)
+    ours = json.loads(json.dumps(state.to_json()))
+    if ours != coordinator:
+        console.print("   [red]the coordinator's ledger differs from the log's fold[/]")
+        raise typer.Exit(1)
+    console.print(
+        f"   [green]✓[/] {len(entries)} entries folded: the coordinator's ledger, digest "
+        f"{state.digest()}",
+        markup=True,
     )
 
 
