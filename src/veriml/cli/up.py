@@ -78,6 +78,14 @@ def up(
             "collude). Repeatable.",
         ),
     ] = None,
+    stake: Annotated[
+        int,
+        typer.Option(min=0, help="Deposit and stake this amount for every node once registered."),
+    ] = 1000,
+    min_stake: Annotated[
+        int,
+        typer.Option(min=0, help="Stake a node needs to receive jobs (the coordinator's rule)."),
+    ] = 100,
 ) -> None:
     """Start a local network (coordinator + nodes) and keep it running until Ctrl-C."""
     cheats = parse_byzantine(byzantine or [], nodes)
@@ -89,7 +97,15 @@ def up(
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
 
-    network = LocalNetwork(home, nodes=nodes, port=port, db=db, byzantine=cheats)
+    network = LocalNetwork(
+        home,
+        nodes=nodes,
+        port=port,
+        db=db,
+        byzantine=cheats,
+        stake=stake,
+        min_stake=min_stake,
+    )
     try:
         with network:
             console.print(f"coordinator  {network.url}", markup=False)

@@ -10,6 +10,11 @@ every node is registered. Each node gets its own key and operator id ``op-<i>``.
 ``nodes``) cheating in that mode (docs/verification.md, "Byzantine harness": tests and demos
 only); ``threads={index: n}`` gives it ``n`` intra-op threads.
 
+``stake=AMOUNT`` funds every node once it is registered: a deposit signed with the
+coordinator's key (from this disk), then a stake signed with the node's own key, so a
+coordinator that requires a minimum stake (``min_stake``, docs/verification.md "Rules") gives
+them jobs. ``min_stake`` sets that rule for the coordinator (``VERIML_MIN_STAKE``).
+
     with LocalNetwork(Path(".veriml"), nodes=3) as net:   # started, registered
         net.url, net.log_vkey, net.nodes                  # network.json written
     # every child stopped, network.json removed
@@ -155,6 +160,8 @@ class LocalNetwork:
         coordinator_python_args: Sequence[str] = (),
         byzantine: Mapping[int, str] | None = None,
         threads: Mapping[int, int] | None = None,
+        stake: int = 0,
+        min_stake: int | None = None,
     ) -> None:
         """``coordinator_python_args`` go before ``-m veriml`` (the benchmark profiles the
         coordinator with ``-m cProfile -o FILE``). ``byzantine`` and ``threads`` are per node
@@ -162,9 +169,14 @@ class LocalNetwork:
         if nodes < 1:
             raise FormatError("a network needs at least one node", nodes=nodes)
         per_node = _per_node_args(nodes, byzantine or {}, threads or {})
+        if isinstance(stake, bool) or not isinstance(stake, int) or stake < 0:
+            raise FormatError("stake must be a non-negative integer", got=stake)
+        self.stake = stake
         self.home = home.resolve()
         self.start_timeout = start_timeout
         self.env = {**os.environ, **(env or {})}
+        if min_stake is not None:
+            self.env["VERIML_MIN_STAKE"] = str(int(min_stake))
         self.env.pop("VERIML_URL", None)  # the children are told their URLs explicitly
         coordinator_port = port or free_port()
         self.url = f"http://{HOST}:{coordinator_port}"
@@ -237,7 +249,34 @@ class LocalNetwork:
         for node in self.nodes:
             node.start(self.env)
         self.wait_registered()
+        if self.stake:
+            self.fund_nodes(self.stake)
         return self.write_network_file()
+
+    def node_key_path(self, node: Child) -> Path:
+        return self.home / "nodes" / node.name / "node.key"
+
+    def fund_nodes(self, amount: int, nodes: Sequence[Child] | None = None) -> None:
+        """Deposit ``amount`` to each node (signed by the coordinator's key) and stake it
+        (signed by the node's key)."""
+        import json
+
+        from veriml.client._requests import raise_for_problem, request_headers
+        from veriml.core.digest import Digest
+        from veriml.core.keys import load_private_key
+
+        admin = load_private_key(self.home / "coordinator" / "coordinator.key", kind="ed25519")
+
+        def post(path: str, body: dict[str, Any], key: Any) -> None:
+            raw = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"}
+            headers |= request_headers(key, "POST", path, Digest.of(raw))
+            raise_for_problem(httpx.post(self.url + path, content=raw, headers=headers, timeout=30))
+
+        for node in nodes if nodes is not None else self.nodes:
+            key = load_private_key(self.node_key_path(node), kind="ed25519")
+            post("/v1/ledger/deposit", {"account": key.key_id, "amount": amount}, admin)
+            post("/v1/ledger/stake", {"amount": amount}, key)
 
     def start_coordinator(self) -> None:
         self.coordinator.start(self.env)
