@@ -1,6 +1,7 @@
 """``veriml demo``: the network demo (default) or the local flow (``--local``).
 
-The network demo is in :mod:`veriml.cli.demo_network`. The local flow, without any service:
+The network demo, down to a cheating node caught and slashed, is in
+:mod:`veriml.cli.demo_network`. The local flow, without any service:
 
 1. build a small real model (an MLP with seeded weights and a model card);
 2. sign it as a publisher (OMS signature, EC P-256 key);
@@ -42,7 +43,8 @@ def demo(
     ] = False,
 ) -> None:
     """Start a local network, publish a real model, run verified inferences; show that
-    tampering is caught. ``--local``: the same checks on one machine without services."""
+    tampering is caught and that a cheating node is disputed and slashed. ``--local``: the
+    receipt and log checks on one machine without services."""
     if local:
         local_demo(home)
         return
