@@ -40,12 +40,20 @@ def test_deposit_stake_unstake_show_and_audit(tmp_path: Path) -> None:
         node = load_private_key(node_key).key_id
         admin = home / "coordinator" / "coordinator.key"
 
-        # An inference first, so the fold has a job to credit.
+        # Inferences first, so the fold has jobs to credit.
         folder = write_example_folder(tmp_path / "mlp", build_mlp((4, 8, 3), seed=2), name="mlp")
         generate_key("ec").save(tmp_path / "pub.key")
         with Client(net.url, log_vkey=net.log_vkey) as client:
             client.publish(folder, tmp_path / "pub.key")
-            client.infer("mlp", {"x": np.ones((1, 4), np.float32)})
+            x = {"x": np.ones((1, 4), np.float32)}
+            client.infer("mlp", x)
+            # The SDK re-derives what the newer policies claim (every answer verified).
+            tolerant = client.infer("mlp", x, policy="none,tolerance")
+            assert tolerant.mode == "tolerance"
+            assert tolerant.verified[-2:] == ("tolerance", "verdict")
+            optimistic = client.infer("mlp", x, policy="optimistic:10m")
+            assert optimistic.final_after is not None
+            assert "optimistic" in optimistic.verified
 
         done = veriml("ledger", "deposit", node, "100", "--key", str(admin), env=env)
         assert done.returncode == 0, done.stderr
@@ -62,7 +70,7 @@ def test_deposit_stake_unstake_show_and_audit(tmp_path: Path) -> None:
 
         state = json.loads(veriml("ledger", "state", "--json", env=env).stdout)
         account = state["accounts"][node]
-        assert (account["balance"], account["stake"], account["jobs"]) == (40, 50, 1)
+        assert (account["balance"], account["stake"], account["jobs"]) == (40, 50, 3)
         assert [u["amount"] for u in account["unbonding"]] == [10]
         assert moved["state"] == account
         shown = veriml("ledger", "state", env=env).stdout
