@@ -18,10 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
+from rich.markup import escape
 
 from veriml.cli._common import JsonOpt, console, err_console, fail
 from veriml.cli.infer import LogVkeyOpt
 from veriml.cli.publish import CoordinatorOpt, load_request_key
+from veriml.core.errors import NodeUnavailable
 
 if TYPE_CHECKING:
     from veriml.client._watch import CheckedInference, WatchSummary
@@ -54,7 +56,8 @@ def _emit(checked: CheckedInference, json_out: bool) -> None:
     else:
         style = {"match": "green", "mismatch": "bold red", "error": "yellow"}.get(checked.result)
         line = checked.line()
-        console.print(f"[{style}]{line}[/]" if style else line, markup=bool(style))
+        # Escaped: details can hold shapes like [n,5] that rich would take for markup.
+        console.print(f"[{style}]{escape(line)}[/]" if style else line, markup=bool(style))
 
 
 def _summary(summary: WatchSummary, json_out: bool) -> None:
@@ -125,7 +128,16 @@ def watch(
     ):
         try:
             while True:
-                watcher.poll(lambda checked: _emit(checked, json_out))
+                try:
+                    watcher.poll(lambda checked: _emit(checked, json_out))
+                except NodeUnavailable as exc:
+                    if once:
+                        raise
+                    # Following: an unreachable coordinator is retried at the next poll (a
+                    # forked log or a bad signature is not: those stop the watcher).
+                    err_console.print(
+                        f"coordinator unavailable, retrying: {exc.diagnostics()}", markup=False
+                    )
                 if once:
                     break
                 time.sleep(interval)
