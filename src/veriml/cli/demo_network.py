@@ -46,7 +46,7 @@ from veriml.cli._common import console
 if TYPE_CHECKING:
     import onnx
 
-    from veriml.client import Client, InferenceResult, LocalNetwork
+    from veriml.client import InferenceResult, LocalNetwork
 
 __all__ = ["build_demo_model", "cheater_act", "network_demo"]
 
@@ -226,8 +226,11 @@ def network_demo(home: Path) -> None:
 
 DEEP_MODEL = "deep-mlp"
 STAKE = 1000
-"""What each node of the cheater act stakes, in ledger units; losing a dispute costs a node
-the coordinator's ``slash_fraction`` of it."""
+"""What each node of the cheater act stakes (deposited by the coordinator's operator, staked
+with the node's key), in ledger units; losing a dispute costs a node the coordinator's
+``slash_fraction`` of it."""
+MIN_STAKE = 100
+"""The cheater act's coordinator gives no jobs to a node with less stake."""
 
 
 def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
@@ -250,7 +253,14 @@ def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
         work / DEEP_MODEL, model, name=DEEP_MODEL, version="1.0.0", task="classification"
     )
     sign_model(folder, publisher_key)
-    with LocalNetwork(work / "net-cheater", nodes=3, port=0, byzantine={2: "wrong-output"}) as net:
+    with LocalNetwork(
+        work / "net-cheater",
+        nodes=3,
+        port=0,
+        byzantine={2: "wrong-output"},
+        stake=STAKE,
+        min_stake=MIN_STAKE,
+    ) as net:
         names = {str(child.node_id): child.name for child in net.nodes}
         cheater = str(net.nodes[2].node_id)
         with Client(net.url, log_vkey=net.log_vkey) as client:
@@ -260,8 +270,8 @@ def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
                 f"{published.get('digest')}",
                 markup=False,
             )
-            _stake_nodes(net, client, STAKE)
             before = client.ledger_state()
+            console.print(f"   stake rule    a node needs {MIN_STAKE} staked to get jobs")
             for child in net.nodes:
                 account = before["accounts"].get(str(child.node_id), {})
                 role = "[red]cheats[/]" if child.node_id == cheater else "honest"
@@ -305,25 +315,6 @@ def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
             _step(next(numbers), "Audit: fold the ledger from the whole log, as anyone can")
             _audit(entries, after)
         _step(next(numbers), "Shut down")
-
-
-def _stake_nodes(net: LocalNetwork, client: Client, amount: int) -> None:
-    """Give every node ``amount`` of stake: a deposit signed by the coordinator's key (its
-    operator mints), then a stake signed by the node's own key (the account is its key id).
-    A node that already holds the stake (a network that stakes its nodes itself) is left."""
-    from veriml.client import Client
-    from veriml.core.keys import load_private_key
-
-    accounts = client.ledger_state()["accounts"]
-    minting = load_private_key(net.home / "coordinator" / "coordinator.key", kind="ed25519")
-    for child in net.nodes:
-        missing = amount - int(accounts.get(str(child.node_id), {}).get("stake", 0))
-        if missing <= 0:
-            continue
-        client.deposit(str(child.node_id), missing, minting, memo="demo stake")
-        node_key = load_private_key(net.home / "nodes" / child.name / "node.key", kind="ed25519")
-        with Client(net.url, verify=False, key=node_key) as node:
-            node.stake(missing)
 
 
 def _show_dispute(url: str, dispute: str, names: Mapping[str, str], trace_size: int) -> None:
