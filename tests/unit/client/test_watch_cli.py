@@ -106,3 +106,11 @@ def test_a_sample_rate_outside_zero_to_one_is_a_usage_error(
 ) -> None:
     done = watch(coordinator, SIGNER.vkey, "--once", "--sample", "1.5", home=tmp_path)
     assert done.returncode == 2
+
+
+def test_without_json_one_line_per_check_and_the_summary(coordinator: str, tmp_path: Path) -> None:
+    done = watch(coordinator, SIGNER.vkey, "--once", "--sample", "1", home=tmp_path)
+    assert done.returncode == 0, done.stderr
+    check, summary = done.stdout.splitlines()
+    assert check == "entry 1 inference r1: skipped (verdict rejected: nothing to check)"
+    assert summary.startswith("watched 3 log entries: 1 inferences sampled, 0 checked")
