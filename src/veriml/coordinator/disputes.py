@@ -834,9 +834,14 @@ class DisputeService:
             outcome = _Outcome("none", "referee")
         try:
             await self._settle(run, outcome)
+        except Exception:
+            # The ledger refused or the log failed: the challenge entry stays open in the fold
+            # (as after a restart) and the coordinator's operator settles it.
+            _log.exception("dispute %s decided (%s) but not logged", run.id, outcome.winner)
         finally:
-            run.status = "settled"
-            run.settled.set()
+            if run.result is not None:
+                run.status = "settled"
+            run.settled.set()  # waiters wake either way; ``ref()`` refuses an unlogged one
 
     async def _both(
         self,
