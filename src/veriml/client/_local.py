@@ -259,24 +259,18 @@ class LocalNetwork:
     def fund_nodes(self, amount: int, nodes: Sequence[Child] | None = None) -> None:
         """Deposit ``amount`` to each node (signed by the coordinator's key) and stake it
         (signed by the node's key)."""
-        import json
-
-        from veriml.client._requests import raise_for_problem, request_headers
-        from veriml.core.digest import Digest
+        from veriml.client._client import Client
         from veriml.core.keys import load_private_key
 
         admin = load_private_key(self.home / "coordinator" / "coordinator.key", kind="ed25519")
-
-        def post(path: str, body: dict[str, Any], key: Any) -> None:
-            raw = json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"}
-            headers |= request_headers(key, "POST", path, Digest.of(raw))
-            raise_for_problem(httpx.post(self.url + path, content=raw, headers=headers, timeout=30))
-
+        with Client(self.url, log_vkey=self.log_vkey or None) as client:
+            for node in nodes if nodes is not None else self.nodes:
+                key = load_private_key(self.node_key_path(node), kind="ed25519")
+                client.deposit(key.key_id, amount, admin)
         for node in nodes if nodes is not None else self.nodes:
             key = load_private_key(self.node_key_path(node), kind="ed25519")
-            post("/v1/ledger/deposit", {"account": key.key_id, "amount": amount}, admin)
-            post("/v1/ledger/stake", {"amount": amount}, key)
+            with Client(self.url, log_vkey=self.log_vkey or None, key=key) as client:
+                client.stake(amount)
 
     def start_coordinator(self) -> None:
         self.coordinator.start(self.env)
