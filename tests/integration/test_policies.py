@@ -32,6 +32,7 @@ from veriml.verify.policy import spot_commitment
 pytestmark = pytest.mark.slow
 
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.5, 3.0]], dtype=np.float32)
+STAKE = 1000
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,15 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def network(home: Path, folder: Path, *, nodes: int, byzantine: dict[int, str]) -> LocalNetwork:
-    net = LocalNetwork(home, nodes=nodes, port=0, byzantine=byzantine, start_timeout=60)
+    net = LocalNetwork(
+        home,
+        nodes=nodes,
+        port=0,
+        byzantine=byzantine,
+        stake=STAKE,
+        min_stake=1,
+        start_timeout=60,
+    )
     net.start()
     try:
         with Client(net.url, log_vkey=net.log_vkey) as client:
@@ -123,8 +132,17 @@ def check_only_cheater_convicted(net: LocalNetwork, answer: dict[str, Any], chea
         assert verdict.reason == "referee"
         assert any(s.dispute == ref["id"] and s.account == cheater for s in slashes)
     assert {s.account for s in slashes} == {cheater}
+    assert all(s.amount > 0 for s in slashes)  # staked: a conviction costs real stake
     losses = [e for e in entries if isinstance(e, ReputationEntry) and e.delta < 0]
     assert {e.account for e in losses} == {cheater}
+    state = httpx.get(f"{net.url}/v1/ledger/state", timeout=30).json()
+    for node in net.nodes:
+        account = state["accounts"][node.node_id]
+        if node.node_id == cheater:
+            assert account["stake"] < STAKE
+        else:
+            assert account["stake"] == STAKE
+            assert account["slashes"] == 0
 
 
 def test_spot_1_checks_every_answer_and_a_wrong_output_is_disputed_and_slashed(
@@ -209,6 +227,8 @@ def test_tolerance_mode_accepts_honest_nodes_on_other_thread_counts_and_convicts
         port=0,
         byzantine={0: "fp16"},
         threads={1: 1, 2: 4},
+        stake=STAKE,
+        min_stake=1,
         start_timeout=60,
     )
     net.start()
