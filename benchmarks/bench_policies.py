@@ -9,9 +9,12 @@ shared machine hits them alike; each round sends every policy the same requests,
 another (for latency) and then a batch at concurrency 8.
 
 - **Node compute**: the user + system CPU time of the three node processes
-  (``/proc/<pid>/stat``), summed over the measured requests, per request. It counts every
-  job a policy causes (a spot check's second execution included) and nothing of the
-  coordinator's. ``<policy>_compute_ratio`` = that ÷ the same for ``none``.
+  (``/proc/<pid>/stat``), summed over the measured requests, less what idle nodes spend in
+  the same time (heartbeats; measured before the rounds: ``nodes_idle_cpu_ms_per_s``), per
+  request. It counts every job a policy causes (a spot check's second execution included)
+  and nothing of the coordinator's. ``<policy>_compute_ratio`` = that ÷ the same for
+  ``none``: ``quorum:3/2`` runs three jobs where ``none`` runs one, ``spot:0.1`` one plus
+  a check one time in ten, so about 3 and 1.1 are expected.
 - **Latency**: the client's p50 over the sequential requests (coordinator, nodes, log
   inclusion); ``<policy>_latency_ratio`` = p50 ÷ ``none``'s p50.
 - ``<policy>_jobs_per_request``: receipts per answer, the count the compute ratio should
@@ -51,6 +54,15 @@ def _cpu_seconds(pid: int) -> float:
     """User + system CPU time of process ``pid`` (``/proc/<pid>/stat``), in seconds."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _idle_cpu(net: LocalNetwork, seconds: float) -> float:
+    """CPU seconds per second the nodes spend with no request in flight (heartbeats)."""
+    pids = [n.pid for n in net.nodes]
+    before = sum(_cpu_seconds(p) for p in pids)
+    t0 = time.perf_counter()
+    time.sleep(seconds)
+    return (sum(_cpu_seconds(p) for p in pids) - before) / (time.perf_counter() - t0)
 
 
 def _key(policy: str) -> str:
@@ -116,17 +128,22 @@ def _round(
     tallies: dict[str, _Tally],
     sequential: int,
     concurrent: int,
+    idle: float,
 ) -> None:
-    """One round: every policy, the same requests, its node CPU time measured around them."""
+    """One round: every policy, the same requests, its node CPU time measured around them
+    (less ``idle`` CPU seconds per second, what the nodes spend without requests)."""
     pids = [n.pid for n in net.nodes]
     for policy in POLICIES:
         tally = tallies[policy]
         before = sum(_cpu_seconds(p) for p in pids)
+        started = time.perf_counter()
         answers, latencies = _sequential(client, bodies[policy], sequential)
         t0 = time.perf_counter()
         batch = asyncio.run(_concurrent(net.url, bodies[policy], concurrent))
-        tally.batch_seconds += time.perf_counter() - t0
-        tally.node_cpu += sum(_cpu_seconds(p) for p in pids) - before
+        done = time.perf_counter()
+        tally.batch_seconds += done - t0
+        spent = sum(_cpu_seconds(p) for p in pids) - before
+        tally.node_cpu += max(0.0, spent - idle * (done - started))
         tally.batch_requests += len(batch)
         tally.latencies += latencies
         tally.count(answers + batch)
@@ -150,8 +167,9 @@ def run(quick: bool) -> dict[str, Any]:
                 # Every node pulls and loads the model (quorum:3/2 asks all three) first.
                 for policy in POLICIES:
                     _sequential(client, bodies[policy], 6)
+                idle = _idle_cpu(net, 2.0 if quick else 6.0)
                 for _ in range(rounds):
-                    _round(net, client, bodies, tallies, sequential, concurrent)
+                    _round(net, client, bodies, tallies, sequential, concurrent, idle)
     none = tallies["none"]
     base_cpu = none.node_cpu / none.requests
     base_p50 = statistics.median(none.latencies)
@@ -160,9 +178,10 @@ def run(quick: bool) -> dict[str, Any]:
             f"{rounds} interleaved rounds of {sequential} sequential + {concurrent} concurrent "
             f"(concurrency {CONCURRENCY}) requests per policy to 3 nodes of distinct "
             f"operators, MLP {'-'.join(map(str, SIZES))} (batch {BATCH}); node compute = CPU "
-            "time of the node processes (/proc/<pid>/stat) per request, latency = client "
-            "p50 of the sequential requests; ratios are ÷ none."
+            "time of the node processes (/proc/<pid>/stat) less their idle rate, per request; "
+            "latency = client p50 of the sequential requests; ratios are ÷ none."
         ),
+        "nodes_idle_cpu_ms_per_s": idle * 1e3,
     }
     for policy in POLICIES:
         tally = tallies[policy]
