@@ -117,8 +117,17 @@ def predicate(receipt: dict[str, Any]) -> InferencePredicate:
     return InferencePredicate.from_json(statement.predicate)
 
 
-def check_only_cheater_convicted(net: LocalNetwork, answer: dict[str, Any], cheater: str) -> None:
-    """The answer's disputes are logged, each convicts the cheater, and nobody else."""
+def check_only_cheater_convicted(
+    net: LocalNetwork,
+    answer: dict[str, Any],
+    cheater: str,
+    *,
+    reasons: tuple[str, ...] = ("referee",),
+    others: frozenset[str] = frozenset(),
+) -> None:
+    """The answer's disputes are logged, each convicts the cheater (or one of ``others``,
+    fellow cheaters) for one of ``reasons``, and nobody else is convicted."""
+    cheaters = others | {cheater}
     disputes = answer["verdict"]["disputes"]
     assert disputes
     entries = log_entries(net)
@@ -126,19 +135,19 @@ def check_only_cheater_convicted(net: LocalNetwork, answer: dict[str, Any], chea
     slashes = [e for e in entries if isinstance(e, SlashEntry)]
     for ref in disputes:
         loser = ref["defendant"] if ref["winner"] == "challenger" else ref["challenger"]
-        assert loser == cheater, ref
+        assert loser in cheaters, ref
         verdict = verdicts[ref["id"]]
         assert verdict.winner == ref["winner"]
-        assert verdict.reason == "referee"
-        assert any(s.dispute == ref["id"] and s.account == cheater for s in slashes)
-    assert {s.account for s in slashes} == {cheater}
+        assert verdict.reason in reasons
+        assert any(s.dispute == ref["id"] and s.account == loser for s in slashes)
+    assert {s.account for s in slashes} <= cheaters
     assert all(s.amount > 0 for s in slashes)  # staked: a conviction costs real stake
     losses = [e for e in entries if isinstance(e, ReputationEntry) and e.delta < 0]
-    assert {e.account for e in losses} == {cheater}
+    assert {e.account for e in losses} <= cheaters
     state = httpx.get(f"{net.url}/v1/ledger/state", timeout=30).json()
     for node in net.nodes:
         account = state["accounts"][node.node_id]
-        if node.node_id == cheater:
+        if node.node_id in cheaters:
             assert account["stake"] < STAKE
         else:
             assert account["stake"] == STAKE
@@ -245,5 +254,43 @@ def test_tolerance_mode_accepts_honest_nodes_on_other_thread_counts_and_convicts
         # Every answer's outputs come back, so a client can recompute the comparison.
         assert [a["node"] for a in answer["answers"]] == [n["id"] for n in answer["nodes"]]
         check_only_cheater_convicted(net, answer, cheater)
+    finally:
+        net.stop()
+
+
+@pytest.mark.parametrize(
+    ("mode", "reasons"),
+    [("substitute", ("referee",)), ("lazy", ("inconsistent", "invalid-proof", "timeout"))],
+)
+def test_quorum_convicts_a_substituting_or_lazy_node(
+    tmp_path: Path, model_folder: Path, mode: str, reasons: tuple[str, ...]
+) -> None:
+    net = network(tmp_path / "net", model_folder, nodes=3, byzantine={0: mode})
+    try:
+        cheater = net.nodes[0].node_id
+        assert cheater is not None
+        answer = infer(net, "quorum:3/2")
+        assert answer["verdict"]["outcome"] == "accepted"
+        assert cheater not in answer["verdict"]["agreeing"]
+        check_only_cheater_convicted(net, answer, cheater, reasons=reasons)
+    finally:
+        net.stop()
+
+
+def test_colluders_are_outvoted_by_an_honest_majority_and_each_is_slashed(
+    tmp_path: Path, model_folder: Path
+) -> None:
+    net = network(tmp_path / "net", model_folder, nodes=5, byzantine={0: "collude", 1: "collude"})
+    try:
+        colluders = {net.nodes[0].node_id, net.nodes[1].node_id}
+        assert None not in colluders
+        answer = infer(net, "quorum:5/3")
+        verdict = answer["verdict"]
+        assert verdict["outcome"] == "accepted"
+        assert len(verdict["agreeing"]) == 3
+        assert not colluders & set(verdict["agreeing"])
+        assert {d["defendant"] for d in verdict["disputes"]} == colluders
+        first, second = sorted(str(c) for c in colluders)
+        check_only_cheater_convicted(net, answer, first, others=frozenset({second}))
     finally:
         net.stop()
