@@ -166,7 +166,7 @@ def _dispute_service(state: Any, settings: Settings) -> DisputeService:
         load_model=state.load_model,
         book=state.ledger,
         load_tensor=state.tensors.get,
-        list_nodes=node_lister(state),
+        list_nodes=node_lister(state, schedulable_only=False),
         options=DisputeOptions(
             timeout=settings.dispute_timeout,
             job_timeout=settings.job_timeout,

@@ -61,10 +61,15 @@ def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
     return observe
 
 
-def node_lister(state: Any) -> Callable[[Digest], list[Candidate]]:
+def node_lister(
+    state: Any, *, schedulable_only: bool = True
+) -> Callable[[Digest], list[Candidate]]:
     """``list_nodes(model)``: the live nodes serving ``model`` that the ledger's rules let
     receive jobs (enough stake and reputation), with their reputation for the scheduler.
-    Blocking: it reads the node table and the folded ledger."""
+    Blocking: it reads the node table and the folded ledger.
+
+    ``schedulable_only=False`` keeps the nodes the rules exclude: the dispute service still
+    reaches a node slashed below the minimum stake, whose earlier answers stay challengeable."""
     nodes, book = state.nodes, state.ledger
 
     def list_nodes(model: Digest) -> list[Candidate]:
@@ -84,7 +89,7 @@ def node_lister(state: Any) -> Callable[[Digest], list[Candidate]]:
                 reputation=ledger.reputation_of(row.node_id),
             )
             for row in nodes.live_nodes(model)
-            if book.schedulable(row.node_id)
+            if not schedulable_only or book.schedulable(row.node_id)
         ]
 
     return list_nodes
