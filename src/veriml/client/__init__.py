@@ -44,7 +44,9 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from veriml.client._client import AsyncClient, Client
+    from veriml.client._disputes import Challenger
     from veriml.client._local import LocalNetwork
+    from veriml.client._watch import Watcher
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.note import NoteVerifier
     from veriml.verify.tolerance import OutputBounds
@@ -55,6 +57,7 @@ __all__ = [
     "POLICY_CHECKS",
     "AnswerOutputs",
     "AsyncClient",
+    "Challenger",
     "Client",
     "InferenceResult",
     "LocalNetwork",
@@ -63,6 +66,7 @@ __all__ = [
     "NodeEvidence",
     "Verification",
     "VerifiedInference",
+    "Watcher",
     "default_home",
     "is_network_result",
     "pin_log_key",
@@ -98,11 +102,19 @@ def verify_inference_file(
 
 
 def __getattr__(name: str) -> object:
-    # The HTTP clients and the local-network launcher load on first use.
-    if name in ("Client", "AsyncClient", "LocalNetwork"):
-        from veriml.client import _client, _local
+    # The HTTP clients, the local-network launcher, the challenger and the watcher load on
+    # first use.
+    modules = {
+        "Client": "_client",
+        "AsyncClient": "_client",
+        "LocalNetwork": "_local",
+        "Challenger": "_disputes",
+        "Watcher": "_watch",
+    }
+    if name in modules:
+        import importlib
 
-        value = getattr(_local if name == "LocalNetwork" else _client, name)
+        value = getattr(importlib.import_module(f"veriml.client.{modules[name]}"), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'veriml.client' has no attribute {name!r}")
