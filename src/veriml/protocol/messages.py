@@ -1,4 +1,5 @@
-"""Node descriptors, heartbeats and jobs: RFC 8785 JSON in DSSE envelopes (docs/network.md).
+"""Node descriptors, heartbeats, jobs and prefill checks: RFC 8785 JSON in DSSE envelopes
+(docs/network.md; LLM jobs and prefill checks: docs/llm.md).
 
 Every ``open`` checks, in order: (1) the envelope's payload type, (2) the signature by the
 expected key, (3) the message ``type`` and members, (4) the freshness and binding rules of the
@@ -8,29 +9,35 @@ naming the step; malformed members raise :class:`FormatError`.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-from veriml.core.canonical import canonicalize, parse_json_object
+from veriml.core.canonical import canonical_digest, canonicalize, parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
+from veriml.core.dsse import INTOTO_PAYLOAD_TYPE, Envelope, Statement, Subject
 from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import format_time, parse_time
 
 __all__ = [
     "HEARTBEAT_TYPE",
+    "JOB_KINDS",
     "JOB_TYPE",
     "NODE_DESCRIPTOR_TYPE",
+    "PREFILL_CHECK_PREDICATE_TYPE",
     "Heartbeat",
     "Job",
     "NodeDescriptor",
+    "PrefillCheck",
     "format_time",
     "open_message",
+    "open_prefill_check",
     "parse_time",
     "sign_message",
+    "sign_prefill_check",
 ]
 
 NODE_DESCRIPTOR_TYPE = "application/vnd.veriml.node-descriptor+json"
@@ -234,9 +241,28 @@ class Heartbeat:
         return heartbeat
 
 
+JOB_KINDS: Final[tuple[str, ...]] = ("onnx", "completion", "embedding", "prefill")
+"""What a job asks for: an ONNX run (the default), or an LLM completion, embedding or prefill
+check of a completion (docs/llm.md)."""
+# Which canonical request types each LLM job kind carries (docs/llm.md, "Canonical request").
+_REQUEST_TYPES: Final[Mapping[str, frozenset[str]]] = {
+    "completion": frozenset({"chat.completion", "text_completion"}),
+    "embedding": frozenset({"embedding"}),
+    "prefill": frozenset({"chat.completion", "text_completion"}),
+}
+
+
 @dataclass(frozen=True, slots=True)
 class Job:
-    """A unit of work the coordinator signs for one node. Inputs travel beside it, by digest."""
+    """A unit of work the coordinator signs for one node. Inputs travel beside it, by digest.
+
+    ONNX jobs name their input tensors by digest. LLM jobs (``kind`` ``completion``,
+    ``embedding`` or ``prefill``) carry no tensors: their canonical request (docs/llm.md)
+    travels beside the envelope and the signed payload holds its RFC 8785 digest,
+    ``request_digest``. Building a job with ``request`` fills that digest, and a job built with
+    both checks they agree (``check="job-request"``), so an opened job's request is always
+    the one the coordinator signed.
+    """
 
     job_id: str
     node_id: str
@@ -249,6 +275,38 @@ class Job:
     trace: bool = False
     spot: Digest | None = None
     """``spot:P`` jobs: the coordinator's commitment to its secret; the receipt repeats it."""
+    kind: str = "onnx"
+    """One of ``JOB_KINDS``; omitted from the signed payload when ``"onnx"``, so ONNX job
+    bytes are what they were before LLM jobs existed."""
+    request: Mapping[str, Any] | None = field(default=None, compare=False)
+    """LLM jobs: the canonical request (not signed itself: its digest is)."""
+    request_digest: Digest | None = None
+    """LLM jobs: SHA-256 of the RFC 8785 form of ``request``."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in JOB_KINDS:
+            raise FormatError("unknown job kind", got=self.kind, expected="|".join(JOB_KINDS))
+        if self.kind == "onnx":
+            if self.request is not None or self.request_digest is not None:
+                raise FormatError("an ONNX job carries tensors, not a request", member="request")
+            return
+        if self.inputs:
+            raise FormatError(f"a {self.kind} job carries no input tensors", member="inputs")
+        if self.request is None:
+            if self.request_digest is None:
+                raise FormatError(f"a {self.kind} job needs a request digest", member="request")
+            return
+        calculated = canonical_digest(dict(self.request))
+        if self.request_digest is None:
+            object.__setattr__(self, "request_digest", calculated)
+        elif calculated != self.request_digest:
+            raise VerificationError(
+                "job request does not match its signed digest",
+                check="job-request",
+                expected=self.request_digest,
+                calculated=calculated,
+            )
+        _check_request(self.kind, self.request, self.model)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -265,6 +323,10 @@ class Job:
         }
         if self.spot is not None:
             out["spot"] = self.spot.to_text()
+        if self.kind != "onnx":
+            out["kind"] = self.kind
+        if self.request_digest is not None:
+            out["request_digest"] = self.request_digest.to_text()
         return out
 
     def sign(self, coordinator_key: SigningKey) -> Envelope:
@@ -279,8 +341,10 @@ class Job:
         node_id: str,
         now: dt.datetime | None = None,
         skew: dt.timedelta = dt.timedelta(seconds=5),
+        request: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Check a job for this node: signature, addressee and validity window.
+        """Check a job for this node: signature, addressee, validity window and, for LLM
+        jobs, that ``request`` (from the body) is the canonical request the job signed.
 
         Replays (a ``job_id`` seen before) are the node's to refuse: it keeps the ids.
         """
@@ -294,6 +358,16 @@ class Job:
         trace = message.get("trace", False)
         if not isinstance(trace, bool):
             raise FormatError("job member 'trace' must be a boolean")
+        kind = message.get("kind", "onnx")
+        signed = message.get("request_digest")
+        if kind != "onnx" and (request is None or signed is None):
+            # The request travels unsigned: only a signed digest binds it to the job.
+            raise FormatError(
+                f"a {kind} job needs its request and the request's signed digest",
+                member="request" if request is None else "request_digest",
+            )
+        if kind == "onnx" and request is not None:
+            raise FormatError("an ONNX job body carries no request", member="request")
         job = cls(
             job_id=_str(message, "job_id", max_len=128),
             node_id=_str(message, "node_id"),
@@ -305,6 +379,10 @@ class Job:
             expires_at=_str(message, "expires_at"),
             trace=trace,
             spot=None if message.get("spot") is None else Digest.from_text(_str(message, "spot")),
+            kind=kind if isinstance(kind, str) else repr(kind)[:40],
+            request_digest=None
+            if signed is None
+            else Digest.from_text(_str(message, "request_digest")),
         )
         if job.node_id != node_id:
             raise VerificationError(
@@ -322,7 +400,8 @@ class Job:
             raise VerificationError(
                 "job has expired", check="job-expired", expires_at=job.expires_at
             )
-        return job
+        # Last, once the job is known to be ours and current: the request is the signed one.
+        return job if request is None else dataclasses.replace(job, request=request)
 
     def check_inputs(self, digests: Mapping[str, Digest]) -> None:
         """Raise unless the tensors that came with the job are the ones it signed."""
@@ -335,9 +414,134 @@ class Job:
             )
 
 
+def _check_request(kind: str, request: Mapping[str, Any], model: Digest) -> None:
+    """An LLM job's request is of a type its kind runs, for the model the job names."""
+    wanted = _REQUEST_TYPES[kind]
+    if request.get("type") not in wanted:
+        raise FormatError(
+            f"a {kind} job's request has the wrong type",
+            member="request",
+            expected="|".join(sorted(wanted)),
+            got=str(request.get("type"))[:40],
+        )
+    if request.get("model") != model.to_text():
+        raise VerificationError(
+            "job request names another model",
+            check="job-request",
+            expected=model,
+            got=str(request.get("model"))[:80],
+        )
+
+
 def descriptor_models(values: Sequence[str]) -> tuple[str, ...]:
     """Validate a descriptor's model list: ``"*"`` or digests."""
     for value in values:
         if value != "*":
             Digest.from_text(value)
     return tuple(values)
+
+
+PREFILL_CHECK_PREDICATE_TYPE: Final = "https://veriml.dev/prefill-check/v1"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrefillCheck:
+    """A node's signed verdict on another node's completion (docs/llm.md, "Prefill check").
+
+    An in-toto Statement whose one subject ``receipt`` is the SHA-256 of the checked receipt's
+    DSSE payload, so the verdict cannot be moved to another completion; the predicate holds the
+    :class:`~veriml.verify.prefill.PrefillReport` (as JSON) and what produced it (model,
+    runtime fingerprint, checking node, request, timestamps).
+    """
+
+    receipt: Digest
+    report: Mapping[str, Any]
+    model: Digest
+    runtime: Mapping[str, Any]
+    node_id: str
+    request_id: str
+    started: str
+    finished: str
+
+    @property
+    def accepted(self) -> bool:
+        """True only when the report says so in so many words (``"accepted": true``)."""
+        return self.report.get("accepted") is True
+
+    def to_statement(self) -> Statement:
+        return Statement(
+            subjects=(Subject("receipt", self.receipt),),
+            predicate_type=PREFILL_CHECK_PREDICATE_TYPE,
+            predicate={
+                "report": dict(self.report),
+                "model": {"digest": self.model.to_text()},
+                "runtime": dict(self.runtime),
+                "node": {"id": self.node_id},
+                "request": {"id": self.request_id},
+                "timestamps": {"started": self.started, "finished": self.finished},
+            },
+        )
+
+
+def sign_prefill_check(check: PrefillCheck, key: SigningKey) -> Envelope:
+    """DSSE-sign the prefill-check statement with the checking node's key."""
+    if key.key_id != check.node_id:
+        raise KeyFileError("a prefill check is signed by the checking node", node=check.node_id)
+    return Envelope.sign(check.to_statement().to_bytes(), [key])
+
+
+def open_prefill_check(envelope: Envelope, key: VerifyingKey) -> PrefillCheck:
+    """Check a prefill-check statement signed by ``key`` (the checking node's registered key).
+
+    Raises :class:`VerificationError` (``check="prefill-check"``) on the wrong payload or
+    predicate type, a malformed predicate or a node id that is not the key's, and
+    :class:`SignatureError` when ``key`` did not sign it. The caller still compares
+    ``receipt`` with the receipt it asked about and requires ``accepted``.
+    """
+    # 1. Payload type, 2. signature, 3. statement and predicate type, 4. members.
+    if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
+        raise VerificationError(
+            "prefill check is not an in-toto statement",
+            check="prefill-check",
+            expected=INTOTO_PAYLOAD_TYPE,
+            got=envelope.payload_type,
+        )
+    envelope.verify([key])
+    statement = Statement.from_bytes(envelope.payload)
+    if statement.predicate_type != PREFILL_CHECK_PREDICATE_TYPE:
+        raise VerificationError(
+            "statement is not a prefill check",
+            check="prefill-check",
+            expected=PREFILL_CHECK_PREDICATE_TYPE,
+            got=statement.predicate_type,
+        )
+    try:
+        if len(statement.subjects) != 1 or statement.subjects[0].name != "receipt":
+            raise FormatError("a prefill check has one subject named 'receipt'")
+        predicate = statement.predicate
+        report = _obj(predicate, "report")
+        if not isinstance(report.get("accepted"), bool):
+            raise FormatError("prefill report needs a boolean 'accepted'", member="report")
+        times = _obj(predicate, "timestamps")
+        check = PrefillCheck(
+            receipt=statement.subjects[0].digest,
+            report=report,
+            model=Digest.from_text(_str(_obj(predicate, "model"), "digest")),
+            runtime=_obj(predicate, "runtime"),
+            node_id=_str(_obj(predicate, "node"), "id"),
+            request_id=_str(_obj(predicate, "request"), "id", max_len=256),
+            started=_str(times, "started"),
+            finished=_str(times, "finished"),
+        )
+    except FormatError as exc:
+        raise VerificationError(
+            "prefill check is malformed", check="prefill-check", reason=exc.message
+        ) from exc
+    if check.node_id != key.key_id:
+        raise VerificationError(
+            "prefill check names another node than its signer",
+            check="prefill-check",
+            expected=key.key_id,
+            got=check.node_id,
+        )
+    return check
