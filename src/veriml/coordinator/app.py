@@ -12,6 +12,7 @@ coordinator itself, never through HTTP).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import importlib.util
@@ -178,6 +179,23 @@ def _dispute_service(state: Any, settings: Settings) -> DisputeService:
     )
 
 
+ABANDONED_AFTER_MOVES = 64
+"""A dispute older than this many move deadlines cannot still be running (bisection over a
+2**20-entry trace takes about 40 moves): the sweeper closes it without a winner."""
+
+
+async def _void_abandoned_disputes(disputes: DisputeService, settings: Settings) -> None:
+    """Close disputes a restart or a dead replica left open (see ``void_abandoned``)."""
+    while True:
+        try:
+            await disputes.void_abandoned(
+                older_than=ABANDONED_AFTER_MOVES * settings.dispute_timeout
+            )
+        except Error as exc:  # the next sweep tries again
+            _log.warning("abandoned disputes not closed: %s", exc.diagnostics())
+        await asyncio.sleep(max(1.0, min(60.0, settings.dispute_timeout)))
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The coordinator app for ``settings``; resources open when the app starts."""
 
@@ -191,6 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
             ),
         )
         app.state.disputes = _dispute_service(app.state, settings)
+        sweeper = asyncio.create_task(_void_abandoned_disputes(app.state.disputes, settings))
         if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
             routes = importlib.import_module(INFERENCE_ROUTES)
             try:
@@ -200,6 +219,9 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sweeper
             await app.state.disputes.aclose()
             await app.state.http.aclose()
             for close in closers:

@@ -73,7 +73,7 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.receipt import InferencePredicate, TraceCommitment
 from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
-from veriml.core.timestamps import format_time
+from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger.entries import (
     ChallengeEntry,
     DisputeVerdictEntry,
@@ -701,6 +701,33 @@ class DisputeService:
         finally:
             for waiter in waiters:
                 waiter.cancel()
+
+    async def void_abandoned(
+        self, *, older_than: float, now: dt.datetime | None = None
+    ) -> list[str]:
+        """Close, with no winner, every dispute the ledger shows open that no run in this
+        process hosts and whose challenge is older than ``older_than`` seconds.
+
+        Open disputes live in memory, so a coordinator restart (or a replica that died)
+        leaves their ``challenge`` entries open in the fold with the bond locked. Once a
+        dispute is older than any live one can be (its moves each have a deadline), a
+        ``verdict`` with winner ``none`` and reason ``timeout`` closes it: nobody is slashed
+        and the bond returns to the challenger. Returns the ids it closed.
+        """
+        current = now or dt.datetime.now(dt.UTC)
+        state = await asyncio.to_thread(self._book.state)
+        stale = [
+            dispute_id
+            for dispute_id, open_dispute in sorted(state.open_disputes.items())
+            if dispute_id not in self._runs
+            and (current - parse_time(open_dispute.opened_at)).total_seconds() > older_than
+        ]
+        if stale:
+            at = format_time(current)
+            entries = [DisputeVerdictEntry(d, "none", "timeout", at) for d in stale]
+            await self._book.append(entries)
+            _log.warning("closed %d abandoned disputes without a winner", len(stale))
+        return stale
 
     async def aclose(self) -> None:
         """Cancel the open disputes (the coordinator is shutting down)."""

@@ -4,6 +4,7 @@ deadlines, proofs, and the ledger entries a verdict writes (checked by the real 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,7 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import Conflict, FormatError
 from veriml.core.keys import generate_key
 from veriml.core.receipt import TraceCommitment
-from veriml.core.timestamps import utc_now
+from veriml.core.timestamps import format_time, utc_now
 from veriml.ledger.entries import (
     ChallengeEntry,
     DepositEntry,
@@ -524,3 +525,36 @@ def test_a_party_fault_names_its_reason() -> None:
 def test_a_remote_challenger_must_commit_to_a_trace() -> None:
     with pytest.raises(FormatError):
         RemoteParty(Claim("watcher-key", {"y": Digest.of(b"y")}))
+
+
+def test_disputes_a_restart_left_open_are_closed_without_a_winner_once_stale(
+    model: onnx.ModelProto, book: LedgerBook
+) -> None:
+    """A challenge whose host is gone stays open in the fold with its bond locked until the
+    sweeper closes it: winner none (nobody slashed), the bond back with the challenger; a
+    recent one is left alone, since a live replica may be hosting it."""
+    opened = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+    trace = {"root": Digest.of(b"").to_text(), "size": 0}
+
+    def challenge(dispute: str, at: dt.datetime) -> ChallengeEntry:
+        return ChallengeEntry(
+            dispute=dispute,
+            inference="req-1",
+            defendant={"node": DEFENDANT, "receipt": Digest.of(b"r").to_text(), "trace": trace},
+            challenger={"account": CHALLENGER, "trace": trace, "outputs": {}},
+            mode="bitwise",
+            bond=10,
+            deadline_seconds=5.0,
+            at=format_time(at),
+        )
+
+    fund = DepositEntry(CHALLENGER, 20, utc_now())
+    now = dt.datetime.now(dt.UTC)
+    asyncio.run(book.append([fund, challenge("old", opened), challenge("new", now)]))
+    balance = book.state().account(CHALLENGER).balance
+    closed = asyncio.run(service(model, book).void_abandoned(older_than=3600))
+    assert closed == ["old"]
+    state = book.state()
+    assert set(state.open_disputes) == {"new"}
+    assert state.account(CHALLENGER).balance == balance + 10
+    assert state.account(DEFENDANT).slashes == 0
