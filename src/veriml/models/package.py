@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import onnx
 
@@ -33,6 +33,7 @@ from veriml.models.digest import (
     manifest_entries,
     root_digest,
 )
+from veriml.models.gguf import LLMPackage
 from veriml.models.signature import IOSignature, io_signature
 from veriml.models.validate import (
     Limits,
@@ -42,7 +43,7 @@ from veriml.models.validate import (
     validate_onnx,
 )
 
-__all__ = ["MAIN_ONNX", "ModelPackage", "find_onnx"]
+__all__ = ["MAIN_ONNX", "ModelPackage", "find_onnx", "load_package"]
 
 MAIN_ONNX = "model.onnx"
 
@@ -71,6 +72,9 @@ class ModelPackage:
     >>> pkg = ModelPackage.load(Path("my-model"))  # doctest: +SKIP
     >>> pkg.digest, pkg.io.inputs[0].name  # doctest: +SKIP
     """
+
+    # Code that handles both kinds branches on this (LLMPackage.kind is "gguf").
+    kind: ClassVar[Literal["onnx"]] = "onnx"
 
     path: Path
     onnx_path: Path
@@ -145,3 +149,19 @@ class ModelPackage:
             "card": None if self.card is None else self.card.to_json(),
             "files": [{"path": e.path, "digest": str(e.digest)} for e in self.manifest],
         }
+
+
+def load_package(path: Path, *, limits: Limits | None = None) -> ModelPackage | LLMPackage:
+    """Load a model folder by what it holds: ``*.gguf`` -> :class:`LLMPackage`, ``*.onnx`` ->
+    :class:`ModelPackage`. A folder with both is refused: which one runs must not be a guess.
+
+    >>> load_package(Path("smollm2")).kind  # doctest: +SKIP
+    'gguf'
+    """
+    scan = scan_folder(path, limits if limits is not None else Limits())
+    suffixes = {p.suffix for p in scan.files}
+    if ".gguf" in suffixes and ".onnx" in suffixes:
+        raise InvalidModel("model folder holds both .gguf and .onnx files", path=str(path))
+    if ".gguf" in suffixes:
+        return LLMPackage.load(path, limits=limits)
+    return ModelPackage.load(path, limits=limits)
