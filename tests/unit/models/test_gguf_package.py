@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 
 import pytest
-from _llm import gguf_bytes, smollm2_folder, smollm2_package  # noqa: F401
 from model_builders import write_model_folder
 
+from _llm import gguf_bytes, smollm2_folder, smollm2_package  # noqa: F401
 from veriml.core.errors import InvalidModel
 from veriml.models import LLMPackage, ModelPackage, load_package, model_digest
 from veriml.models.examples import smollm2_gguf
@@ -29,7 +29,8 @@ def test_smollm2_header_is_read(smollm2_package: LLMPackage) -> None:  # noqa: F
     info = smollm2_package.metadata
     assert (info.architecture, info.context_length, info.vocab_size) == ("llama", 8192, 49152)
     assert (info.bos_token_id, info.eos_token_id) == (1, 2)
-    assert info.chat_template is not None and "<|im_start|>" in info.chat_template
+    assert info.chat_template is not None
+    assert "<|im_start|>" in info.chat_template
     assert smollm2_package.io == {
         "kind": "gguf",
         "architecture": "llama",
@@ -38,7 +39,8 @@ def test_smollm2_header_is_read(smollm2_package: LLMPackage) -> None:  # noqa: F
         "chat_template": True,
     }
     assert smollm2_package.kind == "gguf"
-    assert smollm2_package.card is not None and smollm2_package.card.task == "text-generation"
+    assert smollm2_package.card is not None
+    assert smollm2_package.card.task == "text-generation"
 
 
 def test_package_digest_is_model_signings(
@@ -53,7 +55,8 @@ def test_synthetic_gguf_round_trips(tmp_path: Path) -> None:
     package = LLMPackage.load(_folder(tmp_path, gguf_bytes()))
     info = package.metadata
     assert (info.architecture, info.context_length, info.vocab_size) == ("llama", 64, 3)
-    assert info.tensor_count == 1 and info.metadata_count == 6
+    assert info.tensor_count == 1
+    assert info.metadata_count == 6
 
 
 def test_vocab_size_key_wins_over_token_count(tmp_path: Path) -> None:
@@ -103,7 +106,7 @@ def test_huge_string_array_is_refused(tmp_path: Path) -> None:
     # tokenizer.ggml.tokens: patch its count (after the key, type 9, item type 8) to 2^40.
     at = data.index(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 8
     data[at : at + 8] = struct.pack("<Q", 2**40)
-    with pytest.raises(InvalidModel, match="tokenizer.ggml.tokens items"):
+    with pytest.raises(InvalidModel, match=r"tokenizer\.ggml\.tokens items"):
         read_gguf_info(_folder(tmp_path, bytes(data)) / "model.gguf")
 
 
@@ -116,7 +119,7 @@ def test_unknown_tensor_type_is_refused(tmp_path: Path) -> None:
 
 
 def test_missing_architecture_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidModel, match="general.architecture"):
+    with pytest.raises(InvalidModel, match=r"general\.architecture"):
         LLMPackage.load(_folder(tmp_path, gguf_bytes({"general.architecture": ""})))
 
 
@@ -153,8 +156,10 @@ def test_load_package_dispatches_on_contents(tmp_path: Path) -> None:
     gguf = load_package(_folder(tmp_path, gguf_bytes()))
     onnx_folder = write_model_folder(tmp_path / "onnx")
     onnx = load_package(onnx_folder)
-    assert isinstance(gguf, LLMPackage) and gguf.kind == "gguf"
-    assert isinstance(onnx, ModelPackage) and onnx.kind == "onnx"
+    assert isinstance(gguf, LLMPackage)
+    assert gguf.kind == "gguf"
+    assert isinstance(onnx, ModelPackage)
+    assert onnx.kind == "onnx"
     shutil.copy(gguf.gguf_path, onnx_folder / "model.gguf")
     with pytest.raises(InvalidModel, match="both"):
         load_package(onnx_folder)
