@@ -62,14 +62,15 @@ def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
 
 
 def node_lister(
-    state: Any, *, schedulable_only: bool = True
+    state: Any, *, schedulable_only: bool = True, engine: str | None = None
 ) -> Callable[[Digest], list[Candidate]]:
     """``list_nodes(model)``: the live nodes serving ``model`` that the ledger's rules let
     receive jobs (enough stake and reputation), with their reputation for the scheduler.
     Blocking: it reads the node table and the folded ledger.
 
     ``schedulable_only=False`` keeps the nodes the rules exclude: the dispute service still
-    reaches a node slashed below the minimum stake, whose earlier answers stay challengeable."""
+    reaches a node slashed below the minimum stake, whose earlier answers stay challengeable.
+    ``engine`` keeps the nodes whose descriptor lists that runtime (``llama.cpp``)."""
     nodes, book = state.nodes, state.ledger
 
     def list_nodes(model: Digest) -> list[Candidate]:
@@ -89,7 +90,8 @@ def node_lister(
                 reputation=ledger.reputation_of(row.node_id),
             )
             for row in nodes.live_nodes(model)
-            if not schedulable_only or book.schedulable(row.node_id)
+            if (not schedulable_only or book.schedulable(row.node_id))
+            and (engine is None or engine in row.engines)
         ]
 
     return list_nodes

@@ -52,6 +52,8 @@ class NodeRow:
     models: tuple[str, ...]
     last_seen: float
     failed: bool = False
+    engines: tuple[str, ...] = ("onnxruntime",)
+    """The runtimes the node's descriptor lists (``llama.cpp`` runs GGUF models)."""
 
     def serves(self, model: Digest) -> bool:
         return "*" in self.models or model.to_text() in self.models
@@ -91,6 +93,7 @@ class NodeRow:
             models=tuple(descriptor_models),
             last_seen=float(m["last_seen"]),
             failed=failed_at is not None and failed_at >= m["last_seen"],
+            engines=tuple(m["descriptor"].get("engines", ["onnxruntime"])),
         )
 
 
