@@ -58,6 +58,12 @@ class ModelRecord:
     def ref(self) -> str:
         return f"{self.name}@{self.version}"
 
+    @property
+    def kind(self) -> str:
+        """``"onnx"`` or ``"gguf"`` (an LLM, docs/llm.md): what runs it, from its ``io``."""
+        kind = self.io.get("kind", "onnx")
+        return kind if isinstance(kind, str) else "onnx"
+
     def to_row(self) -> dict[str, Any]:
         return {
             "digest": self.digest.to_text(),

@@ -7,7 +7,7 @@ step passes (the staging folder is removed whatever happens):
 2. the tar stream is extracted member by member into a staging folder (400 naming a member
    that is unsafe: links, devices, ``..``, absolute paths);
 3. the request signature, if any, over the body's digest (403);
-4. ``ModelPackage.load``: the folder is a valid model (400);
+4. ``load_package``: the folder is a valid model, ONNX or GGUF (docs/llm.md) (400);
 5. the OMS signature ``model.sig`` with the publisher key from ``X-Veriml-Publisher-Key``
    (403 naming the failed check: signature file, key, signature, file digest, files);
 6. the files go into the content-addressed blob store (``model.sig`` is a blob too);
@@ -56,17 +56,18 @@ from veriml.core.errors import (
     StorageError,
 )
 from veriml.core.keys import load_public_key
-from veriml.core.timestamps import utc_now
+from veriml.core.timestamps import parse_time, utc_now
 from veriml.ledger.entries import ModelEntry
 from veriml.models.blobstore import BlobRef, BlobStore
 from veriml.models.digest import DEFAULT_SIGNATURE_NAME
-from veriml.models.package import ModelPackage
+from veriml.models.gguf import LLMPackage
+from veriml.models.package import ModelPackage, load_package
 from veriml.models.signing import MAX_SIGNATURE_BYTES, verify_model
 from veriml.models.validate import Limits
 from veriml.tlog.log import Log
 from veriml.tlog.merkle import leaf_hash
 
-__all__ = ["PUBLISHER_KEY_HEADER", "HubService", "router"]
+__all__ = ["PUBLISHER_KEY_HEADER", "HubService", "openai_model", "router"]
 
 PUBLISHER_KEY_HEADER = "X-Veriml-Publisher-Key"
 IMMUTABLE = "public, max-age=31536000, immutable"
@@ -90,13 +91,13 @@ class HubService:
         self.checkout_root = settings.data_dir / "models"
         self._checkout_lock = threading.Lock()
 
-    def package(self, digest: Digest) -> ModelPackage:
+    def package(self, digest: Digest) -> ModelPackage | LLMPackage:
         """A registered model as a verified local folder (blocking), for the coordinator's own
-        use: tolerance bounds and the dispute referee.
+        use: tolerance bounds, the dispute referee, LLM metadata.
 
         The folder is written once under ``HOME/coordinator/models/<hex>`` from the blob store
-        (each blob checked by digest) and loaded as a :class:`ModelPackage`, whose OMS digest
-        must be the registered one.
+        (each blob checked by digest) and loaded with :func:`load_package` (ONNX or GGUF),
+        whose OMS digest must be the registered one.
         """
         record = self.models.get(digest)
         if record is None:
@@ -116,7 +117,7 @@ class HubService:
                 except BaseException:
                     shutil.rmtree(staging, ignore_errors=True)
                     raise
-        package = ModelPackage.load(target)
+        package = load_package(target)
         if package.digest != digest:
             raise DigestMismatch(
                 "checked-out model folder is not the registered model",
@@ -124,6 +125,13 @@ class HubService:
                 expected=digest,
                 calculated=package.digest,
             )
+        return package
+
+    def onnx_package(self, digest: Digest) -> ModelPackage:
+        """:meth:`package` for callers that run the graph: an LLM is :class:`InvalidModel`."""
+        package = self.package(digest)
+        if not isinstance(package, ModelPackage):
+            raise InvalidModel("this model is not an ONNX graph", digest=digest, kind=package.kind)
         return package
 
     @property
@@ -168,7 +176,7 @@ class HubService:
         limits = Limits(
             max_files=self.settings.max_files, max_total_bytes=self.settings.max_upload_bytes
         )
-        package = ModelPackage.load(folder, limits=limits)  # 4
+        package = load_package(folder, limits=limits)  # 4
         card = package.card
         if card is None or not card.name or not card.version:
             raise InvalidModel(
@@ -213,7 +221,7 @@ class HubService:
             signature=sig_ref.digest,
             size=sum(refs[e.path].size for e in package.manifest),
             manifest=manifest,
-            io=package.io.to_json(),
+            io=dict(package.io) if isinstance(package, LLMPackage) else package.io.to_json(),
             card=card.to_json(),
             parents=tuple(p.to_text() for p in card.parents),
             datasets=tuple(str(d) for d in card.datasets),
@@ -448,11 +456,31 @@ def list_models(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> dict[str, Any]:
-    """Registered models, newest first; ``name`` matches a substring, ``publisher`` a key id."""
+    """Registered models, newest first; ``name`` matches a substring, ``publisher`` a key id.
+
+    The answer has the hub's members (``models``, ``next_offset``) and, for OpenAI clients
+    (``client.models.list()``), OpenAI's list shape beside them: ``object: "list"`` and
+    ``data``, one ``{"id": "name@version", "object": "model", "created", "owned_by"}`` per
+    model (``owned_by``: the publisher's key id).
+    """
     found = models.search(name=name, task=task, publisher=publisher, limit=limit + 1, offset=offset)
+    page = found[:limit]
     return {
-        "models": [m.to_json() for m in found[:limit]],
+        "object": "list",
+        "data": [openai_model(m) for m in page],
+        "models": [m.to_json() for m in page],
         "next_offset": offset + limit if len(found) > limit else None,
+    }
+
+
+def openai_model(record: ModelRecord) -> dict[str, Any]:
+    """A registered model as an OpenAI model object (``created``: registration, Unix seconds)."""
+    created = parse_time(record.registered_at, what="registered_at")
+    return {
+        "id": record.ref,
+        "object": "model",
+        "created": int(created.timestamp()),
+        "owned_by": record.publisher_key_id,
     }
 
 
