@@ -52,8 +52,8 @@ def network(home: Path, folder: Path, *, nodes: int, byzantine: dict[int, str]) 
         min_stake=1,
         start_timeout=60,
     )
-    net.start()
     try:
+        net.start()
         with Client(net.url, log_vkey=net.log_vkey) as client:
             client.publish(folder, folder.parent / "publisher.key")
     except BaseException:
@@ -240,8 +240,8 @@ def test_tolerance_mode_accepts_honest_nodes_on_other_thread_counts_and_convicts
         min_stake=1,
         start_timeout=60,
     )
-    net.start()
     try:
+        net.start()
         with Client(net.url, log_vkey=net.log_vkey) as client:
             client.publish(model_folder, model_folder.parent / "publisher.key")
         cheater = net.nodes[0].node_id
@@ -294,3 +294,29 @@ def test_colluders_are_outvoted_by_an_honest_majority_and_each_is_slashed(
         check_only_cheater_convicted(net, answer, first, others=frozenset({second}))
     finally:
         net.stop()
+
+
+def test_spot_half_detects_exactly_the_checked_cheats_and_each_ends_in_a_slash(
+    pair: LocalNetwork,
+) -> None:
+    """Every request of the pair involves the cheater (as primary or as checker), so every
+    checked request is a detection and every unchecked one is a cheat that escaped when the
+    cheater answered. Over n requests the detections follow Binomial(n, P): the count stays
+    within 4.5 sigma of n*P, and each detection is one slash of the cheater in the log."""
+    cheater = pair.nodes[0].node_id
+    slashes_before = sum(isinstance(e, SlashEntry) for e in log_entries(pair))
+    n, p = 24, 0.5
+    checked = 0
+    for _ in range(n):
+        verdict = infer(pair, "spot:0.5")["verdict"]
+        if verdict["spot"]["checked"]:
+            checked += 1
+            assert cheater not in verdict["agreeing"]
+            assert len(verdict["disputes"]) == 1
+        else:
+            assert "disputes" not in verdict
+    slashes = [e for e in log_entries(pair) if isinstance(e, SlashEntry)]
+    assert len(slashes) - slashes_before == checked
+    assert {e.account for e in slashes} == {cheater}
+    sigma = (n * p * (1 - p)) ** 0.5
+    assert abs(checked - n * p) <= 4.5 * sigma
