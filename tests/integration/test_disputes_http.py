@@ -178,3 +178,25 @@ def test_a_challenger_that_stops_answering_loses_at_the_deadline(
     assert state["result"]["reason"] == "timeout"
     ledger = httpx.get(f"{served.net.url}/v1/ledger/state", timeout=30).json()
     assert ledger["accounts"][key.key_id]["reputation"] == -100
+
+
+def test_an_optimistic_answer_is_open_to_challenge_only_within_its_window(
+    served: Served, honest_trace: tuple[dict[str, str], Trace]
+) -> None:
+    """optimistic:W: final after W unless challenged. Within the window a challenge opens a
+    dispute; once the window has closed the answer is final (410), whoever answered it."""
+    outputs, trace = honest_trace
+    with Client(served.net.url, log_vkey=served.net.log_vkey) as client:
+        short = client.infer("mlp", {"x": X}, policy="optimistic:1s")
+        long = client.infer("mlp", {"x": X}, policy="optimistic:1h")
+    time.sleep(1.5)
+    key = generate_key()
+    node = short.verdict.agreeing[0]
+    late = {**open_body(served, outputs, trace), "inference": short.id, "node": node}
+    closed = post(served, "/v1/disputes", late, key)
+    assert closed.status_code == 410, closed.text
+    assert closed.json()["final_after"] == short.final_after
+    node = long.verdict.agreeing[0]
+    in_time = {**open_body(served, outputs, trace), "inference": long.id, "node": node}
+    opened = post(served, "/v1/disputes", in_time, key)
+    assert opened.status_code == 201, opened.text

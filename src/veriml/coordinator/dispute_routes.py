@@ -20,6 +20,7 @@ and any move in a settled dispute 410.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from typing import Any
 
@@ -32,6 +33,7 @@ from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, SignatureError, StorageError
+from veriml.core.timestamps import parse_time
 
 __all__ = ["create_dispute_router"]
 
@@ -100,6 +102,7 @@ def create_dispute_router() -> APIRouter:
             403: {"description": "the request is not signed, or its signature does not verify"},
             404: {"description": "no such inference, or no receipt of that node in it"},
             409: {"description": "the balance does not cover the challenge bond"},
+            410: {"description": "an optimistic answer whose challenge window has closed"},
         },
     )
     async def create_dispute(request: Request) -> Response:
@@ -111,6 +114,16 @@ def create_dispute_router() -> APIRouter:
         if not isinstance(inference, str) or not 0 < len(inference) <= 200:
             raise FormatError("a dispute names the inference it challenges")
         answer = await inference_service(request).get(inference)
+        final_after = (answer.get("verdict") or {}).get("final_after")
+        if isinstance(final_after, str) and parse_time(final_after) <= dt.datetime.now(dt.UTC):
+            # optimistic:W: the answer became final when its window closed.
+            return problem(
+                410,
+                "the answer is final: its challenge window has closed",
+                title="Gone",
+                inference=inference,
+                final_after=final_after,
+            )
         run = await service.challenge(answer, body, account=account)
         return _json(run.to_json(), status=201)
 
