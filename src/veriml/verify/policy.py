@@ -8,6 +8,8 @@ The formats are fixed in ``docs/verification.md`` ("Policies", "Spot checks", "V
 - ``spot:P`` (0 < P <= 1, at most 4 decimals): one node answers; with probability P a node of
   another operator re-executes, decided by a commit-reveal the node cannot predict.
 - ``optimistic:W`` (1 s <= W <= 7 d): one traced node answers; final after W unless challenged.
+- ``prefill`` (LLM completions, docs/llm.md): one node generates; a node of another operator
+  checks every generated token in one batched pass and signs its report.
 
 Each may end in ``,tolerance`` (agreement within per-operator error bounds, see
 :mod:`veriml.verify.tolerance`) or ``,bitwise`` (the default, omitted from the canonical text).
@@ -59,7 +61,7 @@ _MAX_POLICY_TEXT: Final = 64
 
 Outcome = Literal["accepted", "rejected"]
 Compare = Literal["bitwise", "tolerance"]
-Kind = Literal["none", "quorum", "spot", "optimistic"]
+Kind = Literal["none", "quorum", "spot", "optimistic", "prefill"]
 Winner = Literal["defendant", "challenger", "none", "neither"]
 WINNERS: Final[tuple[Winner, ...]] = ("defendant", "challenger", "none", "neither")
 COMPARES: Final[tuple[Compare, ...]] = ("bitwise", "tolerance")
@@ -100,7 +102,7 @@ class Policy:
                 raise FormatError(
                     "quorum:N/K needs 1 <= K <= N <= 16", policy=f"quorum:{self.n}/{self.k}"
                 )
-        elif self.kind in ("none", "spot", "optimistic"):
+        elif self.kind in ("none", "spot", "optimistic", "prefill"):
             if (self.n, self.k) != (1, 1):
                 raise FormatError(f"policy {self.kind} runs exactly one node first")
         else:
@@ -133,6 +135,12 @@ class Policy:
             compare = compare_text
         if base == "none":
             return cls("none", compare=compare)
+        if base == "prefill":
+            if compare != "bitwise":
+                raise FormatError(
+                    "a prefill check accepts tokens, it compares no tensors", got=text
+                )
+            return cls("prefill")
         if match := _QUORUM.fullmatch(base):
             return cls("quorum", int(match[1]), int(match[2]), compare=compare)
         if match := _SPOT.fullmatch(base):
@@ -143,7 +151,7 @@ class Policy:
                 raise FormatError("optimistic window must be 1s..7d", got=base)
             return cls("optimistic", window=seconds, compare=compare)
         raise FormatError(
-            "policy must be none, quorum:N/K, spot:P or optimistic:W, optionally "
+            "policy must be none, quorum:N/K, spot:P, optimistic:W or prefill, optionally "
             "followed by ,bitwise or ,tolerance",
             got=text,
         )
@@ -172,7 +180,7 @@ class Policy:
             unit, size = next((u, s) for u, s in _UNITS if self.window % s == 0)
             base = f"optimistic:{self.window // size}{unit}"
         else:
-            base = "none"
+            base = self.kind  # none, prefill
         return base if self.compare == "bitwise" else f"{base},{self.compare}"
 
 
@@ -420,6 +428,9 @@ def decide(
 
     - ``none`` / ``optimistic``: the first answer (``final_after`` is recorded as given).
     - ``quorum:N/K``: accepted when K distinct operators agree, even if fewer than N answered.
+    - ``prefill``: ``answers[0]`` generated, ``answers[1]`` is the checking node, whose output
+      map is the generation's when its signed report accepts: accepted with both when they
+      agree (two distinct operators), else rejected.
     - ``spot:P``: ``answers[0]`` is the primary, ``answers[1]`` the checker. Unchecked (or no
       checker answer): the primary. Checked and agreeing: both. Differing: the dispute against
       the primary decides (``defendant``: the primary alone, ``challenger``: the checker alone,
@@ -463,6 +474,10 @@ def decide(
             return verdict("rejected", ())
         chosen = {"defendant": (primary,), "challenger": (checker,), "none": (primary, checker)}
         return verdict("accepted", chosen[ruling.winner])
+    if policy.kind == "prefill":
+        if len(distinct) < 2 or not same(distinct[0], distinct[1]):
+            return verdict("rejected", ())
+        return verdict("accepted", (distinct[0], distinct[1]))
     if policy.kind != "quorum":
         return verdict("accepted", (distinct[0],))
     groups: list[list[int]] = []
