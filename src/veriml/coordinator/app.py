@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 import veriml
-from veriml.coordinator import db, hub, ledger, registry
+from veriml.coordinator import db, hub, ledger, openai_routes, registry
 from veriml.coordinator.deps import LogDep, SettingsDep
 from veriml.coordinator.dispatch import PerHostTransport
 from veriml.coordinator.dispute_routes import create_dispute_router
@@ -209,6 +209,7 @@ def create_app(settings: Settings) -> FastAPI:
             ),
         )
         app.state.disputes = _dispute_service(app.state, settings)
+        app.state.completions = openai_routes.service_from_state(app.state)
         sweeper = asyncio.create_task(_void_abandoned_disputes(app.state.disputes, settings))
         if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
             routes = importlib.import_module(INFERENCE_ROUTES)
@@ -241,6 +242,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(registry.router)
     app.include_router(ledger.router)
     app.include_router(create_dispute_router())
+    app.include_router(openai_routes.router)
     if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
         app.include_router(importlib.import_module(INFERENCE_ROUTES).router)
     app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")

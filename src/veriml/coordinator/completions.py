@@ -1,0 +1,908 @@
+"""The completion service: LLM requests run on nodes, verified, decided, logged once.
+
+``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` (docs/llm.md,
+docs/openai-api.md) go through the steps of :mod:`veriml.coordinator.inference`, with a
+canonical request (docs/llm.md, "Canonical request") in place of input tensors:
+
+1. resolve the model reference; it must be a GGUF hub model (``NotFound`` -> 404);
+2. parse the policy and build the **canonical request** from the OpenAI body
+   (:func:`veriml.core.completion.canonical_request`, ``FormatError`` naming the member);
+   a request without ``seed`` gets one chosen here, so every node of a quorum samples with
+   the same seed and their tokens can be compared bit for bit;
+3. pick nodes of distinct operators that run ``llama.cpp`` (``NodeUnavailable`` -> 503), sign
+   each a job carrying the request's digest, and post it with the request;
+4. stream the first answering node's tokens to the caller while it generates (NDJSON from the
+   node; :class:`TokenSink` keeps the stream to one node's tokens even when nodes fail);
+5. verify every answer (:func:`check_answer`): the completion receipt under the node's
+   **registered** key, its binding to this request (id, digest, model, policy, sampling), and
+   the prompt and output digests recomputed from the token ids and content the node returned;
+   a node whose answer does not verify is replaced by another;
+6. decide the verdict with :func:`veriml.verify.policy.decide` on ``{"completion": output
+   digest}`` maps: ``none``, ``quorum:N/K`` (equal output digests) and ``spot:P`` (a second
+   node re-runs when the commit-reveal says so);
+7. append **one** :class:`~veriml.ledger.entries.InferenceEntry` (request extra member
+   ``kind``), prove its inclusion through :class:`InferenceStore`, and pay the nodes' fees.
+
+Nothing is written before step 7; a crash after the append is completed from the log like
+any inference (:mod:`veriml.coordinator.inference_store`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import secrets
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Final
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy.engine import Engine
+
+from veriml.coordinator.inference import check_request_id
+from veriml.coordinator.inference_store import InferenceStore, PendingInference
+from veriml.coordinator.openai_errors import NodeRefused
+from veriml.coordinator.scheduler import Candidate, Failure, gather, pick
+from veriml.core.canonical import canonical_digest
+from veriml.core.completion import (
+    CompletionPredicate,
+    RequestKind,
+    canonical_request,
+    completion_output_digest,
+    embedding_output_digest,
+    open_completion,
+    prompt_digest,
+    sampling_of,
+    token_digest,
+)
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
+from veriml.core.errors import (
+    DigestMismatch,
+    Error,
+    FormatError,
+    InvalidTensor,
+    NodeUnavailable,
+    VerificationError,
+)
+from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.tensors import tensor_from_json
+from veriml.ledger.entries import InferenceEntry
+from veriml.protocol.messages import Job, format_time, open_prefill_check
+from veriml.tlog.log import Log
+from veriml.verify.policy import Policy, SpotReveal, Verdict, decide, spot_checked, spot_commitment
+
+if TYPE_CHECKING:
+    from veriml.coordinator.ledger import LedgerBook
+
+__all__ = [
+    "LLM_ENGINE",
+    "CompletionAnswer",
+    "CompletionJob",
+    "CompletionOptions",
+    "CompletionService",
+    "LLMModel",
+    "NodeAnswer",
+    "Prepared",
+    "TokenPiece",
+    "TokenSink",
+    "check_answer",
+    "check_prefill",
+    "parse_policy",
+]
+
+LLM_ENGINE: Final = "llama.cpp"
+"""The engine a node's descriptor lists when it runs GGUF models."""
+OUTPUT: Final = "completion"
+"""The one output name of a completion receipt (its in-toto subject), as the verdict maps it."""
+NDJSON: Final = "application/x-ndjson"
+SEED_BOUND: Final = 1 << 32
+_MAX_ERROR_BYTES: Final = 64 << 10
+_log = logging.getLogger(__name__)
+
+Array = npt.NDArray[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class LLMModel:
+    """What the service needs of a hub model: its digest and context length (``io``)."""
+
+    digest: Digest
+    context_length: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionOptions:
+    """Timeouts (seconds), the retry bound and size limits of the completion service."""
+
+    job_timeout: float = 120.0
+    attempts_per_slot: int = 3
+    live_within: float = 15.0
+    publish_timeout: float = 30.0
+    max_result_bytes: int = 64 << 20
+
+    def __post_init__(self) -> None:
+        if not (self.job_timeout > 0 and self.attempts_per_slot >= 1 and self.live_within > 0):
+            raise FormatError(
+                "completion timeouts and attempts must be positive",
+                job_timeout=self.job_timeout,
+                attempts_per_slot=self.attempts_per_slot,
+                live_within=self.live_within,
+            )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CompletionJob:
+    """What every job of one request shares; each node gets its own signed job for it."""
+
+    request_id: str
+    kind: RequestKind
+    model: Digest
+    canonical: Mapping[str, Any]
+    digest: Digest
+    policy: str
+    spot: Digest | None = None
+
+    @property
+    def job_kind(self) -> str:
+        """The job kind nodes run it as (``completion`` or ``embedding``)."""
+        return "embedding" if self.kind == "embedding" else "completion"
+
+    def sign_for(
+        self, node_id: str, key: SigningKey, *, timeout: float, kind: str | None = None
+    ) -> Envelope:
+        """A fresh job (new ``job_id``) for ``node_id``, valid for ``timeout`` seconds;
+        ``kind`` ``prefill`` asks the node to check a completion of this request instead."""
+        issued = dt.datetime.now(dt.UTC)
+        job = Job(
+            job_id=str(uuid.uuid4()),
+            node_id=node_id,
+            request_id=self.request_id,
+            model=self.model,
+            inputs={},
+            policy=self.policy,
+            issued_at=format_time(issued),
+            expires_at=format_time(issued + dt.timedelta(seconds=timeout)),
+            spot=self.spot,
+            kind=kind or self.job_kind,
+            request=self.canonical,
+            request_digest=self.digest,
+        )
+        return job.sign(key)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeAnswer:
+    """One node's verified answer: its receipt and what the receipt's digests were
+    recomputed from (token ids, content, embeddings)."""
+
+    receipt: Envelope
+    predicate: CompletionPredicate
+    output: Digest
+    prompt_tokens: tuple[Any, ...]
+    """Completions: the prompt's token ids; embeddings: one id list per input."""
+    completion_tokens: tuple[int, ...] = ()
+    content: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    finish_reason: str = "stop"
+    embeddings: tuple[Array, ...] = ()
+
+    @property
+    def prompt_count(self) -> int:
+        return self.predicate.prompt_count
+
+    @property
+    def completion_count(self) -> int:
+        return len(self.completion_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPiece:
+    """One generated token as streamed to the caller: its id and decoded text."""
+
+    token: int
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A request checked and ready to run: nothing has been sent to a node yet."""
+
+    job: CompletionJob
+    policy: Policy
+    candidates: tuple[Candidate, ...]
+    extra: Mapping[str, str] = field(default_factory=dict)
+    secret: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionAnswer:
+    """The answer: the answer the verdict chose, and the ``veriml`` member (with ``log``)."""
+
+    answer: NodeAnswer
+    veriml: Mapping[str, Any]
+
+
+class TokenSink:
+    """Forwards the tokens of one node at a time to ``emit``.
+
+    Every node of a request streams; the first to send a token owns the stream. If the owner
+    fails, the next node to stream takes over and its first tokens are skipped up to the number
+    already forwarded: with the same seed every honest node generates the same tokens, so the
+    caller sees each token once. (The final ``veriml`` object is authoritative either way.)
+    """
+
+    def __init__(self, emit: Callable[[TokenPiece], None]) -> None:
+        self._emit = emit
+        self._owner: str | None = None
+        self._sent = 0
+        self._seen: dict[str, int] = {}
+
+    def feed(self, node_id: str, piece: TokenPiece) -> None:
+        """A token from ``node_id``, forwarded if that node owns (or may take) the stream."""
+        if self._owner is None:
+            self._owner = node_id
+        if node_id != self._owner:
+            return
+        position = self._seen.get(node_id, 0)
+        self._seen[node_id] = position + 1
+        if position >= self._sent:
+            self._sent += 1
+            self._emit(piece)
+
+    def failed(self, node_id: str) -> None:
+        """``node_id`` failed: another node may take over the stream."""
+        if self._owner == node_id:
+            self._owner = None
+        self._seen.pop(node_id, None)
+
+
+def parse_policy(text: str) -> Policy:
+    """A policy the completion service runs: ``none``, ``quorum:N/K`` or ``spot:P``, bitwise.
+
+    Tolerance mode and ``optimistic:W`` need tensors and traces of ONNX models; token ids are
+    compared exactly."""
+    try:
+        policy = Policy.parse(text)
+    except FormatError as exc:
+        raise FormatError(exc.message, param="veriml.policy", **exc.evidence) from exc
+    if policy.compare != "bitwise" or policy.kind == "optimistic":
+        raise FormatError(
+            "LLM requests run under none, quorum:N/K or spot:P (token ids compare exactly)",
+            param="veriml.policy",
+            got=text[:64],
+        )
+    return policy
+
+
+def _int_list(value: object, what: str, node: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise VerificationError(f"node answer's {what} is not a list of token ids", node=node)
+    return tuple(value)
+
+
+def _bind(what: str, signed: object, expected: object, node: str) -> None:
+    if signed != expected:
+        raise VerificationError(
+            f"receipt does not answer this request: its {what} differs",
+            check="request-binding",
+            node=node,
+            signed=str(signed)[:200],
+            expected=str(expected)[:200],
+        )
+
+
+def check_answer(
+    result: Mapping[str, Any],
+    node: Candidate,
+    key: VerifyingKey,
+    job: CompletionJob,
+    *,
+    max_tensor_bytes: int = 64 << 20,
+) -> NodeAnswer:
+    """Verify one node's answer to ``job`` (pure; raises :class:`VerificationError`).
+
+    1. the receipt opens under the node's registered ``key`` (:func:`open_completion`);
+    2. it answers this request: node, request id and digest, model, policy, re-executable
+       trust and, for completions, the request's sampling;
+    3. the prompt tokens hash to the signed prompt digest and count;
+    4. the output digest recomputed from the returned content, tool calls, tokens and finish
+       reason (embeddings: the vectors) is the signed one.
+    """
+    name = node.node_id
+    try:
+        receipt = Envelope.from_json(result["receipt"])
+    except (KeyError, TypeError, Error) as exc:
+        raise VerificationError("node answer has no readable receipt", node=name) from exc
+    # 1. Signature and statement.
+    predicate, output = open_completion(receipt, key)
+    # 2. The request it answers.
+    _bind("node", predicate.node_id, name, name)
+    _bind("request id", predicate.request_id, job.request_id, name)
+    _bind("request digest", predicate.request_digest, job.digest, name)
+    _bind("model", predicate.model_digest, job.model, name)
+    _bind("policy", predicate.policy, job.policy, name)
+    _bind("trust", predicate.trust, "reexecutable", name)
+    if job.kind == "embedding":
+        return _check_embedding(result, predicate, output, name, max_tensor_bytes)
+    _bind("sampling", predicate.sampling, sampling_of(job.canonical), name)
+    # 3. The prompt.
+    prompt = _int_list(result.get("prompt_tokens"), "prompt_tokens", name)
+    _check_prompt(predicate, token_digest(prompt), len(prompt), name)
+    # 4. The output, recomputed.
+    tokens = _int_list(result.get("completion_tokens"), "completion_tokens", name)
+    content, calls, finish = (
+        result.get("content"),
+        result.get("tool_calls", []),
+        result.get("finish_reason"),
+    )
+    if content is not None and not isinstance(content, str):
+        raise VerificationError("node answer's content is not a string", node=name)
+    if not isinstance(calls, list) or not all(isinstance(c, Mapping) for c in calls):
+        raise VerificationError("node answer's tool_calls is not a list of objects", node=name)
+    if not isinstance(finish, str):
+        raise VerificationError("node answer has no finish_reason", node=name)
+    _bind("finish reason", predicate.finish_reason, finish, name)
+    _bind("completion count", predicate.completion_count, len(tokens), name)
+    calculated = completion_output_digest(
+        content=content, tool_calls=calls, tokens=tokens, finish_reason=finish
+    )
+    if calculated != output:
+        raise DigestMismatch(
+            "the node's tokens and content are not what its receipt signed",
+            check="output",
+            expected=output,
+            calculated=calculated,
+        )
+    return NodeAnswer(
+        receipt=receipt,
+        predicate=predicate,
+        output=output,
+        prompt_tokens=prompt,
+        completion_tokens=tokens,
+        content=content,
+        tool_calls=tuple(dict(c) for c in calls),
+        finish_reason=finish,
+    )
+
+
+def _check_prompt(predicate: CompletionPredicate, digest: Digest, count: int, node: str) -> None:
+    if digest != predicate.prompt_digest or count != predicate.prompt_count:
+        raise DigestMismatch(
+            "the node's prompt tokens are not the ones its receipt signed",
+            check="prompt",
+            expected=f"{predicate.prompt_digest.to_text()} ({predicate.prompt_count})",
+            calculated=f"{digest.to_text()} ({count})",
+        )
+
+
+def _check_embedding(
+    result: Mapping[str, Any],
+    predicate: CompletionPredicate,
+    output: Digest,
+    name: str,
+    max_tensor_bytes: int,
+) -> NodeAnswer:
+    raw_prompts = result.get("prompt_tokens")
+    if not isinstance(raw_prompts, list):
+        raise VerificationError("node answer's prompt_tokens is not a list", node=name)
+    prompts = tuple(_int_list(p, "prompt_tokens", name) for p in raw_prompts)
+    _check_prompt(predicate, prompt_digest(prompts), sum(len(p) for p in prompts), name)
+    raw = result.get("embeddings")
+    if not isinstance(raw, list) or len(raw) != len(prompts):
+        raise VerificationError(
+            "node answer has not one embedding per input", node=name, inputs=len(prompts)
+        )
+    try:
+        vectors = tuple(tensor_from_json(v, max_bytes=max_tensor_bytes) for v in raw)
+    except InvalidTensor as exc:
+        raise VerificationError("node answer's embeddings do not decode", node=name) from exc
+    calculated = embedding_output_digest(vectors)
+    if calculated != output:
+        raise DigestMismatch(
+            "the node's embeddings are not what its receipt signed",
+            check="output",
+            expected=output,
+            calculated=calculated,
+        )
+    return NodeAnswer(
+        receipt=Envelope.from_json(result["receipt"]),
+        predicate=predicate,
+        output=output,
+        prompt_tokens=prompts,
+        embeddings=vectors,
+    )
+
+
+async def _lines(response: httpx.Response, limit: int, node: str) -> AsyncIterator[bytes]:
+    """The response body's lines, the whole body bounded by ``limit`` bytes."""
+    buffer = b""
+    size = 0
+    async for chunk in response.aiter_bytes():
+        size += len(chunk)
+        if size > limit:
+            raise VerificationError(
+                "node answer is larger than the limit", check="result", node=node, limit=limit
+            )
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            if line.strip():
+                yield line
+    if buffer.strip():
+        yield buffer
+
+
+def _event(line: bytes, node: str) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise VerificationError("node streamed a line that is not JSON", node=node) from exc
+    if not isinstance(event, dict):
+        raise VerificationError("node streamed a line that is not a JSON object", node=node)
+    return event
+
+
+def _problem(data: bytes) -> dict[str, Any]:
+    try:
+        parsed = json.loads(data)
+    except (ValueError, UnicodeDecodeError):
+        return {"detail": data[:300].decode("utf-8", "replace")}
+    return parsed if isinstance(parsed, dict) else {"detail": str(parsed)[:300]}
+
+
+def _failed(node: str, status: int, problem: Mapping[str, Any]) -> Error:
+    """The error for a node's failure status (or streamed ``error``) and its problem JSON."""
+    if 400 <= status < 500:
+        return NodeRefused("node refused the job", node=node, status=status, problem=problem)
+    return NodeUnavailable(
+        "node failed the job", node=node, status=status, detail=str(problem.get("detail"))[:300]
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _PrefillCheck:
+    node: Candidate
+    receipt: Envelope
+    vouched: dict[str, Digest]
+
+
+def check_prefill(
+    result: Mapping[str, Any],
+    node: Candidate,
+    key: VerifyingKey,
+    job: CompletionJob,
+    answer: NodeAnswer,
+) -> _PrefillCheck:
+    """Verify a prefill node's signed report on ``answer`` (pure; ``VerificationError``).
+
+    The statement opens under the checking node's registered key and is about exactly the
+    primary receipt (the SHA-256 of its payload), this model and this request. What it vouches
+    for, as the verdict compares it: the primary's output digest when the report accepts every
+    generated token, else the digest of the report itself (which no output equals).
+    """
+    name = node.node_id
+    try:
+        receipt = Envelope.from_json(result["receipt"])
+    except (KeyError, TypeError, Error) as exc:
+        raise VerificationError("prefill answer has no readable receipt", node=name) from exc
+    check = open_prefill_check(receipt, key)
+    _bind("node", check.node_id, name, name)
+    _bind("checked receipt", check.receipt, Digest.of(answer.receipt.payload), name)
+    _bind("model", check.model, job.model, name)
+    _bind("request id", check.request_id, job.request_id, name)
+    complete = check.report.get("checked") == answer.completion_count
+    vouched = answer.output if check.accepted and complete else Digest.of(receipt.payload)
+    return _PrefillCheck(node, receipt, {OUTPUT: vouched})
+
+
+class CompletionService:
+    """Runs LLM requests on nodes (see the module docstring for the steps).
+
+    Its collaborators are passed in, as for :class:`~veriml.coordinator.inference
+    .InferenceService`: ``resolve_model(ref)`` (blocking) returns the GGUF model or raises
+    ``NotFound``; ``list_nodes(model)`` (blocking) the nodes that run ``llama.cpp`` and may
+    get jobs; ``node_failed(node_id)`` is told when a node did not answer; ``observe`` gets
+    ``("verdict", "<policy kind>/<outcome>")`` and ``("node-failure", reason)`` events. With a
+    ``ledger``, a signed client pays ``fee_per_job`` to each node that answered.
+    """
+
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        log: Log,
+        key: SigningKey,
+        http: httpx.AsyncClient,
+        resolve_model: Callable[[str], LLMModel],
+        list_nodes: Callable[[Digest], Sequence[Candidate]],
+        node_failed: Callable[[str], None] | None = None,
+        observe: Callable[[str, str], None] | None = None,
+        options: CompletionOptions | None = None,
+        ledger: LedgerBook | None = None,
+    ) -> None:
+        self._log = log
+        self._key = key
+        self._http = http
+        self._resolve_model = resolve_model
+        self._list_nodes = list_nodes
+        self._node_failed = node_failed
+        self._observe = observe or (lambda event, value: None)
+        self._options = options or CompletionOptions()
+        self._ledger = ledger
+        self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
+        self._inflight: dict[str, int] = {}
+        self._keys: dict[str, VerifyingKey] = {}
+
+    async def prepare(
+        self,
+        kind: RequestKind,
+        body: Mapping[str, Any],
+        *,
+        policy: str = "none",
+        client: str | None = None,
+        request_id: str | None = None,
+    ) -> Prepared:
+        """Steps 1-3 without sending anything: the model, the canonical request, the policy,
+        the funds and enough nodes. Every client error surfaces here, before a stream starts.
+
+        ``body`` is the OpenAI request body without the ``veriml`` member."""
+        model_ref = body.get("model")
+        if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
+            raise FormatError(
+                "model must be a hub name, name@version or sha256 digest", param="model"
+            )
+        parsed = parse_policy(policy)
+        request_id = str(uuid.uuid4()) if request_id is None else check_request_id(request_id)
+        # 1. The model and the nodes that may run it (blocking lookups, off the event loop).
+        model, candidates = await asyncio.to_thread(self._lookup, model_ref)
+        # 2. The canonical request; the seed is chosen here so a quorum samples alike.
+        seed = None if kind == "embedding" else secrets.randbelow(SEED_BOUND)
+        canonical = canonical_request(
+            kind, model.digest, body, seed=seed, max_context=model.context_length
+        )
+        secret = secrets.token_bytes(32) if parsed.kind == "spot" else None
+        job = CompletionJob(
+            request_id=request_id,
+            kind=kind,
+            model=model.digest,
+            canonical=canonical,
+            digest=canonical_digest(canonical),
+            policy=str(parsed),
+            spot=None if secret is None else spot_commitment(secret),
+        )
+        if self._ledger is not None:
+            jobs = parsed.nodes + (1 if parsed.kind == "spot" else 0)
+            await asyncio.to_thread(self._ledger.check_funds, client, jobs)
+        prepared = Prepared(
+            job, parsed, tuple(candidates), {} if client is None else {"client": client}, secret
+        )
+        # 3. Enough nodes now, so a stream never starts for a request that cannot run.
+        if len(self._choose(prepared, parsed.nodes, frozenset(), frozenset())) < parsed.nodes:
+            raise NodeUnavailable(
+                "not enough live nodes of distinct operators run this model",
+                model=model.digest,
+                policy=str(parsed),
+                needed=parsed.nodes,
+                engine=LLM_ENGINE,
+            )
+        return prepared
+
+    def _lookup(self, ref: str) -> tuple[LLMModel, list[Candidate]]:
+        model = self._resolve_model(ref)
+        return model, list(self._list_nodes(model.digest))
+
+    def _choose(
+        self, prepared: Prepared, count: int, tried: frozenset[str], busy: frozenset[str]
+    ) -> list[Candidate]:
+        return pick(
+            prepared.candidates,
+            prepared.job.model,
+            count,
+            now=time.time(),
+            live_within=self._options.live_within,
+            exclude_nodes=tried,
+            exclude_operators=busy,
+            inflight=self._inflight,
+            salt=prepared.job.request_id,
+        )
+
+    async def create(
+        self,
+        kind: RequestKind,
+        body: Mapping[str, Any],
+        *,
+        policy: str = "none",
+        client: str | None = None,
+        on_token: Callable[[TokenPiece], None] | None = None,
+    ) -> CompletionAnswer:
+        """:meth:`prepare` then :meth:`run`."""
+        prepared = await self.prepare(kind, body, policy=policy, client=client)
+        return await self.run(prepared, on_token=on_token)
+
+    async def run(
+        self, prepared: Prepared, *, on_token: Callable[[TokenPiece], None] | None = None
+    ) -> CompletionAnswer:
+        """Steps 3-7: run on nodes (streaming tokens to ``on_token``), verify, decide, log."""
+        job, policy = prepared.job, prepared.policy
+        sink = None if on_token is None else TokenSink(on_token)
+        first = self._choose(prepared, policy.nodes, frozenset(), frozenset())
+        answers, failures = await self._run(prepared, first, sink)
+        if len(answers) < policy.needed:
+            raise NodeUnavailable(
+                "not enough nodes answered with a verified receipt",
+                needed=policy.needed,
+                answered=len(answers),
+                failures="; ".join(f.error.diagnostics()[:200] for f in failures[-4:]),
+            )
+        spot: SpotReveal | None = None
+        if policy.kind == "spot":
+            assert prepared.secret is not None
+            checked = spot_checked(policy, prepared.secret, answers[0][1].receipt)
+            spot = SpotReveal(prepared.secret, checked)
+            if checked:
+                # The checker: another operator's node, running the very same request.
+                tried = frozenset(n.node_id for n, _ in answers)
+                busy = frozenset(n.operator for n, _ in answers)
+                checker = self._choose(prepared, 1, tried, busy)
+                if checker:
+                    answers += (await self._run(prepared, checker, None, busy=busy))[0]
+                else:
+                    _log.warning("spot check of %s: no node of another operator", job.request_id)
+        triples = [(n.node_id, n.operator, {OUTPUT: a.output}) for n, a in answers]
+        evidence = [(n, a.receipt) for n, a in answers]
+        if policy.kind == "prefill":
+            check = await self._prefill(prepared, answers[0])
+            if check is not None:
+                triples.append((check.node.node_id, check.node.operator, check.vouched))
+                evidence.append((check.node, check.receipt))
+        # 6. The verdict, from the verified answers.
+        verdict = decide(policy, triples, spot=spot)
+        self._observe("verdict", f"{policy.kind}/{verdict.outcome}")
+        chosen = next(
+            (a for _, a in answers if {OUTPUT: a.output} == dict(verdict.outputs)), answers[0][1]
+        )
+        veriml = await self._log_answer(prepared, verdict, evidence, chosen)
+        return CompletionAnswer(chosen, veriml)
+
+    async def _prefill(
+        self, prepared: Prepared, primary: tuple[Candidate, NodeAnswer]
+    ) -> _PrefillCheck | None:
+        """``prefill``: a node of another operator checks the primary's completion (failing
+        checkers replaced like any node); None when no such node answered."""
+        generator, answer = primary
+        tried, busy = frozenset({generator.node_id}), frozenset({generator.operator})
+        first = self._choose(prepared, 1, tried, busy)
+        if not first:
+            _log.warning(
+                "prefill check of %s: no node of another operator", prepared.job.request_id
+            )
+            return None
+        gathered = await gather(
+            first,
+            lambda node: self._check(node, prepared.job, answer),
+            lambda t, used: next(
+                iter(self._choose(prepared, 1, frozenset(t) | tried, frozenset(used) | busy)),
+                None,
+            ),
+            attempts_per_slot=self._options.attempts_per_slot,
+            timeout=self._options.job_timeout * self._options.attempts_per_slot,
+        )
+        for failure in gathered.failures:
+            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            self._observe("node-failure", reason)
+        return gathered.answers[0][1] if gathered.answers else None
+
+    async def _check(
+        self, node: Candidate, job: CompletionJob, answer: NodeAnswer
+    ) -> _PrefillCheck:
+        """One prefill job: post the completion, verify the signed report under the checking
+        node's registered key and that it is about this receipt, model and request."""
+        timeout = self._options.job_timeout
+        envelope = job.sign_for(node.node_id, self._key, timeout=timeout, kind="prefill")
+        body = {
+            "job": envelope.to_json(),
+            "request": dict(job.canonical),
+            "completion": {
+                "receipt": answer.receipt.to_json(),
+                "prompt_tokens": list(answer.prompt_tokens),
+                "completion_tokens": list(answer.completion_tokens),
+            },
+        }
+        result = await self._tracked(node, self._post(node, body, None))
+        return check_prefill(result, node, self._node_key(node), job, answer)
+
+    async def _log_answer(
+        self,
+        prepared: Prepared,
+        verdict: Verdict,
+        evidence: Sequence[tuple[Candidate, Envelope]],
+        chosen: NodeAnswer,
+    ) -> dict[str, Any]:
+        """Step 7: one log entry, its inclusion proof, the stored answer, the fees."""
+        job = prepared.job
+        extra = {"kind": job.kind, **prepared.extra}
+        entry = InferenceEntry(
+            request_id=job.request_id,
+            request_digest=job.digest,
+            model=job.model,
+            policy=job.policy,
+            receipts=tuple(r for _, r in evidence),
+            verdict=verdict,
+            extra=extra,
+        )
+        answer: dict[str, Any] = {
+            "id": job.request_id,
+            "model": job.model.to_text(),
+            "policy": job.policy,
+            # The log entry's request members beyond id, digest, model and policy.
+            "request": extra,
+            "canonical_request": dict(job.canonical),
+            "receipts": [r.to_json() for _, r in evidence],
+            "nodes": [{"id": n.node_id, "log_index": n.log_index} for n, _ in evidence],
+            "prompt_tokens": [list(p) if isinstance(p, tuple) else p for p in chosen.prompt_tokens],
+            "completion_tokens": list(chosen.completion_tokens),
+            "verdict": verdict.to_json(),
+        }
+        pending = PendingInference(
+            inference_id=job.request_id,
+            model=job.model,
+            policy=job.policy,
+            request_digest=job.digest,
+            entry=entry.to_bytes(),
+            answer=answer,
+        )
+        await self._store.reserve(pending)
+        index = await self._log.add_async(pending.entry)
+        stored = await self._store.commit(index, pending)
+        if self._ledger is not None:
+            client = prepared.extra.get("client")
+            fees = self._ledger.fees(client, [n.node_id for n, _ in evidence], job.request_id)
+            try:
+                await self._ledger.append(fees)
+            except Error as exc:  # the answer is logged; a fee the payer cannot pay is skipped
+                _log.warning("fees of %s not logged: %s", job.request_id, exc.diagnostics())
+        return dict(stored.response)
+
+    async def _run(
+        self,
+        prepared: Prepared,
+        nodes: Sequence[Candidate],
+        sink: TokenSink | None,
+        *,
+        busy: frozenset[str] = frozenset(),
+    ) -> tuple[list[tuple[Candidate, NodeAnswer]], tuple[Failure, ...]]:
+        """The verified answers of ``nodes`` (one slot each), failing nodes replaced by nodes
+        of operators not in ``busy``, and the failed attempts."""
+        gathered = await gather(
+            nodes,
+            lambda node: self._attempt(node, prepared.job, sink),
+            lambda tried, used: next(
+                iter(self._choose(prepared, 1, frozenset(tried), frozenset(used) | busy)), None
+            ),
+            attempts_per_slot=self._options.attempts_per_slot,
+            timeout=self._options.job_timeout * self._options.attempts_per_slot,
+        )
+        for failure in gathered.failures:
+            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            self._observe("node-failure", reason)
+        return list(gathered.answers), gathered.failures
+
+    def _node_key(self, node: Candidate) -> VerifyingKey:
+        key = self._keys.get(node.public_key)
+        if key is None:
+            key = self._keys[node.public_key] = VerifyingKey.from_pem(node.public_key.encode())
+        return key
+
+    async def _attempt(
+        self, node: Candidate, job: CompletionJob, sink: TokenSink | None
+    ) -> NodeAnswer:
+        """One completion job on ``node``: post it, stream its tokens, verify its answer."""
+        envelope = job.sign_for(node.node_id, self._key, timeout=self._options.job_timeout)
+        body = {"job": envelope.to_json(), "request": dict(job.canonical)}
+        try:
+            result = await self._tracked(node, self._post(node, body, sink))
+            return check_answer(
+                result,
+                node,
+                self._node_key(node),
+                job,
+                max_tensor_bytes=self._options.max_result_bytes,
+            )
+        finally:
+            if sink is not None:
+                sink.failed(node.node_id)  # a no-op for a node that answered: it has finished
+
+    async def _tracked(
+        self, node: Candidate, call: Awaitable[Mapping[str, Any]]
+    ) -> Mapping[str, Any]:
+        """Await ``call`` counted as one job in flight on ``node``; a node that did not answer
+        is reported (``node_failed``) so the scheduler leaves it out until it heartbeats."""
+        self._inflight[node.node_id] = self._inflight.get(node.node_id, 0) + 1
+        try:
+            return await call
+        except NodeUnavailable:
+            if self._node_failed is not None:
+                await asyncio.to_thread(self._node_failed, node.node_id)
+            raise
+        finally:
+            self._inflight[node.node_id] -= 1
+            if not self._inflight[node.node_id]:
+                del self._inflight[node.node_id]
+
+    async def _post(
+        self, node: Candidate, body: Mapping[str, Any], sink: TokenSink | None
+    ) -> Mapping[str, Any]:
+        """Post a job body to ``node`` and read its answer: an NDJSON stream (tokens, then the
+        result) or one JSON result."""
+        timeout = self._options.job_timeout
+        url = node.endpoint.rstrip("/") + "/v1/jobs"
+        headers = {"Accept": NDJSON}
+        limit = self._options.max_result_bytes
+        try:
+            async with self._http.stream(
+                "POST", url, json=body, headers=headers, timeout=httpx.Timeout(timeout)
+            ) as response:
+                status = response.status_code
+                if status >= 400:
+                    data = b""
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > _MAX_ERROR_BYTES:
+                            break
+                    raise _failed(node.node_id, status, _problem(data))
+                if status != 200:
+                    raise VerificationError(
+                        "node answered with an unexpected status",
+                        check="result",
+                        node=node.node_id,
+                        status=status,
+                    )
+                return await self._read_result(response, node.node_id, sink, limit)
+        except httpx.TimeoutException as exc:
+            raise NodeUnavailable(
+                "node did not answer in time", node=node.node_id, endpoint=node.endpoint
+            ) from exc
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(
+                "node could not be reached",
+                node=node.node_id,
+                endpoint=node.endpoint,
+                reason=type(exc).__name__,
+            ) from exc
+
+    async def _read_result(
+        self, response: httpx.Response, node: str, sink: TokenSink | None, limit: int
+    ) -> Mapping[str, Any]:
+        streamed = response.headers.get("content-type", "").startswith(NDJSON)
+        async for line in _lines(response, limit, node):
+            event = _event(line, node)
+            if not streamed:
+                return event
+            if "token" in event:
+                token, text = event.get("token"), event.get("text", "")
+                if not isinstance(token, int) or isinstance(token, bool):
+                    raise VerificationError("node streamed a token that is not an id", node=node)
+                if sink is not None:
+                    sink.feed(node, TokenPiece(token, text if isinstance(text, str) else ""))
+            elif isinstance(event.get("result"), dict):
+                return dict(event["result"])
+            elif isinstance(event.get("error"), dict):
+                problem = event["error"]
+                raise _failed(node, int(problem.get("status", 500) or 500), problem)
+            else:
+                raise VerificationError("node streamed an unknown event", node=node)
+        raise VerificationError("node's answer ended without a result", check="result", node=node)
+
+
+def embedding_vectors(answer: NodeAnswer) -> list[np.ndarray[Any, np.dtype[np.float32]]]:
+    """The answer's embeddings as float32 vectors (what the OpenAI API returns)."""
+    return [np.asarray(v, dtype=np.float32).reshape(-1) for v in answer.embeddings]
