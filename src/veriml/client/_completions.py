@@ -1,0 +1,662 @@
+"""Verifying an LLM answer of the OpenAI-compatible API from its evidence alone (pure: no I/O).
+
+A chat completion, text completion or embedding answer carries a ``veriml`` member
+(docs/llm.md, "OpenAI-compatible API")::
+
+    {"id", "policy", "receipts": [DSSE…], "prompt_tokens": [ids], "completion_tokens": [ids],
+     "verdict": {…}, "nodes": [{"id", "log_index"}…], "request": {…},
+     "log": {"index", "checkpoint", "proof"}}
+
+:func:`verify_completion` checks it in this order; the first failure raises a
+:class:`~veriml.core.errors.VerificationError` whose ``check`` names it:
+
+0. ``checkpoint``: the checkpoint note is signed by the pinned log key (and the witness quorum);
+1. ``node-key``: every answering node's registration entry is in that tree and is a node
+   descriptor signed by the key it carries; ``signature``: every receipt is a completion
+   receipt signed by one of those keys (:func:`veriml.core.completion.open_completion`);
+2. ``model-digest``: every receipt is for the requested model (and request id and policy);
+3. ``request-digest``: the canonical request rebuilt from what this client sent, with the seed
+   the receipt records, hashes to the receipt's request digest (so the answer is for these
+   messages, tools and sampling parameters, not someone else's);
+4. ``prompt-tokens``: the prompt token ids sent hash to the receipt's prompt digest and count;
+5. ``output-digest``: content, tool calls, the generated token ids and the finish reason (or
+   the embedding vectors) hash to the output digest the agreeing receipts sign, and the token
+   count is the receipt's;
+6. ``inclusion``: the inference entry rebuilt byte for byte is at ``log.index`` in the tree;
+7. ``verdict``: the verdict recomputed from the verified receipts equals the claimed one and
+   accepts (``prefill``: the checking node's signed report accepts every token).
+
+The receipt's ``trust`` is reported as signed: ``reexecutable`` for a model the node runs
+itself, ``attested-relay`` for a relay node fronting an upstream API. A relay's answer is a
+signature only (no model digest, nothing anyone can re-run): checks 2 and 7 cannot hold more
+than the relay's word, and the result says so in its notes.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from veriml.client._config import pin_log_key
+from veriml.client._result import InferenceResult, LogEvidence, NodeEvidence
+from veriml.client._verify import (
+    _node_descriptors,
+    _prove,
+    inference_entry,
+    open_checkpoint_note,
+    receipt_node_id,
+)
+from veriml.core.canonical import canonical_digest
+from veriml.core.completion import (
+    COMPLETION_PREDICATE_TYPE,
+    CompletionPredicate,
+    RequestKind,
+    Trust,
+    canonical_request,
+    completion_output_digest,
+    embedding_output_digest,
+    open_completion,
+    prompt_digest,
+    token_digest,
+)
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope, Statement
+from veriml.core.errors import DigestMismatch, FormatError, SignatureError, VerificationError
+from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
+from veriml.protocol.messages import NodeDescriptor, open_prefill_check
+from veriml.tlog.checkpoint import Checkpoint
+from veriml.tlog.cosignature import CosignatureVerifier
+from veriml.tlog.note import NoteVerifier
+from veriml.verify.policy import Policy, Verdict, check_verdict, decide
+
+__all__ = [
+    "COMPLETION_CHECKS",
+    "PREFILL_TYPE",
+    "CompletionEvidence",
+    "CompletionOutput",
+    "Trust",
+    "VerifiedCompletion",
+    "completion_output",
+    "verify_completion",
+]
+
+COMPLETION_CHECKS = (
+    "checkpoint",
+    "node-key",
+    "signature",
+    "model-digest",
+    "request-digest",
+    "prompt-tokens",
+    "output-digest",
+    "inclusion",
+    "verdict",
+)
+# The subject name of a completion receipt (docs/llm.md, "Receipt").
+SUBJECT = "completion"
+MAX_TOKENS = 1 << 20
+
+Kind = RequestKind
+
+
+def _ids(value: object, what: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > MAX_TOKENS:
+        raise FormatError(f"{what} must be a list of token ids")
+    if not all(type(v) is int and 0 <= v < 1 << 31 for v in value):
+        raise FormatError(f"{what} must hold non-negative integer token ids")
+    return tuple(value)
+
+
+def _log(obj: object) -> LogEvidence:
+    # docs/llm.md spells the inclusion proof ``proof``; saved network answers ``inclusion_proof``.
+    if isinstance(obj, Mapping) and "proof" in obj and "inclusion_proof" not in obj:
+        obj = {**obj, "inclusion_proof": obj["proof"]}
+    return LogEvidence.from_json(obj)
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionEvidence:
+    """The ``veriml`` member of an answer, parsed (parsing proves nothing).
+
+    ``prompt_tokens`` holds one id list per prompt: one for chat and text completions (none
+    for a relay, which sees no tokens), one per input for embeddings."""
+
+    id: str
+    policy: str
+    receipts: tuple[Envelope, ...]
+    prompt_tokens: tuple[tuple[int, ...], ...]
+    completion_tokens: tuple[int, ...]
+    verdict: Verdict
+    log: LogEvidence
+    nodes: tuple[NodeEvidence, ...]
+    request: Mapping[str, Any] = field(default_factory=dict)
+    model: Digest | None = None
+    """The model digest the entry was logged under, when the coordinator states it (a relayed
+    answer's receipts have none)."""
+
+    @classmethod
+    def from_json(cls, obj: object) -> CompletionEvidence:
+        if not isinstance(obj, Mapping):
+            raise FormatError("the answer has no veriml member: nothing to verify it by")
+        try:
+            receipts = obj["receipts"]
+            if not isinstance(receipts, list) or not receipts:
+                raise FormatError("veriml.receipts must be a non-empty list of DSSE envelopes")
+            prompt = obj.get("prompt_tokens", [])
+            if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
+                prompts = tuple(_ids(p, "veriml.prompt_tokens[]") for p in prompt)
+            else:
+                ids = _ids(prompt, "veriml.prompt_tokens")
+                prompts = (ids,) if ids else ()
+            nodes = obj.get("nodes", [])
+            request = obj.get("request", {})
+            if not isinstance(nodes, list) or not isinstance(request, Mapping):
+                raise FormatError("veriml.nodes must be a list and veriml.request an object")
+            return cls(
+                id=str(obj["id"]),
+                policy=str(obj["policy"]),
+                receipts=tuple(Envelope.from_json(r) for r in receipts),
+                prompt_tokens=prompts,
+                completion_tokens=_ids(obj.get("completion_tokens", []), "completion_tokens"),
+                verdict=Verdict.from_json(obj["verdict"]),
+                log=_log(obj["log"]),
+                nodes=tuple(NodeEvidence.from_json(n) for n in nodes),
+                request=dict(request),
+                model=None if obj.get("model") is None else Digest.from_text(str(obj["model"])),
+            )
+        except KeyError as exc:
+            raise FormatError("the veriml member is missing a member", member=str(exc)) from exc
+
+    def with_nodes(self, nodes: Sequence[NodeEvidence]) -> CompletionEvidence:
+        return replace(self, nodes=tuple(nodes))
+
+
+@dataclass(frozen=True, slots=True)
+class CompletionOutput:
+    """What the answer says was generated: the first choice's message or text and finish
+    reason, or the embedding vectors (in input order)."""
+
+    content: str | None = None
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    finish_reason: str = "stop"
+    embeddings: tuple[npt.NDArray[np.float32], ...] = ()
+
+    def digest(self, kind: Kind, tokens: Sequence[int]) -> Digest:
+        """The output digest of docs/llm.md, "Canonical request and digests"."""
+        if kind == "embedding":
+            return embedding_output_digest(list(self.embeddings))
+        return completion_output_digest(
+            content=self.content,
+            tool_calls=list(self.tool_calls),
+            tokens=list(tokens),
+            finish_reason=self.finish_reason,
+        )
+
+
+def _embedding(item: object) -> npt.NDArray[np.float32]:
+    if not isinstance(item, Mapping):
+        raise FormatError("each embedding is an object with an embedding member")
+    value = item.get("embedding")
+    if isinstance(value, str):  # encoding_format=base64: little-endian float32
+        try:
+            return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").copy()
+        except (binascii.Error, ValueError) as exc:
+            raise FormatError("a base64 embedding is not valid base64") from exc
+    if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
+        raise FormatError("an embedding is a list of numbers")
+    return np.asarray(value, dtype=np.float32)
+
+
+def completion_output(kind: Kind, body: Mapping[str, Any]) -> CompletionOutput:
+    """The generated output as an OpenAI answer body states it (first choice; ``n`` is 1)."""
+    if kind == "embedding":
+        data = body.get("data")
+        if not isinstance(data, list) or not data:
+            raise FormatError("an embedding answer has a non-empty data list")
+        ordered = sorted(data, key=lambda d: d.get("index", 0) if isinstance(d, Mapping) else 0)
+        return CompletionOutput(embeddings=tuple(_embedding(d) for d in ordered))
+    choices = body.get("choices")
+    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], Mapping):
+        raise FormatError("a completion answer has exactly one choice")
+    choice = choices[0]
+    finish = choice.get("finish_reason")
+    if not isinstance(finish, str):
+        raise FormatError("the choice has no finish_reason")
+    if kind == "text_completion":
+        text = choice.get("text")
+        if not isinstance(text, str):
+            raise FormatError("a text completion's choice has a text")
+        return CompletionOutput(content=text, finish_reason=finish)
+    message = choice.get("message")
+    if not isinstance(message, Mapping):
+        raise FormatError("a chat completion's choice has a message")
+    content = message.get("content")
+    calls = message.get("tool_calls") or []
+    if (content is not None and not isinstance(content, str)) or not isinstance(calls, list):
+        raise FormatError("the message's content is text or null and its tool_calls a list")
+    return CompletionOutput(content=content, tool_calls=tuple(calls), finish_reason=finish)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifiedCompletion:
+    """What verification established: the checkpoint, the nodes, the receipts' predicates,
+    the trust level they sign, the checks that passed, and what was taken on a signature."""
+
+    evidence: CompletionEvidence
+    checkpoint: Checkpoint
+    nodes: Mapping[str, NodeDescriptor]
+    predicates: tuple[CompletionPredicate, ...]
+    trust: Trust
+    model: Digest | None
+    checks: tuple[str, ...] = COMPLETION_CHECKS
+    notes: tuple[str, ...] = ()
+
+    def summary(self) -> str:
+        e = self.evidence
+        model = self.model.to_text() if self.model is not None else "relayed"
+        text = (
+            f"completion OK: {e.id} of model {model} under {e.policy} ({self.trust}), "
+            f"{e.verdict.outcome} by {len(e.verdict.agreeing)} of {len(self.predicates)} "
+            f"nodes; entry {e.log.index} in the log of {self.checkpoint.size} "
+            f"({self.checkpoint.origin}); checks: {', '.join(self.checks)}"
+        )
+        return "; ".join((text, *self.notes))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "id": self.evidence.id,
+            "model": None if self.model is None else self.model.to_text(),
+            "policy": self.evidence.policy,
+            "trust": self.trust,
+            "verdict": self.evidence.verdict.to_json(),
+            "log": {
+                "index": self.evidence.log.index,
+                "size": self.checkpoint.size,
+                "origin": self.checkpoint.origin,
+            },
+            "nodes": {nid: d.operator for nid, d in sorted(self.nodes.items())},
+            "checks": list(self.checks),
+            "notes": list(self.notes),
+        }
+
+
+def _statement_type(receipt: Envelope) -> str:
+    try:
+        return Statement.from_bytes(receipt.payload).predicate_type
+    except FormatError as exc:
+        raise VerificationError(
+            "a receipt's payload is not an in-toto statement",
+            check="signature",
+            reason=exc.message,
+        ) from exc
+
+
+def _signer(receipt: Envelope, nodes: Mapping[str, NodeDescriptor]) -> NodeDescriptor:
+    claimed = receipt_node_id(receipt)
+    descriptor = nodes.get(claimed or "")
+    if descriptor is None:
+        raise SignatureError(
+            "a receipt is from a node whose registration is not in the evidence",
+            check="signature",
+            node=claimed or "unnamed",
+        )
+    return descriptor
+
+
+def _open(
+    receipt: Envelope, nodes: Mapping[str, NodeDescriptor]
+) -> tuple[CompletionPredicate, Digest]:
+    """Step 1b for a completion receipt: its signature under the node key the log holds."""
+    descriptor = _signer(receipt, nodes)
+    try:
+        predicate, output = open_completion(receipt, descriptor.key)
+    except SignatureError:
+        raise
+    except VerificationError as exc:
+        raise VerificationError(
+            "a receipt is not a well-formed completion receipt",
+            check="signature",
+            node=descriptor.node_id,
+            reason=exc.diagnostics(),
+        ) from exc
+    if predicate.node_id != descriptor.key.key_id:
+        raise SignatureError(
+            "a receipt names another node than its signer",
+            check="signature",
+            node=descriptor.node_id,
+        )
+    return predicate, output
+
+
+def _check_models(
+    evidence: CompletionEvidence, predicates: Sequence[CompletionPredicate], model: Digest | None
+) -> tuple[Trust, Digest | None]:
+    """Step 2: one trust level, one model (the requested one), this request id and policy."""
+    trusts = {p.trust for p in predicates}
+    if len(trusts) != 1:
+        raise VerificationError(
+            "the receipts mix trust levels", check="model-digest", trust=",".join(sorted(trusts))
+        )
+    trust: Trust = predicates[0].trust
+    digests = {p.model_digest for p in predicates}
+    if len(digests) != 1:
+        raise VerificationError(
+            "the receipts are for different models", check="model-digest", models=len(digests)
+        )
+    signed = predicates[0].model_digest
+    if trust == "reexecutable":
+        if signed is None:
+            raise VerificationError(
+                "a re-executable receipt must name its model digest", check="model-digest"
+            )
+        if model is not None and signed != model:
+            raise DigestMismatch(
+                "the receipt is for another model than the one requested",
+                check="model-digest",
+                expected=model,
+                calculated=signed,
+            )
+    elif signed is not None or predicates[0].upstream is None:
+        raise VerificationError(
+            "an attested-relay receipt names its upstream, and no model digest",
+            check="model-digest",
+        )
+    elif model is not None:
+        raise VerificationError(
+            "a relay answered a request for a hub model: its receipt binds no model digest",
+            check="model-digest",
+            expected=model,
+        )
+    for p in predicates:
+        if p.request_id != evidence.id or p.policy != evidence.policy:
+            raise VerificationError(
+                "a receipt is for another request or policy",
+                check="model-digest",
+                request=p.request_id,
+                policy=p.policy,
+            )
+    return trust, signed
+
+
+def _check_request(
+    kind: Kind,
+    predicates: Sequence[CompletionPredicate],
+    request: Mapping[str, Any] | None,
+    model: Digest | None,
+) -> Digest:
+    """Step 3: the canonical request of what was sent hashes to every receipt's digest."""
+    digests = {p.request_digest for p in predicates}
+    if len(digests) != 1:
+        raise VerificationError(
+            "the receipts do not share one request digest",
+            check="request-digest",
+            digests=len(digests),
+        )
+    signed = next(iter(digests))
+    if request is None or model is None:
+        return signed
+    seed = predicates[0].sampling.seed if predicates[0].sampling is not None else None
+    try:
+        canonical = canonical_request(kind, model, request, seed=seed)
+    except FormatError as exc:
+        raise VerificationError(
+            "the request sent cannot be rebuilt in canonical form",
+            check="request-digest",
+            reason=exc.diagnostics(),
+        ) from exc
+    calculated = canonical_digest(canonical)
+    if calculated != signed:
+        raise DigestMismatch(
+            "the receipt is for another request than the one sent",
+            check="request-digest",
+            expected=signed,
+            calculated=calculated,
+        )
+    return signed
+
+
+def _check_prompt(
+    kind: Kind, evidence: CompletionEvidence, predicates: Sequence[CompletionPredicate]
+) -> None:
+    """Step 4: the prompt token ids sent are the ones every receipt signs (an embedding
+    signs one id list per input)."""
+    count = sum(len(p) for p in evidence.prompt_tokens)
+    if kind == "embedding":
+        calculated = prompt_digest([list(p) for p in evidence.prompt_tokens])
+    else:
+        calculated = token_digest([t for p in evidence.prompt_tokens for t in p])
+    for p in predicates:
+        if p.prompt_digest != calculated or p.prompt_count != count:
+            raise DigestMismatch(
+                "the prompt tokens sent are not the ones the receipt signs",
+                check="prompt-tokens",
+                expected=f"{p.prompt_digest.to_text()} ({p.prompt_count} tokens)",
+                calculated=f"{calculated.to_text()} ({count} tokens)",
+            )
+
+
+def _check_output(
+    kind: Kind,
+    evidence: CompletionEvidence,
+    output: CompletionOutput,
+    answers: Sequence[tuple[CompletionPredicate, Digest]],
+) -> None:
+    """Step 5: the answer's output hashes to the verdict's digest, which every agreeing
+    receipt signs; the generated token count and finish reason are the signed ones."""
+    calculated = output.digest(kind, evidence.completion_tokens)
+    claimed = dict(evidence.verdict.outputs).get(SUBJECT)
+    if claimed != calculated:
+        raise DigestMismatch(
+            "the answer's output does not hash to the verdict's output digest",
+            check="output-digest",
+            expected=claimed,
+            calculated=calculated,
+        )
+    agreeing = set(evidence.verdict.agreeing)
+    for predicate, signed in answers:
+        if predicate.node_id not in agreeing:
+            continue
+        if signed != calculated:
+            raise VerificationError(
+                "an agreeing receipt signs another output",
+                check="output-digest",
+                node=predicate.node_id,
+                signed=signed,
+                calculated=calculated,
+            )
+        if kind != "embedding" and (
+            predicate.completion_count != len(evidence.completion_tokens)
+            or predicate.finish_reason != output.finish_reason
+        ):
+            raise VerificationError(
+                "the generated token count or finish reason is not the signed one",
+                check="output-digest",
+                node=predicate.node_id,
+                count=len(evidence.completion_tokens),
+                signed_count=predicate.completion_count,
+            )
+
+
+def _check_prefill(
+    evidence: CompletionEvidence,
+    checks: Sequence[Envelope],
+    nodes: Mapping[str, NodeDescriptor],
+    primary: Envelope,
+    model: Digest | None,
+) -> str:
+    """Step 7 for ``prefill``: a node signed a prefill-check report over exactly the primary
+    receipt, for the same model and request, accepting every generated token; its node id."""
+    if len(checks) != 1:
+        raise VerificationError(
+            "a prefill answer carries exactly one prefill-check receipt",
+            check="verdict",
+            got=len(checks),
+        )
+    descriptor = _signer(checks[0], nodes)
+    check = open_prefill_check(checks[0], descriptor.key)
+    wanted = Digest.of(primary.payload)
+    if check.receipt != wanted:
+        raise DigestMismatch(
+            "the prefill check is about another receipt",
+            check="verdict",
+            expected=wanted,
+            calculated=check.receipt,
+        )
+    if model is not None and check.model != model:
+        raise DigestMismatch(
+            "the prefill check ran another model",
+            check="verdict",
+            expected=model,
+            calculated=check.model,
+        )
+    if check.request_id != evidence.id:
+        raise VerificationError(
+            "the prefill check is for another request", check="verdict", got=check.request_id
+        )
+    if not check.accepted:
+        raise VerificationError(
+            "the prefill check did not accept the completion",
+            check="verdict",
+            first_failure=check.report.get("first_failure"),
+            reason=check.report.get("reason"),
+        )
+    if check.report.get("checked") != len(evidence.completion_tokens):
+        raise VerificationError(
+            "the prefill check did not check every generated token",
+            check="verdict",
+            checked=check.report.get("checked"),
+            tokens=len(evidence.completion_tokens),
+        )
+    return descriptor.node_id
+
+
+def _recompute(
+    evidence: CompletionEvidence,
+    answers: Sequence[tuple[CompletionPredicate, Digest]],
+    nodes: Mapping[str, NodeDescriptor],
+    checker: str | None = None,
+) -> Verdict:
+    """The verdict :func:`decide` gives for the verified receipts. Under ``prefill`` the
+    checking node (its signed report verified to accept) answers with the generation's
+    output, as the coordinator counts it."""
+    try:
+        policy = Policy.parse(evidence.policy)
+        triples = [(p.node_id, nodes[p.node_id].operator, {SUBJECT: d}) for p, d in answers]
+        if checker is not None:
+            triples.append((checker, nodes[checker].operator, {SUBJECT: answers[0][1]}))
+        claimed = evidence.verdict
+        return decide(policy, triples, spot=claimed.spot, disputes=claimed.disputes)
+    except FormatError as exc:
+        raise VerificationError(
+            "the verdict cannot be recomputed", check="verdict", reason=exc.diagnostics()
+        ) from exc
+
+
+def _as_result(evidence: CompletionEvidence, model: Digest) -> InferenceResult:
+    """The answer in the shape the shared log checks take (node keys, the inference entry)."""
+    return InferenceResult(
+        id=evidence.id,
+        model=model,
+        policy=evidence.policy,
+        outputs={},
+        receipts=evidence.receipts,
+        verdict=evidence.verdict,
+        log=evidence.log,
+        nodes=evidence.nodes,
+        request=evidence.request,
+    )
+
+
+def verify_completion(
+    response: Mapping[str, Any],
+    *,
+    log_vkey: str | NoteVerifier,
+    kind: Kind = "chat.completion",
+    request: Mapping[str, Any] | None = None,
+    model: Digest | None = None,
+    witnesses: Sequence[CosignatureVerifier] = (),
+    quorum: int = 0,
+    nodes: Sequence[NodeEvidence] | None = None,
+) -> VerifiedCompletion:
+    """Verify an OpenAI-compatible answer (``response``: the JSON body, with its ``veriml``
+    member) and its log evidence; raise :class:`VerificationError` on any failure.
+
+    ``log_vkey`` is the log's note verifier key you pinned (text or ``NoteVerifier``).
+    ``kind`` is ``chat.completion``, ``text_completion`` or ``embedding``. ``request`` is the
+    OpenAI request body this client sent and ``model`` the digest it asked for: with both, the
+    canonical request is rebuilt and must be the one every receipt signs (without them the
+    answer is checked for itself, not for being the answer to your request, and the notes say
+    so). ``nodes`` (the SDK fetches them) replaces the answer's node list with registration
+    entries and their inclusion proofs at the answer's checkpoint.
+    """
+    log_key = pin_log_key(log_vkey)
+    evidence = CompletionEvidence.from_json(response.get("veriml"))
+    if nodes is not None:
+        evidence = evidence.with_nodes(nodes)
+    output = completion_output(kind, response)
+    # 0. The checkpoint, signed by the pinned log key (and the witness quorum).
+    signed = open_checkpoint_note(
+        evidence.log.checkpoint, log_key, witnesses=witnesses, quorum=quorum
+    )
+    cp = signed.checkpoint
+    # 1. Node keys from the log; every receipt signed by one of them.
+    placeholder = Digest.of(b"")  # the node checks read only ids, indices and entries
+    descriptors = _node_descriptors(_as_result(evidence, placeholder), cp)
+    types = [_statement_type(r) for r in evidence.receipts]
+    unknown = sorted({t for t in types if t not in (COMPLETION_PREDICATE_TYPE, PREFILL_TYPE)})
+    completions = [r for r, t in zip(evidence.receipts, types, strict=True) if t != PREFILL_TYPE]
+    prefills = [r for r, t in zip(evidence.receipts, types, strict=True) if t == PREFILL_TYPE]
+    if unknown or not completions:
+        raise VerificationError(
+            "the answer's receipts are not completion receipts",
+            check="signature",
+            types=",".join(unknown) or None,
+        )
+    answers = [_open(r, descriptors) for r in completions]
+    predicates = tuple(p for p, _ in answers)
+    # 2. The model (the one asked for), the request id and the policy.
+    trust, signed_model = _check_models(evidence, predicates, model)
+    # 3. The request, rebuilt from what was sent with the seed the receipt records.
+    request_digest = _check_request(kind, predicates, request, model or signed_model)
+    # 4. The prompt tokens.
+    _check_prompt(kind, evidence, predicates)
+    # 5. The output.
+    _check_output(kind, evidence, output, answers)
+    # 6. The inference entry, rebuilt byte for byte, is in the log.
+    entry_model = signed_model if signed_model is not None else evidence.model
+    if entry_model is None:
+        raise VerificationError(
+            "a relayed answer names the model entry it was logged under", check="inclusion"
+        )
+    try:
+        entry = inference_entry(_as_result(evidence, entry_model), request_digest).to_bytes()
+    except FormatError as exc:
+        raise VerificationError(
+            "the inference entry cannot be rebuilt", check="inclusion", reason=exc.diagnostics()
+        ) from exc
+    _prove(entry, evidence.log.index, evidence.log.inclusion_proof, cp, "inclusion")
+    # 7. The verdict follows from the receipts, and accepts.
+    checker = None
+    if evidence.policy == "prefill":
+        checker = _check_prefill(evidence, prefills, descriptors, completions[0], signed_model)
+    elif prefills:
+        raise VerificationError("only a prefill answer carries prefill checks", check="verdict")
+    recomputed = _recompute(evidence, answers, descriptors, checker)
+    check_verdict(evidence.verdict, recomputed)
+    notes: list[str] = []
+    if trust == "attested-relay":
+        notes.append(
+            "attested-relay: a relay node signed what its upstream answered; there is no model "
+            "digest and nothing to re-execute, so the answer is as good as that node's word"
+        )
+    if request is None or model is None:
+        notes.append("the request digest was taken as signed: no request given to rebuild it")
+    return VerifiedCompletion(
+        evidence, cp, descriptors, predicates, trust, signed_model, COMPLETION_CHECKS, tuple(notes)
+    )
