@@ -9,6 +9,11 @@
 
     verify_inference_file(Path("answer.json"), log_vkey=vkey)         # offline
 
+LLM answers come through the OpenAI-compatible API (docs/llm.md)::
+
+    reply = client.chat("smollm2", [{"role": "user", "content": "Hi"}], max_tokens=16)
+    reply.content, reply.trust, reply.verified    # verified like infer(); see verify_completion
+
 Every answer is verified before it is returned (issue 4 §3): receipt signatures against node
 keys proven in the log, the model digest, the output digests, the inference entry's inclusion
 under a checkpoint signed by the pinned log key (and witnesses), and the policy verdict. Any
@@ -43,7 +48,9 @@ from veriml.client._verify import CHECKS, POLICY_CHECKS, VerifiedInference, veri
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from veriml.client._client import AsyncClient, Client
+    from veriml.client._chat import ChatResult
+    from veriml.client._client import AsyncClient, ChatStream, Client
+    from veriml.client._completions import COMPLETION_CHECKS, VerifiedCompletion, verify_completion
     from veriml.client._disputes import Challenger
     from veriml.client._local import LocalNetwork
     from veriml.client._watch import Watcher
@@ -53,11 +60,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHECKS",
+    "COMPLETION_CHECKS",
     "NETWORK_FILE",
     "POLICY_CHECKS",
     "AnswerOutputs",
     "AsyncClient",
     "Challenger",
+    "ChatResult",
+    "ChatStream",
     "Client",
     "InferenceResult",
     "LocalNetwork",
@@ -65,6 +75,7 @@ __all__ = [
     "NetworkFile",
     "NodeEvidence",
     "Verification",
+    "VerifiedCompletion",
     "VerifiedInference",
     "Watcher",
     "default_home",
@@ -72,6 +83,7 @@ __all__ = [
     "pin_log_key",
     "read_network_file",
     "resolve_url",
+    "verify_completion",
     "verify_inference",
     "verify_inference_file",
     "write_network_file",
@@ -102,14 +114,19 @@ def verify_inference_file(
 
 
 def __getattr__(name: str) -> object:
-    # The HTTP clients, the local-network launcher, the challenger and the watcher load on
-    # first use.
+    # The HTTP clients, the local-network launcher, the challenger, the watcher and the
+    # completion (LLM) verification load on first use.
     modules = {
         "Client": "_client",
         "AsyncClient": "_client",
         "LocalNetwork": "_local",
         "Challenger": "_disputes",
         "Watcher": "_watch",
+        "ChatStream": "_client",
+        "ChatResult": "_chat",
+        "COMPLETION_CHECKS": "_completions",
+        "VerifiedCompletion": "_completions",
+        "verify_completion": "_completions",
     }
     if name in modules:
         import importlib

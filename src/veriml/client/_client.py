@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-from collections.abc import Mapping, Sequence
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,15 @@ from urllib.parse import urlsplit
 
 import httpx
 
+from veriml.client._chat import (
+    ChatResult,
+    LLMRequest,
+    StreamAssembler,
+    canonical_policy,
+    openai_error,
+    parse_sse,
+)
+from veriml.client._completions import Kind, VerifiedCompletion, verify_completion
 from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
@@ -36,6 +46,7 @@ from veriml.core.errors import (
     LimitExceeded,
     LogInconsistency,
     NodeUnavailable,
+    NotFound,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
@@ -44,7 +55,7 @@ from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "Client", "raise_for_problem"]
+__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "ChatStream", "Client", "raise_for_problem"]
 
 DEFAULT_TIMEOUT = 60.0
 MAX_ANSWER_BYTES = 256 << 20
@@ -100,6 +111,40 @@ def _tensor(wanted: Digest, data: bytes) -> Array:
     return tensor_from_canonical(data)
 
 
+def _llm_request(
+    kind: Kind,
+    model: str,
+    payload: Mapping[str, Any],
+    params: Mapping[str, Any],
+    policy: str,
+    request_id: str | None,
+) -> LLMRequest:
+    """The OpenAI request body: the model, the prompt member, then the caller's parameters
+    as given (the coordinator validates them; unset ones are left to its defaults)."""
+    if not isinstance(model, str) or not model:
+        raise FormatError("a model is a hub name, name@version or digest")
+    reserved = sorted(set(params) & {"model", "messages", "prompt", "input", "veriml"})
+    if reserved:
+        raise FormatError("parameters repeat a request member", members=",".join(reserved))
+    body = {"model": model, **payload, **{k: v for k, v in params.items() if v is not None}}
+    return LLMRequest(kind, body, canonical_policy(policy), request_id or str(uuid.uuid4()))
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    """An OpenAI answer's JSON body, or the veriml error its error object stands for."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if response.status_code >= 400:
+        raise openai_error(response.status_code, body, str(response.request.url))
+    if len(response.content) > MAX_ANSWER_BYTES:
+        raise LimitExceeded("the answer is too large", limit=MAX_ANSWER_BYTES)
+    if not isinstance(body, dict):
+        raise FormatError("the coordinator's answer is not a JSON object")
+    return body
+
+
 class _Base:
     def __init__(
         self,
@@ -124,6 +169,8 @@ class _Base:
         # The largest checkpoint this client has seen: every later one must extend it.
         self._latest: SignedCheckpoint | None = None
         self._latest_lock = threading.Lock()
+        # Model references resolved to digests through the hub (None: not a hub model).
+        self._models: dict[str, Digest | None] = {}
 
     def _check_consistent(self, signed: SignedCheckpoint) -> None:
         """Online only: the answer's tree and the largest one seen before are one history
@@ -234,6 +281,58 @@ class _Base:
         if not (self.verify if verify is None else verify):
             return result
         return self._verify_result(result, expect)
+
+    def _llm_headers(self, request: LLMRequest, content: bytes) -> dict[str, str]:
+        headers = request.headers()
+        if self.key is not None:
+            digest = Digest.of(content)
+            headers |= request_headers(self.key, "POST", self._prefix + request.path, digest)
+        return headers
+
+    def _verify_llm(
+        self, request: LLMRequest, body: Mapping[str, Any], model: Digest | None
+    ) -> VerifiedCompletion:
+        """Like :meth:`_verify_result` for an OpenAI-style answer: node registrations fetched
+        and proven at the answer's checkpoint, then :func:`verify_completion` against the
+        request this client sent, and the checkpoint kept consistent with earlier ones."""
+        from veriml.client._completions import CompletionEvidence
+
+        key = self._pinned()
+        evidence = CompletionEvidence.from_json(body.get("veriml"))
+        signed = open_checkpoint_note(
+            evidence.log.checkpoint, key, witnesses=self.witnesses, quorum=self.quorum
+        )
+        log = self._log_client()
+        nodes: list[NodeEvidence] = []
+        for node in evidence.nodes:
+            if not 0 <= node.log_index < signed.checkpoint.size:
+                raise VerificationError(
+                    "a node's registration is not in the answer's checkpoint",
+                    check="node-key",
+                    node=node.id,
+                    index=node.log_index,
+                )
+            entry, proof = log.entry(node.log_index, signed)
+            nodes.append(NodeEvidence(node.id, node.log_index, entry, tuple(proof)))
+        verified = verify_completion(
+            body,
+            log_vkey=key,
+            kind=request.kind,
+            request=request.body,
+            model=model,
+            witnesses=self.witnesses,
+            quorum=self.quorum,
+            nodes=nodes,
+        )
+        request.check(verified)
+        self._check_consistent(signed)
+        return verified
+
+    def _remember_model(self, ref: str, model: Mapping[str, Any] | None) -> Digest | None:
+        digest = None if model is None else model.get("digest")
+        value = None if digest is None else Digest.from_text(str(digest))
+        self._models[ref] = value
+        return value
 
     def _close_log(self) -> None:
         if self._log is not None:
@@ -418,6 +517,117 @@ class Client(_Base):
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         return _tensor(wanted, bytes(data))
 
+    # -- LLM inference: the OpenAI-compatible API (docs/llm.md) -------------------------------
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        policy: str = "none",
+        stream: bool = False,
+        verify: bool | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> ChatResult | ChatStream:
+        """``POST /v1/chat/completions``: ``messages`` answered by ``model`` (hub name,
+        name@version or digest) under ``policy``, verified unless ``verify=False``.
+
+        ``params`` are the OpenAI client's: ``temperature``, ``top_p``, ``max_tokens``,
+        ``seed``, ``stop``, ``tools``, ``tool_choice``, ``response_format``, ... They are sent
+        as given, and the receipt must sign the canonical request they make (docs/llm.md).
+        With ``stream=True`` the answer is a :class:`ChatStream`: iterate it for text deltas;
+        its ``result`` is verified once the stream ends, and a stream whose final ``veriml``
+        event is missing or wrong raises instead of ending quietly.
+
+        >>> reply = client.chat("smollm2", [{"role": "user", "content": "Hi"}],
+        ...                     max_tokens=16)  # doctest: +SKIP
+        >>> reply.content, reply.trust, reply.verified  # doctest: +SKIP
+        """
+        payload = {"messages": [dict(m) for m in messages]}
+        request = _llm_request("chat.completion", model, payload, params, policy, request_id)
+        return self._llm(request, stream, verify)
+
+    def complete(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        policy: str = "none",
+        stream: bool = False,
+        verify: bool | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> ChatResult | ChatStream:
+        """``POST /v1/completions``: raw-text completion of ``prompt``; as :meth:`chat`."""
+        request = _llm_request(
+            "text_completion", model, {"prompt": prompt}, params, policy, request_id
+        )
+        return self._llm(request, stream, verify)
+
+    def embed(
+        self,
+        model: str,
+        input: str | Sequence[str],
+        *,
+        policy: str = "none",
+        verify: bool | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """``POST /v1/embeddings``: one vector per input text (``result.embeddings``),
+        verified against the receipts' output digests."""
+        value = input if isinstance(input, str) else list(input)
+        request = _llm_request("embedding", model, {"input": value}, params, policy, request_id)
+        result = self._llm(request, False, verify)
+        assert isinstance(result, ChatResult)
+        return result
+
+    def _llm(
+        self, request: LLMRequest, stream: bool, verify: bool | None
+    ) -> ChatResult | ChatStream:
+        body = dict(request.body) | ({"stream": True} if stream else {})
+        wire = replace(request, body=body)
+        content = wire.content()
+        headers = self._llm_headers(wire, content)
+        try:
+            if stream:
+                sent = self._http.build_request("POST", wire.path, content=content, headers=headers)
+                response = self._http.send(sent, stream=True)
+            else:
+                response = self._http.post(wire.path, content=content, headers=headers)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        if stream:
+            if response.status_code >= 400:
+                try:
+                    response.read()
+                finally:
+                    response.close()
+                _json_body(response)
+            return ChatStream(self, wire, response, verify)
+        return self._llm_result(wire, _json_body(response), verify)
+
+    def _llm_result(
+        self, request: LLMRequest, body: Mapping[str, Any], verify: bool | None
+    ) -> ChatResult:
+        if not (self.verify if verify is None else verify):
+            return ChatResult.of(request.kind, body)
+        verified = self._verify_llm(request, body, self._model_digest(request.model))
+        return ChatResult.of(request.kind, body, verified)
+
+    def _model_digest(self, ref: str) -> Digest | None:
+        """The digest ``ref`` names: itself, or the hub's model of that name (cached). A
+        model the hub does not hold (a relay's upstream name) has none."""
+        if ref.startswith("sha256:"):
+            return Digest.from_text(ref)
+        if ref not in self._models:
+            try:
+                return self._remember_model(ref, self.model(ref))
+            except NotFound:
+                return self._remember_model(ref, None)
+        return self._models[ref]
+
 
 class AsyncClient(_Base):
     """The asyncio twin of :class:`Client` (same arguments and methods, awaited)."""
@@ -569,6 +779,74 @@ class AsyncClient(_Base):
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         return _tensor(wanted, bytes(data))
 
+    async def chat(
+        self,
+        model: str,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        policy: str = "none",
+        verify: bool | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        """As :meth:`Client.chat`, without streaming (use :class:`Client` to stream)."""
+        payload = {"messages": [dict(m) for m in messages]}
+        request = _llm_request("chat.completion", model, payload, params, policy, request_id)
+        return await self._llm(request, verify)
+
+    async def complete(
+        self,
+        model: str,
+        prompt: str,
+        *,
+        policy: str = "none",
+        verify: bool | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        request = _llm_request(
+            "text_completion", model, {"prompt": prompt}, params, policy, request_id
+        )
+        return await self._llm(request, verify)
+
+    async def embed(
+        self,
+        model: str,
+        input: str | Sequence[str],
+        *,
+        policy: str = "none",
+        verify: bool | None = None,
+        request_id: str | None = None,
+        **params: Any,
+    ) -> ChatResult:
+        value = input if isinstance(input, str) else list(input)
+        request = _llm_request("embedding", model, {"input": value}, params, policy, request_id)
+        return await self._llm(request, verify)
+
+    async def _llm(self, request: LLMRequest, verify: bool | None) -> ChatResult:
+        if request.body.get("stream"):
+            raise FormatError("AsyncClient does not stream; use Client.chat(..., stream=True)")
+        content = request.content()
+        headers = self._llm_headers(request, content)
+        response = await self._request("POST", request.path, content=content, headers=headers)
+        body = _json_body(response)
+        if not (self.verify if verify is None else verify):
+            return ChatResult.of(request.kind, body)
+        model = await self._model_digest(request.model)
+        # Verification reads log tiles and checks signatures: off the event loop.
+        verified = await asyncio.to_thread(self._verify_llm, request, body, model)
+        return ChatResult.of(request.kind, body, verified)
+
+    async def _model_digest(self, ref: str) -> Digest | None:
+        if ref.startswith("sha256:"):
+            return Digest.from_text(ref)
+        if ref not in self._models:
+            try:
+                return self._remember_model(ref, await self.model(ref))
+            except NotFound:
+                return self._remember_model(ref, None)
+        return self._models[ref]
+
     async def _answer_async(
         self, response: httpx.Response, verify: bool | None, expect: Expected | None = None
     ) -> InferenceResult:
@@ -576,3 +854,60 @@ class AsyncClient(_Base):
             return self._answer(response, False)
         # Verification reads log tiles and checks signatures: off the event loop.
         return await asyncio.to_thread(self._answer, response, True, expect)
+
+
+class ChatStream:
+    """A streamed completion: iterate it for the text deltas as they arrive; once the stream
+    ends, ``result`` is the verified :class:`ChatResult` (as a non-streaming call returns).
+
+    Verification happens at the end, on everything that was shown: content, tool calls and
+    finish reason rebuilt from the chunks must hash to what the receipts sign. It fails
+    closed: no final ``veriml`` event, a chunk after it, or an answer that does not verify
+    raises from the iteration, so a caller who reads to the end never sees an unverified
+    stream pass as verified. Close it (or use ``with``) to abandon it early.
+    """
+
+    def __init__(
+        self, client: Client, request: LLMRequest, response: httpx.Response, verify: bool | None
+    ) -> None:
+        self._client = client
+        self._request = request
+        self._response = response
+        self._verify = verify
+        self._assembler = StreamAssembler(request.kind)
+        self._result: ChatResult | None = None
+
+    @property
+    def result(self) -> ChatResult:
+        """The verified answer; only once the stream has been read to its end."""
+        if self._result is None:
+            raise VerificationError("the stream has not been read to its end", check="stream")
+        return self._result
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return self._assembler.text
+
+    def __iter__(self) -> Iterator[str]:
+        try:
+            for event, data in parse_sse(self._response.iter_lines()):
+                piece = self._assembler.feed(event, data)
+                if piece:
+                    yield piece
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(
+                "the stream broke off", url=self._client.url, reason=str(exc)
+            ) from exc
+        finally:
+            self._response.close()
+        self._result = self._client._llm_result(self._request, self._assembler.body(), self._verify)
+
+    def close(self) -> None:
+        self._response.close()
+
+    def __enter__(self) -> ChatStream:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
