@@ -2,6 +2,13 @@
 DSSE/in-toto envelopes and the error hierarchy. Pure logic; the only I/O is key files."""
 
 from veriml.core.canonical import canonical_digest, canonicalize, parse_json_object
+from veriml.core.completion import (
+    COMPLETION_PREDICATE_TYPE,
+    CompletionPredicate,
+    Sampling,
+    open_completion,
+    sign_completion,
+)
 from veriml.core.digest import Digest, sha256_stream
 from veriml.core.dsse import (
     INTOTO_PAYLOAD_TYPE,
@@ -23,19 +30,22 @@ from veriml.core.keys import (
 from veriml.core.tensors import (
     canonical_tensor_bytes,
     tensor_digest,
-    tensor_from_json,
     tensor_from_canonical,
+    tensor_from_json,
     tensor_from_npy,
     tensor_to_json,
     tensor_to_npy,
 )
 
 __all__ = [
+    "COMPLETION_PREDICATE_TYPE",
     "INTOTO_PAYLOAD_TYPE",
     "STATEMENT_TYPE",
+    "CompletionPredicate",
     "Digest",
     "Envelope",
     "KeyKind",
+    "Sampling",
     "Signature",
     "SigningKey",
     "Statement",
@@ -47,12 +57,14 @@ __all__ = [
     "generate_key",
     "load_private_key",
     "load_public_key",
+    "open_completion",
     "pae",
     "parse_json_object",
     "sha256_stream",
+    "sign_completion",
     "tensor_digest",
-    "tensor_from_json",
     "tensor_from_canonical",
+    "tensor_from_json",
     "tensor_from_npy",
     "tensor_to_json",
     "tensor_to_npy",

@@ -9,7 +9,8 @@ checks verdicts with :mod:`veriml.verify.policy`.
 
 - :mod:`veriml.verify.policy`: policies, spot-check commit-reveal, verdicts, :func:`decide`;
 - :mod:`veriml.verify.tolerance`: per-operator error bounds and tolerance comparison;
-- :mod:`veriml.verify.dispute`: trace layout, reveal checks, bisection and the referee.
+- :mod:`veriml.verify.dispute`: trace layout, reveal checks, bisection and the referee;
+- :mod:`veriml.verify.prefill`: the prefill check of LLM completions (one batched pass).
 """
 
 from __future__ import annotations
@@ -22,17 +23,20 @@ __all__ = [
     "DisputeRef",
     "OutputBounds",
     "Policy",
+    "PrefillReport",
     "RefereeDecision",
     "SpotReveal",
     "TraceLayout",
     "Verdict",
     "VerifiedReceipt",
+    "check_completion",
     "check_reveal",
     "check_spot",
     "check_verdict",
     "decide",
     "output_bounds",
     "outputs_agree",
+    "prefill_check",
     "referee",
     "spot_checked",
     "spot_commitment",
@@ -54,6 +58,9 @@ _HOMES = {
     "OutputBounds": "tolerance",
     "output_bounds": "tolerance",
     "outputs_agree": "tolerance",
+    "PrefillReport": "prefill",
+    "check_completion": "prefill",
+    "prefill_check": "prefill",
     "Bisection": "dispute",
     "RefereeDecision": "dispute",
     "TraceLayout": "dispute",
@@ -81,6 +88,7 @@ if TYPE_CHECKING:
         spot_checked,
         spot_commitment,
     )
+    from veriml.verify.prefill import PrefillReport, check_completion, prefill_check
     from veriml.verify.tolerance import OutputBounds, output_bounds, outputs_agree
 
 
