@@ -6,23 +6,24 @@ The rest of the coordinator answers RFC 9457 problem JSON; ``/v1/chat/completion
     {"error": {"message": "...", "type": "invalid_request_error", "param": "temperature",
                "code": null}}
 
-One pure mapping, :func:`openai_error`, turns a veriml error into a status and that object:
+One pure mapping, :func:`openai_error`, turns a veriml error into a status and that object::
 
-=====================================  ======  ========================  =========================
-error                                  status  type                      code
-=====================================  ======  ========================  =========================
-``NotFound`` (the model)               404     invalid_request_error     model_not_found
-``LimitExceeded`` on the prompt        400     invalid_request_error     context_length_exceeded
-``LimitExceeded`` on ``max_tokens``    400     invalid_request_error     max_tokens_exceeded
-``LimitExceeded`` (request body)       413     invalid_request_error     request_too_large
-other ``FormatError``, ``InvalidInput``  400     invalid_request_error     (none)
-``SignatureError`` (request signed)    403     permission_error          invalid_signature
-``Conflict`` (funds, idempotency)      409     invalid_request_error     conflict
-``NodeUnavailable``                    503     service_unavailable_error no_nodes_available
-a node refusing the job (4xx)          400     invalid_request_error     (the node's)
-other ``VerificationError``            502     upstream_error            verification_failed
-anything else                          500     server_error              (none)
-=====================================  ======  ========================  =========================
+    error                                       status  type / code
+    NotFound (the model)                        404     invalid_request_error / model_not_found
+    LimitExceeded on the prompt, or a node's
+      413 (prompt + max_tokens over context)    400     invalid_request_error /
+                                                        context_length_exceeded
+    LimitExceeded on max_tokens                 400     invalid_request_error / max_tokens_exceeded
+    LimitExceeded (request body)                413     invalid_request_error / request_too_large
+    other FormatError, InvalidInput, or a node
+      refusing a named request member           400     invalid_request_error / (none)
+    SignatureError (a signed request)           403     permission_error / invalid_signature
+    Conflict (funds)                            409     invalid_request_error / conflict
+    NodeUnavailable                             503     service_unavailable_error /
+                                                        no_nodes_available
+    a node refusing the job for its own reasons 502     upstream_error / node_refused
+    other VerificationError                     502     upstream_error / verification_failed
+    anything else                               500     server_error / (none)
 
 ``param`` is the request member at fault when the error's evidence names it (``param=``).
 A node that refuses a job for a client error (its prompt does not fit the context, say) is
@@ -97,8 +98,10 @@ def _refused(exc: NodeRefused) -> OpenAIError:
     problem = exc.problem
     param, error, detail = problem.get("param"), problem.get("error"), exc.detail
     message = f"{detail} (node {exc.node})" if detail else f"node {exc.node} refused the job"
-    if error == "LimitExceeded":
-        code = problem.get("code") or _limit_code(param)
+    if error == "LimitExceeded" or exc.status == 413:
+        # Prompt and max_tokens together do not fit the node's context: OpenAI's
+        # context_length_exceeded, whichever member the node names.
+        code = problem.get("code") or "context_length_exceeded"
         return 400, _body(message, "invalid_request_error", param, code)
     if error in ("FormatError", "InvalidInput", "InvalidModel") or isinstance(param, str):
         return 400, _body(message, "invalid_request_error", param, problem.get("code"))

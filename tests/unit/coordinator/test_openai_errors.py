@@ -71,6 +71,16 @@ def test_a_node_refusing_an_overlong_prompt_is_the_clients_context_overflow() ->
     assert "3000 > 2048" in body["error"]["message"]
 
 
+def test_a_node_whose_context_cannot_hold_prompt_and_max_tokens_is_context_overflow() -> None:
+    refusal = _refused(413, param="max_tokens", detail="prompt plus max_tokens exceeds the context")
+    status, body = openai_error(refusal)
+    assert (status, body["error"]["code"], body["error"]["param"]) == (
+        400,
+        "context_length_exceeded",
+        "max_tokens",
+    )
+
+
 def test_a_node_refusing_a_parameter_names_it() -> None:
     status, body = openai_error(_refused(400, error="FormatError", param="top_p", detail="bad"))
     assert (status, body["error"]["param"], body["error"]["type"]) == (
