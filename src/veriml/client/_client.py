@@ -290,7 +290,12 @@ class _Base:
         return headers
 
     def _verify_llm(
-        self, request: LLMRequest, body: Mapping[str, Any], model: Digest | None
+        self,
+        request: LLMRequest,
+        body: Mapping[str, Any],
+        model: Digest | None,
+        *,
+        check_policy: bool = True,
     ) -> VerifiedCompletion:
         """Like :meth:`_verify_result` for an OpenAI-style answer: node registrations fetched
         and proven at the answer's checkpoint, then :func:`verify_completion` against the
@@ -324,7 +329,8 @@ class _Base:
             quorum=self.quorum,
             nodes=nodes,
         )
-        request.check(verified)
+        if check_policy:
+            request.check(verified)
         self._check_consistent(signed)
         return verified
 
@@ -582,6 +588,21 @@ class Client(_Base):
         result = self._llm(request, False, verify)
         assert isinstance(result, ChatResult)
         return result
+
+    def verify_completion(
+        self,
+        body: Mapping[str, Any],
+        *,
+        request: Mapping[str, Any],
+        kind: Kind = "chat.completion",
+    ) -> VerifiedCompletion:
+        """Verify an answer obtained another way (the official ``openai`` client's raw body,
+        a saved response) as :meth:`chat` verifies its own: node registrations fetched from
+        the log, then :func:`veriml.client.verify_completion` against ``request``, the
+        OpenAI body that was sent (its ``model`` resolved through the hub)."""
+        model = str(request.get("model", ""))
+        sent = LLMRequest(kind, dict(request), "none", "")
+        return self._verify_llm(sent, body, self._model_digest(model), check_policy=False)
 
     def _llm(
         self, request: LLMRequest, stream: bool, verify: bool | None
