@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 
 from veriml.cli import (
+    chat,
     demo,
     infer,
     key,
@@ -49,6 +50,7 @@ def _root(
 
 for _module in (key, model, run, log, witness, serve, up, publish, infer, ledger, demo, watch):
     _module.register(app)
+chat.register(app)
 
 
 def main() -> None:
