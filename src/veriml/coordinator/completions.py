@@ -62,17 +62,19 @@ from veriml.core.completion import (
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
+from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
+    Conflict,
     DigestMismatch,
     Error,
     FormatError,
     InvalidTensor,
     NodeUnavailable,
+    NotFound,
     VerificationError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey
-from veriml.core.tensors import tensor_from_json
+from veriml.core.tensors import tensor_from_json, tensor_to_json
 from veriml.ledger.entries import InferenceEntry
 from veriml.protocol.messages import Job, format_time, open_prefill_check
 from veriml.tlog.log import Log
@@ -219,6 +221,9 @@ class Prepared:
     candidates: tuple[Candidate, ...]
     extra: Mapping[str, str] = field(default_factory=dict)
     secret: bytes | None = None
+    stored: CompletionAnswer | None = None
+    """An answer already given for this ``Idempotency-Key`` and request: :meth:`run` returns
+    it without asking any node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -504,6 +509,38 @@ def check_prefill(
     return _PrefillCheck(node, receipt, {OUTPUT: vouched})
 
 
+def _output_json(answer: NodeAnswer) -> dict[str, Any]:
+    if answer.embeddings:
+        return {"embeddings": [tensor_to_json(v) for v in answer.embeddings]}
+    return {
+        "content": answer.content,
+        "tool_calls": [dict(c) for c in answer.tool_calls],
+        "finish_reason": answer.finish_reason,
+        "receipt": answer.receipt.to_json(),
+    }
+
+
+def _from_stored(veriml: Mapping[str, Any]) -> CompletionAnswer:
+    """A stored answer (verified before it was logged) as the service returns answers."""
+    output = veriml["output"]
+    receipt = Envelope.from_json(output.get("receipt", veriml["receipts"][0]))
+    statement = Statement.from_bytes(receipt.payload)
+    embeddings = tuple(tensor_from_json(v) for v in output.get("embeddings", []))
+    prompt = veriml["prompt_tokens"]
+    answer = NodeAnswer(
+        receipt=receipt,
+        predicate=CompletionPredicate.from_json(statement.predicate),
+        output=statement.subjects[0].digest,
+        prompt_tokens=tuple(tuple(p) if isinstance(p, list) else p for p in prompt),
+        completion_tokens=tuple(veriml["completion_tokens"]),
+        content=output.get("content"),
+        tool_calls=tuple(output.get("tool_calls", ())),
+        finish_reason=output.get("finish_reason", "stop"),
+        embeddings=embeddings,
+    )
+    return CompletionAnswer(answer, dict(veriml))
+
+
 class CompletionService:
     """Runs LLM requests on nodes (see the module docstring for the steps).
 
@@ -554,7 +591,10 @@ class CompletionService:
         """Steps 1-3 without sending anything: the model, the canonical request, the policy,
         the funds and enough nodes. Every client error surfaces here, before a stream starts.
 
-        ``body`` is the OpenAI request body without the ``veriml`` member."""
+        ``body`` is the OpenAI request body without the ``veriml`` member. ``request_id`` (the
+        ``Idempotency-Key``) names the request: when an answer with that id is stored, the same
+        request (rebuilt with the stored seed) gets it back, and another request is a
+        ``Conflict``."""
         model_ref = body.get("model")
         if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
             raise FormatError(
@@ -564,6 +604,9 @@ class CompletionService:
         request_id = str(uuid.uuid4()) if request_id is None else check_request_id(request_id)
         # 1. The model and the nodes that may run it (blocking lookups, off the event loop).
         model, candidates = await asyncio.to_thread(self._lookup, model_ref)
+        stored = None
+        if request_id is not None:
+            stored = await self._stored(request_id, kind, model, body)
         # 2. The canonical request; the seed is chosen here so a quorum samples alike.
         seed = None if kind == "embedding" else secrets.randbelow(SEED_BOUND)
         canonical = canonical_request(
@@ -579,12 +622,13 @@ class CompletionService:
             policy=str(parsed),
             spot=None if secret is None else spot_commitment(secret),
         )
-        if self._ledger is not None:
-            jobs = parsed.nodes + (1 if parsed.kind == "spot" else 0)
+        if self._ledger is not None and stored is None:
+            jobs = parsed.nodes + (1 if parsed.kind in ("spot", "prefill") else 0)
             await asyncio.to_thread(self._ledger.check_funds, client, jobs)
-        prepared = Prepared(
-            job, parsed, tuple(candidates), {} if client is None else {"client": client}, secret
-        )
+        extra = {} if client is None else {"client": client}
+        if stored is not None:
+            return Prepared(job, parsed, (), extra, stored=stored)
+        prepared = Prepared(job, parsed, tuple(candidates), extra, secret)
         # 3. Enough nodes now, so a stream never starts for a request that cannot run.
         if len(self._choose(prepared, parsed.nodes, frozenset(), frozenset())) < parsed.nodes:
             raise NodeUnavailable(
@@ -595,6 +639,26 @@ class CompletionService:
                 engine=LLM_ENGINE,
             )
         return prepared
+
+    async def _stored(
+        self, request_id: str, kind: RequestKind, model: LLMModel, body: Mapping[str, Any]
+    ) -> CompletionAnswer | None:
+        """The stored answer of ``request_id`` if it answers this very request."""
+        try:
+            found = await asyncio.to_thread(self._store.recover, request_id)
+        except NotFound as exc:  # pending: its first request is still running
+            raise Conflict(
+                "a request with this Idempotency-Key is running", key=request_id
+            ) from exc
+        if found is None:
+            return None
+        digest, veriml = found
+        canonical = veriml.get("canonical_request")
+        seed = canonical.get("seed") if isinstance(canonical, Mapping) else None
+        again = canonical_request(kind, model.digest, body, seed=seed)
+        if canonical_digest(again) != digest or not isinstance(veriml.get("output"), Mapping):
+            raise Conflict("this Idempotency-Key was used for another request", key=request_id)
+        return _from_stored(veriml)
 
     def _lookup(self, ref: str) -> tuple[LLMModel, list[Candidate]]:
         model = self._resolve_model(ref)
@@ -623,15 +687,20 @@ class CompletionService:
         policy: str = "none",
         client: str | None = None,
         on_token: Callable[[TokenPiece], None] | None = None,
+        request_id: str | None = None,
     ) -> CompletionAnswer:
         """:meth:`prepare` then :meth:`run`."""
-        prepared = await self.prepare(kind, body, policy=policy, client=client)
+        prepared = await self.prepare(
+            kind, body, policy=policy, client=client, request_id=request_id
+        )
         return await self.run(prepared, on_token=on_token)
 
     async def run(
         self, prepared: Prepared, *, on_token: Callable[[TokenPiece], None] | None = None
     ) -> CompletionAnswer:
         """Steps 3-7: run on nodes (streaming tokens to ``on_token``), verify, decide, log."""
+        if prepared.stored is not None:
+            return prepared.stored
         job, policy = prepared.job, prepared.policy
         sink = None if on_token is None else TokenSink(on_token)
         first = self._choose(prepared, policy.nodes, frozenset(), frozenset())
@@ -751,6 +820,8 @@ class CompletionService:
             "prompt_tokens": [list(p) if isinstance(p, tuple) else p for p in chosen.prompt_tokens],
             "completion_tokens": list(chosen.completion_tokens),
             "verdict": verdict.to_json(),
+            # What the OpenAI body is built from, so a retry gets the very same answer back.
+            "output": _output_json(chosen),
         }
         pending = PendingInference(
             inference_id=job.request_id,

@@ -8,7 +8,8 @@ header (base64 of the first receipt's DSSE JSON) and, in streams, one ``event: v
 ``data: [DONE]``. The policy comes from the ``X-Veriml-Policy`` header or the body's
 ``veriml: {"policy": ...}`` member (the OpenAI SDK's ``extra_body``). Errors are OpenAI error
 objects (:mod:`veriml.coordinator.openai_errors`), not problem JSON. A request signed like
-``POST /v1/inferences`` (``X-Veriml-Key``/``X-Veriml-Signature``) is logged with its client.
+``POST /v1/inferences`` (``X-Veriml-Key``/``X-Veriml-Signature``) is logged with its client;
+an ``Idempotency-Key`` is the request id, and retrying with it returns the stored answer.
 
 The response builders are pure functions of the service's answer, tested on their own.
 """
@@ -46,6 +47,7 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, FormatError, LimitExceeded
 
 __all__ = [
+    "IDEMPOTENCY_HEADER",
     "POLICY_HEADER",
     "RECEIPT_HEADER",
     "chat_body",
@@ -54,9 +56,11 @@ __all__ = [
     "embedding_body",
     "router",
     "service_from_state",
+    "veriml_member",
 ]
 
 POLICY_HEADER: Final = "X-Veriml-Policy"
+IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 RECEIPT_HEADER: Final = "X-Veriml-Receipt"
 SSE: Final = "text/event-stream"
 
@@ -211,7 +215,7 @@ def chat_body(answer: CompletionAnswer, model: str, created: int) -> dict[str, A
             {"index": 0, "message": message, "logprobs": None, "finish_reason": node.finish_reason}
         ],
         "usage": _usage(node),
-        "veriml": dict(answer.veriml),
+        "veriml": veriml_member(answer),
     }
 
 
@@ -232,7 +236,7 @@ def completion_body(answer: CompletionAnswer, model: str, created: int) -> dict[
             }
         ],
         "usage": _usage(node),
-        "veriml": dict(answer.veriml),
+        "veriml": veriml_member(answer),
     }
 
 
@@ -254,8 +258,14 @@ def embedding_body(
         "data": data,
         "model": model,
         "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-        "veriml": dict(answer.veriml),
+        "veriml": veriml_member(answer),
     }
+
+
+def veriml_member(answer: CompletionAnswer) -> dict[str, Any]:
+    """The ``veriml`` member: the stored answer without ``output`` (which the OpenAI members
+    already carry; it is kept so a retried ``Idempotency-Key`` gets the same answer)."""
+    return {k: v for k, v in answer.veriml.items() if k != "output"}
 
 
 def receipt_header(veriml: Mapping[str, Any]) -> str:
@@ -339,7 +349,7 @@ async def _stream(
         yield _sse(chunks.choice({}, node.finish_reason))
         if include_usage:
             yield _sse(chunks.usage(node))
-        yield _sse(dict(answer.veriml), event="veriml")
+        yield _sse(veriml_member(answer), event="veriml")
         yield _sse("[DONE]")
     finally:
         if not task.done():  # the client went away: stop the nodes' work, log nothing
@@ -367,7 +377,13 @@ async def _complete(
         stream = _flag(body, "stream")
         include_usage = _include_usage(body) if stream else False
         model = str(body.get("model"))
-        prepared = await service.prepare(kind, body, policy=policy, client=client)
+        prepared = await service.prepare(
+            kind,
+            body,
+            policy=policy,
+            client=client,
+            request_id=request.headers.get(IDEMPOTENCY_HEADER),
+        )
         if stream:
             return StreamingResponse(
                 _stream(service, prepared, model, include_usage),
@@ -420,7 +436,13 @@ async def create_embedding(request: Request, service: Service) -> Response:
         if encoding not in ("float", "base64"):
             raise FormatError("encoding_format must be float or base64", param="encoding_format")
         model = str(body.get("model"))
-        answer = await service.create("embedding", body, policy=policy, client=client)
+        answer = await service.create(
+            "embedding",
+            body,
+            policy=policy,
+            client=client,
+            request_id=request.headers.get(IDEMPOTENCY_HEADER),
+        )
     except Error as exc:
         return _error(exc)
     return _json(

@@ -36,6 +36,7 @@ from veriml.coordinator.completions import (
     CompletionService,
     LLMModel,
     TokenPiece,
+    TokenSink,
 )
 from veriml.coordinator.openai_errors import NodeRefused, openai_error
 from veriml.coordinator.scheduler import Candidate
@@ -50,7 +51,7 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import NodeUnavailable, NotFound
+from veriml.core.errors import Conflict, NodeUnavailable, NotFound
 from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger.entries import InferenceEntry, parse_entry
@@ -174,6 +175,14 @@ def node_app(node: FakeNode, coordinator: VerifyingKey) -> FastAPI:
         node.jobs.append(job)
         if job.kind == "prefill":
             return JSONResponse(node.check(job, canonical, body["completion"]))
+        if node.behaviour == "fails-mid-stream":
+
+            async def failing() -> AsyncIterator[bytes]:
+                yield b'{"token": 1, "text": " w1"}\n'
+                problem = {"status": 500, "detail": "llama.cpp decode failed"}
+                yield (json.dumps({"error": problem}) + "\n").encode()
+
+            return StreamingResponse(failing(), media_type="application/x-ndjson")
         if node.behaviour == "overflow":
             problem = {"status": 413, "detail": "prompt is 9000 tokens, context 2048"}
             problem |= {"error": "LimitExceeded", "param": "messages"}
@@ -544,3 +553,64 @@ def test_the_official_openai_client_reads_the_answer_and_the_veriml_member(
         )
     assert caught.value.code is None
     assert caught.value.body["param"] == "temperature"  # type: ignore[index]
+
+
+def test_a_retried_idempotency_key_gets_the_stored_answer_without_running_again(
+    tmp_path: Path,
+) -> None:
+    nodes = [FakeNode("op-a")]
+
+    async def body(net: Network) -> None:
+        first = await net.service.create("chat.completion", CHAT, request_id="retry-1")
+        again = await net.service.create("chat.completion", CHAT, request_id="retry-1")
+        assert again.veriml == first.veriml
+        assert again.answer.content == first.answer.content
+        assert again.answer.completion_tokens == first.answer.completion_tokens
+        assert len(nodes[0].jobs) == 1
+        assert net.log.size == 1
+        with pytest.raises(Conflict):
+            await net.service.create(
+                "chat.completion", CHAT | {"max_tokens": 3}, request_id="retry-1"
+            )
+
+    run_network(tmp_path, nodes, body)
+
+
+def test_the_token_stream_follows_one_node_and_a_successor_resumes_where_it_stopped() -> None:
+    seen: list[TokenPiece] = []
+    sink = TokenSink(seen.append)
+    sink.feed("a", TokenPiece(1, "x"))
+    sink.feed("b", TokenPiece(1, "x"))  # another quorum member: not forwarded
+    sink.feed("a", TokenPiece(2, "y"))
+    sink.failed("a")
+    for token, text in [(1, "x"), (2, "y"), (3, "z")]:
+        sink.feed("b", TokenPiece(token, text))  # replays the same tokens from the start
+    assert [p.text for p in seen] == ["x", "y", "z"]
+
+
+def test_a_node_failing_after_the_stream_began_ends_it_with_an_openai_error(
+    tmp_path: Path,
+) -> None:
+    nodes = [FakeNode("op-a", "fails-mid-stream")]
+    with contextlib.ExitStack() as stack:
+        url, app = stack.enter_context(running_coordinator(tmp_path / "home"))
+        nodes[0].url = stack.enter_context(
+            serve(node_app(nodes[0], app.state.coordinator_key.public))
+        )
+        state = app.state
+        app.state.completions = CompletionService(
+            engine=state.engine,
+            log=state.log,
+            key=state.coordinator_key,
+            http=state.http,
+            resolve_model=lambda ref: LLMModel(MODEL, 64),
+            list_nodes=lambda digest: [n.candidate() for n in nodes],
+            options=CompletionOptions(attempts_per_slot=1),
+        )
+        response = httpx.post(url + "/v1/chat/completions", json=CHAT | {"stream": True})
+    events = _sse_events(response.text)
+    assert response.status_code == 200
+    assert json.loads(events[1][1])["choices"][0]["delta"]["content"] == " w1"
+    error = json.loads(events[-1][1])["error"]
+    assert error["code"] == "no_nodes_available"
+    assert "[DONE]" not in response.text
