@@ -242,3 +242,14 @@ def test_the_official_openai_client_chats_and_streams(net: LocalNetwork) -> None
             text += chunk.choices[0].delta.content or ""
     # Greedy and deterministic: the stream is the answer the quorum agreed on.
     assert text == reply.choices[0].message.content
+
+
+@pytest.mark.parametrize("policy", ["prefill", "spot:1"])
+def test_the_sdk_verifies_checked_answers_end_to_end(net: LocalNetwork, policy: str) -> None:
+    with Client(net.url, log_vkey=net.log_vkey) as client:
+        result = client.chat("smollm2", MESSAGES, policy=policy, max_tokens=8, temperature=0)
+    assert result.verified  # the SDK's own checks all passed (it raises otherwise)
+    assert result.verdict.outcome == "accepted"
+    assert len(result.verdict.agreeing) == 2
+    assert result.trust == "reexecutable"
+    assert result.content
