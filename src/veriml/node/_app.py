@@ -3,9 +3,11 @@
 Routes -> the services in this package. Every error is RFC 9457 problem JSON
 (https://www.rfc-editor.org/rfc/rfc9457): 400 malformed body or trace index, 403 job not
 signed by our coordinator or not for this node, 404 unknown trace or kept tensor, 409 replay,
-410 expired job, 413 body over the limit, 422 inputs that do not match the job or the model,
-502 a model the hub served that fails verification, 503 busy or shutting down (with
-``Retry-After``), 504 job timeout.
+410 expired job, 413 body over the limit, 422 inputs (or an LLM job's request) that do not
+match the job or the model, 502 a model the hub served that fails verification, 503 busy or
+shutting down (with ``Retry-After``), 504 job timeout. A completion job asked for with
+``Accept: application/x-ndjson`` streams NDJSON lines; an error after the first line is the
+last line, ``{"error": <problem>}`` (docs/llm.md).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import importlib.util
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -22,7 +25,7 @@ from typing import Annotated, Any
 import httpx
 import uvicorn
 from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veriml.core.errors import (
@@ -44,6 +47,7 @@ from veriml.node._byzantine import behaviour_for
 from veriml.node._config import NodeConfig
 from veriml.node._coordinator import CoordinatorLink
 from veriml.node._jobs import JobService
+from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache, TraceStore
 from veriml.node._models import ModelCache
 from veriml.protocol.messages import format_time
@@ -99,7 +103,7 @@ def status_for(exc: Error) -> int:
             return 410
         if exc.check in _FORBIDDEN_CHECKS:
             return 403
-        if exc.check == "job-inputs":
+        if exc.check in ("job-inputs", "job-request"):
             return 422
         return 502  # the hub served a model that does not verify
     if isinstance(exc, InvalidTensor | InvalidInput):
@@ -115,16 +119,21 @@ def status_for(exc: Error) -> int:
     return 502  # InvalidModel: what the hub served is not a valid model
 
 
-def problem(status: int, detail: str, **members: Any) -> JSONResponse:
-    """An RFC 9457 problem details response."""
+def problem_json(status: int, detail: str, **members: Any) -> dict[str, Any]:
+    """An RFC 9457 problem details object."""
     title = _TITLES.get(status, "Error")
-    body = {
+    return {
         "type": _PROBLEM_TYPE + title.lower().replace(" ", "-"),
         "title": title,
         "status": status,
         "detail": detail,
         **members,
     }
+
+
+def problem(status: int, detail: str, **members: Any) -> JSONResponse:
+    """An RFC 9457 problem details response."""
+    body = problem_json(status, detail, **members)
     headers = {"Retry-After": str(members["retry_after"])} if "retry_after" in members else None
     return JSONResponse(
         body, status_code=status, media_type="application/problem+json", headers=headers
@@ -146,6 +155,48 @@ def _evidence(exc: Error) -> dict[str, Any]:
     return members
 
 
+def _llm_settings(config: NodeConfig) -> Any:
+    """The engine settings GGUF models load with (None when llama.cpp is not installed)."""
+    if not _has_llama_cpp():
+        return None
+    from veriml.runtime.llm import LLMSettings
+
+    return LLMSettings(n_ctx=config.llm_ctx, n_threads=config.llm_threads)
+
+
+def _has_llama_cpp() -> bool:
+    # Found, not imported: llama.cpp loads only when a node loads a GGUF model.
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def _relay_engine(config: NodeConfig) -> CompletionEngine | None:
+    """The relay engine (docs/llm.md, "Relay engine") when the node fronts an upstream API."""
+    if config.relay_url is None or config.relay_model is None:
+        return None
+    from veriml.node._relay import RelayEngine
+
+    return RelayEngine(
+        config.relay_url,
+        config.relay_model,
+        key_env=config.relay_key_env,
+        timeout=config.job_timeout,
+    )
+
+
+def _engines(config: NodeConfig) -> tuple[str, ...]:
+    """What the descriptor says the node runs: a relay, or ONNX graphs and (with llama.cpp
+    installed) GGUF language models."""
+    if config.relay_url is not None:
+        return ("relay",)
+    return ("onnxruntime", "llama.cpp") if _has_llama_cpp() else ("onnxruntime",)
+
+
+def _served_models(config: NodeConfig) -> tuple[str, ...]:
+    if config.relay_model is not None:
+        return (f"relay:{config.relay_model}",)
+    return ("*",)
+
+
 class NodeState:
     """Everything a running node holds; created in the app's lifespan, stored on
     ``app.state.node``."""
@@ -160,7 +211,10 @@ class NodeState:
             max_bytes=config.max_model_bytes,
             profile=config.profile,
             timeout=config.job_timeout,
+            llm_settings=_llm_settings(config),
+            max_llm_loaded=config.llm_max_loaded,
         )
+        self.relay = _relay_engine(config)
         self.replay = ReplayCache(
             started_at=self.started_at,
             max_validity=dt.timedelta(seconds=config.max_job_validity),
@@ -176,6 +230,8 @@ class NodeState:
             job_timeout=config.job_timeout,
             max_tensor_bytes=config.max_body_bytes,
             behaviour=behaviour_for(config.byzantine, key),
+            llm=LLMJobs(key, mode=config.byzantine),
+            relay=self.relay,
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self.link = CoordinatorLink(
@@ -187,6 +243,8 @@ class NodeState:
             status=self._status,
             heartbeat_interval=config.heartbeat_interval,
             profile=config.profile,
+            engines=_engines(config),
+            models=_served_models(config),
         )
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -226,6 +284,9 @@ class NodeState:
                 await task
         await self.jobs.drain(self.config.shutdown_grace)
         self.jobs.close()
+        self.models.close()
+        if self.relay is not None:
+            self.relay.close()
         await self.http.aclose()
 
     def info(self) -> dict[str, Any]:
@@ -276,6 +337,21 @@ async def _read_json(request: Request, limit: int) -> Any:
         raise FormatError("request body is not JSON", reason=str(exc)[:200]) from exc
 
 
+NDJSON = "application/x-ndjson"
+
+
+async def _problem_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """The job's NDJSON lines; an error once streaming has begun becomes the last line."""
+    try:
+        async for line in lines:
+            yield line
+    except Error as exc:
+        status = status_for(exc)
+        log.warning("streamed job failed with %d: %s", status, exc)
+        body = problem_json(status, exc.diagnostics(), **_evidence(exc))
+        yield json.dumps({"error": body}).encode() + b"\n"
+
+
 def create_node_app(config: NodeConfig) -> FastAPI:
     """The node's FastAPI app. Its lifespan loads (or creates) the node key, connects to the
     coordinator (registration and heartbeats in the background) and, on shutdown, stops
@@ -323,6 +399,9 @@ def create_node_app(config: NodeConfig) -> FastAPI:
     @app.post("/v1/jobs", operation_id="run_job")
     async def run_job(request: Request, node: Node) -> Response:
         body = await _read_json(request, config.max_body_bytes)
+        if NDJSON in request.headers.get("accept", ""):
+            lines = await node.jobs.stream(body)
+            return StreamingResponse(_problem_lines(lines), media_type=NDJSON)
         # Already JSON: skips FastAPI's response validation, which costs more than the run.
         return Response(await node.jobs.run(body), media_type="application/json")
 

@@ -13,6 +13,13 @@ Defaults and why:
   receipt's runtime fingerprint; comparing such nodes needs the tolerance mode.
 - ``byzantine`` = None. A mode name makes the node cheat on purpose (docs/verification.md,
   "Byzantine harness"): for tests and demos only, and logged as a warning at start.
+- ``llm_threads`` = 1 llama.cpp thread per LLM job, for the same reason as ``threads``: the
+  runtime fingerprint records it and nodes with the same settings agree token for token.
+  ``llm_ctx`` = 2048 tokens of context per loaded model (prompt plus completion), the
+  engine's default; ``llm_max_loaded`` = 2 engines kept loaded, since each holds its weights
+  and a KV cache of ``llm_ctx`` tokens.
+- ``relay_url`` = None. With an upstream URL and ``relay_model`` the node runs no model
+  itself: it relays LLM jobs to that OpenAI-compatible API and signs them ``attested-relay``.
 - ``max_job_validity`` = 5 minutes: the replay cache keeps job ids in memory until they
   expire, so the node refuses jobs whose validity window is longer than this (docs/node.md,
   "Replay protection").
@@ -33,6 +40,8 @@ __all__ = ["DEFAULT_PASSPHRASE_ENV", "NodeConfig"]
 DEFAULT_PASSPHRASE_ENV = "VERIML_NODE_PASSPHRASE"  # noqa: S105 - a variable name
 _MAX_QUEUE = 1 << 16
 _MAX_THREADS = 256  # the runtime profile's own limit
+_MIN_LLM_CTX, _MAX_LLM_CTX = 64, 1 << 20
+_MAX_LLM_LOADED = 64
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 - recognised, not bound
 
 
@@ -89,6 +98,19 @@ class NodeConfig:
     """onnxruntime intra-op threads per job; recorded in every receipt's runtime fingerprint."""
     byzantine: str | None = None
     """A mode of ``BYZANTINE_MODES``: the node cheats that way. Tests and demos only."""
+    llm_threads: int = 1
+    """llama.cpp threads per LLM job; recorded in every completion receipt's runtime."""
+    llm_ctx: int = 2048
+    """Context window (prompt plus completion tokens) of each loaded GGUF model."""
+    llm_max_loaded: int = 2
+    """GGUF models kept loaded at once; the least recently used is unloaded beyond it."""
+    relay_url: str | None = None
+    """An OpenAI-compatible upstream's base URL (``https://host/v1``): the node relays LLM jobs
+    there and signs them ``attested-relay`` (docs/llm.md, "Relay engine")."""
+    relay_model: str | None = None
+    """The upstream's model id the relay serves (as ``relay:NAME``); required with a relay."""
+    relay_key_env: str | None = None
+    """Name of the environment variable holding the upstream's API key (None: no key)."""
 
     def __post_init__(self) -> None:
         if not self.coordinator_url.startswith(("http://", "https://")):
@@ -111,6 +133,20 @@ class NodeConfig:
             raise FormatError("size limits must be at least 1 KiB")
         if isinstance(self.threads, bool) or not 1 <= self.threads <= _MAX_THREADS:
             raise FormatError(f"threads must be 1-{_MAX_THREADS}", got=self.threads)
+        if isinstance(self.llm_threads, bool) or not 1 <= self.llm_threads <= _MAX_THREADS:
+            raise FormatError(f"llm_threads must be 1-{_MAX_THREADS}", got=self.llm_threads)
+        if not _MIN_LLM_CTX <= self.llm_ctx <= _MAX_LLM_CTX:
+            raise FormatError(f"llm_ctx must be {_MIN_LLM_CTX}-{_MAX_LLM_CTX}", got=self.llm_ctx)
+        if not 1 <= self.llm_max_loaded <= _MAX_LLM_LOADED:
+            raise FormatError(
+                f"llm_max_loaded must be 1-{_MAX_LLM_LOADED}", got=self.llm_max_loaded
+            )
+        if (self.relay_url is None) != (self.relay_model is None):
+            raise FormatError("a relay needs both its upstream URL and its model name")
+        if self.relay_url is not None and not self.relay_url.startswith(("http://", "https://")):
+            raise FormatError("relay upstream URL must be http(s)", got=self.relay_url[:80])
+        if self.relay_key_env is not None and self.relay_url is None:
+            raise FormatError("a relay key variable is only used by a relay (--relay)")
         if self.byzantine is not None and self.byzantine not in BYZANTINE_MODES:
             raise FormatError(
                 "unknown byzantine mode", got=self.byzantine, expected="|".join(BYZANTINE_MODES)

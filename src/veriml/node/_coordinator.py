@@ -50,6 +50,8 @@ class CoordinatorLink:
         status: Callable[[], tuple[dict[str, int], list[str]]],
         heartbeat_interval: float,
         profile: Profile | None = None,
+        engines: tuple[str, ...] = ("onnxruntime",),
+        models: tuple[str, ...] = ("*",),
     ) -> None:
         self.url = url
         self.key = key
@@ -60,6 +62,9 @@ class CoordinatorLink:
         """Returns ``(load, cached digests)`` for heartbeats."""
         self.heartbeat_interval = heartbeat_interval
         self.profile = profile if profile is not None else Profile()
+        self.engines = engines
+        """What the descriptor lists as runnable (``llama.cpp`` for GGUF models)."""
+        self.models = models
         self.registered = asyncio.Event()
         self.registrations = 0
         self.heartbeats = 0
@@ -75,8 +80,8 @@ class CoordinatorLink:
             endpoint=self.endpoint,
             issued_at=utc_now(),
             nonce=secrets.token_hex(16),
-            engines=("onnxruntime",),
-            models=("*",),
+            engines=self.engines,
+            models=self.models,
             hardware=platform_fingerprint(),
             runtime=runtime_fingerprint(self.profile),
         )

@@ -1,11 +1,12 @@
 """Job handling: admit a signed job, run it off the event loop, answer the result document.
 
 For each ``POST /v1/jobs`` body ``{"job": <DSSE envelope>, "inputs": {name: tensor JSON}}``
-(docs/network.md, "Job"), in order:
+(docs/network.md, "Job") or, for an LLM job, ``{"job", "request": canonical request}`` plus
+``"completion"`` for a prefill check (docs/llm.md), in order:
 
 1. the body parses (400);
 2. ``Job.open``: signed by the configured coordinator key, addressed to this node, not issued
-   in the future (403), not expired (410);
+   in the future (403), not expired (410), and an LLM job's request is the signed one (422);
 3. admission: the node is not shutting down and running + waiting jobs are below
    ``concurrency + queue_length`` (503 with ``Retry-After``);
 4. the replay cache admits the job id (409; see :mod:`veriml.node._memory`);
@@ -17,8 +18,14 @@ For each ``POST /v1/jobs`` body ``{"job": <DSSE envelope>, "inputs": {name: tens
    from the job); a byzantine one (tests and demos only) cheats in its documented way.
    A traced job's trace is kept for disputes, replacing any earlier one of the same request.
 
+LLM jobs take the same steps with a GGUF model (:mod:`veriml.node._llm` runs them in step 6).
+A completion job may stream (:meth:`JobService.stream`): steps 1-5 and the wait for a worker
+slot happen before the first byte, so every refusal is still an HTTP status; then each
+generated token is one NDJSON line, and the answer (or the error) the last one.
+
 Steps 5 and 6 together must finish within ``job_timeout`` (504). A run that is already in a
-worker when the timeout hits keeps its slot until it ends, so the concurrency limit holds.
+worker when the timeout hits keeps its slot until it ends, so the concurrency limit holds; an
+LLM generation is stopped at its next token instead (as when a streaming client goes away).
 """
 
 from __future__ import annotations
@@ -26,38 +33,82 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import datetime as dt
+import functools
+import json
 import logging
-from collections.abc import Mapping
-from typing import Any
+import threading
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from veriml.core.dsse import Envelope
-from veriml.core.errors import FormatError, InvalidTensor, NodeUnavailable
+from veriml.core.errors import ExecutionError, FormatError, InvalidTensor, NodeUnavailable
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._byzantine import Behaviour
+from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache, TraceStore
 from veriml.node._models import ModelCache
 from veriml.protocol.messages import Job
 from veriml.runtime import Runner
 
-__all__ = ["JobService"]
+if TYPE_CHECKING:
+    from veriml.runtime.llm import TokenEvent
+
+__all__ = ["JobCancelled", "JobService"]
 
 log = logging.getLogger("veriml.node")
 
 RETRY_AFTER_SECONDS = 1
 
 
-def parse_job_body(body: object) -> tuple[Envelope, Mapping[str, Any]]:
-    """Step 1: the envelope and the (still encoded) input tensors."""
-    if not isinstance(body, Mapping) or set(body) - {"job", "inputs"}:
-        raise FormatError('a job body is {"job": envelope, "inputs": {name: tensor}}')
+class JobCancelled(ExecutionError):
+    """An LLM generation stopped at a token boundary: its job timed out or its client left."""
+
+
+@dataclass(frozen=True, slots=True)
+class JobBody:
+    """A parsed ``POST /v1/jobs`` body (step 1); nothing in it is checked yet."""
+
+    envelope: Envelope
+    inputs: Mapping[str, Any]
+    request: Mapping[str, Any] | None = None
+    completion: Any = None
+
+
+def parse_job_body(body: object) -> JobBody:
+    """Step 1: the envelope, the (still encoded) input tensors, an LLM job's request and a
+    prefill job's completion."""
+    if not isinstance(body, Mapping) or set(body) - {"job", "inputs", "request", "completion"}:
+        raise FormatError(
+            'a job body is {"job": envelope, "inputs": {name: tensor}} or, for an LLM job, '
+            '{"job", "request"[, "completion"]}'
+        )
     inputs = body.get("inputs", {})
     if not isinstance(inputs, Mapping) or not all(isinstance(v, Mapping) for v in inputs.values()):
         raise FormatError("job inputs must be an object of name -> tensor JSON")
     raw = body.get("job")
     if not isinstance(raw, Mapping):
         raise FormatError("job body has no job envelope")
-    return Envelope.from_json(raw), inputs
+    request = body.get("request")
+    if request is not None and not isinstance(request, Mapping):
+        raise FormatError("an LLM job's request is an object", member="request")
+    return JobBody(Envelope.from_json(raw), inputs, request, body.get("completion"))
+
+
+async def _one_line(answer: bytes) -> AsyncIterator[bytes]:
+    yield b'{"result":' + answer + b"}\n"
+
+
+def _kind_members(job: Job, body: JobBody) -> None:
+    """What travels beside the envelope must be what the job's kind takes."""
+    if job.kind != "onnx" and body.inputs:
+        raise FormatError(f"a {job.kind} job carries no input tensors", member="inputs")
+    if (job.kind == "prefill") != (body.completion is not None):
+        raise FormatError(
+            "a prefill job, and only a prefill job, carries the completion to check",
+            member="completion",
+        )
 
 
 class JobService:
@@ -75,10 +126,16 @@ class JobService:
         job_timeout: float,
         max_tensor_bytes: int,
         behaviour: Behaviour | None = None,
+        llm: LLMJobs | None = None,
+        relay: CompletionEngine | None = None,
     ) -> None:
         self.key = key
         self.behaviour = behaviour if behaviour is not None else Behaviour(key)
         """Turns a checked job into its result; honest unless the node was started byzantine."""
+        self.llm = llm if llm is not None else LLMJobs(key)
+        """Runs LLM jobs (completion, embedding, prefill)."""
+        self.relay = relay
+        """When set, every completion job runs on this engine instead of a local model."""
         self.node_id = key.key_id
         self.models = models
         self.replay = replay
@@ -109,15 +166,18 @@ class JobService:
     def load(self) -> dict[str, int]:
         return {"active": self.active, "queued": self.waiting, "capacity": self.concurrency}
 
-    async def run(self, body: object) -> bytes:
-        """Steps 1-6 for one job body; the result document as JSON bytes (serialised in the
-        worker thread, off the event loop), or a veriml error."""
-        envelope, inputs = parse_job_body(body)  # 1
+    def _admit(self, body: object) -> tuple[Job, JobBody]:
+        """Steps 1-4; on success the job counts as waiting until :meth:`_start` or
+        :meth:`_unwait`."""
+        parsed = parse_job_body(body)  # 1
         if self.coordinator_key is None:
             raise NodeUnavailable(
                 "node does not know its coordinator's key yet", retry_after=RETRY_AFTER_SECONDS
             )
-        job = Job.open(envelope, self.coordinator_key, node_id=self.node_id)  # 2
+        job = Job.open(  # 2
+            parsed.envelope, self.coordinator_key, node_id=self.node_id, request=parsed.request
+        )
+        _kind_members(job, parsed)
         if not self.accepting:  # 3
             raise NodeUnavailable("node is shutting down", retry_after=RETRY_AFTER_SECONDS)
         if self.active + self.waiting >= self.concurrency + self.queue_length:
@@ -130,33 +190,137 @@ class JobService:
         self.replay.admit(job, now=dt.datetime.now(dt.UTC))  # 4
         self.waiting += 1
         self._idle.clear()
+        return job, parsed
+
+    def _unwait(self) -> None:
+        self.waiting -= 1
+        self._check_idle()
+
+    def _timed_out(self, job: Job) -> NodeUnavailable:
+        return NodeUnavailable(
+            "job did not finish within the node's job timeout",
+            job_id=job.job_id,
+            timeout_seconds=self.job_timeout,
+        )
+
+    async def run(self, body: object) -> bytes:
+        """Steps 1-6 for one job body; the result document as JSON bytes (serialised in the
+        worker thread, off the event loop), or a veriml error."""
+        job, parsed = self._admit(body)
+        return await self._run_admitted(job, parsed)
+
+    async def stream(self, body: object) -> AsyncIterator[bytes]:
+        """A completion job as NDJSON lines: ``{"token", "text"}`` per generated token, then
+        ``{"result": answer}``. Other job kinds answer their one document as one line
+        ``{"result": ...}``.
+
+        Steps 1-5 and the wait for a worker slot happen here, before the iterator is
+        returned, so their errors raise as usual. Errors after that are raised by the
+        iterator (the caller turns them into an ``{"error": problem}`` line). Closing the
+        iterator early (the client left) stops the generation at its next token.
+        """
+        job, parsed = self._admit(body)
+        if job.kind != "completion":
+            return _one_line(await self._run_admitted(job, parsed))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.job_timeout
+        cancel = threading.Event()
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        def on_token(event: TokenEvent) -> None:
+            if cancel.is_set():
+                raise JobCancelled("generation stopped", job_id=job.job_id)
+            line = json.dumps({"token": event.token, "text": event.text}).encode() + b"\n"
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
         started = [False]
         try:
-            return await asyncio.wait_for(
-                self._execute(job, inputs, started), timeout=self.job_timeout
+            future = await asyncio.wait_for(
+                self._submit(job, parsed, started, on_token), timeout=self.job_timeout
             )
         except TimeoutError as exc:
-            raise NodeUnavailable(
-                "job did not finish within the node's job timeout",
-                job_id=job.job_id,
-                timeout_seconds=self.job_timeout,
-            ) from exc
+            raise self._timed_out(job) from exc
         finally:
             if not started[0]:
-                self.waiting -= 1
-                self._check_idle()
+                self._unwait()
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(lines.put_nowait, None))
+        return self._lines(job, future, lines, cancel, deadline)
 
-    async def _execute(self, job: Job, inputs: Mapping[str, Any], started: list[bool]) -> bytes:
-        runner = await self.models.runner(job.model)  # 5
+    async def _lines(
+        self,
+        job: Job,
+        future: concurrent.futures.Future[bytes],
+        lines: asyncio.Queue[bytes | None],
+        cancel: threading.Event,
+        deadline: float,
+    ) -> AsyncIterator[bytes]:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                try:
+                    line = await asyncio.wait_for(lines.get(), timeout=deadline - loop.time())
+                except TimeoutError as exc:
+                    raise self._timed_out(job) from exc
+                if line is None:
+                    break
+                yield line
+            answer = await asyncio.wrap_future(future)
+            yield b'{"result":' + answer + b"}\n"
+        finally:
+            cancel.set()
+
+    async def _run_admitted(self, job: Job, parsed: JobBody) -> bytes:
+        started = [False]
+        cancel = threading.Event()
+        try:
+            return await asyncio.wait_for(
+                self._execute(job, parsed, started, cancel), timeout=self.job_timeout
+            )
+        except TimeoutError as exc:
+            raise self._timed_out(job) from exc
+        finally:
+            cancel.set()
+            if not started[0]:
+                self._unwait()
+
+    async def _execute(
+        self, job: Job, parsed: JobBody, started: list[bool], cancel: threading.Event
+    ) -> bytes:
+        def on_token(_: TokenEvent) -> None:
+            if cancel.is_set():
+                raise JobCancelled("generation stopped", job_id=job.job_id)
+
+        # A relay streams from its upstream only when asked to: no token hook for it here.
+        hook = on_token if self.relay is None else None
+        return await asyncio.wrap_future(await self._submit(job, parsed, started, hook))
+
+    async def _submit(
+        self,
+        job: Job,
+        parsed: JobBody,
+        started: list[bool],
+        on_token: Callable[[TokenEvent], None] | None,
+    ) -> concurrent.futures.Future[bytes]:
+        """Step 5 and a worker slot; the worker's future (step 6)."""
+        work: Callable[[], bytes]
+        if job.kind == "onnx":
+            runner = await self.models.runner(job.model)  # 5
+            work = functools.partial(self._work, runner, job, parsed.inputs)
+        elif job.kind == "prefill":
+            local = await self.models.engine(job.model)
+            work = functools.partial(self.llm.check, local, job, parsed.completion)
+        else:
+            engine = self.relay if self.relay is not None else await self.models.engine(job.model)
+            work = functools.partial(self.llm.complete, engine, job, on_token=on_token)
         await self._slots.acquire()
         started[0] = True
         self.waiting -= 1
         self.active += 1
         loop = asyncio.get_running_loop()
-        future = self._pool.submit(self._work, runner, job, inputs)  # 6
+        future = self._pool.submit(work)  # 6
         # The slot is freed when the thread ends, not when a timeout stops the wait for it.
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
-        return await asyncio.wrap_future(future)
+        return future
 
     def _release(self) -> None:
         self.active -= 1

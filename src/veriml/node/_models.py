@@ -1,4 +1,4 @@
-"""The node's model cache: pull a model by digest from the hub, verify it, keep it.
+"""The node's model cache: pull a model by digest from the hub, verify it, keep it loaded.
 
 A pull (docs/node.md, "Model cache"), every step failing closed:
 
@@ -8,11 +8,16 @@ A pull (docs/node.md, "Model cache"), every step failing closed:
 3. each file is streamed from ``GET /v1/blobs/{digest}`` into a temporary folder, its SHA-256
    checked while writing and its length bounded by the size the hub stated;
 4. the OMS signature verifies with :func:`veriml.models.verify_model` and the recorded key;
-5. :meth:`ModelPackage.load` validates the folder and its digest must be the job's;
+5. :func:`~veriml.models.package.load_package` validates the folder (an ONNX graph or a GGUF
+   language model, docs/llm.md) and its digest must be the job's;
 6. only then is the folder renamed (atomically) to ``models/<digest-hex>/``.
 
 A failed pull leaves nothing in the cache. A cached folder is re-validated (step 5) the first
 time this process uses it, so a cache that changed on disk is refused, not trusted.
+
+Loaded models are kept in memory, least recently used first out: ONNX runners (a session
+each) and GGUF engines (:class:`~veriml.node._llm.LocalLLM`: the weights and a KV cache each,
+so fewer of them, ``max_llm_loaded``). An evicted model reloads from the disk cache.
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -38,6 +43,7 @@ from veriml.core.digest import Digest
 from veriml.core.errors import (
     DigestMismatch,
     FormatError,
+    InvalidInput,
     InvalidModel,
     NodeUnavailable,
     NotFound,
@@ -47,7 +53,15 @@ from veriml.core.errors import (
 from veriml.core.keys import VerifyingKey
 from veriml.models import ModelPackage, verify_model
 from veriml.models.digest import DEFAULT_SIGNATURE_NAME
+from veriml.models.gguf import LLMPackage
+from veriml.models.package import load_package
+from veriml.node._llm import LocalLLM
 from veriml.runtime import Profile, Runner, runner_for
+
+if TYPE_CHECKING:
+    from veriml.runtime.llm import LLMSettings
+
+Package = ModelPackage | LLMPackage
 
 __all__ = ["HubModel", "ModelCache", "pull_model"]
 
@@ -193,7 +207,7 @@ def pull_model(
     cache_dir: Path,
     *,
     max_bytes: int,
-) -> ModelPackage:
+) -> Package:
     """Pull ``digest`` into ``cache_dir/<hex>`` (steps 1-6 above); return the loaded package.
 
     Blocking (network and disk): call it off the event loop.
@@ -237,7 +251,7 @@ def pull_model(
                 "cannot write the pulled model", model=str(digest), reason=str(exc)[:200]
             ) from exc
         verified = verify_model(tmp, pub)  # 4
-        package = ModelPackage.load(tmp)  # 5
+        package = load_package(tmp)  # 5
         for claimed in (verified, package.digest):
             if claimed != digest:
                 raise DigestMismatch(
@@ -262,15 +276,19 @@ def pull_model(
             pub.unlink()
 
 
-def _moved(package: ModelPackage, old: Path, new: Path) -> ModelPackage:
+def _moved(package: Package, old: Path, new: Path) -> Package:
+    if isinstance(package, LLMPackage):
+        return dataclasses.replace(
+            package, path=new, gguf_path=new / package.gguf_path.relative_to(old)
+        )
     return dataclasses.replace(
         package, path=new, onnx_path=new / package.onnx_path.relative_to(old)
     )
 
 
-def load_cached(folder: Path, digest: Digest) -> ModelPackage:
+def load_cached(folder: Path, digest: Digest) -> Package:
     """Re-validate a cached folder; refuse it unless its digest is still its name."""
-    package = ModelPackage.load(folder)
+    package = load_package(folder)
     if package.digest != digest:
         raise DigestMismatch(
             "cached model changed on disk",
@@ -282,8 +300,8 @@ def load_cached(folder: Path, digest: Digest) -> ModelPackage:
 
 
 class ModelCache:
-    """Runners for cached models, pulling each model at most once at a time (a per-digest
-    lock), off the event loop."""
+    """Loaded models (ONNX runners, GGUF engines) for cached models, pulling each model at most
+    once at a time (a per-digest lock), off the event loop."""
 
     def __init__(
         self,
@@ -294,6 +312,8 @@ class ModelCache:
         profile: Profile | None = None,
         timeout: float = 600.0,
         max_loaded: int = 8,
+        llm_settings: LLMSettings | None = None,
+        max_llm_loaded: int = 2,
     ) -> None:
         self.cache_dir = cache_dir
         self.coordinator = coordinator
@@ -303,13 +323,17 @@ class ModelCache:
         self.pulls = 0
         """How many pulls from the hub this cache started (for health and tests)."""
         self.max_loaded = max_loaded
+        self.llm_settings = llm_settings
+        """The engine settings GGUF models load with (None: the engine's defaults)."""
+        self.max_llm_loaded = max_llm_loaded
         # Least recently used first; a model pushed out stays on disk and reloads from there.
         self._runners: OrderedDict[Digest, Runner] = OrderedDict()
+        self._engines: OrderedDict[Digest, LocalLLM] = OrderedDict()
         self._locks: dict[Digest, asyncio.Lock] = {}
 
     @property
     def loaded(self) -> list[str]:
-        return sorted(d.to_text() for d in self._runners)
+        return sorted(d.to_text() for d in (*self._runners, *self._engines))
 
     def cached(self) -> list[str]:
         """Digests with a folder in the cache (loaded in this process or not)."""
@@ -332,41 +356,88 @@ class ModelCache:
                     else:
                         path.unlink(missing_ok=True)
 
+    def close(self) -> None:
+        """Unload every model (at shutdown). An engine a job still holds is freed when the job
+        ends; the disk cache stays."""
+        self._runners.clear()
+        self._engines.clear()
+
     async def runner(self, digest: Digest) -> Runner:
-        """The runner for ``digest``: loaded, re-validated from the cache, or pulled."""
-        runner = self._runners.get(digest)
-        if runner is not None:
-            self._runners.move_to_end(digest)
-            return runner
+        """The ONNX runner for ``digest``: loaded, re-validated from the cache, or pulled.
+
+        A GGUF model is :class:`InvalidInput`: an ONNX job cannot run it."""
+        loaded = await self._get(digest)
+        if not isinstance(loaded, Runner):
+            raise InvalidInput("the job's model is a GGUF language model, not an ONNX graph")
+        return loaded
+
+    async def engine(self, digest: Digest) -> LocalLLM:
+        """The loaded GGUF model ``digest`` (pulled and loaded on first use).
+
+        An ONNX model is :class:`InvalidInput`: an LLM job cannot run it."""
+        loaded = await self._get(digest)
+        if not isinstance(loaded, LocalLLM):
+            raise InvalidInput("the job's model is an ONNX graph, not a GGUF language model")
+        return loaded
+
+    async def _get(self, digest: Digest) -> Runner | LocalLLM:
+        found = self._loaded(digest)
+        if found is not None:
+            return found
         lock = self._locks.setdefault(digest, asyncio.Lock())
         async with lock:
-            runner = self._runners.get(digest)
-            if runner is None:
-                runner = await asyncio.to_thread(self._prepare, digest)
-                self._runners[digest] = runner
-                while len(self._runners) > self.max_loaded:
-                    self._runners.popitem(last=False)
-        return runner
+            found = self._loaded(digest)
+            if found is None:
+                found = await asyncio.to_thread(self._prepare, digest)
+                if isinstance(found, LocalLLM):
+                    self._keep(self._engines, digest, found, self.max_llm_loaded)
+                else:
+                    self._keep(self._runners, digest, found, self.max_loaded)
+        return found
 
-    def _prepare(self, digest: Digest) -> Runner:
+    def _loaded(self, digest: Digest) -> Runner | LocalLLM | None:
+        for table in (self._runners, self._engines):
+            found = table.get(digest)
+            if found is not None:
+                table.move_to_end(digest)
+                return found
+        return None
+
+    @staticmethod
+    def _keep(table: OrderedDict[Digest, Any], digest: Digest, value: Any, bound: int) -> None:
+        # An evicted engine is freed once the jobs still holding it end (no explicit close:
+        # one of them may be mid-generation).
+        table[digest] = value
+        while len(table) > bound:
+            table.popitem(last=False)
+
+    def _prepare(self, digest: Digest) -> Runner | LocalLLM:
+        return self._load(self._package(digest))
+
+    def _load(self, package: Package) -> Runner | LocalLLM:
+        if isinstance(package, LLMPackage):
+            from veriml.runtime.llm import LLMSettings
+
+            settings = self.llm_settings if self.llm_settings is not None else LLMSettings()
+            return LocalLLM(package, settings)
+        return runner_for(package, self.profile)
+
+    def _package(self, digest: Digest) -> Package:
         folder = self.cache_dir / digest.hex
         if folder.is_dir():
             try:
-                package = load_cached(folder, digest)
+                return load_cached(folder, digest)
             except (InvalidModel, VerificationError) as exc:
                 log.warning("cached model %s is invalid, pulling again: %s", digest, exc)
                 shutil.rmtree(folder, ignore_errors=True)
-            else:
-                return runner_for(package, self.profile)
         self.pulls += 1
         log.info("pulling model %s from %s", digest, self.coordinator)
         with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=10)) as client:
             try:
-                package = pull_model(
+                return pull_model(
                     client, self.coordinator, digest, self.cache_dir, max_bytes=self.max_bytes
                 )
             except httpx.HTTPError as exc:
                 raise NodeUnavailable(
                     "cannot pull the model from the hub", model=str(digest), reason=repr(exc)[:200]
                 ) from exc
-        return runner_for(package, self.profile)

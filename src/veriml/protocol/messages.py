@@ -434,9 +434,13 @@ def _check_request(kind: str, request: Mapping[str, Any], model: Digest) -> None
 
 
 def descriptor_models(values: Sequence[str]) -> tuple[str, ...]:
-    """Validate a descriptor's model list: ``"*"`` or digests."""
+    """Validate a descriptor's model list: ``"*"``, digests, or ``relay:<name>`` for the
+    upstream model a relay node fronts (docs/llm.md, "Relay engine")."""
     for value in values:
-        if value != "*":
+        if value.startswith("relay:"):
+            if not 6 < len(value) <= 256:
+                raise FormatError("a relay model name is 1-250 characters", got=value[:40])
+        elif value != "*":
             Digest.from_text(value)
     return tuple(values)
 
