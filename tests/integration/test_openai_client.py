@@ -150,6 +150,15 @@ def test_the_sdk_answers_the_same_under_quorum(sdk: Client) -> None:
     assert len(two.verdict.agreeing) == 2
 
 
+def test_a_prefill_checked_chat_verifies_with_the_checkers_report(sdk: Client) -> None:
+    hello = [{"role": "user", "content": "Hi"}]
+    result = sdk.chat("smollm2", hello, policy="prefill", temperature=0, max_tokens=8)
+    assert isinstance(result, ChatResult)
+    assert result.verified == COMPLETION_CHECKS
+    assert result.policy == "prefill"
+    assert len(result.verdict.agreeing) == 2
+
+
 def test_a_seeded_sampled_chat_verifies(sdk: Client) -> None:
     result = sdk.chat("smollm2", MESSAGES, temperature=0.8, top_p=0.9, seed=11, max_tokens=12)
     assert isinstance(result, ChatResult)

@@ -451,6 +451,13 @@ def _check_output(
     receipt signs; the generated token count and finish reason are the signed ones."""
     calculated = output.digest(kind, evidence.completion_tokens)
     claimed = dict(evidence.verdict.outputs).get(SUBJECT)
+    if claimed is None and evidence.verdict.outcome == "rejected":
+        # A rejected verdict agrees on no output: say so rather than blame the content.
+        raise VerificationError(
+            "the policy was not met: the verdict rejects the answer",
+            check="verdict",
+            policy=evidence.verdict.policy,
+        )
     if claimed != calculated:
         raise DigestMismatch(
             "the answer's output does not hash to the verdict's output digest",

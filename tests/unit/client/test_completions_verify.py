@@ -213,8 +213,8 @@ def test_a_prefill_check_that_rejects_a_token_never_verifies(network: Network) -
     report = {"accepted": False, "checked": 2, "first_failure": 1, "reason": "token 1"}
     with pytest.raises(VerificationError) as caught:
         _verify(network, _answer(network, "prefill", report=report))
-    # The rejected verdict agrees on no output, so the answer's text is nobody's.
-    assert caught.value.check == "output-digest"
+    # The rejected verdict agrees on no output: the answer fails as the policy's failure.
+    assert caught.value.check == "verdict"
 
 
 def test_a_prefill_check_that_skipped_tokens_never_verifies(network: Network) -> None:
