@@ -171,6 +171,34 @@ def node(
             "substitute, fp16, replay, impersonate, collude; docs/verification.md).",
         ),
     ] = None,
+    relay: Annotated[
+        str | None,
+        typer.Option(
+            "--relay",
+            envvar="VERIML_RELAY_URL",
+            metavar="URL",
+            help="Relay LLM jobs to this OpenAI-compatible base URL (https://host/v1); "
+            "receipts say attested-relay (docs/llm.md).",
+        ),
+    ] = None,
+    relay_model: Annotated[
+        str | None,
+        typer.Option(
+            "--relay-model",
+            envvar="VERIML_RELAY_MODEL",
+            metavar="NAME",
+            help="The upstream's model id the relay serves (as relay:NAME).",
+        ),
+    ] = None,
+    relay_key_env: Annotated[
+        str | None,
+        typer.Option(
+            "--relay-key-env",
+            envvar="VERIML_RELAY_KEY_ENV",
+            metavar="VAR",
+            help="Environment variable holding the upstream's API key (never logged).",
+        ),
+    ] = None,
 ) -> None:
     """Run a node: register with the coordinator, pull verified models, run signed jobs."""
     from veriml.node import BYZANTINE_MODES, NodeConfig, serve_node
@@ -198,11 +226,16 @@ def node(
         shutdown_grace=shutdown_grace,
         threads=threads,
         byzantine=byzantine,
+        relay_url=relay,
+        relay_model=relay_model,
+        relay_key_env=relay_key_env,
         **extra,  # type: ignore[arg-type]
     )
     console.print(f"node  http://{host}:{port}  operator {operator}  -> {coordinator_url}")
     if byzantine is not None:
         console.print(f"BYZANTINE mode {byzantine}: this node cheats (tests and demos only)")
+    if relay is not None:
+        console.print(f"relay {relay_model} at {relay}: receipts are attested-relay (no re-run)")
     serve_node(config)
 
 
