@@ -46,6 +46,7 @@ from typing import Any, Final, Protocol
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
+    COMPLETION_PREDICATE_TYPE,
     CompletionPredicate,
     check_canonical,
     sampling_of,
@@ -60,6 +61,7 @@ from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
 from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
 from veriml.runtime.llm import Completion, CompletionResult, LLMEngine, LLMSettings, TokenEvent
+from veriml.verify.prefill import PrefillReport, check_completion
 
 __all__ = [
     "LLM_BYZANTINE_MODES",
@@ -162,14 +164,18 @@ def parse_completion(value: Any) -> tuple[Envelope, list[int], list[int]]:
     )
 
 
-def _unverified_predicate(receipt: Envelope) -> tuple[CompletionPredicate, Digest]:
+def _unverified_predicate(receipt: Envelope) -> CompletionPredicate:
+    """The predicate of another node's completion receipt, read without its signature (the
+    coordinator checks that against the node's registered key)."""
     try:
         statement = Statement.from_bytes(receipt.payload)
-    except FormatError as exc:
-        raise InvalidInput("the completion's receipt is not a statement", **exc.evidence) from exc
-    if len(statement.subjects) != 1:
-        raise InvalidInput("a completion receipt has one subject", member="completion")
-    return CompletionPredicate.from_json(statement.predicate), statement.subjects[0].digest
+        if statement.predicate_type != COMPLETION_PREDICATE_TYPE:
+            raise FormatError("not a completion receipt", got=statement.predicate_type)
+        return CompletionPredicate.from_json(statement.predicate)
+    except (FormatError, VerificationError) as exc:
+        raise InvalidInput(
+            "the completion to check has no completion receipt", reason=exc.message
+        ) from exc
 
 
 class LLMJobs:
@@ -302,12 +308,10 @@ class LLMJobs:
 
     def check(self, llm: LocalLLM, job: Job, completion: Any) -> bytes:
         """Run a prefill job (steps 1-4 of the module docstring); the signed check as JSON."""
-        from veriml.verify.prefill import PrefillReport, check_completion
-
         started = utc_now()
         request = self._request(job)
         receipt, prompt, tokens = parse_completion(completion)
-        predicate, _ = _unverified_predicate(receipt)
+        predicate = _unverified_predicate(receipt)
         # 1. The receipt answers this job's request on this job's model.
         if predicate.request_digest != job.request_digest or predicate.model_digest != job.model:
             raise VerificationError(

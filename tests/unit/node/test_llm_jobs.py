@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -362,3 +363,30 @@ def test_the_node_says_it_runs_llama_cpp_and_pulls_the_gguf_once(
     health = httpx.get(f"{node.url}/healthz").json()
     assert health["loaded"] == [llm_hub.digest.to_text()]
     assert health["cached"] == [llm_hub.digest.to_text()]
+
+
+def test_a_generation_past_the_job_timeout_stops_and_frees_its_slot(
+    llm_hub: LLMHub, tmp_path: Path
+) -> None:
+    canonical = canonical_request(
+        "text_completion",
+        llm_hub.digest,
+        {"prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0, "max_tokens": 1800},
+        seed=1,
+    )
+    with _node(llm_hub, tmp_path / "slow", job_timeout=2.0, concurrency=1) as slow:
+        # The first jobs may time out while the model is pulled and loaded; it stays loaded.
+        deadline = time.monotonic() + 60
+        while _post(slow, _body(llm_hub, slow, _canonical(llm_hub))).status_code != 200:
+            assert time.monotonic() < deadline, "the model never loaded"
+        started = time.monotonic()
+        response = _post(slow, _body(llm_hub, slow, canonical))
+        assert response.status_code == 504, response.text
+        assert response.json()["timeout_seconds"] == 2.0
+        assert time.monotonic() - started < 6
+        # The worker stops at its next token instead of generating 1800 of them.
+        deadline = time.monotonic() + 3
+        while httpx.get(f"{slow.url}/healthz").json()["load"]["active"]:
+            assert time.monotonic() < deadline, "the timed-out generation kept its slot"
+            time.sleep(0.05)
+        assert _post(slow, _body(llm_hub, slow, _canonical(llm_hub))).status_code == 200
