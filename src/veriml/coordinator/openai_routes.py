@@ -27,6 +27,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
     LLM_ENGINE,
     CompletionAnswer,
@@ -36,7 +37,6 @@ from veriml.coordinator.completions import (
     NodeAnswer,
     Prepared,
     TokenPiece,
-    embedding_vectors,
 )
 from veriml.coordinator.inference_routes import node_lister
 from veriml.coordinator.openai_errors import openai_error
