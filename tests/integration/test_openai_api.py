@@ -253,3 +253,13 @@ def test_the_sdk_verifies_checked_answers_end_to_end(net: LocalNetwork, policy: 
     assert len(result.verdict.agreeing) == 2
     assert result.trust == "reexecutable"
     assert result.content
+
+
+def test_answers_are_counted_by_policy_and_verdict(net: LocalNetwork) -> None:
+    response = post(net, "/v1/completions", {"model": "smollm2", "prompt": "Hi", "max_tokens": 8})
+    assert response.status_code == 200, response.text
+    metrics = httpx.get(net.url + "/metrics").text
+    line = 'veriml_completion_verdicts_total{outcome="accepted",policy="none"}'
+    counted = [row for row in metrics.splitlines() if row.startswith(line)]
+    assert len(counted) == 1
+    assert float(counted[0].split()[-1]) >= 1

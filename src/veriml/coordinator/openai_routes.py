@@ -25,6 +25,7 @@ from typing import Annotated, Any, Final, Literal
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import Counter
 
 from veriml.coordinator.auth import RequestSignature
 from veriml.coordinator.completion_checks import embedding_vectors
@@ -70,6 +71,38 @@ router = APIRouter(tags=["openai"])
 # -- the service ---------------------------------------------------------------------------------
 
 
+def _observer(state: Any) -> Callable[[str, str], None]:
+    """The service's events as Prometheus counters in the app's registry (created once per
+    app): ``veriml_completion_verdicts_total{policy,outcome}`` and
+    ``veriml_completion_node_failures_total{reason}``."""
+    observe: Callable[[str, str], None] | None = getattr(state, "completion_observer", None)
+    if observe is not None:
+        return observe
+    verdicts = Counter(
+        "veriml_completion_verdicts",
+        "LLM answers logged, by policy kind and verdict",
+        ["policy", "outcome"],
+        registry=state.metrics.registry,
+    )
+    failures = Counter(
+        "veriml_completion_node_failures",
+        "LLM job attempts that failed: no answer (unavailable) or evidence that did not "
+        "verify (unverified)",
+        ["reason"],
+        registry=state.metrics.registry,
+    )
+
+    def count(event: str, value: str) -> None:
+        if event == "verdict":
+            kind, _, outcome = value.partition("/")
+            verdicts.labels(kind, outcome).inc()
+        elif event == "node-failure":
+            failures.labels(value).inc()
+
+    state.completion_observer = count
+    return count
+
+
 def service_from_state(state: Any) -> CompletionService:
     """The completion service over what the app's lifespan put on ``app.state``."""
     settings, models = state.settings, state.models
@@ -94,6 +127,7 @@ def service_from_state(state: Any) -> CompletionService:
         resolve_model=resolve_model,
         list_nodes=node_lister(state, engine=LLM_ENGINE),
         node_failed=state.nodes.mark_failed,
+        observe=_observer(state),
         options=CompletionOptions(
             job_timeout=settings.job_timeout,
             attempts_per_slot=settings.max_job_attempts,
