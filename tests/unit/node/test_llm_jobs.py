@@ -390,3 +390,26 @@ def test_a_generation_past_the_job_timeout_stops_and_frees_its_slot(
             assert time.monotonic() < deadline, "the timed-out generation kept its slot"
             time.sleep(0.05)
         assert _post(slow, _body(llm_hub, slow, _canonical(llm_hub))).status_code == 200
+
+
+def test_a_streaming_client_that_leaves_stops_the_generation(
+    llm_hub: LLMHub, node: RunningNode
+) -> None:
+    canonical = canonical_request(
+        "text_completion",
+        llm_hub.digest,
+        {"prompt": "1, 2, 3, 4, 5, 6,", "temperature": 0, "max_tokens": 1800},
+        seed=1,
+    )
+    body = _body(llm_hub, node, canonical)
+    with httpx.stream(
+        "POST", f"{node.url}/v1/jobs", json=body, headers={"Accept": "application/x-ndjson"}
+    ) as response:
+        lines = response.iter_lines()
+        first = json.loads(next(lines))
+        assert isinstance(first["token"], int)
+    # The connection is closed after one of 1800 tokens: the worker stops soon after.
+    deadline = time.monotonic() + 10
+    while httpx.get(f"{node.url}/healthz").json()["load"]["active"]:
+        assert time.monotonic() < deadline, "the abandoned generation kept running"
+        time.sleep(0.05)
