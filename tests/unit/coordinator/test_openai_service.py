@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from _coordinator import running_coordinator
 from _servers import serve
 from veriml.coordinator import db
+from veriml.coordinator.auth import sign_request
 from veriml.coordinator.completions import (
     CompletionOptions,
     CompletionService,
@@ -411,11 +412,15 @@ def test_spot_1_always_runs_a_checker_of_another_operator(tmp_path: Path) -> Non
 
 
 @pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[tuple[str, FastAPI, list[FakeNode]]]:
-    """A coordinator whose completion service runs on two fake nodes of distinct operators."""
+def coordinator(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, FastAPI, list[FakeNode]]]:
+    """A coordinator whose completion service runs on two fake nodes of distinct operators
+    (``indirect`` parameter: the coordinator's settings)."""
     nodes = [FakeNode("op-a"), FakeNode("op-b")]
+    settings = getattr(request, "param", {})
     with contextlib.ExitStack() as stack:
-        url, app = stack.enter_context(running_coordinator(tmp_path / "home"))
+        url, app = stack.enter_context(running_coordinator(tmp_path / "home", **settings))
         for node in nodes:
             node.url = stack.enter_context(serve(node_app(node, app.state.coordinator_key.public)))
         state = app.state
@@ -426,6 +431,7 @@ def coordinator(tmp_path: Path) -> Iterator[tuple[str, FastAPI, list[FakeNode]]]
             http=state.http,
             resolve_model=lambda ref: LLMModel(MODEL, 64),
             list_nodes=lambda digest: [n.candidate() for n in nodes],
+            ledger=state.ledger,
         )
         yield url, app, nodes
 
@@ -614,3 +620,39 @@ def test_a_node_failing_after_the_stream_began_ends_it_with_an_openai_error(
     error = json.loads(events[-1][1])["error"]
     assert error["code"] == "no_nodes_available"
     assert "[DONE]" not in response.text
+
+
+@pytest.mark.parametrize("coordinator", [{"fee_per_job": 5}], indirect=True)
+def test_a_signed_client_is_logged_and_must_cover_the_nodes_fees(
+    coordinator: tuple[str, FastAPI, list[FakeNode]],
+) -> None:
+    url, _, nodes = coordinator
+    client = generate_key("ed25519")
+    raw = json.dumps(CHAT).encode()
+    path = "/v1/chat/completions"
+    headers = sign_request(client, "POST", path, raw) | {"Content-Type": "application/json"}
+    unfunded = httpx.post(url + path, content=raw, headers=headers, timeout=30)
+    assert unfunded.status_code == 409, unfunded.text
+    assert unfunded.json()["error"]["code"] == "conflict"
+    assert [n.jobs for n in nodes] == [[], []]  # refused before any node ran
+    forged = dict(headers) | {"Content-Type": "application/json"}
+    tampered = httpx.post(url + path, content=raw.replace(b"Hi", b"Ho"), headers=forged)
+    assert tampered.status_code == 403
+    assert tampered.json()["error"]["code"] == "invalid_signature"
+    # Unsigned requests are not charged (the ledger's rule), and are logged without a client.
+    free = httpx.post(url + path, json=CHAT, timeout=30).json()
+    assert free["veriml"]["request"] == {"kind": "chat.completion"}
+
+
+def test_a_signed_request_is_logged_with_its_clients_key_id(
+    coordinator: tuple[str, FastAPI, list[FakeNode]],
+) -> None:
+    url, _, _ = coordinator
+    client = generate_key("ed25519")
+    raw = json.dumps(CHAT).encode()
+    headers = sign_request(client, "POST", "/v1/chat/completions", raw)
+    headers["Content-Type"] = "application/json"
+    response = httpx.post(url + "/v1/chat/completions", content=raw, headers=headers, timeout=30)
+    assert response.status_code == 200, response.text
+    request = response.json()["veriml"]["request"]
+    assert request == {"kind": "chat.completion", "client": client.key_id}
