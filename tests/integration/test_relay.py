@@ -8,7 +8,10 @@ header.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,6 +25,7 @@ from veriml.core.completion import canonical_request, open_completion
 from veriml.core.digest import Digest
 from veriml.core.errors import ExecutionError, FormatError
 from veriml.core.keys import generate_key
+from veriml.node import NodeConfig
 from veriml.node._relay import RELAY_TOKEN, RelayEngine
 from veriml.runtime.llm import TokenEvent
 
@@ -175,3 +179,52 @@ def test_a_request_the_openai_api_cannot_carry_is_refused_not_dropped() -> None:
         engine.run(canonical, key=generate_key(), request_id="r-8", policy="none")
     assert caught.value.evidence["param"] == "top_k"
     engine.close()
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"relay_url": "http://up.example/v1"}, "both"),
+        ({"relay_model": "m"}, "both"),
+        ({"relay_url": "ftp://up.example", "relay_model": "m"}, "http"),
+        ({"relay_key_env": "KEY"}, "only used by a relay"),
+    ],
+)
+def test_a_node_config_refuses_an_incomplete_relay(
+    tmp_path: Path, fields: dict[str, str], message: str
+) -> None:
+    with pytest.raises(FormatError) as caught:
+        NodeConfig(
+            coordinator_url="http://127.0.0.1:8700",
+            key_path=tmp_path / "node.key",
+            operator="op-r",
+            home=tmp_path,
+            **fields,  # type: ignore[arg-type]
+        )
+    assert message in caught.value.message
+
+
+def test_serve_node_with_a_relay_but_no_model_is_a_one_line_error(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "veriml",
+            "serve",
+            "node",
+            "--coordinator",
+            "http://127.0.0.1:9",
+            "--home",
+            str(tmp_path),
+            "--operator",
+            "op-r",
+            "--relay",
+            "http://up.example/v1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("error:")
+    assert "relay" in done.stderr
