@@ -27,7 +27,7 @@ from veriml.coordinator.problems import problem
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, LimitExceeded, NodeUnavailable
+from veriml.core.errors import Error, InvalidInput, LimitExceeded, NodeUnavailable
 from veriml.models import IOSignature
 
 __all__ = ["inference_service", "node_lister", "recover_pending", "router"]
@@ -104,6 +104,13 @@ def _service_from_state(state: Any) -> InferenceService:
 
     def resolve_model(ref: str) -> ResolvedModel:
         record = models.resolve(ref)
+        if record.kind != "onnx":  # a GGUF language model answers on the OpenAI routes
+            raise InvalidInput(
+                "this model is a language model: use /v1/chat/completions, /v1/completions "
+                "or /v1/embeddings",
+                model=ref[:200],
+                kind=record.kind,
+            )
         return ResolvedModel(record.digest, IOSignature.from_json(record.io))
 
     list_nodes = node_lister(state)

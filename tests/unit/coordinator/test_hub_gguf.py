@@ -161,3 +161,12 @@ def test_a_corrupt_gguf_is_refused_with_nothing_registered(tmp_path: Path) -> No
         assert response.status_code == 400, response.text
         assert "GGUF" in response.json()["detail"]
         assert httpx.get(url + "/v1/models").json()["data"] == []
+
+
+def test_an_onnx_inference_request_for_a_language_model_is_refused(
+    hub: tuple[str, FastAPI, dict[str, Any]],
+) -> None:
+    url, _, _ = hub
+    response = httpx.post(url + "/v1/inferences", json={"model": "smollm2", "inputs": {}})
+    assert response.status_code == 422, response.text
+    assert "/v1/chat/completions" in response.json()["detail"]
