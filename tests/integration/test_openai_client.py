@@ -151,8 +151,7 @@ def test_the_sdk_answers_the_same_under_quorum(sdk: Client) -> None:
 
 
 def test_a_prefill_checked_chat_verifies_with_the_checkers_report(sdk: Client) -> None:
-    hello = [{"role": "user", "content": "Hi"}]
-    result = sdk.chat("smollm2", hello, policy="prefill", temperature=0, max_tokens=8)
+    result = sdk.chat("smollm2", MESSAGES, policy="prefill", **GREEDY)
     assert isinstance(result, ChatResult)
     assert result.verified == COMPLETION_CHECKS
     assert result.policy == "prefill"
