@@ -196,7 +196,7 @@ def prefill_check(
         return _reject(0, None, exc.diagnostics())
     if output is not None and completion.output_digest() != output:
         return _reject(0, None, "the output digest does not match the tokens")
-    logits = engine.all_logits([*expected, *completion_tokens])
+    logits = engine.all_logits([*expected, *completion_tokens], prompt_count=len(expected))
     return check_completion(
         logits,
         len(expected),

@@ -249,7 +249,9 @@ class LLMEngine:
         params.n_batch = params.n_ubatch = s.n_batch
         params.n_seq_max = 1
         params.n_threads = params.n_threads_batch = s.n_threads
-        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        # Flash attention: each query row is computed on its own, the same way in a batch
+        # as alone, which (with the schedule of all_logits) makes verification bitwise.
+        params.flash_attn_type = lib.LLAMA_FLASH_ATTN_TYPE_ENABLED
         params.type_k = params.type_v = lib.GGML_TYPE_F16
         params.no_perf = True
         params.embeddings = embeddings
@@ -440,9 +442,18 @@ class LLMEngine:
             raise FormatError("the tokens end before any stop condition", tokens=len(tokens))
         return text.completion(prompt)
 
-    def all_logits(self, tokens: Sequence[int]) -> np.ndarray[Any, np.dtype[np.float32]]:
+    def all_logits(
+        self, tokens: Sequence[int], *, prompt_count: int | None = None
+    ) -> np.ndarray[Any, np.dtype[np.float32]]:
         """Logits for every position of ``tokens`` (``[len(tokens), n_vocab]``, float32),
-        from one batched evaluation: what the prefill check judges."""
+        batched: what the prefill check judges.
+
+        With ``prompt_count``, the first ``prompt_count`` tokens are decoded exactly as
+        :meth:`generate` decodes a prompt and the rest in one further pass; the rows that
+        predict completion tokens are then bitwise equal to the logits the generator sampled
+        from (measured; llama.cpp's kernels depend on how the prompt is batched, so one pass
+        over prompt and completion together differs by up to ~1 logit on a Q4 model).
+        """
         if not tokens:
             raise FormatError("no tokens to evaluate", param="tokens")
         if len(tokens) > self.settings.n_ctx:
@@ -454,15 +465,25 @@ class LLMEngine:
             )
         if any(not 0 <= int(t) < self.n_vocab for t in tokens):
             raise InvalidInput("a token id is outside the vocabulary", param="tokens")
-        out = np.empty((len(tokens), self.n_vocab), dtype=np.float32)
+        split = len(tokens) if prompt_count is None else prompt_count
+        if not 1 <= split <= len(tokens):
+            raise FormatError("prompt_count must be within the tokens", param="prompt_count")
+        ids = [int(t) for t in tokens]
+        out = np.empty((len(ids), self.n_vocab), dtype=np.float32)
 
-        def collect(first: int, count: int) -> None:
-            pointer = self._lib.llama_get_logits(self._ctx)
-            out[first : first + count] = np.ctypeslib.as_array(pointer, shape=(count, self.n_vocab))
+        def collect(offset: int) -> Callable[[int, int], None]:
+            def sink(first: int, count: int) -> None:
+                pointer = self._lib.llama_get_logits(self._ctx)
+                rows = np.ctypeslib.as_array(pointer, shape=(count, self.n_vocab))
+                out[offset + first : offset + first + count] = rows
+
+            return sink
 
         with self._lock:
             self._clear(self._ctx)
-            self._decode(self._ctx, [int(t) for t in tokens], 0, every=True, sink=collect)
+            self._decode(self._ctx, ids[:split], 0, every=True, sink=collect(0))
+            if split < len(ids):
+                self._decode(self._ctx, ids[split:], split, every=True, sink=collect(split))
             self._clear(self._ctx)
         return out
 

@@ -53,6 +53,7 @@ class LLMSettings:
             "n_threads": self.n_threads,
             "type_k": "f16",
             "type_v": "f16",
-            "flash_attn": False,
+            "flash_attn": True,
+            "extra_bufts": False,
             "platform": platform_fingerprint(),
         }
