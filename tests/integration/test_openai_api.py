@@ -263,3 +263,37 @@ def test_answers_are_counted_by_policy_and_verdict(net: LocalNetwork) -> None:
     counted = [row for row in metrics.splitlines() if row.startswith(line)]
     assert len(counted) == 1
     assert float(counted[0].split()[-1]) >= 1
+
+
+@pytest.fixture(scope="module")
+def relayed(net: LocalNetwork, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
+    """A second network whose one node relays to the first network's OpenAI API."""
+    home = tmp_path_factory.mktemp("relay-net")
+    relay_args = ("--relay", net.url + "/v1", "--relay-model", "smollm2")
+    with LocalNetwork(home, nodes=1, port=0, node_args=relay_args, start_timeout=120) as relay:
+        yield relay
+
+
+def test_a_relayed_model_is_answered_as_attested_relay_and_logged(
+    net: LocalNetwork, relayed: LocalNetwork
+) -> None:
+    request = {"model": "relay:smollm2", "messages": MESSAGES, "max_tokens": 8, "temperature": 0}
+    response = post(relayed, "/v1/chat/completions", request)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["model"] == "relay:smollm2"
+    assert body["choices"][0]["message"]["content"]
+    veriml = body["veriml"]
+    assert veriml["model"] == Digest.of(b"relay:smollm2").to_text()
+    assert veriml["verdict"]["outcome"] == "accepted"
+    predicate = json.loads(base64.b64decode(veriml["receipts"][0]["payload"]))["predicate"]
+    assert predicate["trust"] == "attested-relay"
+    assert predicate["model"] == {"upstream": net.url + "/v1", "name": "smollm2"}
+    with Client(relayed.url, log_vkey=relayed.log_vkey) as client:
+        result = client.chat("relay:smollm2", MESSAGES, max_tokens=8, temperature=0)
+    assert result.trust == "attested-relay"
+    assert result.verified
+    # A relay has no tokens to check: prefill is refused before anything runs.
+    refused = post(relayed, "/v1/chat/completions", request | {"veriml": {"policy": "prefill"}})
+    assert refused.status_code == 400
+    assert refused.json()["error"]["param"] == "veriml.policy"

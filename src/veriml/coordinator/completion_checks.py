@@ -71,6 +71,9 @@ class CompletionJob:
     digest: Digest
     policy: str
     spot: Digest | None = None
+    relay: str | None = None
+    """A relayed model (``relay:NAME``): the upstream model name relay nodes must sign; ``model``
+    is then the stand-in digest ``SHA-256("relay:NAME")`` the request and entry are bound to."""
 
     @property
     def job_kind(self) -> str:
@@ -133,18 +136,27 @@ class CompletionAnswer:
     veriml: Mapping[str, Any]
 
 
-def parse_policy(text: str) -> Policy:
-    """A policy the completion service runs: ``none``, ``quorum:N/K`` or ``spot:P``, bitwise.
+def parse_policy(text: str, *, kind: RequestKind, relay: bool = False) -> Policy:
+    """A policy the completion service runs: ``none``, ``quorum:N/K``, ``spot:P`` or
+    ``prefill``, bitwise.
 
     Tolerance mode and ``optimistic:W`` need tensors and traces of ONNX models; token ids are
-    compared exactly."""
+    compared exactly. ``prefill`` checks generated tokens, so embeddings and relayed answers
+    (which carry no token ids) cannot have it."""
     try:
         policy = Policy.parse(text)
     except FormatError as exc:
         raise FormatError(exc.message, param="veriml.policy", **exc.evidence) from exc
     if policy.compare != "bitwise" or policy.kind == "optimistic":
         raise FormatError(
-            "LLM requests run under none, quorum:N/K or spot:P (token ids compare exactly)",
+            "LLM requests run under none, quorum:N/K, spot:P or prefill (token ids compare "
+            "exactly)",
+            param="veriml.policy",
+            got=text[:64],
+        )
+    if policy.kind == "prefill" and (relay or kind == "embedding"):
+        raise FormatError(
+            "prefill checks generated tokens: embeddings and relayed models have none",
             param="veriml.policy",
             got=text[:64],
         )
@@ -198,11 +210,17 @@ def check_answer(
     _bind("node", predicate.node_id, name, name)
     _bind("request id", predicate.request_id, job.request_id, name)
     _bind("request digest", predicate.request_digest, job.digest, name)
-    _bind("model", predicate.model_digest, job.model, name)
     _bind("policy", predicate.policy, job.policy, name)
-    _bind("trust", predicate.trust, "reexecutable", name)
+    if job.relay is None:
+        _bind("model", predicate.model_digest, job.model, name)
+        _bind("trust", predicate.trust, "reexecutable", name)
+    else:
+        # A relay signs the upstream it forwarded to, and no digest: a signature only.
+        _bind("trust", predicate.trust, "attested-relay", name)
+        _bind("upstream model", (predicate.upstream or {}).get("name"), job.relay, name)
     if job.kind == "embedding":
-        return _check_embedding(result, predicate, output, name, max_tensor_bytes)
+        inputs = len(job.canonical.get("input", ()))
+        return _check_embedding(result, predicate, output, name, max_tensor_bytes, inputs)
     _bind("sampling", predicate.sampling, sampling_of(job.canonical), name)
     # 3. The prompt.
     prompt = _int_list(result.get("prompt_tokens"), "prompt_tokens", name)
@@ -260,16 +278,22 @@ def _check_embedding(
     output: Digest,
     name: str,
     max_tensor_bytes: int,
+    inputs: int,
 ) -> NodeAnswer:
     raw_prompts = result.get("prompt_tokens")
     if not isinstance(raw_prompts, list):
         raise VerificationError("node answer's prompt_tokens is not a list", node=name)
     prompts = tuple(_int_list(p, "prompt_tokens", name) for p in raw_prompts)
+    relayed = predicate.trust == "attested-relay"
+    if len(prompts) != (0 if relayed else inputs):  # a relay sees text, not token ids
+        raise VerificationError(
+            "node answer has not one prompt token list per input", node=name, inputs=inputs
+        )
     _check_prompt(predicate, prompt_digest(prompts), sum(len(p) for p in prompts), name)
     raw = result.get("embeddings")
-    if not isinstance(raw, list) or len(raw) != len(prompts):
+    if not isinstance(raw, list) or len(raw) != inputs:
         raise VerificationError(
-            "node answer has not one embedding per input", node=name, inputs=len(prompts)
+            "node answer has not one embedding per input", node=name, inputs=inputs
         )
     try:
         vectors = tuple(tensor_from_json(v, max_bytes=max_tensor_bytes) for v in raw)

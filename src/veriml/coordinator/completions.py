@@ -85,6 +85,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LLM_ENGINE",
+    "RELAY_PREFIX",
     "CompletionAnswer",
     "CompletionJob",
     "CompletionOptions",
@@ -94,10 +95,13 @@ __all__ = [
     "Prepared",
     "TokenPiece",
     "TokenSink",
+    "relay_digest",
 ]
 
 LLM_ENGINE: Final = "llama.cpp"
 """The engine a node's descriptor lists when it runs GGUF models."""
+RELAY_PREFIX: Final = "relay:"
+"""Model ids ``relay:NAME`` name a model relay nodes forward to an upstream API."""
 NDJSON: Final = "application/x-ndjson"
 SEED_BOUND: Final = 1 << 32
 _MAX_ERROR_BYTES: Final = 64 << 10
@@ -108,10 +112,19 @@ Array = npt.NDArray[Any]
 
 @dataclass(frozen=True, slots=True)
 class LLMModel:
-    """What the service needs of a hub model: its digest and context length (``io``)."""
+    """What the service needs of a model: its digest and context length (``io``) for a hub
+    GGUF model; for a relayed one (``relay:NAME``), the upstream ``relay`` name and the
+    stand-in digest :func:`relay_digest` of its id."""
 
     digest: Digest
     context_length: int | None = None
+    relay: str | None = None
+
+
+def relay_digest(name: str) -> Digest:
+    """The stand-in digest of relayed model ``NAME``: ``SHA-256("relay:NAME")``. A relay has no
+    weights to name; requests, jobs and log entries are bound to this instead."""
+    return Digest.of(f"relay:{name}".encode())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -241,7 +254,8 @@ class CompletionService:
 
     Its collaborators are passed in, as for :class:`~veriml.coordinator.inference
     .InferenceService`: ``resolve_model(ref)`` (blocking) returns the GGUF model or raises
-    ``NotFound``; ``list_nodes(model)`` (blocking) the nodes that run ``llama.cpp`` and may
+    ``NotFound``; ``list_nodes(model)`` (blocking) the nodes that run it (``llama.cpp``, or
+    relay nodes for ``model.relay``) and may
     get jobs; ``node_failed(node_id)`` is told when a node did not answer; ``observe`` gets
     ``("verdict", "<policy kind>/<outcome>")`` and ``("node-failure", reason)`` events. With a
     ``ledger``, a signed client pays ``fee_per_job`` to each node that answered.
@@ -255,7 +269,7 @@ class CompletionService:
         key: SigningKey,
         http: httpx.AsyncClient,
         resolve_model: Callable[[str], LLMModel],
-        list_nodes: Callable[[Digest], Sequence[Candidate]],
+        list_nodes: Callable[[LLMModel], Sequence[Candidate]],
         node_failed: Callable[[str], None] | None = None,
         observe: Callable[[str, str], None] | None = None,
         options: CompletionOptions | None = None,
@@ -295,13 +309,12 @@ class CompletionService:
             raise FormatError(
                 "model must be a hub name, name@version or sha256 digest", param="model"
             )
-        parsed = parse_policy(policy)
-        request_id = str(uuid.uuid4()) if request_id is None else check_request_id(request_id)
+        parsed = parse_policy(policy, kind=kind, relay=model_ref.startswith(RELAY_PREFIX))
+        key = request_id
+        request_id = str(uuid.uuid4()) if key is None else check_request_id(key)
         # 1. The model and the nodes that may run it (blocking lookups, off the event loop).
         model, candidates = await asyncio.to_thread(self._lookup, model_ref)
-        stored = None
-        if request_id is not None:
-            stored = await self._stored(request_id, kind, model, body)
+        stored = None if key is None else await self._stored(request_id, kind, model, body)
         # 2. The canonical request; the seed is chosen here so a quorum samples alike.
         seed = None if kind == "embedding" else secrets.randbelow(SEED_BOUND)
         canonical = canonical_request(
@@ -316,6 +329,7 @@ class CompletionService:
             digest=canonical_digest(canonical),
             policy=str(parsed),
             spot=None if secret is None else spot_commitment(secret),
+            relay=model.relay,
         )
         if self._ledger is not None and stored is None:
             jobs = parsed.nodes + (1 if parsed.kind in ("spot", "prefill") else 0)
@@ -357,7 +371,7 @@ class CompletionService:
 
     def _lookup(self, ref: str) -> tuple[LLMModel, list[Candidate]]:
         model = self._resolve_model(ref)
-        return model, list(self._list_nodes(model.digest))
+        return model, list(self._list_nodes(model))
 
     def _choose(
         self, prepared: Prepared, count: int, tried: frozenset[str], busy: frozenset[str]

@@ -31,6 +31,7 @@ from veriml.coordinator.auth import RequestSignature
 from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
     LLM_ENGINE,
+    RELAY_PREFIX,
     CompletionAnswer,
     CompletionOptions,
     CompletionService,
@@ -38,9 +39,11 @@ from veriml.coordinator.completions import (
     NodeAnswer,
     Prepared,
     TokenPiece,
+    relay_digest,
 )
 from veriml.coordinator.inference_routes import node_lister
 from veriml.coordinator.openai_errors import openai_error
+from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import RequestKind
 from veriml.core.digest import Digest
@@ -64,6 +67,8 @@ POLICY_HEADER: Final = "X-Veriml-Policy"
 IDEMPOTENCY_HEADER: Final = "Idempotency-Key"
 RECEIPT_HEADER: Final = "X-Veriml-Receipt"
 SSE: Final = "text/event-stream"
+RELAY_ENGINE: Final = "relay"
+"""The engine relay nodes list (docs/llm.md, "Relay engine")."""
 
 router = APIRouter(tags=["openai"])
 
@@ -103,11 +108,49 @@ def _observer(state: Any) -> Callable[[str, str], None]:
     return count
 
 
+def _relay_nodes(state: Any, model: LLMModel) -> list[Candidate]:
+    """Live relay nodes serving ``relay:NAME`` that the ledger lets receive jobs, as the
+    scheduler sees them: serving the stand-in digest the request is bound to."""
+    wanted = RELAY_PREFIX + str(model.relay)
+    now, live = time.time(), state.settings.live_after
+    ledger = state.ledger.state()
+    return [
+        Candidate(
+            node_id=row.node_id,
+            operator=row.operator,
+            endpoint=row.endpoint,
+            public_key=row.public_key,
+            log_index=row.log_index,
+            last_seen=row.last_seen,
+            active=row.active + row.queued,
+            capacity=row.capacity,
+            models=(model.digest.to_text(),),
+            reputation=ledger.reputation_of(row.node_id),
+        )
+        for row in state.nodes.all()
+        if row.is_live(now, live)
+        and RELAY_ENGINE in row.engines
+        and wanted in row.models
+        and state.ledger.schedulable(row.node_id)
+    ]
+
+
 def service_from_state(state: Any) -> CompletionService:
     """The completion service over what the app's lifespan put on ``app.state``."""
     settings, models = state.settings, state.models
+    llama_nodes = node_lister(state, engine=LLM_ENGINE)
+
+    def list_nodes(model: LLMModel) -> list[Candidate]:
+        if model.relay is not None:
+            return _relay_nodes(state, model)
+        return llama_nodes(model.digest)
 
     def resolve_model(ref: str) -> LLMModel:
+        if ref.startswith(RELAY_PREFIX):
+            name = ref.removeprefix(RELAY_PREFIX)
+            if not 0 < len(name) <= 256:
+                raise FormatError("a relayed model is relay:NAME", param="model", got=ref[:80])
+            return LLMModel(relay_digest(name), relay=name)
         record = models.resolve(ref)
         if record.io.get("kind") != "gguf":
             raise FormatError(
@@ -125,7 +168,7 @@ def service_from_state(state: Any) -> CompletionService:
         key=state.coordinator_key,
         http=state.http,
         resolve_model=resolve_model,
-        list_nodes=node_lister(state, engine=LLM_ENGINE),
+        list_nodes=list_nodes,
         node_failed=state.nodes.mark_failed,
         observe=_observer(state),
         options=CompletionOptions(

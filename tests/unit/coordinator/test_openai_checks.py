@@ -177,3 +177,20 @@ def test_a_prefill_report_vouches_only_for_the_receipt_it_names() -> None:
         check_prefill(
             report(Digest.of(b"another receipt")), _node(checker), checker.public, JOB, answer
         )
+
+
+def test_a_relays_signature_answers_only_a_relayed_model_and_only_its_upstream() -> None:
+    key = generate_key("ed25519")
+    relayed = {
+        "model_digest": None,
+        "trust": "attested-relay",
+        "upstream": {"upstream": "https://api.example/v1", "name": "gpt-x"},
+    }
+    job = dataclasses.replace(JOB, relay="gpt-x")
+    answer = check_answer(_result(key, **relayed), _node(key), key.public, job)
+    assert answer.predicate.trust == "attested-relay"
+    with pytest.raises(VerificationError, match="its model differs"):
+        check_answer(_result(key, **relayed), _node(key), key.public, JOB)  # a hub model
+    other = dataclasses.replace(job, relay="gpt-y")
+    with pytest.raises(VerificationError, match="upstream model"):
+        check_answer(_result(key, **relayed), _node(key), key.public, other)
