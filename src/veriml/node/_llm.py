@@ -348,7 +348,8 @@ class LLMJobs:
         else:
             # 4. One batched pass, the sampler replayed at every generated position.
             report = check_completion(
-                llm.engine.all_logits([*prompt, *tokens]),
+                # The prompt batched as the generator batched it: bitwise its logits.
+                llm.engine.all_logits([*prompt, *tokens], prompt_count=len(prompt)),
                 len(prompt),
                 tokens,
                 sampling_of(request),
@@ -356,6 +357,7 @@ class LLMJobs:
                 eos_ids=llm.engine.eos_ids,
                 max_tokens=int(request["max_tokens"]),
                 stop=request["stop"],
+                pieces=llm.engine.pieces(tokens),
             )
         check = PrefillCheck(
             receipt=Digest.of(receipt.payload),

@@ -281,11 +281,6 @@ def test_a_prefill_check_accepts_an_honest_completion(llm_hub: LLMHub, node: Run
     assert check.report["checked"] == len(answer["completion_tokens"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="incremental and batched llama.cpp logits differ by more than the sampled check's "
-    "delta (1e-4) on flat distributions: an honest sampled token is rejected (reported to L1)",
-)
 def test_a_prefill_check_accepts_a_seeded_sampled_completion(
     llm_hub: LLMHub, node: RunningNode
 ) -> None:
