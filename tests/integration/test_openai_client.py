@@ -9,6 +9,7 @@ short (8-16 tokens) and greedy unless a test says otherwise.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,8 @@ import pytest
 from _llm import make_smollm2_folder
 from veriml.client import (
     COMPLETION_CHECKS,
+    AsyncChatStream,
+    AsyncClient,
     ChatResult,
     ChatStream,
     Client,
@@ -181,6 +184,23 @@ def test_the_sdk_completes_and_embeds(sdk: Client) -> None:
     assert vectors.verified == COMPLETION_CHECKS
     assert len(vectors.embeddings) == 2
     assert all(np.all(np.isfinite(v)) for v in vectors.embeddings)
+
+
+def test_the_async_client_chats_and_streams_verified(net: LocalNetwork) -> None:
+    async def ask() -> tuple[ChatResult, str, ChatResult]:
+        async with AsyncClient(net.url, log_vkey=net.log_vkey, timeout=120) as client:
+            plain = await client.chat("smollm2", MESSAGES, seed=2, **GREEDY)
+            assert isinstance(plain, ChatResult)
+            stream = await client.chat("smollm2", MESSAGES, seed=2, stream=True, **GREEDY)
+            assert isinstance(stream, AsyncChatStream)
+            async with stream:
+                text = "".join([piece async for piece in stream])
+            return plain, text, stream.result
+
+    plain, text, streamed = asyncio.run(ask())
+    assert plain.verified == COMPLETION_CHECKS
+    assert streamed.verified == COMPLETION_CHECKS
+    assert text == streamed.content == plain.content
 
 
 def test_the_sdk_names_an_unknown_model(sdk: Client) -> None:

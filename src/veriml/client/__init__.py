@@ -49,7 +49,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from veriml.client._chat import ChatResult
-    from veriml.client._client import AsyncClient, ChatStream, Client
+    from veriml.client._client import AsyncChatStream, AsyncClient, ChatStream, Client
     from veriml.client._completions import COMPLETION_CHECKS, VerifiedCompletion, verify_completion
     from veriml.client._disputes import Challenger
     from veriml.client._local import LocalNetwork
@@ -64,6 +64,7 @@ __all__ = [
     "NETWORK_FILE",
     "POLICY_CHECKS",
     "AnswerOutputs",
+    "AsyncChatStream",
     "AsyncClient",
     "Challenger",
     "ChatResult",
@@ -123,6 +124,7 @@ def __getattr__(name: str) -> object:
         "Challenger": "_disputes",
         "Watcher": "_watch",
         "ChatStream": "_client",
+        "AsyncChatStream": "_client",
         "ChatResult": "_chat",
         "COMPLETION_CHECKS": "_completions",
         "VerifiedCompletion": "_completions",

@@ -42,6 +42,7 @@ __all__ = [
     "POLICY_HEADER",
     "ChatResult",
     "LLMRequest",
+    "SSEReader",
     "StreamAssembler",
     "canonical_policy",
     "openai_error",
@@ -358,24 +359,40 @@ def openai_error(status: int, body: object, url: str) -> Error:
     return NodeUnavailable(message, **evidence)
 
 
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """Server-sent events (WHATWG HTML, "Server-sent events"): ``(event type, data)`` per
-    event; comments and ids are skipped, multi-line data joined with newlines."""
-    event, data = "", list[str]()
-    for raw in lines:
+class SSEReader:
+    """Server-sent events (WHATWG HTML, "Server-sent events"), one line at a time, so sync and
+    async streams read them alike: :meth:`feed` returns ``(event type, data)`` when a blank
+    line ends an event; comments and ids are skipped, multi-line data joined with newlines."""
+
+    def __init__(self) -> None:
+        self._event = ""
+        self._data: list[str] = []
+
+    def feed(self, raw: str) -> tuple[str, str] | None:
         line = raw.rstrip("\r\n")
         if not line:
-            if data:
-                yield event, "\n".join(data)
-            event, data = "", []
-            continue
-        if line.startswith(":"):
-            continue
-        name, _, value = line.partition(":")
-        value = value.removeprefix(" ")
-        if name == "event":
-            event = value
-        elif name == "data":
-            data.append(value)
-    if data:
-        yield event, "\n".join(data)
+            return self.end()
+        if not line.startswith(":"):
+            name, _, value = line.partition(":")
+            value = value.removeprefix(" ")
+            if name == "event":
+                self._event = value
+            elif name == "data":
+                self._data.append(value)
+        return None
+
+    def end(self) -> tuple[str, str] | None:
+        """The event in progress, if any (a stream may end without its blank line)."""
+        done = (self._event, "\n".join(self._data)) if self._data else None
+        self._event, self._data = "", []
+        return done
+
+
+def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """``(event type, data)`` of each server-sent event in ``lines`` (see :class:`SSEReader`)."""
+    reader = SSEReader()
+    for line in lines:
+        if (event := reader.feed(line)) is not None:
+            yield event
+    if (event := reader.end()) is not None:
+        yield event

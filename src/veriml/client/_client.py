@@ -16,7 +16,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import httpx
 from veriml.client._chat import (
     ChatResult,
     LLMRequest,
+    SSEReader,
     StreamAssembler,
     canonical_policy,
     openai_error,
@@ -55,7 +56,14 @@ from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 
-__all__ = ["DEFAULT_TIMEOUT", "AsyncClient", "ChatStream", "Client", "raise_for_problem"]
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "AsyncChatStream",
+    "AsyncClient",
+    "ChatStream",
+    "Client",
+    "raise_for_problem",
+]
 
 DEFAULT_TIMEOUT = 60.0
 MAX_ANSWER_BYTES = 256 << 20
@@ -806,14 +814,15 @@ class AsyncClient(_Base):
         messages: Sequence[Mapping[str, Any]],
         *,
         policy: str = "none",
+        stream: bool = False,
         verify: bool | None = None,
         request_id: str | None = None,
         **params: Any,
-    ) -> ChatResult:
-        """As :meth:`Client.chat`, without streaming (use :class:`Client` to stream)."""
+    ) -> ChatResult | AsyncChatStream:
+        """As :meth:`Client.chat`; a stream is an :class:`AsyncChatStream` (``async for``)."""
         payload = {"messages": [dict(m) for m in messages]}
         request = _llm_request("chat.completion", model, payload, params, policy, request_id)
-        return await self._llm(request, verify)
+        return await self._llm(request, stream, verify)
 
     async def complete(
         self,
@@ -821,14 +830,15 @@ class AsyncClient(_Base):
         prompt: str,
         *,
         policy: str = "none",
+        stream: bool = False,
         verify: bool | None = None,
         request_id: str | None = None,
         **params: Any,
-    ) -> ChatResult:
+    ) -> ChatResult | AsyncChatStream:
         request = _llm_request(
             "text_completion", model, {"prompt": prompt}, params, policy, request_id
         )
-        return await self._llm(request, verify)
+        return await self._llm(request, stream, verify)
 
     async def embed(
         self,
@@ -842,15 +852,35 @@ class AsyncClient(_Base):
     ) -> ChatResult:
         value = input if isinstance(input, str) else list(input)
         request = _llm_request("embedding", model, {"input": value}, params, policy, request_id)
-        return await self._llm(request, verify)
+        result = await self._llm(request, False, verify)
+        assert isinstance(result, ChatResult)
+        return result
 
-    async def _llm(self, request: LLMRequest, verify: bool | None) -> ChatResult:
-        if request.body.get("stream"):
-            raise FormatError("AsyncClient does not stream; use Client.chat(..., stream=True)")
-        content = request.content()
-        headers = self._llm_headers(request, content)
-        response = await self._request("POST", request.path, content=content, headers=headers)
-        body = _json_body(response)
+    async def _llm(
+        self, request: LLMRequest, stream: bool, verify: bool | None
+    ) -> ChatResult | AsyncChatStream:
+        wire = replace(request, body=dict(request.body) | ({"stream": True} if stream else {}))
+        content = wire.content()
+        headers = self._llm_headers(wire, content)
+        if not stream:
+            response = await self._request("POST", wire.path, content=content, headers=headers)
+            return await self._llm_result(wire, _json_body(response), verify)
+        try:
+            sent = self._http.build_request("POST", wire.path, content=content, headers=headers)
+            response = await self._http.send(sent, stream=True)
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        if response.status_code >= 400:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+            _json_body(response)
+        return AsyncChatStream(self, wire, response, verify)
+
+    async def _llm_result(
+        self, request: LLMRequest, body: Mapping[str, Any], verify: bool | None
+    ) -> ChatResult:
         if not (self.verify if verify is None else verify):
             return ChatResult.of(request.kind, body)
         model = await self._model_digest(request.model)
@@ -932,3 +962,60 @@ class ChatStream:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+class AsyncChatStream:
+    """The asyncio twin of :class:`ChatStream`: ``async for text in stream``, then
+    ``stream.result``, verified once the stream has ended (failing closed the same way)."""
+
+    def __init__(
+        self,
+        client: AsyncClient,
+        request: LLMRequest,
+        response: httpx.Response,
+        verify: bool | None,
+    ) -> None:
+        self._client = client
+        self._request = request
+        self._response = response
+        self._verify = verify
+        self._assembler = StreamAssembler(request.kind)
+        self._result: ChatResult | None = None
+
+    @property
+    def result(self) -> ChatResult:
+        """The verified answer; only once the stream has been read to its end."""
+        if self._result is None:
+            raise VerificationError("the stream has not been read to its end", check="stream")
+        return self._result
+
+    @property
+    def text(self) -> str:
+        return self._assembler.text
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        reader = SSEReader()
+        try:
+            async for line in self._response.aiter_lines():
+                event = reader.feed(line)
+                if event is not None and (piece := self._assembler.feed(*event)):
+                    yield piece
+            if (event := reader.end()) is not None and (piece := self._assembler.feed(*event)):
+                yield piece
+        except httpx.HTTPError as exc:
+            raise NodeUnavailable(
+                "the stream broke off", url=self._client.url, reason=str(exc)
+            ) from exc
+        finally:
+            await self._response.aclose()
+        body = self._assembler.body()
+        self._result = await self._client._llm_result(self._request, body, self._verify)
+
+    async def aclose(self) -> None:
+        await self._response.aclose()
+
+    async def __aenter__(self) -> AsyncChatStream:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()

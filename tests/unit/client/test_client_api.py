@@ -13,6 +13,7 @@ PUBLIC = {
     "NETWORK_FILE",
     "POLICY_CHECKS",
     "AnswerOutputs",
+    "AsyncChatStream",
     "AsyncClient",
     "Challenger",
     "ChatResult",
