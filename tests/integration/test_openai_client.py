@@ -161,6 +161,15 @@ def test_a_prefill_checked_chat_verifies_with_the_checkers_report(sdk: Client) -
     assert len(result.verdict.agreeing) == 2
 
 
+def test_a_spot_checked_chat_verifies(sdk: Client) -> None:
+    result = sdk.chat("smollm2", MESSAGES, policy="spot:0.5", **GREEDY)
+    assert isinstance(result, ChatResult)
+    assert result.policy == "spot:0.5"
+    assert set(COMPLETION_CHECKS) <= set(result.verified)
+    assert result.verdict.spot is not None
+    assert len(result.verdict.agreeing) == (2 if result.verdict.spot.checked else 1)
+
+
 def test_a_seeded_sampled_chat_verifies(sdk: Client) -> None:
     result = sdk.chat("smollm2", MESSAGES, temperature=0.8, top_p=0.9, seed=11, max_tokens=12)
     assert isinstance(result, ChatResult)

@@ -73,7 +73,7 @@ from veriml.protocol.messages import NodeDescriptor, open_prefill_check
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
-from veriml.verify.policy import Policy, Verdict, check_verdict, decide
+from veriml.verify.policy import Policy, Verdict, check_spot, check_verdict, decide
 
 __all__ = [
     "COMPLETION_CHECKS",
@@ -543,6 +543,42 @@ def _check_prefill(
     return descriptor.node_id
 
 
+def _check_spot(
+    evidence: CompletionEvidence,
+    primary: Envelope,
+    predicates: Sequence[CompletionPredicate],
+    nodes: Mapping[str, NodeDescriptor],
+) -> bool:
+    """``spot:P`` (docs/verification.md, "Spot checks"): the revealed secret is the one the
+    primary receipt commits to, and the draw it implies is the verdict's; a drawn check has a
+    second operator's receipt. False when the receipt commits to no secret (nothing to check
+    the reveal against)."""
+    reveal = evidence.verdict.spot
+    try:
+        policy = Policy.parse(evidence.policy)
+    except FormatError as exc:
+        raise VerificationError("unknown policy", check="spot", reason=exc.message) from exc
+    if reveal is None or policy.kind != "spot":
+        raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
+    spot = predicates[0].extra.get("spot")
+    text = spot.get("commitment") if isinstance(spot, Mapping) else None
+    if not isinstance(text, str):
+        return False
+    try:
+        commitment = Digest.from_text(text)
+    except FormatError as exc:
+        raise VerificationError("the spot commitment is malformed", check="spot") from exc
+    check_spot(policy, reveal, primary, commitment)
+    operators = {nodes[p.node_id].operator for p in predicates}
+    if reveal.checked and len(operators) < 2 and not evidence.verdict.disputes:
+        raise VerificationError(
+            "the spot check was drawn but no second operator's answer is in the evidence",
+            check="spot",
+            receipts=len(predicates),
+        )
+    return True
+
+
 def _recompute(
     evidence: CompletionEvidence,
     answers: Sequence[tuple[CompletionPredicate, Digest]],
@@ -654,9 +690,18 @@ def verify_completion(
         checker = _check_prefill(evidence, prefills, descriptors, completions[0], signed_model)
     elif prefills:
         raise VerificationError("only a prefill answer carries prefill checks", check="verdict")
+    notes: list[str] = []
+    checks: tuple[str, ...] = COMPLETION_CHECKS
+    if evidence.verdict.spot is not None or evidence.policy.startswith("spot:"):
+        if _check_spot(evidence, completions[0], predicates, descriptors):
+            checks = (*COMPLETION_CHECKS[:-1], "spot", COMPLETION_CHECKS[-1])
+        else:
+            notes.append(
+                "spot draw taken as claimed: the completion receipt commits to no spot secret, "
+                "so the revealed secret cannot be shown to predate it"
+            )
     recomputed = _recompute(evidence, answers, descriptors, checker)
     check_verdict(evidence.verdict, recomputed)
-    notes: list[str] = []
     if trust == "attested-relay":
         notes.append(
             "attested-relay: a relay node signed what its upstream answered; there is no model "
@@ -665,5 +710,5 @@ def verify_completion(
     if request is None or model is None:
         notes.append("the request digest was taken as signed: no request given to rebuild it")
     return VerifiedCompletion(
-        evidence, cp, descriptors, predicates, trust, signed_model, COMPLETION_CHECKS, tuple(notes)
+        evidence, cp, descriptors, predicates, trust, signed_model, checks, tuple(notes)
     )

@@ -7,6 +7,7 @@ import base64
 import copy
 import dataclasses
 import json
+import secrets
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -32,7 +33,7 @@ from veriml.ledger import InferenceEntry, NodeEntry
 from veriml.protocol import NodeDescriptor
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
 from veriml.tlog import Checkpoint, Log, Note, NoteSigner
-from veriml.verify.policy import Policy, decide
+from veriml.verify.policy import Policy, SpotReveal, decide, spot_checked, spot_commitment
 
 MODEL = Digest.of(b"a gguf model")
 MESSAGES = [{"role": "user", "content": "Say hi"}]
@@ -81,6 +82,8 @@ def _answer(
     odd_node: int | None = None,
     report: dict[str, Any] | None = None,
     checked_payload: bytes | None = None,
+    commit_spot: bool = True,
+    reveal_other_secret: bool = False,
 ) -> dict[str, Any]:
     """What the coordinator answers: receipts of N nodes, the verdict, one logged entry."""
     parsed = Policy.parse(policy)
@@ -89,6 +92,10 @@ def _answer(
     relay = trust == "attested-relay"
     canonical = canonical_request("chat.completion", MODEL, request, seed=1234)
     receipts, answers = [], []
+    secret = secrets.token_bytes(32)
+    extra_predicate: dict[str, Any] = {}
+    if parsed.kind == "spot" and commit_spot:
+        extra_predicate = {"spot": {"commitment": spot_commitment(secret).to_text()}}
     for i, (key, operator, _) in enumerate(net.nodes[: parsed.nodes]):
         text = content + "?" if i == odd_node else content
         output = completion_output_digest(
@@ -111,6 +118,7 @@ def _answer(
             started=utc_now(),
             finished=utc_now(),
             upstream={"upstream": "http://up.example/v1", "name": "m"} if relay else None,
+            extra=extra_predicate,
         )
         receipts.append(sign_completion(output, predicate, key))
         answers.append((key.key_id, operator, {"completion": output}))
@@ -131,7 +139,11 @@ def _answer(
         receipts.append(sign_prefill_check(check, key))
         agreed = answers[0][2] if report["accepted"] else {"completion": Digest.of(b"")}
         answers.append((key.key_id, operator, agreed))
-    verdict = decide(parsed, answers)
+    spot = None
+    if parsed.kind == "spot":
+        revealed = secrets.token_bytes(32) if reveal_other_secret else secret
+        spot = SpotReveal(revealed, spot_checked(parsed, revealed, receipts[0]))
+    verdict = decide(parsed, answers, spot=spot)
     extra = {"kind": "completion"}
     entry = InferenceEntry(
         request_id=request_id,
@@ -433,3 +445,33 @@ def test_a_chunk_after_the_veriml_event_is_refused(network: Network) -> None:
     lines += ['data: {"choices": [{"index": 0, "delta": {"content": "x"}}]}', ""]
     with pytest.raises(FormatError):
         _assemble(lines)
+
+
+def _unchecked_spot(net: Network, **kwargs: Any) -> dict[str, Any]:
+    """A ``spot:0.0001`` answer whose draw came out unchecked (one node answers)."""
+    while True:
+        body = _answer(net, "spot:0.0001", **kwargs)
+        if not body["veriml"]["verdict"]["spot"]["checked"]:
+            return body
+
+
+def test_a_spot_answer_verifies_its_reveal_against_the_receipts_commitment(
+    network: Network,
+) -> None:
+    verified = _verify(network, _unchecked_spot(network))
+    assert "spot" in verified.checks
+    assert verified.notes == ()
+
+
+def test_a_spot_reveal_of_another_secret_fails_the_spot_check(network: Network) -> None:
+    with pytest.raises(VerificationError) as caught:
+        _verify(network, _unchecked_spot(network, reveal_other_secret=True))
+    assert caught.value.check == "spot"
+
+
+def test_a_spot_receipt_without_a_commitment_is_noted_not_trusted_silently(
+    network: Network,
+) -> None:
+    verified = _verify(network, _unchecked_spot(network, commit_spot=False))
+    assert "spot" not in verified.checks
+    assert any(n.startswith("spot draw taken as claimed") for n in verified.notes)
