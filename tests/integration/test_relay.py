@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from _llm import make_smollm2_folder
-from veriml.client import ChatResult, Client, LocalNetwork
+from veriml.client import COMPLETION_CHECKS, ChatResult, ChatStream, Client, LocalNetwork
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import canonical_request, open_completion
 from veriml.core.digest import Digest
@@ -109,6 +109,47 @@ def test_relayed_embeddings_sign_the_upstreams_vectors(relay: RelayEngine) -> No
     assert predicate.sampling is None
     assert len(result.embeddings) == 2
     assert all(v.dtype == np.float32 and v.ndim == 1 for v in result.embeddings)
+
+
+@pytest.fixture(scope="module")
+def relayed(
+    upstream: LocalNetwork, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalNetwork]:
+    """A second network whose one node relays to the upstream network's smollm2."""
+    home = tmp_path_factory.mktemp("relaying")
+    relay_args = ("--relay", upstream.url + "/v1", "--relay-model", "smollm2")
+    with LocalNetwork(home, nodes=1, port=0, node_args=("--heartbeat", "1", *relay_args)) as net:
+        yield net
+
+
+def test_the_sdk_reports_a_relayed_answer_as_attested_relay(
+    relayed: LocalNetwork, upstream: LocalNetwork
+) -> None:
+    with Client(relayed.url, log_vkey=relayed.log_vkey, timeout=120) as client:
+        answer = client.chat("relay:smollm2", **BODY)
+        assert isinstance(answer, ChatResult)
+        stream = client.chat("relay:smollm2", stream=True, **BODY)
+        assert isinstance(stream, ChatStream)
+        text = "".join(stream)
+    assert answer.trust == "attested-relay"
+    assert answer.verified == COMPLETION_CHECKS
+    assert answer.notes[0].startswith("attested-relay")
+    assert answer.completion_tokens == ()
+    assert stream.result.trust == "attested-relay"
+    assert text == stream.result.content == answer.content
+    # What the relay signed is what the upstream answers, verified there as re-executable.
+    with Client(upstream.url, log_vkey=upstream.log_vkey, timeout=120) as client:
+        direct = client.chat("smollm2", **BODY)
+    assert isinstance(direct, ChatResult)
+    assert direct.trust == "reexecutable"
+    assert answer.content == direct.content
+
+
+def test_a_relayed_model_is_refused_the_prefill_policy(relayed: LocalNetwork) -> None:
+    client = Client(relayed.url, log_vkey=relayed.log_vkey, timeout=120)
+    with client, pytest.raises(FormatError) as caught:
+        client.chat("relay:smollm2", policy="prefill", **BODY)
+    assert caught.value.evidence["status"] == 400
 
 
 def test_the_upstreams_refusal_is_a_format_error_naming_it(upstream: LocalNetwork) -> None:

@@ -314,7 +314,15 @@ class LLMRequest:
         }
 
     def check(self, verified: VerifiedCompletion) -> None:
-        """The answer is for this request's policy (the request digest covers the rest)."""
+        """The answer is for this request: its id (sent as ``Idempotency-Key``, which the
+        coordinator makes the request id) and policy; the request digest covers the rest."""
+        if self.request_id and verified.evidence.id != self.request_id:
+            raise VerificationError(
+                "the answer is for another request than the one sent",
+                check="request",
+                request=self.request_id,
+                answered=verified.evidence.id,
+            )
         if verified.evidence.policy != canonical_policy(self.policy):
             raise VerificationError(
                 "the answer is under another policy than the one asked for",

@@ -33,7 +33,7 @@ from veriml.client._chat import (
     openai_error,
     parse_sse,
 )
-from veriml.client._completions import Kind, VerifiedCompletion, verify_completion
+from veriml.client._completions import RELAY_PREFIX, Kind, VerifiedCompletion, verify_completion
 from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
@@ -650,6 +650,8 @@ class Client(_Base):
         model the hub does not hold (a relay's upstream name) has none."""
         if ref.startswith("sha256:"):
             return Digest.from_text(ref)
+        if ref.startswith(RELAY_PREFIX):
+            return None  # a relayed model: not on the hub, bound to its stand-in digest
         if ref not in self._models:
             try:
                 return self._remember_model(ref, self.model(ref))
@@ -891,6 +893,8 @@ class AsyncClient(_Base):
     async def _model_digest(self, ref: str) -> Digest | None:
         if ref.startswith("sha256:"):
             return Digest.from_text(ref)
+        if ref.startswith(RELAY_PREFIX):
+            return None  # a relayed model: not on the hub, bound to its stand-in digest
         if ref not in self._models:
             try:
                 return self._remember_model(ref, await self.model(ref))

@@ -78,11 +78,13 @@ from veriml.verify.policy import Policy, Verdict, check_spot, check_verdict, dec
 __all__ = [
     "COMPLETION_CHECKS",
     "PREFILL_TYPE",
+    "RELAY_PREFIX",
     "CompletionEvidence",
     "CompletionOutput",
     "Trust",
     "VerifiedCompletion",
     "completion_output",
+    "relay_digest",
     "verify_completion",
 ]
 
@@ -334,10 +336,31 @@ def _open(
     return predicate, output
 
 
+RELAY_PREFIX = "relay:"
+
+
+def relay_digest(name: str) -> Digest:
+    """The stand-in digest a relayed model ``relay:NAME`` is bound to in requests, jobs and
+    log entries (docs/openai-api.md, "Relayed models"): ``SHA-256("relay:NAME")``."""
+    return Digest.of(f"{RELAY_PREFIX}{name}".encode())
+
+
+def _relay_name(request: Mapping[str, Any] | None) -> str | None:
+    """``NAME`` when the request asked for a relayed model ``relay:NAME``."""
+    ref = request.get("model") if request is not None else None
+    if isinstance(ref, str) and ref.startswith(RELAY_PREFIX):
+        return ref.removeprefix(RELAY_PREFIX)
+    return None
+
+
 def _check_models(
-    evidence: CompletionEvidence, predicates: Sequence[CompletionPredicate], model: Digest | None
+    evidence: CompletionEvidence,
+    predicates: Sequence[CompletionPredicate],
+    model: Digest | None,
+    relay: str | None,
 ) -> tuple[Trust, Digest | None]:
-    """Step 2: one trust level, one model (the requested one), this request id and policy."""
+    """Step 2: one trust level, one model (the requested one: a hub model's digest, or for
+    ``relay:NAME`` a relay's signature naming upstream ``NAME``), this request id and policy."""
     trusts = {p.trust for p in predicates}
     if len(trusts) != 1:
         raise VerificationError(
@@ -351,15 +374,16 @@ def _check_models(
         )
     signed = predicates[0].model_digest
     if trust == "reexecutable":
+        wanted = relay_digest(relay) if relay is not None else model
         if signed is None:
             raise VerificationError(
                 "a re-executable receipt must name its model digest", check="model-digest"
             )
-        if model is not None and signed != model:
+        if wanted is not None and signed != wanted:
             raise DigestMismatch(
                 "the receipt is for another model than the one requested",
                 check="model-digest",
-                expected=model,
+                expected=wanted,
                 calculated=signed,
             )
     elif signed is not None or predicates[0].upstream is None:
@@ -373,6 +397,15 @@ def _check_models(
             check="model-digest",
             expected=model,
         )
+    else:
+        names = {str((p.upstream or {}).get("name")) for p in predicates}
+        if relay is not None and names != {relay}:
+            raise VerificationError(
+                "a relay signed another upstream model than the one requested",
+                check="model-digest",
+                expected=relay,
+                got=",".join(sorted(names))[:200],
+            )
     for p in predicates:
         if p.request_id != evidence.id or p.policy != evidence.policy:
             raise VerificationError(
@@ -664,15 +697,18 @@ def verify_completion(
     answers = [_open(r, descriptors) for r in completions]
     predicates = tuple(p for p, _ in answers)
     # 2. The model (the one asked for), the request id and the policy.
-    trust, signed_model = _check_models(evidence, predicates, model)
-    # 3. The request, rebuilt from what was sent with the seed the receipt records.
-    request_digest = _check_request(kind, predicates, request, model or signed_model)
+    relay = _relay_name(request)
+    trust, signed_model = _check_models(evidence, predicates, model, relay)
+    # 3. The request, rebuilt from what was sent with the seed the receipt records; a relayed
+    # request is bound to its model's stand-in digest.
+    stand_in = relay_digest(relay) if relay is not None and trust == "attested-relay" else None
+    request_digest = _check_request(kind, predicates, request, model or signed_model or stand_in)
     # 4. The prompt tokens.
     _check_prompt(kind, evidence, predicates)
     # 5. The output.
     _check_output(kind, evidence, output, answers)
     # 6. The inference entry, rebuilt byte for byte, is in the log.
-    entry_model = signed_model if signed_model is not None else evidence.model
+    entry_model = signed_model or stand_in or evidence.model
     if entry_model is None:
         raise VerificationError(
             "a relayed answer names the model entry it was logged under", check="inclusion"
@@ -707,8 +743,10 @@ def verify_completion(
             "attested-relay: a relay node signed what its upstream answered; there is no model "
             "digest and nothing to re-execute, so the answer is as good as that node's word"
         )
-    if request is None or model is None:
+    if request is None:
         notes.append("the request digest was taken as signed: no request given to rebuild it")
+    elif trust == "reexecutable" and model is None and relay is None:
+        notes.append("the model digest was taken as signed: no requested digest to compare")
     return VerifiedCompletion(
         evidence, cp, descriptors, predicates, trust, signed_model, checks, tuple(notes)
     )

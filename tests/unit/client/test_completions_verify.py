@@ -16,6 +16,7 @@ import pytest
 
 from veriml.client import COMPLETION_CHECKS, ChatResult, verify_completion
 from veriml.client._chat import StreamAssembler, parse_sse
+from veriml.client._completions import relay_digest
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
@@ -90,7 +91,8 @@ def _answer(
     request = request if request is not None else _request()
     request_id = str(uuid.uuid4())
     relay = trust == "attested-relay"
-    canonical = canonical_request("chat.completion", MODEL, request, seed=1234)
+    bound = relay_digest("m") if relay else MODEL  # a relayed model's stand-in digest
+    canonical = canonical_request("chat.completion", bound, request, seed=1234)
     receipts, answers = [], []
     secret = secrets.token_bytes(32)
     extra_predicate: dict[str, Any] = {}
@@ -148,7 +150,7 @@ def _answer(
     entry = InferenceEntry(
         request_id=request_id,
         request_digest=canonical_digest(canonical),
-        model=MODEL,
+        model=bound,
         policy=policy,
         receipts=tuple(receipts),
         verdict=verdict,
@@ -183,7 +185,7 @@ def _answer(
         "usage": {"prompt_tokens": len(PROMPT), "completion_tokens": len(TOKENS)},
         "veriml": {
             "id": request_id,
-            "model": MODEL.to_text(),
+            "model": bound.to_text(),
             "policy": policy,
             "request": extra,
             "receipts": [r.to_json() for r in receipts],
@@ -381,25 +383,43 @@ def test_without_the_request_the_digest_is_taken_as_signed_and_noted(network: Ne
     assert any("request digest was taken as signed" in n for n in verified.notes)
 
 
+RELAYED = {"model": "relay:m", "messages": MESSAGES, "max_tokens": 8}
+
+
 def test_a_relayed_answer_is_reported_as_attested_relay_never_reexecutable(
     network: Network,
 ) -> None:
-    verified = _verify(network, _answer(network, trust="attested-relay"), model=None)
+    body = _answer(network, trust="attested-relay", request=RELAYED)
+    verified = _verify(network, body, request=RELAYED, model=None)
     assert verified.trust == "attested-relay"
     assert verified.model is None
-    assert any(n.startswith("attested-relay") for n in verified.notes)
+    assert verified.checks == COMPLETION_CHECKS
+    assert [n.split(":")[0] for n in verified.notes] == ["attested-relay"]
     assert "relayed" in verified.summary()
+    assert ChatResult.of("chat.completion", body, verified).trust == "attested-relay"
+
+
+def test_a_relayed_answer_to_another_request_fails_the_request_digest(network: Network) -> None:
+    body = _answer(network, trust="attested-relay", request=RELAYED)
+    with pytest.raises(VerificationError) as caught:
+        _verify(network, body, request={**RELAYED, "max_tokens": 9}, model=None)
+    assert caught.value.check == "request-digest"
+
+
+def test_a_relay_of_another_upstream_model_fails_the_model_check(network: Network) -> None:
+    body = _answer(network, trust="attested-relay", request=RELAYED)
+    with pytest.raises(VerificationError) as caught:
+        _verify(network, body, request={**RELAYED, "model": "relay:other"}, model=None)
+    assert caught.value.check == "model-digest"
 
 
 def test_a_relayed_answer_for_a_hub_model_request_fails_the_model_check(
     network: Network,
 ) -> None:
     # Asking for a hub model and getting a relay's signature is not what was asked for.
-    body = _answer(network, trust="attested-relay")
-    verified = _verify(network, body, model=None)
-    assert verified.trust == "attested-relay"
+    body = _answer(network, trust="attested-relay", request=RELAYED)
     with pytest.raises(VerificationError) as caught:
-        _verify(network, copy.deepcopy(body), model=MODEL)
+        _verify(network, copy.deepcopy(body), request=RELAYED, model=MODEL)
     assert caught.value.check == "model-digest"
 
 
