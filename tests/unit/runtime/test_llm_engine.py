@@ -167,14 +167,27 @@ def test_verification_logits_are_bitwise_the_generators(
         return row
 
     monkeypatch.setattr(smollm2_engine, "_last_logits", spy)
-    for body in ({"temperature": 0}, {"temperature": 0.9, "seed": 4}):
+    story = canonical_request(
+        "text_completion",
+        smollm2_engine.package.digest,
+        {"prompt": "Once upon a time", "max_tokens": 80, "temperature": 0.7, "seed": 2},
+    )
+    requests = [
+        chat(smollm2_engine.package, max_tokens=24, temperature=0),
+        chat(smollm2_engine.package, max_tokens=24, temperature=0.9, seed=4),
+        story,  # longer than the 64 rows where llama.cpp's matmul kernels change
+    ]
+    for request in requests:
         seen.clear()
-        completion = smollm2_engine.generate(chat(smollm2_engine.package, max_tokens=24, **body))
+        completion = smollm2_engine.generate(request)
         tokens = [*completion.prompt_tokens, *completion.tokens]
         p = len(completion.prompt_tokens)
         logits = smollm2_engine.all_logits(tokens, prompt_count=p)
         assert logits.shape == (len(tokens), smollm2_engine.n_vocab)
         assert np.array_equal(np.stack(seen), logits[p - 1 : p - 1 + len(seen)])
+    assert len(completion.tokens) > 64
+    one_pass = smollm2_engine.all_logits(tokens)
+    assert not np.array_equal(one_pass[p - 1 : p - 1 + len(seen)], np.stack(seen))
 
 
 def test_embeddings_are_reproducible_and_input_dependent(smollm2_engine: LLMEngine) -> None:  # noqa: F811
