@@ -51,6 +51,7 @@ from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache, TraceStore
 from veriml.node._models import ModelCache
 from veriml.protocol.messages import format_time
+from veriml.runtime.llm import LLMSettings
 
 __all__ = ["NodeState", "create_node_app", "load_node_key", "serve_node"]
 
@@ -155,15 +156,6 @@ def _evidence(exc: Error) -> dict[str, Any]:
     return members
 
 
-def _llm_settings(config: NodeConfig) -> Any:
-    """The engine settings GGUF models load with (None when llama.cpp is not installed)."""
-    if not _has_llama_cpp():
-        return None
-    from veriml.runtime.llm import LLMSettings
-
-    return LLMSettings(n_ctx=config.llm_ctx, n_threads=config.llm_threads)
-
-
 def _has_llama_cpp() -> bool:
     # Found, not imported: llama.cpp loads only when a node loads a GGUF model.
     return importlib.util.find_spec("llama_cpp") is not None
@@ -211,7 +203,7 @@ class NodeState:
             max_bytes=config.max_model_bytes,
             profile=config.profile,
             timeout=config.job_timeout,
-            llm_settings=_llm_settings(config),
+            llm_settings=LLMSettings(n_ctx=config.llm_ctx, n_threads=config.llm_threads),
             max_llm_loaded=config.llm_max_loaded,
         )
         self.relay = _relay_engine(config)

@@ -42,7 +42,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from veriml.core.dsse import Envelope
-from veriml.core.errors import ExecutionError, FormatError, InvalidTensor, NodeUnavailable
+from veriml.core.errors import (
+    ExecutionError,
+    FormatError,
+    InvalidInput,
+    InvalidTensor,
+    NodeUnavailable,
+)
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._byzantine import Behaviour
@@ -307,6 +313,8 @@ class JobService:
             runner = await self.models.runner(job.model)  # 5
             work = functools.partial(self._work, runner, job, parsed.inputs)
         elif job.kind == "prefill":
+            if self.relay is not None:
+                raise InvalidInput("a relay node runs no model, so it checks no completion")
             local = await self.models.engine(job.model)
             work = functools.partial(self.llm.check, local, job, parsed.completion)
         else:
