@@ -408,3 +408,18 @@ def test_a_streaming_client_that_leaves_stops_the_generation(
     while httpx.get(f"{node.url}/healthz").json()["load"]["active"]:
         assert time.monotonic() < deadline, "the abandoned generation kept running"
         time.sleep(0.05)
+
+
+def test_a_restarted_node_reuses_its_verified_gguf_cache_without_pulling(
+    llm_hub: LLMHub, tmp_path: Path
+) -> None:
+    home = tmp_path / "cached"
+    with _node(llm_hub, home) as first:
+        answer = _complete(llm_hub, first, _canonical(llm_hub))
+    pulls = llm_hub.stand_in.model_requests
+    with _node(llm_hub, home) as again:
+        assert httpx.get(f"{again.url}/healthz").json()["loaded"] == []
+        repeated = _complete(llm_hub, again, _canonical(llm_hub))
+        assert again.node_id == first.node_id  # the same key, from the same home
+        assert _opened(again, repeated)[1] == _opened(first, answer)[1]
+    assert llm_hub.stand_in.model_requests == pulls  # re-validated from disk, not pulled

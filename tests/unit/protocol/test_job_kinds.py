@@ -216,3 +216,21 @@ def test_a_completion_receipt_is_not_a_prefill_check() -> None:
     with pytest.raises(VerificationError) as info:
         open_prefill_check(Envelope.sign(statement.to_bytes(), [node]), node.public)
     assert info.value.check == "prefill-check"
+
+
+def test_a_relay_node_names_the_upstream_model_it_fronts() -> None:
+    from veriml.protocol.messages import NodeDescriptor
+
+    key = generate_key("ed25519")
+    fields: dict[str, Any] = {
+        "public_key": key.public.to_pem().decode(),
+        "operator": "op-relay",
+        "endpoint": "http://127.0.0.1:8799",
+        "issued_at": format_time(NOW),
+        "nonce": "cd" * 16,
+        "engines": ("relay",),
+    }
+    relay = NodeDescriptor(**fields, models=("relay:smollm2",))
+    assert NodeDescriptor.open(relay.sign(key), max_age=None).models == ("relay:smollm2",)
+    with pytest.raises(FormatError):
+        NodeDescriptor.open(NodeDescriptor(**fields, models=("relay:",)).sign(key), max_age=None)
