@@ -160,6 +160,25 @@ def node(
             help="onnxruntime intra-op threads per job (recorded in every receipt).",
         ),
     ] = 1,
+    llm_threads: Annotated[
+        int,
+        typer.Option(
+            "--llm-threads",
+            min=1,
+            max=256,
+            envvar="VERIML_NODE_LLM_THREADS",
+            help="llama.cpp threads per LLM job (recorded in every completion receipt).",
+        ),
+    ] = 1,
+    llm_ctx: Annotated[
+        int,
+        typer.Option(
+            "--llm-ctx",
+            min=64,
+            envvar="VERIML_NODE_LLM_CTX",
+            help="Context window (prompt plus completion tokens) GGUF models load with.",
+        ),
+    ] = 2048,
     byzantine: Annotated[
         str | None,
         # No environment variable on purpose: cheating is only ever asked for explicitly, never
@@ -225,6 +244,8 @@ def node(
         job_timeout=job_timeout,
         shutdown_grace=shutdown_grace,
         threads=threads,
+        llm_threads=llm_threads,
+        llm_ctx=llm_ctx,
         byzantine=byzantine,
         relay_url=relay,
         relay_model=relay_model,

@@ -423,3 +423,22 @@ def test_a_restarted_node_reuses_its_verified_gguf_cache_without_pulling(
         assert again.node_id == first.node_id  # the same key, from the same home
         assert _opened(again, repeated)[1] == _opened(first, answer)[1]
     assert llm_hub.stand_in.model_requests == pulls  # re-validated from disk, not pulled
+
+
+def test_serve_node_takes_the_llm_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    import veriml.node
+    from veriml.cli import app
+    from veriml.node import NodeConfig
+
+    started: list[NodeConfig] = []
+    monkeypatch.setattr(veriml.node, "serve_node", started.append)
+    base = ["serve", "node", "--coordinator", "http://127.0.0.1:1", "--home", str(tmp_path)]
+    runner = CliRunner()
+    done = runner.invoke(
+        app, [*base, "--operator", "op", "--llm-threads", "2", "--llm-ctx", "4096"]
+    )
+    assert done.exit_code == 0, done.output
+    assert (started[0].llm_threads, started[0].llm_ctx) == (2, 4096)
+    assert runner.invoke(app, [*base, "--operator", "op", "--llm-threads", "0"]).exit_code == 2
