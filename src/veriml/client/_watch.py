@@ -47,6 +47,7 @@ from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
     Error,
     FormatError,
+    InvalidModel,
     LogInconsistency,
     NodeUnavailable,
     VerificationError,
@@ -527,6 +528,8 @@ class Watcher:
                     raise NodeUnavailable(
                         "cannot pull the model from the hub", model=digest, reason=repr(exc)[:200]
                     ) from exc
+        if package.kind != "onnx":  # completion entries carry no tensors to re-run
+            raise InvalidModel("the logged model is not an ONNX graph", model=digest)
         runner = runner_for(package, Profile())
         self._runners[digest] = runner
         return runner
