@@ -442,3 +442,19 @@ def test_serve_node_takes_the_llm_settings(tmp_path: Path, monkeypatch: pytest.M
     assert done.exit_code == 0, done.output
     assert (started[0].llm_threads, started[0].llm_ctx) == (2, 4096)
     assert runner.invoke(app, [*base, "--operator", "op", "--llm-threads", "0"]).exit_code == 2
+
+
+def test_a_streamed_job_that_fails_in_the_worker_ends_with_an_error_line(
+    llm_hub: LLMHub, node: RunningNode
+) -> None:
+    body = _body(llm_hub, node, _canonical(llm_hub, max_tokens=4096))  # over the 2048 context
+    with httpx.stream(
+        "POST", f"{node.url}/v1/jobs", json=body, headers={"Accept": "application/x-ndjson"}
+    ) as response:
+        assert response.status_code == 200  # the run had started: the error is in the stream
+        lines = [json.loads(line) for line in response.iter_lines() if line]
+    assert len(lines) == 1
+    error = lines[0]["error"]
+    assert error["status"] == 413
+    assert error["limit"] == 2048
+    assert error["type"].startswith("https://veriml.dev/problems/")
