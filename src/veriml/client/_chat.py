@@ -190,7 +190,10 @@ class StreamAssembler:
         if event == "veriml":
             if self._veriml is not None:
                 raise FormatError("the stream has two veriml events")
-            self._veriml = obj
+            # The object itself (docs/llm.md), or wrapped in a chunk without choices (what
+            # OpenAI's SDKs pass through harmlessly, like their usage chunk).
+            inner = obj.get("veriml")
+            self._veriml = inner if isinstance(inner, Mapping) and "receipts" not in obj else obj
             return ""
         if event not in ("", "message"):
             raise FormatError("unknown stream event", event=event[:40])

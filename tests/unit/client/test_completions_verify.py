@@ -423,7 +423,9 @@ def test_a_relayed_answer_for_a_hub_model_request_fails_the_model_check(
     assert caught.value.check == "model-digest"
 
 
-def _sse(body: dict[str, Any], *, veriml: bool = True, done: bool = True) -> list[str]:
+def _sse(
+    body: dict[str, Any], *, veriml: bool = True, done: bool = True, wrapped: bool = False
+) -> list[str]:
     lines = []
     for piece in ["H", "i", "!"]:
         chunk = {"id": body["id"], "choices": [{"index": 0, "delta": {"content": piece}}]}
@@ -431,7 +433,8 @@ def _sse(body: dict[str, Any], *, veriml: bool = True, done: bool = True) -> lis
     final = {"id": body["id"], "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
     lines += [f"data: {json.dumps(final)}", ""]
     if veriml:
-        lines += ["event: veriml", f"data: {json.dumps(body['veriml'])}", ""]
+        event = {"choices": [], "veriml": body["veriml"]} if wrapped else body["veriml"]
+        lines += ["event: veriml", f"data: {json.dumps(event)}", ""]
     if done:
         lines += ["data: [DONE]", ""]
     return lines
@@ -443,9 +446,10 @@ def _assemble(lines: list[str]) -> tuple[str, StreamAssembler]:
     return shown, assembler
 
 
-def test_a_stream_rebuilt_from_its_chunks_verifies(network: Network) -> None:
+@pytest.mark.parametrize("wrapped", [False, True], ids=["object", "chunk"])
+def test_a_stream_rebuilt_from_its_chunks_verifies(network: Network, wrapped: bool) -> None:
     body = _answer(network)
-    shown, assembler = _assemble(_sse(body))
+    shown, assembler = _assemble(_sse(body, wrapped=wrapped))
     assert shown == CONTENT
     assert _verify(network, assembler.body()).checks == COMPLETION_CHECKS
 
