@@ -142,7 +142,8 @@ def check_completion(
     for i, token in enumerate(tokens):
         if not 0 <= token < vocab:
             return _reject(i + 1, i, f"token {token} is outside the vocabulary")
-        row = np.asarray(logits[prompt_count - 1 + i], dtype=np.float64)
+        raw = logits[prompt_count - 1 + i]  # float32 from llama.cpp: the sampler's fast order
+        row = np.asarray(raw, dtype=np.float64)
         if not np.isfinite(row).all():
             return _reject(i + 1, i, "recomputed logits are not finite")
         if sampling.greedy:
@@ -156,7 +157,7 @@ def check_completion(
                     f" (token {int(row.argmax())}); allowed {eps:.4g}",
                 )
             continue
-        interval = token_interval(row, sampling, token)
+        interval = token_interval(raw, sampling, token)
         u = draw(sampling.seed, i)
         if not interval.low - SAMPLED_DELTA <= u < interval.high + SAMPLED_DELTA:
             where = (

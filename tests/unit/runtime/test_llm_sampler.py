@@ -111,3 +111,15 @@ def test_sampling_a_real_vocabulary_row_is_reproducible() -> None:
 def test_unusable_logits_are_an_execution_error(bad: np.ndarray) -> None:
     with pytest.raises(ExecutionError):
         sample(bad, Sampling(0.0, 1.0, 0, 0), 0)
+
+
+def test_fast_float32_order_is_the_stable_order() -> None:
+    from veriml.runtime.llm._sampler import _order
+
+    rng = np.random.default_rng(1)
+    row = rng.integers(-20, 20, 49152).astype(np.float32) / 4  # many ties
+    row[[5, 9]] = [-0.0, 0.0]
+    row[7] = -np.inf
+    expected = np.argsort(-row.astype(np.float64), kind="stable")
+    assert np.array_equal(_order(row), expected)
+    assert np.array_equal(_order(row.astype(np.float64)), expected)

