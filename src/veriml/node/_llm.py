@@ -28,8 +28,9 @@ mode            what the node answers for a completion job
 =============== ==============================================================================
 wrong-output    the honest completion with the token in the middle swapped for another one,
                 content re-decoded and the receipt signed over the lie (streams the lie too)
-substitute      the completion of another computation (another seed and, for a greedy
-                request, temperature 1), signed as the answer to the request it was given
+substitute      the completion of another computation (the seed with its lowest bit flipped
+                and, for a greedy request, temperature 1), signed as the answer to the
+                request it was given
 =============== ==============================================================================
 
 Every other mode answers LLM jobs honestly; the lies are built from the engine's own pieces,
@@ -225,7 +226,7 @@ class LLMJobs:
             sampling = sampling_of(request)
             other = {
                 **request,
-                "seed": (sampling.seed + 1) % (1 << 63),
+                "seed": sampling.seed ^ 1,  # another seed, as small as the honest one
                 "temperature": sampling.temperature or 1.0,
             }
             result = self._resign(

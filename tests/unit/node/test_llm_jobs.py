@@ -16,7 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
-from _node_harness import HubStandIn, node_config, running_node
+from _node_harness import HubStandIn, node_config, running_node, wait_until
 
 from _llm import make_smollm2_folder
 from _servers import serve
@@ -458,3 +458,60 @@ def test_a_streamed_job_that_fails_in_the_worker_ends_with_an_error_line(
     assert error["status"] == 413
     assert error["limit"] == 2048
     assert error["type"].startswith("https://veriml.dev/problems/")
+
+
+def test_a_relay_node_signs_what_its_upstream_answered_as_attested_relay(
+    llm_hub: LLMHub, tmp_path: Path
+) -> None:
+    from fastapi import FastAPI
+
+    upstream = FastAPI()
+    asked: list[dict[str, Any]] = []
+
+    @upstream.post("/v1/chat/completions")
+    def chat(body: dict[str, Any]) -> dict[str, Any]:
+        asked.append(body)
+        message = {"role": "assistant", "content": "Red, green, blue."}
+        return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}]}
+
+    stand_in = Digest.of(b"relay:tiny")  # what the coordinator binds relayed requests to
+    canonical = canonical_request(
+        "chat.completion",
+        stand_in,
+        {"messages": MESSAGES, "temperature": 0, "max_tokens": 8},
+        seed=3,
+    )
+    with (
+        serve(upstream) as upstream_url,
+        _node(
+            llm_hub, tmp_path / "relay", relay_url=upstream_url + "/v1", relay_model="tiny"
+        ) as relay,
+    ):
+        job = Job(
+            job_id=str(uuid.uuid4()),
+            node_id=relay.node_id,
+            request_id="r-relay",
+            model=stand_in,
+            inputs={},
+            policy="none",
+            issued_at=format_time(dt.datetime.now(dt.UTC)),
+            expires_at=format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=60)),
+            kind="completion",
+            request=canonical,
+        )
+        body = {"job": job.sign(llm_hub.coordinator_key).to_json(), "request": canonical}
+        response = _post(relay, body)
+        assert response.status_code == 200, response.text
+        registered = llm_hub.stand_in.registrations
+        wait_until(lambda: any(d.node_id == relay.node_id for d in registered))
+        descriptor = next(d for d in registered if d.node_id == relay.node_id)
+    answer = response.json()
+    assert answer["content"] == "Red, green, blue."
+    predicate, _ = _opened(relay, answer)
+    assert predicate.trust == "attested-relay"
+    assert predicate.model_digest is None
+    assert predicate.upstream == {"upstream": upstream_url + "/v1", "name": "tiny"}
+    assert predicate.request_digest == canonical_digest(canonical)
+    assert asked[0]["model"] == "tiny"
+    assert asked[0]["messages"] == MESSAGES
+    assert (descriptor.engines, descriptor.models) == (("relay",), ("relay:tiny",))
