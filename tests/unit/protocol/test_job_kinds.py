@@ -8,6 +8,8 @@ import json
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from veriml.core import Digest, generate_key
 from veriml.core.canonical import canonical_digest, canonicalize
@@ -23,6 +25,7 @@ from veriml.protocol.messages import (
 
 NOW = dt.datetime(2026, 11, 26, 5, 0, tzinfo=dt.UTC)
 MODEL = Digest.of(b"gguf model")
+_KEYS = (generate_key(), generate_key())  # Ed25519 key generation is not what is under test
 
 
 def _request(**overrides: Any) -> dict[str, Any]:
@@ -234,3 +237,40 @@ def test_a_relay_node_names_the_upstream_model_it_fronts() -> None:
     assert NodeDescriptor.open(relay.sign(key), max_age=None).models == ("relay:smollm2",)
     with pytest.raises(FormatError):
         NodeDescriptor.open(NodeDescriptor(**fields, models=("relay:",)).sign(key), max_age=None)
+
+
+_TEXT = st.text(min_size=1, max_size=40)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kind=st.sampled_from(["completion", "prefill"]),
+    content=_TEXT,
+    seed=st.integers(min_value=0, max_value=2**53 - 1),
+    max_tokens=st.integers(min_value=1, max_value=4096),
+    stop=st.lists(_TEXT, max_size=4),
+    policy=st.sampled_from(["none", "quorum:3/2", "spot:0.5", "prefill"]),
+)
+def test_any_llm_job_round_trips_and_no_other_request_opens_it(
+    kind: str, content: str, seed: int, max_tokens: int, stop: list[str], policy: str
+) -> None:
+    coordinator, node = _KEYS
+    request = _request(
+        messages=[{"role": "user", "content": content}],
+        seed=seed,
+        max_tokens=max_tokens,
+        stop=stop,
+    )
+    job = _job(node.key_id, kind=kind, request=request, policy=policy)
+    envelope = job.sign(coordinator)
+    opened = Job.open(envelope, coordinator.public, node_id=node.key_id, now=NOW, request=request)
+    assert opened == job
+    assert opened.request == request
+    with pytest.raises(VerificationError):
+        Job.open(
+            envelope,
+            coordinator.public,
+            node_id=node.key_id,
+            now=NOW,
+            request=request | {"max_tokens": max_tokens + 1},
+        )
