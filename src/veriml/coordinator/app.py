@@ -149,7 +149,7 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         tensors = ledger.TensorStore(blobs, max_bytes=settings.max_json_bytes)
         state.tensors, state.store_tensors = tensors, tensors.put
         hub_service = state.hub
-        state.load_model = lambda digest: hub_service.package(digest).load_proto()
+        state.load_model = lambda digest: hub_service.onnx_package(digest).load_proto()
     except BaseException:
         for close in closers:
             close()
