@@ -14,8 +14,9 @@ check"): in order,
 2. the token lists must be the ones the receipt counts and digests;
 3. the prompt tokens must be the ones this node's own tokenisation of the request gives (a
    node that answered another prompt, e.g. through another chat template, fails here);
-4. one batched pass over prompt + completion gives every position's logits, and
-   :func:`~veriml.verify.prefill.check_completion` replays the sampler on them;
+4. a batched pass over prompt + completion (the prompt batched as the generator batched it)
+   gives every position's logits, and :func:`~veriml.verify.prefill.check_completion`
+   replays the sampler on them;
 
 and the node signs a :class:`~veriml.protocol.messages.PrefillCheck` over the receipt.
 Steps 1 and 2 failing mean the coordinator sent an inconsistent job (422); step 3 or 4 failing
@@ -26,8 +27,9 @@ Byzantine modes (tests and demos only, like :mod:`veriml.node._byzantine`'s for 
 =============== ==============================================================================
 mode            what the node answers for a completion job
 =============== ==============================================================================
-wrong-output    the honest completion with the token in the middle swapped for another one,
-                content re-decoded and the receipt signed over the lie (streams the lie too)
+wrong-output    the honest completion with its middle token swapped for another token of the
+                same completion, the content rebuilt from the pieces and the receipt signed
+                over the lie (a streaming client is streamed the lie)
 substitute      the completion of another computation (the seed with its lowest bit flipped
                 and, for a greedy request, temperature 1), signed as the answer to the
                 request it was given
