@@ -108,13 +108,17 @@ def test_a_streamed_chat_gives_the_same_text_as_the_plain_one(oai: openai.OpenAI
         stream=True,
         **seed,
     )
-    pieces, finish = [], None
+    pieces, finish, veriml = [], None, None
     for chunk in stream:
-        for choice in chunk.choices or []:
+        # The plain OpenAI loop: every chunk has a choices list (the veriml one is empty).
+        for choice in chunk.choices:
             pieces.append(choice.delta.content or "")
             finish = choice.finish_reason or finish
+        veriml = (chunk.model_extra or {}).get("veriml", veriml)
     assert "".join(pieces) == plain.choices[0].message.content
     assert finish == plain.choices[0].finish_reason
+    assert veriml is not None
+    assert veriml["verdict"]["outcome"] == "accepted"
 
 
 def test_completions_embeddings_and_the_model_list(oai: openai.OpenAI) -> None:

@@ -387,6 +387,11 @@ class _Chunks:
     def usage(self, answer: NodeAnswer) -> dict[str, Any]:
         return self.base | {"choices": [], "usage": _usage(answer)}
 
+    def veriml(self, member: Mapping[str, Any]) -> dict[str, Any]:
+        """The final veriml event's data: a chunk without choices (as the usage chunk is),
+        so OpenAI's clients, which read every event's data as a chunk, pass it through."""
+        return self.base | {"choices": [], "veriml": dict(member)}
+
 
 async def _stream(
     service: CompletionService,
@@ -426,7 +431,7 @@ async def _stream(
         yield _sse(chunks.choice({}, node.finish_reason))
         if include_usage:
             yield _sse(chunks.usage(node))
-        yield _sse(veriml_member(answer), event="veriml")
+        yield _sse(chunks.veriml(veriml_member(answer)), event="veriml")
         yield _sse("[DONE]")
     finally:
         if not task.done():  # the client went away: stop the nodes' work, log nothing

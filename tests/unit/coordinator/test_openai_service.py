@@ -511,7 +511,10 @@ def test_a_streamed_chat_is_sse_chunks_then_the_veriml_event_then_done(
     events = _sse_events(response.text)
     assert events[-1] == (None, "[DONE]")
     assert events[-2][0] == "veriml"
-    veriml = json.loads(events[-2][1])
+    final = json.loads(events[-2][1])
+    assert final["choices"] == []
+    assert final["object"] == "chat.completion.chunk"
+    veriml = final["veriml"]
     chunks = [json.loads(data) for event, data in events[:-2]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
