@@ -56,7 +56,8 @@ Trust = Literal["reexecutable", "attested-relay"]
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 DEFAULT_MAX_TOKENS: Final = 256
-MAX_SEED: Final = 2**64 - 1
+MAX_SEED: Final = 2**53 - 1
+"""The largest seed: RFC 8785 writes numbers as IEEE doubles, exact only below 2**53."""
 MAX_STOP: Final = 4  # OpenAI's limit on stop sequences
 ROLES: Final = frozenset({"system", "developer", "user", "assistant", "tool"})
 _MESSAGE_KEYS: Final = frozenset({"role", "content", "name", "tool_calls", "tool_call_id"})
@@ -268,9 +269,9 @@ def _sampling(body: Mapping[str, Any], seed: int | None, max_context: int | None
     chosen = _integer(body, "seed")
     if chosen is None:
         # The node's choice, recorded in the canonical request (and so in the receipt).
-        chosen = seed if seed is not None else secrets.randbits(63)
+        chosen = seed if seed is not None else secrets.randbits(53)
     if not 0 <= chosen <= MAX_SEED:
-        raise _bad("seed", "seed must be in [0, 2^64)", value=chosen)
+        raise _bad("seed", "seed must be in [0, 2^53)", value=chosen)
     return {
         "seed": chosen,
         "temperature": temperature,
