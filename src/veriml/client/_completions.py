@@ -581,11 +581,11 @@ def _check_spot(
     primary: Envelope,
     predicates: Sequence[CompletionPredicate],
     nodes: Mapping[str, NodeDescriptor],
-) -> bool:
+) -> None:
     """``spot:P`` (docs/verification.md, "Spot checks"): the revealed secret is the one the
     primary receipt commits to, and the draw it implies is the verdict's; a drawn check has a
-    second operator's receipt. False when the receipt commits to no secret (nothing to check
-    the reveal against)."""
+    second operator's receipt. A receipt that commits to no secret fails: the reveal could
+    have been chosen after the answer was seen."""
     reveal = evidence.verdict.spot
     try:
         policy = Policy.parse(evidence.policy)
@@ -593,15 +593,7 @@ def _check_spot(
         raise VerificationError("unknown policy", check="spot", reason=exc.message) from exc
     if reveal is None or policy.kind != "spot":
         raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
-    spot = predicates[0].extra.get("spot")
-    text = spot.get("commitment") if isinstance(spot, Mapping) else None
-    if not isinstance(text, str):
-        return False
-    try:
-        commitment = Digest.from_text(text)
-    except FormatError as exc:
-        raise VerificationError("the spot commitment is malformed", check="spot") from exc
-    check_spot(policy, reveal, primary, commitment)
+    check_spot(policy, reveal, primary, predicates[0].spot)
     operators = {nodes[p.node_id].operator for p in predicates}
     if reveal.checked and len(operators) < 2 and not evidence.verdict.disputes:
         raise VerificationError(
@@ -609,7 +601,6 @@ def _check_spot(
             check="spot",
             receipts=len(predicates),
         )
-    return True
 
 
 def _recompute(
@@ -729,13 +720,8 @@ def verify_completion(
     notes: list[str] = []
     checks: tuple[str, ...] = COMPLETION_CHECKS
     if evidence.verdict.spot is not None or evidence.policy.startswith("spot:"):
-        if _check_spot(evidence, completions[0], predicates, descriptors):
-            checks = (*COMPLETION_CHECKS[:-1], "spot", COMPLETION_CHECKS[-1])
-        else:
-            notes.append(
-                "spot draw taken as claimed: the completion receipt commits to no spot secret, "
-                "so the revealed secret cannot be shown to predate it"
-            )
+        _check_spot(evidence, completions[0], predicates, descriptors)
+        checks = (*COMPLETION_CHECKS[:-1], "spot", COMPLETION_CHECKS[-1])
     recomputed = _recompute(evidence, answers, descriptors, checker)
     check_verdict(evidence.verdict, recomputed)
     if trust == "attested-relay":

@@ -211,6 +211,7 @@ def check_answer(
     _bind("request id", predicate.request_id, job.request_id, name)
     _bind("request digest", predicate.request_digest, job.digest, name)
     _bind("policy", predicate.policy, job.policy, name)
+    _bind("spot commitment", predicate.spot, job.spot, name)
     if job.relay is None:
         _bind("model", predicate.model_digest, job.model, name)
         _bind("trust", predicate.trust, "reexecutable", name)

@@ -493,6 +493,9 @@ class CompletionPredicate:
     started: str
     finished: str
     upstream: Mapping[str, Any] | None = None
+    spot: Digest | None = None
+    """``spot:P`` jobs: the coordinator's commitment to its spot-check secret, signed here
+    before the secret is revealed (docs/verification.md, "Spot checks")."""
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -525,6 +528,8 @@ class CompletionPredicate:
         }
         if self.sampling is not None:
             out["sampling"] = self.sampling.to_json()
+        if self.spot is not None:
+            out["spot"] = {"commitment": self.spot.to_text()}
         out.update(self.extra)
         return out
 
@@ -544,7 +549,10 @@ class CompletionPredicate:
             relay = trust == "attested-relay"
             sampling = Sampling.from_json(_member(obj, "sampling")) if "sampling" in obj else None
             known = {"request", "model", "prompt", "completion", "sampling", "runtime"}
-            known |= {"node", "policy", "trust", "timestamps"}
+            known |= {"node", "policy", "trust", "timestamps", "spot"}
+            spot = None
+            if "spot" in obj:
+                spot = Digest.from_text(_text(_member(obj, "spot"), "commitment", "spot"))
             return cls(
                 request_id=_text(request, "id", "request"),
                 request_digest=Digest.from_text(_text(request, "digest", "request")),
@@ -566,6 +574,7 @@ class CompletionPredicate:
                 trust=cast(Trust, trust),
                 started=_text(times, "started", "timestamps"),
                 finished=_text(times, "finished", "timestamps"),
+                spot=spot,
                 extra={k: v for k, v in obj.items() if k not in known},
             )
         except FormatError as exc:

@@ -94,6 +94,7 @@ class CompletionEngine(Protocol):
         request_id: str,
         policy: str,
         on_token: OnToken | None = None,
+        spot: Digest | None = None,
     ) -> CompletionResult: ...
 
     def close(self) -> None:
@@ -132,10 +133,11 @@ class LocalLLM:
         request_id: str,
         policy: str,
         on_token: OnToken | None = None,
+        spot: Digest | None = None,
     ) -> CompletionResult:
         """Generate (or embed) and sign (:meth:`LLMEngine.run`; one call at a time)."""
         return self.engine.run(
-            canonical, key=key, request_id=request_id, policy=policy, on_token=on_token
+            canonical, key=key, request_id=request_id, policy=policy, on_token=on_token, spot=spot
         )
 
 
@@ -205,6 +207,7 @@ class LLMJobs:
                 request_id=job.request_id,
                 policy=job.policy,
                 on_token=on_token,
+                spot=job.spot,
             )
         return json.dumps(result.to_json()).encode()
 
@@ -238,6 +241,7 @@ class LLMJobs:
                     request_id=job.request_id,
                     policy=job.policy,
                     on_token=events.append,
+                    spot=job.spot,
                 ),
                 request,
             )
@@ -248,6 +252,7 @@ class LLMJobs:
                 request_id=job.request_id,
                 policy=job.policy,
                 on_token=events.append,
+                spot=job.spot,
             )
             result, events = self._swap(honest, events, request)
         if on_token is not None:

@@ -35,6 +35,7 @@ from veriml.core.completion import (
     sign_completion,
     token_digest,
 )
+from veriml.core.digest import Digest
 from veriml.core.errors import ExecutionError, FormatError, LimitExceeded, NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
@@ -229,6 +230,7 @@ class RelayEngine:
         request_id: str,
         policy: str,
         on_token: Callable[[TokenEvent], None] | None = None,
+        spot: Digest | None = None,
     ) -> CompletionResult:
         """Forward ``canonical`` to the upstream and sign what it answered (``LLMEngine.run``'s
         signature, so a node runs either engine the same way)."""
@@ -246,6 +248,7 @@ class RelayEngine:
             "trust": "attested-relay",
             "started": started,
             "upstream": {"upstream": self.url, "name": self.model},
+            "spot": spot,
             # The relay sees text, not token ids: both lists are signed empty.
             "prompt_count": 0,
             "completion_count": 0,

@@ -493,9 +493,9 @@ def test_a_spot_reveal_of_another_secret_fails_the_spot_check(network: Network) 
     assert caught.value.check == "spot"
 
 
-def test_a_spot_receipt_without_a_commitment_is_noted_not_trusted_silently(
-    network: Network,
-) -> None:
-    verified = _verify(network, _unchecked_spot(network, commit_spot=False))
-    assert "spot" not in verified.checks
-    assert any(n.startswith("spot draw taken as claimed") for n in verified.notes)
+def test_a_spot_receipt_without_a_commitment_fails_closed(network: Network) -> None:
+    """Without the commitment signed in the receipt, the revealed secret could have been
+    chosen after the answer was seen: the draw cannot be trusted, so verification fails."""
+    with pytest.raises(VerificationError) as caught:
+        _verify(network, _unchecked_spot(network, commit_spot=False))
+    assert caught.value.check == "spot"

@@ -122,6 +122,7 @@ class FakeNode:
             node_id=self.node_id,
             policy=job.policy,
             trust="reexecutable",
+            spot=job.spot,
             started=now,
             finished=now,
         )

@@ -233,8 +233,11 @@ def _predicate(**overrides: Any) -> CompletionPredicate:
 
 
 def test_predicate_round_trips_in_the_documented_shape() -> None:
-    predicate = _predicate(extra={"spot": {"commitment": "x"}})
+    commitment = Digest.of(b"secret commitment")
+    predicate = _predicate(spot=commitment, extra={"later": {"member": "x"}})
     obj = predicate.to_json()
+    assert obj["spot"] == {"commitment": commitment.to_text()}
+    assert obj["later"] == {"member": "x"}  # members a later version adds are kept
     assert obj["model"] == {"digest": MODEL.to_text(), "files": Digest.of(b"files").to_text()}
     assert obj["prompt"] == {"count": 12, "digest": token_digest(range(12)).to_text()}
     assert obj["completion"] == {"count": 3, "finish_reason": "stop"}

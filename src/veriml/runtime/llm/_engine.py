@@ -550,8 +550,10 @@ class LLMEngine:
         request_id: str,
         policy: str,
         on_token: Callable[[TokenEvent], None] | None = None,
+        spot: Digest | None = None,
     ) -> CompletionResult:
-        """Generate (or embed) and sign: the node's whole job for one canonical request."""
+        """Generate (or embed) and sign: the node's whole job for one canonical request.
+        ``spot`` is the job's spot-check commitment, repeated in the receipt."""
         started = utc_now()
         request_digest = canonical_digest(dict(canonical))
         common: dict[str, Any] = {
@@ -564,6 +566,7 @@ class LLMEngine:
             "policy": policy,
             "trust": "reexecutable",
             "started": started,
+            "spot": spot,
         }
         if canonical.get("type") == "embedding":
             prompts, vectors = self._embed(canonical)
