@@ -6,8 +6,6 @@ model), node 2 is honest. Each cheat signs its lie correctly, so only the check 
 
 from __future__ import annotations
 
-import base64
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -79,6 +77,10 @@ def _chat(net: LocalNetwork, prompt: str, policy: str) -> dict[str, Any]:
 def test_the_prefill_check_rejects_every_cheat_and_accepts_every_honest_completion(
     net: LocalNetwork,
 ) -> None:
+    """Every completion is checked by another operator's node (checks are honest: the
+    byzantine modes lie only when they generate). A cheat is rejected, and the wrong-output
+    node's swap is caught at the middle token where it swapped. Each cheater generates until
+    its first conviction; after that its reputation puts it last in line."""
     modes = {
         net.nodes[0].node_id: "wrong-output",
         net.nodes[1].node_id: "substitute",
@@ -103,22 +105,9 @@ def test_the_prefill_check_rejects_every_cheat_and_accepts_every_honest_completi
             assert not check.accepted, (mode, prompt, check.report)
             assert check.report["first_failure"] is not None
             assert veriml["verdict"]["outcome"] == "rejected"
-        if len(seen) == 3 and min(seen.values()) >= 2:
+            assert [d["defendant"] for d in veriml["verdict"]["disputes"]] == [generator]
+        if mode == "wrong-output":
+            assert check.report["first_failure"] == len(veriml["completion_tokens"]) // 2
+        if len(seen) == 3 and seen["honest"] >= 2:
             break
     assert set(seen) == {"wrong-output", "substitute", "honest"}, seen
-
-
-def test_a_swapped_token_is_caught_where_it_was_swapped(net: LocalNetwork) -> None:
-    """The honest node's check of the wrong-output node names the middle token."""
-    cheat, honest = net.nodes[0].node_id, net.nodes[2].node_id
-    for prompt in PROMPTS * 3:
-        veriml = _chat(net, prompt, "prefill")["veriml"]
-        generator, checker = (n["id"] for n in veriml["nodes"])
-        if (generator, checker) != (cheat, honest):
-            continue
-        statement = json.loads(base64.b64decode(veriml["receipts"][1]["payload"]))
-        report = statement["predicate"]["report"]
-        assert report["accepted"] is False
-        assert report["first_failure"] == len(veriml["completion_tokens"]) // 2
-        return
-    pytest.skip("the scheduler never had the honest node check the wrong-output node")

@@ -56,7 +56,7 @@ from veriml.coordinator.completion_checks import (
     output_json,
     parse_policy,
 )
-from veriml.coordinator.inference import check_request_id
+from veriml.coordinator.inference import MAX_DISSENT_DISPUTES, check_request_id
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.openai_errors import NodeRefused
 from veriml.coordinator.scheduler import Candidate, Failure, gather, pick
@@ -66,7 +66,7 @@ from veriml.core.completion import (
     canonical_request,
 )
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
+from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
     Conflict,
     Error,
@@ -78,9 +78,19 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.ledger.entries import InferenceEntry
 from veriml.tlog.log import Log
-from veriml.verify.policy import Policy, SpotReveal, Verdict, decide, spot_checked, spot_commitment
+from veriml.verify.policy import (
+    DisputeRef,
+    Policy,
+    SpotReveal,
+    Verdict,
+    Winner,
+    decide,
+    spot_checked,
+    spot_commitment,
+)
 
 if TYPE_CHECKING:
+    from veriml.coordinator.disputes import DisputeService
     from veriml.coordinator.ledger import LedgerBook
 
 __all__ = [
@@ -274,8 +284,10 @@ class CompletionService:
         observe: Callable[[str, str], None] | None = None,
         options: CompletionOptions | None = None,
         ledger: LedgerBook | None = None,
+        disputes: DisputeService | None = None,
     ) -> None:
         self._log = log
+        self._disputes = disputes
         self._key = key
         self._http = http
         self._resolve_model = resolve_model
@@ -437,13 +449,18 @@ class CompletionService:
                     _log.warning("spot check of %s: no node of another operator", job.request_id)
         triples = [(n.node_id, n.operator, {OUTPUT: a.output}) for n, a in answers]
         evidence = [(n, a.receipt) for n, a in answers]
+        disputes: list[DisputeRef] = []
         if policy.kind == "prefill":
             check = await self._prefill(prepared, answers[0])
             if check is not None:
                 triples.append((check.node.node_id, check.node.operator, check.vouched))
                 evidence.append((check.node, check.receipt))
-        # 6. The verdict, from the verified answers.
-        verdict = decide(policy, triples, spot=spot)
+                if check.vouched != {OUTPUT: answers[0][1].output}:
+                    ref = await self._convict(prepared, answers[0], check)
+                    disputes += [] if ref is None else [ref]
+        # 6. The verdict, from the verified answers; disagreements are settled first.
+        disputes += await self._settle_dissent(prepared, answers, spot)
+        verdict = decide(policy, triples, spot=spot, disputes=disputes)
         self._observe("verdict", f"{policy.kind}/{verdict.outcome}")
         chosen = next(
             (a for _, a in answers if {OUTPUT: a.output} == dict(verdict.outputs)), answers[0][1]
@@ -451,14 +468,120 @@ class CompletionService:
         veriml = await self._log_answer(prepared, verdict, evidence, chosen)
         return CompletionAnswer(chosen, veriml)
 
+    async def _settle_dissent(
+        self,
+        prepared: Prepared,
+        answers: Sequence[tuple[Candidate, NodeAnswer]],
+        spot: SpotReveal | None,
+    ) -> list[DisputeRef]:
+        """Disagreements under ``quorum`` (each dissenting answer against an agreeing one, at
+        most :data:`MAX_DISSENT_DISPUTES`) and a ``spot`` check that came out different (the
+        primary against the checker), each settled by prefill checks (:meth:`_arbitrate`)."""
+        policy, job = prepared.policy, prepared.job
+        if self._disputes is None or job.kind == "embedding" or len(answers) < 2:
+            return []
+        pairs: list[tuple[tuple[Candidate, NodeAnswer], tuple[Candidate, NodeAnswer]]] = []
+        if policy.kind == "spot" and spot is not None and spot.checked:
+            if answers[0][1].output != answers[1][1].output:
+                pairs.append((answers[0], answers[1]))
+        elif policy.kind == "quorum":
+            first = decide(
+                policy, [(n.node_id, n.operator, {OUTPUT: a.output}) for n, a in answers]
+            )
+            if first.outcome == "accepted":
+                agreeing = [x for x in answers if x[0].node_id in first.agreeing]
+                dissent = [x for x in answers if {OUTPUT: x[1].output} != dict(first.outputs)]
+                pairs += [(d, agreeing[0]) for d in dissent[:MAX_DISSENT_DISPUTES]]
+        settled = await asyncio.gather(*(self._arbitrate(prepared, d, c) for d, c in pairs))
+        return [ref for ref in settled if ref is not None]
+
+    async def _arbitrate(
+        self,
+        prepared: Prepared,
+        defendant: tuple[Candidate, NodeAnswer],
+        challenger: tuple[Candidate, NodeAnswer],
+    ) -> DisputeRef | None:
+        """Two nodes gave different completions of one request (same seed, same sampling):
+        a third operator's node prefill-checks the defendant's, then, if that passes, the
+        challenger's. The one whose check fails loses (``none`` when both pass); the settlement
+        is logged with the signed check it rests on. None when no checking node answered."""
+        assert self._disputes is not None
+        avoid = frozenset({defendant[0].operator, challenger[0].operator})
+        check = await self._prefill(prepared, defendant, avoid=avoid)
+        if check is None:
+            return None
+        if check.vouched != {OUTPUT: defendant[1].output}:
+            return await self._convict(prepared, defendant, check, challenger)
+        other = await self._prefill(prepared, challenger, avoid=avoid)
+        if other is None:
+            return None
+        if other.vouched != {OUTPUT: challenger[1].output}:
+            return await self._convict(prepared, challenger, other, defendant, as_challenger=True)
+        return await self._record(prepared, defendant, challenger, check, "none")
+
+    async def _convict(
+        self,
+        prepared: Prepared,
+        loser: tuple[Candidate, NodeAnswer],
+        check: PrefillVouch,
+        other: tuple[Candidate, NodeAnswer] | None = None,
+        *,
+        as_challenger: bool = False,
+    ) -> DisputeRef | None:
+        """Log the conviction of ``loser``, whose completion ``check`` rejected. The other
+        party is ``other`` (the node that answered differently) or, under ``prefill``, the
+        checking node itself."""
+        if self._disputes is None:
+            return None
+        opponent = other if other is not None else (check.node, loser[1])
+        if as_challenger:
+            return await self._record(prepared, opponent, loser, check, "defendant")
+        return await self._record(prepared, loser, opponent, check, "challenger")
+
+    async def _record(
+        self,
+        prepared: Prepared,
+        defendant: tuple[Candidate, NodeAnswer],
+        challenger: tuple[Candidate, NodeAnswer],
+        check: PrefillVouch,
+        winner: Winner,
+    ) -> DisputeRef:
+        assert self._disputes is not None
+        step = Statement.from_bytes(check.receipt.payload).predicate.get("report", {})
+        failure = step.get("first_failure") if isinstance(step, Mapping) else None
+        claims = {"defendant": defendant[1].output}
+        if challenger[0].node_id != check.node.node_id:
+            claims["challenger"] = challenger[1].output
+        ref = await self._disputes.settle_checked(
+            inference=prepared.job.request_id,
+            defendant=defendant[0].node_id,
+            receipt=defendant[1].receipt,
+            challenger=challenger[0].node_id,
+            outputs={} if "challenger" not in claims else {OUTPUT: challenger[1].output},
+            winner=winner,
+            claims=claims,
+            referee={"prefill-check": Digest.of(check.receipt.payload)},
+            op_type="prefill",
+            step=failure if isinstance(failure, int) and not isinstance(failure, bool) else None,
+        )
+        self._observe("dispute", winner)
+        return ref
+
     async def _prefill(
-        self, prepared: Prepared, primary: tuple[Candidate, NodeAnswer]
+        self,
+        prepared: Prepared,
+        primary: tuple[Candidate, NodeAnswer],
+        *,
+        avoid: frozenset[str] = frozenset(),
     ) -> PrefillVouch | None:
         """``prefill``: a node of another operator checks the primary's completion (failing
-        checkers replaced like any node); None when no such node answered."""
+        checkers replaced like any node); None when no such node answered. Operators in
+        ``avoid`` (the parties of a disagreement) check only when no other operator can."""
         generator, answer = primary
         tried, busy = frozenset({generator.node_id}), frozenset({generator.operator})
-        first = self._choose(prepared, 1, tried, busy)
+        first = self._choose(prepared, 1, tried, busy | avoid) or self._choose(
+            prepared, 1, tried, busy
+        )
         if not first:
             _log.warning(
                 "prefill check of %s: no node of another operator", prepared.job.request_id

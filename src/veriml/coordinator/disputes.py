@@ -1051,15 +1051,26 @@ class DisputeService:
         acct = state.account(account)
         return int(acct.stake) + int(acct.unbonding_total)
 
-    async def _settle(self, run: DisputeRun, outcome: _Outcome) -> None:
+    def _settlement(
+        self,
+        dispute: str,
+        d: str,
+        c: str,
+        outcome: _Outcome,
+        *,
+        rounds: int = 0,
+        messages: int = 0,
+    ) -> list[Any]:
+        """The entries that close a dispute: the verdict, a slash of each loser (written even
+        at 0: every conviction is recorded), the winning challenger's reward from the slash,
+        and reputation +1 for the winner, -100 for each loser."""
         at = _now()
-        d, c = run.defendant.claim.account, run.challenger.claim.account
         losers = {"defendant": [c], "challenger": [d], "neither": [d, c], "none": []}[
             outcome.winner
         ]
         entries: list[Any] = [
             DisputeVerdictEntry(
-                dispute=run.id,
+                dispute=dispute,
                 winner=outcome.winner,
                 reason=outcome.reason,
                 at=at,
@@ -1068,8 +1079,8 @@ class DisputeService:
                 inputs=dict(outcome.inputs),
                 claims=dict(outcome.claims),
                 referee=dict(outcome.referee),
-                rounds=run.rounds,
-                messages=run.messages,
+                rounds=rounds,
+                messages=messages,
             )
         ]
         slashed = 0
@@ -1079,26 +1090,83 @@ class DisputeService:
             slashed += reward
             entries.append(
                 SlashEntry(
-                    account=loser, amount=amount, burned=amount - reward, dispute=run.id, at=at
+                    account=loser, amount=amount, burned=amount - reward, dispute=dispute, at=at
                 )
             )
         if outcome.winner == "challenger" and slashed > 0:
             entries.append(
-                RewardEntry(account=c, amount=slashed, reason="challenge", at=at, dispute=run.id)
+                RewardEntry(account=c, amount=slashed, reason="challenge", at=at, dispute=dispute)
             )
         if outcome.winner in ("defendant", "challenger"):
             winner = d if outcome.winner == "defendant" else c
             entries.append(
                 ReputationEntry(
-                    account=winner, delta=WON, reason="dispute-won", at=at, dispute=run.id
+                    account=winner, delta=WON, reason="dispute-won", at=at, dispute=dispute
                 )
             )
         for loser in dict.fromkeys(losers):
             entries.append(
                 ReputationEntry(
-                    account=loser, delta=LOST, reason="dispute-lost", at=at, dispute=run.id
+                    account=loser, delta=LOST, reason="dispute-lost", at=at, dispute=dispute
                 )
             )
+        return entries
+
+    async def settle_checked(
+        self,
+        *,
+        inference: str,
+        defendant: str,
+        receipt: Envelope,
+        challenger: str,
+        outputs: Mapping[str, Digest],
+        winner: Winner,
+        claims: Mapping[str, Digest],
+        referee: Mapping[str, Digest],
+        op_type: str,
+        step: int | None = None,
+    ) -> DisputeRef:
+        """A dispute already decided by a signed check that anyone can re-run (an LLM
+        completion's prefill check, docs/llm.md): its challenge and its settlement are logged
+        together, in one append. ``defendant`` and ``challenger`` are node ids (the challenger's
+        node stands by ``outputs``); ``referee`` names the signed check by digest."""
+        dispute = str(uuid.uuid4())
+        challenge = ChallengeEntry(
+            dispute=dispute,
+            inference=inference,
+            defendant={
+                "node": defendant,
+                "receipt": Digest.of(receipt.payload),
+                "trace": _EMPTY_TRACE.to_json(),
+            },
+            challenger={
+                "account": challenger,
+                "node": challenger,
+                "trace": _EMPTY_TRACE.to_json(),
+                "outputs": dict(outputs),
+            },
+            mode="bitwise",
+            bond=0,
+            deadline_seconds=self.options.timeout,
+            at=_now(),
+        )
+        outcome = _Outcome(
+            winner, "referee", node_index=step, op_type=op_type, claims=claims, referee=referee
+        )
+        settlement = self._settlement(dispute, defendant, challenger, outcome, rounds=1, messages=2)
+        indices = await self._book.append([challenge, *settlement])
+        _log.info("checked dispute %s: winner %s (%s)", dispute, winner, op_type)
+        return DisputeRef(dispute, defendant, challenger, winner, indices[1])
+
+    async def _settle(self, run: DisputeRun, outcome: _Outcome) -> None:
+        entries = self._settlement(
+            run.id,
+            run.defendant.claim.account,
+            run.challenger.claim.account,
+            outcome,
+            rounds=run.rounds,
+            messages=run.messages,
+        )
         indices = await self._book.append(entries)
         run.log_index = indices[0]
         run.winner = outcome.winner

@@ -178,6 +178,7 @@ def service_from_state(state: Any) -> CompletionService:
             max_result_bytes=settings.max_json_bytes,
         ),
         ledger=getattr(state, "ledger", None),
+        disputes=getattr(state, "disputes", None),
     )
 
 
