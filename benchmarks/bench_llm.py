@@ -238,8 +238,8 @@ def _network_round(http: httpx.Client, max_tokens: int) -> tuple[float, float, i
             if data == "[DONE]":
                 break
             obj = json.loads(data)
-            if event == "veriml":
-                tokens = len(obj["completion_tokens"])
+            if event == "veriml":  # a chunk without choices carrying the veriml object
+                tokens = len(obj["veriml"]["completion_tokens"])
                 continue
             for choice in obj.get("choices") or []:
                 if first is None and (choice.get("delta") or {}).get("content"):
