@@ -8,7 +8,7 @@ referee's time over a full re-execution) are ratios where lower is better and ca
 limits in ``goals_max`` ``{"<what>_ratio": maximum}``. Times on this shared machine are noisy:
 quote ratios, which are measured in the same run, not absolute times.
 
-    python -m benchmarks [--quick] [--only NAME]
+    python -m benchmarks [--quick] [--only NAME] [--merge]
 """
 
 from __future__ import annotations
@@ -85,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for smoke tests")
     parser.add_argument("--only", help="run benchmarks whose module name contains this")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the other benchmarks' sections of the existing latest.json (re-run one)",
+    )
     args = parser.parse_args(argv)
     import os
 
@@ -113,6 +118,15 @@ def main(argv: list[str] | None = None) -> int:
         shown = {k: v for k, v in result.items() if k.endswith("_ratio")}
         print(f"[bench] {name}: {shown or result.get('error', '').splitlines()[-1:]}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
+    previous = args.out / "latest.json"
+    if args.merge and previous.is_file():
+        # Each section's ratios are measured within that section's own run; a merged report
+        # keeps every section's own start time so readers can tell them apart.
+        kept = json.loads(previous.read_text()).get("benchmarks", {})
+        for name, result in report["benchmarks"].items():
+            result["started"] = report["started"]
+            kept[name] = result
+        report["benchmarks"] = dict(sorted(kept.items()))
     (args.out / "latest.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / "latest.md").write_text(_markdown(report))
     print(f"[bench] wrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
