@@ -100,9 +100,7 @@ def tensor_digest(array: Array) -> Digest:
     return Digest(h.digest())
 
 
-def tensor_from_canonical(
-    data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES
-) -> Array:
+def tensor_from_canonical(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Array:
     """Decode the canonical encoding (:func:`canonical_tensor_bytes`), sizes checked first.
 
     The encoding is self-describing and its SHA-256 is the tensor digest, so tensors stored by
