@@ -15,6 +15,7 @@ from veriml.cli.key import read_passphrase
 # veriml.models pulls in onnx and model-signing: imported inside the commands, so that the
 # CLI starts quickly for everything else.
 if TYPE_CHECKING:
+    from veriml.models.card import ModelCard
     from veriml.models.signature import TensorSpec
 
 app = typer.Typer(help="Digest, sign, verify and inspect model folders.", no_args_is_help=True)
@@ -163,15 +164,27 @@ def _shape(spec: TensorSpec) -> str:
 
 @app.command("inspect")
 def inspect(model: ModelDir, json_out: JsonOpt = False) -> None:
-    """Validate a model folder and show its IO signature, opsets, size, digest and card."""
-    from veriml.models import ModelPackage
+    """Validate a model folder (ONNX or GGUF) and show its digest, card and what it runs on:
+    the IO signature and opsets of an ONNX graph, the architecture and context of a GGUF model."""
+    from veriml.models import LLMPackage, load_package
 
     with err_console.status(f"validating and hashing {escape(str(model))}"):
-        pkg = ModelPackage.load(model)
+        pkg = load_package(model)
     if json_out:
         print_json(pkg.to_json())
         return
     console.print(f"[bold]{escape(str(pkg.path))}[/]  {pkg.digest}")
+    if isinstance(pkg, LLMPackage):
+        info = pkg.metadata
+        gguf_name = escape(str(pkg.gguf_path.relative_to(pkg.path)))
+        console.print(
+            f"gguf {gguf_name}  size {pkg.size:,} bytes  {escape(str(info.architecture))}  "
+            f"context {info.context_length}  vocabulary {info.vocab_size}  "
+            f"chat template {'yes' if pkg.chat_template else 'no'}",
+            markup=False,
+        )
+        _print_card(pkg.card)
+        return
     opsets = ", ".join(f"{domain} {version}" for domain, version in sorted(pkg.opsets.items()))
     onnx_name = escape(str(pkg.onnx_path.relative_to(pkg.path)))
     console.print(f"onnx {onnx_name}  size {pkg.size:,} bytes  opsets {escape(opsets)}")
@@ -180,14 +193,18 @@ def inspect(model: ModelDir, json_out: JsonOpt = False) -> None:
         for spec in specs:
             table.add_row(kind, escape(spec.name), spec.dtype, escape(_shape(spec)))
     console.print(table)
-    if pkg.card is None:
+    _print_card(pkg.card)
+
+
+def _print_card(card: ModelCard | None) -> None:
+    if card is None:
         console.print("no model card (README.md front matter)")
         return
-    card = Table("field", "value", title="model card", title_justify="left")
-    for field, value in pkg.card.to_json().items():
+    table = Table("field", "value", title="model card", title_justify="left")
+    for field, value in card.to_json().items():
         shown = ", ".join(map(str, value)) if isinstance(value, list) else str(value)
-        card.add_row(escape(field), escape(shown))
-    console.print(card)
+        table.add_row(escape(field), escape(shown))
+    console.print(table)
 
 
 def register(root: typer.Typer) -> None:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 from model_builders import set_external_location
 
+from _llm import make_smollm2_folder
 from veriml.core import generate_key
-from veriml.models import ModelPackage
+from veriml.models import ModelPackage, load_package
 
 
 def veriml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -43,6 +44,20 @@ def test_inspect_json_shows_io_opsets_size_digest_and_card(model_dir: Path) -> N
     table = veriml("model", "inspect", str(model_dir))
     assert "[batch, 4]" in table.stdout
     assert str(pkg.digest) in table.stdout
+
+
+def test_inspect_shows_a_gguf_model_folder(tmp_path: Path) -> None:
+    folder = make_smollm2_folder(tmp_path / "smollm2")
+    done = veriml("model", "inspect", str(folder), "--json")
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info == load_package(folder).to_json()
+    assert info["kind"] == "gguf"
+    table = veriml("model", "inspect", str(folder))
+    assert table.returncode == 0, table.stderr
+    assert "gguf model.gguf" in table.stdout
+    assert "llama" in table.stdout
+    assert info["digest"] in table.stdout
 
 
 def test_sign_then_verify_with_keys_from_the_environment(model_dir: Path, tmp_path: Path) -> None:
