@@ -7,15 +7,18 @@ reputation. The SDK verifies every answer, disputes included."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from _llm import make_smollm2_folder
-from veriml.client import Client, LocalNetwork
+from veriml.client import Client, LocalNetwork, Watcher
 from veriml.core.keys import generate_key
 from veriml.ledger.entries import DisputeVerdictEntry, SlashEntry, parse_entry
 from veriml.tlog import LogClient, NoteVerifier
@@ -27,9 +30,8 @@ MESSAGES = [{"role": "user", "content": "Name three colours."}]
 GREEDY = {"max_tokens": 12, "temperature": 0}
 
 
-@pytest.fixture(scope="module")
-def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
-    root = tmp_path_factory.mktemp("llm-disputes")
+@contextlib.contextmanager
+def _network(root: Path) -> Iterator[LocalNetwork]:
     folder = make_smollm2_folder(root / "smollm2", name="smollm2", version="1.0.0")
     generate_key("ec").save(root / "publisher.key")
     network = LocalNetwork(
@@ -48,6 +50,14 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
         yield network
     finally:
         network.stop()
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[LocalNetwork]:
+    """A fresh network per test: once convicted, the cheater's reputation puts it last in line
+    for jobs, so each test starts before any conviction."""
+    with _network(tmp_path) as network:
+        yield network
 
 
 def _ledger_entries(net: LocalNetwork) -> list[Any]:
@@ -75,6 +85,46 @@ def _convicted(net: LocalNetwork, disputes: list[dict[str, Any]]) -> set[str]:
         assert "prefill-check" in logged.referee
         losers.add(ref["defendant"] if ref["winner"] == "challenger" else ref["challenger"])
     return losers
+
+
+def test_a_watcher_prefill_checks_logged_completions_and_gets_the_cheater_slashed(
+    net: LocalNetwork, tmp_path: Path
+) -> None:
+    """The watcher (issue 6 §3: "the watcher can use it too") re-checks logged completions
+    with its own prefill check; each rejected one is challenged, the coordinator has another
+    operator's node check it, and the cheater is convicted. Honest answers match."""
+    cheater = net.nodes[0].node_id
+
+    def ask(_: int) -> str:
+        with Client(net.url, log_vkey=net.log_vkey) as client:
+            reply = client.chat("smollm2", MESSAGES, policy="none", verify=False, **GREEDY)
+            return str(reply.verdict.agreeing[0])
+
+    # Concurrent requests spread over the nodes by load (sequential ones would all go to the
+    # node that has the model cached), so the cheater answers some of them.
+    answered: set[str] = set()
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            answered |= set(pool.map(ask, range(3)))
+            if cheater in answered and len(answered) > 1:
+                break
+    watcher_key = generate_key()
+    with Client(net.url, log_vkey=net.log_vkey, key=watcher_key) as client:
+        watcher = Watcher(client, sample=1.0, seed=1, cache_dir=tmp_path / "cache")
+        with watcher:
+            checked = watcher.poll()
+    llm = [c for c in checked if c.result in ("match", "mismatch")]
+    assert llm
+    for c in llm:
+        if c.node == cheater:
+            assert c.result == "mismatch", c
+            assert c.winner == "challenger", c
+        else:
+            assert c.result == "match", c
+    assert cheater in answered
+    assert [c for c in llm if c.result == "mismatch"]
+    slashes = [e for e in _ledger_entries(net) if isinstance(e, SlashEntry)]
+    assert {e.account for e in slashes} == {cheater}
 
 
 def test_llm_cheats_are_convicted_and_only_the_cheater_is_slashed(net: LocalNetwork) -> None:

@@ -41,6 +41,7 @@ import numpy.typing as npt
 
 from veriml.client._config import default_home, pin_log_key
 from veriml.client._disputes import DEFAULT_DISPUTE_TIMEOUT, DEFAULT_MAX_MOVES, Challenger
+from veriml.client._requests import raise_for_problem, request_headers
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
@@ -249,6 +250,20 @@ def _defendant_receipt(
     raise FormatError("the inference has no receipt from that node", node=node)
 
 
+def _completion_receipt(entry: InferenceEntry, node: str) -> tuple[Any, Digest]:
+    """The completion predicate and signed output digest of ``node``'s receipt in ``entry``."""
+    from veriml.core.completion import COMPLETION_PREDICATE_TYPE, CompletionPredicate
+
+    for receipt in entry.receipts:
+        statement = Statement.from_bytes(receipt.payload)
+        if statement.predicate_type != COMPLETION_PREDICATE_TYPE:
+            continue
+        predicate = CompletionPredicate.from_json(statement.predicate)
+        if predicate.node_id == node:
+            return predicate, statement.subjects[0].digest
+    raise FormatError("the inference has no completion receipt from that node", node=node)
+
+
 def _open_receipt(receipt: Envelope) -> tuple[InferencePredicate, dict[str, Digest]]:
     # The coordinator verified the signatures before logging; what the watcher needs here is
     # what the node committed to, and a dispute re-checks everything against the receipt.
@@ -308,9 +323,13 @@ class Watcher:
         self.log = log
         self.summary = WatchSummary(position=self.state.position)
         self._runners: dict[Digest, Runner] = {}
+        self._engines: dict[Digest, Any] = {}
         self._bounds: dict[Digest, OutputBounds] = {}
 
     def close(self) -> None:
+        for engine in self._engines.values():
+            engine.close()
+        self._engines.clear()
         if self._owns_log:
             self.log.close()
 
@@ -433,6 +452,11 @@ class Watcher:
                 return _with(base, detail=f"verdict {verdict.outcome}: nothing to check")
             node = verdict.agreeing[0]
             base = _with(base, node=node)
+        kind = entry.extra.get("kind")
+        if kind in ("chat.completion", "text_completion"):
+            return self._check_completion(entry, base, node)
+        if kind == "embedding":
+            return _with(base, detail="embeddings have no prefill check")
         try:
             predicate, claimed = _defendant_receipt(entry, node)
             inputs = {name: self.client.tensor(d) for name, d in sorted(predicate.inputs.items())}
@@ -462,6 +486,75 @@ class Watcher:
             winner=str(result.get("winner")),
             detail=f"reason {result.get('reason')}",
         )
+
+    def _check_completion(
+        self, entry: InferenceEntry, base: CheckedInference, node: str
+    ) -> CheckedInference:
+        """An LLM completion: the prefill check (docs/llm.md) run here, on the completion's
+        token ids (from the coordinator, checked against what ``node`` signed), with the model
+        pulled from the hub. A rejected completion is reported as a mismatch and challenged."""
+        from veriml.core.canonical import canonical_digest
+        from veriml.core.completion import CompletionPredicate, check_canonical, token_digest
+        from veriml.verify.prefill import prefill_check
+
+        try:
+            predicate, output = _completion_receipt(entry, node)
+            if predicate.trust != "reexecutable":
+                return _with(base, detail=f"{predicate.trust}: nothing to re-execute")
+            response = self.client._http.get(f"/v1/inferences/{entry.request_id}")
+            raise_for_problem(response)
+            stored = parse_json_object(response.content, what="stored answer")
+            canonical = check_canonical(stored.get("canonical_request") or {})
+            prompt = [int(t) for t in stored.get("prompt_tokens") or []]
+            tokens = [int(t) for t in stored.get("completion_tokens") or []]
+            if canonical_digest(canonical) != predicate.request_digest:
+                raise FormatError("the stored request is not the one the node signed")
+            if token_digest(prompt) != predicate.prompt_digest:
+                raise FormatError("the stored prompt tokens are not the ones the node signed")
+            report = prefill_check(
+                self.llm_engine(entry.model, predicate), canonical, prompt, tokens, output=output
+            )
+        except Error as exc:
+            return _with(base, result="error", detail=exc.diagnostics()[:300])
+        assert isinstance(predicate, CompletionPredicate)
+        if report.accepted:
+            return _with(base, result="match", detail=f"prefill check of {report.checked} tokens")
+        why = f"prefill check: token {report.first_failure}: {report.reason}"
+        mismatch = _with(base, result="mismatch", detail=why[:300])
+        if self.client.key is None:
+            return _with(mismatch, detail=why[:200] + "; not disputed: no signing key")
+        body = {"inference": entry.request_id, "node": node, "kind": "prefill"}
+        try:
+            raw = json.dumps(body).encode()
+            headers = {"Content-Type": "application/json"}
+            headers |= request_headers(self.client.key, "POST", "/v1/disputes", Digest.of(raw))
+            answer = self.client._http.post("/v1/disputes", content=raw, headers=headers)
+            raise_for_problem(answer)
+            result = parse_json_object(answer.content, what="dispute").get("result") or {}
+        except Error as exc:
+            return _with(mismatch, detail="dispute failed: " + exc.diagnostics()[:300])
+        return _with(
+            mismatch,
+            dispute=str(result.get("dispute")),
+            winner=str(result.get("winner")),
+            detail=why[:200],
+        )
+
+    def llm_engine(self, digest: Digest, predicate: Any) -> Any:
+        """The LLM engine of model ``digest``, pulled and verified like an ONNX model, with
+        the context size the node's fingerprint records (the check must fit the completion)."""
+        engine = self._engines.get(digest)
+        if engine is not None:
+            return engine
+        from veriml.runtime.llm import LLMEngine, LLMSettings
+
+        package = self._package(digest)
+        if package.kind != "gguf":
+            raise InvalidModel("the logged model is not a GGUF language model", model=digest)
+        n_ctx = predicate.runtime.get("n_ctx")
+        settings = LLMSettings(n_ctx=n_ctx) if isinstance(n_ctx, int) else LLMSettings()
+        engine = self._engines[digest] = LLMEngine(package, settings)
+        return engine
 
     def check_answer(self, result: InferenceResult, *, node: str | None = None) -> CheckedInference:
         """:meth:`check` for an answer fetched from the coordinator (``client.inference``)."""
@@ -504,8 +597,19 @@ class Watcher:
         runner = self._runners.get(digest)
         if runner is not None:
             return runner
-        from veriml.node._models import load_cached, pull_model
         from veriml.runtime import Profile, runner_for
+
+        package = self._package(digest)
+        if package.kind != "onnx":  # completion entries carry no tensors to re-run
+            raise InvalidModel("the logged model is not an ONNX graph", model=digest)
+        runner = runner_for(package, Profile())
+        self._runners[digest] = runner
+        return runner
+
+    def _package(self, digest: Digest) -> Any:
+        """Model ``digest`` from the cache (re-validated) or pulled from the hub and verified,
+        as a node does (ONNX or GGUF)."""
+        from veriml.node._models import load_cached, pull_model
 
         folder = self.cache_dir / digest.hex
         package = None
@@ -528,11 +632,7 @@ class Watcher:
                     raise NodeUnavailable(
                         "cannot pull the model from the hub", model=digest, reason=repr(exc)[:200]
                     ) from exc
-        if package.kind != "onnx":  # completion entries carry no tensors to re-run
-            raise InvalidModel("the logged model is not an ONNX graph", model=digest)
-        runner = runner_for(package, Profile())
-        self._runners[digest] = runner
-        return runner
+        return package
 
 
 def _with(base: CheckedInference, **changes: Any) -> CheckedInference:

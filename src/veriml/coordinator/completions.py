@@ -64,6 +64,7 @@ from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     RequestKind,
     canonical_request,
+    check_canonical,
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
@@ -73,6 +74,7 @@ from veriml.core.errors import (
     FormatError,
     NodeUnavailable,
     NotFound,
+    StorageError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey
@@ -467,6 +469,64 @@ class CompletionService:
         )
         veriml = await self._log_answer(prepared, verdict, evidence, chosen)
         return CompletionAnswer(chosen, veriml)
+
+    async def challenge(
+        self, stored: Mapping[str, Any], node_id: str, *, account: str
+    ) -> DisputeRef:
+        """An external challenge of a logged completion (a watcher whose own prefill check
+        rejected it; docs/llm.md, "Disputes"): a node of another operator prefill-checks the
+        completion the answer returned. If the check fails, ``node_id`` is convicted and
+        ``account`` rewarded; if it passes, the challenge fails and ``account`` loses its bond.
+        """
+        if self._disputes is None:
+            raise StorageError("this coordinator hosts no disputes")
+        answer = answer_from_stored(stored).answer
+        if answer.predicate.node_id != node_id:
+            raise FormatError(
+                "a prefill challenge names the node whose completion the answer returned",
+                node=node_id[:200],
+            )
+        if answer.predicate.trust != "reexecutable" or answer.embeddings:
+            raise FormatError("only a re-executable completion can be prefill-checked")
+        canonical = check_canonical(stored.get("canonical_request") or {})
+        model = LLMModel(Digest.from_text(str(stored.get("model"))))
+        candidates = await asyncio.to_thread(self._list_nodes, model)
+        defendant = next((n for n in candidates if n.node_id == node_id), None)
+        if defendant is None:
+            raise NotFound("the defendant node is not registered or not live", node=node_id)
+        job = CompletionJob(
+            request_id=str(stored.get("id")),
+            kind=canonical["type"],
+            model=model.digest,
+            canonical=canonical,
+            digest=canonical_digest(canonical),
+            policy=str(stored.get("policy")),
+            spot=answer.predicate.spot,
+        )
+        prepared = Prepared(job, Policy("none"), tuple(candidates))
+        pair = (defendant, answer)
+        check = await self._prefill(prepared, pair, avoid=frozenset({defendant.operator}))
+        if check is None:
+            raise NodeUnavailable("no node of another operator could check the completion")
+        rejected = check.vouched != {OUTPUT: answer.output}
+        step = Statement.from_bytes(check.receipt.payload).predicate.get("report", {})
+        failure = step.get("first_failure") if isinstance(step, Mapping) else None
+        ref = await self._disputes.settle_checked(
+            inference=job.request_id,
+            defendant=node_id,
+            receipt=answer.receipt,
+            challenger=account,
+            outputs={},
+            winner="challenger" if rejected else "defendant",
+            claims={"defendant": answer.output},
+            referee={"prefill-check": Digest.of(check.receipt.payload)},
+            op_type="prefill",
+            step=failure if isinstance(failure, int) and not isinstance(failure, bool) else None,
+            challenger_node=False,
+            bond=self._disputes.options.challenge_bond,
+        )
+        self._observe("dispute", ref.winner)
+        return ref
 
     async def _settle_dissent(
         self,

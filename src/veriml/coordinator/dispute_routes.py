@@ -88,6 +88,42 @@ async def _move(
     return service, run, body
 
 
+async def _prefill_challenge(
+    request: Request, answer: dict[str, Any], body: dict[str, Any], account: str
+) -> Response:
+    """``{"inference", "node", "kind": "prefill"}``: an LLM completion challenged by a watcher
+    whose own prefill check rejected it; settled at once by another operator's prefill check
+    (docs/llm.md, "Disputes"). 201 and the settled dispute."""
+    from veriml.coordinator.openai_routes import completion_service
+
+    unknown = sorted(set(body) - {"inference", "node", "kind"})
+    if unknown:
+        raise FormatError("prefill challenge has unknown members", members=",".join(unknown))
+    node = body.get("node")
+    if not isinstance(node, str) or not 0 < len(node) <= 256:
+        raise FormatError("a prefill challenge names the defendant node")
+    ref = await completion_service(request).challenge(answer, node, account=account)
+    settled = {
+        "id": ref.id,
+        "status": "settled",
+        "inference": body["inference"],
+        "defendant": ref.defendant,
+        "challenger": ref.challenger,
+        "mode": "bitwise",
+        "query": None,
+        "deadline": None,
+        "rounds": 1,
+        "messages": 2,
+        "result": {
+            "dispute": ref.id,
+            "winner": ref.winner,
+            "reason": "referee",
+            "log_index": ref.log_index,
+        },
+    }
+    return _json(settled, status=201)
+
+
 def create_dispute_router() -> APIRouter:
     """The dispute routes, bound to the app's services at request time."""
     router = APIRouter(tags=["disputes"])
@@ -114,6 +150,8 @@ def create_dispute_router() -> APIRouter:
         if not isinstance(inference, str) or not 0 < len(inference) <= 200:
             raise FormatError("a dispute names the inference it challenges")
         answer = await inference_service(request).get(inference)
+        if body.get("kind") == "prefill":
+            return await _prefill_challenge(request, answer, body, account)
         final_after = (answer.get("verdict") or {}).get("final_after")
         if isinstance(final_after, str) and parse_time(final_after) <= dt.datetime.now(dt.UTC):
             # optimistic:W: the answer became final when its window closed.

@@ -1125,11 +1125,15 @@ class DisputeService:
         referee: Mapping[str, Digest],
         op_type: str,
         step: int | None = None,
+        challenger_node: bool = True,
+        bond: int = 0,
     ) -> DisputeRef:
         """A dispute already decided by a signed check that anyone can re-run (an LLM
         completion's prefill check, docs/llm.md): its challenge and its settlement are logged
-        together, in one append. ``defendant`` and ``challenger`` are node ids (the challenger's
-        node stands by ``outputs``); ``referee`` names the signed check by digest."""
+        together, in one append. ``defendant`` is a node id, ``challenger`` a node id (its node
+        stands by ``outputs``) or, with ``challenger_node=False``, an account (a watcher) whose
+        ``bond`` is locked and returned or burned by the verdict; ``referee`` names the signed
+        check by digest."""
         dispute = str(uuid.uuid4())
         challenge = ChallengeEntry(
             dispute=dispute,
@@ -1141,12 +1145,12 @@ class DisputeService:
             },
             challenger={
                 "account": challenger,
-                "node": challenger,
+                **({"node": challenger} if challenger_node else {}),
                 "trace": _EMPTY_TRACE.to_json(),
                 "outputs": dict(outputs),
             },
             mode="bitwise",
-            bond=0,
+            bond=bond,
             deadline_seconds=self.options.timeout,
             at=_now(),
         )
