@@ -84,7 +84,7 @@ def test_top_p_keeps_the_shortest_prefix_reaching_p() -> None:
     temperature=st.sampled_from([0.0, 0.1, 0.7, 1.0, 2.0]),
     top_p=st.sampled_from([0.05, 0.5, 0.9, 1.0]),
     top_k=st.integers(0, 8),
-    seed=st.integers(0, 2**64 - 1),
+    seed=st.integers(0, 2**53 - 1),
     step=st.integers(0, 1000),
 )
 def test_sample_matches_the_reference(
