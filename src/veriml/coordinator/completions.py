@@ -59,7 +59,14 @@ from veriml.coordinator.completion_checks import (
 from veriml.coordinator.inference import MAX_DISSENT_DISPUTES, check_request_id
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.openai_errors import NodeRefused
-from veriml.coordinator.scheduler import Candidate, Failure, gather, pick
+from veriml.coordinator.scheduler import (
+    Candidate,
+    Failure,
+    check_retry_options,
+    gather,
+    node_key,
+    pick,
+)
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     RequestKind,
@@ -77,7 +84,7 @@ from veriml.core.errors import (
     StorageError,
     VerificationError,
 )
-from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.keys import SigningKey
 from veriml.ledger.entries import InferenceEntry
 from veriml.tlog.log import Log
 from veriml.verify.policy import (
@@ -150,13 +157,12 @@ class CompletionOptions:
     max_result_bytes: int = 64 << 20
 
     def __post_init__(self) -> None:
-        if not (self.job_timeout > 0 and self.attempts_per_slot >= 1 and self.live_within > 0):
-            raise FormatError(
-                "completion timeouts and attempts must be positive",
-                job_timeout=self.job_timeout,
-                attempts_per_slot=self.attempts_per_slot,
-                live_within=self.live_within,
-            )
+        check_retry_options(
+            "completion",
+            job_timeout=self.job_timeout,
+            attempts_per_slot=self.attempts_per_slot,
+            live_within=self.live_within,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +306,6 @@ class CompletionService:
         self._ledger = ledger
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
         self._inflight: dict[str, int] = {}
-        self._keys: dict[str, VerifyingKey] = {}
 
     async def prepare(
         self,
@@ -677,7 +682,7 @@ class CompletionService:
             },
         }
         result = await self._tracked(node, self._post(node, body, None))
-        return check_prefill(result, node, self._node_key(node), job, answer)
+        return check_prefill(result, node, node_key(node.public_key), job, answer)
 
     async def _log_answer(
         self,
@@ -757,12 +762,6 @@ class CompletionService:
             self._observe("node-failure", reason)
         return list(gathered.answers), gathered.failures
 
-    def _node_key(self, node: Candidate) -> VerifyingKey:
-        key = self._keys.get(node.public_key)
-        if key is None:
-            key = self._keys[node.public_key] = VerifyingKey.from_pem(node.public_key.encode())
-        return key
-
     async def _attempt(
         self, node: Candidate, job: CompletionJob, sink: TokenSink | None
     ) -> NodeAnswer:
@@ -774,7 +773,7 @@ class CompletionService:
             return check_answer(
                 result,
                 node,
-                self._node_key(node),
+                node_key(node.public_key),
                 job,
                 max_tensor_bytes=self._options.max_result_bytes,
             )

@@ -58,7 +58,7 @@ import numpy.typing as npt
 import onnx
 
 from veriml.coordinator.dispatch import JobSpec, dispatch
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.scheduler import Candidate, node_key
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
@@ -70,7 +70,7 @@ from veriml.core.errors import (
     NotFound,
     VerificationError,
 )
-from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.keys import SigningKey
 from veriml.core.receipt import InferencePredicate, TraceCommitment
 from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
 from veriml.core.timestamps import format_time, parse_time
@@ -265,8 +265,7 @@ class NodeParty:
                 detail=exc.diagnostics()[:200],
             ) from exc
         try:
-            key = VerifyingKey.from_pem(self._node.public_key.encode())
-            verified = verify_receipt(result, node_key=key)
+            verified = verify_receipt(result, node_key=node_key(self._node.public_key))
         except Error as exc:
             raise PartyFault(
                 "retrace receipt does not verify under the node's key",

@@ -52,7 +52,14 @@ from sqlalchemy.engine import Engine
 
 from veriml.coordinator.dispatch import JobSpec, dispatch
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
-from veriml.coordinator.scheduler import Candidate, Failure, gather, pick
+from veriml.coordinator.scheduler import (
+    Candidate,
+    Failure,
+    check_retry_options,
+    gather,
+    node_key,
+    pick,
+)
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     Conflict,
@@ -128,13 +135,12 @@ class InferenceOptions:
     lookup_ttl: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (self.job_timeout > 0 and self.attempts_per_slot >= 1 and self.live_within > 0):
-            raise FormatError(
-                "inference timeouts and attempts must be positive",
-                job_timeout=self.job_timeout,
-                attempts_per_slot=self.attempts_per_slot,
-                live_within=self.live_within,
-            )
+        check_retry_options(
+            "inference",
+            job_timeout=self.job_timeout,
+            attempts_per_slot=self.attempts_per_slot,
+            live_within=self.live_within,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +279,6 @@ class InferenceService:
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
         self._lookups: dict[str, tuple[float, ResolvedModel, list[Candidate]]] = {}
         self._inflight: dict[str, int] = {}
-        self._keys: dict[str, VerifyingKey] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._crash_after_append = os.environ.get(CRASH_AFTER_APPEND) == "1"
         if self._crash_after_append:
@@ -389,12 +394,6 @@ class InferenceService:
             self._lookups[ref] = (now + self._options.lookup_ttl, model, candidates)
         return model, candidates
 
-    def _node_key(self, node: Candidate) -> VerifyingKey:
-        key = self._keys.get(node.public_key)
-        if key is None:
-            key = self._keys[node.public_key] = VerifyingKey.from_pem(node.public_key.encode())
-        return key
-
     async def _attempt(self, node: Candidate, spec: JobSpec, digest: Digest) -> _Answer:
         self._inflight[node.node_id] = self._inflight.get(node.node_id, 0) + 1
         try:
@@ -410,7 +409,7 @@ class InferenceService:
             self._inflight[node.node_id] -= 1
             if not self._inflight[node.node_id]:
                 del self._inflight[node.node_id]
-        outputs = check_answer(result, node, self._node_key(node), spec, digest)
+        outputs = check_answer(result, node, node_key(node.public_key), spec, digest)
         return _Answer(result, outputs)
 
     async def _answer(

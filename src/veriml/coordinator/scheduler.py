@@ -22,15 +22,27 @@ time and what has been tried, :func:`pick` returns the nodes to use. Its rules (
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, FormatError, NodeUnavailable, VerificationError
+from veriml.core.keys import VerifyingKey
 
-__all__ = ["Candidate", "Failure", "Gathered", "eligible", "gather", "pick", "retryable"]
+__all__ = [
+    "Candidate",
+    "Failure",
+    "Gathered",
+    "check_retry_options",
+    "eligible",
+    "gather",
+    "node_key",
+    "pick",
+    "retryable",
+]
 
 T = TypeVar("T")
 
@@ -57,6 +69,26 @@ class Candidate:
 
     def is_live(self, now: float, live_within: float) -> bool:
         return now - self.last_seen <= live_within
+
+
+@functools.lru_cache(maxsize=1024)
+def node_key(public_key: str) -> VerifyingKey:
+    """A node's registered public key (PEM) parsed once: every answer is verified under it."""
+    return VerifyingKey.from_pem(public_key.encode())
+
+
+def check_retry_options(
+    service: str, *, job_timeout: float, attempts_per_slot: int, live_within: float
+) -> None:
+    """Refuse a service configuration that could never answer (non-positive timeouts or
+    attempts): the inference and completion services share these rules."""
+    if not (job_timeout > 0 and attempts_per_slot >= 1 and live_within > 0):
+        raise FormatError(
+            f"{service} timeouts and attempts must be positive",
+            job_timeout=job_timeout,
+            attempts_per_slot=attempts_per_slot,
+            live_within=live_within,
+        )
 
 
 def _rank(

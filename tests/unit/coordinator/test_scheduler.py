@@ -205,3 +205,15 @@ def test_a_non_retryable_error_ends_the_request() -> None:
     rejected = ExecutionError("node refused the job")
     with pytest.raises(ExecutionError):
         run_gather([a, b], [spare], {a.node_id: rejected, b.node_id: 30.0})
+
+
+def test_node_keys_are_parsed_once_and_retry_options_are_checked() -> None:
+    from veriml.coordinator.scheduler import check_retry_options, node_key
+    from veriml.core.errors import FormatError
+    from veriml.core.keys import generate_key
+
+    pem = generate_key("ed25519").public.to_pem().decode()
+    assert node_key(pem) is node_key(pem)
+    check_retry_options("inference", job_timeout=1.0, attempts_per_slot=1, live_within=1.0)
+    with pytest.raises(FormatError, match="completion timeouts"):
+        check_retry_options("completion", job_timeout=0.0, attempts_per_slot=1, live_within=1.0)
