@@ -41,7 +41,7 @@ from veriml.models.digest import (
     manifest_entries,
     root_digest,
 )
-from veriml.models.validate import Limits, scan_folder
+from veriml.models.validate import Limits, find_main_file, scan_folder
 
 __all__ = [
     "CHAT_TEMPLATE_FILE",
@@ -336,19 +336,7 @@ def read_gguf_info(path: Path) -> GGUFInfo:
 
 def find_gguf(root: Path, files: tuple[Path, ...]) -> Path:
     """The main GGUF file: ``model.gguf`` if present, else the single ``*.gguf`` file."""
-    main = root / MAIN_GGUF
-    if main in files:
-        return main
-    candidates = sorted(p for p in files if p.suffix == ".gguf")
-    if not candidates:
-        raise InvalidModel("model folder has no .gguf file", path=str(root))
-    if len(candidates) > 1:
-        raise InvalidModel(
-            f"model folder has several .gguf files; name the main one {MAIN_GGUF}",
-            path=str(root),
-            found=", ".join(str(p.relative_to(root)) for p in candidates[:5]),
-        )
-    return candidates[0]
+    return find_main_file(root, files, MAIN_GGUF)
 
 
 def _template_override(path: Path) -> str | None:

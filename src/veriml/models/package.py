@@ -38,6 +38,7 @@ from veriml.models.signature import IOSignature, io_signature
 from veriml.models.validate import (
     Limits,
     external_data_files,
+    find_main_file,
     onnx_opsets,
     scan_folder,
     validate_onnx,
@@ -50,19 +51,7 @@ MAIN_ONNX = "model.onnx"
 
 def find_onnx(root: Path, files: tuple[Path, ...]) -> Path:
     """The main ONNX file: ``model.onnx`` if present, else the single ``*.onnx`` file."""
-    main = root / MAIN_ONNX
-    if main in files:
-        return main
-    candidates = sorted(p for p in files if p.suffix == ".onnx")
-    if not candidates:
-        raise InvalidModel("model folder has no .onnx file", path=str(root))
-    if len(candidates) > 1:
-        raise InvalidModel(
-            f"model folder has several .onnx files; name the main one {MAIN_ONNX}",
-            path=str(root),
-            found=", ".join(str(p.relative_to(root)) for p in candidates[:5]),
-        )
-    return candidates[0]
+    return find_main_file(root, files, MAIN_ONNX)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -72,6 +72,24 @@ class FolderScan:
 _SKIPPED_DIRS = frozenset(GIT_PATHS)
 
 
+def find_main_file(root: Path, files: tuple[Path, ...], main: str) -> Path:
+    """A package's main file: ``main`` (``model.onnx``, ``model.gguf``) if present, else the
+    single file with its suffix; none, or several without ``main``, is :class:`InvalidModel`."""
+    if root / main in files:
+        return root / main
+    suffix = Path(main).suffix
+    candidates = sorted(p for p in files if p.suffix == suffix)
+    if not candidates:
+        raise InvalidModel(f"model folder has no {suffix} file", path=str(root))
+    if len(candidates) > 1:
+        raise InvalidModel(
+            f"model folder has several {suffix} files; name the main one {main}",
+            path=str(root),
+            found=", ".join(str(p.relative_to(root)) for p in candidates[:5]),
+        )
+    return candidates[0]
+
+
 def scan_folder(root: Path, limits: Limits) -> FolderScan:
     """Walk ``root`` with ``lstat`` only, refusing symlinks, special files and excess.
 
