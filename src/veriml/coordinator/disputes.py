@@ -3,10 +3,12 @@
 docs/verification.md ("Disputes") is the spec. One engine serves two kinds of dispute:
 
 - **coordinator-opened** (a spot check that disagrees, a dissenting quorum answer): both
-  parties are nodes (:class:`~veriml.coordinator.dispute_parties.NodeParty`); the inference waits for the verdict, whose log index
-  it records;
+  parties are nodes (``NodeParty``); the inference waits for the verdict, whose log index it
+  records;
 - **external** (``POST /v1/disputes``): the challenger is a remote account (a client, a
-  watcher, a node) moving through HTTP (:class:`RemoteParty`); the defendant is a node.
+  watcher, a node) moving through HTTP (``RemoteParty``); the defendant is a node.
+
+The parties live in :mod:`veriml.coordinator.dispute_parties`.
 
 A party is anything with the small :class:`Party` interface: ``open`` (the trace commitment
 it stands by), ``reveal(index)`` (a trace entry and its RFC 9162 inclusion proof) and
