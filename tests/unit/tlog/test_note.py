@@ -91,7 +91,11 @@ def test_added_signatures_merge_without_duplicates() -> None:
     assert len(opened.verified) == 2
 
 
-@given(st.text(alphabet=st.characters(min_codepoint=0x20), max_size=200), st.data())
+# Note text is UTF-8: lone surrogates (category Cs) cannot be encoded, so they are not text.
+@given(
+    st.text(alphabet=st.characters(min_codepoint=0x20, exclude_categories=("Cs",)), max_size=200),
+    st.data(),
+)
 def test_sign_then_open_round_trips(body: str, data: st.DataObject) -> None:
     lines = data.draw(st.lists(st.just(""), max_size=2))  # texts may contain blank lines
     text = "\n".join([body, *lines]) + "\n"
