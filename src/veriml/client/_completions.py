@@ -673,8 +673,7 @@ def verify_completion(
     )
     cp = signed.checkpoint
     # 1. Node keys from the log; every receipt signed by one of them.
-    placeholder = Digest.of(b"")  # the node checks read only ids, indices and entries
-    descriptors = _node_descriptors(_as_result(evidence, placeholder), cp)
+    descriptors = _node_descriptors(evidence.nodes, cp)
     types = [_statement_type(r) for r in evidence.receipts]
     unknown = sorted({t for t in types if t not in (COMPLETION_PREDICATE_TYPE, PREFILL_TYPE)})
     completions = [r for r, t in zip(evidence.receipts, types, strict=True) if t != PREFILL_TYPE]

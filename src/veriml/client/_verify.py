@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 
-from veriml.client._result import InferenceResult, Verification
+from veriml.client._result import InferenceResult, NodeEvidence, Verification
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
@@ -199,10 +199,12 @@ def _prove(entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, che
         ) from exc
 
 
-def _node_descriptors(result: InferenceResult, cp: Checkpoint) -> dict[str, NodeDescriptor]:
+def _node_descriptors(
+    evidence: Sequence[NodeEvidence], cp: Checkpoint
+) -> dict[str, NodeDescriptor]:
     """Step 1a: node keys known from the log, each registration proven against ``cp``."""
     nodes: dict[str, NodeDescriptor] = {}
-    for node in result.nodes:
+    for node in evidence:
         if node.entry is None or node.inclusion_proof is None:
             raise VerificationError(
                 "the node's registration entry and its proof are missing",
@@ -375,7 +377,7 @@ def verify_inference(
     )
     cp = signed.checkpoint
     # 1. Node keys from the log; every receipt signed by one of them.
-    nodes = _node_descriptors(result, cp)
+    nodes = _node_descriptors(result.nodes, cp)
     verified = [_receipt(r, nodes) for r in result.receipts]
     predicates = tuple(p for p, _ in verified)
     # 2. The model (and request) every receipt is about.
