@@ -325,6 +325,8 @@ class PrefillVouch:
     node: Candidate
     receipt: Envelope
     vouched: dict[str, Digest]
+    first_failure: int | None = None
+    """The first generated token the check rejected (None when it accepted them all)."""
 
 
 def check_prefill(
@@ -353,7 +355,9 @@ def check_prefill(
     _bind("request id", check.request_id, job.request_id, name)
     complete = check.report.get("checked") == answer.completion_count
     vouched = answer.output if check.accepted and complete else Digest.of(receipt.payload)
-    return PrefillVouch(node, receipt, {OUTPUT: vouched})
+    failure = check.report.get("first_failure")
+    step = failure if isinstance(failure, int) and not isinstance(failure, bool) else None
+    return PrefillVouch(node, receipt, {OUTPUT: vouched}, step)
 
 
 def output_json(answer: NodeAnswer) -> dict[str, Any]:

@@ -74,7 +74,7 @@ from veriml.core.completion import (
     check_canonical,
 )
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope, Statement
+from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
     Error,
@@ -462,9 +462,12 @@ class CompletionService:
             if check is not None:
                 triples.append((check.node.node_id, check.node.operator, check.vouched))
                 evidence.append((check.node, check.receipt))
-                if check.vouched != {OUTPUT: answers[0][1].output}:
-                    ref = await self._convict(prepared, answers[0], check)
-                    disputes += [] if ref is None else [ref]
+                if self._disputes is not None and check.vouched != {OUTPUT: answers[0][1].output}:
+                    # The checker's failed check convicts the generator; it is the challenger.
+                    checking = (check.node, answers[0][1])
+                    disputes.append(
+                        await self._record(prepared, answers[0], checking, check, "challenger")
+                    )
         # 6. The verdict, from the verified answers; disagreements are settled first.
         disputes += await self._settle_dissent(prepared, answers, spot)
         verdict = decide(policy, triples, spot=spot, disputes=disputes)
@@ -514,8 +517,6 @@ class CompletionService:
         if check is None:
             raise NodeUnavailable("no node of another operator could check the completion")
         rejected = check.vouched != {OUTPUT: answer.output}
-        step = Statement.from_bytes(check.receipt.payload).predicate.get("report", {})
-        failure = step.get("first_failure") if isinstance(step, Mapping) else None
         ref = await self._disputes.settle_checked(
             inference=job.request_id,
             defendant=node_id,
@@ -526,7 +527,7 @@ class CompletionService:
             claims={"defendant": answer.output},
             referee={"prefill-check": Digest.of(check.receipt.payload)},
             op_type="prefill",
-            step=failure if isinstance(failure, int) and not isinstance(failure, bool) else None,
+            step=check.first_failure,
             challenger_node=False,
             bond=self._disputes.options.challenge_bond,
         )
@@ -576,32 +577,13 @@ class CompletionService:
         if check is None:
             return None
         if check.vouched != {OUTPUT: defendant[1].output}:
-            return await self._convict(prepared, defendant, check, challenger)
+            return await self._record(prepared, defendant, challenger, check, "challenger")
         other = await self._prefill(prepared, challenger, avoid=avoid)
         if other is None:
             return None
         if other.vouched != {OUTPUT: challenger[1].output}:
-            return await self._convict(prepared, challenger, other, defendant, as_challenger=True)
+            return await self._record(prepared, defendant, challenger, other, "defendant")
         return await self._record(prepared, defendant, challenger, check, "none")
-
-    async def _convict(
-        self,
-        prepared: Prepared,
-        loser: tuple[Candidate, NodeAnswer],
-        check: PrefillVouch,
-        other: tuple[Candidate, NodeAnswer] | None = None,
-        *,
-        as_challenger: bool = False,
-    ) -> DisputeRef | None:
-        """Log the conviction of ``loser``, whose completion ``check`` rejected. The other
-        party is ``other`` (the node that answered differently) or, under ``prefill``, the
-        checking node itself."""
-        if self._disputes is None:
-            return None
-        opponent = other if other is not None else (check.node, loser[1])
-        if as_challenger:
-            return await self._record(prepared, opponent, loser, check, "defendant")
-        return await self._record(prepared, loser, opponent, check, "challenger")
 
     async def _record(
         self,
@@ -611,9 +593,10 @@ class CompletionService:
         check: PrefillVouch,
         winner: Winner,
     ) -> DisputeRef:
+        """Log a dispute ``check`` settled: its challenge and settlement in one append. The
+        challenger is the node that answered differently or, under ``prefill``, the checking
+        node itself (then it claims no output of its own)."""
         assert self._disputes is not None
-        step = Statement.from_bytes(check.receipt.payload).predicate.get("report", {})
-        failure = step.get("first_failure") if isinstance(step, Mapping) else None
         claims = {"defendant": defendant[1].output}
         if challenger[0].node_id != check.node.node_id:
             claims["challenger"] = challenger[1].output
@@ -627,7 +610,7 @@ class CompletionService:
             claims=claims,
             referee={"prefill-check": Digest.of(check.receipt.payload)},
             op_type="prefill",
-            step=failure if isinstance(failure, int) and not isinstance(failure, bool) else None,
+            step=check.first_failure,
         )
         self._observe("dispute", winner)
         return ref
