@@ -41,7 +41,7 @@ import numpy.typing as npt
 
 from veriml.client._config import default_home, pin_log_key
 from veriml.client._disputes import DEFAULT_DISPUTE_TIMEOUT, DEFAULT_MAX_MOVES, Challenger
-from veriml.client._requests import raise_for_problem, request_headers
+from veriml.client._requests import raise_for_problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
@@ -525,12 +525,8 @@ class Watcher:
             return _with(mismatch, detail=why[:200] + "; not disputed: no signing key")
         body = {"inference": entry.request_id, "node": node, "kind": "prefill"}
         try:
-            raw = json.dumps(body).encode()
-            headers = {"Content-Type": "application/json"}
-            headers |= request_headers(self.client.key, "POST", "/v1/disputes", Digest.of(raw))
-            answer = self.client._http.post("/v1/disputes", content=raw, headers=headers)
-            raise_for_problem(answer)
-            result = parse_json_object(answer.content, what="dispute").get("result") or {}
+            signed = self.client._signed_post("/v1/disputes", body, self.client.key, "dispute")
+            result = self.client._post("/v1/disputes", *signed).get("result") or {}
         except Error as exc:
             return _with(mismatch, detail="dispute failed: " + exc.diagnostics()[:300])
         return _with(
