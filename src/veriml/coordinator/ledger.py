@@ -43,7 +43,7 @@ from veriml.core.errors import (
     NotFound,
     SignatureError,
 )
-from veriml.core.tensors import canonical_tensor_bytes, tensor_from_canonical
+from veriml.core.tensors import canonical_tensor_bytes, tensor_digest, tensor_from_canonical
 from veriml.core.timestamps import format_time, utc_now
 from veriml.ledger.entries import (
     AMOUNT_LIMIT,
@@ -180,11 +180,11 @@ class TensorStore:
         """Store each array unless present (blocking); their digests by name."""
         out: dict[str, Digest] = {}
         for name, array in arrays.items():
-            data = canonical_tensor_bytes(np.asarray(array))
-            digest = Digest.of(data)
+            # The digest hashes the array in place; the encoded copy is made only for a tensor
+            # the store does not hold yet (a repeated input costs one hash and one lookup).
+            digest = out[name] = tensor_digest(np.asarray(array))
             if not self._blobs.has(digest):
-                self._blobs.put_bytes(data)
-            out[name] = digest
+                self._blobs.put_bytes(canonical_tensor_bytes(np.asarray(array)))
         return out
 
     def get_bytes(self, digest: Digest) -> bytes:
