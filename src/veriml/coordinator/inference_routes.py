@@ -90,7 +90,7 @@ def node_lister(
                 reputation=ledger.reputation_of(row.node_id),
             )
             for row in nodes.live_nodes(model)
-            if (not schedulable_only or book.schedulable(row.node_id))
+            if (not schedulable_only or book.schedulable(row.node_id, ledger))
             and (engine is None or engine in row.engines)
         ]
 

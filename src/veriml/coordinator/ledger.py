@@ -113,9 +113,10 @@ class LedgerBook:
     def reputation_of(self, account: str) -> int:
         return self.state().reputation_of(account)
 
-    def schedulable(self, node_id: str) -> bool:
-        """Whether a node may receive jobs: enough stake and reputation (the settings' rules)."""
-        state = self.state()
+    def schedulable(self, node_id: str, state: LedgerState | None = None) -> bool:
+        """Whether a node may receive jobs: enough stake and reputation (the settings' rules),
+        in ``state`` (one read for a whole node list) or the current fold."""
+        state = state if state is not None else self.state()
         return (
             state.stake_of(node_id) >= self.settings.min_stake
             and state.reputation_of(node_id) >= self.settings.min_reputation
