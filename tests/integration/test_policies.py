@@ -5,6 +5,7 @@ or replayed receipts are refused before any vote (so no dispute is opened for th
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -42,12 +43,20 @@ def model_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_example_folder(root / "mlp", build_mlp((4, 8, 8, 3), seed=4), name="mlp")
 
 
-def network(home: Path, folder: Path, *, nodes: int, byzantine: dict[int, str]) -> LocalNetwork:
+def network(
+    home: Path,
+    folder: Path,
+    *,
+    nodes: int,
+    byzantine: dict[int, str],
+    env: dict[str, str] | None = None,
+) -> LocalNetwork:
     net = LocalNetwork(
         home,
         nodes=nodes,
         port=0,
         byzantine=byzantine,
+        env=env,
         stake=STAKE,
         min_stake=1,
         start_timeout=60,
@@ -77,9 +86,18 @@ def wrong_output(
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory, model_folder: Path) -> Iterator[LocalNetwork]:
-    """Two nodes: whichever answers first, the other checks it, and one of them cheats."""
+    """Two nodes: whichever answers first, the other checks it, and one of them cheats. Each
+    conviction costs the cheater 100 reputation; the floor is lowered so that however often
+    these tests convict it, the rules never take it off the schedule (there is no other
+    checker)."""
     home = tmp_path_factory.mktemp("pair")
-    net = network(home / "net", model_folder, nodes=2, byzantine={0: "wrong-output"})
+    net = network(
+        home / "net",
+        model_folder,
+        nodes=2,
+        byzantine={0: "wrong-output"},
+        env={"VERIML_MIN_REPUTATION": str(-(10**9))},
+    )
     try:
         yield net
     finally:
@@ -304,6 +322,10 @@ def test_spot_half_detects_exactly_the_checked_cheats_and_each_ends_in_a_slash(
     cheater answered. Over n requests the detections follow Binomial(n, P): the count stays
     within 4.5 sigma of n*P, and each detection is one slash of the cheater in the log."""
     cheater = pair.nodes[0].node_id
+    # Each conviction halves the cheater's stake; below the minimum it would get no jobs and a
+    # drawn check would find no checker. Enough stake for every conviction this test can cause.
+    pair.fund_nodes(1 << 40, pair.nodes[:1])
+    time.sleep(1.5)  # the coordinator reads node lists through a one-second cache
     slashes_before = sum(isinstance(e, SlashEntry) for e in log_entries(pair))
     n, p = 24, 0.5
     checked = 0
