@@ -222,11 +222,16 @@ class Log:
         return self._writer().add(entry, timeout=timeout)
 
     def add_many(self, entries: Sequence[bytes], *, timeout: float | None = None) -> list[int]:
-        """Append several entries; they may share batches with other writers' entries."""
+        """Append ``entries`` as one group: committed together, at consecutive indexes in this
+        order (unless the log deduplicates and one is already logged)."""
         return self._writer().add_many(entries, timeout=timeout)
 
     async def add_async(self, entry: bytes) -> int:
         return await self._writer().add_async(entry)
+
+    async def add_many_async(self, entries: Sequence[bytes]) -> list[int]:
+        """As :meth:`add_many`, without blocking the event loop."""
+        return await self._writer().add_many_async(entries)
 
     # -- proofs ---------------------------------------------------------------------------
 

@@ -8,6 +8,11 @@ complete or extend, and a checkpoint for the new size signed with the log's note
 that transaction commits is any caller told its index; if it fails, every caller in the batch
 gets the error and nothing is acknowledged.
 
+``add_many`` hands over a **group**: its entries go into one batch, next to each other and in
+order, so they get consecutive indexes and are committed (or refused) together. The ledger
+relies on it: a dispute's verdict and its settlement are one group, and an auditor folding the
+log finds the settlement right after the verdict.
+
 The transaction takes the database's write lock and re-reads the tree state inside it (see
 :mod:`veriml.tlog.storage`), so several sequencers — threads, processes, server replicas —
 on one database extend one log; none of them trusts a state it read before the lock.
@@ -211,8 +216,10 @@ def _assign(
 
 @dataclass(slots=True)
 class _Pending:
-    entry: bytes
-    future: Future[int]
+    """One caller's entries (one, or a group kept together) and the future of their indexes."""
+
+    entries: tuple[bytes, ...]
+    future: Future[list[int]]
 
 
 class Sequencer:
@@ -258,11 +265,31 @@ class Sequencer:
 
     def submit(self, entry: bytes) -> Future[int]:
         """Queue ``entry``; the future resolves to its index once durably integrated."""
-        check_entry(entry)
+        group = self.submit_group([entry])
+        single: Future[int] = Future()
+
+        def done(f: Future[list[int]]) -> None:
+            exc = f.exception()
+            if exc is not None:
+                single.set_exception(exc)
+            else:
+                single.set_result(f.result()[0])
+
+        group.add_done_callback(done)
+        return single
+
+    def submit_group(self, entries: Sequence[bytes]) -> Future[list[int]]:
+        """Queue ``entries`` as one group: integrated in one batch (a group larger than
+        ``batch_size`` is a batch of its own), at consecutive indexes in this order, all or
+        none. The future resolves to their indexes."""
+        if not entries:
+            raise StorageError("a group needs at least one entry")
+        for entry in entries:
+            check_entry(entry)
         if self._closed.is_set():
             raise StorageError("the sequencer is closed")
-        future: Future[int] = Future()
-        self._queue.put(_Pending(bytes(entry), future))
+        future: Future[list[int]] = Future()
+        self._queue.put(_Pending(tuple(bytes(e) for e in entries), future))
         return future
 
     def add(self, entry: bytes, *, timeout: float | None = None) -> int:
@@ -270,12 +297,16 @@ class Sequencer:
         return self.submit(entry).result(timeout)
 
     def add_many(self, entries: Sequence[bytes], *, timeout: float | None = None) -> list[int]:
-        futures = [self.submit(e) for e in entries]
-        return [f.result(timeout) for f in futures]
+        """Integrate ``entries`` as one group (:meth:`submit_group`); their indexes."""
+        return self.submit_group(entries).result(timeout)
 
     async def add_async(self, entry: bytes) -> int:
         """As :meth:`add`, without blocking the event loop."""
         return await asyncio.wrap_future(self.submit(entry))
+
+    async def add_many_async(self, entries: Sequence[bytes]) -> list[int]:
+        """As :meth:`add_many`, without blocking the event loop."""
+        return await asyncio.wrap_future(self.submit_group(entries))
 
     def close(self) -> None:
         """Integrate what is queued, then stop the background thread."""
@@ -290,8 +321,9 @@ class Sequencer:
         if first is None:
             return None
         batch = [first]
+        count = len(first.entries)
         deadline = time.monotonic() + self._max_interval
-        while len(batch) < self._batch_size:
+        while count < self._batch_size:
             remaining = deadline - time.monotonic()
             try:
                 item = (
@@ -305,6 +337,7 @@ class Sequencer:
                 self._queue.put(None)  # seen again by the next _collect, after this batch
                 break
             batch.append(item)
+            count += len(item.entries)
         return batch
 
     def _run(self) -> None:
@@ -327,7 +360,7 @@ class Sequencer:
             result = integrate_batch(
                 self._storage,
                 self._signer,
-                [p.entry for p in batch],
+                [entry for p in batch for entry in p.entries],
                 dedup=self._dedup,
                 publish_now=self._publisher is None,
             )
@@ -340,8 +373,10 @@ class Sequencer:
             for p in batch:
                 p.future.set_exception(wrapped)
             return
-        for p, index in zip(batch, result.indexes, strict=True):
-            p.future.set_result(index)
+        at = 0
+        for p in batch:
+            p.future.set_result(list(result.indexes[at : at + len(p.entries)]))
+            at += len(p.entries)
         if self._publisher is not None and not result.published:
             self._schedule_publish(result.size, result.note)
 

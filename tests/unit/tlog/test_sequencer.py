@@ -68,13 +68,41 @@ def test_each_entry_is_at_its_acknowledged_index(db_url: str, signer: NoteSigner
     storage = open_storage(db_url, signer)
     seq = Sequencer(storage, signer, batch_size=64, max_interval=0.01)
     entries = [b'{"n":%d}' % i for i in range(300)]
-    indexes = seq.add_many(entries)
+    futures = [seq.submit(e) for e in entries]
+    indexes = [f.result() for f in futures]
     seq.close()
     stored = assert_log_is_sound(storage, signer)
     assert sorted(indexes) == list(range(300))
     for entry, index in zip(entries, indexes, strict=True):
         assert stored[index] == entry
     assert len(storage.checkpoints()) > 2  # one signed checkpoint per batch, plus size 0
+    storage.close()
+
+
+def test_a_group_gets_consecutive_indexes_among_other_writers(
+    db_url: str, signer: NoteSigner
+) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, batch_size=8, max_interval=0.01)
+    singles = [seq.submit(b'{"single":%d}' % i) for i in range(20)]
+    group = seq.submit_group([b'{"group":%d}' % i for i in range(5)])
+    more = [seq.submit(b'{"after":%d}' % i) for i in range(20)]
+    indexes = group.result()
+    for f in (*singles, *more):
+        f.result()
+    seq.close()
+    stored = assert_log_is_sound(storage, signer)
+    assert indexes == list(range(indexes[0], indexes[0] + 5))
+    assert [stored[i] for i in indexes] == [b'{"group":%d}' % i for i in range(5)]
+    storage.close()
+
+
+def test_a_group_larger_than_a_batch_is_one_batch(db_url: str, signer: NoteSigner) -> None:
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, batch_size=4, max_interval=0.0)
+    assert seq.add_many([b"%d" % i for i in range(10)]) == list(range(10))
+    seq.close()
+    assert [size for size, _ in storage.checkpoints()] == [0, 10]
     storage.close()
 
 
