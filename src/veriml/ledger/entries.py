@@ -24,8 +24,8 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
 from veriml.core.timestamps import format_time, parse_time
 from veriml.protocol.messages import NodeDescriptor
+from veriml.protocol.policy import Verdict
 from veriml.tlog.tiles import MAX_ENTRY_SIZE
-from veriml.verify.policy import Verdict
 
 __all__ = [
     "AMOUNT_LIMIT",
