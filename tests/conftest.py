@@ -14,25 +14,17 @@ from pathlib import Path
 
 import pytest
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-VECTORS = SHARED / "vectors"
-SPECS = SHARED / "specs"
+from _vectors import VECTORS
 
 POSTGRES_ADMIN_URL = os.environ.get(
     "VERIML_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 )
 
 
-def _shared_path(path: Path) -> Path:
-    if not path.exists():
-        pytest.fail(f"shared test data missing: {path} (expected ../shared beside the repo)")
-    return path
-
-
 @pytest.fixture(scope="session")
 def vectors_dir() -> Path:
-    """../shared/vectors: test vectors made by other implementations."""
-    return _shared_path(VECTORS)
+    """tests/vectors: test vectors made by other implementations, vendored in the repository."""
+    return VECTORS
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from _servers import serve
+from _vectors import GO_NOTES, go_tree_files
 from veriml.core.errors import LogInconsistency
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
@@ -133,19 +134,12 @@ def test_another_logs_tree_is_never_overwritten(log: Log, target: str, tmp_path:
     assert published_files(target) == before
 
 
-def test_a_log_of_the_go_vector_entries_publishes_the_go_tree_byte_for_byte(
-    vectors_dir: Path, tmp_path: Path
-) -> None:
-    # ../shared/vectors/go-tlog-tiles: 1000 entries "entry i", written by Go's sumdb/tlog and
-    # signed with the example.com/log key of ../shared/vectors/go-sumdb-note/notes.json.
-    keys = json.loads((vectors_dir / "go-sumdb-note/notes.json").read_text())["signer_keys"]
+def test_a_log_of_the_go_vector_entries_publishes_the_go_tree_byte_for_byte(tmp_path: Path) -> None:
+    # tests/vectors/go-tlog-tiles: 1000 entries "entry i", written by Go's sumdb/tlog and
+    # signed with the example.com/log key of tests/vectors/go-sumdb-note/notes.json.
+    keys = json.loads(GO_NOTES.read_text())["signer_keys"]
     signer = NoteSigner.from_skey(keys["example.com/log"])
-    go_tree = vectors_dir / "go-tlog-tiles"
-    expected = {
-        str(p.relative_to(go_tree)): p.read_bytes()
-        for p in go_tree.rglob("*")
-        if p.is_file() and p.name != "README.txt"
-    }
+    expected = go_tree_files()
     opts = LogOptions(batch_size=1000, batch_interval=1.0)
     with Log.open(f"sqlite:///{tmp_path}/go.db", signer, options=opts) as log:
         log.add_many([b"entry %d" % i for i in range(1000)])

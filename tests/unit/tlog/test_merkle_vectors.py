@@ -1,4 +1,4 @@
-"""transparency-dev/merkle proof vectors (Apache-2.0), in ../shared/vectors/transparency-dev-merkle.
+"""transparency-dev/merkle proof vectors (Apache-2.0), in tests/vectors/transparency-dev-merkle.
 
 Each file is one probe: valid ones (``"wantErr": false``) must verify, corrupted ones (named after
 the mutation they apply) must fail with a VerificationError, never pass and never crash.
@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from _vectors import MERKLE_TESTDATA
 from veriml.core.errors import RootMismatchError, VerificationError
 from veriml.tlog import verify_consistency, verify_inclusion
 from veriml.tlog.merkle import root_from_consistency_proof, root_from_inclusion_proof
 
-TESTDATA = Path(__file__).resolve().parents[4] / "shared/vectors/transparency-dev-merkle/testdata"
+TESTDATA = MERKLE_TESTDATA
 
 
 def _cases(kind: str) -> list[Any]:

@@ -1,15 +1,15 @@
-"""C2SP signed notes against Go's golang.org/x/mod/sumdb/note (../shared/vectors/go-sumdb-note)."""
+"""C2SP signed notes against Go's golang.org/x/mod/sumdb/note (tests/vectors/go-sumdb-note)."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from _vectors import GO_NOTES
 from veriml.core.errors import Error, FormatError, KeyFileError, SignatureError
 from veriml.core.keys import generate_key
 from veriml.tlog.note import (
@@ -21,9 +21,7 @@ from veriml.tlog.note import (
     sign_note,
 )
 
-NOTES = json.loads(
-    (Path(__file__).resolve().parents[4] / "shared/vectors/go-sumdb-note/notes.json").read_text()
-)
+NOTES = json.loads(GO_NOTES.read_text())
 VECTORS: list[dict[str, Any]] = NOTES["vectors"]
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from _vectors import GO_NOTES, GO_TREE, go_tree_files
 from veriml.core.errors import FormatError, RootMismatchError, VerificationError
 from veriml.tlog.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from veriml.tlog.merkle import (
@@ -33,18 +33,8 @@ from veriml.tlog.tiles import (
     tiles_for_size,
 )
 
-VECTORS = Path(__file__).resolve().parents[4] / "shared/vectors"
-GO_TREE = VECTORS / "go-tlog-tiles"
 GO_VKEY = "example.com/log+9d2609c6+AbHE3xwXzOkKA81MBX/HTU4u4k3f4qjJxf2NCkWh8ILz"
 GO_ENTRIES = [b"entry %d" % i for i in range(1000)]
-
-
-def _go_files() -> dict[str, bytes]:
-    return {
-        str(p.relative_to(GO_TREE)): p.read_bytes()
-        for p in sorted(GO_TREE.rglob("*"))
-        if p.is_file() and p.name != "README.txt"
-    }
 
 
 # --- paths -----------------------------------------------------------------------------
@@ -199,7 +189,7 @@ def test_go_tree_reads_and_every_tile_and_bundle_verifies() -> None:
     reader = TileHashReader(cp.size, cp.root_hash, fetch)
     entries = [e for t in bundles_for_size(cp.size) for e in reader.read_entry_bundle(t.index)]
     assert entries == GO_ENTRIES
-    assert sorted(set(fetched)) == sorted(p for p in _go_files() if p != "checkpoint")
+    assert sorted(set(fetched)) == sorted(p for p in go_tree_files() if p != "checkpoint")
     leaves = [leaf_hash(e) for e in GO_ENTRIES]
     for index in (0, 255, 256, 767, 768, 999):
         proof = reader.inclusion_proof(index)
@@ -209,11 +199,11 @@ def test_go_tree_reads_and_every_tile_and_bundle_verifies() -> None:
 
 
 def test_writer_produces_gos_tree_byte_for_byte() -> None:
-    go = _go_files()
+    go = go_tree_files()
     built = build_tiles(GO_ENTRIES)
     assert built == {k: v for k, v in go.items() if k != "checkpoint"}
     # The private key of the vector's log is published with the go-sumdb-note vectors.
-    notes = json.loads((VECTORS / "go-sumdb-note/notes.json").read_text())
+    notes = json.loads(GO_NOTES.read_text())
     signer = NoteSigner.from_skey(notes["signer_keys"]["example.com/log"])
     assert signer.vkey == GO_VKEY
     root = root_from_leaf_hashes([leaf_hash(e) for e in GO_ENTRIES])
@@ -224,7 +214,7 @@ def test_writer_produces_gos_tree_byte_for_byte() -> None:
     "path", ["tile/0/001", "tile/0/003.p/232", "tile/1/000.p/3", "tile/entries/002"]
 )
 def test_a_tampered_tile_or_bundle_is_detected(path: str) -> None:
-    files = _go_files()
+    files = go_tree_files()
     data = bytearray(files[path])
     data[37] ^= 1
     files[path] = bytes(data)
@@ -240,7 +230,7 @@ def test_a_tampered_tile_or_bundle_is_detected(path: str) -> None:
 
 
 def test_a_tile_of_the_wrong_length_is_a_format_error() -> None:
-    files = _go_files()
+    files = go_tree_files()
     files["tile/0/003.p/232"] = files["tile/0/003.p/232"][:-32]
     with pytest.raises(FormatError):
         TileHashReader(1000, b"\x00" * 32, lambda t: files[t.to_path()])
