@@ -143,8 +143,8 @@ class LedgerFold:
         self._count_spot(entry)
 
     def _count_spot(self, entry: object) -> None:
-        from veriml.client._verify import receipt_node_id
         from veriml.ledger.entries import InferenceEntry
+        from veriml.verify.evidence import receipt_node_id
 
         if not isinstance(entry, InferenceEntry) or entry.verdict.spot is None:
             return

@@ -18,7 +18,10 @@ Every answer is verified before it is returned (issue 4 §3): receipt signatures
 keys proven in the log, the model digest, the output digests, the inference entry's inclusion
 under a checkpoint signed by the pinned log key (and witnesses), and the policy verdict. Any
 failure raises :class:`veriml.core.errors.VerificationError` naming the ``check``.
-The ``_``-prefixed modules are internal.
+
+The checks themselves are pure code in :mod:`veriml.verify` (:mod:`~veriml.verify.inference`,
+:mod:`~veriml.verify.completion`, the answer formats in :mod:`~veriml.verify.answer`); this
+package re-exports them and keeps the transport. The ``_``-prefixed modules are internal.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ from veriml.client._config import (
     resolve_url,
     write_network_file,
 )
-from veriml.client._result import (
+from veriml.verify.answer import (
     AnswerOutputs,
     InferenceResult,
     LogEvidence,
@@ -43,19 +46,19 @@ from veriml.client._result import (
     Verification,
     is_network_result,
 )
-from veriml.client._verify import CHECKS, POLICY_CHECKS, VerifiedInference, verify_inference
+from veriml.verify.inference import CHECKS, POLICY_CHECKS, VerifiedInference, verify_inference
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from veriml.client._chat import ChatResult
     from veriml.client._client import AsyncChatStream, AsyncClient, ChatStream, Client
-    from veriml.client._completions import COMPLETION_CHECKS, VerifiedCompletion, verify_completion
     from veriml.client._disputes import Challenger
     from veriml.client._local import LocalNetwork
     from veriml.client._watch import Watcher
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.note import NoteVerifier
+    from veriml.verify.completion import COMPLETION_CHECKS, VerifiedCompletion, verify_completion
     from veriml.verify.tolerance import OutputBounds
 
 __all__ = [
@@ -117,23 +120,23 @@ def verify_inference_file(
 def __getattr__(name: str) -> object:
     # The HTTP clients, the local-network launcher, the challenger, the watcher and the
     # completion (LLM) verification load on first use.
-    modules = {
-        "Client": "_client",
-        "AsyncClient": "_client",
-        "LocalNetwork": "_local",
-        "Challenger": "_disputes",
-        "Watcher": "_watch",
-        "ChatStream": "_client",
-        "AsyncChatStream": "_client",
-        "ChatResult": "_chat",
-        "COMPLETION_CHECKS": "_completions",
-        "VerifiedCompletion": "_completions",
-        "verify_completion": "_completions",
+    homes = {
+        "Client": "veriml.client._client",
+        "AsyncClient": "veriml.client._client",
+        "LocalNetwork": "veriml.client._local",
+        "Challenger": "veriml.client._disputes",
+        "Watcher": "veriml.client._watch",
+        "ChatStream": "veriml.client._client",
+        "AsyncChatStream": "veriml.client._client",
+        "ChatResult": "veriml.client._chat",
+        "COMPLETION_CHECKS": "veriml.verify.completion",
+        "VerifiedCompletion": "veriml.verify.completion",
+        "verify_completion": "veriml.verify.completion",
     }
-    if name in modules:
+    if name in homes:
         import importlib
 
-        value = getattr(importlib.import_module(f"veriml.client.{modules[name]}"), name)
+        value = getattr(importlib.import_module(homes[name]), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'veriml.client' has no attribute {name!r}")

@@ -3,7 +3,7 @@ API"): :class:`ChatResult`, the request as sent (:class:`LLMRequest`), OpenAI er
 veriml errors, and server-sent events rebuilt into the body a non-streaming request would have
 returned (:class:`StreamAssembler`), so a stream verifies exactly like an answer. Pure: the
 HTTP lives in :mod:`veriml.client._client`, the verification in
-:mod:`veriml.client._completions`.
+:mod:`veriml.verify.completion`.
 """
 
 from __future__ import annotations
@@ -16,14 +16,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from veriml.client._completions import (
-    CompletionEvidence,
-    Kind,
-    Trust,
-    VerifiedCompletion,
-    completion_output,
-)
 from veriml.core.canonical import parse_json_object
+from veriml.core.completion import Trust
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
     Conflict,
@@ -35,7 +29,9 @@ from veriml.core.errors import (
     NotFound,
     VerificationError,
 )
-from veriml.verify.policy import Policy, Verdict
+from veriml.protocol.policy import Policy, Verdict
+from veriml.verify.completion import VerifiedCompletion
+from veriml.verify.completion_answer import CompletionEvidence, Kind, completion_output
 
 __all__ = [
     "PATHS",

@@ -33,12 +33,10 @@ from veriml.client._chat import (
     openai_error,
     parse_sse,
 )
-from veriml.client._completions import RELAY_PREFIX, Kind, VerifiedCompletion, verify_completion
 from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
-from veriml.client._result import InferenceResult, NodeEvidence
-from veriml.client._verify import open_checkpoint_note, verify_inference
+from veriml.core.completion import relay_name
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     DigestMismatch,
@@ -55,6 +53,11 @@ from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_can
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
+from veriml.verify.answer import InferenceResult, NodeEvidence
+from veriml.verify.completion import VerifiedCompletion, verify_completion
+from veriml.verify.completion_answer import CompletionEvidence, Kind
+from veriml.verify.evidence import open_checkpoint_note
+from veriml.verify.inference import verify_inference
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -308,8 +311,6 @@ class _Base:
         """Like :meth:`_verify_result` for an OpenAI-style answer: node registrations fetched
         and proven at the answer's checkpoint, then :func:`verify_completion` against the
         request this client sent, and the checkpoint kept consistent with earlier ones."""
-        from veriml.client._completions import CompletionEvidence
-
         key = self._pinned()
         evidence = CompletionEvidence.from_json(body.get("veriml"))
         signed = open_checkpoint_note(
@@ -650,7 +651,7 @@ class Client(_Base):
         model the hub does not hold (a relay's upstream name) has none."""
         if ref.startswith("sha256:"):
             return Digest.from_text(ref)
-        if ref.startswith(RELAY_PREFIX):
+        if relay_name(ref) is not None:
             return None  # a relayed model: not on the hub, bound to its stand-in digest
         if ref not in self._models:
             try:
@@ -893,7 +894,7 @@ class AsyncClient(_Base):
     async def _model_digest(self, ref: str) -> Digest | None:
         if ref.startswith("sha256:"):
             return Digest.from_text(ref)
-        if ref.startswith(RELAY_PREFIX):
+        if relay_name(ref) is not None:
             return None  # a relayed model: not on the hub, bound to its stand-in digest
         if ref not in self._models:
             try:

@@ -18,6 +18,7 @@ from typing import Any
 from veriml.core.errors import FormatError, NotFound, VerificationError
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
+from veriml.verify.evidence import parse_log_key
 
 __all__ = [
     "NETWORK_FILE",
@@ -125,12 +126,7 @@ def pin_log_key(log_vkey: str | NoteVerifier | None, home: Path | None = None) -
             "no pinned log key: pass log_vkey, set VERIML_LOG_VKEY, or use a local network",
             check="log-key",
         )
-    try:
-        return NoteVerifier.from_vkey(text.strip())
-    except FormatError as exc:
-        raise VerificationError(
-            "the pinned log key is not a note verifier key", check="log-key", reason=exc.message
-        ) from exc
+    return parse_log_key(text)
 
 
 def witness_verifiers(

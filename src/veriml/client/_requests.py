@@ -16,7 +16,6 @@ from typing import Any
 import httpx
 import numpy as np
 
-from veriml.client._verify import VerifiedInference
 from veriml.core.digest import Digest
 from veriml.core.dsse import pae
 from veriml.core.errors import (
@@ -30,6 +29,7 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_digest, tensor_to_json
+from veriml.verify.inference import VerifiedInference
 
 __all__ = [
     "REQUEST_PAYLOAD_TYPE",

@@ -62,8 +62,8 @@ from veriml.tlog.tiles import TILE_WIDTH
 
 if TYPE_CHECKING:
     from veriml.client._client import Client
-    from veriml.client._result import InferenceResult
     from veriml.runtime import Runner
+    from veriml.verify.answer import InferenceResult
     from veriml.verify.tolerance import OutputBounds
 
 __all__ = [

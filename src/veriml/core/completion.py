@@ -34,6 +34,7 @@ __all__ = [
     "COMPLETION_PREDICATE_TYPE",
     "COMPLETION_SUBJECT",
     "DEFAULT_MAX_TOKENS",
+    "RELAY_PREFIX",
     "CompletionPredicate",
     "RequestKind",
     "Sampling",
@@ -44,6 +45,9 @@ __all__ = [
     "embedding_output_digest",
     "open_completion",
     "prompt_digest",
+    "relay_digest",
+    "relay_model_id",
+    "relay_name",
     "sampling_of",
     "sign_completion",
     "token_digest",
@@ -53,6 +57,8 @@ COMPLETION_PREDICATE_TYPE: Final = "https://veriml.dev/completion/v1"
 COMPLETION_SUBJECT: Final = "completion"
 RequestKind = Literal["chat.completion", "text_completion", "embedding"]
 Trust = Literal["reexecutable", "attested-relay"]
+RELAY_PREFIX: Final = "relay:"
+"""Model ids ``relay:NAME`` name a model that relay nodes forward to an upstream API."""
 FinishReason = Literal["stop", "length", "tool_calls"]
 
 DEFAULT_MAX_TOKENS: Final = 256
@@ -622,3 +628,20 @@ def open_completion(envelope: Envelope, key: VerifyingKey) -> tuple[CompletionPr
             subjects=",".join(s.name for s in statement.subjects),
         )
     return CompletionPredicate.from_json(statement.predicate), statement.subjects[0].digest
+
+
+def relay_model_id(name: str) -> str:
+    """The model id ``relay:NAME`` of upstream model ``name``: what a relay node lists in its
+    descriptor and a client asks for (docs/openai-api.md, "Relayed models")."""
+    return f"{RELAY_PREFIX}{name}"
+
+
+def relay_name(model_id: str) -> str | None:
+    """``NAME`` when ``model_id`` names a relayed model ``relay:NAME``, else None."""
+    return model_id.removeprefix(RELAY_PREFIX) if model_id.startswith(RELAY_PREFIX) else None
+
+
+def relay_digest(name: str) -> Digest:
+    """The stand-in digest of relayed model ``NAME``: ``SHA-256("relay:NAME")``. A relay has no
+    weights to name; requests, jobs and log entries are bound to this instead."""
+    return Digest.of(relay_model_id(name).encode())

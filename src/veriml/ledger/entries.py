@@ -21,8 +21,10 @@ from typing import Any, Literal
 from veriml.core.canonical import canonicalize, parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import FormatError
+from veriml.core.errors import FormatError, SignatureError, VerificationError
 from veriml.core.timestamps import format_time, parse_time
+from veriml.ledger.rules import Rules
+from veriml.protocol.accounts import LedgerRequest
 from veriml.protocol.messages import NodeDescriptor
 from veriml.protocol.policy import Verdict
 from veriml.tlog.tiles import MAX_ENTRY_SIZE
@@ -31,7 +33,9 @@ __all__ = [
     "AMOUNT_LIMIT",
     "MAX_ENTRY_BYTES",
     "REASONS",
+    "REQUEST_MEMBERS",
     "WINNERS",
+    "BeaconEntry",
     "ChallengeEntry",
     "DepositEntry",
     "DisputeVerdictEntry",
@@ -40,14 +44,17 @@ __all__ = [
     "InferenceEntry",
     "LedgerEntry",
     "ModelEntry",
+    "NamespaceEntry",
     "NodeEntry",
     "Reason",
     "ReputationEntry",
     "RewardEntry",
     "SlashEntry",
     "StakeEntry",
+    "StateEntry",
     "UnstakeEntry",
     "Winner",
+    "namespace_of",
     "parse_entry",
 ]
 
@@ -64,15 +71,20 @@ def _encode(obj: dict[str, Any]) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class ModelEntry:
-    """A model registered on the hub, after its OMS signature verified."""
+    """A model registered on the hub, after its OMS signature verified.
+
+    A hub whose operator allows unsigned publishing registers models without a signature:
+    their ``publisher`` and ``signature`` are ``null`` and the entry says ``"unsigned": true``.
+    Such a model owns no name (docs/models.md, "Names"): it is reachable by digest only.
+    """
 
     digest: Digest
     files_digest: Digest
     name: str
     version: str
-    publisher_key_id: str
-    publisher_key: str
-    signature: Digest
+    publisher_key_id: str | None
+    publisher_key: str | None
+    signature: Digest | None
     size: int
     registered_at: str
     task: str | None = None
@@ -80,8 +92,21 @@ class ModelEntry:
     parents: tuple[str, ...] = ()
     datasets: tuple[str, ...] = ()
 
+    def __post_init__(self) -> None:
+        signed = (self.publisher_key_id, self.publisher_key, self.signature)
+        if any(v is None for v in signed) and any(v is not None for v in signed):
+            raise FormatError("a model entry has a publisher and a signature, or neither")
+
+    @property
+    def unsigned(self) -> bool:
+        return self.publisher_key is None
+
+    @property
+    def namespace(self) -> str:
+        return namespace_of(self.name)
+
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "type": "model",
             "digest": self.digest.to_text(),
             "files_digest": self.files_digest.to_text(),
@@ -91,11 +116,16 @@ class ModelEntry:
             "license": self.license,
             "parents": list(self.parents),
             "datasets": list(self.datasets),
-            "publisher": {"key_id": self.publisher_key_id, "public_key": self.publisher_key},
-            "signature": self.signature.to_text(),
+            "publisher": None
+            if self.publisher_key is None
+            else {"key_id": self.publisher_key_id, "public_key": self.publisher_key},
+            "signature": None if self.signature is None else self.signature.to_text(),
             "size": self.size,
             "registered_at": self.registered_at,
         }
+        if self.unsigned:
+            out["unsigned"] = True
+        return out
 
     def to_bytes(self) -> bytes:
         return _encode(self.to_json())
@@ -103,6 +133,11 @@ class ModelEntry:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ModelEntry:
         publisher = obj["publisher"]
+        signature = obj["signature"]
+        if (publisher is None) != (obj.get("unsigned") is True) or (
+            "unsigned" in obj and obj["unsigned"] is not True
+        ):
+            raise FormatError('a model without a publisher says "unsigned": true, and only it')
         return cls(
             digest=Digest.from_text(obj["digest"]),
             files_digest=Digest.from_text(obj["files_digest"]),
@@ -112,9 +147,9 @@ class ModelEntry:
             license=None if obj.get("license") is None else str(obj["license"]),
             parents=tuple(str(p) for p in obj.get("parents", [])),
             datasets=tuple(str(d) for d in obj.get("datasets", [])),
-            publisher_key_id=str(publisher["key_id"]),
-            publisher_key=str(publisher["public_key"]),
-            signature=Digest.from_text(obj["signature"]),
+            publisher_key_id=None if publisher is None else str(publisher["key_id"]),
+            publisher_key=None if publisher is None else str(publisher["public_key"]),
+            signature=None if signature is None else Digest.from_text(signature),
             size=int(obj["size"]),
             registered_at=str(obj["registered_at"]),
         )
@@ -141,9 +176,20 @@ class NodeEntry:
         return cls(Envelope.from_json(obj["descriptor"]))
 
 
+REQUEST_MEMBERS = ("id", "digest", "model", "policy")
+"""The logged request's own members; what a coordinator adds (``client``, ``kind``) may never
+take their place."""
+
+
 @dataclass(frozen=True, slots=True)
 class InferenceEntry:
-    """One answered inference: the request, every node's receipt, and the verdict."""
+    """One answered inference: the request, every node's receipt, the verdict, and the
+    ``state`` entry (by log index) whose bond map the nodes were scheduled under.
+
+    ``extra`` holds the request members beyond :data:`REQUEST_MEMBERS` (the signer's key id
+    as ``client``, an LLM request's ``kind``); an ``extra`` that names one of those is a
+    :class:`FormatError`, so unsigned additions can never stand in for logged fields.
+    """
 
     request_id: str
     request_digest: Digest
@@ -152,20 +198,34 @@ class InferenceEntry:
     receipts: tuple[Envelope, ...]
     verdict: Verdict
     extra: Mapping[str, Any] = field(default_factory=dict)
+    state: int | None = None
+
+    def __post_init__(self) -> None:
+        taken = sorted(set(self.extra) & set(REQUEST_MEMBERS))
+        if taken:
+            raise FormatError(
+                "an inference request's extra members may not replace its own",
+                members=",".join(taken),
+            )
+        if self.state is not None:
+            _amount("inference", "state", self.state)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": "inference",
-            "request": {
+            "request": dict(self.extra)
+            | {
                 "id": self.request_id,
                 "digest": self.request_digest.to_text(),
                 "model": self.model.to_text(),
                 "policy": self.policy,
-            }
-            | dict(self.extra),
+            },
             "receipts": [r.to_json() for r in self.receipts],
             "verdict": self.verdict.to_json(),
         }
+        if self.state is not None:
+            out["state"] = self.state
+        return out
 
     def to_bytes(self) -> bytes:
         return _encode(self.to_json())
@@ -173,7 +233,7 @@ class InferenceEntry:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> InferenceEntry:
         request = dict(obj["request"])
-        known = {"id", "digest", "model", "policy"}
+        _members(obj, "inference", ("request", "receipts", "verdict"), ("state",))
         return cls(
             request_id=str(request["id"]),
             request_digest=Digest.from_text(request["digest"]),
@@ -181,7 +241,8 @@ class InferenceEntry:
             policy=str(request["policy"]),
             receipts=tuple(Envelope.from_json(r) for r in obj["receipts"]),
             verdict=Verdict.from_json(obj["verdict"]),
-            extra={k: v for k, v in request.items() if k not in known},
+            extra={k: v for k, v in request.items() if k not in REQUEST_MEMBERS},
+            state=obj.get("state"),
         )
 
 
@@ -295,29 +356,77 @@ def _set(obj: object, name: str, value: object) -> None:
     object.__setattr__(obj, name, value)
 
 
+def _authorization(kind: str, value: object, **expected: object) -> LedgerRequest:
+    """The signed ledger request an entry carries (``authorization``): a DSSE envelope signed
+    by the account whose money moves (docs/ledger.md, "Authority"). Its signature is checked
+    and its members must be the entry's own: ``expected`` maps request members to the entry's
+    values. A mismatch is a :class:`FormatError`; an entry whose authorization does not open
+    cannot be built or parsed."""
+    if not isinstance(value, Envelope):
+        raise FormatError(f"a {kind} entry carries its account's signed request (authorization)")
+    try:
+        request = LedgerRequest.open(value)
+    except (VerificationError, SignatureError) as exc:
+        raise FormatError(
+            f"{kind} authorization does not verify", reason=exc.diagnostics()[:300]
+        ) from exc
+    for name, wanted in expected.items():
+        got = getattr(request, name)
+        if got != wanted:
+            raise FormatError(
+                f"{kind} authorization is for another {name}",
+                expected=str(wanted)[:80],
+                got=str(got)[:80],
+            )
+    return request
+
+
+def _envelope(obj: Mapping[str, Any], name: str) -> Envelope:
+    value = obj[name]
+    if not isinstance(value, Mapping):
+        raise FormatError(f"{name} must be a DSSE envelope")
+    return Envelope.from_json(value)
+
+
 @dataclass(frozen=True, slots=True)
 class DepositEntry:
-    """Money enters the ledger: ``amount`` is minted into ``account``'s balance (the
-    coordinator's operator signs deposit requests)."""
+    """Money enters the ledger: ``amount`` is minted into ``account``'s balance. The
+    ``authorization`` is a ``deposit`` request signed by the ledger's admin account (the
+    rules' ``admin``, checked by the fold) naming this account, amount and memo."""
 
     account: str
     amount: int
     at: str
     memo: str = ""
+    authorization: Envelope | None = None
 
     def __post_init__(self) -> None:
         _account("deposit", "account", self.account)
         _amount("deposit", "amount", self.amount)
         _time("deposit", "at", self.at)
         _text("deposit", "memo", self.memo)
+        _authorization(
+            "deposit",
+            self.authorization,
+            op="deposit",
+            to=self.account,
+            amount=self.amount,
+            memo=self.memo,
+        )
+
+    @property
+    def request(self) -> LedgerRequest:
+        return LedgerRequest.open(self.authorization)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
+        assert self.authorization is not None
         return {
             "type": "deposit",
             "account": self.account,
             "amount": self.amount,
             "memo": self.memo,
             "at": self.at,
+            "authorization": self.authorization.to_json(),
         }
 
     def to_bytes(self) -> bytes:
@@ -325,33 +434,51 @@ class DepositEntry:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> DepositEntry:
-        _members(obj, "deposit", ("account", "amount", "memo", "at"))
-        return cls(obj["account"], obj["amount"], obj["at"], obj["memo"])
+        _members(obj, "deposit", ("account", "amount", "memo", "at", "authorization"))
+        return cls(
+            obj["account"], obj["amount"], obj["at"], obj["memo"], _envelope(obj, "authorization")
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class StakeEntry:
-    """``amount`` moves from ``account``'s balance into its stake (slashable)."""
+    """``amount`` moves from ``account``'s balance into its stake (slashable); the
+    ``authorization`` is the account's own signed ``stake`` request for that amount."""
 
     account: str
     amount: int
     at: str
+    authorization: Envelope | None = None
 
     def __post_init__(self) -> None:
         _account("stake", "account", self.account)
         _amount("stake", "amount", self.amount)
         _time("stake", "at", self.at)
+        _authorization(
+            "stake", self.authorization, op="stake", account=self.account, amount=self.amount
+        )
+
+    @property
+    def request(self) -> LedgerRequest:
+        return LedgerRequest.open(self.authorization)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
-        return {"type": "stake", "account": self.account, "amount": self.amount, "at": self.at}
+        assert self.authorization is not None
+        return {
+            "type": "stake",
+            "account": self.account,
+            "amount": self.amount,
+            "at": self.at,
+            "authorization": self.authorization.to_json(),
+        }
 
     def to_bytes(self) -> bytes:
         return _encode(self.to_json())
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> StakeEntry:
-        _members(obj, "stake", ("account", "amount", "at"))
-        return cls(obj["account"], obj["amount"], obj["at"])
+        _members(obj, "stake", ("account", "amount", "at", "authorization"))
+        return cls(obj["account"], obj["amount"], obj["at"], _envelope(obj, "authorization"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +490,7 @@ class UnstakeEntry:
     amount: int
     at: str
     available_at: str
+    authorization: Envelope | None = None
 
     def __post_init__(self) -> None:
         _account("unstake", "account", self.account)
@@ -375,14 +503,23 @@ class UnstakeEntry:
                 at=self.at,
                 available_at=self.available_at,
             )
+        _authorization(
+            "unstake", self.authorization, op="unstake", account=self.account, amount=self.amount
+        )
+
+    @property
+    def request(self) -> LedgerRequest:
+        return LedgerRequest.open(self.authorization)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
+        assert self.authorization is not None
         return {
             "type": "unstake",
             "account": self.account,
             "amount": self.amount,
             "available_at": self.available_at,
             "at": self.at,
+            "authorization": self.authorization.to_json(),
         }
 
     def to_bytes(self) -> bytes:
@@ -390,19 +527,28 @@ class UnstakeEntry:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> UnstakeEntry:
-        _members(obj, "unstake", ("account", "amount", "available_at", "at"))
-        return cls(obj["account"], obj["amount"], obj["at"], obj["available_at"])
+        _members(obj, "unstake", ("account", "amount", "available_at", "at", "authorization"))
+        return cls(
+            obj["account"],
+            obj["amount"],
+            obj["at"],
+            obj["available_at"],
+            _envelope(obj, "authorization"),
+        )
 
 
 @dataclass(frozen=True, slots=True)
 class FeeEntry:
-    """``payer`` pays ``payee`` for one answered inference (request id ``inference``)."""
+    """``payer`` pays ``payee`` for one answered inference (request id ``inference``). The
+    ``authorization`` is the payer's signed ``payment`` request for that request id; the fold
+    keeps the fees paid under it within its amount."""
 
     payer: str
     payee: str
     amount: int
     inference: str
     at: str
+    authorization: Envelope | None = None
 
     def __post_init__(self) -> None:
         _account("fee", "payer", self.payer)
@@ -410,8 +556,16 @@ class FeeEntry:
         _amount("fee", "amount", self.amount)
         _account("fee", "inference", self.inference)
         _time("fee", "at", self.at)
+        _authorization(
+            "fee", self.authorization, op="payment", account=self.payer, request=self.inference
+        )
+
+    @property
+    def request(self) -> LedgerRequest:
+        return LedgerRequest.open(self.authorization)  # type: ignore[arg-type]
 
     def to_json(self) -> dict[str, Any]:
+        assert self.authorization is not None
         return {
             "type": "fee",
             "payer": self.payer,
@@ -419,6 +573,7 @@ class FeeEntry:
             "amount": self.amount,
             "inference": self.inference,
             "at": self.at,
+            "authorization": self.authorization.to_json(),
         }
 
     def to_bytes(self) -> bytes:
@@ -426,8 +581,15 @@ class FeeEntry:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> FeeEntry:
-        _members(obj, "fee", ("payer", "payee", "amount", "inference", "at"))
-        return cls(obj["payer"], obj["payee"], obj["amount"], obj["inference"], obj["at"])
+        _members(obj, "fee", ("payer", "payee", "amount", "inference", "at", "authorization"))
+        return cls(
+            obj["payer"],
+            obj["payee"],
+            obj["amount"],
+            obj["inference"],
+            obj["at"],
+            _envelope(obj, "authorization"),
+        )
 
 
 def _trace(kind: str, member: str, value: object) -> dict[str, Any]:
@@ -477,6 +639,9 @@ class ChallengeEntry:
     when a node challenges, its own trace commitment and claimed output digests). Both are
     kept as JSON (digests as ``sha256:`` text; :class:`Digest` values are accepted and
     converted), so the entry's bytes are exactly what was checked.
+
+    A bond is the challenger's money: a challenge with ``bond > 0`` carries the challenger's
+    signed ``challenge`` request (``authorization``) for this inference, defendant and bond.
     """
 
     dispute: str
@@ -487,6 +652,7 @@ class ChallengeEntry:
     bond: int
     deadline_seconds: float
     at: str
+    authorization: Envelope | None = None
 
     def __post_init__(self) -> None:
         _account("challenge", "dispute", self.dispute)
@@ -509,6 +675,26 @@ class ChallengeEntry:
                 got=str(deadline)[:40],
             )
         _time("challenge", "at", self.at)
+        if self.bond > 0 or self.authorization is not None:
+            _authorization(
+                "challenge",
+                self.authorization,
+                op="challenge",
+                account=self.challenger_account,
+                amount=self.bond,
+                inference=self.inference,
+                node=self.defendant_node,
+            )
+
+    @property
+    def claim(self) -> Digest:
+        """What one dispute may be opened about once: the challenged receipt and the outputs
+        the challenger claims instead (SHA-256 of their RFC 8785 form)."""
+        return Digest.of(
+            canonicalize(
+                {"receipt": self.defendant["receipt"], "outputs": self.challenger["outputs"]}
+            )
+        )
 
     @property
     def defendant_node(self) -> str:
@@ -519,7 +705,7 @@ class ChallengeEntry:
         return str(self.challenger["account"])
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "type": "challenge",
             "dispute": self.dispute,
             "inference": self.inference,
@@ -530,6 +716,9 @@ class ChallengeEntry:
             "deadline_seconds": self.deadline_seconds,
             "at": self.at,
         }
+        if self.authorization is not None:
+            out["authorization"] = self.authorization.to_json()
+        return out
 
     def to_bytes(self) -> bytes:
         return _encode(self.to_json())
@@ -537,7 +726,7 @@ class ChallengeEntry:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> ChallengeEntry:
         members = ("dispute", "inference", "defendant", "challenger", "mode", "bond")
-        _members(obj, "challenge", (*members, "deadline_seconds", "at"))
+        _members(obj, "challenge", (*members, "deadline_seconds", "at"), ("authorization",))
         return cls(
             dispute=obj["dispute"],
             inference=obj["inference"],
@@ -547,6 +736,7 @@ class ChallengeEntry:
             bond=obj["bond"],
             deadline_seconds=obj["deadline_seconds"],
             at=obj["at"],
+            authorization=_envelope(obj, "authorization") if "authorization" in obj else None,
         )
 
 
@@ -755,6 +945,152 @@ class ReputationEntry:
         return cls(obj["account"], obj["delta"], obj["reason"], obj["at"], obj.get("dispute"))
 
 
+@dataclass(frozen=True, slots=True)
+class StateEntry:
+    """The ledger's rules and its bond map at this point of the log (docs/ledger.md,
+    "State entries"): ``rules`` in force from here on, and ``bonds`` = ``{"root", "size"}``,
+    the :class:`~veriml.ledger.bonds.BondMap` of every account's stake. The fold recomputes the
+    root and refuses an entry that differs; clients check an operator's stake against it with
+    a short proof. The coordinator logs one when it starts and after every change of stake."""
+
+    rules: Rules
+    root: Digest
+    size: int
+    at: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.rules, Rules):
+            raise FormatError("state rules must be Rules")
+        _set(self, "root", _digest("state", "bonds root", self.root))
+        _amount("state", "bonds size", self.size)
+        _time("state", "at", self.at)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "state",
+            "rules": self.rules.to_json(),
+            "bonds": {"root": self.root.to_text(), "size": self.size},
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> StateEntry:
+        _members(obj, "state", ("rules", "bonds", "at"))
+        bonds = obj["bonds"]
+        if not isinstance(bonds, Mapping) or set(bonds) != {"root", "size"}:
+            raise FormatError('state bonds must be {"root", "size"}')
+        return cls(Rules.from_json(obj["rules"]), bonds["root"], bonds["size"], obj["at"])
+
+
+@dataclass(frozen=True, slots=True)
+class BeaconEntry:
+    """Epoch ``epoch`` of the coordinator's randomness begins: ``commitment`` is
+    ``SHA-256("veriml-beacon/v1\\n" || key)`` of its secret key, and ``reveal`` (hex) is the
+    previous epoch's key, now that no request draws from it any more (docs/verification.md,
+    "Randomness"). Epochs are numbered from 0 without gaps; an epoch whose key was lost is
+    left unrevealed (``reveal`` omitted) and an auditor reports it."""
+
+    epoch: int
+    commitment: Digest
+    at: str
+    reveal: bytes | None = None
+
+    def __post_init__(self) -> None:
+        _amount("beacon", "epoch", self.epoch)
+        _set(self, "commitment", _digest("beacon", "commitment", self.commitment))
+        _time("beacon", "at", self.at)
+        if self.reveal is not None and (
+            not isinstance(self.reveal, bytes) or len(self.reveal) != 32
+        ):
+            raise FormatError("beacon reveal is a 32-byte key")
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "type": "beacon",
+            "epoch": self.epoch,
+            "commitment": self.commitment.to_text(),
+            "at": self.at,
+        }
+        if self.reveal is not None:
+            out["reveal"] = self.reveal.hex()
+        return out
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> BeaconEntry:
+        _members(obj, "beacon", ("epoch", "commitment", "at"), ("reveal",))
+        reveal = obj.get("reveal")
+        if reveal is not None and (not isinstance(reveal, str) or len(reveal) != 64):
+            raise FormatError("beacon reveal must be 64 hex digits")
+        try:
+            key = None if reveal is None else bytes.fromhex(reveal)
+        except ValueError as exc:
+            raise FormatError("beacon reveal must be 64 hex digits") from exc
+        if key is not None and key.hex() != reveal:
+            raise FormatError("beacon reveal must be lowercase hex")
+        return cls(obj["epoch"], obj["commitment"], obj["at"], key)
+
+
+def namespace_of(name: str) -> str:
+    """The namespace a model name belongs to: the part before the first ``/``
+    (``acme/iris`` -> ``acme``), or the whole name when it has none (``iris``)."""
+    return name.split("/", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class NamespaceEntry:
+    """A namespace is claimed by the publisher key that first published a model in it
+    (docs/models.md, "Names"); only that key's models may use names in it afterwards. The fold
+    refuses a second claim and any signed model whose publisher is not the owner."""
+
+    namespace: str
+    owner_key: str
+    model: Digest
+    at: str
+
+    def __post_init__(self) -> None:
+        _account("namespace", "namespace", self.namespace)
+        if "/" in self.namespace or self.namespace != self.namespace.strip():
+            raise FormatError("a namespace has no '/' and no surrounding spaces")
+        if not isinstance(self.owner_key, str) or not 0 < len(self.owner_key) <= 4096:
+            raise FormatError("namespace owner_key must be a PEM public key")
+        _set(self, "model", _digest("namespace", "model", self.model))
+        _time("namespace", "at", self.at)
+
+    @property
+    def owner(self) -> str:
+        """The owner's key id."""
+        from veriml.protocol.accounts import account_key
+
+        return account_key(self.owner_key).key_id
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "type": "namespace",
+            "namespace": self.namespace,
+            "owner": self.owner,
+            "owner_key": self.owner_key,
+            "model": self.model.to_text(),
+            "at": self.at,
+        }
+
+    def to_bytes(self) -> bytes:
+        return _encode(self.to_json())
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> NamespaceEntry:
+        _members(obj, "namespace", ("namespace", "owner", "owner_key", "model", "at"))
+        entry = cls(obj["namespace"], obj["owner_key"], obj["model"], obj["at"])
+        if entry.owner != obj["owner"]:
+            raise FormatError("namespace owner is not its key's id", owner=str(obj["owner"])[:80])
+        return entry
+
+
 LedgerEntry = (
     DepositEntry
     | StakeEntry
@@ -765,8 +1101,11 @@ LedgerEntry = (
     | SlashEntry
     | RewardEntry
     | ReputationEntry
+    | StateEntry
+    | BeaconEntry
+    | NamespaceEntry
 )
-"""The entries that move money, stake or reputation; each has an ``at`` time."""
+"""The entries the ledger folds with a clock: each has an ``at`` time."""
 
 
 Entry = ModelEntry | NodeEntry | InferenceEntry | LedgerEntry
@@ -783,6 +1122,9 @@ _TYPES: dict[str, Any] = {
     "slash": SlashEntry,
     "reward": RewardEntry,
     "reputation": ReputationEntry,
+    "state": StateEntry,
+    "beacon": BeaconEntry,
+    "namespace": NamespaceEntry,
 }
 
 

@@ -7,34 +7,50 @@ is O(1) amortised (releases of unbonded stake come off a heap).
 
 Every entry is checked in full before it changes anything: :meth:`LedgerState.apply` either
 applies an entry or raises :class:`LedgerError` naming its log index and leaves the state as
-it was. The rules, in brief (docs/ledger.md has them all):
+it was. The fold checks **authority**, not just arithmetic (docs/ledger.md, "Authority"):
 
-- the ledger clock is the latest ``at`` folded; before an entry applies, every unbonding
-  whose ``available_at`` the clock has reached returns to its balance;
-- deposits mint; stake, unstake, fees, challenges' bonds move money between places, never
-  below zero; a verdict returns the bond unless the challenger lost, when it is burned;
-- a slash takes from stake, then unbonding (newest first), burns ``burned`` and holds the
-  rest for that dispute's rewards; a reward spends that held amount (minted when it belongs
-  to no dispute);
-- ``node`` entries open the node's account; an accepted ``inference`` credits each agreeing
-  node one job and one point of reputation; ``model`` entries only count.
+- money moves only with the signature of the account it leaves: ``stake``, ``unstake`` and
+  ``fee`` entries carry their account's signed request, each request is used once (fees: up to
+  the amount it allows), and ``deposit`` requests are signed by the rules' ``admin``;
+- ``state`` entries set the rules and commit to the bond map, which the fold recomputes;
+- an ``unstake`` is released no earlier than the rules' ``unstake_delay`` after it;
+- a ``verdict`` is followed, at once and in order, by exactly the settlement that
+  :func:`veriml.ledger.settlement.settle` derives from it; no other slash, reward or
+  reputation change is accepted, so none can be written without a verdict, nor twice;
+- a challenge about one receipt and one claimed output is opened once;
+- a node is bound to one operator for good; a namespace is claimed once, and only its owner's
+  signed models use names in it;
+- ``beacon`` epochs follow one another and each reveals the key its predecessor committed to;
+  every draw secret revealed in a verdict of that epoch must follow from the key.
+
+The money rules, in brief: the ledger clock is the latest ``at`` folded; before an entry
+applies, every unbonding whose ``available_at`` the clock has reached returns to its balance;
+deposits mint; stake, unstake, fees and challenges' bonds move money, never below zero; a
+verdict returns the bond unless the challenger lost, when it is burned; a slash takes from
+stake, then unbonding (newest first), burns ``burned`` and holds the rest for that dispute's
+reward. An accepted ``inference`` credits each agreeing node one job; a paid ``fee`` one point
+of reputation to its payee (free inference earns none).
 
 At every point ``minted == balances + stakes + unbonding + open bonds + held + burned``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import heapq
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, cast
+from typing import Any
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, VerificationError
+from veriml.core.timestamps import format_time, parse_time
+from veriml.ledger.bonds import BondMap
 from veriml.ledger.entries import (
     AMOUNT_LIMIT,
+    BeaconEntry,
     ChallengeEntry,
     DepositEntry,
     DisputeVerdictEntry,
@@ -43,16 +59,23 @@ from veriml.ledger.entries import (
     InferenceEntry,
     LedgerEntry,
     ModelEntry,
+    NamespaceEntry,
     NodeEntry,
     ReputationEntry,
     RewardEntry,
     SlashEntry,
     StakeEntry,
+    StateEntry,
     UnstakeEntry,
     parse_entry,
 )
+from veriml.ledger.rules import Rules
+from veriml.ledger.settlement import Parties, settle
+from veriml.protocol.accounts import LedgerRequest
+from veriml.protocol.draw import Draw, beacon_commitment
 
 __all__ = [
+    "REQUEST_SKEW",
     "STATE_FORMAT",
     "Account",
     "LedgerError",
@@ -63,13 +86,15 @@ __all__ = [
     "fold",
 ]
 
-STATE_FORMAT = "veriml-ledger/v1"
+STATE_FORMAT = "veriml-ledger/v2"
+REQUEST_SKEW = dt.timedelta(minutes=10)
+"""How far a signed request's ``issued_at`` may be from the ``at`` of the entry carrying it."""
 
 
 class LedgerError(FormatError):
     """An entry the fold refuses: it would overdraw a balance, a stake or a dispute's held
-    slash, close an unknown dispute, open one twice, or it does not parse. ``index`` is the
-    entry's log index; an auditor fails on it."""
+    slash, it was not authorised by the account it debits, it does not follow from a verdict,
+    or it does not parse. ``index`` is the entry's log index; an auditor fails on it."""
 
     def __init__(self, message: str, *, index: int, **evidence: Any) -> None:
         super().__init__(message, index=index, **evidence)
@@ -136,15 +161,23 @@ class OpenDispute:
     challenger: str
     bond: int
     opened_at: str
+    challenger_node: str | None = None
+
+    @property
+    def parties(self) -> Parties:
+        return Parties(self.defendant, self.challenger, self.challenger_node)
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "inference": self.inference,
             "defendant": self.defendant,
             "challenger": self.challenger,
             "bond": self.bond,
             "opened_at": self.opened_at,
         }
+        if self.challenger_node is not None:
+            out["challenger_node"] = self.challenger_node
+        return out
 
 
 @dataclass(slots=True)
@@ -173,21 +206,56 @@ class Totals:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Epoch:
+    commitment: Digest
+    key: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _PendingDraw:
+    """An inference whose draw secret is checked once its epoch's key is revealed."""
+
+    index: int
+    request_id: str
+    request_digest: Digest
+    draw: Draw
+
+    def check(self, key: bytes, change: _Change) -> None:
+        if not self.draw.matches(key, self.request_id, self.request_digest):
+            raise change.fail(
+                "an inference's draw secret does not follow from its epoch's key",
+                inference=self.request_id,
+                inference_index=self.index,
+                epoch=self.draw.epoch,
+            )
+
+
 class _Change:
     """One entry's effect, computed on copies of what it touches. The state takes it only
     when the whole entry checked out, so a refused entry changes nothing."""
 
     __slots__ = (
         "accounts",
+        "claims",
         "closed",
+        "draws",
         "due",
+        "epoch",
+        "expect",
         "held",
         "index",
         "kind",
+        "namespaces",
         "opened",
+        "operators",
         "pushes",
+        "rules",
+        "spent",
         "state",
+        "state_ref",
         "totals",
+        "used",
     )
 
     def __init__(self, state: LedgerState, index: int, kind: str) -> None:
@@ -201,6 +269,16 @@ class _Change:
         self.closed: list[str] = []
         self.due: list[tuple[str, str]] = []
         self.pushes: list[tuple[str, str]] = []
+        self.used: list[Digest] = []
+        self.spent: dict[Digest, int] = {}
+        self.claims: list[Digest] = []
+        self.namespaces: dict[str, str] = {}
+        self.operators: dict[str, str] = {}
+        self.rules: Rules | None = None
+        self.state_ref: tuple[int, str] | None = None
+        self.epoch: tuple[int, _Epoch, bytes | None] | None = None
+        self.expect: list[LedgerEntry] | None = None
+        self.draws: list[tuple[int, _PendingDraw]] = []
 
     def account(self, account_id: str) -> Account:
         found = self.accounts.get(account_id)
@@ -218,8 +296,36 @@ class _Change:
     def known(self, dispute: str) -> bool:
         return dispute in self.state._known_disputes or dispute in self.opened
 
+    def operator_of(self, node: str) -> str:
+        """The account that bonds ``node`` (its operator), or ``node`` itself when no node
+        entry bound it (an account challenging in its own name)."""
+        return self.operators.get(node) or self.state._operators.get(node) or node
+
+    def rules_or_fail(self) -> Rules:
+        rules = self.state._rules
+        if rules is None:
+            raise self.fail("no rules are logged yet (a state entry comes first)")
+        return rules
+
     def fail(self, message: str, **evidence: Any) -> LedgerError:
         return LedgerError(message, index=self.index, type=self.kind, **evidence)
+
+    def authorised(self, request: LedgerRequest, envelope_payload: bytes, at: str) -> None:
+        """A signed request is used once, and within :data:`REQUEST_SKEW` of its entry."""
+        digest = Digest.of(envelope_payload)
+        if digest in self.state._used or digest in self.used:
+            raise self.fail("this signed request was already used", request=digest)
+        self.used.append(digest)
+        self.near(request.issued_at, at)
+
+    def near(self, issued_at: str, at: str) -> None:
+        skew = abs(parse_time(issued_at) - parse_time(at))
+        if skew > REQUEST_SKEW:
+            raise self.fail(
+                "the signed request is too far from its entry's time",
+                issued_at=issued_at,
+                at=at,
+            )
 
     def check_range(self) -> None:
         """Keep every number the state writes within what RFC 8785 can write exactly.
@@ -244,13 +350,7 @@ class _Change:
 
 
 class LedgerState:
-    """The ledger folded up to :attr:`size` entries; mutable, one entry at a time.
-
-    >>> state = LedgerState()
-    >>> state.apply(DepositEntry("alice", 10, "2026-11-26T10:00:00.000000Z"))
-    >>> state.account("alice").balance, state.size
-    (10, 1)
-    """
+    """The ledger folded up to :attr:`size` entries; mutable, one entry at a time."""
 
     def __init__(self) -> None:
         self.size = 0
@@ -263,6 +363,17 @@ class LedgerState:
         # (available_at, account) per unstake: a min-heap, so each entry finds the due
         # releases without scanning accounts. Entries may be stale (slashed away, released).
         self._releases: list[tuple[str, str]] = []
+        self._rules: Rules | None = None
+        self._states: dict[int, str] = {}  # state entry index -> its at
+        self._latest_state: int | None = None
+        self._operators: dict[str, str] = {}  # node -> operator account
+        self._namespaces: dict[str, str] = {}  # namespace -> owner key id
+        self._used: set[Digest] = set()  # signed requests already folded
+        self._spent: dict[Digest, int] = {}  # payment request -> fees paid under it
+        self._claims: set[Digest] = set()
+        self._epochs: dict[int, _Epoch] = {}
+        self._draws: dict[int, list[_PendingDraw]] = {}  # epoch -> draws awaiting its key
+        self._expect: tuple[LedgerEntry, ...] = ()
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -283,6 +394,61 @@ class LedgerState:
         found = self._accounts.get(account_id)
         return 0 if found is None else found.reputation
 
+    def operator_of(self, node: str) -> str | None:
+        """The operator account a registered node is bound to (None: no node entry)."""
+        return self._operators.get(node)
+
+    def bonded(self, node: str) -> bool:
+        """Whether ``node``'s operator has at least the rules' ``min_stake``."""
+        operator = self._operators.get(node)
+        rules = self._rules
+        return (
+            operator is not None
+            and rules is not None
+            and self.stake_of(operator) >= rules.min_stake
+        )
+
+    def namespace_owner(self, namespace: str) -> str | None:
+        return self._namespaces.get(namespace)
+
+    @property
+    def rules(self) -> Rules | None:
+        """The rules of the latest ``state`` entry (None before the first)."""
+        return self._rules
+
+    @property
+    def latest_state(self) -> int | None:
+        """The log index of the latest ``state`` entry."""
+        return self._latest_state
+
+    def state_at(self, index: int) -> str | None:
+        """The ``at`` of the ``state`` entry at log ``index`` (None: not a state entry)."""
+        return self._states.get(index)
+
+    def bond_map(self) -> BondMap:
+        """The bond map of the current stakes (what the next ``state`` entry commits to)."""
+        return BondMap.of({k: a.stake for k, a in self._accounts.items()})
+
+    @property
+    def epoch(self) -> int | None:
+        """The latest beacon epoch (None before the first)."""
+        return max(self._epochs) if self._epochs else None
+
+    def epoch_key(self, epoch: int) -> bytes | None:
+        """An epoch's revealed key (None while it is secret, or for an unknown epoch)."""
+        found = self._epochs.get(epoch)
+        return None if found is None else found.key
+
+    @property
+    def unchecked_draws(self) -> int:
+        """Draws logged in epochs whose key is not revealed yet (checked at the reveal)."""
+        return sum(len(d) for d in self._draws.values())
+
+    @property
+    def expected(self) -> tuple[LedgerEntry, ...]:
+        """The settlement entries the log must hold next (after a verdict), in order."""
+        return self._expect
+
     @property
     def totals(self) -> Totals:
         """A copy of the running totals."""
@@ -299,12 +465,15 @@ class LedgerState:
         return MappingProxyType(self._held)
 
     def to_json(self) -> dict[str, Any]:
-        """The state in the format of docs/verification.md, "State" (accounts sorted)."""
+        """The state in the format of docs/ledger.md, "State" (accounts sorted)."""
         return {
             "format": STATE_FORMAT,
             "size": self.size,
             "at": self.at,
+            "rules": None if self._rules is None else self._rules.to_json(),
             "accounts": {k: self._accounts[k].to_json() for k in sorted(self._accounts)},
+            "operators": dict(sorted(self._operators.items())),
+            "namespaces": dict(sorted(self._namespaces.items())),
             "disputes": {k: self._disputes[k].to_json() for k in sorted(self._disputes)},
             "totals": self._totals.to_json(),
         }
@@ -324,6 +493,17 @@ class LedgerState:
         other._known_disputes = set(self._known_disputes)
         other._held = dict(self._held)
         other._releases = list(self._releases)
+        other._rules = self._rules
+        other._states = dict(self._states)
+        other._latest_state = self._latest_state
+        other._operators = dict(self._operators)
+        other._namespaces = dict(self._namespaces)
+        other._used = set(self._used)
+        other._spent = dict(self._spent)
+        other._claims = set(self._claims)
+        other._epochs = dict(self._epochs)
+        other._draws = {e: list(d) for e, d in self._draws.items()}
+        other._expect = self._expect
         return other
 
     # -- folding -------------------------------------------------------------------------------
@@ -348,58 +528,35 @@ class LedgerState:
                 raise LedgerError(
                     "entry does not parse", index=index, reason=exc.diagnostics()
                 ) from exc
-        if isinstance(entry, InferenceEntry):
-            if commit:
-                self._credit(entry)
-        elif isinstance(entry, NodeEntry):
-            node_id = self._node_id(entry, index)
-            if commit:
-                self._accounts.setdefault(node_id, Account())
-        elif isinstance(entry, ModelEntry):
-            pass
-        else:
-            self._run_timed(entry, index, commit=commit)
-            return
-        if commit:
-            self.size += 1
-
-    def _credit(self, entry: InferenceEntry) -> None:
-        if entry.verdict.outcome != "accepted":
-            return
-        for node_id in dict.fromkeys(entry.verdict.agreeing):
-            account = self._accounts.get(node_id)
-            if account is None:
-                account = self._accounts[node_id] = Account()
-            account.jobs += 1
-            account.reputation += 1
-
-    @staticmethod
-    def _node_id(entry: NodeEntry, index: int) -> str:
-        try:
-            return entry.open().node_id
-        except (VerificationError, FormatError) as exc:
-            raise LedgerError(
-                "node entry's descriptor does not verify",
-                index=index,
-                type="node",
-                reason=exc.diagnostics(),
-            ) from exc
-
-    def _run_timed(self, entry: Entry, index: int, *, commit: bool) -> None:
         found = _HANDLERS.get(type(entry))
         if found is None:
             raise LedgerError("not a ledger entry", index=index, type=type(entry).__name__)
         kind, handler = found
-        at = cast(LedgerEntry, entry).at
-        clock = at if self.at is None or at > self.at else self.at
         change = _Change(self, index, kind)
+        at = getattr(entry, "at", None)
+        clock = self.at if at is None or (self.at is not None and at <= self.at) else at
         releases = self._releases
         try:
+            if self._expect:
+                if entry != self._expect[0]:
+                    dispute = getattr(self._expect[0], "dispute", "?")
+                    raise change.fail(
+                        "the settlement of a verdict must follow it, exactly as the rule gives",
+                        dispute=dispute,
+                        expected=type(self._expect[0]).__name__,
+                    )
+                change.expect = list(self._expect[1:])
+            elif isinstance(entry, SlashEntry | RewardEntry | ReputationEntry):
+                raise change.fail(
+                    f"a {kind} entry must follow from a logged verdict",
+                    dispute=getattr(entry, "dispute", None),
+                )
             # Releases first: the entry sees the balances as of its own time.
-            while releases and releases[0][0] <= clock:
-                due = heapq.heappop(releases)
-                change.due.append(due)
-                change.release(due[1], clock)
+            if clock is not None:
+                while releases and releases[0][0] <= clock:
+                    due = heapq.heappop(releases)
+                    change.due.append(due)
+                    change.release(due[1], clock)
             handler(change, entry)
             change.check_range()
         except BaseException:
@@ -410,6 +567,12 @@ class LedgerState:
             for due in change.due:
                 heapq.heappush(releases, due)
             return
+        self._commit(change)
+        if clock is not None:
+            self.at = clock
+        self.size += 1
+
+    def _commit(self, change: _Change) -> None:
         self._accounts.update(change.accounts)
         for dispute, amount in change.held.items():
             if amount:
@@ -421,10 +584,29 @@ class LedgerState:
         self._disputes.update(change.opened)
         self._known_disputes.update(change.opened)
         for item in change.pushes:
-            heapq.heappush(releases, item)
+            heapq.heappush(self._releases, item)
         self._totals = change.totals
-        self.at = clock
-        self.size += 1
+        self._used.update(change.used)
+        self._spent.update(change.spent)
+        self._claims.update(change.claims)
+        self._namespaces.update(change.namespaces)
+        self._operators.update(change.operators)
+        if change.rules is not None:
+            self._rules = change.rules
+        if change.state_ref is not None:
+            index, at = change.state_ref
+            self._states[index] = at
+            self._latest_state = index
+        if change.epoch is not None:
+            number, epoch, reveal = change.epoch
+            self._epochs[number] = epoch
+            if reveal is not None and number > 0:
+                self._epochs[number - 1] = _Epoch(self._epochs[number - 1].commitment, reveal)
+            self._draws.pop(number - 1, None)  # checked by the reveal, or never checkable
+        for number, pending in change.draws:
+            self._draws.setdefault(number, []).append(pending)
+        if change.expect is not None:
+            self._expect = tuple(change.expect)
 
 
 def fold(entries: Iterable[bytes | Entry], *, start: LedgerState | None = None) -> LedgerState:
@@ -442,12 +624,27 @@ def fold(entries: Iterable[bytes | Entry], *, start: LedgerState | None = None) 
 # -- the rules, one per entry type (docs/ledger.md) -----------------------------------------
 
 
+def _payload(entry: DepositEntry | StakeEntry | UnstakeEntry | FeeEntry | ChallengeEntry) -> bytes:
+    assert entry.authorization is not None  # the entry cannot be built without one
+    return entry.authorization.payload
+
+
 def _deposit(change: _Change, entry: DepositEntry) -> None:
+    rules = change.rules_or_fail()
+    request = entry.request
+    if request.account != rules.admin:
+        raise change.fail(
+            "a deposit must be signed by the ledger's admin account",
+            signer=request.account,
+            admin=rules.admin,
+        )
+    change.authorised(request, _payload(entry), entry.at)
     change.account(entry.account).balance += entry.amount
     change.totals.minted += entry.amount
 
 
 def _stake(change: _Change, entry: StakeEntry) -> None:
+    change.authorised(entry.request, _payload(entry), entry.at)
     account = change.account(entry.account)
     if account.balance < entry.amount:
         raise change.fail(
@@ -462,6 +659,15 @@ def _stake(change: _Change, entry: StakeEntry) -> None:
 
 
 def _unstake(change: _Change, entry: UnstakeEntry) -> None:
+    rules = change.rules_or_fail()
+    change.authorised(entry.request, _payload(entry), entry.at)
+    earliest = format_time(parse_time(entry.at) + dt.timedelta(seconds=rules.unstake_delay))
+    if entry.available_at < earliest:
+        raise change.fail(
+            "an unstake is released no earlier than the rules' unstake delay",
+            available_at=entry.available_at,
+            earliest=earliest,
+        )
     account = change.account(entry.account)
     if account.stake < entry.amount:
         raise change.fail(
@@ -477,6 +683,18 @@ def _unstake(change: _Change, entry: UnstakeEntry) -> None:
 
 
 def _fee(change: _Change, entry: FeeEntry) -> None:
+    request = entry.request
+    change.near(request.issued_at, entry.at)
+    key = Digest.of(_payload(entry))
+    spent = change.spent.get(key, change.state._spent.get(key, 0)) + entry.amount
+    if spent > request.amount:
+        raise change.fail(
+            "fees exceed what the payer's signed payment allows",
+            request=entry.inference,
+            allowed=request.amount,
+            spent=spent,
+        )
+    change.spent[key] = spent
     payer = change.account(entry.payer)
     if payer.balance < entry.amount:
         raise change.fail(
@@ -486,13 +704,26 @@ def _fee(change: _Change, entry: FeeEntry) -> None:
             amount=entry.amount,
         )
     payer.balance -= entry.amount
-    change.account(entry.payee).balance += entry.amount
+    payee = change.account(entry.payee)
+    payee.balance += entry.amount
+    if entry.amount > 0:
+        payee.reputation += 1  # a paid job: free requests earn no reputation
     change.totals.fees += entry.amount
 
 
 def _challenge(change: _Change, entry: ChallengeEntry) -> None:
     if change.known(entry.dispute):
         raise change.fail("dispute was already opened", dispute=entry.dispute)
+    claim = entry.claim
+    if claim in change.state._claims:
+        raise change.fail(
+            "this receipt was already disputed with this claim", inference=entry.inference
+        )
+    change.claims.append(claim)
+    if entry.authorization is not None:
+        change.authorised(
+            LedgerRequest.open(entry.authorization), entry.authorization.payload, entry.at
+        )
     challenger = change.account(entry.challenger_account)
     if challenger.balance < entry.bond:
         raise change.fail(
@@ -503,14 +734,21 @@ def _challenge(change: _Change, entry: ChallengeEntry) -> None:
         )
     challenger.balance -= entry.bond
     change.account(entry.defendant_node)
-    if "node" in entry.challenger:
-        change.account(str(entry.challenger["node"]))
+    node = entry.challenger.get("node")
+    if node is not None:
+        change.account(str(node))
     change.opened[entry.dispute] = OpenDispute(
-        entry.inference, entry.defendant_node, entry.challenger_account, entry.bond, entry.at
+        entry.inference,
+        entry.defendant_node,
+        entry.challenger_account,
+        entry.bond,
+        entry.at,
+        None if node is None else str(node),
     )
 
 
 def _verdict(change: _Change, entry: DisputeVerdictEntry) -> None:
+    rules = change.rules_or_fail()
     dispute = change.state._disputes.get(entry.dispute)
     if dispute is None:
         settled = entry.dispute in change.state._known_disputes
@@ -522,10 +760,16 @@ def _verdict(change: _Change, entry: DisputeVerdictEntry) -> None:
     else:
         change.account(dispute.challenger).balance += dispute.bond
 
+    def slashable(account: str) -> int:
+        found = change.account(account)
+        return found.stake + found.unbonding_total
+
+    change.expect = settle(
+        entry, dispute.parties, rules, bonding=change.operator_of, slashable=slashable
+    )
+
 
 def _slash(change: _Change, entry: SlashEntry) -> None:
-    if not change.known(entry.dispute):
-        raise change.fail("slash for no such dispute", dispute=entry.dispute)
     account = change.account(entry.account)
     slashable = account.stake + account.unbonding_total
     if slashable < entry.amount:
@@ -556,26 +800,114 @@ def _slash(change: _Change, entry: SlashEntry) -> None:
 
 
 def _reward(change: _Change, entry: RewardEntry) -> None:
-    if entry.dispute is None:
-        change.totals.minted += entry.amount
-    else:
-        held = change.held_of(entry.dispute)
-        if held < entry.amount:
-            raise change.fail(
-                "reward exceeds the dispute's held slash",
-                dispute=entry.dispute,
-                held=held,
-                amount=entry.amount,
-            )
-        change.held[entry.dispute] = held - entry.amount
+    assert entry.dispute is not None  # only the settlement writes rewards, always with one
+    held = change.held_of(entry.dispute)
+    if held < entry.amount:
+        raise change.fail(
+            "reward exceeds the dispute's held slash",
+            dispute=entry.dispute,
+            held=held,
+            amount=entry.amount,
+        )
+    change.held[entry.dispute] = held - entry.amount
     change.account(entry.account).balance += entry.amount
     change.totals.rewards += entry.amount
 
 
 def _reputation(change: _Change, entry: ReputationEntry) -> None:
-    if entry.dispute is not None and not change.known(entry.dispute):
-        raise change.fail("reputation for no such dispute", dispute=entry.dispute)
     change.account(entry.account).reputation += entry.delta
+
+
+def _state(change: _Change, entry: StateEntry) -> None:
+    bonds = change.state.bond_map()
+    root, size = bonds.root(), bonds.size
+    if (entry.root, entry.size) != (root, size):
+        raise change.fail(
+            "the state entry's bond map is not the ledger's",
+            claimed=entry.root,
+            calculated=root,
+            size=size,
+        )
+    change.rules = entry.rules
+    change.state_ref = (change.index, entry.at)
+
+
+def _beacon(change: _Change, entry: BeaconEntry) -> None:
+    epochs = change.state._epochs
+    expected = 0 if not epochs else max(epochs) + 1
+    if entry.epoch != expected:
+        raise change.fail("beacon epochs follow one another", epoch=entry.epoch, expected=expected)
+    if entry.reveal is not None:
+        if entry.epoch == 0:
+            raise change.fail("the first epoch has nothing to reveal")
+        committed = epochs[entry.epoch - 1].commitment
+        if beacon_commitment(entry.reveal) != committed:
+            raise change.fail(
+                "the revealed key is not the one the previous epoch committed to",
+                epoch=entry.epoch - 1,
+            )
+        for pending in change.state._draws.get(entry.epoch - 1, ()):
+            pending.check(entry.reveal, change)
+    change.epoch = (entry.epoch, _Epoch(entry.commitment), entry.reveal)
+
+
+def _namespace(change: _Change, entry: NamespaceEntry) -> None:
+    owner = change.state._namespaces.get(entry.namespace)
+    if owner is not None:
+        raise change.fail(
+            "the namespace is already claimed", namespace=entry.namespace, owner=owner
+        )
+    change.namespaces[entry.namespace] = entry.owner
+
+
+def _model(change: _Change, entry: ModelEntry) -> None:
+    if entry.unsigned:
+        return  # owns no name: reachable by digest only
+    owner = change.state._namespaces.get(entry.namespace)
+    if owner != entry.publisher_key_id:
+        raise change.fail(
+            "a signed model's name must be in a namespace its publisher owns",
+            namespace=entry.namespace,
+            owner=owner,
+            publisher=entry.publisher_key_id,
+        )
+
+
+def _node(change: _Change, entry: NodeEntry) -> None:
+    try:
+        descriptor = entry.open()
+    except (VerificationError, FormatError) as exc:
+        raise change.fail(
+            "node entry's descriptor does not verify", reason=exc.diagnostics()
+        ) from exc
+    node, operator = descriptor.node_id, descriptor.operator
+    bound = change.state._operators.get(node)
+    if bound is not None and bound != operator:
+        raise change.fail(
+            "a node stays bound to its first operator", node=node, operator=bound, got=operator
+        )
+    change.operators[node] = operator
+    change.account(node)
+    change.account(operator)
+
+
+def _inference(change: _Change, entry: InferenceEntry) -> None:
+    if entry.state is not None and entry.state not in change.state._states:
+        raise change.fail("the inference cites no state entry", state=entry.state)
+    draw = entry.verdict.draw
+    if draw is not None:
+        epoch = change.state._epochs.get(draw.epoch)
+        if epoch is None:
+            raise change.fail("the inference draws from an epoch not begun", epoch=draw.epoch)
+        pending = _PendingDraw(change.index, entry.request_id, entry.request_digest, draw)
+        if epoch.key is not None:
+            pending.check(epoch.key, change)
+        else:
+            change.draws.append((draw.epoch, pending))
+    if entry.verdict.outcome != "accepted":
+        return
+    for node_id in dict.fromkeys(entry.verdict.agreeing):
+        change.account(node_id).jobs += 1
 
 
 _HANDLERS: dict[type, tuple[str, Callable[[_Change, Any], None]]] = {
@@ -588,4 +920,10 @@ _HANDLERS: dict[type, tuple[str, Callable[[_Change, Any], None]]] = {
     SlashEntry: ("slash", _slash),
     RewardEntry: ("reward", _reward),
     ReputationEntry: ("reputation", _reputation),
+    StateEntry: ("state", _state),
+    BeaconEntry: ("beacon", _beacon),
+    NamespaceEntry: ("namespace", _namespace),
+    ModelEntry: ("model", _model),
+    NodeEntry: ("node", _node),
+    InferenceEntry: ("inference", _inference),
 }

@@ -21,6 +21,7 @@ from veriml.core.dsse import INTOTO_PAYLOAD_TYPE, Envelope, Statement, Subject
 from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import format_time, parse_time
+from veriml.protocol.accounts import OperatorBinding
 
 __all__ = [
     "HEARTBEAT_TYPE",
@@ -103,10 +104,16 @@ def _obj(message: Mapping[str, Any], key: str) -> dict[str, Any]:
 
 @dataclass(frozen=True, slots=True)
 class NodeDescriptor:
-    """What a node says about itself when it registers; signed by the node's own key."""
+    """What a node says about itself when it registers; signed by the node's own key.
+
+    ``operator`` is the operator's **account id** (a key id) and ``operator_binding`` that
+    operator's signed :class:`~veriml.protocol.accounts.OperatorBinding` of this node: a node
+    cannot name an operator that did not bind it, so "distinct operators" means distinct keys,
+    each of which must hold stake (docs/network.md, "Operators").
+    """
 
     public_key: str
-    operator: str
+    operator_binding: Envelope
     endpoint: str
     issued_at: str
     nonce: str
@@ -114,6 +121,13 @@ class NodeDescriptor:
     models: tuple[str, ...] = ("*",)
     hardware: Mapping[str, Any] = field(default_factory=dict)
     runtime: Mapping[str, Any] = field(default_factory=dict)
+    operator: str = field(default="", compare=False)
+    """The operator's account id, read from the binding (checked by :meth:`open`)."""
+
+    def __post_init__(self) -> None:
+        if not self.operator:
+            payload = parse_json_object(self.operator_binding.payload, what="operator binding")
+            object.__setattr__(self, "operator", _str(payload, "operator", max_len=128))
 
     @property
     def key(self) -> VerifyingKey:
@@ -122,6 +136,11 @@ class NodeDescriptor:
     @property
     def node_id(self) -> str:
         return self.key.key_id
+
+    @property
+    def binding(self) -> OperatorBinding:
+        """The operator binding, checked: signed by the operator, for this node."""
+        return OperatorBinding.open(self.operator_binding, node=self.node_id)
 
     def serves(self, model: Digest) -> bool:
         return "*" in self.models or model.to_text() in self.models
@@ -132,6 +151,7 @@ class NodeDescriptor:
             "node_id": self.node_id,
             "public_key": self.public_key,
             "operator": self.operator,
+            "operator_binding": self.operator_binding.to_json(),
             "endpoint": self.endpoint,
             "engines": list(self.engines),
             "models": list(self.models),
@@ -150,8 +170,8 @@ class NodeDescriptor:
     def open(
         cls, envelope: Envelope, *, now: dt.datetime | None = None, max_age: dt.timedelta | None
     ) -> NodeDescriptor:
-        """Check a descriptor against the key it carries. ``max_age=None`` skips freshness
-        (for re-checking an old descriptor from the log)."""
+        """Check a descriptor against the key it carries, and its operator binding.
+        ``max_age=None`` skips freshness (for re-checking an old descriptor from the log)."""
         try:
             unverified = parse_json_object(envelope.payload, what="node descriptor")
             key = VerifyingKey.from_pem(_str(unverified, "public_key", max_len=4096).encode())
@@ -164,8 +184,17 @@ class NodeDescriptor:
         if key.kind != "ed25519":
             raise VerificationError("node keys are Ed25519", check="descriptor", got=key.kind)
         message = open_message(envelope, NODE_DESCRIPTOR_TYPE, key, message_type="node-descriptor")
+        try:
+            binding = Envelope.from_json(_obj(message, "operator_binding"))
+        except FormatError as exc:
+            raise VerificationError(
+                "node descriptor carries no operator binding",
+                check="operator-binding",
+                reason=exc.message,
+            ) from exc
         descriptor = cls(
             public_key=message["public_key"],
+            operator_binding=binding,
             operator=_str(message, "operator", max_len=128),
             endpoint=_str(message, "endpoint"),
             issued_at=_str(message, "issued_at"),
@@ -175,13 +204,27 @@ class NodeDescriptor:
             hardware=_obj(message, "hardware"),
             runtime=_obj(message, "runtime"),
         )
-        # 4. The node id is the signing key's id, and the descriptor is fresh.
+        # 4. The node id is the signing key's id, the operator bound this node, and the
+        # descriptor is fresh.
         if message.get("node_id") != descriptor.node_id:
             raise VerificationError(
                 "node id is not the signing key's id",
                 check="descriptor",
                 claimed=message.get("node_id"),
                 calculated=descriptor.node_id,
+            )
+        try:
+            bound = OperatorBinding.open(binding, node=descriptor.node_id)
+        except FormatError as exc:
+            raise VerificationError(
+                "the operator binding is malformed", check="operator-binding", reason=exc.message
+            ) from exc
+        if message.get("operator") != bound.operator:
+            raise VerificationError(
+                "the descriptor names another operator than the one that bound the node",
+                check="operator-binding",
+                claimed=str(message.get("operator"))[:80],
+                bound=bound.operator,
             )
         if max_age is not None:
             issued = parse_time(descriptor.issued_at, what="issued_at")

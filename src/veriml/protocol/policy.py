@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError
+from veriml.protocol.draw import Draw
 
 if TYPE_CHECKING:
     from veriml.core.dsse import Envelope
@@ -294,8 +295,9 @@ class DisputeRef:
 class Verdict:
     """What the policy concluded from the receipts; part of the inference log entry.
 
-    ``spot``, ``final_after`` and ``disputes`` are omitted from the JSON when unset, so a
-    verdict without them has the bytes it had before they existed.
+    ``spot``, ``final_after``, ``disputes`` and ``draw`` are omitted from the JSON when unset,
+    so a verdict without them has the bytes it had before they existed. ``draw`` reveals the
+    request's draw secret and its epoch (:mod:`veriml.protocol.draw`).
     """
 
     policy: str
@@ -306,6 +308,7 @@ class Verdict:
     spot: SpotReveal | None = None
     final_after: str | None = None
     disputes: tuple[DisputeRef, ...] = ()
+    draw: Draw | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -321,6 +324,8 @@ class Verdict:
             out["final_after"] = self.final_after
         if self.disputes:
             out["disputes"] = [d.to_json() for d in self.disputes]
+        if self.draw is not None:
+            out["draw"] = self.draw.to_json()
         return out
 
     @classmethod
@@ -345,6 +350,7 @@ class Verdict:
             if not isinstance(disputes, list):
                 raise FormatError("verdict disputes must be a list")
             spot = obj.get("spot")
+            draw = obj.get("draw")
             return cls(
                 policy=str(Policy.parse(str(obj["policy"]))),
                 outcome=outcome,
@@ -354,6 +360,7 @@ class Verdict:
                 spot=None if spot is None else SpotReveal.from_json(spot),
                 final_after=final_after,
                 disputes=tuple(DisputeRef.from_json(d) for d in disputes),
+                draw=None if draw is None else Draw.from_json(draw),
             )
         except KeyError as exc:
             raise FormatError("verdict is missing a member", member=str(exc)) from exc

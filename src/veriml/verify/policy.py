@@ -7,12 +7,13 @@ them, so ``from veriml.verify.policy import Policy, Verdict`` keeps working.
 
 The verdict is recomputed by anyone from the receipts: :func:`decide` is what the coordinator
 runs and what the SDK runs again to check the coordinator's claim with :func:`check_verdict`;
-:func:`check_spot` re-derives a revealed spot check from the receipt's commitment.
+:func:`check_spot` re-derives a revealed spot check from the receipt's commitment, and
+:func:`check_spot_reveal` is the whole spot evidence of an answer (both answer checks use it).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from veriml.core.digest import Digest
@@ -63,6 +64,7 @@ __all__ = [
     "Verdict",
     "Winner",
     "check_spot",
+    "check_spot_reveal",
     "check_verdict",
     "decide",
     "spot_checked",
@@ -99,6 +101,41 @@ def check_spot(
             claimed=reveal.checked,
             recomputed=checked,
         )
+
+
+def check_spot_reveal(
+    policy: Policy,
+    verdict: Verdict,
+    primary: Envelope,
+    commitment: Digest | None,
+    operators: Iterable[str],
+) -> bool:
+    """Raise unless an answer's spot-check evidence holds (docs/verification.md, "Spot checks");
+    return whether the policy has one (``spot:P``), i.e. whether the ``spot`` check ran.
+
+    ``primary`` is the first node's verified receipt, ``commitment`` its predicate's
+    ``spot.commitment`` and ``operators`` those of every verified answer. Only a ``spot:P``
+    verdict reveals a secret, and it must: the secret is the one ``primary`` committed to and
+    implies the verdict's ``checked`` (:func:`check_spot`; a receipt that commits to nothing
+    fails, as the reveal could have been chosen after the answer was seen), and a drawn check
+    has a second operator's answer in the evidence, or a dispute.
+    """
+    reveal = verdict.spot
+    if policy.kind != "spot":
+        if reveal is not None:
+            raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
+        return False
+    if reveal is None:
+        raise VerificationError("a spot:P verdict must reveal its secret", check="spot")
+    check_spot(policy, reveal, primary, commitment)
+    answered = set(operators)
+    if reveal.checked and len(answered) < 2 and not verdict.disputes:
+        raise VerificationError(
+            "the spot check was drawn but no second operator's answer is in the evidence",
+            check="spot",
+            operators=len(answered),
+        )
+    return True
 
 
 def decide(

@@ -28,7 +28,6 @@ from veriml.client import (
     NodeEvidence,
     verify_inference,
 )
-from veriml.client._verify import receipt_node_id
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import VerificationError
@@ -41,6 +40,7 @@ from veriml.models.examples import build_mlp, write_example_folder
 from veriml.protocol import NodeDescriptor
 from veriml.runtime import runner_for
 from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
+from veriml.verify.evidence import receipt_node_id
 from veriml.verify.policy import (
     DisputeRef,
     Policy,

@@ -1,8 +1,10 @@
-"""Verifying a network answer from its evidence alone (pure: no I/O, no HTTP).
+"""Verifying a network inference answer from its evidence alone (pure: no I/O, no HTTP).
 
-The SDK runs this on every answer before returning it, and ``veriml verify FILE`` runs it on a
-saved result. Checks run in the order of issue 4, §3; the first failure raises a
-:class:`~veriml.core.errors.VerificationError` whose ``check`` names it:
+The SDK (:mod:`veriml.client`, which re-exports :func:`verify_inference`) runs this on every
+answer before returning it, and ``veriml verify FILE`` runs it on a saved result. Checks run in
+the order of issue 4, §3; the first failure raises a
+:class:`~veriml.core.errors.VerificationError` whose ``check`` names it (steps 0, 1 and 4 are
+the log evidence every answer shares, :mod:`veriml.verify.evidence`):
 
 0. ``checkpoint``: the checkpoint note is signed by the pinned log key, its origin is the
    key's name, and at least ``quorum`` of ``witnesses`` cosigned it (C2SP tlog-checkpoint,
@@ -20,7 +22,8 @@ saved result. Checks run in the order of issue 4, §3; the first failure raises 
 
    - ``spot`` (``spot:P``): the revealed secret hashes to the commitment the primary node
      signed in its receipt, the decision it implies is the verdict's ``checked``, and a
-     drawn check has a second operator's answer (or a dispute) in the evidence;
+     drawn check has a second operator's answer (or a dispute) in the evidence
+     (:func:`veriml.verify.policy.check_spot_reveal`);
    - ``tolerance`` (``…,tolerance``): every node's output tensors, as sent in ``answers``,
      hash to its receipt's output digests; agreement is recomputed within the model's output
      bounds when the caller passes them (``bounds=``), else only bitwise-equal values are
@@ -43,35 +46,24 @@ from typing import TYPE_CHECKING, Any
 
 import numpy.typing as npt
 
-from veriml.client._result import InferenceResult, NodeEvidence, Verification
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import (
-    DigestMismatch,
-    Error,
-    FormatError,
-    SignatureError,
-    VerificationError,
-)
-from veriml.core.keys import VerifyingKey
+from veriml.core.errors import DigestMismatch, FormatError, SignatureError, VerificationError
 from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
 from veriml.core.timestamps import parse_time
-from veriml.ledger.entries import InferenceEntry, NodeEntry, parse_entry
 from veriml.protocol.messages import NodeDescriptor
 from veriml.tlog.checkpoint import Checkpoint
-from veriml.tlog.client import SignedCheckpoint, verify_checkpoint_note
 from veriml.tlog.cosignature import CosignatureVerifier
-from veriml.tlog.merkle import leaf_hash, verify_inclusion
 from veriml.tlog.note import NoteVerifier
 from veriml.verify._tensors import check_tensor_digests
-from veriml.verify.policy import (
-    Policy,
-    Verdict,
-    check_verdict,
-    decide,
-    spot_checked,
-    spot_commitment,
+from veriml.verify.answer import InferenceResult, Verification
+from veriml.verify.evidence import (
+    check_inference_entry,
+    node_descriptors,
+    open_checkpoint_note,
+    receipt_signer,
 )
+from veriml.verify.policy import Policy, Verdict, check_spot_reveal, check_verdict, decide
 
 if TYPE_CHECKING:
     from veriml.verify.tolerance import OutputBounds
@@ -80,9 +72,6 @@ __all__ = [
     "CHECKS",
     "POLICY_CHECKS",
     "VerifiedInference",
-    "inference_entry",
-    "open_checkpoint_note",
-    "receipt_node_id",
     "request_object",
     "verify_inference",
 ]
@@ -150,104 +139,12 @@ class VerifiedInference:
         }
 
 
-def receipt_node_id(receipt: Envelope) -> str | None:
-    """The node a receipt *claims* to be from (unverified; for lookup only)."""
-    try:
-        statement = Statement.from_bytes(receipt.payload)
-        node = statement.predicate.get("node")
-        return str(node["id"]) if isinstance(node, Mapping) and "id" in node else None
-    except (FormatError, KeyError, TypeError):
-        return None
-
-
-def open_checkpoint_note(
-    note: bytes,
-    log_key: NoteVerifier,
-    *,
-    witnesses: Sequence[CosignatureVerifier] = (),
-    quorum: int = 0,
-) -> SignedCheckpoint:
-    """Step 0: the checkpoint against the pinned log key and the witness policy."""
-    try:
-        return verify_checkpoint_note(note, log_key, witnesses=witnesses, quorum=quorum)
-    except VerificationError as exc:
-        raise SignatureError(
-            "the checkpoint is not signed by the pinned log key (and witness quorum)",
-            check="checkpoint",
-            reason=exc.diagnostics(),
-        ) from exc
-    except FormatError as exc:
-        raise VerificationError(
-            "the checkpoint note is malformed", check="checkpoint", reason=exc.diagnostics()
-        ) from exc
-
-
-def _prove(entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, check: str) -> None:
-    if not 0 <= index < cp.size:
-        raise VerificationError(
-            "log index is outside the checkpoint's tree", check=check, index=index, size=cp.size
-        )
-    try:
-        verify_inclusion(leaf_hash(entry), index, cp.size, proof, cp.root_hash)
-    except (VerificationError, FormatError) as exc:
-        raise VerificationError(
-            "entry is not in the log at the claimed index",
-            check=check,
-            index=index,
-            size=cp.size,
-            reason=exc.message,
-        ) from exc
-
-
-def _node_descriptors(
-    evidence: Sequence[NodeEvidence], cp: Checkpoint
-) -> dict[str, NodeDescriptor]:
-    """Step 1a: node keys known from the log, each registration proven against ``cp``."""
-    nodes: dict[str, NodeDescriptor] = {}
-    for node in evidence:
-        if node.entry is None or node.inclusion_proof is None:
-            raise VerificationError(
-                "the node's registration entry and its proof are missing",
-                check="node-key",
-                node=node.id,
-            )
-        _prove(node.entry, node.log_index, node.inclusion_proof, cp, "node-key")
-        try:
-            entry = parse_entry(node.entry)
-            if not isinstance(entry, NodeEntry):
-                raise FormatError("log entry is not a node registration", index=node.log_index)
-            descriptor = entry.open()
-        except Error as exc:
-            raise VerificationError(
-                "the node's log entry is not a valid registration",
-                check="node-key",
-                node=node.id,
-                reason=exc.diagnostics(),
-            ) from exc
-        if descriptor.node_id != node.id:
-            raise VerificationError(
-                "the logged registration is for another node",
-                check="node-key",
-                expected=node.id,
-                got=descriptor.node_id,
-            )
-        nodes[node.id] = descriptor
-    return nodes
-
-
 def _receipt(
     receipt: Envelope, nodes: Mapping[str, NodeDescriptor]
 ) -> tuple[InferencePredicate, dict[str, Digest]]:
     """Step 1b: one receipt's signature under its logged node key; its predicate and subjects."""
-    claimed = receipt_node_id(receipt)
-    descriptor = nodes.get(claimed or "")
-    if descriptor is None:
-        raise SignatureError(
-            "a receipt is from a node whose registration is not in the evidence",
-            check="signature",
-            node=claimed or "unnamed",
-        )
-    key: VerifyingKey = descriptor.key
+    descriptor = receipt_signer(receipt, nodes)
+    key = descriptor.key
     receipt.verify([key])
     try:
         statement = Statement.from_bytes(receipt.payload)
@@ -264,7 +161,9 @@ def _receipt(
     predicate = InferencePredicate.from_json(statement.predicate)
     if predicate.node_id != key.key_id:
         raise SignatureError(
-            "receipt names another node than its signer", check="signature", node=claimed
+            "receipt names another node than its signer",
+            check="signature",
+            node=descriptor.node_id,
         )
     subjects: dict[str, Digest] = {}
     for subject in statement.subjects:
@@ -342,19 +241,6 @@ def _check_outputs(
             )
 
 
-def inference_entry(result: InferenceResult, request_digest: Digest) -> InferenceEntry:
-    """The log entry the coordinator must have appended for this answer."""
-    return InferenceEntry(
-        request_id=result.id,
-        request_digest=request_digest,
-        model=result.model,
-        policy=result.policy,
-        receipts=result.receipts,
-        verdict=result.verdict,
-        extra=dict(result.request),
-    )
-
-
 def verify_inference(
     result: InferenceResult,
     *,
@@ -377,7 +263,7 @@ def verify_inference(
     )
     cp = signed.checkpoint
     # 1. Node keys from the log; every receipt signed by one of them.
-    nodes = _node_descriptors(result.nodes, cp)
+    nodes = node_descriptors(result.nodes, cp)
     verified = [_receipt(r, nodes) for r in result.receipts]
     predicates = tuple(p for p, _ in verified)
     # 2. The model (and request) every receipt is about.
@@ -386,13 +272,17 @@ def verify_inference(
     answers = [(p.node_id, nodes[p.node_id].operator, subjects) for p, subjects in verified]
     _check_outputs(result, answers)
     # 4. The inference entry, rebuilt byte for byte, is in the log.
-    try:
-        entry = inference_entry(result, request_digest).to_bytes()
-    except FormatError as exc:
-        raise VerificationError(
-            "the inference entry cannot be rebuilt", check="inclusion", reason=exc.message
-        ) from exc
-    _prove(entry, result.log.index, result.log.inclusion_proof, cp, "inclusion")
+    check_inference_entry(
+        result.log,
+        cp,
+        request_id=result.id,
+        request_digest=request_digest,
+        model=result.model,
+        policy=result.policy,
+        receipts=result.receipts,
+        verdict=result.verdict,
+        request=result.request,
+    )
     try:
         policy = Policy.parse(result.policy)
     except FormatError as exc:
@@ -420,11 +310,9 @@ def _check_policy(
     verdict = result.verdict
     ran: list[str] = []
     notes: list[str] = []
-    if policy.kind == "spot":
-        _check_spot(result, policy, answers, predicates)
+    operators = [operator for _, operator, _ in answers]
+    if check_spot_reveal(policy, verdict, result.receipts[0], predicates[0].spot, operators):
         ran.append("spot")
-    elif verdict.spot is not None:
-        raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
     if policy.kind == "optimistic":
         _check_optimistic(result, policy, predicates)
         ran.append("optimistic")
@@ -475,49 +363,6 @@ def _decide(
         final_after=claimed.final_after,
         disputes=claimed.disputes,
     )
-
-
-def _check_spot(
-    result: InferenceResult,
-    policy: Policy,
-    answers: Sequence[Answer],
-    predicates: Sequence[InferencePredicate],
-) -> None:
-    """Commit-reveal: the secret is the one the primary node signed a commitment to, and the
-    draw it implies over the primary receipt is the verdict's ``checked``."""
-    reveal = result.verdict.spot
-    if reveal is None:
-        raise VerificationError("a spot:P verdict must reveal its secret", check="spot")
-    committed = predicates[0].spot
-    if committed is None:
-        raise VerificationError(
-            "the primary receipt does not commit to a spot secret",
-            check="spot",
-            node=predicates[0].node_id,
-        )
-    revealed = spot_commitment(reveal.secret)
-    if revealed != committed:
-        raise DigestMismatch(
-            "the revealed spot secret is not the one the primary node's receipt commits to",
-            check="spot",
-            expected=committed,
-            calculated=revealed,
-        )
-    drawn = spot_checked(policy, reveal.secret, result.receipts[0])
-    if drawn != reveal.checked:
-        raise VerificationError(
-            "the spot decision is not the one the revealed secret implies",
-            check="spot",
-            claimed=reveal.checked,
-            recomputed=drawn,
-        )
-    operators = {operator for _, operator, _ in answers}
-    if drawn and len(operators) < 2 and not result.verdict.disputes:
-        raise VerificationError(
-            "the spot check was drawn but no second operator's answer is in the evidence",
-            check="spot",
-            receipts=len(answers),
-        )
 
 
 def _check_optimistic(
@@ -618,8 +463,3 @@ def _decide_tolerance(
         for (node, _, _), values in zip(answers, tensors, strict=True)
     ]
     return _decide(policy, as_claimed, result.verdict, tensors, exact), taken
-
-
-def node_entry_index(result: InferenceResult) -> dict[str, int]:
-    """Node id -> log index of its registration, as the answer claims."""
-    return {n.id: n.log_index for n in result.nodes}

@@ -1,5 +1,9 @@
 """The answer to a network inference, as the SDK returns it and as ``--out`` saves it.
 
+A pure format (parse and serialise) but for one convenience pair on :class:`InferenceResult`:
+:meth:`~InferenceResult.save` writes a result file atomically and
+:meth:`~InferenceResult.load` reads one, bounded in size.
+
 The saved JSON keeps the members of a ``veriml run`` result file (``outputs``, and ``receipt``:
 the first agreeing node's) and adds what makes it checkable offline (docs/network.md,
 "Inference request and answer"; docs/sdk.md, "Result files")::
@@ -20,7 +24,8 @@ The verdict's optional members (``spot``, ``final_after``, ``disputes``; docs/ve
 "Verdicts") are read through :attr:`InferenceResult.mode`, :attr:`~InferenceResult.spot_checked`,
 :attr:`~InferenceResult.final_after` and :attr:`~InferenceResult.disputes`.
 
-Parsing proves nothing; :func:`veriml.client.verify_inference` does.
+Parsing proves nothing; :func:`veriml.verify.inference.verify_inference` does (also exported as
+:func:`veriml.client.verify_inference`).
 """
 
 from __future__ import annotations
@@ -42,7 +47,8 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
 from veriml.core.tensors import tensor_from_json, tensor_to_json
-from veriml.verify.policy import DisputeRef, Verdict
+from veriml.protocol.policy import DisputeRef, Verdict
+from veriml.verify.evidence import receipt_node_id
 
 __all__ = [
     "MAX_RESULT_BYTES",
@@ -236,8 +242,6 @@ class InferenceResult:
     @property
     def receipt(self) -> Envelope:
         """The receipt of the first agreeing node (the one ``veriml run``-style readers use)."""
-        from veriml.client._verify import receipt_node_id
-
         for receipt in self.receipts:
             if receipt_node_id(receipt) in self.verdict.agreeing:
                 return receipt
@@ -270,7 +274,10 @@ class InferenceResult:
         return (json.dumps(self.to_json(), indent=1) + "\n").encode()
 
     def save(self, path: Path) -> Path:
-        """Write the result file atomically (a reader never sees half a file)."""
+        """Write the result file atomically (a reader never sees half a file).
+
+        The one file write of this otherwise pure format: a temporary file in the same folder,
+        renamed over ``path``."""
         path = Path(path)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path())
         try:

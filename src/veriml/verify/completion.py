@@ -1,14 +1,11 @@
 """Verifying an LLM answer of the OpenAI-compatible API from its evidence alone (pure: no I/O).
 
-A chat completion, text completion or embedding answer carries a ``veriml`` member
-(docs/llm.md, "OpenAI-compatible API")::
-
-    {"id", "policy", "receipts": [DSSE…], "prompt_tokens": [ids], "completion_tokens": [ids],
-     "verdict": {…}, "nodes": [{"id", "log_index"}…], "request": {…},
-     "log": {"index", "checkpoint", "proof"}}
-
-:func:`verify_completion` checks it in this order; the first failure raises a
-:class:`~veriml.core.errors.VerificationError` whose ``check`` names it:
+The answer's ``veriml`` member (:class:`~veriml.verify.completion_answer.CompletionEvidence`)
+is checked by :func:`verify_completion` (re-exported by :mod:`veriml.client`) in this order;
+the first failure raises a :class:`~veriml.core.errors.VerificationError` whose ``check``
+names it (steps 0, 1 and 6 are the log evidence every answer shares,
+:mod:`veriml.verify.evidence`; a ``spot:P`` answer adds ``spot`` before ``verdict``,
+:func:`veriml.verify.policy.check_spot_reveal`):
 
 0. ``checkpoint``: the checkpoint note is signed by the pinned log key (and the witness quorum);
 1. ``node-key``: every answering node's registration entry is in that tree and is a node
@@ -34,35 +31,21 @@ than the relay's word, and the result says so in its notes.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-
-from veriml.client._config import pin_log_key
-from veriml.client._result import InferenceResult, LogEvidence, NodeEvidence
-from veriml.client._verify import (
-    _node_descriptors,
-    _prove,
-    inference_entry,
-    open_checkpoint_note,
-    receipt_node_id,
-)
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     COMPLETION_PREDICATE_TYPE,
+    COMPLETION_SUBJECT,
     CompletionPredicate,
-    RequestKind,
     Trust,
     canonical_request,
-    completion_output_digest,
-    embedding_output_digest,
     open_completion,
     prompt_digest,
+    relay_digest,
+    relay_name,
     token_digest,
 )
 from veriml.core.digest import Digest
@@ -73,18 +56,26 @@ from veriml.protocol.messages import NodeDescriptor, open_prefill_check
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
-from veriml.verify.policy import Policy, Verdict, check_spot, check_verdict, decide
+from veriml.verify.answer import NodeEvidence
+from veriml.verify.completion_answer import (
+    CompletionEvidence,
+    CompletionOutput,
+    Kind,
+    completion_output,
+)
+from veriml.verify.evidence import (
+    check_inference_entry,
+    node_descriptors,
+    open_checkpoint_note,
+    parse_log_key,
+    receipt_signer,
+)
+from veriml.verify.policy import Policy, Verdict, check_spot_reveal, check_verdict, decide
 
 __all__ = [
     "COMPLETION_CHECKS",
     "PREFILL_TYPE",
-    "RELAY_PREFIX",
-    "CompletionEvidence",
-    "CompletionOutput",
-    "Trust",
     "VerifiedCompletion",
-    "completion_output",
-    "relay_digest",
     "verify_completion",
 ]
 
@@ -100,148 +91,7 @@ COMPLETION_CHECKS = (
     "verdict",
 )
 # The subject name of a completion receipt (docs/llm.md, "Receipt").
-SUBJECT = "completion"
-MAX_TOKENS = 1 << 20
-
-Kind = RequestKind
-
-
-def _ids(value: object, what: str) -> tuple[int, ...]:
-    if not isinstance(value, list) or len(value) > MAX_TOKENS:
-        raise FormatError(f"{what} must be a list of token ids")
-    if not all(type(v) is int and 0 <= v < 1 << 31 for v in value):
-        raise FormatError(f"{what} must hold non-negative integer token ids")
-    return tuple(value)
-
-
-def _log(obj: object) -> LogEvidence:
-    # docs/llm.md spells the inclusion proof ``proof``; saved network answers ``inclusion_proof``.
-    if isinstance(obj, Mapping) and "proof" in obj and "inclusion_proof" not in obj:
-        obj = {**obj, "inclusion_proof": obj["proof"]}
-    return LogEvidence.from_json(obj)
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionEvidence:
-    """The ``veriml`` member of an answer, parsed (parsing proves nothing).
-
-    ``prompt_tokens`` holds one id list per prompt: one for chat and text completions (none
-    for a relay, which sees no tokens), one per input for embeddings."""
-
-    id: str
-    policy: str
-    receipts: tuple[Envelope, ...]
-    prompt_tokens: tuple[tuple[int, ...], ...]
-    completion_tokens: tuple[int, ...]
-    verdict: Verdict
-    log: LogEvidence
-    nodes: tuple[NodeEvidence, ...]
-    request: Mapping[str, Any] = field(default_factory=dict)
-    model: Digest | None = None
-    """The model digest the entry was logged under, when the coordinator states it (a relayed
-    answer's receipts have none)."""
-
-    @classmethod
-    def from_json(cls, obj: object) -> CompletionEvidence:
-        if not isinstance(obj, Mapping):
-            raise FormatError("the answer has no veriml member: nothing to verify it by")
-        try:
-            receipts = obj["receipts"]
-            if not isinstance(receipts, list) or not receipts:
-                raise FormatError("veriml.receipts must be a non-empty list of DSSE envelopes")
-            prompt = obj.get("prompt_tokens", [])
-            if isinstance(prompt, list) and prompt and isinstance(prompt[0], list):
-                prompts = tuple(_ids(p, "veriml.prompt_tokens[]") for p in prompt)
-            else:
-                ids = _ids(prompt, "veriml.prompt_tokens")
-                prompts = (ids,) if ids else ()
-            nodes = obj.get("nodes", [])
-            request = obj.get("request", {})
-            if not isinstance(nodes, list) or not isinstance(request, Mapping):
-                raise FormatError("veriml.nodes must be a list and veriml.request an object")
-            return cls(
-                id=str(obj["id"]),
-                policy=str(obj["policy"]),
-                receipts=tuple(Envelope.from_json(r) for r in receipts),
-                prompt_tokens=prompts,
-                completion_tokens=_ids(obj.get("completion_tokens", []), "completion_tokens"),
-                verdict=Verdict.from_json(obj["verdict"]),
-                log=_log(obj["log"]),
-                nodes=tuple(NodeEvidence.from_json(n) for n in nodes),
-                request=dict(request),
-                model=None if obj.get("model") is None else Digest.from_text(str(obj["model"])),
-            )
-        except KeyError as exc:
-            raise FormatError("the veriml member is missing a member", member=str(exc)) from exc
-
-    def with_nodes(self, nodes: Sequence[NodeEvidence]) -> CompletionEvidence:
-        return replace(self, nodes=tuple(nodes))
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionOutput:
-    """What the answer says was generated: the first choice's message or text and finish
-    reason, or the embedding vectors (in input order)."""
-
-    content: str | None = None
-    tool_calls: tuple[Mapping[str, Any], ...] = ()
-    finish_reason: str = "stop"
-    embeddings: tuple[npt.NDArray[np.float32], ...] = ()
-
-    def digest(self, kind: Kind, tokens: Sequence[int]) -> Digest:
-        """The output digest of docs/llm.md, "Canonical request and digests"."""
-        if kind == "embedding":
-            return embedding_output_digest(list(self.embeddings))
-        return completion_output_digest(
-            content=self.content,
-            tool_calls=list(self.tool_calls),
-            tokens=list(tokens),
-            finish_reason=self.finish_reason,
-        )
-
-
-def _embedding(item: object) -> npt.NDArray[np.float32]:
-    if not isinstance(item, Mapping):
-        raise FormatError("each embedding is an object with an embedding member")
-    value = item.get("embedding")
-    if isinstance(value, str):  # encoding_format=base64: little-endian float32
-        try:
-            return np.frombuffer(base64.b64decode(value, validate=True), dtype="<f4").copy()
-        except (binascii.Error, ValueError) as exc:
-            raise FormatError("a base64 embedding is not valid base64") from exc
-    if not isinstance(value, list) or not all(isinstance(v, int | float) for v in value):
-        raise FormatError("an embedding is a list of numbers")
-    return np.asarray(value, dtype=np.float32)
-
-
-def completion_output(kind: Kind, body: Mapping[str, Any]) -> CompletionOutput:
-    """The generated output as an OpenAI answer body states it (first choice; ``n`` is 1)."""
-    if kind == "embedding":
-        data = body.get("data")
-        if not isinstance(data, list) or not data:
-            raise FormatError("an embedding answer has a non-empty data list")
-        ordered = sorted(data, key=lambda d: d.get("index", 0) if isinstance(d, Mapping) else 0)
-        return CompletionOutput(embeddings=tuple(_embedding(d) for d in ordered))
-    choices = body.get("choices")
-    if not isinstance(choices, list) or len(choices) != 1 or not isinstance(choices[0], Mapping):
-        raise FormatError("a completion answer has exactly one choice")
-    choice = choices[0]
-    finish = choice.get("finish_reason")
-    if not isinstance(finish, str):
-        raise FormatError("the choice has no finish_reason")
-    if kind == "text_completion":
-        text = choice.get("text")
-        if not isinstance(text, str):
-            raise FormatError("a text completion's choice has a text")
-        return CompletionOutput(content=text, finish_reason=finish)
-    message = choice.get("message")
-    if not isinstance(message, Mapping):
-        raise FormatError("a chat completion's choice has a message")
-    content = message.get("content")
-    calls = message.get("tool_calls") or []
-    if (content is not None and not isinstance(content, str)) or not isinstance(calls, list):
-        raise FormatError("the message's content is text or null and its tool_calls a list")
-    return CompletionOutput(content=content, tool_calls=tuple(calls), finish_reason=finish)
+SUBJECT = COMPLETION_SUBJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -299,23 +149,11 @@ def _statement_type(receipt: Envelope) -> str:
         ) from exc
 
 
-def _signer(receipt: Envelope, nodes: Mapping[str, NodeDescriptor]) -> NodeDescriptor:
-    claimed = receipt_node_id(receipt)
-    descriptor = nodes.get(claimed or "")
-    if descriptor is None:
-        raise SignatureError(
-            "a receipt is from a node whose registration is not in the evidence",
-            check="signature",
-            node=claimed or "unnamed",
-        )
-    return descriptor
-
-
 def _open(
     receipt: Envelope, nodes: Mapping[str, NodeDescriptor]
 ) -> tuple[CompletionPredicate, Digest]:
     """Step 1b for a completion receipt: its signature under the node key the log holds."""
-    descriptor = _signer(receipt, nodes)
+    descriptor = receipt_signer(receipt, nodes)
     try:
         predicate, output = open_completion(receipt, descriptor.key)
     except SignatureError:
@@ -336,21 +174,10 @@ def _open(
     return predicate, output
 
 
-RELAY_PREFIX = "relay:"
-
-
-def relay_digest(name: str) -> Digest:
-    """The stand-in digest a relayed model ``relay:NAME`` is bound to in requests, jobs and
-    log entries (docs/openai-api.md, "Relayed models"): ``SHA-256("relay:NAME")``."""
-    return Digest.of(f"{RELAY_PREFIX}{name}".encode())
-
-
 def _relay_name(request: Mapping[str, Any] | None) -> str | None:
     """``NAME`` when the request asked for a relayed model ``relay:NAME``."""
     ref = request.get("model") if request is not None else None
-    if isinstance(ref, str) and ref.startswith(RELAY_PREFIX):
-        return ref.removeprefix(RELAY_PREFIX)
-    return None
+    return relay_name(ref) if isinstance(ref, str) else None
 
 
 def _check_models(
@@ -538,7 +365,7 @@ def _check_prefill(
             check="verdict",
             got=len(checks),
         )
-    descriptor = _signer(checks[0], nodes)
+    descriptor = receipt_signer(checks[0], nodes)
     check = open_prefill_check(checks[0], descriptor.key)
     wanted = Digest.of(primary.payload)
     if check.receipt != wanted:
@@ -576,33 +403,6 @@ def _check_prefill(
     return descriptor.node_id
 
 
-def _check_spot(
-    evidence: CompletionEvidence,
-    primary: Envelope,
-    predicates: Sequence[CompletionPredicate],
-    nodes: Mapping[str, NodeDescriptor],
-) -> None:
-    """``spot:P`` (docs/verification.md, "Spot checks"): the revealed secret is the one the
-    primary receipt commits to, and the draw it implies is the verdict's; a drawn check has a
-    second operator's receipt. A receipt that commits to no secret fails: the reveal could
-    have been chosen after the answer was seen."""
-    reveal = evidence.verdict.spot
-    try:
-        policy = Policy.parse(evidence.policy)
-    except FormatError as exc:
-        raise VerificationError("unknown policy", check="spot", reason=exc.message) from exc
-    if reveal is None or policy.kind != "spot":
-        raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
-    check_spot(policy, reveal, primary, predicates[0].spot)
-    operators = {nodes[p.node_id].operator for p in predicates}
-    if reveal.checked and len(operators) < 2 and not evidence.verdict.disputes:
-        raise VerificationError(
-            "the spot check was drawn but no second operator's answer is in the evidence",
-            check="spot",
-            receipts=len(predicates),
-        )
-
-
 def _recompute(
     evidence: CompletionEvidence,
     answers: Sequence[tuple[CompletionPredicate, Digest]],
@@ -623,21 +423,6 @@ def _recompute(
         raise VerificationError(
             "the verdict cannot be recomputed", check="verdict", reason=exc.diagnostics()
         ) from exc
-
-
-def _as_result(evidence: CompletionEvidence, model: Digest) -> InferenceResult:
-    """The answer in the shape the shared log checks take (node keys, the inference entry)."""
-    return InferenceResult(
-        id=evidence.id,
-        model=model,
-        policy=evidence.policy,
-        outputs={},
-        receipts=evidence.receipts,
-        verdict=evidence.verdict,
-        log=evidence.log,
-        nodes=evidence.nodes,
-        request=evidence.request,
-    )
 
 
 def verify_completion(
@@ -662,7 +447,7 @@ def verify_completion(
     so). ``nodes`` (the SDK fetches them) replaces the answer's node list with registration
     entries and their inclusion proofs at the answer's checkpoint.
     """
-    log_key = pin_log_key(log_vkey)
+    log_key = parse_log_key(log_vkey)
     evidence = CompletionEvidence.from_json(response.get("veriml"))
     if nodes is not None:
         evidence = evidence.with_nodes(nodes)
@@ -673,7 +458,7 @@ def verify_completion(
     )
     cp = signed.checkpoint
     # 1. Node keys from the log; every receipt signed by one of them.
-    descriptors = _node_descriptors(evidence.nodes, cp)
+    descriptors = node_descriptors(evidence.nodes, cp)
     types = [_statement_type(r) for r in evidence.receipts]
     unknown = sorted({t for t in types if t not in (COMPLETION_PREDICATE_TYPE, PREFILL_TYPE)})
     completions = [r for r, t in zip(evidence.receipts, types, strict=True) if t != PREFILL_TYPE]
@@ -703,13 +488,17 @@ def verify_completion(
         raise VerificationError(
             "a relayed answer names the model entry it was logged under", check="inclusion"
         )
-    try:
-        entry = inference_entry(_as_result(evidence, entry_model), request_digest).to_bytes()
-    except FormatError as exc:
-        raise VerificationError(
-            "the inference entry cannot be rebuilt", check="inclusion", reason=exc.diagnostics()
-        ) from exc
-    _prove(entry, evidence.log.index, evidence.log.inclusion_proof, cp, "inclusion")
+    check_inference_entry(
+        evidence.log,
+        cp,
+        request_id=evidence.id,
+        request_digest=request_digest,
+        model=entry_model,
+        policy=evidence.policy,
+        receipts=evidence.receipts,
+        verdict=evidence.verdict,
+        request=evidence.request,
+    )
     # 7. The verdict follows from the receipts, and accepts.
     checker = None
     if evidence.policy == "prefill":
@@ -719,8 +508,15 @@ def verify_completion(
     notes: list[str] = []
     checks: tuple[str, ...] = COMPLETION_CHECKS
     if evidence.verdict.spot is not None or evidence.policy.startswith("spot:"):
-        _check_spot(evidence, completions[0], predicates, descriptors)
-        checks = (*COMPLETION_CHECKS[:-1], "spot", COMPLETION_CHECKS[-1])
+        try:
+            policy = Policy.parse(evidence.policy)
+        except FormatError as exc:
+            raise VerificationError("unknown policy", check="spot", reason=exc.message) from exc
+        operators = [descriptors[p.node_id].operator for p in predicates]
+        if check_spot_reveal(
+            policy, evidence.verdict, completions[0], predicates[0].spot, operators
+        ):
+            checks = (*COMPLETION_CHECKS[:-1], "spot", COMPLETION_CHECKS[-1])
     recomputed = _recompute(evidence, answers, descriptors, checker)
     check_verdict(evidence.verdict, recomputed)
     if trust == "attested-relay":

@@ -314,8 +314,8 @@ def test_a_genuine_answer_to_another_request_is_refused_by_the_client(network: N
 
 
 def test_the_offline_request_object_is_the_runtimes_canonical_request() -> None:
-    from veriml.client._verify import request_object
     from veriml.runtime import canonical_request
+    from veriml.verify.inference import request_object
 
     inputs = {"b": Digest.of(b"b"), "a": Digest.of(b"a")}
     model = Digest.of(b"m")

@@ -16,12 +16,12 @@ import pytest
 
 from veriml.client import COMPLETION_CHECKS, ChatResult, verify_completion
 from veriml.client._chat import StreamAssembler, parse_sse
-from veriml.client._completions import relay_digest
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
     canonical_request,
     completion_output_digest,
+    relay_digest,
     sampling_of,
     sign_completion,
     token_digest,
