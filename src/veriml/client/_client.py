@@ -50,6 +50,7 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_canonical
+from veriml.protocol.accounts import LedgerRequest
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
@@ -77,18 +78,15 @@ MAX_TENSOR_ANSWER_BYTES = DEFAULT_MAX_TENSOR_BYTES + 4096
 def _amount(amount: int) -> int:
     """Ledger amounts are positive integers (docs/verification.md, "Entries"); checked before
     anything is signed or sent."""
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < 1 << 63:
+    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < 1 << 53:
         raise FormatError("a ledger amount is a positive integer", got=str(amount)[:40])
     return amount
 
 
-def _deposit(account: str, amount: int, memo: str) -> dict[str, Any]:
-    if not isinstance(account, str) or not account:
-        raise FormatError("a deposit names the account it credits")
-    body: dict[str, Any] = {"account": account, "amount": _amount(amount)}
-    if memo:
-        body["memo"] = str(memo)
-    return body
+def _account(account: str) -> str:
+    if not isinstance(account, str) or not 0 < len(account) <= 256:
+        raise FormatError("a deposit names the account it credits (a key id)")
+    return account
 
 
 def _size_params(size: int | None) -> dict[str, int]:
@@ -229,16 +227,15 @@ class _Base:
             headers |= request_headers(self.key, "POST", self._prefix + "/v1/models", digest)
         return headers
 
-    def _signed_post(
-        self, path: str, body: Mapping[str, Any], key: SigningKey | None, what: str
+    def _ledger_request(
+        self, op: str, amount: int, key: SigningKey | None, **members: str
     ) -> tuple[bytes, dict[str, str]]:
-        """The exact body bytes of a signed ledger request and their signature headers."""
+        """The body of a ledger move: the account's signed ledger request (a DSSE envelope,
+        docs/ledger.md "Authority"), which the coordinator logs inside the entry."""
         if key is None:
-            raise KeyFileError(f"{what} requests are signed: give the client a key (key=...)")
-        content = json.dumps(dict(body), separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"}
-        headers |= request_headers(key, "POST", self._prefix + path, Digest.of(content))
-        return content, headers
+            raise KeyFileError(f"{op} requests are signed: give the client a key (key=...)")
+        envelope = LedgerRequest.signed(key, op, _amount(amount), **members)
+        return envelope.to_bytes(), {"Content-Type": "application/json"}
 
     def _log_client(self) -> LogClient:
         if self._log is None:
@@ -490,18 +487,13 @@ class Client(_Base):
     def stake(self, amount: int) -> dict[str, Any]:
         """Move ``amount`` of this client's balance to its stake; the request is signed with
         the client's key, whose key id is the account. Returns ``{"log_index", "state"}``."""
-        body = {"amount": _amount(amount)}
-        return self._post(
-            "/v1/ledger/stake", *self._signed_post("/v1/ledger/stake", body, self.key, "stake")
-        )
+        return self._post("/v1/ledger/stake", *self._ledger_request("stake", amount, self.key))
 
     def unstake(self, amount: int) -> dict[str, Any]:
         """Start unbonding ``amount`` of this client's stake (released after the coordinator's
         unstake delay, slashable until then). Signed like :meth:`stake`."""
-        body = {"amount": _amount(amount)}
         return self._post(
-            "/v1/ledger/unstake",
-            *self._signed_post("/v1/ledger/unstake", body, self.key, "unstake"),
+            "/v1/ledger/unstake", *self._ledger_request("unstake", amount, self.key)
         )
 
     def deposit(
@@ -511,9 +503,7 @@ class Client(_Base):
         coordinator's admin key), not with the client's own key."""
         return self._post(
             "/v1/ledger/deposit",
-            *self._signed_post(
-                "/v1/ledger/deposit", _deposit(account, amount, memo), key, "deposit"
-            ),
+            *self._ledger_request("deposit", amount, key, to=_account(account), memo=memo),
         )
 
     def tensor(self, digest: Digest | str) -> Array:
@@ -775,16 +765,13 @@ class AsyncClient(_Base):
         return dict(response.json())
 
     async def stake(self, amount: int) -> dict[str, Any]:
-        body = {"amount": _amount(amount)}
         return await self._post(
-            "/v1/ledger/stake", *self._signed_post("/v1/ledger/stake", body, self.key, "stake")
+            "/v1/ledger/stake", *self._ledger_request("stake", amount, self.key)
         )
 
     async def unstake(self, amount: int) -> dict[str, Any]:
-        body = {"amount": _amount(amount)}
         return await self._post(
-            "/v1/ledger/unstake",
-            *self._signed_post("/v1/ledger/unstake", body, self.key, "unstake"),
+            "/v1/ledger/unstake", *self._ledger_request("unstake", amount, self.key)
         )
 
     async def deposit(
@@ -792,9 +779,7 @@ class AsyncClient(_Base):
     ) -> dict[str, Any]:
         return await self._post(
             "/v1/ledger/deposit",
-            *self._signed_post(
-                "/v1/ledger/deposit", _deposit(account, amount, memo), key, "deposit"
-            ),
+            *self._ledger_request("deposit", amount, key, to=_account(account), memo=memo),
         )
 
     async def tensor(self, digest: Digest | str) -> Array:
