@@ -17,6 +17,7 @@ from veriml.cli import (
     ledger,
     log,
     model,
+    operator,
     publish,
     run,
     serve,
@@ -48,7 +49,21 @@ def _root(
     state.verbose = verbose
 
 
-for _module in (key, model, run, log, witness, serve, up, publish, infer, ledger, demo, watch):
+for _module in (
+    key,
+    model,
+    run,
+    log,
+    witness,
+    operator,
+    serve,
+    up,
+    publish,
+    infer,
+    ledger,
+    demo,
+    watch,
+):
     _module.register(app)
 chat.register(app)
 

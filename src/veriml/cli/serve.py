@@ -94,9 +94,23 @@ def node(
         Path,
         typer.Option("--home", envvar="VERIML_NODE_HOME", help="Node folder (model cache)."),
     ],
-    operator: Annotated[
-        str, typer.Option("--operator", envvar="VERIML_OPERATOR", help="Operator id.")
-    ],
+    operator_binding: Annotated[
+        Path | None,
+        typer.Option(
+            "--operator-binding",
+            envvar="VERIML_OPERATOR_BINDING",
+            help="The operator's signed binding of this node (veriml operator bind).",
+        ),
+    ] = None,
+    operator_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--operator-key",
+            envvar="VERIML_OPERATOR_KEY",
+            help="Or the operator's key: the node binds itself at start (passphrase: "
+            "$VERIML_OPERATOR_PASSPHRASE).",
+        ),
+    ] = None,
     key: Annotated[
         Path | None,
         typer.Option(
@@ -228,11 +242,17 @@ def node(
             param_hint="'--byzantine'",
         )
 
+    if (operator_binding is None) == (operator_key is None):
+        raise typer.BadParameter(
+            "give the operator's binding of this node, or the operator's key (one of them)",
+            param_hint="'--operator-binding' / '--operator-key'",
+        )
     extra = {} if concurrency is None else {"concurrency": concurrency}
     config = NodeConfig(
         coordinator_url=coordinator_url,
         key_path=key if key is not None else home / "node.key",
-        operator=operator,
+        operator_binding=operator_binding,
+        operator_key=operator_key,
         home=home,
         host=host,
         port=port,
@@ -252,7 +272,7 @@ def node(
         relay_key_env=relay_key_env,
         **extra,  # type: ignore[arg-type]
     )
-    console.print(f"node  http://{host}:{port}  operator {operator}  -> {coordinator_url}")
+    console.print(f"node  http://{host}:{port}  -> {coordinator_url}")
     if byzantine is not None:
         console.print(f"BYZANTINE mode {byzantine}: this node cheats (tests and demos only)")
     if relay is not None:

@@ -227,6 +227,17 @@ class _Base:
             headers |= request_headers(self.key, "POST", self._prefix + "/v1/models", digest)
         return headers
 
+    def _signed_json(
+        self, path: str, body: Mapping[str, Any], key: SigningKey | None, what: str
+    ) -> tuple[bytes, dict[str, str]]:
+        """The exact body bytes of a signed JSON request and their signature headers."""
+        if key is None:
+            raise KeyFileError(f"{what} requests are signed: give the client a key (key=...)")
+        content = json.dumps(dict(body), separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        headers |= request_headers(key, "POST", self._prefix + path, Digest.of(content))
+        return content, headers
+
     def _ledger_request(
         self, op: str, amount: int, key: SigningKey | None, **members: str
     ) -> tuple[bytes, dict[str, str]]:

@@ -3,17 +3,21 @@ subprocess, all under one home folder (what ``veriml up``, the demo, the end-to-
 the network benchmark start).
 
 Layout under ``HOME`` (docs/network.md, "Keys on disk"): ``coordinator/`` (its keys, SQLite
-database, blobs) and ``nodes/node-<i>/`` (node key, model cache), plus ``network.json`` once
-every node is registered. Each node gets its own key and operator id ``op-<i>``.
+database, blobs), ``operators/op-<i>/operator.key`` (the operator accounts) and
+``nodes/node-<i>/`` (node key, model cache), plus ``network.json`` once every node is
+registered. Each node is bound to operator ``op-<i>`` (its own account) unless
+``operators={node index: operator index}`` puts several nodes under one operator (one party,
+one stake: what the Sybil tests start).
 
 ``byzantine={index: mode}`` starts node ``index`` (0-based, the order of ``network.json``'s
 ``nodes``) cheating in that mode (docs/verification.md, "Byzantine harness": tests and demos
 only); ``threads={index: n}`` gives it ``n`` intra-op threads.
 
-``stake=AMOUNT`` funds every node once it is registered: a deposit signed with the
-coordinator's key (from this disk), then a stake signed with the node's own key, so a
-coordinator that requires a minimum stake (``min_stake``, docs/verification.md "Rules") gives
-them jobs. ``min_stake`` sets that rule for the coordinator (``VERIML_MIN_STAKE``).
+``stake=AMOUNT`` (default 1000) funds every operator once its nodes are registered: a deposit
+signed with the coordinator's admin key (from this disk), then a stake signed with the
+operator's own key, so the coordinator's minimum stake (``min_stake``, 100 by default,
+docs/ledger.md "Rules") gives their nodes jobs. ``min_stake`` sets that rule for the
+coordinator (``VERIML_MIN_STAKE``); ``stake=0`` leaves the operators unbonded.
 
     with LocalNetwork(Path(".veriml"), nodes=3) as net:   # started, registered
         net.url, net.log_vkey, net.nodes                  # network.json written
@@ -63,6 +67,8 @@ class Child:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     node_id: str | None = None
+    operator_key: Path | None = None
+    """A node's operator account key (None for the coordinator)."""
     _log: IO[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -160,8 +166,9 @@ class LocalNetwork:
         coordinator_python_args: Sequence[str] = (),
         byzantine: Mapping[int, str] | None = None,
         threads: Mapping[int, int] | None = None,
-        stake: int = 0,
+        stake: int = 1000,
         min_stake: int | None = None,
+        operators: Mapping[int, int] | None = None,
     ) -> None:
         """``coordinator_python_args`` go before ``-m veriml`` (the benchmark profiles the
         coordinator with ``-m cProfile -o FILE``). ``byzantine`` and ``threads`` are per node
@@ -199,10 +206,16 @@ class LocalNetwork:
         ]
         self.coordinator = Child("coordinator", self.url, args, logs / "coordinator.log")
         self.nodes: list[Child] = []
+        shared = dict(operators or {})
+        for index, owner in shared.items():
+            if not (0 <= index < nodes and 0 <= owner < nodes):
+                raise FormatError("operators map node indexes to node indexes", index=index)
         for i in range(1, nodes + 1):
             node_port = port + i if port else free_port()
             name = f"node-{i}"
             node_home = self.home / "nodes" / name
+            operator_key = self.home / "operators" / f"op-{shared.get(i - 1, i - 1) + 1}"
+            operator_key = operator_key / "operator.key"
             node_cmd = [
                 *_veriml(),
                 "serve",
@@ -215,8 +228,8 @@ class LocalNetwork:
                 str(node_home),
                 "--key",
                 str(node_home / "node.key"),
-                "--operator",
-                f"op-{i}",
+                "--operator-key",
+                str(operator_key),
                 "--host",
                 HOST,
                 "--port",
@@ -225,7 +238,9 @@ class LocalNetwork:
                 *per_node[i - 1],
             ]
             node_url = f"http://{HOST}:{node_port}"
-            self.nodes.append(Child(name, node_url, node_cmd, logs / f"{name}.log"))
+            child = Child(name, node_url, node_cmd, logs / f"{name}.log")
+            child.operator_key = operator_key
+            self.nodes.append(child)
         self.log_vkey = ""
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -245,6 +260,7 @@ class LocalNetwork:
         """Start everything; return once every node is registered and network.json is written."""
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / NETWORK_FILE).unlink(missing_ok=True)
+        self._operator_keys()
         self.start_coordinator()
         for node in self.nodes:
             node.start(self.env)
@@ -256,20 +272,39 @@ class LocalNetwork:
     def node_key_path(self, node: Child) -> Path:
         return self.home / "nodes" / node.name / "node.key"
 
+    def _operator_keys(self) -> None:
+        """An Ed25519 key per operator account, made once (mode 0600)."""
+        from veriml.core.keys import generate_key
+
+        for node in self.nodes:
+            path = node.operator_key
+            if path is not None and not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                generate_key("ed25519").save(path)
+
+    def operator_id(self, node: Child) -> str:
+        """The account id of ``node``'s operator."""
+        from veriml.core.keys import load_private_key
+
+        assert node.operator_key is not None
+        return load_private_key(node.operator_key, kind="ed25519").key_id
+
     def fund_nodes(self, amount: int, nodes: Sequence[Child] | None = None) -> None:
-        """Deposit ``amount`` to each node (signed by the coordinator's key) and stake it
-        (signed by the node's key)."""
+        """Deposit ``amount`` to the operator of each node (signed by the coordinator's admin
+        key) and stake it (signed by the operator's key); an operator of several nodes is
+        funded once."""
         from veriml.client._client import Client
         from veriml.core.keys import load_private_key
 
         admin = load_private_key(self.home / "coordinator" / "coordinator.key", kind="ed25519")
-        with Client(self.url, log_vkey=self.log_vkey or None) as client:
-            for node in nodes if nodes is not None else self.nodes:
-                key = load_private_key(self.node_key_path(node), kind="ed25519")
+        chosen = nodes if nodes is not None else self.nodes
+        paths = list(dict.fromkeys(n.operator_key for n in chosen if n.operator_key is not None))
+        keys = [load_private_key(path, kind="ed25519") for path in paths]
+        with Client(self.url, log_vkey=self.log_vkey or None, verify=False) as client:
+            for key in keys:
                 client.deposit(key.key_id, amount, admin)
-        for node in nodes if nodes is not None else self.nodes:
-            key = load_private_key(self.node_key_path(node), kind="ed25519")
-            with Client(self.url, log_vkey=self.log_vkey or None, key=key) as client:
+        for key in keys:
+            with Client(self.url, log_vkey=self.log_vkey or None, key=key, verify=False) as client:
                 client.stake(amount)
 
     def start_coordinator(self) -> None:

@@ -25,6 +25,7 @@ from veriml.core.errors import (
     LimitExceeded,
     NodeUnavailable,
     NotFound,
+    PaymentRequired,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
@@ -78,6 +79,8 @@ def raise_for_problem(response: httpx.Response) -> None:
         raise NotFound(detail, **evidence)
     if status == 409:
         raise Conflict(detail, **evidence)
+    if status == 402:
+        raise PaymentRequired(detail, **evidence)
     if status == 413:
         raise LimitExceeded(detail, **evidence)
     if status == 403:

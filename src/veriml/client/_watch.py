@@ -525,7 +525,7 @@ class Watcher:
             return _with(mismatch, detail=why[:200] + "; not disputed: no signing key")
         body = {"inference": entry.request_id, "node": node, "kind": "prefill"}
         try:
-            signed = self.client._signed_post("/v1/disputes", body, self.client.key, "dispute")
+            signed = self.client._signed_json("/v1/disputes", body, self.client.key, "dispute")
             result = self.client._post("/v1/disputes", *signed).get("result") or {}
         except Error as exc:
             return _with(mismatch, detail="dispute failed: " + exc.diagnostics()[:300])

@@ -29,6 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 import veriml
 from veriml.coordinator import db, hub, ledger, openai_routes, registry
+from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.deps import LogDep, SettingsDep
 from veriml.coordinator.dispatch import PerHostTransport
 from veriml.coordinator.dispute_routes import create_dispute_router
@@ -142,10 +143,10 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         state.models, state.nodes = models, nodes
         state.hub = hub.HubService(settings=settings, models=models, blobs=blobs, log=log)
         state.hub.sweep_staging()
+        state.ledger = ledger.LedgerBook(log, settings, admin=keys.coordinator.key_id)
         state.registry = registry.RegistryService(
-            settings=settings, nodes=nodes, nonces=nonces, log=log
+            settings=settings, nodes=nodes, nonces=nonces, log=log, book=state.ledger
         )
-        state.ledger = ledger.LedgerBook(log, settings)
         tensors = ledger.TensorStore(blobs, max_bytes=settings.max_json_bytes)
         state.tensors, state.store_tensors = tensors, tensors.put
         hub_service = state.hub
@@ -202,6 +203,12 @@ def create_app(settings: Settings) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         closers = await run_in_threadpool(_open_state, app, settings)
+        # The rules and the bond map, then the randomness beacon: logged before any request.
+        await app.state.ledger.open()
+        app.state.beacon = Beacon(
+            app.state.engine, app.state.ledger, interval=settings.beacon_interval
+        )
+        await app.state.beacon.open()
         app.state.http = httpx.AsyncClient(
             timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
             transport=PerHostTransport(
@@ -211,6 +218,7 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.disputes = _dispute_service(app.state, settings)
         app.state.completions = openai_routes.service_from_state(app.state)
         sweeper = asyncio.create_task(_void_abandoned_disputes(app.state.disputes, settings))
+        rotation = asyncio.create_task(app.state.beacon.run(), name="veriml-beacon")
         if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
             routes = importlib.import_module(INFERENCE_ROUTES)
             try:
@@ -220,9 +228,10 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
-            sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sweeper
+            for task in (sweeper, rotation):
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await app.state.disputes.aclose()
             await app.state.http.aclose()
             for close in closers:

@@ -12,6 +12,12 @@ An ``inferences`` row works the same way: written pending (``log_index`` NULL, t
 without its ``log`` member, the entry and its RFC 9162 leaf hash) before the entry is
 appended, completed with the index and inclusion proof after it.
 
+``namespaces`` records which publisher key owns each model namespace (and the log index of its
+``namespace`` entry); ``beacon_keys`` holds the secret key of every randomness epoch the
+coordinator committed to (docs/verification.md, "Randomness"): shared by the replicas on one
+database, revealed in the log when the next epoch begins. The database is the coordinator's
+own, never served.
+
 Timestamps the protocol signs or logs stay RFC 3339 strings; times the coordinator only
 compares (liveness, heartbeat order, nonce expiry) are Unix seconds as floats.
 """
@@ -30,11 +36,13 @@ from veriml.core.errors import StorageError
 
 __all__ = [
     "VERSION_TABLE",
+    "beacon_keys",
     "descriptor_nonces",
     "inferences",
     "metadata",
     "migrate",
     "models",
+    "namespaces",
     "nodes",
     "open_engine",
 ]
@@ -52,10 +60,10 @@ models = sa.Table(
     sa.Column("version", sa.String(128), nullable=False),
     sa.Column("task", sa.String(256)),
     sa.Column("license", sa.String(256)),
-    sa.Column("publisher_key_id", sa.String(71), nullable=False),
-    sa.Column("publisher_key", sa.Text, nullable=False),
+    sa.Column("publisher_key_id", sa.String(71)),
+    sa.Column("publisher_key", sa.Text),
     sa.Column("files_digest", sa.String(71), nullable=False),
-    sa.Column("signature", sa.String(71), nullable=False),
+    sa.Column("signature", sa.String(71)),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("manifest", sa.JSON, nullable=False),
     sa.Column("io", sa.JSON, nullable=False),
@@ -110,6 +118,26 @@ inferences = sa.Table(
     sa.Column("entry", sa.Text),
     sa.Column("leaf_hash", sa.String(64)),
     sa.Column("claimed_at", sa.Float),
+)
+
+
+namespaces = sa.Table(
+    "namespaces",
+    metadata,
+    sa.Column("namespace", sa.String(256), primary_key=True),
+    sa.Column("owner", sa.String(71), nullable=False),
+    sa.Column("owner_key", sa.Text, nullable=False),
+    sa.Column("model", sa.String(71), nullable=False),
+    sa.Column("log_index", sa.BigInteger),
+)
+
+beacon_keys = sa.Table(
+    "beacon_keys",
+    metadata,
+    sa.Column("epoch", sa.BigInteger, primary_key=True),
+    sa.Column("key", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("log_index", sa.BigInteger),
 )
 
 

@@ -44,12 +44,10 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-import math
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import partial
 from typing import Any, Protocol
 
@@ -85,9 +83,6 @@ from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger.entries import (
     ChallengeEntry,
     DisputeVerdictEntry,
-    ReputationEntry,
-    RewardEntry,
-    SlashEntry,
 )
 from veriml.runtime import TraceEntry
 from veriml.verify.dispute import Bisection, Reason, TraceLayout, check_reveal, referee
@@ -108,7 +103,6 @@ __all__ = [
 Array = npt.NDArray[Any]
 Mode = str
 _log = logging.getLogger(__name__)
-WON, LOST = 1, -100
 _GRACE = 1.0
 
 
@@ -221,10 +215,6 @@ def _now() -> str:
     return format_time(dt.datetime.now(dt.UTC))
 
 
-def _floor(amount: int, fraction: Fraction) -> int:
-    return math.floor(amount * fraction)
-
-
 class DisputeService:
     """Opens, drives and settles disputes (module docstring); one per coordinator.
 
@@ -252,8 +242,6 @@ class DisputeService:
         self._list_nodes = list_nodes
         self._book = book
         self.options = options or DisputeOptions()
-        self._slash = Fraction(str(self.options.slash_fraction))
-        self._reward = Fraction(str(self.options.reward_fraction))
         self._runs: OrderedDict[str, DisputeRun] = OrderedDict()
         self._layouts: dict[Digest, tuple[onnx.ModelProto, TraceLayout]] = {}
 
@@ -738,71 +726,31 @@ class DisputeService:
 
     # -- settlement ----------------------------------------------------------------------------
 
-    def _slashable(self, account: str) -> int:
-        state = self._book.state()
-        acct = state.account(account)
-        return int(acct.stake) + int(acct.unbonding_total)
-
-    def _settlement(
+    def _verdict(
         self,
         dispute: str,
-        d: str,
-        c: str,
         outcome: _Outcome,
         *,
         rounds: int = 0,
         messages: int = 0,
-    ) -> list[Any]:
-        """The entries that close a dispute: the verdict, a slash of each loser (written even
-        at 0: every conviction is recorded), the winning challenger's reward from the slash,
-        and reputation +1 for the winner, -100 for each loser."""
-        at = _now()
-        losers = {"defendant": [c], "challenger": [d], "neither": [d, c], "none": []}[
-            outcome.winner
-        ]
-        entries: list[Any] = [
-            DisputeVerdictEntry(
-                dispute=dispute,
-                winner=outcome.winner,
-                reason=outcome.reason,
-                at=at,
-                node_index=outcome.node_index,
-                op_type=outcome.op_type,
-                inputs=dict(outcome.inputs),
-                claims=dict(outcome.claims),
-                referee=dict(outcome.referee),
-                rounds=rounds,
-                messages=messages,
-            )
-        ]
-        slashed = 0
-        for loser in dict.fromkeys(losers):
-            amount = _floor(self._slashable(loser), self._slash)
-            reward = _floor(amount, self._reward) if outcome.winner == "challenger" else 0
-            slashed += reward
-            entries.append(
-                SlashEntry(
-                    account=loser, amount=amount, burned=amount - reward, dispute=dispute, at=at
-                )
-            )
-        if outcome.winner == "challenger" and slashed > 0:
-            entries.append(
-                RewardEntry(account=c, amount=slashed, reason="challenge", at=at, dispute=dispute)
-            )
-        if outcome.winner in ("defendant", "challenger"):
-            winner = d if outcome.winner == "defendant" else c
-            entries.append(
-                ReputationEntry(
-                    account=winner, delta=WON, reason="dispute-won", at=at, dispute=dispute
-                )
-            )
-        for loser in dict.fromkeys(losers):
-            entries.append(
-                ReputationEntry(
-                    account=loser, delta=LOST, reason="dispute-lost", at=at, dispute=dispute
-                )
-            )
-        return entries
+    ) -> DisputeVerdictEntry:
+        """The entry that closes a dispute. The ledger book logs it with the settlement the
+        ledger's one rule derives from it (:func:`veriml.ledger.settlement.settle`): a slash
+        of each loser's operator (written even at 0), the winning challenger's reward, and
+        reputation +1 for the winner, -100 for each loser."""
+        return DisputeVerdictEntry(
+            dispute=dispute,
+            winner=outcome.winner,
+            reason=outcome.reason,
+            at=_now(),
+            node_index=outcome.node_index,
+            op_type=outcome.op_type,
+            inputs=dict(outcome.inputs),
+            claims=dict(outcome.claims),
+            referee=dict(outcome.referee),
+            rounds=rounds,
+            messages=messages,
+        )
 
     async def settle_checked(
         self,
@@ -849,20 +797,14 @@ class DisputeService:
         outcome = _Outcome(
             winner, "referee", node_index=step, op_type=op_type, claims=claims, referee=referee
         )
-        settlement = self._settlement(dispute, defendant, challenger, outcome, rounds=1, messages=2)
-        indices = await self._book.append([challenge, *settlement])
+        verdict = self._verdict(dispute, outcome, rounds=1, messages=2)
+        indices = await self._book.append([challenge, verdict])
         _log.info("checked dispute %s: winner %s (%s)", dispute, winner, op_type)
         return DisputeRef(dispute, defendant, challenger, winner, indices[1])
 
     async def _settle(self, run: DisputeRun, outcome: _Outcome) -> None:
-        entries = self._settlement(
-            run.id,
-            run.defendant.claim.account,
-            run.challenger.claim.account,
-            outcome,
-            rounds=run.rounds,
-            messages=run.messages,
-        )
+        verdict = self._verdict(run.id, outcome, rounds=run.rounds, messages=run.messages)
+        entries = [verdict]
         indices = await self._book.append(entries)
         run.log_index = indices[0]
         run.winner = outcome.winner

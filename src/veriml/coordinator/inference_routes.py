@@ -65,8 +65,9 @@ def node_lister(
     state: Any, *, schedulable_only: bool = True, engine: str | None = None
 ) -> Callable[[Digest], list[Candidate]]:
     """``list_nodes(model)``: the live nodes serving ``model`` that the ledger's rules let
-    receive jobs (enough stake and reputation), with their reputation for the scheduler.
-    Blocking: it reads the node table and the folded ledger.
+    receive jobs (an operator with the minimum stake, enough reputation), with their
+    reputation and their operator's stake for the scheduler's draw. Blocking: it reads the
+    node table and the folded ledger.
 
     ``schedulable_only=False`` keeps the nodes the rules exclude: the dispute service still
     reaches a node slashed below the minimum stake, whose earlier answers stay challengeable.
@@ -88,6 +89,7 @@ def node_lister(
                 cached=frozenset(row.cached),
                 models=row.models,
                 reputation=ledger.reputation_of(row.node_id),
+                stake=ledger.stake_of(row.operator),
             )
             for row in nodes.live_nodes(model)
             if (not schedulable_only or book.schedulable(row.node_id, ledger))

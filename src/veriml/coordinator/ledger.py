@@ -4,17 +4,19 @@ The ledger state is a fold over the log (:mod:`veriml.ledger.state`); the coordi
 one folded copy, brought up to the log's size before it is read, so inference entries that the
 inference service appends on its own are counted too. Ledger entries (stake, fees, disputes'
 outcomes) go through :meth:`LedgerBook.append`, which checks them against the folded state
-before logging them: the coordinator never logs an entry the fold would refuse, so an auditor
-replaying the log gets the same state (docs/verification.md, "Ledger").
+before logging them, adds what the ledger derives from them (a verdict's settlement, a fresh
+``state`` entry when stakes changed) and logs them as one group: the coordinator never logs an
+entry the fold would refuse, so an auditor replaying the log gets the same state
+(docs/ledger.md).
 
-Routes (problem JSON on error, docs/verification.md and docs/coordinator.md):
+Routes (problem JSON on error, docs/ledger.md and docs/coordinator.md):
 
 - ``GET /v1/ledger/state[?size=N]``: the state folded over the whole log, or over its first
   ``N`` entries (folded from scratch: what ``veriml log audit`` compares with);
-- ``POST /v1/ledger/deposit`` ``{"account", "amount", "memo"?}``: signed by the coordinator's
-  own key (its operator mints);
-- ``POST /v1/ledger/stake`` / ``POST /v1/ledger/unstake`` ``{"amount"}``: signed by the
-  account's key (a node stakes with its node key: the account is the key id);
+- ``POST /v1/ledger/deposit``: the body is a ``deposit`` ledger request (a DSSE envelope,
+  docs/ledger.md "Authority") signed by the rules' admin account, the coordinator's key;
+- ``POST /v1/ledger/stake`` / ``POST /v1/ledger/unstake``: the body is the account's own
+  signed ``stake`` / ``unstake`` request (an operator stakes with its operator key);
 - ``GET /v1/tensors/{digest}``: a stored tensor in its canonical encoding (its SHA-256 is the
   digest), for watchers and referees. Every request's inputs are stored before it is logged.
 """
@@ -25,6 +27,7 @@ import asyncio
 import datetime as dt
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -32,29 +35,33 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Query, Request, Response
 
-from veriml.coordinator.auth import RequestSignature
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
     FormatError,
     InvalidTensor,
     NotFound,
+    PaymentRequired,
     SignatureError,
+    VerificationError,
 )
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest, tensor_from_canonical
-from veriml.core.timestamps import format_time, utc_now
+from veriml.core.timestamps import format_time, parse_time, utc_now
+from veriml.ledger.bonds import BondMap, BondProof
 from veriml.ledger.entries import (
-    AMOUNT_LIMIT,
     DepositEntry,
     Entry,
     FeeEntry,
     StakeEntry,
+    StateEntry,
     UnstakeEntry,
 )
 from veriml.ledger.state import LedgerError, LedgerState, fold
 from veriml.models.blobstore import BlobStore
+from veriml.protocol.accounts import LedgerRequest
 from veriml.tlog.log import Log
 
 __all__ = ["LedgerBook", "TensorStore", "router"]
@@ -62,6 +69,7 @@ __all__ = ["LedgerBook", "TensorStore", "router"]
 Array = npt.NDArray[Any]
 TENSOR_MEDIA_TYPE = "application/vnd.veriml.tensor"
 _FOLD_CHUNK = 4096
+_BOND_MAPS = 8
 
 
 class LedgerBook:
@@ -70,27 +78,39 @@ class LedgerBook:
 
     ``refresh_ttl`` bounds how stale a read may be: reads within it reuse the folded state
     (the scheduler reads it on every request); :meth:`append` always folds to the end first.
+    The book also keeps the bond maps of the latest ``state`` entries, to prove an operator's
+    stake to a client (:meth:`prove_bonds`).
     """
 
-    def __init__(self, log: Log, settings: Settings, *, refresh_ttl: float = 0.25) -> None:
+    def __init__(
+        self, log: Log, settings: Settings, *, admin: str, refresh_ttl: float = 0.25
+    ) -> None:
         self._log = log
         self.settings = settings
+        self.rules = settings.rules(admin)
         self._state = LedgerState()
         self._fold_lock = threading.Lock()
         self._append_lock = asyncio.Lock()
         self._refresh_ttl = refresh_ttl
         self._fresh_until = 0.0
+        self._bonds: OrderedDict[int, BondMap] = OrderedDict()
 
     def refresh(self) -> LedgerState:
         """Fold the entries logged since the last refresh (blocking); the folded state."""
         with self._fold_lock:
             end = self._log.size
-            while self._state.size < end:
-                stop = min(end, self._state.size + _FOLD_CHUNK)
-                for entry in self._log.entries(self._state.size, stop):
-                    self._state.apply(entry, self._state.size)
+            state = self._state
+            while state.size < end:
+                stop = min(end, state.size + _FOLD_CHUNK)
+                for entry in self._log.entries(state.size, stop):
+                    latest = state.latest_state
+                    state.apply(entry, state.size)
+                    if state.latest_state != latest and state.latest_state is not None:
+                        self._bonds[state.latest_state] = state.bond_map()
+                        while len(self._bonds) > _BOND_MAPS:
+                            self._bonds.popitem(last=False)
             self._fresh_until = time.monotonic() + self._refresh_ttl
-            return self._state
+            return state
 
     def state(self) -> LedgerState:
         """The folded state, at most ``refresh_ttl`` seconds behind the log (blocking)."""
@@ -114,16 +134,70 @@ class LedgerBook:
         return self.state().reputation_of(account)
 
     def schedulable(self, node_id: str, state: LedgerState | None = None) -> bool:
-        """Whether a node may receive jobs: enough stake and reputation (the settings' rules),
-        in ``state`` (one read for a whole node list) or the current fold."""
+        """Whether a node may receive jobs: its operator is bonded (the rules' minimum stake)
+        and the node's reputation is at least the rules' minimum, in ``state`` (one read for a
+        whole node list) or the current fold."""
         state = state if state is not None else self.state()
-        return (
-            state.stake_of(node_id) >= self.settings.min_stake
-            and state.reputation_of(node_id) >= self.settings.min_reputation
-        )
+        return state.bonded(node_id) and state.reputation_of(node_id) >= self.rules.min_reputation
+
+    async def open(self) -> int:
+        """Log the rules and the bond map when the log has none, or other rules (start-up);
+        the index of the ``state`` entry in force."""
+        async with self._append_lock:
+            state = await asyncio.to_thread(self.refresh)
+            if state.rules == self.rules and state.latest_state is not None:
+                return state.latest_state
+            return await self._append_state(state)
+
+    async def current_state(self) -> int:
+        """The log index of the ``state`` entry an answer cites: the latest, logged anew when
+        it is older than half the unstake delay (a client accepts a bond map that recent)."""
+        state = await asyncio.to_thread(self.state)
+        index = state.latest_state
+        at = None if index is None else state.state_at(index)
+        if index is not None and at is not None and not self._stale(at):
+            return index
+        async with self._append_lock:
+            state = await asyncio.to_thread(self.refresh)
+            index = state.latest_state
+            at = None if index is None else state.state_at(index)
+            if index is not None and at is not None and not self._stale(at):
+                return index
+            return await self._append_state(state)
+
+    def _stale(self, at: str) -> bool:
+        age = dt.datetime.now(dt.UTC) - parse_time(at)
+        return age.total_seconds() > max(1.0, self.rules.unstake_delay / 2)
+
+    async def _append_state(self, state: LedgerState) -> int:
+        bonds = state.bond_map()
+        entry = StateEntry(self.rules, bonds.root(), bonds.size, utc_now())
+        trial = state.copy()
+        trial.apply(entry)
+        (index,) = await self._log.add_many_async([entry.to_bytes()])
+        await asyncio.to_thread(self.refresh)
+        return int(index)
+
+    def bonds(self, index: int) -> BondMap | None:
+        """The bond map committed by the ``state`` entry at ``index`` (recent ones only)."""
+        self.state()
+        return self._bonds.get(index)
+
+    def prove_bonds(self, index: int, accounts: Sequence[str]) -> list[BondProof]:
+        """Proofs of each account's stake in the bond map of ``state`` entry ``index``;
+        accounts without stake are left out (a client then refuses them)."""
+        bonds = self.bonds(index)
+        if bonds is None:
+            return []
+        hashes = bonds.leaf_hashes()
+        staked = {a for a, _ in bonds.accounts}
+        return [bonds.prove(a, hashes) for a in dict.fromkeys(accounts) if a in staked]
 
     async def append(self, entries: Sequence[Entry]) -> list[int]:
-        """Check ``entries`` in order against the folded state, log them, fold them.
+        """Check ``entries`` in order against the folded state and log them as one group,
+        with what the ledger derives from them: the settlement of a verdict (the rule's
+        slashes, reward and reputation, docs/ledger.md "Settlement") and, when stakes
+        changed, a fresh ``state`` entry. The indexes of everything logged, in order.
 
         A ledger rule they break is a :class:`Conflict` naming it, and nothing is logged.
         Appends are serialised in this process; each entry is checked against the state
@@ -134,39 +208,76 @@ class LedgerBook:
         async with self._append_lock:
             state = await asyncio.to_thread(self.refresh)
             trial = state.copy()
+            before = trial.bond_map().root()
+            group: list[Entry] = []
             for entry in entries:
                 try:
                     trial.apply(entry)
                 except LedgerError as exc:
                     raise Conflict(f"ledger rule: {exc.message}", **exc.evidence) from exc
-            data = [entry.to_bytes() for entry in entries]
-            indices = await asyncio.to_thread(self._log.add_many, data)
+                group.append(entry)
+                for settled in trial.expected:  # after a verdict: its settlement, as derived
+                    trial.apply(settled)
+                    group.append(settled)
+            bonds = trial.bond_map()
+            if bonds.root() != before:
+                group.append(StateEntry(self.rules, bonds.root(), bonds.size, utc_now()))
+            data = [entry.to_bytes() for entry in group]
+            indices = await self._log.add_many_async(data)
             await asyncio.to_thread(self.refresh)
-            return indices
+            return list(indices)
 
     # -- fees ---------------------------------------------------------------------------------
 
-    def check_funds(self, payer: str | None, jobs: int) -> None:
-        """Raise :class:`Conflict` unless ``payer`` can pay ``jobs`` fees (no-op when free)."""
-        fee = self.settings.fee_per_job
-        if payer is None or fee == 0:
+    def check_payment(
+        self, payer: str | None, payment: Envelope | None, request_id: str, jobs: int
+    ) -> None:
+        """Raise :class:`PaymentRequired` unless the request may run: free by rule, or signed
+        by ``payer`` with a signed ``payment`` for ``request_id`` that covers ``jobs`` fees and
+        a balance that does too."""
+        fee = self.rules.fee_per_job
+        if fee == 0:
             return
+        if payer is None or payment is None:
+            raise PaymentRequired(
+                "this coordinator charges fees: sign the request and attach a signed payment "
+                "(X-Veriml-Payment)",
+                fee_per_job=fee,
+                jobs=jobs,
+            )
+        try:
+            request = LedgerRequest.open(payment, op="payment", account=payer)
+        except (VerificationError, FormatError) as exc:
+            raise PaymentRequired(
+                "the payment is not a payment signed by the request's signer",
+                reason=exc.diagnostics()[:200],
+            ) from exc
+        needed = fee * jobs
+        if request.request != request_id or request.amount < needed:
+            raise PaymentRequired(
+                "the payment does not cover this request's fees",
+                request=str(request.request)[:200],
+                allowed=request.amount,
+                needed=needed,
+            )
         balance = self.state().account(payer).balance
-        if balance < fee * jobs:
-            raise Conflict(
-                "the client's balance does not cover the fees",
+        if balance < needed:
+            raise PaymentRequired(
+                "the payer's balance does not cover the fees",
                 account=payer,
                 balance=balance,
-                needed=fee * jobs,
+                needed=needed,
             )
 
-    def fees(self, payer: str | None, nodes: Sequence[str], inference: str) -> list[Entry]:
-        """The fee entries for one answered request (none when unsigned or free)."""
-        fee = self.settings.fee_per_job
-        if payer is None or fee == 0:
+    def fees(
+        self, payer: str | None, payment: Envelope | None, nodes: Sequence[str], inference: str
+    ) -> list[Entry]:
+        """The fee entries for one answered request (none when inference is free)."""
+        fee = self.rules.fee_per_job
+        if payer is None or payment is None or fee == 0:
             return []
         at = utc_now()
-        return [FeeEntry(payer, node, fee, inference, at) for node in nodes]
+        return [FeeEntry(payer, node, fee, inference, at, payment) for node in nodes]
 
 
 class TensorStore:
@@ -213,32 +324,31 @@ def _book(request: Request) -> LedgerBook:
     return book
 
 
-async def _signed_body(request: Request, what: str) -> tuple[str, dict[str, Any]]:
-    """The verified signer's key id and the JSON body; unsigned requests are refused (401)."""
-    signature = RequestSignature.from_headers(request.headers)
+async def _ledger_request(request: Request, op: str) -> tuple[LedgerRequest, Envelope]:
+    """The body: an account's signed ledger request for ``op`` (a DSSE envelope), checked
+    (403 when its signature does not verify or it is for another op)."""
     raw = await request.body()
     if len(raw) > 64 << 10:
-        raise FormatError(f"{what} request body is too large", size=len(raw))
-    if signature is None:
-        raise SignatureError(
-            f"{what} requests must be signed (X-Veriml-Key, X-Veriml-Signature)",
-            check="request-signature",
+        raise FormatError(f"{op} request body is too large", size=len(raw))
+    envelope = Envelope.from_json(parse_json_object(raw, what=f"{op} request"))
+    try:
+        return LedgerRequest.open(envelope, op=op), envelope
+    except SignatureError:
+        raise
+    except VerificationError as exc:
+        raise SignatureError(exc.message, check="ledger-request", **exc.evidence) from exc
+
+
+def _fresh(ledger_request: LedgerRequest) -> None:
+    """A request is logged close to when it was signed (the fold allows 10 minutes)."""
+    issued = parse_time(ledger_request.issued_at, what="issued_at")
+    skew = abs(dt.datetime.now(dt.UTC) - issued)
+    if skew > dt.timedelta(minutes=5):
+        raise VerificationError(
+            "the ledger request is stale or from the future",
+            check="freshness",
+            issued_at=ledger_request.issued_at,
         )
-    signer = signature.verify(request.method, request.url.path, Digest.of(raw))
-    return signer, parse_json_object(raw, what=f"{what} request")
-
-
-def _amount(body: Mapping[str, Any]) -> int:
-    amount = body.get("amount")
-    if isinstance(amount, bool) or not isinstance(amount, int) or not 0 < amount < AMOUNT_LIMIT:
-        raise FormatError("amount must be a positive integer", got=str(amount)[:40])
-    return amount
-
-
-def _members(body: Mapping[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise FormatError("request has unknown members", members=",".join(unknown))
 
 
 async def _append_one(book: LedgerBook, entry: Entry, account: str) -> dict[str, Any]:
@@ -254,7 +364,7 @@ async def _append_one(book: LedgerBook, entry: Entry, account: str) -> dict[str,
 async def get_ledger_state(
     request: Request, size: Annotated[int | None, Query(ge=0)] = None
 ) -> dict[str, Any]:
-    """Balances, stakes, reputation and open disputes, folded from the log."""
+    """Balances, stakes, reputation, rules, operators and open disputes, folded from the log."""
     book = _book(request)
     if size is None:
         state = await asyncio.to_thread(book.refresh)
@@ -263,42 +373,58 @@ async def get_ledger_state(
     return state.to_json()
 
 
+@router.get("/v1/ledger/rules", operation_id="get_ledger_rules")
+async def get_ledger_rules(request: Request) -> dict[str, Any]:
+    """The rules in force (as the latest ``state`` entry logs them) and that entry's index:
+    what a challenger bonds, what a request pays, the minimum stake."""
+    state = await asyncio.to_thread(_book(request).state)
+    rules = state.rules
+    return {
+        "rules": None if rules is None else rules.to_json(),
+        "state": state.latest_state,
+        "epoch": state.epoch,
+    }
+
+
 @router.post("/v1/ledger/deposit", operation_id="ledger_deposit")
 async def ledger_deposit(request: Request) -> dict[str, Any]:
-    """Credit an account (minted); only the coordinator's own key may sign it."""
-    signer, body = await _signed_body(request, "deposit")
-    if signer != request.app.state.coordinator_key.key_id:
+    """Credit an account (minted): a ``deposit`` request signed by the rules' admin account
+    (the coordinator's key)."""
+    book = _book(request)
+    ledger_request, envelope = await _ledger_request(request, "deposit")
+    _fresh(ledger_request)
+    if ledger_request.account != book.rules.admin:
         raise SignatureError(
-            "deposits must be signed by the coordinator's key", check="request-signature"
+            "deposits must be signed by the ledger's admin key", check="ledger-request"
         )
-    _members(body, {"account", "amount", "memo"})
-    account, memo = body.get("account"), body.get("memo", "")
-    if not isinstance(account, str) or not 0 < len(account) <= 256:
-        raise FormatError("account must be a key id (1-256 characters)")
-    if not isinstance(memo, str) or len(memo) > 256:
-        raise FormatError("memo must be a string of at most 256 characters")
-    entry = DepositEntry(account, _amount(body), utc_now(), memo)
-    return await _append_one(_book(request), entry, account)
+    account = str(ledger_request.to)
+    entry = DepositEntry(
+        account, ledger_request.amount, utc_now(), ledger_request.memo or "", envelope
+    )
+    return await _append_one(book, entry, account)
 
 
 @router.post("/v1/ledger/stake", operation_id="ledger_stake")
 async def ledger_stake(request: Request) -> dict[str, Any]:
-    """Move the signer's balance into stake."""
-    signer, body = await _signed_body(request, "stake")
-    _members(body, {"amount"})
-    return await _append_one(_book(request), StakeEntry(signer, _amount(body), utc_now()), signer)
+    """Move the signer's balance into stake (the body is its signed ``stake`` request)."""
+    ledger_request, envelope = await _ledger_request(request, "stake")
+    _fresh(ledger_request)
+    account = ledger_request.account
+    entry = StakeEntry(account, ledger_request.amount, utc_now(), envelope)
+    return await _append_one(_book(request), entry, account)
 
 
 @router.post("/v1/ledger/unstake", operation_id="ledger_unstake")
 async def ledger_unstake(request: Request) -> dict[str, Any]:
     """Start unbonding the signer's stake; it returns to the balance after the delay."""
-    signer, body = await _signed_body(request, "unstake")
-    _members(body, {"amount"})
+    ledger_request, envelope = await _ledger_request(request, "unstake")
+    _fresh(ledger_request)
     book = _book(request)
     now = dt.datetime.now(dt.UTC)
-    available = format_time(now + dt.timedelta(seconds=book.settings.unstake_delay))
-    entry = UnstakeEntry(signer, _amount(body), format_time(now), available)
-    return await _append_one(book, entry, signer)
+    available = format_time(now + dt.timedelta(seconds=book.rules.unstake_delay))
+    account = ledger_request.account
+    entry = UnstakeEntry(account, ledger_request.amount, format_time(now), available, envelope)
+    return await _append_one(book, entry, account)
 
 
 @router.get("/v1/tensors/{digest}", operation_id="get_tensor", tags=["inference"])

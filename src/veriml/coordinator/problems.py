@@ -28,6 +28,7 @@ from veriml.core.errors import (
     LimitExceeded,
     NodeUnavailable,
     NotFound,
+    PaymentRequired,
     ReexecutionMismatch,
     StorageError,
     VerificationError,
@@ -41,6 +42,7 @@ MEDIA_TYPE = "application/problem+json"
 _TITLES = {
     400: "Bad Request",
     401: "Unauthorized",
+    402: "Payment Required",
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
@@ -67,6 +69,8 @@ def status_for(exc: Error) -> int:
         return 404
     if isinstance(exc, Conflict):
         return 409
+    if isinstance(exc, PaymentRequired):
+        return 402
     if isinstance(exc, DigestMismatch | ReexecutionMismatch) and exc.check != "file-digest":
         return 422
     if isinstance(exc, VerificationError):

@@ -2,13 +2,17 @@
 
 ``POST /v1/nodes`` checks the descriptor (docs/network.md, "Node descriptor") in order:
 
-1. the DSSE envelope is signed by the key it carries, and ``node_id`` is that key's id (403);
+1. the DSSE envelope is signed by the key it carries, ``node_id`` is that key's id, and the
+   operator binding it carries is signed by the operator it names, for this node (403);
 2. ``issued_at`` is within the freshness window of the coordinator's clock (403);
 3. the nonce was never used before (409: a replay);
+4. the node is not bound to another operator already (409: a node key stays with its first
+   operator, so an operator cannot borrow another's nodes or shed a conviction);
 
 then appends ONE ``NodeEntry`` (the node's own signed descriptor, so anyone can re-check it
-from the log) and inserts or replaces the node's row with the entry's index. A node that
-registers again (a restart, a new endpoint) gets a new entry and its row is updated.
+from the log) through the ledger book, which checks it against the folded ledger, and inserts
+or replaces the node's row with the entry's index. A node that registers again (a restart, a
+new endpoint) gets a new entry and its row is updated.
 
 ``POST /v1/nodes/{id}/heartbeat`` takes a heartbeat signed by the registered key (403 for
 any other key, 404 for an unknown node) and newer than the last one (409).
@@ -25,11 +29,18 @@ from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
 from veriml.coordinator.deps import NodesDep, SettingsDep
+from veriml.coordinator.ledger import LedgerBook
 from veriml.coordinator.repositories import NodeRepository, NonceRepository
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
-from veriml.core.errors import LimitExceeded, NotFound, SignatureError, VerificationError
+from veriml.core.errors import (
+    Conflict,
+    LimitExceeded,
+    NotFound,
+    SignatureError,
+    VerificationError,
+)
 from veriml.core.keys import VerifyingKey
 from veriml.ledger.entries import NodeEntry
 from veriml.protocol.messages import Heartbeat, NodeDescriptor, parse_time
@@ -70,21 +81,51 @@ class RegistryService:
     """Registers nodes and records their heartbeats (steps in the module docstring)."""
 
     def __init__(
-        self, *, settings: Settings, nodes: NodeRepository, nonces: NonceRepository, log: Log
+        self,
+        *,
+        settings: Settings,
+        nodes: NodeRepository,
+        nonces: NonceRepository,
+        log: Log,
+        book: LedgerBook | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes
         self.nonces = nonces
         self.log = log
+        self.book = book
 
-    def register(self, envelope: Envelope, *, now: dt.datetime | None = None) -> tuple[str, int]:
-        """Check, log and record a node descriptor; ``(node_id, log_index)``."""
+    def check(self, envelope: Envelope, *, now: dt.datetime | None = None) -> NodeDescriptor:
+        """Steps 1 to 4 (blocking); the descriptor."""
         descriptor = NodeDescriptor.open(  # 1, 2
             envelope, now=now, max_age=dt.timedelta(seconds=self.settings.descriptor_max_age)
         )
         self.nonces.use(descriptor.nonce)  # 3
+        if self.book is not None:  # 4
+            bound = self.book.state().operator_of(descriptor.node_id)
+            if bound is not None and bound != descriptor.operator:
+                raise Conflict(
+                    "this node is bound to another operator; a new operator needs a new node key",
+                    node=descriptor.node_id,
+                    operator=bound,
+                )
+        return descriptor
+
+    def register(self, envelope: Envelope, *, now: dt.datetime | None = None) -> tuple[str, int]:
+        """Check, log and record a node descriptor (blocking); ``(node_id, log_index)``."""
+        descriptor = self.check(envelope, now=now)
         index = self.log.add(NodeEntry(envelope).to_bytes())
         self.nodes.register(descriptor, envelope.to_json(), index)
+        return descriptor.node_id, index
+
+    async def register_async(self, envelope: Envelope) -> tuple[str, int]:
+        """:meth:`register`, logging through the ledger book (checked against the fold)."""
+        descriptor = await run_in_threadpool(self.check, envelope)
+        if self.book is None:
+            index = await run_in_threadpool(self.log.add, NodeEntry(envelope).to_bytes())
+        else:
+            index = (await self.book.append([NodeEntry(envelope)]))[0]
+        await run_in_threadpool(self.nodes.register, descriptor, envelope.to_json(), index)
         return descriptor.node_id, index
 
     def heartbeat(
@@ -127,7 +168,7 @@ router = APIRouter(tags=["nodes"])
 async def register_node(request: Request, registry: RegistryDep) -> JSONResponse:
     """Register (or re-register) a node with its signed descriptor (a DSSE envelope)."""
     envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))
-    node_id, index = await run_in_threadpool(registry.register, envelope)
+    node_id, index = await registry.register_async(envelope)
     return JSONResponse({"node_id": node_id, "log_index": index}, status_code=201)
 
 

@@ -1,19 +1,25 @@
 """Choosing nodes for a request, and retrying slots on other nodes when one fails.
 
 The selection is pure (no I/O, no clock of its own): given the registered nodes, the model, the
-time and what has been tried, :func:`pick` returns the nodes to use. Its rules (docs/network.md,
-"Policies"; issue 4, "Scheduling"):
+time, what has been tried and the request's **draw secret**, :func:`pick` returns the nodes to
+use. Its rules (docs/network.md, "Scheduling"):
 
 1. only **live** nodes (a heartbeat or registration within ``live_within`` seconds) that
-   **serve** the model (``"*"`` or its digest in the descriptor's ``models``);
+   **serve** the model (``"*"`` or its digest in the descriptor's ``models``); the candidates
+   the caller passes have already been filtered by the ledger rules (an operator with the
+   minimum stake, a reputation at least the minimum, docs/ledger.md "Rules");
 2. never a node already **tried** for this request, never a second node of an **operator**
    already answering (a quorum needs distinct operators);
-3. nodes with a **negative reputation** (they lost a dispute) last; the candidates the caller
-   passes have already been filtered by the ledger rules (minimum stake and reputation,
-   docs/verification.md, "Rules");
-4. **fewest active jobs first** (the node's last reported load plus the jobs this coordinator has
-   in flight on it), then nodes that **have the model cached**, then a per-request salted hash
-   so equal nodes share the load instead of one of them taking every request.
+3. nodes with a **negative reputation** (they lost a dispute) last;
+4. otherwise a **stake-weighted random order of operators** (weighted sampling without
+   replacement, Efraimidis and Spirakis 2006: each operator's key is ``ln(u) / stake`` with
+   ``u`` uniform from ``SHA-256(tag || r || operator)``), and within an operator a uniform
+   order of its nodes. ``r`` is the request's draw secret (:mod:`veriml.protocol.draw`),
+   which the coordinator cannot choose or draw again and which neither the client nor a node
+   can predict. Nothing a node reports (its load, its cache) and nothing a client sends (its
+   request id) orders the draw, so neither can steer it; an operator's chance of being
+   picked is its share of the stake, so splitting a stake across many operators gains
+   nothing, and no eligible operator starves.
 
 :func:`gather` is the retry loop: one slot per answer the policy needs, each slot trying up to
 ``attempts_per_slot`` nodes, all slots concurrently, within one overall deadline.
@@ -24,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+import math
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
@@ -37,6 +44,7 @@ __all__ = [
     "Failure",
     "Gathered",
     "check_retry_options",
+    "draw_order",
     "eligible",
     "gather",
     "node_key",
@@ -53,6 +61,7 @@ class Candidate:
 
     node_id: str
     operator: str
+    """The operator account (key id) that bound the node; its stake stands behind it."""
     endpoint: str
     public_key: str
     log_index: int
@@ -62,7 +71,9 @@ class Candidate:
     cached: frozenset[str] = frozenset()
     models: tuple[str, ...] = ("*",)
     reputation: int = 0
-    """From the ledger fold: accepted jobs and disputes won, minus lost disputes."""
+    """From the ledger fold: paid jobs and disputes won, minus lost disputes."""
+    stake: int = 1
+    """The operator's stake (the draw's weight)."""
 
     def serves(self, model: Digest) -> bool:
         return "*" in self.models or model.to_text() in self.models
@@ -91,14 +102,33 @@ def check_retry_options(
         )
 
 
-def _rank(
-    node: Candidate, model: Digest, inflight: Mapping[str, int], salt: str
-) -> tuple[bool, int, bool, bytes]:
-    # A node with a negative reputation (it lost a dispute) is picked only when no other
-    # will do; positive reputation does not outrank load, so new nodes still get work.
-    spread = hashlib.sha256(f"{salt}\n{node.node_id}".encode()).digest()[:8]
-    load = node.active + inflight.get(node.node_id, 0)
-    return (node.reputation < 0, load, model.to_text() not in node.cached, spread)
+_OPERATOR_TAG = b"veriml-schedule-operator/v1\n"
+_NODE_TAG = b"veriml-schedule-node/v1\n"
+
+
+def _uniform(tag: bytes, draw: bytes, name: str) -> float:
+    """A number in (0, 1] drawn from ``SHA-256(tag || r || name)`` (53 bits)."""
+    bits = int.from_bytes(hashlib.sha256(tag + draw + name.encode()).digest()[:8], "big") >> 11
+    return (bits + 1) / float(1 << 53)
+
+
+def draw_order(candidates: Iterable[Candidate], draw: bytes) -> list[Candidate]:
+    """``candidates`` in the request's scheduling order (rules 3 and 4 of the module
+    docstring): operators in a stake-weighted random order, each operator's nodes together
+    in a uniform order; nodes with a negative reputation after all others."""
+    by_operator: dict[str, list[Candidate]] = {}
+    for node in candidates:
+        by_operator.setdefault(node.operator, []).append(node)
+
+    def operator_key(operator: str) -> float:
+        stake = max(1, max(n.stake for n in by_operator[operator]))
+        return math.log(_uniform(_OPERATOR_TAG, draw, operator)) / stake
+
+    order: list[Candidate] = []
+    for operator in sorted(by_operator, key=operator_key, reverse=True):
+        nodes = by_operator[operator]
+        order += sorted(nodes, key=lambda n: _uniform(_NODE_TAG, draw, n.node_id))
+    return sorted(order, key=lambda n: n.reputation < 0)  # stable: keeps the draw's order
 
 
 def eligible(
@@ -107,13 +137,11 @@ def eligible(
     *,
     now: float,
     live_within: float,
+    draw: bytes,
     exclude_nodes: Collection[str] = (),
     exclude_operators: Collection[str] = (),
-    inflight: Mapping[str, int] | None = None,
-    salt: str = "",
 ) -> list[Candidate]:
-    """Live nodes that serve ``model`` and are not excluded, best first (rules 1-3)."""
-    load = inflight or {}
+    """Live nodes that serve ``model`` and are not excluded, in the request's order."""
     usable = [
         node
         for node in candidates
@@ -122,7 +150,7 @@ def eligible(
         and node.node_id not in exclude_nodes
         and node.operator not in exclude_operators
     ]
-    return sorted(usable, key=lambda node: _rank(node, model, load, salt))
+    return draw_order(usable, draw)
 
 
 def pick(
@@ -132,12 +160,11 @@ def pick(
     *,
     now: float,
     live_within: float,
+    draw: bytes,
     exclude_nodes: Collection[str] = (),
     exclude_operators: Collection[str] = (),
-    inflight: Mapping[str, int] | None = None,
-    salt: str = "",
 ) -> list[Candidate]:
-    """Up to ``count`` eligible nodes of distinct operators, best first.
+    """Up to ``count`` eligible nodes of distinct operators, in the request's order.
 
     Fewer than ``count`` come back when there are not enough live nodes of distinct operators;
     the caller decides whether that is an error.
@@ -149,10 +176,9 @@ def pick(
         model,
         now=now,
         live_within=live_within,
+        draw=draw,
         exclude_nodes=exclude_nodes,
         exclude_operators=exclude_operators,
-        inflight=inflight,
-        salt=salt,
     ):
         if len(chosen) == count:
             break

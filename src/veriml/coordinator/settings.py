@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from veriml.core.errors import FormatError
+from veriml.ledger.rules import Rules
 
 __all__ = ["DEFAULT_LOG_ORIGIN", "ENV_PREFIX", "Settings"]
 
@@ -58,16 +59,21 @@ class Settings:
     # Refuse unsigned publications (requests without a valid X-Veriml-Signature).
     require_signed_publish: bool = False
     log_batch_interval: float = 0.01
-    # Ledger rules (docs/verification.md, "Rules"): integer amounts, fractions in [0, 1].
-    min_stake: int = 0
+    # Ledger rules (docs/ledger.md, "Rules"): integer amounts, fractions in [0, 1]. They are
+    # logged in every state entry, so clients and auditors apply the ones in force.
+    min_stake: int = 100
     unstake_delay: float = 3600.0
     slash_fraction: float = 0.5
     reward_fraction: float = 0.5
-    challenge_bond: int = 0
+    challenge_bond: int = 10
     fee_per_job: int = 0
     min_reputation: int = -1000
+    # Seconds an answer can be challenged (optimistic:W answers: W).
+    challenge_window: float = 86_400.0
     # Seconds a dispute party has for each move.
     dispute_timeout: float = 60.0
+    # Seconds each epoch of the randomness beacon lasts (docs/verification.md, "Randomness").
+    beacon_interval: float = 600.0
 
     def __post_init__(self) -> None:
         home = Path(self.home)
@@ -90,6 +96,7 @@ class Settings:
             "descriptor_max_age": self.descriptor_max_age,
         }
         positive["dispute_timeout"] = self.dispute_timeout
+        positive["beacon_interval"] = self.beacon_interval
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise FormatError("coordinator limits must be positive", **bad)
@@ -98,6 +105,7 @@ class Settings:
             "challenge_bond": self.challenge_bond,
             "fee_per_job": self.fee_per_job,
             "unstake_delay": self.unstake_delay,
+            "challenge_window": self.challenge_window,
         }
         negative = {k: v for k, v in amounts.items() if v < 0}
         if negative:
@@ -119,6 +127,22 @@ class Settings:
     def data_dir(self) -> Path:
         """``HOME/coordinator``: keys, the SQLite file and (by default) the blobs."""
         return self.home / "coordinator"
+
+    def rules(self, admin: str) -> Rules:
+        """The ledger rules these settings give, with ``admin`` (the coordinator key's id) as
+        the account whose signed deposits mint."""
+        return Rules.from_fractions(
+            admin=admin,
+            min_stake=self.min_stake,
+            min_reputation=self.min_reputation,
+            unstake_delay=self.unstake_delay,
+            slash_fraction=self.slash_fraction,
+            reward_fraction=self.reward_fraction,
+            challenge_bond=self.challenge_bond,
+            fee_per_job=self.fee_per_job,
+            challenge_window=self.challenge_window,
+            dispute_timeout=self.dispute_timeout,
+        )
 
     @property
     def live_after(self) -> float:
@@ -173,6 +197,8 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "fee_per_job": int,
     "min_reputation": int,
     "dispute_timeout": float,
+    "challenge_window": float,
+    "beacon_interval": float,
 }
 
 

@@ -15,6 +15,7 @@ Security outcomes are always exceptions, never a ``False`` return::
     ├── StorageError            a store or database could not do what was asked
     ├── NotFound                the asked-for entry, tile, proof or checkpoint does not exist
     ├── Conflict                the request contradicts recorded state (name taken, replay)
+    ├── PaymentRequired         the coordinator charges for this and no valid payment came
     ├── NodeUnavailable         a remote service did not answer
     └── VerificationError       a check of evidence failed (fails closed)
         ├── SignatureError      a signature does not verify, or no trusted key signed
@@ -45,6 +46,7 @@ __all__ = [
     "LogInconsistency",
     "NodeUnavailable",
     "NotFound",
+    "PaymentRequired",
     "ReexecutionMismatch",
     "RootMismatchError",
     "SignatureError",
@@ -129,6 +131,13 @@ class NotFound(Error):
 class Conflict(Error):
     """The request contradicts recorded state: a name@version bound to another digest, a
     replayed message. Retrying the same request gives the same answer (HTTP 409)."""
+
+    exit_code = 2
+
+
+class PaymentRequired(Error):
+    """The coordinator charges fees (its rules' ``fee_per_job``) and the request carried no
+    signed payment that covers them, or the payer's balance does not (HTTP 402)."""
 
     exit_code = 2
 

@@ -211,7 +211,7 @@ class InferenceEntry:
             _amount("inference", "state", self.state)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "type": "inference",
             "request": dict(self.extra)
             | {

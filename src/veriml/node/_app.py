@@ -28,6 +28,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
     Error,
@@ -50,6 +51,7 @@ from veriml.node._jobs import JobService
 from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache, TraceStore
 from veriml.node._models import ModelCache
+from veriml.protocol.accounts import OperatorBinding
 from veriml.protocol.messages import format_time
 from veriml.runtime.llm import LLMSettings
 
@@ -87,6 +89,24 @@ def load_node_key(path: Path, passphrase: bytes | None) -> SigningKey:
     key.save(path, passphrase=passphrase)
     log.info("created node key %s at %s", key.key_id, path)
     return key
+
+
+def load_binding(config: NodeConfig, key: SigningKey) -> Envelope:
+    """The operator's binding of this node: read from ``operator_binding`` (and checked to be
+    for this node), or signed now with ``operator_key``. A binding for another node, or one
+    its operator did not sign, stops the node at start (:class:`VerificationError`)."""
+    if config.operator_binding is not None:
+        try:
+            envelope = Envelope.from_bytes(config.operator_binding.read_bytes())
+        except OSError as exc:
+            raise KeyFileError(
+                "cannot read the operator binding", path=str(config.operator_binding)
+            ) from exc
+        OperatorBinding.open(envelope, node=key.key_id)
+        return envelope
+    assert config.operator_key is not None  # NodeConfig requires one of the two
+    operator = load_private_key(config.operator_key, passphrase=config.operator_passphrase())
+    return OperatorBinding.of(operator, key.key_id).sign(operator)
 
 
 def status_for(exc: Error) -> int:
@@ -226,10 +246,12 @@ class NodeState:
             relay=self.relay,
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
+        self.binding = load_binding(config, key)
+        self.operator = OperatorBinding.open(self.binding).operator
         self.link = CoordinatorLink(
             url=config.coordinator,
             key=key,
-            operator=config.operator,
+            binding=self.binding,
             endpoint=config.advertised_endpoint,
             client=self.http,
             status=self._status,
@@ -285,7 +307,7 @@ class NodeState:
         return {
             "node_id": self.key.key_id,
             "public_key": self.key.public.to_pem().decode(),
-            "operator": self.config.operator,
+            "operator": self.operator,
             "endpoint": self.config.advertised_endpoint,
             "coordinator": self.config.coordinator,
             "descriptor": self.link.descriptor,
@@ -350,7 +372,7 @@ def create_node_app(config: NodeConfig) -> FastAPI:
     heartbeats and waits up to ``shutdown_grace`` for admitted jobs.
 
     >>> app = create_node_app(NodeConfig(coordinator_url="http://127.0.0.1:8700",
-    ...     key_path=Path("n/node.key"), operator="op-1", home=Path("n")))  # doctest: +SKIP
+    ...     key_path=Path("n/node.key"), operator_key=Path("op.key"), home=Path("n")))  # +SKIP
     """
 
     @contextlib.asynccontextmanager

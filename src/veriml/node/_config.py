@@ -54,7 +54,7 @@ class NodeConfig:
     """Everything a node needs to run.
 
     >>> NodeConfig(coordinator_url="http://127.0.0.1:8700", key_path=Path("n/node.key"),
-    ...            operator="op-1", home=Path("n")).cache_dir
+    ...            operator_key=Path("op/operator.key"), home=Path("n")).cache_dir
     PosixPath('n/models')
     """
 
@@ -62,9 +62,16 @@ class NodeConfig:
     """Base URL of the coordinator the node registers with and pulls models from."""
     key_path: Path
     """The node's Ed25519 private key (PEM); created with mode 0600 on first start if absent."""
-    operator: str
-    """Free-form operator id; quorum picks nodes of distinct operators."""
     home: Path
+    operator_binding: Path | None = None
+    """The operator's signed binding of this node (``veriml operator bind``): the operator's
+    key stays off the node. Quorums and checks count operators, and an operator's stake
+    stands behind all its nodes (docs/network.md, "Operators")."""
+    operator_key: Path | None = None
+    """Instead of a binding: the operator's private key, with which the node binds itself at
+    start (convenient on one machine; the key then lives beside the node)."""
+    operator_passphrase_env: str = "VERIML_OPERATOR_PASSPHRASE"  # noqa: S105 - a variable name
+    """Name of the environment variable holding the operator key's passphrase."""
     """The node's own folder; the model cache is ``home/models``."""
     passphrase_env: str = DEFAULT_PASSPHRASE_ENV
     """Name of the environment variable holding the key's passphrase (unset: no passphrase)."""
@@ -115,8 +122,11 @@ class NodeConfig:
     def __post_init__(self) -> None:
         if not self.coordinator_url.startswith(("http://", "https://")):
             raise FormatError("coordinator URL must be http(s)", got=self.coordinator_url)
-        if not self.operator or len(self.operator) > 128:
-            raise FormatError("operator id must be 1-128 characters", got=self.operator[:40])
+        if (self.operator_binding is None) == (self.operator_key is None):
+            raise FormatError(
+                "a node needs its operator's binding (--operator-binding) or the operator's "
+                "key (--operator-key), one of them"
+            )
         if not 0 < self.port < 65536:
             raise FormatError("port must be 1-65535", got=self.port)
         if self.concurrency < 1 or self.concurrency > 1024:
@@ -180,4 +190,8 @@ class NodeConfig:
 
     def passphrase(self) -> bytes | None:
         value = os.environ.get(self.passphrase_env)
+        return value.encode() if value else None
+
+    def operator_passphrase(self) -> bytes | None:
+        value = os.environ.get(self.operator_passphrase_env)
         return value.encode() if value else None

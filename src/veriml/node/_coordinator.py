@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, FormatError, KeyFileError, NodeUnavailable
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import utc_now
@@ -44,7 +45,7 @@ class CoordinatorLink:
         *,
         url: str,
         key: SigningKey,
-        operator: str,
+        binding: Envelope,
         endpoint: str,
         client: httpx.AsyncClient,
         status: Callable[[], tuple[dict[str, int], list[str]]],
@@ -55,7 +56,8 @@ class CoordinatorLink:
     ) -> None:
         self.url = url
         self.key = key
-        self.operator = operator
+        self.binding = binding
+        """The operator's signed binding of this node (carried in every descriptor)."""
         self.endpoint = endpoint
         self.client = client
         self.status = status
@@ -76,7 +78,7 @@ class CoordinatorLink:
         """A freshly signed descriptor envelope (new nonce, now as ``issued_at``)."""
         descriptor = NodeDescriptor(
             public_key=self.key.public.to_pem().decode(),
-            operator=self.operator,
+            operator_binding=self.binding,
             endpoint=self.endpoint,
             issued_at=utc_now(),
             nonce=secrets.token_hex(16),

@@ -242,7 +242,7 @@ class LedgerRequest:
             public_key=key.public.to_pem().decode(),
             amount=amount,
             issued_at=issued_at or utc_now(),
-            **members,  # type: ignore[arg-type]
+            **members,
         )
         return request.sign(key)
 

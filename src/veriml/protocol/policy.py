@@ -239,23 +239,27 @@ class SpotReveal:
 
 @dataclass(frozen=True, slots=True)
 class DisputeRef:
-    """A dispute the request opened, with its logged outcome (its ``verdict`` ledger entry)."""
+    """A dispute the request opened, with its logged outcome: ``log_index`` is its ``verdict``
+    ledger entry, ``opened`` its ``challenge`` entry (a client checks both in the log)."""
 
     id: str
     defendant: str
     challenger: str
     winner: Winner
     log_index: int
+    opened: int | None = None
 
     def __post_init__(self) -> None:
         _winner(self.winner)
         for name in ("id", "defendant", "challenger"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise FormatError(f"dispute {name} must be a non-empty string")
-        if isinstance(self.log_index, bool) or not isinstance(self.log_index, int):
-            raise FormatError("dispute log_index must be an integer", got=self.log_index)
-        if self.log_index < 0:
-            raise FormatError("dispute log_index must be >= 0", got=self.log_index)
+        for name in ("log_index", "opened"):
+            value = getattr(self, name)
+            if value is None and name == "opened":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise FormatError(f"dispute {name} must be an integer >= 0", got=value)
 
     def losers(self) -> tuple[str, ...]:
         """The parties that lost: ``none`` has no loser, ``neither`` two."""
@@ -267,13 +271,16 @@ class DisputeRef:
         }[self.winner]
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
             "defendant": self.defendant,
             "challenger": self.challenger,
             "winner": self.winner,
             "log_index": self.log_index,
         }
+        if self.opened is not None:
+            out["opened"] = self.opened
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> DisputeRef:
@@ -286,6 +293,7 @@ class DisputeRef:
                 challenger=obj["challenger"],
                 winner=_winner(obj["winner"]),
                 log_index=obj["log_index"],
+                opened=obj.get("opened"),
             )
         except KeyError as exc:
             raise FormatError("verdict dispute is missing a member", member=str(exc)) from exc
