@@ -56,7 +56,7 @@ from veriml.coordinator.completion_checks import (
     output_json,
     parse_policy,
 )
-from veriml.coordinator.inference import MAX_DISSENT_DISPUTES, check_request_id
+from veriml.coordinator.inference import check_request_id
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.openai_errors import NodeRefused
 from veriml.coordinator.scheduler import (
@@ -94,6 +94,7 @@ from veriml.verify.policy import (
     Verdict,
     Winner,
     decide,
+    disputed_pairs,
     spot_checked,
     spot_commitment,
 )
@@ -468,9 +469,12 @@ class CompletionService:
                     disputes.append(
                         await self._record(prepared, answers[0], checking, check, "challenger")
                     )
-        # 6. The verdict, from the verified answers; disagreements are settled first.
-        disputes += await self._settle_dissent(prepared, answers, spot)
+        # 6. The verdict, from the verified answers; the disagreements it leaves are settled
+        # first, and the verdict decided again with their outcomes.
         verdict = decide(policy, triples, spot=spot, disputes=disputes)
+        dissent = await self._settle_dissent(prepared, answers, verdict)
+        if dissent:
+            verdict = decide(policy, triples, spot=spot, disputes=[*disputes, *dissent])
         self._observe("verdict", f"{policy.kind}/{verdict.outcome}")
         chosen = next(
             (a for _, a in answers if {OUTPUT: a.output} == dict(verdict.outputs)), answers[0][1]
@@ -538,26 +542,18 @@ class CompletionService:
         self,
         prepared: Prepared,
         answers: Sequence[tuple[Candidate, NodeAnswer]],
-        spot: SpotReveal | None,
+        verdict: Verdict,
     ) -> list[DisputeRef]:
-        """Disagreements under ``quorum`` (each dissenting answer against an agreeing one, at
-        most :data:`MAX_DISSENT_DISPUTES`) and a ``spot`` check that came out different (the
-        primary against the checker), each settled by prefill checks (:meth:`_arbitrate`)."""
-        policy, job = prepared.policy, prepared.job
-        if self._disputes is None or job.kind == "embedding" or len(answers) < 2:
+        """The disagreements ``verdict`` leaves (:func:`~veriml.verify.policy.disputed_pairs`:
+        a ``spot`` check that came out different, the primary against the checker; under
+        ``quorum``, dissenting answers against an agreeing one), each settled by prefill checks
+        (:meth:`_arbitrate`)."""
+        if self._disputes is None or prepared.job.kind == "embedding" or len(answers) < 2:
             return []
-        pairs: list[tuple[tuple[Candidate, NodeAnswer], tuple[Candidate, NodeAnswer]]] = []
-        if policy.kind == "spot" and spot is not None and spot.checked:
-            if answers[0][1].output != answers[1][1].output:
-                pairs.append((answers[0], answers[1]))
-        elif policy.kind == "quorum":
-            first = decide(
-                policy, [(n.node_id, n.operator, {OUTPUT: a.output}) for n, a in answers]
-            )
-            if first.outcome == "accepted":
-                agreeing = [x for x in answers if x[0].node_id in first.agreeing]
-                dissent = [x for x in answers if {OUTPUT: x[1].output} != dict(first.outputs)]
-                pairs += [(d, agreeing[0]) for d in dissent[:MAX_DISSENT_DISPUTES]]
+        parties = [(n.node_id, n.operator) for n, _ in answers]
+        pairs = [
+            (answers[d], answers[c]) for d, c in disputed_pairs(prepared.policy, verdict, parties)
+        ]
         settled = await asyncio.gather(*(self._arbitrate(prepared, d, c) for d, c in pairs))
         return [ref for ref in settled if ref is not None]
 

@@ -87,6 +87,7 @@ from veriml.verify.policy import (
     SpotReveal,
     Verdict,
     decide,
+    disputed_pairs,
     spot_checked,
     spot_commitment,
 )
@@ -109,9 +110,6 @@ CRASH_AFTER_APPEND = "VERIML_UNSAFE_TEST_CRASH_AFTER_LOG_APPEND"
 _log = logging.getLogger(__name__)
 _LOOKUP_CACHE = 256
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
-MAX_DISSENT_DISPUTES = 4
-"""Disputes one quorum request opens at most (one per dissenting answer): N <= 16 bounds
-them already; this keeps a request's latency to a few disputes run side by side."""
 _BOUNDS_CACHE = 64
 
 
@@ -575,27 +573,12 @@ class InferenceService:
         verdict: Verdict,
         answers: Sequence[tuple[Candidate, _Answer]],
     ) -> list[DisputeRef]:
-        """Settle the disagreements a verdict leaves before it is logged.
-
-        ``spot:P``: a checked answer the checker contradicts (the primary is the defendant).
-        ``quorum:N/K`` accepted: each dissenting answer (the defendant) against the first
-        agreeing node, at most :data:`MAX_DISSENT_DISPUTES`, side by side.
-        """
+        """Settle, side by side, the disagreements a verdict leaves before it is logged: the
+        pairs :func:`~veriml.verify.policy.disputed_pairs` names."""
         if self._disputes is None:
             return []
-        pairs: list[tuple[tuple[Candidate, _Answer], tuple[Candidate, _Answer]]] = []
-        by_node = {n.node_id: (n, a) for n, a in answers}
-        if policy.kind == "spot" and len(answers) >= 2 and verdict.outcome == "rejected":
-            pairs.append((answers[0], answers[1]))
-        elif policy.kind == "quorum" and verdict.outcome == "accepted":
-            agreeing = by_node[verdict.agreeing[0]]
-            agreeing_operators = {by_node[n][0].operator for n in verdict.agreeing}
-            dissent = [
-                (n, a)
-                for n, a in answers
-                if n.node_id not in verdict.agreeing and n.operator not in agreeing_operators
-            ]
-            pairs += [(d, agreeing) for d in dissent[:MAX_DISSENT_DISPUTES]]
+        parties = [(n.node_id, n.operator) for n, _ in answers]
+        pairs = [(answers[d], answers[c]) for d, c in disputed_pairs(policy, verdict, parties)]
         if not pairs:
             return []
         disputes = self._disputes

@@ -9,12 +9,14 @@ The verdict is recomputed by anyone from the receipts: :func:`decide` is what th
 runs and what the SDK runs again to check the coordinator's claim with :func:`check_verdict`;
 :func:`check_spot` re-derives a revealed spot check from the receipt's commitment, and
 :func:`check_spot_reveal` is the whole spot evidence of an answer (both answer checks use it).
+:func:`disputed_pairs` is which disagreements a coordinator settles by dispute before it logs a
+verdict (both its services use it).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from veriml.core.digest import Digest
 from veriml.core.errors import DigestMismatch, FormatError, VerificationError
@@ -49,6 +51,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BASIS_POINTS",
     "COMPARES",
+    "MAX_DISSENT_DISPUTES",
     "MAX_QUORUM",
     "MAX_WINDOW",
     "SPOT_COMMIT_TAG",
@@ -67,11 +70,16 @@ __all__ = [
     "check_spot_reveal",
     "check_verdict",
     "decide",
+    "disputed_pairs",
     "spot_checked",
     "spot_commitment",
 ]
 
 Answer = tuple[str, str, Mapping[str, Digest]]
+
+MAX_DISSENT_DISPUTES: Final = 4
+"""Disputes one quorum request opens at most (one per dissenting answer): N <= 16 bounds
+them already; this keeps a request's latency to a few disputes run side by side."""
 
 
 def check_spot(
@@ -264,3 +272,34 @@ def check_verdict(claimed: Verdict, recomputed: Verdict) -> None:
             policy=recomputed.policy,
             agreeing=len(recomputed.agreeing),
         )
+
+
+def disputed_pairs(
+    policy: Policy, verdict: Verdict, answers: Sequence[tuple[str, str]]
+) -> list[tuple[int, int]]:
+    """The disagreements a verdict leaves that become disputes before it is logged, as
+    ``(defendant, challenger)`` indexes into ``answers``.
+
+    ``answers`` are ``(node id, operator id)``, in the order :func:`decide` was given them, and
+    ``verdict`` is what :func:`decide` concluded from them before any dispute:
+
+    - ``spot:P``: a checked answer that the checker contradicts (the verdict is rejected): the
+      primary (``answers[0]``) is the defendant, the checker (``answers[1]``) the challenger;
+    - ``quorum:N/K`` accepted: each dissenting answer (of an operator not among the agreeing
+      ones) is a defendant against the first agreeing answer, at most
+      :data:`MAX_DISSENT_DISPUTES`;
+    - any other policy or outcome: none.
+    """
+    if policy.kind == "spot":
+        return [(0, 1)] if len(answers) >= 2 and verdict.outcome == "rejected" else []
+    if policy.kind != "quorum" or verdict.outcome != "accepted":
+        return []
+    index = {node: i for i, (node, _) in enumerate(answers)}
+    agreeing_operators = {answers[index[node]][1] for node in verdict.agreeing}
+    dissent = [
+        i
+        for i, (node, operator) in enumerate(answers)
+        if node not in verdict.agreeing and operator not in agreeing_operators
+    ]
+    first = index[verdict.agreeing[0]]
+    return [(d, first) for d in dissent[:MAX_DISSENT_DISPUTES]]
