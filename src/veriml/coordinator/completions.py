@@ -72,6 +72,7 @@ from veriml.core.completion import (
     RequestKind,
     canonical_request,
     check_canonical,
+    relay_name,
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
@@ -105,7 +106,6 @@ if TYPE_CHECKING:
 
 __all__ = [
     "LLM_ENGINE",
-    "RELAY_PREFIX",
     "CompletionAnswer",
     "CompletionJob",
     "CompletionOptions",
@@ -115,13 +115,10 @@ __all__ = [
     "Prepared",
     "TokenPiece",
     "TokenSink",
-    "relay_digest",
 ]
 
 LLM_ENGINE: Final = "llama.cpp"
 """The engine a node's descriptor lists when it runs GGUF models."""
-RELAY_PREFIX: Final = "relay:"
-"""Model ids ``relay:NAME`` name a model relay nodes forward to an upstream API."""
 NDJSON: Final = "application/x-ndjson"
 SEED_BOUND: Final = 1 << 32
 _MAX_ERROR_BYTES: Final = 64 << 10
@@ -134,17 +131,11 @@ Array = npt.NDArray[Any]
 class LLMModel:
     """What the service needs of a model: its digest and context length (``io``) for a hub
     GGUF model; for a relayed one (``relay:NAME``), the upstream ``relay`` name and the
-    stand-in digest :func:`relay_digest` of its id."""
+    stand-in digest :func:`~veriml.core.completion.relay_digest` of its id."""
 
     digest: Digest
     context_length: int | None = None
     relay: str | None = None
-
-
-def relay_digest(name: str) -> Digest:
-    """The stand-in digest of relayed model ``NAME``: ``SHA-256("relay:NAME")``. A relay has no
-    weights to name; requests, jobs and log entries are bound to this instead."""
-    return Digest.of(f"relay:{name}".encode())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -329,7 +320,7 @@ class CompletionService:
             raise FormatError(
                 "model must be a hub name, name@version or sha256 digest", param="model"
             )
-        parsed = parse_policy(policy, kind=kind, relay=model_ref.startswith(RELAY_PREFIX))
+        parsed = parse_policy(policy, kind=kind, relay=relay_name(model_ref) is not None)
         key = request_id
         request_id = str(uuid.uuid4()) if key is None else check_request_id(key)
         # 1. The model and the nodes that may run it (blocking lookups, off the event loop).

@@ -31,7 +31,6 @@ from veriml.coordinator.auth import RequestSignature
 from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
     LLM_ENGINE,
-    RELAY_PREFIX,
     CompletionAnswer,
     CompletionOptions,
     CompletionService,
@@ -39,13 +38,12 @@ from veriml.coordinator.completions import (
     NodeAnswer,
     Prepared,
     TokenPiece,
-    relay_digest,
 )
 from veriml.coordinator.inference_routes import node_lister
 from veriml.coordinator.openai_errors import openai_error
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
-from veriml.core.completion import RequestKind
+from veriml.core.completion import RequestKind, relay_digest, relay_model_id, relay_name
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, FormatError, LimitExceeded
@@ -111,7 +109,7 @@ def _observer(state: Any) -> Callable[[str, str], None]:
 def _relay_nodes(state: Any, model: LLMModel) -> list[Candidate]:
     """Live relay nodes serving ``relay:NAME`` that the ledger lets receive jobs, as the
     scheduler sees them: serving the stand-in digest the request is bound to."""
-    wanted = RELAY_PREFIX + str(model.relay)
+    wanted = relay_model_id(str(model.relay))
     now, live = time.time(), state.settings.live_after
     ledger = state.ledger.state()
     return [
@@ -146,8 +144,8 @@ def service_from_state(state: Any) -> CompletionService:
         return llama_nodes(model.digest)
 
     def resolve_model(ref: str) -> LLMModel:
-        if ref.startswith(RELAY_PREFIX):
-            name = ref.removeprefix(RELAY_PREFIX)
+        name = relay_name(ref)
+        if name is not None:
             if not 0 < len(name) <= 256:
                 raise FormatError("a relayed model is relay:NAME", param="model", got=ref[:80])
             return LLMModel(relay_digest(name), relay=name)

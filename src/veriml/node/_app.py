@@ -28,6 +28,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from veriml.core.completion import relay_model_id
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
@@ -205,7 +206,7 @@ def _engines(config: NodeConfig) -> tuple[str, ...]:
 
 def _served_models(config: NodeConfig) -> tuple[str, ...]:
     if config.relay_model is not None:
-        return (f"relay:{config.relay_model}",)
+        return (relay_model_id(config.relay_model),)
     return ("*",)
 
 

@@ -41,7 +41,7 @@ from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.runtime.llm import Completion, CompletionResult, TokenEvent
 
-__all__ = ["RELAY_ENGINE", "RELAY_TOKEN", "RelayEngine", "relay_model_id"]
+__all__ = ["RELAY_ENGINE", "RELAY_TOKEN", "RelayEngine"]
 
 RELAY_ENGINE: Final = "relay"
 """The engine a relay node's descriptor lists."""
@@ -56,11 +56,6 @@ _PATHS: Final = {
     "text_completion": "/completions",
     "embedding": "/embeddings",
 }
-
-
-def relay_model_id(name: str) -> str:
-    """The model id a relay node serves ``name`` under in its descriptor (``relay:NAME``)."""
-    return f"relay:{name}"
 
 
 def _upstream_body(canonical: Mapping[str, Any], model: str, stream: bool) -> dict[str, Any]:
