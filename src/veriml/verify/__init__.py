@@ -18,7 +18,9 @@ checks answers and verdicts.
   become disputes (the policy and verdict formats are :mod:`veriml.protocol.policy`);
 - :mod:`veriml.verify.tolerance`: per-operator error bounds and tolerance comparison;
 - :mod:`veriml.verify.dispute`: trace layout, reveal checks, bisection and the referee;
-- :mod:`veriml.verify.prefill`: the prefill check of LLM completions (one batched pass).
+- :mod:`veriml.verify.prefill`: the prefill check of LLM completions (one batched pass);
+- :mod:`veriml.verify.provenance`: a model name means its publisher's model
+  (:func:`check_provenance`, from the logged model and namespace entries).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "OutputBounds",
     "Policy",
     "PrefillReport",
+    "Provenance",
     "RefereeDecision",
     "SpotReveal",
     "TraceLayout",
@@ -49,6 +52,7 @@ __all__ = [
     "VerifiedInference",
     "VerifiedReceipt",
     "check_completion",
+    "check_provenance",
     "check_reveal",
     "check_spot",
     "check_spot_reveal",
@@ -97,6 +101,8 @@ _HOMES = {
     "PrefillReport": "prefill",
     "check_completion": "prefill",
     "prefill_check": "prefill",
+    "Provenance": "provenance",
+    "check_provenance": "provenance",
     "Bisection": "dispute",
     "RefereeDecision": "dispute",
     "TraceLayout": "dispute",
@@ -141,6 +147,7 @@ if TYPE_CHECKING:
         spot_commitment,
     )
     from veriml.verify.prefill import PrefillReport, check_completion, prefill_check
+    from veriml.verify.provenance import Provenance, check_provenance
     from veriml.verify.tolerance import OutputBounds, output_bounds, outputs_agree
 
 
