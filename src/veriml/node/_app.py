@@ -48,9 +48,10 @@ from veriml.core.keys import SigningKey, generate_key, load_private_key, load_pu
 from veriml.node._byzantine import behaviour_for
 from veriml.node._config import NodeConfig
 from veriml.node._coordinator import CoordinatorLink
+from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._jobs import JobService
 from veriml.node._llm import CompletionEngine, LLMJobs
-from veriml.node._memory import ReplayCache, TraceStore
+from veriml.node._memory import ReplayCache
 from veriml.node._models import ModelCache
 from veriml.protocol.accounts import OperatorBinding
 from veriml.protocol.messages import format_time
@@ -125,7 +126,7 @@ def status_for(exc: Error) -> int:
             return 410
         if exc.check in _FORBIDDEN_CHECKS:
             return 403
-        if exc.check in ("job-inputs", "job-request"):
+        if exc.check in ("job-inputs", "job-request", "job-retention"):
             return 422
         return 502  # the hub served a model that does not verify
     if isinstance(exc, InvalidTensor | InvalidInput):
@@ -232,7 +233,14 @@ class NodeState:
             started_at=self.started_at,
             max_validity=dt.timedelta(seconds=config.max_job_validity),
         )
-        self.traces = TraceStore(retention=config.trace_retention, max_bytes=config.max_trace_bytes)
+        self.traces = TraceStore(
+            config.traces_dir,
+            retention=config.trace_retention,
+            max_bytes=config.max_trace_bytes,
+            max_retention=config.max_retention,
+            hold=config.trace_hold,
+            max_tensor_bytes=config.max_body_bytes,
+        )
         self.jobs = JobService(
             key=key,
             models=self.models,
@@ -245,6 +253,9 @@ class NodeState:
             behaviour=behaviour_for(config.byzantine, key),
             llm=LLMJobs(key, mode=config.byzantine),
             relay=self.relay,
+            answered=AnsweredRequests(config.traces_dir),
+            retrace_concurrency=config.retrace_concurrency,
+            retrace_queue=config.retrace_queue,
         )
         self.http = httpx.AsyncClient(timeout=httpx.Timeout(10.0))
         self.binding = load_binding(config, key)
@@ -288,7 +299,7 @@ class NodeState:
         interval = max(1.0, min(60.0, self.config.trace_retention / 4))
         while True:
             await asyncio.sleep(interval)
-            self.traces.prune()
+            await asyncio.to_thread(self.traces.prune)
 
     async def stop(self) -> None:
         """Stop heartbeats, let admitted jobs finish within the grace period, close."""
@@ -325,6 +336,7 @@ class NodeState:
             "cached": self.models.cached(),
             "loaded": self.models.loaded,
             "traces": len(self.traces),
+            "retraces": {"active": self.jobs.retraces.active, "queued": self.jobs.retraces.waiting},
             "started_at": format_time(self.started_at),
         }
 
@@ -420,21 +432,23 @@ def create_node_app(config: NodeConfig) -> FastAPI:
         # Already JSON: skips FastAPI's response validation, which costs more than the run.
         return Response(await node.jobs.run(body), media_type="application/json")
 
+    # Trace reads run in the default thread pool, never in a job lane: a dispute's reveals
+    # do not wait behind jobs, however busy the node is.
     @app.get("/v1/traces/{request_id}", operation_id="get_trace")
     async def get_trace(request_id: str, node: Node) -> dict[str, Any]:
-        return node.traces.get(request_id).to_json()
+        return await asyncio.to_thread(lambda: node.traces.get(request_id).to_json())
 
     @app.get("/v1/traces/{request_id}/entries/{index}", operation_id="get_trace_entry")
     async def get_trace_entry(request_id: str, index: str, node: Node) -> dict[str, Any]:
         # Parsed here, not by FastAPI: a bad index is a 400 problem like every other.
         if not (index.isascii() and index.isdigit()) or len(index) > 12:
             raise FormatError("trace index must be a non-negative integer", got=index[:40])
-        return node.traces.get(request_id).reveal(int(index))
+        return await asyncio.to_thread(lambda: node.traces.get(request_id).reveal(int(index)))
 
     @app.get("/v1/traces/{request_id}/tensors/{name:path}", operation_id="get_trace_tensor")
     async def get_trace_tensor(request_id: str, name: str, node: Node) -> dict[str, Any]:
         # ``:path``: exported graphs name tensors like "/encoder/MatMul_output_0".
-        return node.traces.get(request_id).tensor(name)
+        return await asyncio.to_thread(lambda: node.traces.get(request_id).tensor(name))
 
     @app.get("/healthz", operation_id="healthz")
     async def healthz(node: Node) -> dict[str, Any]:

@@ -20,6 +20,13 @@ Defaults and why:
   and a KV cache of ``llm_ctx`` tokens.
 - ``relay_url`` = None. With an upstream URL and ``relay_model`` the node runs no model
   itself: it relays LLM jobs to that OpenAI-compatible API and signs them ``attested-relay``.
+- ``max_retention`` = 7 days: the longest a traced job may ask the node to keep its trace
+  (``retain_until``, the answer's challenge window; ``optimistic:W`` allows W up to 7 days).
+  ``trace_hold`` = 1 hour: a trace stays at least this long after it was last read, so a
+  dispute opened at the end of a window still finds it.
+- ``retrace_concurrency`` = 1 and ``retrace_queue`` = 16: retraces (a traced job for a request
+  the node already answered, sent for a dispute) run in their own lane, which ordinary jobs
+  cannot fill; the coordinator bounds the disputes open against one node well below this.
 - ``max_job_validity`` = 5 minutes: the replay cache keeps job ids in memory until they
   expire, so the node refuses jobs whose validity window is longer than this (docs/node.md,
   "Replay protection").
@@ -86,7 +93,15 @@ class NodeConfig:
     queue_length: int = 64
     heartbeat_interval: float = 5.0
     trace_retention: float = 3600.0
-    """Seconds a trace is kept and served after its job ran."""
+    """Seconds a trace is kept after its job ran when the job names no ``retain_until``."""
+    max_retention: float = 7 * 86_400.0
+    """Longest ``retain_until`` (from now) a traced job may ask for; longer ones are refused."""
+    trace_hold: float = 3600.0
+    """Seconds a trace is kept after it was last written or read (a dispute reading it)."""
+    retrace_concurrency: int = 1
+    """Retraces running at once, in their own worker threads."""
+    retrace_queue: int = 16
+    """Retraces waiting beyond the running ones; more answer 503."""
     job_timeout: float = 60.0
     """Seconds a job may take from admission to answer, pull of its model included."""
     max_job_validity: float = 300.0
@@ -96,7 +111,7 @@ class NodeConfig:
     max_model_bytes: int = 8 << 30
     """Largest model (sum of its files) the node pulls."""
     max_trace_bytes: int = 512 << 20
-    """Most tensor bytes kept in traces; the oldest traces go first beyond it."""
+    """Most bytes of trace files kept under ``home/traces``; the oldest go first beyond it."""
     shutdown_grace: float = 30.0
     """Seconds running jobs get to finish once shutdown starts."""
     access_log: bool = False
@@ -136,7 +151,13 @@ class NodeConfig:
         for name in ("heartbeat_interval", "job_timeout", "max_job_validity"):
             if not getattr(self, name) > 0:
                 raise FormatError(f"{name} must be positive", got=getattr(self, name))
-        for name in ("trace_retention", "shutdown_grace"):
+        if not 1 <= self.retrace_concurrency <= 64 or not 0 <= self.retrace_queue <= _MAX_QUEUE:
+            raise FormatError(
+                f"retrace lane must have 1-64 workers and a queue of 0-{_MAX_QUEUE}",
+                concurrency=self.retrace_concurrency,
+                queue=self.retrace_queue,
+            )
+        for name in ("trace_retention", "shutdown_grace", "max_retention", "trace_hold"):
             if getattr(self, name) < 0:
                 raise FormatError(f"{name} must not be negative", got=getattr(self, name))
         if self.max_body_bytes < 1024 or self.max_model_bytes < 1024:
@@ -182,6 +203,11 @@ class NodeConfig:
     @property
     def cache_dir(self) -> Path:
         return self.home / "models"
+
+    @property
+    def traces_dir(self) -> Path:
+        """Kept traces and the journal of answered requests (docs/node.md, "Traces")."""
+        return self.home / "traces"
 
     @property
     def coordinator(self) -> str:

@@ -7,8 +7,9 @@ For each ``POST /v1/jobs`` body ``{"job": <DSSE envelope>, "inputs": {name: tens
 1. the body parses (400);
 2. ``Job.open``: signed by the configured coordinator key, addressed to this node, not issued
    in the future (403), not expired (410), and an LLM job's request is the signed one (422);
-3. admission: the node is not shutting down and running + waiting jobs are below
-   ``concurrency + queue_length`` (503 with ``Retry-After``);
+3. admission: the node is not shutting down, a traced job's ``retain_until`` is within the
+   node's ``max_retention`` (422), and running + waiting jobs of the job's *lane* are below
+   its concurrency plus queue length (503 with ``Retry-After``);
 4. the replay cache admits the job id (409; see :mod:`veriml.node._memory`);
 5. the model is loaded, or pulled and verified (:mod:`veriml.node._models`);
 6. a worker thread (one per ``concurrency``) decodes the input tensors, checks their digests
@@ -16,7 +17,14 @@ For each ``POST /v1/jobs`` body ``{"job": <DSSE envelope>, "inputs": {name: tens
    :class:`~veriml.node._byzantine.Behaviour`: the honest one runs the model under the
    verifiable profile and signs the receipt with the node key (``policy`` and ``request_id``
    from the job); a byzantine one (tests and demos only) cheats in its documented way.
-   A traced job's trace is kept for disputes, replacing any earlier one of the same request.
+   A traced job's trace is kept on disk for disputes until its ``retain_until``, replacing
+   any earlier one of the same request (:mod:`veriml.node._evidence`).
+
+Two lanes, each with its own worker threads and queue: ordinary jobs (``concurrency``,
+``queue_length``) and *retraces* (``retrace_concurrency``, ``retrace_queue``): traced jobs
+for a request this node already answered, which the coordinator sends to re-derive an
+untraced answer in a dispute. A flood of ordinary jobs cannot fill the retrace lane, so a
+busy node still makes its dispute moves in time; trace reveals do not go through either lane.
 
 LLM jobs take the same steps with a GGUF model (:mod:`veriml.node._llm` runs them in step 6).
 A completion job may stream (:meth:`JobService.stream`): steps 1-5 and the wait for a worker
@@ -52,8 +60,9 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._byzantine import Behaviour
+from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._llm import CompletionEngine, LLMJobs
-from veriml.node._memory import ReplayCache, TraceStore
+from veriml.node._memory import ReplayCache
 from veriml.node._models import ModelCache
 from veriml.protocol.messages import Job
 from veriml.runtime import Runner
@@ -106,6 +115,25 @@ async def _one_line(answer: bytes) -> AsyncIterator[bytes]:
     yield b'{"result":' + answer + b"}\n"
 
 
+class _Lane:
+    """Worker threads and a bounded queue for one kind of job."""
+
+    def __init__(self, name: str, concurrency: int, queue_length: int) -> None:
+        self.name = name
+        self.concurrency = concurrency
+        self.queue_length = queue_length
+        self.active = 0
+        self.waiting = 0
+        self.pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=concurrency, thread_name_prefix=f"veriml-{name}"
+        )
+        self.slots = asyncio.Semaphore(concurrency)
+
+    @property
+    def full(self) -> bool:
+        return self.active + self.waiting >= self.concurrency + self.queue_length
+
+
 def _kind_members(job: Job, body: JobBody) -> None:
     """What travels beside the envelope must be what the job's kind takes."""
     if job.kind != "onnx" and body.inputs:
@@ -118,7 +146,8 @@ def _kind_members(job: Job, body: JobBody) -> None:
 
 
 class JobService:
-    """Runs jobs for one node key with bounded concurrency and a bounded waiting queue."""
+    """Runs jobs for one node key in two lanes (module docstring), each with bounded
+    concurrency and a bounded waiting queue."""
 
     def __init__(
         self,
@@ -134,6 +163,9 @@ class JobService:
         behaviour: Behaviour | None = None,
         llm: LLMJobs | None = None,
         relay: CompletionEngine | None = None,
+        answered: AnsweredRequests | None = None,
+        retrace_concurrency: int = 1,
+        retrace_queue: int = 16,
     ) -> None:
         self.key = key
         self.behaviour = behaviour if behaviour is not None else Behaviour(key)
@@ -146,6 +178,8 @@ class JobService:
         self.models = models
         self.replay = replay
         self.traces = traces
+        self.answered = answered
+        """Requests this node answered: a traced job for one of them is a retrace."""
         self.concurrency = concurrency
         self.queue_length = queue_length
         self.job_timeout = job_timeout
@@ -153,28 +187,47 @@ class JobService:
         self.coordinator_key: VerifyingKey | None = None
         """Set once known (configured, or fetched on first use); jobs are refused until then."""
         self.accepting = True
-        self.active = 0
-        """Jobs running in a worker thread."""
-        self.waiting = 0
-        """Admitted jobs not yet in a worker (pulling their model or queued for a slot)."""
         self.completed = 0
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=concurrency, thread_name_prefix="veriml-job"
-        )
-        self._slots = asyncio.Semaphore(concurrency)
+        self.jobs = _Lane("job", concurrency, queue_length)
+        self.retraces = _Lane("retrace", retrace_concurrency, retrace_queue)
         self._idle = asyncio.Event()
         self._idle.set()
+
+    @property
+    def active(self) -> int:
+        """Jobs running in a worker thread (both lanes)."""
+        return self.jobs.active + self.retraces.active
+
+    @property
+    def waiting(self) -> int:
+        """Admitted jobs not yet in a worker (pulling their model or queued for a slot)."""
+        return self.jobs.waiting + self.retraces.waiting
 
     @property
     def capacity(self) -> int:
         return self.concurrency
 
     def load(self) -> dict[str, int]:
-        return {"active": self.active, "queued": self.waiting, "capacity": self.concurrency}
+        """The ordinary lane's load (what the coordinator schedules by)."""
+        return {
+            "active": self.jobs.active,
+            "queued": self.jobs.waiting,
+            "capacity": self.concurrency,
+        }
 
-    def _admit(self, body: object) -> tuple[Job, JobBody]:
-        """Steps 1-4; on success the job counts as waiting until :meth:`_start` or
-        :meth:`_unwait`."""
+    def lane_of(self, job: Job) -> _Lane:
+        """The retrace lane for a traced job of a request this node answered, else the
+        ordinary one."""
+        if job.trace and (
+            (self.answered is not None and job.request_id in self.answered)
+            or self.traces.has(job.request_id)
+        ):
+            return self.retraces
+        return self.jobs
+
+    def _admit(self, body: object) -> tuple[Job, JobBody, _Lane]:
+        """Steps 1-4; on success the job counts as waiting in its lane until
+        :meth:`_submit` starts it or :meth:`_unwait`."""
         parsed = parse_job_body(body)  # 1
         if self.coordinator_key is None:
             raise NodeUnavailable(
@@ -186,20 +239,22 @@ class JobService:
         _kind_members(job, parsed)
         if not self.accepting:  # 3
             raise NodeUnavailable("node is shutting down", retry_after=RETRY_AFTER_SECONDS)
-        if self.active + self.waiting >= self.concurrency + self.queue_length:
+        self.traces.check_retention(job.retain_until)
+        lane = self.lane_of(job)
+        if lane.full:
             raise NodeUnavailable(
-                "node is busy: its job queue is full",
-                active=self.active,
-                queued=self.waiting,
+                f"node is busy: its {lane.name} queue is full",
+                active=lane.active,
+                queued=lane.waiting,
                 retry_after=RETRY_AFTER_SECONDS,
             )
         self.replay.admit(job, now=dt.datetime.now(dt.UTC))  # 4
-        self.waiting += 1
+        lane.waiting += 1
         self._idle.clear()
-        return job, parsed
+        return job, parsed, lane
 
-    def _unwait(self) -> None:
-        self.waiting -= 1
+    def _unwait(self, lane: _Lane) -> None:
+        lane.waiting -= 1
         self._check_idle()
 
     def _timed_out(self, job: Job) -> NodeUnavailable:
@@ -212,8 +267,8 @@ class JobService:
     async def run(self, body: object) -> bytes:
         """Steps 1-6 for one job body; the result document as JSON bytes (serialised in the
         worker thread, off the event loop), or a veriml error."""
-        job, parsed = self._admit(body)
-        return await self._run_admitted(job, parsed)
+        job, parsed, lane = self._admit(body)
+        return await self._run_admitted(job, parsed, lane)
 
     async def stream(self, body: object) -> AsyncIterator[bytes]:
         """A completion job as NDJSON lines: ``{"token", "text"}`` per generated token, then
@@ -225,9 +280,9 @@ class JobService:
         iterator (the caller turns them into an ``{"error": problem}`` line). Closing the
         iterator early (the client left) stops the generation at its next token.
         """
-        job, parsed = self._admit(body)
+        job, parsed, lane = self._admit(body)
         if job.kind != "completion":
-            return _one_line(await self._run_admitted(job, parsed))
+            return _one_line(await self._run_admitted(job, parsed, lane))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.job_timeout
         cancel = threading.Event()
@@ -242,13 +297,13 @@ class JobService:
         started = [False]
         try:
             future = await asyncio.wait_for(
-                self._submit(job, parsed, started, on_token), timeout=self.job_timeout
+                self._submit(job, parsed, lane, started, on_token), timeout=self.job_timeout
             )
         except TimeoutError as exc:
             raise self._timed_out(job) from exc
         finally:
             if not started[0]:
-                self._unwait()
+                self._unwait(lane)
         future.add_done_callback(lambda _: loop.call_soon_threadsafe(lines.put_nowait, None))
         return self._lines(job, future, lines, cancel, deadline)
 
@@ -275,22 +330,22 @@ class JobService:
         finally:
             cancel.set()
 
-    async def _run_admitted(self, job: Job, parsed: JobBody) -> bytes:
+    async def _run_admitted(self, job: Job, parsed: JobBody, lane: _Lane) -> bytes:
         started = [False]
         cancel = threading.Event()
         try:
             return await asyncio.wait_for(
-                self._execute(job, parsed, started, cancel), timeout=self.job_timeout
+                self._execute(job, parsed, lane, started, cancel), timeout=self.job_timeout
             )
         except TimeoutError as exc:
             raise self._timed_out(job) from exc
         finally:
             cancel.set()
             if not started[0]:
-                self._unwait()
+                self._unwait(lane)
 
     async def _execute(
-        self, job: Job, parsed: JobBody, started: list[bool], cancel: threading.Event
+        self, job: Job, parsed: JobBody, lane: _Lane, started: list[bool], cancel: threading.Event
     ) -> bytes:
         def on_token(_: TokenEvent) -> None:
             if cancel.is_set():
@@ -298,12 +353,13 @@ class JobService:
 
         # A relay streams from its upstream only when asked to: no token hook for it here.
         hook = on_token if self.relay is None else None
-        return await asyncio.wrap_future(await self._submit(job, parsed, started, hook))
+        return await asyncio.wrap_future(await self._submit(job, parsed, lane, started, hook))
 
     async def _submit(
         self,
         job: Job,
         parsed: JobBody,
+        lane: _Lane,
         started: list[bool],
         on_token: Callable[[TokenEvent], None] | None,
     ) -> concurrent.futures.Future[bytes]:
@@ -320,20 +376,20 @@ class JobService:
         else:
             engine = self.relay if self.relay is not None else await self.models.engine(job.model)
             work = functools.partial(self.llm.complete, engine, job, on_token=on_token)
-        await self._slots.acquire()
+        await lane.slots.acquire()
         started[0] = True
-        self.waiting -= 1
-        self.active += 1
+        lane.waiting -= 1
+        lane.active += 1
         loop = asyncio.get_running_loop()
-        future = self._pool.submit(work)  # 6
+        future = lane.pool.submit(work)  # 6
         # The slot is freed when the thread ends, not when a timeout stops the wait for it.
-        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release))
+        future.add_done_callback(lambda _: loop.call_soon_threadsafe(self._release, lane))
         return future
 
-    def _release(self) -> None:
-        self.active -= 1
+    def _release(self, lane: _Lane) -> None:
+        lane.active -= 1
         self.completed += 1
-        self._slots.release()
+        lane.slots.release()
         self._check_idle()
 
     def _check_idle(self) -> None:
@@ -356,8 +412,12 @@ class JobService:
                 job_id=job.job_id,
                 model=job.model.to_text(),
                 trace=result.trace,
+                retain_until=job.retain_until,
             )
-        return self.behaviour.answer(result)
+        answer = self.behaviour.answer(result)
+        if self.answered is not None:
+            self.answered.record(job.request_id)
+        return answer
 
     async def drain(self, grace: float) -> bool:
         """Stop admitting jobs and wait up to ``grace`` seconds for admitted ones to end.
@@ -377,4 +437,7 @@ class JobService:
         return True
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for lane in (self.jobs, self.retraces):
+            lane.pool.shutdown(wait=False, cancel_futures=True)
+        if self.answered is not None:
+            self.answered.close()

@@ -325,10 +325,18 @@ class Job:
     """LLM jobs: the canonical request (not signed itself: its digest is)."""
     request_digest: Digest | None = None
     """LLM jobs: SHA-256 of the RFC 8785 form of ``request``."""
+    retain_until: str | None = None
+    """Traced jobs: keep the trace at least until this RFC 3339 time (the answer's challenge
+    window, docs/node.md "Traces"); omitted from the signed payload when None, so job bytes
+    without it are what they were before it existed."""
 
     def __post_init__(self) -> None:
         if self.kind not in JOB_KINDS:
             raise FormatError("unknown job kind", got=self.kind, expected="|".join(JOB_KINDS))
+        if self.retain_until is not None:
+            if not self.trace:
+                raise FormatError("only a traced job keeps a trace until a time", member="trace")
+            parse_time(self.retain_until, what="retain_until")
         if self.kind == "onnx":
             if self.request is not None or self.request_digest is not None:
                 raise FormatError("an ONNX job carries tensors, not a request", member="request")
@@ -370,6 +378,8 @@ class Job:
             out["kind"] = self.kind
         if self.request_digest is not None:
             out["request_digest"] = self.request_digest.to_text()
+        if self.retain_until is not None:
+            out["retain_until"] = self.retain_until
         return out
 
     def sign(self, coordinator_key: SigningKey) -> Envelope:
@@ -426,6 +436,9 @@ class Job:
             request_digest=None
             if signed is None
             else Digest.from_text(_str(message, "request_digest")),
+            retain_until=None
+            if message.get("retain_until") is None
+            else _str(message, "retain_until", max_len=64),
         )
         if job.node_id != node_id:
             raise VerificationError(

@@ -150,10 +150,13 @@ class HubStandIn:
 def node_config(
     home: Path, hub_url: str, coordinator_pub: Path | None, **overrides: Any
 ) -> NodeConfig:
+    operator = home.parent / f"{home.name}-operator.key"
+    if not operator.exists():
+        generate_key("ed25519").save(operator)
     settings: dict[str, Any] = {
         "coordinator_url": hub_url,
         "key_path": home / "node.key",
-        "operator": "op-test",
+        "operator_key": operator,
         "home": home,
         "coordinator_key": coordinator_pub,
         "concurrency": 2,
@@ -194,6 +197,7 @@ def job_body(
     issued: dt.datetime | None = None,
     lifetime: dt.timedelta = dt.timedelta(seconds=60),
     signed_digests: dict[str, Digest] | None = None,
+    retain_until: str | None = None,
 ) -> dict[str, Any]:
     issued = issued if issued is not None else dt.datetime.now(dt.UTC)
     job = Job(
@@ -206,6 +210,7 @@ def job_body(
         issued_at=format_time(issued),
         expires_at=format_time(issued + lifetime),
         trace=trace,
+        retain_until=retain_until,
     )
     return {
         "job": job.sign(coordinator_key).to_json(),

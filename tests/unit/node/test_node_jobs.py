@@ -207,6 +207,6 @@ def test_info_names_the_node_key_and_its_accepted_descriptor(
     wait_until(lambda: httpx.get(f"{url}/healthz").json()["registered"], what="registration")
     info = httpx.get(f"{url}/v1/info").json()
     assert VerifyingKey.from_pem(info["public_key"].encode()).key_id == node_id
-    assert info["operator"] == "op-test"
+    assert info["operator"] == hub.registrations[0].operator  # the operator's account id
     assert hub.registrations, "the node registered at start-up"
     assert info["descriptor"]["payloadType"] == "application/vnd.veriml.node-descriptor+json"

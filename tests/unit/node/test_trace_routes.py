@@ -1,21 +1,36 @@
 """The node's trace reveals (docs/verification.md, "Service"): every entry comes with an
 RFC 9162 proof against the root the receipt signed, every kept tensor hashes to its entry,
-a re-traced request replaces its trace, and the job path runs with the configured threads and
-byzantine behaviour."""
+a re-traced request replaces its trace, traces outlive a restart for their challenge window,
+a busy node still runs retraces and serves reveals, and the job path runs with the configured
+threads and byzantine behaviour."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from _node_harness import SignedModel, inputs_for, job_body, node_config, running_node
+from _node_harness import (
+    HubStandIn,
+    SignedModel,
+    inputs_for,
+    job_body,
+    make_signed_model,
+    node_config,
+    running_node,
+    wait_until,
+)
 
+from _servers import serve
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
+from veriml.core.timestamps import format_time
 from veriml.runtime import RunResult, TraceEntry
 from veriml.tlog.merkle import leaf_hash, verify_inclusion
 
@@ -35,9 +50,16 @@ def _traced(
     seed: int = 1,
     *,
     trace: bool = True,
+    retain_until: str | None = None,
 ) -> RunResult:
     body = job_body(
-        coordinator_key, node_id, model.digest, inputs_for(seed), trace=trace, request_id=request_id
+        coordinator_key,
+        node_id,
+        model.digest,
+        inputs_for(seed),
+        trace=trace,
+        request_id=request_id,
+        retain_until=retain_until,
     )
     response = httpx.post(f"{url}/v1/jobs", json=body, timeout=60)
     assert response.status_code == 200, response.text
@@ -159,3 +181,100 @@ def test_a_byzantine_node_warns_at_start_and_reveals_a_trace_consistent_with_its
     assert any(
         "BYZANTINE" in r.getMessage() and "wrong-output" in r.getMessage() for r in caplog.records
     )
+
+
+def _in(seconds: float) -> str:
+    return format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=seconds))
+
+
+def test_a_trace_outlives_a_node_restart_for_its_challenge_window(
+    tmp_path: Path,
+    hub_url: str,
+    coordinator_pub: Path,
+    coordinator_key: SigningKey,
+    signed_model: SignedModel,
+) -> None:
+    """The job's ``retain_until`` (the answer's challenge window), not the node's short
+    default, decides how long the trace is kept, and a restart does not lose it."""
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub, trace_retention=1)
+    with running_node(config) as url:
+        node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
+        result = _traced(
+            url, node_id, coordinator_key, signed_model, "r-kept", retain_until=_in(86_400)
+        )
+        _traced(url, node_id, coordinator_key, signed_model, "r-default")
+    assert result.trace is not None
+    with running_node(config) as url:
+        for index in range(result.trace.size):
+            _check_reveal(url, result, index)
+        assert httpx.get(f"{url}/v1/traces/r-kept/tensors/x").status_code == 200
+        assert httpx.get(f"{url}/healthz").json()["traces"] == 2
+
+
+def test_a_job_asking_to_keep_its_trace_longer_than_the_node_does_is_refused(
+    tmp_path: Path,
+    hub_url: str,
+    coordinator_pub: Path,
+    coordinator_key: SigningKey,
+    signed_model: SignedModel,
+) -> None:
+    config = node_config(tmp_path / "node", hub_url, coordinator_pub, max_retention=3600)
+    with running_node(config) as url:
+        node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
+        body = job_body(
+            coordinator_key,
+            node_id,
+            signed_model.digest,
+            inputs_for(1),
+            trace=True,
+            retain_until=_in(7200),
+        )
+        refused = _problem(httpx.post(f"{url}/v1/jobs", json=body, timeout=60), 422)
+        assert refused["check"] == "job-retention"
+        # The job id was not consumed: nothing ran, nothing is kept.
+        assert httpx.get(f"{url}/healthz").json()["traces"] == 0
+
+
+def test_a_node_whose_job_queue_is_full_still_runs_retraces_and_serves_reveals(
+    tmp_path: Path,
+    coordinator_pub: Path,
+    coordinator_key: SigningKey,
+    signed_model: SignedModel,
+) -> None:
+    """A busy node (503 to ordinary jobs) is not a loser: a retrace (a traced job for a
+    request it answered) has its own lane, and reveals never wait behind jobs."""
+    slow = make_signed_model(tmp_path / "slow", seed=5, name="slow")
+    hub = HubStandIn(coordinator_key)
+    hub.publish(signed_model)
+    hub.publish(slow)
+    config_args = {"concurrency": 1, "queue_length": 0}
+    with (
+        serve(hub.app()) as hub_url,
+        running_node(
+            node_config(tmp_path / "node", hub_url, coordinator_pub, **config_args)
+        ) as url,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
+        answered = _traced(url, node_id, coordinator_key, signed_model, "r-answered", trace=False)
+        optimistic = _traced(url, node_id, coordinator_key, signed_model, "r-traced")
+        # Fill the ordinary lane: a job whose model pull waits at the hub.
+        hub.blob_gate = threading.Event()
+        stuck = job_body(coordinator_key, node_id, slow.digest, inputs_for(2))
+        pending = pool.submit(httpx.post, f"{url}/v1/jobs", json=stuck, timeout=60)
+        wait_until(lambda: httpx.get(f"{url}/healthz").json()["load"]["queued"] == 1)
+        ordinary = job_body(coordinator_key, node_id, signed_model.digest, inputs_for(3))
+        busy = httpx.post(f"{url}/v1/jobs", json=ordinary, timeout=60)
+        assert busy.status_code == 503
+        assert busy.headers["retry-after"] == "1"
+        # A fresh traced job (an optimistic request) is ordinary work: refused too.
+        fresh = job_body(coordinator_key, node_id, signed_model.digest, inputs_for(3), trace=True)
+        assert httpx.post(f"{url}/v1/jobs", json=fresh, timeout=60).status_code == 503
+        # The retrace of the answered request runs, and the kept trace is served.
+        retrace = _traced(url, node_id, coordinator_key, signed_model, "r-answered")
+        assert retrace.outputs.keys() == answered.outputs.keys()
+        assert retrace.trace is not None
+        _check_reveal(url, retrace, retrace.trace.size - 1)
+        _check_reveal(url, optimistic, 0)
+        hub.blob_gate.set()
+        assert pending.result().status_code == 200

@@ -104,6 +104,23 @@ def test_job_inputs_must_match_their_signed_digests() -> None:
     assert info.value.check == "job-inputs"
 
 
+def test_a_traced_job_signs_how_long_its_trace_is_kept_and_older_jobs_keep_their_bytes() -> None:
+    """``retain_until`` (the answer's challenge window) is signed when set and absent when not,
+    so a job without it has the bytes it had before the member existed."""
+    coordinator, node = generate_key(), generate_key()
+    plain = _job(node.key_id, trace=True)
+    assert "retain_until" not in plain.to_json()
+    until = format_time(NOW + dt.timedelta(days=1))
+    kept = _job(node.key_id, trace=True, retain_until=until)
+    opened = Job.open(kept.sign(coordinator), coordinator.public, node_id=node.key_id, now=NOW)
+    assert opened.retain_until == until
+    assert opened.to_json() == {**plain.to_json(), "retain_until": until}
+    with pytest.raises(FormatError):
+        _job(node.key_id, retain_until=until)  # only a traced job keeps a trace
+    with pytest.raises(FormatError):
+        _job(node.key_id, trace=True, retain_until="tomorrow")
+
+
 def test_a_heartbeat_is_not_a_job() -> None:
     key = generate_key()
     beat = Heartbeat(key.key_id, format_time(NOW)).sign(key)
