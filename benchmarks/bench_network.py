@@ -188,14 +188,14 @@ _MEASURE = textwrap.dedent(
     elif step == "pull":
         import httpx
         from veriml.core.digest import Digest
-        from veriml.node._models import pull_model
+        from veriml.models.pull import pull_model
         before = rss("VmRSS")
         with httpx.Client(timeout=600) as client:
             keep = pull_model(client, arg[0], Digest.from_text(arg[1]), Path(arg[2]),
                               max_bytes=1 << 40)
     else:
         from veriml.core.digest import Digest
-        from veriml.node._models import load_cached
+        from veriml.models.pull import load_cached
         from veriml.runtime import Runner
         before = rss("VmRSS")
         keep = Runner.for_package(load_cached(Path(arg[0]), Digest.from_text(arg[1])))

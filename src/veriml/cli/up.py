@@ -28,7 +28,7 @@ __all__ = ["register"]
 def parse_byzantine(specs: list[str], nodes: int) -> dict[int, str]:
     """``INDEX:MODE`` options as ``{index: mode}``; :class:`typer.BadParameter` (exit 2) for a
     malformed spec, an index outside ``0..nodes-1``, an index given twice or an unknown mode."""
-    from veriml.node import BYZANTINE_MODES  # here: it loads the runtime, and only when asked
+    from veriml.protocol.byzantine import BYZANTINE_MODES
 
     chosen: dict[int, str] = {}
     for spec in specs:

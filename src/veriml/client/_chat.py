@@ -1,15 +1,15 @@
 """LLM answers as the SDK returns them, and the wire around them (docs/llm.md, "OpenAI-compatible
 API"): :class:`ChatResult`, the request as sent (:class:`LLMRequest`), OpenAI error objects as
-veriml errors, and server-sent events rebuilt into the body a non-streaming request would have
-returned (:class:`StreamAssembler`), so a stream verifies exactly like an answer. Pure: the
-HTTP lives in :mod:`veriml.client._client`, the verification in
-:mod:`veriml.verify.completion`.
+veriml errors, and server-sent events (read by :mod:`veriml.protocol.sse`) rebuilt into the
+body a non-streaming request would have returned (:class:`StreamAssembler`), so a stream
+verifies exactly like an answer. Pure: the HTTP lives in :mod:`veriml.client._client`, the
+verification in :mod:`veriml.verify.completion`.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,11 +38,9 @@ __all__ = [
     "POLICY_HEADER",
     "ChatResult",
     "LLMRequest",
-    "SSEReader",
     "StreamAssembler",
     "canonical_policy",
     "openai_error",
-    "parse_sse",
 ]
 
 
@@ -364,42 +362,3 @@ def openai_error(status: int, body: object, url: str) -> Error:
     if 400 <= status < 500:
         return FormatError(message, **evidence)
     return NodeUnavailable(message, **evidence)
-
-
-class SSEReader:
-    """Server-sent events (WHATWG HTML, "Server-sent events"), one line at a time, so sync and
-    async streams read them alike: :meth:`feed` returns ``(event type, data)`` when a blank
-    line ends an event; comments and ids are skipped, multi-line data joined with newlines."""
-
-    def __init__(self) -> None:
-        self._event = ""
-        self._data: list[str] = []
-
-    def feed(self, raw: str) -> tuple[str, str] | None:
-        line = raw.rstrip("\r\n")
-        if not line:
-            return self.end()
-        if not line.startswith(":"):
-            name, _, value = line.partition(":")
-            value = value.removeprefix(" ")
-            if name == "event":
-                self._event = value
-            elif name == "data":
-                self._data.append(value)
-        return None
-
-    def end(self) -> tuple[str, str] | None:
-        """The event in progress, if any (a stream may end without its blank line)."""
-        done = (self._event, "\n".join(self._data)) if self._data else None
-        self._event, self._data = "", []
-        return done
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
-    """``(event type, data)`` of each server-sent event in ``lines`` (see :class:`SSEReader`)."""
-    reader = SSEReader()
-    for line in lines:
-        if (event := reader.feed(line)) is not None:
-            yield event
-    if (event := reader.end()) is not None:
-        yield event

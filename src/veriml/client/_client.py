@@ -27,11 +27,9 @@ import httpx
 from veriml.client._chat import (
     ChatResult,
     LLMRequest,
-    SSEReader,
     StreamAssembler,
     canonical_policy,
     openai_error,
-    parse_sse,
 )
 from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
@@ -51,6 +49,7 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_canonical
 from veriml.protocol.accounts import LedgerRequest
+from veriml.protocol.sse import SSEReader, parse_sse
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
@@ -503,9 +502,7 @@ class Client(_Base):
     def unstake(self, amount: int) -> dict[str, Any]:
         """Start unbonding ``amount`` of this client's stake (released after the coordinator's
         unstake delay, slashable until then). Signed like :meth:`stake`."""
-        return self._post(
-            "/v1/ledger/unstake", *self._ledger_request("unstake", amount, self.key)
-        )
+        return self._post("/v1/ledger/unstake", *self._ledger_request("unstake", amount, self.key))
 
     def deposit(
         self, account: str, amount: int, key: SigningKey, *, memo: str = ""

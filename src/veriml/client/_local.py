@@ -134,7 +134,7 @@ def _per_node_args(
                 "node index must be 0-based and below the node count", index=index, nodes=nodes
             )
     if byzantine:
-        from veriml.node import BYZANTINE_MODES  # only when asked: it loads the node's runtime
+        from veriml.protocol.byzantine import BYZANTINE_MODES
 
         for index, mode in sorted(byzantine.items()):
             if mode not in BYZANTINE_MODES:

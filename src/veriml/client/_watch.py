@@ -13,7 +13,7 @@ no one can predict which answers a watcher checks). A sampled, accepted inferenc
 2. each input comes from ``GET /v1/tensors/{digest}`` (:meth:`Client.tensor`), kept only if
    it hashes to its digest;
 3. the model is pulled from the hub and verified (OMS signature and digest) by the node's own
-   pull code (:func:`veriml.node._models.pull_model`), cached under ``cache_dir``;
+   pull code (:func:`veriml.models.pull.pull_model`), cached under ``cache_dir``;
 4. the watcher runs it with a trace under the pinned profile, and compares: bitwise (output
    digests) or, when the verdict says ``tolerance``, within
    :func:`veriml.verify.tolerance.output_bounds` of the model;
@@ -605,7 +605,7 @@ class Watcher:
     def _package(self, digest: Digest) -> Any:
         """Model ``digest`` from the cache (re-validated) or pulled from the hub and verified,
         as a node does (ONNX or GGUF)."""
-        from veriml.node._models import load_cached, pull_model
+        from veriml.models.pull import load_cached, pull_model
 
         folder = self.cache_dir / digest.hex
         package = None

@@ -46,6 +46,7 @@ from veriml.core.errors import FormatError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import InferencePredicate, request_digest, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
+from veriml.protocol.byzantine import BYZANTINE_MODES
 from veriml.protocol.messages import Job
 from veriml.runtime import (
     Runner,
@@ -61,17 +62,6 @@ __all__ = ["BYZANTINE_MODES", "Behaviour", "behaviour_for"]
 log = logging.getLogger("veriml.node")
 
 Array = npt.NDArray[Any]
-
-BYZANTINE_MODES: Final[tuple[str, ...]] = (
-    "wrong-output",
-    "lazy",
-    "substitute",
-    "fp16",
-    "replay",
-    "impersonate",
-    "collude",
-)
-"""The cheating modes a node can be started in (``NodeConfig.byzantine``)."""
 
 _MAX_SWAPPED = 8
 _FLOAT_TYPES = frozenset(

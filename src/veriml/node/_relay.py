@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final
 
 import httpx
@@ -39,6 +39,7 @@ from veriml.core.digest import Digest
 from veriml.core.errors import ExecutionError, FormatError, LimitExceeded, NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
+from veriml.protocol.sse import parse_sse
 from veriml.runtime.llm import Completion, CompletionResult, TokenEvent
 
 __all__ = ["RELAY_ENGINE", "RELAY_TOKEN", "RelayEngine"]
@@ -185,7 +186,7 @@ class RelayEngine:
                 if r.status_code >= 400:
                     r.read()
                     raise _error(r, self.url)
-                for event, data in _sse(r.iter_lines()):
+                for event, data in parse_sse(r.iter_lines()):
                     if data == "[DONE]":
                         break
                     if event not in ("", "message"):
@@ -325,11 +326,3 @@ def _merge_call(calls: dict[int, dict[str, Any]], call: Mapping[str, Any]) -> No
     function = call.get("function") or {}
     merged["function"]["name"] += function.get("name") or ""
     merged["function"]["arguments"] += function.get("arguments") or ""
-
-
-def _sse(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
-    # The SDK's server-sent-event reader: one parser for every OpenAI-style stream veriml
-    # reads (imported here, on first stream, so a node that never relays does not load it).
-    from veriml.client._chat import parse_sse
-
-    return parse_sse(lines)

@@ -13,7 +13,6 @@ from veriml.client._chat import (
     StreamAssembler,
     canonical_policy,
     openai_error,
-    parse_sse,
 )
 from veriml.client._client import _llm_request
 from veriml.core.errors import (
@@ -23,6 +22,7 @@ from veriml.core.errors import (
     NotFound,
     VerificationError,
 )
+from veriml.protocol.sse import parse_sse
 
 
 def _error(message: str, code: str | None = None, param: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from veriml.client import COMPLETION_CHECKS, ChatResult, verify_completion
-from veriml.client._chat import StreamAssembler, parse_sse
+from veriml.client._chat import StreamAssembler
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
@@ -33,6 +33,7 @@ from veriml.core.receipt import utc_now
 from veriml.ledger import InferenceEntry, NodeEntry
 from veriml.protocol import NodeDescriptor
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
+from veriml.protocol.sse import parse_sse
 from veriml.tlog import Checkpoint, Log, Note, NoteSigner
 from veriml.verify.policy import Policy, SpotReveal, decide, spot_checked, spot_commitment
 

@@ -1,5 +1,5 @@
-"""What a node accepts from a hub before downloading anything: paths that stay inside the
-model folder, a well-formed record, and a sane configuration."""
+"""What a pull accepts from a hub before downloading anything: paths that stay inside the
+model folder, and a well-formed record."""
 
 from __future__ import annotations
 
@@ -9,12 +9,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import veriml.node
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, InvalidModel
 from veriml.core.keys import generate_key
-from veriml.node import NodeConfig
-from veriml.node._models import HubModel, safe_relative
+from veriml.models.pull import HubModel, safe_relative
 
 _part = st.text(
     alphabet=st.characters(blacklist_characters="/\\\x00", blacklist_categories=("Cs",)),
@@ -76,50 +74,3 @@ def test_a_malformed_hub_record_is_refused(member: str, value: object) -> None:
     record = _record() | {member: value}
     with pytest.raises(FormatError):
         HubModel.from_json(record)
-
-
-def _config(**overrides: object) -> NodeConfig:
-    settings: dict[str, object] = {
-        "coordinator_url": "http://127.0.0.1:8700",
-        "key_path": Path("n/node.key"),
-        "operator": "op",
-        "home": Path("n"),
-    }
-    return NodeConfig(**(settings | overrides))  # type: ignore[arg-type]
-
-
-@pytest.mark.parametrize(
-    "overrides",
-    [
-        {"coordinator_url": "ftp://x"},
-        {"operator": ""},
-        {"port": 0},
-        {"concurrency": 0},
-        {"queue_length": -1},
-        {"heartbeat_interval": 0},
-        {"job_timeout": -1},
-        {"trace_retention": -1},
-        {"endpoint": "127.0.0.1:9"},
-        {"host": "0.0.0.0"},
-    ],
-)
-def test_an_impossible_configuration_is_refused(overrides: dict[str, object]) -> None:
-    with pytest.raises(FormatError):
-        _config(**overrides)
-
-
-def test_defaults_advertise_the_bound_address_and_cache_under_home() -> None:
-    config = _config(port=9001)
-    assert config.advertised_endpoint == "http://127.0.0.1:9001"
-    assert config.cache_dir == Path("n/models")
-    assert config.concurrency >= 1
-
-
-def test_the_public_api_is_pinned() -> None:
-    assert sorted(veriml.node.__all__) == [
-        "BYZANTINE_MODES",
-        "NodeConfig",
-        "create_node_app",
-        "load_node_key",
-        "serve_node",
-    ]

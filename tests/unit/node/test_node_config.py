@@ -1,0 +1,58 @@
+"""A node refuses an impossible configuration, and its public API is pinned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import veriml.node
+from veriml.core.errors import FormatError
+from veriml.node import NodeConfig
+
+
+def _config(**overrides: object) -> NodeConfig:
+    settings: dict[str, object] = {
+        "coordinator_url": "http://127.0.0.1:8700",
+        "key_path": Path("n/node.key"),
+        "operator": "op",
+        "home": Path("n"),
+    }
+    return NodeConfig(**(settings | overrides))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {"coordinator_url": "ftp://x"},
+        {"operator": ""},
+        {"port": 0},
+        {"concurrency": 0},
+        {"queue_length": -1},
+        {"heartbeat_interval": 0},
+        {"job_timeout": -1},
+        {"trace_retention": -1},
+        {"endpoint": "127.0.0.1:9"},
+        {"host": "0.0.0.0"},
+    ],
+)
+def test_an_impossible_configuration_is_refused(overrides: dict[str, object]) -> None:
+    with pytest.raises(FormatError):
+        _config(**overrides)
+
+
+def test_defaults_advertise_the_bound_address_and_cache_under_home() -> None:
+    config = _config(port=9001)
+    assert config.advertised_endpoint == "http://127.0.0.1:9001"
+    assert config.cache_dir == Path("n/models")
+    assert config.concurrency >= 1
+
+
+def test_the_public_api_is_pinned() -> None:
+    assert sorted(veriml.node.__all__) == [
+        "BYZANTINE_MODES",
+        "NodeConfig",
+        "create_node_app",
+        "load_node_key",
+        "serve_node",
+    ]
