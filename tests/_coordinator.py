@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 from fastapi import FastAPI
 
 from _servers import serve
 from veriml.coordinator.app import create_app
+from veriml.coordinator.auth import sign_request
 from veriml.coordinator.settings import Settings
 from veriml.core.keys import SigningKey, generate_key
 from veriml.models import sign_model
@@ -30,10 +32,23 @@ class SignedModel:
 
     @property
     def headers(self) -> dict[str, str]:
+        """The publisher key header alone (the request itself unsigned)."""
         return publisher_headers(self.key)
+
+    def upload_headers(self, body: bytes) -> dict[str, str]:
+        """The headers of a publication of ``body``: the publisher key, and the request
+        signed by that key (what a hub requires by default)."""
+        return self.headers | sign_request(self.key, "POST", "/v1/models", body)
 
     def tar(self, *, arcname: str = ".", mode: str = "w") -> bytes:
         return tar_folder(self.folder, arcname=arcname, mode=mode)
+
+    def post(self, url: str, body: bytes | None = None, **kwargs: Any) -> httpx.Response:
+        """``POST /v1/models`` of ``body`` (default: the folder's tar), signed as a publisher
+        signs it."""
+        body = self.tar() if body is None else body
+        headers = self.upload_headers(body)
+        return httpx.post(url + "/v1/models", content=body, headers=headers, **kwargs)
 
 
 def publisher_headers(key: SigningKey) -> dict[str, str]:

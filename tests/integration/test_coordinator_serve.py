@@ -42,7 +42,7 @@ def test_serve_coordinator_survives_a_restart_with_its_state(
     output = tmp_path / "coordinator.out"
     with start_process(_serve(home, port, *extra), url_to_poll=url + "/healthz", output=output):
         info = httpx.get(url + "/v1/info").json()
-        record = httpx.post(url + "/v1/models", content=model.tar(), headers=model.headers)
+        record = model.post(url)
         assert record.status_code == 201
         checkpoint = httpx.get(url + "/log/checkpoint").text
     printed = output.read_text()

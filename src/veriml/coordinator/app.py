@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 import veriml
 from veriml.coordinator import db, hub, ledger, openai_routes, registry
 from veriml.coordinator.beacon import Beacon
+from veriml.coordinator.catalog import NamespaceRepository
 from veriml.coordinator.deps import LogDep, SettingsDep
 from veriml.coordinator.dispatch import PerHostTransport
 from veriml.coordinator.dispute_routes import create_dispute_router
@@ -141,9 +142,21 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         state.engine, state.blobs, state.log = engine, blobs, log
         state.coordinator_key = keys.coordinator
         state.models, state.nodes = models, nodes
-        state.hub = hub.HubService(settings=settings, models=models, blobs=blobs, log=log)
-        state.hub.sweep_staging()
         state.ledger = ledger.LedgerBook(log, settings, admin=keys.coordinator.key_id)
+        state.hub = hub.HubService(
+            settings=settings,
+            models=models,
+            namespaces=NamespaceRepository(engine),
+            blobs=blobs,
+            log=log,
+            book=state.ledger,
+        )
+        state.hub.sweep_staging()
+        if settings.allow_unsigned_publish:
+            _log.warning(
+                "unsigned publishing is on: models without a publisher signature are "
+                "registered (marked unsigned, reachable by digest only)"
+            )
         state.registry = registry.RegistryService(
             settings=settings, nodes=nodes, nonces=nonces, log=log, book=state.ledger
         )

@@ -3,20 +3,32 @@
 ``POST /v1/models`` registers a model in this order, and nothing is registered unless every
 step passes (the staging folder is removed whatever happens):
 
+0. who publishes: the publisher key in ``X-Veriml-Publisher-Key`` (400 if malformed or not
+   EC); without one, the upload is an *unsigned* model, refused (403, ``publisher-key``)
+   unless the operator allows unsigned publishing. With ``require_signed_publish`` (the
+   default) the request must be signed by that publisher key (403, ``request-signature``);
 1. limits: ``Content-Length`` and then every byte as it streams (413);
 2. the tar stream is extracted member by member into a staging folder (400 naming a member
    that is unsafe: links, devices, ``..``, absolute paths);
 3. the request signature, if any, over the body's digest (403);
 4. ``load_package``: the folder is a valid model, ONNX or GGUF (docs/llm.md) (400);
-5. the OMS signature ``model.sig`` with the publisher key from ``X-Veriml-Publisher-Key``
-   (403 naming the failed check: signature file, key, signature, file digest, files);
+5. the OMS signature ``model.sig`` with the publisher key (403 naming the failed check:
+   signature file, key, signature, file digest, files); then the name: its namespace (the
+   part before the first ``/``) must be unclaimed or the publisher's (403, ``namespace``);
 6. the files go into the content-addressed blob store (``model.sig`` is a blob too);
 7. a pending row reserves the digest and ``name@version`` (409 if bound to another digest),
-   ONE ``ModelEntry`` is appended to the log, and the row gets its log index.
+   and, for the first model of a namespace, a pending row claims the namespace; the log
+   entries go through the ledger book (which checks them against the fold) as ONE group,
+   ``[NamespaceEntry, ModelEntry]`` or ``[ModelEntry]``; the rows get their log indexes.
 
-Publishing the same digest again answers 200 with the registered model. A replica that
-crashed between the log append and step 7's completion leaves a pending row; whoever claims
-it later finds the entry in the log by its leaf hash instead of appending it twice.
+An unsigned model (step 0) skips the signature and the name: it claims no namespace, its
+``name@version`` is reserved for nobody, names never resolve to it, and it is marked
+``unsigned`` wherever it is listed (docs/models.md, "Names").
+
+Publishing the same digest again answers 200 with the registered model; a signed publication
+of a model registered unsigned replaces that registration. A replica that crashed between the
+log append and step 7's completion leaves pending rows; whoever claims them later finds the
+entries in the log by their leaf hashes instead of appending them twice.
 """
 
 from __future__ import annotations
@@ -30,7 +42,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,12 +53,15 @@ from starlette.concurrency import run_in_threadpool
 
 from veriml.coordinator.archive import ArchiveLimits, ChunkPipe, extract_tar
 from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.catalog import NamespaceRecord, NamespaceRepository
 from veriml.coordinator.deps import ModelsDep
+from veriml.coordinator.ledger import LedgerBook
 from veriml.coordinator.problems import problem
 from veriml.coordinator.repositories import ModelRecord, ModelRepository
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import CHUNK_SIZE, Digest
 from veriml.core.errors import (
+    Conflict,
     DigestMismatch,
     FormatError,
     InvalidModel,
@@ -54,10 +69,11 @@ from veriml.core.errors import (
     NotFound,
     SignatureError,
     StorageError,
+    VerificationError,
 )
-from veriml.core.keys import load_public_key
+from veriml.core.keys import VerifyingKey, load_public_key
 from veriml.core.timestamps import parse_time, utc_now
-from veriml.ledger.entries import ModelEntry
+from veriml.ledger.entries import Entry, ModelEntry, NamespaceEntry, namespace_of
 from veriml.models.blobstore import BlobRef, BlobStore
 from veriml.models.digest import DEFAULT_SIGNATURE_NAME
 from veriml.models.gguf import LLMPackage
@@ -67,9 +83,20 @@ from veriml.models.validate import Limits
 from veriml.tlog.log import Log
 from veriml.tlog.merkle import leaf_hash
 
-__all__ = ["PUBLISHER_KEY_HEADER", "HubService", "openai_model", "router"]
+__all__ = [
+    "PUBLISHER_KEY_HEADER",
+    "UNSIGNED_OWNER",
+    "HubService",
+    "Provenance",
+    "model_entry",
+    "namespace_entry",
+    "openai_model",
+    "router",
+]
 
 PUBLISHER_KEY_HEADER = "X-Veriml-Publisher-Key"
+UNSIGNED_OWNER = "unsigned"
+"""``owned_by`` of an unsigned model in OpenAI's model list (no publisher owns it)."""
 IMMUTABLE = "public, max-age=31536000, immutable"
 # Staging folders older than this (seconds) were left by a crash and are swept at start-up.
 STALE_UPLOAD = 6 * 3600.0
@@ -80,11 +107,22 @@ PENDING_WAIT = 10.0
 class HubService:
     """Registers verified model folders and answers model queries."""
 
-    def __init__(self, *, settings: Settings, models: ModelRepository, blobs: BlobStore, log: Log):
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        models: ModelRepository,
+        namespaces: NamespaceRepository,
+        blobs: BlobStore,
+        log: Log,
+        book: LedgerBook,
+    ):
         self.settings = settings
         self.models = models
+        self.namespaces = namespaces
         self.blobs = blobs
         self.log = log
+        self.book = book
         fs, root = url_to_fs(blobs.url)
         local = "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
         self.staging_root = Path(root) / "uploads" if local else settings.data_dir / "uploads"
@@ -167,12 +205,17 @@ class HubService:
 
     # -- registration ---------------------------------------------------------------------
 
-    def register_folder(
-        self, folder: Path, publisher_key: bytes, *, submitted_by: str | None = None
-    ) -> tuple[ModelRecord, bool]:
-        """Verify and register the model folder; ``(record, created)``. Steps 4 to 7."""
+    def prepare(
+        self, folder: Path, publisher: VerifyingKey | None, *, submitted_by: str | None = None
+    ) -> tuple[ModelRecord, ModelRecord | None]:
+        """Steps 4 to 6 (blocking): verify the folder and store its blobs.
+
+        ``(record, registered)``: the record to register, and the model already registered
+        under its digest, if any. When ``registered`` is returned as is (``record is
+        registered``) there is nothing to do; otherwise ``registered`` is an unsigned
+        registration that this signed one replaces.
+        """
         folder = _model_root(folder)
-        publisher = load_public_key(publisher_key, kind="ec")
         limits = Limits(
             max_files=self.settings.max_files, max_total_bytes=self.settings.max_upload_bytes
         )
@@ -184,27 +227,39 @@ class HubService:
                 path="README.md",
             )
         signature = folder / DEFAULT_SIGNATURE_NAME
-        if not signature.is_file():
-            raise SignatureError(
-                "the upload has no model.sig (OMS signature)", check="signature-file"
-            )
-        pub_path = folder.parent / "publisher.pub"
-        pub_path.write_bytes(publisher.to_pem())
-        digest = verify_model(folder, pub_path)  # 5
-        if digest != package.digest:
-            raise DigestMismatch(
-                "the signed digest is not the loaded model's",
-                check="root-digest",
-                expected=digest,
-                calculated=package.digest,
-            )
+        digest = package.digest
+        if publisher is None:  # unsigned publishing (the operator allowed it)
+            if signature.exists():
+                raise FormatError(
+                    f"the folder has a signature ({DEFAULT_SIGNATURE_NAME}): name its "
+                    f"publisher key in {PUBLISHER_KEY_HEADER}"
+                )
+        else:
+            if not signature.is_file():
+                raise SignatureError(
+                    "the upload has no model.sig (OMS signature)", check="signature-file"
+                )
+            pub_path = folder.parent / "publisher.pub"
+            pub_path.write_bytes(publisher.to_pem())
+            signed = verify_model(folder, pub_path)  # 5
+            if signed != digest:
+                raise DigestMismatch(
+                    "the signed digest is not the loaded model's",
+                    check="root-digest",
+                    expected=signed,
+                    calculated=digest,
+                )
+            namespace_entry_for(card.name, publisher, digest)  # a name that can be claimed
+            self.check_namespace(card.name, publisher.key_id)  # 5b
         existing = self.models.get(digest)
-        if existing is not None:
-            return existing, False
+        if existing is not None and not (existing.unsigned and publisher is not None):
+            return existing, existing
         refs = self.blobs.put_folder(folder, limits=limits)  # 6
-        sig_ref = refs.get(DEFAULT_SIGNATURE_NAME)
-        if sig_ref is None or sig_ref.size > MAX_SIGNATURE_BYTES:
-            raise SignatureError("the OMS signature is missing or too large", check="signature")
+        sig_ref = None
+        if publisher is not None:
+            sig_ref = refs.get(DEFAULT_SIGNATURE_NAME)
+            if sig_ref is None or sig_ref.size > MAX_SIGNATURE_BYTES:
+                raise SignatureError("the OMS signature is missing or too large", check="signature")
         manifest = tuple(
             {"path": e.path, "digest": e.digest.to_text(), "size": refs[e.path].size}
             for e in package.manifest
@@ -215,10 +270,10 @@ class HubService:
             version=card.version,
             task=card.task,
             license=card.license,
-            publisher_key_id=publisher.key_id,
-            publisher_key=publisher.to_pem().decode(),
+            publisher_key_id=None if publisher is None else publisher.key_id,
+            publisher_key=None if publisher is None else publisher.to_pem().decode(),
             files_digest=package.files_digest,
-            signature=sig_ref.digest,
+            signature=None if sig_ref is None else sig_ref.digest,
             size=sum(refs[e.path].size for e in package.manifest),
             manifest=manifest,
             io=dict(package.io) if isinstance(package, LLMPackage) else package.io.to_json(),
@@ -228,47 +283,192 @@ class HubService:
             registered_at=utc_now(),
             submitted_by=submitted_by,
         )
-        return self.register(record)  # 7
+        return record, existing
 
-    def register(self, record: ModelRecord) -> tuple[ModelRecord, bool]:
-        """Reserve, log once, complete. ``(record, created)``; see the module docstring."""
-        held = self.models.reserve(record)
+    def check_namespace(self, name: str, publisher: str) -> None:
+        """Refuse (403, ``check: "namespace"``) a name whose namespace another key owns,
+        by the coordinator's records or by the ledger fold of its log (blocking)."""
+        namespace = namespace_of(name)
+        claim = self.namespaces.get(namespace)
+        owner = claim.owner if claim is not None else None
+        if owner is None:
+            owner = self.book.state().namespace_owner(namespace)
+        if owner is not None and owner != publisher:
+            raise namespace_taken(namespace, owner, publisher)
+
+    async def publish(
+        self, folder: Path, publisher: VerifyingKey | None, *, submitted_by: str | None = None
+    ) -> tuple[ModelRecord, bool]:
+        """Steps 4 to 7: verify, store and register the model folder; ``(record, created)``.
+        ``publisher`` None registers it unsigned (the route allows that only when the
+        operator does)."""
+        record, registered = await asyncio.to_thread(
+            self.prepare, folder, publisher, submitted_by=submitted_by
+        )
+        if registered is record:
+            return record, False
+        return await self.register(record, replaces=registered)
+
+    async def register(
+        self, record: ModelRecord, *, replaces: ModelRecord | None = None
+    ) -> tuple[ModelRecord, bool]:
+        """Step 7: reserve, log once, complete. ``(record, created)``; see the module
+        docstring. ``replaces`` is the unsigned registration of the same model that this
+        signed one takes over (restored if the registration fails)."""
+        held = await asyncio.to_thread(self.models.reserve, record)
         if held is record:
-            return self._finish(record, recovering=False), True
+            return await self._finish(record, recovering=False, replaces=replaces), True
         deadline = time.monotonic() + PENDING_WAIT
         while held.log_index is None:
-            if self.models.claim(held.digest):
-                return self._finish(held, recovering=True), True
+            if await asyncio.to_thread(self.models.claim, held.digest):
+                return await self._finish(held, recovering=True), True
             if time.monotonic() > deadline:
                 raise StorageError(
                     "another replica is registering this model; retry", digest=str(held.digest)
                 )
-            time.sleep(0.1)
-            current = self.models.get(held.digest, pending=True)
-            if current is None:
-                return self.register(record)  # the other attempt failed and released it
+            await asyncio.sleep(0.1)
+            current = await asyncio.to_thread(self.models.get, held.digest, pending=True)
+            if current is None:  # the other attempt failed and released it
+                return await self.register(record, replaces=replaces)
             held = current
+        if held.unsigned and not record.unsigned:  # registered unsigned meanwhile: take over
+            return await self.register(record, replaces=held)
         return held, False
 
-    def _finish(self, record: ModelRecord, *, recovering: bool) -> ModelRecord:
-        entry = model_entry(record).to_bytes()
-        index: int | None = None
-        if recovering:  # a crashed replica may have appended the entry already
-            index = self.log.storage.find_leaf(leaf_hash(entry), self.log.size)
-        if index is None:
-            try:
-                index = self.log.add(entry)
-            except BaseException:
-                if not recovering:
-                    self.models.release(record.digest)
-                raise
-        self.models.complete(record.digest, index)
-        return replace(record, log_index=index)
+    async def _finish(
+        self, record: ModelRecord, *, recovering: bool, replaces: ModelRecord | None = None
+    ) -> ModelRecord:
+        # Shielded: a client that hangs up must not cut a registration between its log
+        # append and the rows' completion (a crash can; recovery then finds the entries).
+        return await asyncio.shield(self._log_once(record, recovering, replaces))
+
+    async def _log_once(
+        self, record: ModelRecord, recovering: bool, replaces: ModelRecord | None
+    ) -> ModelRecord:
+        claim: NamespaceRecord | None = None
+        try:
+            if not record.unsigned:
+                claim = await self._claim_namespace(record)
+            entries: list[Entry] = [model_entry(record)]
+            if claim is not None:
+                entries.insert(0, namespace_entry(claim, record))
+            indexes: list[int] | None = None
+            if recovering:  # a crashed replica may have appended the group already
+                indexes = await asyncio.to_thread(self._find_logged, entries)
+            if indexes is None:
+                try:
+                    indexes = (await self.book.append(entries))[: len(entries)]
+                except Conflict as exc:  # the fold refused it: another key owns the name
+                    raise await self._fold_refusal(record) or exc from exc
+        except BaseException:
+            if not recovering:
+                await asyncio.to_thread(self._release, record, replaces)
+            raise
+        if claim is not None:
+            await asyncio.to_thread(self.namespaces.complete, claim.namespace, indexes[0])
+        await asyncio.to_thread(self.models.complete, record.digest, indexes[-1])
+        return replace(record, log_index=indexes[-1])
+
+    async def _claim_namespace(self, record: ModelRecord) -> NamespaceRecord | None:
+        """The pending claim of ``record``'s namespace that its registration logs (one group:
+        ``namespace`` then ``model`` entry), or None when its publisher's claim is logged
+        already. 403 when another key owns the namespace."""
+        owner, owner_key = record.publisher_key_id, record.publisher_key
+        if owner is None or owner_key is None:
+            raise FormatError("an unsigned model claims no namespace")
+        namespace = namespace_of(record.name)
+        wanted = NamespaceRecord(
+            namespace=namespace, owner=owner, owner_key=owner_key, model=record.digest
+        )
+        deadline = time.monotonic() + PENDING_WAIT
+        while True:
+            claim = await asyncio.to_thread(self.namespaces.reserve, wanted)
+            if claim.owner != owner:
+                raise namespace_taken(namespace, claim.owner, owner)
+            if claim.log_index is not None:
+                return None
+            if claim.model == record.digest:
+                return claim
+            # Another model of this publisher is claiming the namespace: its group goes first.
+            settled = await asyncio.to_thread(self._settle_claim, claim)
+            if isinstance(settled, ModelRecord):  # crashed: finish it on its behalf
+                await self._log_once(settled, True, None)
+                continue
+            if settled:
+                continue
+            if time.monotonic() > deadline:
+                raise StorageError(
+                    "another registration is claiming this namespace; retry", namespace=namespace
+                )
+            await asyncio.sleep(0.1)
+
+    def _settle_claim(self, claim: NamespaceRecord) -> ModelRecord | bool:
+        """Look at a pending claim made by another registration (blocking): True if it was
+        cleared (that registration failed), False to wait for it (in progress), or that
+        registration's record when it crashed and this caller now holds it (to finish)."""
+        other = self.models.get(claim.model, pending=True)
+        if other is None:  # its registration failed and released its row
+            self.namespaces.release(claim.namespace, claim.model)
+            return True
+        if other.log_index is None:
+            return other if self.models.claim(other.digest) else False
+        # Registered with its claim still pending: the group was logged; find the claim.
+        logged = self._find_logged([namespace_entry(claim, other)])
+        if logged is None:
+            raise StorageError("a namespace claim was lost", namespace=claim.namespace)
+        self.namespaces.complete(claim.namespace, logged[0])
+        return True
+
+    def _find_logged(self, entries: list[Entry]) -> list[int] | None:
+        """The indexes of ``entries`` if all are in the log already (blocking)."""
+        size = self.log.size
+        found = [self.log.storage.find_leaf(leaf_hash(e.to_bytes()), size) for e in entries]
+        if any(index is None for index in found):
+            return None
+        return [int(index) for index in found if index is not None]
+
+    async def _fold_refusal(self, record: ModelRecord) -> VerificationError | None:
+        if record.unsigned:
+            return None
+        namespace = namespace_of(record.name)
+        state = await asyncio.to_thread(self.book.refresh)
+        owner = state.namespace_owner(namespace)
+        if owner is None or owner == record.publisher_key_id:
+            return None
+        return namespace_taken(namespace, owner, str(record.publisher_key_id))
+
+    def _release(self, record: ModelRecord, replaces: ModelRecord | None) -> None:
+        """Undo a registration that did not reach the log, so a retry starts afresh."""
+        if not record.unsigned:
+            self.namespaces.release(namespace_of(record.name), record.digest)
+        if replaces is not None:
+            self.models.restore(replaces)
+        else:
+            self.models.release(record.digest)
 
     # -- queries --------------------------------------------------------------------------
 
+    def provenance(self, digest: Digest) -> Provenance:
+        """Where a registered model's provenance evidence is in the log (blocking): the index
+        of its ``model`` entry and of its namespace's ``namespace`` entry (None for an
+        unsigned model). Answers cite both, and the SDK checks them with
+        :func:`veriml.verify.check_provenance`. :class:`NotFound` for an unknown model."""
+        record = self.models.get(digest)
+        if record is None or record.log_index is None:
+            raise NotFound("no model with this digest", digest=digest)
+        if record.unsigned:
+            return Provenance(record.log_index, None)
+        claim = self.namespaces.get(namespace_of(record.name))
+        if claim is None or claim.log_index is None or claim.owner != record.publisher_key_id:
+            raise StorageError(
+                "the model's namespace claim is not recorded", namespace=namespace_of(record.name)
+            )
+        return Provenance(record.log_index, claim.log_index)
+
     def describe(self, record: ModelRecord) -> dict[str, Any]:
-        """The public model object with ``lineage``: each parent, resolved if it is known."""
+        """The public model object with ``lineage`` (each parent, resolved if it is known)
+        and ``namespace`` (``{"name", "owner", "log_index"}`` of its claim; null when the
+        model is unsigned) (blocking)."""
         lineage = []
         for parent in record.parents:
             try:
@@ -286,7 +486,43 @@ class HubService:
                     "log_index": known.log_index,
                 }
             )
-        return record.to_json() | {"lineage": lineage}
+        claim = None if record.unsigned else self.namespaces.get(namespace_of(record.name))
+        return record.to_json() | {
+            "lineage": lineage,
+            "namespace": None if claim is None else claim.to_json(),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Provenance:
+    """The log indexes of a model's provenance evidence (:meth:`HubService.provenance`):
+    its ``model`` entry, and its namespace's ``namespace`` entry (None: unsigned model)."""
+
+    model: int
+    namespace: int | None
+
+
+def namespace_taken(namespace: str, owner: str, publisher: str) -> VerificationError:
+    """The 403 refusal of a name in a namespace that another publisher key owns."""
+    return VerificationError(
+        f"namespace {namespace!r} is owned by another publisher key",
+        check="namespace",
+        namespace=namespace,
+        owner=owner,
+        publisher=publisher,
+    )
+
+
+def namespace_entry_for(name: str, publisher: VerifyingKey, model: Digest) -> NamespaceEntry:
+    """The claim of ``name``'s namespace by ``publisher``; :class:`FormatError` (400) when the
+    name's namespace cannot be claimed (empty, surrounding spaces, too long)."""
+    return NamespaceEntry(namespace_of(name), publisher.to_pem().decode(), model, utc_now())
+
+
+def namespace_entry(claim: NamespaceRecord, record: ModelRecord) -> NamespaceEntry:
+    """The log entry of a namespace claim made by ``record``'s registration (rebuilt byte for
+    byte from the rows: its time is the model's registration time)."""
+    return NamespaceEntry(claim.namespace, claim.owner_key, claim.model, record.registered_at)
 
 
 def model_entry(record: ModelRecord) -> ModelEntry:
@@ -412,20 +648,48 @@ HubDep = Annotated[HubService, Depends(_hub)]
 router = APIRouter(tags=["hub"])
 
 
+def _publisher(request: Request, settings: Settings) -> VerifyingKey | None:
+    """Step 0: the publisher key, checked against the request signature the settings
+    require; None for an unsigned upload the settings allow."""
+    signature = RequestSignature.from_headers(request.headers)
+    encoded = request.headers.get(PUBLISHER_KEY_HEADER)
+    if not encoded:
+        if not settings.allow_unsigned_publish:
+            raise SignatureError(
+                "this hub publishes signed models only: sign the folder (model.sig) and give "
+                f"the publisher key in {PUBLISHER_KEY_HEADER} (base64 PEM)",
+                check="publisher-key",
+            )
+        return None
+    try:
+        publisher = load_public_key(base64.b64decode(encoded, validate=True), kind="ec")
+    except (binascii.Error, ValueError) as exc:
+        raise FormatError(f"{PUBLISHER_KEY_HEADER} is not base64") from exc
+    if settings.require_signed_publish:
+        if signature is None:
+            raise SignatureError(
+                "this hub accepts publications signed by the publisher key only "
+                "(X-Veriml-Key, X-Veriml-Signature)",
+                check="request-signature",
+            )
+        if signature.key_id != publisher.key_id:
+            raise SignatureError(
+                "the publication is signed by another key than the publisher's",
+                check="request-signature",
+                expected=publisher.key_id,
+                got=signature.key_id,
+            )
+    return publisher
+
+
 @router.post("/v1/models", operation_id="publish_model", status_code=201)
 async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
     """Publish a model: the folder as a tar stream, ``model.sig`` inside; header
-    ``X-Veriml-Publisher-Key`` = base64 of the publisher's PEM public key (EC)."""
-    encoded = request.headers.get(PUBLISHER_KEY_HEADER)
-    if not encoded:
-        raise FormatError(f"missing header {PUBLISHER_KEY_HEADER} (base64 PEM public key)")
-    try:
-        publisher_key = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise FormatError(f"{PUBLISHER_KEY_HEADER} is not base64") from exc
+    ``X-Veriml-Publisher-Key`` = base64 of the publisher's PEM public key (EC), and the
+    request signed by that key (``X-Veriml-Key``, ``X-Veriml-Signature``). Without a publisher
+    key, an unsigned model (only where the operator allows unsigned publishing)."""
+    publisher = _publisher(request, hub.settings)
     signature = RequestSignature.from_headers(request.headers)
-    if signature is None and hub.settings.require_signed_publish:
-        raise SignatureError("this hub accepts signed publications only", check="request-signature")
     declared = request.headers.get("content-length")
     if (
         declared is not None
@@ -439,12 +703,11 @@ async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
         upload.mkdir()
         body = await receive_tar(request, upload, hub.archive_limits)
         submitted_by = signature.verify("POST", request.url.path, body) if signature else None
-        record, created = await run_in_threadpool(
-            hub.register_folder, upload, publisher_key, submitted_by=submitted_by
-        )
+        record, created = await hub.publish(upload, publisher, submitted_by=submitted_by)
     finally:
         await run_in_threadpool(shutil.rmtree, staging, True)
-    return JSONResponse(hub.describe(record), status_code=201 if created else 200)
+    described = await run_in_threadpool(hub.describe, record)
+    return JSONResponse(described, status_code=201 if created else 200)
 
 
 @router.get("/v1/models", operation_id="list_models")
@@ -461,7 +724,8 @@ def list_models(
     The answer has the hub's members (``models``, ``next_offset``) and, for OpenAI clients
     (``client.models.list()``), OpenAI's list shape beside them: ``object: "list"`` and
     ``data``, one ``{"id": "name@version", "object": "model", "created", "owned_by"}`` per
-    model (``owned_by``: the publisher's key id).
+    model (``owned_by``: the publisher's key id, or ``"unsigned"``). Unsigned models are
+    listed, marked (``"unsigned": true``, ``publisher: null``), but no name resolves to them.
     """
     found = models.search(name=name, task=task, publisher=publisher, limit=limit + 1, offset=offset)
     page = found[:limit]
@@ -474,19 +738,22 @@ def list_models(
 
 
 def openai_model(record: ModelRecord) -> dict[str, Any]:
-    """A registered model as an OpenAI model object (``created``: registration, Unix seconds)."""
+    """A registered model as an OpenAI model object (``created``: registration, Unix seconds;
+    ``owned_by``: the publisher's key id, or ``"unsigned"``). An unsigned model's ``id`` is
+    its digest: no name reaches it."""
     created = parse_time(record.registered_at, what="registered_at")
     return {
-        "id": record.ref,
+        "id": record.digest.to_text() if record.unsigned else record.ref,
         "object": "model",
         "created": int(created.timestamp()),
-        "owned_by": record.publisher_key_id,
+        "owned_by": UNSIGNED_OWNER if record.unsigned else record.publisher_key_id,
     }
 
 
-@router.get("/v1/models/{ref}", operation_id="get_model")
+@router.get("/v1/models/{ref:path}", operation_id="get_model")
 def get_model(ref: str, hub: HubDep) -> dict[str, Any]:
-    """One model by digest, ``name`` (latest registered) or ``name@version``, with lineage."""
+    """One model by digest, ``name`` (latest registered) or ``name@version``, with lineage
+    and its namespace's claim; names reach signed models only."""
     return hub.describe(hub.models.resolve(ref))
 
 

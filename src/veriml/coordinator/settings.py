@@ -56,8 +56,11 @@ class Settings:
     job_timeout: float = 60.0
     max_job_attempts: int = 3
     descriptor_max_age: float = 300.0
-    # Refuse unsigned publications (requests without a valid X-Veriml-Signature).
-    require_signed_publish: bool = False
+    # Publications must be requests signed by the publisher key itself (X-Veriml-Signature).
+    require_signed_publish: bool = True
+    # UNSAFE outside development: register model folders without model.sig as *unsigned*
+    # models (no publisher, no name: reachable by digest only, marked wherever listed).
+    allow_unsigned_publish: bool = False
     log_batch_interval: float = 0.01
     # Ledger rules (docs/ledger.md, "Rules"): integer amounts, fractions in [0, 1]. They are
     # logged in every state entry, so clients and auditors apply the ones in force.
@@ -188,6 +191,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "max_job_attempts": int,
     "descriptor_max_age": float,
     "require_signed_publish": _bool,
+    "allow_unsigned_publish": _bool,
     "log_batch_interval": float,
     "min_stake": int,
     "unstake_delay": float,

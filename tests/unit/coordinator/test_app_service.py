@@ -104,10 +104,7 @@ def test_metrics_count_requests_by_operation_and_report_state(
 ) -> None:
     url, _ = coordinator
     model = make_signed_model(tmp_path)
-    assert (
-        httpx.post(url + "/v1/models", content=model.tar(), headers=model.headers).status_code
-        == 201
-    )
+    assert model.post(url).status_code == 201
     httpx.get(url + "/v1/models/mlp")
     httpx.get(url + "/no/such/route")
     response = httpx.get(url + "/metrics")
@@ -122,7 +119,8 @@ def test_metrics_count_requests_by_operation_and_report_state(
     assert 'veriml_http_request_duration_seconds_count{operation="publish_model"} 1.0' in text
     assert "veriml_models 1.0" in text
     assert "veriml_live_nodes 0.0" in text
-    assert "veriml_log_size 1.0" in text
+    size = httpx.get(url + "/healthz").json()["log_size"]
+    assert f"veriml_log_size {size:.1f}" in text
 
 
 def test_settings_come_from_the_environment_and_refuse_placeholders(tmp_path: Path) -> None:
@@ -130,14 +128,18 @@ def test_settings_come_from_the_environment_and_refuse_placeholders(tmp_path: Pa
         "VERIML_HOME": str(tmp_path),
         "VERIML_MAX_UPLOAD_BYTES": "1000",
         "VERIML_HEARTBEAT_INTERVAL": "2.5",
-        "VERIML_REQUIRE_SIGNED_PUBLISH": "true",
+        "VERIML_REQUIRE_SIGNED_PUBLISH": "false",
+        "VERIML_ALLOW_UNSIGNED_PUBLISH": "on",
     }
     settings = Settings.from_env(env, max_files=7)
     assert settings.home == tmp_path
     assert settings.max_upload_bytes == 1000
     assert settings.max_files == 7
     assert settings.live_after == 7.5
-    assert settings.require_signed_publish is True
+    assert settings.require_signed_publish is False
+    assert settings.allow_unsigned_publish is True
+    assert Settings().require_signed_publish is True  # safe defaults: signed, by the publisher
+    assert Settings().allow_unsigned_publish is False
     assert settings.db_url == f"sqlite:///{tmp_path}/coordinator/veriml.db"
     assert settings.log_db_url == settings.db_url
     with pytest.raises(FormatError, match="placeholder"):

@@ -64,30 +64,34 @@ def test_half_a_signature_or_a_mismatched_key_id_is_refused() -> None:
 def test_a_signed_publication_records_the_signer(tmp_path: Path, model: SignedModel) -> None:
     body = model.tar()
     with running_coordinator(tmp_path / "home") as (url, _):
-        signed = model.headers | sign_request(ED25519, "POST", "/v1/models", body)
+        signed = model.headers | sign_request(model.key, "POST", "/v1/models", body)
         record = httpx.post(url + "/v1/models", content=body, headers=signed)
         assert record.status_code == 201, record.text
-        assert record.json()["submitted_by"] == ED25519.key_id
+        assert record.json()["submitted_by"] == model.key.key_id
 
 
 def test_a_signature_over_another_body_is_403_and_registers_nothing(
     tmp_path: Path, model: SignedModel
 ) -> None:
     body = model.tar()
-    with running_coordinator(tmp_path / "home") as (url, _):
-        wrong = model.headers | sign_request(ED25519, "POST", "/v1/models", body + b"\0")
-        refused = httpx.post(url + "/v1/models", content=body, headers=wrong)
-        assert refused.status_code == 403
-        assert refused.json()["check"] == "request-signature"
-        assert httpx.get(url + "/healthz").json()["log_size"] == 0
+    with running_coordinator(tmp_path / "home", require_signed_publish=False) as (url, _):
+        size = httpx.get(url + "/healthz").json()["log_size"]
+        for key in (model.key, ED25519):  # never ignored, whoever signed
+            wrong = model.headers | sign_request(key, "POST", "/v1/models", body + b"\0")
+            refused = httpx.post(url + "/v1/models", content=body, headers=wrong)
+            assert refused.status_code == 403
+            assert refused.json()["check"] == "request-signature"
+        assert httpx.get(url + "/healthz").json()["log_size"] == size
 
 
-def test_a_hub_that_requires_signatures_refuses_unsigned_uploads(
+def test_a_hub_requires_publications_signed_by_the_publisher_by_default(
     tmp_path: Path, model: SignedModel
 ) -> None:
     body = model.tar()
-    with running_coordinator(tmp_path / "home", require_signed_publish=True) as (url, _):
+    with running_coordinator(tmp_path / "home") as (url, _):
         refused = httpx.post(url + "/v1/models", content=body, headers=model.headers)
         assert refused.status_code == 403
-        signed = model.headers | sign_request(EC, "POST", "/v1/models", body)
+        by_another = model.headers | sign_request(EC, "POST", "/v1/models", body)
+        assert httpx.post(url + "/v1/models", content=body, headers=by_another).status_code == 403
+        signed = model.headers | sign_request(model.key, "POST", "/v1/models", body)
         assert httpx.post(url + "/v1/models", content=body, headers=signed).status_code == 201

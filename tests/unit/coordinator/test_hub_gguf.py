@@ -45,11 +45,9 @@ def hub(
     root = tmp_path_factory.mktemp("hub")
     mlp = make_signed_model(root, name="mlp", version="1.0.0")
     with running_coordinator(root / "home") as (url, app):
-        response = httpx.post(
-            url + "/v1/models", content=smollm2.tar(), headers=smollm2.headers, timeout=120
-        )
+        response = smollm2.post(url, timeout=120)
         assert response.status_code == 201, response.text
-        onnx = httpx.post(url + "/v1/models", content=mlp.tar(), headers=mlp.headers)
+        onnx = mlp.post(url)
         assert onnx.status_code == 201, onnx.text
         yield url, app, response.json()
 
@@ -72,9 +70,7 @@ def test_a_gguf_package_registers_under_its_oms_digest(
     }
     assert [f["path"] for f in record["files"]] == [e.path for e in package.manifest]
     assert "model.gguf" in {f["path"] for f in record["files"]}
-    again = httpx.post(
-        url + "/v1/models", content=smollm2.tar(), headers=smollm2.headers, timeout=120
-    )
+    again = smollm2.post(url, timeout=120)
     assert again.status_code == 200  # the same digest is not registered (or logged) twice
     assert again.json()["log_index"] == record["log_index"]
 
@@ -157,7 +153,7 @@ def test_a_corrupt_gguf_is_refused_with_nothing_registered(tmp_path: Path) -> No
     (folder / "README.md").write_text("---\nname: broken\nversion: 1.0.0\n---\n")
     model = _sign(folder, tmp_path)
     with running_coordinator(tmp_path / "home") as (url, _):
-        response = httpx.post(url + "/v1/models", content=tar_folder(folder), headers=model.headers)
+        response = model.post(url, tar_folder(folder))
         assert response.status_code == 400, response.text
         assert "GGUF" in response.json()["detail"]
         assert httpx.get(url + "/v1/models").json()["data"] == []

@@ -44,9 +44,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     mlp = make_signed_model(root, name="mlp", version="1.0.0")
     with running_coordinator(root / "home") as (base, _):
         for model in (tiny, mlp):
-            response = httpx.post(
-                base + "/v1/models", content=tar_folder(model.folder), headers=model.headers
-            )
+            response = model.post(base, tar_folder(model.folder))
             assert response.status_code == 201, response.text
         yield base
 
