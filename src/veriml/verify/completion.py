@@ -65,6 +65,7 @@ from veriml.verify.completion_answer import (
 )
 from veriml.verify.evidence import (
     check_inference_entry,
+    evidence_json,
     node_descriptors,
     open_checkpoint_note,
     parse_log_key,
@@ -127,14 +128,9 @@ class VerifiedCompletion:
             "policy": self.evidence.policy,
             "trust": self.trust,
             "verdict": self.evidence.verdict.to_json(),
-            "log": {
-                "index": self.evidence.log.index,
-                "size": self.checkpoint.size,
-                "origin": self.checkpoint.origin,
-            },
-            "nodes": {nid: d.operator for nid, d in sorted(self.nodes.items())},
-            "checks": list(self.checks),
-            "notes": list(self.notes),
+            **evidence_json(
+                self.evidence.log, self.checkpoint, self.nodes, self.checks, self.notes
+            ),
         }
 
 

@@ -21,7 +21,7 @@ The spot-check reveal, the other piece both answers share, is a policy rule:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from veriml.core.digest import Digest
@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "check_inference_entry",
+    "evidence_json",
     "node_descriptors",
     "open_checkpoint_note",
     "parse_log_key",
@@ -199,3 +200,20 @@ def check_inference_entry(
             "the inference entry cannot be rebuilt", check="inclusion", reason=exc.diagnostics()
         ) from exc
     prove_inclusion(entry, log.index, log.inclusion_proof, cp, "inclusion")
+
+
+def evidence_json(
+    log: LogEvidence,
+    cp: Checkpoint,
+    nodes: Mapping[str, NodeDescriptor],
+    checks: Iterable[str],
+    notes: Iterable[str],
+) -> dict[str, Any]:
+    """What a verified answer's ``--json`` summary says of its evidence: where the entry is
+    in which tree, each node's operator, the checks that passed and the notes."""
+    return {
+        "log": {"index": log.index, "size": cp.size, "origin": cp.origin},
+        "nodes": {nid: d.operator for nid, d in sorted(nodes.items())},
+        "checks": list(checks),
+        "notes": list(notes),
+    }

@@ -59,6 +59,7 @@ from veriml.verify._tensors import check_tensor_digests
 from veriml.verify.answer import InferenceResult, Verification
 from veriml.verify.evidence import (
     check_inference_entry,
+    evidence_json,
     node_descriptors,
     open_checkpoint_note,
     receipt_signer,
@@ -128,14 +129,7 @@ class VerifiedInference:
             "model": self.result.model.to_text(),
             "policy": self.result.policy,
             "verdict": self.result.verdict.to_json(),
-            "log": {
-                "index": self.result.log.index,
-                "size": self.checkpoint.size,
-                "origin": self.checkpoint.origin,
-            },
-            "nodes": {nid: d.operator for nid, d in sorted(self.nodes.items())},
-            "checks": list(self.checks),
-            "notes": list(self.notes),
+            **evidence_json(self.result.log, self.checkpoint, self.nodes, self.checks, self.notes),
         }
 
 

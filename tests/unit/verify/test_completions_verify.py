@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from _logged_nodes import register_nodes
 
 from veriml.client import COMPLETION_CHECKS, ChatResult, verify_completion
 from veriml.client._chat import StreamAssembler
@@ -30,8 +31,7 @@ from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, VerificationError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import utc_now
-from veriml.ledger import InferenceEntry, NodeEntry
-from veriml.protocol import NodeDescriptor
+from veriml.ledger import InferenceEntry
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
 from veriml.protocol.sse import parse_sse
 from veriml.tlog import Checkpoint, Log, Note, NoteSigner
@@ -56,17 +56,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     tmp = tmp_path_factory.mktemp("llmnet")
     signer = NoteSigner("test.veriml.local/llm", generate_key())
     with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
-        nodes = []
-        for i in range(3):
-            key = generate_key()
-            descriptor = NodeDescriptor(
-                public_key=key.public.to_pem().decode(),
-                operator=f"op-{i}",
-                endpoint=f"http://127.0.0.1:{9100 + i}",
-                issued_at=utc_now(),
-                nonce=uuid.uuid4().hex,
-            ).sign(key)
-            nodes.append((key, f"op-{i}", log.add(NodeEntry(descriptor).to_bytes())))
+        nodes = register_nodes(log, 3, port=9100)
         yield Network(log, signer.vkey, nodes)
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _logged_nodes import register_nodes, signed_descriptor
 
 from veriml.client import (
     CHECKS,
@@ -25,10 +26,8 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError, VerificationError
 from veriml.core.keys import SigningKey, generate_key
-from veriml.core.receipt import utc_now
 from veriml.ledger import InferenceEntry, NodeEntry
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.protocol import NodeDescriptor
 from veriml.runtime import run
 from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
 from veriml.verify.policy import Policy, Verdict, decide
@@ -50,17 +49,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     model = write_example_folder(tmp / "m", build_mlp((4, 8, 3), seed=1), name="m")
     signer = NoteSigner("test.veriml.local/log", generate_key())
     with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
-        nodes = []
-        for i in range(4):
-            key = generate_key()
-            descriptor = NodeDescriptor(
-                public_key=key.public.to_pem().decode(),
-                operator=f"op-{i}",
-                endpoint=f"http://127.0.0.1:{9000 + i}",
-                issued_at=utc_now(),
-                nonce=uuid.uuid4().hex,
-            ).sign(key)
-            nodes.append((key, f"op-{i}", log.add(NodeEntry(descriptor).to_bytes())))
+        nodes = register_nodes(log, 4, port=9000)
         yield Network(log, signer.vkey, model, nodes)
 
 
@@ -172,14 +161,7 @@ def _flip_proof(obj: dict[str, Any]) -> None:
 
 
 def _swap_node_entry(obj: dict[str, Any]) -> None:
-    key = generate_key()
-    forged = NodeDescriptor(
-        public_key=key.public.to_pem().decode(),
-        operator="op-0",
-        endpoint="http://127.0.0.1:1",
-        issued_at=utc_now(),
-        nonce="ff",
-    ).sign(key)
+    forged = signed_descriptor(generate_key(), generate_key(), port=1)
     obj["nodes"][0]["entry"] = base64.b64encode(NodeEntry(forged).to_bytes()).decode()
 
 

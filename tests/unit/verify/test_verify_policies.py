@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
+from _logged_nodes import register_nodes
 
 from veriml.client import (
     CHECKS,
@@ -35,9 +36,8 @@ from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import InferencePredicate, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
 from veriml.core.timestamps import format_time, parse_time
-from veriml.ledger import InferenceEntry, NodeEntry
+from veriml.ledger import InferenceEntry
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.protocol import NodeDescriptor
 from veriml.runtime import runner_for
 from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
 from veriml.verify.evidence import receipt_node_id
@@ -70,17 +70,7 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
     model = write_example_folder(tmp / "m", build_mlp((4, 8, 3), seed=1), name="m")
     signer = NoteSigner("test.veriml.local/log", generate_key())
     with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
-        nodes = []
-        for i in range(3):
-            key = generate_key()
-            descriptor = NodeDescriptor(
-                public_key=key.public.to_pem().decode(),
-                operator=f"op-{i}",
-                endpoint=f"http://127.0.0.1:{9000 + i}",
-                issued_at=utc_now(),
-                nonce=uuid.uuid4().hex,
-            ).sign(key)
-            nodes.append((key, f"op-{i}", log.add(NodeEntry(descriptor).to_bytes())))
+        nodes = register_nodes(log, 3, port=9000)
         yield Network(log, signer.vkey, model, nodes)
 
 

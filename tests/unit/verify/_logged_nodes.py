@@ -1,0 +1,37 @@
+"""Nodes registered in a real log, as the answer checks need them (shared by the tests of
+verify_inference, the policy checks and verify_completion)."""
+
+from __future__ import annotations
+
+import uuid
+
+from veriml.core.dsse import Envelope
+from veriml.core.keys import SigningKey, generate_key
+from veriml.core.receipt import utc_now
+from veriml.ledger import NodeEntry
+from veriml.protocol import NodeDescriptor
+from veriml.protocol.accounts import OperatorBinding
+from veriml.tlog import Log
+
+
+def signed_descriptor(node: SigningKey, operator: SigningKey, *, port: int) -> Envelope:
+    """``node``'s descriptor, bound by the ``operator`` account and signed by the node."""
+    binding = OperatorBinding.of(operator, node.key_id).sign(operator)
+    return NodeDescriptor(
+        public_key=node.public.to_pem().decode(),
+        operator_binding=binding,
+        endpoint=f"http://127.0.0.1:{port}",
+        issued_at=utc_now(),
+        nonce=uuid.uuid4().hex,
+    ).sign(node)
+
+
+def register_nodes(log: Log, count: int, *, port: int) -> list[tuple[SigningKey, str, int]]:
+    """``count`` nodes of distinct operators, each registration logged: ``(node key, operator
+    account id, log index of the registration)``."""
+    nodes = []
+    for i in range(count):
+        key, operator = generate_key(), generate_key()
+        descriptor = signed_descriptor(key, operator, port=port + i)
+        nodes.append((key, operator.key_id, log.add(NodeEntry(descriptor).to_bytes())))
+    return nodes
