@@ -1,7 +1,10 @@
 """``veriml publish`` and ``veriml models``: the hub, through the SDK.
 
 ``publish`` signs the folder (OMS, EC key) when its ``model.sig`` is absent or stale and
-streams it to the coordinator, which verifies the signature before registering anything.
+streams it to the coordinator, the request signed by the same key; the coordinator verifies
+both before registering anything, and the first key to publish in a namespace (``acme`` of
+``acme/iris``) owns it (docs/models.md, "Names"). ``models`` marks unsigned models, which a
+coordinator lists only if its operator allows unsigned publishing.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from veriml.cli._common import JsonOpt, console, print_json
 from veriml.cli.key import read_passphrase
@@ -18,7 +22,9 @@ from veriml.cli.key import read_passphrase
 if TYPE_CHECKING:
     from veriml.core.keys import SigningKey
 
-__all__ = ["CoordinatorOpt", "SignKeyOpt", "load_request_key", "register"]
+__all__ = ["UNSIGNED", "CoordinatorOpt", "SignKeyOpt", "load_request_key", "register"]
+
+UNSIGNED = "UNSIGNED"
 
 CoordinatorOpt = Annotated[
     str | None,
@@ -67,13 +73,13 @@ def publish(
             help="Environment variable holding the key's passphrase.",
         ),
     ] = None,
-    sign_key: SignKeyOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Sign (if needed) and publish a model folder to the hub."""
+    """Sign (if needed) and publish a model folder to the hub; the request is signed by the
+    publisher key too. The key claims the name's namespace if nobody has."""
     from veriml.client import Client
 
-    with Client(coordinator, verify=False, key=load_request_key(sign_key)) as client:
+    with Client(coordinator, verify=False) as client:
         model = client.publish(folder, key, passphrase=read_passphrase(passphrase_env))
     if json_out:
         print_json(model)
@@ -105,16 +111,26 @@ def models(
         table.add_column(column)
     for m in found:
         pub = m.get("publisher")
-        pub_id = pub.get("key_id", "") if isinstance(pub, dict) else m.get("publisher_key_id", "")
+        # An unsigned model is marked, never shown as if its name were anyone's.
+        signer = (
+            Text(UNSIGNED, style="bold red")
+            if m.get("unsigned") or not isinstance(pub, dict)
+            else Text(str(pub.get("key_id", ""))[:19])
+        )
         table.add_row(
-            str(m.get("name")),
-            str(m.get("version")),
-            str(m.get("task") or ""),
-            str(m.get("digest")),
-            str(pub_id)[:19],
-            str(m.get("log_index", "")),
+            Text(str(m.get("name"))),
+            Text(str(m.get("version"))),
+            Text(str(m.get("task") or "")),
+            Text(str(m.get("digest"))),
+            signer,
+            Text(str(m.get("log_index", ""))),
         )
     console.print(table)
+    if any(m.get("unsigned") for m in found):
+        console.print(
+            f"{UNSIGNED}: no publisher signed it; no name reaches it (use its digest)",
+            markup=False,
+        )
 
 
 def register(root: typer.Typer) -> None:

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from veriml.cli._common import JsonOpt, console, print_json
+from veriml.cli._common import JsonOpt, console, err_console, print_json
 
 __all__ = ["register"]
 
@@ -49,6 +49,15 @@ def coordinator(
         str | None,
         typer.Option("--log-origin", envvar="VERIML_LOG_ORIGIN", help="Log checkpoint origin."),
     ] = None,
+    allow_unsigned_publish: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-unsigned-publish",
+            envvar="VERIML_ALLOW_UNSIGNED_PUBLISH",
+            help="UNSAFE outside development: register model folders that no publisher signed, "
+            "as unsigned models (marked, no name: reachable by digest only).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a coordinator: hub, node registry, inference and its transparency log."""
@@ -64,6 +73,7 @@ def coordinator(
         blobs_url=blobs,
         log_db_url=log_db,
         log_origin=log_origin,
+        allow_unsigned_publish=allow_unsigned_publish or None,
     )
     passphrase = settings.key_passphrase.encode() if settings.key_passphrase else None
     keys = load_or_create_keys(settings.data_dir, origin=settings.log_origin, passphrase=passphrase)
@@ -76,6 +86,12 @@ def coordinator(
         console.print(f"coordinator  {url}")
         console.print(f"key id       {keys.coordinator.key_id}")
         console.print(f"log vkey     {keys.log.vkey}")
+    if settings.allow_unsigned_publish:
+        err_console.print(
+            "warning: unsigned publishing is on: models no publisher signed are registered "
+            "(marked unsigned, reachable by digest only)",
+            markup=False,
+        )
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(settings), host=host, port=port, log_level="warning", lifespan="on"

@@ -86,6 +86,15 @@ def up(
         int,
         typer.Option(min=0, help="Stake a node needs to receive jobs (the coordinator's rule)."),
     ] = 100,
+    allow_unsigned_publish: Annotated[
+        bool,
+        typer.Option(
+            "--allow-unsigned-publish",
+            envvar="VERIML_ALLOW_UNSIGNED_PUBLISH",
+            help="UNSAFE outside development: the coordinator registers model folders that no "
+            "publisher signed, as unsigned models (marked, reachable by digest only).",
+        ),
+    ] = False,
 ) -> None:
     """Start a local network (coordinator + nodes) and keep it running until Ctrl-C."""
     cheats = parse_byzantine(byzantine or [], nodes)
@@ -105,6 +114,7 @@ def up(
         byzantine=cheats,
         stake=stake,
         min_stake=min_stake,
+        env={"VERIML_ALLOW_UNSIGNED_PUBLISH": "1"} if allow_unsigned_publish else None,
     )
     try:
         with network:
@@ -113,6 +123,11 @@ def up(
                 mode = f"  BYZANTINE {cheats[index]}" if index in cheats else ""
                 console.print(f"{node.name:<12} {node.url}  {node.node_id}{mode}", markup=False)
             console.print(f"log key      {network.log_vkey}", markup=False)
+            if allow_unsigned_publish:
+                err_console.print(
+                    "warning: unsigned publishing is on (models marked unsigned, by digest only)",
+                    markup=False,
+                )
             console.print(f"wrote {network.home / 'network.json'}; Ctrl-C to stop", markup=False)
             while not stop.wait(0.5):
                 dead = network.dead()

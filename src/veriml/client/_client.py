@@ -216,15 +216,14 @@ class _Base:
         return expect, content, expect.headers(self.key, self._prefix + "/v1/inferences", content)
 
     def _publish_headers(self, folder: Path, publisher: SigningKey) -> dict[str, str]:
-        headers = {
+        """A publication is signed by the publisher key itself, whatever key the client
+        signs its other requests with: hubs require it by default (docs/models.md, "Names").
+        The archive is hashed once before it is sent: two passes, no buffer."""
+        digest = stream_digest(tar_stream(folder))
+        return {
             "Content-Type": "application/x-tar",
             "X-Veriml-Publisher-Key": publisher_header(publisher),
-        }
-        if self.key is not None:
-            # Signed uploads hash the archive once before sending it: two passes, no buffer.
-            digest = stream_digest(tar_stream(folder))
-            headers |= request_headers(self.key, "POST", self._prefix + "/v1/models", digest)
-        return headers
+        } | request_headers(publisher, "POST", self._prefix + "/v1/models", digest)
 
     def _signed_json(
         self, path: str, body: Mapping[str, Any], key: SigningKey | None, what: str
@@ -419,7 +418,9 @@ class Client(_Base):
         self, folder: Path, key: Path, *, passphrase: bytes | None = None
     ) -> dict[str, Any]:
         """Sign ``folder`` with the EC key file ``key`` if ``model.sig`` is absent or stale,
-        then upload it as a streamed tar; returns the registered model."""
+        then upload it as a streamed tar, the request signed by that key; returns the
+        registered model. Its name's namespace (``acme`` of ``acme/iris``) must be unclaimed
+        or claimed by this key (403 ``namespace`` otherwise)."""
         folder = Path(folder)
         signing = ensure_signed(folder, Path(key), passphrase=passphrase)
         headers = self._publish_headers(folder, signing)
