@@ -1,104 +1,182 @@
-"""Invariants of the ledger fold over random entry sequences (Hypothesis).
+"""Invariants of the ledger fold over random logs (Hypothesis), under the authority rules.
 
-The sequences mix valid and invalid entries on purpose: a refused entry must leave the state
-exactly as it was, and whatever is accepted must conserve money.
+Each log is drawn one entry at a time against the state so far, so it mixes entries the fold
+must accept (admin deposits, signed stakes and fees, challenges, verdicts followed by their
+settlement, state entries for the current bond map) with entries it must refuse (deposits by
+anyone else, unstakes before the delay, fees beyond their payment, settlements the rule does
+not give, stale bond roots, replayed requests). Whatever happens, money is conserved and a
+refused entry leaves no trace.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
+from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from veriml.core import Digest
-from veriml.core.timestamps import format_time
+from _ledger import (
+    ACME,
+    ACME_NODE,
+    ADMIN,
+    ALICE,
+    BOB,
+    BOLT,
+    BOLT_NODE,
+    RULES,
+    WATCHER,
+    challenge,
+    deposit,
+    fee,
+    ledger,
+    node_entry,
+    payment,
+    stake,
+    state_entry,
+    t,
+    unstake,
+    verdict,
+)
+from veriml.core.digest import Digest
 from veriml.ledger import (
     ChallengeEntry,
     DepositEntry,
-    DisputeVerdictEntry,
+    Entry,
     FeeEntry,
-    LedgerEntry,
     LedgerError,
     LedgerState,
     ReputationEntry,
     RewardEntry,
     SlashEntry,
     StakeEntry,
+    StateEntry,
     UnstakeEntry,
     fold,
 )
 
-BASE = dt.datetime(2026, 11, 26, 10, tzinfo=dt.UTC)
-ROOT = Digest.of(b"root")
-
-accounts = st.sampled_from(["a", "b", "node"])
-disputes = st.sampled_from(["d1", "d2", "d3"])
-amounts = st.integers(min_value=0, max_value=20)
-deposits = st.integers(min_value=0, max_value=100)
-times = st.integers(min_value=0, max_value=300).map(
-    lambda s: format_time(BASE + dt.timedelta(seconds=s))
+SIGNERS = (ALICE, BOB, WATCHER, ACME, BOLT)
+ACCOUNTS = tuple(k.key_id for k in (*SIGNERS, ACME_NODE, BOLT_NODE))
+NODES = (ACME_NODE, BOLT_NODE)
+DISPUTES = ("d1", "d2", "d3")
+REQUESTS = ("req-1", "req-2")
+KINDS = (
+    "deposit",
+    "stake",
+    "unstake",
+    "fee",
+    "challenge",
+    "verdict",
+    "stray",
+    "state",
+    "replay",
 )
+MONEY = (DepositEntry, StakeEntry, UnstakeEntry, FeeEntry, ChallengeEntry)
 
 
-@st.composite
-def unstakes(draw: st.DrawFn) -> UnstakeEntry:
-    at = draw(st.integers(min_value=0, max_value=300))
-    delay = draw(st.integers(min_value=0, max_value=100))
-    return UnstakeEntry(
-        draw(accounts),
-        draw(amounts),
-        format_time(BASE + dt.timedelta(seconds=at)),
-        format_time(BASE + dt.timedelta(seconds=at + delay)),
+def start() -> LedgerState:
+    """Rules first, then two operators with one node each and some of their money staked."""
+    return ledger(
+        node_entry(ACME_NODE, ACME),
+        node_entry(BOLT_NODE, BOLT),
+        deposit(ACME, 200),
+        deposit(BOLT, 200),
+        stake(ACME, 100),
+        stake(BOLT, 100),
     )
 
 
-@st.composite
-def challenges(draw: st.DrawFn) -> ChallengeEntry:
-    trace = {"root": ROOT, "size": 3}
-    return ChallengeEntry(
-        dispute=draw(disputes),
-        inference="req",
-        defendant={"node": draw(accounts), "receipt": ROOT, "trace": trace},
-        challenger={"account": draw(accounts), "trace": trace, "outputs": {}},
-        mode="bitwise",
-        bond=draw(st.integers(min_value=0, max_value=10)),
-        deadline_seconds=60,
-        at=draw(times),
-    )
+def amounts(top: int) -> st.SearchStrategy[int]:
+    return st.integers(min_value=0, max_value=top)
 
 
-@st.composite
-def slashes(draw: st.DrawFn) -> SlashEntry:
-    amount = draw(amounts)
-    burned = draw(st.integers(min_value=0, max_value=amount))
-    return SlashEntry(draw(accounts), amount, burned, draw(disputes), draw(times))
-
-
-entries = st.one_of(
-    st.builds(DepositEntry, accounts, deposits, times),
-    st.builds(StakeEntry, accounts, amounts, times),
-    unstakes(),
-    st.builds(FeeEntry, accounts, accounts, amounts, st.just("req"), times),
-    challenges(),
-    st.builds(
-        DisputeVerdictEntry,
-        disputes,
-        st.sampled_from(["defendant", "challenger", "none", "neither"]),
-        st.just("referee"),
-        times,
-    ),
-    slashes(),
-    st.builds(RewardEntry, accounts, amounts, st.just("r"), times, st.none() | disputes),
-    st.builds(
-        ReputationEntry,
-        accounts,
-        st.integers(min_value=-100, max_value=100),
-        st.just("r"),
-        times,
-        st.none() | disputes,
-    ),
-)
+def draw_entry(
+    data: st.DataObject, state: LedgerState, accepted: list[Entry], spent: dict[bytes, int], at: int
+) -> tuple[Entry, bool]:
+    """One entry for ``state`` at time ``at``; ``True`` when the fold must refuse it.
+    ``spent`` is what the accepted fees paid under each payment (by its signed payload)."""
+    draw = data.draw
+    if state.expected and draw(st.integers(0, 9), label="settle now") < 8:
+        due = state.expected[0]  # what the fold waits for after a verdict
+        if draw(st.integers(0, 3), label="tamper") == 0:
+            if isinstance(due, ReputationEntry):
+                return dataclasses.replace(due, delta=due.delta + 1), True
+            return dataclasses.replace(due, amount=due.amount + 1), True
+        return due, False
+    kind = draw(st.sampled_from(KINDS), label="kind")
+    if kind == "deposit":
+        by = draw(st.sampled_from((ADMIN, ADMIN, ALICE)), label="by")
+        return deposit(draw(st.sampled_from(ACCOUNTS)), draw(amounts(100)), at, by=by), by != ADMIN
+    if kind == "stake":
+        who = draw(st.sampled_from(SIGNERS))
+        return stake(who, draw(amounts(state.account(who.key_id).balance + 5)), at), False
+    if kind == "unstake":
+        early = draw(st.booleans(), label="early")
+        after = RULES.unstake_delay - (1 if early else 0)
+        who = draw(st.sampled_from(SIGNERS))
+        amount = draw(amounts(state.stake_of(who.key_id) + 5))
+        return unstake(who, amount, at, after=after), early
+    if kind == "fee":
+        payer = draw(st.sampled_from(SIGNERS))
+        amount = draw(amounts(10))
+        allowed = draw(st.sampled_from((amount, amount + 5, max(0, amount - 1))), label="allowed")
+        request = draw(st.sampled_from(REQUESTS))
+        payee = draw(st.sampled_from(ACCOUNTS))
+        paid = fee(
+            payer,
+            payee,
+            amount,
+            at,
+            request=request,
+            authorization=payment(payer, request, allowed, at),
+        )
+        return paid, amount > allowed
+    if kind == "challenge":
+        dispute = draw(st.sampled_from(DISPUTES))
+        defendant = draw(st.sampled_from(NODES))
+        outputs = {"y": Digest.of(draw(st.binary(max_size=1)))}
+        if draw(st.booleans(), label="by a node"):
+            node = draw(st.sampled_from(NODES))
+            entry = challenge(dispute, defendant, node.key_id, node=node, at=at, outputs=outputs)
+        else:
+            who = draw(st.sampled_from(SIGNERS))
+            entry = challenge(
+                dispute, defendant, who, bond=draw(amounts(20)), at=at, outputs=outputs
+            )
+        return entry, False
+    if kind == "verdict":
+        winner = draw(st.sampled_from(("defendant", "challenger", "none", "neither")))
+        open_ones = sorted(state.open_disputes)
+        pool = open_ones if open_ones and draw(st.integers(0, 3), label="open one") else DISPUTES
+        return verdict(draw(st.sampled_from(pool)), winner, at), False
+    if kind == "stray":  # a slash, reward or reputation change of the coordinator's own
+        account = draw(st.sampled_from(ACCOUNTS))
+        dispute = draw(st.sampled_from(DISPUTES))
+        amount = draw(amounts(20))
+        stray: Entry = draw(
+            st.sampled_from(
+                (
+                    SlashEntry(account, amount, amount // 2, dispute, t(at)),
+                    RewardEntry(account, amount, "challenge", t(at), dispute),
+                    ReputationEntry(account, amount - 10, "dispute-won", t(at), dispute),
+                )
+            )
+        )
+        return stray, stray not in state.expected[:1]
+    if kind == "state":
+        if draw(st.booleans(), label="stale"):
+            bonds = state.bond_map()
+            stale = StateEntry(RULES, Digest.of(b"stale"), bonds.size, t(at))
+            return stale, True
+        return state_entry(state, at), False
+    money = [e for e in accepted if isinstance(e, MONEY)]
+    if not money:
+        return deposit(ALICE, 1, at), False
+    again = draw(st.sampled_from(money), label="replayed")
+    if isinstance(again, FeeEntry):  # a payment covers fees up to its amount, no further
+        payload = again.authorization.payload  # type: ignore[union-attr]
+        return again, spent[payload] + again.amount > again.request.amount
+    return again, True  # every other signed request is used once
 
 
 def assert_conserved(state: LedgerState) -> None:
@@ -120,76 +198,83 @@ def assert_conserved(state: LedgerState) -> None:
     assert all(u.amount > 0 for a in accounts for u in a.unbonding)
 
 
-@settings(max_examples=150, deadline=None)
-@given(st.lists(entries, max_size=60))
-def test_money_is_conserved_and_refused_entries_change_nothing(
-    sequence: list[LedgerEntry],
-) -> None:
-    state = LedgerState()
-    accepted: list[LedgerEntry] = []
-    for entry in sequence:
-        before = state.digest()
-        refused: LedgerError | None = None
-        try:
-            state.apply(entry)
-        except LedgerError as exc:
-            refused = exc
-        if refused is None:
-            accepted.append(entry)
+def run(data: st.DataObject, steps: int) -> tuple[LedgerState, list[Entry], list[Entry]]:
+    """Fold ``steps`` drawn entries, checking every step; (state, all entries, accepted)."""
+    state = start()
+    accepted: list[Entry] = []
+    tried: list[Entry] = []
+    spent: dict[bytes, int] = {}
+    clock = 0
+    for _ in range(steps):
+        # Mostly forward, sometimes a little behind (two appenders racing).
+        at = max(0, clock + data.draw(st.integers(min_value=-5, max_value=80), label="dt"))
+        clock = max(clock, at)
+        entry, must_refuse = draw_entry(data, state, accepted, spent, at)
+        tried.append(entry)
+        before, size = state.digest(), state.size
+        refused = _refusal(state.apply, entry)
+        event(f"{type(entry).__name__} {'refused' if refused else 'accepted'}")
+        if refused is not None:
+            assert refused.index == size
+            assert (state.digest(), state.size) == (before, size)
         else:
-            assert refused.index == state.size
-            assert state.digest() == before
+            assert not must_refuse, f"the fold accepted {entry!r}"
+            accepted.append(entry)
+            if isinstance(entry, FeeEntry):
+                payload = entry.authorization.payload  # type: ignore[union-attr]
+                spent[payload] = spent.get(payload, 0) + entry.amount
         assert_conserved(state)
-    # The accepted entries alone fold to the same state: a refusal left no trace.
-    assert fold(accepted).digest() == state.digest()
+    return state, tried, accepted
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(entries, max_size=40), st.data())
-def test_folding_twice_or_in_chunks_gives_the_same_digest(
-    sequence: list[LedgerEntry], data: st.DataObject
+@settings(max_examples=120, deadline=None)
+@given(st.integers(min_value=0, max_value=60), st.data())
+def test_money_is_conserved_and_refused_entries_change_nothing(
+    steps: int, data: st.DataObject
 ) -> None:
-    accepted: list[bytes] = []
-    state = LedgerState()
-    for entry in sequence:
-        try:
-            state.apply(entry)
-        except LedgerError:
-            continue
-        accepted.append(entry.to_bytes())
-    whole = fold(accepted)
-    assert fold(accepted).digest() == whole.digest() == state.digest()
-    cuts = sorted(
-        data.draw(st.lists(st.integers(min_value=0, max_value=len(accepted)), max_size=4))
-    )
-    chunked = LedgerState()
-    for lo, hi in zip([0, *cuts], [*cuts, len(accepted)], strict=True):
-        chunked = fold(accepted[lo:hi], start=chunked)
-    assert chunked.digest() == whole.digest()
+    state, _, accepted = run(data, steps)
+    # The accepted entries alone fold to the same state: a refusal left no trace.
+    assert fold(accepted, start=start()).digest() == state.digest()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=40), st.data())
+def test_folding_logged_bytes_in_chunks_gives_the_same_digest(
+    steps: int, data: st.DataObject
+) -> None:
+    state, _, accepted = run(data, steps)
+    logged = [e.to_bytes() for e in accepted]
+    whole = fold(logged, start=start())
+    assert whole.digest() == state.digest()
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(logged)), max_size=4), label="cuts"))
+    chunked = start()
+    for lo, hi in zip([0, *cuts], [*cuts, len(logged)], strict=True):
+        chunked = fold(logged[lo:hi], start=chunked)
     assert chunked.to_json() == whole.to_json()
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(entries, max_size=40))
+@settings(max_examples=40, deadline=None)
+@given(st.integers(min_value=0, max_value=40), st.data())
 def test_check_agrees_with_apply_and_a_copy_folds_like_the_original(
-    sequence: list[LedgerEntry],
+    steps: int, data: st.DataObject
 ) -> None:
-    state = LedgerState()
-    for entry in sequence:
+    _, tried, _ = run(data, steps)
+    state = start()
+    for entry in tried:
         trial = state.copy()
         before = state.digest()
-        try:
-            state.check(entry)
-            would = True
-        except LedgerError:
-            would = False
+        would = _refusal(state.check, entry) is None
         assert state.digest() == before
-        try:
-            trial.apply(entry)
-            did = True
-        except LedgerError:
-            did = False
+        did = _refusal(trial.apply, entry) is None
         assert would == did
         if did:
             state.apply(entry)
             assert state.digest() == trial.digest()
+
+
+def _refusal(fold_one: Any, entry: Entry) -> LedgerError | None:
+    try:
+        fold_one(entry)
+    except LedgerError as exc:
+        return exc
+    return None
