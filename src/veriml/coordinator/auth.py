@@ -21,15 +21,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from veriml.core.digest import Digest
-from veriml.core.dsse import pae
-from veriml.core.errors import KeyFileError, SignatureError
+from veriml.core.dsse import Envelope, pae
+from veriml.core.errors import FormatError, KeyFileError, SignatureError
 from veriml.core.keys import SigningKey, VerifyingKey
 
 __all__ = [
     "KEY_HEADER",
+    "PAYMENT_HEADER",
     "REQUEST_PAYLOAD_TYPE",
     "SIGNATURE_HEADER",
     "RequestSignature",
+    "payment_from_headers",
     "request_message",
     "sign_request",
 ]
@@ -37,6 +39,9 @@ __all__ = [
 REQUEST_PAYLOAD_TYPE = "application/vnd.veriml.request"
 KEY_HEADER = "X-Veriml-Key"
 SIGNATURE_HEADER = "X-Veriml-Signature"
+PAYMENT_HEADER = "X-Veriml-Payment"
+"""base64 of a DSSE envelope: the payer's signed ``payment`` ledger request for this request's
+fees (docs/ledger.md, "Authority"); required when the rules charge ``fee_per_job``."""
 _MAX_HEADER = 16 * 1024
 
 
@@ -53,6 +58,22 @@ def sign_request(key: SigningKey, method: str, path: str, body: bytes) -> dict[s
         KEY_HEADER: base64.b64encode(key.public.to_pem()).decode(),
         SIGNATURE_HEADER: f"{key.key_id}:{base64.b64encode(signature).decode()}",
     }
+
+
+def payment_from_headers(headers: Mapping[str, str]) -> Envelope | None:
+    """The signed payment in ``X-Veriml-Payment`` (not yet checked), or None. A header that
+    is not base64 of a DSSE envelope is a :class:`SignatureError` (403)."""
+    text = headers.get(PAYMENT_HEADER.lower()) or headers.get(PAYMENT_HEADER)
+    if text is None:
+        return None
+    if len(text) > _MAX_HEADER:
+        raise SignatureError("the payment header is too long", check="payment")
+    try:
+        return Envelope.from_bytes(_b64(text, PAYMENT_HEADER))
+    except FormatError as exc:
+        raise SignatureError(
+            "the payment is not a DSSE envelope", check="payment", reason=exc.message
+        ) from exc
 
 
 def _b64(text: str, what: str) -> bytes:

@@ -7,7 +7,12 @@ converge, whatever crashes:
    answer without its ``log`` member, the entry bytes and the entry's RFC 9162 leaf hash;
 2. the caller appends the entry to the log;
 3. :meth:`InferenceStore.commit` proves the entry's inclusion at a published checkpoint and
-   completes the row (index, full answer).
+   completes the row (index, full answer). At the same checkpoint it proves every earlier
+   entry the answer **cites** (the answering nodes' registrations, the ledger state whose
+   bond map it was scheduled under, its model's provenance, the entries of its disputes) and
+   adds them as ``evidence``; with the size of the last checkpoint the client saw
+   (``X-Veriml-Log-Size``) it adds a consistency proof from it (``log.consistency``). So a
+   client verifies an answer without another round trip, and a saved answer verifies offline.
 
 A coordinator killed between 2 and 3 leaves a pending row whose entry is in the log.
 :meth:`InferenceStore.recover` (on ``GET``, on a retry with the same ``Idempotency-Key``, and
@@ -50,6 +55,9 @@ _log = logging.getLogger(__name__)
 
 # A pending row whose claim is older than this was left by a crashed coordinator.
 CLAIM_TIMEOUT = 60.0
+# Cited entries (node registrations, state entries) kept in memory: they never change.
+_ENTRY_CACHE = 4096
+_CITES = "_cites"
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -66,6 +74,10 @@ class PendingInference:
     request_digest: Digest
     entry: bytes
     answer: Mapping[str, Any]
+    cites: tuple[int, ...] = ()
+    """Log indexes of earlier entries the answer relies on, proven beside it (``evidence``)."""
+    known_size: int | None = None
+    """The size of the client's last checkpoint: the answer proves consistency from it."""
 
     def to_row(self, now: float) -> dict[str, Any]:
         return {
@@ -74,7 +86,8 @@ class PendingInference:
             "policy": self.policy,
             "request_digest": self.request_digest.to_text(),
             "log_index": None,
-            "response": dict(self.answer),
+            # The cited indexes ride along, so a recovered answer carries its evidence too.
+            "response": dict(self.answer) | ({_CITES: list(self.cites)} if self.cites else {}),
             "created_at": utc_now(),
             "entry": self.entry.decode(),
             "leaf_hash": leaf_hash(self.entry).hex(),
@@ -92,17 +105,32 @@ class StoredInference:
     response: Mapping[str, Any]
 
 
+def _b64(hashes: Sequence[bytes]) -> list[str]:
+    return [base64.b64encode(h).decode() for h in hashes]
+
+
 def with_log(
-    answer: Mapping[str, Any], index: int, proof: Sequence[bytes], checkpoint: bytes
+    answer: Mapping[str, Any],
+    index: int,
+    proof: Sequence[bytes],
+    checkpoint: bytes,
+    *,
+    evidence: Sequence[Mapping[str, Any]] = (),
+    consistency: tuple[int, Sequence[bytes]] | None = None,
 ) -> dict[str, Any]:
-    """The full answer: ``answer`` with its ``log`` member (index, proof, checkpoint)."""
-    return dict(answer) | {
-        "log": {
-            "index": index,
-            "inclusion_proof": [base64.b64encode(h).decode() for h in proof],
-            "checkpoint": checkpoint.decode(),
-        }
+    """The full answer: ``answer`` with its ``log`` member (index, proof, checkpoint, and a
+    consistency proof from the client's last size) and the ``evidence`` it cites."""
+    log: dict[str, Any] = {
+        "index": index,
+        "inclusion_proof": _b64(proof),
+        "checkpoint": checkpoint.decode(),
     }
+    if consistency is not None:
+        log["consistency"] = {"from": consistency[0], "proof": _b64(consistency[1])}
+    full = dict(answer) | {"log": log}
+    if evidence:
+        full["evidence"] = list(evidence)
+    return full
 
 
 class _Group(Generic[T, R]):
@@ -172,6 +200,7 @@ class InferenceStore:
         self._committing: _Group[tuple[int, PendingInference], StoredInference] = _Group(
             self._commit
         )
+        self._entries: dict[int, bytes] = {}
 
     # -- reading and recovering -----------------------------------------------------------
 
@@ -234,13 +263,16 @@ class InferenceStore:
                 )
             # Its owner died before the append: log it now, from the very bytes it reserved.
             index = self._log.add(entry)
+        answer = dict(row.response)
+        cites = answer.pop(_CITES, [])
         pending = PendingInference(
             inference_id=row.id,
             model=Digest.from_text(row.model),
             policy=row.policy,
             request_digest=Digest.from_text(row.request_digest),
             entry=entry,
-            answer=row.response,
+            answer=answer,
+            cites=tuple(int(i) for i in cites if isinstance(i, int)),
         )
         result = self._commit([(index, pending)])[0]
         if isinstance(result, Error):
@@ -318,21 +350,56 @@ class InferenceStore:
                 )
             time.sleep(0.01)
 
+    def _cited(self, index: int, size: int, proofs: dict[int, list[bytes]]) -> dict[str, Any]:
+        """One cited entry with its inclusion proof at ``size`` (entries never change, so
+        their bytes are cached across answers; proofs are shared within a batch)."""
+        entry = self._entries.get(index)
+        if entry is None:
+            entry = self._log.entries(index, index + 1)[0]
+            if len(self._entries) >= _ENTRY_CACHE:
+                self._entries.pop(next(iter(self._entries)))
+            self._entries[index] = entry
+        if index not in proofs:
+            proofs[index] = self._log.inclusion_proof(index, size)
+        return {
+            "index": index,
+            "entry": base64.b64encode(entry).decode(),
+            "inclusion_proof": _b64(proofs[index]),
+        }
+
     def _commit(self, batch: list[tuple[int, PendingInference]]) -> list[StoredInference | Error]:
         note, size = self._published(max(index for index, _ in batch))
         results: list[StoredInference | Error] = []
+        proofs: dict[int, list[bytes]] = {}
         for index, pending in batch:
             try:
                 proof = self._log.inclusion_proof(index, size)
+                evidence = [
+                    self._cited(i, size, proofs)
+                    for i in sorted(set(pending.cites))
+                    if 0 <= i < index
+                ]
+                known = pending.known_size
+                consistency = None
+                if known is not None and 0 < known < size:
+                    consistency = (known, self._log.consistency_proof(known, size))
             except Error as exc:
                 results.append(exc)
                 continue
+            answer = {k: v for k, v in pending.answer.items() if k != _CITES}
             results.append(
                 StoredInference(
                     inference_id=pending.inference_id,
                     request_digest=pending.request_digest,
                     log_index=index,
-                    response=with_log(pending.answer, index, proof, note),
+                    response=with_log(
+                        answer,
+                        index,
+                        proof,
+                        note,
+                        evidence=evidence,
+                        consistency=consistency,
+                    ),
                 )
             )
         params = [
