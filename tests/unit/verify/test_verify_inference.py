@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _logged_nodes import register_nodes, signed_descriptor
+from _logged_nodes import Network, model_network, signed_descriptor
 
 from veriml.client import (
     CHECKS,
@@ -25,32 +25,19 @@ from veriml.client import (
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError, VerificationError
-from veriml.core.keys import SigningKey, generate_key
+from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, NodeEntry
-from veriml.models.examples import build_mlp, write_example_folder
 from veriml.runtime import run
-from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
+from veriml.tlog import Checkpoint, Note, NoteSigner, NoteVerifier
 from veriml.verify.policy import Policy, Verdict, decide
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 
 
-@dataclasses.dataclass
-class Network:
-    log: Log
-    vkey: str
-    model: Path
-    nodes: list[tuple[SigningKey, str, int]]  # key, operator, registration index
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    tmp = tmp_path_factory.mktemp("net")
-    model = write_example_folder(tmp / "m", build_mlp((4, 8, 3), seed=1), name="m")
-    signer = NoteSigner("test.veriml.local/log", generate_key())
-    with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
-        nodes = register_nodes(log, 4, port=9000)
-        yield Network(log, signer.vkey, model, nodes)
+    with model_network(tmp_path_factory.mktemp("net"), 4) as net:
+        yield net
 
 
 def _answer(net: Network, policy: str, *, tamper_node: int | None = None) -> InferenceResult:

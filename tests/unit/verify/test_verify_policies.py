@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import onnx
 import pytest
-from _logged_nodes import register_nodes
+from _logged_nodes import Network, model_network
 
 from veriml.client import (
     CHECKS,
@@ -32,14 +32,12 @@ from veriml.client import (
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import VerificationError
-from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import InferencePredicate, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
 from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger import InferenceEntry
-from veriml.models.examples import build_mlp, write_example_folder
 from veriml.runtime import runner_for
-from veriml.tlog import Checkpoint, Log, Note, NoteSigner, NoteVerifier
+from veriml.tlog import Checkpoint, Note, NoteVerifier
 from veriml.verify.evidence import receipt_node_id
 from veriml.verify.policy import (
     DisputeRef,
@@ -56,22 +54,10 @@ X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
 Array = npt.NDArray[Any]
 
 
-@dataclasses.dataclass
-class Network:
-    log: Log
-    vkey: str
-    model: Path
-    nodes: list[tuple[SigningKey, str, int]]  # key, operator, registration index
-
-
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    tmp = tmp_path_factory.mktemp("net")
-    model = write_example_folder(tmp / "m", build_mlp((4, 8, 3), seed=1), name="m")
-    signer = NoteSigner("test.veriml.local/log", generate_key())
-    with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
-        nodes = register_nodes(log, 3, port=9000)
-        yield Network(log, signer.vkey, model, nodes)
+    with model_network(tmp_path_factory.mktemp("net"), 3) as net:
+        yield net
 
 
 @dataclasses.dataclass
