@@ -222,12 +222,13 @@ def test_a_completion_receipt_is_not_a_prefill_check() -> None:
 
 
 def test_a_relay_node_names_the_upstream_model_it_fronts() -> None:
+    from veriml.protocol.accounts import OperatorBinding
     from veriml.protocol.messages import NodeDescriptor
 
-    key = generate_key("ed25519")
+    key, operator = generate_key("ed25519"), generate_key("ed25519")
     fields: dict[str, Any] = {
         "public_key": key.public.to_pem().decode(),
-        "operator": "op-relay",
+        "operator_binding": OperatorBinding.of(operator, key.key_id).sign(operator),
         "endpoint": "http://127.0.0.1:8799",
         "issued_at": format_time(NOW),
         "nonce": "cd" * 16,

@@ -1,20 +1,34 @@
+"""Node descriptors (with their operator's binding), heartbeats and jobs: what each
+message's ``open`` accepts, and what it refuses (docs/network.md)."""
+
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import pytest
 
 from veriml.core import Digest, Envelope, generate_key
-from veriml.core.errors import FormatError, SignatureError, VerificationError
-from veriml.protocol import Heartbeat, Job, NodeDescriptor, format_time
+from veriml.core.canonical import canonicalize
+from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
+from veriml.core.keys import SigningKey
+from veriml.protocol import (
+    NODE_DESCRIPTOR_TYPE,
+    Heartbeat,
+    Job,
+    NodeDescriptor,
+    format_time,
+    sign_message,
+)
+from veriml.protocol.accounts import OPERATOR_BINDING_TYPE, OperatorBinding
 
 NOW = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)
 
 
-def _descriptor(key_pem: str, **overrides: object) -> NodeDescriptor:
+def _descriptor(node: SigningKey, bound_by: SigningKey, **overrides: object) -> NodeDescriptor:
     fields: dict[str, object] = {
-        "public_key": key_pem,
-        "operator": "op-1",
+        "public_key": node.public.to_pem().decode(),
+        "operator_binding": _binding(bound_by, node.key_id),
         "endpoint": "http://127.0.0.1:8701",
         "issued_at": format_time(NOW),
         "nonce": "ab" * 16,
@@ -23,30 +37,104 @@ def _descriptor(key_pem: str, **overrides: object) -> NodeDescriptor:
     return NodeDescriptor(**fields)  # type: ignore[arg-type]
 
 
-def test_a_node_descriptor_verifies_against_the_key_it_carries() -> None:
-    key = generate_key()
-    descriptor = _descriptor(key.public.to_pem().decode())
-    opened = NodeDescriptor.open(descriptor.sign(key), now=NOW, max_age=dt.timedelta(minutes=5))
+def _binding(operator: SigningKey, node_id: str) -> Envelope:
+    return OperatorBinding.of(operator, node_id, issued_at=format_time(NOW)).sign(operator)
+
+
+def test_a_node_descriptor_verifies_against_the_key_it_carries_and_names_its_operator() -> None:
+    node, operator = generate_key(), generate_key()
+    descriptor = _descriptor(node, operator)
+    opened = NodeDescriptor.open(descriptor.sign(node), now=NOW, max_age=dt.timedelta(minutes=5))
     assert opened == descriptor
-    assert opened.node_id == key.key_id
+    assert (opened.node_id, opened.operator) == (node.key_id, operator.key_id)
+    assert opened.binding.operator == operator.key_id
+    logged = json.loads(descriptor.sign(node).payload)
+    assert logged["operator"] == operator.key_id
+    assert logged["operator_binding"] == descriptor.operator_binding.to_json()
 
 
 def test_a_descriptor_signed_by_another_key_is_refused() -> None:
-    key, other = generate_key(), generate_key()
-    descriptor = _descriptor(key.public.to_pem().decode())
-    forged = Envelope.sign(
-        descriptor.sign(key).payload, [other], payload_type=descriptor.sign(key).payload_type
-    )
+    node, operator, other = generate_key(), generate_key(), generate_key()
+    genuine = _descriptor(node, operator).sign(node)
+    forged = Envelope.sign(genuine.payload, [other], payload_type=genuine.payload_type)
     with pytest.raises(SignatureError):
         NodeDescriptor.open(forged, now=NOW, max_age=None)
+    with pytest.raises(KeyFileError):
+        _descriptor(node, operator).sign(other)
+
+
+def test_a_binding_for_another_node_is_refused() -> None:
+    node, operator, elsewhere = generate_key(), generate_key(), generate_key()
+    borrowed = _descriptor(node, operator, operator_binding=_binding(operator, elsewhere.key_id))
+    with pytest.raises(VerificationError) as info:
+        NodeDescriptor.open(borrowed.sign(node), now=NOW, max_age=None)
+    assert info.value.check == "operator-binding"
+    assert info.value.evidence["expected"] == node.key_id
+
+
+def test_a_binding_not_signed_by_the_operator_it_names_is_refused() -> None:
+    node, operator, impostor = generate_key(), generate_key(), generate_key()
+    # The operator's binding, re-signed by someone else: the signature is not the operator's.
+    payload = canonicalize(OperatorBinding.of(operator, node.key_id).to_json())
+    resigned = Envelope.sign(payload, [impostor], payload_type=OPERATOR_BINDING_TYPE)
+    with pytest.raises(SignatureError):
+        NodeDescriptor.open(
+            _descriptor(node, operator, operator_binding=resigned).sign(node), max_age=None
+        )
+    # The impostor's own key, claiming the operator's account id.
+    claimed = OperatorBinding.of(impostor, node.key_id).to_json() | {"operator": operator.key_id}
+    mislabelled = Envelope.sign(
+        canonicalize(claimed), [impostor], payload_type=OPERATOR_BINDING_TYPE
+    )
+    descriptor = _descriptor(node, operator, operator_binding=mislabelled)
+    with pytest.raises(VerificationError) as info:
+        NodeDescriptor.open(descriptor.sign(node), max_age=None)
+    assert info.value.check == "operator-binding"
+
+
+def test_a_descriptor_naming_another_operator_than_its_binding_is_refused() -> None:
+    node, operator, other = generate_key(), generate_key(), generate_key()
+    misnamed = _descriptor(node, operator, operator=other.key_id)
+    assert misnamed.operator == other.key_id  # a descriptor can say anything...
+    with pytest.raises(VerificationError) as info:
+        NodeDescriptor.open(misnamed.sign(node), max_age=None)  # ...opening checks it
+    assert info.value.check == "operator-binding"
+    assert info.value.evidence["bound"] == operator.key_id
+
+
+def test_a_descriptor_without_a_binding_or_with_a_malformed_one_is_refused() -> None:
+    node, operator = generate_key(), generate_key()
+    message = _descriptor(node, operator).to_json()
+    for binding in (None, "signed", {"payloadType": OPERATOR_BINDING_TYPE}):
+        body = {k: v for k, v in message.items() if k != "operator_binding"}
+        if binding is not None:
+            body["operator_binding"] = binding
+        envelope = sign_message(NODE_DESCRIPTOR_TYPE, body, node)
+        with pytest.raises(VerificationError) as info:
+            NodeDescriptor.open(envelope, max_age=None)
+        assert info.value.check == "operator-binding"
+    # Another message the operator signed is not a binding: it cannot even be built into one.
+    not_a_binding = sign_message(NODE_DESCRIPTOR_TYPE, {"type": "x"}, operator)
+    with pytest.raises(FormatError):
+        _descriptor(node, operator, operator_binding=not_a_binding)
+    body = message | {"operator_binding": not_a_binding.to_json()}
+    with pytest.raises(VerificationError):
+        NodeDescriptor.open(sign_message(NODE_DESCRIPTOR_TYPE, body, node), max_age=None)
+
+
+def test_a_node_key_is_ed25519() -> None:
+    node, operator = generate_key("ec"), generate_key("ec")  # an operator may hold an EC key
+    with pytest.raises(VerificationError, match="Ed25519"):
+        NodeDescriptor.open(_descriptor(node, operator).sign(node), max_age=None)
+    ed_node = generate_key()
+    opened = NodeDescriptor.open(_descriptor(ed_node, operator).sign(ed_node), max_age=None)
+    assert opened.operator == operator.key_id
 
 
 def test_a_stale_descriptor_is_refused_unless_reread_from_the_log() -> None:
-    key = generate_key()
-    old = _descriptor(
-        key.public.to_pem().decode(), issued_at=format_time(NOW - dt.timedelta(hours=1))
-    )
-    envelope = old.sign(key)
+    node, operator = generate_key(), generate_key()
+    old = _descriptor(node, operator, issued_at=format_time(NOW - dt.timedelta(hours=1)))
+    envelope = old.sign(node)
     with pytest.raises(VerificationError) as info:
         NodeDescriptor.open(envelope, now=NOW, max_age=dt.timedelta(minutes=5))
     assert info.value.check == "freshness"
