@@ -1,6 +1,7 @@
 """The node registry over HTTP and the repository the scheduler uses: only fresh descriptors
-signed by the key they carry register, each registration is one log entry, heartbeats come
-from the registered key only, liveness follows heartbeats."""
+signed by the key they carry, with their operator's binding, register; a node stays with its
+first operator; each registration is one log entry; heartbeats come from the registered key
+only; liveness follows heartbeats."""
 
 from __future__ import annotations
 
@@ -16,14 +17,17 @@ import pytest
 from fastapi import FastAPI
 
 from _coordinator import running_coordinator
+from veriml.core.canonical import canonicalize
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Signature
 from veriml.core.keys import SigningKey, generate_key
-from veriml.ledger.entries import NodeEntry, parse_entry
+from veriml.ledger.entries import BeaconEntry, NodeEntry, StateEntry, parse_entry
+from veriml.protocol.accounts import OPERATOR_BINDING_TYPE, OperatorBinding
 from veriml.protocol.messages import Heartbeat, NodeDescriptor, format_time
 from veriml.tlog.tiles import decode_entry_bundle
 
 MODEL = Digest.of(b"a model")
+STARTUP_ENTRIES = 2  # a coordinator logs its rules (state) and its first beacon epoch first
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -35,10 +39,14 @@ def coordinator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
         yield running
 
 
+OPERATOR = generate_key()
+
+
 def _descriptor(
     key: SigningKey,
     *,
-    operator: str = "op-1",
+    operator: SigningKey = OPERATOR,
+    binding: Envelope | None = None,
     endpoint: str = "http://127.0.0.1:9001",
     issued: dt.datetime | None = None,
     nonce: str | None = None,
@@ -46,7 +54,7 @@ def _descriptor(
 ) -> Envelope:
     return NodeDescriptor(
         public_key=key.public.to_pem().decode(),
-        operator=operator,
+        operator_binding=binding or OperatorBinding.of(operator, key.key_id).sign(operator),
         endpoint=endpoint,
         issued_at=format_time(issued or dt.datetime.now(dt.UTC)),
         nonce=nonce or secrets.token_hex(16),
@@ -81,18 +89,23 @@ def test_a_signed_fresh_descriptor_registers_and_is_logged_once(
     coordinator: tuple[str, FastAPI],
 ) -> None:
     url, _ = coordinator
+    opened = _entries(url)  # the rules (a state entry) and the first beacon epoch
+    assert [type(parse_entry(e)) for e in opened] == [StateEntry, BeaconEntry]
     key = generate_key()
     envelope = _descriptor(key)
     answer = _post(url, "/v1/nodes", envelope)
     assert answer.status_code == 201, answer.text
-    assert answer.json() == {"node_id": key.key_id, "log_index": 0}
-    (entry,) = [parse_entry(e) for e in _entries(url)]
+    assert answer.json() == {"node_id": key.key_id, "log_index": len(opened)}
+    (entry,) = [parse_entry(e) for e in _entries(url)[len(opened) :]]
     assert isinstance(entry, NodeEntry)
-    assert entry.open().node_id == key.key_id  # re-checkable from the log alone
+    # Re-checkable from the log alone: the node's signature and its operator's binding.
+    assert (entry.open().node_id, entry.open().operator) == (key.key_id, OPERATOR.key_id)
     (node,) = httpx.get(url + "/v1/nodes").json()["nodes"]
-    assert node["node_id"] == key.key_id
+    assert (node["node_id"], node["operator"]) == (key.key_id, OPERATOR.key_id)
     assert node["live"] is True
-    assert node["log_index"] == 0
+    assert node["log_index"] == len(opened)
+    operators = httpx.get(url + "/v1/ledger/state").json()["operators"]
+    assert operators == {key.key_id: OPERATOR.key_id}
 
 
 def test_a_forged_descriptor_is_403_and_not_logged(coordinator: tuple[str, FastAPI]) -> None:
@@ -108,13 +121,45 @@ def test_a_forged_descriptor_is_403_and_not_logged(coordinator: tuple[str, FastA
     _problem(_post(url, "/v1/nodes", forged), 403)
     # A payload changed after signing.
     tampered = Envelope(
-        genuine.payload_type, genuine.payload.replace(b"op-1", b"op-9"), genuine.signatures
+        genuine.payload_type, genuine.payload.replace(b":9001", b":9009"), genuine.signatures
     )
     _problem(_post(url, "/v1/nodes", tampered), 403)
     unsigned = genuine.to_json() | {"signatures": []}
     _problem(_post(url, "/v1/nodes", unsigned), 403)
-    assert _entries(url) == []
+    assert len(_entries(url)) == STARTUP_ENTRIES
     assert httpx.get(url + "/v1/nodes").json()["nodes"] == []
+
+
+def test_a_binding_for_another_node_or_by_another_key_is_403_and_not_logged(
+    coordinator: tuple[str, FastAPI],
+) -> None:
+    url, _ = coordinator
+    key, elsewhere, impostor = generate_key(), generate_key(), generate_key()
+    borrowed = OperatorBinding.of(OPERATOR, elsewhere.key_id).sign(OPERATOR)
+    problem = _problem(_post(url, "/v1/nodes", _descriptor(key, binding=borrowed)), 403)
+    assert problem["check"] == "operator-binding"
+    # The operator's binding of this node, signed by someone else.
+    payload = canonicalize(OperatorBinding.of(OPERATOR, key.key_id).to_json())
+    resigned = Envelope.sign(payload, [impostor], payload_type=OPERATOR_BINDING_TYPE)
+    _problem(_post(url, "/v1/nodes", _descriptor(key, binding=resigned)), 403)
+    assert len(_entries(url)) == STARTUP_ENTRIES
+    assert httpx.get(url + "/v1/nodes").json()["nodes"] == []
+
+
+def test_a_node_bound_to_one_operator_cannot_register_under_another(
+    coordinator: tuple[str, FastAPI],
+) -> None:
+    url, _ = coordinator
+    key, other_operator = generate_key(), generate_key()
+    assert _post(url, "/v1/nodes", _descriptor(key)).status_code == 201
+    problem = _problem(_post(url, "/v1/nodes", _descriptor(key, operator=other_operator)), 409)
+    assert problem["operator"] == OPERATOR.key_id
+    assert len(_entries(url)) == STARTUP_ENTRIES + 1
+    (node,) = httpx.get(url + "/v1/nodes").json()["nodes"]
+    assert node["operator"] == OPERATOR.key_id
+    # Its own operator may register it again (a restart, a new endpoint).
+    again = _descriptor(key, endpoint="http://127.0.0.1:9002")
+    assert _post(url, "/v1/nodes", again).status_code == 201
 
 
 def test_a_stale_or_future_descriptor_is_403(coordinator: tuple[str, FastAPI]) -> None:
@@ -124,7 +169,7 @@ def test_a_stale_or_future_descriptor_is_403(coordinator: tuple[str, FastAPI]) -
     for issued in (now - dt.timedelta(minutes=10), now + dt.timedelta(minutes=10)):
         problem = _problem(_post(url, "/v1/nodes", _descriptor(key, issued=issued)), 403)
         assert problem["check"] == "freshness"
-    assert _entries(url) == []
+    assert len(_entries(url)) == STARTUP_ENTRIES
 
 
 def test_a_replayed_descriptor_is_409_and_not_logged_again(
@@ -135,7 +180,7 @@ def test_a_replayed_descriptor_is_409_and_not_logged_again(
     assert _post(url, "/v1/nodes", envelope).status_code == 201
     problem = _problem(_post(url, "/v1/nodes", envelope), 409)
     assert problem["nonce"]
-    assert len(_entries(url)) == 1
+    assert len(_entries(url)) == STARTUP_ENTRIES + 1
 
 
 def test_re_registration_updates_the_node_and_logs_the_new_descriptor(
@@ -145,11 +190,11 @@ def test_re_registration_updates_the_node_and_logs_the_new_descriptor(
     key = generate_key()
     assert _post(url, "/v1/nodes", _descriptor(key)).status_code == 201
     moved = _post(url, "/v1/nodes", _descriptor(key, endpoint="http://127.0.0.1:9002"))
-    assert moved.json()["log_index"] == 1
+    assert moved.json()["log_index"] == STARTUP_ENTRIES + 1
     (node,) = httpx.get(url + "/v1/nodes").json()["nodes"]
     assert node["endpoint"] == "http://127.0.0.1:9002"
-    assert node["log_index"] == 1
-    assert len(_entries(url)) == 2
+    assert node["log_index"] == STARTUP_ENTRIES + 1
+    assert len(_entries(url)) == STARTUP_ENTRIES + 2
 
 
 def test_heartbeats_come_from_the_registered_key_and_move_forward(
@@ -190,7 +235,7 @@ def test_live_nodes_are_least_loaded_first_and_failed_nodes_wait_for_a_heartbeat
     keys = [generate_key() for _ in range(3)]
     for i, key in enumerate(keys):
         models = ("*",) if i < 2 else (Digest.of(b"another").to_text(),)
-        assert _post(url, "/v1/nodes", _descriptor(key, operator=f"op-{i}", models=models))
+        assert _post(url, "/v1/nodes", _descriptor(key, operator=generate_key(), models=models))
     busy, idle, other = keys
     assert _post(url, f"/v1/nodes/{busy.key_id}/heartbeat", _heartbeat(busy, active=3))
     assert _post(url, f"/v1/nodes/{idle.key_id}/heartbeat", _heartbeat(idle, capacity=2))
