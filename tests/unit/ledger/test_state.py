@@ -139,6 +139,19 @@ def test_a_replayed_stake_request_is_refused() -> None:
     assert state.stake_of(A) == 10
 
 
+def test_a_request_re_signed_or_cosigned_is_still_the_request_already_used() -> None:
+    once = stake(ALICE, 10, at=1)
+    state = ledger(deposit(ALICE, 100), once)
+    signed = once.authorization
+    assert signed is not None
+    cosigned = Envelope(
+        signed.payload_type,
+        signed.payload,
+        (*signed.signatures, *stake(BOB, 1).authorization.signatures),  # type: ignore[union-attr]
+    )
+    refuses(state, StakeEntry(A, 10, t(2), cosigned), "already used")
+
+
 def test_a_signed_request_is_logged_within_ten_minutes_of_its_signing() -> None:
     state = ledger(deposit(ALICE, 100))
     late = StakeEntry(A, 10, t(601), stake(ALICE, 10, at=0).authorization)
