@@ -207,13 +207,13 @@ class TraceStore:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def check_retention(self, retain_until: str | None, *, now: float | None = None) -> None:
+    def check_retention(self, retain_until: str | None, *, expires_at: str) -> None:
         """Refuse (``check="job-retention"``) a job that asks to keep its trace longer than
-        ``max_retention`` from now: the node could not promise it."""
+        ``max_retention`` past the job's own expiry (``expires_at``, when the answer arrives
+        at the latest): the node could not promise it."""
         if retain_until is None:
             return
-        current = self._clock() if now is None else now
-        if _epoch(retain_until) - current > self.max_retention:
+        if _epoch(retain_until) - _epoch(expires_at) > self.max_retention:
             raise VerificationError(
                 "job asks to keep its trace longer than this node keeps traces",
                 check="job-retention",

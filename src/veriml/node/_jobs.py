@@ -7,9 +7,9 @@ For each ``POST /v1/jobs`` body ``{"job": <DSSE envelope>, "inputs": {name: tens
 1. the body parses (400);
 2. ``Job.open``: signed by the configured coordinator key, addressed to this node, not issued
    in the future (403), not expired (410), and an LLM job's request is the signed one (422);
-3. admission: the node is not shutting down, a traced job's ``retain_until`` is within the
-   node's ``max_retention`` (422), and running + waiting jobs of the job's *lane* are below
-   its concurrency plus queue length (503 with ``Retry-After``);
+3. admission: the node is not shutting down, a traced job's ``retain_until`` is at most the
+   node's ``max_retention`` past the job's expiry (422), and running + waiting jobs of the
+   job's *lane* are below its concurrency plus queue length (503 with ``Retry-After``);
 4. the replay cache admits the job id (409; see :mod:`veriml.node._memory`);
 5. the model is loaded, or pulled and verified (:mod:`veriml.node._models`);
 6. a worker thread (one per ``concurrency``) decodes the input tensors, checks their digests
@@ -239,7 +239,7 @@ class JobService:
         _kind_members(job, parsed)
         if not self.accepting:  # 3
             raise NodeUnavailable("node is shutting down", retry_after=RETRY_AFTER_SECONDS)
-        self.traces.check_retention(job.retain_until)
+        self.traces.check_retention(job.retain_until, expires_at=job.expires_at)
         lane = self.lane_of(job)
         if lane.full:
             raise NodeUnavailable(

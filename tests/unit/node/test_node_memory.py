@@ -152,10 +152,11 @@ def test_a_job_may_not_ask_to_keep_its_trace_longer_than_the_node_keeps_traces(
     tmp_path: Path,
 ) -> None:
     store = _store(tmp_path, _Clock(), max_retention=7 * 86_400)
-    store.check_retention(_at(7 * 86_400))
-    store.check_retention(None)
+    expires = _at(60)  # counted from the job's expiry: optimistic:7d fits exactly
+    store.check_retention(_at(60 + 7 * 86_400), expires_at=expires)
+    store.check_retention(None, expires_at=expires)
     with pytest.raises(VerificationError) as caught:
-        store.check_retention(_at(7 * 86_400 + 1))
+        store.check_retention(_at(60 + 7 * 86_400 + 1), expires_at=expires)
     assert caught.value.check == "job-retention"
 
 
