@@ -38,6 +38,7 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, ExecutionError, NodeUnavailable, VerificationError
 from veriml.core.keys import SigningKey
 from veriml.protocol.messages import Job, format_time
+from veriml.protocol.policy import Policy
 from veriml.runtime import RunResult
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "JobSpec",
     "PerHostTransport",
     "dispatch",
+    "retain_until",
     "sign_job",
 ]
 
@@ -76,6 +78,27 @@ class JobSpec:
     spot: Digest | None = None
     """``spot:P``: the commitment to the coordinator's secret, signed into every job of the
     request (the checker's too, so no node can tell a check from a first run)."""
+    retain_until: str | None = None
+    """Traced jobs: until when the node keeps the trace (RFC 3339). None: for an
+    ``optimistic:W`` job, W after the job expires (:func:`retain_until`)."""
+    challenge_window: float | None = None
+    """Traced jobs of other policies: the rules' challenge window, in seconds, that
+    :func:`retain_until` adds when ``retain_until`` is not given."""
+
+
+def retain_until(
+    policy: str, *, expires: dt.datetime, challenge_window: float | None = None
+) -> str | None:
+    """Until when a node must keep the trace of a job that expires at ``expires``: as long
+    as its answer can be challenged (the verdict's ``final_after``, which is set after the
+    answer arrived, so before ``expires`` plus the window). ``optimistic:W`` answers are
+    challenged for W, other policies for the rules' ``challenge_window``; None when neither
+    applies (the node then keeps the trace for its own default)."""
+    parsed = Policy.parse(policy)
+    window = parsed.window if parsed.kind == "optimistic" else challenge_window
+    if window is None:
+        return None
+    return format_time(expires + dt.timedelta(seconds=window))
 
 
 def sign_job(
@@ -88,6 +111,11 @@ def sign_job(
 ) -> tuple[Job, Envelope]:
     """A fresh job (new ``job_id``) for ``node_id``, valid from ``now`` for ``timeout``."""
     issued = now or dt.datetime.now(dt.UTC)
+    keep = spec.retain_until
+    if spec.trace and keep is None:
+        keep = retain_until(
+            spec.policy, expires=issued + timeout, challenge_window=spec.challenge_window
+        )
     job = Job(
         job_id=str(uuid.uuid4()),
         node_id=node_id,
@@ -99,6 +127,7 @@ def sign_job(
         expires_at=format_time(issued + timeout),
         trace=spec.trace,
         spot=spec.spot,
+        retain_until=keep if spec.trace else None,
     )
     return job, job.sign(key)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import time
 from typing import Any
@@ -19,7 +20,7 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import NodeUnavailable, SignatureError, VerificationError
 from veriml.core.keys import generate_key
-from veriml.protocol.messages import Job
+from veriml.protocol.messages import Job, format_time
 
 COORDINATOR = generate_key("ed25519")
 NODE = generate_key("ed25519")
@@ -58,6 +59,29 @@ def test_a_signed_job_opens_at_its_node_and_carries_the_request() -> None:
         Job.open(envelope, COORDINATOR.public, node_id=COORDINATOR.key_id)
     with pytest.raises(SignatureError):
         Job.open(envelope, NODE.public, node_id=NODE.key_id)
+
+
+def test_a_traced_job_asks_its_node_to_keep_the_trace_while_the_answer_can_be_challenged() -> None:
+    """``optimistic:W``: W after the job expires (the answer's ``final_after`` comes before);
+    other policies: the rules' challenge window; untraced jobs keep nothing; an explicit
+    ``retain_until`` (a dispute's retrace) wins."""
+    now = dt.datetime(2026, 11, 26, 10, tzinfo=dt.UTC)
+    minute = dt.timedelta(seconds=60)
+
+    def kept(**changes: Any) -> str | None:
+        spec = dataclasses.replace(SPEC, **changes)
+        return sign_job(spec, NODE.key_id, COORDINATOR, timeout=minute, now=now)[0].retain_until
+
+    expires = now + minute
+    assert kept(policy="optimistic:1h", trace=True) == format_time(expires + dt.timedelta(hours=1))
+    assert kept(trace=True, challenge_window=86_400.0) == format_time(
+        expires + dt.timedelta(days=1)
+    )
+    assert kept(trace=True) is None  # the node keeps it for its own default
+    assert kept(policy="optimistic:1h") is None
+    assert kept(trace=True, retain_until="2026-11-27T00:00:00.000000Z") == (
+        "2026-11-27T00:00:00.000000Z"
+    )
 
 
 def test_every_job_has_its_own_id() -> None:
