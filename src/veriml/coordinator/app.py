@@ -17,6 +17,7 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, cast
 
@@ -34,6 +35,7 @@ from veriml.coordinator.catalog import NamespaceRepository
 from veriml.coordinator.deps import LogDep, SettingsDep
 from veriml.coordinator.dispatch import PerHostTransport
 from veriml.coordinator.dispute_routes import create_dispute_router
+from veriml.coordinator.dispute_store import DisputeStore, answered_at
 from veriml.coordinator.disputes import DisputeOptions, DisputeService
 from veriml.coordinator.keys import load_or_create_keys
 from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
@@ -172,24 +174,33 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
 
 
 def _dispute_service(state: Any, settings: Settings) -> DisputeService:
-    """The dispute engine over the app's keys, HTTP client, models, tensors and ledger."""
+    """The dispute engine over the app's keys, HTTP client, models, tensors, ledger and the
+    database table that keeps open disputes across restarts."""
     from veriml.coordinator.inference_routes import node_lister
 
+    options = DisputeOptions(
+        timeout=settings.dispute_timeout,
+        job_timeout=settings.job_timeout,
+        slash_fraction=settings.slash_fraction,
+        reward_fraction=settings.reward_fraction,
+        challenge_bond=settings.challenge_bond,
+        challenge_window=settings.challenge_window,
+        max_open_per_node=settings.max_disputes_per_node,
+        retrace_retention=min(ABANDONED_AFTER_MOVES * settings.dispute_timeout, 6 * 86_400.0),
+        max_tensor_bytes=settings.max_json_bytes,
+    )
+    engine = state.engine
     return DisputeService(
         key=state.coordinator_key,
         http=state.http,
         load_model=state.load_model,
         book=state.ledger,
         load_tensor=state.tensors.get,
+        store_tensors=state.tensors.put,
         list_nodes=node_lister(state, schedulable_only=False),
-        options=DisputeOptions(
-            timeout=settings.dispute_timeout,
-            job_timeout=settings.job_timeout,
-            slash_fraction=settings.slash_fraction,
-            reward_fraction=settings.reward_fraction,
-            challenge_bond=settings.challenge_bond,
-            max_tensor_bytes=settings.max_json_bytes,
-        ),
+        store=DisputeStore(engine, owner=uuid.uuid4().hex, lease=options.lease),
+        answered_at=lambda inference: answered_at(engine, inference),
+        options=options,
     )
 
 
@@ -198,16 +209,19 @@ ABANDONED_AFTER_MOVES = 64
 2**20-entry trace takes about 40 moves): the sweeper closes it without a winner."""
 
 
-async def _void_abandoned_disputes(disputes: DisputeService, settings: Settings) -> None:
-    """Close disputes a restart or a dead replica left open (see ``void_abandoned``)."""
+async def _sweep_disputes(disputes: DisputeService, settings: Settings) -> None:
+    """Keep this replica's leases on the disputes it drives, resume stored ones no replica
+    drives, and close disputes with no stored record that a lost database left open (see
+    ``maintain`` and ``void_abandoned``)."""
     while True:
+        await asyncio.sleep(max(1.0, min(60.0, settings.dispute_timeout)))
         try:
+            await disputes.maintain()
             await disputes.void_abandoned(
                 older_than=ABANDONED_AFTER_MOVES * settings.dispute_timeout
             )
         except Error as exc:  # the next sweep tries again
-            _log.warning("abandoned disputes not closed: %s", exc.diagnostics())
-        await asyncio.sleep(max(1.0, min(60.0, settings.dispute_timeout)))
+            _log.warning("open disputes not swept: %s", exc.diagnostics())
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -230,7 +244,11 @@ def create_app(settings: Settings) -> FastAPI:
         )
         app.state.disputes = _dispute_service(app.state, settings)
         app.state.completions = openai_routes.service_from_state(app.state)
-        sweeper = asyncio.create_task(_void_abandoned_disputes(app.state.disputes, settings))
+        try:  # before serving: a challenger's next request finds its dispute again
+            await app.state.disputes.resume()
+        except Error as exc:  # the sweeper tries again
+            _log.warning("open disputes not resumed: %s", exc.diagnostics())
+        sweeper = asyncio.create_task(_sweep_disputes(app.state.disputes, settings))
         rotation = asyncio.create_task(app.state.beacon.run(), name="veriml-beacon")
         if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
             routes = importlib.import_module(INFERENCE_ROUTES)

@@ -18,6 +18,13 @@ coordinator committed to (docs/verification.md, "Randomness"): shared by the rep
 database, revealed in the log when the next epoch begins. The database is the coordinator's
 own, never served.
 
+``disputes`` holds every open dispute (docs/verification.md, "Persistence"): its parties and
+claim, the challenged receipt, the model, mode and stored-input digests, the log index of its
+``challenge`` entry (NULL until appended), the reveals recorded so far and the move asked
+now, so a restarted coordinator resumes it where it stopped. ``claim`` is unique: two replicas
+cannot open one claim twice. ``owner``/``lease_until`` let one replica drive each dispute; a
+row is deleted once the dispute's verdict is logged.
+
 Timestamps the protocol signs or logs stay RFC 3339 strings; times the coordinator only
 compares (liveness, heartbeat order, nonce expiry) are Unix seconds as floats.
 """
@@ -38,6 +45,7 @@ __all__ = [
     "VERSION_TABLE",
     "beacon_keys",
     "descriptor_nonces",
+    "disputes",
     "inferences",
     "metadata",
     "migrate",
@@ -138,6 +146,33 @@ beacon_keys = sa.Table(
     sa.Column("key", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("log_index", sa.BigInteger),
+)
+
+
+disputes = sa.Table(
+    "disputes",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("inference", sa.String(256), nullable=False),
+    sa.Column("defendant", sa.String(71), nullable=False),
+    sa.Column("challenger", sa.String(256), nullable=False),
+    sa.Column("claim", sa.String(71), nullable=False),
+    sa.Column("receipt", sa.JSON, nullable=False),
+    sa.Column("model", sa.String(71), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("policy", sa.String(256), nullable=False),
+    sa.Column("inputs", sa.JSON, nullable=False),
+    sa.Column("parties", sa.JSON, nullable=False),
+    sa.Column("opened", sa.BigInteger),
+    sa.Column("reveals", sa.JSON, nullable=False),
+    sa.Column("move", sa.JSON),
+    sa.Column("rounds", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("messages", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("owner", sa.String(64)),
+    sa.Column("lease_until", sa.Float, nullable=False, server_default="0"),
+    sa.UniqueConstraint("claim", name="uq_disputes_claim"),
+    sa.Index("ix_disputes_defendant", "defendant"),
 )
 
 

@@ -2,7 +2,10 @@
 :mod:`veriml.coordinator.disputes` asks and checks, behind one small interface.
 
 - :class:`NodeParty`: a node, first sent the same request again as a traced job when its
-  receipt has no trace (a *retrace*), then asked for reveals through its trace endpoints;
+  receipt has no trace (a *retrace*), then asked for reveals through its trace endpoints.
+  A busy node is not a loser: a node that answers 503 (or 429, 5xx, or cannot be reached for
+  a moment) is asked again with backoff until the move's deadline, and only one that never
+  answers in time loses (``timeout``);
 - :class:`RemoteParty`: a challenger that moves through the coordinator's HTTP routes, each
   move awaited with its deadline.
 
@@ -13,15 +16,16 @@ A party is trusted with nothing: every reveal is checked against its commitment
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import httpx
 import numpy.typing as npt
 
-from veriml.coordinator.dispatch import JobSpec, dispatch
+from veriml.coordinator.dispatch import JobRejected, JobSpec, dispatch
 from veriml.coordinator.scheduler import Candidate, node_key
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
@@ -36,12 +40,14 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey
 from veriml.core.receipt import InferencePredicate, TraceCommitment
 from veriml.core.tensors import tensor_from_json
+from veriml.core.timestamps import format_time
 from veriml.runtime import TraceEntry
 from veriml.verify import verify_receipt
 from veriml.verify.dispute import Reason, TraceLayout
 
 __all__ = [
     "EMPTY_TRACE",
+    "AbsentParty",
     "Claim",
     "NodeParty",
     "Party",
@@ -53,10 +59,59 @@ __all__ = [
 ]
 
 Array = npt.NDArray[Any]
+T = TypeVar("T")
 EMPTY_TRACE = TraceCommitment(Digest.of(b""), 0)
 """The commitment to nothing (the RFC 9162 root of the empty tree, size 0): what a party that
 produced no trace is recorded with."""
 _MAX_PROOF = 64
+_BACKOFF_START, _BACKOFF_MAX = 0.1, 2.0
+_MAX_JOB_VALIDITY = 300.0  # a node's default cap on a job's validity window
+# A retrace refused for being busy or for the clocks (issued before the node restarted,
+# expired on arrival) is asked again; any other refusal is the node's answer.
+_RETRY_STATUSES = frozenset({409, 410, 429})
+
+
+class _Busy(Exception):
+    """A node answer that is no answer yet (busy, unreachable): ask again."""
+
+    def __init__(self, status: int | None, retry_after: float | None = None) -> None:
+        super().__init__(status)
+        self.status = status
+        self.retry_after = retry_after
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("retry-after", "")
+    return float(value) if value.isdigit() else None
+
+
+async def until_answered(
+    attempt: Callable[[float], Awaitable[T]], timeout: float, *, node: str
+) -> T:
+    """``attempt(seconds_left)`` until it answers; a :class:`_Busy` one is asked again after
+    a backoff (0.1 s doubling to 2 s, or the node's ``Retry-After``) while the move's
+    ``timeout`` lasts, then the node loses by ``timeout``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    wait = _BACKOFF_START
+    attempts = 0
+    while True:
+        left = deadline - loop.time()
+        attempts += 1
+        try:
+            return await attempt(max(left, 0.001))
+        except _Busy as busy:
+            pause = min(wait, busy.retry_after) if busy.retry_after else wait
+            if deadline - loop.time() <= pause:
+                raise PartyFault(
+                    "node did not answer the dispute query in time",
+                    reason="timeout",
+                    node=node,
+                    status=busy.status,
+                    attempts=attempts,
+                ) from busy
+            await asyncio.sleep(pause)
+            wait = min(wait * 2, _BACKOFF_MAX)
 
 
 class PartyFault(VerificationError):
@@ -141,6 +196,7 @@ class NodeParty:
         trace: TraceCommitment | None = None,
         job_timeout: float = 60.0,
         max_tensor_bytes: int = 64 << 20,
+        retain: float = 86_400.0,
     ) -> None:
         self._http = http
         self._key = key
@@ -150,7 +206,17 @@ class NodeParty:
         self._trace = trace
         self._job_timeout = job_timeout
         self._max_tensor_bytes = max_tensor_bytes
+        self._retain = retain
         self.retraced = False
+
+    @property
+    def node(self) -> Candidate:
+        """The node as the coordinator reaches it."""
+        return self._node
+
+    @property
+    def spec(self) -> JobSpec:
+        return self._spec
 
     @property
     def claim(self) -> Claim:
@@ -159,7 +225,9 @@ class NodeParty:
     async def open(self, timeout: float) -> TraceCommitment:
         if self._trace is not None:
             return self._trace
-        # 1. The same request as a traced job: its receipt must repeat the challenged outputs.
+        # 1. The same request as a traced job, its trace kept for the dispute: its receipt
+        # must repeat the challenged outputs. A busy node is asked again until the deadline.
+        keep = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=self._retain)
         spec = JobSpec(
             request_id=self._spec.request_id,
             model=self._spec.model,
@@ -167,15 +235,27 @@ class NodeParty:
             inputs_json=self._spec.inputs_json,
             policy=self._spec.policy,
             trace=True,
+            retain_until=format_time(keep),
         )
+
+        async def attempt(left: float) -> Any:
+            try:
+                return await dispatch(
+                    self._http, self._node, spec, self._key, timeout=min(left, _MAX_JOB_VALIDITY)
+                )
+            except NodeUnavailable as exc:
+                raise _Busy(exc.evidence.get("status")) from exc
+            except JobRejected as exc:
+                if exc.status in _RETRY_STATUSES:
+                    raise _Busy(exc.status) from exc
+                raise
+
         try:
-            result = await dispatch(
-                self._http, self._node, spec, self._key, timeout=max(timeout, self._job_timeout)
+            result = await until_answered(
+                attempt, max(timeout, self._job_timeout), node=self._node.node_id
             )
-        except NodeUnavailable as exc:
-            raise PartyFault(
-                "node did not run the retrace job", reason="timeout", node=self._node.node_id
-            ) from exc
+        except PartyFault:
+            raise
         except Error as exc:
             raise PartyFault(
                 "node refused the retrace job",
@@ -218,24 +298,27 @@ class NodeParty:
         return f"{self._node.endpoint.rstrip('/')}/v1/traces/{self._spec.request_id}/{suffix}"
 
     async def _get(self, url: str, timeout: float) -> httpx.Response:
-        try:
-            response = await self._http.get(url, timeout=httpx.Timeout(timeout))
-        except httpx.HTTPError as exc:
-            raise PartyFault(
-                "node did not answer the dispute query",
-                reason="timeout",
-                node=self._node.node_id,
-                error=type(exc).__name__,
-            ) from exc
-        if response.status_code != 200:
-            reason: Reason = "timeout" if response.status_code >= 500 else "invalid-proof"
-            raise PartyFault(
-                "node could not answer the dispute query",
-                reason=reason,
-                node=self._node.node_id,
-                status=response.status_code,
-            )
-        return response
+        """One dispute query, asked again while the node is busy or unreachable (until
+        ``timeout``); a 4xx answer (no such trace, no such tensor) is final."""
+
+        async def attempt(left: float) -> httpx.Response:
+            try:
+                response = await self._http.get(url, timeout=httpx.Timeout(left))
+            except httpx.HTTPError as exc:
+                raise _Busy(None) from exc
+            status = response.status_code
+            if status == 429 or status >= 500:
+                raise _Busy(status, _retry_after(response))
+            if status != 200:
+                raise PartyFault(
+                    "node could not answer the dispute query",
+                    reason="invalid-proof",
+                    node=self._node.node_id,
+                    status=status,
+                )
+            return response
+
+        return await until_answered(attempt, timeout, node=self._node.node_id)
 
     async def reveal(self, index: int, timeout: float) -> tuple[TraceEntry, list[bytes]]:
         response = await self._get(self._url(f"entries/{index}"), timeout)
@@ -369,3 +452,24 @@ class RemoteParty:
         if missing:
             raise FormatError("tensors asked for are missing", missing=",".join(missing)[:200])
         waiting[2].set_result({name: tensors[name] for name in waiting[1]})
+
+
+class AbsentParty:
+    """A side of a stored dispute that can no longer be reached (its model or inputs are
+    gone after a restart): every move faults, and the dispute closes without a winner."""
+
+    def __init__(self, claim: Claim) -> None:
+        self._claim = claim
+
+    @property
+    def claim(self) -> Claim:
+        return self._claim
+
+    async def open(self, timeout: float) -> TraceCommitment:
+        raise PartyFault("party cannot be reached", reason="timeout")
+
+    async def reveal(self, index: int, timeout: float) -> tuple[TraceEntry, list[bytes]]:
+        raise PartyFault("party cannot be reached", reason="timeout")
+
+    async def tensors(self, names: Sequence[str], timeout: float) -> dict[str, Array]:
+        raise PartyFault("party cannot be reached", reason="timeout")

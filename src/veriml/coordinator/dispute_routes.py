@@ -12,28 +12,36 @@ A challenger is an account: the key id of the request signature (``X-Veriml-Key`
 dispute may move in it. The routes read the :class:`~veriml.coordinator.disputes.DisputeService`
 from ``app.state.disputes`` and the stored inference through the app's inference service.
 
-Errors are RFC 9457 problems: a malformed body is 400 (the move stays open until its
-deadline), an unsigned request or another account's signature 403, an unknown dispute or
-inference 404, a move the dispute is not asking for (or a bond the balance does not cover) 409,
-and any move in a settled dispute 410.
+Errors are RFC 9457 problems, and a refused challenge is neither logged nor charged: a
+malformed body is 400 (the move stays open until its deadline); a missing, stale or
+mismatched bond authorization, or a balance that does not cover the bond, 402; an unsigned
+request, another account's signature or a bond signed by another key 403; an unknown dispute
+or inference 404; a move the dispute is not asking for, or a claim already disputed (a
+replayed challenge included) 409; a challenge after the answer's window, or any move in a
+settled dispute, 410; a defendant with as many open disputes as the coordinator hosts per
+node 429 (with ``Retry-After``).
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
 from veriml.coordinator.auth import RequestSignature
-from veriml.coordinator.disputes import DisputeRun, DisputeService, tensors_from_json
+from veriml.coordinator.dispute_admission import (
+    TooManyDisputes,
+    WindowClosed,
+    bond_authorization,
+    tensors_from_json,
+)
+from veriml.coordinator.disputes import DisputeRun, DisputeService, bonded
 from veriml.coordinator.inference_routes import inference_service
 from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, SignatureError, StorageError
-from veriml.core.timestamps import parse_time
 
 __all__ = ["create_dispute_router"]
 
@@ -91,18 +99,38 @@ async def _move(
 async def _prefill_challenge(
     request: Request, answer: dict[str, Any], body: dict[str, Any], account: str
 ) -> Response:
-    """``{"inference", "node", "kind": "prefill"}``: an LLM completion challenged by a watcher
-    whose own prefill check rejected it; settled at once by another operator's prefill check
-    (docs/llm.md, "Disputes"). 201 and the settled dispute."""
+    """``{"inference", "node", "kind": "prefill", "authorization"?}``: an LLM completion
+    challenged by a watcher whose own prefill check rejected it; settled at once by another
+    operator's prefill check (docs/llm.md, "Disputes"). 201 and the settled dispute. The bond
+    and a claim disputed before are checked before any node is asked to check."""
+    from veriml.coordinator.completion_checks import answer_from_stored
     from veriml.coordinator.openai_routes import completion_service
 
-    unknown = sorted(set(body) - {"inference", "node", "kind"})
+    unknown = sorted(set(body) - {"inference", "node", "kind", "authorization"})
     if unknown:
         raise FormatError("prefill challenge has unknown members", members=",".join(unknown))
     node = body.get("node")
     if not isinstance(node, str) or not 0 < len(node) <= 256:
         raise FormatError("a prefill challenge names the defendant node")
-    ref = await completion_service(request).challenge(answer, node, account=account)
+    service = _service(request)
+    authorization = bond_authorization(
+        body.get("authorization"),
+        signer=account,
+        inference=str(body["inference"]),
+        node=node,
+        bond=service.options.challenge_bond,
+    )
+    receipt = answer_from_stored(answer).answer.receipt
+    checked = service.admitting(
+        inference=str(body["inference"]),
+        defendant=node,
+        receipt=receipt,
+        challenger=account,
+        authorization=authorization,
+    )
+    async with checked:
+        with bonded(authorization):
+            ref = await completion_service(request).challenge(answer, node, account=account)
     settled = {
         "id": ref.id,
         "status": "settled",
@@ -114,6 +142,7 @@ async def _prefill_challenge(
         "deadline": None,
         "rounds": 1,
         "messages": 2,
+        "opened": ref.opened,
         "result": {
             "dispute": ref.id,
             "winner": ref.winner,
@@ -135,34 +164,41 @@ def create_dispute_router() -> APIRouter:
         summary="Challenge a node's answer to a logged inference with your own trace",
         responses={
             201: {"description": "the dispute state"},
-            403: {"description": "the request is not signed, or its signature does not verify"},
+            402: {"description": "no valid bond authorization, or a balance below the bond"},
+            403: {"description": "the request or the bond is not signed by the challenger"},
             404: {"description": "no such inference, or no receipt of that node in it"},
-            409: {"description": "the balance does not cover the challenge bond"},
-            410: {"description": "an optimistic answer whose challenge window has closed"},
+            409: {"description": "this receipt was already disputed with this claim"},
+            410: {"description": "the answer's challenge window has closed"},
+            429: {"description": "the defendant has the most open disputes a node may have"},
         },
     )
     async def create_dispute(request: Request) -> Response:
-        """``{"inference", "node", "trace": {"root", "size"}, "outputs", "mode"?}`` -> 201 and
-        the dispute state; the challenge entry is logged before the answer."""
+        """``{"inference", "node", "trace": {"root", "size"}, "outputs", "mode"?,
+        "authorization"?}`` -> 201 and the dispute state; the challenge entry is logged
+        before the answer. ``authorization`` is the challenger's signed ``challenge`` ledger
+        request for the rules' bond (needed when the bond is above 0)."""
         service = _service(request)
         account, body = await _signed_body(request)
         inference = body.get("inference")
         if not isinstance(inference, str) or not 0 < len(inference) <= 200:
             raise FormatError("a dispute names the inference it challenges")
         answer = await inference_service(request).get(inference)
-        if body.get("kind") == "prefill":
-            return await _prefill_challenge(request, answer, body, account)
-        final_after = (answer.get("verdict") or {}).get("final_after")
-        if isinstance(final_after, str) and parse_time(final_after) <= dt.datetime.now(dt.UTC):
-            # optimistic:W: the answer became final when its window closed.
+        try:
+            await service.check_window(answer)
+            if body.get("kind") == "prefill":
+                return await _prefill_challenge(request, answer, body, account)
+            run = await service.challenge(answer, body, account=account)
+        except WindowClosed as exc:
+            return problem(410, exc.message, title="Gone", **exc.evidence)
+        except TooManyDisputes as exc:
+            retry = str(exc.evidence.get("retry_after", 1))
             return problem(
-                410,
-                "the answer is final: its challenge window has closed",
-                title="Gone",
-                inference=inference,
-                final_after=final_after,
+                429,
+                exc.message,
+                title="Too Many Requests",
+                headers={"Retry-After": retry},
+                **exc.evidence,
             )
-        run = await service.challenge(answer, body, account=account)
         return _json(run.to_json(), status=201)
 
     @router.get(

@@ -6,14 +6,20 @@ docs/verification.md ("Disputes") is the spec. One engine serves two kinds of di
   parties are nodes (``NodeParty``); the inference waits for the verdict, whose log index it
   records;
 - **external** (``POST /v1/disputes``): the challenger is a remote account (a client, a
-  watcher, a node) moving through HTTP (``RemoteParty``); the defendant is a node.
+  watcher, a node) moving through HTTP (``RemoteParty``); the defendant is a node. Before
+  anything is asked or logged, :mod:`veriml.coordinator.dispute_admission` checks the
+  answer's challenge window, the challenger's signed bond, that the claim was never disputed
+  and that the defendant has room for another dispute.
 
-The parties live in :mod:`veriml.coordinator.dispute_parties`.
+The parties live in :mod:`veriml.coordinator.dispute_parties`, the game once both stand by a
+trace in :mod:`veriml.coordinator.dispute_game`, the run and its stored form in
+:mod:`veriml.coordinator.dispute_run` and :mod:`veriml.coordinator.dispute_store`.
 
 A party is anything with the small :class:`Party` interface: ``open`` (the trace commitment
 it stands by), ``reveal(index)`` (a trace entry and its RFC 9162 inclusion proof) and
 ``tensors(names)``. The engine checks every answer (:func:`~veriml.verify.dispute.check_reveal`,
-tensor digests), so a party is trusted with nothing. Steps of :meth:`DisputeService._decide`:
+tensor digests), so a party is trusted with nothing. The steps (steps 2-4 are played by
+:func:`veriml.coordinator.dispute_game.play`):
 
 1. each party opens: a node whose receipt has no trace is first sent the same request again as
    a traced job (a *retrace*); its outputs must repeat the receipt's, or it loses
@@ -26,16 +32,19 @@ tensor digests), so a party is trusted with nothing. Steps of :meth:`DisputeServ
    tolerance mode, both parties' output tensors;
 4. :func:`~veriml.verify.dispute.referee` re-executes that one operator (in a worker thread).
 
-A party that misses a move's deadline (``timeout``) or answers with a reveal that does not
-verify (``invalid-proof``) loses at once. Settlement appends, through the ledger book, the
-``verdict`` entry, a ``slash`` of each loser (``slash_fraction`` of its stake and unbonding,
-written even when it is 0: every conviction is recorded), a ``reward`` of ``reward_fraction`` of
-the slash to a winning challenger, and ``reputation`` entries (+1 winner, -100 loser). The
-``challenge`` entry was appended when the dispute opened.
+A party that misses a move's deadline (``timeout``; a busy node is asked again until then) or
+answers with a reveal that does not verify (``invalid-proof``) loses at once. When **both**
+fault on one move the defendant is not slashed: the challenger, who started the dispute, loses
+(winner ``defendant``, the challenger's reason); ``neither`` is only the referee's finding that
+both outputs are wrong. Settlement appends, through the ledger book, the ``verdict`` entry and
+the settlement the ledger's rule derives from it (slashes of the losers' operators, the winning
+challenger's reward, reputation). The ``challenge`` entry was appended when the dispute opened.
 
-Open disputes live in memory: a coordinator restart loses the open external ones (their
-``challenge`` entries stay in the log, and the ledger fold shows them open). Settled disputes
-are kept for ``GET /v1/disputes/{id}`` up to :attr:`DisputeOptions.keep_settled`.
+Open disputes are stored (:class:`~veriml.coordinator.dispute_store.DisputeStore`) when they
+open and at every move; :meth:`DisputeService.resume` brings them back after a restart (their
+bisection replayed from the recorded reveals, the pending move asked again with a fresh
+deadline). Settled disputes are kept in memory for ``GET /v1/disputes/{id}`` up to
+:attr:`DisputeOptions.keep_settled`.
 """
 
 from __future__ import annotations
@@ -45,20 +54,30 @@ import contextlib
 import datetime as dt
 import logging
 import uuid
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from functools import partial
+from collections import Counter, OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
-import numpy as np
 import numpy.typing as npt
 import onnx
 
 from veriml.coordinator.dispatch import JobSpec
+from veriml.coordinator.dispute_admission import (
+    TooManyDisputes,
+    bond_authorization,
+    check_challenge,
+    check_window,
+    commitment_of,
+    digest_map,
+    receipt_of,
+)
+from veriml.coordinator.dispute_game import GRACE, ask_both, play
 from veriml.coordinator.dispute_parties import (
     EMPTY_TRACE,
+    AbsentParty,
     Claim,
     NodeParty,
     Party,
@@ -67,43 +86,59 @@ from veriml.coordinator.dispute_parties import (
     check_commitment,
     receipt_claim,
 )
+from veriml.coordinator.dispute_run import DisputeRun, Outcome, record_of
+from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
+    Error,
     FormatError,
     NotFound,
+    StorageError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
 from veriml.core.receipt import TraceCommitment
-from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
+from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.core.timestamps import format_time, parse_time
-from veriml.ledger.entries import (
-    ChallengeEntry,
-    DisputeVerdictEntry,
-)
-from veriml.runtime import TraceEntry
-from veriml.verify.dispute import Bisection, Reason, TraceLayout, check_reveal, referee
+from veriml.ledger.entries import ChallengeEntry, DisputeVerdictEntry
+from veriml.verify.dispute import TraceLayout
 from veriml.verify.policy import DisputeRef, Winner
 
 __all__ = [
     "Claim",
     "DisputeOptions",
+    "DisputeRun",
     "DisputeService",
     "LedgerAppender",
     "NodeParty",
     "Party",
     "PartyFault",
     "RemoteParty",
+    "bonded",
     "receipt_claim",
 ]
 
 Array = npt.NDArray[Any]
 Mode = str
 _log = logging.getLogger(__name__)
-_GRACE = 1.0
+_CHALLENGE_MEMBERS = frozenset({"inference", "node", "trace", "outputs", "mode", "authorization"})
+
+_AUTHORIZATION: ContextVar[Envelope | None] = ContextVar("veriml_bond", default=None)
+
+
+@contextlib.contextmanager
+def bonded(authorization: Envelope | None) -> Iterator[None]:
+    """Within the block, a checked dispute a remote account opens (a prefill challenge,
+    settled by :meth:`DisputeService.settle_checked`) locks its bond with ``authorization``:
+    the challenger's signed ``challenge`` request, checked by the route that took it."""
+    token = _AUTHORIZATION.set(authorization)
+    try:
+        yield
+    finally:
+        _AUTHORIZATION.reset(token)
 
 
 class LedgerAppender(Protocol):
@@ -116,13 +151,20 @@ class LedgerAppender(Protocol):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DisputeOptions:
-    """Deadlines (seconds) and the economic rules of a dispute (coordinator settings)."""
+    """Deadlines (seconds), limits and the economic rules of a dispute (coordinator settings).
+
+    ``max_open_per_node`` bounds the external disputes open against one defendant;
+    ``challenge_window`` is the window of an answer with no ``final_after`` when the ledger
+    logs no rules yet; ``retrace_retention`` how long a retraced node keeps the trace."""
 
     timeout: float = 60.0
     job_timeout: float = 60.0
     slash_fraction: float = 0.5
     reward_fraction: float = 0.5
     challenge_bond: int = 0
+    challenge_window: float = 86_400.0
+    max_open_per_node: int = 4
+    retrace_retention: float = 86_400.0
     keep_settled: int = 1024
     max_tensor_bytes: int = 64 << 20
 
@@ -135,80 +177,18 @@ class DisputeOptions:
                 slash_fraction=self.slash_fraction,
                 reward_fraction=self.reward_fraction,
             )
-        if self.challenge_bond < 0:
-            raise FormatError("challenge bond must be >= 0", bond=self.challenge_bond)
+        if self.challenge_bond < 0 or self.max_open_per_node < 1:
+            raise FormatError(
+                "challenge bond must be >= 0 and the disputes per node >= 1",
+                bond=self.challenge_bond,
+                max_open_per_node=self.max_open_per_node,
+            )
 
-
-# -- one dispute ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Outcome:
-    winner: Winner
-    reason: Reason
-    node_index: int | None = None
-    op_type: str | None = None
-    inputs: Mapping[str, Digest] = field(default_factory=dict)
-    claims: Mapping[str, Digest] = field(default_factory=dict)
-    referee: Mapping[str, Digest] = field(default_factory=dict)
-
-
-@dataclass(slots=True, kw_only=True)
-class DisputeRun:
-    """The live state of one dispute (what ``GET /v1/disputes/{id}`` shows)."""
-
-    id: str
-    inference: str
-    defendant: Party
-    challenger: Party
-    mode: Mode
-    model: Digest
-    inputs: Mapping[str, Array]
-    status: str = "open"
-    rounds: int = 0
-    messages: int = 0
-    result: dict[str, Any] | None = None
-    log_index: int | None = None
-    winner: Winner | None = None
-    task: asyncio.Task[None] | None = None
-    settled: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def to_json(self) -> dict[str, Any]:
-        query = None
-        deadline = None
-        if isinstance(self.challenger, RemoteParty) and self.status == "open":
-            query = self.challenger.query
-            if self.challenger.deadline is not None:
-                deadline = format_time(dt.datetime.fromtimestamp(self.challenger.deadline, dt.UTC))
-        return {
-            "id": self.id,
-            "status": self.status,
-            "inference": self.inference,
-            "defendant": self.defendant.claim.account,
-            "challenger": self.challenger.claim.account,
-            "mode": self.mode,
-            "query": query,
-            "deadline": deadline,
-            "rounds": self.rounds,
-            "messages": self.messages,
-            "result": self.result,
-        }
-
-    def ref(self) -> DisputeRef:
-        """The verdict's reference to this (settled) dispute."""
-        if self.winner is None or self.log_index is None:
-            raise Conflict("the dispute is not settled", dispute=self.id)
-        return DisputeRef(
-            id=self.id,
-            defendant=self.defendant.claim.account,
-            challenger=self.challenger.claim.account,
-            winner=self.winner,
-            log_index=self.log_index,
-        )
-
-
-async def _reveal(party: Party, *, index: int, timeout: float) -> tuple[TraceEntry, list[bytes]]:
-    return await party.reveal(index, timeout)
+    @property
+    def lease(self) -> float:
+        """How long a stored dispute stays this process's without a renewal: three sweeps
+        (the app renews every ``min(60, timeout)`` seconds)."""
+        return 3 * max(1.0, min(60.0, self.timeout)) + GRACE
 
 
 def _now() -> str:
@@ -216,12 +196,15 @@ def _now() -> str:
 
 
 class DisputeService:
-    """Opens, drives and settles disputes (module docstring); one per coordinator.
+    """Opens, drives, stores and settles disputes (module docstring); one per coordinator.
 
     ``load_model(digest)`` and ``load_tensor(digest)`` are blocking (run in worker threads):
-    the hub's model and a stored request input. ``list_nodes(model)`` gives the registered
-    nodes serving a model (to reach a defendant named by id). ``book`` appends ledger entries
-    (validated against the folded state) and gives the state (stakes to slash).
+    the hub's model and a stored request input; ``store_tensors(arrays)`` stores a dispute's
+    inputs by digest (so a restart can reload them). ``list_nodes(model)`` gives the
+    registered nodes serving a model (to reach a defendant named by id). ``book`` appends
+    ledger entries (validated against the folded state) and gives the state. ``store`` keeps
+    open disputes across restarts; ``answered_at(inference)`` is when an answer was recorded
+    (where a challenge window without ``final_after`` starts).
     """
 
     def __init__(
@@ -232,18 +215,27 @@ class DisputeService:
         load_model: Callable[[Digest], onnx.ModelProto],
         book: LedgerAppender,
         load_tensor: Callable[[Digest], Array] | None = None,
+        store_tensors: Callable[[Mapping[str, Array]], Any] | None = None,
         list_nodes: Callable[[Digest], Sequence[Candidate]] | None = None,
+        store: DisputeStore | None = None,
+        answered_at: Callable[[str], str | None] | None = None,
         options: DisputeOptions | None = None,
     ) -> None:
         self._key = key
         self._http = http
         self._load_model = load_model
         self._load_tensor = load_tensor
+        self._store_tensors = store_tensors
         self._list_nodes = list_nodes
         self._book = book
+        self._store = store
+        self._answered_at = answered_at
         self.options = options or DisputeOptions()
         self._runs: OrderedDict[str, DisputeRun] = OrderedDict()
         self._layouts: dict[Digest, tuple[onnx.ModelProto, TraceLayout]] = {}
+        # Challenges admitted and not yet logged: their claims, and their defendants.
+        self._opening: set[Digest] = set()
+        self._opening_against: Counter[str] = Counter()
 
     # -- public API --------------------------------------------------------------------------
 
@@ -253,6 +245,18 @@ class DisputeService:
         if run is None:
             raise NotFound("no dispute with this id", id=dispute_id[:200])
         return run
+
+    async def check_window(self, answer: Mapping[str, Any]) -> None:
+        """Raise :class:`~veriml.coordinator.dispute_admission.WindowClosed` once the
+        challenge window of the stored ``answer`` has closed (every policy has one)."""
+        inference = str(answer.get("id", ""))
+        answered = None
+        if self._answered_at is not None and inference:
+            answered = await asyncio.to_thread(self._answered_at, inference)
+        state = await asyncio.to_thread(self._book.state)
+        rules = getattr(state, "rules", None)
+        window = rules.challenge_window if rules is not None else self.options.challenge_window
+        check_window(answer, answered_at=answered, window=window)
 
     async def between_nodes(
         self,
@@ -265,21 +269,10 @@ class DisputeService:
     ) -> DisputeRef:
         """Dispute ``defendant``'s receipt with ``challenger``'s (both nodes, one request);
         wait for the verdict and return its reference (coordinator-opened disputes)."""
-        parties: list[NodeParty] = []
-        for node, receipt in (defendant, challenger):
-            predicate, outputs = receipt_claim(receipt)
-            parties.append(
-                NodeParty(
-                    http=self._http,
-                    key=self._key,
-                    node=node,
-                    spec=spec,
-                    outputs=outputs,
-                    trace=predicate.trace,
-                    job_timeout=self.options.job_timeout,
-                    max_tensor_bytes=self.options.max_tensor_bytes,
-                )
-            )
+        parties = [
+            self._node_party(node, spec, *_claimed(receipt))
+            for node, receipt in (defendant, challenger)
+        ]
         run = await self.open(
             inference=spec.request_id,
             defendant=parties[0],
@@ -289,6 +282,7 @@ class DisputeService:
             model=spec.model,
             inputs=inputs,
             bond=0,
+            policy=spec.policy,
         )
         await run.settled.wait()
         return run.ref()
@@ -297,8 +291,9 @@ class DisputeService:
         self, answer: Mapping[str, Any], body: Mapping[str, Any], *, account: str
     ) -> DisputeRun:
         """Open an external dispute: ``account`` (a verified request signer) challenges the
-        receipt of node ``body["node"]`` in the stored inference ``answer``."""
-        unknown = sorted(set(body) - {"inference", "node", "trace", "outputs", "mode"})
+        receipt of node ``body["node"]`` in the stored inference ``answer``, with its signed
+        bond ``body["authorization"]`` (module docstring of ``dispute_admission``)."""
+        unknown = sorted(set(body) - _CHALLENGE_MEMBERS)
         if unknown:
             raise FormatError("dispute request has unknown members", members=",".join(unknown))
         node_id = body.get("node")
@@ -306,14 +301,14 @@ class DisputeService:
             raise FormatError("dispute request needs the defendant node id")
         claim = Claim(
             account=account,
-            outputs=_digest_map(body.get("outputs"), "outputs"),
-            trace=_commitment(body.get("trace")),
+            outputs=digest_map(body.get("outputs"), "outputs"),
+            trace=commitment_of(body.get("trace")),
         )
         verdict = answer.get("verdict") or {}
         mode = body.get("mode", verdict.get("mode", "bitwise"))
         if mode not in ("bitwise", "tolerance"):
             raise FormatError("dispute mode must be bitwise or tolerance", got=str(mode)[:40])
-        receipt = _receipt_of(answer, node_id)
+        receipt = receipt_of(answer, node_id)
         predicate, outputs = receipt_claim(receipt)
         if set(claim.outputs) != set(outputs):
             raise FormatError(
@@ -321,35 +316,74 @@ class DisputeService:
                 receipt=",".join(sorted(outputs))[:200],
                 challenge=",".join(sorted(claim.outputs))[:200],
             )
-        node = await asyncio.to_thread(self._find_node, predicate.model_digest, node_id)
-        inputs = await asyncio.to_thread(self._stored_inputs, predicate.inputs)
-        spec = JobSpec(
-            request_id=predicate.request_id,
-            model=predicate.model_digest,
-            input_digests=dict(predicate.inputs),
-            inputs_json={name: tensor_to_json(a) for name, a in inputs.items()},
-            policy=predicate.policy,
+        inference = str(answer.get("id", predicate.request_id))
+        bond = self.options.challenge_bond
+        authorization = bond_authorization(
+            body.get("authorization"), signer=account, inference=inference, node=node_id, bond=bond
         )
-        defendant = NodeParty(
-            http=self._http,
-            key=self._key,
-            node=node,
-            spec=spec,
-            outputs=outputs,
-            trace=predicate.trace,
-            job_timeout=self.options.job_timeout,
-            max_tensor_bytes=self.options.max_tensor_bytes,
+        provisional = self._challenge_entry(
+            str(uuid.uuid4()),
+            inference,
+            node_id,
+            receipt,
+            (predicate.trace or EMPTY_TRACE, claim.trace or EMPTY_TRACE),
+            claim,
+            mode,
+            bond,
+            authorization,
         )
-        return await self.open(
-            inference=str(answer.get("id", predicate.request_id)),
-            defendant=defendant,
-            challenger=RemoteParty(claim),
-            receipt=receipt,
-            mode=mode,
-            model=predicate.model_digest,
-            inputs=inputs,
-            bond=self.options.challenge_bond,
+        async with self._admitted(provisional, limit=True):
+            node = await asyncio.to_thread(self._find_node, predicate.model_digest, node_id)
+            inputs = await asyncio.to_thread(self._stored_inputs, predicate.inputs)
+            spec = JobSpec(
+                request_id=predicate.request_id,
+                model=predicate.model_digest,
+                input_digests=dict(predicate.inputs),
+                inputs_json={name: tensor_to_json(a) for name, a in inputs.items()},
+                policy=predicate.policy,
+            )
+            return await self.open(
+                inference=inference,
+                defendant=self._node_party(node, spec, predicate.trace, outputs),
+                challenger=RemoteParty(claim),
+                receipt=receipt,
+                mode=mode,
+                model=predicate.model_digest,
+                inputs=inputs,
+                bond=bond,
+                authorization=authorization,
+                policy=predicate.policy,
+                admitted=True,
+            )
+
+    @contextlib.asynccontextmanager
+    async def admitting(
+        self,
+        *,
+        inference: str,
+        defendant: str,
+        receipt: Envelope,
+        challenger: str,
+        authorization: Envelope | None,
+    ) -> AsyncIterator[None]:
+        """Around a checked challenge of ``receipt`` by the account ``challenger`` (a
+        prefill challenge, settled by :meth:`settle_checked`): refuse a claim disputed before
+        or a bond not covered before any check runs, and hold the claim until it settles."""
+        claim = Claim(challenger, {}, EMPTY_TRACE)
+        bond = self.options.challenge_bond
+        entry = self._challenge_entry(
+            str(uuid.uuid4()),
+            inference,
+            defendant,
+            receipt,
+            (EMPTY_TRACE, EMPTY_TRACE),
+            claim,
+            "bitwise",
+            bond,
+            authorization if bond > 0 else None,
         )
+        async with self._admitted(entry, limit=False):
+            yield
 
     async def submit(
         self,
@@ -382,24 +416,67 @@ class DisputeService:
             for waiter in waiters:
                 waiter.cancel()
 
+    async def resume(self) -> list[str]:
+        """Drive again every stored dispute no live process drives (its lease ran out, or
+        its coordinator shut down): node parties are reached again by node id, a remote
+        challenger keeps moving through the same routes (the pending move is asked again
+        with a fresh deadline), and the bisection is replayed from the recorded reveals. A
+        stored dispute the ledger shows closed (settled just before a crash) is dropped.
+        Returns the ids it resumed; run it at start-up and then now and again."""
+        if self._store is None:
+            return []
+        records = await asyncio.to_thread(self._store.claim_due)
+        if not records:
+            return []
+        refresh = getattr(self._book, "refresh", self._book.state)
+        state = await asyncio.to_thread(refresh)
+        resumed: list[str] = []
+        for record in records:
+            if record.id in self._runs:
+                continue
+            if record.id not in state.open_disputes:
+                await asyncio.to_thread(self._store.delete, record.id)
+                continue
+            try:
+                run, opened = await self._revive(record)
+            except Error as exc:
+                # The model or the inputs are gone: no one can be convicted; close it.
+                _log.warning("dispute %s cannot resume: %s", record.id, exc.diagnostics())
+                run, opened = self._husk(record), Outcome("none", "referee")
+            self._runs[run.id] = run
+            run.task = asyncio.create_task(self._drive(run, opened), name=f"dispute {run.id}")
+            resumed.append(run.id)
+        _log.info("resumed %d open disputes", len(resumed))
+        return resumed
+
+    async def maintain(self) -> None:
+        """Keep this process's leases on the disputes it drives, and resume any whose
+        process stopped driving them (the app runs this every sweep)."""
+        if self._store is None:
+            return
+        live = [run_id for run_id, run in self._runs.items() if run.status == "open"]
+        await asyncio.to_thread(self._store.renew, live)
+        await self.resume()
+
     async def void_abandoned(
         self, *, older_than: float, now: dt.datetime | None = None
     ) -> list[str]:
         """Close, with no winner, every dispute the ledger shows open that no run in this
-        process hosts and whose challenge is older than ``older_than`` seconds.
+        process hosts, that has no stored record (which :meth:`resume` would bring back) and
+        whose challenge is older than ``older_than`` seconds (a coordinator that lost its
+        database, or a replica without one).
 
-        Open disputes live in memory, so a coordinator restart (or a replica that died)
-        leaves their ``challenge`` entries open in the fold with the bond locked. Once a
-        dispute is older than any live one can be (its moves each have a deadline), a
-        ``verdict`` with winner ``none`` and reason ``timeout`` closes it: nobody is slashed
+        A ``verdict`` with winner ``none`` and reason ``timeout`` closes it: nobody is slashed
         and the bond returns to the challenger. Returns the ids it closed.
         """
         current = now or dt.datetime.now(dt.UTC)
         state = await asyncio.to_thread(self._book.state)
+        stored = await asyncio.to_thread(self._store.ids) if self._store is not None else set()
         stale = [
             dispute_id
             for dispute_id, open_dispute in sorted(state.open_disputes.items())
             if dispute_id not in self._runs
+            and dispute_id not in stored
             and (current - parse_time(open_dispute.opened_at)).total_seconds() > older_than
         ]
         if stale:
@@ -410,13 +487,302 @@ class DisputeService:
         return stale
 
     async def aclose(self) -> None:
-        """Cancel the open disputes (the coordinator is shutting down)."""
+        """Stop driving the open disputes (the coordinator is shutting down) and give up
+        their leases, so the next start resumes them at once."""
         tasks = [run.task for run in self._runs.values() if run.task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._store is not None:
+            with contextlib.suppress(Error):
+                await asyncio.to_thread(self._store.release)
+
+    # -- opening -------------------------------------------------------------------------------
+
+    def _node_party(
+        self,
+        node: Candidate,
+        spec: JobSpec,
+        trace: TraceCommitment | None,
+        outputs: Mapping[str, Digest],
+    ) -> NodeParty:
+        return NodeParty(
+            http=self._http,
+            key=self._key,
+            node=node,
+            spec=spec,
+            outputs=outputs,
+            trace=trace,
+            job_timeout=self.options.job_timeout,
+            max_tensor_bytes=self.options.max_tensor_bytes,
+            retain=self.options.retrace_retention,
+        )
+
+    def _challenge_entry(
+        self,
+        dispute: str,
+        inference: str,
+        defendant: str,
+        receipt: Envelope,
+        traces: tuple[TraceCommitment, TraceCommitment],
+        claim: Claim,
+        mode: Mode,
+        bond: int,
+        authorization: Envelope | None,
+    ) -> ChallengeEntry:
+        return ChallengeEntry(
+            dispute=dispute,
+            inference=inference,
+            defendant={
+                "node": defendant,
+                "receipt": Digest.of(receipt.payload),
+                "trace": traces[0].to_json(),
+            },
+            challenger={
+                "account": claim.account,
+                **({} if claim.node is None else {"node": claim.node}),
+                "trace": traces[1].to_json(),
+                "outputs": dict(claim.outputs),
+            },
+            mode=mode,
+            bond=bond,
+            deadline_seconds=self.options.timeout,
+            at=_now(),
+            authorization=authorization,
+        )
+
+    @contextlib.asynccontextmanager
+    async def _admitted(self, entry: ChallengeEntry, *, limit: bool) -> AsyncIterator[None]:
+        """Check ``entry`` before any work (claim, bond, ledger rules; with ``limit``, the
+        disputes open against its defendant) and hold its claim while it opens, so the same
+        claim cannot open twice at once."""
+        state = await asyncio.to_thread(self._book.state)
+        check_challenge(state, entry, opening=self._opening)
+        node = entry.defendant_node
+        if limit:
+            open_now = sum(1 for d in state.open_disputes.values() if d.defendant == node)
+            if open_now + self._opening_against[node] >= self.options.max_open_per_node:
+                raise TooManyDisputes(
+                    "the defendant has as many open disputes as this coordinator hosts",
+                    node=node[:200],
+                    open=open_now,
+                    limit=self.options.max_open_per_node,
+                    retry_after=int(max(1.0, self.options.timeout)),
+                )
+        claim = entry.claim
+        self._opening.add(claim)
+        self._opening_against[node] += 1
+        try:
+            yield
+        finally:
+            self._opening.discard(claim)
+            self._opening_against[node] -= 1
+            if not self._opening_against[node]:
+                del self._opening_against[node]
+
+    async def open(
+        self,
+        *,
+        inference: str,
+        defendant: Party,
+        challenger: Party,
+        receipt: Envelope,
+        mode: Mode,
+        model: Digest,
+        inputs: Mapping[str, Array],
+        bond: int,
+        authorization: Envelope | None = None,
+        policy: str = "none",
+        admitted: bool = False,
+    ) -> DisputeRun:
+        """Open a dispute between any two parties over ``receipt`` (the defendant's) for one
+        request of ``model`` with graph ``inputs``: open both (step 1, retraces), store it,
+        log the ``challenge`` entry, start the engine; the run settles by itself (await
+        ``run.settled``). A ledger rule the challenge breaks (a claim disputed before, a bond
+        not covered) raises before anything is asked, stored or logged."""
+        dispute = str(uuid.uuid4())
+        claims = (defendant.claim, challenger.claim)
+        entry = self._challenge_entry(
+            dispute,
+            inference,
+            claims[0].account,
+            receipt,
+            (claims[0].trace or EMPTY_TRACE, claims[1].trace or EMPTY_TRACE),
+            claims[1],
+            mode,
+            bond,
+            authorization,
+        )
+        if not admitted:
+            async with self._admitted(entry, limit=False):
+                return await self.open(
+                    inference=inference,
+                    defendant=defendant,
+                    challenger=challenger,
+                    receipt=receipt,
+                    mode=mode,
+                    model=model,
+                    inputs=inputs,
+                    bond=bond,
+                    authorization=authorization,
+                    policy=policy,
+                    admitted=True,
+                )
+        run = DisputeRun(
+            id=dispute,
+            inference=inference,
+            defendant=defendant,
+            challenger=challenger,
+            mode=mode,
+            model=model,
+            inputs=dict(inputs),
+            receipt=receipt,
+            claim=entry.claim,
+            policy=policy,
+        )
+        _, layout = await self._layout(model)
+
+        def sized(side: str, party: Party, commitment: TraceCommitment) -> TraceCommitment:
+            check_commitment(side, commitment, layout)
+            return commitment
+
+        opened = await ask_both(
+            run,
+            lambda p: p.open(self.options.timeout),
+            sized,
+            limit=self.options.timeout + self.options.job_timeout,
+        )
+        # A party that produced no trace (its retrace failed) is recorded with the commitment
+        # to nothing: the RFC 9162 root of the empty tree, size 0.
+        committed = (defendant.claim.trace or EMPTY_TRACE, challenger.claim.trace or EMPTY_TRACE)
+        entry = self._challenge_entry(
+            dispute,
+            inference,
+            defendant.claim.account,
+            receipt,
+            committed,
+            challenger.claim,
+            mode,
+            bond,
+            authorization,
+        )
+        decided = None
+        if isinstance(opened, Outcome):
+            decided = {"decided": {"winner": opened.winner, "reason": opened.reason}}
+        await self._keep(run, record_of(run, move=decided))
+        try:
+            indices = await self._book.append([entry])
+        except BaseException:
+            await self._forget(run.id)
+            raise
+        run.opened = indices[0]
+        self._runs[run.id] = run
+        while len(self._runs) > self.options.keep_settled:
+            oldest = next(iter(self._runs.values()))
+            if oldest.status == "open":
+                break
+            self._runs.popitem(last=False)
+        await self._persist(run, opened=run.opened)
+        run.task = asyncio.create_task(self._drive(run, opened), name=f"dispute {run.id}")
+        return run
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    async def _keep(self, run: DisputeRun, record: DisputeRecord) -> None:
+        """Store a dispute about to be logged, and its inputs by digest (a restart reloads
+        them: a coordinator-opened dispute's inputs are not stored with its answer yet)."""
+        if self._store_tensors is not None:
+            await asyncio.to_thread(self._store_tensors, run.inputs)
+        if self._store is not None:
+            await asyncio.to_thread(self._store.insert, record)
+
+    async def _persist(self, run: DisputeRun, **values: Any) -> None:
+        """Record the run's progress (``opened``, the move asked now); the reveals, rounds
+        and messages always go with it. A database that fails does not stop the dispute: a
+        restart then resumes from the last recorded move."""
+        if self._store is None:
+            return
+        values |= {"reveals": list(run.reveals), "rounds": run.rounds, "messages": run.messages}
+        try:
+            await asyncio.to_thread(self._store.update, run.id, **values)
+        except StorageError as exc:
+            _log.warning("dispute %s: progress not stored: %s", run.id, exc.diagnostics())
+
+    async def _persist_move(self, run: DisputeRun, move: dict[str, Any]) -> None:
+        await self._persist(run, move=move)
+
+    async def _forget(self, dispute: str) -> None:
+        if self._store is not None:
+            with contextlib.suppress(Error):
+                await asyncio.to_thread(self._store.delete, dispute)
+
+    async def _revive(self, record: DisputeRecord) -> tuple[DisputeRun, Any]:
+        """A stored dispute as a run again, and what ``_drive`` continues from (both
+        commitments, or the outcome decided when it opened)."""
+        predicate, _ = receipt_claim(record.receipt)
+        inputs = await asyncio.to_thread(self._stored_inputs, record.inputs)
+        spec = JobSpec(
+            request_id=predicate.request_id,
+            model=record.model,
+            input_digests=dict(record.inputs),
+            inputs_json={name: tensor_to_json(a) for name, a in inputs.items()},
+            policy=record.policy,
+        )
+
+        def party(stored: PartyRecord) -> Party:
+            claim = stored.claim
+            if stored.node is None:
+                return RemoteParty(claim)
+            node = self._current(record.model, stored.node)
+            return self._node_party(node, spec, claim.trace, claim.outputs)
+
+        run = DisputeRun(
+            id=record.id,
+            inference=record.inference,
+            defendant=party(record.defendant),
+            challenger=party(record.challenger),
+            mode=record.mode,
+            model=record.model,
+            inputs=inputs,
+            receipt=record.receipt,
+            claim=record.claim,
+            policy=record.policy,
+            rounds=record.rounds,
+            messages=record.messages,
+            reveals=list(record.reveals),
+            opened=record.opened,
+        )
+        decided = (record.move or {}).get("decided")
+        if isinstance(decided, Mapping):
+            return run, Outcome(decided["winner"], decided["reason"])
+        traces = (record.defendant.claim.trace, record.challenger.claim.trace)
+        return run, (traces[0] or EMPTY_TRACE, traces[1] or EMPTY_TRACE)
+
+    def _husk(self, record: DisputeRecord) -> DisputeRun:
+        """A stored dispute that cannot be driven, as a run that only settles."""
+        return DisputeRun(
+            id=record.id,
+            inference=record.inference,
+            defendant=AbsentParty(record.defendant.claim),
+            challenger=AbsentParty(record.challenger.claim),
+            mode=record.mode,
+            model=record.model,
+            inputs={},
+            receipt=record.receipt,
+            claim=record.claim,
+            policy=record.policy,
+            opened=record.opened,
+        )
+
+    def _current(self, model: Digest, stored: Candidate) -> Candidate:
+        """The node as registered now (its endpoint may have changed), else as stored."""
+        if self._list_nodes is not None:
+            for node in self._list_nodes(model):
+                if node.node_id == stored.node_id:
+                    return node
+        return stored
 
     # -- engine --------------------------------------------------------------------------------
 
@@ -453,283 +819,48 @@ class DisputeService:
             self._layouts[model] = hit
         return hit
 
-    async def open(
-        self,
-        *,
-        inference: str,
-        defendant: Party,
-        challenger: Party,
-        receipt: Envelope,
-        mode: Mode,
-        model: Digest,
-        inputs: Mapping[str, Array],
-        bond: int,
-    ) -> DisputeRun:
-        """Open a dispute between any two parties over ``receipt`` (the defendant's) for one
-        request of ``model`` with graph ``inputs``: open both (step 1, retraces), log the
-        ``challenge`` entry, start the engine; the run settles by itself (await
-        ``run.settled``). A ledger rule the challenge breaks (the bond) is a ``Conflict``, and
-        then nothing is logged or kept."""
-        account = challenger.claim.account
-        if bond > 0 and self._book.state().account(account).balance < bond:
-            raise Conflict("the challenger's balance does not cover the bond", bond=bond)
-        run = DisputeRun(
-            id=str(uuid.uuid4()),
-            inference=inference,
-            defendant=defendant,
-            challenger=challenger,
-            mode=mode,
-            model=model,
-            inputs=dict(inputs),
-        )
-        _, layout = await self._layout(model)
-
-        def sized(side: str, party: Party, commitment: TraceCommitment) -> TraceCommitment:
-            check_commitment(side, commitment, layout)
-            return commitment
-
-        opened = await self._both(
-            run,
-            lambda p: p.open(self.options.timeout),
-            sized,
-            limit=self.options.timeout + self.options.job_timeout,
-        )
-        # A party that produced no trace (its retrace failed) is recorded with the commitment
-        # to nothing: the RFC 9162 root of the empty tree, size 0.
-        committed = [p.claim.trace or EMPTY_TRACE for p in (defendant, challenger)]
-        c = challenger.claim
-        entry = ChallengeEntry(
-            dispute=run.id,
-            inference=inference,
-            defendant={
-                "node": defendant.claim.account,
-                "receipt": Digest.of(receipt.payload),
-                "trace": committed[0].to_json(),
-            },
-            challenger={
-                "account": c.account,
-                **({} if c.node is None else {"node": c.node}),
-                "trace": committed[1].to_json(),
-                "outputs": dict(c.outputs),
-            },
-            mode=mode,
-            bond=bond,
-            deadline_seconds=self.options.timeout,
-            at=_now(),
-        )
-        await self._book.append([entry])
-        self._runs[run.id] = run
-        while len(self._runs) > self.options.keep_settled:
-            oldest = next(iter(self._runs.values()))
-            if oldest.status == "open":
-                break
-            self._runs.popitem(last=False)
-        run.task = asyncio.create_task(self._drive(run, opened), name=f"dispute {run.id}")
-        return run
-
     async def _drive(
-        self, run: DisputeRun, opened: tuple[TraceCommitment, TraceCommitment] | _Outcome
+        self, run: DisputeRun, opened: tuple[TraceCommitment, TraceCommitment] | Outcome
     ) -> None:
         try:
-            outcome = opened if isinstance(opened, _Outcome) else await self._decide(run, opened)
+            if isinstance(opened, Outcome):
+                outcome = opened
+            else:
+                model, layout = await self._layout(run.model)
+                outcome = await play(
+                    run,
+                    opened,
+                    model=model,
+                    layout=layout,
+                    timeout=self.options.timeout,
+                    persist=self._persist_move,
+                )
         except asyncio.CancelledError:
             raise
         except Exception:
             # A fault of the coordinator itself (the referee's runtime fails, the model cannot
             # be loaded) convicts no one: the dispute closes with no winner.
             _log.exception("dispute %s failed in the engine; settled with no winner", run.id)
-            outcome = _Outcome("none", "referee")
+            outcome = Outcome("none", "referee")
         try:
             await self._settle(run, outcome)
+        except asyncio.CancelledError:
+            raise
         except Exception:
             # The ledger refused or the log failed: the challenge entry stays open in the fold
-            # (as after a restart) and the coordinator's operator settles it.
+            # and its stored record with it, so a later sweep resumes it.
             _log.exception("dispute %s decided (%s) but not logged", run.id, outcome.winner)
         finally:
             if run.result is not None:
                 run.status = "settled"
             run.settled.set()  # waiters wake either way; ``ref()`` refuses an unlogged one
 
-    async def _both(
-        self,
-        run: DisputeRun,
-        ask: Callable[[Party], Awaitable[Any]],
-        check: Callable[[str, Party, Any], Any] | None = None,
-        *,
-        limit: float | None = None,
-    ) -> tuple[Any, Any] | _Outcome:
-        """Ask both parties at once; a fault decides the dispute against its party.
-
-        The engine enforces the deadline itself (``limit`` seconds, the move timeout plus a
-        grace by default): a party's own timeouts are not trusted to fire."""
-        bound = limit if limit is not None else self.options.timeout + _GRACE
-
-        async def bounded(party: Party) -> Any:
-            try:
-                return await asyncio.wait_for(ask(party), bound)
-            except TimeoutError as exc:
-                raise PartyFault("party missed the deadline", reason="timeout") from exc
-
-        results = await asyncio.gather(
-            bounded(run.defendant), bounded(run.challenger), return_exceptions=True
-        )
-        checked: list[Any] = []
-        faults: list[PartyFault | None] = []
-        for side, party, result in zip(
-            ("defendant", "challenger"), (run.defendant, run.challenger), results, strict=True
-        ):
-            if isinstance(result, BaseException):
-                if not isinstance(result, PartyFault):
-                    raise result
-                faults.append(result)
-                checked.append(None)
-                continue
-            run.messages += 1
-            try:
-                checked.append(check(side, party, result) if check is not None else result)
-                faults.append(None)
-            except PartyFault as fault:
-                faults.append(fault)
-                checked.append(None)
-        d_fault, c_fault = faults
-        if d_fault is not None and c_fault is not None:
-            return _Outcome("neither", d_fault.reason)
-        if d_fault is not None:
-            return _Outcome("challenger", d_fault.reason)
-        if c_fault is not None:
-            return _Outcome("defendant", c_fault.reason)
-        return checked[0], checked[1]
-
-    async def _decide(
-        self, run: DisputeRun, opened: tuple[TraceCommitment, TraceCommitment]
-    ) -> _Outcome:
-        model, layout = await self._layout(run.model)
-        timeout = self.options.timeout
-        # 1. (done by open) Both commitments, each of the model's trace size.
-        commitments = {"defendant": opened[0], "challenger": opened[1]}
-        # 2. Bisection, one index per round, each reveal proved against the party's root.
-        bisection = Bisection(
-            layout,
-            run.defendant.claim.outputs,
-            run.challenger.claim.outputs,
-            input_digests={name: tensor_digest(a) for name, a in run.inputs.items()},
-        )
-        revealed: dict[int, tuple[Digest, Digest]] = {}
-        while (index := bisection.next_query()) is not None:
-
-            def proved(
-                side: str, party: Party, reveal: tuple[TraceEntry, list[bytes]], i: int = index
-            ) -> Digest:
-                entry, proof = reveal
-                try:
-                    check_reveal(commitments[side], layout, i, entry, proof)
-                except VerificationError as exc:
-                    raise PartyFault(
-                        f"the {side}'s reveal does not verify",
-                        reason="invalid-proof",
-                        index=i,
-                        detail=exc.diagnostics()[:200],
-                    ) from exc
-                return entry.digest
-
-            answered = await self._both(run, partial(_reveal, index=index, timeout=timeout), proved)
-            if isinstance(answered, _Outcome):
-                run.rounds = bisection.rounds
-                return answered
-            revealed[index] = answered
-            bisection.record(index, answered[0], answered[1])
-            run.rounds = bisection.rounds
-        if bisection.early is not None:
-            winner, reason = bisection.early
-            return _Outcome(winner, reason)
-        found = bisection.found
-        assert found is not None  # next_query() is None: decided early or found
-        claims = revealed[found]
-        agreed = dict(bisection.agreed_inputs())
-        # 3. The agreed inputs of the found operator, each checked against its digest.
-        values = await self._agreed_tensors(run, layout, agreed)
-        if isinstance(values, _Outcome):
-            return values
-        d_value = c_value = None
-        if run.mode == "tolerance":
-            name = layout.entries[found].output
-            expected = {"defendant": claims[0], "challenger": claims[1]}
-
-            def matches(side: str, party: Party, tensors: dict[str, Array]) -> Array:
-                value = tensors.get(name)
-                if value is None or tensor_digest(value) != expected[side]:
-                    raise PartyFault(
-                        f"the {side}'s output tensor does not match its reveal",
-                        reason="invalid-proof",
-                        tensor=name,
-                    )
-                return value
-
-            outputs = await self._both(run, lambda p: p.tensors([name], timeout), matches)
-            if isinstance(outputs, _Outcome):
-                return outputs
-            d_value, c_value = outputs
-        # 4. The referee re-executes that one operator.
-        decision = await asyncio.to_thread(
-            referee,
-            model,
-            layout,
-            found,
-            values,
-            claims[0],
-            claims[1],
-            agreed=agreed,
-            mode="tolerance" if run.mode == "tolerance" else "bitwise",
-            defendant_value=d_value,
-            challenger_value=c_value,
-        )
-        return _Outcome(
-            decision.winner,
-            "referee",
-            node_index=decision.node_index,
-            op_type=decision.op_type,
-            inputs=agreed,
-            claims={"defendant": claims[0], "challenger": claims[1]},
-            referee=dict(decision.referee),
-        )
-
-    async def _agreed_tensors(
-        self, run: DisputeRun, layout: TraceLayout, agreed: Mapping[str, Digest]
-    ) -> dict[str, Array] | _Outcome:
-        values: dict[str, Array] = {}
-        wanted: list[str] = []
-        for name in agreed:
-            stored = run.inputs.get(name)
-            if name in layout.graph_inputs and stored is not None:
-                values[name] = stored
-            else:
-                wanted.append(name)
-        for party in (run.defendant, run.challenger):
-            if not wanted:
-                break
-            try:
-                got = await asyncio.wait_for(
-                    party.tensors(wanted, self.options.timeout), self.options.timeout + _GRACE
-                )
-            except (PartyFault, TimeoutError):
-                continue
-            run.messages += 1
-            for name in list(wanted):
-                value = got.get(name)
-                if value is not None and tensor_digest(value) == agreed[name]:
-                    values[name] = value
-                    wanted.remove(name)
-        if wanted:
-            # Both parties revealed these digests and neither can produce the tensor.
-            return _Outcome("neither", "timeout")
-        return values
-
     # -- settlement ----------------------------------------------------------------------------
 
     def _verdict(
         self,
         dispute: str,
-        outcome: _Outcome,
+        outcome: Outcome,
         *,
         rounds: int = 0,
         messages: int = 0,
@@ -767,48 +898,49 @@ class DisputeService:
         step: int | None = None,
         challenger_node: bool = True,
         bond: int = 0,
+        authorization: Envelope | None = None,
     ) -> DisputeRef:
         """A dispute already decided by a signed check that anyone can re-run (an LLM
         completion's prefill check, docs/llm.md): its challenge and its settlement are logged
         together, in one append. ``defendant`` is a node id, ``challenger`` a node id (its node
         stands by ``outputs``) or, with ``challenger_node=False``, an account (a watcher) whose
-        ``bond`` is locked and returned or burned by the verdict; ``referee`` names the signed
-        check by digest."""
+        ``bond`` is locked with its signed ``authorization`` (default: the one
+        :func:`bonded` set) and returned or burned by the verdict; ``referee`` names the
+        signed check by digest. A claim disputed before is a :class:`Conflict`."""
+        if authorization is None and not challenger_node:
+            authorization = _AUTHORIZATION.get()
         dispute = str(uuid.uuid4())
-        challenge = ChallengeEntry(
-            dispute=dispute,
-            inference=inference,
-            defendant={
-                "node": defendant,
-                "receipt": Digest.of(receipt.payload),
-                "trace": EMPTY_TRACE.to_json(),
-            },
-            challenger={
-                "account": challenger,
-                **({"node": challenger} if challenger_node else {}),
-                "trace": EMPTY_TRACE.to_json(),
-                "outputs": dict(outputs),
-            },
-            mode="bitwise",
-            bond=bond,
-            deadline_seconds=self.options.timeout,
-            at=_now(),
+        claim = Claim(
+            challenger, dict(outputs), EMPTY_TRACE, challenger if challenger_node else None
         )
-        outcome = _Outcome(
+        challenge = self._challenge_entry(
+            dispute,
+            inference,
+            defendant,
+            receipt,
+            (EMPTY_TRACE, EMPTY_TRACE),
+            claim,
+            "bitwise",
+            bond,
+            authorization if bond > 0 else None,
+        )
+        state = await asyncio.to_thread(self._book.state)
+        check_challenge(state, challenge)
+        outcome = Outcome(
             winner, "referee", node_index=step, op_type=op_type, claims=claims, referee=referee
         )
         verdict = self._verdict(dispute, outcome, rounds=1, messages=2)
         indices = await self._book.append([challenge, verdict])
         _log.info("checked dispute %s: winner %s (%s)", dispute, winner, op_type)
-        return DisputeRef(dispute, defendant, challenger, winner, indices[1])
+        return DisputeRef(dispute, defendant, challenger, winner, indices[1], opened=indices[0])
 
-    async def _settle(self, run: DisputeRun, outcome: _Outcome) -> None:
+    async def _settle(self, run: DisputeRun, outcome: Outcome) -> None:
         verdict = self._verdict(run.id, outcome, rounds=run.rounds, messages=run.messages)
-        entries = [verdict]
-        indices = await self._book.append(entries)
+        indices = await self._book.append([verdict])
         run.log_index = indices[0]
         run.winner = outcome.winner
-        run.result = entries[0].to_json()
+        run.result = verdict.to_json()
+        await self._forget(run.id)
         _log.info(
             "dispute %s settled: winner %s (%s) after %d rounds",
             run.id,
@@ -818,45 +950,6 @@ class DisputeService:
         )
 
 
-# -- request parsing ----------------------------------------------------------------------------
-
-
-def _digest_map(raw: object, what: str) -> dict[str, Digest]:
-    if not isinstance(raw, Mapping) or not raw:
-        raise FormatError(f"{what} must be a non-empty object of name -> digest")
-    out: dict[str, Digest] = {}
-    for name, value in raw.items():
-        if not isinstance(value, str):
-            raise FormatError(f"{what} digests must be strings", name=str(name)[:200])
-        out[str(name)] = Digest.from_text(value)
-    return out
-
-
-def _commitment(raw: object) -> TraceCommitment:
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("root"), str):
-        raise FormatError('trace must be {"root": digest, "size": n}')
-    size = raw.get("size")
-    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-        raise FormatError("trace size must be a positive integer", got=str(size)[:40])
-    return TraceCommitment(Digest.from_text(raw["root"]), size)
-
-
-def _receipt_of(answer: Mapping[str, Any], node_id: str) -> Envelope:
-    nodes = answer.get("nodes") or []
-    receipts = answer.get("receipts") or []
-    for node, receipt in zip(nodes, receipts, strict=False):
-        if isinstance(node, Mapping) and node.get("id") == node_id:
-            return Envelope.from_json(receipt)
-    raise NotFound(
-        "the inference has no receipt of this node", node=node_id[:200], id=answer.get("id")
-    )
-
-
-def tensors_from_json(raw: object, *, max_bytes: int) -> dict[str, Array]:
-    """``{name: tensor JSON}`` of a ``/tensors`` submission."""
-    if not isinstance(raw, Mapping) or not raw:
-        raise FormatError("tensors must be a non-empty object of name -> tensor JSON")
-    return {
-        str(name): np.asarray(tensor_from_json(value, max_bytes=max_bytes))
-        for name, value in raw.items()
-    }
+def _claimed(receipt: Envelope) -> tuple[TraceCommitment | None, dict[str, Digest]]:
+    predicate, outputs = receipt_claim(receipt)
+    return predicate.trace, outputs

@@ -75,6 +75,9 @@ class Settings:
     challenge_window: float = 86_400.0
     # Seconds a dispute party has for each move.
     dispute_timeout: float = 60.0
+    # External disputes open at once against one node; more are refused (429) before anything
+    # is logged or bonded, so a griefer cannot queue unbounded work against a node.
+    max_disputes_per_node: int = 4
     # Seconds each epoch of the randomness beacon lasts (docs/verification.md, "Randomness").
     beacon_interval: float = 600.0
 
@@ -99,6 +102,7 @@ class Settings:
             "descriptor_max_age": self.descriptor_max_age,
         }
         positive["dispute_timeout"] = self.dispute_timeout
+        positive["max_disputes_per_node"] = self.max_disputes_per_node
         positive["beacon_interval"] = self.beacon_interval
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
@@ -201,6 +205,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "fee_per_job": int,
     "min_reputation": int,
     "dispute_timeout": float,
+    "max_disputes_per_node": int,
     "challenge_window": float,
     "beacon_interval": float,
 }

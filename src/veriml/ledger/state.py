@@ -411,6 +411,11 @@ class LedgerState:
     def namespace_owner(self, namespace: str) -> str | None:
         return self._namespaces.get(namespace)
 
+    def disputed(self, claim: Digest) -> bool:
+        """Whether a challenge with this claim (:attr:`ChallengeEntry.claim`: a receipt and
+        the outputs claimed instead) was ever opened: a second one would be refused."""
+        return claim in self._claims
+
     @property
     def rules(self) -> Rules | None:
         """The rules of the latest ``state`` entry (None before the first)."""

@@ -1,5 +1,7 @@
 """The dispute engine on real traces: bisection to the first differing operator, the referee,
-deadlines, proofs, and the ledger entries a verdict writes (checked by the real fold)."""
+deadlines, proofs, and the ledger entries a verdict writes (checked by the real fold); a busy
+node asked again until its deadline, the defendant spared when both sides fault, one dispute
+per claim, and a dispute stored at every move and resumed by another process."""
 
 from __future__ import annotations
 
@@ -16,21 +18,27 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from veriml.coordinator import db
+from veriml.coordinator.dispatch import JobSpec
+from veriml.coordinator.dispute_store import DisputeStore
 from veriml.coordinator.disputes import (
     Claim,
     DisputeOptions,
     DisputeRun,
     DisputeService,
+    NodeParty,
     PartyFault,
     RemoteParty,
 )
 from veriml.coordinator.ledger import LedgerBook
+from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Conflict, FormatError
-from veriml.core.keys import generate_key
+from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import TraceCommitment
+from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.core.timestamps import format_time, utc_now
 from veriml.ledger.entries import (
     ChallengeEntry,
@@ -40,9 +48,11 @@ from veriml.ledger.entries import (
     RewardEntry,
     SlashEntry,
     StakeEntry,
+    StateEntry,
     parse_entry,
 )
 from veriml.models.examples import build_mlp
+from veriml.protocol.accounts import LedgerRequest
 from veriml.runtime import Runner, Trace, TraceEntry, build_trace
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.note import NoteSigner
@@ -50,7 +60,8 @@ from veriml.verify.dispute import TraceLayout
 
 Array = npt.NDArray[Any]
 STAKE = 1000
-DEFENDANT, CHALLENGER = "node-defendant", "node-challenger"
+ADMIN, DEFENDANT_KEY, CHALLENGER_KEY = generate_key(), generate_key(), generate_key()
+DEFENDANT, CHALLENGER = DEFENDANT_KEY.key_id, CHALLENGER_KEY.key_id
 
 
 # -- parties built from real traces --------------------------------------------------------------
@@ -69,11 +80,13 @@ class TraceParty:
         *,
         silent: bool = False,
         bad_proof: bool = False,
+        no_tensors: bool = False,
     ) -> None:
         self._claim = Claim(account, dict(outputs), trace.commitment, account)
         self.trace = trace
         self.silent = silent
         self.bad_proof = bad_proof
+        self.no_tensors = no_tensors
         self.asked: list[int] = []
 
     @property
@@ -92,6 +105,8 @@ class TraceParty:
 
     async def tensors(self, names: Sequence[str], timeout: float) -> dict[str, Array]:
         assert self.trace.tensors is not None
+        if self.no_tensors:
+            return {}
         return {n: self.trace.tensors[n] for n in names if n in self.trace.tensors}
 
 
@@ -134,14 +149,23 @@ def log(tmp_path: Path) -> Iterator[Log]:
         yield opened
 
 
+def fund(book: LedgerBook, key: SigningKey, amount: int, *, staked: bool) -> None:
+    """A deposit signed by the ledger's admin, and (``staked``) the account's own stake."""
+    at = utc_now()
+    minted = LedgerRequest.signed(ADMIN, "deposit", amount, issued_at=at, to=key.key_id, memo="")
+    entries: list[Any] = [DepositEntry(key.key_id, amount, at, "", minted)]
+    if staked:
+        request = LedgerRequest.signed(key, "stake", amount, issued_at=at)
+        entries.append(StakeEntry(key.key_id, amount, at, request))
+    asyncio.run(book.append(entries))
+
+
 @pytest.fixture
 def book(log: Log, tmp_path: Path) -> LedgerBook:
-    book = LedgerBook(log, Settings(home=tmp_path), refresh_ttl=0)
-    at = utc_now()
-    entries: list[Any] = []
-    for account in (DEFENDANT, CHALLENGER):
-        entries += [DepositEntry(account, STAKE, at), StakeEntry(account, STAKE, at)]
-    asyncio.run(book.append(entries))
+    book = LedgerBook(log, Settings(home=tmp_path), admin=ADMIN.key_id, refresh_ttl=0)
+    asyncio.run(book.open())
+    for key in (DEFENDANT_KEY, CHALLENGER_KEY):
+        fund(book, key, STAKE, staked=True)
     return book
 
 
@@ -209,8 +233,12 @@ def dispute(
     return asyncio.run(main())
 
 
-def logged(log: Log, start: int = 4) -> list[Any]:
-    return [parse_entry(e) for e in log.entries(start, log.size)]
+def logged(log: Log) -> list[Any]:
+    """The dispute's entries: from its challenge on, without the ``state`` entries the book
+    adds when stakes change."""
+    entries = [parse_entry(e) for e in log.entries(0, log.size)]
+    first = next(i for i, e in enumerate(entries) if isinstance(e, ChallengeEntry))
+    return [e for e in entries[first:] if not isinstance(e, StateEntry)]
 
 
 # -- outcomes -----------------------------------------------------------------------------------
@@ -253,7 +281,10 @@ def test_a_wrong_output_is_found_at_the_last_operator_and_its_node_slashed(
         "challenger": good.entries[-1].digest,
     }
     assert verdict.referee[bad.entries[-1].output] == good.entries[-1].digest
-    assert run.ref().log_index == log.size - 5
+    ref = run.ref()
+    assert parse_entry(log.entries(ref.log_index, ref.log_index + 1)[0]) == verdict
+    assert ref.opened is not None
+    assert parse_entry(log.entries(ref.opened, ref.opened + 1)[0]) == entries[0]
     state = book.state()
     assert state.stake_of(DEFENDANT) == STAKE // 2
     assert state.account(CHALLENGER).balance == STAKE // 4  # half the slash, the rest burned
@@ -527,34 +558,416 @@ def test_a_remote_challenger_must_commit_to_a_trace() -> None:
         RemoteParty(Claim("watcher-key", {"y": Digest.of(b"y")}))
 
 
-def test_disputes_a_restart_left_open_are_closed_without_a_winner_once_stale(
-    model: onnx.ModelProto, book: LedgerBook
-) -> None:
-    """A challenge whose host is gone stays open in the fold with its bond locked until the
-    sweeper closes it: winner none (nobody slashed), the bond back with the challenger; a
-    recent one is left alone, since a live replica may be hosting it."""
-    opened = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
+def challenge_entry(
+    dispute: str, at: dt.datetime, *, bond: int = 10, receipt: bytes = b"r"
+) -> ChallengeEntry:
+    """A challenge of CHALLENGER's, its bond signed by its key."""
     trace = {"root": Digest.of(b"").to_text(), "size": 0}
+    signed = LedgerRequest.signed(
+        CHALLENGER_KEY,
+        "challenge",
+        bond,
+        issued_at=format_time(at),
+        inference="req-1",
+        node=DEFENDANT,
+    )
+    return ChallengeEntry(
+        dispute=dispute,
+        inference="req-1",
+        defendant={"node": DEFENDANT, "receipt": Digest.of(receipt).to_text(), "trace": trace},
+        challenger={
+            "account": CHALLENGER,
+            "trace": trace,
+            "outputs": {"y": Digest.of(dispute.encode())},
+        },
+        mode="bitwise",
+        bond=bond,
+        deadline_seconds=5.0,
+        at=format_time(at),
+        authorization=signed if bond else None,
+    )
 
-    def challenge(dispute: str, at: dt.datetime) -> ChallengeEntry:
-        return ChallengeEntry(
-            dispute=dispute,
-            inference="req-1",
-            defendant={"node": DEFENDANT, "receipt": Digest.of(b"r").to_text(), "trace": trace},
-            challenger={"account": CHALLENGER, "trace": trace, "outputs": {}},
-            mode="bitwise",
-            bond=10,
-            deadline_seconds=5.0,
-            at=format_time(at),
-        )
 
-    fund = DepositEntry(CHALLENGER, 20, utc_now())
+def test_disputes_a_lost_database_left_open_are_closed_without_a_winner_once_stale(
+    model: onnx.ModelProto, book: LedgerBook, tmp_path: Path
+) -> None:
+    """A challenge with no host and no stored record (a coordinator that lost its database)
+    stays open in the fold with its bond locked until the sweeper closes it: winner none
+    (nobody slashed), the bond back with the challenger. A recent one is left alone (a live
+    replica may host it), and so is a stored one, however old: a restart resumes it."""
+    fund(book, CHALLENGER_KEY, 30, staked=False)
+    opened = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     now = dt.datetime.now(dt.UTC)
-    asyncio.run(book.append([fund, challenge("old", opened), challenge("new", now)]))
+    old, new, kept = (
+        challenge_entry("old", opened, receipt=b"1"),
+        challenge_entry("new", now, receipt=b"2"),
+        challenge_entry("kept", opened, receipt=b"3"),
+    )
+    asyncio.run(book.append([old, new, kept]))
+    engine = db.open_engine(f"sqlite:///{tmp_path}/state.db")
+    store = DisputeStore(engine, owner="another-replica", lease=60)
+    with engine.begin() as conn:  # a stored row for "kept", driven by another replica
+        conn.execute(
+            db.disputes.insert().values(
+                id="kept",
+                inference="req-1",
+                defendant=DEFENDANT,
+                challenger=CHALLENGER,
+                claim=kept.claim.to_text(),
+                receipt={},
+                model="sha256:" + "0" * 64,
+                mode="bitwise",
+                policy="none",
+                inputs={},
+                parties={},
+                reveals=[],
+                created_at=0.0,
+                lease_until=9e18,
+            )
+        )
     balance = book.state().account(CHALLENGER).balance
-    closed = asyncio.run(service(model, book).void_abandoned(older_than=3600))
+    svc = DisputeService(
+        key=generate_key(),
+        http=httpx.AsyncClient(),
+        load_model=lambda _: model,
+        book=book,
+        store=store,
+    )
+    closed = asyncio.run(svc.void_abandoned(older_than=3600))
     assert closed == ["old"]
     state = book.state()
-    assert set(state.open_disputes) == {"new"}
+    assert set(state.open_disputes) == {"new", "kept"}
     assert state.account(CHALLENGER).balance == balance + 10
     assert state.account(DEFENDANT).slashes == 0
+
+
+# -- busy nodes ------------------------------------------------------------------------------------
+
+
+class TraceNode:
+    """A node's trace endpoints over an in-memory transport, serving ``trace``. ``busy``: how
+    many times each query is answered 503 before it is answered (``None``: always 503);
+    ``gone``: every query is 404 (the node lost its trace)."""
+
+    def __init__(self, trace: Trace, *, busy: int | None = 0, gone: bool = False) -> None:
+        self.trace = trace
+        self.busy = busy
+        self.gone = gone
+        self.seen: dict[str, int] = {}
+
+    def handler(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        self.seen[path] = self.seen.get(path, 0) + 1
+        if self.busy is None or self.seen[path] <= self.busy:
+            return httpx.Response(503, headers={"Retry-After": "0"}, json={"status": 503})
+        if self.gone:
+            return httpx.Response(404, json={"status": 404})
+        _, _, _, _, what, rest = path.split("/", 5)
+        if what == "entries":
+            index = int(rest)
+            proof = [h.hex() for h in self.trace.inclusion_proof(index)]
+            return httpx.Response(
+                200,
+                json={
+                    "root": self.trace.root.to_text(),
+                    "size": self.trace.size,
+                    "index": index,
+                    "entry": self.trace.entries[index].to_json(),
+                    "proof": proof,
+                },
+            )
+        assert self.trace.tensors is not None
+        return httpx.Response(200, json=tensor_to_json(self.trace.tensors[rest], force_b64=True))
+
+    def party(self, model: onnx.ModelProto, digest: Digest, inputs: dict[str, Array]) -> NodeParty:
+        node = Candidate(
+            node_id=DEFENDANT,
+            operator=DEFENDANT,
+            endpoint="http://defendant.test",
+            public_key=DEFENDANT_KEY.public.to_pem().decode(),
+            log_index=0,
+            last_seen=0.0,
+        )
+        spec = JobSpec(
+            request_id="req-1",
+            model=digest,
+            input_digests={n: tensor_digest(a) for n, a in inputs.items()},
+            inputs_json={n: tensor_to_json(a) for n, a in inputs.items()},
+            policy="none",
+        )
+        http = httpx.AsyncClient(transport=httpx.MockTransport(self.handler))
+        return NodeParty(
+            http=http,
+            key=generate_key(),
+            node=node,
+            spec=spec,
+            outputs=outputs_of(self.trace, model),
+            trace=self.trace.commitment,
+        )
+
+
+def test_a_busy_node_is_asked_again_until_it_answers(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+) -> None:
+    _, good = honest
+    node = TraceNode(good, busy=3)
+    entry, proof = asyncio.run(node.party(model, digest, inputs).reveal(2, 5.0))
+    assert entry == good.entries[2]
+    assert proof == good.inclusion_proof(2)
+    assert node.seen["/v1/traces/req-1/entries/2"] == 4
+
+
+def test_only_a_node_that_never_answers_in_time_loses_and_a_lost_trace_is_no_answer(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+) -> None:
+    _, good = honest
+    always_busy = TraceNode(good, busy=None)
+    with pytest.raises(PartyFault) as late:
+        asyncio.run(always_busy.party(model, digest, inputs).reveal(0, 0.5))
+    assert late.value.reason == "timeout"
+    assert always_busy.seen["/v1/traces/req-1/entries/0"] > 1
+    with pytest.raises(PartyFault) as lost:
+        asyncio.run(TraceNode(good, gone=True).party(model, digest, inputs).reveal(0, 5.0))
+    assert lost.value.reason == "invalid-proof"
+
+
+def test_an_honest_node_that_is_busy_at_every_move_still_wins(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+    receipt: Envelope,
+    book: LedgerBook,
+) -> None:
+    _, good = honest
+    bad = wrong_output(model, good)
+    node = TraceNode(good, busy=2)
+    run = dispute(
+        service(model, book),
+        node.party(model, digest, inputs),
+        TraceParty(CHALLENGER, bad, outputs_of(bad, model)),
+        receipt=receipt,
+        digest=digest,
+        inputs=inputs,
+    )
+    assert run.winner == "defendant"
+    assert run.result is not None
+    assert run.result["reason"] == "referee"
+    assert book.state().stake_of(DEFENDANT) == STAKE
+    assert all(count == 3 for count in node.seen.values())
+
+
+# -- double faults ---------------------------------------------------------------------------------
+
+
+def test_when_both_parties_miss_a_move_the_defendant_is_not_slashed(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+    receipt: Envelope,
+    book: LedgerBook,
+) -> None:
+    _, good = honest
+    bad = wrong_output(model, good)
+    run = dispute(
+        service(model, book, timeout=0.2),
+        TraceParty(DEFENDANT, good, outputs_of(good, model), silent=True),
+        TraceParty(CHALLENGER, bad, outputs_of(bad, model), silent=True),
+        receipt=receipt,
+        digest=digest,
+        inputs=inputs,
+    )
+    assert run.winner == "defendant"
+    assert run.result is not None
+    assert run.result["reason"] == "timeout"
+    state = book.state()
+    assert state.stake_of(DEFENDANT) == STAKE
+    assert state.account(DEFENDANT).slashes == 0
+    assert state.stake_of(CHALLENGER) == STAKE // 2
+
+
+def test_when_neither_party_produces_the_agreed_tensors_the_defendant_is_not_slashed(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+    receipt: Envelope,
+    book: LedgerBook,
+) -> None:
+    _, good = honest
+    bad = wrong_output(model, good)  # found at the last operator, whose input is intermediate
+    run = dispute(
+        service(model, book),
+        TraceParty(DEFENDANT, bad, outputs_of(bad, model), no_tensors=True),
+        TraceParty(CHALLENGER, good, outputs_of(good, model), no_tensors=True),
+        receipt=receipt,
+        digest=digest,
+        inputs=inputs,
+    )
+    assert run.winner == "defendant"
+    assert run.result is not None
+    assert run.result["reason"] == "invalid-proof"
+    assert book.state().account(DEFENDANT).slashes == 0
+
+
+# -- one dispute per claim -------------------------------------------------------------------------
+
+
+def test_a_receipt_is_disputed_once_per_claim(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+    receipt: Envelope,
+    book: LedgerBook,
+    log: Log,
+) -> None:
+    _, good = honest
+    bad = wrong_output(model, good)
+    svc = service(model, book)
+
+    def parties() -> tuple[TraceParty, TraceParty]:
+        return (
+            TraceParty(DEFENDANT, good, outputs_of(good, model)),
+            TraceParty(CHALLENGER, bad, outputs_of(bad, model)),
+        )
+
+    first = dispute(svc, *parties(), receipt=receipt, digest=digest, inputs=inputs)
+    assert first.winner == "defendant"
+    size = log.size
+    defendant, challenger = parties()
+    with pytest.raises(Conflict, match="already disputed"):
+        dispute(svc, defendant, challenger, receipt=receipt, digest=digest, inputs=inputs)
+    assert log.size == size
+    assert defendant.asked == challenger.asked == []  # refused before any move
+
+
+# -- persistence -----------------------------------------------------------------------------------
+
+
+class Tensors(dict[Digest, Array]):
+    """The coordinator's tensor store, in memory."""
+
+    def put(self, arrays: Mapping[str, Array]) -> None:
+        for array in arrays.values():
+            self[tensor_digest(array)] = array
+
+
+def stored_service(
+    model: onnx.ModelProto,
+    book: LedgerBook,
+    store: DisputeStore,
+    tensors: Tensors,
+    http: httpx.AsyncClient | None = None,
+) -> DisputeService:
+    return DisputeService(
+        key=generate_key(),
+        http=http or httpx.AsyncClient(),
+        load_model=lambda _: model,
+        book=book,
+        load_tensor=tensors.__getitem__,
+        store_tensors=tensors.put,
+        store=store,
+        options=DisputeOptions(timeout=5.0, job_timeout=5.0),
+    )
+
+
+async def answer(svc: DisputeService, run: DisputeRun, trace: Trace, moves: int | None) -> int:
+    """Play the remote challenger's moves from ``trace``: ``moves`` of them, or to the end."""
+    played = 0
+    while run.status == "open" and (moves is None or played < moves):
+        query = run.to_json()["query"]
+        if query is None:
+            await asyncio.sleep(0.01)
+            continue
+        if "index" in query:
+            i = query["index"]
+            body = {
+                "index": i,
+                "entry": trace.entries[i].to_json(),
+                "proof": [h.hex() for h in trace.inclusion_proof(i)],
+            }
+            await svc.submit(run, reveal=body)
+        else:
+            assert trace.tensors is not None
+            await svc.submit(run, tensors={n: trace.tensors[n] for n in query["tensors"]})
+        played += 1
+        assert played < 64
+    return played
+
+
+def test_an_open_dispute_resumes_in_another_process_from_its_recorded_moves(
+    model: onnx.ModelProto,
+    digest: Digest,
+    inputs: dict[str, Array],
+    honest: tuple[dict[str, Array], Trace],
+    receipt: Envelope,
+    book: LedgerBook,
+    log: Log,
+    tmp_path: Path,
+) -> None:
+    """A coordinator stops mid-dispute; another (same database, same log) resumes it: the
+    bisection replayed from the stored reveals, the node reached again, the remote challenger
+    asked its pending move again with a fresh deadline. It settles once, and its row goes."""
+    _, good = honest
+    cheat = substitute(model, digest, inputs)  # found at the first operator: several rounds
+    engine = db.open_engine(f"sqlite:///{tmp_path}/state.db")
+    tensors = Tensors()
+    node = TraceNode(cheat)
+
+    async def before_the_restart() -> tuple[str, list[Any]]:
+        svc = stored_service(model, book, DisputeStore(engine, owner="first", lease=60), tensors)
+        remote = RemoteParty(Claim("watcher-key", outputs_of(good, model), good.commitment))
+        run = await svc.open(
+            inference="req-1",
+            defendant=node.party(model, digest, inputs),
+            challenger=remote,
+            receipt=receipt,
+            mode="bitwise",
+            model=digest,
+            inputs=inputs,
+            bond=0,
+        )
+        await answer(svc, run, good, moves=2)
+        await asyncio.sleep(0.05)
+        asked = run.to_json()["query"]
+        await svc.aclose()  # the coordinator stops: leases given up, the row stays
+        with engine.connect() as conn:
+            row = conn.execute(db.disputes.select()).one()
+        assert row.move == asked
+        assert row.opened == run.opened
+        return run.id, row.reveals
+
+    dispute_id, reveals = asyncio.run(before_the_restart())
+    assert len(reveals) == 2
+    assert set(book.state().open_disputes) == {dispute_id}
+
+    async def after_the_restart() -> DisputeRun:
+        # No node list: the node is reached again at the endpoint the row stored.
+        http = httpx.AsyncClient(transport=httpx.MockTransport(node.handler))
+        store = DisputeStore(engine, owner="second", lease=60)
+        svc = stored_service(model, book, store, tensors, http)
+        assert await svc.resume() == [dispute_id]
+        assert await svc.resume() == []  # claimed once
+        run = svc.get(dispute_id)
+        assert [r[0] for r in run.reveals] == [r[0] for r in reveals]
+        await answer(svc, run, good, moves=None)
+        await asyncio.wait_for(run.settled.wait(), 30)
+        return run
+
+    run = asyncio.run(after_the_restart())
+    assert run.winner == "challenger"
+    assert run.rounds > len(reveals)
+    entries = logged(log)
+    assert [type(e) for e in entries].count(ChallengeEntry) == 1
+    assert [type(e) for e in entries].count(DisputeVerdictEntry) == 1
+    assert not book.state().open_disputes
+    with engine.connect() as conn:
+        assert conn.execute(db.disputes.select()).all() == []
