@@ -204,22 +204,32 @@ def test_nodes_with_a_negative_reputation_come_last_in_the_draws_order() -> None
 
 names_strategy = st.sampled_from([f"n{i}" for i in range(8)])
 operators = st.sampled_from(["op-a", "op-b", "op-c", "op-d"])
-nodes_strategy = st.lists(
-    st.builds(
-        lambda n, o, a, age, rep, stake: node(n, o, active=a, age=age, reputation=rep, stake=stake),
-        names_strategy,
-        operators,
-        st.integers(0, 5),
-        st.floats(0, 2 * LIVE),
-        st.integers(-2, 2),
-        st.integers(1, 1000),
-    ),
-    unique_by=lambda c: c.node_id,
-    max_size=8,
-)
 
 
-@given(nodes_strategy, st.sets(names_strategy), st.sets(operators), st.integers(0, 10_000))
+@st.composite
+def nodes_strategy(draw: st.DrawFn) -> list[Candidate]:
+    """Up to 8 nodes of 4 operators; every node of an operator carries that operator's stake."""
+    stakes = draw(st.fixed_dictionaries({op: st.integers(1, 1000) for op in "abcd"}))
+    nodes = draw(
+        st.lists(
+            st.tuples(
+                names_strategy,
+                operators,
+                st.integers(0, 5),
+                st.floats(0, 2 * LIVE),
+                st.integers(-2, 2),
+            ),
+            unique_by=lambda n: n[0],
+            max_size=8,
+        )
+    )
+    return [
+        node(name, op, active=active, age=age, reputation=rep, stake=stakes[op[-1]])
+        for name, op, active, age, rep in nodes
+    ]
+
+
+@given(nodes_strategy(), st.sets(names_strategy), st.sets(operators), st.integers(0, 10_000))
 def test_replacements_continue_down_the_same_order(
     nodes: list[Candidate], tried: set[str], busy: set[str], request: int
 ) -> None:
@@ -239,7 +249,7 @@ def test_replacements_continue_down_the_same_order(
 
 
 @given(
-    nodes_strategy, st.integers(1, 6), st.sets(names_strategy), st.sets(operators), st.integers()
+    nodes_strategy(), st.integers(1, 6), st.sets(names_strategy), st.sets(operators), st.integers()
 )
 def test_picks_never_repeat_an_operator_or_a_tried_node(
     nodes: list[Candidate], count: int, tried: set[str], busy: set[str], request: int
