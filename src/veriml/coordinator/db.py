@@ -6,8 +6,9 @@ creates the engine and runs ``alembic upgrade head`` programmatically, so users 
 The transparency log keeps its own ``tlog_*`` tables in the same (or another) database.
 
 A ``models`` row is written *before* its log entry with ``log_index`` NULL (pending; it
-reserves ``name@version`` and is invisible to readers) and completed with the index after
-the append; ``claimed_at`` lets exactly one replica finish a pending row left by a crash.
+reserves a signed model's ``name@version`` and is invisible to readers) and completed with the
+index after the append; ``claimed_at`` lets exactly one replica finish a pending row left by a
+crash.
 An ``inferences`` row works the same way: written pending (``log_index`` NULL, the answer
 without its ``log`` member, the entry and its RFC 9162 leaf hash) before the entry is
 appended, completed with the index and inclusion proof after it.
@@ -82,7 +83,15 @@ models = sa.Table(
     sa.Column("registered_at", sa.String(32), nullable=False),
     sa.Column("submitted_by", sa.String(71)),
     sa.Column("claimed_at", sa.Float),
-    sa.UniqueConstraint("name", "version", name="uq_models_name_version"),
+    # Only a signed model reserves its name@version: an unsigned one owns no name.
+    sa.Index(
+        "uq_models_signed_name_version",
+        "name",
+        "version",
+        unique=True,
+        sqlite_where=sa.text("publisher_key_id IS NOT NULL"),
+        postgresql_where=sa.text("publisher_key_id IS NOT NULL"),
+    ),
     sa.Index("ix_models_task", "task"),
     sa.Index("ix_models_publisher", "publisher_key_id"),
 )
