@@ -96,6 +96,16 @@ class ModelEntry:
         signed = (self.publisher_key_id, self.publisher_key, self.signature)
         if any(v is None for v in signed) and any(v is not None for v in signed):
             raise FormatError("a model entry has a publisher and a signature, or neither")
+        if self.publisher_key is not None:
+            from veriml.protocol.accounts import account_key
+
+            calculated = account_key(self.publisher_key).key_id
+            if calculated != self.publisher_key_id:
+                raise FormatError(
+                    "a model entry's publisher key id is not its key's",
+                    claimed=str(self.publisher_key_id)[:80],
+                    calculated=calculated,
+                )
 
     @property
     def unsigned(self) -> bool:
@@ -623,6 +633,10 @@ def _party(
             out[name] = _digest(kind, f"{member} receipt", item).to_text()
         elif name == "trace":
             out[name] = _trace(kind, f"{member} trace", item)
+        elif name == "statement":
+            if not isinstance(item, Mapping):
+                raise FormatError(f"{kind} {member} statement must be a DSSE envelope")
+            out[name] = Envelope.from_json(item).to_json()
         else:  # outputs
             digests = _digest_map(kind, f"{member} outputs", item)
             out[name] = {k: d.to_text() for k, d in sorted(digests.items())}
@@ -633,12 +647,16 @@ def _party(
 class ChallengeEntry:
     """A dispute opens: ``challenger`` locks ``bond`` against ``defendant``'s receipt.
 
-    ``defendant`` is ``{"node", "receipt", "trace"}`` (the node id, the SHA-256 of the
-    challenged receipt's DSSE payload, its trace commitment ``{"root", "size"}``);
-    ``challenger`` is ``{"account", "node"?, "trace", "outputs"}`` (who pays the bond, its node
-    when a node challenges, its own trace commitment and claimed output digests). Both are
-    kept as JSON (digests as ``sha256:`` text; :class:`Digest` values are accepted and
-    converted), so the entry's bytes are exactly what was checked.
+    ``defendant`` is ``{"node", "receipt", "trace", "statement"?}`` (the node id, the SHA-256
+    of the challenged receipt's DSSE payload, its trace commitment ``{"root", "size"}``, and
+    the receipt itself); ``challenger`` is ``{"account", "node"?, "trace", "outputs",
+    "statement"?}`` (who pays the bond, its node when a node challenges, its own trace
+    commitment and claimed output digests, and, for a node, its own signed statement about the
+    inference: its receipt, or its prefill check). Both are kept as JSON (digests as
+    ``sha256:`` text; :class:`Digest` values are accepted and converted), so the entry's bytes
+    are exactly what was checked. The fold requires both sides' signatures: the defendant's
+    receipt, and the challenger's statement or signed challenge request (``authorization``),
+    so nobody is made a party to a dispute they did not sign into.
 
     A bond is the challenger's money: a challenge with ``bond > 0`` carries the challenger's
     signed ``challenge`` request (``authorization``) for this inference, defendant and bond.
@@ -658,9 +676,10 @@ class ChallengeEntry:
         _account("challenge", "dispute", self.dispute)
         _account("challenge", "inference", self.inference)
         required = ("node", "receipt", "trace")
-        _set(self, "defendant", _party("challenge", "defendant", self.defendant, required, ()))
+        party = _party("challenge", "defendant", self.defendant, required, ("statement",))
+        _set(self, "defendant", party)
         required = ("account", "trace", "outputs")
-        party = _party("challenge", "challenger", self.challenger, required, ("node",))
+        party = _party("challenge", "challenger", self.challenger, required, ("node", "statement"))
         _set(self, "challenger", party)
         _choice("challenge", "mode", self.mode, MODES)
         _amount("challenge", "bond", self.bond)

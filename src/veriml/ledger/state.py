@@ -45,6 +45,7 @@ from typing import Any
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import FormatError, VerificationError
 from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger.bonds import BondMap
@@ -71,7 +72,7 @@ from veriml.ledger.entries import (
 )
 from veriml.ledger.rules import Rules
 from veriml.ledger.settlement import Parties, settle
-from veriml.protocol.accounts import LedgerRequest
+from veriml.protocol.accounts import LedgerRequest, account_key
 from veriml.protocol.draw import Draw, beacon_commitment
 
 __all__ = [
@@ -247,8 +248,10 @@ class _Change:
         "index",
         "kind",
         "namespaces",
+        "node_keys",
         "opened",
         "operators",
+        "paying",
         "pushes",
         "rules",
         "spent",
@@ -274,6 +277,8 @@ class _Change:
         self.claims: list[Digest] = []
         self.namespaces: dict[str, str] = {}
         self.operators: dict[str, str] = {}
+        self.node_keys: dict[str, str] = {}
+        self.paying: tuple[str, frozenset[str], frozenset[str]] | None = None
         self.rules: Rules | None = None
         self.state_ref: tuple[int, str] | None = None
         self.epoch: tuple[int, _Epoch, bytes | None] | None = None
@@ -367,6 +372,10 @@ class LedgerState:
         self._states: dict[int, str] = {}  # state entry index -> its at
         self._latest_state: int | None = None
         self._operators: dict[str, str] = {}  # node -> operator account
+        self._node_keys: dict[str, str] = {}  # node -> its registered public key (PEM)
+        # The latest inference entry, for the fees that must follow it at once: its request
+        # id, the nodes whose receipts it holds, and the payees paid so far.
+        self._paying: tuple[str, frozenset[str], frozenset[str]] | None = None
         self._namespaces: dict[str, str] = {}  # namespace -> owner key id
         self._used: set[Digest] = set()  # signed requests already folded
         self._spent: dict[Digest, int] = {}  # payment request -> fees paid under it
@@ -502,6 +511,8 @@ class LedgerState:
         other._states = dict(self._states)
         other._latest_state = self._latest_state
         other._operators = dict(self._operators)
+        other._node_keys = dict(self._node_keys)
+        other._paying = self._paying
         other._namespaces = dict(self._namespaces)
         other._used = set(self._used)
         other._spent = dict(self._spent)
@@ -596,6 +607,8 @@ class LedgerState:
         self._claims.update(change.claims)
         self._namespaces.update(change.namespaces)
         self._operators.update(change.operators)
+        self._node_keys.update(change.node_keys)
+        self._paying = change.paying
         if change.rules is not None:
             self._rules = change.rules
         if change.state_ref is not None:
@@ -688,6 +701,20 @@ def _unstake(change: _Change, entry: UnstakeEntry) -> None:
 
 
 def _fee(change: _Change, entry: FeeEntry) -> None:
+    paying = change.state._paying
+    if paying is None or paying[0] != entry.inference:
+        raise change.fail(
+            "a fee follows, at once, the inference entry of the request it pays for",
+            inference=entry.inference,
+        )
+    request_id, answered, paid = paying
+    if entry.payee not in answered or entry.payee in paid:
+        raise change.fail(
+            "a fee pays, once, a node whose receipt is in the inference entry",
+            payee=entry.payee,
+            inference=request_id,
+        )
+    change.paying = (request_id, answered, paid | {entry.payee})
     request = entry.request
     change.near(request.issued_at, entry.at)
     key = Digest.of(_payload(entry))
@@ -716,9 +743,47 @@ def _fee(change: _Change, entry: FeeEntry) -> None:
     change.totals.fees += entry.amount
 
 
+def _signed_statement(change: _Change, party: Mapping[str, Any], node: str, inference: str) -> str:
+    """A party's ``statement`` is a DSSE envelope signed by ``node``'s registered key and about
+    ``inference``; the SHA-256 of its payload."""
+    statement = party.get("statement")
+    key_pem = change.state._node_keys.get(node)
+    if statement is None or key_pem is None:
+        raise change.fail(
+            "a node party carries its own signed statement, and the node is registered",
+            node=node,
+        )
+    envelope = Envelope.from_json(statement)
+    try:
+        envelope.verify([account_key(key_pem)])
+        signed = Statement.from_bytes(envelope.payload)
+    except (VerificationError, FormatError) as exc:
+        raise change.fail(
+            "a party's statement is not signed by its node", node=node, reason=exc.message
+        ) from exc
+    request = signed.predicate.get("request")
+    if not isinstance(request, Mapping) or request.get("id") != inference:
+        raise change.fail("a party's statement is about another inference", node=node)
+    return Digest.of(envelope.payload).to_text()
+
+
 def _challenge(change: _Change, entry: ChallengeEntry) -> None:
     if change.known(entry.dispute):
         raise change.fail("dispute was already opened", dispute=entry.dispute)
+    # Both sides signed into the dispute: the defendant's own receipt, and the challenger's
+    # signed challenge request or (a node) its own statement about the inference.
+    receipt = _signed_statement(change, entry.defendant, entry.defendant_node, entry.inference)
+    if receipt != entry.defendant["receipt"]:
+        raise change.fail("the defendant's statement is not the challenged receipt")
+    node = entry.challenger.get("node")
+    if entry.authorization is None:
+        if node is None or node != entry.challenger_account:
+            raise change.fail(
+                "a challenger signs its challenge: a signed challenge request, or its node's "
+                "signed statement",
+                challenger=entry.challenger_account,
+            )
+        _signed_statement(change, entry.challenger, str(node), entry.inference)
     claim = entry.claim
     if claim in change.state._claims:
         raise change.fail(
@@ -892,6 +957,7 @@ def _node(change: _Change, entry: NodeEntry) -> None:
             "a node stays bound to its first operator", node=node, operator=bound, got=operator
         )
     change.operators[node] = operator
+    change.node_keys[node] = descriptor.public_key
     change.account(node)
     change.account(operator)
 
@@ -899,11 +965,19 @@ def _node(change: _Change, entry: NodeEntry) -> None:
 def _inference(change: _Change, entry: InferenceEntry) -> None:
     if entry.state is not None and entry.state not in change.state._states:
         raise change.fail("the inference cites no state entry", state=entry.state)
+    change.paying = (entry.request_id, frozenset(_answering(entry)), frozenset())
     draw = entry.verdict.draw
     if draw is not None:
         epoch = change.state._epochs.get(draw.epoch)
-        if epoch is None:
+        latest = max(change.state._epochs, default=None)
+        if epoch is None or latest is None:
             raise change.fail("the inference draws from an epoch not begun", epoch=draw.epoch)
+        if draw.epoch < latest - 1:
+            # The current epoch, or the one before for a request in flight at the rotation:
+            # an older key is public, and choosing among epochs would choose the draw.
+            raise change.fail(
+                "the inference draws from an epoch that has ended", epoch=draw.epoch, latest=latest
+            )
         pending = _PendingDraw(change.index, entry.request_id, entry.request_digest, draw)
         if epoch.key is not None:
             pending.check(epoch.key, change)
@@ -913,6 +987,19 @@ def _inference(change: _Change, entry: InferenceEntry) -> None:
         return
     for node_id in dict.fromkeys(entry.verdict.agreeing):
         change.account(node_id).jobs += 1
+
+
+def _answering(entry: InferenceEntry) -> set[str]:
+    """The nodes whose receipts an inference entry holds (the node each statement names)."""
+    nodes: set[str] = set()
+    for receipt in entry.receipts:
+        try:
+            node = Statement.from_bytes(receipt.payload).predicate.get("node")
+        except (FormatError, VerificationError):
+            continue
+        if isinstance(node, Mapping) and isinstance(node.get("id"), str):
+            nodes.add(node["id"])
+    return nodes
 
 
 _HANDLERS: dict[type, tuple[str, Callable[[_Change, Any], None]]] = {
