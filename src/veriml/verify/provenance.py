@@ -64,7 +64,7 @@ def _parse(data: bytes, kind: type[_E], what: str) -> _E:
     try:
         entry = parse_entry(data)
     except FormatError as exc:
-        raise _fail(f"the {what} entry does not parse", reason=exc.message) from exc
+        raise _fail(f"the {what} entry does not parse", reason=exc.diagnostics()) from exc
     if not isinstance(entry, kind):
         raise _fail(f"the {what} evidence is not a {what} entry", type=type(entry).__name__)
     return entry
