@@ -27,6 +27,7 @@ from veriml.core.errors import (
     LimitExceeded,
     NodeUnavailable,
     NotFound,
+    PaymentRequired,
     VerificationError,
 )
 from veriml.protocol.policy import Policy, Verdict
@@ -351,6 +352,8 @@ def openai_error(status: int, body: object, url: str) -> Error:
         return NotFound(message, **evidence)
     if status == 409:
         return Conflict(message, **evidence)
+    if status == 402:
+        return PaymentRequired(message, **evidence)
     if status == 413:
         return LimitExceeded(message, **evidence)
     if status == 400 and code in ("context_length_exceeded", "too_many_tokens"):

@@ -13,13 +13,15 @@ against a checkpoint signed by the pinned log key, never from the coordinator's 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import shutil
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -31,19 +33,18 @@ from veriml.client._chat import (
     canonical_policy,
     openai_error,
 )
-from veriml.client._config import pin_log_key, resolve_url, witness_verifiers
+from veriml.client._config import cache_dir, pin_log_key, resolve_url, witness_verifiers
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
-from veriml.core.completion import relay_name
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     DigestMismatch,
+    Error,
     FormatError,
     KeyFileError,
     LimitExceeded,
     LogInconsistency,
     NodeUnavailable,
-    NotFound,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
@@ -52,12 +53,17 @@ from veriml.protocol.accounts import LedgerRequest
 from veriml.protocol.sse import SSEReader, parse_sse
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
+from veriml.tlog.merkle import verify_consistency
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.answer import InferenceResult, NodeEvidence
 from veriml.verify.completion import VerifiedCompletion, verify_completion
 from veriml.verify.completion_answer import CompletionEvidence, Kind
 from veriml.verify.evidence import open_checkpoint_note
 from veriml.verify.inference import verify_inference
+from veriml.verify.network import NetworkEvidence, Requirements
+
+if TYPE_CHECKING:
+    from veriml.verify.tolerance import OutputBounds
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -70,6 +76,9 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 60.0
 MAX_ANSWER_BYTES = 256 << 20
+MAX_MODEL_BYTES = 8 << 30
+LOG_SIZE_HEADER = "X-Veriml-Log-Size"
+PAYMENT_HEADER = "X-Veriml-Payment"
 # The canonical encoding's header is at most a few hundred bytes on top of the tensor's data.
 MAX_TENSOR_ANSWER_BYTES = DEFAULT_MAX_TENSOR_BYTES + 4096
 
@@ -138,6 +147,25 @@ def _llm_request(
     return LLMRequest(kind, body, canonical_policy(policy), request_id or str(uuid.uuid4()))
 
 
+def _pinned_digest(ref: str) -> Digest | None:
+    """The digest a model reference pins: itself when it is one, else None (a name is bound
+    by the answer's logged provenance; a relayed model has no digest)."""
+    return Digest.from_text(ref) if ref.startswith("sha256:") else None
+
+
+def _answer_to(request_id: str, result: InferenceResult) -> InferenceResult:
+    """``result`` when it answers ``request_id``: a coordinator could return another genuine,
+    logged answer for the id asked."""
+    if result.id != request_id:
+        raise VerificationError(
+            "the answer is for another request id",
+            check="request",
+            asked=request_id[:200],
+            answered=result.id[:200],
+        )
+    return result
+
+
 def _json_body(response: httpx.Response) -> dict[str, Any]:
     """An OpenAI answer's JSON body, or the veriml error its error object stands for."""
     try:
@@ -164,9 +192,24 @@ class _Base:
         verify: bool,
         home: Path | None,
         key: SigningKey | None = None,
+        min_stake: int = 1,
+        trusted_operators: Collection[str] | None = None,
+        allow_unsigned: bool = False,
+        max_fee: int = 0,
     ) -> None:
         self.url = resolve_url(url, home)
         self.key = key
+        if isinstance(max_fee, bool) or not isinstance(max_fee, int) or max_fee < 0:
+            raise FormatError("max_fee is a non-negative integer", got=str(max_fee)[:40])
+        self.max_fee = max_fee
+        # What this client requires of the operators and models behind an answer.
+        self.requirements = Requirements(
+            min_stake=min_stake,
+            trusted_operators=None if trusted_operators is None else frozenset(trusted_operators),
+            allow_unsigned=allow_unsigned,
+        )
+        self._bounds: dict[Digest, OutputBounds] = {}
+        self._rules: tuple[float, Mapping[str, Any]] | None = None
         self._prefix = urlsplit(self.url).path.rstrip("/")
         self.verify = verify
         self.witnesses = witness_verifiers(tuple(witnesses))
@@ -180,10 +223,13 @@ class _Base:
         # Model references resolved to digests through the hub (None: not a hub model).
         self._models: dict[str, Digest | None] = {}
 
-    def _check_consistent(self, signed: SignedCheckpoint) -> None:
+    def _check_consistent(
+        self, signed: SignedCheckpoint, proof: tuple[int, Sequence[bytes]] | None = None
+    ) -> None:
         """Online only: the answer's tree and the largest one seen before are one history
-        (RFC 9162 §2.1.4 consistency proof, computed from tiles), so a coordinator cannot
-        show this client two forks of its log."""
+        (RFC 9162 §2.1.4 consistency proof: the one the answer carries from the size this
+        client told it, else one computed from tiles), so a coordinator cannot show this
+        client two forks of its log."""
         with self._latest_lock:
             latest = self._latest
         if latest is None or latest.checkpoint == signed.checkpoint:
@@ -194,7 +240,11 @@ class _Base:
             older, newer = signed, latest
         if older is not None:
             try:
-                self._log_client().verify_consistent(older.checkpoint, newer)
+                old, new = older.checkpoint, newer.checkpoint
+                if proof is not None and proof[0] == old.size and newer is signed:
+                    verify_consistency(old.size, new.size, proof[1], old.root_hash, new.root_hash)
+                else:
+                    self._log_client().verify_consistent(old, newer)
             except VerificationError as exc:
                 raise LogInconsistency(
                     "the log shown to this client forked",
@@ -213,7 +263,18 @@ class _Base:
         client = self.key.key_id if self.key is not None else None
         expect = Expected.of(model, inputs, policy, request_id, client)
         content = expect.content()
-        return expect, content, expect.headers(self.key, self._prefix + "/v1/inferences", content)
+        headers = expect.headers(self.key, self._prefix + "/v1/inferences", content)
+        return expect, content, headers | self._extra_headers(expect.request_id)
+
+    def _extra_headers(self, request_id: str) -> dict[str, str]:
+        """What every request adds: the size of the last checkpoint seen (the answer proves
+        consistency from it) and, with a key and ``max_fee``, a signed payment of at most
+        ``max_fee`` for this request's fees (docs/ledger.md, "Fees")."""
+        headers = self._known_size()
+        if self.key is not None and self.max_fee > 0:
+            payment = LedgerRequest.signed(self.key, "payment", self.max_fee, request=request_id)
+            headers[PAYMENT_HEADER] = base64.b64encode(payment.to_bytes()).decode()
+        return headers
 
     def _publish_headers(self, folder: Path, publisher: SigningKey) -> dict[str, str]:
         """A publication is signed by the publisher key itself, whatever key the client
@@ -256,18 +317,20 @@ class _Base:
             self.log_key = pin_log_key(None)
         return self.log_key
 
-    def _verify_result(
-        self, result: InferenceResult, expect: Expected | None = None
-    ) -> InferenceResult:
-        """Fetch each answering node's registration entry with its proof at the answer's
-        checkpoint (both checked against the pinned key), then verify everything."""
-        key = self._pinned()
-        signed = open_checkpoint_note(
-            result.log.checkpoint, key, witnesses=self.witnesses, quorum=self.quorum
-        )
-        log = self._log_client()
-        nodes: list[NodeEvidence] = []
-        for node in result.nodes:
+    def _node_evidence(
+        self,
+        nodes: Sequence[NodeEvidence],
+        network: NetworkEvidence,
+        signed: SignedCheckpoint,
+    ) -> list[NodeEvidence]:
+        """The answering nodes' registrations: from the answer's own ``evidence`` (proven at
+        its checkpoint), else fetched from the log's tiles (a coordinator that cites none)."""
+        cited = {e.index for e in network.entries}
+        out: list[NodeEvidence] = []
+        for node in nodes:
+            if node.entry is not None or node.log_index in cited:
+                out.append(node)
+                continue
             if not 0 <= node.log_index < signed.checkpoint.size:
                 raise VerificationError(
                     "a node's registration is not in the answer's checkpoint",
@@ -275,14 +338,47 @@ class _Base:
                     node=node.id,
                     index=node.log_index,
                 )
-            entry, proof = log.entry(node.log_index, signed)
-            nodes.append(NodeEvidence(node.id, node.log_index, entry, tuple(proof)))
-        full = result.with_nodes(nodes)
-        verified = verify_inference(full, log_key=key, witnesses=self.witnesses, quorum=self.quorum)
+            entry, proof = self._log_client().entry(node.log_index, signed)
+            out.append(NodeEvidence(node.id, node.log_index, entry, tuple(proof)))
+        return out
+
+    def _signed(self, note: bytes) -> SignedCheckpoint:
+        """The answer's checkpoint under the pinned key and witness quorum."""
+        return open_checkpoint_note(
+            note, self._pinned(), witnesses=self.witnesses, quorum=self.quorum
+        )
+
+    def _verify_result(
+        self,
+        result: InferenceResult,
+        expect: Expected | None = None,
+        bounds: OutputBounds | None = None,
+    ) -> InferenceResult:
+        """Verify an answer with the evidence it carries (node registrations, ledger state,
+        provenance and disputes, all proven at its checkpoint) against the pinned key, then
+        keep the log consistent with what this client saw before."""
+        signed = self._signed(result.log.checkpoint)
+        full = result.with_nodes(self._node_evidence(result.nodes, result.network, signed))
+        verified = verify_inference(
+            full,
+            log_key=self._pinned(),
+            witnesses=self.witnesses,
+            quorum=self.quorum,
+            bounds=bounds,
+            trust=self.requirements,
+            ref=None if expect is None else expect.model,
+        )
         if expect is not None:
             expect.check(verified)
-        self._check_consistent(signed)
+        self._check_consistent(signed, result.log.consistency)
         return replace(full, verified=verified.checks, verification=verified.verification)
+
+    def _known_size(self) -> dict[str, str]:
+        """``X-Veriml-Log-Size``: the size of the largest checkpoint this client verified,
+        so the answer proves its own checkpoint consistent with it."""
+        with self._latest_lock:
+            latest = self._latest
+        return {} if latest is None else {LOG_SIZE_HEADER: str(latest.checkpoint.size)}
 
     def _answer(
         self, response: httpx.Response, verify: bool | None, expect: Expected | None = None
@@ -297,14 +393,50 @@ class _Base:
         result = InferenceResult.from_json(body)
         if not (self.verify if verify is None else verify):
             return result
-        return self._verify_result(result, expect)
+        bounds = self.output_bounds(result.model) if result.policy.endswith(",tolerance") else None
+        return self._verify_result(result, expect, bounds)
+
+    def output_bounds(self, model: Digest) -> OutputBounds:
+        """The output bounds of ``model`` (blocking), to recompute a tolerance verdict: the
+        model is pulled from the hub and verified as a node pulls it (OMS signature and
+        digest), cached under the user's cache directory, and its bounds computed here
+        (:func:`veriml.verify.tolerance.output_bounds`), never taken from the coordinator."""
+        found = self._bounds.get(model)
+        if found is not None:
+            return found
+        from veriml.models.pull import load_cached, pull_model
+        from veriml.verify.tolerance import output_bounds
+
+        models = cache_dir() / "models"
+        folder = models / model.hex
+        package = None
+        if folder.is_dir():
+            try:
+                package = load_cached(folder, model)
+            except Error:  # changed on disk or half-written: pull it again
+                shutil.rmtree(folder, ignore_errors=True)
+        if package is None:
+            with httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0)) as http:
+                try:
+                    package = pull_model(http, self.url, model, models, max_bytes=MAX_MODEL_BYTES)
+                except httpx.HTTPError as exc:
+                    raise NodeUnavailable(
+                        "cannot pull the model from the hub", model=model, reason=repr(exc)[:200]
+                    ) from exc
+        if package.kind != "onnx":
+            raise VerificationError(
+                "tolerance mode needs an ONNX model", check="tolerance", model=model
+            )
+        bounds = output_bounds(package.load_proto())
+        self._bounds[model] = bounds
+        return bounds
 
     def _llm_headers(self, request: LLMRequest, content: bytes) -> dict[str, str]:
         headers = request.headers()
         if self.key is not None:
             digest = Digest.of(content)
             headers |= request_headers(self.key, "POST", self._prefix + request.path, digest)
-        return headers
+        return headers | self._extra_headers(request.request_id)
 
     def _verify_llm(
         self,
@@ -314,39 +446,26 @@ class _Base:
         *,
         check_policy: bool = True,
     ) -> VerifiedCompletion:
-        """Like :meth:`_verify_result` for an OpenAI-style answer: node registrations fetched
-        and proven at the answer's checkpoint, then :func:`verify_completion` against the
-        request this client sent, and the checkpoint kept consistent with earlier ones."""
-        key = self._pinned()
+        """Like :meth:`_verify_result` for an OpenAI-style answer: the evidence it carries,
+        then :func:`verify_completion` against the request this client sent (a model asked for
+        by name is bound to the digest that ran by its logged provenance), and the checkpoint
+        kept consistent with earlier ones."""
         evidence = CompletionEvidence.from_json(body.get("veriml"))
-        signed = open_checkpoint_note(
-            evidence.log.checkpoint, key, witnesses=self.witnesses, quorum=self.quorum
-        )
-        log = self._log_client()
-        nodes: list[NodeEvidence] = []
-        for node in evidence.nodes:
-            if not 0 <= node.log_index < signed.checkpoint.size:
-                raise VerificationError(
-                    "a node's registration is not in the answer's checkpoint",
-                    check="node-key",
-                    node=node.id,
-                    index=node.log_index,
-                )
-            entry, proof = log.entry(node.log_index, signed)
-            nodes.append(NodeEvidence(node.id, node.log_index, entry, tuple(proof)))
+        signed = self._signed(evidence.log.checkpoint)
         verified = verify_completion(
             body,
-            log_vkey=key,
+            log_vkey=self._pinned(),
             kind=request.kind,
             request=request.body,
             model=model,
             witnesses=self.witnesses,
             quorum=self.quorum,
-            nodes=nodes,
+            nodes=self._node_evidence(evidence.nodes, evidence.network, signed),
+            trust=self.requirements,
         )
         if check_policy:
             request.check(verified)
-        self._check_consistent(signed)
+        self._check_consistent(signed, evidence.log.consistency)
         return verified
 
     def _remember_model(self, ref: str, model: Mapping[str, Any] | None) -> Digest | None:
@@ -379,6 +498,10 @@ class Client(_Base):
         timeout: float = DEFAULT_TIMEOUT,
         home: Path | None = None,
         key: SigningKey | None = None,
+        min_stake: int = 1,
+        trusted_operators: Collection[str] | None = None,
+        allow_unsigned: bool = False,
+        max_fee: int = 0,
     ) -> None:
         super().__init__(
             url,
@@ -388,6 +511,10 @@ class Client(_Base):
             verify=verify,
             home=home,
             key=key,
+            min_stake=min_stake,
+            trusted_operators=trusted_operators,
+            allow_unsigned=allow_unsigned,
+            max_fee=max_fee,
         )
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
@@ -469,12 +596,13 @@ class Client(_Base):
         return self._answer(response, verify, expect)
 
     def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
-        """``GET /v1/inferences/{id}``, verified like :meth:`infer`."""
+        """``GET /v1/inferences/{id}``, verified like :meth:`infer`, and it must be the answer
+        to ``id`` (``check="request"``)."""
         try:
-            response = self._http.get(f"/v1/inferences/{id}")
+            response = self._http.get(f"/v1/inferences/{id}", headers=self._known_size())
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
-        return self._answer(response, verify)
+        return _answer_to(id, self._answer(response, verify))
 
     def _post(self, path: str, content: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         try:
@@ -646,18 +774,10 @@ class Client(_Base):
         return ChatResult.of(request.kind, body, verified)
 
     def _model_digest(self, ref: str) -> Digest | None:
-        """The digest ``ref`` names: itself, or the hub's model of that name (cached). A
-        model the hub does not hold (a relay's upstream name) has none."""
-        if ref.startswith("sha256:"):
-            return Digest.from_text(ref)
-        if relay_name(ref) is not None:
-            return None  # a relayed model: not on the hub, bound to its stand-in digest
-        if ref not in self._models:
-            try:
-                return self._remember_model(ref, self.model(ref))
-            except NotFound:
-                return self._remember_model(ref, None)
-        return self._models[ref]
+        """The digest ``ref`` pins when it is one; a name is bound to the digest that ran by
+        the answer's logged provenance (its namespace owner published it), not by asking the
+        hub, and a relayed model has none."""
+        return _pinned_digest(ref)
 
 
 class AsyncClient(_Base):
@@ -675,6 +795,10 @@ class AsyncClient(_Base):
         home: Path | None = None,
         limits: httpx.Limits | None = None,
         key: SigningKey | None = None,
+        min_stake: int = 1,
+        trusted_operators: Collection[str] | None = None,
+        allow_unsigned: bool = False,
+        max_fee: int = 0,
     ) -> None:
         super().__init__(
             url,
@@ -684,6 +808,10 @@ class AsyncClient(_Base):
             verify=verify,
             home=home,
             key=key,
+            min_stake=min_stake,
+            trusted_operators=trusted_operators,
+            allow_unsigned=allow_unsigned,
+            max_fee=max_fee,
         )
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=timeout, limits=limits or httpx.Limits()
@@ -760,8 +888,8 @@ class AsyncClient(_Base):
         return await self._answer_async(response, verify, expect)
 
     async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
-        response = await self._request("GET", f"/v1/inferences/{id}")
-        return await self._answer_async(response, verify)
+        response = await self._request("GET", f"/v1/inferences/{id}", headers=self._known_size())
+        return _answer_to(id, await self._answer_async(response, verify))
 
     async def _post(self, path: str, content: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
         response = await self._request("POST", path, content=content, headers=dict(headers))
@@ -886,16 +1014,7 @@ class AsyncClient(_Base):
         return ChatResult.of(request.kind, body, verified)
 
     async def _model_digest(self, ref: str) -> Digest | None:
-        if ref.startswith("sha256:"):
-            return Digest.from_text(ref)
-        if relay_name(ref) is not None:
-            return None  # a relayed model: not on the hub, bound to its stand-in digest
-        if ref not in self._models:
-            try:
-                return self._remember_model(ref, await self.model(ref))
-            except NotFound:
-                return self._remember_model(ref, None)
-        return self._models[ref]
+        return _pinned_digest(ref)
 
     async def _answer_async(
         self, response: httpx.Response, verify: bool | None, expect: Expected | None = None

@@ -23,6 +23,7 @@ from veriml.verify.evidence import parse_log_key
 __all__ = [
     "NETWORK_FILE",
     "NetworkFile",
+    "cache_dir",
     "default_home",
     "pin_log_key",
     "read_network_file",
@@ -37,6 +38,17 @@ MAX_NETWORK_FILE = 1 << 20
 def default_home() -> Path:
     """``$VERIML_HOME`` or ``./.veriml``."""
     return Path(os.environ.get("VERIML_HOME") or ".veriml")
+
+
+def cache_dir() -> Path:
+    """The SDK's cache folder in the user's cache directory: ``$VERIML_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/veriml``, else ``~/.cache/veriml`` (models pulled to check tolerance
+    answers, the checkpoints each log was seen at)."""
+    explicit = os.environ.get("VERIML_CACHE_DIR")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME")
+    return (Path(base) if base else Path.home() / ".cache") / "veriml"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The randomness beacon: epoch keys the coordinator commits to before it uses them.
 
 Every request's draw secret ``r`` (which nodes, whether a spot check runs, an LLM's sampling
-seed) is ``HMAC(k_e, request id, request digest)`` under the key of the current **epoch**
+seed) is ``HMAC(k_e, request id)`` under the key of the current **epoch**
 (:mod:`veriml.protocol.draw`). :class:`Beacon` keeps those keys:
 
 1. a new epoch's key is drawn from the CSPRNG and stored in ``beacon_keys`` (the coordinator's
@@ -31,7 +31,6 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.coordinator import db
 from veriml.coordinator.ledger import LedgerBook
-from veriml.core.digest import Digest
 from veriml.core.errors import Error, StorageError
 from veriml.core.timestamps import utc_now
 from veriml.ledger.entries import BeaconEntry
@@ -49,9 +48,9 @@ class Epoch:
     number: int
     key: bytes
 
-    def draw(self, request_id: str, request_digest: Digest) -> Draw:
+    def draw(self, request_id: str) -> Draw:
         """The draw of one request under this epoch's key."""
-        return Draw(self.number, draw_secret(self.key, request_id, request_digest))
+        return Draw(self.number, draw_secret(self.key, request_id))
 
 
 class Beacon:

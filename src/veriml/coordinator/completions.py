@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -44,6 +43,7 @@ import httpx
 import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
+from veriml.coordinator.beacon import Epoch
 from veriml.coordinator.completion_checks import (
     OUTPUT,
     CompletionAnswer,
@@ -56,7 +56,12 @@ from veriml.coordinator.completion_checks import (
     output_json,
     parse_policy,
 )
-from veriml.coordinator.inference import check_request_id
+from veriml.coordinator.inference import (
+    RequestDraws,
+    answer_cites,
+    check_request_id,
+    provenance_json,
+)
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.openai_errors import NodeRefused
 from veriml.coordinator.scheduler import (
@@ -87,6 +92,7 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import SigningKey
 from veriml.ledger.entries import InferenceEntry
+from veriml.protocol.draw import Draw, sampling_seed
 from veriml.tlog.log import Log
 from veriml.verify.policy import (
     DisputeRef,
@@ -120,7 +126,6 @@ __all__ = [
 LLM_ENGINE: Final = "llama.cpp"
 """The engine a node's descriptor lists when it runs GGUF models."""
 NDJSON: Final = "application/x-ndjson"
-SEED_BOUND: Final = 1 << 32
 _MAX_ERROR_BYTES: Final = 64 << 10
 _log = logging.getLogger(__name__)
 
@@ -136,6 +141,8 @@ class LLMModel:
     digest: Digest
     context_length: int | None = None
     relay: str | None = None
+    provenance: tuple[int, int | None] | None = None
+    """Hub models: the log indexes of the model's ``model`` and ``namespace`` entries."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -173,10 +180,14 @@ class Prepared:
     policy: Policy
     candidates: tuple[Candidate, ...]
     extra: Mapping[str, str] = field(default_factory=dict)
-    secret: bytes | None = None
+    draw: Draw | None = None
+    """The request's draw secret (scheduling, spot check, a missing seed)."""
     stored: CompletionAnswer | None = None
     """An answer already given for this ``Idempotency-Key`` and request: :meth:`run` returns
     it without asking any node."""
+    provenance: tuple[int, int | None] | None = None
+    payment: Envelope | None = None
+    known_size: int | None = None
 
 
 class TokenSink:
@@ -285,6 +296,7 @@ class CompletionService:
         options: CompletionOptions | None = None,
         ledger: LedgerBook | None = None,
         disputes: DisputeService | None = None,
+        beacon: Callable[[], Epoch] | None = None,
     ) -> None:
         self._log = log
         self._disputes = disputes
@@ -296,8 +308,8 @@ class CompletionService:
         self._observe = observe or (lambda event, value: None)
         self._options = options or CompletionOptions()
         self._ledger = ledger
+        self._draws = RequestDraws(beacon=beacon, ledger=ledger)
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
-        self._inflight: dict[str, int] = {}
 
     async def prepare(
         self,
@@ -307,9 +319,11 @@ class CompletionService:
         policy: str = "none",
         client: str | None = None,
         request_id: str | None = None,
+        payment: Envelope | None = None,
+        known_size: int | None = None,
     ) -> Prepared:
         """Steps 1-3 without sending anything: the model, the canonical request, the policy,
-        the funds and enough nodes. Every client error surfaces here, before a stream starts.
+        the payment and enough nodes. Every client error surfaces here, before a stream starts.
 
         ``body`` is the OpenAI request body without the ``veriml`` member. ``request_id`` (the
         ``Idempotency-Key``) names the request: when an answer with that id is stored, the same
@@ -326,12 +340,13 @@ class CompletionService:
         # 1. The model and the nodes that may run it (blocking lookups, off the event loop).
         model, candidates = await asyncio.to_thread(self._lookup, model_ref)
         stored = None if key is None else await self._stored(request_id, kind, model, body)
-        # 2. The canonical request; the seed is chosen here so a quorum samples alike.
-        seed = None if kind == "embedding" else secrets.randbelow(SEED_BOUND)
+        # 2. The canonical request. A request without a seed samples with one drawn from its
+        # draw secret (so a quorum samples alike, and the coordinator cannot pick it).
+        draw = self._draws.draw(request_id)
+        seed = None if kind == "embedding" else sampling_seed(draw.secret)
         canonical = canonical_request(
             kind, model.digest, body, seed=seed, max_context=model.context_length
         )
-        secret = secrets.token_bytes(32) if parsed.kind == "spot" else None
         job = CompletionJob(
             request_id=request_id,
             kind=kind,
@@ -339,16 +354,25 @@ class CompletionService:
             canonical=canonical,
             digest=canonical_digest(canonical),
             policy=str(parsed),
-            spot=None if secret is None else spot_commitment(secret),
+            spot=spot_commitment(draw.secret) if parsed.kind == "spot" else None,
             relay=model.relay,
         )
-        if self._ledger is not None and stored is None:
+        if stored is None:
             jobs = parsed.nodes + (1 if parsed.kind in ("spot", "prefill") else 0)
-            await asyncio.to_thread(self._ledger.check_funds, client, jobs)
+            await asyncio.to_thread(self._draws.check_payment, client, payment, request_id, jobs)
         extra = {} if client is None else {"client": client}
         if stored is not None:
             return Prepared(job, parsed, (), extra, stored=stored)
-        prepared = Prepared(job, parsed, tuple(candidates), extra, secret)
+        prepared = Prepared(
+            job,
+            parsed,
+            tuple(candidates),
+            extra,
+            draw,
+            provenance=model.provenance,
+            payment=payment,
+            known_size=known_size,
+        )
         # 3. Enough nodes now, so a stream never starts for a request that cannot run.
         if len(self._choose(prepared, parsed.nodes, frozenset(), frozenset())) < parsed.nodes:
             raise NodeUnavailable(
@@ -387,16 +411,18 @@ class CompletionService:
     def _choose(
         self, prepared: Prepared, count: int, tried: frozenset[str], busy: frozenset[str]
     ) -> list[Candidate]:
+        # A prepared request always has its draw; a challenge of a logged completion (which
+        # is not scheduled anew) draws from its request id like the original did.
+        draw = prepared.draw or self._draws.draw(prepared.job.request_id)
         return pick(
             prepared.candidates,
             prepared.job.model,
             count,
             now=time.time(),
             live_within=self._options.live_within,
+            draw=draw.secret,
             exclude_nodes=tried,
             exclude_operators=busy,
-            inflight=self._inflight,
-            salt=prepared.job.request_id,
         )
 
     async def create(
@@ -408,10 +434,18 @@ class CompletionService:
         client: str | None = None,
         on_token: Callable[[TokenPiece], None] | None = None,
         request_id: str | None = None,
+        payment: Envelope | None = None,
+        known_size: int | None = None,
     ) -> CompletionAnswer:
         """:meth:`prepare` then :meth:`run`."""
         prepared = await self.prepare(
-            kind, body, policy=policy, client=client, request_id=request_id
+            kind,
+            body,
+            policy=policy,
+            client=client,
+            request_id=request_id,
+            payment=payment,
+            known_size=known_size,
         )
         return await self.run(prepared, on_token=on_token)
 
@@ -433,19 +467,25 @@ class CompletionService:
                 failures="; ".join(f.error.diagnostics()[:200] for f in failures[-4:]),
             )
         spot: SpotReveal | None = None
+        draw = prepared.draw
+        assert draw is not None  # prepare() drew it
         if policy.kind == "spot":
-            assert prepared.secret is not None
-            checked = spot_checked(policy, prepared.secret, answers[0][1].receipt)
-            spot = SpotReveal(prepared.secret, checked)
+            checked = spot_checked(policy, draw.secret)
+            spot = SpotReveal(checked)
             if checked:
-                # The checker: another operator's node, running the very same request.
+                # The checker: another operator's node, running the very same request. A drawn
+                # check that no such node carries out is refused, not logged unchecked.
                 tried = frozenset(n.node_id for n, _ in answers)
                 busy = frozenset(n.operator for n, _ in answers)
                 checker = self._choose(prepared, 1, tried, busy)
                 if checker:
                     answers += (await self._run(prepared, checker, None, busy=busy))[0]
-                else:
-                    _log.warning("spot check of %s: no node of another operator", job.request_id)
+                if len({n.operator for n, _ in answers}) < 2:
+                    raise NodeUnavailable(
+                        "the spot check was drawn and no node of another operator carried it out",
+                        request=job.request_id,
+                        policy=str(policy),
+                    )
         triples = [(n.node_id, n.operator, {OUTPUT: a.output}) for n, a in answers]
         evidence = [(n, a.receipt) for n, a in answers]
         disputes: list[DisputeRef] = []
@@ -462,10 +502,20 @@ class CompletionService:
                     )
         # 6. The verdict, from the verified answers; the disagreements it leaves are settled
         # first, and the verdict decided again with their outcomes.
-        verdict = decide(policy, triples, spot=spot, disputes=disputes)
+        final_after = self._draws.final_after(policy)
+        verdict = decide(
+            policy, triples, spot=spot, disputes=disputes, final_after=final_after, draw=draw
+        )
         dissent = await self._settle_dissent(prepared, answers, verdict)
         if dissent:
-            verdict = decide(policy, triples, spot=spot, disputes=[*disputes, *dissent])
+            verdict = decide(
+                policy,
+                triples,
+                spot=spot,
+                disputes=[*disputes, *dissent],
+                final_after=final_after,
+                draw=draw,
+            )
         self._observe("verdict", f"{policy.kind}/{verdict.outcome}")
         chosen = next(
             (a for _, a in answers if {OUTPUT: a.output} == dict(verdict.outputs)), answers[0][1]
@@ -664,6 +714,7 @@ class CompletionService:
         """Step 7: one log entry, its inclusion proof, the stored answer, the fees."""
         job = prepared.job
         extra = {"kind": job.kind, **prepared.extra}
+        state = await self._draws.state()
         entry = InferenceEntry(
             request_id=job.request_id,
             request_digest=job.digest,
@@ -672,6 +723,7 @@ class CompletionService:
             receipts=tuple(r for _, r in evidence),
             verdict=verdict,
             extra=extra,
+            state=state,
         )
         answer: dict[str, Any] = {
             "id": job.request_id,
@@ -688,6 +740,12 @@ class CompletionService:
             # What the OpenAI body is built from, so a retry gets the very same answer back.
             "output": output_json(chosen),
         }
+        nodes = [n for n, _ in evidence]
+        bonds = self._draws.bonds(state, [n.operator for n in nodes])
+        if bonds is not None:
+            answer["bonds"] = bonds
+        if prepared.provenance is not None:
+            answer["provenance"] = provenance_json(prepared.provenance)
         pending = PendingInference(
             inference_id=job.request_id,
             model=job.model,
@@ -695,17 +753,21 @@ class CompletionService:
             request_digest=job.digest,
             entry=entry.to_bytes(),
             answer=answer,
+            cites=answer_cites(nodes, state, prepared.provenance, verdict.disputes),
+            known_size=prepared.known_size,
         )
         await self._store.reserve(pending)
-        index = await self._log.add_async(pending.entry)
+        fees = self._draws.fees(
+            prepared.extra.get("client"),
+            prepared.payment,
+            [n.node_id for n in nodes],
+            job.request_id,
+        )
+        if fees and self._ledger is not None:
+            index = (await self._ledger.append([entry, *fees]))[0]
+        else:
+            index = await self._log.add_async(pending.entry)
         stored = await self._store.commit(index, pending)
-        if self._ledger is not None:
-            client = prepared.extra.get("client")
-            fees = self._ledger.fees(client, [n.node_id for n, _ in evidence], job.request_id)
-            try:
-                await self._ledger.append(fees)
-            except Error as exc:  # the answer is logged; a fee the payer cannot pay is skipped
-                _log.warning("fees of %s not logged: %s", job.request_id, exc.diagnostics())
         return dict(stored.response)
 
     async def _run(
@@ -754,19 +816,14 @@ class CompletionService:
     async def _tracked(
         self, node: Candidate, call: Awaitable[Mapping[str, Any]]
     ) -> Mapping[str, Any]:
-        """Await ``call`` counted as one job in flight on ``node``; a node that did not answer
-        is reported (``node_failed``) so the scheduler leaves it out until it heartbeats."""
-        self._inflight[node.node_id] = self._inflight.get(node.node_id, 0) + 1
+        """Await ``call``; a node that did not answer is reported (``node_failed``) so the
+        scheduler leaves it out until it heartbeats."""
         try:
             return await call
         except NodeUnavailable:
             if self._node_failed is not None:
                 await asyncio.to_thread(self._node_failed, node.node_id)
             raise
-        finally:
-            self._inflight[node.node_id] -= 1
-            if not self._inflight[node.node_id]:
-                del self._inflight[node.node_id]
 
     async def _post(
         self, node: Candidate, body: Mapping[str, Any], sink: TokenSink | None

@@ -9,16 +9,22 @@ steps, in order; nothing is written anywhere before step 7:
    ``InvalidInput`` naming the input) -- all before any node is asked;
 3. with an ``Idempotency-Key``, a request already answered returns its stored answer (the same
    key for another request is a ``Conflict``);
-4. pick ``N`` live nodes of distinct operators that serve the model (``NodeUnavailable`` -> 503
+4. with a ledger, check the payment (``PaymentRequired`` -> 402 when the rules charge fees and
+   the request carries no signed payment covering them), draw the request's secret from the
+   current beacon epoch (:mod:`veriml.protocol.draw`), pick ``N`` live nodes of distinct
+   bonded operators in the stake-weighted order that secret gives (``NodeUnavailable`` -> 503
    when there are not enough), and post each a job signed by the coordinator key;
 5. verify each answer's receipt under the node's **registered** key and check it names this
    request (request id and digest, model, policy, input digests); a node that fails, times out
    or answers with evidence that does not verify is replaced by another (bounded attempts);
 6. decide the verdict with :func:`veriml.verify.policy.decide` (a rejected verdict is still an
-   answer, logged and returned);
+   answer, logged and returned); it reveals the draw secret, says when the answer becomes final
+   (``final_after``: the challenge window), and a drawn spot check that no node of another
+   operator carried out is refused (503), not logged;
 7. write a pending ``inferences`` row (the answer without ``log``, the entry and its leaf
-   hash), append **one** :class:`~veriml.ledger.entries.InferenceEntry` to the log, prove its
-   inclusion at the published checkpoint that covers it, complete the row, return the answer.
+   hash), append **one** :class:`~veriml.ledger.entries.InferenceEntry` to the log (with its
+   fees, as one group, when the request pays), prove its inclusion and that of every entry it
+   cites at the published checkpoint that covers it, complete the row, return the answer.
 
 The log entry is the request's single point of commitment: a crash before step 7 leaves no
 trace, and the entry is one atomic append, so a request is logged completely or not at all.
@@ -50,6 +56,7 @@ import numpy.typing as npt
 import onnx
 from sqlalchemy.engine import Engine
 
+from veriml.coordinator.beacon import Epoch
 from veriml.coordinator.dispatch import JobSpec, dispatch
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.scheduler import (
@@ -61,6 +68,7 @@ from veriml.coordinator.scheduler import (
     pick,
 )
 from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
     Error,
@@ -76,8 +84,10 @@ from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.receipt import request_digest
 from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
 from veriml.core.timestamps import format_time
-from veriml.ledger.entries import InferenceEntry
+from veriml.ledger.entries import Entry, InferenceEntry
+from veriml.ledger.rules import Rules
 from veriml.models import IOSignature
+from veriml.protocol.draw import Draw
 from veriml.runtime import RunResult, canonical_request, validate_inputs
 from veriml.tlog.log import Log
 from veriml.verify import verify_receipt
@@ -115,10 +125,95 @@ _BOUNDS_CACHE = 64
 
 @dataclass(frozen=True, slots=True)
 class ResolvedModel:
-    """What the service needs of a hub model: its digest and IO signature."""
+    """What the service needs of a hub model: its digest, IO signature and the log indexes of
+    its provenance (its ``model`` and ``namespace`` entries), which every answer cites."""
 
     digest: Digest
     io: IOSignature
+    provenance: tuple[int, int | None] | None = None
+
+
+def provenance_json(provenance: tuple[int, int | None] | None) -> dict[str, Any] | None:
+    """An answer's ``provenance`` member: ``{"model": index, "namespace": index | null}``."""
+    if provenance is None:
+        return None
+    return {"model": provenance[0], "namespace": provenance[1]}
+
+
+class RequestDraws:
+    """The randomness and ledger context every request gets before it runs: its draw secret
+    from the beacon's current epoch, the ``state`` entry it cites, the rules, and the stake
+    proofs its answer carries. Shared by the inference and completion services."""
+
+    def __init__(self, *, beacon: Callable[[], Epoch] | None, ledger: LedgerBook | None) -> None:
+        # Without a beacon (a service built by hand, in tests) draws come from a key this
+        # process keeps to itself: unpredictable, but no log commits to it.
+        self._beacon = beacon or (lambda: _PRIVATE_EPOCH)
+        self.ledger = ledger
+
+    def draw(self, request_id: str) -> Draw:
+        return self._beacon().draw(request_id)
+
+    @property
+    def rules(self) -> Rules | None:
+        return None if self.ledger is None else self.ledger.rules
+
+    def final_after(self, policy: Policy) -> str | None:
+        """When the answer can no longer be challenged: ``optimistic:W``'s W, else the
+        rules' challenge window (None without a ledger, except for optimistic)."""
+        window: float | None = policy.window if policy.kind == "optimistic" else None
+        if window is None and self.ledger is not None:
+            window = self.ledger.rules.challenge_window
+        if window is None:
+            return None
+        return format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=window))
+
+    async def state(self) -> int | None:
+        """The ``state`` entry the request is scheduled under (and its answer cites)."""
+        return None if self.ledger is None else await self.ledger.current_state()
+
+    def bonds(self, state: int | None, operators: Sequence[str]) -> dict[str, Any] | None:
+        """The answer's ``bonds`` member: the cited state and each operator's stake proof."""
+        if state is None or self.ledger is None:
+            return None
+        proofs = self.ledger.prove_bonds(state, operators)
+        return {"state": state, "proofs": [p.to_json() for p in proofs]}
+
+    def check_payment(
+        self, client: str | None, payment: Envelope | None, request_id: str, jobs: int
+    ) -> None:
+        if self.ledger is not None:
+            self.ledger.check_payment(client, payment, request_id, jobs)
+
+    def fees(
+        self, client: str | None, payment: Envelope | None, nodes: Sequence[str], request: str
+    ) -> list[Entry]:
+        if self.ledger is None:
+            return []
+        return self.ledger.fees(client, payment, nodes, request)
+
+
+_PRIVATE_EPOCH = Epoch(0, secrets.token_bytes(32))
+
+
+def answer_cites(
+    nodes: Sequence[Candidate],
+    state: int | None,
+    provenance: tuple[int, int | None] | None,
+    disputes: Sequence[DisputeRef],
+) -> tuple[int, ...]:
+    """The log indexes an answer relies on, proven beside it: the nodes' registrations, the
+    cited state, the model's provenance, each dispute's challenge and verdict."""
+    cites = [n.log_index for n in nodes]
+    if state is not None:
+        cites.append(state)
+    if provenance is not None:
+        cites += [i for i in provenance if i is not None]
+    for ref in disputes:
+        cites.append(ref.log_index)
+        if ref.opened is not None:
+            cites.append(ref.opened)
+    return tuple(sorted(set(cites)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -150,11 +245,15 @@ class _Answer:
 @dataclass(frozen=True, slots=True)
 class _Request:
     """One request as the policies need it: the shared job spec, the decoded inputs (for
-    disputes and the tensor store) and the spot secret (``spot:P`` only)."""
+    disputes and the tensor store), its draw, the model's provenance, the client's signed
+    payment and the size of its last checkpoint."""
 
     spec: JobSpec
     arrays: Mapping[str, Array]
-    secret: bytes | None = None
+    draw: Draw
+    provenance: tuple[int, int | None] | None = None
+    payment: Envelope | None = None
+    known_size: int | None = None
 
 
 # -- the service ---------------------------------------------------------------------------------
@@ -241,7 +340,9 @@ class InferenceService:
     gives the model whose output bounds tolerance mode compares with; ``store_tensors(arrays)``
     (blocking) keeps every request's inputs by digest before the log append, so watchers and
     disputes can fetch them. With a ``ledger``, a signed client pays ``fee_per_job`` to each
-    node that answered (checked before any node runs, logged after the inference entry).
+    node that answered (its signed payment checked before any node runs, the fees logged with
+    the inference entry), nodes are scheduled under the latest ``state`` entry, and answers
+    carry their operators' stake proofs. ``beacon()`` gives the current randomness epoch.
     """
 
     def __init__(
@@ -260,12 +361,14 @@ class InferenceService:
         load_model: Callable[[Digest], onnx.ModelProto] | None = None,
         store_tensors: Callable[[Mapping[str, Array]], object] | None = None,
         ledger: LedgerBook | None = None,
+        beacon: Callable[[], Epoch] | None = None,
     ) -> None:
         self._log = log
         self._disputes = disputes
         self._load_model = load_model
         self._store_tensors = store_tensors
         self._ledger = ledger
+        self._draws = RequestDraws(beacon=beacon, ledger=ledger)
         self._bounds: dict[Digest, OutputBounds] = {}
         self._key = key
         self._http = http
@@ -276,7 +379,6 @@ class InferenceService:
         self._options = options or InferenceOptions()
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
         self._lookups: dict[str, tuple[float, ResolvedModel, list[Candidate]]] = {}
-        self._inflight: dict[str, int] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
         self._crash_after_append = os.environ.get(CRASH_AFTER_APPEND) == "1"
         if self._crash_after_append:
@@ -302,11 +404,16 @@ class InferenceService:
         *,
         idempotency_key: str | None = None,
         client: str | None = None,
+        payment: Envelope | None = None,
+        known_size: int | None = None,
     ) -> dict[str, Any]:
         """Answer one ``{"model", "inputs", "policy"}`` request (module docstring, steps 1-7).
 
         ``client`` is the key id of a verified request signature: it is logged with the
         request (``request.client`` in the entry) and returned as ``request.client``.
+        ``payment`` is its signed payment (``X-Veriml-Payment``); ``known_size`` the size of
+        the client's last checkpoint (``X-Veriml-Log-Size``), which the answer proves
+        consistency from.
         """
         model_ref = request.get("model")
         if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
@@ -327,8 +434,10 @@ class InferenceService:
             model.io, request.get("inputs"), max_tensor_bytes=self._options.max_tensor_bytes
         )
         input_digests = {name: tensor_digest(a) for name, a in arrays.items()}
-        # spot:P commits to a fresh secret in every job; the verdict reveals it.
-        secret = secrets.token_bytes(32) if policy.kind == "spot" else None
+        digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
+        # The request's draw secret: who runs it, whether a spot check runs. Every job of a
+        # spot:P request commits to it; the verdict reveals it.
+        draw = self._draws.draw(request_id)
         spec = JobSpec(
             request_id=request_id,
             model=model.digest,
@@ -336,15 +445,16 @@ class InferenceService:
             inputs_json=inputs_json,
             policy=str(policy),
             trace=policy.kind == "optimistic",
-            spot=None if secret is None else spot_commitment(secret),
+            spot=spot_commitment(draw.secret) if policy.kind == "spot" else None,
+            challenge_window=None
+            if self._draws.rules is None
+            else self._draws.rules.challenge_window,
         )
-        job = _Request(spec, arrays, secret)
-        digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
+        job = _Request(spec, arrays, draw, model.provenance, payment, known_size)
         extra = {} if client is None else {"client": client}
-        if self._ledger is not None:
-            # Every node that answers is paid: a spot check may add one.
-            jobs = policy.nodes + (1 if policy.kind == "spot" else 0)
-            await asyncio.to_thread(self._ledger.check_funds, client, jobs)
+        # Every node that answers is paid: a spot check may add one.
+        jobs = policy.nodes + (1 if policy.kind == "spot" else 0)
+        await asyncio.to_thread(self._draws.check_payment, client, payment, request_id, jobs)
         if idempotency_key is None:
             return await self._answer(job, digest, policy, candidates, extra)
         # 3. One answer per key: later requests with the key get the stored answer.
@@ -393,7 +503,6 @@ class InferenceService:
         return model, candidates
 
     async def _attempt(self, node: Candidate, spec: JobSpec, digest: Digest) -> _Answer:
-        self._inflight[node.node_id] = self._inflight.get(node.node_id, 0) + 1
         try:
             result = await dispatch(
                 self._http, node, spec, self._key, timeout=self._options.job_timeout
@@ -403,10 +512,6 @@ class InferenceService:
             if self._node_failed is not None:
                 await asyncio.to_thread(self._node_failed, node.node_id)
             raise
-        finally:
-            self._inflight[node.node_id] -= 1
-            if not self._inflight[node.node_id]:
-                del self._inflight[node.node_id]
         outputs = check_answer(result, node, node_key(node.public_key), spec, digest)
         return _Answer(result, outputs)
 
@@ -419,7 +524,8 @@ class InferenceService:
         extra: Mapping[str, str],
     ) -> dict[str, Any]:
         spec = request.spec
-        # 4. Nodes of distinct operators, least loaded first.
+        state = await self._draws.state()
+        # 4. Nodes of distinct bonded operators, in the order the request's draw gives.
         now = time.time()
         live = self._options.live_within
 
@@ -430,10 +536,9 @@ class InferenceService:
                 count,
                 now=now,
                 live_within=live,
+                draw=request.draw.secret,
                 exclude_nodes=tried,
                 exclude_operators=busy,
-                inflight=self._inflight,
-                salt=spec.request_id,
             )
 
         first = choose(policy.nodes, frozenset(), frozenset())
@@ -457,23 +562,24 @@ class InferenceService:
         # 6. The verdict, from the verified answers (and the disputes they led to).
         bounds = await self._output_bounds(spec.model) if policy.compare == "tolerance" else None
         spot: SpotReveal | None = None
-        final_after: str | None = None
         if policy.kind == "spot":
-            assert request.secret is not None
-            checked = spot_checked(policy, request.secret, answers[0][1].result.receipt)
-            spot = SpotReveal(request.secret, checked)
+            checked = spot_checked(policy, request.draw.secret)
+            spot = SpotReveal(checked)
             if checked:
-                # The checker: another operator's node, running the very same request.
+                # The checker: another operator's node, running the very same request. A drawn
+                # check that no such node carries out is refused, not logged unchecked.
                 tried = frozenset(n.node_id for n, _ in answers)
                 busy = frozenset(n.operator for n, _ in answers)
                 checker = choose(1, tried, busy)
                 if checker:
                     answers += (await self._run(checker, spec, digest, choose, busy=busy))[0]
-                else:
-                    _log.warning("spot check of %s: no node of another operator", spec.request_id)
-        elif policy.kind == "optimistic":
-            window = dt.timedelta(seconds=policy.window)
-            final_after = format_time(dt.datetime.now(dt.UTC) + window)
+                if len({n.operator for n, _ in answers}) < 2:
+                    raise NodeUnavailable(
+                        "the spot check was drawn and no node of another operator carried it out",
+                        request=spec.request_id,
+                        policy=str(policy),
+                    )
+        final_after = self._draws.final_after(policy)
 
         def verdict_of(disputes: Sequence[DisputeRef]) -> Verdict:
             return decide(
@@ -484,6 +590,7 @@ class InferenceService:
                 spot=spot,
                 final_after=final_after,
                 disputes=disputes,
+                draw=request.draw,
             )
 
         verdict = verdict_of(())
@@ -502,31 +609,50 @@ class InferenceService:
             receipts=tuple(a.result.receipt for _, a in answers),
             verdict=verdict,
             extra=extra,
+            state=state,
         )
-        # 7. The inputs by digest, a pending row, one log entry, its proof, the completed row.
+        # 7. The inputs by digest, a pending row, one log entry (with its fees), its proof and
+        # the proofs of what it cites, the completed row.
         if self._store_tensors is not None:
             await asyncio.to_thread(self._store_tensors, request.arrays)
+        nodes = [n for n, _ in answers]
+        answer = _response(spec, verdict, answers, chosen, extra, tolerance=bounds is not None)
+        bonds = self._draws.bonds(state, [n.operator for n in nodes])
+        if bonds is not None:
+            answer["bonds"] = bonds
+        if request.provenance is not None:
+            answer["provenance"] = provenance_json(request.provenance)
         pending = PendingInference(
             inference_id=spec.request_id,
             model=spec.model,
             policy=spec.policy,
             request_digest=digest,
             entry=entry.to_bytes(),
-            answer=_response(spec, verdict, answers, chosen, extra, tolerance=bounds is not None),
+            answer=answer,
+            cites=answer_cites(nodes, state, request.provenance, verdict.disputes),
+            known_size=request.known_size,
         )
         await self._store.reserve(pending)
-        index = await self._log.add_async(pending.entry)
+        index = await self._append(entry, pending, extra.get("client"), request.payment, nodes)
         if self._crash_after_append:
             os.kill(os.getpid(), signal.SIGKILL)
         stored = await self._store.commit(index, pending)
-        if self._ledger is not None:
-            client = extra.get("client")
-            fees = self._ledger.fees(client, [n.node_id for n, _ in answers], spec.request_id)
-            try:
-                await self._ledger.append(fees)
-            except Error as exc:  # the answer is logged; a fee the payer cannot pay is skipped
-                _log.warning("fees of %s not logged: %s", spec.request_id, exc.diagnostics())
         return dict(stored.response)
+
+    async def _append(
+        self,
+        entry: InferenceEntry,
+        pending: PendingInference,
+        client: str | None,
+        payment: Envelope | None,
+        nodes: Sequence[Candidate],
+    ) -> int:
+        """Log the inference entry, with its fees right after it (one group, checked by the
+        ledger book) when the request pays; its index."""
+        fees = self._draws.fees(client, payment, [n.node_id for n in nodes], entry.request_id)
+        if not fees or self._ledger is None:
+            return await self._log.add_async(pending.entry)
+        return (await self._ledger.append([entry, *fees]))[0]
 
     async def _run(
         self,

@@ -14,13 +14,14 @@ having failed. The service reports to the app's Prometheus registry:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
-from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.auth import RequestSignature, payment_from_headers
+from veriml.coordinator.beacon import Epoch
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
 from veriml.coordinator.problems import problem
@@ -30,10 +31,19 @@ from veriml.core.digest import Digest
 from veriml.core.errors import Error, InvalidInput, LimitExceeded, NodeUnavailable
 from veriml.models import IOSignature
 
-__all__ = ["inference_service", "node_lister", "recover_pending", "router"]
+__all__ = [
+    "LOG_SIZE_HEADER",
+    "beacon_of",
+    "inference_service",
+    "known_size",
+    "node_lister",
+    "recover_pending",
+    "router",
+]
 
 router = APIRouter(tags=["inference"])
 _RETRY_AFTER = "1"
+LOG_SIZE_HEADER = "X-Veriml-Log-Size"
 
 
 def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
@@ -113,7 +123,12 @@ def _service_from_state(state: Any) -> InferenceService:
                 model=ref[:200],
                 kind=record.kind,
             )
-        return ResolvedModel(record.digest, IOSignature.from_json(record.io))
+        provenance = state.hub.provenance(record.digest)
+        return ResolvedModel(
+            record.digest,
+            IOSignature.from_json(record.io),
+            (provenance.model, provenance.namespace),
+        )
 
     list_nodes = node_lister(state)
 
@@ -138,7 +153,23 @@ def _service_from_state(state: Any) -> InferenceService:
         load_model=getattr(state, "load_model", None),
         store_tensors=getattr(state, "store_tensors", None),
         ledger=getattr(state, "ledger", None),
+        beacon=beacon_of(state),
     )
+
+
+def beacon_of(state: Any) -> Callable[[], Epoch] | None:
+    """The app's current-epoch reader (``app.state.beacon``), when it has a beacon."""
+    beacon = getattr(state, "beacon", None)
+    return None if beacon is None else beacon.current
+
+
+def known_size(headers: Mapping[str, str]) -> int | None:
+    """``X-Veriml-Log-Size``: the size of the last checkpoint the client saw (an answer then
+    carries a consistency proof from it); ignored when it is not a non-negative integer."""
+    value = headers.get(LOG_SIZE_HEADER.lower()) or headers.get(LOG_SIZE_HEADER)
+    if value is None or not value.isdigit() or len(value) > 19:
+        return None
+    return int(value)
 
 
 def inference_service(request: Request) -> InferenceService:
@@ -214,12 +245,19 @@ async def create_inference(
     (``request.client``); a signature that does not verify is refused (403).
     """
     signature = RequestSignature.from_headers(request.headers)
+    payment = payment_from_headers(request.headers)
     limit = request.app.state.settings.max_json_bytes
     raw = await _read_body(request, limit)
     client = signature.verify("POST", request.url.path, Digest.of(raw)) if signature else None
     body = parse_json_object(raw, what="inference request")
     try:
-        answer = await service.create(body, idempotency_key=idempotency_key, client=client)
+        answer = await service.create(
+            body,
+            idempotency_key=idempotency_key,
+            client=client,
+            payment=payment,
+            known_size=known_size(request.headers),
+        )
     except NodeUnavailable as exc:
         return _upstream_problem(exc, 503)
     except JobRejected as exc:

@@ -18,7 +18,8 @@ One pure mapping, :func:`openai_error`, turns a veriml error into a status and t
     other FormatError, InvalidInput, or a node
       refusing a named request member           400     invalid_request_error / (none)
     SignatureError (a signed request)           403     permission_error / invalid_signature
-    Conflict (funds)                            409     invalid_request_error / conflict
+    Conflict                                    409     invalid_request_error / conflict
+    PaymentRequired (fees, no signed payment)   402     insufficient_quota / payment_required
     NodeUnavailable                             503     service_unavailable_error /
                                                         no_nodes_available
     a node refusing the job for its own reasons 502     upstream_error / node_refused
@@ -45,6 +46,7 @@ from veriml.core.errors import (
     LimitExceeded,
     NodeUnavailable,
     NotFound,
+    PaymentRequired,
     SignatureError,
     VerificationError,
 )
@@ -126,6 +128,8 @@ def openai_error(exc: Error) -> OpenAIError:
         return 403, _body(message, "permission_error", None, "invalid_signature")
     if isinstance(exc, Conflict):
         return 409, _body(message, "invalid_request_error", param, "conflict")
+    if isinstance(exc, PaymentRequired):
+        return 402, _body(message, "insufficient_quota", None, "payment_required")
     if isinstance(exc, NodeUnavailable):
         return 503, _body(message, "service_unavailable_error", None, "no_nodes_available")
     if isinstance(exc, JobRejected):

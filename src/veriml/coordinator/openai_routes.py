@@ -27,7 +27,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter
 
-from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.auth import RequestSignature, payment_from_headers
 from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
     LLM_ENGINE,
@@ -39,7 +39,7 @@ from veriml.coordinator.completions import (
     Prepared,
     TokenPiece,
 )
-from veriml.coordinator.inference_routes import node_lister
+from veriml.coordinator.inference_routes import beacon_of, known_size, node_lister
 from veriml.coordinator.openai_errors import openai_error
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
@@ -158,7 +158,12 @@ def service_from_state(state: Any) -> CompletionService:
                 model=ref[:200],
             )
         context = record.io.get("context_length")
-        return LLMModel(record.digest, context if isinstance(context, int) else None)
+        provenance = state.hub.provenance(record.digest)
+        return LLMModel(
+            record.digest,
+            context if isinstance(context, int) else None,
+            provenance=(provenance.model, provenance.namespace),
+        )
 
     return CompletionService(
         engine=state.engine,
@@ -177,6 +182,7 @@ def service_from_state(state: Any) -> CompletionService:
         ),
         ledger=getattr(state, "ledger", None),
         disputes=getattr(state, "disputes", None),
+        beacon=beacon_of(state),
     )
 
 
@@ -455,6 +461,7 @@ async def _complete(
 ) -> Response:
     try:
         body, policy, client = await _parse(request)
+        payment, size = payment_from_headers(request.headers), known_size(request.headers)
         stream = _flag(body, "stream")
         include_usage = _include_usage(body) if stream else False
         model = str(body.get("model"))
@@ -464,6 +471,8 @@ async def _complete(
             policy=policy,
             client=client,
             request_id=request.headers.get(IDEMPOTENCY_HEADER),
+            payment=payment,
+            known_size=size,
         )
         if stream:
             return StreamingResponse(
@@ -513,6 +522,7 @@ async def create_embedding(request: Request, service: Service) -> Response:
     member."""
     try:
         body, policy, client = await _parse(request)
+        payment, size = payment_from_headers(request.headers), known_size(request.headers)
         encoding = body.pop("encoding_format", "float")
         if encoding not in ("float", "base64"):
             raise FormatError("encoding_format must be float or base64", param="encoding_format")
@@ -523,6 +533,8 @@ async def create_embedding(request: Request, service: Service) -> Response:
             policy=policy,
             client=client,
             request_id=request.headers.get(IDEMPOTENCY_HEADER),
+            payment=payment,
+            known_size=size,
         )
     except Error as exc:
         return _error(exc)

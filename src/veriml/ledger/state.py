@@ -219,11 +219,10 @@ class _PendingDraw:
 
     index: int
     request_id: str
-    request_digest: Digest
     draw: Draw
 
     def check(self, key: bytes, change: _Change) -> None:
-        if not self.draw.matches(key, self.request_id, self.request_digest):
+        if not self.draw.matches(key, self.request_id):
             raise change.fail(
                 "an inference's draw secret does not follow from its epoch's key",
                 inference=self.request_id,
@@ -978,7 +977,7 @@ def _inference(change: _Change, entry: InferenceEntry) -> None:
             raise change.fail(
                 "the inference draws from an epoch that has ended", epoch=draw.epoch, latest=latest
             )
-        pending = _PendingDraw(change.index, entry.request_id, entry.request_digest, draw)
+        pending = _PendingDraw(change.index, entry.request_id, draw)
         if epoch.key is not None:
             pending.check(epoch.key, change)
         else:

@@ -4,15 +4,16 @@
 Which nodes run a request, whether a ``spot:P`` answer is re-executed, and the sampling seed
 of an LLM request that gave none are all drawn from one 32-byte **draw secret** per request::
 
-    r = HMAC-SHA256(k_e, "veriml-draw/v1\\n" || request id || "\\n" || request digest text)
+    r = HMAC-SHA256(k_e, "veriml-draw/v1\\n" || request id)
 
 ``k_e`` is the coordinator's key for **epoch** ``e``. A ``beacon`` log entry commits to it,
 ``SHA-256("veriml-beacon/v1\\n" || k_e)``, before the epoch starts, and the next ``beacon``
 entry reveals it. So:
 
 - the coordinator cannot choose ``r`` or draw it again (re-dispatching a request changes
-  nothing: ``r`` is a function of the committed key and of the client's request id and
-  request); an auditor recomputes every ``r`` of an epoch once its key is revealed;
+  nothing: ``r`` is a function of the committed key and of the client's request id, which
+  the client chooses and the SDK checks, and one id names one request); an auditor recomputes
+  every ``r`` of an epoch once its key is revealed;
 - nodes and clients cannot predict ``r`` while the epoch runs (the key is secret until then);
 - the verdict reveals ``r`` itself (``draw``), so a client checks at once everything that
   follows from it (the spot decision, the sampling seed), and the auditor later that it
@@ -58,11 +59,12 @@ def beacon_commitment(key: bytes) -> Digest:
     return Digest.of(BEACON_TAG + key)
 
 
-def draw_secret(key: bytes, request_id: str, request_digest: Digest) -> bytes:
-    """The request's draw secret ``r`` under epoch key ``key`` (module docstring)."""
+def draw_secret(key: bytes, request_id: str) -> bytes:
+    """The request's draw secret ``r`` under epoch key ``key`` (module docstring). The request
+    id alone: an LLM request's sampling seed is drawn from ``r``, so ``r`` cannot depend on
+    the request's digest, which covers the seed."""
     _check_key(key, "an epoch key")
-    message = DRAW_TAG + request_id.encode() + b"\n" + request_digest.to_text().encode()
-    return hmac.new(key, message, hashlib.sha256).digest()
+    return hmac.new(key, DRAW_TAG + request_id.encode(), hashlib.sha256).digest()
 
 
 def derive(secret: bytes, purpose: bytes) -> bytes:
@@ -94,10 +96,10 @@ class Draw:
             raise FormatError("a draw epoch is a non-negative integer", got=str(self.epoch)[:40])
         _check_key(self.secret, "a draw secret")
 
-    def matches(self, key: bytes, request_id: str, request_digest: Digest) -> bool:
+    def matches(self, key: bytes, request_id: str) -> bool:
         """Whether ``r`` is the one epoch key ``key`` gives this request (an auditor's check,
         once the key is revealed)."""
-        return hmac.compare_digest(self.secret, draw_secret(key, request_id, request_digest))
+        return hmac.compare_digest(self.secret, draw_secret(key, request_id))
 
     def to_json(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "secret": self.secret.hex()}

@@ -35,7 +35,7 @@ from veriml.core.errors import FormatError
 from veriml.protocol.draw import Draw
 
 if TYPE_CHECKING:
-    from veriml.core.dsse import Envelope
+    pass
 
 __all__ = [
     "BASIS_POINTS",
@@ -63,7 +63,7 @@ BASIS_POINTS: Final = 10_000
 MAX_WINDOW: Final = 7 * 86_400
 SPOT_SECRET_SIZE: Final = 32
 SPOT_COMMIT_TAG: Final = b"veriml-spot-commit/v1\n"
-SPOT_DECIDE_TAG: Final = b"veriml-spot/v1\n"
+SPOT_DECIDE_TAG: Final = b"veriml-spot/v2\n"
 _MAX_POLICY_TEXT: Final = 64
 
 Outcome = Literal["accepted", "rejected"]
@@ -213,28 +213,23 @@ def _winner(value: object) -> Winner:
 
 @dataclass(frozen=True, slots=True)
 class SpotReveal:
-    """The revealed spot-check secret and the decision it implies: ``{"secret", "checked"}``."""
+    """A ``spot:P`` verdict's draw: ``{"checked": bool}``, which must be what the request's
+    draw secret (the verdict's ``draw``) implies (:func:`spot_checked`)."""
 
-    secret: bytes
     checked: bool
 
     def __post_init__(self) -> None:
-        if not isinstance(self.secret, bytes) or len(self.secret) != SPOT_SECRET_SIZE:
-            raise FormatError("a spot secret is 32 bytes", got=len(self.secret))
+        if not isinstance(self.checked, bool):
+            raise FormatError("verdict spot checked must be a boolean", got=self.checked)
 
     def to_json(self) -> dict[str, Any]:
-        return {"secret": self.secret.hex(), "checked": self.checked}
+        return {"checked": self.checked}
 
     @classmethod
     def from_json(cls, obj: object) -> SpotReveal:
-        if not isinstance(obj, Mapping):
-            raise FormatError("verdict spot must be an object")
-        secret, checked = obj.get("secret"), obj.get("checked")
-        if not isinstance(secret, str) or not re.fullmatch(r"[0-9a-f]{64}", secret):
-            raise FormatError("verdict spot secret must be 64 lowercase hex digits")
-        if not isinstance(checked, bool):
-            raise FormatError("verdict spot checked must be a boolean", got=checked)
-        return cls(bytes.fromhex(secret), checked)
+        if not isinstance(obj, Mapping) or set(obj) != {"checked"}:
+            raise FormatError('verdict spot must be {"checked": bool}')
+        return cls(obj["checked"])
 
 
 @dataclass(frozen=True, slots=True)
@@ -381,17 +376,18 @@ def spot_commitment(secret: bytes) -> Digest:
     return Digest.of(SPOT_COMMIT_TAG + secret)
 
 
-def spot_checked(policy: Policy, secret: bytes, receipt: Envelope) -> bool:
-    """Whether the signed ``receipt`` of a ``spot:P`` job is re-executed by a second node.
+def spot_checked(policy: Policy, secret: bytes) -> bool:
+    """Whether a ``spot:P`` request is re-executed by a second node, from its draw secret.
 
-    ``h = SHA-256("veriml-spot/v1\\n" || secret || SHA-256(receipt payload))``; checked when
+    ``h = SHA-256("veriml-spot/v2\\n" || r)``; checked when
     ``int(h[0:8], big-endian) * 10000 < P_bp * 2**64``, i.e. with probability exactly P over
-    uniform ``h``. The node signs the receipt knowing only the commitment to ``secret``.
+    uniform ``h``. ``r`` is fixed by the epoch key committed before the request
+    (:mod:`veriml.protocol.draw`), so re-dispatching cannot draw again; the node signs its
+    receipt knowing only ``spot_commitment(r)``, so it cannot tell whether it is checked.
     """
     if policy.kind != "spot":
         raise FormatError("only spot:P policies have spot checks", policy=str(policy))
     if not isinstance(secret, bytes) or len(secret) != SPOT_SECRET_SIZE:
         raise FormatError("a spot secret is 32 bytes", got=len(secret))
-    payload_digest = hashlib.sha256(receipt.payload).digest()
-    h = hashlib.sha256(SPOT_DECIDE_TAG + secret + payload_digest).digest()
+    h = hashlib.sha256(SPOT_DECIDE_TAG + secret).digest()
     return int.from_bytes(h[:8], "big") * BASIS_POINTS < policy.p_bp * (1 << 64)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import json
 import os
 import tempfile
@@ -47,8 +48,10 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
 from veriml.core.tensors import tensor_from_json, tensor_to_json
+from veriml.core.timestamps import parse_time
 from veriml.protocol.policy import DisputeRef, Verdict
 from veriml.verify.evidence import receipt_node_id
+from veriml.verify.network import NetworkEvidence
 
 __all__ = [
     "MAX_RESULT_BYTES",
@@ -97,18 +100,27 @@ def _encode_hashes(hashes: Sequence[bytes]) -> list[str]:
 @dataclass(frozen=True, slots=True)
 class LogEvidence:
     """Where the inference entry is in the log: its index, its inclusion proof (RFC 9162
-    §2.1.3) and the signed checkpoint (C2SP tlog-checkpoint) that proof leads to."""
+    §2.1.3) and the signed checkpoint (C2SP tlog-checkpoint) that proof leads to; and, when
+    the client said which checkpoint it saw last (``X-Veriml-Log-Size``), a consistency proof
+    from that size to this one (RFC 9162 §2.1.4): ``{"from": size, "proof": [...]}``."""
 
     index: int
     inclusion_proof: tuple[bytes, ...]
     checkpoint: bytes
+    consistency: tuple[int, tuple[bytes, ...]] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "index": self.index,
             "inclusion_proof": _encode_hashes(self.inclusion_proof),
             "checkpoint": self.checkpoint.decode(),
         }
+        if self.consistency is not None:
+            out["consistency"] = {
+                "from": self.consistency[0],
+                "proof": _encode_hashes(self.consistency[1]),
+            }
+        return out
 
     @classmethod
     def from_json(cls, obj: object) -> LogEvidence:
@@ -117,10 +129,19 @@ class LogEvidence:
         checkpoint = obj.get("checkpoint")
         if not isinstance(checkpoint, str) or not checkpoint:
             raise FormatError("log.checkpoint must be the signed checkpoint note text")
+        consistency = obj.get("consistency")
+        if consistency is not None:
+            if not isinstance(consistency, Mapping):
+                raise FormatError('log.consistency must be {"from": size, "proof": [...]}')
+            consistency = (
+                _int(consistency.get("from"), "log.consistency.from"),
+                _hashes(consistency.get("proof"), "log.consistency.proof"),
+            )
         return cls(
             index=_int(obj.get("index"), "log.index"),
             inclusion_proof=_hashes(obj.get("inclusion_proof"), "log.inclusion_proof"),
             checkpoint=checkpoint.encode(),
+            consistency=consistency,
         )
 
 
@@ -216,6 +237,9 @@ class InferenceResult:
     nodes: tuple[NodeEvidence, ...]
     request: Mapping[str, Any] = field(default_factory=dict)
     answers: tuple[AnswerOutputs, ...] = ()
+    network: NetworkEvidence = field(default_factory=NetworkEvidence)
+    """The entries the answer cites, its operators' stake proofs and its model's provenance
+    (:mod:`veriml.verify.network`)."""
     verified: tuple[str, ...] = field(default=(), compare=False)
     verification: Verification | None = field(default=None, compare=False)
 
@@ -231,8 +255,16 @@ class InferenceResult:
 
     @property
     def final_after(self) -> str | None:
-        """``optimistic:W`` only: when the answer becomes final unless challenged (RFC 3339)."""
+        """When the answer becomes final: it can be challenged until then (RFC 3339)."""
         return self.verdict.final_after
+
+    def pending(self, now: dt.datetime | None = None) -> bool:
+        """Whether an ``optimistic:W`` answer is still pending: accepted, but not final until
+        ``final_after`` passes unchallenged. Answers of other policies were checked when they
+        were given, so they are never pending (they stay challengeable until ``final_after``)."""
+        if not self.policy.startswith("optimistic:") or self.final_after is None:
+            return False
+        return (now or dt.datetime.now(dt.UTC)) < parse_time(self.final_after)
 
     @property
     def disputes(self) -> tuple[DisputeRef, ...]:
@@ -268,6 +300,7 @@ class InferenceResult:
             out["request"] = dict(self.request)
         if self.answers:
             out["answers"] = [a.to_json() for a in self.answers]
+        out |= self.network.to_json()
         return out
 
     def to_bytes(self) -> bytes:
@@ -318,6 +351,7 @@ class InferenceResult:
                 nodes=tuple(NodeEvidence.from_json(n) for n in nodes),
                 request=dict(request),
                 answers=tuple(AnswerOutputs.from_json(a) for a in answers),
+                network=NetworkEvidence.from_answer(obj),
             )
         except KeyError as exc:
             raise FormatError("inference result is missing a member", member=str(exc)) from exc

@@ -51,6 +51,7 @@ from veriml.core.completion import (
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import DigestMismatch, FormatError, SignatureError, VerificationError
+from veriml.protocol.draw import Draw, sampling_seed
 from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
 from veriml.protocol.messages import NodeDescriptor, open_prefill_check
 from veriml.tlog.checkpoint import Checkpoint
@@ -69,8 +70,10 @@ from veriml.verify.evidence import (
     node_descriptors,
     open_checkpoint_note,
     parse_log_key,
+    receipt_node_id,
     receipt_signer,
 )
+from veriml.verify.network import Requirements, check_network, proven_entries, with_logged
 from veriml.verify.policy import Policy, Verdict, check_spot_reveal, check_verdict, decide
 
 __all__ = [
@@ -245,8 +248,11 @@ def _check_request(
     predicates: Sequence[CompletionPredicate],
     request: Mapping[str, Any] | None,
     model: Digest | None,
+    draw: Draw | None = None,
 ) -> Digest:
-    """Step 3: the canonical request of what was sent hashes to every receipt's digest."""
+    """Step 3: the canonical request of what was sent hashes to every receipt's digest; a
+    request sent without a seed samples with the one its draw secret gives (``draw``), so
+    the coordinator did not pick it."""
     digests = {p.request_digest for p in predicates}
     if len(digests) != 1:
         raise VerificationError(
@@ -258,6 +264,13 @@ def _check_request(
     if request is None or model is None:
         return signed
     seed = predicates[0].sampling.seed if predicates[0].sampling is not None else None
+    drawn = kind != "embedding" and request.get("seed") is None and seed is not None
+    if drawn and (draw is None or seed != sampling_seed(draw.secret)):
+        raise VerificationError(
+            "the sampling seed was not drawn from the request's draw secret",
+            check="draw",
+            seed=seed,
+        )
     try:
         canonical = canonical_request(kind, model, request, seed=seed)
     except FormatError as exc:
@@ -414,7 +427,14 @@ def _recompute(
         if checker is not None:
             triples.append((checker, nodes[checker].operator, {SUBJECT: answers[0][1]}))
         claimed = evidence.verdict
-        return decide(policy, triples, spot=claimed.spot, disputes=claimed.disputes)
+        return decide(
+            policy,
+            triples,
+            spot=claimed.spot,
+            disputes=claimed.disputes,
+            final_after=claimed.final_after,
+            draw=claimed.draw,
+        )
     except FormatError as exc:
         raise VerificationError(
             "the verdict cannot be recomputed", check="verdict", reason=exc.diagnostics()
@@ -431,6 +451,7 @@ def verify_completion(
     witnesses: Sequence[CosignatureVerifier] = (),
     quorum: int = 0,
     nodes: Sequence[NodeEvidence] | None = None,
+    trust: Requirements | None = None,
 ) -> VerifiedCompletion:
     """Verify an OpenAI-compatible answer (``response``: the JSON body, with its ``veriml``
     member) and its log evidence; raise :class:`VerificationError` on any failure.
@@ -440,9 +461,14 @@ def verify_completion(
     OpenAI request body this client sent and ``model`` the digest it asked for: with both, the
     canonical request is rebuilt and must be the one every receipt signs (without them the
     answer is checked for itself, not for being the answer to your request, and the notes say
-    so). ``nodes`` (the SDK fetches them) replaces the answer's node list with registration
-    entries and their inclusion proofs at the answer's checkpoint.
+    so). A model asked for by name is bound to the digest that ran through the logged
+    provenance (the name's namespace owner published it); ``model`` pins a digest directly.
+    ``nodes`` replaces the answer's node list with registration entries and their inclusion
+    proofs at the answer's checkpoint (the answer's own ``evidence`` carries them too).
+    ``trust`` is what the client requires of the operators and the model
+    (:class:`veriml.verify.network.Requirements`).
     """
+    trust = trust or Requirements()
     log_key = parse_log_key(log_vkey)
     evidence = CompletionEvidence.from_json(response.get("veriml"))
     if nodes is not None:
@@ -453,8 +479,9 @@ def verify_completion(
         evidence.log.checkpoint, log_key, witnesses=witnesses, quorum=quorum
     )
     cp = signed.checkpoint
+    entries = proven_entries(evidence.network.entries, cp)
     # 1. Node keys from the log; every receipt signed by one of them.
-    descriptors = node_descriptors(evidence.nodes, cp)
+    descriptors = node_descriptors(with_logged(evidence.nodes, evidence.network.entries), cp)
     types = [_statement_type(r) for r in evidence.receipts]
     unknown = sorted({t for t in types if t not in (COMPLETION_PREDICATE_TYPE, PREFILL_TYPE)})
     completions = [r for r, t in zip(evidence.receipts, types, strict=True) if t != PREFILL_TYPE]
@@ -469,11 +496,17 @@ def verify_completion(
     predicates = tuple(p for p, _ in answers)
     # 2. The model (the one asked for), the request id and the policy.
     relay = _relay_name(request)
-    trust, signed_model = _check_models(evidence, predicates, model, relay)
+    level, signed_model = _check_models(evidence, predicates, model, relay)
     # 3. The request, rebuilt from what was sent with the seed the receipt records; a relayed
     # request is bound to its model's stand-in digest.
-    stand_in = relay_digest(relay) if relay is not None and trust == "attested-relay" else None
-    request_digest = _check_request(kind, predicates, request, model or signed_model or stand_in)
+    stand_in = relay_digest(relay) if relay is not None and level == "attested-relay" else None
+    request_digest = _check_request(
+        kind,
+        predicates,
+        request,
+        model or signed_model or stand_in,
+        evidence.verdict.draw,
+    )
     # 4. The prompt tokens.
     _check_prompt(kind, evidence, predicates)
     # 5. The output.
@@ -494,36 +527,54 @@ def verify_completion(
         receipts=evidence.receipts,
         verdict=evidence.verdict,
         request=evidence.request,
+        state=evidence.network.state,
     )
-    # 7. The verdict follows from the receipts, and accepts.
+    try:
+        policy = Policy.parse(evidence.policy)
+    except FormatError as exc:
+        raise VerificationError("unknown policy", check="verdict", reason=exc.message) from exc
+    # 7. The network evidence: bonded operators, the model's provenance (a hub model: the
+    # digest that ran is the one the name asked for names), logged disputes, the window.
+    operators = {descriptors[p.node_id].operator for p in predicates}
+    checkers = [receipt_node_id(r) for r in prefills]
+    operators |= {descriptors[n].operator for n in checkers if n is not None and n in descriptors}
+    ref = None if request is None or relay is not None else request.get("model")
+    network = check_network(
+        evidence.network,
+        entries,
+        entry_index=evidence.log.index,
+        request_id=evidence.id,
+        policy=policy,
+        verdict=evidence.verdict,
+        operators=operators,
+        receipts=evidence.receipts,
+        started=min(p.started for p in predicates),
+        finished=max(p.finished for p in predicates),
+        model=signed_model if level == "reexecutable" else None,
+        ref=str(ref) if isinstance(ref, str) else None,
+        trust=trust,
+    )
+    # 8. The verdict follows from the receipts, and accepts.
     checker = None
     if evidence.policy == "prefill":
         checker = _check_prefill(evidence, prefills, descriptors, completions[0], signed_model)
     elif prefills:
         raise VerificationError("only a prefill answer carries prefill checks", check="verdict")
-    notes: list[str] = []
-    checks: tuple[str, ...] = COMPLETION_CHECKS
-    if evidence.verdict.spot is not None or evidence.policy.startswith("spot:"):
-        try:
-            policy = Policy.parse(evidence.policy)
-        except FormatError as exc:
-            raise VerificationError("unknown policy", check="spot", reason=exc.message) from exc
-        operators = [descriptors[p.node_id].operator for p in predicates]
-        if check_spot_reveal(
-            policy, evidence.verdict, completions[0], predicates[0].spot, operators
-        ):
-            checks = (*COMPLETION_CHECKS[:-1], "spot", COMPLETION_CHECKS[-1])
+    notes: list[str] = list(network.notes)
+    ran = list(network.checks)
+    answering = [descriptors[p.node_id].operator for p in predicates]
+    if check_spot_reveal(policy, evidence.verdict, predicates[0].spot, answering):
+        ran.append("spot")
+    checks: tuple[str, ...] = (*COMPLETION_CHECKS[:-1], *ran, COMPLETION_CHECKS[-1])
     recomputed = _recompute(evidence, answers, descriptors, checker)
     check_verdict(evidence.verdict, recomputed)
-    if trust == "attested-relay":
+    if level == "attested-relay":
         notes.append(
             "attested-relay: a relay node signed what its upstream answered; there is no model "
             "digest and nothing to re-execute, so the answer is as good as that node's word"
         )
     if request is None:
         notes.append("the request digest was taken as signed: no request given to rebuild it")
-    elif trust == "reexecutable" and model is None and relay is None:
-        notes.append("the model digest was taken as signed: no requested digest to compare")
     return VerifiedCompletion(
-        evidence, cp, descriptors, predicates, trust, signed_model, checks, tuple(notes)
+        evidence, cp, descriptors, predicates, level, signed_model, checks, tuple(notes)
     )

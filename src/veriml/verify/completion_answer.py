@@ -30,6 +30,7 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError
 from veriml.protocol.policy import Verdict
 from veriml.verify.answer import LogEvidence, NodeEvidence
+from veriml.verify.network import NetworkEvidence
 
 __all__ = [
     "MAX_TOKENS",
@@ -78,6 +79,8 @@ class CompletionEvidence:
     model: Digest | None = None
     """The model digest the entry was logged under, when the coordinator states it (a relayed
     answer's receipts have none)."""
+    network: NetworkEvidence = field(default_factory=NetworkEvidence)
+    """The entries the answer cites, its operators' stake proofs and its model's provenance."""
 
     @classmethod
     def from_json(cls, obj: object) -> CompletionEvidence:
@@ -108,6 +111,7 @@ class CompletionEvidence:
                 nodes=tuple(NodeEvidence.from_json(n) for n in nodes),
                 request=dict(request),
                 model=None if obj.get("model") is None else Digest.from_text(str(obj["model"])),
+                network=NetworkEvidence.from_answer(obj),
             )
         except KeyError as exc:
             raise FormatError("the veriml member is missing a member", member=str(exc)) from exc

@@ -182,9 +182,11 @@ def check_inference_entry(
     receipts: tuple[Envelope, ...],
     verdict: Verdict,
     request: Mapping[str, Any],
+    state: int | None = None,
 ) -> None:
     """The inference entry the coordinator must have appended for this answer, rebuilt byte
-    for byte, is at ``log.index`` in the checkpoint's tree (``inclusion``)."""
+    for byte, is at ``log.index`` in the checkpoint's tree (``inclusion``). ``state`` is the
+    ledger state entry the answer cites (the entry names it too)."""
     try:
         entry = InferenceEntry(
             request_id=request_id,
@@ -194,6 +196,7 @@ def check_inference_entry(
             receipts=receipts,
             verdict=verdict,
             extra=dict(request),
+            state=state,
         ).to_bytes()
     except FormatError as exc:
         raise VerificationError(

@@ -39,7 +39,6 @@ the log evidence every answer shares, :mod:`veriml.verify.evidence`):
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,7 +49,6 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import DigestMismatch, FormatError, SignatureError, VerificationError
 from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
-from veriml.core.timestamps import parse_time
 from veriml.protocol.messages import NodeDescriptor
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
@@ -63,6 +61,13 @@ from veriml.verify.evidence import (
     node_descriptors,
     open_checkpoint_note,
     receipt_signer,
+)
+from veriml.verify.network import (
+    NETWORK_CHECKS,
+    Requirements,
+    check_network,
+    proven_entries,
+    with_logged,
 )
 from veriml.verify.policy import Policy, Verdict, check_spot_reveal, check_verdict, decide
 
@@ -86,11 +91,9 @@ CHECKS = (
     "inclusion",
     "verdict",
 )
-# Checks only some policies have; each runs just before "verdict" and is listed when it ran.
-POLICY_CHECKS = ("spot", "tolerance", "optimistic")
-# How far a node's clock may be ahead of the coordinator's when an optimistic window is checked
-# (as for node heartbeats).
-CLOCK_SKEW = dt.timedelta(seconds=60)
+# Checks only some answers have; each runs just before "verdict" and is listed when it ran:
+# the network evidence (veriml.verify.network), then the policy's own.
+POLICY_CHECKS = (*NETWORK_CHECKS, "spot", "tolerance", "optimistic")
 
 Answer = tuple[str, str, Mapping[str, Digest]]
 Tensors = Mapping[str, npt.NDArray[Any]]
@@ -242,22 +245,29 @@ def verify_inference(
     witnesses: Sequence[CosignatureVerifier] = (),
     quorum: int = 0,
     bounds: OutputBounds | None = None,
+    trust: Requirements | None = None,
+    ref: str | None = None,
 ) -> VerifiedInference:
     """Verify an answer and its log evidence; raise :class:`VerificationError` on any failure.
 
     ``log_key`` is the log's note verifier key you pinned (``NoteVerifier.from_vkey(...)``).
-    The node registration entries and their proofs must be in ``result.nodes`` (the SDK fetches
-    them; saved files carry them). ``bounds`` (tolerance mode only:
-    ``veriml.verify.tolerance.output_bounds(model)`` of the answer's model) lets agreement
-    within bounds be recomputed rather than reported as taken on the coordinator's word.
+    The entries the answer cites (node registrations, the ledger state, the model's
+    provenance, its disputes) and their proofs come with it (``evidence``; saved files carry
+    them). ``bounds`` (tolerance mode: ``veriml.verify.tolerance.output_bounds(model)`` of the
+    answer's model) recomputes agreement within bounds: a tolerance verdict that needs more
+    than bitwise equality is not verified without them. ``trust`` is what the client requires
+    of the operators and the model (:class:`veriml.verify.network.Requirements`); ``ref`` the model
+    reference it asked for (a name is checked against the logged namespace owner).
     """
+    trust = trust or Requirements()
     # 0. The checkpoint, signed by the pinned log key (and the witness quorum).
     signed = open_checkpoint_note(
         result.log.checkpoint, log_key, witnesses=witnesses, quorum=quorum
     )
     cp = signed.checkpoint
+    entries = proven_entries(result.network.entries, cp)
     # 1. Node keys from the log; every receipt signed by one of them.
-    nodes = node_descriptors(result.nodes, cp)
+    nodes = node_descriptors(with_logged(result.nodes, result.network.entries), cp)
     verified = [_receipt(r, nodes) for r in result.receipts]
     predicates = tuple(p for p, _ in verified)
     # 2. The model (and request) every receipt is about.
@@ -276,19 +286,38 @@ def verify_inference(
         receipts=result.receipts,
         verdict=result.verdict,
         request=result.request,
+        state=result.network.state,
     )
     try:
         policy = Policy.parse(result.policy)
     except FormatError as exc:
         raise VerificationError("unknown policy", check="verdict", reason=exc.message) from exc
-    # 5. The policy's own evidence; 6. the verdict follows from all of it and accepts.
+    # 5. The network evidence: bonded operators, the model's provenance, logged disputes,
+    # the challenge window.
+    network = check_network(
+        result.network,
+        entries,
+        entry_index=result.log.index,
+        request_id=result.id,
+        policy=policy,
+        verdict=result.verdict,
+        operators={operator for _, operator, _ in answers},
+        receipts=result.receipts,
+        started=min(p.started for p in predicates),
+        finished=max(p.finished for p in predicates),
+        model=result.model,
+        ref=ref,
+        trust=trust,
+    )
+    # 6. The policy's own evidence; 7. the verdict follows from all of it and accepts.
     ran, notes = _check_policy(result, policy, answers, predicates, bounds)
-    checks = (*CHECKS[:-1], *ran, CHECKS[-1])
+    checks = (*CHECKS[:-1], *network.checks, *ran, CHECKS[-1])
+    notes = [*network.notes, *notes]
     if result.verdict.disputes:
         notes.append(
-            f"{len(result.verdict.disputes)} dispute outcome(s) taken as logged (entries "
-            + ", ".join(str(d.log_index) for d in result.verdict.disputes)
-            + "): the SDK cannot re-run a dispute offline"
+            f"{len(result.verdict.disputes)} dispute outcome(s) checked against their logged "
+            "challenge and verdict entries (re-running a dispute needs both parties' traces, "
+            "which auditors replay from the log)"
         )
     return VerifiedInference(result, cp, nodes, predicates, checks, tuple(notes))
 
@@ -305,13 +334,11 @@ def _check_policy(
     ran: list[str] = []
     notes: list[str] = []
     operators = [operator for _, operator, _ in answers]
-    if check_spot_reveal(policy, verdict, result.receipts[0], predicates[0].spot, operators):
+    if check_spot_reveal(policy, verdict, predicates[0].spot, operators):
         ran.append("spot")
     if policy.kind == "optimistic":
-        _check_optimistic(result, policy, predicates)
+        _check_optimistic(predicates)
         ran.append("optimistic")
-    elif verdict.final_after is not None:
-        raise VerificationError("only an optimistic:W verdict has final_after", check="optimistic")
     if verdict.mode != policy.compare:
         raise VerificationError(
             "the verdict's comparison mode is not the policy's",
@@ -321,14 +348,8 @@ def _check_policy(
         )
     try:
         if policy.compare == "tolerance":
-            recomputed, taken = _decide_tolerance(result, policy, answers, bounds)
+            recomputed = _decide_tolerance(result, policy, answers, bounds)
             ran.append("tolerance")
-            if taken:
-                notes.append(
-                    "tolerance agreement of node(s) " + ", ".join(taken) + " with the verdict's "
-                    "outputs taken as claimed: their outputs differ bitwise and no output "
-                    "bounds were given (pass bounds=output_bounds(model) to recompute it)"
-                )
         else:
             recomputed = _decide(policy, answers, verdict)
     except FormatError as exc:
@@ -346,8 +367,9 @@ def _decide(
     tensors: Sequence[Tensors] | None = None,
     bounds: OutputBounds | None = None,
 ) -> Verdict:
-    """:func:`decide` with what the receipts cannot say taken from the claimed verdict: the
-    spot reveal (checked above), the window's end (checked above), the disputes' outcomes."""
+    """:func:`decide` with what the receipts cannot say taken from the claimed verdict, each
+    checked above: the spot decision and the draw, the window's end, the disputes' outcomes
+    (against their logged entries)."""
     return decide(
         policy,
         answers,
@@ -356,39 +378,19 @@ def _decide(
         spot=claimed.spot,
         final_after=claimed.final_after,
         disputes=claimed.disputes,
+        draw=claimed.draw,
     )
 
 
-def _check_optimistic(
-    result: InferenceResult, policy: Policy, predicates: Sequence[InferencePredicate]
-) -> None:
-    """The answer commits to a trace (so it can be disputed) and its window was not cut."""
-    final_after = result.verdict.final_after
-    if final_after is None:
-        raise VerificationError(
-            "an optimistic:W verdict must say when it is final", check="optimistic"
-        )
+def _check_optimistic(predicates: Sequence[InferencePredicate]) -> None:
+    """An optimistic answer commits to a trace, so it can be disputed while its window (the
+    ``window`` check) runs."""
     primary = predicates[0]
     if primary.trace is None:
         raise VerificationError(
             "the receipt of an optimistic answer must commit to a trace root",
             check="optimistic",
             node=primary.node_id,
-        )
-    try:
-        final = parse_time(final_after, what="verdict final_after")
-        signed = parse_time(primary.finished, what="receipt finished")
-    except FormatError as exc:
-        raise VerificationError(
-            "the optimistic window cannot be read", check="optimistic", reason=exc.message
-        ) from exc
-    if final + CLOCK_SKEW < signed + dt.timedelta(seconds=policy.window):
-        raise VerificationError(
-            "the challenge window is shorter than the policy's",
-            check="optimistic",
-            final_after=final_after,
-            receipt_finished=primary.finished,
-            window=policy.window,
         )
 
 
@@ -424,36 +426,24 @@ def _decide_tolerance(
     policy: Policy,
     answers: Sequence[Answer],
     bounds: OutputBounds | None,
-) -> tuple[Verdict, list[str]]:
-    """The verdict in tolerance mode, and the nodes whose agreement was taken as claimed.
+) -> Verdict:
+    """The verdict in tolerance mode, recomputed from every node's outputs.
 
-    With ``bounds`` agreement is recomputed. Without them, first with zero bounds (equal
-    values agree); if that does not give the claimed verdict, the claimed agreeing nodes are
-    taken to agree with the verdict's outputs, everything else is recomputed, and those nodes
-    are returned so the caller can say so.
+    With ``bounds`` (the model's output bounds) agreement within them is recomputed. Without
+    them only bitwise-equal outputs can be taken to agree: a verdict that needs more is not
+    verified (``check="tolerance"``), since a coordinator could otherwise name any signer as
+    agreeing (the SDK's client fetches the model and computes the bounds itself).
     """
     from veriml.verify.tolerance import OutputBounds
 
     tensors = _answer_tensors(result, answers)
     if bounds is not None:
-        return _decide(policy, answers, result.verdict, tensors, bounds), []
-    exact = OutputBounds(rtol=0.0)
-    recomputed = _decide(policy, answers, result.verdict, tensors, exact)
-    if recomputed == result.verdict:
-        return recomputed, []
-    agreeing = set(result.verdict.agreeing)
-    claimed_outputs = dict(result.verdict.outputs)
-    taken = [
-        node
-        for node, _, digests in answers
-        if node in agreeing and dict(digests) != claimed_outputs
-    ]
-    as_claimed = [
-        (node, operator, claimed_outputs if node in agreeing else digests)
-        for node, operator, digests in answers
-    ]
-    tensors = [
-        result.outputs if node in agreeing else values
-        for (node, _, _), values in zip(answers, tensors, strict=True)
-    ]
-    return _decide(policy, as_claimed, result.verdict, tensors, exact), taken
+        return _decide(policy, answers, result.verdict, tensors, bounds)
+    recomputed = _decide(policy, answers, result.verdict, tensors, OutputBounds(rtol=0.0))
+    if recomputed != result.verdict:
+        raise VerificationError(
+            "tolerance agreement cannot be recomputed without the model's output bounds",
+            check="tolerance",
+            hint="pass bounds=output_bounds(model) (the Client computes them from the hub)",
+        )
+    return recomputed

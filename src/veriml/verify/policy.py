@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Final
 
 from veriml.core.digest import Digest
 from veriml.core.errors import DigestMismatch, FormatError, VerificationError
+from veriml.protocol.draw import Draw
 from veriml.protocol.policy import (
     BASIS_POINTS,
     COMPARES,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
     import numpy as np
     import numpy.typing as npt
 
-    from veriml.core.dsse import Envelope
     from veriml.verify.tolerance import OutputBounds
 
 __all__ = [
@@ -83,28 +83,32 @@ them already; this keeps a request's latency to a few disputes run side by side.
 
 
 def check_spot(
-    policy: Policy, reveal: SpotReveal, receipt: Envelope, commitment: Digest | None
+    policy: Policy, reveal: SpotReveal, draw: Draw | None, commitment: Digest | None
 ) -> None:
-    """Raise unless a verdict's spot reveal is the one the signed receipt committed to.
+    """Raise unless a verdict's spot decision is the one its draw secret implies, and the
+    secret is the one the primary node's signed receipt committed to.
 
-    ``commitment`` is the receipt predicate's ``spot.commitment``: the revealed secret must hash
-    to it (``DigestMismatch``, ``check="spot"``), and the decision it implies must be the
-    verdict's ``checked`` (``VerificationError``, ``check="spot"``).
+    ``commitment`` is the receipt predicate's ``spot.commitment``: ``spot_commitment(r)`` of
+    the verdict's draw secret ``r`` must equal it (``DigestMismatch``, ``check="spot"``: the
+    node signed the commitment before anyone could see the decision), and
+    :func:`spot_checked` of ``r`` must be the verdict's ``checked`` (``VerificationError``).
     """
+    if draw is None:
+        raise VerificationError("a spot:P verdict must reveal its draw secret", check="spot")
     # 1. The secret is the one committed to before the node signed.
-    calculated = spot_commitment(reveal.secret)
+    calculated = spot_commitment(draw.secret)
     if commitment is None or calculated != commitment:
         raise DigestMismatch(
-            "the revealed spot secret is not the one the receipt commits to",
+            "the revealed draw secret is not the one the receipt commits to",
             check="spot",
             expected=commitment,
             calculated=calculated,
         )
-    # 2. The decision follows from the secret and the signed payload.
-    checked = spot_checked(policy, reveal.secret, receipt)
+    # 2. The decision follows from the secret.
+    checked = spot_checked(policy, draw.secret)
     if checked != reveal.checked:
         raise VerificationError(
-            "the spot decision does not follow from the secret and the receipt",
+            "the spot decision does not follow from the draw secret",
             check="spot",
             claimed=reveal.checked,
             recomputed=checked,
@@ -114,28 +118,27 @@ def check_spot(
 def check_spot_reveal(
     policy: Policy,
     verdict: Verdict,
-    primary: Envelope,
     commitment: Digest | None,
     operators: Iterable[str],
 ) -> bool:
     """Raise unless an answer's spot-check evidence holds (docs/verification.md, "Spot checks");
     return whether the policy has one (``spot:P``), i.e. whether the ``spot`` check ran.
 
-    ``primary`` is the first node's verified receipt, ``commitment`` its predicate's
-    ``spot.commitment`` and ``operators`` those of every verified answer. Only a ``spot:P``
-    verdict reveals a secret, and it must: the secret is the one ``primary`` committed to and
-    implies the verdict's ``checked`` (:func:`check_spot`; a receipt that commits to nothing
-    fails, as the reveal could have been chosen after the answer was seen), and a drawn check
-    has a second operator's answer in the evidence, or a dispute.
+    ``commitment`` is the primary (first) receipt's ``spot.commitment`` and ``operators`` those
+    of every verified answer. Only a ``spot:P`` verdict has a spot decision, and it must: the
+    verdict's draw secret is the one the primary committed to and implies the decision
+    (:func:`check_spot`; a receipt that commits to nothing fails), and a drawn check has a
+    second operator's answer in the evidence, or a dispute: a drawn check that no node could
+    carry out is not an accepted answer (the coordinator refuses it too).
     """
     reveal = verdict.spot
     if policy.kind != "spot":
         if reveal is not None:
-            raise VerificationError("only a spot:P verdict reveals a spot secret", check="spot")
+            raise VerificationError("only a spot:P verdict has a spot decision", check="spot")
         return False
     if reveal is None:
-        raise VerificationError("a spot:P verdict must reveal its secret", check="spot")
-    check_spot(policy, reveal, primary, commitment)
+        raise VerificationError("a spot:P verdict must say whether it was checked", check="spot")
+    check_spot(policy, reveal, verdict.draw, commitment)
     answered = set(operators)
     if reveal.checked and len(answered) < 2 and not verdict.disputes:
         raise VerificationError(
@@ -155,6 +158,7 @@ def decide(
     spot: SpotReveal | None = None,
     final_after: str | None = None,
     disputes: Sequence[DisputeRef] = (),
+    draw: Draw | None = None,
 ) -> Verdict:
     """The verdict for verified ``answers``: ``(node id, operator id, output digests)`` each.
 
@@ -165,7 +169,7 @@ def decide(
     answers are grouped greedily in answer order: each joins the first group whose first member
     it agrees with, else starts a group; the largest group (the earliest on a tie) wins.
 
-    - ``none`` / ``optimistic``: the first answer (``final_after`` is recorded as given).
+    - ``none`` / ``optimistic``: the first answer.
     - ``quorum:N/K``: accepted when K distinct operators agree, even if fewer than N answered.
     - ``prefill``: ``answers[0]`` generated, ``answers[1]`` is the checking node, whose output
       map is the generation's when its signed report accepts: accepted with both when they
@@ -176,12 +180,12 @@ def decide(
       ``none``: both, ``neither`` or no dispute: rejected).
 
     Finally, any dispute lost by an agreeing node (as defendant or challenger) rejects.
+    ``final_after`` (when the answer can no longer be challenged) and ``draw`` (the request's
+    draw secret) are recorded as given.
     """
     mode = policy.compare
     if (spot is not None) != (policy.kind == "spot"):
-        raise FormatError("a spot:P verdict needs the spot reveal, and only it has one")
-    if final_after is not None and policy.kind != "optimistic":
-        raise FormatError("only optimistic:W verdicts have final_after", policy=str(policy))
+        raise FormatError("a spot:P verdict needs the spot decision, and only it has one")
     refs = tuple(disputes)
     same = _agreement(policy, answers, tensors, bounds)
     seen_operators: set[str] = set()
@@ -196,7 +200,7 @@ def decide(
         outputs = dict(answers[members[0]][2]) if members else {}
         if outcome == "accepted" and any(set(agreeing) & set(d.losers()) for d in refs):
             outcome = "rejected"
-        return Verdict(str(policy), outcome, agreeing, outputs, mode, spot, final_after, refs)
+        return Verdict(str(policy), outcome, agreeing, outputs, mode, spot, final_after, refs, draw)
 
     if not distinct:
         return verdict("rejected", ())

@@ -56,7 +56,7 @@ def node(
 
 def secret(i: int) -> bytes:
     """The draw secret of request ``req-i`` under one epoch key (bounded, deterministic)."""
-    return draw_secret(EPOCH_KEY, f"req-{i}", Digest.of(f"request {i}".encode()))
+    return draw_secret(EPOCH_KEY, f"req-{i}")
 
 
 DRAW = secret(0)
