@@ -9,6 +9,16 @@ order that sorts them) are the same on every run.
 
     state = ledger(deposit(ALICE, 100, at=1), stake(ALICE, 60, at=2))
     state.account(ALICE.key_id).balance   # 40
+
+Nodes sign too. ``receipt(node, "req-1")`` is the node's own signed statement about a request;
+``inference`` entries hold one per answering node, so the fees right after them can pay those
+nodes, and ``challenge`` puts the defendant's receipt (and a challenging node's own) into the
+dispute. A challenge folds only once its nodes are registered (``node_entry``, or
+``network()``):
+
+    state = network()
+    state.apply(inference("req-1", ACME_NODE))
+    state.apply(challenge("d", ACME_NODE, WATCHER, bond=10, at=5))
 """
 
 from __future__ import annotations
@@ -16,14 +26,16 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import secrets
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
+from veriml.core.dsse import Envelope, Statement, Subject
 from veriml.core.keys import SigningKey
+from veriml.core.receipt import PREDICATE_TYPE
 from veriml.core.timestamps import format_time
 from veriml.ledger import (
     BeaconEntry,
@@ -60,7 +72,7 @@ __all__ = [
     "BOB",
     "BOLT",
     "BOLT_NODE",
-    "RECEIPT",
+    "OUTPUT",
     "RULES",
     "TRACE",
     "WATCHER",
@@ -81,6 +93,8 @@ __all__ = [
     "network",
     "node_entry",
     "payment",
+    "receipt",
+    "receipt_digest",
     "refuses",
     "request_digest",
     "settlement",
@@ -119,8 +133,9 @@ RULES = Rules(admin=ADMIN.key_id, unstake_delay=100.0)
 """Test rules: the defaults (min_stake 100, slash and reward 50 %, bond 10, free inference)
 with a 100 s unstake delay."""
 
-RECEIPT = Digest.of(b"a receipt payload")
-TRACE = {"root": Digest.of(b"a trace"), "size": 3}
+OUTPUT = Digest.of(b"an output")
+"""What the nodes answer (the ``y`` output of every receipt and verdict)."""
+TRACE: dict[str, Any] = {"root": Digest.of(b"a trace"), "size": 3}
 
 
 def _id(who: SigningKey | str) -> str:
@@ -198,43 +213,92 @@ def fee(
     authorization: Envelope | None = None,
 ) -> FeeEntry:
     """A fee for ``request`` under ``authorization`` (default: a payment of exactly
-    ``amount``)."""
+    ``amount``). The fold takes it right after ``request``'s inference entry (or another fee
+    of it), for a node whose receipt that entry holds."""
     signed = authorization or payment(payer, request, amount, at)
     return FeeEntry(payer.key_id, _id(payee), amount, request, t(at), signed)
 
 
+# -- receipts and disputes: what the nodes signed ---------------------------------------------
+
+
+def receipt(
+    node: SigningKey,
+    inference: str = "req-1",
+    *,
+    by: SigningKey | None = None,
+    outputs: Mapping[str, Digest] | None = None,
+) -> Envelope:
+    """``node``'s receipt for request ``inference``: an in-toto Statement over its outputs
+    (default ``{"y": OUTPUT}``) whose predicate names the node and the request, in a DSSE
+    envelope signed by ``node`` (or by ``by``: a receipt ``node`` never signed)."""
+    answered = outputs if outputs is not None else {"y": OUTPUT}
+    statement = Statement(
+        subjects=tuple(Subject(name, d) for name, d in sorted(answered.items())),
+        predicate_type=PREDICATE_TYPE,
+        predicate={
+            "node": {"id": node.key_id},
+            "request": {"id": inference, "digest": request_digest(inference).to_text()},
+            "trace": {"root": TRACE["root"].to_text(), "size": TRACE["size"]},
+        },
+    )
+    return Envelope.sign(statement.to_bytes(), [by or node])
+
+
+def receipt_digest(statement: Envelope) -> Digest:
+    """How a challenge names the receipt it disputes: the SHA-256 of its DSSE payload."""
+    return Digest.of(statement.payload)
+
+
 def challenge(
     dispute: str,
-    defendant: SigningKey | str,
+    defendant: SigningKey,
     challenger: SigningKey | str,
     *,
     bond: int = 0,
     at: float = 0,
-    node: SigningKey | str | None = None,
+    node: SigningKey | None = None,
     inference: str = "req-1",
-    receipt: Digest = RECEIPT,
+    statement: Envelope | None = None,
+    disputed: Digest | None = None,
     outputs: dict[str, Digest] | None = None,
 ) -> ChallengeEntry:
-    """``challenger`` disputes ``defendant``'s receipt. A key signs the bond (a challenge
-    request); an account id stands for a challenge nobody signed (bond 0). ``node`` is the
-    challenging node when a node challenges."""
-    defendant_id = _id(defendant)
-    party: dict[str, Any] = {
-        "account": _id(challenger),
-        "trace": TRACE,
-        "outputs": outputs if outputs is not None else {"y": Digest.of(dispute.encode())},
-    }
+    """``challenger`` disputes ``defendant``'s receipt for ``inference``, claiming ``outputs``
+    instead; both sides signed into it, as the fold requires.
+
+    - The defendant's party carries ``statement``, its receipt (default: the one ``defendant``
+      signed for ``inference``) and names ``disputed`` as the receipt it disputes (default:
+      that statement's digest).
+    - A challenger key signs its challenge request for ``bond``, bond 0 included. A challenger
+      given as an account id signed nothing: no request (the fold refuses that).
+    - ``node`` is the challenging node: its party names it and carries the node's own receipt
+      for ``inference`` (over the claimed outputs). A node challenging in its own name is
+      ``challenge(..., NODE.key_id, node=NODE)``.
+
+    To show a refusal, change one thing: a ``statement`` by another key or about another
+    request, another ``disputed`` receipt, an account id for the challenger, or a party
+    without its ``"statement"`` (``dataclasses.replace``)."""
+    defendant_id = defendant.key_id
+    claimed = outputs if outputs is not None else {"y": Digest.of(dispute.encode())}
+    signed = statement or receipt(defendant, inference)
+    party: dict[str, Any] = {"account": _id(challenger), "trace": TRACE, "outputs": claimed}
     if node is not None:
-        party["node"] = _id(node)
+        party["node"] = node.key_id
+        party["statement"] = receipt(node, inference, outputs=claimed).to_json()
     authorization = None
-    if isinstance(challenger, SigningKey) and bond > 0:
+    if isinstance(challenger, SigningKey):
         authorization = _signed(
             challenger, "challenge", bond, at, inference=inference, node=defendant_id
         )
     return ChallengeEntry(
         dispute=dispute,
         inference=inference,
-        defendant={"node": defendant_id, "receipt": receipt, "trace": TRACE},
+        defendant={
+            "node": defendant_id,
+            "receipt": disputed or receipt_digest(signed),
+            "trace": TRACE,
+            "statement": signed.to_json(),
+        },
         challenger=party,
         mode="bitwise",
         bond=bond,
@@ -350,31 +414,31 @@ def request_digest(request_id: str) -> Digest:
 
 def drawn(request_id: str, epoch: int, *, key: bytes | None = None) -> Draw:
     """The draw the epoch's key gives ``request_id`` (or the one another ``key`` gives)."""
-    secret = draw_secret(key or epoch_key(epoch), request_id, request_digest(request_id))
+    secret = draw_secret(key or epoch_key(epoch), request_id)
     return Draw(epoch, secret)
-
-
-_RECEIPT_KEY = account("receipt-signer")
 
 
 def inference(
     request_id: str,
-    *agreeing: SigningKey | str,
+    *agreeing: SigningKey,
+    dissenting: tuple[SigningKey, ...] = (),
     outcome: Any = "accepted",
     draw: Draw | None = None,
     state: int | None = None,
     extra: dict[str, Any] | None = None,
 ) -> InferenceEntry:
-    """An answered request: the verdict names ``agreeing`` nodes (receipts are not what the
-    fold reads)."""
+    """An answered request: one signed receipt per answering node (``agreeing``, then
+    ``dissenting``, each once), and a verdict naming the ``agreeing`` nodes as given. The fees
+    for ``request_id`` follow this entry and pay those nodes."""
+    answering = dict.fromkeys((*agreeing, *dissenting))
     return InferenceEntry(
         request_id=request_id,
         request_digest=request_digest(request_id),
         model=Digest.of(b"model"),
         policy="none",
-        receipts=(Envelope.sign(b"{}", [_RECEIPT_KEY]),),
+        receipts=tuple(receipt(node, request_id) for node in answering),
         verdict=Verdict(
-            "none", outcome, tuple(_id(a) for a in agreeing), {"y": RECEIPT}, draw=draw
+            "none", outcome, tuple(a.key_id for a in agreeing), {"y": OUTPUT}, draw=draw
         ),
         extra=extra or {},
         state=state,

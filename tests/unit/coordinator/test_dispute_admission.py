@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from _ledger import ADMIN, WATCHER, account, challenge, deposit, ledger
+from _ledger import ADMIN, BOLT, BOLT_NODE, WATCHER, account, challenge, deposit, ledger, node_entry
 from veriml.coordinator.dispute_admission import (
     WindowClosed,
     bond_authorization,
@@ -21,7 +21,7 @@ from veriml.core.timestamps import format_time
 from veriml.protocol.accounts import LedgerRequest
 
 NOW = dt.datetime(2026, 11, 26, 12, tzinfo=dt.UTC)
-NODE = account("bolt-node-1").key_id
+NODE = BOLT_NODE.key_id
 
 
 def _at(seconds: float) -> str:
@@ -89,15 +89,15 @@ def test_a_bond_is_the_challenger_s_own_signed_request_for_exactly_this_dispute(
 
 
 def test_a_claim_is_opened_once_and_only_with_a_bond_the_balance_covers() -> None:
-    state = ledger(deposit(WATCHER, 15))
-    first = challenge("d-1", NODE, WATCHER, bond=10)
+    state = ledger(node_entry(BOLT_NODE, BOLT), deposit(WATCHER, 15))  # the fold knows the node
+    first = challenge("d-1", BOLT_NODE, WATCHER, bond=10)
     check_challenge(state, first)
     with pytest.raises(Conflict, match="already disputed"):
         check_challenge(state, first, opening={first.claim})  # one being opened now
     state.apply(first)
-    again = challenge("d-2", NODE, WATCHER, bond=0, outputs=dict(first.challenger["outputs"]))
+    again = challenge("d-2", BOLT_NODE, WATCHER, bond=0, outputs=dict(first.challenger["outputs"]))
     with pytest.raises(Conflict, match="already disputed"):
         check_challenge(state, again)
-    poorer = challenge("d-3", NODE, WATCHER, bond=10)
+    poorer = challenge("d-3", BOLT_NODE, WATCHER, bond=10)
     with pytest.raises(PaymentRequired, match="balance"):
         check_challenge(state, poorer)

@@ -17,6 +17,7 @@ import pytest
 from fastapi import FastAPI
 
 from _coordinator import running_coordinator
+from _ledger import inference
 from veriml.coordinator.ledger import LedgerBook, TensorStore
 from veriml.coordinator.problems import status_for
 from veriml.core.digest import Digest
@@ -262,11 +263,14 @@ def test_fees_are_logged_per_answering_node_under_the_payment_and_earn_reputatio
         (node_b.key_id, 2, "req-1"),
     ]
     assert all(isinstance(f, FeeEntry) and f.authorization == payment for f in fees)
-    # What the book would append, folded on a copy of its state: the fold accepts the fees.
-    state = fold(fees, start=book.refresh().copy())
+    # What the book would append right after the inference entry holding both nodes' receipts,
+    # folded on a copy of its state: the fold accepts the fees.
+    state = fold([inference("req-1", node_a, node_b), *fees], start=book.refresh().copy())
     assert state.account(client.key_id).balance == 6
     assert [state.reputation_of(n.key_id) for n in (node_a, node_b)] == [1, 1]
-    # The payment is spent: one fee more would take more than it allows.
+    # The payment is spent: one fee more would take more than it allows, even right after
+    # the request's inference entry.
+    state.apply(inference("req-1", node_a))
     with pytest.raises(LedgerError, match="fees exceed"):
         state.apply(book.fees(client.key_id, payment, [node_a.key_id], "req-1")[0])
     assert book.fees(None, payment, [node_a.key_id], "req-1") == []  # an unsigned request

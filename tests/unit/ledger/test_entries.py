@@ -12,7 +12,7 @@ from _ledger import (
     ACME,
     ACME_NODE,
     ACME_NODE_2,
-    RECEIPT,
+    OUTPUT,
     binding,
     descriptor,
     drawn,
@@ -166,7 +166,7 @@ def test_an_inference_verdict_reveals_its_draw_and_cites_its_disputes() -> None:
         model=Digest.of(b"model"),
         policy="none",
         receipts=inference("r-1", ACME_NODE).receipts,
-        verdict=Verdict("none", "rejected", (), {"y": RECEIPT}, disputes=(dispute,), draw=draw),
+        verdict=Verdict("none", "rejected", (), {"y": OUTPUT}, disputes=(dispute,), draw=draw),
     )
     logged = json.loads(entry.to_bytes())["verdict"]
     assert logged["draw"] == {"epoch": 2, "secret": draw.secret.hex()}

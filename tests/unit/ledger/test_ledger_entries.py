@@ -20,6 +20,7 @@ from _ledger import (
     ADMIN,
     ALICE,
     BOB,
+    BOLT_NODE,
     RULES,
     WATCHER,
     beacon,
@@ -29,6 +30,8 @@ from _ledger import (
     fee,
     namespace,
     payment,
+    receipt,
+    receipt_digest,
     stake,
     t,
     unstake,
@@ -169,7 +172,9 @@ def test_absent_optional_members_are_omitted_not_null() -> None:
 
 def test_challenge_parties_accept_digests_and_are_kept_as_json() -> None:
     entry = challenge("d", ACME_NODE, WATCHER, bond=5)
-    assert entry.defendant["receipt"] == Digest.of(b"a receipt payload").to_text()
+    signed = receipt(ACME_NODE, "req-1")
+    assert entry.defendant["receipt"] == receipt_digest(signed).to_text()
+    assert entry.defendant["statement"] == signed.to_json()  # the node's receipt itself
     assert entry.challenger["trace"] == {"root": Digest.of(b"a trace").to_text(), "size": 3}
     assert (entry.defendant_node, entry.challenger_account) == (ACME_NODE.key_id, WATCHER.key_id)
 
@@ -179,9 +184,14 @@ def test_a_challenge_claim_is_the_receipt_and_the_claimed_outputs() -> None:
     same = challenge("d-2", ACME_NODE, "someone-else", outputs={"y": Digest.of(b"1")})
     other = challenge("d-3", ACME_NODE, WATCHER, bond=5, outputs={"y": Digest.of(b"2")})
     assert one.claim == same.claim != other.claim
-    receipt = Digest.of(b"another receipt")
+    # Who signed in does not change the claim: another challenger, a node's own statement.
+    by_a_node = challenge(
+        "d-5", ACME_NODE, BOLT_NODE.key_id, node=BOLT_NODE, outputs={"y": Digest.of(b"1")}
+    )
+    assert by_a_node.claim == one.claim
+    another = receipt(ACME_NODE, "req-1", outputs={"y": Digest.of(b"another answer")})
     moved = challenge(
-        "d-4", ACME_NODE, WATCHER, bond=5, outputs={"y": Digest.of(b"1")}, receipt=receipt
+        "d-4", ACME_NODE, WATCHER, bond=5, outputs={"y": Digest.of(b"1")}, statement=another
     )
     assert moved.claim != one.claim
 
@@ -313,7 +323,9 @@ def test_a_money_entry_without_its_signed_request_cannot_be_built_or_parsed() ->
         parse_entry(canonicalize({k: v for k, v in obj.items() if k != "authorization"}))
     with pytest.raises(FormatError):
         parse_entry(canonicalize(obj | {"authorization": "signed, trust me"}))
-    _challenge(None, bond=0)  # no bond: nothing of the challenger's moves when it opens
+    # No bond: the entry builds (nothing of the challenger's moves), but the fold still wants
+    # the challenger's signature (test_state: an account challenger signs even at bond 0).
+    assert _challenge(None, bond=0).authorization is None
 
 
 def test_an_authorization_whose_signature_does_not_verify_is_refused() -> None:

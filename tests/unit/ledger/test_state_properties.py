@@ -1,11 +1,13 @@
 """Invariants of the ledger fold over random logs (Hypothesis), under the authority rules.
 
 Each log is drawn one entry at a time against the state so far, so it mixes entries the fold
-must accept (admin deposits, signed stakes and fees, challenges, verdicts followed by their
-settlement, state entries for the current bond map) with entries it must refuse (deposits by
-anyone else, unstakes before the delay, fees beyond their payment, settlements the rule does
-not give, stale bond roots, replayed requests). Whatever happens, money is conserved and a
-refused entry leaves no trace.
+must accept (admin deposits, signed stakes, inferences and the fees right after them,
+challenges both parties signed, verdicts followed by their settlement, state entries for the
+current bond map) with entries it must refuse (deposits by anyone else, unstakes before the
+delay, fees beyond their payment, not right after their inference, to a node that did not
+answer or paid twice, challenges nobody signed or with a forged receipt, settlements the rule
+does not give, stale bond roots, replayed requests). Whatever happens, money is conserved and
+a refused entry leaves no trace.
 """
 
 from __future__ import annotations
@@ -29,9 +31,11 @@ from _ledger import (
     challenge,
     deposit,
     fee,
+    inference,
     ledger,
     node_entry,
     payment,
+    receipt,
     stake,
     state_entry,
     t,
@@ -39,11 +43,13 @@ from _ledger import (
     verdict,
 )
 from veriml.core.digest import Digest
+from veriml.core.dsse import Statement
 from veriml.ledger import (
     ChallengeEntry,
     DepositEntry,
     Entry,
     FeeEntry,
+    InferenceEntry,
     LedgerError,
     LedgerState,
     ReputationEntry,
@@ -64,6 +70,7 @@ KINDS = (
     "deposit",
     "stake",
     "unstake",
+    "inference",
     "fee",
     "challenge",
     "verdict",
@@ -90,6 +97,37 @@ def amounts(top: int) -> st.SearchStrategy[int]:
     return st.integers(min_value=0, max_value=top)
 
 
+def paying(accepted: list[Entry]) -> tuple[str, set[str], set[str]] | None:
+    """Whom a fee may pay next: the request of the inference entry the log ends with (then
+    only its fees), the nodes whose receipts it holds, and the nodes its fees paid already."""
+    paid: set[str] = set()
+    for entry in reversed(accepted):
+        if isinstance(entry, FeeEntry):
+            paid.add(entry.payee)
+        elif isinstance(entry, InferenceEntry):
+            answered = {
+                Statement.from_bytes(r.payload).predicate["node"]["id"] for r in entry.receipts
+            }
+            return entry.request_id, answered, paid
+        else:
+            return None
+    return None
+
+
+def fee_refused(paid: FeeEntry, accepted: list[Entry], spent: dict[bytes, int]) -> bool:
+    """Whether the fold must refuse ``paid`` after ``accepted``: not right after its
+    inference, to a node that did not answer or was paid, or beyond its payment."""
+    context = paying(accepted)
+    payload = paid.authorization.payload  # type: ignore[union-attr]
+    return (
+        context is None
+        or context[0] != paid.inference
+        or paid.payee not in context[1]
+        or paid.payee in context[2]
+        or spent.get(payload, 0) + paid.amount > paid.request.amount
+    )
+
+
 def draw_entry(
     data: st.DataObject, state: LedgerState, accepted: list[Entry], spent: dict[bytes, int], at: int
 ) -> tuple[Entry, bool]:
@@ -103,7 +141,11 @@ def draw_entry(
                 return dataclasses.replace(due, delta=due.delta + 1), True
             return dataclasses.replace(due, amount=due.amount + 1), True
         return due, False
-    kind = draw(st.sampled_from(KINDS), label="kind")
+    context = paying(accepted)
+    if context is not None and draw(st.booleans(), label="pay now"):
+        kind = "fee"  # the fees of an inference come right after it
+    else:
+        kind = draw(st.sampled_from(KINDS), label="kind")
     if kind == "deposit":
         by = draw(st.sampled_from((ADMIN, ADMIN, ALICE)), label="by")
         return deposit(draw(st.sampled_from(ACCOUNTS)), draw(amounts(100)), at, by=by), by != ADMIN
@@ -116,12 +158,18 @@ def draw_entry(
         who = draw(st.sampled_from(SIGNERS))
         amount = draw(amounts(state.stake_of(who.key_id) + 5))
         return unstake(who, amount, at, after=after), early
+    if kind == "inference":
+        answering = draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=2, unique=True))
+        return inference(draw(st.sampled_from(REQUESTS)), *answering), False
     if kind == "fee":
         payer = draw(st.sampled_from(SIGNERS))
         amount = draw(amounts(10))
         allowed = draw(st.sampled_from((amount, amount + 5, max(0, amount - 1))), label="allowed")
         request = draw(st.sampled_from(REQUESTS))
         payee = draw(st.sampled_from(ACCOUNTS))
+        if context is not None and draw(st.integers(0, 3), label="as the log asks"):
+            request = context[0]
+            payee = draw(st.sampled_from(sorted(context[1])), label="an answering node")
         paid = fee(
             payer,
             payee,
@@ -130,20 +178,25 @@ def draw_entry(
             request=request,
             authorization=payment(payer, request, allowed, at),
         )
-        return paid, amount > allowed
+        return paid, fee_refused(paid, accepted, spent)
     if kind == "challenge":
         dispute = draw(st.sampled_from(DISPUTES))
         defendant = draw(st.sampled_from(NODES))
         outputs = {"y": Digest.of(draw(st.binary(max_size=1)))}
-        if draw(st.booleans(), label="by a node"):
+        who = draw(st.sampled_from(SIGNERS))
+        how = draw(st.sampled_from(("node", "account", "unsigned", "forged")), label="signed")
+        if how == "node":
             node = draw(st.sampled_from(NODES))
             entry = challenge(dispute, defendant, node.key_id, node=node, at=at, outputs=outputs)
-        else:
-            who = draw(st.sampled_from(SIGNERS))
+        elif how == "unsigned":  # an account id: nobody signed the challenge
+            entry = challenge(dispute, defendant, who.key_id, at=at, outputs=outputs)
+        else:  # a signed request; "forged": the defendant's receipt signed by someone else
+            forged = receipt(defendant, by=who) if how == "forged" else None
+            bond = draw(amounts(20))
             entry = challenge(
-                dispute, defendant, who, bond=draw(amounts(20)), at=at, outputs=outputs
+                dispute, defendant, who, bond=bond, at=at, outputs=outputs, statement=forged
             )
-        return entry, False
+        return entry, how in ("unsigned", "forged")
     if kind == "verdict":
         winner = draw(st.sampled_from(("defendant", "challenger", "none", "neither")))
         open_ones = sorted(state.open_disputes)
@@ -173,9 +226,8 @@ def draw_entry(
     if not money:
         return deposit(ALICE, 1, at), False
     again = draw(st.sampled_from(money), label="replayed")
-    if isinstance(again, FeeEntry):  # a payment covers fees up to its amount, no further
-        payload = again.authorization.payload  # type: ignore[union-attr]
-        return again, spent[payload] + again.amount > again.request.amount
+    if isinstance(again, FeeEntry):  # once per node, right after its inference, within payment
+        return again, fee_refused(again, accepted, spent)
     return again, True  # every other signed request is used once
 
 
