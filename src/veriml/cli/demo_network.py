@@ -128,7 +128,10 @@ def _tamper(result: InferenceResult, work: Path) -> list[tuple[str, Path]]:
         hashes[0] = base64.b64encode(bytes(raw)).decode()
 
     def node(obj: dict[str, Any]) -> None:
-        obj["nodes"][0]["entry"] = obj["nodes"][-1]["entry"]
+        # The first node's registration entry (in the evidence) replaced by the last one's.
+        cited = {e["index"]: e for e in obj["evidence"]}
+        first, last = obj["nodes"][0]["log_index"], obj["nodes"][-1]["log_index"]
+        cited[first]["entry"] = cited[last]["entry"]
 
     return [
         ("one output value changed by 1 ulp", write("t-output.json", output)),
@@ -271,12 +274,15 @@ def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
                 markup=False,
             )
             before = client.ledger_state()
-            console.print(f"   stake rule    a node needs {MIN_STAKE} staked to get jobs")
+            console.print(
+                f"   stake rule    a node's operator needs {MIN_STAKE} staked for it to get jobs"
+            )
             for child in net.nodes:
-                account = before["accounts"].get(str(child.node_id), {})
+                account = _operator_account(before, str(child.node_id))
                 role = "[red]cheats[/]" if child.node_id == cheater else "honest"
                 console.print(
-                    f"   {child.name:<13} {child.node_id}  stake {account.get('stake', 0)}  {role}"
+                    f"   {child.name:<13} {child.node_id}  operator stake "
+                    f"{account.get('stake', 0)}  {role}"
                 )
 
             _step(next(numbers), "Ask for quorum:3/2: all three nodes answer, the cheater dissents")
@@ -418,28 +424,38 @@ def _describe(entry: Mapping[str, Any], names: Mapping[str, str]) -> str:
     return str(kind)
 
 
+def _operator_account(state: Mapping[str, Any], node: str) -> Mapping[str, Any]:
+    """The account of the operator ``node`` is bound to (its stake answers for the node)."""
+    operator = state.get("operators", {}).get(node, node)
+    found: Mapping[str, Any] = state["accounts"].get(operator, {})
+    return found
+
+
 def _stakes(
     net: LocalNetwork, before: Mapping[str, Any], after: Mapping[str, Any], cheater: str
 ) -> None:
-    """The stake table; exit 1 unless the cheater and only the cheater lost stake."""
+    """The stake table (each node's operator's stake); exit 1 unless the cheater's operator,
+    and only it, lost stake."""
     table = Table(header_style="bold")
-    for column in ("node", "role", "stake before", "stake after", "slashed", "reputation"):
+    columns = ("node", "role", "operator stake before", "after", "slashed", "reputation")
+    for column in columns:
         table.add_column(column)
     failed = False
     for child in net.nodes:
         node = str(child.node_id)
-        was = before["accounts"].get(node, {})
-        now = after["accounts"].get(node, {})
+        was = _operator_account(before, node)
+        now = _operator_account(after, node)
         lost = int(was.get("stake", 0)) - int(now.get("stake", 0))
         is_cheater = node == cheater
         failed |= (lost <= 0) if is_cheater else (lost != 0 or now.get("slashes", 0) != 0)
+        reputation = after["accounts"].get(node, {}).get("reputation", 0)
         table.add_row(
             child.name,
             "[red]cheater[/]" if is_cheater else "honest",
             str(was.get("stake", 0)),
             str(now.get("stake", 0)),
             f"[red]{now.get('slashed', 0)}[/]" if is_cheater else str(now.get("slashed", 0)),
-            str(now.get("reputation", 0)),
+            str(reputation),
         )
     console.print(table)
     if failed:

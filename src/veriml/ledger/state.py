@@ -39,7 +39,7 @@ from __future__ import annotations
 import datetime as dt
 import heapq
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -208,6 +208,16 @@ class Totals:
 
 
 @dataclass(frozen=True, slots=True)
+class _Paying:
+    """The latest inference entry, for the fees that must follow it at once: its request id,
+    its receipts by the node each names, and the payees paid so far."""
+
+    request: str
+    receipts: Mapping[str, Envelope]
+    paid: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
 class _Epoch:
     commitment: Digest
     key: bytes | None = None
@@ -277,7 +287,7 @@ class _Change:
         self.namespaces: dict[str, str] = {}
         self.operators: dict[str, str] = {}
         self.node_keys: dict[str, str] = {}
-        self.paying: tuple[str, frozenset[str], frozenset[str]] | None = None
+        self.paying: _Paying | None = None
         self.rules: Rules | None = None
         self.state_ref: tuple[int, str] | None = None
         self.epoch: tuple[int, _Epoch, bytes | None] | None = None
@@ -374,7 +384,7 @@ class LedgerState:
         self._node_keys: dict[str, str] = {}  # node -> its registered public key (PEM)
         # The latest inference entry, for the fees that must follow it at once: its request
         # id, the nodes whose receipts it holds, and the payees paid so far.
-        self._paying: tuple[str, frozenset[str], frozenset[str]] | None = None
+        self._paying: _Paying | None = None
         self._namespaces: dict[str, str] = {}  # namespace -> owner key id
         self._used: set[Digest] = set()  # signed requests already folded
         self._spent: dict[Digest, int] = {}  # payment request -> fees paid under it
@@ -701,19 +711,30 @@ def _unstake(change: _Change, entry: UnstakeEntry) -> None:
 
 def _fee(change: _Change, entry: FeeEntry) -> None:
     paying = change.state._paying
-    if paying is None or paying[0] != entry.inference:
+    if paying is None or paying.request != entry.inference:
         raise change.fail(
             "a fee follows, at once, the inference entry of the request it pays for",
             inference=entry.inference,
         )
-    request_id, answered, paid = paying
-    if entry.payee not in answered or entry.payee in paid:
+    receipt = paying.receipts.get(entry.payee)
+    if receipt is None or entry.payee in paying.paid:
         raise change.fail(
             "a fee pays, once, a node whose receipt is in the inference entry",
             payee=entry.payee,
-            inference=request_id,
+            inference=paying.request,
         )
-    change.paying = (request_id, answered, paid | {entry.payee})
+    # The payee signed that receipt with its registered key: a made-up statement naming an
+    # account is no work done.
+    node_key = change.state._node_keys.get(entry.payee)
+    try:
+        if node_key is None:
+            raise VerificationError("the payee is not a registered node", check="fee")
+        receipt.verify([account_key(node_key)])
+    except (VerificationError, FormatError) as exc:
+        raise change.fail(
+            "a fee pays a node for a receipt it signed", payee=entry.payee, reason=exc.message
+        ) from exc
+    change.paying = replace(paying, paid=paying.paid | {entry.payee})
     request = entry.request
     change.near(request.issued_at, entry.at)
     key = Digest.of(_payload(entry))
@@ -775,13 +796,14 @@ def _challenge(change: _Change, entry: ChallengeEntry) -> None:
     if receipt != entry.defendant["receipt"]:
         raise change.fail("the defendant's statement is not the challenged receipt")
     node = entry.challenger.get("node")
-    if entry.authorization is None:
-        if node is None or node != entry.challenger_account:
-            raise change.fail(
-                "a challenger signs its challenge: a signed challenge request, or its node's "
-                "signed statement",
-                challenger=entry.challenger_account,
-            )
+    if entry.authorization is None and (node is None or node != entry.challenger_account):
+        raise change.fail(
+            "a challenger signs its challenge: a signed challenge request, or its node's "
+            "signed statement",
+            challenger=entry.challenger_account,
+        )
+    if node is not None:
+        # A node named as the challenger stands by its own signed statement, whoever bonds.
         _signed_statement(change, entry.challenger, str(node), entry.inference)
     claim = entry.claim
     if claim in change.state._claims:
@@ -964,7 +986,7 @@ def _node(change: _Change, entry: NodeEntry) -> None:
 def _inference(change: _Change, entry: InferenceEntry) -> None:
     if entry.state is not None and entry.state not in change.state._states:
         raise change.fail("the inference cites no state entry", state=entry.state)
-    change.paying = (entry.request_id, frozenset(_answering(entry)), frozenset())
+    change.paying = _Paying(entry.request_id, _answering(entry))
     draw = entry.verdict.draw
     if draw is not None:
         epoch = change.state._epochs.get(draw.epoch)
@@ -988,16 +1010,17 @@ def _inference(change: _Change, entry: InferenceEntry) -> None:
         change.account(node_id).jobs += 1
 
 
-def _answering(entry: InferenceEntry) -> set[str]:
-    """The nodes whose receipts an inference entry holds (the node each statement names)."""
-    nodes: set[str] = set()
+def _answering(entry: InferenceEntry) -> dict[str, Envelope]:
+    """An inference entry's receipts by the node each statement names (unverified: a fee to
+    a node checks that node's signature)."""
+    nodes: dict[str, Envelope] = {}
     for receipt in entry.receipts:
         try:
             node = Statement.from_bytes(receipt.payload).predicate.get("node")
         except (FormatError, VerificationError):
             continue
         if isinstance(node, Mapping) and isinstance(node.get("id"), str):
-            nodes.add(node["id"])
+            nodes.setdefault(node["id"], receipt)
     return nodes
 
 
