@@ -5,8 +5,11 @@ challenge the answer of the node that served it. The coordinator hosts the dispu
 both parties for trace entries until the bisection ends at one operator, which its referee
 re-executes; every step is logged. :class:`Challenger` plays the challenger:
 
-1. ``POST /v1/disputes`` with the challenger's trace commitment (``{"root", "size"}``) and the
-   output digests it claims;
+1. ``POST /v1/disputes`` with the challenger's trace commitment (``{"root", "size"}``), the
+   output digests it claims and, when the rules' ``challenge_bond`` (``GET /v1/ledger/rules``)
+   is above 0, its signed ``challenge`` ledger request for that bond
+   (:func:`challenge_authorization`): the bond is locked while the dispute runs and lost if
+   the challenge fails, or if the challenger stops moving;
 2. while the dispute is open, answer the state's ``query``: ``{"index": i}`` with the trace
    entry at ``i`` and its RFC 9162 inclusion proof against the committed root
    (``POST /v1/disputes/{id}/reveal``), ``{"tensors": [names]}`` with those recorded tensors
@@ -16,7 +19,10 @@ re-executes; every step is logged. :class:`Challenger` plays the challenger:
 
 Every request is signed with the client's key (the challenger's account is that key's id).
 The loop is bounded by a number of moves and a deadline: a coordinator that never settles
-cannot hold the challenger forever. Coordinator problems surface as veriml errors.
+cannot hold the challenger forever. A coordinator that is unreachable or answers 502-504 for
+a while (it restarts: open disputes resume from its database) is polled again with backoff
+until the deadline, and play goes on from the state it then shows. Other coordinator problems
+surface as veriml errors.
 
 >>> with Client(url, key=watcher_key) as client:  # doctest: +SKIP
 ...     outputs, trace = runner.traced(inputs)
@@ -41,7 +47,9 @@ import httpx
 from veriml.client._requests import raise_for_problem, request_headers
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, KeyFileError, LimitExceeded, NodeUnavailable
+from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_to_json
+from veriml.protocol.accounts import LedgerRequest
 
 if TYPE_CHECKING:
     from veriml.client._client import Client
@@ -53,6 +61,7 @@ __all__ = [
     "Challenger",
     "DisputeState",
     "Query",
+    "challenge_authorization",
     "reveal_body",
     "tensors_body",
 ]
@@ -64,6 +73,32 @@ DEFAULT_DISPUTE_TIMEOUT = 600.0
 """Seconds from opening a dispute to its settlement before the challenger gives up."""
 MAX_STATE_BYTES = 1 << 20
 _POLL_START, _POLL_MAX = 0.05, 1.0
+_RETRY_MAX = 2.0
+_TRANSIENT = frozenset({502, 503, 504})
+
+
+class _Unreachable(NodeUnavailable):
+    """The coordinator did not answer this time (down, restarting, overloaded)."""
+
+
+def challenge_authorization(
+    http: httpx.Client, key: SigningKey, inference: str, node: str
+) -> dict[str, Any] | None:
+    """The bond of a challenge of ``node``'s answer to ``inference``: ``key``'s signed
+    ``challenge`` ledger request for the rules' ``challenge_bond`` (``GET /v1/ledger/rules``),
+    as the body's ``authorization``; None when the bond is 0."""
+    response = http.get("/v1/ledger/rules")
+    raise_for_problem(response)
+    try:
+        rules = response.json().get("rules") or {}
+        bond = int(rules.get("challenge_bond", 0))
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise FormatError("the coordinator's ledger rules are malformed") from exc
+    if bond <= 0:
+        return None
+    signed = LedgerRequest.signed(key, "challenge", bond, inference=inference, node=node)
+    return signed.to_json()
+
 
 Status = Literal["open", "settled"]
 
@@ -224,6 +259,9 @@ class Challenger:
         }
         if mode is not None:
             body["mode"] = mode
+        authorization = challenge_authorization(self._http, self.key, inference, node)
+        if authorization is not None:
+            body["authorization"] = authorization
         return self._post("/v1/disputes", body)
 
     def play(
@@ -234,33 +272,58 @@ class Challenger:
         moves, wait = 1, _POLL_START
         path = f"/v1/disputes/{quote(state.id, safe='')}"
         while not state.settled:
-            if moves >= self.max_moves:
-                raise LimitExceeded(
-                    "the dispute did not settle within the allowed moves",
-                    dispute=state.id,
-                    limit=self.max_moves,
-                )
-            if time.monotonic() > deadline:
-                raise NodeUnavailable(
-                    "the coordinator did not settle the dispute in time",
-                    dispute=state.id,
-                    seconds=self.timeout,
-                )
-            query = state.query
-            if query is None:
-                # The defendant or the referee has the move: wait for it, backing off.
-                time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
-                wait = min(wait * 2, _POLL_MAX)
-                state = self._get(path, state.id)
-                continue
-            wait = _POLL_START
-            moves += 1
-            if query.index is not None:
-                state = self._post(path + "/reveal", reveal_body(trace, query.index), state.id)
-            else:
-                state = self._post(path + "/tensors", tensors_body(trace, query.tensors), state.id)
+            try:
+                state, wait, moves = self._step(state, trace, path, deadline, wait, moves)
+            except _Unreachable:
+                # The coordinator is away (a restart resumes its disputes): ask for the
+                # state again until it answers, then answer whatever it asks then.
+                state = self._reconnect(path, state.id, deadline)
         assert state.result is not None  # DisputeState guarantees it when settled
         return dict(state.result)
+
+    def _step(
+        self, state: DisputeState, trace: Trace, path: str, deadline: float, wait: float, moves: int
+    ) -> tuple[DisputeState, float, int]:
+        """One move of :meth:`play` (or one poll while the other side has the move): the
+        next state, poll wait and move count."""
+        if moves >= self.max_moves:
+            raise LimitExceeded(
+                "the dispute did not settle within the allowed moves",
+                dispute=state.id,
+                limit=self.max_moves,
+            )
+        if time.monotonic() > deadline:
+            raise NodeUnavailable(
+                "the coordinator did not settle the dispute in time",
+                dispute=state.id,
+                seconds=self.timeout,
+            )
+        query = state.query
+        if query is None:
+            # The defendant or the referee has the move: wait for it, backing off.
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            return self._get(path, state.id), min(wait * 2, _POLL_MAX), moves
+        if query.index is not None:
+            state = self._post(path + "/reveal", reveal_body(trace, query.index), state.id)
+        else:
+            state = self._post(path + "/tensors", tensors_body(trace, query.tensors), state.id)
+        return state, _POLL_START, moves + 1
+
+    def _reconnect(self, path: str, dispute: str, deadline: float) -> DisputeState:
+        wait = _POLL_START
+        while True:
+            if time.monotonic() > deadline:
+                raise NodeUnavailable(
+                    "the coordinator did not come back before the dispute's deadline",
+                    dispute=dispute,
+                    seconds=self.timeout,
+                )
+            time.sleep(min(wait, max(0.0, deadline - time.monotonic())))
+            wait = min(wait * 2, _RETRY_MAX)
+            try:
+                return self._get(path, dispute)
+            except _Unreachable:
+                continue
 
     # -- HTTP --------------------------------------------------------------------------------
 
@@ -278,9 +341,13 @@ class Challenger:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise _Unreachable(
                 "coordinator unreachable", url=self.client.url, dispute=dispute, reason=str(exc)
             ) from exc
+        if response.status_code in _TRANSIENT and dispute is not None:
+            raise _Unreachable(
+                "coordinator unavailable", status=response.status_code, dispute=dispute
+            )
         if response.status_code == 410 and method == "POST" and dispute is not None:
             # Settled while this move was on its way (a deadline passed): read the verdict.
             return self._get(f"/v1/disputes/{quote(dispute, safe='')}", dispute)

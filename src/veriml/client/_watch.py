@@ -40,7 +40,12 @@ import httpx
 import numpy.typing as npt
 
 from veriml.client._config import default_home, pin_log_key
-from veriml.client._disputes import DEFAULT_DISPUTE_TIMEOUT, DEFAULT_MAX_MOVES, Challenger
+from veriml.client._disputes import (
+    DEFAULT_DISPUTE_TIMEOUT,
+    DEFAULT_MAX_MOVES,
+    Challenger,
+    challenge_authorization,
+)
 from veriml.client._requests import raise_for_problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
@@ -523,8 +528,13 @@ class Watcher:
         mismatch = _with(base, result="mismatch", detail=why[:300])
         if self.client.key is None:
             return _with(mismatch, detail=why[:200] + "; not disputed: no signing key")
-        body = {"inference": entry.request_id, "node": node, "kind": "prefill"}
+        body: dict[str, Any] = {"inference": entry.request_id, "node": node, "kind": "prefill"}
         try:
+            bond = challenge_authorization(
+                self.client._http, self.client.key, entry.request_id, node
+            )
+            if bond is not None:  # the rules' challenge bond, signed by the watcher's key
+                body["authorization"] = bond
             signed = self.client._signed_json("/v1/disputes", body, self.client.key, "dispute")
             result = self.client._post("/v1/disputes", *signed).get("result") or {}
         except Error as exc:

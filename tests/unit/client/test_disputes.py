@@ -3,8 +3,9 @@
 The service below plays the coordinator of docs/verification.md "Service" with the defendant's
 trace in hand: it checks every request signature and every reveal's inclusion proof against
 the challenger's committed root, bisects over the two traces, asks for the disputed tensors
-and settles. It is small on purpose: what is under test is that the challenger answers every
-query correctly, waits while the other side moves, and stops when it must.
+and settles. It is small on purpose: what is under test is that the challenger bonds as the
+rules say, answers every query correctly, waits while the other side moves (and while the
+coordinator restarts), and stops when it must.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from veriml.client import Client
 from veriml.client._disputes import Challenger, DisputeState, Query
 from veriml.coordinator.auth import RequestSignature
 from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
     Error,
@@ -35,6 +37,7 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.models.examples import build_mlp
+from veriml.protocol.accounts import LedgerRequest
 from veriml.runtime import Runner, Trace, TraceEntry
 from veriml.tlog.merkle import leaf_hash, verify_inclusion
 
@@ -79,11 +82,25 @@ class Service:
 
     defendant: Trace
     behaviour: str = "honest"
+    bond: int = 0
     disputes: dict[str, Dispute] = field(default_factory=dict)
     proofs_checked: int = 0
+    bodies: list[dict[str, Any]] = field(default_factory=list)
+    away: int = 0  # requests about a dispute still to answer 503 (a restart)
 
     def app(self) -> FastAPI:
         app = FastAPI()
+
+        @app.get("/v1/ledger/rules")
+        async def rules() -> dict[str, Any]:
+            return {"rules": {"challenge_bond": self.bond}, "state": 0, "epoch": 0}
+
+        @app.middleware("http")
+        async def restarting(request: Request, call_next: Any) -> Any:
+            if request.url.path.startswith("/v1/disputes/") and self.away > 0:
+                self.away -= 1
+                return JSONResponse({"title": "Service Unavailable"}, status_code=503)
+            return await call_next(request)
 
         async def signed(request: Request) -> tuple[str, dict[str, Any]]:
             body = await request.body()
@@ -95,6 +112,7 @@ class Service:
         @app.post("/v1/disputes", status_code=201, response_model=None)
         async def open_dispute(request: Request) -> Any:
             account, body = await signed(request)
+            self.bodies.append(body)
             if body["inference"] == "already-disputed":
                 return JSONResponse({"title": "already disputed"}, status_code=409)
             dispute = Dispute(
@@ -139,6 +157,11 @@ class Service:
             self.proofs_checked += 1
             dispute.messages += 1
             dispute.rounds += 1
+            if self.behaviour == "restarting":
+                self.behaviour = "honest"  # once: this move is lost with the process, and
+                self.away = 3  # the next requests fail while it restarts
+                dispute.rounds = 0
+                return JSONResponse({"title": "Bad Gateway"}, status_code=502)
             if self.behaviour == "endless":
                 return dispute.state()
             if self.behaviour == "late":
@@ -330,3 +353,46 @@ def test_malformed_dispute_states_are_refused(change: dict[str, Any], message: s
     assert DisputeState.from_json(state).query == Query(index=3)
     with pytest.raises(Error, match=message):
         DisputeState.from_json(state | change)
+
+
+def test_the_challenger_bonds_what_the_rules_say_with_its_own_signature(
+    traces: tuple[Trace, Trace, dict[str, Digest]],
+    service: Service,
+    client: Client,
+    key: SigningKey,
+) -> None:
+    honest, _, outputs = traces
+    Challenger(client).challenge("inference-7", "node-a", honest, outputs)
+    assert "authorization" not in service.bodies[-1]  # the rules' bond is 0
+    service.bond = 10
+    Challenger(client).challenge("inference-8", "node-a", honest, outputs)
+    request = LedgerRequest.open(
+        Envelope.from_json(service.bodies[-1]["authorization"]), op="challenge"
+    )
+    assert (request.account, request.amount) == (key.key_id, 10)
+    assert (request.inference, request.node) == ("inference-8", "node-a")
+
+
+def test_the_challenger_keeps_playing_through_a_coordinator_restart(
+    traces: tuple[Trace, Trace, dict[str, Digest]], service: Service, client: Client
+) -> None:
+    """A move lost with the coordinator, then 503s while it restarts: the challenger asks
+    for the state again until it answers, and plays on from what it then asks."""
+    service.behaviour = "restarting"
+    honest, _, outputs = traces
+    verdict = Challenger(client).challenge("inference-9", "node-a", honest, outputs)
+    assert verdict["winner"] == "challenger"
+    assert service.away == 0
+
+
+def test_a_coordinator_that_never_comes_back_is_bounded_by_the_deadline(
+    traces: tuple[Trace, Trace, dict[str, Digest]], service: Service, client: Client
+) -> None:
+    service.behaviour = "restarting"
+    honest, _, outputs = traces
+    service.away = 0
+    challenger = Challenger(client, timeout=0.5)
+    state = challenger.open("inference-10", "node-a", honest, outputs)
+    service.away = 10**6
+    with pytest.raises(NodeUnavailable, match="did not come back"):
+        challenger.play(state, honest)
