@@ -6,10 +6,10 @@ both parties for trace entries until the bisection ends at one operator, which i
 re-executes; every step is logged. :class:`Challenger` plays the challenger:
 
 1. ``POST /v1/disputes`` with the challenger's trace commitment (``{"root", "size"}``), the
-   output digests it claims and, when the rules' ``challenge_bond`` (``GET /v1/ledger/rules``)
-   is above 0, its signed ``challenge`` ledger request for that bond
-   (:func:`challenge_authorization`): the bond is locked while the dispute runs and lost if
-   the challenge fails, or if the challenger stops moving;
+   output digests it claims and its signed ``challenge`` ledger request for the rules'
+   ``challenge_bond`` (``GET /v1/ledger/rules``; :func:`challenge_authorization`): the bond
+   is locked while the dispute runs and lost if the challenge fails, or if the challenger
+   stops moving (with a bond of 0 the signed request is how the challenger signs in);
 2. while the dispute is open, answer the state's ``query``: ``{"index": i}`` with the trace
    entry at ``i`` and its RFC 9162 inclusion proof against the committed root
    (``POST /v1/disputes/{id}/reveal``), ``{"tensors": [names]}`` with those recorded tensors
@@ -83,10 +83,11 @@ class _Unreachable(NodeUnavailable):
 
 def challenge_authorization(
     http: httpx.Client, key: SigningKey, inference: str, node: str
-) -> dict[str, Any] | None:
+) -> dict[str, Any]:
     """The bond of a challenge of ``node``'s answer to ``inference``: ``key``'s signed
     ``challenge`` ledger request for the rules' ``challenge_bond`` (``GET /v1/ledger/rules``),
-    as the body's ``authorization``; None when the bond is 0."""
+    as the body's ``authorization`` (for a bond of 0 too: the ledger admits no account into a
+    dispute it did not sign into)."""
     response = http.get("/v1/ledger/rules")
     raise_for_problem(response)
     try:
@@ -94,9 +95,7 @@ def challenge_authorization(
         bond = int(rules.get("challenge_bond", 0))
     except (ValueError, TypeError, AttributeError) as exc:
         raise FormatError("the coordinator's ledger rules are malformed") from exc
-    if bond <= 0:
-        return None
-    signed = LedgerRequest.signed(key, "challenge", bond, inference=inference, node=node)
+    signed = LedgerRequest.signed(key, "challenge", max(bond, 0), inference=inference, node=node)
     return signed.to_json()
 
 
@@ -259,9 +258,7 @@ class Challenger:
         }
         if mode is not None:
             body["mode"] = mode
-        authorization = challenge_authorization(self._http, self.key, inference, node)
-        if authorization is not None:
-            body["authorization"] = authorization
+        body["authorization"] = challenge_authorization(self._http, self.key, inference, node)
         return self._post("/v1/disputes", body)
 
     def play(

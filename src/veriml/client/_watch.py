@@ -530,11 +530,10 @@ class Watcher:
             return _with(mismatch, detail=why[:200] + "; not disputed: no signing key")
         body: dict[str, Any] = {"inference": entry.request_id, "node": node, "kind": "prefill"}
         try:
-            bond = challenge_authorization(
+            # The rules' challenge bond, signed by the watcher's key (how it signs in).
+            body["authorization"] = challenge_authorization(
                 self.client._http, self.client.key, entry.request_id, node
             )
-            if bond is not None:  # the rules' challenge bond, signed by the watcher's key
-                body["authorization"] = bond
             signed = self.client._signed_json("/v1/disputes", body, self.client.key, "dispute")
             result = self.client._post("/v1/disputes", *signed).get("result") or {}
         except Error as exc:

@@ -7,9 +7,10 @@ leaves no trace. In the order the service applies them:
 1. the answer's **challenge window** is open (:func:`challenge_closes`; closed: 410 Gone):
    the verdict's ``final_after`` when it has one, else the time the coordinator recorded the
    answer plus the rules' ``challenge_window``;
-2. the challenger **bonds**: with a bond above 0 the body carries ``authorization``, the
+2. the challenger **signs in and bonds**: the body carries ``authorization``, the
    challenger's own signed ``challenge`` ledger request for this inference, defendant node and
-   bond (:func:`bond_authorization`; missing, stale or for anything else: 402
+   the rules' bond, 0 included (the ledger admits no account into a dispute it did not sign
+   into; :func:`bond_authorization`; missing, stale or for anything else: 402
    :class:`~veriml.core.errors.PaymentRequired`; not signed by the request's signer: 403);
 3. the **claim** (the challenged receipt and the outputs claimed instead) was never disputed,
    in the ledger or in a dispute being opened now (409 :class:`~veriml.core.errors.Conflict`),
@@ -126,15 +127,13 @@ def bond_authorization(
     node: str,
     bond: int,
     now: dt.datetime | None = None,
-) -> Envelope | None:
-    """The challenger's signed ``challenge`` request for a bond of ``bond`` (None when the
-    bond is 0: nothing of the challenger's moves, and any authorization is ignored).
+) -> Envelope:
+    """The challenger's signed ``challenge`` request for a bond of ``bond`` (0 too: it is
+    how the challenger signs into the dispute).
 
     :class:`PaymentRequired` when it is missing, malformed, stale or for another inference,
     node or amount; :class:`SignatureError` when it does not verify or another key than the
     request's ``signer`` signed it."""
-    if bond == 0:
-        return None
     if raw is None:
         raise PaymentRequired(
             "a challenge locks a bond: attach your signed challenge request (authorization)",

@@ -19,7 +19,7 @@ import asyncio
 import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import httpx
@@ -124,13 +124,15 @@ class PartyFault(VerificationError):
 
 @dataclass(frozen=True, slots=True)
 class Claim:
-    """What a party stands by: its account, its node (if it is one), its output digests and
-    (once known) its trace commitment."""
+    """What a party stands by: its account, its node (if it is one), its output digests,
+    (once known) its trace commitment and, for a node, its own signed statement about the
+    inference (its receipt): the ledger admits no node into a dispute it did not sign into."""
 
     account: str
     outputs: Mapping[str, Digest]
     trace: TraceCommitment | None = None
     node: str | None = None
+    statement: Envelope | None = field(default=None, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"account": self.account}
@@ -197,6 +199,7 @@ class NodeParty:
         job_timeout: float = 60.0,
         max_tensor_bytes: int = 64 << 20,
         retain: float = 86_400.0,
+        receipt: Envelope | None = None,
     ) -> None:
         self._http = http
         self._key = key
@@ -207,6 +210,7 @@ class NodeParty:
         self._job_timeout = job_timeout
         self._max_tensor_bytes = max_tensor_bytes
         self._retain = retain
+        self._receipt = receipt
         self.retraced = False
 
     @property
@@ -220,7 +224,8 @@ class NodeParty:
 
     @property
     def claim(self) -> Claim:
-        return Claim(self._node.node_id, self._outputs, self._trace, self._node.node_id)
+        node = self._node.node_id
+        return Claim(node, self._outputs, self._trace, node, self._receipt)
 
     async def open(self, timeout: float) -> TraceCommitment:
         if self._trace is not None:

@@ -270,7 +270,7 @@ class DisputeService:
         """Dispute ``defendant``'s receipt with ``challenger``'s (both nodes, one request);
         wait for the verdict and return its reference (coordinator-opened disputes)."""
         parties = [
-            self._node_party(node, spec, *_claimed(receipt))
+            self._node_party(node, spec, *_claimed(receipt), receipt=receipt)
             for node, receipt in (defendant, challenger)
         ]
         run = await self.open(
@@ -344,7 +344,7 @@ class DisputeService:
             )
             return await self.open(
                 inference=inference,
-                defendant=self._node_party(node, spec, predicate.trace, outputs),
+                defendant=self._node_party(node, spec, predicate.trace, outputs, receipt=receipt),
                 challenger=RemoteParty(claim),
                 receipt=receipt,
                 mode=mode,
@@ -380,7 +380,7 @@ class DisputeService:
             claim,
             "bitwise",
             bond,
-            authorization if bond > 0 else None,
+            authorization,
         )
         async with self._admitted(entry, limit=False):
             yield
@@ -507,6 +507,8 @@ class DisputeService:
         spec: JobSpec,
         trace: TraceCommitment | None,
         outputs: Mapping[str, Digest],
+        *,
+        receipt: Envelope | None = None,
     ) -> NodeParty:
         return NodeParty(
             http=self._http,
@@ -518,6 +520,7 @@ class DisputeService:
             job_timeout=self.options.job_timeout,
             max_tensor_bytes=self.options.max_tensor_bytes,
             retain=self.options.retrace_retention,
+            receipt=receipt,
         )
 
     def _challenge_entry(
@@ -532,6 +535,10 @@ class DisputeService:
         bond: int,
         authorization: Envelope | None,
     ) -> ChallengeEntry:
+        """The ``challenge`` entry: both sides sign into it, the defendant with its receipt,
+        the challenger with its signed challenge request (``authorization``) or, a node, with
+        its own signed statement (``claim.statement``)."""
+        statement = {} if claim.statement is None else {"statement": claim.statement.to_json()}
         return ChallengeEntry(
             dispute=dispute,
             inference=inference,
@@ -539,12 +546,14 @@ class DisputeService:
                 "node": defendant,
                 "receipt": Digest.of(receipt.payload),
                 "trace": traces[0].to_json(),
+                "statement": receipt.to_json(),
             },
             challenger={
                 "account": claim.account,
                 **({} if claim.node is None else {"node": claim.node}),
                 "trace": traces[1].to_json(),
                 "outputs": dict(claim.outputs),
+                **statement,
             },
             mode=mode,
             bond=bond,
@@ -736,7 +745,8 @@ class DisputeService:
             if stored.node is None:
                 return RemoteParty(claim)
             node = self._current(record.model, stored.node)
-            return self._node_party(node, spec, claim.trace, claim.outputs)
+            receipt = record.receipt if stored is record.defendant else None
+            return self._node_party(node, spec, claim.trace, claim.outputs, receipt=receipt)
 
         run = DisputeRun(
             id=record.id,
@@ -899,20 +909,22 @@ class DisputeService:
         challenger_node: bool = True,
         bond: int = 0,
         authorization: Envelope | None = None,
+        statement: Envelope | None = None,
     ) -> DisputeRef:
         """A dispute already decided by a signed check that anyone can re-run (an LLM
         completion's prefill check, docs/llm.md): its challenge and its settlement are logged
-        together, in one append. ``defendant`` is a node id, ``challenger`` a node id (its node
-        stands by ``outputs``) or, with ``challenger_node=False``, an account (a watcher) whose
-        ``bond`` is locked with its signed ``authorization`` (default: the one
-        :func:`bonded` set) and returned or burned by the verdict; ``referee`` names the
-        signed check by digest. A claim disputed before is a :class:`Conflict`."""
+        together, in one append. ``defendant`` is a node id whose ``receipt`` is challenged;
+        ``challenger`` a node id (its node stands by ``outputs`` and signs in with its own
+        ``statement`` about the inference: its receipt, or its prefill check) or, with
+        ``challenger_node=False``, an account (a watcher) that signs in with its signed
+        ``authorization`` (default: the one :func:`bonded` set) for its ``bond``, returned or
+        burned by the verdict; ``referee`` names the signed check by digest. A claim disputed
+        before is a :class:`Conflict`."""
         if authorization is None and not challenger_node:
             authorization = _AUTHORIZATION.get()
         dispute = str(uuid.uuid4())
-        claim = Claim(
-            challenger, dict(outputs), EMPTY_TRACE, challenger if challenger_node else None
-        )
+        node = challenger if challenger_node else None
+        claim = Claim(challenger, dict(outputs), EMPTY_TRACE, node, statement)
         challenge = self._challenge_entry(
             dispute,
             inference,
@@ -922,7 +934,7 @@ class DisputeService:
             claim,
             "bitwise",
             bond,
-            authorization if bond > 0 else None,
+            None if challenger_node else authorization,
         )
         state = await asyncio.to_thread(self._book.state)
         check_challenge(state, challenge)

@@ -67,9 +67,10 @@ def _check(raw: object, *, bond: int = 10) -> object:
 
 def test_a_bond_is_the_challenger_s_own_signed_request_for_exactly_this_dispute() -> None:
     assert _check(_bond()) is not None
-    assert _check(None, bond=0) is None  # nothing of the challenger's moves
-    with pytest.raises(PaymentRequired, match="attach"):
-        _check(None)
+    assert _check(_bond(amount=0), bond=0) is not None  # no bond: still how it signs in
+    for bond in (0, 10):
+        with pytest.raises(PaymentRequired, match="attach"):
+            _check(None, bond=bond)
     for wrong in (
         _bond(amount=9),
         _bond(inference="req-2"),
@@ -101,3 +102,6 @@ def test_a_claim_is_opened_once_and_only_with_a_bond_the_balance_covers() -> Non
     poorer = challenge("d-3", BOLT_NODE, WATCHER, bond=10)
     with pytest.raises(PaymentRequired, match="balance"):
         check_challenge(state, poorer)
+    unsigned = challenge("d-4", BOLT_NODE, WATCHER.key_id)  # an account that signed nothing
+    with pytest.raises(Conflict, match="signs its challenge"):
+        check_challenge(state, unsigned)

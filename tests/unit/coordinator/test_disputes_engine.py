@@ -18,6 +18,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from _ledger import node_entry
+from _ledger import receipt as signed_receipt
 from veriml.coordinator import db
 from veriml.coordinator.dispatch import JobSpec
 from veriml.coordinator.dispute_store import DisputeStore
@@ -60,8 +62,16 @@ from veriml.verify.dispute import TraceLayout
 
 Array = npt.NDArray[Any]
 STAKE = 1000
-ADMIN, DEFENDANT_KEY, CHALLENGER_KEY = generate_key(), generate_key(), generate_key()
+ADMIN = generate_key()
+# Two registered nodes, each bound to its own staked operator (slashes hit the operator), and
+# a watcher account that challenges through HTTP.
+DEFENDANT_KEY, DEFENDANT_OP = generate_key(), generate_key()
+CHALLENGER_KEY, CHALLENGER_OP = generate_key(), generate_key()
+WATCHER_KEY = generate_key()
 DEFENDANT, CHALLENGER = DEFENDANT_KEY.key_id, CHALLENGER_KEY.key_id
+WATCHER = WATCHER_KEY.key_id
+CHALLENGER_STATEMENT = signed_receipt(CHALLENGER_KEY, "req-1")
+"""The challenging node's own signed receipt for req-1: how a node signs into a dispute."""
 
 
 # -- parties built from real traces --------------------------------------------------------------
@@ -81,8 +91,9 @@ class TraceParty:
         silent: bool = False,
         bad_proof: bool = False,
         no_tensors: bool = False,
+        statement: Envelope | None = None,
     ) -> None:
-        self._claim = Claim(account, dict(outputs), trace.commitment, account)
+        self._claim = Claim(account, dict(outputs), trace.commitment, account, statement)
         self.trace = trace
         self.silent = silent
         self.bad_proof = bad_proof
@@ -108,6 +119,16 @@ class TraceParty:
         if self.no_tensors:
             return {}
         return {n: self.trace.tensors[n] for n in names if n in self.trace.tensors}
+
+
+def as_challenger(trace: Trace, outputs: Mapping[str, Digest], **options: Any) -> TraceParty:
+    """The challenging node, signed in with its own receipt."""
+    return TraceParty(CHALLENGER, trace, outputs, statement=CHALLENGER_STATEMENT, **options)
+
+
+def signed_in(amount: int = 0) -> Envelope:
+    """The watcher's signed challenge request against the defendant (its bond)."""
+    return LedgerRequest.signed(WATCHER_KEY, "challenge", amount, inference="req-1", node=DEFENDANT)
 
 
 # -- fixtures -----------------------------------------------------------------------------------
@@ -137,8 +158,9 @@ def honest(
 
 @pytest.fixture(scope="module")
 def receipt(model: onnx.ModelProto, digest: Digest, inputs: dict[str, Array]) -> Envelope:
-    result = Runner(model, digest=digest).run(inputs, key=generate_key(), trace=True)
-    return result.receipt
+    """The defendant node's receipt for req-1: what it signed into the dispute with."""
+    runner = Runner(model, digest=digest)
+    return runner.run(inputs, key=DEFENDANT_KEY, trace=True, request_id="req-1").receipt
 
 
 @pytest.fixture
@@ -164,9 +186,15 @@ def fund(book: LedgerBook, key: SigningKey, amount: int, *, staked: bool) -> Non
 def book(log: Log, tmp_path: Path) -> LedgerBook:
     book = LedgerBook(log, Settings(home=tmp_path), admin=ADMIN.key_id, refresh_ttl=0)
     asyncio.run(book.open())
-    for key in (DEFENDANT_KEY, CHALLENGER_KEY):
+    nodes = [node_entry(DEFENDANT_KEY, DEFENDANT_OP), node_entry(CHALLENGER_KEY, CHALLENGER_OP)]
+    asyncio.run(book.append(nodes))
+    for key in (DEFENDANT_OP, CHALLENGER_OP):
         fund(book, key, STAKE, staked=True)
     return book
+
+
+def stake(book: LedgerBook, operator: SigningKey) -> int:
+    return int(book.state().stake_of(operator.key_id))
 
 
 def outputs_of(trace: Trace, model: onnx.ModelProto) -> dict[str, Digest]:
@@ -226,6 +254,7 @@ def dispute(
             model=digest,
             inputs=inputs,
             bond=0,
+            authorization=signed_in() if isinstance(challenger, RemoteParty) else None,
         )
         await asyncio.wait_for(run.settled.wait(), 30)
         return run
@@ -256,7 +285,7 @@ def test_a_wrong_output_is_found_at_the_last_operator_and_its_node_slashed(
     _, good = honest
     bad = wrong_output(model, good)
     defendant = TraceParty(DEFENDANT, bad, outputs_of(bad, model))
-    challenger = TraceParty(CHALLENGER, good, outputs_of(good, model))
+    challenger = as_challenger(good, outputs_of(good, model))
     run = dispute(
         service(model, book), defendant, challenger, receipt=receipt, digest=digest, inputs=inputs
     )
@@ -286,7 +315,7 @@ def test_a_wrong_output_is_found_at_the_last_operator_and_its_node_slashed(
     assert ref.opened is not None
     assert parse_entry(log.entries(ref.opened, ref.opened + 1)[0]) == entries[0]
     state = book.state()
-    assert state.stake_of(DEFENDANT) == STAKE // 2
+    assert state.stake_of(DEFENDANT_OP.key_id) == STAKE // 2
     assert state.account(CHALLENGER).balance == STAKE // 4  # half the slash, the rest burned
     assert state.reputation_of(DEFENDANT) == -100
     assert state.reputation_of(CHALLENGER) == 1
@@ -304,7 +333,7 @@ def test_bisection_takes_logarithmic_rounds(
     _, good = honest
     cheat = substitute(model, digest, inputs)
     defendant = TraceParty(DEFENDANT, cheat, outputs_of(cheat, model))
-    challenger = TraceParty(CHALLENGER, good, outputs_of(good, model))
+    challenger = as_challenger(good, outputs_of(good, model))
     run = dispute(
         service(model, book), defendant, challenger, receipt=receipt, digest=digest, inputs=inputs
     )
@@ -330,7 +359,7 @@ def test_a_false_challenge_convicts_the_challenger(
     _, good = honest
     bad = wrong_output(model, good)
     defendant = TraceParty(DEFENDANT, good, outputs_of(good, model))
-    challenger = TraceParty(CHALLENGER, bad, outputs_of(bad, model))
+    challenger = as_challenger(bad, outputs_of(bad, model))
     run = dispute(
         service(model, book), defendant, challenger, receipt=receipt, digest=digest, inputs=inputs
     )
@@ -338,10 +367,10 @@ def test_a_false_challenge_convicts_the_challenger(
     assert run.winner == "defendant"
     slashes = [e for e in logged(log) if isinstance(e, SlashEntry)]
     assert [(s.account, s.amount, s.burned) for s in slashes] == [
-        (CHALLENGER, STAKE // 2, STAKE // 2)
+        (CHALLENGER_OP.key_id, STAKE // 2, STAKE // 2)  # the challenging node's operator
     ]
     assert not [e for e in logged(log) if isinstance(e, RewardEntry)]
-    assert book.state().stake_of(DEFENDANT) == STAKE
+    assert book.state().stake_of(DEFENDANT_OP.key_id) == STAKE
 
 
 def test_identical_claims_are_no_difference_and_the_challenger_loses(
@@ -357,7 +386,7 @@ def test_identical_claims_are_no_difference_and_the_challenger_loses(
     run = dispute(
         service(model, book),
         TraceParty(DEFENDANT, good, outputs),
-        TraceParty(CHALLENGER, good, outputs),
+        as_challenger(good, outputs),
         receipt=receipt,
         digest=digest,
         inputs=inputs,
@@ -379,7 +408,7 @@ def test_a_party_that_never_answers_loses_by_timeout(
     _, good = honest
     bad = wrong_output(model, good)
     defendant = TraceParty(DEFENDANT, good, outputs_of(good, model), silent=True)
-    challenger = TraceParty(CHALLENGER, bad, outputs_of(bad, model))
+    challenger = as_challenger(bad, outputs_of(bad, model))
     run = dispute(
         service(model, book, timeout=0.2),
         defendant,
@@ -392,7 +421,7 @@ def test_a_party_that_never_answers_loses_by_timeout(
     assert run.winner == "challenger"
     assert run.result is not None
     assert run.result["reason"] == "timeout"
-    assert book.state().stake_of(DEFENDANT) == STAKE // 2
+    assert book.state().stake_of(DEFENDANT_OP.key_id) == STAKE // 2
 
 
 def test_a_reveal_whose_proof_does_not_verify_loses(
@@ -406,7 +435,7 @@ def test_a_reveal_whose_proof_does_not_verify_loses(
     _, good = honest
     bad = wrong_output(model, good)
     defendant = TraceParty(DEFENDANT, bad, outputs_of(bad, model))
-    challenger = TraceParty(CHALLENGER, good, outputs_of(good, model), bad_proof=True)
+    challenger = as_challenger(good, outputs_of(good, model), bad_proof=True)
     run = dispute(
         service(model, book), defendant, challenger, receipt=receipt, digest=digest, inputs=inputs
     )
@@ -427,7 +456,7 @@ def test_outputs_that_are_not_the_trace_s_are_inconsistent(
     _, good = honest
     bad = wrong_output(model, good)
     defendant = TraceParty(DEFENDANT, good, outputs_of(bad, model))
-    challenger = TraceParty(CHALLENGER, good, outputs_of(good, model))
+    challenger = as_challenger(good, outputs_of(good, model))
     run = dispute(
         service(model, book), defendant, challenger, receipt=receipt, digest=digest, inputs=inputs
     )
@@ -448,7 +477,7 @@ def test_a_trace_of_the_wrong_size_loses_before_any_round(
     _, good = honest
     short = Trace(good.entries[:-1], good.tensors)
     defendant = TraceParty(DEFENDANT, good, outputs_of(good, model))
-    challenger = TraceParty(CHALLENGER, short, outputs_of(wrong_output(model, good), model))
+    challenger = as_challenger(short, outputs_of(wrong_output(model, good), model))
     run = dispute(
         service(model, book), defendant, challenger, receipt=receipt, digest=digest, inputs=inputs
     )
@@ -475,7 +504,7 @@ def test_a_remote_challenger_moves_by_submissions_and_wins(
     _, good = honest
     bad = wrong_output(model, good)
     svc = service(model, book)
-    remote = RemoteParty(Claim("watcher-key", outputs_of(good, model), good.commitment))
+    remote = RemoteParty(Claim(WATCHER, outputs_of(good, model), good.commitment))
 
     async def main() -> DisputeRun:
         run = await svc.open(
@@ -487,6 +516,7 @@ def test_a_remote_challenger_moves_by_submissions_and_wins(
             model=digest,
             inputs=inputs,
             bond=0,
+            authorization=signed_in(),
         )
         await asyncio.wait_for(remote.moved.wait(), 5)
         moves = 0
@@ -517,7 +547,7 @@ def test_a_remote_challenger_moves_by_submissions_and_wins(
     assert state["status"] == "settled"
     assert state["query"] is None
     assert state["result"]["winner"] == "challenger"
-    assert book.state().account("watcher-key").balance == STAKE // 4
+    assert book.state().account(WATCHER).balance == STAKE // 4
 
 
 def test_a_remote_challenger_that_stops_answering_loses_and_the_engine_moves_on(
@@ -530,7 +560,7 @@ def test_a_remote_challenger_that_stops_answering_loses_and_the_engine_moves_on(
 ) -> None:
     _, good = honest
     bad = wrong_output(model, good)
-    remote = RemoteParty(Claim("watcher-key", outputs_of(good, model), good.commitment))
+    remote = RemoteParty(Claim(WATCHER, outputs_of(good, model), good.commitment))
     run = dispute(
         service(model, book, timeout=0.2),
         TraceParty(DEFENDANT, bad, outputs_of(bad, model)),
@@ -555,14 +585,13 @@ def test_a_party_fault_names_its_reason() -> None:
 
 def test_a_remote_challenger_must_commit_to_a_trace() -> None:
     with pytest.raises(FormatError):
-        RemoteParty(Claim("watcher-key", {"y": Digest.of(b"y")}))
+        RemoteParty(Claim(WATCHER, {"y": Digest.of(b"y")}))
 
 
-def challenge_entry(
-    dispute: str, at: dt.datetime, *, bond: int = 10, receipt: bytes = b"r"
-) -> ChallengeEntry:
-    """A challenge of CHALLENGER's, its bond signed by its key."""
+def challenge_entry(dispute: str, at: dt.datetime, *, bond: int = 10) -> ChallengeEntry:
+    """A challenge of CHALLENGER's, its bond signed by its key, of the defendant's receipt."""
     trace = {"root": Digest.of(b"").to_text(), "size": 0}
+    statement = signed_receipt(DEFENDANT_KEY, "req-1")
     signed = LedgerRequest.signed(
         CHALLENGER_KEY,
         "challenge",
@@ -574,7 +603,12 @@ def challenge_entry(
     return ChallengeEntry(
         dispute=dispute,
         inference="req-1",
-        defendant={"node": DEFENDANT, "receipt": Digest.of(receipt).to_text(), "trace": trace},
+        defendant={
+            "node": DEFENDANT,
+            "receipt": Digest.of(statement.payload).to_text(),
+            "trace": trace,
+            "statement": statement.to_json(),
+        },
         challenger={
             "account": CHALLENGER,
             "trace": trace,
@@ -584,7 +618,7 @@ def challenge_entry(
         bond=bond,
         deadline_seconds=5.0,
         at=format_time(at),
-        authorization=signed if bond else None,
+        authorization=signed,
     )
 
 
@@ -599,9 +633,9 @@ def test_disputes_a_lost_database_left_open_are_closed_without_a_winner_once_sta
     opened = dt.datetime.now(dt.UTC) - dt.timedelta(hours=2)
     now = dt.datetime.now(dt.UTC)
     old, new, kept = (
-        challenge_entry("old", opened, receipt=b"1"),
-        challenge_entry("new", now, receipt=b"2"),
-        challenge_entry("kept", opened, receipt=b"3"),
+        challenge_entry("old", opened),
+        challenge_entry("new", now),
+        challenge_entry("kept", opened),
     )
     asyncio.run(book.append([old, new, kept]))
     engine = db.open_engine(f"sqlite:///{tmp_path}/state.db")
@@ -751,7 +785,7 @@ def test_an_honest_node_that_is_busy_at_every_move_still_wins(
     run = dispute(
         service(model, book),
         node.party(model, digest, inputs),
-        TraceParty(CHALLENGER, bad, outputs_of(bad, model)),
+        as_challenger(bad, outputs_of(bad, model)),
         receipt=receipt,
         digest=digest,
         inputs=inputs,
@@ -759,7 +793,7 @@ def test_an_honest_node_that_is_busy_at_every_move_still_wins(
     assert run.winner == "defendant"
     assert run.result is not None
     assert run.result["reason"] == "referee"
-    assert book.state().stake_of(DEFENDANT) == STAKE
+    assert book.state().stake_of(DEFENDANT_OP.key_id) == STAKE
     assert all(count == 3 for count in node.seen.values())
 
 
@@ -779,7 +813,7 @@ def test_when_both_parties_miss_a_move_the_defendant_is_not_slashed(
     run = dispute(
         service(model, book, timeout=0.2),
         TraceParty(DEFENDANT, good, outputs_of(good, model), silent=True),
-        TraceParty(CHALLENGER, bad, outputs_of(bad, model), silent=True),
+        as_challenger(bad, outputs_of(bad, model), silent=True),
         receipt=receipt,
         digest=digest,
         inputs=inputs,
@@ -788,9 +822,9 @@ def test_when_both_parties_miss_a_move_the_defendant_is_not_slashed(
     assert run.result is not None
     assert run.result["reason"] == "timeout"
     state = book.state()
-    assert state.stake_of(DEFENDANT) == STAKE
+    assert state.stake_of(DEFENDANT_OP.key_id) == STAKE
     assert state.account(DEFENDANT).slashes == 0
-    assert state.stake_of(CHALLENGER) == STAKE // 2
+    assert state.stake_of(CHALLENGER_OP.key_id) == STAKE // 2
 
 
 def test_when_neither_party_produces_the_agreed_tensors_the_defendant_is_not_slashed(
@@ -806,7 +840,7 @@ def test_when_neither_party_produces_the_agreed_tensors_the_defendant_is_not_sla
     run = dispute(
         service(model, book),
         TraceParty(DEFENDANT, bad, outputs_of(bad, model), no_tensors=True),
-        TraceParty(CHALLENGER, good, outputs_of(good, model), no_tensors=True),
+        as_challenger(good, outputs_of(good, model), no_tensors=True),
         receipt=receipt,
         digest=digest,
         inputs=inputs,
@@ -836,7 +870,7 @@ def test_a_receipt_is_disputed_once_per_claim(
     def parties() -> tuple[TraceParty, TraceParty]:
         return (
             TraceParty(DEFENDANT, good, outputs_of(good, model)),
-            TraceParty(CHALLENGER, bad, outputs_of(bad, model)),
+            as_challenger(bad, outputs_of(bad, model)),
         )
 
     first = dispute(svc, *parties(), receipt=receipt, digest=digest, inputs=inputs)
@@ -924,7 +958,7 @@ def test_an_open_dispute_resumes_in_another_process_from_its_recorded_moves(
 
     async def before_the_restart() -> tuple[str, list[Any]]:
         svc = stored_service(model, book, DisputeStore(engine, owner="first", lease=60), tensors)
-        remote = RemoteParty(Claim("watcher-key", outputs_of(good, model), good.commitment))
+        remote = RemoteParty(Claim(WATCHER, outputs_of(good, model), good.commitment))
         run = await svc.open(
             inference="req-1",
             defendant=node.party(model, digest, inputs),
@@ -934,6 +968,7 @@ def test_an_open_dispute_resumes_in_another_process_from_its_recorded_moves(
             model=digest,
             inputs=inputs,
             bond=0,
+            authorization=signed_in(),
         )
         await answer(svc, run, good, moves=2)
         await asyncio.sleep(0.05)
