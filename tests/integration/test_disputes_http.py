@@ -1,9 +1,10 @@
 """External disputes over HTTP against a real local network (``veriml serve`` processes).
 
 A challenger holding its own trace of a logged inference plays the protocol by hand here, so
-every status of docs/verification.md ("Service") is seen: signed moves only, by the
-challenger only, the move asked for only, nothing once settled, and a challenger that stops
-answering loses at the deadline while the defendant node answers its own queries.
+every status of docs/verification.md ("Service") is seen: a signed challenge with its signed
+bond only (402 without, 403 by another key), signed moves only, by the challenger only, the
+move asked for only, nothing once settled, and a challenger that stops answering loses its
+bond at the deadline while the defendant node answers its own queries.
 """
 
 from __future__ import annotations
@@ -21,16 +22,18 @@ import pytest
 
 from veriml.client import Client, LocalNetwork
 from veriml.coordinator.auth import sign_request
-from veriml.core.keys import SigningKey, generate_key
+from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
+from veriml.protocol.accounts import LedgerRequest
 from veriml.runtime import Runner, Trace
 
 pytestmark = pytest.mark.slow
 
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
 DISPUTE_TIMEOUT = 3.0
+BOND = 10  # the coordinator's default challenge bond
 
 
 @dataclass(frozen=True)
@@ -82,13 +85,32 @@ def post(served: Served, path: str, body: dict[str, Any], key: SigningKey | None
     return httpx.post(served.net.url + path, content=data, headers=headers, timeout=120)
 
 
-def open_body(served: Served, outputs: dict[str, str], trace: Trace) -> dict[str, Any]:
-    return {
+def funded(served: Served, amount: int = 100) -> SigningKey:
+    """A fresh challenger account with ``amount`` deposited (by the ledger's admin key)."""
+    key = generate_key()
+    admin = load_private_key(served.net.home / "coordinator" / "coordinator.key", kind="ed25519")
+    with Client(served.net.url, log_vkey=served.net.log_vkey, verify=False) as client:
+        client.deposit(key.key_id, amount, admin)
+    return key
+
+
+def bond(key: SigningKey, inference: str, node: str, amount: int = BOND) -> dict[str, Any]:
+    """``key``'s signed challenge request: the bond of one dispute."""
+    return LedgerRequest.signed(key, "challenge", amount, inference=inference, node=node).to_json()
+
+
+def open_body(
+    served: Served, outputs: dict[str, str], trace: Trace, key: SigningKey | None = None
+) -> dict[str, Any]:
+    body: dict[str, Any] = {
         "inference": served.inference,
         "node": served.cheater,
         "trace": trace.commitment.to_json(),
         "outputs": outputs,
     }
+    if key is not None:
+        body["authorization"] = bond(key, served.inference, served.cheater)
+    return body
 
 
 def reveal_body(trace: Trace, index: int) -> dict[str, Any]:
@@ -116,12 +138,36 @@ def test_a_challenge_must_be_signed_and_name_a_logged_inference(
     assert missing.status_code == 404
 
 
+def test_a_challenge_bonds_with_the_challenger_s_own_signature_and_balance(
+    served: Served, honest_trace: tuple[dict[str, str], Trace]
+) -> None:
+    """402 without a bond, for another amount or beyond the balance; 403 for a bond another
+    key signed. Each is refused before anything is logged."""
+    outputs, trace = honest_trace
+    key = funded(served)
+    size = httpx.get(f"{served.net.url}/healthz", timeout=30).json()["log_size"]
+    body = open_body(served, outputs, trace)
+    unbonded = post(served, "/v1/disputes", body, key)
+    assert unbonded.status_code == 402, unbonded.text
+    assert unbonded.headers["content-type"] == "application/problem+json"
+    wrong = {**body, "authorization": bond(key, served.inference, served.cheater, BOND - 1)}
+    assert post(served, "/v1/disputes", wrong, key).status_code == 402
+    theirs = {**body, "authorization": bond(generate_key(), served.inference, served.cheater)}
+    assert post(served, "/v1/disputes", theirs, key).status_code == 403
+    poor = generate_key()
+    assert (
+        post(served, "/v1/disputes", open_body(served, outputs, trace, poor), poor).status_code
+        == 402
+    )
+    assert httpx.get(f"{served.net.url}/healthz", timeout=30).json()["log_size"] == size
+
+
 def test_the_challenger_plays_by_hand_wins_and_nothing_moves_after(
     served: Served, honest_trace: tuple[dict[str, str], Trace]
 ) -> None:
     outputs, trace = honest_trace
-    key, stranger = generate_key(), generate_key()
-    opened = post(served, "/v1/disputes", open_body(served, outputs, trace), key)
+    key, stranger = funded(served), generate_key()
+    opened = post(served, "/v1/disputes", open_body(served, outputs, trace, key), key)
     assert opened.status_code == 201, opened.text
     state = opened.json()
     assert state["status"] == "open"
@@ -156,16 +202,20 @@ def test_the_challenger_plays_by_hand_wins_and_nothing_moves_after(
     late = post(served, path + "/reveal", reveal_body(trace, 0), key)
     assert late.status_code == 410
     ledger = httpx.get(f"{served.net.url}/v1/ledger/state", timeout=30).json()
-    assert ledger["accounts"][served.cheater]["slashes"] >= 1
+    cheater = ledger["operators"][served.cheater]  # slashes hit the node's operator
+    assert ledger["accounts"][cheater]["slashes"] >= 1
     assert ledger["accounts"][key.key_id]["reputation"] == 1
+    assert ledger["accounts"][key.key_id]["balance"] > 100  # the bond back, and a reward
 
 
 def test_a_challenger_that_stops_answering_loses_at_the_deadline(
     served: Served, honest_trace: tuple[dict[str, str], Trace]
 ) -> None:
     outputs, trace = honest_trace
-    key = generate_key()
-    opened = post(served, "/v1/disputes", open_body(served, outputs, trace), key)
+    key = funded(served)
+    # Another claim than the earlier tests' (those receipts and outputs were disputed once).
+    other = dict.fromkeys(outputs, "sha256:" + "7" * 64)
+    opened = post(served, "/v1/disputes", open_body(served, other, trace, key), key)
     assert opened.status_code == 201, opened.text
     path = f"{served.net.url}/v1/disputes/{opened.json()['id']}"
     deadline = time.monotonic() + 10 * DISPUTE_TIMEOUT
@@ -178,6 +228,7 @@ def test_a_challenger_that_stops_answering_loses_at_the_deadline(
     assert state["result"]["reason"] == "timeout"
     ledger = httpx.get(f"{served.net.url}/v1/ledger/state", timeout=30).json()
     assert ledger["accounts"][key.key_id]["reputation"] == -100
+    assert ledger["accounts"][key.key_id]["balance"] == 100 - BOND  # the bond is burned
 
 
 def test_an_optimistic_answer_is_open_to_challenge_only_within_its_window(
@@ -190,13 +241,15 @@ def test_an_optimistic_answer_is_open_to_challenge_only_within_its_window(
         short = client.infer("mlp", {"x": X}, policy="optimistic:1s")
         long = client.infer("mlp", {"x": X}, policy="optimistic:1h")
     time.sleep(1.5)
-    key = generate_key()
+    key = funded(served)
     node = short.verdict.agreeing[0]
     late = {**open_body(served, outputs, trace), "inference": short.id, "node": node}
+    late["authorization"] = bond(key, short.id, node)
     closed = post(served, "/v1/disputes", late, key)
     assert closed.status_code == 410, closed.text
     assert closed.json()["final_after"] == short.final_after
     node = long.verdict.agreeing[0]
     in_time = {**open_body(served, outputs, trace), "inference": long.id, "node": node}
+    in_time["authorization"] = bond(key, long.id, node)
     opened = post(served, "/v1/disputes", in_time, key)
     assert opened.status_code == 201, opened.text
