@@ -53,6 +53,10 @@ _log = logging.getLogger(__name__)
 Publisher = Callable[[int, bytes], bytes | None]
 """Called after a commit with (size, signed note); returns the note to publish or ``None``."""
 
+PUBLISH_RETRY = (0.25, 5.0)
+"""Seconds before a checkpoint the publisher refused is offered again: the first delay, doubled
+after each failure up to the second."""
+
 
 def partial_tiles(size: int) -> list[tuple[int, int, int]]:
     """``(level, index, width)`` of the non-empty partial tiles of a tree of ``size``.
@@ -254,6 +258,8 @@ class Sequencer:
         # holds up integration, and only the newest checkpoint waiting is pushed.
         self._to_publish: tuple[int, bytes] | None = None
         self._publish_lock = threading.Lock()
+        self._retry_delay = PUBLISH_RETRY[0]
+        self._wake = threading.Event()  # a newer checkpoint, or close(): stop waiting to retry
         self._publishing = ThreadPoolExecutor(1, thread_name_prefix="veriml-tlog-publish")
         self._thread = threading.Thread(target=self._run, name="veriml-tlog-sequencer", daemon=True)
         self._thread.start()
@@ -312,6 +318,7 @@ class Sequencer:
         """Integrate what is queued, then stop the background thread."""
         if not self._closed.is_set():
             self._closed.set()
+            self._wake.set()
             self._queue.put(None)
             self._thread.join()
             self._publishing.shutdown(wait=True)
@@ -384,6 +391,7 @@ class Sequencer:
         with self._publish_lock:
             if self._to_publish is None or self._to_publish[0] < size:
                 self._to_publish = (size, note)
+            self._wake.set()
         self._publishing.submit(self._publish_latest)
 
     def _publish_latest(self) -> None:
@@ -399,3 +407,25 @@ class Sequencer:
                 self._storage.publish(size, cosigned)
         except Error as exc:
             _log.warning("checkpoint %d not published: %s", size, exc.diagnostics())
+            self._retry_publish(size, note)
+        else:
+            self._retry_delay = PUBLISH_RETRY[0]
+
+    def _retry_publish(self, size: int, note: bytes) -> None:
+        """Offer a refused checkpoint again after a growing delay, unless a newer one is
+        waiting: witnesses may be down for a while or start after the log, and a log that
+        receives no new entry would otherwise never publish what it integrated."""
+        with self._publish_lock:
+            if self._to_publish is not None:
+                return  # the newer one is queued already
+            self._to_publish = (size, note)
+            delay = self._retry_delay
+            self._retry_delay = min(2 * delay, PUBLISH_RETRY[1])
+            self._wake.clear()
+        # close() sets _closed before _wake: seen here, or it wakes the wait.
+        if self._closed.is_set() or (self._wake.wait(delay) and self._closed.is_set()):
+            return
+        try:
+            self._publishing.submit(self._publish_latest)
+        except RuntimeError:  # the executor shut down meanwhile
+            return

@@ -8,10 +8,11 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 
 import pytest
 
-from veriml.core.errors import FormatError, StorageError
+from veriml.core.errors import FormatError, NodeUnavailable, StorageError
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
 from veriml.tlog.merkle import (
@@ -242,4 +243,50 @@ def test_a_failed_integration_acknowledges_nothing(db_url: str, signer: NoteSign
     assert seq.add(b"after") == 1
     seq.close()
     assert assert_log_is_sound(storage, signer) == [b"before", b"after"]
+    storage.close()
+
+
+def test_a_checkpoint_the_witnesses_refused_is_published_once_they_answer_without_a_new_entry(
+    db_url: str, signer: NoteSigner
+) -> None:
+    """A witnessed log whose witness is down (or not started yet) must not stay stuck at an old
+    checkpoint until the next entry arrives: the refused checkpoint is offered again."""
+    up = threading.Event()
+    offered: list[int] = []
+
+    def publisher(size: int, note: bytes) -> bytes:
+        offered.append(size)
+        if not up.is_set():
+            raise NodeUnavailable("witness unreachable")
+        return note
+
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, max_interval=0.01, publisher=publisher)
+    assert seq.add_many([b"a", b"b"]) == [0, 1]
+    deadline = time.monotonic() + 10
+    while not offered and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert storage.state().published_size == 0
+    up.set()  # no new entry: only the retry can publish size 2
+    while storage.state().published_size < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert storage.state().published_size == 2
+    assert offered[-1] == 2
+    assert len(offered) >= 2
+    seq.close()
+    storage.close()
+
+
+def test_close_does_not_wait_for_a_pending_publish_retry(db_url: str, signer: NoteSigner) -> None:
+    def refuse(size: int, note: bytes) -> bytes:
+        raise NodeUnavailable("witness unreachable")
+
+    storage = open_storage(db_url, signer)
+    seq = Sequencer(storage, signer, max_interval=0.01, publisher=refuse)
+    seq.add(b"a")
+    time.sleep(0.1)
+    started = time.monotonic()
+    seq.close()
+    assert time.monotonic() - started < 2
+    assert storage.state().published_size == 0
     storage.close()
