@@ -3,6 +3,10 @@
 PostgreSQL: tests that need the server at 127.0.0.1:5432 take the ``postgres_url`` fixture.
 Where the server is unreachable they skip with the reason, unless VERIML_REQUIRE_POSTGRES=1
 (as .ci/run sets), in which case they fail.
+
+The SDK's cache (``VERIML_CACHE_DIR``: the checkpoints each log was seen at, pulled models) is
+a fresh folder for every test, never the user's: a test that shows a client one log must not
+meet a checkpoint another test (or the developer) stored for a log with the same key.
 """
 
 from __future__ import annotations
@@ -59,3 +63,20 @@ def postgres_url(_postgres_server: str) -> Iterator[str]:
         with engine.begin() as conn:
             conn.execute(sqlalchemy.text(f'DROP SCHEMA "{schema}" CASCADE'))
         engine.dispose()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The SDK cache of fixtures wider than one test (and of what they start)."""
+    folder = tmp_path_factory.mktemp("veriml-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("VERIML_CACHE_DIR", str(folder))
+        yield folder
+
+
+@pytest.fixture(autouse=True)
+def _test_cache_dir(_session_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own SDK cache (created on first use)."""
+    folder = _session_cache_dir / f"test-{uuid.uuid4().hex[:12]}"
+    monkeypatch.setenv("VERIML_CACHE_DIR", str(folder))
+    return folder

@@ -103,18 +103,15 @@ def verify_inference_file(
     home: Path | None = None,
     bounds: OutputBounds | None = None,
 ) -> VerifiedInference:
-    """Verify a saved answer fully offline; the log key is pinned as for :class:`Client`.
-    ``bounds`` recomputes tolerance-mode agreement (see :func:`verify_inference`)."""
-    from veriml.client._config import witness_verifiers
+    """Verify a saved answer fully offline; the log key and the witnesses are pinned as for
+    :class:`Client` (a key from the local network's file brings its witnesses). ``bounds``
+    recomputes tolerance-mode agreement (see :func:`verify_inference`)."""
+    from veriml.client._config import pin_witnesses
 
     result = InferenceResult.load(Path(path))
-    return verify_inference(
-        result,
-        log_key=pin_log_key(log_vkey, home),
-        witnesses=witness_verifiers(tuple(witnesses)),
-        quorum=quorum,
-        bounds=bounds,
-    )
+    log_key = pin_log_key(log_vkey, home)
+    chosen, quorum = pin_witnesses(log_vkey, tuple(witnesses), quorum, home)
+    return verify_inference(result, log_key=log_key, witnesses=chosen, quorum=quorum, bounds=bounds)
 
 
 def __getattr__(name: str) -> object:

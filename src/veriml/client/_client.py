@@ -15,8 +15,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
+import os
 import shutil
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -33,7 +36,8 @@ from veriml.client._chat import (
     canonical_policy,
     openai_error,
 )
-from veriml.client._config import cache_dir, pin_log_key, resolve_url, witness_verifiers
+from veriml.client._checkpoints import CheckpointStore
+from veriml.client._config import cache_dir, pin_log_key, pin_witnesses, resolve_url
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
 from veriml.core.digest import Digest
@@ -45,12 +49,14 @@ from veriml.core.errors import (
     LimitExceeded,
     LogInconsistency,
     NodeUnavailable,
+    NotFound,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_canonical
 from veriml.protocol.accounts import LedgerRequest
 from veriml.protocol.sse import SSEReader, parse_sse
+from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.merkle import verify_consistency
@@ -81,6 +87,27 @@ LOG_SIZE_HEADER = "X-Veriml-Log-Size"
 PAYMENT_HEADER = "X-Veriml-Payment"
 # The canonical encoding's header is at most a few hundred bytes on top of the tensor's data.
 MAX_TENSOR_ANSWER_BYTES = DEFAULT_MAX_TENSOR_BYTES + 4096
+CHECKPOINT_WRITE_INTERVAL = 1.0
+"""Seconds between two writes of the checkpoint store by one client (it always writes on close)."""
+
+Checkpoints = bool | str | os.PathLike[str]
+_log = logging.getLogger(__name__)
+
+
+def _checkpoint_store(checkpoints: Checkpoints) -> CheckpointStore | None:
+    """``True``: the user's store (``cache_dir()/checkpoints``); ``False``: none; a path: that
+    folder."""
+    if checkpoints is True:
+        try:
+            return CheckpointStore(cache_dir() / "checkpoints")
+        except RuntimeError as exc:  # no home directory to find a cache folder in
+            _log.warning("no checkpoint store (set VERIML_CACHE_DIR): %s", exc)
+            return None
+    if checkpoints is False:
+        return None
+    if isinstance(checkpoints, str | os.PathLike):
+        return CheckpointStore(Path(checkpoints))
+    raise FormatError("checkpoints is True, False or a folder", got=repr(checkpoints)[:40])
 
 
 def _amount(amount: int) -> int:
@@ -196,6 +223,7 @@ class _Base:
         trusted_operators: Collection[str] | None = None,
         allow_unsigned: bool = False,
         max_fee: int = 0,
+        checkpoints: Checkpoints = True,
     ) -> None:
         self.url = resolve_url(url, home)
         self.key = key
@@ -212,50 +240,146 @@ class _Base:
         self._rules: tuple[float, Mapping[str, Any]] | None = None
         self._prefix = urlsplit(self.url).path.rstrip("/")
         self.verify = verify
-        self.witnesses = witness_verifiers(tuple(witnesses))
-        self.quorum = quorum
         # Pinned up front: a client that verifies fails at construction, not mid-request.
+        # A log key pinned from the local network's file brings that network's witnesses.
         self.log_key: NoteVerifier | None = pin_log_key(log_vkey, home) if verify else None
+        self.witnesses, self.quorum = pin_witnesses(log_vkey, tuple(witnesses), quorum, home)
+        self._home = home
         self._log: LogClient | None = None
-        # The largest checkpoint this client has seen: every later one must extend it.
+        # The largest checkpoint this client has seen: every later one must extend it. It
+        # starts from the one any process of this user stored for the log (read once, on first
+        # use) and is written back when it grows (at most once a second, and on close).
         self._latest: SignedCheckpoint | None = None
         self._latest_lock = threading.Lock()
+        self._store = _checkpoint_store(checkpoints)
+        self._store_lock = threading.Lock()
+        self._store_read = False
+        self._stored: Checkpoint | None = None  # what this client last read or wrote there
+        self._stored_at = -float("inf")
+        self._forked = False  # a fork was found against the store: leave it as evidence
         # Model references resolved to digests through the hub (None: not a hub model).
         self._models: dict[str, Digest | None] = {}
 
     def _check_consistent(
         self, signed: SignedCheckpoint, proof: tuple[int, Sequence[bytes]] | None = None
     ) -> None:
-        """Online only: the answer's tree and the largest one seen before are one history
-        (RFC 9162 §2.1.4 consistency proof: the one the answer carries from the size this
-        client told it, else one computed from tiles), so a coordinator cannot show this
-        client two forks of its log."""
-        with self._latest_lock:
-            latest = self._latest
-        if latest is None or latest.checkpoint == signed.checkpoint:
-            older, newer = None, signed
-        elif latest.checkpoint.size <= signed.checkpoint.size:
-            older, newer = latest, signed
-        else:
-            older, newer = signed, latest
-        if older is not None:
-            try:
-                old, new = older.checkpoint, newer.checkpoint
-                if proof is not None and proof[0] == old.size and newer is signed:
-                    verify_consistency(old.size, new.size, proof[1], old.root_hash, new.root_hash)
-                else:
-                    self._log_client().verify_consistent(old, newer)
-            except VerificationError as exc:
-                raise LogInconsistency(
-                    "the log shown to this client forked",
-                    check="consistency",
-                    old=older.checkpoint.size,
-                    new=newer.checkpoint.size,
-                    reason=exc.message,
-                ) from exc
-        with self._latest_lock:
-            if self._latest is None or self._latest.checkpoint.size < newer.checkpoint.size:
-                self._latest = newer
+        """Online only: the answer's tree and the largest one seen before, by this client or
+        (through the checkpoint store) any process of this user, are one history (RFC 9162
+        §2.1.4 consistency proof: the one the answer carries from the size this client told
+        it, else one computed from tiles), so a coordinator cannot show two forks of its log."""
+        self._read_store()
+        self._advance(signed, proof)
+        self._write_store()
+
+    def _advance(
+        self, shown: SignedCheckpoint, proof: tuple[int, Sequence[bytes]] | None = None
+    ) -> None:
+        """Prove ``shown`` and the largest checkpoint seen so far one history, and keep the
+        larger. Another thread may have moved that one meanwhile: then ``shown`` is proven
+        against the new one too, so two answers that fork from each other never both pass."""
+        while True:
+            with self._latest_lock:
+                latest = self._latest
+            newer = shown
+            if latest is not None and latest.checkpoint != shown.checkpoint:
+                newer = self._one_history(latest, shown, proof)
+            with self._latest_lock:
+                if self._latest is not latest:
+                    continue
+                if latest is None or latest.checkpoint.size < newer.checkpoint.size:
+                    self._latest = newer
+                return
+
+    def _one_history(
+        self,
+        seen: SignedCheckpoint,
+        shown: SignedCheckpoint,
+        proof: tuple[int, Sequence[bytes]] | None = None,
+    ) -> SignedCheckpoint:
+        """The larger of two checkpoints once the smaller is proven a prefix of it (with
+        ``proof``, from the smaller size to ``shown``'s, when it is one), else
+        :class:`LogInconsistency` naming both sizes."""
+        older, newer = (
+            (seen, shown) if seen.checkpoint.size <= shown.checkpoint.size else (shown, seen)
+        )
+        old, new = older.checkpoint, newer.checkpoint
+        try:
+            if proof is not None and proof[0] == old.size and newer is shown:
+                verify_consistency(old.size, new.size, proof[1], old.root_hash, new.root_hash)
+            else:
+                self._log_client().verify_consistent(old, newer)
+        except (VerificationError, NotFound) as exc:
+            # NotFound: the log serves no tiles at a size it signed before (a rollback).
+            evidence: dict[str, Any] = {}
+            if self._store is not None and self._stored in (old, new) and self.log_key:
+                evidence["stored"] = str(self._store.path(self.log_key))
+            raise LogInconsistency(
+                "the log forked: a checkpoint it showed before and this one are not one history",
+                check="consistency",
+                old=old.size,
+                new=new.size,
+                reason=exc.message,
+                **evidence,
+            ) from exc
+        return newer
+
+    def _read_store(self) -> None:
+        """Once per client: the checkpoint any process of this user stored for the log
+        becomes the one every answer must extend."""
+        if self._store is None or self._store_read or self.log_key is None:
+            return
+        with self._store_lock:
+            if self._store_read:
+                return
+            stored = self._store.load(self.log_key)
+            self._store_read = True
+            if stored is None:
+                return
+            self._stored = stored.checkpoint
+            with self._latest_lock:
+                if self._latest is None:
+                    self._latest = stored
+
+    def _write_store(self, *, closing: bool = False) -> None:
+        """Store the largest checkpoint this client has seen if it grew (at most once a
+        second unless ``closing``). When another process stored another one meanwhile, the two
+        must be one history (:class:`LogInconsistency` otherwise); the larger is kept."""
+        store, key = self._store, self.log_key
+        if store is None or key is None or not self._store_read or self._forked:
+            return
+        with self._store_lock:
+            for _ in range(8):
+                with self._latest_lock:
+                    latest = self._latest
+                if latest is None or latest.checkpoint == self._stored:
+                    return
+                if not closing and time.monotonic() - self._stored_at < CHECKPOINT_WRITE_INTERVAL:
+                    return
+                try:
+                    other = store.swap(key, self._stored, latest)
+                except Error as exc:  # the check in memory still holds; the next write retries
+                    _log.warning("checkpoint not stored: %s", exc.diagnostics())
+                    return
+                self._stored_at = time.monotonic()
+                if other is None:
+                    self._stored = latest.checkpoint
+                    return
+                try:
+                    self._advance(other)
+                except LogInconsistency:
+                    self._forked = True
+                    raise
+                self._stored = other.checkpoint
+
+    def _close_store(self) -> None:
+        """On close: store what this client saw last. A fork found now still raises; a store
+        or log that cannot be reached only warns."""
+        try:
+            self._write_store(closing=True)
+        except LogInconsistency:
+            raise
+        except Error as exc:
+            _log.warning("checkpoint not stored on close: %s", exc.diagnostics())
 
     def _expect(
         self, model: str, inputs: Mapping[str, Any], policy: str, request_id: str | None
@@ -314,7 +438,7 @@ class _Base:
 
     def _pinned(self) -> NoteVerifier:
         if self.log_key is None:
-            self.log_key = pin_log_key(None)
+            self.log_key = pin_log_key(None, self._home)
         return self.log_key
 
     def _node_evidence(
@@ -374,8 +498,10 @@ class _Base:
         return replace(full, verified=verified.checks, verification=verified.verification)
 
     def _known_size(self) -> dict[str, str]:
-        """``X-Veriml-Log-Size``: the size of the largest checkpoint this client verified,
-        so the answer proves its own checkpoint consistent with it."""
+        """``X-Veriml-Log-Size``: the size of the largest checkpoint this client verified (or
+        found in the checkpoint store), so the answer proves its own checkpoint consistent
+        with it."""
+        self._read_store()
         with self._latest_lock:
             latest = self._latest
         return {} if latest is None else {LOG_SIZE_HEADER: str(latest.checkpoint.size)}
@@ -483,9 +609,15 @@ class _Base:
 class Client(_Base):
     """A synchronous client of a veriml coordinator. Answers are verified unless
     ``verify=False``; the log key is pinned from ``log_vkey``, ``$VERIML_LOG_VKEY`` or the
-    local network's ``network.json`` (see :mod:`veriml.client`). With ``key`` (Ed25519 or EC)
-    every publish and inference request is signed, and the logged inference names its key id
-    (``request.client``), which the SDK checks."""
+    local network's ``network.json`` (see :mod:`veriml.client`), which also names the witnesses
+    whose cosignatures are then required (else ``witnesses`` and ``quorum``). With ``key``
+    (Ed25519 or EC) every publish and inference request is signed, and the logged inference
+    names its key id (``request.client``), which the SDK checks.
+
+    ``checkpoints`` keeps the largest checkpoint of the log verified by any process of this
+    user (``True``: in ``cache_dir()/checkpoints``; a path: in that folder; ``False``: in
+    memory only), so a log that forks is caught on the next call, not only within this
+    object."""
 
     def __init__(
         self,
@@ -502,6 +634,7 @@ class Client(_Base):
         trusted_operators: Collection[str] | None = None,
         allow_unsigned: bool = False,
         max_fee: int = 0,
+        checkpoints: Checkpoints = True,
     ) -> None:
         super().__init__(
             url,
@@ -515,12 +648,18 @@ class Client(_Base):
             trusted_operators=trusted_operators,
             allow_unsigned=allow_unsigned,
             max_fee=max_fee,
+            checkpoints=checkpoints,
         )
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
-        self._http.close()
-        self._close_log()
+        """Store the largest checkpoint seen (a fork found now raises
+        :class:`LogInconsistency`), then close the connections."""
+        try:
+            self._close_store()
+        finally:
+            self._http.close()
+            self._close_log()
 
     def __enter__(self) -> Client:
         return self
@@ -799,6 +938,7 @@ class AsyncClient(_Base):
         trusted_operators: Collection[str] | None = None,
         allow_unsigned: bool = False,
         max_fee: int = 0,
+        checkpoints: Checkpoints = True,
     ) -> None:
         super().__init__(
             url,
@@ -812,14 +952,18 @@ class AsyncClient(_Base):
             trusted_operators=trusted_operators,
             allow_unsigned=allow_unsigned,
             max_fee=max_fee,
+            checkpoints=checkpoints,
         )
         self._http = httpx.AsyncClient(
             base_url=self.url, timeout=timeout, limits=limits or httpx.Limits()
         )
 
     async def aclose(self) -> None:
-        await self._http.aclose()
-        self._close_log()
+        try:
+            await asyncio.to_thread(self._close_store)
+        finally:
+            await self._http.aclose()
+            self._close_log()
 
     async def __aenter__(self) -> AsyncClient:
         return self

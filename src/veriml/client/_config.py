@@ -1,9 +1,11 @@
-"""Where the SDK finds its coordinator and the log key it pins.
+"""Where the SDK finds its coordinator, the log key it pins and the witnesses it requires.
 
 The coordinator URL comes from the caller, ``$VERIML_URL``, or ``HOME/network.json`` (written
 by ``veriml up``; ``HOME`` is ``$VERIML_HOME`` or ``./.veriml``). The log key is pinned from
 the caller, ``$VERIML_LOG_VKEY`` or that same file, and never learnt from the coordinator:
 a client that asked the coordinator for the key would trust the coordinator for everything.
+A key pinned from the file comes with the file's witnesses and quorum (the local network's
+witness), unless the caller names witnesses itself.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "cache_dir",
     "default_home",
     "pin_log_key",
+    "pin_witnesses",
     "read_network_file",
     "resolve_url",
     "write_network_file",
@@ -53,14 +56,38 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True, slots=True)
 class NetworkFile:
-    """``HOME/network.json``: ``{"url", "log_vkey", "nodes": [{"id", "url", "pid"}]}``."""
+    """``HOME/network.json``: ``{"url", "log_vkey", "nodes": [{"id", "url", "pid"}],
+    "witnesses": ["<cosignature/v1 vkey>", ...], "witness_quorum": K}``.
+
+    ``witnesses`` are the keys of the witnesses that cosign the log's checkpoints and
+    ``witness_quorum`` how many cosignatures a client requires (both optional when read: a
+    file written before them has none)."""
 
     url: str
     log_vkey: str
     nodes: tuple[dict[str, Any], ...] = field(default=())
+    witnesses: tuple[str, ...] = field(default=())
+    witness_quorum: int = 0
+
+    def __post_init__(self) -> None:
+        quorum = self.witness_quorum
+        if isinstance(quorum, bool) or not isinstance(quorum, int):
+            raise FormatError("network.json witness_quorum must be an integer")
+        if not 0 <= quorum <= len(self.witnesses):
+            raise FormatError(
+                "network.json witness_quorum must be between 0 and the number of witnesses",
+                quorum=quorum,
+                witnesses=len(self.witnesses),
+            )
 
     def to_json(self) -> dict[str, Any]:
-        return {"url": self.url, "log_vkey": self.log_vkey, "nodes": [dict(n) for n in self.nodes]}
+        return {
+            "url": self.url,
+            "log_vkey": self.log_vkey,
+            "nodes": [dict(n) for n in self.nodes],
+            "witnesses": list(self.witnesses),
+            "witness_quorum": self.witness_quorum,
+        }
 
     @classmethod
     def from_json(cls, obj: Any) -> NetworkFile:
@@ -73,7 +100,11 @@ class NetworkFile:
         nodes = obj.get("nodes", [])
         if not isinstance(nodes, list) or not all(isinstance(n, dict) for n in nodes):
             raise FormatError("network.json nodes must be a list of objects")
-        return cls(obj["url"], obj["log_vkey"], tuple(nodes))
+        witnesses = obj.get("witnesses", [])
+        if not isinstance(witnesses, list) or not all(isinstance(w, str) for w in witnesses):
+            raise FormatError("network.json witnesses must be a list of verifier keys")
+        quorum = obj.get("witness_quorum", 0)
+        return cls(obj["url"], obj["log_vkey"], tuple(nodes), tuple(witnesses), quorum)
 
 
 def read_network_file(home: Path | None = None) -> NetworkFile | None:
@@ -139,6 +170,35 @@ def pin_log_key(log_vkey: str | NoteVerifier | None, home: Path | None = None) -
             check="log-key",
         )
     return parse_log_key(text)
+
+
+def pin_witnesses(
+    log_vkey: str | NoteVerifier | None,
+    witnesses: tuple[str | CosignatureVerifier, ...] = (),
+    quorum: int = 0,
+    home: Path | None = None,
+) -> tuple[tuple[CosignatureVerifier, ...], int]:
+    """The witnesses whose cosignatures a client requires, and how many.
+
+    ``witnesses`` when the caller names any. Otherwise, when the log key itself comes from the
+    local network's file (no ``log_vkey``, no ``$VERIML_LOG_VKEY``), the file's witnesses and
+    ``witness_quorum`` (``quorum`` when the caller gives one): a client of ``veriml up``
+    requires its witness by default. Else none.
+    """
+    if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 0:
+        raise FormatError("quorum is a non-negative integer", got=str(quorum)[:40])
+    if witnesses or log_vkey or os.environ.get("VERIML_LOG_VKEY"):
+        return witness_verifiers(witnesses), quorum
+    network = read_network_file(home)
+    if network is None or not network.witnesses:
+        return (), quorum
+    try:
+        chosen = witness_verifiers(network.witnesses)
+    except FormatError as exc:
+        raise FormatError(
+            "network.json lists a witness key that does not parse", reason=exc.message
+        ) from exc
+    return chosen, quorum or network.witness_quorum
 
 
 def witness_verifiers(
