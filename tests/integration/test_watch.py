@@ -3,9 +3,10 @@
 A local network of two nodes, node 0 started with ``--byzantine wrong-output`` (one ulp added to
 its first output; its trace agrees with what it answered). Inferences under policy ``none``
 are accepted on one node's word. ``veriml watch --once --sample 1`` then re-executes every one of
-them, finds each answer of node 0 wrong, disputes it with its own trace, and wins at the referee;
-the log then holds a verdict for the watcher and a slash of node 0 for every such answer, and
-nothing against the honest node. Under ``none,tolerance`` the same ulp is within the model's
+them, finds each answer of node 0 wrong, disputes it with its own trace (bonding each challenge
+from its funded account, as the rules require), and wins at the referee; the log then holds a
+verdict for the watcher and a slash of node 0's operator for every such answer, and nothing
+against the honest node. Under ``none,tolerance`` the same ulp is within the model's
 output bounds: a match, not a dispute.
 """
 
@@ -24,7 +25,7 @@ import numpy as np
 import pytest
 
 from veriml.client import Client, LocalNetwork
-from veriml.core.keys import generate_key
+from veriml.core.keys import generate_key, load_private_key
 from veriml.ledger.entries import DisputeVerdictEntry, SlashEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.tlog import LogClient, NoteVerifier
@@ -43,6 +44,7 @@ class Watched:
     answered_by: dict[str, str]  # inference id -> node id
     tolerance: set[str]  # the inferences asked under none,tolerance
     cheater: str
+    cheater_operator: str  # the account a conviction of the cheater slashes
 
     def expected(self, inference: str) -> str:
         """A cheater's answer is a mismatch bitwise; one ulp is within tolerance bounds."""
@@ -62,7 +64,9 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
         assert cheater is not None
         answered_by: dict[str, str] = {}
         tolerance: set[str] = set()
+        admin = load_private_key(net.home / "coordinator" / "coordinator.key", kind="ed25519")
         with Client(net.url, log_vkey=net.log_vkey) as client:
+            client.deposit(watcher_key.key_id, 1000, admin)  # the watcher's challenge bonds
             client.publish(folder, home / "publisher.key")
             rng = np.random.default_rng(0)
             # Until the cheater has answered under both modes and the honest node once (the
@@ -80,7 +84,14 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
             else:
                 pytest.fail("the scheduler never gave the cheater both kinds of request")
         yield Watched(
-            net, home, home / "watcher.key", watcher_key.key_id, answered_by, tolerance, cheater
+            net,
+            home,
+            home / "watcher.key",
+            watcher_key.key_id,
+            answered_by,
+            tolerance,
+            cheater,
+            net.operator_id(net.nodes[0]),
         )
 
 
@@ -156,8 +167,8 @@ def test_watch_once_catches_the_cheater_wins_every_dispute_and_slashes_only_it(
     disputes = {c["dispute"] for c in checks if c["dispute"]}
     assert {v.dispute for v in verdicts} >= disputes
     assert all(v.winner == "challenger" for v in verdicts if v.dispute in disputes)
-    assert {s.dispute for s in slashes if s.account == watched.cheater} >= disputes
-    assert all(s.account == watched.cheater for s in slashes)
+    assert {s.dispute for s in slashes if s.account == watched.cheater_operator} >= disputes
+    assert all(s.account == watched.cheater_operator for s in slashes)
 
     # The state remembers the position: a second run finds nothing new to check.
     again = run_cli(watched, "watch", "--once", "--sample", "1", "--state", str(state), "--json")
