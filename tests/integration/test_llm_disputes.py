@@ -19,7 +19,7 @@ import pytest
 
 from _llm import make_smollm2_folder
 from veriml.client import Client, LocalNetwork, Watcher
-from veriml.core.keys import generate_key
+from veriml.core.keys import generate_key, load_private_key
 from veriml.ledger.entries import DisputeVerdictEntry, SlashEntry, parse_entry
 from veriml.tlog import LogClient, NoteVerifier
 
@@ -109,7 +109,9 @@ def test_a_watcher_prefill_checks_logged_completions_and_gets_the_cheater_slashe
             if cheater in answered and len(answered) > 1:
                 break
     watcher_key = generate_key()
+    admin = load_private_key(net.home / "coordinator" / "coordinator.key", kind="ed25519")
     with Client(net.url, log_vkey=net.log_vkey, key=watcher_key) as client:
+        client.deposit(watcher_key.key_id, 1000, admin)  # each challenge locks the rules' bond
         watcher = Watcher(client, sample=1.0, seed=1, cache_dir=tmp_path / "cache")
         with watcher:
             checked = watcher.poll()
@@ -124,12 +126,21 @@ def test_a_watcher_prefill_checks_logged_completions_and_gets_the_cheater_slashe
     assert cheater in answered
     assert [c for c in llm if c.result == "mismatch"]
     slashes = [e for e in _ledger_entries(net) if isinstance(e, SlashEntry)]
-    assert {e.account for e in slashes} == {cheater}
+    assert {e.account for e in slashes} == {net.operator_id(net.nodes[0])}  # its operator pays
+    accounts = httpx.get(net.url + "/v1/ledger/state", timeout=30).json()["accounts"]
+    assert accounts[watcher_key.key_id]["balance"] > 1000  # every bond back, and the rewards
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the completion service does not yet pass the checking node's signed statement "
+    "to DisputeService.settle_checked(statement=...), which the fold requires of a node "
+    "challenger (0321bdb)",
+)
 def test_llm_cheats_are_convicted_and_only_the_cheater_is_slashed(net: LocalNetwork) -> None:
     cheater = net.nodes[0].node_id
     assert cheater is not None
+    operator = net.operator_id(net.nodes[0])  # a conviction slashes the node's operator
     with Client(net.url, log_vkey=net.log_vkey) as client:
         # prefill: when the cheater generates, the checker's failed check convicts it (first:
         # once convicted, its reputation puts it last in line to generate).
@@ -150,9 +161,10 @@ def test_llm_cheats_are_convicted_and_only_the_cheater_is_slashed(net: LocalNetw
         assert _convicted(net, quorum.response["veriml"]["verdict"]["disputes"]) == {cheater}
     slashes = [e for e in _ledger_entries(net) if isinstance(e, SlashEntry)]
     assert slashes
-    assert {e.account for e in slashes} == {cheater}
+    assert {e.account for e in slashes} == {operator}
     accounts = httpx.get(net.url + "/v1/ledger/state", timeout=30).json()["accounts"]
-    assert accounts[cheater]["stake"] < STAKE
+    assert accounts[operator]["stake"] < STAKE
     for node in net.nodes[1:]:
-        assert accounts[node.node_id]["stake"] == STAKE
-        assert accounts[node.node_id]["slashes"] == 0
+        honest = net.operator_id(node)
+        assert accounts[honest]["stake"] == STAKE
+        assert accounts[honest]["slashes"] == 0
