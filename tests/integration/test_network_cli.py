@@ -58,6 +58,9 @@ def test_up_then_publish_infer_verify_and_sigterm_stops_everything(tmp_path: Pat
             time.sleep(0.2)
         network = json.loads(network_file.read_text())
         assert len(network["nodes"]) == 2
+        # One witness by default, and clients of this file require its cosignature.
+        assert (len(network["witnesses"]), network["witness_quorum"]) == (1, 1)
+        witness = network["witnesses"][0].split("+", 1)[0]
         children = [n["pid"] for n in network["nodes"]]
 
         folder = write_example_folder(tmp_path / "mlp", build_mlp((4, 8, 3), seed=5), name="mlp")
@@ -91,6 +94,7 @@ def test_up_then_publish_infer_verify_and_sigterm_stops_everything(tmp_path: Pat
         assert summary["outcome"] == "accepted"
         assert summary["model"] == digest
         assert "inclusion" in summary["verified"]
+        assert f"\u2014 {witness} " in json.loads(out.read_text())["log"]["checkpoint"]
 
         verified = _veriml("verify", str(out), env=env)
         assert verified.returncode == 0, verified.stderr

@@ -58,6 +58,24 @@ def coordinator(
             "as unsigned models (marked, no name: reachable by digest only).",
         ),
     ] = None,
+    witness: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--witness",
+            metavar="VKEY=URL",
+            help="A witness that cosigns each checkpoint before it is published (repeatable; "
+            "$VERIML_WITNESSES: comma- or space-separated).",
+        ),
+    ] = None,
+    witness_quorum: Annotated[
+        int | None,
+        typer.Option(
+            "--witness-quorum",
+            min=0,
+            envvar="VERIML_WITNESS_QUORUM",
+            help="Cosignatures a checkpoint needs to be published (default: every witness).",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a coordinator: hub, node registry, inference and its transparency log."""
@@ -74,6 +92,8 @@ def coordinator(
         log_db_url=log_db,
         log_origin=log_origin,
         allow_unsigned_publish=allow_unsigned_publish or None,
+        witnesses=tuple(witness) if witness else None,
+        witness_quorum=witness_quorum,
     )
     passphrase = settings.key_passphrase.encode() if settings.key_passphrase else None
     keys = load_or_create_keys(settings.data_dir, origin=settings.log_origin, passphrase=passphrase)
@@ -86,6 +106,8 @@ def coordinator(
         console.print(f"coordinator  {url}")
         console.print(f"key id       {keys.coordinator.key_id}")
         console.print(f"log vkey     {keys.log.vkey}")
+        for key, _ in settings.witness_endpoints():
+            console.print(f"witness      {key.vkey}")
     if settings.allow_unsigned_publish:
         err_console.print(
             "warning: unsigned publishing is on: models no publisher signed are registered "

@@ -1,8 +1,10 @@
-"""``veriml up``: a coordinator and N nodes on this machine, in the foreground.
+"""``veriml up``: a coordinator, N nodes and a witness on this machine, in the foreground.
 
-It writes ``HOME/network.json`` (``{"url", "log_vkey", "nodes": [{"id", "url", "pid"}]}``)
-once every node is registered, so ``veriml publish``, ``veriml infer`` and the SDK find the
-network and pin its log key without further configuration. Ctrl-C or SIGTERM stops every
+It writes ``HOME/network.json`` (``{"url", "log_vkey", "nodes": [{"id", "url", "pid"}],
+"witnesses": [vkey], "witness_quorum": 1}``) once every node is registered, so ``veriml
+publish``, ``veriml infer`` and the SDK find the network, pin its log key and require its
+witness's cosignature without further configuration. ``--witnesses N`` starts N witnesses
+(all must cosign each checkpoint); ``--witnesses 0`` none. Ctrl-C or SIGTERM stops every
 child and removes the file; a child that dies is reported and the rest are stopped.
 
 ``--byzantine INDEX:MODE`` (repeatable; INDEX 0-based in ``network.json``'s ``nodes``) starts
@@ -95,8 +97,19 @@ def up(
             "publisher signed, as unsigned models (marked, reachable by digest only).",
         ),
     ] = False,
+    witnesses: Annotated[
+        int,
+        typer.Option(
+            "--witnesses",
+            min=0,
+            max=8,
+            envvar="VERIML_UP_WITNESSES",
+            help="Witnesses that cosign every checkpoint (clients of network.json require "
+            "them all); 0 runs without one. Witness j listens on PORT+nodes+j.",
+        ),
+    ] = 1,
 ) -> None:
-    """Start a local network (coordinator + nodes) and keep it running until Ctrl-C."""
+    """Start a local network (coordinator + nodes + witness) and keep it running until Ctrl-C."""
     cheats = parse_byzantine(byzantine or [], nodes)
     stop = threading.Event()
 
@@ -115,6 +128,7 @@ def up(
         stake=stake,
         min_stake=min_stake,
         env={"VERIML_ALLOW_UNSIGNED_PUBLISH": "1"} if allow_unsigned_publish else None,
+        witnesses=witnesses,
     )
     try:
         with network:
@@ -123,6 +137,13 @@ def up(
                 mode = f"  BYZANTINE {cheats[index]}" if index in cheats else ""
                 console.print(f"{node.name:<12} {node.url}  {node.node_id}{mode}", markup=False)
             console.print(f"log key      {network.log_vkey}", markup=False)
+            for child, vkey in zip(network.witnesses, network.witness_vkeys, strict=True):
+                console.print(f"{child.name:<12} {child.url}  {vkey}", markup=False)
+            if not network.witnesses:
+                err_console.print(
+                    "warning: no witness: checkpoints are published without cosignatures",
+                    markup=False,
+                )
             if allow_unsigned_publish:
                 err_console.print(
                     "warning: unsigned publishing is on (models marked unsigned, by digest only)",

@@ -1,13 +1,21 @@
-"""A local network on this machine: one coordinator and N nodes, each a ``veriml serve``
+"""A local network on this machine: one coordinator, N nodes and a witness, each a ``veriml``
 subprocess, all under one home folder (what ``veriml up``, the demo, the end-to-end tests and
 the network benchmark start).
 
 Layout under ``HOME`` (docs/network.md, "Keys on disk"): ``coordinator/`` (its keys, SQLite
-database, blobs), ``operators/op-<i>/operator.key`` (the operator accounts) and
-``nodes/node-<i>/`` (node key, model cache), plus ``network.json`` once every node is
+database, blobs), ``operators/op-<i>/operator.key`` (the operator accounts),
+``nodes/node-<i>/`` (node key, model cache) and ``witness/`` (``witness-<j>.key`` with its
+``.vkey``, ``witness-<j>.db`` its memory), plus ``network.json`` once every node is
 registered. Each node is bound to operator ``op-<i>`` (its own account) unless
 ``operators={node index: operator index}`` puts several nodes under one operator (one party,
 one stake: what the Sybil tests start).
+
+``witnesses=1`` (the default) starts that many ``veriml witness serve`` processes before the
+coordinator and makes the coordinator publish a checkpoint only once every one of them cosigned
+it; ``network.json`` names them (``witnesses``, ``witness_quorum``), so a client that pins the
+log key from the file requires their cosignatures. The log key is made first (the files
+``veriml log new`` writes, under ``coordinator/``) because a witness must know the log it
+cosigns before the log publishes anything. ``witnesses=0`` runs without one.
 
 ``byzantine={index: mode}`` starts node ``index`` (0-based, the order of ``network.json``'s
 ``nodes``) cheating in that mode (docs/verification.md, "Byzantine harness": tests and demos
@@ -27,6 +35,8 @@ coordinator (``VERIML_MIN_STAKE``); ``stake=0`` leaves the operators unbonded.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import os
 import signal
 import socket
@@ -48,6 +58,9 @@ __all__ = ["Child", "LocalNetwork", "free_port"]
 HOST = "127.0.0.1"
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 20.0
+LOG_ORIGIN = "veriml.local/coordinator"
+"""The local log's origin (the coordinator's default) unless ``$VERIML_LOG_ORIGIN`` sets one."""
+WITNESS_NAME = "veriml.local/witness-{}"
 
 
 def free_port() -> int:
@@ -169,12 +182,17 @@ class LocalNetwork:
         stake: int = 1000,
         min_stake: int | None = None,
         operators: Mapping[int, int] | None = None,
+        witnesses: int = 1,
     ) -> None:
         """``coordinator_python_args`` go before ``-m veriml`` (the benchmark profiles the
         coordinator with ``-m cProfile -o FILE``). ``byzantine`` and ``threads`` are per node
-        index (0-based); a bad index, mode or thread count is a :class:`FormatError`."""
+        index (0-based); a bad index, mode or thread count is a :class:`FormatError`.
+        ``witnesses`` witnesses cosign every checkpoint (all of them must); witness ``j``
+        listens on ``port + nodes + j`` (a free port when ``port`` is 0)."""
         if nodes < 1:
             raise FormatError("a network needs at least one node", nodes=nodes)
+        if isinstance(witnesses, bool) or not isinstance(witnesses, int) or witnesses < 0:
+            raise FormatError("witnesses must be a non-negative integer", got=witnesses)
         per_node = _per_node_args(nodes, byzantine or {}, threads or {})
         if isinstance(stake, bool) or not isinstance(stake, int) or stake < 0:
             raise FormatError("stake must be a non-negative integer", got=stake)
@@ -205,6 +223,16 @@ class LocalNetwork:
             *coordinator_args,
         ]
         self.coordinator = Child("coordinator", self.url, args, logs / "coordinator.log")
+        self._coordinator_args = args
+        self.witnesses: list[Child] = []
+        for j in range(1, witnesses + 1):
+            witness_port = port + nodes + j if port else free_port()
+            name = f"witness-{j}"
+            url = f"http://{HOST}:{witness_port}"
+            # The arguments naming the log are filled in by start(), once its key exists.
+            self.witnesses.append(Child(name, url, [], logs / f"{name}.log"))
+        self.witness_vkeys: list[str] = []
+        self.witness_quorum = witnesses
         self.nodes: list[Child] = []
         shared = dict(operators or {})
         for index, owner in shared.items():
@@ -261,6 +289,8 @@ class LocalNetwork:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / NETWORK_FILE).unlink(missing_ok=True)
         self._operator_keys()
+        if self.witnesses:
+            self.start_witnesses()
         self.start_coordinator()
         for node in self.nodes:
             node.start(self.env)
@@ -306,6 +336,85 @@ class LocalNetwork:
         for key in keys:
             with Client(self.url, log_vkey=self.log_vkey or None, key=key, verify=False) as client:
                 client.stake(amount)
+
+    def start_witnesses(self) -> None:
+        """Make the log key and the witness keys (once), start every witness trusting that log,
+        and wire them into the coordinator's arguments; return once each one answers."""
+        origin, log_vkey = self._log_key()
+        folder = self.home / "witness"
+        self.witness_vkeys = []
+        wiring = ["--log-origin", origin]
+        for j, child in enumerate(self.witnesses, start=1):
+            key, vkey = self._witness_key(folder, j)
+            self.witness_vkeys.append(vkey)
+            child.args = [
+                *_veriml(),
+                "witness",
+                "serve",
+                "--key",
+                str(key),
+                "--name",
+                WITNESS_NAME.format(j),
+                "--log",
+                log_vkey,
+                "--state",
+                str(folder / f"witness-{j}.db"),
+                "--host",
+                HOST,
+                "--port",
+                child.url.rsplit(":", 1)[1],
+            ]
+            wiring += ["--witness", f"{vkey}={child.url}"]
+        wiring += ["--witness-quorum", str(self.witness_quorum)]
+        self.coordinator.args = [*self._coordinator_args, *wiring]
+        for child in self.witnesses:
+            child.start(self.env)
+        # Before its first cosignature a witness answers 404 for the log's checkpoint: up.
+        probe = f"/{hashlib.sha256(origin.encode()).hexdigest()}/checkpoint"
+        for child in self.witnesses:
+            self._wait(lambda c=child: _answers(c.url + probe), f"{child.name} to start")
+
+    def _log_key(self) -> tuple[str, str]:
+        """The log's origin and verifier key, from the coordinator's key sidecar; the key is
+        made first if absent (the files ``veriml log new`` writes), so the witnesses can
+        trust the log before the coordinator starts."""
+        from veriml.core.keys import generate_key
+        from veriml.tlog.note import NoteSigner
+
+        data = self.home / "coordinator"
+        sidecar = data / "log.key.json"
+        if not sidecar.exists():
+            data.mkdir(parents=True, exist_ok=True)
+            origin = self.env.get("VERIML_LOG_ORIGIN") or LOG_ORIGIN
+            secret = self.env.get("VERIML_KEY_PASSPHRASE")
+            key = generate_key("ed25519")
+            key.save(data / "log.key", passphrase=secret.encode() if secret else None)
+            signer = NoteSigner(origin, key)
+            body = {"origin": origin, "vkey": signer.vkey}
+            sidecar.write_text(json.dumps(body, indent=2) + "\n")
+        try:
+            meta = json.loads(sidecar.read_text())
+            return str(meta["origin"]), str(meta["vkey"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise NodeUnavailable("unreadable log key sidecar", path=str(sidecar)) from exc
+
+    @staticmethod
+    def _witness_key(folder: Path, j: int) -> tuple[Path, str]:
+        """Witness ``j``'s key file and verifier key, made once (what ``veriml witness new``
+        writes: the key, mode 0600, ``.pub`` and ``.vkey``)."""
+        from veriml.core.keys import generate_key, load_private_key
+        from veriml.tlog.cosignature import CosignatureSigner
+
+        path = folder / f"witness-{j}.key"
+        if path.exists():
+            key = load_private_key(path, kind="ed25519")
+        else:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+            key = generate_key("ed25519")
+            key.save(path)
+        vkey = CosignatureSigner(WITNESS_NAME.format(j), key).vkey
+        path.with_name(path.name + ".vkey").write_text(vkey + "\n")
+        return path, vkey
 
     def start_coordinator(self) -> None:
         self.coordinator.start(self.env)
@@ -362,22 +471,24 @@ class LocalNetwork:
             url=self.url,
             log_vkey=self.log_vkey,
             nodes=tuple({"id": n.node_id, "url": n.url, "pid": n.pid} for n in self.nodes),
+            witnesses=tuple(self.witness_vkeys),
+            witness_quorum=self.witness_quorum if self.witness_vkeys else 0,
         )
         write_network_file(self.home, network)
         return network
 
     def dead(self) -> list[Child]:
         """Children that exited on their own."""
-        return [c for c in (self.coordinator, *self.nodes) if c.process and not c.alive()]
+        children = (*self.witnesses, self.coordinator, *self.nodes)
+        return [c for c in children if c.process and not c.alive()]
 
     def stop(self) -> None:
-        """Stop the nodes, then the coordinator; remove network.json."""
+        """Stop the nodes, then the coordinator, then the witnesses (the coordinator's last
+        checkpoint is cosigned as it closes); remove network.json."""
         (self.home / NETWORK_FILE).unlink(missing_ok=True)
-        for node in self.nodes:
+        for child in (*self.nodes, self.coordinator, *self.witnesses):
             with contextlib.suppress(OSError):
-                node.stop()
-        with contextlib.suppress(OSError):
-            self.coordinator.stop()
+                child.stop()
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -409,3 +520,12 @@ class LocalNetwork:
             if time.monotonic() > deadline:
                 raise NodeUnavailable(f"timed out waiting for {what}", seconds=self.start_timeout)
             time.sleep(0.1)
+
+
+def _answers(url: str) -> bool:
+    """Whether anything answers HTTP at ``url`` (any status)."""
+    try:
+        httpx.get(url, timeout=2)
+    except httpx.HTTPError:
+        return False
+    return True

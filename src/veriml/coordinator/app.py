@@ -46,6 +46,7 @@ from veriml.core.errors import Error, LimitExceeded, StorageError
 from veriml.models.blobstore import BlobStore
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.server import create_log_router
+from veriml.tlog.witness import WitnessClient
 
 __all__ = ["INFERENCE_ROUTES", "create_app"]
 
@@ -129,11 +130,16 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         engine = db.open_engine(settings.db_url)
         closers.append(engine.dispose)
         blobs = BlobStore(settings.blobs_url, max_size=settings.max_upload_bytes)
-        log = Log.open(
-            settings.log_db_url,
-            keys.log,
-            options=LogOptions(batch_interval=settings.log_batch_interval),
+        # With witnesses, a checkpoint is published (and answers wait for it) only once
+        # enough of them cosigned it; they are closed after the log's last publish.
+        witnesses = tuple(WitnessClient(url, key) for key, url in settings.witness_endpoints())
+        closers += [w.close for w in witnesses]
+        options = LogOptions(
+            batch_interval=settings.log_batch_interval,
+            witnesses=witnesses,
+            quorum=settings.required_cosignatures,
         )
+        log = Log.open(settings.log_db_url, keys.log, options=options)
         closers.insert(0, log.close)
         models = ModelRepository(engine)
         nodes = NodeRepository(engine, live_after=settings.live_after)

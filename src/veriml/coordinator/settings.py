@@ -15,6 +15,7 @@ zero or a placeholder secret.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 from veriml.core.errors import FormatError
 from veriml.ledger.rules import Rules
+from veriml.tlog.cosignature import CosignatureVerifier
 
 __all__ = ["DEFAULT_LOG_ORIGIN", "ENV_PREFIX", "Settings"]
 
@@ -80,10 +82,24 @@ class Settings:
     max_disputes_per_node: int = 4
     # Seconds each epoch of the randomness beacon lasts (docs/verification.md, "Randomness").
     beacon_interval: float = 600.0
+    # Witnesses that cosign each checkpoint before it is published (C2SP tlog-witness), each
+    # "VKEY=URL", and how many must cosign it (None: all of them). Without any, checkpoints
+    # are published as the log signs them.
+    witnesses: tuple[str, ...] = ()
+    witness_quorum: int | None = None
 
     def __post_init__(self) -> None:
         home = Path(self.home)
         object.__setattr__(self, "home", home)
+        object.__setattr__(self, "witnesses", tuple(self.witnesses))
+        self.witness_endpoints()  # every spec parses, or the settings are refused
+        quorum = self.witness_quorum
+        if quorum is not None and not 0 <= quorum <= len(self.witnesses):
+            raise FormatError(
+                "witness quorum must be between 0 and the number of witnesses",
+                quorum=quorum,
+                witnesses=len(self.witnesses),
+            )
         base = home / "coordinator"
         if not self.db_url:
             object.__setattr__(self, "db_url", f"sqlite:///{base / 'veriml.db'}")
@@ -151,6 +167,30 @@ class Settings:
             dispute_timeout=self.dispute_timeout,
         )
 
+    def witness_endpoints(self) -> tuple[tuple[CosignatureVerifier, str], ...]:
+        """Each witness's cosignature key and submission URL, from ``VKEY=URL``."""
+        endpoints = []
+        for spec in self.witnesses:
+            vkey, sep, url = str(spec).partition("=")
+            if not sep or not url.startswith(("http://", "https://")):
+                raise FormatError("a witness is VKEY=URL (http or https)", got=str(spec)[:80])
+            try:
+                endpoints.append((CosignatureVerifier.from_vkey(vkey.strip()), url.strip()))
+            except FormatError as exc:
+                raise FormatError(
+                    "a witness key is not a cosignature/v1 verifier key",
+                    got=vkey[:80],
+                    reason=exc.message,
+                ) from exc
+        return tuple(endpoints)
+
+    @property
+    def required_cosignatures(self) -> int:
+        """How many witnesses must cosign a checkpoint before it is published."""
+        if self.witness_quorum is None:
+            return len(self.witnesses)
+        return self.witness_quorum
+
     @property
     def live_after(self) -> float:
         """A node is live if its last heartbeat is at most this many seconds old."""
@@ -184,6 +224,11 @@ def _bool(raw: str) -> bool:
     raise ValueError(raw)
 
 
+def _words(raw: str) -> tuple[str, ...]:
+    """A list in one variable: items separated by commas or white space."""
+    return tuple(item for item in re.split(r"[,\s]+", raw) if item)
+
+
 _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "home": Path,
     "max_upload_bytes": int,
@@ -208,6 +253,8 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "max_disputes_per_node": int,
     "challenge_window": float,
     "beacon_interval": float,
+    "witnesses": _words,
+    "witness_quorum": int,
 }
 
 
