@@ -18,7 +18,7 @@ B = {"y": Digest.of(b"b")}
 
 
 def _spot(checked: bool) -> SpotReveal:
-    return SpotReveal(bytes(32), checked)
+    return SpotReveal(checked)
 
 
 def test_a_checked_spot_answer_the_checker_contradicts_puts_the_primary_on_trial() -> None:
