@@ -131,12 +131,6 @@ def test_a_watcher_prefill_checks_logged_completions_and_gets_the_cheater_slashe
     assert accounts[watcher_key.key_id]["balance"] > 1000  # every bond back, and the rewards
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the completion service does not yet pass the checking node's signed statement "
-    "to DisputeService.settle_checked(statement=...), which the fold requires of a node "
-    "challenger (0321bdb)",
-)
 def test_llm_cheats_are_convicted_and_only_the_cheater_is_slashed(net: LocalNetwork) -> None:
     cheater = net.nodes[0].node_id
     assert cheater is not None

@@ -635,7 +635,8 @@ class CompletionService:
         node itself (then it claims no output of its own)."""
         assert self._disputes is not None
         claims = {"defendant": defendant[1].output}
-        if challenger[0].node_id != check.node.node_id:
+        checking = challenger[0].node_id == check.node.node_id
+        if not checking:
             claims["challenger"] = challenger[1].output
         ref = await self._disputes.settle_checked(
             inference=prepared.job.request_id,
@@ -648,6 +649,9 @@ class CompletionService:
             referee={"prefill-check": Digest.of(check.receipt.payload)},
             op_type="prefill",
             step=check.first_failure,
+            # The challenger signs in with its own statement about the request: the checking
+            # node's signed prefill check, or the other node's completion receipt.
+            statement=check.receipt if checking else challenger[1].receipt,
         )
         self._observe("dispute", winner)
         return ref
