@@ -1,13 +1,14 @@
 """The network demo (``veriml demo``, ``make demo``), issue 4 §5:
 
-1. start a local network: a coordinator and three nodes of distinct operators (subprocesses,
-   free ports, SQLite and local blobs under ``HOME/demo-network``);
+1. start a local network: a coordinator, three nodes of distinct operators and a witness that
+   cosigns every checkpoint (subprocesses, free ports, SQLite and local blobs under
+   ``HOME/demo-network``);
 2. build a real small model, logistic regression trained on the iris data that scikit-learn
    ships (converted with skl2onnx; the ``demo`` extra), and sign it (OMS, EC P-256);
 3. publish it to the hub (streamed; the hub verifies the signature before registering it);
 4. run inferences under ``none`` and ``quorum:3/2``, each verified by the SDK on arrival;
-5. verify the saved answers offline with nothing but the log key, and show that tampered
-   copies are rejected, each naming the failed check;
+5. verify the saved answers offline with nothing but the log and witness keys, and show that
+   tampered copies are rejected, each naming the failed check;
 6. print a summary (models, nodes, inferences, verdicts, log size);
 7. shut everything down.
 
@@ -157,12 +158,16 @@ def network_demo(home: Path) -> None:
     work.mkdir(parents=True)
     console.print(Panel.fit(f"veriml network demo — working in {work}", style="bold"))
 
-    _step(1, "Start a local network: one coordinator, three nodes (distinct operators)")
+    _step(1, "Start a local network: one coordinator, three nodes (distinct operators), a witness")
     with LocalNetwork(work / "net", nodes=3, port=0) as net:
         console.print(f"   coordinator   {net.url}", markup=False)
         for child in net.nodes:
             console.print(f"   {child.name:<13} {child.url}  {child.node_id}", markup=False)
         console.print(f"   log key       {net.log_vkey}", markup=False)
+        for child, vkey in zip(net.witnesses, net.witness_vkeys, strict=True):
+            console.print(f"   {child.name:<13} {vkey} (cosigns every checkpoint)", markup=False)
+        # Every answer's checkpoint must carry the witness's cosignature, online and offline.
+        witnesses, quorum = net.witness_vkeys, net.witness_quorum
 
         _step(2, "Build a real small model and sign it (OpenSSF Model Signing, EC P-256)")
         model_dir, what = build_demo_model(work / "iris")
@@ -173,7 +178,7 @@ def network_demo(home: Path) -> None:
         console.print(f"   model         {what}", markup=False)
         console.print(f"   OMS digest    {digest}", markup=False)
 
-        with Client(net.url, log_vkey=net.log_vkey) as client:
+        with Client(net.url, log_vkey=net.log_vkey, witnesses=witnesses, quorum=quorum) as client:
             _step(3, "Publish it to the hub")
             published = client.publish(model_dir, work / "publisher.key")
             console.print(
@@ -201,13 +206,17 @@ def network_demo(home: Path) -> None:
                     f"{len(result.verdict.agreeing)} node(s), log entry {result.log.index}: {outs}"
                 )
 
-            _step(5, "Verify the saved answers offline, with nothing but the log key")
+            _step(5, "Verify the saved answers offline, with nothing but the log and witness keys")
             for _, path in answers:
-                verified = verify_inference_file(path, log_vkey=net.log_vkey)
+                verified = verify_inference_file(
+                    path, log_vkey=net.log_vkey, witnesses=witnesses, quorum=quorum
+                )
                 console.print(f"   [green]✓ valid[/]  {path.name}: {', '.join(verified.checks)}")
             for label, path in _tamper(answers[-1][0], work):
                 try:
-                    verify_inference_file(path, log_vkey=net.log_vkey)
+                    verify_inference_file(
+                        path, log_vkey=net.log_vkey, witnesses=witnesses, quorum=quorum
+                    )
                 except VerificationError as exc:
                     console.print(f"   [green]✓ rejected at {exc.check}[/]  {label}: {exc.message}")
                 else:  # a tampering that verifies is a bug in veriml: fail the demo loudly
