@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from functools import partial
 from typing import Any, cast
 
 import httpx
@@ -41,6 +42,7 @@ from veriml.coordinator.keys import load_or_create_keys
 from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
 from veriml.coordinator.problems import install_problem_handlers, problem
 from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
+from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.errors import Error, LimitExceeded, StorageError
 from veriml.models.blobstore import BlobStore
@@ -204,9 +206,26 @@ def _dispute_service(state: Any, settings: Settings) -> DisputeService:
         load_tensor=state.tensors.get,
         store_tensors=state.tensors.put,
         list_nodes=node_lister(state, schedulable_only=False),
+        find_node=partial(_registered_node, state.nodes),
         store=DisputeStore(engine, owner=uuid.uuid4().hex, lease=options.lease),
         answered_at=lambda inference: answered_at(engine, inference),
         options=options,
+    )
+
+
+def _registered_node(nodes: NodeRepository, node_id: str) -> Candidate | None:
+    """A registered node, live or not (blocking): a dispute reaches a defendant the
+    scheduler has set aside for a moment (busy, or between heartbeats)."""
+    row = nodes.get(node_id)
+    if row is None:
+        return None
+    return Candidate(
+        node_id=row.node_id,
+        operator=row.operator,
+        endpoint=row.endpoint,
+        public_key=row.public_key,
+        log_index=row.log_index,
+        last_seen=row.last_seen,
     )
 
 

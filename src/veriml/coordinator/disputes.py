@@ -200,8 +200,9 @@ class DisputeService:
 
     ``load_model(digest)`` and ``load_tensor(digest)`` are blocking (run in worker threads):
     the hub's model and a stored request input; ``store_tensors(arrays)`` stores a dispute's
-    inputs by digest (so a restart can reload them). ``list_nodes(model)`` gives the
-    registered nodes serving a model (to reach a defendant named by id). ``book`` appends
+    inputs by digest (so a restart can reload them). ``list_nodes(model)`` gives the live
+    nodes serving a model and ``find_node(node_id)`` any registered one (a node the scheduler
+    set aside because it was busy is still a defendant). ``book`` appends
     ledger entries (validated against the folded state) and gives the state. ``store`` keeps
     open disputes across restarts; ``answered_at(inference)`` is when an answer was recorded
     (where a challenge window without ``final_after`` starts).
@@ -217,6 +218,7 @@ class DisputeService:
         load_tensor: Callable[[Digest], Array] | None = None,
         store_tensors: Callable[[Mapping[str, Array]], Any] | None = None,
         list_nodes: Callable[[Digest], Sequence[Candidate]] | None = None,
+        find_node: Callable[[str], Candidate | None] | None = None,
         store: DisputeStore | None = None,
         answered_at: Callable[[str], str | None] | None = None,
         options: DisputeOptions | None = None,
@@ -227,6 +229,7 @@ class DisputeService:
         self._load_tensor = load_tensor
         self._store_tensors = store_tensors
         self._list_nodes = list_nodes
+        self._find = find_node
         self._book = book
         self._store = store
         self._answered_at = answered_at
@@ -788,11 +791,10 @@ class DisputeService:
 
     def _current(self, model: Digest, stored: Candidate) -> Candidate:
         """The node as registered now (its endpoint may have changed), else as stored."""
-        if self._list_nodes is not None:
-            for node in self._list_nodes(model):
-                if node.node_id == stored.node_id:
-                    return node
-        return stored
+        try:
+            return self._find_node(model, stored.node_id)
+        except NotFound:
+            return stored
 
     # -- engine --------------------------------------------------------------------------------
 
@@ -800,7 +802,10 @@ class DisputeService:
         for node in self._list_nodes(model) if self._list_nodes is not None else ():
             if node.node_id == node_id:
                 return node
-        raise NotFound("the defendant node is not registered or not live", node=node_id[:200])
+        found = self._find(node_id) if self._find is not None else None
+        if found is None:
+            raise NotFound("the defendant node is not registered", node=node_id[:200])
+        return found
 
     def _stored_inputs(self, digests: Mapping[str, Digest]) -> dict[str, Array]:
         if self._load_tensor is None:
