@@ -494,8 +494,14 @@ class CompletionService:
             if check is not None:
                 triples.append((check.node.node_id, check.node.operator, check.vouched))
                 evidence.append((check.node, check.receipt))
-                if self._disputes is not None and check.vouched != {OUTPUT: answers[0][1].output}:
-                    # The checker's failed check convicts the generator; it is the challenger.
+                rejected = check.vouched != {OUTPUT: answers[0][1].output}
+                if (
+                    self._disputes is not None
+                    and rejected
+                    and await self._confirmed(prepared, answers[0], check)
+                ):
+                    # The checker's failed (and confirmed) check convicts the generator; it is
+                    # the challenger.
                     checking = (check.node, answers[0][1])
                     disputes.append(
                         await self._record(prepared, answers[0], checking, check, "challenger")
@@ -562,6 +568,12 @@ class CompletionService:
         if check is None:
             raise NodeUnavailable("no node of another operator could check the completion")
         rejected = check.vouched != {OUTPUT: answer.output}
+        if rejected and not await self._confirmed(prepared, pair, check):
+            raise NodeUnavailable(
+                "the completion's rejection could not be confirmed by a second operator: "
+                "nobody is convicted on one check",
+                node=node_id,
+            )
         ref = await self._disputes.settle_checked(
             inference=job.request_id,
             defendant=node_id,
@@ -613,6 +625,8 @@ class CompletionService:
         check = await self._prefill(prepared, defendant, avoid=avoid)
         if check is None:
             return None
+        # The losing side is held wrong by two operators: the third operator's check, and
+        # the other side's own different completion.
         if check.vouched != {OUTPUT: defendant[1].output}:
             return await self._record(prepared, defendant, challenger, check, "challenger")
         other = await self._prefill(prepared, challenger, avoid=avoid)
@@ -662,12 +676,16 @@ class CompletionService:
         primary: tuple[Candidate, NodeAnswer],
         *,
         avoid: frozenset[str] = frozenset(),
+        strict: bool = False,
     ) -> PrefillVouch | None:
         """``prefill``: a node of another operator checks the primary's completion (failing
         checkers replaced like any node); None when no such node answered. Operators in
-        ``avoid`` (the parties of a disagreement) check only when no other operator can."""
+        ``avoid`` (the parties of a disagreement) check only when no other operator can, or,
+        ``strict``, never."""
         generator, answer = primary
         tried, busy = frozenset({generator.node_id}), frozenset({generator.operator})
+        if strict:
+            busy |= avoid
         first = self._choose(prepared, 1, tried, busy | avoid) or self._choose(
             prepared, 1, tried, busy
         )
@@ -690,6 +708,29 @@ class CompletionService:
             reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
             self._observe("node-failure", reason)
         return gathered.answers[0][1] if gathered.answers else None
+
+    async def _confirmed(
+        self,
+        prepared: Prepared,
+        primary: tuple[Candidate, NodeAnswer],
+        check: PrefillVouch,
+        avoid: frozenset[str] = frozenset(),
+    ) -> bool:
+        """Whether a check that rejected ``primary``'s completion is confirmed by a second
+        check, by a node of yet another operator. A conviction rests on two independent
+        operators' signed, re-runnable checks, so one lying checker (a party that bought an
+        operator account) cannot get an honest node slashed. Unconfirmed (the second check
+        accepts, or no third operator can check): nobody is convicted."""
+        others = avoid | {primary[0].operator, check.node.operator}
+        second = await self._prefill(prepared, primary, avoid=others, strict=True)
+        confirmed = second is not None and second.vouched != {OUTPUT: primary[1].output}
+        if not confirmed:
+            _log.warning(
+                "prefill rejection of %s by %s not confirmed by another operator: no conviction",
+                prepared.job.request_id,
+                check.node.node_id,
+            )
+        return confirmed
 
     async def _check(self, node: Candidate, job: CompletionJob, answer: NodeAnswer) -> PrefillVouch:
         """One prefill job: post the completion, verify the signed report under the checking
