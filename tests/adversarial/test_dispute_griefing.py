@@ -7,6 +7,7 @@ before anything is logged.
 - a challenger that never moves loses its bond; the defendant keeps its stake;
 - a flood of disputes against a busy node is bounded per node (429) and convicts nobody;
 - a replayed challenge is refused (409) and the log holds it once;
+- a challenger who waits for the node to restart finds the answer re-derived all the same;
 - both parties faulting (the defendant's node gone, the challenger silent) spares the
   defendant;
 - a challenge after the answer's window is refused (410), whatever the policy;
@@ -248,6 +249,28 @@ def test_a_challenge_after_the_answer_s_window_is_refused_whatever_the_policy(
         assert late.json()["final_after"] == answer["result"].final_after
     assert shared.log_size() == size
     assert shared.ledger()["accounts"][attacker.key_id]["balance"] == FUNDS
+
+
+def test_a_challenger_who_waits_for_the_node_to_restart_still_loses(shared: Net) -> None:
+    """An untraced answer is re-derived by a retrace from the inputs the coordinator stored;
+    a node restart between the answer and the challenge loses nothing that path needs (its
+    model cache and the journal of what it answered are on disk)."""
+    answer = shared.infer(X + 5)
+    node = next(n for n in shared.net.nodes if n.node_id == answer["node"])
+    node.stop()
+    node.start(shared.net.env)
+    shared.net.wait_registered([node])
+    outputs, trace = false_trace(shared.folder, X + 5)
+    attacker = shared.funded()
+    body = challenge_body(attacker, answer["id"], answer["node"], outputs, trace)
+    opened = post(shared.url, "/v1/disputes", body, attacker)
+    assert opened.status_code == 201, opened.text
+    with shared.client(verify=False, key=attacker) as client:
+        state = DisputeState.from_json(opened.json())
+        verdict = Challenger(client, timeout=120).play(state, trace)
+    assert (verdict["winner"], verdict["reason"]) == ("defendant", "referee")
+    defendant = shared.ledger()["accounts"][shared.operator(answer["node"])]
+    assert (defendant["stake"], defendant["slashes"]) == (STAKE, 0)
 
 
 def test_when_both_parties_fault_the_defendant_is_not_slashed(shared: Net) -> None:
