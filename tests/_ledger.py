@@ -13,11 +13,13 @@ order that sorts them) are the same on every run.
 Nodes sign too. ``receipt(node, "req-1")`` is the node's own signed statement about a request;
 ``inference`` entries hold one per answering node, so the fees right after them can pay those
 nodes, and ``challenge`` puts the defendant's receipt (and a challenging node's own) into the
-dispute. A challenge folds only once its nodes are registered (``node_entry``, or
-``network()``):
+dispute. The fold checks a node's signature with the key its node entry registered, so a fee
+or a challenge folds only once its nodes are registered (``node_entries()``, ``node_entry``,
+or ``network()``):
 
     state = network()
     state.apply(inference("req-1", ACME_NODE))
+    state.apply(fee(ALICE, ACME_NODE, 0, at=3))
     state.apply(challenge("d", ACME_NODE, WATCHER, bond=10, at=5))
 """
 
@@ -91,6 +93,7 @@ __all__ = [
     "model",
     "namespace",
     "network",
+    "node_entries",
     "node_entry",
     "payment",
     "receipt",
@@ -214,7 +217,7 @@ def fee(
 ) -> FeeEntry:
     """A fee for ``request`` under ``authorization`` (default: a payment of exactly
     ``amount``). The fold takes it right after ``request``'s inference entry (or another fee
-    of it), for a node whose receipt that entry holds."""
+    of it), for a registered node whose own signed receipt that entry holds."""
     signed = authorization or payment(payer, request, amount, at)
     return FeeEntry(payer.key_id, _id(payee), amount, request, t(at), signed)
 
@@ -357,13 +360,20 @@ def node_entry(node: SigningKey, operator: SigningKey, *, at: float = 0) -> Node
     return NodeEntry(descriptor(node, operator, at=at).sign(node))
 
 
+_OPERATORS = {ACME_NODE: ACME, ACME_NODE_2: ACME, BOLT_NODE: BOLT}
+
+
+def node_entries(*nodes: SigningKey, at: float = 0) -> tuple[NodeEntry, ...]:
+    """The node entries registering ``nodes`` (default: ACME_NODE, ACME_NODE_2 and BOLT_NODE)
+    with their operators (ACME, ACME, BOLT), so the fold knows their keys."""
+    return tuple(node_entry(n, _OPERATORS[n], at=at) for n in nodes or tuple(_OPERATORS))
+
+
 def network(*, stake_each: int = 1000, watcher: int = 100, rules: Rules = RULES) -> LedgerState:
     """A small staked network: operator ACME (two nodes) and BOLT (one node), each with
     ``stake_each`` staked; WATCHER with ``watcher`` to bond challenges. Times 0-2."""
     return ledger(
-        node_entry(ACME_NODE, ACME),
-        node_entry(ACME_NODE_2, ACME),
-        node_entry(BOLT_NODE, BOLT),
+        *node_entries(),
         deposit(ACME, stake_each, at=1),
         deposit(BOLT, stake_each, at=1),
         deposit(WATCHER, watcher, at=1),

@@ -254,7 +254,10 @@ def test_fees_are_logged_per_answering_node_under_the_payment_and_earn_reputatio
 ) -> None:
     url, app, admin = paying
     book: LedgerBook = app.state.ledger
-    client, node_a, node_b = generate_key(), generate_key(), generate_key()
+    client, operator = generate_key(), generate_key()
+    node_a, node_b = generate_key(), generate_key()
+    for node in (node_a, node_b):  # fees pay registered nodes, for receipts they signed
+        _register(url, node, operator)
     assert _send(url, "/v1/ledger/deposit", _deposit(admin, client.key_id, 10)).status_code == 200
     payment = LedgerRequest.signed(client, "payment", 4, request="req-1")
     fees = book.fees(client.key_id, payment, [node_a.key_id, node_b.key_id], "req-1")

@@ -33,6 +33,7 @@ from _ledger import (
     model,
     namespace,
     network,
+    node_entries,
     node_entry,
     payment,
     receipt,
@@ -215,7 +216,11 @@ def test_untimed_entries_release_nothing_and_an_earlier_time_keeps_the_clock() -
 
 def test_a_refused_entry_does_not_release_what_was_due() -> None:
     state = ledger(
-        deposit(ALICE, 10), stake(ALICE, 10), unstake(ALICE, 10), inference("req-1", ACME_NODE)
+        node_entry(ACME_NODE, ACME),
+        deposit(ALICE, 10),
+        stake(ALICE, 10),
+        unstake(ALICE, 10),
+        inference("req-1", ACME_NODE),
     )
     refuses(state, fee(ALICE, ACME_NODE, 11, at=100), "fee exceeds")
     assert state.account(A).unbonding_total == 10
@@ -224,12 +229,15 @@ def test_a_refused_entry_does_not_release_what_was_due() -> None:
     assert (state.account(A).balance, state.account(ACME_NODE.key_id).balance) == (0, 10)
 
 
-# -- fees: right after their inference, to the nodes that answered it ----------------------------
+# -- fees: right after their inference, to the registered nodes that answered it -----------------
 
 
 def test_a_fee_moves_the_payers_balance_to_the_payee_and_gives_the_payee_one_reputation() -> None:
     state = ledger(
-        deposit(ALICE, 10), inference("req-1", ACME_NODE), fee(ALICE, ACME_NODE, 4, at=1)
+        node_entry(ACME_NODE, ACME),
+        deposit(ALICE, 10),
+        inference("req-1", ACME_NODE),
+        fee(ALICE, ACME_NODE, 4, at=1),
     )
     assert (state.account(A).balance, state.account(ACME_NODE.key_id).balance) == (6, 4)
     assert state.reputation_of(ACME_NODE.key_id) == 1
@@ -238,6 +246,7 @@ def test_a_fee_moves_the_payers_balance_to_the_payee_and_gives_the_payee_one_rep
 
 def test_a_free_request_earns_no_reputation_only_a_job() -> None:
     state = ledger(
+        *node_entries(ACME_NODE, BOLT_NODE),
         deposit(ALICE, 10),
         inference("req-1", ACME_NODE, BOLT_NODE, ACME_NODE),
         fee(ALICE, ACME_NODE, 0, at=1),
@@ -252,6 +261,7 @@ def test_a_free_request_earns_no_reputation_only_a_job() -> None:
 def test_fees_beyond_the_payments_amount_are_refused() -> None:
     allowed = payment(ALICE, "req-1", 5)
     state = ledger(
+        *node_entries(ACME_NODE, BOLT_NODE),
         deposit(ALICE, 100),
         inference("req-1", ACME_NODE, BOLT_NODE),
         fee(ALICE, ACME_NODE, 3, authorization=allowed),
@@ -264,7 +274,9 @@ def test_fees_beyond_the_payments_amount_are_refused() -> None:
 
 def test_a_replayed_fee_is_refused() -> None:
     once = fee(ALICE, ACME_NODE, 3, at=1)
-    state = ledger(deposit(ALICE, 100), inference("req-1", ACME_NODE), once)
+    state = ledger(
+        node_entry(ACME_NODE, ACME), deposit(ALICE, 100), inference("req-1", ACME_NODE), once
+    )
     refuses(state, once, "pays, once, a node")
     # Even right after the request is logged again, the payment has paid all it allows.
     state.apply(inference("req-1", ACME_NODE))
@@ -274,13 +286,14 @@ def test_a_replayed_fee_is_refused() -> None:
 
 def test_a_fee_overdraft_is_refused_and_names_the_entry_index() -> None:
     state = ledger(
+        node_entry(ACME_NODE, ACME),
         deposit(ALICE, 10),
         inference("req-1", ACME_NODE),
         fee(ALICE, ACME_NODE, 4, at=1),
         inference("req-2", ACME_NODE),
     )
     error = refuses(state, fee(ALICE, ACME_NODE, 7, at=2, request="req-2"), "fee exceeds")
-    assert (error.index, error.evidence["index"], error.evidence["type"]) == (5, 5, "fee")
+    assert (error.index, error.evidence["index"], error.evidence["type"]) == (6, 6, "fee")
     assert error.evidence["balance"] == 6
     assert isinstance(error, FormatError)
     with pytest.raises(LedgerError) as info:
@@ -298,7 +311,7 @@ def test_a_fee_overdraft_is_refused_and_names_the_entry_index() -> None:
     ],
 )
 def test_a_fee_comes_right_after_the_inference_it_pays_for(between: Entry) -> None:
-    state = ledger(deposit(ALICE, 10))
+    state = ledger(node_entry(ACME_NODE, ACME), deposit(ALICE, 10))
     paid = fee(ALICE, ACME_NODE, 1, at=1)
     refuses(state, paid, "follows, at once, the inference entry")  # before its inference
     state.apply(inference("req-1", ACME_NODE))
@@ -316,8 +329,9 @@ def test_a_fee_pays_only_a_node_whose_receipt_the_inference_holds() -> None:
         inference("req-1", ACME_NODE, ACME_NODE_2, dissenting=(BOLT_NODE,)),
         receipts=inference("req-1", ACME_NODE, dissenting=(BOLT_NODE,)).receipts,
     )
-    state = ledger(deposit(ALICE, 10), logged)
-    for stranger in (ACME_NODE_2, ACME, ALICE):  # no receipt; the node's operator; the payer
+    state = ledger(*node_entries(), deposit(ALICE, 10), logged)
+    # No receipt (registered, named in the verdict); the node's operator; the payer.
+    for stranger in (ACME_NODE_2, ACME, ALICE):
         error = refuses(state, fee(ALICE, stranger, 1, at=1), "a node whose receipt is in")
         assert error.evidence["payee"] == stranger.key_id
     # A node that answered and was outvoted did the work too: its receipt is there.
@@ -327,6 +341,7 @@ def test_a_fee_pays_only_a_node_whose_receipt_the_inference_holds() -> None:
 
 def test_a_fee_pays_each_answering_node_once_per_inference() -> None:
     state = ledger(
+        *node_entries(ACME_NODE, BOLT_NODE),
         deposit(ALICE, 10),
         inference("req-1", ACME_NODE, BOLT_NODE),
         fee(ALICE, ACME_NODE, 1, at=1),
@@ -340,27 +355,41 @@ def test_a_fee_pays_each_answering_node_once_per_inference() -> None:
     assert [state.reputation_of(n.key_id) for n in (ACME_NODE, BOLT_NODE)] == [1, 1]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fold takes a fee's payee from each receipt's predicate node.id without checking "
-    "that the receipt is signed by that node's registered key (as it does for a challenge's "
-    "statements): whoever writes the inference entry can add a statement naming any account "
-    "and send it the client's fee",
-)
 @pytest.mark.parametrize(
     "forged",
     [
         pytest.param(receipt(BOLT_NODE, "req-1", by=ACME_NODE), id="another-nodes-signature"),
+        pytest.param(receipt(BOLT_NODE, "req-1", by=BOLT), id="its-operators-signature"),
         pytest.param(receipt(WATCHER, "req-1"), id="not-a-registered-node"),
     ],
 )
 def test_a_fee_pays_no_one_for_a_receipt_its_node_did_not_sign(forged: Envelope) -> None:
+    # Whoever writes the inference entry adds a statement naming an account: no work done.
     answered = inference("req-1", ACME_NODE)
     logged = dataclasses.replace(answered, receipts=(*answered.receipts, forged))
     state = network()
     fold([deposit(ALICE, 10, at=3), logged], start=state)
     payee = Statement.from_bytes(forged.payload).predicate["node"]["id"]
-    refuses(state, fee(ALICE, payee, 1, at=3), "a node whose receipt is in")
+    error = refuses(state, fee(ALICE, payee, 1, at=3), "a fee pays a node for a receipt it signed")
+    assert error.evidence["payee"] == payee
+    # The node that did answer, with its own signed receipt, is still paid.
+    state.apply(fee(ALICE, ACME_NODE, 1, at=3))
+    assert (state.account(A).balance, state.reputation_of(payee)) == (9, 0)
+
+
+def test_a_fee_pays_no_unregistered_node_even_for_a_receipt_it_signed() -> None:
+    # ACME_NODE_2 answered with its own key, but no node entry registered that key.
+    state = ledger(node_entry(ACME_NODE, ACME), deposit(ALICE, 10))
+    state.apply(inference("req-1", ACME_NODE, ACME_NODE_2))
+    error = refuses(state, fee(ALICE, ACME_NODE_2, 1, at=1), "a node for a receipt it signed")
+    assert error.evidence["payee"] == ACME_NODE_2.key_id
+    assert "not a registered node" in error.evidence["reason"]
+    state.apply(fee(ALICE, ACME_NODE, 1, at=1))  # its registered peer is paid
+    # Once its node entry registers the key, its next answer is paid like any other.
+    fold([node_entry(ACME_NODE_2, ACME), inference("req-2", ACME_NODE_2)], start=state)
+    state.apply(fee(ALICE, ACME_NODE_2, 1, at=2, request="req-2"))
+    assert [state.account(n.key_id).balance for n in (ACME_NODE, ACME_NODE_2)] == [1, 1]
+    assert state.reputation_of(ACME_NODE_2.key_id) == 1
 
 
 # -- challenges and verdicts ---------------------------------------------------------------------
@@ -894,19 +923,46 @@ def test_an_account_challenger_signs_its_challenge_even_at_bond_0() -> None:
     assert state.open_disputes["d"].bond == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="with the challenger account's signed request, the fold checks nothing about a "
-    "challenger node the party names: no statement, no link to the account. When the "
-    "challenger loses, settle() slashes that node's operator and takes the node's "
-    "reputation, though neither signed into the dispute",
-)
 def test_a_node_named_as_the_challenger_without_its_statement_is_never_slashed() -> None:
+    # The challenger account's signed request bonds the challenge; it does not sign for a node.
     state = network()
     signed = challenge("d", ACME_NODE, WATCHER, bond=10, at=5)
     named = dataclasses.replace(signed, challenger=signed.challenger | {"node": BOLT_NODE.key_id})
+    error = refuses(state, named, "its own signed statement")
+    assert error.evidence["node"] == BOLT_NODE.key_id
+    for statement, match in (
+        (receipt(BOLT_NODE, "req-1", by=WATCHER), "not signed by its node"),
+        (receipt(BOLT_NODE, "req-2"), "about another inference"),
+    ):
+        swapped = named.challenger | {"statement": statement.to_json()}
+        refuses(state, dataclasses.replace(named, challenger=swapped), match)
+    # The account's own challenge, naming no node, settles on the account alone.
+    state.apply(signed)
+    decide(state, verdict("d", "defendant", at=6))
+    assert (state.stake_of(BOLT.key_id), state.reputation_of(BOLT_NODE.key_id)) == (1000, 0)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a challenger node's statement need only be signed by the node and be about the "
+    "inference: the fold checks neither that it claims the outputs the party claims, nor that "
+    "the node signed into this dispute. A node's receipt is public in the inference entry, so "
+    "whoever writes a challenge can name a node that answered, with that receipt, and have its "
+    "operator slashed and its reputation taken when the challenge loses",
+)
+@pytest.mark.parametrize("bonded", [True, False], ids=["with-a-watchers-bond", "in-its-name"])
+def test_a_nodes_logged_receipt_does_not_make_it_a_challenger(bonded: bool) -> None:
+    state = network()
+    answered = inference("req-1", ACME_NODE, BOLT_NODE)  # BOLT_NODE agreed with ACME_NODE
+    state.apply(answered)
+    logged = answered.receipts[1]  # BOLT_NODE's own receipt, from the log: y = OUTPUT
+    assert Statement.from_bytes(logged.payload).predicate["node"]["id"] == BOLT_NODE.key_id
+    # Bonded by a watcher's signed request, or, unbonded, in the node's own name.
+    challenger: SigningKey | str = WATCHER if bonded else BOLT_NODE.key_id
+    entry = challenge("d", ACME_NODE, challenger, bond=10 if bonded else 0)
+    lent = {"node": BOLT_NODE.key_id, "statement": logged.to_json()}  # claiming another y
     try:
-        state.apply(named)
+        state.apply(dataclasses.replace(entry, challenger=entry.challenger | lent))
         decide(state, verdict("d", "defendant", at=6))
     except LedgerError:
         pass  # refusing the challenge is one way to keep the rule

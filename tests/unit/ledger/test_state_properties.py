@@ -1,13 +1,14 @@
 """Invariants of the ledger fold over random logs (Hypothesis), under the authority rules.
 
 Each log is drawn one entry at a time against the state so far, so it mixes entries the fold
-must accept (admin deposits, signed stakes, inferences and the fees right after them,
-challenges both parties signed, verdicts followed by their settlement, state entries for the
-current bond map) with entries it must refuse (deposits by anyone else, unstakes before the
-delay, fees beyond their payment, not right after their inference, to a node that did not
-answer or paid twice, challenges nobody signed or with a forged receipt, settlements the rule
-does not give, stale bond roots, replayed requests). Whatever happens, money is conserved and
-a refused entry leaves no trace.
+must accept (admin deposits, signed stakes, node registrations, inferences and the fees right
+after them, challenges both parties signed, verdicts followed by their settlement, state
+entries for the current bond map) with entries it must refuse (deposits by anyone else,
+unstakes before the delay, fees beyond their payment, not right after their inference, to a
+node that did not answer, was paid already, is not registered or did not sign its receipt,
+challenges nobody signed, with a forged receipt, naming a node without its statement or an
+unregistered node, settlements the rule does not give, stale bond roots, replayed requests).
+Whatever happens, money is conserved and a refused entry leaves no trace.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from hypothesis import strategies as st
 from _ledger import (
     ACME,
     ACME_NODE,
+    ACME_NODE_2,
     ADMIN,
     ALICE,
     BOB,
@@ -52,6 +54,7 @@ from veriml.ledger import (
     InferenceEntry,
     LedgerError,
     LedgerState,
+    NodeEntry,
     ReputationEntry,
     RewardEntry,
     SlashEntry,
@@ -62,14 +65,16 @@ from veriml.ledger import (
 )
 
 SIGNERS = (ALICE, BOB, WATCHER, ACME, BOLT)
-ACCOUNTS = tuple(k.key_id for k in (*SIGNERS, ACME_NODE, BOLT_NODE))
-NODES = (ACME_NODE, BOLT_NODE)
+NODES = (ACME_NODE, BOLT_NODE, ACME_NODE_2)  # ACME_NODE_2 only once a "node" entry registers it
+REGISTERED = frozenset(n.key_id for n in (ACME_NODE, BOLT_NODE))  # by start()
+ACCOUNTS = tuple(k.key_id for k in (*SIGNERS, *NODES))
 DISPUTES = ("d1", "d2", "d3")
 REQUESTS = ("req-1", "req-2")
 KINDS = (
     "deposit",
     "stake",
     "unstake",
+    "node",
     "inference",
     "fee",
     "challenge",
@@ -97,17 +102,25 @@ def amounts(top: int) -> st.SearchStrategy[int]:
     return st.integers(min_value=0, max_value=top)
 
 
-def paying(accepted: list[Entry]) -> tuple[str, set[str], set[str]] | None:
+def registered(accepted: list[Entry]) -> frozenset[str]:
+    """The nodes whose keys the fold knows after ``accepted``: start()'s and those of the
+    node entries since."""
+    return REGISTERED | {e.open().node_id for e in accepted if isinstance(e, NodeEntry)}
+
+
+def paying(accepted: list[Entry]) -> tuple[str, dict[str, set[str]], set[str]] | None:
     """Whom a fee may pay next: the request of the inference entry the log ends with (then
-    only its fees), the nodes whose receipts it holds, and the nodes its fees paid already."""
+    only its fees), the nodes whose receipts it holds (each with the key ids that signed a
+    receipt naming it there), and the nodes its fees paid already."""
     paid: set[str] = set()
     for entry in reversed(accepted):
         if isinstance(entry, FeeEntry):
             paid.add(entry.payee)
         elif isinstance(entry, InferenceEntry):
-            answered = {
-                Statement.from_bytes(r.payload).predicate["node"]["id"] for r in entry.receipts
-            }
+            answered: dict[str, set[str]] = {}
+            for r in entry.receipts:
+                node = Statement.from_bytes(r.payload).predicate["node"]["id"]
+                answered.setdefault(node, set()).update(s.keyid for s in r.signatures)
             return entry.request_id, answered, paid
         else:
             return None
@@ -116,7 +129,8 @@ def paying(accepted: list[Entry]) -> tuple[str, set[str], set[str]] | None:
 
 def fee_refused(paid: FeeEntry, accepted: list[Entry], spent: dict[bytes, int]) -> bool:
     """Whether the fold must refuse ``paid`` after ``accepted``: not right after its
-    inference, to a node that did not answer or was paid, or beyond its payment."""
+    inference, to a node that did not answer, was paid, is not registered or did not sign its
+    receipt, or beyond its payment."""
     context = paying(accepted)
     payload = paid.authorization.payload  # type: ignore[union-attr]
     return (
@@ -124,6 +138,8 @@ def fee_refused(paid: FeeEntry, accepted: list[Entry], spent: dict[bytes, int]) 
         or context[0] != paid.inference
         or paid.payee not in context[1]
         or paid.payee in context[2]
+        or paid.payee not in registered(accepted)
+        or paid.payee not in context[1][paid.payee]  # no receipt naming it is its own
         or spent.get(payload, 0) + paid.amount > paid.request.amount
     )
 
@@ -158,9 +174,21 @@ def draw_entry(
         who = draw(st.sampled_from(SIGNERS))
         amount = draw(amounts(state.stake_of(who.key_id) + 5))
         return unstake(who, amount, at, after=after), early
+    if kind == "node":  # registers ACME_NODE_2 (again: the same operator is fine)
+        return node_entry(ACME_NODE_2, ACME, at=at), False
     if kind == "inference":
-        answering = draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=2, unique=True))
-        return inference(draw(st.sampled_from(REQUESTS)), *answering), False
+        answering = draw(st.lists(st.sampled_from(NODES), min_size=1, max_size=3, unique=True))
+        request_id = draw(st.sampled_from(REQUESTS))
+        answered = inference(request_id, *answering)
+        if draw(st.integers(0, 3), label="forge a receipt") == 0:
+            # A statement naming a node (or an account) that another key signed.
+            subject = draw(st.sampled_from((*NODES, WATCHER)), label="named")
+            by = draw(st.sampled_from((*NODES, ACME)).filter(lambda k: k != subject), label="by")
+            made_up = receipt(subject, request_id, by=by)
+            receipts = list(answered.receipts)
+            receipts.insert(draw(st.integers(0, len(receipts)), label="where"), made_up)
+            answered = dataclasses.replace(answered, receipts=tuple(receipts))
+        return answered, False
     if kind == "fee":
         payer = draw(st.sampled_from(SIGNERS))
         amount = draw(amounts(10))
@@ -184,19 +212,36 @@ def draw_entry(
         defendant = draw(st.sampled_from(NODES))
         outputs = {"y": Digest.of(draw(st.binary(max_size=1)))}
         who = draw(st.sampled_from(SIGNERS))
-        how = draw(st.sampled_from(("node", "account", "unsigned", "forged")), label="signed")
-        if how == "node":
-            node = draw(st.sampled_from(NODES))
+        hows = ("node", "account", "named", "named-unsigned", "unsigned", "forged")
+        how = draw(st.sampled_from(hows), label="signed")
+        node = draw(st.sampled_from(NODES), label="challenger node")
+        if how == "node":  # a node in its own name: its statement signs
             entry = challenge(dispute, defendant, node.key_id, node=node, at=at, outputs=outputs)
         elif how == "unsigned":  # an account id: nobody signed the challenge
             entry = challenge(dispute, defendant, who.key_id, at=at, outputs=outputs)
-        else:  # a signed request; "forged": the defendant's receipt signed by someone else
+        else:  # a signed request; "forged": the defendant's receipt signed by someone else;
+            # "named": naming a node, with its statement; "named-unsigned": without
             forged = receipt(defendant, by=who) if how == "forged" else None
             bond = draw(amounts(20))
+            named = node if how.startswith("named") else None
             entry = challenge(
-                dispute, defendant, who, bond=bond, at=at, outputs=outputs, statement=forged
+                dispute,
+                defendant,
+                who,
+                bond=bond,
+                at=at,
+                node=named,
+                outputs=outputs,
+                statement=forged,
             )
-        return entry, how in ("unsigned", "forged")
+            if how == "named-unsigned":
+                members = {k: v for k, v in entry.challenger.items() if k != "statement"}
+                entry = dataclasses.replace(entry, challenger=members)
+        known = registered(accepted)
+        unknown = defendant.key_id not in known or (
+            how in ("node", "named") and node.key_id not in known
+        )
+        return entry, unknown or how in ("named-unsigned", "unsigned", "forged")
     if kind == "verdict":
         winner = draw(st.sampled_from(("defendant", "challenger", "none", "neither")))
         open_ones = sorted(state.open_disputes)
