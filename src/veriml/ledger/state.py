@@ -47,6 +47,7 @@ from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import FormatError, VerificationError
+from veriml.core.keys import VerifyingKey
 from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger.bonds import BondMap
 from veriml.ledger.entries import (
@@ -74,6 +75,7 @@ from veriml.ledger.rules import Rules
 from veriml.ledger.settlement import Parties, settle
 from veriml.protocol.accounts import LedgerRequest, account_key
 from veriml.protocol.draw import Draw, beacon_commitment
+from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE
 
 __all__ = [
     "REQUEST_SKEW",
@@ -213,7 +215,7 @@ class _Paying:
     its receipts by the node each names, and the payees paid so far."""
 
     request: str
-    receipts: Mapping[str, Envelope]
+    receipts: Mapping[str, tuple[Envelope, ...]]
     paid: frozenset[str] = frozenset()
 
 
@@ -716,8 +718,8 @@ def _fee(change: _Change, entry: FeeEntry) -> None:
             "a fee follows, at once, the inference entry of the request it pays for",
             inference=entry.inference,
         )
-    receipt = paying.receipts.get(entry.payee)
-    if receipt is None or entry.payee in paying.paid:
+    receipts = paying.receipts.get(entry.payee)
+    if not receipts or entry.payee in paying.paid:
         raise change.fail(
             "a fee pays, once, a node whose receipt is in the inference entry",
             payee=entry.payee,
@@ -726,14 +728,19 @@ def _fee(change: _Change, entry: FeeEntry) -> None:
     # The payee signed that receipt with its registered key: a made-up statement naming an
     # account is no work done.
     node_key = change.state._node_keys.get(entry.payee)
-    try:
-        if node_key is None:
-            raise VerificationError("the payee is not a registered node", check="fee")
-        receipt.verify([account_key(node_key)])
-    except (VerificationError, FormatError) as exc:
+    if node_key is None:
         raise change.fail(
-            "a fee pays a node for a receipt it signed", payee=entry.payee, reason=exc.message
-        ) from exc
+            "a fee pays a node for a receipt it signed",
+            payee=entry.payee,
+            reason="the payee is not a registered node",
+        )
+    signer = account_key(node_key)
+    if not any(_signed_by(receipt, signer) for receipt in receipts):
+        raise change.fail(
+            "a fee pays a node for a receipt it signed",
+            payee=entry.payee,
+            reason="no receipt in the inference entry is the payee's signature",
+        )
     change.paying = replace(paying, paid=paying.paid | {entry.payee})
     request = entry.request
     change.near(request.issued_at, entry.at)
@@ -763,9 +770,11 @@ def _fee(change: _Change, entry: FeeEntry) -> None:
     change.totals.fees += entry.amount
 
 
-def _signed_statement(change: _Change, party: Mapping[str, Any], node: str, inference: str) -> str:
-    """A party's ``statement`` is a DSSE envelope signed by ``node``'s registered key and about
-    ``inference``; the SHA-256 of its payload."""
+def _signed_statement(
+    change: _Change, party: Mapping[str, Any], node: str, inference: str
+) -> tuple[str, Statement]:
+    """A party's ``statement`` is a DSSE envelope signed by ``node``'s registered key, naming
+    ``node`` and about ``inference``; the SHA-256 of its payload, and the statement."""
     statement = party.get("statement")
     key_pem = change.state._node_keys.get(node)
     if statement is None or key_pem is None:
@@ -784,7 +793,36 @@ def _signed_statement(change: _Change, party: Mapping[str, Any], node: str, infe
     request = signed.predicate.get("request")
     if not isinstance(request, Mapping) or request.get("id") != inference:
         raise change.fail("a party's statement is about another inference", node=node)
-    return Digest.of(envelope.payload).to_text()
+    named = signed.predicate.get("node")
+    if not isinstance(named, Mapping) or named.get("id") != node:
+        raise change.fail("a party's statement names another node", node=node)
+    return Digest.of(envelope.payload).to_text(), signed
+
+
+def _signed_by(envelope: Envelope, key: VerifyingKey) -> bool:
+    try:
+        envelope.verify([key])
+    except VerificationError:
+        return False
+    return True
+
+
+def _claims(statement: Statement, entry: ChallengeEntry) -> bool:
+    """Whether a challenger node's statement claims what the challenge says it does: a
+    receipt whose outputs are the challenger's claimed ones, or a prefill check of exactly
+    the challenged receipt that rejected it (the checking node claims no outputs). A node's
+    other logged statements (an agreeing receipt, an accepting check) cannot be used to drag
+    it into a dispute it would lose."""
+    subjects = {s.name: s.digest.to_text() for s in statement.subjects}
+    if statement.predicate_type == PREFILL_CHECK_PREDICATE_TYPE:
+        report = statement.predicate.get("report")
+        return (
+            subjects == {"receipt": entry.defendant["receipt"]}
+            and not entry.challenger["outputs"]
+            and isinstance(report, Mapping)
+            and report.get("accepted") is False
+        )
+    return bool(subjects) and subjects == dict(entry.challenger["outputs"])
 
 
 def _challenge(change: _Change, entry: ChallengeEntry) -> None:
@@ -792,7 +830,7 @@ def _challenge(change: _Change, entry: ChallengeEntry) -> None:
         raise change.fail("dispute was already opened", dispute=entry.dispute)
     # Both sides signed into the dispute: the defendant's own receipt, and the challenger's
     # signed challenge request or (a node) its own statement about the inference.
-    receipt = _signed_statement(change, entry.defendant, entry.defendant_node, entry.inference)
+    receipt, _ = _signed_statement(change, entry.defendant, entry.defendant_node, entry.inference)
     if receipt != entry.defendant["receipt"]:
         raise change.fail("the defendant's statement is not the challenged receipt")
     node = entry.challenger.get("node")
@@ -803,8 +841,14 @@ def _challenge(change: _Change, entry: ChallengeEntry) -> None:
             challenger=entry.challenger_account,
         )
     if node is not None:
-        # A node named as the challenger stands by its own signed statement, whoever bonds.
-        _signed_statement(change, entry.challenger, str(node), entry.inference)
+        # A node named as the challenger stands by its own signed statement, whoever bonds,
+        # and the statement claims what the challenge claims.
+        _, statement = _signed_statement(change, entry.challenger, str(node), entry.inference)
+        if not _claims(statement, entry):
+            raise change.fail(
+                "a challenger node's statement does not claim what the challenge claims",
+                node=str(node),
+            )
     claim = entry.claim
     if claim in change.state._claims:
         raise change.fail(
@@ -1010,17 +1054,20 @@ def _inference(change: _Change, entry: InferenceEntry) -> None:
         change.account(node_id).jobs += 1
 
 
-def _answering(entry: InferenceEntry) -> dict[str, Envelope]:
-    """An inference entry's receipts by the node each statement names (unverified: a fee to
-    a node checks that node's signature)."""
-    nodes: dict[str, Envelope] = {}
+def _answering(entry: InferenceEntry) -> dict[str, tuple[Envelope, ...]]:
+    """An inference entry's receipts about its own request, by the node each names
+    (unverified: a fee to a node checks that one of them is that node's signature)."""
+    nodes: dict[str, tuple[Envelope, ...]] = {}
     for receipt in entry.receipts:
         try:
-            node = Statement.from_bytes(receipt.payload).predicate.get("node")
+            predicate = Statement.from_bytes(receipt.payload).predicate
         except (FormatError, VerificationError):
             continue
+        node, request = predicate.get("node"), predicate.get("request")
+        if not (isinstance(request, Mapping) and request.get("id") == entry.request_id):
+            continue
         if isinstance(node, Mapping) and isinstance(node.get("id"), str):
-            nodes.setdefault(node["id"], receipt)
+            nodes[node["id"]] = (*nodes.get(node["id"], ()), receipt)
     return nodes
 
 
