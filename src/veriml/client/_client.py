@@ -347,6 +347,8 @@ class _Base:
         store, key = self._store, self.log_key
         if store is None or key is None or not self._store_read or self._forked:
             return
+        if not closing and time.monotonic() - self._stored_at < CHECKPOINT_WRITE_INTERVAL:
+            return  # the common case, decided without waiting for a writing thread
         with self._store_lock:
             for _ in range(8):
                 with self._latest_lock:
