@@ -25,7 +25,7 @@ from _node_harness import (
 
 from _servers import HOST, free_port, serve
 from veriml.core.errors import KeyFileError
-from veriml.core.keys import SigningKey, generate_key
+from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node import create_node_app, load_node_key
 from veriml.runtime import Profile, RunResult, Trace, runtime_fingerprint
@@ -40,7 +40,8 @@ def test_registration_is_a_fresh_descriptor_signed_by_the_node_key(
         node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
     descriptor = hub.registrations[0]
     assert descriptor.node_id == node_id
-    assert descriptor.operator == "op-test"
+    assert config.operator_key is not None  # the operator's account is its key's id
+    assert descriptor.operator == load_private_key(config.operator_key).key_id
     assert descriptor.models == ("*",)
     assert descriptor.endpoint == config.advertised_endpoint
     assert descriptor.runtime == runtime_fingerprint(Profile())
@@ -117,14 +118,17 @@ def test_the_node_key_is_created_private_and_kept_across_restarts(
     assert stat.S_IMODE(config.key_path.stat().st_mode) == 0o600
 
 
-def test_a_traced_job_keeps_its_trace_for_the_retention_period_only(
+def test_a_traced_job_without_retain_until_keeps_its_trace_for_the_retention_period_only(
     tmp_path: Path,
     hub_url: str,
     coordinator_key: SigningKey,
     coordinator_pub: Path,
     signed_model: SignedModel,
 ) -> None:
-    config = node_config(tmp_path / "node", hub_url, coordinator_pub, trace_retention=3)
+    # No hold after reads: this test reads the trace, then waits for its retention to end.
+    config = node_config(
+        tmp_path / "node", hub_url, coordinator_pub, trace_retention=3, trace_hold=0
+    )
     with running_node(config) as url:
         node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
         inputs = inputs_for()
