@@ -12,23 +12,31 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy.typing as npt
 
-from veriml.coordinator.dispute_parties import NodeParty, Party, RemoteParty
+from veriml.coordinator.dispute_parties import (
+    EMPTY_TRACE,
+    AbsentParty,
+    NodeParty,
+    Party,
+    RemoteParty,
+)
 from veriml.coordinator.dispute_store import DisputeRecord, PartyRecord
+from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Conflict
+from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest
 from veriml.core.timestamps import format_time
 from veriml.verify.dispute import Reason
 from veriml.verify.policy import DisputeRef, Winner
 
-__all__ = ["DisputeRun", "Outcome", "record_of"]
+__all__ = ["DisputeRun", "Outcome", "husk", "record_of", "revived"]
 
 Array = npt.NDArray[Any]
 Reveal = tuple[int, Digest, Digest]
@@ -137,4 +145,59 @@ def record_of(run: DisputeRun, *, move: dict[str, Any] | None = None) -> Dispute
         move=move,
         rounds=run.rounds,
         messages=run.messages,
+    )
+
+
+def revived(
+    record: DisputeRecord,
+    *,
+    inputs: Mapping[str, Array],
+    node_party: Callable[[PartyRecord, Candidate], Party],
+) -> tuple[DisputeRun, tuple[TraceCommitment, TraceCommitment] | Outcome]:
+    """``record`` as a run again (a remote challenger as a :class:`RemoteParty` that moves
+    through the same routes, a node through ``node_party``), its rounds and reveals as
+    recorded, and what the engine continues from: both commitments, or the outcome that was
+    decided when it opened (a party that could not open)."""
+
+    def party(stored: PartyRecord) -> Party:
+        return RemoteParty(stored.claim) if stored.node is None else node_party(stored, stored.node)
+
+    run = DisputeRun(
+        id=record.id,
+        inference=record.inference,
+        defendant=party(record.defendant),
+        challenger=party(record.challenger),
+        mode=record.mode,
+        model=record.model,
+        inputs=inputs,
+        receipt=record.receipt,
+        claim=record.claim,
+        policy=record.policy,
+        rounds=record.rounds,
+        messages=record.messages,
+        reveals=list(record.reveals),
+        opened=record.opened,
+    )
+    decided = (record.move or {}).get("decided")
+    if isinstance(decided, Mapping):
+        return run, Outcome(decided["winner"], decided["reason"])
+    traces = (record.defendant.claim.trace, record.challenger.claim.trace)
+    return run, (traces[0] or EMPTY_TRACE, traces[1] or EMPTY_TRACE)
+
+
+def husk(record: DisputeRecord) -> DisputeRun:
+    """A stored dispute that can no longer be driven (its model or inputs are gone), as a
+    run that only settles."""
+    return DisputeRun(
+        id=record.id,
+        inference=record.inference,
+        defendant=AbsentParty(record.defendant.claim),
+        challenger=AbsentParty(record.challenger.claim),
+        mode=record.mode,
+        model=record.model,
+        inputs={},
+        receipt=record.receipt,
+        claim=record.claim,
+        policy=record.policy,
+        opened=record.opened,
     )

@@ -77,7 +77,6 @@ from veriml.coordinator.dispute_admission import (
 from veriml.coordinator.dispute_game import GRACE, ask_both, play
 from veriml.coordinator.dispute_parties import (
     EMPTY_TRACE,
-    AbsentParty,
     Claim,
     NodeParty,
     Party,
@@ -86,7 +85,7 @@ from veriml.coordinator.dispute_parties import (
     check_commitment,
     receipt_claim,
 )
-from veriml.coordinator.dispute_run import DisputeRun, Outcome, record_of
+from veriml.coordinator.dispute_run import DisputeRun, Outcome, husk, record_of, revived
 from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
@@ -445,7 +444,7 @@ class DisputeService:
             except Error as exc:
                 # The model or the inputs are gone: no one can be convicted; close it.
                 _log.warning("dispute %s cannot resume: %s", record.id, exc.diagnostics())
-                run, opened = self._husk(record), Outcome("none", "referee")
+                run, opened = husk(record), Outcome("none", "referee")
             self._runs[run.id] = run
             run.task = asyncio.create_task(self._drive(run, opened), name=f"dispute {run.id}")
             resumed.append(run.id)
@@ -731,8 +730,8 @@ class DisputeService:
                 await asyncio.to_thread(self._store.delete, dispute)
 
     async def _revive(self, record: DisputeRecord) -> tuple[DisputeRun, Any]:
-        """A stored dispute as a run again, and what ``_drive`` continues from (both
-        commitments, or the outcome decided when it opened)."""
+        """A stored dispute as a run again (its node parties reached at their registered
+        endpoints), and what ``_drive`` continues from."""
         predicate, _ = receipt_claim(record.receipt)
         inputs = await asyncio.to_thread(self._stored_inputs, record.inputs)
         spec = JobSpec(
@@ -743,51 +742,13 @@ class DisputeService:
             policy=record.policy,
         )
 
-        def party(stored: PartyRecord) -> Party:
+        def node_party(stored: PartyRecord, node: Candidate) -> Party:
             claim = stored.claim
-            if stored.node is None:
-                return RemoteParty(claim)
-            node = self._current(record.model, stored.node)
             receipt = record.receipt if stored is record.defendant else None
-            return self._node_party(node, spec, claim.trace, claim.outputs, receipt=receipt)
+            current = self._current(record.model, node)
+            return self._node_party(current, spec, claim.trace, claim.outputs, receipt=receipt)
 
-        run = DisputeRun(
-            id=record.id,
-            inference=record.inference,
-            defendant=party(record.defendant),
-            challenger=party(record.challenger),
-            mode=record.mode,
-            model=record.model,
-            inputs=inputs,
-            receipt=record.receipt,
-            claim=record.claim,
-            policy=record.policy,
-            rounds=record.rounds,
-            messages=record.messages,
-            reveals=list(record.reveals),
-            opened=record.opened,
-        )
-        decided = (record.move or {}).get("decided")
-        if isinstance(decided, Mapping):
-            return run, Outcome(decided["winner"], decided["reason"])
-        traces = (record.defendant.claim.trace, record.challenger.claim.trace)
-        return run, (traces[0] or EMPTY_TRACE, traces[1] or EMPTY_TRACE)
-
-    def _husk(self, record: DisputeRecord) -> DisputeRun:
-        """A stored dispute that cannot be driven, as a run that only settles."""
-        return DisputeRun(
-            id=record.id,
-            inference=record.inference,
-            defendant=AbsentParty(record.defendant.claim),
-            challenger=AbsentParty(record.challenger.claim),
-            mode=record.mode,
-            model=record.model,
-            inputs={},
-            receipt=record.receipt,
-            claim=record.claim,
-            policy=record.policy,
-            opened=record.opened,
-        )
+        return revived(record, inputs=inputs, node_party=node_party)
 
     def _current(self, model: Digest, stored: Candidate) -> Candidate:
         """The node as registered now (its endpoint may have changed), else as stored."""
