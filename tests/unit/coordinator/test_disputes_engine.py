@@ -70,8 +70,6 @@ CHALLENGER_KEY, CHALLENGER_OP = generate_key(), generate_key()
 WATCHER_KEY = generate_key()
 DEFENDANT, CHALLENGER = DEFENDANT_KEY.key_id, CHALLENGER_KEY.key_id
 WATCHER = WATCHER_KEY.key_id
-CHALLENGER_STATEMENT = signed_receipt(CHALLENGER_KEY, "req-1")
-"""The challenging node's own signed receipt for req-1: how a node signs into a dispute."""
 
 
 # -- parties built from real traces --------------------------------------------------------------
@@ -122,8 +120,10 @@ class TraceParty:
 
 
 def as_challenger(trace: Trace, outputs: Mapping[str, Digest], **options: Any) -> TraceParty:
-    """The challenging node, signed in with its own receipt."""
-    return TraceParty(CHALLENGER, trace, outputs, statement=CHALLENGER_STATEMENT, **options)
+    """The challenging node, signed in with its own receipt for req-1 over the outputs it
+    claims (the ledger takes no node into a dispute on a statement that claims otherwise)."""
+    statement = signed_receipt(CHALLENGER_KEY, "req-1", outputs=dict(outputs))
+    return TraceParty(CHALLENGER, trace, outputs, statement=statement, **options)
 
 
 def signed_in(amount: int = 0) -> Envelope:
