@@ -187,9 +187,19 @@ def node(
     trace_retention: Annotated[
         float,
         typer.Option(
-            "--trace-retention", envvar="VERIML_TRACE_RETENTION", help="Seconds traces are kept."
+            "--trace-retention",
+            envvar="VERIML_TRACE_RETENTION",
+            help="Seconds a trace is kept when its job names no retain_until.",
         ),
     ] = 3600.0,
+    max_retention: Annotated[
+        float,
+        typer.Option(
+            "--max-retention",
+            envvar="VERIML_MAX_RETENTION",
+            help="Longest retain_until (seconds past a job's expiry) a traced job may ask for.",
+        ),
+    ] = 7 * 86_400.0,
     job_timeout: Annotated[
         float,
         typer.Option("--job-timeout", envvar="VERIML_JOB_TIMEOUT", help="Seconds a job may run."),
@@ -299,6 +309,7 @@ def node(
         queue_length=queue_length,
         heartbeat_interval=heartbeat_interval,
         trace_retention=trace_retention,
+        max_retention=max_retention,
         job_timeout=job_timeout,
         shutdown_grace=shutdown_grace,
         threads=threads,
