@@ -194,7 +194,9 @@ def _dispute_service(state: Any, settings: Settings) -> DisputeService:
         challenge_bond=settings.challenge_bond,
         challenge_window=settings.challenge_window,
         max_open_per_node=settings.max_disputes_per_node,
-        retrace_retention=min(ABANDONED_AFTER_MOVES * settings.dispute_timeout, 6 * 86_400.0),
+        # A retrace's trace is needed for the dispute's span (reads then hold it longer);
+        # an hour stays within what any node keeps, so the ask is never refused.
+        retrace_retention=min(ABANDONED_AFTER_MOVES * settings.dispute_timeout, 3600.0),
         max_tensor_bytes=settings.max_json_bytes,
     )
     engine = state.engine
