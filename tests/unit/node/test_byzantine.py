@@ -99,7 +99,7 @@ def test_node_config_refuses_an_unknown_mode_and_bad_thread_counts(tmp_path: Any
     base = {
         "coordinator_url": "http://127.0.0.1:1",
         "key_path": tmp_path / "k",
-        "operator": "op",
+        "operator_key": tmp_path / "operator.key",
         "home": tmp_path,
     }
     assert NodeConfig(**base).byzantine is None

@@ -434,14 +434,13 @@ def test_serve_node_takes_the_llm_settings(tmp_path: Path, monkeypatch: pytest.M
 
     started: list[NodeConfig] = []
     monkeypatch.setattr(veriml.node, "serve_node", started.append)
+    operator = ["--operator-key", str(tmp_path / "operator.key")]
     base = ["serve", "node", "--coordinator", "http://127.0.0.1:1", "--home", str(tmp_path)]
     runner = CliRunner()
-    done = runner.invoke(
-        app, [*base, "--operator", "op", "--llm-threads", "2", "--llm-ctx", "4096"]
-    )
+    done = runner.invoke(app, [*base, *operator, "--llm-threads", "2", "--llm-ctx", "4096"])
     assert done.exit_code == 0, done.output
     assert (started[0].llm_threads, started[0].llm_ctx) == (2, 4096)
-    assert runner.invoke(app, [*base, "--operator", "op", "--llm-threads", "0"]).exit_code == 2
+    assert runner.invoke(app, [*base, *operator, "--llm-threads", "0"]).exit_code == 2
 
 
 def test_a_streamed_job_that_fails_in_the_worker_ends_with_an_error_line(

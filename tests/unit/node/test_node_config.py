@@ -15,7 +15,7 @@ def _config(**overrides: object) -> NodeConfig:
     settings: dict[str, object] = {
         "coordinator_url": "http://127.0.0.1:8700",
         "key_path": Path("n/node.key"),
-        "operator": "op",
+        "operator_key": Path("op/operator.key"),
         "home": Path("n"),
     }
     return NodeConfig(**(settings | overrides))  # type: ignore[arg-type]
@@ -25,7 +25,8 @@ def _config(**overrides: object) -> NodeConfig:
     "overrides",
     [
         {"coordinator_url": "ftp://x"},
-        {"operator": ""},
+        {"operator_key": None},  # no operator at all: the node would answer for nobody
+        {"operator_binding": Path("n/binding.json")},  # a binding and a key: which one counts?
         {"port": 0},
         {"concurrency": 0},
         {"queue_length": -1},

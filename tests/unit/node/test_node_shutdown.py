@@ -21,9 +21,9 @@ import sys
 from pathlib import Path
 from veriml.node import NodeConfig, serve_node
 home = Path(sys.argv[2])
-serve_node(NodeConfig(coordinator_url=sys.argv[1], key_path=home / "node.key", operator="op",
-    home=home, port=int(sys.argv[3]), coordinator_key=Path(sys.argv[4]), shutdown_grace=20,
-    heartbeat_interval=0.2))
+serve_node(NodeConfig(coordinator_url=sys.argv[1], key_path=home / "node.key",
+    operator_key=Path(sys.argv[5]), home=home, port=int(sys.argv[3]),
+    coordinator_key=Path(sys.argv[4]), shutdown_grace=20, heartbeat_interval=0.2))
 """
 
 
@@ -31,6 +31,8 @@ def test_sigterm_lets_the_admitted_job_finish_then_exits(tmp_path: Path) -> None
     coordinator = generate_key()
     pub = tmp_path / "coordinator.pub"
     pub.write_bytes(coordinator.public.to_pem())
+    operator = tmp_path / "operator.key"
+    generate_key("ed25519").save(operator)
     model = make_signed_model(tmp_path)
     hub = HubStandIn(coordinator)
     hub.publish(model)
@@ -38,7 +40,17 @@ def test_sigterm_lets_the_admitted_job_finish_then_exits(tmp_path: Path) -> None
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with serve(hub.app()) as hub_url:
-        args = [sys.executable, "-c", SCRIPT, hub_url, str(tmp_path / "node"), str(port), str(pub)]
+        home = tmp_path / "node"
+        args = [
+            sys.executable,
+            "-c",
+            SCRIPT,
+            hub_url,
+            str(home),
+            str(port),
+            str(pub),
+            str(operator),
+        ]
         with (
             start_process(args, url_to_poll=f"{url}/healthz") as proc,
             ThreadPoolExecutor(1) as pool,
