@@ -1,12 +1,15 @@
 """``veriml ledger ...`` and ``veriml log audit``'s ledger fold, against a stand-in coordinator.
 
-The stand-in checks request signatures exactly as the coordinator does (veriml.coordinator.auth)
-and folds what it is sent with the real ledger, so these tests pin the wire format; the full
-network is in tests/integration/test_ledger_cli.py. Exit codes: 2 usage, 1 failed check.
+The stand-in reads each move as the coordinator does (veriml.coordinator.ledger): the body is
+the account's signed ledger request (docs/ledger.md, "Authority"), a deposit must be signed by
+the rules' admin, and the entry that carries the request is folded by the real ledger, so these
+tests pin the wire format; the full network is in tests/integration/test_ledger_cli.py. Exit
+codes: 2 usage, 1 failed check.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
@@ -20,20 +23,20 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from _ledger import ALICE, BOB, deposit, stake, state_entry, unstake
 from _servers import serve
-from veriml.coordinator.auth import RequestSignature
-from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
+from veriml.core.errors import Error
 from veriml.core.keys import SigningKey, generate_key
-from veriml.ledger.entries import DepositEntry, Entry, StakeEntry, UnstakeEntry
+from veriml.core.timestamps import format_time
+from veriml.ledger import Rules
+from veriml.ledger.entries import DepositEntry, Entry, StakeEntry, StateEntry, UnstakeEntry
 from veriml.ledger.state import LedgerState, fold
+from veriml.protocol.accounts import LedgerRequest
 from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
 from veriml.tlog.merkle import leaf_hash, root_from_leaf_hashes
 from veriml.tlog.note import NoteSigner
 from veriml.tlog.tiles import build_tiles
-
-T0 = "2026-11-26T10:00:00.000000Z"
-T1 = "2026-11-26T10:00:01.000000Z"
-T2 = "2026-11-26T11:00:01.000000Z"
 
 
 def veriml(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -47,37 +50,56 @@ def veriml(*args: str, env: dict[str, str] | None = None) -> subprocess.Complete
     )
 
 
-class Coordinator:
-    """Just the ledger routes: signatures checked, entries folded, state served."""
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
-    def __init__(self, admin: SigningKey) -> None:
+
+class Coordinator:
+    """Just the ledger routes: signed requests checked, entries folded, state served. Without
+    a ``state``, the ledger starts as the coordinator's does: a ``state`` entry logging rules
+    whose admin is ``admin``."""
+
+    def __init__(self, admin: SigningKey, state: LedgerState | None = None) -> None:
         self.admin = admin
-        self.state = LedgerState()
-        self.requests: list[tuple[str, str, dict[str, Any]]] = []
+        if state is None:
+            state = LedgerState()
+            bonds = state.bond_map()
+            rules = Rules(admin=admin.key_id)
+            state.apply(StateEntry(rules, bonds.root(), bonds.size, format_time(_now())))
+        self.state = state
+        self.requests: list[tuple[str, str, LedgerRequest]] = []
         self.lie: dict[str, Any] | None = None
         self.app = FastAPI()
         self.app.post("/v1/ledger/{action}")(self.move)
         self.app.get("/v1/ledger/state")(self.get_state)
 
     async def move(self, action: str, request: Request) -> JSONResponse:
-        raw = await request.body()
-        signature = RequestSignature.from_headers(request.headers)
-        if signature is None:
-            return JSONResponse({"title": "unsigned"}, status_code=403)
-        signature.verify("POST", request.url.path, Digest.of(raw))
-        body = json.loads(raw)
-        signer = signature.key_id
-        self.requests.append((action, signer, body))
+        try:
+            envelope = Envelope.from_json(json.loads(await request.body()))
+            signed = LedgerRequest.open(envelope, op=action)
+        except Error as exc:
+            return JSONResponse({"title": exc.message}, status_code=403)
+        self.requests.append((action, signed.account, signed))
+        now = _now()
         entry: Entry
         if action == "deposit":
-            if signer != self.admin.key_id:
-                return JSONResponse({"title": "not the admin key"}, status_code=403)
-            entry = DepositEntry(body["account"], body["amount"], T0, body.get("memo", ""))
-            account = body["account"]
+            if signed.account != self.admin.key_id:
+                return JSONResponse(
+                    {"title": "deposits must be signed by the ledger's admin key"}, status_code=403
+                )
+            account = str(signed.to)
+            entry = DepositEntry(
+                account, signed.amount, format_time(now), signed.memo or "", envelope
+            )
         elif action == "stake":
-            entry, account = StakeEntry(signer, body["amount"], T1), signer
+            account = signed.account
+            entry = StakeEntry(account, signed.amount, format_time(now), envelope)
         else:
-            entry, account = UnstakeEntry(signer, body["amount"], T1, T2), signer
+            account = signed.account
+            rules = self.state.rules
+            assert rules is not None
+            available = format_time(now + dt.timedelta(seconds=rules.unstake_delay))
+            entry = UnstakeEntry(account, signed.amount, format_time(now), available, envelope)
         self.state.apply(entry)
         return JSONResponse(
             {
@@ -119,7 +141,8 @@ def test_deposit_stake_unstake_and_state(
     env = {"VERIML_URL": url}
     done = veriml("ledger", "deposit", account.key_id, "100", "--key", str(admin[1]), env=env)
     assert done.returncode == 0, done.stderr
-    assert f"deposited 100: log entry 0; account {account.key_id} balance 100" in done.stdout
+    # Entry 0 is the state entry that logs the rules (their admin is the admin key).
+    assert f"deposited 100: log entry 1; account {account.key_id} balance 100" in done.stdout
     done = veriml("ledger", "stake", "60", "--key", str(account_file), "--json", env=env)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["state"]["stake"] == 60
@@ -142,12 +165,13 @@ def test_deposit_stake_unstake_and_state(
 def test_a_deposit_signed_by_another_key_is_refused_exit_1(
     coordinator: tuple[Coordinator, str], tmp_path: Path
 ) -> None:
-    _, url = coordinator
+    fake, url = coordinator
     _, other = _key_file(tmp_path / "other.key")
     done = veriml("ledger", "deposit", "someone", "5", "--key", str(other), "-c", url)
     assert done.returncode == 1
-    assert "not the admin key" in done.stderr
+    assert "signed by the ledger's admin key" in done.stderr
     assert done.stderr.count("\n") == 1
+    assert fake.state.size == 1  # nothing minted: only the rules' state entry is logged
 
 
 @pytest.mark.parametrize(
@@ -198,12 +222,16 @@ def _publish(folder: Path, entries: list[bytes]) -> str:
     return str(folder)
 
 
+A, B = ALICE.key_id, BOB.key_id
 LEDGER = [
-    DepositEntry("alice", 100, T0).to_bytes(),
-    DepositEntry("bob", 7, T0, memo="grant").to_bytes(),
-    StakeEntry("alice", 60, T1).to_bytes(),
-    UnstakeEntry("alice", 20, T1, T2).to_bytes(),
+    state_entry(LedgerState()).to_bytes(),  # the rules, with the test ledger's admin
+    deposit(ALICE, 100).to_bytes(),
+    deposit(BOB, 7, memo="grant").to_bytes(),
+    stake(ALICE, 60, at=1).to_bytes(),
+    unstake(ALICE, 20, at=1).to_bytes(),
 ]
+"""A veriml log's ledger: the rules, two deposits the admin signed, alice's own stake and
+unstake (tests/_ledger.py builds every entry with its signed request)."""
 
 
 def _audit(log: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -223,23 +251,21 @@ def test_audit_folds_the_ledger_and_prints_its_digest(tmp_path: Path) -> None:
 
 def test_audit_matches_the_coordinators_state_at_the_audited_size(tmp_path: Path) -> None:
     log = _publish(tmp_path / "log", LEDGER)
-    fake = Coordinator(generate_key())
-    for entry in LEDGER:
-        fake.state.apply(entry)
+    fake = Coordinator(generate_key(), fold(LEDGER))
     with serve(fake.app) as url:
         done = _audit(log, "--coordinator", url)
         assert done.returncode == 0, done.stderr
         assert f"equal to {url}'s" in done.stdout
         # A coordinator whose view differs fails the audit, naming the first account.
         lie = fake.state.to_json()
-        lie["accounts"]["bob"]["balance"] = 8
+        lie["accounts"][B]["balance"] = 8
         fake.lie = lie
         done = veriml(
             "log", "audit", log, "--vkey", SIGNER.vkey, env={"VERIML_URL": url}
         )  # fmt: skip
     assert done.returncode == 1
     assert "ledger:" in done.stderr
-    assert "account=bob" in done.stderr
+    assert f"account={B}" in done.stderr
     assert "members=balance" in done.stderr
     # One line (the progress bar, transient, may leave an empty one behind).
     assert len([line for line in done.stderr.splitlines() if line.strip()]) == 1
@@ -247,15 +273,15 @@ def test_audit_matches_the_coordinators_state_at_the_audited_size(tmp_path: Path
 
 def test_an_entry_the_ledger_refuses_fails_the_audit_and_keeps_the_state(tmp_path: Path) -> None:
     state = tmp_path / "audit.json"
-    log = _publish(tmp_path / "log", LEDGER[:2])
+    log = _publish(tmp_path / "log", LEDGER[:3])
     assert _audit(log, "--state", str(state)).returncode == 0
     before = state.read_bytes()
-    overdraw = StakeEntry("bob", 8, T1).to_bytes()  # bob holds 7
-    log = _publish(tmp_path / "log", [*LEDGER[:2], overdraw])
+    overdraw = stake(BOB, 8, at=1).to_bytes()  # bob signed it, but holds 7
+    log = _publish(tmp_path / "log", [*LEDGER[:3], overdraw])
     done = _audit(log, "--state", str(state))
     assert done.returncode == 1
     assert "ledger:" in done.stderr
-    assert "index=2" in done.stderr
+    assert "index=3" in done.stderr
     assert state.read_bytes() == before
 
 
@@ -267,10 +293,10 @@ def test_a_log_that_is_not_a_veriml_log_has_no_ledger_unless_asked(tmp_path: Pat
     assert json.loads(_audit(log, "--json").stdout)["ledger"] is None
     assert _audit(log, "--ledger").returncode == 1
     # Once a veriml log, every entry must fold: a foreign entry later on fails the audit.
-    mixed = _publish(tmp_path / "mixed", [*LEDGER, b"entry 4"])
+    mixed = _publish(tmp_path / "mixed", [*LEDGER, b"entry 5"])
     done = _audit(mixed)
     assert done.returncode == 1
-    assert "index=4" in done.stderr
+    assert f"index={len(LEDGER)}" in done.stderr
 
 
 def test_no_ledger_with_a_coordinator_is_a_usage_error(tmp_path: Path) -> None:
@@ -321,6 +347,10 @@ def test_the_async_client_moves_the_same_funds(
 
     state = asyncio.run(moves())
     assert state["accounts"][node.key_id]["stake"] == 15
-    assert fake.requests[0] == ("deposit", admin[0].key_id, {
-        "account": node.key_id, "amount": 30, "memo": "seed"
-    })  # fmt: skip
+    action, signer, deposited = fake.requests[0]
+    assert (action, signer) == ("deposit", admin[0].key_id)
+    assert (deposited.to, deposited.amount, deposited.memo) == (node.key_id, 30, "seed")
+    assert [(a, s, r.amount) for a, s, r in fake.requests[1:]] == [
+        ("stake", node.key_id, 20),
+        ("unstake", node.key_id, 5),
+    ]
