@@ -28,6 +28,8 @@ from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 
 if TYPE_CHECKING:
+    from veriml.core.digest import Digest
+    from veriml.core.dsse import Envelope
     from veriml.ledger.state import LedgerState
 
 __all__ = ["register_log_commands"]
@@ -131,6 +133,7 @@ class LedgerFold:
                 index=index,
                 reason=exc.diagnostics(),
             ) from exc
+        self._check_spot(index, entry)
         try:
             self.state.apply(entry, index)
         except FormatError as exc:
@@ -142,6 +145,29 @@ class LedgerFold:
             ) from exc
         self._count_spot(entry)
 
+    @staticmethod
+    def _check_spot(index: int, entry: object) -> None:
+        """A ``spot:P`` verdict's decision must follow from the draw secret it reveals, and
+        that secret be the one the primary's receipt committed to: the checked fraction this
+        audit reports is then the log's, not the coordinator's word. (The fold checks that
+        the secret follows from the epoch key once a beacon reveals it.)"""
+        from veriml.ledger.entries import InferenceEntry
+        from veriml.verify.policy import Policy, check_spot
+
+        if not isinstance(entry, InferenceEntry) or entry.verdict.spot is None:
+            return
+        try:
+            commitment = _spot_commitment(entry.receipts[0]) if entry.receipts else None
+            policy = Policy.parse(entry.policy)
+            check_spot(policy, entry.verdict.spot, entry.verdict.draw, commitment)
+        except (FormatError, VerificationError) as exc:
+            raise VerificationError(
+                "a spot check's decision does not follow from the logged draw",
+                check="ledger",
+                index=index,
+                reason=exc.diagnostics(),
+            ) from exc
+
     def _count_spot(self, entry: object) -> None:
         from veriml.ledger.entries import InferenceEntry
         from veriml.verify.evidence import receipt_node_id
@@ -152,6 +178,19 @@ class LedgerFold:
         counts = self.spot.setdefault(node or "unknown", [0, 0])
         counts[0] += 1
         counts[1] += int(entry.verdict.spot.checked)
+
+
+def _spot_commitment(receipt: Envelope) -> Digest | None:
+    """The spot commitment a receipt's predicate carries (``spot.commitment``; inference and
+    completion receipts spell it alike), or None. Unverified: it is compared, not trusted."""
+    from veriml.core.digest import Digest
+    from veriml.core.dsse import Statement
+
+    try:
+        spot = Statement.from_bytes(receipt.payload).predicate.get("spot")
+        return Digest.from_text(spot["commitment"]) if isinstance(spot, Mapping) else None
+    except (FormatError, KeyError, TypeError):
+        return None
 
 
 def _first_difference(ours: Mapping[str, Any], theirs: Mapping[str, Any]) -> dict[str, str]:
