@@ -24,9 +24,12 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
+import sqlalchemy as sa
 
 from veriml.client import LocalNetwork
+from veriml.coordinator import db
 from veriml.coordinator.dispatch import JobSpec, sign_job
+from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.keys import load_private_key
 from veriml.core.receipt import InferencePredicate
@@ -51,9 +54,8 @@ class RogueLog:
         origin = json.loads((home / "log.key.json").read_text())["origin"]
         signer = NoteSigner(origin, load_private_key(home / "log.key", kind="ed25519"))
         self.job_key = load_private_key(home / "coordinator.key", kind="ed25519")
-        self.log = Log.open(
-            f"sqlite:///{home / 'veriml.db'}", signer, options=LogOptions(batch_interval=0.0)
-        )
+        self.url = f"sqlite:///{home / 'veriml.db'}"
+        self.log = Log.open(self.url, signer, options=LogOptions(batch_interval=0.0))
 
     def close(self) -> None:
         self.log.close()
@@ -71,6 +73,16 @@ class RogueLog:
     def entry(self, index: int) -> bytes:
         return self.log.entries(index, index + 1)[0]
 
+    def epoch_key(self, epoch: int) -> bytes:
+        """Epoch ``epoch``'s secret key, from the coordinator's own database."""
+        engine = sa.create_engine(self.url)
+        try:
+            with engine.connect() as conn:
+                query = sa.select(db.beacon_keys.c.key).where(db.beacon_keys.c.epoch == epoch)
+                return bytes.fromhex(str(conn.execute(query).scalar_one()))
+        finally:
+            engine.dispose()
+
     def node_entry(self, node_id: str) -> dict[str, Any]:
         """The evidence item of ``node_id``'s registration (its proof is made by :meth:`forge`)."""
         for index, data in enumerate(self.log.entries(0, self.log.size)):
@@ -80,11 +92,17 @@ class RogueLog:
         raise LookupError(node_id)
 
     def rerun(
-        self, receipt: Mapping[str, Any], node: Any, inputs: Mapping[str, Any]
+        self,
+        receipt: Mapping[str, Any],
+        node: Any,
+        inputs: Mapping[str, Any],
+        *,
+        spot: Digest | None = None,
     ) -> dict[str, Any]:
         """The receipt (DSSE JSON) of ``node`` (a :class:`LocalNetwork` node) for the job that
         ``receipt`` answered, issued with the coordinator's job key: what a coordinator can
-        always get from a node it schedules."""
+        always get from a node it schedules. ``spot``: the spot commitment to sign into the job
+        instead of the receipt's (a secret the coordinator picked)."""
         predicate = InferencePredicate.from_json(
             Statement.from_bytes(Envelope.from_json(receipt).payload).predicate
         )
@@ -94,7 +112,7 @@ class RogueLog:
             input_digests=predicate.inputs,
             inputs_json=inputs,
             policy=predicate.policy,
-            spot=predicate.spot,
+            spot=predicate.spot if spot is None else spot,
         )
         _, job = sign_job(spec, str(node.node_id), self.job_key, timeout=dt.timedelta(minutes=1))
         body = {"job": job.to_json(), "inputs": dict(inputs)}

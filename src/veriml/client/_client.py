@@ -66,7 +66,7 @@ from veriml.verify.completion import VerifiedCompletion, verify_completion
 from veriml.verify.completion_answer import CompletionEvidence, Kind
 from veriml.verify.evidence import open_checkpoint_note
 from veriml.verify.inference import verify_inference
-from veriml.verify.network import NetworkEvidence, Requirements
+from veriml.verify.network import DEFAULT_MAX_EPOCH_AGE, NetworkEvidence, Requirements
 
 if TYPE_CHECKING:
     from veriml.verify.tolerance import OutputBounds
@@ -222,6 +222,7 @@ class _Base:
         min_stake: int = 1,
         trusted_operators: Collection[str] | None = None,
         allow_unsigned: bool = False,
+        max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE,
         max_fee: int = 0,
         checkpoints: Checkpoints = True,
     ) -> None:
@@ -235,6 +236,7 @@ class _Base:
             min_stake=min_stake,
             trusted_operators=None if trusted_operators is None else frozenset(trusted_operators),
             allow_unsigned=allow_unsigned,
+            max_epoch_age=max_epoch_age,
         )
         self._bounds: dict[Digest, OutputBounds] = {}
         self._rules: tuple[float, Mapping[str, Any]] | None = None
@@ -635,6 +637,7 @@ class Client(_Base):
         min_stake: int = 1,
         trusted_operators: Collection[str] | None = None,
         allow_unsigned: bool = False,
+        max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE,
         max_fee: int = 0,
         checkpoints: Checkpoints = True,
     ) -> None:
@@ -649,6 +652,7 @@ class Client(_Base):
             min_stake=min_stake,
             trusted_operators=trusted_operators,
             allow_unsigned=allow_unsigned,
+            max_epoch_age=max_epoch_age,
             max_fee=max_fee,
             checkpoints=checkpoints,
         )
@@ -939,6 +943,7 @@ class AsyncClient(_Base):
         min_stake: int = 1,
         trusted_operators: Collection[str] | None = None,
         allow_unsigned: bool = False,
+        max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE,
         max_fee: int = 0,
         checkpoints: Checkpoints = True,
     ) -> None:
@@ -953,6 +958,7 @@ class AsyncClient(_Base):
             min_stake=min_stake,
             trusted_operators=trusted_operators,
             allow_unsigned=allow_unsigned,
+            max_epoch_age=max_epoch_age,
             max_fee=max_fee,
             checkpoints=checkpoints,
         )

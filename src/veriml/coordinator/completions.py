@@ -791,6 +791,9 @@ class CompletionService:
             answer["bonds"] = bonds
         if prepared.provenance is not None:
             answer["provenance"] = provenance_json(prepared.provenance)
+        beacon = await self._draws.beacon(verdict.draw)
+        if beacon is not None:
+            answer["beacon"] = beacon
         pending = PendingInference(
             inference_id=job.request_id,
             model=job.model,
@@ -798,7 +801,7 @@ class CompletionService:
             request_digest=job.digest,
             entry=entry.to_bytes(),
             answer=answer,
-            cites=answer_cites(nodes, state, prepared.provenance, verdict.disputes),
+            cites=answer_cites(nodes, state, prepared.provenance, verdict.disputes, beacon),
             known_size=prepared.known_size,
         )
         await self._store.reserve(pending)

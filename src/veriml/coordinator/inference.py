@@ -168,6 +168,14 @@ class RequestDraws:
             return None
         return format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=window))
 
+    async def beacon(self, draw: Draw | None) -> int | None:
+        """The log index of the ``beacon`` entry that began ``draw``'s epoch (cited by the
+        answer, so the SDK can check the epoch is current), None without a ledger."""
+        if draw is None or self.ledger is None:
+            return None
+        state = await asyncio.to_thread(self.ledger.state)
+        return state.epoch_index(draw.epoch)
+
     async def state(self) -> int | None:
         """The ``state`` entry the request is scheduled under (and its answer cites)."""
         return None if self.ledger is None else await self.ledger.current_state()
@@ -201,12 +209,15 @@ def answer_cites(
     state: int | None,
     provenance: tuple[int, int | None] | None,
     disputes: Sequence[DisputeRef],
+    beacon: int | None = None,
 ) -> tuple[int, ...]:
     """The log indexes an answer relies on, proven beside it: the nodes' registrations, the
-    cited state, the model's provenance, each dispute's challenge and verdict."""
+    cited state, the model's provenance, each dispute's challenge and verdict, the beacon
+    entry that began the draw's epoch."""
     cites = [n.log_index for n in nodes]
-    if state is not None:
-        cites.append(state)
+    for index in (state, beacon):
+        if index is not None:
+            cites.append(index)
     if provenance is not None:
         cites += [i for i in provenance if i is not None]
     for ref in disputes:
@@ -622,6 +633,9 @@ class InferenceService:
             answer["bonds"] = bonds
         if request.provenance is not None:
             answer["provenance"] = provenance_json(request.provenance)
+        beacon = await self._draws.beacon(request.draw)
+        if beacon is not None:
+            answer["beacon"] = beacon
         pending = PendingInference(
             inference_id=spec.request_id,
             model=spec.model,
@@ -629,7 +643,7 @@ class InferenceService:
             request_digest=digest,
             entry=entry.to_bytes(),
             answer=answer,
-            cites=answer_cites(nodes, state, request.provenance, verdict.disputes),
+            cites=answer_cites(nodes, state, request.provenance, verdict.disputes, beacon),
             known_size=request.known_size,
         )
         await self._store.reserve(pending)

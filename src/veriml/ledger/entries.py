@@ -1010,7 +1010,8 @@ class BeaconEntry:
     ``SHA-256("veriml-beacon/v1\\n" || key)`` of its secret key, and ``reveal`` (hex) is the
     previous epoch's key, now that no request draws from it any more (docs/verification.md,
     "Randomness"). Epochs are numbered from 0 without gaps; an epoch whose key was lost is
-    left unrevealed (``reveal`` omitted) and an auditor reports it."""
+    left unrevealed (``reveal`` omitted), which the fold allows only if no request drew from
+    it."""
 
     epoch: int
     commitment: Digest

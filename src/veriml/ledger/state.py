@@ -222,6 +222,8 @@ class _Paying:
 @dataclass(frozen=True, slots=True)
 class _Epoch:
     commitment: Digest
+    index: int
+    """The log index of the ``beacon`` entry that began the epoch."""
     key: bytes | None = None
 
 
@@ -464,6 +466,11 @@ class LedgerState:
         found = self._epochs.get(epoch)
         return None if found is None else found.key
 
+    def epoch_index(self, epoch: int) -> int | None:
+        """The log index of the ``beacon`` entry that began ``epoch`` (None: not begun)."""
+        found = self._epochs.get(epoch)
+        return None if found is None else found.index
+
     @property
     def unchecked_draws(self) -> int:
         """Draws logged in epochs whose key is not revealed yet (checked at the reveal)."""
@@ -630,7 +637,7 @@ class LedgerState:
             number, epoch, reveal = change.epoch
             self._epochs[number] = epoch
             if reveal is not None and number > 0:
-                self._epochs[number - 1] = _Epoch(self._epochs[number - 1].commitment, reveal)
+                self._epochs[number - 1] = replace(self._epochs[number - 1], key=reveal)
             self._draws.pop(number - 1, None)  # checked by the reveal, or never checkable
         for number, pending in change.draws:
             self._draws.setdefault(number, []).append(pending)
@@ -983,7 +990,12 @@ def _beacon(change: _Change, entry: BeaconEntry) -> None:
             )
         for pending in change.state._draws.get(entry.epoch - 1, ()):
             pending.check(entry.reveal, change)
-    change.epoch = (entry.epoch, _Epoch(entry.commitment), entry.reveal)
+    elif change.state._draws.get(entry.epoch - 1):
+        # A key "lost" after draws were made from it would leave them unchecked forever: a
+        # coordinator could pick its own secrets and never reveal. The keys live in the
+        # coordinator's database, beside the log; losing them is losing the database.
+        raise change.fail("an epoch that drew requests must reveal its key", epoch=entry.epoch - 1)
+    change.epoch = (entry.epoch, _Epoch(entry.commitment, change.index), entry.reveal)
 
 
 def _namespace(change: _Change, entry: NamespaceEntry) -> None:
@@ -1046,6 +1058,11 @@ def _inference(change: _Change, entry: InferenceEntry) -> None:
         pending = _PendingDraw(change.index, entry.request_id, draw)
         if epoch.key is not None:
             pending.check(epoch.key, change)
+        elif draw.epoch < latest:
+            raise change.fail(
+                "the inference draws from an epoch that ended without revealing its key",
+                epoch=draw.epoch,
+            )
         else:
             change.draws.append((draw.epoch, pending))
     if entry.verdict.outcome != "accepted":

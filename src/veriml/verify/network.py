@@ -10,7 +10,8 @@ LLM answer, :mod:`veriml.verify.completion`) carries, beside its own log entry:
   ``namespace`` entries, and each of its disputes' ``challenge`` and ``verdict`` entries;
 - ``bonds``: ``{"state": index, "proofs": [stake proof]}``, each answering operator's stake in
   that state entry's bond map (:mod:`veriml.ledger.bonds`);
-- ``provenance``: ``{"model": index, "namespace": index | null}``.
+- ``provenance``: ``{"model": index, "namespace": index | null}``;
+- ``beacon``: the index of the ``beacon`` entry that began the epoch the verdict's draw is from.
 
 :func:`check_network` checks them, each failure a :class:`VerificationError` naming its
 ``check``:
@@ -24,7 +25,12 @@ LLM answer, :mod:`veriml.verify.completion`) carries, beside its own log entry:
   this answer's receipts, by the party named, for this request, and a ``verdict`` with the
   winner claimed;
 - ``window``: the verdict says when the answer becomes final, no sooner than the policy's
-  window (``optimistic:W``) or the logged rules' ``challenge_window`` after it was signed.
+  window (``optimistic:W``) or the logged rules' ``challenge_window`` after it was signed;
+- ``epoch``: the verdict's draw is from a logged epoch that began before the answer's jobs and
+  at most the client's ``max_epoch_age`` before them. The draw's secret can only be checked
+  against the epoch key once the next epoch reveals it (auditors folding the log do, for every
+  draw); an epoch that is never revealed grows old, so a coordinator that withholds a reveal to
+  hide a secret it picked must stop serving clients within that age.
 """
 
 from __future__ import annotations
@@ -41,7 +47,13 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import FormatError, VerificationError
 from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger.bonds import BondProof
-from veriml.ledger.entries import ChallengeEntry, DisputeVerdictEntry, StateEntry, parse_entry
+from veriml.ledger.entries import (
+    BeaconEntry,
+    ChallengeEntry,
+    DisputeVerdictEntry,
+    StateEntry,
+    parse_entry,
+)
 from veriml.protocol.policy import DisputeRef, Policy, Verdict
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.verify.evidence import prove_inclusion
@@ -61,7 +73,8 @@ __all__ = [
     "with_logged",
 ]
 
-NETWORK_CHECKS = ("evidence", "bonds", "provenance", "disputes", "window")
+NETWORK_CHECKS = ("evidence", "bonds", "provenance", "disputes", "window", "epoch")
+DEFAULT_MAX_EPOCH_AGE = 3600.0
 _MAX_ENTRIES = 256
 _MAX_PROOF = 64
 
@@ -144,6 +157,7 @@ class NetworkEvidence:
     entries: tuple[LoggedEntry, ...] = ()
     bonds: Bonds | None = None
     provenance: tuple[int, int | None] | None = None
+    beacon: int | None = None
 
     @property
     def state(self) -> int | None:
@@ -162,11 +176,13 @@ class NetworkEvidence:
             out["bonds"] = self.bonds.to_json()
         if self.provenance is not None:
             out["provenance"] = {"model": self.provenance[0], "namespace": self.provenance[1]}
+        if self.beacon is not None:
+            out["beacon"] = self.beacon
         return out
 
     @classmethod
     def from_answer(cls, obj: Mapping[str, Any]) -> NetworkEvidence:
-        """The three members of an answer (or a saved result), parsed; absent ones are empty."""
+        """The four members of an answer (or a saved result), parsed; absent ones are empty."""
         entries = obj.get("evidence", [])
         if not isinstance(entries, list) or len(entries) > _MAX_ENTRIES:
             raise FormatError("evidence must be a list of at most 256 entries")
@@ -181,10 +197,12 @@ class NetworkEvidence:
                 _index(provenance.get("model"), "provenance.model"),
                 None if namespace is None else _index(namespace, "provenance.namespace"),
             )
+        beacon = obj.get("beacon")
         return cls(
             tuple(LoggedEntry.from_json(e) for e in entries),
             None if bonds is None else Bonds.from_json(bonds),
             parsed,
+            None if beacon is None else _index(beacon, "beacon"),
         )
 
 
@@ -197,16 +215,21 @@ class Requirements:
     - ``trusted_operators``: for a permissioned network, the operators the client accepts
       without stake (then every answering operator must be one of them);
     - ``allow_unsigned``: accept a model nobody signed, by digest only (off: an unsigned model
-      fails ``provenance``).
+      fails ``provenance``);
+    - ``max_epoch_age``: the longest, in seconds, a draw's beacon epoch may have run before
+      the answer's jobs started (default an hour: six of a coordinator's default epochs).
     """
 
     min_stake: int = 1
     trusted_operators: frozenset[str] | None = None
     allow_unsigned: bool = False
+    max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE
 
     def __post_init__(self) -> None:
         if type(self.min_stake) is not int or self.min_stake < 1:
             raise FormatError("a client's minimum stake is a positive integer")
+        if not self.max_epoch_age > 0:
+            raise FormatError("a client's maximum epoch age is a positive number of seconds")
         if self.trusted_operators is not None:
             object.__setattr__(self, "trusted_operators", frozenset(self.trusted_operators))
 
@@ -320,6 +343,10 @@ def check_network(
         for ref_ in verdict.disputes:
             _check_dispute(ref_, entries, request_id, receipts)
         checks.append("disputes")
+    # draw: from a logged epoch, current when the jobs ran.
+    if verdict.draw is not None:
+        _check_epoch(verdict.draw.epoch, evidence.beacon, entries, started, trust.max_epoch_age)
+        checks.append("epoch")
     # window: when the answer becomes final.
     window = _window(policy, state)
     if window is None:
@@ -373,6 +400,38 @@ def _check_dispute(
             "a dispute is about a receipt that is not in this answer",
             check="disputes",
             dispute=ref.id,
+        )
+
+
+def _check_epoch(
+    epoch: int, index: int | None, entries: Mapping[int, bytes], started: str, max_age: float
+) -> None:
+    """The cited ``beacon`` entry began ``epoch``, before the jobs started (clock skew
+    allowed) and no more than ``max_age`` seconds before."""
+    data = _cited(entries, index, "epoch", "draw's beacon entry")
+    try:
+        beacon = parse_entry(data)
+    except FormatError as exc:
+        raise VerificationError(
+            "the cited beacon entry is malformed", check="epoch", reason=exc.message
+        ) from exc
+    if not isinstance(beacon, BeaconEntry) or beacon.epoch != epoch:
+        raise VerificationError(
+            "the cited entry does not begin the draw's epoch", check="epoch", epoch=epoch
+        )
+    began = parse_time(beacon.at)
+    jobs = parse_time(started)
+    if began > jobs + CLOCK_SKEW:
+        raise VerificationError(
+            "the draw's epoch began after the answer's jobs", check="epoch", epoch=epoch
+        )
+    if jobs - began > dt.timedelta(seconds=max_age):
+        raise VerificationError(
+            "the draw's epoch began longer before the answer's jobs than this client allows",
+            check="epoch",
+            epoch=epoch,
+            began=beacon.at,
+            max_age=max_age,
         )
 
 

@@ -751,9 +751,26 @@ def test_the_first_epoch_reveals_nothing() -> None:
 def test_a_reveal_that_does_not_match_the_previous_commitment_is_refused() -> None:
     state = ledger(beacon(0))
     refuses(state, beacon(1, at=1, reveal=epoch_key(7)), "not the one the previous epoch")
-    # An epoch whose key was lost is left unrevealed (and its draws are never checked).
+    # An epoch whose key was lost is left unrevealed, if nothing was drawn from it.
     state.apply(beacon(1, at=1, reveal=None))
     assert state.epoch_key(0) is None
+    # Nothing can draw from it afterwards: the draw could never be checked.
+    refuses(state, inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), "without revealing")
+
+
+def test_an_epoch_that_drew_requests_must_reveal_its_key() -> None:
+    state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)))
+    # Withholding the key would leave a secret the coordinator picked unchecked forever.
+    refuses(state, beacon(1, at=1, reveal=None), "must reveal its key")
+    state.apply(beacon(1, at=1))
+    assert state.unchecked_draws == 0
+
+
+def test_each_epoch_knows_the_log_index_of_the_entry_that_began_it() -> None:
+    state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), beacon(1, at=1))
+    first, second = state.epoch_index(0), state.epoch_index(1)
+    assert first is not None and second == first + 2
+    assert state.epoch_index(2) is None
 
 
 def test_a_draw_that_does_not_follow_from_the_epoch_key_is_refused_at_the_reveal() -> None:
