@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _logged_nodes import register_nodes
+from _logged_nodes import Network, logged_network
 
 from veriml.client import COMPLETION_CHECKS, ChatResult, verify_completion
 from veriml.client._chat import StreamAssembler
@@ -29,12 +29,13 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, VerificationError
-from veriml.core.keys import SigningKey, generate_key
+from veriml.core.keys import generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger import InferenceEntry
+from veriml.protocol.draw import Draw, sampling_seed
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
 from veriml.protocol.sse import parse_sse
-from veriml.tlog import Checkpoint, Log, Note, NoteSigner
+from veriml.tlog import NoteSigner
 from veriml.verify.policy import Policy, SpotReveal, decide, spot_checked, spot_commitment
 
 MODEL = Digest.of(b"a gguf model")
@@ -42,22 +43,19 @@ MESSAGES = [{"role": "user", "content": "Say hi"}]
 PROMPT = [1, 9038, 2114, 28, 2]
 TOKENS = [19556, 17, 2]
 CONTENT = "Hi!"
-
-
-@dataclasses.dataclass
-class Network:
-    log: Log
-    vkey: str
-    nodes: list[tuple[SigningKey, str, int]]  # key, operator, registration index
+NETWORK = ("evidence", "bonds", "provenance", "epoch", "window")
+"""The network checks every answer passes before its verdict (veriml.verify.network)."""
+ALL_CHECKS = (*COMPLETION_CHECKS[:-1], *NETWORK, COMPLETION_CHECKS[-1])
+RELAY_CHECKS = tuple(c for c in ALL_CHECKS if c != "provenance")
+"""A relayed answer ran no model of the hub: it has no provenance to check."""
 
 
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
-    tmp = tmp_path_factory.mktemp("llmnet")
-    signer = NoteSigner("test.veriml.local/llm", generate_key())
-    with Log.open(f"sqlite:///{tmp / 'log.db'}", signer) as log:
-        nodes = register_nodes(log, 3, port=9100)
-        yield Network(log, signer.vkey, nodes)
+    with logged_network(tmp_path_factory.mktemp("llmnet"), 3, port=9100) as net:
+        # The model asked for by name: "smollm2", published by the owner of its namespace.
+        net.publish(MODEL, "smollm2", signature=Digest.of(b"smollm2 model.sig"))
+        yield net
 
 
 def _request(**params: Any) -> dict[str, Any]:
@@ -76,19 +74,25 @@ def _answer(
     checked_payload: bytes | None = None,
     commit_spot: bool = True,
     reveal_other_secret: bool = False,
+    seed: int | None = None,
 ) -> dict[str, Any]:
-    """What the coordinator answers: receipts of N nodes, the verdict, one logged entry."""
+    """What the coordinator answers: receipts of N nodes, the verdict (revealing the request's
+    draw), one logged entry citing the state it was scheduled under, and the evidence.
+
+    A request sent without a seed samples with the one its draw secret gives; ``seed`` makes
+    the coordinator pick another (a lie the ``draw`` check catches)."""
     parsed = Policy.parse(policy)
     request = request if request is not None else _request()
     request_id = str(uuid.uuid4())
+    draw = net.draw(request_id)
     relay = trust == "attested-relay"
     bound = relay_digest("m") if relay else MODEL  # a relayed model's stand-in digest
-    canonical = canonical_request("chat.completion", bound, request, seed=1234)
+    drawn = sampling_seed(draw.secret) if seed is None else seed
+    canonical = canonical_request("chat.completion", bound, request, seed=drawn)
     receipts, answers = [], []
-    secret = secrets.token_bytes(32)
     extra_predicate: dict[str, Any] = {}
     if parsed.kind == "spot" and commit_spot:
-        extra_predicate = {"spot": {"commitment": spot_commitment(secret).to_text()}}
+        extra_predicate = {"spot": {"commitment": spot_commitment(draw.secret).to_text()}}
     for i, (key, operator, _) in enumerate(net.nodes[: parsed.nodes]):
         text = content + "?" if i == odd_node else content
         output = completion_output_digest(
@@ -134,9 +138,10 @@ def _answer(
         answers.append((key.key_id, operator, agreed))
     spot = None
     if parsed.kind == "spot":
-        revealed = secrets.token_bytes(32) if reveal_other_secret else secret
-        spot = SpotReveal(revealed, spot_checked(parsed, revealed, receipts[0]))
-    verdict = decide(parsed, answers, spot=spot)
+        spot = SpotReveal(spot_checked(parsed, draw.secret))
+    verdict = decide(parsed, answers, spot=spot, final_after=net.final_after(), draw=draw)
+    if reveal_other_secret:
+        verdict = dataclasses.replace(verdict, draw=Draw(draw.epoch, secrets.token_bytes(32)))
     extra = {"kind": "completion"}
     entry = InferenceEntry(
         request_id=request_id,
@@ -146,10 +151,12 @@ def _answer(
         receipts=tuple(receipts),
         verdict=verdict,
         extra=extra,
+        state=net.state,
     )
     index = net.log.add(entry.to_bytes())
-    note = net.log.checkpoint()
-    size = Checkpoint.from_text(Note.from_bytes(note).text).size
+    note, size = net.checkpoint()
+    operators = [operator for _, operator, _ in answers]
+    evidence = net.evidence(operators, size, provenance=not relay).to_json()
     nodes = []
     for key, _, reg in net.nodes[: len(receipts)]:
         nodes.append(
@@ -191,6 +198,7 @@ def _answer(
                     base64.b64encode(h).decode() for h in net.log.inclusion_proof(index, size)
                 ],
             },
+            **evidence,
         },
     }
 
@@ -206,7 +214,7 @@ def _verify(net: Network, body: dict[str, Any], **kwargs: Any) -> Any:
 )
 def test_an_honest_completion_passes_every_check(network: Network, policy: str, nodes: int) -> None:
     verified = _verify(network, _answer(network, policy))
-    assert verified.checks == COMPLETION_CHECKS
+    assert verified.checks == ALL_CHECKS
     assert verified.trust == "reexecutable"
     assert verified.model == MODEL
     assert verified.notes == ()
@@ -243,7 +251,7 @@ def test_the_result_carries_the_message_usage_and_trust(network: Network) -> Non
     assert result.message == {"role": "assistant", "content": CONTENT}
     assert result.finish_reason == "stop"
     assert result.usage["completion_tokens"] == len(TOKENS)
-    assert result.verified == COMPLETION_CHECKS
+    assert result.verified == ALL_CHECKS
     assert result.trust == "reexecutable"
     assert result.to_json()["verdict"] == "accepted"
 
@@ -304,12 +312,28 @@ def test_an_answer_to_another_request_fails_the_request_digest(
     assert caught.value.check == "request-digest"
 
 
-def test_the_seed_the_receipt_records_rebuilds_a_request_sent_without_one(
+def test_a_request_sent_without_a_seed_samples_with_the_one_its_draw_gives(
     network: Network,
 ) -> None:
-    # The request had no seed: the coordinator chose 1234, and the receipt says so.
     assert "seed" not in _request()
-    assert _verify(network, _answer(network)).predicates[0].sampling.seed == 1234
+    verified = _verify(network, _answer(network))
+    draw = verified.evidence.verdict.draw
+    assert draw is not None
+    assert verified.predicates[0].sampling.seed == sampling_seed(draw.secret)
+
+
+def test_a_seed_the_coordinator_picked_fails_the_draw_check(network: Network) -> None:
+    # The request had no seed; the coordinator chose 1234 and the nodes signed it honestly:
+    # the request digest holds, but the seed is not the one the request's draw gives.
+    with pytest.raises(VerificationError) as caught:
+        _verify(network, _answer(network, seed=1234))
+    assert caught.value.check == "draw"
+
+
+def test_a_seed_the_client_sent_needs_no_draw(network: Network) -> None:
+    sent = _request(seed=99)
+    verified = _verify(network, _answer(network, request=sent, seed=99), request=sent)
+    assert verified.predicates[0].sampling.seed == 99
 
 
 def test_an_answer_for_another_model_fails_the_model_digest(network: Network) -> None:
@@ -346,7 +370,7 @@ def test_a_rejected_verdict_never_verifies(network: Network) -> None:
 def test_a_receipt_by_an_unregistered_key_fails_the_signature(network: Network) -> None:
     body = _answer(network)
     stranger = _answer(
-        Network(network.log, network.vkey, [(generate_key(), "op-x", network.nodes[0][2])])
+        dataclasses.replace(network, nodes=[(generate_key(), "op-x", network.nodes[0][2])])
     )
     body["veriml"]["receipts"] = stranger["veriml"]["receipts"]
     with pytest.raises(VerificationError) as caught:
@@ -370,7 +394,7 @@ def test_an_answer_without_its_veriml_member_cannot_verify(network: Network) -> 
 
 def test_without_the_request_the_digest_is_taken_as_signed_and_noted(network: Network) -> None:
     verified = verify_completion(_answer(network), log_vkey=network.vkey)
-    assert verified.checks == COMPLETION_CHECKS
+    assert verified.checks == ALL_CHECKS
     assert any("request digest was taken as signed" in n for n in verified.notes)
 
 
@@ -384,7 +408,7 @@ def test_a_relayed_answer_is_reported_as_attested_relay_never_reexecutable(
     verified = _verify(network, body, request=RELAYED, model=None)
     assert verified.trust == "attested-relay"
     assert verified.model is None
-    assert verified.checks == COMPLETION_CHECKS
+    assert verified.checks == RELAY_CHECKS
     assert [n.split(":")[0] for n in verified.notes] == ["attested-relay"]
     assert "relayed" in verified.summary()
     assert ChatResult.of("chat.completion", body, verified).trust == "attested-relay"
@@ -442,7 +466,7 @@ def test_a_stream_rebuilt_from_its_chunks_verifies(network: Network, wrapped: bo
     body = _answer(network)
     shown, assembler = _assemble(_sse(body, wrapped=wrapped))
     assert shown == CONTENT
-    assert _verify(network, assembler.body()).checks == COMPLETION_CHECKS
+    assert _verify(network, assembler.body()).checks == ALL_CHECKS
 
 
 @pytest.mark.parametrize(("veriml", "done"), [(False, True), (True, False)])
@@ -474,14 +498,25 @@ def test_a_spot_answer_verifies_its_reveal_against_the_receipts_commitment(
     network: Network,
 ) -> None:
     verified = _verify(network, _unchecked_spot(network))
-    assert "spot" in verified.checks
+    assert verified.checks == (*ALL_CHECKS[:-1], "spot", ALL_CHECKS[-1])
     assert verified.notes == ()
 
 
 def test_a_spot_reveal_of_another_secret_fails_the_spot_check(network: Network) -> None:
+    # The client chose its seed, so no seed hangs on the draw: the spot check catches it.
+    sent = _request(seed=7)
+    body = _unchecked_spot(network, request=sent, seed=7, reveal_other_secret=True)
+    with pytest.raises(VerificationError) as caught:
+        _verify(network, body, request=sent)
+    assert caught.value.check == "spot"
+
+
+def test_a_reveal_of_another_secret_is_caught_by_the_seed_it_drew(network: Network) -> None:
+    # Without a seed sent, the nodes sampled with the one the true secret gives: another
+    # secret revealed (to dodge a drawn check) contradicts the signed seed first.
     with pytest.raises(VerificationError) as caught:
         _verify(network, _unchecked_spot(network, reveal_other_secret=True))
-    assert caught.value.check == "spot"
+    assert caught.value.check == "draw"
 
 
 def test_a_spot_receipt_without_a_commitment_fails_closed(network: Network) -> None:

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from veriml.core import Digest
 from veriml.core.errors import DigestMismatch, FormatError
 from veriml.core.tensors import tensor_digest
+from veriml.protocol.draw import Draw
 from veriml.verify.policy import (
     DisputeRef,
     Policy,
@@ -128,17 +129,27 @@ def test_old_verdicts_keep_their_bytes() -> None:
 
 
 def test_new_verdict_members_round_trip() -> None:
-    dispute = DisputeRef("d1", "n1", "n2", "challenger", 17)
+    dispute = DisputeRef("d1", "n1", "n2", "challenger", 17, opened=12)
     verdict = decide(
         Policy.parse("spot:0.5"),
         [("n1", "o1", A), ("n2", "o2", B)],
-        spot=SpotReveal(SECRET, checked=True),
+        spot=SpotReveal(checked=True),
         disputes=[dispute],
+        draw=Draw(3, SECRET),
     )
     obj = verdict.to_json()
-    assert obj["spot"] == {"secret": SECRET.hex(), "checked": True}
+    # The decision alone: the secret it follows from is the request's draw, revealed once.
+    assert obj["spot"] == {"checked": True}
+    assert obj["draw"] == {"epoch": 3, "secret": SECRET.hex()}
     assert obj["disputes"] == [
-        {"id": "d1", "defendant": "n1", "challenger": "n2", "winner": "challenger", "log_index": 17}
+        {
+            "id": "d1",
+            "defendant": "n1",
+            "challenger": "n2",
+            "winner": "challenger",
+            "log_index": 17,
+            "opened": 12,
+        }
     ]
     assert Verdict.from_json(obj) == verdict
     final = decide(
@@ -152,8 +163,12 @@ def test_new_verdict_members_round_trip() -> None:
     "mutation",
     [
         {"mode": "fuzzy"},
-        {"spot": {"secret": "00", "checked": True}},
-        {"spot": {"secret": "00" * 32, "checked": "yes"}},
+        {"spot": {"checked": "yes"}},
+        {"spot": {"secret": "00" * 32, "checked": True}},  # the secret is the draw's
+        {"draw": {"epoch": 0, "secret": "00"}},
+        {"draw": {"epoch": -1, "secret": "00" * 32}},
+        {"draw": {"secret": "00" * 32}},
+        {"disputes": [DisputeRef("d", "a", "b", "none", 1).to_json() | {"opened": -1}]},
         {"disputes": [{"id": "d", "defendant": "a", "challenger": "b", "winner": "x"}]},
         {"disputes": [{"id": "d", "defendant": "a", "challenger": "b", "winner": "none"}]},
         {"disputes": "none"},
@@ -181,7 +196,7 @@ def _spot(
     disputes: tuple[DisputeRef, ...] = (),
 ) -> Verdict:
     policy = Policy.parse("spot:0.1")
-    return decide(policy, list(answers), spot=SpotReveal(SECRET, checked), disputes=disputes)
+    return decide(policy, list(answers), spot=SpotReveal(checked), disputes=disputes)
 
 
 def test_spot_unchecked_accepts_the_primary_alone() -> None:
@@ -228,9 +243,18 @@ def test_spot_needs_its_reveal_and_only_spot_has_one() -> None:
     with pytest.raises(FormatError):
         decide(Policy.parse("spot:0.1"), [("n1", "o1", A)])
     with pytest.raises(FormatError):
-        decide(Policy.parse("none"), [("n1", "o1", A)], spot=SpotReveal(SECRET, False))
-    with pytest.raises(FormatError):
-        decide(Policy.parse("none"), [("n1", "o1", A)], final_after="2026-11-26T10:00:00Z")
+        decide(Policy.parse("none"), [("n1", "o1", A)], spot=SpotReveal(False))
+
+
+@pytest.mark.parametrize("policy", ["none", "quorum:1/1", "spot:0.1", "optimistic:1h", "prefill"])
+def test_every_policy_records_when_its_verdict_is_final(policy: str) -> None:
+    # Every policy has a challenge window (the rules', or optimistic's own W), so every
+    # verdict says when its answer is final.
+    parsed = Policy.parse(policy)
+    answers = [("n1", "o1", A), ("n2", "o2", A)]
+    spot = SpotReveal(False) if parsed.kind == "spot" else None
+    verdict = decide(parsed, answers, spot=spot, final_after="2026-11-26T10:00:00Z")
+    assert Verdict.from_json(verdict.to_json()).final_after == "2026-11-26T10:00:00Z"
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _logged_nodes import Network, model_network, signed_descriptor
+from _logged_nodes import STAKE, Network, model_network, signed_descriptor
 
 from veriml.client import (
     CHECKS,
@@ -28,10 +28,14 @@ from veriml.core.errors import FormatError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, NodeEntry
 from veriml.runtime import run
-from veriml.tlog import Checkpoint, Note, NoteSigner, NoteVerifier
-from veriml.verify.policy import Policy, Verdict, decide
+from veriml.tlog import NoteSigner, NoteVerifier
+from veriml.verify.network import Requirements
+from veriml.verify.policy import Policy, decide
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+# What every answer proves beyond its receipts: cited entries, bonded operators, the model's
+# provenance and its challenge window (veriml.verify.network), then the verdict.
+ALL_CHECKS = (*CHECKS[:-1], "evidence", "bonds", "provenance", "epoch", "window", CHECKS[-1])
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +45,9 @@ def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Network]:
 
 
 def _answer(net: Network, policy: str, *, tamper_node: int | None = None) -> InferenceResult:
-    """What a coordinator answers: N receipts, the verdict, one logged entry, proofs."""
+    """What a coordinator answers: N receipts, the verdict (with the request's draw and the
+    rules' challenge window), one logged entry citing the state it was scheduled under, and
+    the proofs of everything it cites."""
     parsed = Policy.parse(policy)
     request_id = str(uuid.uuid4())
     results, answers = [], []
@@ -51,7 +57,7 @@ def _answer(net: Network, policy: str, *, tamper_node: int | None = None) -> Inf
         results.append(result)
         digests = {n: Digest.from_text(json_digest(result, n)) for n in result.outputs}
         answers.append((key.key_id, operator, digests))
-    verdict = decide(parsed, answers)
+    verdict = decide(parsed, answers, final_after=net.final_after(), draw=net.draw(request_id))
     # A real coordinator logs one request digest; a node that computed on other inputs
     # would carry another (the test of a disagreeing node keeps the honest digest).
     first = results[0].predicate
@@ -62,20 +68,11 @@ def _answer(net: Network, policy: str, *, tamper_node: int | None = None) -> Inf
         policy=policy,
         receipts=tuple(r.receipt for r in results),
         verdict=verdict,
+        state=net.state,
     )
     index = net.log.add(entry.to_bytes())
-    note = net.log.checkpoint()
-    size = Checkpoint.from_text(Note.from_bytes(note).text).size
+    note, size = net.checkpoint()
     agreeing = next(r for r in results if r.predicate.node_id in verdict.agreeing)
-    nodes = [
-        NodeEvidence(
-            key.key_id,
-            reg,
-            net.log.entries(reg, reg + 1)[0],
-            tuple(net.log.inclusion_proof(reg, size)),
-        )
-        for key, _, reg in net.nodes[: parsed.nodes]
-    ]
     return InferenceResult(
         id=request_id,
         model=first.model_digest,
@@ -84,8 +81,15 @@ def _answer(net: Network, policy: str, *, tamper_node: int | None = None) -> Inf
         receipts=entry.receipts,
         verdict=verdict,
         log=LogEvidence(index, tuple(net.log.inclusion_proof(index, size)), note),
-        nodes=tuple(nodes),
+        nodes=_nodes(net, parsed.nodes, size),
+        network=net.evidence([operator for _, operator, _ in answers], size),
     )
+
+
+def _nodes(net: Network, count: int, size: int) -> tuple[NodeEvidence, ...]:
+    """The first ``count`` nodes' registrations, proven in the tree of ``size``."""
+    cited = [(key.key_id, net.cited(reg, size)) for key, _, reg in net.nodes[:count]]
+    return tuple(NodeEvidence(n, e.index, e.entry, e.inclusion_proof) for n, e in cited)
 
 
 def json_digest(result: Any, name: str) -> str:
@@ -100,9 +104,39 @@ def _key(net: Network) -> NoteVerifier:
 @pytest.mark.parametrize("policy", ["none", "quorum:3/2", "quorum:4/4"])
 def test_an_honest_answer_passes_every_check(network: Network, policy: str) -> None:
     verified = verify_inference(_answer(network, policy), log_key=_key(network))
-    assert verified.checks == CHECKS
+    assert verified.checks == ALL_CHECKS
     assert verified.result.verdict.outcome == "accepted"
     assert len(verified.nodes) == Policy.parse(policy).nodes
+
+
+def _without_stake_proofs(result: InferenceResult) -> InferenceResult:
+    bonds = dataclasses.replace(result.network.bonds, proofs=())
+    return dataclasses.replace(result, network=dataclasses.replace(result.network, bonds=bonds))
+
+
+def test_an_operator_without_a_stake_proof_fails_bonds(network: Network) -> None:
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(_without_stake_proofs(_answer(network, "none")), log_key=_key(network))
+    assert caught.value.check == "bonds"
+
+
+def test_a_client_floor_above_the_operators_stake_fails_bonds(network: Network) -> None:
+    trust = Requirements(min_stake=STAKE + 1)
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(_answer(network, "none"), log_key=_key(network), trust=trust)
+    assert caught.value.check == "bonds"
+    assert caught.value.evidence["minimum"] == STAKE + 1
+
+
+def test_pinned_operators_stand_in_for_stake_proofs_and_no_others(network: Network) -> None:
+    result = _without_stake_proofs(_answer(network, "quorum:3/2"))
+    operators = frozenset(operator for _, operator, _ in network.nodes[:3])
+    pinned = Requirements(trusted_operators=operators)
+    assert verify_inference(result, log_key=_key(network), trust=pinned).checks == ALL_CHECKS
+    partial = Requirements(trusted_operators=operators - {network.nodes[0][1]})
+    with pytest.raises(VerificationError) as caught:
+        verify_inference(result, log_key=_key(network), trust=partial)
+    assert caught.value.check == "bonds"
 
 
 def test_a_quorum_accepts_when_k_agree_and_one_node_differs(network: Network) -> None:
@@ -196,7 +230,7 @@ def test_a_receipt_signed_by_an_unregistered_key_is_rejected(network: Network) -
 def test_a_rejected_verdict_that_is_logged_still_fails_verification(network: Network) -> None:
     result = _answer(network, "quorum:3/2")
     # A coordinator that logs a 'rejected' verdict: inclusion holds, the policy was not met.
-    rejected = Verdict("quorum:3/2", "rejected", result.verdict.agreeing, result.verdict.outputs)
+    rejected = dataclasses.replace(result.verdict, outcome="rejected")
     entry = InferenceEntry(
         request_id=result.id,
         request_digest=Digest.from_text(
@@ -206,21 +240,17 @@ def test_a_rejected_verdict_that_is_logged_still_fails_verification(network: Net
         policy=result.policy,
         receipts=result.receipts,
         verdict=rejected,
+        state=network.state,
     )
     index = network.log.add(entry.to_bytes())
-    note = network.log.checkpoint()
-    size = Checkpoint.from_text(Note.from_bytes(note).text).size
-    nodes = tuple(
-        dataclasses.replace(
-            n, inclusion_proof=tuple(network.log.inclusion_proof(n.log_index, size))
-        )
-        for n in result.nodes
-    )
+    note, size = network.checkpoint()
+    operators = [network.operator_of(n.id) for n in result.nodes]
     logged = dataclasses.replace(
         result,
         verdict=rejected,
-        nodes=nodes,
+        nodes=_nodes(network, len(result.nodes), size),
         log=LogEvidence(index, tuple(network.log.inclusion_proof(index, size)), note),
+        network=network.evidence(operators, size),
     )
     with pytest.raises(VerificationError) as caught:
         verify_inference(logged, log_key=_key(network))
@@ -256,7 +286,7 @@ def test_veriml_verify_checks_a_saved_network_answer_offline(
     path = _answer(network, "quorum:3/2").save(tmp_path / "answer.json")
     ok = _veriml("verify", str(path), "--json", env={"VERIML_LOG_VKEY": network.vkey})
     assert ok.returncode == 0, ok.stderr
-    assert json.loads(ok.stdout)["checks"] == list(CHECKS)
+    assert json.loads(ok.stdout)["checks"] == list(ALL_CHECKS)
     bad = _tampered(_answer(network, "none"), tmp_path / "bad.json", _flip_output)
     failed = _veriml("verify", str(bad), "--log-vkey", network.vkey)
     assert failed.returncode == 1

@@ -35,15 +35,17 @@ from veriml.core.errors import VerificationError
 from veriml.core.receipt import InferencePredicate, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
 from veriml.core.timestamps import format_time, parse_time
-from veriml.ledger import InferenceEntry
+from veriml.ledger import ChallengeEntry, DisputeVerdictEntry, InferenceEntry
+from veriml.protocol.draw import Draw
 from veriml.runtime import runner_for
-from veriml.tlog import Checkpoint, Note, NoteVerifier
+from veriml.tlog import NoteVerifier
 from veriml.verify.evidence import receipt_node_id
 from veriml.verify.policy import (
     DisputeRef,
     Policy,
     SpotReveal,
     Verdict,
+    Winner,
     decide,
     spot_checked,
     spot_commitment,
@@ -51,6 +53,8 @@ from veriml.verify.policy import (
 from veriml.verify.tolerance import OutputBounds, output_bounds
 
 X = np.array([[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]], dtype=np.float32)
+NETWORK = ("evidence", "bonds", "provenance", "epoch", "window")
+"""The network checks every answer passes before its policy's own (veriml.verify.network)."""
 Array = npt.NDArray[Any]
 
 
@@ -120,8 +124,9 @@ def _logged(
     *,
     answers: Sequence[int] = (),
 ) -> InferenceResult:
-    """Log the inference entry as a coordinator does and hand back its answer with proofs;
-    ``answers`` lists the nodes whose outputs travel in the answer's ``answers`` member."""
+    """Log the inference entry as a coordinator does and hand back its answer with proofs of
+    everything it cites (its nodes, the state, the model, its disputes' entries); ``answers``
+    lists the nodes whose outputs travel in the answer's ``answers`` member."""
     predicate = InferencePredicate.from_json(
         Statement.from_bytes(done.receipts[0].payload).predicate
     )
@@ -132,21 +137,18 @@ def _logged(
         policy=policy,
         receipts=tuple(done.receipts),
         verdict=verdict,
+        state=net.state,
     )
     index = net.log.add(entry.to_bytes())
-    note = net.log.checkpoint()
-    size = Checkpoint.from_text(Note.from_bytes(note).text).size
+    note, size = net.checkpoint()
     node_ids = [receipt_node_id(r) or "" for r in done.receipts]
     agreed = node_ids.index(verdict.agreeing[0]) if verdict.agreeing else 0
-    nodes = [
-        NodeEvidence(
-            key.key_id,
-            reg,
-            net.log.entries(reg, reg + 1)[0],
-            tuple(net.log.inclusion_proof(reg, size)),
-        )
-        for key, _, reg in net.nodes[: len(done.receipts)]
-    ]
+    nodes = []
+    for key, _, reg in net.nodes[: len(done.receipts)]:
+        cited = net.cited(reg, size)
+        nodes.append(NodeEvidence(key.key_id, reg, cited.entry, cited.inclusion_proof))
+    disputes = [i for d in verdict.disputes for i in (d.opened, d.log_index) if i is not None]
+    operators = [net.operator_of(n) for n in node_ids]
     return InferenceResult(
         id=request_id,
         model=predicate.model_digest,
@@ -157,6 +159,7 @@ def _logged(
         log=LogEvidence(index, tuple(net.log.inclusion_proof(index, size)), note),
         nodes=tuple(nodes),
         answers=tuple(AnswerOutputs(node_ids[i], done.outputs[i]) for i in answers),
+        network=net.evidence(operators, size, cites=disputes),
     )
 
 
@@ -174,15 +177,53 @@ def _fails(net: Network, result: InferenceResult, check: str, **kwargs: Any) -> 
 # -- spot:P ---------------------------------------------------------------------------------
 
 
-def _secret(policy: Policy, receipt_for: Any, *, checked: bool) -> bytes:
-    """A secret whose draw over the receipt it commits to is ``checked`` (drawn, as the
-    coordinator does, before the node runs; retried until the draw is the one wanted)."""
+def _drawn(net: Network, policy: Policy, *, checked: bool) -> str:
+    """A request id whose draw comes out ``checked``. The client picks its ids; the draw is
+    what the epoch key, committed in the log before, gives that id."""
     for _ in range(200):
-        secret = secrets.token_bytes(32)
-        receipt = receipt_for(spot_commitment(secret))
-        if spot_checked(policy, secret, receipt) == checked:
-            return secret
-    raise AssertionError("no secret gave the wanted draw")
+        request_id = str(uuid.uuid4())
+        if spot_checked(policy, net.draw(request_id).secret) == checked:
+            return request_id
+    raise AssertionError("no request id gave the wanted draw")
+
+
+def _dispute(net: Network, request_id: str, done: Answered, winner: Winner) -> DisputeRef:
+    """The dispute a coordinator runs when the checker contradicts the primary: its
+    ``challenge`` (the checker's node against the primary's receipt, both signed in) and its
+    ``verdict``, logged. Only logged, not folded: the answer check reads them, and the fold's
+    own rules for disputes are the ledger tests'."""
+    (primary, _, _), (checker, operator, outputs) = done.answers[:2]
+    traces = [
+        InferencePredicate.from_json(Statement.from_bytes(r.payload).predicate).trace
+        for r in done.receipts[:2]
+    ]
+    assert None not in traces
+    dispute = str(uuid.uuid4())
+    opened = net.log.add(
+        ChallengeEntry(
+            dispute=dispute,
+            inference=request_id,
+            defendant={
+                "node": primary,
+                "receipt": Digest.of(done.receipts[0].payload),
+                "trace": traces[0].to_json(),
+                "statement": done.receipts[0].to_json(),
+            },
+            challenger={
+                "account": operator,
+                "node": checker,
+                "trace": traces[1].to_json(),
+                "outputs": dict(outputs),
+                "statement": done.receipts[1].to_json(),
+            },
+            mode="bitwise",
+            bond=0,
+            deadline_seconds=60,
+            at=utc_now(),
+        ).to_bytes()
+    )
+    closed = net.log.add(DisputeVerdictEntry(dispute, winner, "referee", utc_now()).to_bytes())
+    return DisputeRef(dispute, primary, checker, winner, closed, opened)
 
 
 def _spot_answer(
@@ -190,36 +231,42 @@ def _spot_answer(
     *,
     checked: bool,
     policy_text: str = "spot:0.5",
-    reveal: SpotReveal | None = None,
+    draw: Draw | None = None,
     flip: bool = False,
     checker: bool | None = None,
     commit: bool = True,
-    disputes: Sequence[DisputeRef] = (),
+    dispute: Winner | None = None,
     nudge: Sequence[int] = (),
 ) -> InferenceResult:
+    """A ``spot:P`` answer whose draw is ``checked``, as a coordinator builds it: the
+    primary's receipt commits to the draw secret, a drawn check runs a second operator's node
+    (unless ``checker`` says otherwise), and the verdict reveals the draw. ``draw`` replaces
+    the revealed draw and ``flip`` inverts the claimed decision (a lying coordinator)."""
     policy = Policy.parse(policy_text)
-    request_id = str(uuid.uuid4())
-    runs: dict[Digest, Answered] = {}
-    with_checker = checked if checker is None else checker
-
-    def primary(commitment: Digest) -> Envelope:
-        done = _run(
-            net,
-            policy_text,
-            2 if with_checker else 1,
-            request_id=request_id,
-            spot=commitment if commit else None,
-            nudge=nudge,
+    request_id = _drawn(net, policy, checked=checked)
+    drawn = net.draw(request_id)
+    done = _run(
+        net,
+        policy_text,
+        2 if (checked if checker is None else checker) else 1,
+        request_id=request_id,
+        spot=spot_commitment(drawn.secret) if commit else None,
+        nudge=nudge,
+        trace=dispute is not None,
+    )
+    disputes = () if dispute is None else (_dispute(net, request_id, done, dispute),)
+    verdict = decide(
+        policy,
+        done.answers,
+        spot=SpotReveal(checked),
+        final_after=net.final_after(),
+        disputes=disputes,
+        draw=drawn,
+    )
+    if draw is not None or flip:
+        verdict = dataclasses.replace(
+            verdict, draw=draw or drawn, spot=SpotReveal(checked is not flip)
         )
-        runs[commitment] = done
-        return done.receipts[0]
-
-    secret = _secret(policy, primary, checked=checked)
-    done = runs[spot_commitment(secret)]
-    truth = SpotReveal(secret, checked)
-    verdict = decide(policy, done.answers, spot=truth, disputes=disputes)
-    if reveal is not None or flip:
-        verdict = dataclasses.replace(verdict, spot=reveal or SpotReveal(secret, not checked))
     return _logged(net, request_id, policy_text, done, verdict)
 
 
@@ -227,15 +274,22 @@ def _spot_answer(
 def test_an_honest_spot_answer_passes_with_the_spot_check(network: Network, checked: bool) -> None:
     result = _spot_answer(network, checked=checked)
     verified = _verify(network, result)
-    assert verified.checks == (*CHECKS[:-1], "spot", "verdict")
+    assert verified.checks == (*CHECKS[:-1], *NETWORK, "spot", "verdict")
     assert result.spot_checked is checked
     assert len(verified.result.verdict.agreeing) == (2 if checked else 1)
     assert verified.notes == ()
 
 
 def test_a_revealed_secret_that_is_not_the_committed_one_fails_spot(network: Network) -> None:
-    other = SpotReveal(bytes(32), False)
-    _fails(network, _spot_answer(network, checked=False, reveal=other), "spot")
+    other = Draw(network.epoch, secrets.token_bytes(32))
+    _fails(network, _spot_answer(network, checked=False, draw=other), "spot")
+
+
+def test_a_draw_of_another_request_fails_spot(network: Network) -> None:
+    # A genuine draw of the same epoch, but another request's: re-dispatching a request
+    # under another id cannot stand in for this one's draw.
+    other = network.draw(str(uuid.uuid4()))
+    _fails(network, _spot_answer(network, checked=False, draw=other), "spot")
 
 
 def test_a_spot_decision_the_secret_does_not_imply_fails_spot(network: Network) -> None:
@@ -258,17 +312,41 @@ def test_a_spot_mismatch_settled_by_a_dispute_is_accepted_with_a_note(network: N
     # The checker differs and no dispute is claimed: the verdict rejects, the SDK refuses.
     _fails(network, _spot_answer(network, checked=True, nudge=(1,)), "verdict")
     # The dispute (as logged) found the primary right: it alone is agreeing.
-    primary, checker = (key.key_id for key, _, _ in network.nodes[:2])
-    ruling = DisputeRef(str(uuid.uuid4()), primary, checker, "defendant", 3)
-    result = _spot_answer(network, checked=True, nudge=(1,), disputes=(ruling,))
+    result = _spot_answer(network, checked=True, nudge=(1,), dispute="defendant")
     verified = _verify(network, result)
+    primary, checker = (key.key_id for key, _, _ in network.nodes[:2])
     assert verified.result.verdict.agreeing == (primary,)
-    assert result.disputes == (ruling,)
-    assert any("cannot re-run a dispute" in note for note in verified.notes)
-    assert "cannot re-run a dispute" in verified.summary()
+    assert [(d.defendant, d.challenger, d.winner) for d in result.disputes] == [
+        (primary, checker, "defendant")
+    ]
+    assert verified.checks == (
+        *CHECKS[:-1],
+        *NETWORK[:3],
+        "disputes",
+        *NETWORK[3:],
+        "spot",
+        "verdict",
+    )
+    assert any("checked against their logged" in note for note in verified.notes)
+    assert "re-running a dispute needs both parties' traces" in verified.summary()
+
+
+def test_a_dispute_outcome_other_than_the_logged_one_fails_disputes(network: Network) -> None:
+    # The logged dispute found the checker right; the verdict claims the primary won.
+    result = _spot_answer(network, checked=True, nudge=(1,), dispute="challenger")
+    (logged,) = result.disputes
+    forged = dataclasses.replace(logged, winner="defendant")
+    verdict = dataclasses.replace(result.verdict, disputes=(forged,))
+    done = Answered(list(result.receipts), [dict(result.outputs)] * 2, [])
+    relogged = _logged(network, result.id, result.policy, done, verdict)
+    _fails(network, relogged, "disputes")
 
 
 # -- optimistic:W ---------------------------------------------------------------------------
+
+
+WINDOW = 600
+"""The optimistic window of these tests (``optimistic:10m``), far shorter than the rules'."""
 
 
 def _optimistic(
@@ -277,38 +355,52 @@ def _optimistic(
     policy_text = "optimistic:10m"
     request_id = str(uuid.uuid4())
     done = _run(net, policy_text, 1, request_id=request_id, trace=trace)
-    now = dt.datetime.now(dt.UTC)
-    final = format_time(now + dt.timedelta(minutes=10)) if final_after is True else final_after
-    verdict = decide(Policy.parse(policy_text), done.answers, final_after=final or None)
+    final = net.final_after(WINDOW) if final_after is True else final_after
+    verdict = decide(
+        Policy.parse(policy_text),
+        done.answers,
+        final_after=final or None,
+        draw=net.draw(request_id),
+    )
     return _logged(net, request_id, policy_text, done, verdict)
 
 
 def test_an_honest_optimistic_answer_passes(network: Network) -> None:
     result = _optimistic(network)
     verified = _verify(network, result)
-    assert verified.checks == (*CHECKS[:-1], "optimistic", "verdict")
+    assert verified.checks == (*CHECKS[:-1], *NETWORK, "optimistic", "verdict")
     assert result.final_after is not None
     assert parse_time(result.final_after) > dt.datetime.now(dt.UTC)
+    assert result.pending()
 
 
-def test_an_optimistic_answer_without_final_after_fails(network: Network) -> None:
-    _fails(network, _optimistic(network, final_after=False), "optimistic")
+def test_an_optimistic_answer_without_final_after_fails_window(network: Network) -> None:
+    _fails(network, _optimistic(network, final_after=False), "window")
 
 
 def test_an_optimistic_receipt_without_a_trace_fails(network: Network) -> None:
     _fails(network, _optimistic(network, trace=False), "optimistic")
 
 
-def test_a_cut_window_fails_optimistic(network: Network) -> None:
-    soon = format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5))
-    _fails(network, _optimistic(network, final_after=soon), "optimistic")
+def test_an_optimistic_window_cut_short_fails_window(network: Network) -> None:
+    soon = format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=WINDOW // 2))
+    _fails(network, _optimistic(network, final_after=soon), "window")
 
 
-def test_final_after_on_another_policy_fails(network: Network) -> None:
+@pytest.mark.parametrize("final_after", [None, WINDOW], ids=["missing", "optimistic-window"])
+def test_every_other_policy_is_challengeable_for_the_rules_window(
+    network: Network, final_after: int | None
+) -> None:
+    # A `none` answer is final no sooner than the logged rules' challenge window (a day):
+    # neither an answer that never says when, nor one that closes after W of optimistic.
     request_id = str(uuid.uuid4())
     done = _run(network, "none", 1, request_id=request_id)
-    verdict = dataclasses.replace(decide(Policy.parse("none"), done.answers), final_after=utc_now())
-    _fails(network, _logged(network, request_id, "none", done, verdict), "optimistic")
+    final = None if final_after is None else network.final_after(final_after)
+    policy = Policy.parse("none")
+    verdict = decide(policy, done.answers, final_after=final, draw=network.draw(request_id))
+    _fails(network, _logged(network, request_id, "none", done, verdict), "window")
+    honest = dataclasses.replace(verdict, final_after=network.final_after())
+    _verify(network, _logged(network, request_id, "none", done, honest))
 
 
 # -- tolerance --------------------------------------------------------------------------------
@@ -330,7 +422,14 @@ def _tolerance(
     policy_text = "quorum:3/3,tolerance"
     request_id = str(uuid.uuid4())
     done = _run(net, policy_text, 3, request_id=request_id, nudge=nudge, scale=scale)
-    verdict = decide(Policy.parse(policy_text), done.answers, tensors=done.outputs, bounds=judge)
+    verdict = decide(
+        Policy.parse(policy_text),
+        done.answers,
+        tensors=done.outputs,
+        bounds=judge,
+        final_after=net.final_after(),
+        draw=net.draw(request_id),
+    )
     return _logged(net, request_id, policy_text, done, verdict, answers=sent)
 
 
@@ -341,19 +440,19 @@ def test_agreement_within_bounds_is_recomputed_with_the_bounds(
     assert result.verdict.outcome == "accepted"
     assert result.mode == "tolerance"
     verified = _verify(network, result, bounds=bounds)
-    assert verified.checks == (*CHECKS[:-1], "tolerance", "verdict")
+    assert verified.checks == (*CHECKS[:-1], *NETWORK, "tolerance", "verdict")
     assert verified.notes == ()
 
 
-def test_without_bounds_agreement_beyond_equal_bits_is_reported(
+def test_without_bounds_agreement_beyond_equal_bits_is_refused(
     network: Network, bounds: OutputBounds
 ) -> None:
+    # One signer's bits differ: only the model's bounds can say whether it agrees, so an SDK
+    # without them refuses to call the answer verified rather than take the verdict's word.
     result = _tolerance(network, judge=bounds)
-    verified = _verify(network, result)
-    nudged = result.nodes[2].id
-    assert len(verified.notes) == 1
-    assert nudged in verified.notes[0]
-    assert "taken as claimed" in verified.summary()
+    error = _fails(network, result, "tolerance")
+    assert "output_bounds" in error.evidence["hint"]
+    assert _verify(network, result, bounds=bounds).result.verdict.outcome == "accepted"
 
 
 def test_bitwise_equal_answers_need_no_bounds_and_leave_no_note(
