@@ -16,6 +16,7 @@ from veriml.coordinator.app import create_app
 from veriml.coordinator.settings import Settings
 from veriml.core.errors import FormatError
 from veriml.core.keys import load_private_key
+from veriml.ledger.entries import BeaconEntry, StateEntry, parse_entry
 from veriml.tlog.note import NoteVerifier, open_note
 
 CONTRACT_OPERATIONS = {
@@ -56,8 +57,16 @@ def test_info_names_the_keys_on_disk_and_the_checkpoint_verifies_with_its_vkey(
 
 
 def test_healthz_reports_the_log(coordinator: tuple[str, FastAPI]) -> None:
-    url, _ = coordinator
-    assert httpx.get(url + "/healthz").json() == {"status": "ok", "log_size": 0}
+    url, app = coordinator
+    assert httpx.get(url + "/healthz").json() == {"status": "ok", "log_size": 2}
+    # What a fresh coordinator logs before any request: the rules in force (a ``state`` entry
+    # over the empty bond map), then epoch 0's beacon, committing to its key and revealing none.
+    rules, beacon = (parse_entry(e) for e in app.state.log.entries(0, 2))
+    assert isinstance(rules, StateEntry)
+    assert rules.size == 0
+    assert rules.rules.admin == httpx.get(url + "/v1/info").json()["coordinator_key_id"]
+    assert isinstance(beacon, BeaconEntry)
+    assert (beacon.epoch, beacon.reveal) == (0, None)
 
 
 def test_openapi_has_the_contract_operation_ids(coordinator: tuple[str, FastAPI]) -> None:

@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import sqlalchemy as sa
+from _draws import EPOCH, request_drawn_first
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
@@ -210,6 +211,7 @@ def run_network(
                     resolve_model=resolve,
                     list_nodes=lambda digest: [n.candidate() for n in nodes],
                     options=options or InferenceOptions(job_timeout=5),
+                    beacon=lambda: EPOCH,
                 )
                 return await body(Network(service, log, engine, nodes))
 
@@ -310,11 +312,15 @@ def test_a_quorum_that_is_not_met_is_still_logged_as_rejected(
 def test_a_receipt_that_does_not_verify_is_retried_on_another_node(
     tmp_path: Path, package: ModelPackage, runner: Runner
 ) -> None:
-    # The forger is the least loaded, so it is asked first.
-    nodes = [FakeNode("op-a", "forged"), FakeNode("op-b", active=1)]
+    nodes = [FakeNode("op-a", "forged"), FakeNode("op-b")]
 
     async def body(net: Network) -> None:
-        answer = await net.service.create({"model": "mlp", "inputs": INPUTS, "policy": "none"})
+        # A request whose draw asks the forger first.
+        forger = nodes[0].key.key_id
+        request_id = request_drawn_first(forger, [n.candidate() for n in nodes])
+        answer = await net.service.create(
+            {"model": "mlp", "inputs": INPUTS, "policy": "none"}, idempotency_key=request_id
+        )
         assert answer["nodes"][0]["id"] == nodes[1].key.key_id
         assert [len(n.jobs) for n in nodes] == [1, 1]
         check_logged(net, answer)

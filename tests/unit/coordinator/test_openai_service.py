@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from _draws import EPOCH, request_drawn_first
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -56,6 +57,7 @@ from veriml.core.errors import Conflict, NodeUnavailable, NotFound
 from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger.entries import InferenceEntry, parse_entry
+from veriml.protocol.accounts import LedgerRequest
 from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
 from veriml.tlog import NoteVerifier, leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions
@@ -244,6 +246,7 @@ def run_network(
                     resolve_model=resolve,
                     list_nodes=lambda digest: [n.candidate() for n in nodes],
                     options=CompletionOptions(job_timeout=10),
+                    beacon=lambda: EPOCH,
                 )
                 return await body(Network(service, log, nodes))
 
@@ -324,7 +327,7 @@ def test_a_quorum_that_is_not_met_is_still_logged_as_rejected(tmp_path: Path) ->
 
 
 def test_a_forged_receipt_is_replaced_by_another_nodes_answer(tmp_path: Path) -> None:
-    nodes = [FakeNode("op-a", "forged"), FakeNode("op-b", active=1)]
+    nodes = [FakeNode("op-a", "forged"), FakeNode("op-b")]
 
     async def body(net: Network) -> None:
         # Both are asked (quorum:2/1); the forger's answer never counts.
@@ -380,10 +383,14 @@ def test_prefill_logs_the_completion_and_the_checkers_signed_report(tmp_path: Pa
 
 def test_prefill_rejects_tokens_the_checker_does_not_accept(tmp_path: Path) -> None:
     # The generator is wrong; the honest checker's one batched pass refuses its tokens.
-    nodes = [FakeNode("op-a", "wrong"), FakeNode("op-b", active=1)]
+    nodes = [FakeNode("op-a", "wrong"), FakeNode("op-b")]
 
     async def body(net: Network) -> None:
-        answer = await net.service.create("chat.completion", CHAT, policy="prefill")
+        # A request whose draw makes the wrong node the generator.
+        request_id = request_drawn_first(nodes[0].node_id, [n.candidate() for n in nodes])
+        answer = await net.service.create(
+            "chat.completion", CHAT, policy="prefill", request_id=request_id
+        )
         entry = check_logged(net, dict(answer.veriml))
         assert answer.veriml["nodes"][0]["id"] == nodes[0].node_id
         assert (entry.verdict.outcome, entry.verdict.agreeing) == ("rejected", ())
@@ -627,25 +634,41 @@ def test_a_node_failing_after_the_stream_began_ends_it_with_an_openai_error(
 
 
 @pytest.mark.parametrize("coordinator", [{"fee_per_job": 5}], indirect=True)
-def test_a_signed_client_is_logged_and_must_cover_the_nodes_fees(
+def test_a_coordinator_that_charges_fees_runs_nothing_without_a_payment_that_covers_them(
     coordinator: tuple[str, FastAPI, list[FakeNode]],
 ) -> None:
+    """With fees (``fee_per_job`` > 0) a request must be signed and carry its signer's signed
+    payment for this request (``X-Veriml-Payment``), from a balance that covers every node's
+    fee: else 402 (PaymentRequired, docs/ledger.md), before any node runs."""
     url, _, nodes = coordinator
     client = generate_key("ed25519")
     raw = json.dumps(CHAT).encode()
     path = "/v1/chat/completions"
-    headers = sign_request(client, "POST", path, raw) | {"Content-Type": "application/json"}
-    unfunded = httpx.post(url + path, content=raw, headers=headers, timeout=30)
-    assert unfunded.status_code == 409, unfunded.text
-    assert unfunded.json()["error"]["code"] == "conflict"
+    signed = sign_request(client, "POST", path, raw) | {"Content-Type": "application/json"}
+    # Unsigned: nobody to charge, so not allowed (inference is free only by the rules).
+    unsigned = httpx.post(url + path, json=CHAT, timeout=30)
+    # Signed, without a payment.
+    unpaid = httpx.post(url + path, content=raw, headers=signed, timeout=30)
+    # Signed, with a payment that allows this request's one fee, from an empty balance.
+    payment = LedgerRequest.signed(client, "payment", 5, request="req-unfunded")
+    paid = signed | {
+        "Idempotency-Key": "req-unfunded",
+        "X-Veriml-Payment": base64.b64encode(payment.to_bytes()).decode(),
+    }
+    unfunded = httpx.post(url + path, content=raw, headers=paid, timeout=30)
+    for refused, reason in (
+        (unsigned, "attach a signed payment"),
+        (unpaid, "attach a signed payment"),
+        (unfunded, "balance does not cover the fees"),
+    ):
+        assert refused.status_code == 402, refused.text
+        error = refused.json()["error"]
+        assert error["code"] == "payment_required"
+        assert reason in error["message"]
     assert [n.jobs for n in nodes] == [[], []]  # refused before any node ran
-    forged = dict(headers) | {"Content-Type": "application/json"}
-    tampered = httpx.post(url + path, content=raw.replace(b"Hi", b"Ho"), headers=forged)
+    tampered = httpx.post(url + path, content=raw.replace(b"Hi", b"Ho"), headers=signed)
     assert tampered.status_code == 403
     assert tampered.json()["error"]["code"] == "invalid_signature"
-    # Unsigned requests are not charged (the ledger's rule), and are logged without a client.
-    free = httpx.post(url + path, json=CHAT, timeout=30).json()
-    assert free["veriml"]["request"] == {"kind": "chat.completion"}
 
 
 def test_a_signed_request_is_logged_with_its_clients_key_id(
