@@ -376,9 +376,26 @@ class Impersonate(Behaviour):
         return _resign(super().run(runner, job, inputs), self.impostor)
 
 
+class FalseCheck(Behaviour):
+    """Honest on ONNX jobs: the lie is in the LLM prefill checks it signs (a Sybil checker
+    rejecting honest completions, :mod:`veriml.node._llm`)."""
+
+    mode = "false-check"
+
+
 _MODES: Final[Mapping[str | None, type[Behaviour]]] = {
     cls.mode: cls
-    for cls in (Behaviour, WrongOutput, Lazy, Substitute, Fp16, Replay, Impersonate, Collude)
+    for cls in (
+        Behaviour,
+        WrongOutput,
+        Lazy,
+        Substitute,
+        Fp16,
+        Replay,
+        Impersonate,
+        Collude,
+        FalseCheck,
+    )
 }
 
 

@@ -33,6 +33,8 @@ wrong-output    the honest completion with its middle token swapped for another 
 substitute      the completion of another computation (the seed with its lowest bit flipped
                 and, for a greedy request, temperature 1), signed as the answer to the
                 request it was given
+false-check     honest completions, but every prefill check it runs is a signed rejection
+                (a Sybil checker trying to get honest nodes convicted)
 =============== ==============================================================================
 
 Every other mode answers LLM jobs honestly; the lies are built from the engine's own pieces,
@@ -76,7 +78,7 @@ __all__ = [
 
 log = logging.getLogger("veriml.node")
 
-LLM_BYZANTINE_MODES: Final = ("wrong-output", "substitute")
+LLM_BYZANTINE_MODES: Final = ("wrong-output", "substitute", "false-check")
 """The byzantine modes that change LLM answers; other modes answer LLM jobs honestly."""
 MAX_TOKENS_LISTED: Final = 1 << 20
 
@@ -198,7 +200,8 @@ class LLMJobs:
     ) -> bytes:
         """Run a completion or embedding job; the answer document (JSON bytes)."""
         request = self._request(job)
-        if job.kind == "completion" and self.mode is not None and isinstance(engine, LocalLLM):
+        lies = self.mode in ("wrong-output", "substitute")
+        if job.kind == "completion" and lies and isinstance(engine, LocalLLM):
             result = self._lie(engine, job, request, on_token)
         else:
             result = engine.run(
@@ -342,7 +345,14 @@ class LLMJobs:
             )
         # 3. This node's own tokenisation of the request.
         own = llm.engine.prompt_tokens(request)
-        if own != prompt:
+        if self.mode == "false-check":
+            report = PrefillReport(
+                accepted=False,
+                checked=1,
+                first_failure=0,
+                reason="the first generated token is not the one the sampler picks",
+            )
+        elif own != prompt:
             first = next(
                 (i for i, (a, b) in enumerate(zip(own, prompt, strict=False)) if a != b),
                 min(len(own), len(prompt)),

@@ -20,5 +20,6 @@ BYZANTINE_MODES: Final[tuple[str, ...]] = (
     "replay",
     "impersonate",
     "collude",
+    "false-check",
 )
 """The cheating modes a node can be started in (``NodeConfig.byzantine``)."""
