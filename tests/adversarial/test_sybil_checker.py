@@ -85,7 +85,8 @@ def test_a_lying_checker_convicts_no_honest_generator(net: LocalNetwork) -> None
     verdict = checked_by_liar[0]["verdict"]
     assert not verdict.get("disputes"), verdict  # nobody convicted on one operator's word
     types = _logged_types(net)
-    assert "SlashEntry" not in types and "RewardEntry" not in types, types
+    assert "SlashEntry" not in types, types
+    assert "RewardEntry" not in types, types
     accounts = httpx.get(net.url + "/v1/ledger/state", timeout=30).json()["accounts"]
     for node in net.nodes:
         assert accounts[net.operator_id(node)]["stake"] == STAKE
