@@ -73,7 +73,7 @@ class NodeConfig:
     operator_binding: Path | None = None
     """The operator's signed binding of this node (``veriml operator bind``): the operator's
     key stays off the node. Quorums and checks count operators, and an operator's stake
-    stands behind all its nodes (docs/network.md, "Operators")."""
+    stands behind all its nodes (docs/network.md, "Operator binding")."""
     operator_key: Path | None = None
     """Instead of a binding: the operator's private key, with which the node binds itself at
     start (convenient on one machine; the key then lives beside the node)."""
