@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import veriml
+from _operators import bond, operator_key
 from _servers import free_port, serve, start_process
 from veriml.coordinator.inference import CRASH_AFTER_APPEND
 from veriml.core.keys import generate_key
@@ -75,12 +76,14 @@ def test_an_answer_logged_before_a_crash_is_served_after_restart_and_logged_once
         config = NodeConfig(
             coordinator_url=url,
             key_path=home / "nodes" / "n0" / "node.key",
-            operator="operator-0",
+            operator_key=operator_key(home / "operators" / "op-0" / "operator.key"),
             home=home / "nodes" / "n0",
             port=free_port(),
             coordinator_key=pem,
             heartbeat_interval=1.0,
         )
+        assert config.operator_key is not None
+        bond(url, home, [config.operator_key])
         stack.enter_context(serve(create_node_app(config), port=config.port))
         deadline = time.monotonic() + 30
         while not httpx.get(f"{url}/v1/nodes").json()["nodes"]:

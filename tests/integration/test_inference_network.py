@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 import veriml
+from _operators import bond, operator_key
 from _servers import free_port, serve, start_process
 from veriml.coordinator.app import create_app
 from veriml.coordinator.auth import sign_request
@@ -61,7 +62,7 @@ def _node_config(home: Path, url: str, name: str, coordinator_pem: Path) -> Node
     return NodeConfig(
         coordinator_url=url,
         key_path=home / "nodes" / name / "node.key",
-        operator=f"operator-{name}",
+        operator_key=operator_key(home / "operators" / name / "operator.key"),
         home=home / "nodes" / name,
         port=free_port(),
         coordinator_key=coordinator_pem,
@@ -98,8 +99,9 @@ def network(tmp_path: Path, db_url: str | None = None, *, nodes: int = 3) -> Ite
         info = httpx.get(f"{url}/v1/info").json()
         pem = tmp_path / "coordinator.pub"
         pem.write_text(info["coordinator_key"])
-        for i in range(nodes):
-            config = _node_config(home, url, f"n{i}", pem)
+        configs = [_node_config(home, url, f"n{i}", pem) for i in range(nodes)]
+        bond(url, home, [c.operator_key for c in configs if c.operator_key is not None])
+        for config in configs:
             stack.enter_context(serve(create_node_app(config), port=config.port))
         keys = _wait_live(url, nodes)
         with veriml.Client(url, log_vkey=info["log_vkey"]) as client:
@@ -128,6 +130,7 @@ def check_answer(net: Network, answer: dict[str, Any]) -> InferenceEntry:
         receipts=receipts,
         verdict=Verdict.from_json(answer["verdict"]),
         extra=answer.get("request", {}),
+        state=answer["bonds"]["state"],  # the ledger state it was scheduled under
     )
     log = answer["log"]
     checkpoint, _ = open_checkpoint(
@@ -278,7 +281,7 @@ def _node_process(config: NodeConfig) -> list[str]:
     script = (
         "import sys; from pathlib import Path; from veriml.node import NodeConfig, serve_node; "
         "serve_node(NodeConfig(coordinator_url=sys.argv[1], key_path=Path(sys.argv[2]), "
-        "operator=sys.argv[3], home=Path(sys.argv[4]), port=int(sys.argv[5]), "
+        "operator_key=Path(sys.argv[3]), home=Path(sys.argv[4]), port=int(sys.argv[5]), "
         "coordinator_key=Path(sys.argv[6]), heartbeat_interval=1.0))"
     )
     return [
@@ -287,7 +290,7 @@ def _node_process(config: NodeConfig) -> list[str]:
         script,
         config.coordinator_url,
         str(config.key_path),
-        config.operator,
+        str(config.operator_key),
         str(config.home),
         str(config.port),
         str(config.coordinator_key),
@@ -297,6 +300,8 @@ def _node_process(config: NodeConfig) -> list[str]:
 def test_a_node_killed_mid_job_loses_no_request_and_logs_none_twice(tmp_path: Path) -> None:
     with network(tmp_path, nodes=2) as net:
         config = _node_config(net.home, net.url, "victim", tmp_path / "coordinator.pub")
+        assert config.operator_key is not None
+        bond(net.url, net.home, [config.operator_key])
         args = _node_process(config)
         health = f"http://127.0.0.1:{config.port}/healthz"
         with start_process(args, url_to_poll=health) as victim:

@@ -13,6 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
+from _operators import bond, operator_key
 from _servers import free_port, serve
 from veriml.client import Client
 from veriml.coordinator.app import create_app
@@ -30,11 +31,11 @@ def _settings(home: Path, db_url: str = "") -> Settings:
     )
 
 
-def _node_config(home: Path, coordinator: str, operator: str, coordinator_pub: Path) -> NodeConfig:
+def _node_config(home: Path, coordinator: str, coordinator_pub: Path) -> NodeConfig:
     return NodeConfig(
         coordinator_url=coordinator,
         key_path=home / "node.key",
-        operator=operator,
+        operator_key=operator_key(home.parent / f"{home.name}-operator.key"),
         home=home,
         coordinator_key=coordinator_pub,
         port=free_port(),
@@ -68,8 +69,9 @@ def network(
         coordinator_key = load_private_key(home / "coordinator" / "coordinator.key")
         pub = tmp_path / "coordinator.pub"
         pub.write_bytes(coordinator_key.public.to_pem())
-        c1 = _node_config(tmp_path / "n1", url, "op-1", pub)
-        c2 = _node_config(tmp_path / "n2", url, "op-2", pub)
+        c1 = _node_config(tmp_path / "n1", url, pub)
+        c2 = _node_config(tmp_path / "n2", url, pub)
+        bond(url, home, [c.operator_key for c in (c1, c2) if c.operator_key is not None])
         with (
             serve(create_node_app(c1), port=c1.port) as n1,
             serve(create_node_app(c2), port=c2.port) as n2,
@@ -114,7 +116,7 @@ def test_nodes_register_again_after_the_coordinator_loses_its_database(tmp_path:
     with serve(create_app(_settings(home)), port=port) as url:
         pub = tmp_path / "coordinator.pub"
         pub.write_bytes(load_private_key(home / "coordinator" / "coordinator.key").public.to_pem())
-    config = _node_config(tmp_path / "n1", f"http://127.0.0.1:{port}", "op-1", pub)
+    config = _node_config(tmp_path / "n1", f"http://127.0.0.1:{port}", pub)
     with serve(create_node_app(config), port=config.port) as node:
         with serve(create_app(_settings(home)), port=port) as url:
             _wait(lambda: len(_live_nodes(url)) == 1, "the node to register")

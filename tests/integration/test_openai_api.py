@@ -87,6 +87,7 @@ def check_answer(net: LocalNetwork, body: dict[str, Any]) -> InferenceEntry:
         receipts=tuple(Envelope.from_json(r) for r in veriml["receipts"]),
         verdict=Verdict.from_json(veriml["verdict"]),
         extra=veriml["request"],
+        state=veriml["bonds"]["state"],  # the ledger state it was scheduled under
     )
     log = veriml["log"]
     verifier = NoteVerifier.from_vkey(net.log_vkey)

@@ -18,6 +18,7 @@ import numpy as np
 import openai
 import pytest
 
+from _checks import NETWORK, ran
 from _llm import make_smollm2_folder
 from veriml.client import (
     COMPLETION_CHECKS,
@@ -36,6 +37,8 @@ pytestmark = pytest.mark.slow
 
 MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY: dict[str, Any] = {"temperature": 0, "max_tokens": 12}
+# Every check a verified answer of a published model runs: its own, then the network evidence.
+VERIFIED = ran(COMPLETION_CHECKS, *NETWORK)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,7 @@ def test_chat_through_the_openai_client_answers_with_usage_and_receipts(
     verified = sdk.verify_completion(
         body, request={"model": "smollm2", "messages": MESSAGES, **GREEDY}
     )
-    assert verified.checks == COMPLETION_CHECKS
+    assert verified.checks == VERIFIED
     assert verified.trust == "reexecutable"
     # ... and only against that request.
     with pytest.raises(VerificationError) as caught:
@@ -141,7 +144,7 @@ def test_an_unknown_model_is_openais_not_found(oai: openai.OpenAI) -> None:
 def test_the_sdk_chat_is_verified_and_reexecutable(sdk: Client, model: dict[str, Any]) -> None:
     result = sdk.chat("smollm2", MESSAGES, **GREEDY)
     assert isinstance(result, ChatResult)
-    assert result.verified == COMPLETION_CHECKS
+    assert result.verified == VERIFIED
     assert result.trust == "reexecutable"
     assert result.content
     assert result.usage["completion_tokens"] == len(result.completion_tokens)
@@ -160,7 +163,7 @@ def test_the_sdk_answers_the_same_under_quorum(sdk: Client) -> None:
 def test_a_prefill_checked_chat_verifies_with_the_checkers_report(sdk: Client) -> None:
     result = sdk.chat("smollm2", MESSAGES, policy="prefill", **GREEDY)
     assert isinstance(result, ChatResult)
-    assert result.verified == COMPLETION_CHECKS
+    assert result.verified == VERIFIED
     assert result.policy == "prefill"
     assert len(result.verdict.agreeing) == 2
 
@@ -169,7 +172,7 @@ def test_a_spot_checked_chat_verifies(sdk: Client) -> None:
     result = sdk.chat("smollm2", MESSAGES, policy="spot:0.5", **GREEDY)
     assert isinstance(result, ChatResult)
     assert result.policy == "spot:0.5"
-    assert set(COMPLETION_CHECKS) <= set(result.verified)
+    assert set(VERIFIED) <= set(result.verified)
     assert result.verdict.spot is not None
     assert len(result.verdict.agreeing) == (2 if result.verdict.spot.checked else 1)
 
@@ -177,7 +180,7 @@ def test_a_spot_checked_chat_verifies(sdk: Client) -> None:
 def test_a_seeded_sampled_chat_verifies(sdk: Client) -> None:
     result = sdk.chat("smollm2", MESSAGES, temperature=0.8, top_p=0.9, seed=11, max_tokens=12)
     assert isinstance(result, ChatResult)
-    assert result.verified == COMPLETION_CHECKS
+    assert result.verified == VERIFIED
 
 
 def test_the_sdk_stream_yields_text_then_a_verified_result(sdk: Client) -> None:
@@ -186,15 +189,15 @@ def test_the_sdk_stream_yields_text_then_a_verified_result(sdk: Client) -> None:
     with stream:
         text = "".join(stream)
     assert stream.result.content == text
-    assert stream.result.verified == COMPLETION_CHECKS
+    assert stream.result.verified == VERIFIED
 
 
 def test_the_sdk_completes_and_embeds(sdk: Client) -> None:
     text = sdk.complete("smollm2", "The sky is", **GREEDY)
     assert isinstance(text, ChatResult)
-    assert text.verified == COMPLETION_CHECKS
+    assert text.verified == VERIFIED
     vectors = sdk.embed("smollm2", ["hello", "world"])
-    assert vectors.verified == COMPLETION_CHECKS
+    assert vectors.verified == VERIFIED
     assert len(vectors.embeddings) == 2
     assert all(np.all(np.isfinite(v)) for v in vectors.embeddings)
 
@@ -211,8 +214,8 @@ def test_the_async_client_chats_and_streams_verified(net: LocalNetwork) -> None:
             return plain, text, stream.result
 
     plain, text, streamed = asyncio.run(ask())
-    assert plain.verified == COMPLETION_CHECKS
-    assert streamed.verified == COMPLETION_CHECKS
+    assert plain.verified == VERIFIED
+    assert streamed.verified == VERIFIED
     assert text == streamed.content == plain.content
 
 

@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 import pytest
 
+from _checks import ran
 from _llm import make_smollm2_folder
 from veriml.client import COMPLETION_CHECKS, ChatResult, ChatStream, Client, LocalNetwork
 from veriml.core.canonical import canonical_digest
@@ -132,7 +133,9 @@ def test_the_sdk_reports_a_relayed_answer_as_attested_relay(
         assert isinstance(stream, ChatStream)
         text = "".join(stream)
     assert answer.trust == "attested-relay"
-    assert answer.verified == COMPLETION_CHECKS
+    # The network's evidence is checked too, but there is no model digest: no provenance.
+    # The network evidence is checked, but a relay has no model digest: no provenance check.
+    assert answer.verified == ran(COMPLETION_CHECKS, "evidence", "bonds", "epoch", "window")
     assert answer.notes[0].startswith("attested-relay")
     assert answer.completion_tokens == ()
     assert stream.result.trust == "attested-relay"
@@ -238,7 +241,7 @@ def test_a_node_config_refuses_an_incomplete_relay(
         NodeConfig(
             coordinator_url="http://127.0.0.1:8700",
             key_path=tmp_path / "node.key",
-            operator="op-r",
+            operator_key=tmp_path / "operator.key",
             home=tmp_path,
             **fields,  # type: ignore[arg-type]
         )
@@ -257,8 +260,8 @@ def test_serve_node_with_a_relay_but_no_model_is_a_one_line_error(tmp_path: Path
             "http://127.0.0.1:9",
             "--home",
             str(tmp_path),
-            "--operator",
-            "op-r",
+            "--operator-key",
+            str(tmp_path / "operator.key"),
             "--relay",
             "http://up.example/v1",
         ],

@@ -1,6 +1,7 @@
-"""The minimum-stake rule in a real local network: unstaked nodes get no jobs; once
-``LocalNetwork(stake=...)`` has deposited and staked for them (signed by the coordinator's and
-each node's own key), they answer, and the ledger shows every stake."""
+"""The minimum-stake rule in a real local network: nodes of unstaked operators get no jobs;
+once ``LocalNetwork(stake=...)`` has deposited and staked for their operators (signed by the
+coordinator's admin key and each operator's own key), they answer, the ledger shows every
+stake, and a client that asks for more stake than an operator has refuses its answer."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from veriml.client import Client, LocalNetwork
+from veriml.core.errors import VerificationError
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_to_json
 from veriml.models.examples import build_mlp, write_example_folder
@@ -26,7 +28,7 @@ def test_nodes_need_the_minimum_stake_to_receive_jobs(tmp_path: Path) -> None:
     generate_key("ec").save(tmp_path / "publisher.key")
     body = {"model": "mlp", "inputs": {"x": tensor_to_json(X)}, "policy": "none"}
     with LocalNetwork(
-        tmp_path / "home", nodes=2, port=0, min_stake=100, node_args=("--heartbeat", "1")
+        tmp_path / "home", nodes=2, port=0, stake=0, min_stake=100, node_args=("--heartbeat", "1")
     ) as net:
         with Client(net.url, log_vkey=net.log_vkey) as client:
             client.publish(folder, tmp_path / "publisher.key")
@@ -35,7 +37,7 @@ def test_nodes_need_the_minimum_stake_to_receive_jobs(tmp_path: Path) -> None:
         net.fund_nodes(250, net.nodes[:1])
         state = httpx.get(f"{net.url}/v1/ledger/state").json()
         staked = {a for a, acct in state["accounts"].items() if acct["stake"] == 250}
-        assert staked == {net.nodes[0].node_id}
+        assert staked == {net.operator_id(net.nodes[0])}  # the stake is the operator's
         deadline = time.monotonic() + 10  # the coordinator caches node lookups for a second
         while True:
             answer = httpx.post(f"{net.url}/v1/inferences", json=body, timeout=60)
@@ -45,7 +47,15 @@ def test_nodes_need_the_minimum_stake_to_receive_jobs(tmp_path: Path) -> None:
         assert answer.status_code == 200, answer.text
         assert [n["id"] for n in answer.json()["nodes"]] == [net.nodes[0].node_id]
         with Client(net.url, log_vkey=net.log_vkey) as client:
-            client.infer("mlp", {"x": X})  # verified end to end
+            result = client.infer("mlp", {"x": X})  # verified end to end
+        assert "bonds" in result.verified
+        # A client may ask for more stake than the network's rule: 250 is not enough for 300.
+        with (
+            Client(net.url, log_vkey=net.log_vkey, min_stake=300) as client,
+            pytest.raises(VerificationError) as refused_by_client,
+        ):
+            client.infer("mlp", {"x": X})
+        assert refused_by_client.value.check == "bonds"
 
 
 def test_a_staked_network_funds_every_node(tmp_path: Path) -> None:
@@ -53,6 +63,8 @@ def test_a_staked_network_funds_every_node(tmp_path: Path) -> None:
         tmp_path / "home", nodes=2, port=0, stake=500, min_stake=100, node_args=("--heartbeat", "1")
     ) as net:
         accounts = httpx.get(f"{net.url}/v1/ledger/state").json()["accounts"]
-        for node in net.nodes:
-            assert accounts[node.node_id]["stake"] == 500
-            assert accounts[node.node_id]["balance"] == 0
+        operators = {net.operator_id(node) for node in net.nodes}
+        assert len(operators) == 2  # each node its own operator
+        for operator in operators:
+            assert accounts[operator]["stake"] == 500
+            assert accounts[operator]["balance"] == 0
