@@ -4,6 +4,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from veriml.core.keys import load_private_key
+
 
 def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
     tmp_path: Path,
@@ -17,17 +19,25 @@ def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
     assert done.returncode == 0, done.stdout + done.stderr
     assert "demo complete" in done.stdout
     assert "ACCEPTED" not in done.stdout
-    # Four tamperings of a saved quorum answer, each rejected at its own check.
-    for check in ("output-digest", "inclusion", "node-key"):
-        assert f"rejected at {check}" in done.stdout, done.stdout
+    # Four tamperings of a saved quorum answer, each rejected at the check that catches it: a
+    # swapped node registration no longer matches the inclusion proof the answer cites for it.
+    for check, tampering in (
+        ("output-digest", "one output value changed by 1 ulp"),
+        ("inclusion", "verdict claims fewer agreeing nodes"),
+        ("inclusion", "log inclusion proof altered"),
+        ("evidence", "node registration swapped"),
+    ):
+        assert f"rejected at {check}  {tampering}" in done.stdout, done.stdout
     assert done.stdout.count("✓ rejected at") == 4
     # The cheater act: the wrong-output node's dissent is disputed, bisected to one operator,
     # decided by the referee, and slashed in the log; the ledger folded from the log matches.
     assert "challenger wins (reason referee)" in done.stdout, done.stdout
-    assert "slash      node-3" in done.stdout
+    work = tmp_path / "demo-network"
+    # The slash takes the stake of node-3's operator (LocalNetwork's op-3), shown by account.
+    operator = load_private_key(work / "net-cheater" / "operators" / "op-3" / "operator.key")
+    assert f"slash      {operator.key_id[:19]}…" in done.stdout, done.stdout
     assert "the cheater was slashed; no honest node was" in done.stdout
     assert "entries folded: the coordinator's ledger" in done.stdout
-    work = tmp_path / "demo-network"
     # The network is gone (network.json removed) and the saved answers verify offline.
     assert not (work / "net" / "network.json").exists()
     vkey = next(line.split()[-1] for line in done.stdout.splitlines() if "log key" in line)

@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import sqlalchemy
 
+from _checks import NETWORK, ran
 from veriml.client import (
     CHECKS,
     AsyncClient,
@@ -42,6 +43,8 @@ from veriml.tlog.tiles import TILE_WIDTH
 pytestmark = pytest.mark.slow
 
 X = np.array([[0.5, -1.0, 2.0, 0.25]], dtype=np.float32)
+# Every check a verified none or quorum answer runs: its own, then the network evidence.
+VERIFIED = ran(CHECKS, *NETWORK)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgres"])
@@ -125,7 +128,7 @@ def test_answers_verify_online_and_offline(
 ) -> None:
     with _client(net) as client:
         result = client.infer("mlp", {"x": X}, policy=policy)
-        assert result.verified == CHECKS
+        assert result.verified == VERIFIED
         assert result.model.to_text() == model["digest"]
         again = client.inference(result.id)
         assert again.to_json() == result.to_json()
@@ -158,7 +161,16 @@ def _flip_proof(obj: dict[str, Any]) -> None:
 
 
 def _swap_node_entry(obj: dict[str, Any]) -> None:
-    obj["nodes"][0]["entry"] = obj["nodes"][1]["entry"]
+    # The first node's registration, as the answer cites it, replaced by the second's: the
+    # cited entry is no longer the one its inclusion proof is for.
+    cited = {e["index"]: e for e in obj["evidence"]}
+    first, second = (node["log_index"] for node in obj["nodes"][:2])
+    cited[first]["entry"] = cited[second]["entry"]
+
+
+def _cite_another_registration(obj: dict[str, Any]) -> None:
+    # A node that claims another node's (logged, proven) registration as its own.
+    obj["nodes"][0]["log_index"] = obj["nodes"][1]["log_index"]
 
 
 @pytest.mark.parametrize(
@@ -167,7 +179,8 @@ def _swap_node_entry(obj: dict[str, Any]) -> None:
         (_flip_output, "output-digest"),
         (_flip_verdict, "inclusion"),
         (_flip_proof, "inclusion"),
-        (_swap_node_entry, "node-key"),
+        (_swap_node_entry, "evidence"),
+        (_cite_another_registration, "node-key"),
     ],
 )
 def test_a_tampered_saved_answer_fails_offline_naming_the_check(
@@ -192,7 +205,7 @@ def test_a_signed_request_is_logged_with_its_signer_and_verifies(
         assert again["digest"] == model["digest"]
         result = client.infer("mlp", {"x": X}, policy="quorum:3/2")
     assert result.request == {"client": key.key_id}
-    assert result.verified == CHECKS
+    assert result.verified == VERIFIED
     logged = next(e for e in _inference_entries(net) if e.request_id == result.id)
     assert logged.extra == {"client": key.key_id}
 
@@ -229,7 +242,7 @@ def test_the_async_client_republishes_idempotently_and_verifies_concurrent_answe
     assert again["digest"] == model["digest"]
     assert again["log_index"] == model["log_index"]  # registered once
     assert len({r.id for r in results}) == 8
-    assert all(r.verified == CHECKS for r in results)
+    assert all(r.verified == VERIFIED for r in results)
 
 
 def test_a_node_killed_mid_job_leaves_every_request_answered_once(
@@ -305,4 +318,4 @@ def test_a_coordinator_killed_and_restarted_keeps_its_state_and_log(
         assert client.inference(before.id).to_json() == before.to_json()
         after = client.infer("mlp", {"x": X}, policy="quorum:3/2")
     assert after.log.index > before.log.index
-    assert after.verified == CHECKS
+    assert after.verified == VERIFIED

@@ -1,6 +1,7 @@
 """The verification policies on a real local network (``veriml serve`` processes), with
-byzantine nodes: every detection ends in a slash entry, no honest node is slashed, and forged
-or replayed receipts are refused before any vote (so no dispute is opened for them)."""
+byzantine nodes: every detection ends in a slash entry (of the stake of the cheater's
+operator), no honest node's operator is slashed, and forged or replayed receipts are refused
+before any vote (so no dispute is opened for them)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from veriml.ledger.entries import (
 )
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.tlog import LogClient, NoteVerifier
-from veriml.verify.policy import spot_commitment
+from veriml.verify.policy import Policy, spot_checked, spot_commitment
 
 pytestmark = pytest.mark.slow
 
@@ -144,8 +145,11 @@ def check_only_cheater_convicted(
     others: frozenset[str] = frozenset(),
 ) -> None:
     """The answer's disputes are logged, each convicts the cheater (or one of ``others``,
-    fellow cheaters) for one of ``reasons``, and nobody else is convicted."""
+    fellow cheaters) for one of ``reasons``, and nobody else is convicted. A conviction costs
+    the loser reputation (a node's) and stake (its operator's: each node here has its own)."""
     cheaters = others | {cheater}
+    operator = {str(node.node_id): net.operator_id(node) for node in net.nodes}
+    cheating_operators = {operator[c] for c in cheaters}
     disputes = answer["verdict"]["disputes"]
     assert disputes
     entries = log_entries(net)
@@ -157,14 +161,14 @@ def check_only_cheater_convicted(
         verdict = verdicts[ref["id"]]
         assert verdict.winner == ref["winner"]
         assert verdict.reason in reasons
-        assert any(s.dispute == ref["id"] and s.account == loser for s in slashes)
-    assert {s.account for s in slashes} <= cheaters
+        assert any(s.dispute == ref["id"] and s.account == operator[loser] for s in slashes)
+    assert {s.account for s in slashes} <= cheating_operators
     assert all(s.amount > 0 for s in slashes)  # staked: a conviction costs real stake
     losses = [e for e in entries if isinstance(e, ReputationEntry) and e.delta < 0]
     assert {e.account for e in losses} <= cheaters
     state = httpx.get(f"{net.url}/v1/ledger/state", timeout=30).json()
     for node in net.nodes:
-        account = state["accounts"][node.node_id]
+        account = state["accounts"][operator[str(node.node_id)]]
         if node.node_id in cheaters:
             assert account["stake"] < STAKE
         else:
@@ -185,8 +189,11 @@ def test_spot_1_checks_every_answer_and_a_wrong_output_is_disputed_and_slashed(
         assert {n["id"] for n in answer["nodes"]} == {n.node_id for n in pair.nodes}
         assert len(verdict["agreeing"]) == 1
         assert cheater not in verdict["agreeing"]
-        # The revealed secret is the one every job committed to, inside every receipt.
-        commitment = spot_commitment(bytes.fromhex(verdict["spot"]["secret"]))
+        # The request's revealed draw secret decides the check, and it is the one every job
+        # committed to, inside every receipt.
+        secret = bytes.fromhex(verdict["draw"]["secret"])
+        assert spot_checked(Policy.parse("spot:1"), secret)
+        commitment = spot_commitment(secret)
         assert all(predicate(r).spot == commitment for r in answer["receipts"])
         check_only_cheater_convicted(pair, answer, cheater)
 
@@ -339,6 +346,6 @@ def test_spot_half_detects_exactly_the_checked_cheats_and_each_ends_in_a_slash(
             assert "disputes" not in verdict
     slashes = [e for e in log_entries(pair) if isinstance(e, SlashEntry)]
     assert len(slashes) - slashes_before == checked
-    assert {e.account for e in slashes} == {cheater}
+    assert {e.account for e in slashes} == {pair.operator_id(pair.nodes[0])}
     sigma = (n * p * (1 - p)) ** 0.5
     assert abs(checked - n * p) <= 4.5 * sigma
