@@ -88,6 +88,7 @@ def test_the_modes_are_the_documented_table_and_an_unknown_mode_is_refused(
         "replay",
         "impersonate",
         "collude",
+        "false-check",
     )
     assert [behaviour_for(m, key).mode for m in BYZANTINE_MODES] == list(BYZANTINE_MODES)
     assert type(behaviour_for(None, key)) is Behaviour
