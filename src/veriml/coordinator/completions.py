@@ -619,17 +619,19 @@ class CompletionService:
         """Two nodes gave different completions of one request (same seed, same sampling):
         a third operator's node prefill-checks the defendant's, then, if that passes, the
         challenger's. The one whose check fails loses (``none`` when both pass); the settlement
-        is logged with the signed check it rests on. None when no checking node answered."""
+        is logged with the signed check it rests on. None when no node of a third operator
+        answered: the parties' own operators never check, or one operator's word (the
+        challenger's, checking its own claim) would convict another."""
         assert self._disputes is not None
         avoid = frozenset({defendant[0].operator, challenger[0].operator})
-        check = await self._prefill(prepared, defendant, avoid=avoid)
+        check = await self._prefill(prepared, defendant, avoid=avoid, strict=True)
         if check is None:
             return None
         # The losing side is held wrong by two operators: the third operator's check, and
         # the other side's own different completion.
         if check.vouched != {OUTPUT: defendant[1].output}:
             return await self._record(prepared, defendant, challenger, check, "challenger")
-        other = await self._prefill(prepared, challenger, avoid=avoid)
+        other = await self._prefill(prepared, challenger, avoid=avoid, strict=True)
         if other is None:
             return None
         if other.vouched != {OUTPUT: challenger[1].output}:

@@ -343,10 +343,14 @@ def check_network(
         for ref_ in verdict.disputes:
             _check_dispute(ref_, entries, request_id, receipts)
         checks.append("disputes")
-    # draw: from a logged epoch, current when the jobs ran.
-    if verdict.draw is not None:
-        _check_epoch(verdict.draw.epoch, evidence.beacon, entries, started, trust.max_epoch_age)
-        checks.append("epoch")
+    # epoch: every request is drawn (its nodes, its spot check, its seed), from a logged
+    # epoch, current when the jobs ran.
+    if verdict.draw is None:
+        raise VerificationError(
+            "the verdict reveals no draw: who ran the request cannot be checked", check="epoch"
+        )
+    _check_epoch(verdict.draw.epoch, evidence.beacon, entries, started, trust.max_epoch_age)
+    checks.append("epoch")
     # window: when the answer becomes final.
     window = _window(policy, state)
     if window is None:

@@ -29,12 +29,12 @@ def _check(
     *,
     entries: dict[int, bytes] | None = None,
     beacon: int | None = BEACON_INDEX,
-    epoch: int = 4,
+    epoch: int | None = 4,
     started: dt.datetime = T0 + dt.timedelta(minutes=5),
     **requirements: Any,
 ) -> tuple[str, ...]:
     verdict = Verdict(
-        "none", "accepted", ("node-1",), {"y": Digest.of(b"y")}, draw=Draw(epoch, bytes(32))
+        "none", "accepted", ("node-1",), {"y": Digest.of(b"y")}, draw=None if epoch is None else Draw(epoch, bytes(32))
     )
     cited = {BEACON_INDEX: _beacon()} if entries is None else entries
     evidence = NetworkEvidence(beacon=beacon)
@@ -58,6 +58,13 @@ def _check(
 
 def test_a_draw_from_the_cited_epoch_that_began_before_the_jobs_passes() -> None:
     assert "epoch" in _check()
+
+
+def test_a_verdict_without_a_draw_fails() -> None:
+    # Every request is drawn: without the draw, who ran it (and its spot check) is unchecked.
+    with pytest.raises(VerificationError) as info:
+        _check(epoch=None)
+    assert info.value.check == "epoch"
 
 
 def test_an_answer_whose_draw_cites_no_beacon_entry_fails() -> None:
