@@ -34,7 +34,11 @@ def _check(
     **requirements: Any,
 ) -> tuple[str, ...]:
     verdict = Verdict(
-        "none", "accepted", ("node-1",), {"y": Digest.of(b"y")}, draw=None if epoch is None else Draw(epoch, bytes(32))
+        "none",
+        "accepted",
+        ("node-1",),
+        {"y": Digest.of(b"y")},
+        draw=None if epoch is None else Draw(epoch, bytes(32)),
     )
     cited = {BEACON_INDEX: _beacon()} if entries is None else entries
     evidence = NetworkEvidence(beacon=beacon)
