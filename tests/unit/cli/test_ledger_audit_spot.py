@@ -40,8 +40,9 @@ X = np.ones((1, 4), np.float32)
 def _spot_entries(folder: Path, jobs: int) -> tuple[str, list[bytes], int]:
     """A log of ``jobs`` spot:0.5 inferences by one primary node (a second node checks the
     drawn ones), as a coordinator writes it: the rules' ``state`` entry and epoch 0's
-    ``beacon`` first, each request's draw secret from epoch 0's key, then epoch 1's beacon,
-    which reveals that key. The primary's id, the entries, and how many jobs were drawn."""
+    ``beacon`` first, each request's draw secret from epoch 0's key, then the beacons of the
+    epochs after it, which reveal that key. The primary's id, the entries, and how many jobs
+    were drawn."""
     runner = runner_for(folder)
     primary, checker = generate_key(), generate_key()
     policy = Policy.parse(POLICY)
@@ -74,7 +75,8 @@ def _spot_entries(folder: Path, jobs: int) -> tuple[str, list[bytes], int]:
             ).to_bytes()
         )
         checked_jobs += checked
-    entries.append(beacon(1).to_bytes())  # reveals epoch 0's key: every draw is checked
+    # Later epochs begin; by the second, epoch 0's key is revealed and every draw is checked.
+    entries += [beacon(1).to_bytes(), beacon(2).to_bytes()]
     return primary.key_id, entries, checked_jobs
 
 
@@ -94,7 +96,7 @@ def test_the_fold_counts_checked_spot_jobs_per_primary_node(
         fold(index, entry)
     assert fold.spot == {primary: [JOBS, drawn]}
     assert fold.state is not None
-    assert fold.state.unchecked_draws == 0  # epoch 1's beacon revealed the key of every draw
+    assert fold.state.unchecked_draws == 0  # a later beacon revealed the key of every draw
     # Every accepted job credits its agreeing nodes: the primary always agrees here.
     assert fold.state.account(primary).jobs == JOBS
 
