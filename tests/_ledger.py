@@ -411,9 +411,9 @@ def epoch_key(epoch: int) -> bytes:
 
 
 def beacon(epoch: int, at: float = 0, *, reveal: bytes | bool | None = True) -> BeaconEntry:
-    """Epoch ``epoch`` begins: its commitment, and (``reveal=True``) the previous key;
-    ``reveal`` may also be the bytes to reveal, or ``None``/``False`` for none."""
-    previous = epoch_key(epoch - 1) if epoch > 0 else None
+    """Epoch ``epoch`` begins: its commitment, and (``reveal=True``) the key of epoch
+    ``epoch - 2``; ``reveal`` may also be the bytes to reveal, or ``None``/``False`` for none."""
+    previous = epoch_key(epoch - 2) if epoch > 1 else None
     revealed = previous if reveal is True else reveal or None
     return BeaconEntry(epoch, beacon_commitment(epoch_key(epoch)), t(at), revealed)
 

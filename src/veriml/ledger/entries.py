@@ -1008,7 +1008,8 @@ class StateEntry:
 class BeaconEntry:
     """Epoch ``epoch`` of the coordinator's randomness begins: ``commitment`` is
     ``SHA-256("veriml-beacon/v1\\n" || key)`` of its secret key, and ``reveal`` (hex) is the
-    previous epoch's key, now that no request draws from it any more (docs/verification.md,
+    key of epoch ``epoch - 2``, now that every job drawn from it has long expired
+    (docs/verification.md,
     "Randomness"). Epochs are numbered from 0 without gaps; an epoch whose key was lost is
     left unrevealed (``reveal`` omitted), which the fold allows only if no request drew from
     it."""

@@ -20,8 +20,10 @@ it was. The fold checks **authority**, not just arithmetic (docs/ledger.md, "Aut
 - a challenge about one receipt and one claimed output is opened once;
 - a node is bound to one operator for good; a namespace is claimed once, and only its owner's
   signed models use names in it;
-- ``beacon`` epochs follow one another and each reveals the key its predecessor committed to;
-  every draw secret revealed in a verdict of that epoch must follow from the key.
+- ``beacon`` epochs follow one another and epoch ``e`` reveals the key epoch ``e - 2``
+  committed to (``REVEAL_LAG``); every draw secret revealed in a verdict of that epoch must
+  follow from the key, an epoch that drew requests must be revealed, and a request draws
+  from the latest epoch or the one before.
 
 The money rules, in brief: the ledger clock is the latest ``at`` folded; before an entry
 applies, every unbonding whose ``available_at`` the clock has reached returns to its balance;
@@ -91,6 +93,8 @@ __all__ = [
 
 STATE_FORMAT = "veriml-ledger/v2"
 REQUEST_SKEW = dt.timedelta(minutes=10)
+REVEAL_LAG = 2
+"""Epoch ``e``'s beacon entry reveals the key of epoch ``e - REVEAL_LAG``."""
 """How far a signed request's ``issued_at`` may be from the ``at`` of the entry carrying it."""
 
 
@@ -636,9 +640,10 @@ class LedgerState:
         if change.epoch is not None:
             number, epoch, reveal = change.epoch
             self._epochs[number] = epoch
-            if reveal is not None and number > 0:
-                self._epochs[number - 1] = replace(self._epochs[number - 1], key=reveal)
-            self._draws.pop(number - 1, None)  # checked by the reveal, or never checkable
+            revealed = number - REVEAL_LAG
+            if reveal is not None and revealed >= 0:
+                self._epochs[revealed] = replace(self._epochs[revealed], key=reveal)
+            self._draws.pop(revealed, None)  # checked by the reveal (or nothing was drawn)
         for number, pending in change.draws:
             self._draws.setdefault(number, []).append(pending)
         if change.expect is not None:
@@ -979,22 +984,25 @@ def _beacon(change: _Change, entry: BeaconEntry) -> None:
     expected = 0 if not epochs else max(epochs) + 1
     if entry.epoch != expected:
         raise change.fail("beacon epochs follow one another", epoch=entry.epoch, expected=expected)
+    # Epoch e reveals the key of epoch e - 2: requests draw from the epoch current when they
+    # start and may be logged in the next, so a key is revealed only once every job drawn from
+    # it has long expired (a node holding a job cannot learn its own spot decision).
+    revealed = entry.epoch - REVEAL_LAG
     if entry.reveal is not None:
-        if entry.epoch == 0:
-            raise change.fail("the first epoch has nothing to reveal")
-        committed = epochs[entry.epoch - 1].commitment
+        if revealed < 0:
+            raise change.fail("the first two epochs have nothing to reveal", epoch=entry.epoch)
+        committed = epochs[revealed].commitment
         if beacon_commitment(entry.reveal) != committed:
             raise change.fail(
-                "the revealed key is not the one the previous epoch committed to",
-                epoch=entry.epoch - 1,
+                "the revealed key is not the one its epoch committed to", epoch=revealed
             )
-        for pending in change.state._draws.get(entry.epoch - 1, ()):
+        for pending in change.state._draws.get(revealed, ()):
             pending.check(entry.reveal, change)
-    elif change.state._draws.get(entry.epoch - 1):
+    elif change.state._draws.get(revealed):
         # A key "lost" after draws were made from it would leave them unchecked forever: a
         # coordinator could pick its own secrets and never reveal. The keys live in the
         # coordinator's database, beside the log; losing them is losing the database.
-        raise change.fail("an epoch that drew requests must reveal its key", epoch=entry.epoch - 1)
+        raise change.fail("an epoch that drew requests must reveal its key", epoch=revealed)
     change.epoch = (entry.epoch, _Epoch(entry.commitment, change.index), entry.reveal)
 
 
@@ -1058,11 +1066,6 @@ def _inference(change: _Change, entry: InferenceEntry) -> None:
         pending = _PendingDraw(change.index, entry.request_id, draw)
         if epoch.key is not None:
             pending.check(epoch.key, change)
-        elif draw.epoch < latest:
-            raise change.fail(
-                "the inference draws from an epoch that ended without revealing its key",
-                epoch=draw.epoch,
-            )
         else:
             change.draws.append((draw.epoch, pending))
     if entry.verdict.outcome != "accepted":

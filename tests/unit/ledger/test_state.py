@@ -741,35 +741,41 @@ def test_beacon_epochs_begin_in_order_from_zero() -> None:
     refuses(state, beacon(0, at=1), "follow one another")
     refuses(state, beacon(2, at=1), "follow one another")
     state.apply(beacon(1, at=1))
-    assert (state.epoch, state.epoch_key(0), state.epoch_key(1)) == (1, epoch_key(0), None)
+    assert (state.epoch, state.epoch_key(0), state.epoch_key(1)) == (1, None, None)
+    # Epoch e reveals epoch e - 2's key: epoch 1's key stays secret while epoch 2 runs.
+    state.apply(beacon(2, at=2))
+    assert (state.epoch, state.epoch_key(0), state.epoch_key(1)) == (2, epoch_key(0), None)
 
 
-def test_the_first_epoch_reveals_nothing() -> None:
+def test_the_first_two_epochs_reveal_nothing() -> None:
     refuses(ledger(), beacon(0, reveal=epoch_key(0)), "nothing to reveal")
+    refuses(ledger(beacon(0)), beacon(1, at=1, reveal=epoch_key(0)), "nothing to reveal")
 
 
-def test_a_reveal_that_does_not_match_the_previous_commitment_is_refused() -> None:
-    state = ledger(beacon(0))
-    refuses(state, beacon(1, at=1, reveal=epoch_key(7)), "not the one the previous epoch")
+def test_a_reveal_that_does_not_match_its_epochs_commitment_is_refused() -> None:
+    state = ledger(beacon(0), beacon(1, at=1))
+    refuses(state, beacon(2, at=2, reveal=epoch_key(7)), "not the one its epoch committed to")
+    refuses(state, beacon(2, at=2, reveal=epoch_key(1)), "not the one its epoch committed to")
     # An epoch whose key was lost is left unrevealed, if nothing was drawn from it.
-    state.apply(beacon(1, at=1, reveal=None))
+    state.apply(beacon(2, at=2, reveal=None))
     assert state.epoch_key(0) is None
-    # Nothing can draw from it afterwards: the draw could never be checked.
-    refuses(state, inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), "without revealing")
+    # Nothing can draw from it afterwards: it has ended.
+    refuses(state, inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), "has ended")
 
 
 def test_an_epoch_that_drew_requests_must_reveal_its_key() -> None:
-    state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)))
+    state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), beacon(1, at=1))
     # Withholding the key would leave a secret the coordinator picked unchecked forever.
-    refuses(state, beacon(1, at=1, reveal=None), "must reveal its key")
-    state.apply(beacon(1, at=1))
+    refuses(state, beacon(2, at=2, reveal=None), "must reveal its key")
+    state.apply(beacon(2, at=2))
     assert state.unchecked_draws == 0
 
 
 def test_each_epoch_knows_the_log_index_of_the_entry_that_began_it() -> None:
     state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), beacon(1, at=1))
     first, second = state.epoch_index(0), state.epoch_index(1)
-    assert first is not None and second == first + 2
+    assert first is not None
+    assert second == first + 2
     assert state.epoch_index(2) is None
 
 
@@ -778,22 +784,26 @@ def test_a_draw_that_does_not_follow_from_the_epoch_key_is_refused_at_the_reveal
     made_up = Draw(0, bytes(32))
     state.apply(inference("r-1", ACME_NODE, draw=drawn("r-1", 0)))
     state.apply(inference("r-2", ACME_NODE, draw=made_up))  # unchecked while the key is secret
+    state.apply(beacon(1, at=1))  # epoch 0's key is still secret: a job may still run
     assert state.unchecked_draws == 2
-    error = refuses(state, beacon(1, at=1), "does not follow from its epoch's key")
+    error = refuses(state, beacon(2, at=2), "does not follow from its epoch's key")
     assert (error.evidence["inference"], error.evidence["inference_index"]) == ("r-2", 3)
 
 
-def test_draws_that_follow_from_the_key_pass_the_reveal_and_later_ones_are_checked_at_once() -> (
-    None
-):
-    state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)))
-    state.apply(beacon(1, at=1))
+def test_draws_that_follow_from_the_key_pass_the_reveal() -> None:
+    state = ledger(beacon(0), inference("r-1", ACME_NODE, draw=drawn("r-1", 0)), beacon(1, at=1))
+    # In flight at the rotation: logged in epoch 1, drawn from epoch 0, whose key is secret.
+    state.apply(inference("r-2", ACME_NODE, draw=drawn("r-2", 0)))
+    assert state.unchecked_draws == 2
+    state.apply(beacon(2, at=2))
     assert state.unchecked_draws == 0
-    # The key is public now: a draw from epoch 0 is checked when it is folded.
-    refuses(state, inference("r-2", ACME_NODE, draw=drawn("r-2", 0, key=epoch_key(5))), "follow")
+    # Epoch 0 has ended: nothing draws from it once its key is public.
+    refuses(state, inference("r-3", ACME_NODE, draw=drawn("r-3", 0)), "has ended")
     # Another request's secret is not this request's.
-    stolen = Draw(0, drawn("r-1", 0).secret)
-    refuses(state, inference("r-3", ACME_NODE, draw=stolen), "does not follow")
+    stolen = Draw(2, drawn("r-1", 0).secret)
+    state.apply(inference("r-4", ACME_NODE, draw=stolen))
+    state.apply(beacon(3, at=3))
+    refuses(state, beacon(4, at=4), "does not follow")
 
 
 def test_an_inference_drawing_from_an_epoch_not_begun_is_refused() -> None:
@@ -811,12 +821,12 @@ def test_an_inference_cannot_draw_from_an_epoch_revealed_before_the_previous_one
 def test_an_inference_draws_from_the_latest_epoch_or_the_one_before() -> None:
     state = ledger(beacon(0), beacon(1, at=1), beacon(2, at=2))
     state.apply(inference("r-2", ACME_NODE, draw=drawn("r-2", 2)))  # the epoch running
-    # The one before, for a request in flight at the rotation (its key is out: checked now).
+    # The one before, for a request in flight at the rotation (its key is still secret).
     state.apply(inference("r-1", ACME_NODE, draw=drawn("r-1", 1)))
     error = refuses(state, inference("r-0", ACME_NODE, draw=drawn("r-0", 0)), "has ended")
     assert (error.evidence["epoch"], error.evidence["latest"]) == (0, 2)
     refuses(state, inference("r-3", ACME_NODE, draw=drawn("r-3", 3)), "epoch not begun")
-    # The next beacon moves the window: epoch 1 has ended, epoch 2 is the one before.
+    # The next beacon moves the window (and reveals epoch 1, checking r-1).
     state.apply(beacon(3, at=3))
     refuses(state, inference("r-4", ACME_NODE, draw=drawn("r-4", 1)), "has ended")
     fold(
@@ -826,7 +836,7 @@ def test_an_inference_draws_from_the_latest_epoch_or_the_one_before() -> None:
         ],
         start=state,
     )
-    assert state.unchecked_draws == 1  # r-6, until epoch 3's key is revealed
+    assert state.unchecked_draws == 3  # r-2, r-5 (epoch 2) and r-6 (epoch 3), until revealed
 
 
 # -- authority over challenges: both parties sign into a dispute ---------------------------------
