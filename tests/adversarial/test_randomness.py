@@ -2,11 +2,14 @@
 
 Every request's draw secret (who runs it, whether its spot check runs, an LLM's sampling seed)
 is ``HMAC(k_e, request id)`` under the key of the current beacon epoch, committed to in the log
-before the epoch begins and revealed when the next one does (docs/verification.md,
-"Randomness"). On real networks:
+before the epoch begins and revealed two epochs later, once every job drawn from it has long
+expired (docs/verification.md, "Randomness"). On real networks:
 
 - an honest draw is the one the revealed key gives, and ``veriml log audit`` accepts it;
 - re-sending a request draws nothing new: the secret is fixed by the id and the epoch;
+- the SDK names the epoch (``X-Veriml-Epoch``, learnt before it sends the request id), so a
+  coordinator that draws from an epoch begun after it saw the id (one it could grind) is
+  refused, while a request that names the epoch just before a rotation is still served;
 - a coordinator that picks its own secret (ground so that the spot check is skipped, with the
   node signing the matching commitment) gets past the SDK only until the reveal: at the reveal
   ``veriml log audit`` rejects the log; and a coordinator that never reveals cannot keep
@@ -25,6 +28,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from typer.testing import CliRunner
@@ -81,12 +85,13 @@ def _audit(net: LocalNetwork) -> Any:
 
 
 def _reveal(rogue: RogueLog, epoch: int, *, timeout: float = 30.0) -> tuple[int, bytes]:
-    """The log index of the beacon entry that reveals ``epoch``'s key, and the key."""
+    """The log index of the beacon entry that reveals ``epoch``'s key (epoch + 2's), and
+    the key."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for index, data in enumerate(rogue.log.entries(0, rogue.log.size)):
             entry = parse_entry(data)
-            if isinstance(entry, BeaconEntry) and entry.epoch == epoch + 1:
+            if isinstance(entry, BeaconEntry) and entry.epoch == epoch + 2:
                 assert entry.reveal is not None
                 return index, entry.reveal
         time.sleep(0.2)
@@ -149,15 +154,16 @@ def test_a_secret_the_coordinator_picked_is_caught_at_the_reveal(steady: LocalNe
         result = InferenceResult.from_json(forged)
         verify_inference(result, log_key=key)
         assert _audit(steady).exit_code == 0
-        # The next epoch reveals the key the log committed to, which did not draw that secret.
+        # Two epochs later the key the log committed to is revealed: it did not draw that
+        # secret. (The coordinator's own beacon would refuse to reveal it: its ledger folds the
+        # forged entry too. A liar writes the epochs itself.)
         epoch = result.verdict.draw.epoch  # type: ignore[union-attr]
-        reveal = BeaconEntry(
-            epoch + 1,
-            beacon_commitment(secrets.token_bytes(32)),
-            utc_now(),
-            rogue.epoch_key(epoch),
-        )
-        index = rogue.append(reveal.to_bytes())
+        earlier = rogue.epoch_key(epoch - 1) if epoch >= 1 else None
+        for number, reveal in ((epoch + 1, earlier), (epoch + 2, rogue.epoch_key(epoch))):
+            entry = BeaconEntry(
+                number, beacon_commitment(secrets.token_bytes(32)), utc_now(), reveal
+            )
+            index = rogue.append(entry.to_bytes())
     audit = _audit(steady)
     assert audit.exit_code == 1, audit.output
     assert isinstance(audit.exception, VerificationError)
@@ -178,3 +184,42 @@ def test_a_coordinator_that_never_reveals_cannot_keep_serving(steady: LocalNetwo
     with pytest.raises(VerificationError) as info:
         verify_inference(forged, log_key=key, trust=Requirements(max_epoch_age=2))
     assert info.value.check == "epoch"
+
+
+def test_a_draw_from_an_epoch_begun_after_the_request_was_sent_is_refused(
+    rotating: LocalNetwork,
+) -> None:
+    """A coordinator that sees the request id before it begins the epoch the request draws
+    from could grind that epoch's key until the draw suits it; the SDK named its epoch
+    before it sent the id, and refuses any other."""
+    with Client(rotating.url, log_vkey=rotating.log_vkey) as client:
+        named = client._named_epoch(True)
+        direct = client._http
+
+        def later_epoch(request: httpx.Request) -> httpx.Response:
+            headers = {k: v for k, v in request.headers.items() if k.lower() != "x-veriml-epoch"}
+            if request.method == "POST":  # hold the request until a new epoch has begun
+                deadline = time.monotonic() + 30
+                while direct.get("/v1/ledger/rules").json()["epoch"] <= named:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.1)
+            forwarded = direct.build_request(
+                request.method, request.url.path, headers=headers, content=request.content
+            )
+            return direct.send(forwarded)
+
+        client._http = httpx.Client(
+            base_url=rotating.url, transport=httpx.MockTransport(later_epoch)
+        )
+        with pytest.raises(VerificationError) as info:
+            client.infer("mlp", X, policy=SPOT)
+        assert info.value.check == "epoch"
+        assert info.value.evidence["named"] == named
+        client._http = direct
+        # Honest: a request naming the epoch that has just ended is still drawn from it.
+        named = client._named_epoch(True)
+        while direct.get("/v1/ledger/rules").json()["epoch"] == named:
+            time.sleep(0.1)
+        answer = client.infer("mlp", X, policy=SPOT)
+        assert answer.verdict.draw is not None
+        assert answer.verdict.draw.epoch == named

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from veriml.client._requests import check_epoch, epoch_header
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import Trust
 from veriml.core.dsse import Envelope, Statement
@@ -291,6 +292,10 @@ class LLMRequest:
     body: Mapping[str, Any]
     policy: str
     request_id: str
+    epoch: int | None = None
+    """The randomness epoch this client named (``X-Veriml-Epoch``; :func:`check_epoch`)."""
+    own_id: bool = True
+    """The request id is one this client made, not the caller's."""
 
     @property
     def path(self) -> str:
@@ -309,7 +314,7 @@ class LLMRequest:
             "Content-Type": "application/json",
             "Idempotency-Key": self.request_id,
             POLICY_HEADER: self.policy,
-        }
+        } | epoch_header(self.epoch)
 
     def check(self, verified: VerifiedCompletion) -> None:
         """The answer is for this request: its id (sent as ``Idempotency-Key``, which the
@@ -328,6 +333,7 @@ class LLMRequest:
                 asked=self.policy,
                 answered=verified.evidence.policy,
             )
+        check_epoch(verified.evidence.verdict.draw, self.epoch, own_id=self.own_id)
 
 
 def canonical_policy(text: str) -> str:

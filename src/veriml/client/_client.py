@@ -82,6 +82,9 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 60.0
 MAX_ANSWER_BYTES = 256 << 20
+EPOCH_TTL = 10.0
+"""Seconds a client reuses the randomness epoch it learnt (the coordinator accepts the
+current epoch and the one before, so this only needs to be well under its beacon interval)."""
 MAX_MODEL_BYTES = 8 << 30
 LOG_SIZE_HEADER = "X-Veriml-Log-Size"
 PAYMENT_HEADER = "X-Veriml-Payment"
@@ -171,7 +174,13 @@ def _llm_request(
     if reserved:
         raise FormatError("parameters repeat a request member", members=",".join(reserved))
     body = {"model": model, **payload, **{k: v for k, v in params.items() if v is not None}}
-    return LLMRequest(kind, body, canonical_policy(policy), request_id or str(uuid.uuid4()))
+    return LLMRequest(
+        kind,
+        body,
+        canonical_policy(policy),
+        request_id or str(uuid.uuid4()),
+        own_id=request_id is None,
+    )
 
 
 def _pinned_digest(ref: str) -> Digest | None:
@@ -240,6 +249,7 @@ class _Base:
         )
         self._bounds: dict[Digest, OutputBounds] = {}
         self._rules: tuple[float, Mapping[str, Any]] | None = None
+        self._epoch: tuple[float, int] | None = None
         self._prefix = urlsplit(self.url).path.rstrip("/")
         self.verify = verify
         # Pinned up front: a client that verifies fails at construction, not mid-request.
@@ -386,10 +396,15 @@ class _Base:
             _log.warning("checkpoint not stored on close: %s", exc.diagnostics())
 
     def _expect(
-        self, model: str, inputs: Mapping[str, Any], policy: str, request_id: str | None
+        self,
+        model: str,
+        inputs: Mapping[str, Any],
+        policy: str,
+        request_id: str | None,
+        epoch: int | None,
     ) -> tuple[Expected, bytes, dict[str, str]]:
         client = self.key.key_id if self.key is not None else None
-        expect = Expected.of(model, inputs, policy, request_id, client)
+        expect = Expected.of(model, inputs, policy, request_id, client, epoch)
         content = expect.content()
         headers = expect.headers(self.key, self._prefix + "/v1/inferences", content)
         return expect, content, headers | self._extra_headers(expect.request_id)
@@ -500,6 +515,29 @@ class _Base:
             expect.check(verified)
         self._check_consistent(signed, result.log.consistency)
         return replace(full, verified=verified.checks, verification=verified.verification)
+
+    def _cached_epoch(self) -> int | None:
+        cached = self._epoch
+        if cached is not None and time.monotonic() - cached[0] < EPOCH_TTL:
+            return cached[1]
+        return None
+
+    def _learn_epoch(self, rules: Mapping[str, Any]) -> int:
+        """The current epoch from ``GET /v1/ledger/rules``, fetched before the request id is
+        sent (so the coordinator cannot choose an epoch for it); none is refused."""
+        epoch = rules.get("epoch")
+        if type(epoch) is not int or epoch < 0:
+            raise VerificationError(
+                "the coordinator names no randomness epoch: its draws cannot be pinned",
+                check="epoch",
+            )
+        self._epoch = (time.monotonic(), epoch)
+        return epoch
+
+    def _forget_epoch(self, response: httpx.Response) -> None:
+        """A 409 may be a stale epoch (two rotations since it was learnt): ask again next time."""
+        if response.status_code == 409:
+            self._epoch = None
 
     def _known_size(self) -> dict[str, str]:
         """``X-Veriml-Log-Size``: the size of the largest checkpoint this client verified (or
@@ -733,12 +771,22 @@ class Client(_Base):
 
         ``request_id`` (default: a new UUID) is sent as ``Idempotency-Key``: retrying with the
         same id after a lost answer returns the one logged answer, never a second entry."""
-        expect, content, headers = self._expect(model, inputs, policy, request_id)
+        epoch = self._named_epoch(verify)
+        expect, content, headers = self._expect(model, inputs, policy, request_id, epoch)
         try:
             response = self._http.post("/v1/inferences", content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        self._forget_epoch(response)
         return self._answer(response, verify, expect)
+
+    def _named_epoch(self, verify: bool | None) -> int | None:
+        """The epoch a verified request names (``X-Veriml-Epoch``), cached for ``EPOCH_TTL``
+        seconds; None when the answer will not be verified."""
+        if not (self.verify if verify is None else verify):
+            return None
+        cached = self._cached_epoch()
+        return cached if cached is not None else self._learn_epoch(self._get("/v1/ledger/rules"))
 
     def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
         """``GET /v1/inferences/{id}``, verified like :meth:`infer`, and it must be the answer
@@ -889,7 +937,7 @@ class Client(_Base):
         self, request: LLMRequest, stream: bool, verify: bool | None
     ) -> ChatResult | ChatStream:
         body = dict(request.body) | ({"stream": True} if stream else {})
-        wire = replace(request, body=body)
+        wire = replace(request, body=body, epoch=self._named_epoch(verify))
         content = wire.content()
         headers = self._llm_headers(wire, content)
         try:
@@ -900,6 +948,7 @@ class Client(_Base):
                 response = self._http.post(wire.path, content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        self._forget_epoch(response)
         if stream:
             if response.status_code >= 400:
                 try:
@@ -1035,9 +1084,19 @@ class AsyncClient(_Base):
         verify: bool | None = None,
         request_id: str | None = None,
     ) -> InferenceResult:
-        expect, content, headers = self._expect(model, inputs, policy, request_id)
+        epoch = await self._named_epoch(verify)
+        expect, content, headers = self._expect(model, inputs, policy, request_id, epoch)
         response = await self._request("POST", "/v1/inferences", content=content, headers=headers)
+        self._forget_epoch(response)
         return await self._answer_async(response, verify, expect)
+
+    async def _named_epoch(self, verify: bool | None) -> int | None:
+        if not (self.verify if verify is None else verify):
+            return None
+        cached = self._cached_epoch()
+        if cached is not None:
+            return cached
+        return self._learn_epoch(await self._get("/v1/ledger/rules"))
 
     async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
         response = await self._request("GET", f"/v1/inferences/{id}", headers=self._known_size())
@@ -1136,17 +1195,20 @@ class AsyncClient(_Base):
     async def _llm(
         self, request: LLMRequest, stream: bool, verify: bool | None
     ) -> ChatResult | AsyncChatStream:
-        wire = replace(request, body=dict(request.body) | ({"stream": True} if stream else {}))
+        body = dict(request.body) | ({"stream": True} if stream else {})
+        wire = replace(request, body=body, epoch=await self._named_epoch(verify))
         content = wire.content()
         headers = self._llm_headers(wire, content)
         if not stream:
             response = await self._request("POST", wire.path, content=content, headers=headers)
+            self._forget_epoch(response)
             return await self._llm_result(wire, _json_body(response), verify)
         try:
             sent = self._http.build_request("POST", wire.path, content=content, headers=headers)
             response = await self._http.send(sent, stream=True)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
+        self._forget_epoch(response)
         if response.status_code >= 400:
             try:
                 await response.aread()

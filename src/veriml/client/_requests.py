@@ -30,6 +30,7 @@ from veriml.core.errors import (
 )
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_digest, tensor_to_json
+from veriml.protocol.draw import Draw
 from veriml.verify.inference import VerifiedInference
 
 __all__ = [
@@ -103,6 +104,12 @@ class Expected:
     request_id: str
     body: Mapping[str, Any]
     client: str | None = None
+    epoch: int | None = None
+    """The randomness epoch this client named (``X-Veriml-Epoch``), learnt before the request
+    id was sent: the answer must draw from it (:func:`check_epoch`)."""
+    own_id: bool = True
+    """The request id is a fresh one this client made (not the caller's, which may be a retry
+    of a request answered under an earlier epoch)."""
 
     @classmethod
     def of(
@@ -112,6 +119,7 @@ class Expected:
         policy: str,
         request_id: str | None,
         client: str | None = None,
+        epoch: int | None = None,
     ) -> Expected:
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
         return cls(
@@ -125,6 +133,8 @@ class Expected:
                 "policy": policy,
             },
             client=client,
+            epoch=epoch,
+            own_id=request_id is None,
         )
 
     def content(self) -> bytes:
@@ -133,6 +143,7 @@ class Expected:
 
     def headers(self, key: SigningKey | None, path: str, content: bytes) -> dict[str, str]:
         headers = {"Idempotency-Key": self.request_id, "Content-Type": "application/json"}
+        headers |= epoch_header(self.epoch)
         if key is not None:
             headers |= request_headers(key, "POST", path, Digest.of(content))
         return headers
@@ -153,3 +164,30 @@ class Expected:
                 request=self.request_id,
                 answered=result.id,
             )
+        check_epoch(result.verdict.draw, self.epoch, own_id=self.own_id)
+
+
+EPOCH_HEADER = "X-Veriml-Epoch"
+
+
+def epoch_header(epoch: int | None) -> dict[str, str]:
+    """``X-Veriml-Epoch``, when the client named an epoch."""
+    return {} if epoch is None else {EPOCH_HEADER: str(epoch)}
+
+
+def check_epoch(draw: Draw | None, epoch: int | None, *, own_id: bool) -> None:
+    """The answer drew from the epoch this client named before it sent the request id
+    (docs/verification.md, "Randomness"): a coordinator that learns the id cannot then begin
+    an epoch whose key draws what it wants, nor pick the older of two epochs. A request id the
+    caller chose may be a retry answered under an earlier epoch: then an earlier one passes."""
+    if epoch is None:
+        return
+    drew = None if draw is None else draw.epoch
+    if drew == epoch or (not own_id and drew is not None and drew <= epoch):
+        return
+    raise VerificationError(
+        "the answer drew from another epoch than the one this client named",
+        check="epoch",
+        named=epoch,
+        drew=drew,
+    )

@@ -43,7 +43,6 @@ import httpx
 import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
-from veriml.coordinator.beacon import Epoch
 from veriml.coordinator.completion_checks import (
     OUTPUT,
     CompletionAnswer,
@@ -57,6 +56,7 @@ from veriml.coordinator.completion_checks import (
     parse_policy,
 )
 from veriml.coordinator.inference import (
+    EpochSource,
     RequestDraws,
     answer_cites,
     check_request_id,
@@ -296,7 +296,7 @@ class CompletionService:
         options: CompletionOptions | None = None,
         ledger: LedgerBook | None = None,
         disputes: DisputeService | None = None,
-        beacon: Callable[[], Epoch] | None = None,
+        beacon: EpochSource | None = None,
     ) -> None:
         self._log = log
         self._disputes = disputes
@@ -321,6 +321,7 @@ class CompletionService:
         request_id: str | None = None,
         payment: Envelope | None = None,
         known_size: int | None = None,
+        epoch: int | None = None,
     ) -> Prepared:
         """Steps 1-3 without sending anything: the model, the canonical request, the policy,
         the payment and enough nodes. Every client error surfaces here, before a stream starts.
@@ -342,7 +343,7 @@ class CompletionService:
         stored = None if key is None else await self._stored(request_id, kind, model, body)
         # 2. The canonical request. A request without a seed samples with one drawn from its
         # draw secret (so a quorum samples alike, and the coordinator cannot pick it).
-        draw = self._draws.draw(request_id)
+        draw = self._draws.draw(request_id, epoch)
         seed = None if kind == "embedding" else sampling_seed(draw.secret)
         canonical = canonical_request(
             kind, model.digest, body, seed=seed, max_context=model.context_length
@@ -436,6 +437,7 @@ class CompletionService:
         request_id: str | None = None,
         payment: Envelope | None = None,
         known_size: int | None = None,
+        epoch: int | None = None,
     ) -> CompletionAnswer:
         """:meth:`prepare` then :meth:`run`."""
         prepared = await self.prepare(
@@ -446,6 +448,7 @@ class CompletionService:
             request_id=request_id,
             payment=payment,
             known_size=known_size,
+            epoch=epoch,
         )
         return await self.run(prepared, on_token=on_token)
 

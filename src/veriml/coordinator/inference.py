@@ -56,7 +56,7 @@ import numpy.typing as npt
 import onnx
 from sqlalchemy.engine import Engine
 
-from veriml.coordinator.beacon import Epoch
+from veriml.coordinator.beacon import Beacon, Epoch
 from veriml.coordinator.dispatch import JobSpec, dispatch
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.scheduler import (
@@ -145,14 +145,36 @@ class RequestDraws:
     from the beacon's current epoch, the ``state`` entry it cites, the rules, and the stake
     proofs its answer carries. Shared by the inference and completion services."""
 
-    def __init__(self, *, beacon: Callable[[], Epoch] | None, ledger: LedgerBook | None) -> None:
+    def __init__(self, *, beacon: EpochSource | None, ledger: LedgerBook | None) -> None:
         # Without a beacon (a service built by hand, in tests) draws come from a key this
-        # process keeps to itself: unpredictable, but no log commits to it.
-        self._beacon = beacon or (lambda: _PRIVATE_EPOCH)
+        # process keeps to itself: unpredictable, but no log commits to it. A bare callable
+        # is the current epoch alone.
+        self._beacon: Beacon | _OneEpoch
+        if beacon is None:
+            self._beacon = _OneEpoch(lambda: _PRIVATE_EPOCH)
+        elif isinstance(beacon, Beacon):
+            self._beacon = beacon
+        else:
+            self._beacon = _OneEpoch(beacon)
         self.ledger = ledger
 
-    def draw(self, request_id: str) -> Draw:
-        return self._beacon().draw(request_id)
+    def draw(self, request_id: str, epoch: int | None = None) -> Draw:
+        """The request's draw, from the current epoch or from ``epoch`` when the client named
+        it (``X-Veriml-Epoch``: then the coordinator cannot begin epochs until one draws what
+        it wants, since the client refuses a draw from any other). A named epoch that is
+        neither the current one nor the one before is a :class:`Conflict` (409): the client
+        asks for the current epoch again."""
+        if epoch is None:
+            return self._beacon.current().draw(request_id)
+        named = self._beacon.epoch(epoch)
+        if named is None:
+            raise Conflict(
+                "the request names a randomness epoch that is not current",
+                check="epoch",
+                epoch=epoch,
+                current_epoch=self._beacon.current().number,
+            )
+        return named.draw(request_id)
 
     @property
     def rules(self) -> Rules | None:
@@ -202,6 +224,20 @@ class RequestDraws:
 
 
 _PRIVATE_EPOCH = Epoch(0, secrets.token_bytes(32))
+
+EpochSource = Beacon | Callable[[], Epoch]
+"""The app's :class:`Beacon`, or (services built by hand) a reader of the current epoch."""
+
+
+class _OneEpoch:
+    """A reader of the current epoch as a beacon: no earlier epoch can be named."""
+
+    def __init__(self, current: Callable[[], Epoch]) -> None:
+        self.current = current
+
+    def epoch(self, number: int) -> Epoch | None:
+        epoch = self.current()
+        return epoch if epoch.number == number else None
 
 
 def answer_cites(
@@ -372,7 +408,7 @@ class InferenceService:
         load_model: Callable[[Digest], onnx.ModelProto] | None = None,
         store_tensors: Callable[[Mapping[str, Array]], object] | None = None,
         ledger: LedgerBook | None = None,
-        beacon: Callable[[], Epoch] | None = None,
+        beacon: EpochSource | None = None,
     ) -> None:
         self._log = log
         self._disputes = disputes
@@ -417,6 +453,7 @@ class InferenceService:
         client: str | None = None,
         payment: Envelope | None = None,
         known_size: int | None = None,
+        epoch: int | None = None,
     ) -> dict[str, Any]:
         """Answer one ``{"model", "inputs", "policy"}`` request (module docstring, steps 1-7).
 
@@ -424,7 +461,7 @@ class InferenceService:
         request (``request.client`` in the entry) and returned as ``request.client``.
         ``payment`` is its signed payment (``X-Veriml-Payment``); ``known_size`` the size of
         the client's last checkpoint (``X-Veriml-Log-Size``), which the answer proves
-        consistency from.
+        consistency from; ``epoch`` the randomness epoch the client named (``X-Veriml-Epoch``).
         """
         model_ref = request.get("model")
         if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
@@ -448,7 +485,7 @@ class InferenceService:
         digest = request_digest(canonical_request(model.digest, input_digests, str(policy)))
         # The request's draw secret: who runs it, whether a spot check runs. Every job of a
         # spot:P request commits to it; the verdict reveals it.
-        draw = self._draws.draw(request_id)
+        draw = self._draws.draw(request_id, epoch)
         spec = JobSpec(
             request_id=request_id,
             model=model.digest,

@@ -21,21 +21,23 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
 from veriml.coordinator.auth import RequestSignature, payment_from_headers
-from veriml.coordinator.beacon import Epoch
+from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
 from veriml.coordinator.problems import problem
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, InvalidInput, LimitExceeded, NodeUnavailable
+from veriml.core.errors import Error, FormatError, InvalidInput, LimitExceeded, NodeUnavailable
 from veriml.models import IOSignature
 
 __all__ = [
+    "EPOCH_HEADER",
     "LOG_SIZE_HEADER",
     "beacon_of",
     "inference_service",
     "known_size",
+    "named_epoch",
     "node_lister",
     "recover_pending",
     "router",
@@ -44,6 +46,7 @@ __all__ = [
 router = APIRouter(tags=["inference"])
 _RETRY_AFTER = "1"
 LOG_SIZE_HEADER = "X-Veriml-Log-Size"
+EPOCH_HEADER = "X-Veriml-Epoch"
 
 
 def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
@@ -157,10 +160,21 @@ def _service_from_state(state: Any) -> InferenceService:
     )
 
 
-def beacon_of(state: Any) -> Callable[[], Epoch] | None:
-    """The app's current-epoch reader (``app.state.beacon``), when it has a beacon."""
-    beacon = getattr(state, "beacon", None)
-    return None if beacon is None else beacon.current
+def beacon_of(state: Any) -> Beacon | None:
+    """The app's randomness beacon (``app.state.beacon``), when it has one."""
+    return getattr(state, "beacon", None)
+
+
+def named_epoch(headers: Mapping[str, str]) -> int | None:
+    """``X-Veriml-Epoch``: the randomness epoch the client wants its request drawn from (the
+    SDK sends the one ``GET /v1/ledger/rules`` named); a value that is not a non-negative
+    integer is a :class:`FormatError` (400)."""
+    value = headers.get(EPOCH_HEADER.lower()) or headers.get(EPOCH_HEADER)
+    if value is None:
+        return None
+    if not value.isdigit() or len(value) > 15:
+        raise FormatError(f"{EPOCH_HEADER} is an epoch number", got=value[:20])
+    return int(value)
 
 
 def known_size(headers: Mapping[str, str]) -> int | None:
@@ -257,6 +271,7 @@ async def create_inference(
             client=client,
             payment=payment,
             known_size=known_size(request.headers),
+            epoch=named_epoch(request.headers),
         )
     except NodeUnavailable as exc:
         return _upstream_problem(exc, 503)

@@ -39,7 +39,7 @@ from veriml.coordinator.completions import (
     Prepared,
     TokenPiece,
 )
-from veriml.coordinator.inference_routes import beacon_of, known_size, node_lister
+from veriml.coordinator.inference_routes import beacon_of, known_size, named_epoch, node_lister
 from veriml.coordinator.openai_errors import openai_error
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
@@ -473,6 +473,7 @@ async def _complete(
             request_id=request.headers.get(IDEMPOTENCY_HEADER),
             payment=payment,
             known_size=size,
+            epoch=named_epoch(request.headers),
         )
         if stream:
             return StreamingResponse(
@@ -535,6 +536,7 @@ async def create_embedding(request: Request, service: Service) -> Response:
             request_id=request.headers.get(IDEMPOTENCY_HEADER),
             payment=payment,
             known_size=size,
+            epoch=named_epoch(request.headers),
         )
     except Error as exc:
         return _error(exc)
