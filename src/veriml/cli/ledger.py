@@ -3,11 +3,11 @@
 The state is the coordinator's fold of its log (docs/verification.md, "Ledger"); as shown here
 it is the coordinator's claim, and ``veriml log audit --coordinator URL`` folds the log itself
 and compares. Stake and unstake are signed with the account's key (its key id is the
-account: a node stakes with its node key); a deposit mints, so it is signed with the
-coordinator's admin key.
+account: an operator stakes with its operator key, and its stake answers for its nodes); a
+deposit mints, so it is signed with the rules' admin key (the coordinator's).
 
-    veriml ledger deposit NODE_ID 100 --key coordinator/coordinator.key
-    veriml ledger stake 60 --key nodes/node-0/node.key
+    veriml ledger deposit OPERATOR_ID 100 --key coordinator/coordinator.key
+    veriml ledger stake 60 --key operators/op-1/operator.key
     veriml ledger state --json
 """
 
@@ -41,7 +41,7 @@ AccountKeyOpt = Annotated[
         "--key",
         "-k",
         envvar="VERIML_CLIENT_KEY",
-        help="The account's private key (a node's node.key, or a client key); its passphrase "
+        help="The account's private key (an operator's operator.key, or a client key); its passphrase "
         "from VERIML_CLIENT_PASSPHRASE.",
     ),
 ]

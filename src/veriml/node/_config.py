@@ -70,6 +70,7 @@ class NodeConfig:
     key_path: Path
     """The node's Ed25519 private key (PEM); created with mode 0600 on first start if absent."""
     home: Path
+    """The node's own folder; the model cache is ``home/models``."""
     operator_binding: Path | None = None
     """The operator's signed binding of this node (``veriml operator bind``): the operator's
     key stays off the node. Quorums and checks count operators, and an operator's stake
@@ -79,7 +80,6 @@ class NodeConfig:
     start (convenient on one machine; the key then lives beside the node)."""
     operator_passphrase_env: str = "VERIML_OPERATOR_PASSPHRASE"  # noqa: S105 - a variable name
     """Name of the environment variable holding the operator key's passphrase."""
-    """The node's own folder; the model cache is ``home/models``."""
     passphrase_env: str = DEFAULT_PASSPHRASE_ENV
     """Name of the environment variable holding the key's passphrase (unset: no passphrase)."""
     host: str = "127.0.0.1"
