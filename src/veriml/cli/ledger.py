@@ -41,8 +41,8 @@ AccountKeyOpt = Annotated[
         "--key",
         "-k",
         envvar="VERIML_CLIENT_KEY",
-        help="The account's private key (an operator's operator.key, or a client key); its passphrase "
-        "from VERIML_CLIENT_PASSPHRASE.",
+        help="The account's private key (an operator's operator.key, or a client key); its "
+        "passphrase from VERIML_CLIENT_PASSPHRASE.",
     ),
 ]
 AdminKeyOpt = Annotated[
