@@ -4,8 +4,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from veriml.core.keys import load_private_key
-
 
 def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
     tmp_path: Path,
@@ -33,9 +31,8 @@ def test_network_demo_publishes_infers_verifies_and_catches_every_tampering(
     # decided by the referee, and slashed in the log; the ledger folded from the log matches.
     assert "challenger wins (reason referee)" in done.stdout, done.stdout
     work = tmp_path / "demo-network"
-    # The slash takes the stake of node-3's operator (LocalNetwork's op-3), shown by account.
-    operator = load_private_key(work / "net-cheater" / "operators" / "op-3" / "operator.key")
-    assert f"slash      {operator.key_id[:19]}…" in done.stdout, done.stdout
+    # The slash takes the stake of node-3's operator (LocalNetwork's op-3).
+    assert "slash      node-3's operator:" in done.stdout, done.stdout
     assert "the cheater was slashed; no honest node was" in done.stdout
     assert "entries folded: the coordinator's ledger" in done.stdout
     # The network is gone (network.json removed) and the saved answers verify offline.

@@ -274,6 +274,8 @@ def cheater_act(work: Path, publisher_key: Path, x: Any, *, first: int) -> None:
         min_stake=MIN_STAKE,
     ) as net:
         names = {str(child.node_id): child.name for child in net.nodes}
+        # A slash lands on the node's operator account: name it after its node.
+        names |= {net.operator_id(child): f"{child.name}'s operator" for child in net.nodes}
         cheater = str(net.nodes[2].node_id)
         with Client(net.url, log_vkey=net.log_vkey) as client:
             published = client.publish(folder, publisher_key)

@@ -24,13 +24,13 @@ LLM answer, :mod:`veriml.verify.completion`) carries, beside its own log entry:
 - ``disputes``: each dispute the verdict cites is logged as claimed: a ``challenge`` of one of
   this answer's receipts, by the party named, for this request, and a ``verdict`` with the
   winner claimed;
-- ``window``: the verdict says when the answer becomes final, no sooner than the policy's
-  window (``optimistic:W``) or the logged rules' ``challenge_window`` after it was signed;
 - ``epoch``: the verdict's draw is from a logged epoch that began before the answer's jobs and
   at most the client's ``max_epoch_age`` before them. The draw's secret can only be checked
-  against the epoch key once the next epoch reveals it (auditors folding the log do, for every
+  against the epoch key once a later epoch reveals it (auditors folding the log do, for every
   draw); an epoch that is never revealed grows old, so a coordinator that withholds a reveal to
-  hide a secret it picked must stop serving clients within that age.
+  hide a secret it picked must stop serving clients within that age;
+- ``window``: the verdict says when the answer becomes final, no sooner than the policy's
+  window (``optimistic:W``) or the logged rules' ``challenge_window`` after it was signed.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ __all__ = [
     "with_logged",
 ]
 
-NETWORK_CHECKS = ("evidence", "bonds", "provenance", "disputes", "window", "epoch")
+NETWORK_CHECKS = ("evidence", "bonds", "provenance", "disputes", "epoch", "window")
 DEFAULT_MAX_EPOCH_AGE = 3600.0
 _MAX_ENTRIES = 256
 _MAX_PROOF = 64
