@@ -22,6 +22,7 @@ raise :class:`FormatError`. Pure: no I/O, no clock.
 
 from __future__ import annotations
 
+import functools
 import re
 import secrets
 from collections.abc import Mapping
@@ -66,6 +67,13 @@ def account_key(public_key: str) -> VerifyingKey:
     """An account's public key from its PEM text; :class:`FormatError` when it is not one."""
     if not isinstance(public_key, str) or not 0 < len(public_key) <= _MAX_PEM:
         raise FormatError("an account key is a PEM public key")
+    return _account_key(public_key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _account_key(public_key: str) -> VerifyingKey:
+    """:func:`account_key` of a checked string, parsed once per key (a client meets the same
+    few operators in every answer); a failure is raised each time, never cached."""
     try:
         return VerifyingKey.from_pem(public_key.encode())
     except KeyFileError as exc:

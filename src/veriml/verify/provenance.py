@@ -27,6 +27,7 @@ ledger fold, which auditors run, refuses a second claim).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -77,6 +78,7 @@ def _key_id(pem: str, what: str) -> str:
         raise _fail(f"the {what} key is not a PEM public key", reason=exc.message) from exc
 
 
+@functools.lru_cache(maxsize=1024)
 def check_provenance(
     ref: str,
     model: Digest,
@@ -90,6 +92,8 @@ def check_provenance(
     ``model_entry`` is the logged ``model`` entry of ``model``; ``namespace_entry`` the
     logged ``namespace`` entry of its name's namespace (None for an unsigned model). Returns
     what was established; raises :class:`VerificationError` (``check="provenance"``) otherwise.
+    A pure function of its arguments: a client verifying many answers of one model checks its
+    provenance once (failures are raised each time, never cached).
     """
     entry = _parse(model_entry, ModelEntry, "model")
     # 1. The entry is for the model that ran.
