@@ -46,10 +46,12 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class Epoch:
-    """One epoch: its number and secret key."""
+    """One epoch: its number, secret key and the log index of the ``beacon`` entry that began
+    it (None for a key no log commits to)."""
 
     number: int
     key: bytes
+    index: int | None = None
 
     def draw(self, request_id: str) -> Draw:
         """The draw of one request under this epoch's key."""
@@ -93,8 +95,12 @@ class Beacon:
                 key = await asyncio.to_thread(self._key, number)
                 if key is not None:
                     before = None if number == 0 else await asyncio.to_thread(self._key, number - 1)
-                    self._previous = None if before is None else Epoch(number - 1, before)
-                    self._current = Epoch(number, key)
+                    self._previous = (
+                        None
+                        if before is None
+                        else Epoch(number - 1, before, state.epoch_index(number - 1))
+                    )
+                    self._current = Epoch(number, key, state.epoch_index(number))
                     return self._current
             return await self._begin(number)
 
@@ -126,7 +132,7 @@ class Beacon:
         await asyncio.to_thread(self._logged, number, indices[0])
         current = self._current
         self._previous = current if current is not None and current.number == number - 1 else None
-        self._current = Epoch(number, key)
+        self._current = Epoch(number, key, indices[0])
         _log.info("beacon epoch %d begins (log index %d)", number, indices[0])
         return self._current
 

@@ -192,8 +192,15 @@ class RequestDraws:
 
     async def beacon(self, draw: Draw | None) -> int | None:
         """The log index of the ``beacon`` entry that began ``draw``'s epoch (cited by the
-        answer, so the SDK can check the epoch is current), None without a ledger."""
-        if draw is None or self.ledger is None:
+        answer, so the SDK can check the epoch is current), None without a ledger. The beacon
+        knows it for the epochs requests draw from; the ledger's fold is asked only for an
+        epoch the beacon has moved past."""
+        if draw is None:
+            return None
+        epoch = self._beacon.epoch(draw.epoch)
+        if epoch is not None and epoch.index is not None:
+            return epoch.index
+        if self.ledger is None:
             return None
         state = await asyncio.to_thread(self.ledger.state)
         return state.epoch_index(draw.epoch)
