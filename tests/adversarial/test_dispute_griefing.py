@@ -30,6 +30,7 @@ import httpx
 import numpy as np
 import pytest
 
+from _logread import logged_entries
 from veriml.client import Client, LocalNetwork
 from veriml.client._disputes import Challenger, DisputeState
 from veriml.coordinator.auth import sign_request
@@ -41,7 +42,6 @@ from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.protocol.accounts import LedgerRequest
 from veriml.runtime import Runner, Trace
-from veriml.tlog import LogClient, NoteVerifier
 
 pytestmark = pytest.mark.slow
 
@@ -95,15 +95,7 @@ class Net:
         return [e for e in self.entries("challenge") if e["inference"] == inference]
 
     def entries(self, kind: str) -> list[dict[str, Any]]:
-        verifier = NoteVerifier.from_vkey(self.net.log_vkey)
-        with LogClient(self.url + "/log/", verifier) as log:
-            signed = log.checkpoint()
-            reader = log.hash_reader(signed)
-            raw: list[bytes] = []
-            bundle = 0
-            while len(raw) < signed.checkpoint.size:
-                raw += reader.read_entry_bundle(bundle)
-                bundle += 1
+        raw = logged_entries(self.url, self.net.log_vkey)
         parsed = (json.loads(data) for data in raw)
         return [e for e in parsed if e.get("type") == kind]
 

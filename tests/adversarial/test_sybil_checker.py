@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from _llm import make_smollm2_folder
+from _logread import logged_entries
 from veriml.client import Client, LocalNetwork
 from veriml.core.keys import generate_key
 from veriml.ledger.entries import parse_entry
-from veriml.tlog import LogClient, NoteVerifier
 
 pytestmark = pytest.mark.slow
 
@@ -51,15 +51,7 @@ def net(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalNetwork]:
 
 
 def _logged_types(net: LocalNetwork) -> list[str]:
-    verifier = NoteVerifier.from_vkey(net.log_vkey)
-    with LogClient(net.url + "/log/", verifier) as log:
-        signed = log.checkpoint()
-        reader = log.hash_reader(signed)
-        raw: list[bytes] = []
-        bundle = 0
-        while len(raw) < signed.checkpoint.size:
-            raw += reader.read_entry_bundle(bundle)
-            bundle += 1
+    raw = logged_entries(net.url, net.log_vkey)
     return [type(parse_entry(data)).__name__ for data in raw]
 
 

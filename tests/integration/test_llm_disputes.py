@@ -18,10 +18,10 @@ import httpx
 import pytest
 
 from _llm import make_smollm2_folder
+from _logread import logged_entries
 from veriml.client import Client, LocalNetwork, Watcher
 from veriml.core.keys import generate_key, load_private_key
 from veriml.ledger.entries import DisputeVerdictEntry, SlashEntry, parse_entry
-from veriml.tlog import LogClient, NoteVerifier
 
 pytestmark = pytest.mark.slow
 
@@ -61,15 +61,7 @@ def net(tmp_path: Path) -> Iterator[LocalNetwork]:
 
 
 def _ledger_entries(net: LocalNetwork) -> list[Any]:
-    verifier = NoteVerifier.from_vkey(net.log_vkey)
-    with LogClient(net.url + "/log/", verifier) as log:
-        signed = log.checkpoint()
-        reader = log.hash_reader(signed)
-        raw: list[bytes] = []
-        bundle = 0
-        while len(raw) < signed.checkpoint.size:
-            raw += reader.read_entry_bundle(bundle)
-            bundle += 1
+    raw = logged_entries(net.url, net.log_vkey)
     kinds = ("verdict", "slash")
     return [parse_entry(data) for data in raw if json.loads(data)["type"] in kinds]
 

@@ -24,6 +24,7 @@ import pytest
 import sqlalchemy
 
 from _checks import NETWORK, ran
+from _logread import logged_entries
 from veriml.client import (
     CHECKS,
     AsyncClient,
@@ -37,8 +38,7 @@ from veriml.core.errors import Error, NodeUnavailable, VerificationError
 from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.tlog import LogClient, NoteVerifier, audit
-from veriml.tlog.tiles import TILE_WIDTH
+from veriml.tlog import NoteVerifier, audit
 
 pytestmark = pytest.mark.slow
 
@@ -92,15 +92,7 @@ def _client(net: LocalNetwork) -> Client:
 
 def _inference_entries(net: LocalNetwork) -> list[InferenceEntry]:
     """Every inference entry in the log, read from its tiles and checked against them."""
-    with LogClient(net.url + "/log/", NoteVerifier.from_vkey(net.log_vkey)) as log:
-        signed = log.checkpoint()
-        reader = log.hash_reader(signed)
-        size = signed.checkpoint.size
-        entries: list[bytes] = []
-        for n in range((size + TILE_WIDTH - 1) // TILE_WIDTH):
-            entries += reader.read_entry_bundle(n)
-        assert len(entries) == size
-        parsed = [parse_entry(e) for e in entries]
+    parsed = [parse_entry(e) for e in logged_entries(net.url, net.log_vkey)]
     return [e for e in parsed if isinstance(e, InferenceEntry)]
 
 

@@ -15,6 +15,7 @@ import httpx
 import numpy as np
 import pytest
 
+from _logread import logged_entries
 from veriml.client import Client, LocalNetwork
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.keys import generate_key
@@ -28,7 +29,6 @@ from veriml.ledger.entries import (
     parse_entry,
 )
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.tlog import LogClient, NoteVerifier
 from veriml.verify.policy import Policy, spot_checked, spot_commitment
 
 pytestmark = pytest.mark.slow
@@ -118,15 +118,7 @@ def infer(net: LocalNetwork, policy: str) -> dict[str, Any]:
 
 def log_entries(net: LocalNetwork) -> list[Any]:
     """Every ledger entry of the coordinator's log, read through its tiles."""
-    verifier = NoteVerifier.from_vkey(net.log_vkey)
-    with LogClient(net.url + "/log/", verifier) as log:
-        signed = log.checkpoint()
-        reader = log.hash_reader(signed)
-        raw: list[bytes] = []
-        bundle = 0
-        while len(raw) < signed.checkpoint.size:
-            raw += reader.read_entry_bundle(bundle)
-            bundle += 1
+    raw = logged_entries(net.url, net.log_vkey)
     kinds = ("challenge", "verdict", "slash", "reputation")
     return [parse_entry(data) for data in raw if json.loads(data)["type"] in kinds]
 

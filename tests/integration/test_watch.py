@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import pytest
 
+from _logread import logged_entries
 from veriml.client import Client, LocalNetwork
 from veriml.core.keys import generate_key, load_private_key
 from veriml.ledger.entries import DisputeVerdictEntry, SlashEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.tlog import LogClient, NoteVerifier
 
 pytestmark = pytest.mark.slow
 
@@ -112,15 +112,7 @@ def run_cli(watched: Watched, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def log_entries(watched: Watched) -> list[Any]:
-    verifier = NoteVerifier.from_vkey(watched.network.log_vkey)
-    with LogClient(watched.network.url + "/log/", verifier) as log:
-        signed = log.checkpoint()
-        reader = log.hash_reader(signed)
-        raw: list[bytes] = []
-        bundle = 0
-        while len(raw) < signed.checkpoint.size:
-            raw += reader.read_entry_bundle(bundle)
-            bundle += 1
+    raw = logged_entries(watched.network.url, watched.network.log_vkey)
     entries = []
     for data in raw:
         if json.loads(data)["type"] in ("verdict", "slash"):
