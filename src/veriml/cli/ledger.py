@@ -151,7 +151,7 @@ def stake(
     coordinator: CoordinatorOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Move AMOUNT of the key's balance to its stake (an operator needs stake for its nodes to get jobs)."""
+    """Move AMOUNT of the key's balance to its stake (an operator's nodes need it for jobs)."""
     from veriml.client import Client
 
     with Client(coordinator, verify=False, key=_key(key, "VERIML_CLIENT_PASSPHRASE")) as client:
