@@ -40,6 +40,14 @@ from veriml.client._checkpoints import CheckpointStore
 from veriml.client._config import cache_dir, pin_log_key, pin_witnesses, resolve_url
 from veriml.client._publish import ensure_signed, publisher_header, tar_stream
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
+from veriml.client._retry import (
+    DEFAULT_RETRIES,
+    DEFAULT_RETRY_TIMEOUT,
+    STREAM,
+    AsyncRetryTransport,
+    Retries,
+    RetryTransport,
+)
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     DigestMismatch,
@@ -234,9 +242,13 @@ class _Base:
         max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE,
         max_fee: int = 0,
         checkpoints: Checkpoints = True,
+        retries: int = DEFAULT_RETRIES,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
         self.url = resolve_url(url, home)
         self.key = key
+        # Idempotent calls are retried by the transport (veriml.client._retry).
+        self.retries = Retries(retries=retries, timeout=retry_timeout)
         if isinstance(max_fee, bool) or not isinstance(max_fee, int) or max_fee < 0:
             raise FormatError("max_fee is a non-negative integer", got=str(max_fee)[:40])
         self.max_fee = max_fee
@@ -659,7 +671,14 @@ class Client(_Base):
     ``checkpoints`` keeps the largest checkpoint of the log verified by any process of this
     user (``True``: in ``cache_dir()/checkpoints``; a path: in that folder; ``False``: in
     memory only), so a log that forks is caught on the next call, not only within this
-    object."""
+    object.
+
+    A call that repeating cannot do twice (a ``GET``; ``infer``, ``chat``, ``complete`` and
+    ``embed``, whose request id travels as ``Idempotency-Key``) is retried after a connection
+    failure or a 503, waiting as the server's ``Retry-After`` asks or with jittered
+    exponential backoff: at most ``retries`` times, none started after ``retry_timeout``
+    seconds (``retries=0``: never). A stream is retried only before its first byte, a 4xx
+    or an answer that fails verification never."""
 
     def __init__(
         self,
@@ -678,6 +697,8 @@ class Client(_Base):
         max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE,
         max_fee: int = 0,
         checkpoints: Checkpoints = True,
+        retries: int = DEFAULT_RETRIES,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
         super().__init__(
             url,
@@ -693,8 +714,14 @@ class Client(_Base):
             max_epoch_age=max_epoch_age,
             max_fee=max_fee,
             checkpoints=checkpoints,
+            retries=retries,
+            retry_timeout=retry_timeout,
         )
-        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=RetryTransport(httpx.HTTPTransport(), self.retries),
+        )
 
     def close(self) -> None:
         """Store the largest checkpoint seen (a fork found now raises
@@ -842,7 +869,9 @@ class Client(_Base):
         wanted = _digest(digest)
         data = bytearray()
         try:
-            with self._http.stream("GET", f"/v1/tensors/{wanted.to_text()}") as response:
+            with self._http.stream(
+                "GET", f"/v1/tensors/{wanted.to_text()}", extensions={STREAM: True}
+            ) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise_for_problem(response)
@@ -942,7 +971,9 @@ class Client(_Base):
         headers = self._llm_headers(wire, content)
         try:
             if stream:
-                sent = self._http.build_request("POST", wire.path, content=content, headers=headers)
+                sent = self._http.build_request(
+                    "POST", wire.path, content=content, headers=headers, extensions={STREAM: True}
+                )
                 response = self._http.send(sent, stream=True)
             else:
                 response = self._http.post(wire.path, content=content, headers=headers)
@@ -995,6 +1026,8 @@ class AsyncClient(_Base):
         max_epoch_age: float = DEFAULT_MAX_EPOCH_AGE,
         max_fee: int = 0,
         checkpoints: Checkpoints = True,
+        retries: int = DEFAULT_RETRIES,
+        retry_timeout: float = DEFAULT_RETRY_TIMEOUT,
     ) -> None:
         super().__init__(
             url,
@@ -1010,9 +1043,14 @@ class AsyncClient(_Base):
             max_epoch_age=max_epoch_age,
             max_fee=max_fee,
             checkpoints=checkpoints,
+            retries=retries,
+            retry_timeout=retry_timeout,
         )
+        transport = httpx.AsyncHTTPTransport(limits=limits or httpx.Limits())
         self._http = httpx.AsyncClient(
-            base_url=self.url, timeout=timeout, limits=limits or httpx.Limits()
+            base_url=self.url,
+            timeout=timeout,
+            transport=AsyncRetryTransport(transport, self.retries),
         )
 
     async def aclose(self) -> None:
@@ -1134,7 +1172,9 @@ class AsyncClient(_Base):
         wanted = _digest(digest)
         data = bytearray()
         try:
-            async with self._http.stream("GET", f"/v1/tensors/{wanted.to_text()}") as response:
+            async with self._http.stream(
+                "GET", f"/v1/tensors/{wanted.to_text()}", extensions={STREAM: True}
+            ) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     raise_for_problem(response)
@@ -1204,7 +1244,9 @@ class AsyncClient(_Base):
             self._forget_epoch(response)
             return await self._llm_result(wire, _json_body(response), verify)
         try:
-            sent = self._http.build_request("POST", wire.path, content=content, headers=headers)
+            sent = self._http.build_request(
+                "POST", wire.path, content=content, headers=headers, extensions={STREAM: True}
+            )
             response = await self._http.send(sent, stream=True)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
