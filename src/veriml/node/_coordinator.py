@@ -4,19 +4,24 @@
   none is given, from ``GET /v1/info`` once, trusted on first use with a logged warning.
 - Registration (``POST /v1/nodes``) sends a signed :class:`NodeDescriptor` with a fresh nonce,
   the runtime fingerprint and ``models: ["*"]`` (any hub model is pulled on demand). It is
-  retried with exponential backoff (0.5 s doubling to 30 s) until the coordinator accepts it.
+  retried until the coordinator accepts it, waiting as :func:`jittered_waits` says (0.25 s
+  growing to at most 30 s, each wait drawn at random), as is the first ``GET /v1/info``.
 - Heartbeats (``POST /v1/nodes/{node_id}/heartbeat``) are signed :class:`Heartbeat` messages
-  carrying the node's load and cached models, sent every ``heartbeat_interval`` seconds. A 404
-  means the coordinator no longer knows the node (a fresh database, say): the node registers
-  again.
+  carrying the node's load and cached models, sent every ``heartbeat_interval`` seconds (each
+  interval shortened by up to a fifth at random). A 404 means the coordinator no longer knows
+  the node (a fresh database, say): the node registers again.
+
+The randomness is there for the coordinator's sake: after it restarts, every node finds it gone
+at once, and nodes that waited alike would all come back at the same instants.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -28,13 +33,32 @@ from veriml.core.timestamps import utc_now
 from veriml.protocol.messages import Heartbeat, NodeDescriptor
 from veriml.runtime import Profile, platform_fingerprint, runtime_fingerprint
 
-__all__ = ["CoordinatorLink"]
+__all__ = ["CoordinatorLink", "jittered_waits"]
 
 log = logging.getLogger("veriml.node")
 
 MAX_INFO_BYTES = 64 * 1024
-BACKOFF_START = 0.5
+BACKOFF_START = 0.25
 BACKOFF_MAX = 30.0
+HEARTBEAT_JITTER = 0.2
+"""A heartbeat comes up to this fraction of an interval early, never late (the coordinator
+calls a node live for three intervals)."""
+
+
+def jittered_waits(
+    start: float = BACKOFF_START, cap: float = BACKOFF_MAX, *, rng: random.Random
+) -> Iterator[float]:
+    """Seconds to wait before each retry: "decorrelated jitter" (Brooker, "Exponential Backoff
+    And Jitter", AWS Architecture Blog, 2015), each wait drawn uniformly between ``start`` and
+    three times the one before, at most ``cap``. Every wait is within ``[start, cap]``, they
+    grow about twofold on average, and nodes that start retrying together drift apart at once
+    instead of hitting the coordinator in lockstep."""
+    if not 0 < start <= cap:
+        raise FormatError("backoff waits need 0 < start <= cap", start=start, cap=cap)
+    wait = start
+    while True:
+        wait = min(cap, rng.uniform(start, wait * 3))
+        yield wait
 
 
 class CoordinatorLink:
@@ -53,6 +77,7 @@ class CoordinatorLink:
         profile: Profile | None = None,
         engines: tuple[str, ...] = ("onnxruntime",),
         models: tuple[str, ...] = ("*",),
+        rng: random.Random | None = None,
     ) -> None:
         self.url = url
         self.key = key
@@ -67,6 +92,8 @@ class CoordinatorLink:
         self.engines = engines
         """What the descriptor lists as runnable (``llama.cpp`` for GGUF models)."""
         self.models = models
+        # Jitter, not secrets; a seeded one makes the waits reproducible in tests.
+        self.rng = rng if rng is not None else random.Random()  # noqa: S311
         self.registered = asyncio.Event()
         self.registrations = 0
         self.heartbeats = 0
@@ -94,7 +121,7 @@ class CoordinatorLink:
 
         Trust on first use: whoever answers at the URL is believed; say so loudly.
         """
-        delay = BACKOFF_START
+        waits = jittered_waits(BACKOFF_START, BACKOFF_MAX, rng=self.rng)
         while True:
             try:
                 response = await self.client.get(f"{self.url}/v1/info")
@@ -115,8 +142,7 @@ class CoordinatorLink:
                 log.warning("coordinator /v1/info answered %d", response.status_code)
             except (httpx.HTTPError, ValueError, Error) as exc:
                 log.warning("cannot fetch the coordinator key yet: %s", _reason(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+            await asyncio.sleep(next(waits))
 
     async def register_once(self) -> int:
         """Register now; the log index of the registration, or raise."""
@@ -144,16 +170,16 @@ class CoordinatorLink:
         return self.log_index if self.log_index is not None else -1
 
     async def register(self) -> None:
-        """Register, retrying with exponential backoff until the coordinator accepts."""
-        delay = BACKOFF_START
+        """Register, retrying after jittered, growing waits until the coordinator accepts."""
+        waits = jittered_waits(BACKOFF_START, BACKOFF_MAX, rng=self.rng)
         while True:
             try:
                 await self.register_once()
                 return
             except (NodeUnavailable, ValueError) as exc:
+                delay = next(waits)
                 log.warning("registration failed, retrying in %.1f s: %s", delay, _reason(exc))
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX)
+                await asyncio.sleep(delay)
 
     async def heartbeat_once(self) -> int:
         """Send one heartbeat; the HTTP status the coordinator answered."""
@@ -174,11 +200,16 @@ class CoordinatorLink:
             self.heartbeats += 1
         return response.status_code
 
+    def heartbeat_wait(self) -> float:
+        """Seconds until the next heartbeat: the interval, up to :data:`HEARTBEAT_JITTER` of
+        it early."""
+        return self.heartbeat_interval * (1 - HEARTBEAT_JITTER * self.rng.random())
+
     async def run(self) -> None:
         """Register, then heartbeat forever; re-register whenever the coordinator forgets us."""
         await self.register()
         while True:
-            await asyncio.sleep(self.heartbeat_interval)
+            await asyncio.sleep(self.heartbeat_wait())
             try:
                 status = await self.heartbeat_once()
             except httpx.HTTPError as exc:
