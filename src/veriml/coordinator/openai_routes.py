@@ -5,7 +5,9 @@
 Request and response shapes are OpenAI's, so its SDKs work unchanged; veriml adds the
 ``veriml`` member (receipts, token ids, verdict, log inclusion), the ``X-Veriml-Receipt``
 header (base64 of the first receipt's DSSE JSON) and, in streams, one ``event: veriml`` before
-``data: [DONE]``. The policy comes from the ``X-Veriml-Policy`` header or the body's
+``data: [DONE]``; while no token flows (a quorum or a prefill check running), a stream sends a
+``: keep-alive`` comment every ``sse_keepalive`` seconds, which clients skip but proxies see.
+The policy comes from the ``X-Veriml-Policy`` header or the body's
 ``veriml: {"policy": ...}`` member (the OpenAI SDK's ``extra_body``). Errors are OpenAI error
 objects (:mod:`veriml.coordinator.openai_errors`), not problem JSON. A request signed like
 ``POST /v1/inferences`` (``X-Veriml-Key``/``X-Veriml-Signature``) is logged with its client;
@@ -47,6 +49,7 @@ from veriml.core.completion import RequestKind, relay_digest, relay_model_id, re
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, FormatError, LimitExceeded
+from veriml.protocol.sse import KEEP_ALIVE, sse_event
 
 __all__ = [
     "IDEMPOTENCY_HEADER",
@@ -365,8 +368,7 @@ def _json(content: Mapping[str, Any], *, headers: dict[str, str] | None = None) 
 
 def _sse(data: Mapping[str, Any] | str, *, event: str | None = None) -> bytes:
     text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
-    prefix = f"event: {event}\n" if event else ""
-    return f"{prefix}data: {text}\n\n".encode()
+    return sse_event(text, event=event)
 
 
 class _Chunks:
@@ -403,11 +405,14 @@ async def _stream(
     prepared: Prepared,
     model: str,
     include_usage: bool,
+    keepalive: float,
 ) -> AsyncIterator[bytes]:
     """SSE: a chunk per generated token while the first node generates, the final chunk
     (finish reason; the rest of the content if the tokens streamed fell short of it), usage
     when asked, ``event: veriml`` with the veriml object, ``data: [DONE]``. A failure after the
-    stream began is an OpenAI error object as the last data line."""
+    stream began is an OpenAI error object as the last data line. Whenever nothing came for
+    ``keepalive`` seconds (the prompt read, the other nodes of a quorum, a prefill check, the
+    log), a ``: keep-alive`` comment keeps the connection busy."""
     job = prepared.job
     chunks = _Chunks(job.kind, job.request_id, model, int(time.time()))
     queue: asyncio.Queue[TokenPiece | None] = asyncio.Queue()
@@ -417,7 +422,14 @@ async def _stream(
     try:
         if chunks.chat:
             yield _sse(chunks.choice({"role": "assistant", "content": ""}))
-        while (piece := await queue.get()) is not None:
+        while True:
+            try:
+                piece = await asyncio.wait_for(queue.get(), keepalive)
+            except TimeoutError:  # a cancelled get loses nothing: the piece stays queued
+                yield KEEP_ALIVE
+                continue
+            if piece is None:
+                break
             if piece.text:
                 streamed += piece.text
                 yield _sse(chunks.choice({"content": piece.text}))
@@ -476,8 +488,9 @@ async def _complete(
             epoch=named_epoch(request.headers),
         )
         if stream:
+            settings = request.app.state.settings
             return StreamingResponse(
-                _stream(service, prepared, model, include_usage),
+                _stream(service, prepared, model, include_usage, settings.sse_keepalive),
                 media_type=SSE,
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )

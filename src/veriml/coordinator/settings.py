@@ -58,6 +58,9 @@ class Settings:
     job_timeout: float = 60.0
     max_job_attempts: int = 3
     descriptor_max_age: float = 300.0
+    # Seconds between the ": keep-alive" comments of an SSE stream while no token flows (a
+    # quorum or prefill check running), under the idle timeouts of proxies on the way.
+    sse_keepalive: float = 10.0
     # Publications must be requests signed by the publisher key itself (X-Veriml-Signature).
     require_signed_publish: bool = True
     # UNSAFE outside development: register model folders without model.sig as *unsigned*
@@ -120,6 +123,7 @@ class Settings:
         positive["dispute_timeout"] = self.dispute_timeout
         positive["max_disputes_per_node"] = self.max_disputes_per_node
         positive["beacon_interval"] = self.beacon_interval
+        positive["sse_keepalive"] = self.sse_keepalive
         bad = {k: v for k, v in positive.items() if not v > 0}
         if bad:
             raise FormatError("coordinator limits must be positive", **bad)
@@ -239,6 +243,7 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "job_timeout": float,
     "max_job_attempts": int,
     "descriptor_max_age": float,
+    "sse_keepalive": float,
     "require_signed_publish": _bool,
     "allow_unsigned_publish": _bool,
     "log_batch_interval": float,

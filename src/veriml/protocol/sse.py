@@ -1,14 +1,49 @@
 """Server-sent events (WHATWG HTML, "Server-sent events"): the framing of every OpenAI-style
-stream veriml reads, by the SDK (a coordinator's answers) and by relay nodes (their upstream's).
+stream veriml writes (the coordinator's answers) and reads (the SDK, and relay nodes reading
+their upstream's).
 
-Pure: lines in, ``(event type, data)`` out; the HTTP stays with the caller.
+Pure: :func:`sse_event` and :func:`sse_comment` give the bytes of an event and of a comment;
+:class:`SSEReader` takes lines and gives ``(event type, data)``. The HTTP stays with the caller.
+
+A comment is a line that starts with a colon, which every reader skips (the WHATWG parser, and
+the OpenAI SDKs' decoders). :data:`KEEP_ALIVE` is one: a stream that waits on a slow check
+sends it so that a proxy between server and client, which drops a connection idle for long
+enough, sees traffic, while no client sees an event.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
-__all__ = ["SSEReader", "parse_sse"]
+from veriml.core.errors import FormatError
+
+__all__ = ["KEEP_ALIVE", "SSEReader", "parse_sse", "sse_comment", "sse_event"]
+
+
+def _breaks_line(text: str) -> bool:
+    return "\n" in text or "\r" in text
+
+
+def sse_event(data: str, *, event: str | None = None) -> bytes:
+    """One event on the wire: ``event: NAME`` when it is named, a ``data:`` line for each
+    line of ``data`` (a reader joins them with newlines again), then the blank line that ends
+    it."""
+    if event is not None and (not event or _breaks_line(event)):
+        raise FormatError("an event name is one non-empty line", got=event[:40])
+    lines = data.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    head = f"event: {event}\n" if event is not None else ""
+    return (head + "".join(f"data: {line}\n" for line in lines) + "\n").encode()
+
+
+def sse_comment(text: str = "") -> bytes:
+    """A comment (``: text``) and a blank line: no event, only bytes on the connection."""
+    if _breaks_line(text):
+        raise FormatError("a comment is one line", got=text[:40])
+    return f": {text}\n\n".encode()
+
+
+KEEP_ALIVE = sse_comment("keep-alive")
+"""``: keep-alive``, sent while a stream has nothing else to send."""
 
 
 class SSEReader:
