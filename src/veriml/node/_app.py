@@ -229,9 +229,11 @@ class NodeState:
             max_llm_loaded=config.llm_max_loaded,
         )
         self.relay = _relay_engine(config)
+        # Admitted job ids survive a restart in HOME/replay (docs/node.md, "Replay protection").
         self.replay = ReplayCache(
             started_at=self.started_at,
             max_validity=dt.timedelta(seconds=config.max_job_validity),
+            journal=config.home / "replay",
         )
         self.traces = TraceStore(
             config.traces_dir,
@@ -310,6 +312,7 @@ class NodeState:
                 await task
         await self.jobs.drain(self.config.shutdown_grace)
         self.jobs.close()
+        self.replay.close()
         self.models.close()
         if self.relay is not None:
             self.relay.close()

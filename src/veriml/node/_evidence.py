@@ -7,12 +7,14 @@ challenged, restarts included, or it loses the dispute. So traces live in files,
 - :class:`TraceStore` keeps one file per request under ``HOME/traces/`` (the name is the
   SHA-256 of the request id, so no request text ever reaches a path), written to a temporary
   file, fsynced and renamed into place: a crash leaves the old file or the new one, never half
-  of one. A file holds a JSON header (the trace's digest list, the job, ``retain_until``) and
-  the recorded tensors in their canonical encoding, read one at a time at the offsets the
-  header names, every size checked before anything is allocated. A trace is kept until its
-  job's ``retain_until`` (the answer's challenge window) or ``hold`` seconds after it was last
-  written or read, whichever is later (a dispute that opens at the end of the window still
-  finds it), and the store keeps at most ``max_bytes`` of files, the oldest going first.
+  of one. At start-up the temporary files a crash left are removed, and so is any trace file
+  that does not parse or is shorter than its header says: nothing torn is ever served. A file
+  holds a JSON header (the trace's digest list, the job, ``retain_until``) and the recorded
+  tensors in their canonical encoding, read one at a time at the offsets the header names,
+  every size checked before anything is allocated. A trace is kept until its job's
+  ``retain_until`` (the answer's challenge window) or ``hold`` seconds after it was last written
+  or read, whichever is later (a dispute that opens at the end of the window still finds it),
+  and the store keeps at most ``max_bytes`` of files, the oldest going first.
 - :class:`AnsweredRequests` remembers the request ids the node answered, in two small
   append-only journals that rotate by size: a traced job for a request in it is a *retrace*
   (the coordinator re-deriving an untraced answer for a dispute) and runs in its own lane
@@ -344,8 +346,8 @@ class TraceStore:
                 indexed.path.unlink()
 
     def _load(self) -> None:
-        """Index the files an earlier run left (headers only), drop temporary and unreadable
-        ones, and prune what is due."""
+        """Index the files an earlier run left (headers only), drop temporary, unreadable and
+        truncated ones, and prune what is due."""
         if not self.root.is_dir():
             return
         found: list[_Indexed] = []
@@ -365,6 +367,7 @@ class TraceStore:
                     raise FormatError("trace file is under another request's name")
                 until = _epoch(str(header["retain_until"]))
                 written = float(header["written"])
+                _check_extent(header, stat.st_size)
             except (OSError, KeyError, TypeError, ValueError, FormatError) as exc:
                 log.warning("removing unreadable trace file %s: %s", path.name, exc)
                 with contextlib.suppress(OSError):
@@ -395,6 +398,16 @@ def _read_header(f: BinaryIO, file_size: int) -> dict[str, Any]:
         raise FormatError("kept trace header is not an object")
     header["_data_start"] = len(prefix) + length
     return header
+
+
+def _check_extent(header: dict[str, Any], file_size: int) -> None:
+    """Every tensor the header names lies inside the file: a file cut short (a disk that lost
+    its tail) is found at start-up and removed, never served half."""
+    start = int(header["_data_start"])
+    for where in dict(header.get("tensors") or {}).values():
+        offset, length = int(where[0]), int(where[1])
+        if offset < 0 or length < 0 or start + offset + length > file_size:
+            raise FormatError("kept trace file is shorter than its header says")
 
 
 def _kept(header: dict[str, Any], indexed: _Indexed, max_tensor_bytes: int) -> KeptTrace:
