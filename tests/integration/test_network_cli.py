@@ -19,6 +19,8 @@ from veriml.models.examples import build_mlp, write_example_folder
 
 pytestmark = pytest.mark.slow
 
+UP = [sys.executable, "-m", "veriml", "up"]
+
 
 def _veriml(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -135,10 +137,12 @@ def test_up_then_publish_infer_verify_and_sigterm_stops_everything(tmp_path: Pat
     assert all(_gone(pid) for pid in children)
 
 
-def test_up_reports_a_child_that_dies_and_stops_the_rest(tmp_path: Path) -> None:
+def test_up_without_restarts_reports_its_only_node_dying_and_stops_the_rest(
+    tmp_path: Path,
+) -> None:
     home = tmp_path / "home"
     up = subprocess.Popen(
-        [sys.executable, "-m", "veriml", "up", "--nodes", "1", "--port", "0", "--home", str(home)],
+        [*UP, "--nodes", "1", "--port", "0", "--home", str(home), "--restart", "no"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,

@@ -21,6 +21,12 @@ cosigns before the log publishes anything. ``witnesses=0`` runs without one.
 ``nodes``) cheating in that mode (docs/verification.md, "Byzantine harness": tests and demos
 only); ``threads={index: n}`` gives it ``n`` intra-op threads.
 
+Ports: ``port=P`` puts the coordinator on ``P`` (a :class:`Conflict` if it is taken) and every
+node and witness on the next free port above it; ``port=0`` picks a free port for each
+(below the kernel's ephemeral range, so no client connection takes it meanwhile; see
+``_children.py``). A node or witness whose port is taken by the time it starts is moved to
+another one.
+
 ``stake=AMOUNT`` (default 1000) funds every operator once its nodes are registered: a deposit
 signed with the coordinator's admin key (from this disk), then a stake signed with the
 operator's own key, so the coordinator's minimum stake (``min_stake``, 100 by default,
@@ -30,106 +36,47 @@ coordinator (``VERIML_MIN_STAKE``); ``stake=0`` leaves the operators unbonded.
     with LocalNetwork(Path(".veriml"), nodes=3) as net:   # started, registered
         net.url, net.log_vkey, net.nodes                  # network.json written
     # every child stopped, network.json removed
+
+:meth:`LocalNetwork.supervise` keeps a started network running: a child that dies is restarted
+with exponential backoff (``_supervisor.py``), which is what ``veriml up`` does.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
+import threading
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 
+from veriml.client._children import (
+    HOST,
+    STOP_TIMEOUT,
+    Child,
+    free_port,
+    next_free_port,
+    port_free,
+    set_option,
+    terminate,
+)
 from veriml.client._config import NETWORK_FILE, NetworkFile, write_network_file
-from veriml.core.errors import FormatError, NodeUnavailable
+from veriml.core.errors import Conflict, FormatError, NodeUnavailable
 
 __all__ = ["Child", "LocalNetwork", "free_port"]
 
-HOST = "127.0.0.1"
 START_TIMEOUT = 90.0
-STOP_TIMEOUT = 20.0
+PORT_RETRIES = 3
+"""How often one start moves a child whose port was taken between the check and its bind."""
 LOG_ORIGIN = "veriml.local/coordinator"
 """The local log's origin (the coordinator's default) unless ``$VERIML_LOG_ORIGIN`` sets one."""
 WITNESS_NAME = "veriml.local/witness-{}"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Child:
-    """One service process: its name, URL, command and log file."""
-
-    name: str
-    url: str
-    args: list[str]
-    log_path: Path
-    process: subprocess.Popen[bytes] | None = None
-    node_id: str | None = None
-    operator_key: Path | None = None
-    """A node's operator account key (None for the coordinator)."""
-    _log: IO[bytes] | None = field(default=None, repr=False)
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid if self.process is not None else 0
-
-    def start(self, env: Mapping[str, str]) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._close_log()
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(  # noqa: S603 - our own interpreter and arguments
-            self.args,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env=dict(env),
-            start_new_session=True,  # Ctrl-C reaches the launcher, which stops us in order
-        )
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def tail(self, limit: int = 2000) -> str:
-        try:
-            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
-        except OSError:
-            return ""
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=timeout)
-        self._close_log()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would (for the reliability tests)."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=STOP_TIMEOUT)
-        self._close_log()
 
 
 def _veriml() -> list[str]:
@@ -187,8 +134,9 @@ class LocalNetwork:
         """``coordinator_python_args`` go before ``-m veriml`` (the benchmark profiles the
         coordinator with ``-m cProfile -o FILE``). ``byzantine`` and ``threads`` are per node
         index (0-based); a bad index, mode or thread count is a :class:`FormatError`.
-        ``witnesses`` witnesses cosign every checkpoint (all of them must); witness ``j``
-        listens on ``port + nodes + j`` (a free port when ``port`` is 0)."""
+        ``witnesses`` witnesses cosign every checkpoint (all of them must). ``port`` is the
+        coordinator's; the nodes, then the witnesses, take the free ports above it (free ports
+        anywhere when ``port`` is 0)."""
         if nodes < 1:
             raise FormatError("a network needs at least one node", nodes=nodes)
         if isinstance(witnesses, bool) or not isinstance(witnesses, int) or witnesses < 0:
@@ -203,7 +151,12 @@ class LocalNetwork:
         if min_stake is not None:
             self.env["VERIML_MIN_STAKE"] = str(int(min_stake))
         self.env.pop("VERIML_URL", None)  # the children are told their URLs explicitly
+        self._base_port = port
+        self._respawns: dict[str, int] = {}
+        self.cancel = threading.Event()
+        """Set it (from a signal handler, say) to make a :meth:`start` under way give up."""
         coordinator_port = port or free_port()
+        assigned = {coordinator_port}
         self.url = f"http://{HOST}:{coordinator_port}"
         logs = self.home / "logs"
         args = [
@@ -225,12 +178,6 @@ class LocalNetwork:
         self.coordinator = Child("coordinator", self.url, args, logs / "coordinator.log")
         self._coordinator_args = args
         self.witnesses: list[Child] = []
-        for j in range(1, witnesses + 1):
-            witness_port = port + nodes + j if port else free_port()
-            name = f"witness-{j}"
-            url = f"http://{HOST}:{witness_port}"
-            # The arguments naming the log are filled in by start(), once its key exists.
-            self.witnesses.append(Child(name, url, [], logs / f"{name}.log"))
         self.witness_vkeys: list[str] = []
         self.witness_quorum = witnesses
         self.nodes: list[Child] = []
@@ -239,7 +186,8 @@ class LocalNetwork:
             if not (0 <= index < nodes and 0 <= owner < nodes):
                 raise FormatError("operators map node indexes to node indexes", index=index)
         for i in range(1, nodes + 1):
-            node_port = port + i if port else free_port()
+            node_port = self._pick_port(assigned)
+            assigned.add(node_port)
             name = f"node-{i}"
             node_home = self.home / "nodes" / name
             operator_key = self.home / "operators" / f"op-{shared.get(i - 1, i - 1) + 1}"
@@ -269,7 +217,50 @@ class LocalNetwork:
             child = Child(name, node_url, node_cmd, logs / f"{name}.log")
             child.operator_key = operator_key
             self.nodes.append(child)
+        for j in range(1, witnesses + 1):
+            witness_port = self._pick_port(assigned)
+            assigned.add(witness_port)
+            name = f"witness-{j}"
+            url = f"http://{HOST}:{witness_port}"
+            # The arguments naming the log are filled in by start(), once its key exists.
+            self.witnesses.append(Child(name, url, [], logs / f"{name}.log"))
         self.log_vkey = ""
+        self._log_origin = ""
+
+    # -- ports -------------------------------------------------------------------------------
+
+    def _pick_port(self, avoid: set[int]) -> int:
+        """A free port for a node or witness: the first above the base port, or any."""
+        if self._base_port:
+            return next_free_port(self._base_port, avoid)
+        return free_port(avoid)
+
+    def children(self) -> tuple[Child, ...]:
+        """Every child, in start order: witnesses, coordinator, nodes."""
+        return (*self.witnesses, self.coordinator, *self.nodes)
+
+    def _movable(self, child: Child) -> bool:
+        """Whether ``child`` may listen somewhere else: a node always (it tells the coordinator
+        its endpoint when it registers), a witness or an automatic coordinator port only while
+        nothing that was told its URL is running."""
+        if child in self.nodes:
+            return True
+        if child is self.coordinator:
+            return not self._base_port and not any(n.alive() for n in self.nodes)
+        return not self.coordinator.alive()
+
+    def _ensure_port(self, child: Child) -> None:
+        """Before ``child`` starts: move it off a port something else took meanwhile, or raise
+        :class:`Conflict` when it must keep that port (the coordinator's ``--port``)."""
+        if port_free(child.port):
+            return
+        if not self._movable(child):
+            raise Conflict(f"port {child.port} of {child.name} is in use", port=child.port)
+        child.move_to(self._pick_port({c.port for c in self.children()}))
+        if child is self.coordinator:
+            self.url = child.url
+            for node in self.nodes:
+                set_option(node.args, "--coordinator", self.url)
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -286,6 +277,7 @@ class LocalNetwork:
 
     def start(self) -> NetworkFile:
         """Start everything; return once every node is registered and network.json is written."""
+        self._ensure_port(self.coordinator)  # a --port in use is refused before anything runs
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / NETWORK_FILE).unlink(missing_ok=True)
         self._operator_keys()
@@ -293,7 +285,7 @@ class LocalNetwork:
             self.start_witnesses()
         self.start_coordinator()
         for node in self.nodes:
-            node.start(self.env)
+            self.restart(node)
         self.wait_registered()
         if self.stake:
             self.fund_nodes(self.stake)
@@ -338,12 +330,12 @@ class LocalNetwork:
                 client.stake(amount)
 
     def start_witnesses(self) -> None:
-        """Make the log key and the witness keys (once), start every witness trusting that log,
-        and wire them into the coordinator's arguments; return once each one answers."""
+        """Make the log key and the witness keys (once) and start every witness trusting that
+        log; return once each one answers. :meth:`start_coordinator` wires them in."""
         origin, log_vkey = self._log_key()
+        self._log_origin = origin
         folder = self.home / "witness"
         self.witness_vkeys = []
-        wiring = ["--log-origin", origin]
         for j, child in enumerate(self.witnesses, start=1):
             key, vkey = self._witness_key(folder, j)
             self.witness_vkeys.append(vkey)
@@ -362,17 +354,27 @@ class LocalNetwork:
                 "--host",
                 HOST,
                 "--port",
-                child.url.rsplit(":", 1)[1],
+                str(child.port),
             ]
-            wiring += ["--witness", f"{vkey}={child.url}"]
-        wiring += ["--witness-quorum", str(self.witness_quorum)]
-        self.coordinator.args = [*self._coordinator_args, *wiring]
         for child in self.witnesses:
-            child.start(self.env)
+            self.restart(child)
+        for child in self.witnesses:
+            self._wait(partial(self.ready, child), f"{child.name} to start")
+
+    def _witness_probe(self) -> str:
         # Before its first cosignature a witness answers 404 for the log's checkpoint: up.
-        probe = f"/{hashlib.sha256(origin.encode()).hexdigest()}/checkpoint"
-        for child in self.witnesses:
-            self._wait(lambda c=child: _answers(c.url + probe), f"{child.name} to start")
+        return f"/{hashlib.sha256(self._log_origin.encode()).hexdigest()}/checkpoint"
+
+    def _coordinator_command(self) -> list[str]:
+        """The coordinator's arguments, with its port and its witnesses' current URLs."""
+        args = list(self._coordinator_args)
+        set_option(args, "--port", str(self.coordinator.port))
+        if self.witnesses:
+            args += ["--log-origin", self._log_origin]
+            for vkey, child in zip(self.witness_vkeys, self.witnesses, strict=True):
+                args += ["--witness", f"{vkey}={child.url}"]
+            args += ["--witness-quorum", str(self.witness_quorum)]
+        return args
 
     def _log_key(self) -> tuple[str, str]:
         """The log's origin and verifier key, from the coordinator's key sidecar; the key is
@@ -417,8 +419,9 @@ class LocalNetwork:
         return path, vkey
 
     def start_coordinator(self) -> None:
-        self.coordinator.start(self.env)
-        self._wait(lambda: self._get("/healthz") is not None, "the coordinator to start")
+        """Start the coordinator (again, after a crash) and return once it answers."""
+        self.restart(self.coordinator)
+        self._wait(lambda: self.ready(self.coordinator), "the coordinator to start")
         self.log_vkey = self._read_log_vkey()
         self._write_coordinator_pub()
 
@@ -448,29 +451,92 @@ class LocalNetwork:
         wanted = list(nodes if nodes is not None else self.nodes)
 
         def registered() -> bool:
-            listed = self._get("/v1/nodes")
-            if listed is None:
+            listed = self._registrations()
+            if listed is None or any(node.url not in listed for node in wanted):
                 return False
-            items = listed.get("nodes", listed) if isinstance(listed, dict) else listed
-            by_endpoint = {
-                str(n.get("endpoint", "")).rstrip("/"): n
-                for n in items
-                if isinstance(n, dict) and n.get("live", n.get("active", True))
-            }
             for node in wanted:
-                entry = by_endpoint.get(node.url)
-                if entry is None:
-                    return False
-                node.node_id = str(entry.get("node_id") or entry.get("id"))
+                self._note_registration(node, listed[node.url])
             return True
 
         self._wait(registered, "every node to register")
 
+    def _registrations(self) -> dict[str, dict[str, Any]] | None:
+        """The coordinator's live nodes by endpoint, or None when it does not answer."""
+        listed = self._get("/v1/nodes")
+        if listed is None:
+            return None
+        items = listed.get("nodes", listed) if isinstance(listed, dict) else listed
+        return {
+            str(n.get("endpoint", "")).rstrip("/"): n
+            for n in items
+            if isinstance(n, dict) and n.get("live", n.get("active", True))
+        }
+
+    @staticmethod
+    def _note_registration(node: Child, entry: Mapping[str, Any]) -> None:
+        node.node_id = str(entry.get("node_id") or entry.get("id"))
+        index = entry.get("log_index")
+        node.log_index = index if isinstance(index, int) else node.log_index
+
+    def ready(self, child: Child) -> bool:
+        """One probe (no waiting): whether ``child`` serves. The coordinator answers
+        ``/healthz``, a witness answers HTTP, and a node is registered, live, with a newer
+        registration than the last one seen (so a restarted node counts once it registered
+        again, not while its predecessor's row is still live)."""
+        if child is self.coordinator:
+            return self._get("/healthz") is not None
+        if child in self.witnesses:
+            return _answers(child.url + self._witness_probe())
+        entry = (self._registrations() or {}).get(child.url)
+        if entry is None:
+            return False
+        index = entry.get("log_index")
+        if child.log_index is not None and not (isinstance(index, int) and index > child.log_index):
+            return False
+        self._note_registration(child, entry)
+        return True
+
+    def restart(self, child: Child) -> None:
+        """Start ``child`` again after it exited, without waiting for it to serve. A node (or a
+        witness while the coordinator is down) whose port was taken meanwhile moves to a free
+        one; a child that must keep its port raises :class:`Conflict`."""
+        if child.alive():
+            return
+        self._ensure_port(child)
+        if child is self.coordinator:
+            child.args = self._coordinator_command()
+        child.start(self.env)
+
+    def supervise(
+        self,
+        stop: threading.Event,
+        report: Callable[[str, bool], None],
+        *,
+        restart: bool = True,
+        max_failures: int = 5,
+    ) -> int:
+        """Keep the started network running until ``stop`` is set; return 0 then, or 1 as soon
+        as it is down for good (the coordinator or a witness gave up, or every node did).
+
+        A child that exits is reported and, with ``restart``, started again after an
+        exponential backoff with jitter; after ``max_failures`` consecutive failures each
+        within a short time of its start it is given up. ``network.json`` is rewritten
+        (atomically) whenever a node's pid or URL changes. ``report(line, is_error)`` gets
+        one line per event. The caller stops the network afterwards (:meth:`stop`)."""
+        from veriml.client._supervisor import RestartPolicy, Supervisor
+
+        policy = RestartPolicy(restart=restart, max_failures=max_failures)
+        return Supervisor(self, policy, report).run(stop)
+
     def write_network_file(self) -> NetworkFile:
+        """Write ``network.json`` (atomically): a node not running has ``pid`` 0."""
         network = NetworkFile(
             url=self.url,
             log_vkey=self.log_vkey,
-            nodes=tuple({"id": n.node_id, "url": n.url, "pid": n.pid} for n in self.nodes),
+            nodes=tuple(
+                {"id": n.node_id, "url": n.url, "pid": n.pid if n.alive() else 0}
+                for n in self.nodes
+            ),
             witnesses=tuple(self.witness_vkeys),
             witness_quorum=self.witness_quorum if self.witness_vkeys else 0,
         )
@@ -479,16 +545,20 @@ class LocalNetwork:
 
     def dead(self) -> list[Child]:
         """Children that exited on their own."""
-        children = (*self.witnesses, self.coordinator, *self.nodes)
-        return [c for c in children if c.process and not c.alive()]
+        return [c for c in self.children() if c.process and not c.alive()]
 
-    def stop(self) -> None:
-        """Stop the nodes, then the coordinator, then the witnesses (the coordinator's last
-        checkpoint is cosigned as it closes); remove network.json."""
+    def stop(
+        self, grace: float = STOP_TIMEOUT, hurry: threading.Event | None = None
+    ) -> list[Child]:
+        """Remove network.json and stop the nodes, then the coordinator, then the witnesses
+        (the coordinator's last checkpoint is cosigned as it closes). Each group gets SIGTERM
+        and, ``grace`` seconds later (at once when ``hurry`` is set), SIGKILL for any child
+        still running; returns the children that had to be killed."""
         (self.home / NETWORK_FILE).unlink(missing_ok=True)
-        for child in (*self.nodes, self.coordinator, *self.witnesses):
-            with contextlib.suppress(OSError):
-                child.stop()
+        killed: list[Child] = []
+        for group in (self.nodes, [self.coordinator], self.witnesses):
+            killed += terminate(group, grace=grace, hurry=hurry)
+        return killed
 
     # -- helpers -----------------------------------------------------------------------------
 
@@ -504,22 +574,34 @@ class LocalNetwork:
         except ValueError:
             return {}
 
-    def _wait(self, ready: Any, what: str) -> None:
+    def _wait(self, ready: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.start_timeout
         while True:
-            dead = self.dead()
-            if dead:
-                child = dead[0]
-                raise NodeUnavailable(
-                    f"{child.name} exited while waiting for {what}",
-                    code=child.process.returncode if child.process else None,
-                    log=child.tail(600),
-                )
+            if self.cancel.is_set():
+                raise NodeUnavailable(f"start cancelled while waiting for {what}")
+            for child in self.dead():
+                if not self._respawn_if_port_lost(child):
+                    raise NodeUnavailable(
+                        f"{child.name} exited while waiting for {what}",
+                        code=child.process.returncode if child.process else None,
+                        log=child.tail(600),
+                    )
             if ready():
                 return
             if time.monotonic() > deadline:
                 raise NodeUnavailable(f"timed out waiting for {what}", seconds=self.start_timeout)
             time.sleep(0.1)
+
+    def _respawn_if_port_lost(self, child: Child) -> bool:
+        """Start ``child`` again on another port if it died because something took its port
+        between the check and its bind (a few times per child); False when it died of
+        anything else, or must keep its port."""
+        tries = self._respawns.get(child.name, 0)
+        if port_free(child.port) or not self._movable(child) or tries >= PORT_RETRIES:
+            return False
+        self._respawns[child.name] = tries + 1
+        self.restart(child)
+        return True
 
 
 def _answers(url: str) -> bool:
