@@ -1,12 +1,22 @@
-"""Safe, bounded extraction of an uploaded model folder from a streamed tar archive.
+"""Safe, bounded extraction of an uploaded model folder from a spooled tar archive.
 
-The archive is read with :mod:`tarfile` in stream mode (``r|*``: plain, gzip, bzip2 or xz),
-one member at a time, as the bytes arrive: nothing is seeked and nothing is held whole. Every
-limit is enforced while reading, so a hostile upload costs at most the limit to refuse:
+The upload is first spooled to disk whole, its digest computed as it arrives, so the
+publisher's request signature over that digest is checked before a single header of the archive
+is parsed (:mod:`veriml.coordinator.hub`, "authenticate before extracting"). The spooled file is
+then read with :mod:`tarfile` in stream mode (``r|*``: plain, gzip, bzip2 or xz), one member at
+a time: nothing is seeked and nothing is held whole. Every limit is enforced while reading, so a
+hostile archive costs at most the limit to refuse:
 
-* the upload's bytes (counted by the caller as they arrive) and the *extracted* bytes (a
-  compressed archive may expand), against ``max_bytes``;
-* the number of members, against ``max_files``; the path depth, against ``max_depth``.
+* the *extracted* bytes against ``max_bytes`` (the upload's own bytes are bounded by the caller
+  as they arrive), and the compression ratio: once more than ``ratio_floor`` bytes are
+  expanded, the archive may not have expanded more than ``max_ratio`` times the bytes read
+  from the upload (a few KB of bzip2 or xz otherwise expand to gigabytes, all of which must be
+  decompressed before the byte limit is reached);
+* the number of members, against ``max_files``; the path depth, against ``max_depth``;
+* every extended header (a GNU long name or link, a pax header) against ``max_header_bytes``,
+  before it is read: :mod:`tarfile` reads such a header whole into memory, so a 100 KB gzip
+  upload claiming a 200 MB long name would otherwise cost 200 MB to refuse. GNU sparse headers,
+  whose extension blocks build unbounded lists, are refused before they are read too.
 
 Members must be regular files or directories with safe relative paths: no absolute paths,
 no ``..``, no backslashes or NUL, no links, devices, FIFOs or sparse files, no name twice.
@@ -17,18 +27,25 @@ the half-written folder.
 from __future__ import annotations
 
 import lzma
-import queue
 import tarfile
-import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Any, BinaryIO, ClassVar
 
 from veriml.core.errors import FormatError, LimitExceeded, StorageError
 
-__all__ = ["ArchiveLimits", "ChunkPipe", "extract_tar"]
+__all__ = ["MAX_HEADER_BYTES", "ArchiveLimits", "extract_tar"]
 
 _CHUNK = 1 << 20
+MAX_HEADER_BYTES = 64 << 10
+"""The largest GNU long-name or pax extended header read (a path is at most a few KB)."""
+_MAX_NAME = 255  # NAME_MAX of Linux and most file systems
+_MAX_PATH = 4096  # PATH_MAX
+_EXTENDED = frozenset(
+    {tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE}
+    | {tarfile.SOLARIS_XHDTYPE}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -36,68 +53,46 @@ class ArchiveLimits:
     max_bytes: int
     max_files: int
     max_depth: int
+    max_header_bytes: int = MAX_HEADER_BYTES
+    max_ratio: int = 200
+    """Expanded bytes per upload byte allowed beyond ``ratio_floor`` (gzip of real weights
+    compresses about 1.1 times; of zeros, about 1,000 times)."""
+    ratio_floor: int = 64 << 20
 
 
-class ChunkPipe:
-    """A bounded byte pipe from an async producer to a blocking ``read()`` consumer.
+class _CountingReader:
+    """A read-only file that counts the bytes read from it (the upload's compressed bytes)."""
 
-    ``put`` blocks while the pipe is full (back-pressure: the upload is read no faster than it
-    is extracted) and returns False once the consumer has given up, so the producer stops.
-    """
-
-    def __init__(self, depth: int = 8) -> None:
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=depth)
-        self._buffer = b""
-        self._eof = False
-        self._closed = threading.Event()
-        self._aborted = threading.Event()
-
-    def put(self, chunk: bytes | None) -> bool:
-        """Queue ``chunk`` (``None`` = end of stream); False if the reader has stopped."""
-        while not self._closed.is_set():
-            try:
-                self._queue.put(chunk, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def put_nowait(self, chunk: bytes) -> bool:
-        """Queue ``chunk`` if there is room (the fast path that needs no thread hop)."""
-        try:
-            self._queue.put_nowait(chunk)
-            return True
-        except queue.Full:
-            return False
-
-    def close(self) -> None:
-        """The reader is done (or failed): producers stop and blocked puts return."""
-        self._closed.set()
-
-    def abort(self) -> None:
-        """The producer failed: the reader sees a truncated stream and stops."""
-        self._aborted.set()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed.is_set()
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self.count = 0
 
     def read(self, size: int = -1) -> bytes:
-        while not self._eof and (size < 0 or len(self._buffer) < size):
-            try:
-                chunk = self._queue.get(timeout=0.1)
-            except queue.Empty:
-                if self._aborted.is_set():
-                    self._eof = True
-                continue
-            if chunk is None:
-                self._eof = True
-            else:
-                self._buffer += chunk
-        if size < 0:
-            size = len(self._buffer)
-        out, self._buffer = self._buffer[:size], self._buffer[size:]
-        return out
+        data = self._raw.read(size)
+        self.count += len(data)
+        return data
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A :class:`tarfile.TarInfo` that refuses an oversized extended header or a GNU sparse
+    header before :mod:`tarfile` reads it (``_proc_member`` is where ``TarFile.next`` hands
+    every header block on; stable since Python 3.0)."""
+
+    max_header: ClassVar[int] = MAX_HEADER_BYTES
+
+    def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
+        if self.type in _EXTENDED and self.size > self.max_header:
+            raise LimitExceeded(
+                "archive has an extended header (long name or pax) that is too large",
+                size=self.size,
+                limit=self.max_header,
+            )
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise FormatError(
+                "archive member is not a regular file or folder (sparse files are refused)",
+                member=self.name[:200],
+            )
+        return super()._proc_member(tarfile_)  # type: ignore[misc]
 
 
 def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath | None:
@@ -107,6 +102,12 @@ def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath 
     parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
     if any(p == ".." for p in parts):
         raise FormatError("archive member escapes the folder", member=name[:200])
+    if any(len(p.encode()) > _MAX_NAME for p in parts) or len(name.encode()) > _MAX_PATH:
+        raise FormatError(
+            f"archive member's path is too long (a name of at most {_MAX_NAME} bytes, a "
+            f"path of at most {_MAX_PATH})",
+            member=name[:200],
+        )
     if len(parts) > limits.max_depth:
         raise LimitExceeded(
             "archive member is nested too deep", member=name[:200], limit=limits.max_depth
@@ -114,18 +115,34 @@ def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath 
     return PurePosixPath(*parts) if parts else None
 
 
-def extract_tar(stream: ChunkPipe, dest: Path, limits: ArchiveLimits) -> int:
-    """Extract the tar read from ``stream`` into the empty folder ``dest``; the file count.
+def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
+    """Extract the tar read from ``source`` into the empty folder ``dest``; the file count.
 
     Raises :class:`FormatError` (malformed, truncated or unsafe archive) or
-    :class:`LimitExceeded`. Always closes ``stream`` so the producer never blocks forever.
+    :class:`LimitExceeded`.
     """
     files = 0
     written = 0
     seen: set[PurePosixPath] = set()
+    counted = _CountingReader(source)
+    bounded = type("_Bounded", (_BoundedTarInfo,), {"max_header": limits.max_header_bytes})
+
+    def check_ratio(expanded: int) -> None:
+        if expanded > limits.ratio_floor and expanded > counted.count * limits.max_ratio:
+            raise LimitExceeded(
+                "archive expands too much (compression ratio)",
+                read=counted.count,
+                expanded=expanded,
+                limit=limits.max_ratio,
+            )
+
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as archive:  # type: ignore[call-overload]
+        with tarfile.open(  # type: ignore[call-overload]
+            fileobj=counted, mode="r|*", tarinfo=bounded
+        ) as archive:
+            stream = archive.fileobj
             for member in archive:
+                check_ratio(stream.tell())
                 rel = _safe_path(member, limits)
                 if rel is None:
                     continue  # the archive's root "." itself
@@ -148,14 +165,15 @@ def extract_tar(stream: ChunkPipe, dest: Path, limits: ArchiveLimits) -> int:
                 if written + member.size > limits.max_bytes:
                     raise LimitExceeded("model is too large", limit=limits.max_bytes)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                source = archive.extractfile(member)
-                if source is None:  # pragma: no cover - isreg() members always have data
+                data = archive.extractfile(member)
+                if data is None:  # pragma: no cover - isreg() members always have data
                     raise FormatError("archive member has no data", member=member.name[:200])
                 with target.open("xb") as out:
-                    while chunk := source.read(_CHUNK):
+                    while chunk := data.read(_CHUNK):
                         written += len(chunk)
                         if written > limits.max_bytes:
                             raise LimitExceeded("model is too large", limit=limits.max_bytes)
+                        check_ratio(stream.tell())
                         out.write(chunk)
     except FileExistsError as exc:
         raise FormatError("archive holds a member twice", member=str(exc.filename)) from exc
@@ -166,8 +184,6 @@ def extract_tar(stream: ChunkPipe, dest: Path, limits: ArchiveLimits) -> int:
         ) from exc
     except OSError as exc:
         raise StorageError("cannot write the uploaded model", reason=exc.strerror) from exc
-    finally:
-        stream.close()
     if files == 0:
         raise FormatError("archive holds no files")
     return files

@@ -7,10 +7,13 @@ step passes (the staging folder is removed whatever happens):
    EC); without one, the upload is an *unsigned* model, refused (403, ``publisher-key``)
    unless the operator allows unsigned publishing. With ``require_signed_publish`` (the
    default) the request must be signed by that publisher key (403, ``request-signature``);
-1. limits: ``Content-Length`` and then every byte as it streams (413);
-2. the tar stream is extracted member by member into a staging folder (400 naming a member
-   that is unsafe: links, devices, ``..``, absolute paths);
-3. the request signature, if any, over the body's digest (403);
+1. the body is spooled to a staging file, its digest computed as it arrives; limits:
+   ``Content-Length`` and then every byte as it streams (413);
+2. the request signature, if any, over the body's digest (403): with the default settings
+   the publisher is authenticated before any byte of the archive is parsed;
+3. the spooled tar is extracted member by member into a staging folder (400 naming a member
+   that is unsafe: links, devices, ``..``, absolute paths; 413 beyond the extracted size,
+   the compression ratio or the size of an extended header: :mod:`.archive`);
 4. ``load_package``: the folder is a valid model, ONNX or GGUF (docs/llm.md) (400);
 5. the OMS signature ``model.sig`` with the publisher key (403 naming the failed check:
    signature file, key, signature, file digest, files); then the name: its namespace (the
@@ -51,7 +54,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fsspec.core import url_to_fs
 from starlette.concurrency import run_in_threadpool
 
-from veriml.coordinator.archive import ArchiveLimits, ChunkPipe, extract_tar
+from veriml.coordinator.archive import ArchiveLimits, extract_tar
 from veriml.coordinator.auth import RequestSignature
 from veriml.coordinator.catalog import NamespaceRecord, NamespaceRepository
 from veriml.coordinator.deps import ModelsDep
@@ -553,35 +556,30 @@ def _model_root(folder: Path) -> Path:
     return folder
 
 
-async def receive_tar(request: Request, dest: Path, limits: ArchiveLimits) -> Digest:
-    """Steps 1 and 2: stream the body into ``extract_tar``; the digest of the raw body."""
-    pipe = ChunkPipe()
-    loop = asyncio.get_running_loop()
-    extractor = loop.run_in_executor(None, extract_tar, pipe, dest, limits)
+async def spool_upload(request: Request, path: Path, limit: int) -> Digest:
+    """Step 1: write the request body to ``path`` as it arrives, at most ``limit`` bytes (413
+    beyond); the SHA-256 of the body, computed on the way. Nothing parses it."""
     body = hashlib.sha256()
     total = 0
-    try:
+    pending = bytearray()
+    with path.open("xb") as out:
         async for chunk in request.stream():
             total += len(chunk)
-            if total > limits.max_bytes:
-                raise LimitExceeded("upload is too large", limit=limits.max_bytes)
+            if total > limit:
+                raise LimitExceeded("upload is too large", limit=limit)
             body.update(chunk)
-            if pipe.closed:  # the extractor stopped: refused the archive, or it ended
-                if not extractor.done():
-                    await asyncio.wait([extractor], timeout=5)
-                if extractor.done() and extractor.exception() is not None:
-                    break  # the archive was refused: stop reading
-                continue  # the archive ended; hash what trails it (the signature covers it)
-            if not chunk or pipe.put_nowait(chunk):
-                continue
-            await run_in_threadpool(pipe.put, chunk)
-        await run_in_threadpool(pipe.put, None)
-    except BaseException:
-        pipe.abort()
-        await asyncio.wait([extractor])
-        raise
-    await extractor
+            pending += chunk
+            if len(pending) >= CHUNK_SIZE:
+                await run_in_threadpool(out.write, bytes(pending))
+                pending.clear()
+        await run_in_threadpool(out.write, bytes(pending))
     return Digest(body.digest())
+
+
+def extract_upload(archive: Path, dest: Path, limits: ArchiveLimits) -> None:
+    """Step 3 (blocking): the spooled archive extracted into ``dest`` under ``limits``."""
+    with archive.open("rb") as source:
+        extract_tar(source, dest, limits)
 
 
 def _blob_stream(blobs: BlobStore, digest: Digest, start: int, length: int) -> Iterator[bytes]:
@@ -699,10 +697,15 @@ async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
         raise LimitExceeded("upload is too large", limit=hub.settings.max_upload_bytes)
     staging = await run_in_threadpool(hub.new_staging)
     try:
+        spooled = staging / "upload.tar"
+        body = await spool_upload(request, spooled, hub.settings.max_upload_bytes)
+        # Authenticate before extracting: the signature covers the digest of the bytes on
+        # disk, so no header of an archive nobody signed is ever parsed.
+        submitted_by = signature.verify("POST", request.url.path, body) if signature else None
         upload = staging / "upload"
         upload.mkdir()
-        body = await receive_tar(request, upload, hub.archive_limits)
-        submitted_by = signature.verify("POST", request.url.path, body) if signature else None
+        await run_in_threadpool(extract_upload, spooled, upload, hub.archive_limits)
+        await run_in_threadpool(spooled.unlink)
         record, created = await hub.publish(upload, publisher, submitted_by=submitted_by)
     finally:
         await run_in_threadpool(shutil.rmtree, staging, True)

@@ -44,11 +44,18 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def parse_json_object(data: bytes | str, *, what: str = "JSON") -> dict[str, Any]:
-    """Parse strict JSON (no NaN, no duplicate members) whose top level is an object."""
+    """Parse strict JSON (no NaN, no duplicate members) whose top level is an object.
+
+    Every hostile form is a :class:`FormatError`, never another exception: malformed text,
+    an integer beyond Python's digit limit (``ValueError`` from ``int()``), and nesting deeper
+    than the interpreter's recursion limit (``RecursionError``).
+    """
     try:
         value = json.loads(data, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise FormatError(f"{what} is not valid JSON", reason=str(exc)) from exc
+    except RecursionError as exc:
+        raise FormatError(f"{what} is nested too deeply") from exc
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, int digit limit
+        raise FormatError(f"{what} is not valid JSON", reason=str(exc)[:200]) from exc
     if not isinstance(value, dict):
         raise FormatError(f"{what} must be a JSON object", got=type(value).__name__)
     return value

@@ -13,8 +13,11 @@ parents    models this one derives from: OMS root digests ``sha256:<hex>`` (list
 datasets   training data: digests ``sha256:<hex>`` or URIs ``scheme://...`` (list)
 ========== ==========================================================================
 
-Every other key is kept, untouched, in :attr:`ModelCard.extra`. Only ``yaml.safe_load`` is
-used, so a card cannot construct Python objects.
+Every other key is kept, untouched, in :attr:`ModelCard.extra`. The YAML is read by
+PyYAML's safe loader, so a card cannot construct Python objects, and with aliases refused
+(``*name``): nine nested aliases of ten items make a billion nodes out of a few hundred bytes
+("billion laughs"), so a card that uses one is refused before anything is expanded. Nesting
+deeper than :data:`MAX_DEPTH` is refused too.
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ from veriml.core.errors import FormatError, InvalidModel
 __all__ = ["CARD_FILE", "ModelCard"]
 
 CARD_FILE = "README.md"
+MAX_DEPTH = 64
+"""The deepest nesting of lists and mappings a card may use."""
 _KNOWN = ("name", "version", "license", "task", "parents", "datasets")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://\S+$")
 _FENCE = re.compile(r"^---[ \t]*\r?$")
@@ -52,6 +57,30 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
     return value
+
+
+class _CardLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with aliases and deep nesting refused while composing, before any
+    node is constructed (expansion happens in construction, so it never starts)."""
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.composer.ComposerError(
+                None, None, "aliases (*name) are not allowed in a model card", mark
+            )
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                message = f"nesting deeper than {MAX_DEPTH} is not allowed in a model card"
+                raise yaml.composer.ComposerError(None, None, message, mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -153,7 +182,7 @@ class ModelCard:
         else:
             raise InvalidModel("model card front matter has no closing ---", path=where)
         try:
-            meta = yaml.safe_load(block)
+            meta = yaml.load(block, Loader=_CardLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
             raise InvalidModel(
                 "model card front matter is not valid YAML",

@@ -62,6 +62,11 @@ _DEFAULT_ALIGNMENT: Final = 32
 # Keys are identifiers such as "llama.context_length"; a 64 KiB key is an attack, not a model.
 _MAX_KEY_BYTES: Final = 1 << 16
 _MAX_DIMS: Final = 4  # GGML_MAX_DIMS
+# Counts bounded before any list is built: the largest published GGUF models hold about 2,000
+# tensors and 60 metadata entries, while a forged count up to the file's size / 29 bytes would
+# make a list of hundreds of millions of tuples out of an 8 GB upload.
+MAX_TENSORS: Final = 1 << 16
+MAX_METADATA: Final = 1 << 16
 
 # GGUF metadata value types and the byte size of the fixed-size ones.
 _UINT8, _INT8, _UINT16, _INT16, _UINT32, _INT32, _FLOAT32, _BOOL = range(8)
@@ -257,6 +262,13 @@ def _parse(r: _Reader) -> GGUFInfo:
         raise r.fail("version is not supported", version=version, supported="2, 3")
     tensor_count = r.u64("tensor count")
     kv_count = r.u64("metadata count")
+    if tensor_count > MAX_TENSORS or kv_count > MAX_METADATA:
+        raise r.fail(
+            "header counts are out of range",
+            tensor_count=tensor_count,
+            metadata_count=kv_count,
+            limit=MAX_TENSORS,
+        )
     # A metadata entry takes >= 13 bytes (8 key length + 1 key + 4 type); a tensor info >= 29.
     r.need(kv_count * 13 + tensor_count * 29, "header tables")
     meta: dict[str, Any] = {}

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veriml.coordinator.archive import ArchiveLimits, ChunkPipe, extract_tar
+from veriml.coordinator.archive import ArchiveLimits, extract_tar
 from veriml.coordinator.hub import RangeNotSatisfiable, parse_range
 from veriml.core.errors import FormatError, LimitExceeded
 
@@ -24,11 +24,7 @@ _path = st.lists(_name, min_size=1, max_size=4).map(tuple)
 
 
 def _extract(data: bytes, dest: Path, limits: ArchiveLimits = LIMITS) -> int:
-    pipe = ChunkPipe(depth=1 << 16)
-    for i in range(0, len(data), 700):  # odd-sized chunks, as a network delivers them
-        assert pipe.put(data[i : i + 700])
-    pipe.put(None)
-    return extract_tar(pipe, dest, limits)
+    return extract_tar(io.BytesIO(data), dest, limits)
 
 
 @settings(max_examples=40, deadline=None)
@@ -101,3 +97,79 @@ def test_a_byte_range_is_the_slice_it_names(size: int, start: int, length: int) 
 )
 def test_ranges_the_hub_does_not_serve_mean_the_whole_blob(header: str) -> None:
     assert parse_range(header, 100) is None
+
+
+class _Counting(io.BytesIO):
+    """The archive's bytes, counting how many the extractor read."""
+
+    read_bytes = 0
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = super().read(size)
+        self.read_bytes += len(data)
+        return data
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE],
+)
+def test_an_oversized_extended_header_is_refused_before_it_is_read(
+    tmp_path: Path, kind: bytes
+) -> None:
+    info = tarfile.TarInfo("././@LongLink")
+    info.type = kind
+    info.size = 16 << 20
+    source = _Counting(info.tobuf(format=tarfile.GNU_FORMAT) + b"a" * (16 << 20))
+    with pytest.raises(LimitExceeded, match="extended header") as refused:
+        extract_tar(source, tmp_path, LIMITS)
+    assert refused.value.evidence["size"] == 16 << 20
+    assert source.read_bytes < 1 << 20  # the header's 16 MB were never read
+
+
+def test_an_extended_header_within_the_bound_is_read(tmp_path: Path) -> None:
+    name = "/".join(["n" * 250] * 4)  # GNU writes this 1 KB name in a long-name header
+    info = tarfile.TarInfo(name)
+    info.size = 2
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(b"ok"))
+    assert extract_tar(io.BytesIO(buf.getvalue()), tmp_path, LIMITS) == 1
+    assert (tmp_path / name).read_bytes() == b"ok"
+
+
+def test_a_name_the_file_system_cannot_hold_is_refused_as_the_uploaders_error(
+    tmp_path: Path,
+) -> None:
+    info = tarfile.TarInfo("n" * 256)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        archive.addfile(info, io.BytesIO(b""))
+    with pytest.raises(FormatError, match="too long"):
+        extract_tar(io.BytesIO(buf.getvalue()), tmp_path, LIMITS)
+
+
+def test_a_gnu_sparse_header_is_refused_before_its_extension_blocks(tmp_path: Path) -> None:
+    info = tarfile.TarInfo("sparse")
+    info.type = tarfile.GNUTYPE_SPARSE
+    header = bytearray(info.tobuf(format=tarfile.GNU_FORMAT))
+    with pytest.raises(FormatError, match="sparse"):
+        extract_tar(io.BytesIO(bytes(header) + b"\0" * 4096), tmp_path, LIMITS)
+
+
+@pytest.mark.parametrize("mode", ["w:gz", "w:bz2", "w:xz"])
+def test_an_archive_that_expands_beyond_the_ratio_is_refused(tmp_path: Path, mode: str) -> None:
+    info = tarfile.TarInfo("zeros")
+    info.size = 4 << 20
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=mode) as archive:
+        archive.addfile(info, io.BytesIO(b"\0" * info.size))
+    limits = ArchiveLimits(
+        max_bytes=64 << 20, max_files=10, max_depth=4, max_ratio=20, ratio_floor=1 << 20
+    )
+    with pytest.raises(LimitExceeded, match="compression ratio"):
+        extract_tar(io.BytesIO(buf.getvalue()), tmp_path, limits)
+    # The same archive within a generous ratio is extracted whole.
+    generous = ArchiveLimits(max_bytes=64 << 20, max_files=10, max_depth=4)
+    (tmp_path / "ok").mkdir()
+    assert extract_tar(io.BytesIO(buf.getvalue()), tmp_path / "ok", generous) == 1

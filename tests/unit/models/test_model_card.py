@@ -88,6 +88,38 @@ def test_malformed_front_matter_is_refused(text: str, reason: str) -> None:
         ModelCard.from_text(text)
 
 
+def _laughs(depth: int) -> str:
+    """The "billion laughs": each level a list of ten aliases of the level below."""
+    lines = ["a0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    for i in range(1, depth + 1):
+        lines.append(f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]")
+    return "---\nname: x\n" + "\n".join(lines) + "\n---\n"
+
+
+def test_an_alias_is_refused_before_anything_expands() -> None:
+    # Nine levels are 10^9 nodes once constructed; refused while composing, before that.
+    with pytest.raises(InvalidModel, match="not valid YAML") as info:
+        ModelCard.from_text(_laughs(9))
+    assert "aliases" in str(info.value.evidence["reason"])
+    with pytest.raises(InvalidModel, match="not valid YAML"):
+        ModelCard.from_text("---\nname: &n x\nversion: *n\n---\n")
+
+
+def test_an_anchor_without_an_alias_is_harmless() -> None:
+    card = ModelCard.from_text("---\nname: &n x\n---\n")
+    assert card is not None
+    assert card.name == "x"
+
+
+def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
+    deep = "---\nname: x\ntags: " + "[" * 5000 + "]" * 5000 + "\n---\n"
+    with pytest.raises(InvalidModel, match="not valid YAML") as info:
+        ModelCard.from_text(deep)
+    assert "nesting" in str(info.value.evidence["reason"])
+    ok = "---\nname: x\ntags: " + "[" * 32 + "]" * 32 + "\n---\n"
+    assert ModelCard.from_text(ok) is not None
+
+
 def test_integer_versions_are_kept_as_text() -> None:
     card = ModelCard.from_text("---\nversion: 3\n---\n")
     assert card is not None
