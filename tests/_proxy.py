@@ -32,6 +32,7 @@ class FlakyProxy:
     _drops_left: int = 0
     _when: When = "answer"
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _open: set[asyncio.Transport] = field(default_factory=set)
 
     def _doom(self, chunk: bytes) -> bool:
         """Whether this chunk of a request starts one the proxy is to drop (counted once)."""
@@ -55,6 +56,8 @@ async def _relay(
     except OSError:
         writer.transport.abort()
         return
+    ends = {writer.transport, up_writer.transport}
+    proxy._open |= ends  # type: ignore[arg-type]
     doomed = asyncio.Event()
 
     def cut() -> None:
@@ -85,6 +88,7 @@ async def _relay(
         pass
     finally:
         cut()
+        proxy._open -= ends  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -118,10 +122,11 @@ def flaky_proxy(
         async def stop() -> None:
             assert server is not None
             server.close()
+            for transport in list(proxy._open):
+                transport.abort()  # each relay then ends on its own
             tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            if tasks:
+                await asyncio.wait(tasks, timeout=5)
 
         asyncio.run_coroutine_threadsafe(stop(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
