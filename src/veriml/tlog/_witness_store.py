@@ -4,6 +4,12 @@ One row per origin. Updates are a compare-and-swap on the (size, root) the witne
 request against, so of two concurrent requests only one can win, and the view never rolls back
 (https://c2sp.org/tlog-witness: "checking the old size ... and persisting the new checkpoint
 must be performed atomically"). SQLite (WAL) by default, any SQLAlchemy URL otherwise.
+
+The table is Alembic's (:mod:`veriml.tlog.migrations`, version table
+``witness_alembic_version``, so the witness can share a database with a log or a coordinator);
+opening the store migrates it, and adopts a table an older version made with ``create_all``.
+A witness killed at any moment keeps what it cosigned: each update commits (``synchronous=FULL``
+on SQLite) before the cosignature is returned.
 """
 
 from __future__ import annotations
@@ -16,13 +22,14 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.core.errors import StorageError
+from veriml.tlog.migrations import WITNESS, upgrade
 
-__all__ = ["StoredCheckpoint", "WitnessStore"]
+__all__ = ["StoredCheckpoint", "WitnessStore", "metadata"]
 
-_metadata = sa.MetaData()
+metadata = sa.MetaData()
 _latest = sa.Table(
     "witness_latest_checkpoint",
-    _metadata,
+    metadata,
     sa.Column("origin", sa.String(1024), primary_key=True),
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("root_hash", sa.LargeBinary(32), nullable=False),
@@ -52,10 +59,7 @@ class WitnessStore:
 
     def __init__(self, engine: sa.Engine) -> None:
         self.engine = engine
-        try:
-            _metadata.create_all(engine)
-        except SQLAlchemyError as exc:
-            raise StorageError("cannot create the witness state table", reason=str(exc)) from exc
+        upgrade(engine, WITNESS, metadata)
 
     @classmethod
     def open(cls, where: str | Path) -> WitnessStore:

@@ -13,6 +13,11 @@ One schema, written with SQLAlchemy Core, serves both back ends:
                       holds the widest version and narrower partial tiles are its prefixes.
 ``tlog_checkpoints``  every checkpoint ever signed: size → signed note bytes.
 
+The schema is Alembic's (:mod:`veriml.tlog.migrations`, version table ``tlog_alembic_version``,
+so the log shares a database with the coordinator and the witness): :meth:`LogStorage.create`
+migrates it, and adopts a database whose tables an older version made with ``create_all``.
+:data:`metadata` is what the migrations build; a test compares the two.
+
 SQLite runs in WAL mode with ``synchronous=FULL``: an entry is acknowledged only after its
 batch commits, and FULL makes that commit survive power loss, not only a process crash (NORMAL
 in WAL mode may lose the last transactions on power failure). Writers serialise on a
@@ -36,6 +41,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from veriml.core.errors import FormatError, StorageError
 from veriml.tlog.merkle import HASH_SIZE
+from veriml.tlog.migrations import LOG, upgrade
 from veriml.tlog.tiles import MAX_ENTRY_SIZE
 
 __all__ = [
@@ -44,6 +50,7 @@ __all__ = [
     "TreeState",
     "WriteTxn",
     "check_entry",
+    "metadata",
 ]
 
 """Largest entry accepted, in bytes: 64 KiB less one, the most a uint16 length prefix in a
@@ -51,10 +58,10 @@ tlog-tiles entry bundle can describe (https://c2sp.org/tlog-tiles#log-entries)."
 
 TILE_BYTES = 256 * HASH_SIZE
 
-_metadata = sa.MetaData()
+metadata = sa.MetaData()
 _state = sa.Table(
     "tlog_state",
-    _metadata,
+    metadata,
     sa.Column("id", sa.Integer, primary_key=True, autoincrement=False),
     sa.Column("origin", sa.Text, nullable=False),
     sa.Column("vkey", sa.Text, nullable=False),
@@ -65,21 +72,21 @@ _state = sa.Table(
 )
 _entries = sa.Table(
     "tlog_entries",
-    _metadata,
+    metadata,
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("leaf_hash", sa.LargeBinary, nullable=False, index=True),
     sa.Column("data", sa.LargeBinary, nullable=False),
 )
 _tiles = sa.Table(
     "tlog_tiles",
-    _metadata,
+    metadata,
     sa.Column("level", sa.SmallInteger, primary_key=True, autoincrement=False),
     sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("hashes", sa.LargeBinary, nullable=False),
 )
 _checkpoints = sa.Table(
     "tlog_checkpoints",
-    _metadata,
+    metadata,
     sa.Column("size", sa.BigInteger, primary_key=True, autoincrement=False),
     sa.Column("note", sa.LargeBinary, nullable=False),
 )
@@ -274,16 +281,13 @@ class LogStorage:
     # -- creation -------------------------------------------------------------------------
 
     def create(self, *, origin: str, vkey: str, empty_root: bytes, empty_note: bytes) -> TreeState:
-        """Create the schema and the empty log if absent; return the stored state.
+        """Migrate the schema (:mod:`veriml.tlog.migrations`), create the empty log if absent
+        and return the stored state.
 
         Refuses (``StorageError``) a database that already holds a log with another origin or
         key: two logs must never share tables.
         """
-        try:
-            _metadata.create_all(self.engine, checkfirst=True)
-        except sa.exc.DBAPIError:
-            # Another process created the tables between our check and our CREATE.
-            _metadata.create_all(self.engine, checkfirst=True)
+        upgrade(self.engine, LOG, metadata)
         with self._write_conn() as conn:
             row = self._lock_state(conn)
             if row is None:

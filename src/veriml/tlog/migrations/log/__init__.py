@@ -1,0 +1,1 @@
+"""Alembic migrations of the log tables (:mod:`veriml.tlog.migrations`)."""

@@ -1,0 +1,1 @@
+"""Alembic migrations of the witness table (:mod:`veriml.tlog.migrations`)."""

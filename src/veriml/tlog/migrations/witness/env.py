@@ -1,0 +1,5 @@
+"""Alembic environment of the witness schema: see :mod:`veriml.tlog.migrations`."""
+
+from veriml.tlog.migrations import run_env
+
+run_env()
