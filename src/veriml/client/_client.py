@@ -676,9 +676,9 @@ class Client(_Base):
     A call that repeating cannot do twice (a ``GET``; ``infer``, ``chat``, ``complete`` and
     ``embed``, whose request id travels as ``Idempotency-Key``) is retried after a connection
     failure or a 503, waiting as the server's ``Retry-After`` asks or with jittered
-    exponential backoff: at most ``retries`` times, none started after ``retry_timeout``
-    seconds (``retries=0``: never). A stream is retried only before its first byte, a 4xx
-    or an answer that fails verification never."""
+    exponential backoff: at most ``retries`` times, none decided on once ``retry_timeout``
+    seconds have passed (``retries=0``: never). A stream is retried only before its first
+    byte; a 4xx, or an answer that fails verification, never."""
 
     def __init__(
         self,

@@ -16,8 +16,9 @@ read it is the caller's, since a stream's first chunks may already have been sho
 
 Waits are the server's ``Retry-After`` (delay-seconds or an HTTP-date, RFC 9110 §10.2.3) when
 it sends one, else exponential backoff with jitter (``stamina``). A call makes at most
-``retries`` retries and starts none after ``timeout`` seconds; a ``Retry-After`` that does not
-fit in what remains of that is not waited out: the server's answer is returned at once.
+``retries`` retries and decides on none once ``timeout`` seconds have passed since its first
+attempt (so it takes at most that, one more wait and its last attempt); a ``Retry-After`` that
+does not fit in what remains is not waited out: the server's answer is returned at once.
 """
 
 from __future__ import annotations
@@ -69,8 +70,8 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Retries:
-    """How a client retries: at most ``retries`` retries of one call, none started after
-    ``timeout`` seconds (0 retries: never), waiting ``wait_initial`` doubling up to
+    """How a client retries: at most ``retries`` retries of one call, none decided on once
+    ``timeout`` seconds have passed (0 retries: never), waiting ``wait_initial`` doubling up to
     ``wait_max`` seconds plus up to ``wait_jitter`` of random jitter between them, unless the
     server says how long (``Retry-After``)."""
 

@@ -176,7 +176,7 @@ def test_retrying_stops_once_the_retry_time_is_spent(scripted: tuple[Scripted, s
     with client(url, retries=100, retry_timeout=1.0) as c, pytest.raises(NodeUnavailable):
         c.info()
     spent = time.monotonic() - started
-    # No retry starts after 1 s; the last wait is at most 1.5 s (0.25 s doubling, + 0.5 jitter).
+    # No retry is decided on after 1 s; the last wait is at most 1.5 s (0.25 s doubling + 0.5).
     assert spent < 1.0 + 1.5 + 1.0
     assert 2 <= script.count("/v1/info") < 8
 
