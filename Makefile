@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench soak clean
 
 $(VENV)/.stamp-base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ format: $(VENV)/.stamp-dev
 
 bench: $(VENV)/.stamp-dev
 	$(PY) -m benchmarks
+
+# A supervised network under mixed traffic, two nodes SIGKILLed on the way (benchmarks/soak.py);
+# ~10 minutes, SOAK_SECONDS=120 for a short one. Not part of `make test`.
+soak: $(VENV)/.stamp-dev
+	$(PY) -m benchmarks.soak
 
 clean:
 	rm -rf $(VENV) .veriml .pytest_cache .mypy_cache .ruff_cache build dist
