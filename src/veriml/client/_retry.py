@@ -66,6 +66,9 @@ server may still be working on the request, and asking again would only add to i
 
 _DELAY_SECONDS = re.compile(r"[0-9]{1,10}")
 _log = logging.getLogger(__name__)
+# stamina warns of every retry on its logger. An application that configures logging sees it;
+# one that does not (the CLI) must not get it on stderr through logging's last resort.
+logging.getLogger("stamina").addHandler(logging.NullHandler())
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
