@@ -13,14 +13,35 @@ gives them up when it shuts down; any replica claims a row whose lease has run o
 ``UPDATE ... WHERE lease_until < now`` so two replicas never claim the same row. The unique
 ``claim`` column refuses a second dispute of one claim even across replicas.
 
+A process that is killed (SIGKILL, a crash, the machine) gives nothing up, and waiting out its
+leases (three sweeps, three minutes by default) would stall its disputes after every restart.
+So each owner also holds a *liveness lock* for as long as it runs, one that the operating
+system or the database server drops when the process dies: an exclusive ``flock`` on a file
+beside a SQLite database (``<database>.dispute-owners/``), a session-level advisory lock on
+PostgreSQL (its session ends with the process's connection). An owner that holds its lock
+writes its rows as ``<owner>@live``. A row so marked whose owner's lock can be taken belongs
+to a dead process and is claimed at once (``UPDATE ... WHERE owner = <dead owner>``, so two
+replicas that both find it dead claim it once); a row whose owner's lock is held, or whose
+owner held none (a failure to take it, an in-memory database, an older version), waits for
+its lease as before. The lock proves death, never life: a lock lost while its process lives
+(a PostgreSQL session the network cut) lets another replica take that process's disputes
+early, as an expired lease would; the owner takes the lock again at its next sweep.
+
 All methods block (SQL); the engine calls them in worker threads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
+import os
+import threading
 import time
-from collections.abc import Mapping, Sequence
+import weakref
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -38,6 +59,18 @@ from veriml.core.receipt import TraceCommitment
 __all__ = ["DisputeRecord", "DisputeStore", "PartyRecord", "answered_at"]
 
 Reveal = tuple[int, Digest, Digest]
+
+LIVE = "@live"
+"""Marks a row's owner as holding a liveness lock (module docstring)."""
+
+_log = logging.getLogger("veriml.coordinator")
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: SQLite rows wait for their leases
+    _FLOCK = False
+else:
+    _FLOCK = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,11 +211,26 @@ class DisputeStore:
         self.owner = owner
         self.lease = lease
         self._table = db.disputes
+        self._liveness = _Liveness(engine, owner)
+        self._row_owner: str | None = None
+        self._deciding = threading.Lock()
+
+    @property
+    def _me(self) -> str:
+        """The owner this process's rows carry, decided once: ``owner`` marked
+        :data:`LIVE` when it holds its liveness lock (then, and only then, another process
+        can prove it dead), else ``owner`` alone."""
+        with self._deciding:  # the engine's worker threads may ask at once
+            if self._row_owner is None:
+                marked = self.owner + LIVE
+                fits = len(marked) <= self._table.c.owner.type.length  # type: ignore[attr-defined]
+                self._row_owner = marked if fits and self._liveness.hold() else self.owner
+            return self._row_owner
 
     def insert(self, record: DisputeRecord) -> None:
         """Write the row of a dispute about to be logged; :class:`Conflict` when a dispute
         of the same claim is open (on this or another replica)."""
-        row = record.to_row(owner=self.owner, lease_until=time.time() + self.lease)
+        row = record.to_row(owner=self._me, lease_until=time.time() + self.lease)
         try:
             with self._engine.begin() as conn:
                 conn.execute(sa.insert(self._table).values(**row))
@@ -204,7 +252,7 @@ class DisputeStore:
             with self._engine.begin() as conn:
                 conn.execute(
                     sa.update(self._table)
-                    .where(self._table.c.id == dispute, self._table.c.owner == self.owner)
+                    .where(self._table.c.id == dispute, self._table.c.owner == self._me)
                     .values(**values)
                 )
         except SQLAlchemyError as exc:
@@ -226,26 +274,40 @@ class DisputeStore:
             raise _failed(exc, "list disputes") from exc
 
     def claim_due(self, *, now: float | None = None) -> list[DisputeRecord]:
-        """Take over every row whose lease has run out (a restart, a replica that died) and
-        return them, oldest first."""
+        """Take over every row whose lease has run out (a replica that stopped renewing) or
+        whose owner is provably dead (its liveness lock is free: a killed process, module
+        docstring), and return them, oldest first."""
         current = time.time() if now is None else now
         table = self._table
         claimed: list[DisputeRecord] = []
+        me = self._me
         try:
             with self._engine.connect() as conn:
-                due = list(
-                    conn.execute(
-                        sa.select(table.c.id)
-                        .where(table.c.lease_until < current)
-                        .order_by(table.c.created_at)
-                    ).scalars()
-                )
-            for dispute in due:
+                rows = conn.execute(
+                    sa.select(table.c.id, table.c.owner, table.c.lease_until).order_by(
+                        table.c.created_at
+                    )
+                ).all()
+            leased = {r.owner for r in rows if r.lease_until >= current} - {None, me}
+            dead = {
+                owner
+                for owner in sorted(leased)
+                if owner.endswith(LIVE) and self._liveness.dead(owner.removesuffix(LIVE))
+            }
+            self._liveness.sweep({r.owner.removesuffix(LIVE) for r in rows if r.owner})
+            for row in rows:
+                if row.lease_until < current:
+                    due = table.c.lease_until < current
+                elif row.owner in dead:
+                    due = table.c.owner == row.owner
+                else:
+                    continue
+                dispute = row.id
                 with self._engine.begin() as conn:
                     taken = conn.execute(
                         sa.update(table)
-                        .where(table.c.id == dispute, table.c.lease_until < current)
-                        .values(owner=self.owner, lease_until=current + self.lease)
+                        .where(table.c.id == dispute, due)
+                        .values(owner=me, lease_until=current + self.lease)
                     )
                     if taken.rowcount != 1:
                         continue  # another replica was first
@@ -256,15 +318,18 @@ class DisputeStore:
         return claimed
 
     def renew(self, disputes: Sequence[str]) -> None:
-        """Extend this process's leases on ``disputes`` (it still drives them)."""
+        """Extend this process's leases on ``disputes`` (it still drives them), and take its
+        liveness lock again if it was lost."""
         if not disputes:
             return
+        if self._me.endswith(LIVE):
+            self._liveness.hold()
         table = self._table
         try:
             with self._engine.begin() as conn:
                 conn.execute(
                     sa.update(table)
-                    .where(table.c.id.in_(list(disputes)), table.c.owner == self.owner)
+                    .where(table.c.id.in_(list(disputes)), table.c.owner == self._me)
                     .values(lease_until=time.time() + self.lease)
                 )
         except SQLAlchemyError as exc:
@@ -276,10 +341,180 @@ class DisputeStore:
         try:
             with self._engine.begin() as conn:
                 conn.execute(
-                    sa.update(table).where(table.c.owner == self.owner).values(lease_until=0.0)
+                    sa.update(table).where(table.c.owner == self._me).values(lease_until=0.0)
                 )
         except SQLAlchemyError as exc:
             raise _failed(exc, "release dispute leases") from exc
+        self._liveness.drop()
+
+
+class _Liveness:
+    """The liveness lock of one owner (module docstring): held by :meth:`hold` until
+    :meth:`drop` (or until the store is collected, or the process dies); :meth:`dead` tests
+    another owner's. Failures to take or test a lock are logged and mean "unknown": rows
+    then wait for their leases."""
+
+    def __init__(self, engine: Engine, owner: str) -> None:
+        self._engine = engine
+        self.owner = owner
+        self._folder: Path | None = None
+        if engine.dialect.name == "sqlite" and _FLOCK:
+            database = engine.url.database
+            if database and database != ":memory:" and not database.startswith("file:"):
+                self._folder = Path(database).with_name(Path(database).name + ".dispute-owners")
+        # [the lock file's descriptor, the PostgreSQL session]; closed by drop() or when the
+        # store is collected, never left to a garbage-collected connection.
+        self._held: list[Any] = [-1, None]
+        self._closer = weakref.finalize(self, _let_go, self._held)
+        self._lock = threading.Lock()
+
+    @property
+    def _postgres(self) -> bool:
+        return self._engine.dialect.name == "postgresql"
+
+    def _file(self, owner: str) -> Path:
+        assert self._folder is not None
+        return self._folder / (hashlib.sha256(owner.encode()).hexdigest()[:32] + ".lock")
+
+    def hold(self) -> bool:
+        """Take the lock (again, if it was lost); whether this process holds it."""
+        with self._lock:
+            try:
+                if self._postgres:
+                    self._hold_session()
+                    return True
+                if self._folder is not None:
+                    if self._held[0] < 0:
+                        self._hold_file()
+                    return True
+            except (OSError, SQLAlchemyError) as exc:
+                _log.warning("dispute owner %s holds no liveness lock: %s", self.owner, exc)
+            return False
+
+    def _hold_file(self) -> None:
+        assert self._folder is not None
+        self._folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self._file(self.owner), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise
+        self._held[0] = fd
+
+    def _hold_session(self) -> None:
+        session = self._held[1]
+        if session is not None:
+            try:
+                session.exec_driver_sql("SELECT 1")
+                session.commit()
+                return
+            except SQLAlchemyError:
+                _close_session(session)  # the session (and the lock with it) is gone
+                self._held[1] = None
+        session = self._engine.connect()
+        try:
+            got = session.execute(sa.select(sa.func.pg_try_advisory_lock(_key(self.owner))))
+            taken = bool(got.scalar())
+            session.commit()  # a session lock outlives the transaction; idle, not in one
+        except BaseException:
+            _close_session(session)
+            raise
+        if not taken:
+            _close_session(session)
+            raise OSError("the owner's advisory lock is held by another session")
+        self._held[1] = session
+
+    def dead(self, owner: str) -> bool:
+        """Whether ``owner``'s process is provably gone (its lock is free)."""
+        try:
+            if self._postgres:
+                return self._session_free(owner)
+            if self._folder is None:
+                return False
+            with _free_file(self._file(owner)) as free:
+                if free:
+                    self._file(owner).unlink()
+                return free
+        except (OSError, SQLAlchemyError) as exc:
+            _log.warning("cannot tell whether dispute owner %s is alive: %s", owner, exc)
+            return False
+
+    def _session_free(self, owner: str) -> bool:
+        key = _key(owner)
+        with self._engine.connect() as conn:
+            try:
+                free = bool(conn.execute(sa.select(sa.func.pg_try_advisory_lock(key))).scalar())
+                if free:
+                    conn.execute(sa.select(sa.func.pg_advisory_unlock(key)))
+                conn.commit()
+            except BaseException:
+                # Never hand the pool a session that may hold the dead owner's lock.
+                conn.invalidate()
+                raise
+        return free
+
+    def sweep(self, owners: set[str]) -> None:
+        """Remove the lock files of dead owners that own no row (any of ``owners``)."""
+        if self._folder is None or not self._folder.is_dir():
+            return
+        kept = {self._file(owner) for owner in owners} | {self._file(self.owner)}
+        for path in self._folder.glob("*.lock"):
+            if path not in kept:
+                with contextlib.suppress(OSError), _free_file(path) as free:
+                    if free:
+                        path.unlink()
+
+    def drop(self) -> None:
+        with self._lock:
+            if self._folder is not None and self._held[0] >= 0:
+                with contextlib.suppress(OSError):
+                    self._file(self.owner).unlink()
+            self._closer()
+
+
+def _key(owner: str) -> int:
+    """The PostgreSQL advisory lock key of ``owner`` (a signed 64-bit integer)."""
+    digest = hashlib.sha256(b"veriml-dispute-owner\0" + owner.encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+@contextlib.contextmanager
+def _free_file(path: Path) -> Iterator[bool]:
+    """Whether no process holds ``path``'s lock (False when there is no such file); while the
+    block runs, this process holds it."""
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except FileNotFoundError:
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def _close_session(session: Any) -> None:
+    # Invalidated, not returned to the pool: the DBAPI connection closes, and its session
+    # locks go with it.
+    with contextlib.suppress(Exception):
+        session.invalidate()
+        session.close()
+
+
+def _let_go(held: list[Any]) -> None:
+    if held[0] >= 0:
+        with contextlib.suppress(OSError):
+            os.close(held[0])
+        held[0] = -1
+    if held[1] is not None:
+        _close_session(held[1])
+        held[1] = None
 
 
 def answered_at(engine: Engine, inference: str) -> str | None:
