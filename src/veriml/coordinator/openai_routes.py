@@ -400,6 +400,33 @@ class _Chunks:
         return self.base | {"choices": [], "veriml": dict(member)}
 
 
+class _Watchdog:
+    """Puts :data:`~veriml.protocol.sse.KEEP_ALIVE` on a stream's queue whenever nothing was
+    sent for ``interval`` seconds: one timer per stream, re-armed as it fires, rather than a
+    timeout around every token."""
+
+    def __init__(self, queue: asyncio.Queue[TokenPiece | bytes | None], interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = queue
+        self._interval = interval
+        self._last = self._loop.time()
+        self._timer = self._loop.call_later(interval, self._fire)
+
+    def sent(self) -> None:
+        """Something went out just now."""
+        self._last = self._loop.time()
+
+    def _fire(self) -> None:
+        now = self._loop.time()
+        if now - self._last >= self._interval:
+            self._queue.put_nowait(KEEP_ALIVE)
+            self._last = now
+        self._timer = self._loop.call_at(self._last + self._interval, self._fire)
+
+    def stop(self) -> None:
+        self._timer.cancel()
+
+
 async def _stream(
     service: CompletionService,
     prepared: Prepared,
@@ -415,24 +442,22 @@ async def _stream(
     log), a ``: keep-alive`` comment keeps the connection busy."""
     job = prepared.job
     chunks = _Chunks(job.kind, job.request_id, model, int(time.time()))
-    queue: asyncio.Queue[TokenPiece | None] = asyncio.Queue()
+    queue: asyncio.Queue[TokenPiece | bytes | None] = asyncio.Queue()
     task = asyncio.ensure_future(service.run(prepared, on_token=queue.put_nowait))
     task.add_done_callback(lambda _: queue.put_nowait(None))
+    watchdog = _Watchdog(queue, keepalive)
     streamed = ""
     try:
         if chunks.chat:
             yield _sse(chunks.choice({"role": "assistant", "content": ""}))
-        while True:
-            try:
-                piece = await asyncio.wait_for(queue.get(), keepalive)
-            except TimeoutError:  # a cancelled get loses nothing: the piece stays queued
-                yield KEEP_ALIVE
-                continue
-            if piece is None:
-                break
-            if piece.text:
+        while (piece := await queue.get()) is not None:
+            if isinstance(piece, bytes):  # the watchdog's keep-alive
+                yield piece
+            elif piece.text:
                 streamed += piece.text
                 yield _sse(chunks.choice({"content": piece.text}))
+                watchdog.sent()
+        watchdog.stop()
         try:
             answer = task.result()
         except Error as exc:
@@ -451,6 +476,7 @@ async def _stream(
         yield _sse(chunks.veriml(veriml_member(answer)), event="veriml")
         yield _sse("[DONE]")
     finally:
+        watchdog.stop()
         if not task.done():  # the client went away: stop the nodes' work, log nothing
             task.cancel()
 
