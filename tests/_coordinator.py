@@ -35,10 +35,10 @@ class SignedModel:
         """The publisher key header alone (the request itself unsigned)."""
         return publisher_headers(self.key)
 
-    def upload_headers(self, body: bytes) -> dict[str, str]:
-        """The headers of a publication of ``body``: the publisher key, and the request
-        signed by that key (what a hub requires by default)."""
-        return self.headers | sign_request(self.key, "POST", "/v1/models", body)
+    def upload_headers(self, body: bytes, url: str) -> dict[str, str]:
+        """The headers of a publication of ``body`` to the hub at ``url``: the publisher key,
+        and the request signed by that key (what a hub requires by default)."""
+        return sign_request(self.key, "POST", url + "/v1/models", body, self.headers)
 
     def tar(self, *, arcname: str = ".", mode: str = "w") -> bytes:
         return tar_folder(self.folder, arcname=arcname, mode=mode)
@@ -47,7 +47,7 @@ class SignedModel:
         """``POST /v1/models`` of ``body`` (default: the folder's tar), signed as a publisher
         signs it."""
         body = self.tar() if body is None else body
-        headers = self.upload_headers(body)
+        headers = self.upload_headers(body, url)
         return httpx.post(url + "/v1/models", content=body, headers=headers, **kwargs)
 
 

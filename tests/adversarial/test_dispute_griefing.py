@@ -152,7 +152,7 @@ def challenge_body(
 
 def post(url: str, path: str, body: dict[str, Any], key: SigningKey) -> httpx.Response:
     data = json.dumps(body).encode()
-    headers = {"content-type": "application/json"} | sign_request(key, "POST", path, data)
+    headers = sign_request(key, "POST", url + path, data, {"content-type": "application/json"})
     return httpx.post(url + path, content=data, headers=headers, timeout=120)
 
 
@@ -192,22 +192,24 @@ def test_a_challenger_that_never_moves_loses_its_bond_and_the_defendant_keeps_it
 
 
 def test_a_replayed_challenge_is_refused_and_the_log_holds_it_once(shared: Net) -> None:
-    """The same signed request again, the same claim with a fresh signature, and the same
-    claim by another account: each 409, nothing logged, nothing charged."""
+    """The same signed request again (403: its nonce is spent), the same claim with a fresh
+    signature and the same claim by another account (409 each): nothing logged, nothing
+    charged."""
     answer = shared.infer(X + 2)
     outputs, trace = false_trace(shared.folder, X + 2)
     attacker, accomplice = shared.funded(), shared.funded()
     body = challenge_body(attacker, answer["id"], answer["node"], outputs, trace)
     data = json.dumps(body).encode()
-    headers = {"content-type": "application/json"} | sign_request(
-        attacker, "POST", "/v1/disputes", data
+    headers = sign_request(
+        attacker, "POST", shared.url + "/v1/disputes", data, {"content-type": "application/json"}
     )
     first = httpx.post(shared.url + "/v1/disputes", content=data, headers=headers, timeout=120)
     assert first.status_code == 201, first.text
     size = shared.log_size()
     replayed = httpx.post(shared.url + "/v1/disputes", content=data, headers=headers, timeout=120)
-    assert replayed.status_code == 409, replayed.text
+    assert replayed.status_code == 403, replayed.text
     assert replayed.headers["content-type"] == "application/problem+json"
+    assert replayed.json()["check"] == "request-replay"
     again = challenge_body(attacker, answer["id"], answer["node"], outputs, trace)
     assert post(shared.url, "/v1/disputes", again, attacker).status_code == 409
     theirs = challenge_body(accomplice, answer["id"], answer["node"], outputs, trace)

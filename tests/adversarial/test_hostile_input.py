@@ -83,7 +83,7 @@ def test_an_upload_nobody_signed_is_refused_before_it_is_parsed(
     signed_for = model.tar()
     garbage = b"not a tar archive at all" * 100
     # The publisher's signature over other bytes: the body's digest does not match.
-    headers = model.upload_headers(signed_for)
+    headers = model.upload_headers(signed_for, url)
     problem = _refused(httpx.post(url + "/v1/models", content=garbage, headers=headers), 403)
     assert problem["check"] == "request-signature"
     # A header bomb signed by nobody is refused the same way, not as a 413 of its header.

@@ -81,7 +81,7 @@ def post(served: Served, path: str, body: dict[str, Any], key: SigningKey | None
     data = json.dumps(body).encode()
     headers = {"content-type": "application/json"}
     if key is not None:
-        headers |= sign_request(key, "POST", path, data)
+        headers = sign_request(key, "POST", served.net.url + path, data, headers)
     return httpx.post(served.net.url + path, content=data, headers=headers, timeout=120)
 
 

@@ -262,7 +262,7 @@ def test_a_signed_request_is_logged_with_its_signer_and_a_bad_signature_is_refus
     client_key = generate_key("ed25519")
     with network(tmp_path, nodes=1) as net:
         body = json.dumps({"model": "mlp", "inputs": INPUTS}).encode()
-        headers = sign_request(client_key, "POST", "/v1/inferences", body)
+        headers = sign_request(client_key, "POST", f"{net.url}/v1/inferences", body)
         response = httpx.post(f"{net.url}/v1/inferences", content=body, headers=headers)
         assert response.status_code == 200, response.text
         answer = response.json()

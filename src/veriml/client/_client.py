@@ -25,7 +25,6 @@ from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequen
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import httpx
 
@@ -262,7 +261,6 @@ class _Base:
         self._bounds: dict[Digest, OutputBounds] = {}
         self._rules: tuple[float, Mapping[str, Any]] | None = None
         self._epoch: tuple[float, int] | None = None
-        self._prefix = urlsplit(self.url).path.rstrip("/")
         self.verify = verify
         # Pinned up front: a client that verifies fails at construction, not mid-request.
         # A log key pinned from the local network's file brings that network's witnesses.
@@ -418,8 +416,13 @@ class _Base:
         client = self.key.key_id if self.key is not None else None
         expect = Expected.of(model, inputs, policy, request_id, client, epoch)
         content = expect.content()
-        headers = expect.headers(self.key, self._prefix + "/v1/inferences", content)
-        return expect, content, headers | self._extra_headers(expect.request_id)
+        extra = self._extra_headers(expect.request_id)
+        headers = expect.headers(self.key, self._url("/v1/inferences"), content, extra)
+        return expect, content, headers
+
+    def _url(self, path: str) -> str:
+        """The absolute URL of ``path`` on the coordinator (what a request signature covers)."""
+        return self.url.rstrip("/") + path
 
     def _extra_headers(self, request_id: str) -> dict[str, str]:
         """What every request adds: the size of the last checkpoint seen (the answer proves
@@ -436,10 +439,11 @@ class _Base:
         signs its other requests with: hubs require it by default (docs/models.md, "Names").
         The archive is hashed once before it is sent: two passes, no buffer."""
         digest = stream_digest(tar_stream(folder))
-        return {
+        headers = {
             "Content-Type": "application/x-tar",
             "X-Veriml-Publisher-Key": publisher_header(publisher),
-        } | request_headers(publisher, "POST", self._prefix + "/v1/models", digest)
+        }
+        return request_headers(publisher, "POST", self._url("/v1/models"), digest, headers)
 
     def _signed_json(
         self, path: str, body: Mapping[str, Any], key: SigningKey | None, what: str
@@ -449,8 +453,7 @@ class _Base:
             raise KeyFileError(f"{what} requests are signed: give the client a key (key=...)")
         content = json.dumps(dict(body), separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"}
-        headers |= request_headers(key, "POST", self._prefix + path, Digest.of(content))
-        return content, headers
+        return content, request_headers(key, "POST", self._url(path), Digest.of(content), headers)
 
     def _ledger_request(
         self, op: str, amount: int, key: SigningKey | None, **members: str
@@ -612,11 +615,11 @@ class _Base:
         return bounds
 
     def _llm_headers(self, request: LLMRequest, content: bytes) -> dict[str, str]:
-        headers = request.headers()
+        headers = request.headers() | self._extra_headers(request.request_id)
         if self.key is not None:
             digest = Digest.of(content)
-            headers |= request_headers(self.key, "POST", self._prefix + request.path, digest)
-        return headers | self._extra_headers(request.request_id)
+            return request_headers(self.key, "POST", self._url(request.path), digest, headers)
+        return headers
 
     def _verify_llm(
         self,

@@ -40,7 +40,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import httpx
 
@@ -220,7 +220,6 @@ class Challenger:
         self.timeout = timeout
         self.on_state = on_state
         self._http: httpx.Client = client._http
-        self._prefix = urlsplit(client.url).path.rstrip("/")
 
     # -- the protocol ------------------------------------------------------------------------
 
@@ -326,8 +325,9 @@ class Challenger:
 
     def _post(self, path: str, body: Mapping[str, Any], dispute: str | None = None) -> DisputeState:
         content = json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"} | request_headers(
-            self.key, "POST", self._prefix + path, Digest.of(content)
+        url = self.client.url.rstrip("/") + path
+        headers = request_headers(
+            self.key, "POST", url, Digest.of(content), {"Content-Type": "application/json"}
         )
         return self._send("POST", path, dispute, content=content, headers=headers)
 

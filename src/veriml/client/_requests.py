@@ -5,7 +5,6 @@ answer must meet to be about the request this client sent.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import uuid
@@ -17,7 +16,6 @@ import httpx
 import numpy as np
 
 from veriml.core.digest import Digest
-from veriml.core.dsse import pae
 from veriml.core.errors import (
     Conflict,
     FormatError,
@@ -31,28 +29,29 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.protocol.draw import Draw
+from veriml.protocol.http_signatures import sign_request
 from veriml.verify.inference import VerifiedInference
 
 __all__ = [
-    "REQUEST_PAYLOAD_TYPE",
     "Expected",
     "raise_for_problem",
     "request_headers",
     "stream_digest",
 ]
 
-REQUEST_PAYLOAD_TYPE = "application/vnd.veriml.request"
 
-
-def request_headers(key: SigningKey, method: str, path: str, body_digest: Digest) -> dict[str, str]:
-    """``X-Veriml-Key`` and ``X-Veriml-Signature`` over
-    ``PAE("application/vnd.veriml.request", "METHOD PATH sha256:<hex>")`` (DSSE v1 PAE)."""
-    line = f"{method.upper()} {path} {body_digest.to_text()}".encode()
-    signature = key.sign(pae(REQUEST_PAYLOAD_TYPE, line))
-    return {
-        "X-Veriml-Key": base64.b64encode(key.public.to_pem()).decode(),
-        "X-Veriml-Signature": f"{key.key_id}:{base64.b64encode(signature).decode()}",
-    }
+def request_headers(
+    key: SigningKey,
+    method: str,
+    url: str,
+    body_digest: Digest,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """``headers`` and the RFC 9421 signature of the request (docs/network.md, "Signed
+    requests"): the method, ``url``, the body's ``Content-Digest`` and every meaningful header
+    among ``headers`` are covered, so the request must be sent with exactly these headers.
+    Sign last, once every other header is known."""
+    return dict(headers or {}) | sign_request(key, method, url, body_digest, headers)
 
 
 def stream_digest(chunks: Iterable[bytes]) -> Digest:
@@ -141,11 +140,13 @@ class Expected:
         """The exact body bytes sent (and signed)."""
         return json.dumps(self.body, separators=(",", ":")).encode()
 
-    def headers(self, key: SigningKey | None, path: str, content: bytes) -> dict[str, str]:
+    def headers(
+        self, key: SigningKey | None, url: str, content: bytes, extra: Mapping[str, str]
+    ) -> dict[str, str]:
         headers = {"Idempotency-Key": self.request_id, "Content-Type": "application/json"}
-        headers |= epoch_header(self.epoch)
+        headers |= epoch_header(self.epoch) | dict(extra)
         if key is not None:
-            headers |= request_headers(key, "POST", path, Digest.of(content))
+            return request_headers(key, "POST", url, Digest.of(content), headers)
         return headers
 
     def check(self, verified: VerifiedInference) -> None:

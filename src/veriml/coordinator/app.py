@@ -46,6 +46,7 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.errors import Error, LimitExceeded, StorageError
 from veriml.models.blobstore import BlobStore
+from veriml.protocol.http_signatures import MAX_SKEW, MAX_WINDOW
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.server import create_log_router
 from veriml.tlog.witness import WitnessClient
@@ -145,13 +146,15 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         closers.insert(0, log.close)
         models = ModelRepository(engine)
         nodes = NodeRepository(engine, live_after=settings.live_after)
-        nonces = NonceRepository(engine, keep=2 * settings.descriptor_max_age)
+        # Descriptor nonces and signed requests' nonces (kept past the longest signature).
+        keep = max(2 * settings.descriptor_max_age, 2 * (MAX_WINDOW + MAX_SKEW.total_seconds()))
+        nonces = NonceRepository(engine, keep=keep)
         metrics: Metrics = app.state.metrics
         metrics.watch(models, nodes, log)
         state = app.state
         state.engine, state.blobs, state.log = engine, blobs, log
         state.coordinator_key = keys.coordinator
-        state.models, state.nodes = models, nodes
+        state.models, state.nodes, state.nonces = models, nodes, nonces
         state.ledger = ledger.LedgerBook(log, settings, admin=keys.coordinator.key_id)
         state.hub = hub.HubService(
             settings=settings,

@@ -1,63 +1,125 @@
-"""Optional request signatures (docs/network.md, "Coordinator HTTP API").
+"""Signed requests (docs/network.md, "Signed requests"): RFC 9421 HTTP Message Signatures.
 
-A client or publisher may sign a request with its Ed25519 or EC key::
+A client, a publisher or a disputing party may sign a request with its Ed25519 or EC key
+(:mod:`veriml.protocol.http_signatures`: ``X-Veriml-Key``, ``Content-Digest``,
+``Signature-Input``, ``Signature``). The coordinator checks, in this order:
 
-    X-Veriml-Key:        base64(PEM public key)
-    X-Veriml-Signature:  <key id>:base64(signature)
+1. the signature over the method, the target URI, the authority, the ``Content-Digest`` and
+   every meaningful header present (``Idempotency-Key`` above all), its ``created``/``expires``
+   window and its tag, from the headers alone, before a byte of the body is read;
+2. the body's SHA-256 against the signed ``Content-Digest``, as the body streams (a
+   multi-gigabyte upload is checked without being held in memory);
+3. the nonce, remembered in the database until the signature has expired, so replicas and
+   restarts agree: a request sent twice is refused (403, ``check: "request-replay"``), unless
+   the signature covers an ``Idempotency-Key``, whose route then answers the stored answer
+   and never acts twice (that is what lets a client retry a request whose answer was lost).
 
-over the DSSE v1 pre-authentication encoding
-``PAE("application/vnd.veriml.request", METHOD SP PATH SP sha256:<hex of body>)``, where
-PATH is the request's URL path (without the query). The coordinator verifies it and records
-the key id (for example with a published model). A header that is present but does not
-verify is refused (403): it is never ignored. Bodies are hashed while they stream, so a
-multi-gigabyte upload is signed without being held in memory.
+A signature that is present but does not verify is refused (403): it is never ignored. The key
+id of the signer is what the coordinator records (a client, a publisher, an account).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
 
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope, pae
-from veriml.core.errors import FormatError, KeyFileError, SignatureError
-from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.dsse import Envelope
+from veriml.core.errors import Conflict, FormatError, LimitExceeded, SignatureError
+from veriml.core.keys import SigningKey
+from veriml.protocol.http_signatures import (
+    KEY_HEADER,
+    SignedRequest,
+    verify_request,
+)
+from veriml.protocol.http_signatures import sign_request as sign_http_request
 
 __all__ = [
     "KEY_HEADER",
     "PAYMENT_HEADER",
-    "REQUEST_PAYLOAD_TYPE",
-    "SIGNATURE_HEADER",
-    "RequestSignature",
+    "SignedRequest",
+    "accept_signature",
     "payment_from_headers",
-    "request_message",
+    "read_signed_body",
+    "request_signature",
     "sign_request",
 ]
 
-REQUEST_PAYLOAD_TYPE = "application/vnd.veriml.request"
-KEY_HEADER = "X-Veriml-Key"
-SIGNATURE_HEADER = "X-Veriml-Signature"
 PAYMENT_HEADER = "X-Veriml-Payment"
 """base64 of a DSSE envelope: the payer's signed ``payment`` ledger request for this request's
 fees (docs/ledger.md, "Authority"); required when the rules charge ``fee_per_job``."""
 _MAX_HEADER = 16 * 1024
 
 
-def request_message(method: str, path: str, body_digest: Digest) -> bytes:
-    """The bytes a request signature covers: the PAE of ``METHOD PATH sha256:<hex>``."""
-    line = f"{method.upper()} {path} {body_digest.to_text()}".encode()
-    return pae(REQUEST_PAYLOAD_TYPE, line)
+def sign_request(
+    key: SigningKey,
+    method: str,
+    url: str,
+    body: bytes,
+    headers: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The headers that sign a request of ``body`` to ``url`` (for tests and tools); the
+    ``headers`` it will also carry (``Idempotency-Key``, ...) are covered, and returned too."""
+    signed = sign_http_request(key, method, url, Digest.of(body), headers)
+    return dict(headers or {}) | signed
 
 
-def sign_request(key: SigningKey, method: str, path: str, body: bytes) -> dict[str, str]:
-    """The headers that sign a request whose body is ``body`` (for clients and tests)."""
-    signature = key.sign(request_message(method, path, Digest.of(body)))
-    return {
-        KEY_HEADER: base64.b64encode(key.public.to_pem()).decode(),
-        SIGNATURE_HEADER: f"{key.key_id}:{base64.b64encode(signature).decode()}",
-    }
+def request_signature(request: Request) -> SignedRequest | None:
+    """Step 1: the request's verified signature, or None when it is unsigned."""
+    fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+    return verify_request(request.method, str(request.url), fields)
+
+
+async def accept_signature(
+    request: Request, signed: SignedRequest | None, body: Digest, *, idempotent: bool = False
+) -> str | None:
+    """Steps 2 and 3 for a body whose digest is ``body``: the signer's key id (None when the
+    request is unsigned). ``idempotent``: the route answers a repeated ``Idempotency-Key``
+    from storage, so a repeated nonce under a covered key is let through to it."""
+    if signed is None:
+        return None
+    key_id = signed.check_body(body)
+    covered_key = idempotent and request.headers.get("idempotency-key") is not None
+    nonces = getattr(request.app.state, "nonces", None)
+    if nonces is None:
+        raise SignatureError("this coordinator cannot check signed requests yet (starting)")
+    token = "req:" + hashlib.sha256(f"{key_id}\n{signed.nonce}".encode()).hexdigest()
+    try:
+        await run_in_threadpool(nonces.use, token)
+    except Conflict as exc:
+        if not covered_key:
+            raise SignatureError(
+                "this signed request was sent before (its nonce is used): sign it again",
+                check="request-replay",
+                keyid=key_id,
+            ) from exc
+    return key_id
+
+
+async def read_signed_body(
+    request: Request, limit: int, *, idempotent: bool = False
+) -> tuple[bytes, str | None]:
+    """A JSON route's body (at most ``limit`` bytes, 413 beyond) and its signer's key id (None
+    when unsigned): the signature is checked before the body is read, the digest and the nonce
+    after."""
+    signed = request_signature(request)
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise LimitExceeded("request body is too large", size=int(declared), limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise LimitExceeded("request body is too large", limit=limit)
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    return raw, await accept_signature(request, signed, Digest.of(raw), idempotent=idempotent)
 
 
 def payment_from_headers(headers: Mapping[str, str]) -> Envelope | None:
@@ -81,65 +143,3 @@ def _b64(text: str, what: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise SignatureError(f"{what} is not base64", check="request-signature") from exc
-
-
-@dataclass(frozen=True, slots=True)
-class RequestSignature:
-    """A parsed request signature; :meth:`verify` checks it against the body's digest."""
-
-    key: VerifyingKey
-    signature: bytes
-
-    @property
-    def key_id(self) -> str:
-        return self.key.key_id
-
-    @classmethod
-    def from_headers(cls, headers: Mapping[str, str]) -> RequestSignature | None:
-        """The signature in ``headers``, or None if the request is unsigned.
-
-        Half a signature (a key without a signature or the reverse), a malformed header or
-        a key id that is not the given key's is :class:`SignatureError`.
-        """
-        key_text = headers.get(KEY_HEADER.lower()) or headers.get(KEY_HEADER)
-        sig_text = headers.get(SIGNATURE_HEADER.lower()) or headers.get(SIGNATURE_HEADER)
-        if key_text is None and sig_text is None:
-            return None
-        if not key_text or not sig_text:
-            raise SignatureError(
-                f"a signed request needs both {KEY_HEADER} and {SIGNATURE_HEADER}",
-                check="request-signature",
-            )
-        if len(key_text) > _MAX_HEADER or len(sig_text) > _MAX_HEADER:
-            raise SignatureError(
-                "request signature headers are too long", check="request-signature"
-            )
-        try:
-            key = VerifyingKey.from_pem(_b64(key_text, KEY_HEADER))
-        except KeyFileError as exc:
-            raise SignatureError(
-                f"{KEY_HEADER} is not a PEM public key", check="request-signature"
-            ) from exc
-        key_id, sep, encoded = sig_text.rpartition(":")
-        if not sep or key_id != key.key_id:
-            raise SignatureError(
-                "request signature names another key",
-                check="request-signature",
-                expected=key.key_id,
-                got=key_id[:80],
-            )
-        return cls(key, _b64(encoded, SIGNATURE_HEADER))
-
-    def verify(self, method: str, path: str, body_digest: Digest) -> str:
-        """Raise :class:`SignatureError` unless the signature covers this request; the key id."""
-        try:
-            self.key.verify(self.signature, request_message(method, path, body_digest))
-        except SignatureError as exc:
-            raise SignatureError(
-                "request signature does not verify",
-                check="request-signature",
-                keyid=self.key_id,
-                method=method,
-                path=path,
-            ) from exc
-        return self.key_id

@@ -7,8 +7,8 @@
 ``POST /v1/disputes/{id}/tensors``     challenger, signed    the new state
 =====================================  ====================  ================================
 
-A challenger is an account: the key id of the request signature (``X-Veriml-Key`` /
-``X-Veriml-Signature``, :mod:`veriml.coordinator.auth`). Only the account that opened a
+A challenger is an account: the key id of the request signature (RFC 9421,
+:mod:`veriml.coordinator.auth`). Only the account that opened a
 dispute may move in it. The routes read the :class:`~veriml.coordinator.disputes.DisputeService`
 from ``app.state.disputes`` and the stored inference through the app's inference service.
 
@@ -29,7 +29,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.auth import read_signed_body
 from veriml.coordinator.dispute_admission import (
     TooManyDisputes,
     WindowClosed,
@@ -40,7 +40,6 @@ from veriml.coordinator.disputes import DisputeRun, DisputeService, bonded
 from veriml.coordinator.inference_routes import inference_service
 from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
-from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, SignatureError, StorageError
 
 __all__ = ["create_dispute_router"]
@@ -60,14 +59,12 @@ def _json(content: dict[str, Any], status: int = 200) -> Response:
 
 async def _signed_body(request: Request) -> tuple[str, dict[str, Any]]:
     """The verified signer's key id and the JSON object body; unsigned requests are refused."""
-    raw = await request.body()
-    signature = RequestSignature.from_headers(request.headers)
-    if signature is None:
+    raw, account = await read_signed_body(request, request.app.state.settings.max_json_bytes)
+    if account is None:
         raise SignatureError(
             "dispute requests are signed: the challenger's account is the signing key's id",
             check="request-signature",
         )
-    account = signature.verify(request.method, request.url.path, Digest.of(raw))
     return account, parse_json_object(raw, what="dispute request")
 
 

@@ -55,7 +55,7 @@ from fsspec.core import url_to_fs
 from starlette.concurrency import run_in_threadpool
 
 from veriml.coordinator.archive import ArchiveLimits, extract_tar
-from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.auth import SignedRequest, accept_signature, request_signature
 from veriml.coordinator.catalog import NamespaceRecord, NamespaceRepository
 from veriml.coordinator.deps import ModelsDep
 from veriml.coordinator.ledger import LedgerBook
@@ -646,10 +646,11 @@ HubDep = Annotated[HubService, Depends(_hub)]
 router = APIRouter(tags=["hub"])
 
 
-def _publisher(request: Request, settings: Settings) -> VerifyingKey | None:
+def _publisher(
+    request: Request, settings: Settings, signature: SignedRequest | None
+) -> VerifyingKey | None:
     """Step 0: the publisher key, checked against the request signature the settings
     require; None for an unsigned upload the settings allow."""
-    signature = RequestSignature.from_headers(request.headers)
     encoded = request.headers.get(PUBLISHER_KEY_HEADER)
     if not encoded:
         if not settings.allow_unsigned_publish:
@@ -667,7 +668,7 @@ def _publisher(request: Request, settings: Settings) -> VerifyingKey | None:
         if signature is None:
             raise SignatureError(
                 "this hub accepts publications signed by the publisher key only "
-                "(X-Veriml-Key, X-Veriml-Signature)",
+                "(RFC 9421: X-Veriml-Key, Signature-Input, Signature)",
                 check="request-signature",
             )
         if signature.key_id != publisher.key_id:
@@ -684,10 +685,10 @@ def _publisher(request: Request, settings: Settings) -> VerifyingKey | None:
 async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
     """Publish a model: the folder as a tar stream, ``model.sig`` inside; header
     ``X-Veriml-Publisher-Key`` = base64 of the publisher's PEM public key (EC), and the
-    request signed by that key (``X-Veriml-Key``, ``X-Veriml-Signature``). Without a publisher
-    key, an unsigned model (only where the operator allows unsigned publishing)."""
-    publisher = _publisher(request, hub.settings)
-    signature = RequestSignature.from_headers(request.headers)
+    request signed by that key (RFC 9421, docs/network.md "Signed requests"). Without a
+    publisher key, an unsigned model (only where the operator allows unsigned publishing)."""
+    signature = request_signature(request)
+    publisher = _publisher(request, hub.settings, signature)
     declared = request.headers.get("content-length")
     if (
         declared is not None
@@ -701,7 +702,7 @@ async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
         body = await spool_upload(request, spooled, hub.settings.max_upload_bytes)
         # Authenticate before extracting: the signature covers the digest of the bytes on
         # disk, so no header of an archive nobody signed is ever parsed.
-        submitted_by = signature.verify("POST", request.url.path, body) if signature else None
+        submitted_by = await accept_signature(request, signature, body)
         upload = staging / "upload"
         upload.mkdir()
         await run_in_threadpool(extract_upload, spooled, upload, hub.archive_limits)

@@ -20,7 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
-from veriml.coordinator.auth import RequestSignature, payment_from_headers
+from veriml.coordinator.auth import payment_from_headers, read_signed_body
 from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
@@ -28,7 +28,7 @@ from veriml.coordinator.problems import problem
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, FormatError, InvalidInput, LimitExceeded, NodeUnavailable
+from veriml.core.errors import Error, FormatError, InvalidInput, NodeUnavailable
 from veriml.models import IOSignature
 
 __all__ = [
@@ -208,20 +208,6 @@ Service = Annotated[InferenceService, Depends(inference_service)]
 IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise LimitExceeded("request body is too large", size=int(declared), limit=limit)
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LimitExceeded("request body is too large", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _json(content: dict[str, Any]) -> Response:
     body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
     return Response(body, media_type="application/json")
@@ -254,15 +240,14 @@ async def create_inference(
     """``{"model", "inputs", "policy"}`` -> ``{"id", "outputs", "receipts", "verdict", "log"}``.
 
     With an ``Idempotency-Key`` header the key is the request id, and retrying the request
-    returns the stored answer instead of running and logging it again. A request signed with
-    ``X-Veriml-Key``/``X-Veriml-Signature`` is logged with the signer's key id
-    (``request.client``); a signature that does not verify is refused (403).
+    returns the stored answer instead of running and logging it again. A signed request
+    (RFC 9421, docs/network.md "Signed requests") is logged with the signer's key id
+    (``request.client``); a signature that does not verify, or a signed request sent again
+    without an ``Idempotency-Key``, is refused (403).
     """
-    signature = RequestSignature.from_headers(request.headers)
     payment = payment_from_headers(request.headers)
     limit = request.app.state.settings.max_json_bytes
-    raw = await _read_body(request, limit)
-    client = signature.verify("POST", request.url.path, Digest.of(raw)) if signature else None
+    raw, client = await read_signed_body(request, limit, idempotent=True)
     body = parse_json_object(raw, what="inference request")
     try:
         answer = await service.create(

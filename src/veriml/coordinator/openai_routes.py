@@ -10,7 +10,7 @@ header (base64 of the first receipt's DSSE JSON) and, in streams, one ``event: v
 The policy comes from the ``X-Veriml-Policy`` header or the body's
 ``veriml: {"policy": ...}`` member (the OpenAI SDK's ``extra_body``). Errors are OpenAI error
 objects (:mod:`veriml.coordinator.openai_errors`), not problem JSON. A request signed like
-``POST /v1/inferences`` (``X-Veriml-Key``/``X-Veriml-Signature``) is logged with its client;
+``POST /v1/inferences`` (RFC 9421, :mod:`veriml.coordinator.auth`) is logged with its client;
 an ``Idempotency-Key`` is the request id, and retrying with it returns the stored answer.
 
 The response builders are pure functions of the service's answer, tested on their own.
@@ -29,7 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter
 
-from veriml.coordinator.auth import RequestSignature, payment_from_headers
+from veriml.coordinator.auth import payment_from_headers, read_signed_body
 from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
     LLM_ENGINE,
@@ -46,9 +46,8 @@ from veriml.coordinator.openai_errors import openai_error
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import RequestKind, relay_digest, relay_model_id, relay_name
-from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, FormatError, LimitExceeded
+from veriml.core.errors import Error, FormatError
 from veriml.protocol.sse import KEEP_ALIVE, sse_event
 
 __all__ = [
@@ -204,22 +203,10 @@ Service = Annotated[CompletionService, Depends(completion_service)]
 # -- request parsing -----------------------------------------------------------------------------
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise LimitExceeded("request body is too large", limit=limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 async def _parse(request: Request) -> tuple[dict[str, Any], str, str | None]:
     """The OpenAI body (without ``veriml``), the policy text and the signing client."""
-    signature = RequestSignature.from_headers(request.headers)
-    raw = await _read_body(request, request.app.state.settings.max_json_bytes)
-    client = signature.verify("POST", request.url.path, Digest.of(raw)) if signature else None
+    limit = request.app.state.settings.max_json_bytes
+    raw, client = await read_signed_body(request, limit, idempotent=True)
     body = parse_json_object(raw, what="request body")
     extension = body.pop("veriml", None)
     policy = request.headers.get(POLICY_HEADER)

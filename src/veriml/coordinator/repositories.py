@@ -246,7 +246,8 @@ class NodeRepository:
 
 
 class NonceRepository:
-    """Descriptor nonces seen, kept for twice the freshness window (then they are stale)."""
+    """Nonces seen (node descriptors' and signed requests'), kept for ``keep`` seconds: longer
+    than any descriptor or request signature stays fresh, so a replay always meets its nonce."""
 
     def __init__(self, engine: Engine, *, keep: float) -> None:
         self._engine = engine

@@ -61,7 +61,7 @@ class Settings:
     # Seconds between the ": keep-alive" comments of an SSE stream while no token flows (a
     # quorum or prefill check running), under the idle timeouts of proxies on the way.
     sse_keepalive: float = 10.0
-    # Publications must be requests signed by the publisher key itself (X-Veriml-Signature).
+    # Publications must be requests signed by the publisher key itself (RFC 9421).
     require_signed_publish: bool = True
     # UNSAFE outside development: register model folders without model.sig as *unsigned*
     # models (no publisher, no name: reachable by digest only, marked wherever listed).

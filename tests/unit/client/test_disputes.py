@@ -23,7 +23,7 @@ from fastapi.responses import JSONResponse
 from _servers import serve
 from veriml.client import Client
 from veriml.client._disputes import Challenger, DisputeState, Query
-from veriml.coordinator.auth import RequestSignature
+from veriml.coordinator.auth import request_signature
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
@@ -104,9 +104,9 @@ class Service:
 
         async def signed(request: Request) -> tuple[str, dict[str, Any]]:
             body = await request.body()
-            signature = RequestSignature.from_headers(request.headers)
+            signature = request_signature(request)
             assert signature is not None, "a challenger's requests are signed"
-            account = signature.verify("POST", request.url.path, Digest.of(body))
+            account = signature.check_body(Digest.of(body))
             return account, dict(await request.json())
 
         @app.post("/v1/disputes", status_code=201, response_model=None)

@@ -194,7 +194,7 @@ def test_oversize_upload_is_413_before_and_while_streaming(
             for i in range(0, len(body), 1024):
                 yield body[i : i + 1024]
 
-        headers = model.upload_headers(body)
+        headers = model.upload_headers(body, url)
         streamed = httpx.post(url + "/v1/models", content=chunks(), headers=headers)
         assert _problem(streamed, 413)["limit"] == limit
         assert _log_size(url) == size
@@ -220,7 +220,7 @@ def test_publisher_key_malformed_or_not_ec_is_400_and_missing_is_403(
     bad = {"X-Veriml-Publisher-Key": "not base64!"}
     _problem(httpx.post(url + "/v1/models", content=body, headers=bad), 400)
     ed = generate_key("ed25519")
-    signed_by_ed = publisher_headers(ed) | sign_request(ed, "POST", "/v1/models", body)
+    signed_by_ed = sign_request(ed, "POST", url + "/v1/models", body, publisher_headers(ed))
     _problem(httpx.post(url + "/v1/models", content=body, headers=signed_by_ed), 400)
     assert _log_size(url) == size
 
@@ -245,7 +245,7 @@ def test_a_publication_must_be_signed_by_the_publisher_key(
     unsigned = _problem(httpx.post(url + "/v1/models", content=body, headers=model.headers), 403)
     assert unsigned["check"] == "request-signature"
     other = generate_key("ed25519")
-    by_other = model.headers | sign_request(other, "POST", "/v1/models", body)
+    by_other = sign_request(other, "POST", url + "/v1/models", body, model.headers)
     problem = _problem(httpx.post(url + "/v1/models", content=body, headers=by_other), 403)
     assert problem["check"] == "request-signature"
     assert (problem["expected"], problem["got"]) == (model.key.key_id, other.key_id)
@@ -259,7 +259,7 @@ def test_an_operator_may_accept_publications_signed_by_any_key_or_none(
     body = model.tar()
     client = generate_key("ed25519")
     with running_coordinator(tmp_path / "home", require_signed_publish=False) as (url, _):
-        signed = model.headers | sign_request(client, "POST", "/v1/models", body)
+        signed = sign_request(client, "POST", url + "/v1/models", body, model.headers)
         record = httpx.post(url + "/v1/models", content=body, headers=signed)
         assert record.status_code == 201, record.text
         assert record.json()["submitted_by"] == client.key_id

@@ -644,17 +644,24 @@ def test_a_coordinator_that_charges_fees_runs_nothing_without_a_payment_that_cov
     client = generate_key("ed25519")
     raw = json.dumps(CHAT).encode()
     path = "/v1/chat/completions"
-    signed = sign_request(client, "POST", path, raw) | {"Content-Type": "application/json"}
+    signed = sign_request(client, "POST", url + path, raw, {"Content-Type": "application/json"})
     # Unsigned: nobody to charge, so not allowed (inference is free only by the rules).
     unsigned = httpx.post(url + path, json=CHAT, timeout=30)
     # Signed, without a payment.
     unpaid = httpx.post(url + path, content=raw, headers=signed, timeout=30)
     # Signed, with a payment that allows this request's one fee, from an empty balance.
     payment = LedgerRequest.signed(client, "payment", 5, request="req-unfunded")
-    paid = signed | {
-        "Idempotency-Key": "req-unfunded",
-        "X-Veriml-Payment": base64.b64encode(payment.to_bytes()).decode(),
-    }
+    paid = sign_request(
+        client,
+        "POST",
+        url + path,
+        raw,
+        {
+            "Content-Type": "application/json",
+            "Idempotency-Key": "req-unfunded",
+            "X-Veriml-Payment": base64.b64encode(payment.to_bytes()).decode(),
+        },
+    )
     unfunded = httpx.post(url + path, content=raw, headers=paid, timeout=30)
     for refused, reason in (
         (unsigned, "attach a signed payment"),
@@ -677,8 +684,9 @@ def test_a_signed_request_is_logged_with_its_clients_key_id(
     url, _, _ = coordinator
     client = generate_key("ed25519")
     raw = json.dumps(CHAT).encode()
-    headers = sign_request(client, "POST", "/v1/chat/completions", raw)
-    headers["Content-Type"] = "application/json"
+    headers = sign_request(
+        client, "POST", url + "/v1/chat/completions", raw, {"Content-Type": "application/json"}
+    )
     response = httpx.post(url + "/v1/chat/completions", content=raw, headers=headers, timeout=30)
     assert response.status_code == 200, response.text
     request = response.json()["veriml"]["request"]
