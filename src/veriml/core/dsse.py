@@ -128,6 +128,11 @@ class Envelope:
         payload_type = obj.get("payloadType")
         if not isinstance(payload_type, str):
             raise FormatError("DSSE envelope needs a string payloadType")
+        try:
+            payload_type.encode()
+        except UnicodeEncodeError as exc:
+            # JSON can escape a lone surrogate, which has no UTF-8 form and so no PAE.
+            raise FormatError("DSSE payloadType is not valid Unicode", reason=str(exc)) from exc
         payload = _b64decode(obj.get("payload"), "DSSE payload")
         raw_sigs = obj.get("signatures")
         if not isinstance(raw_sigs, list) or not raw_sigs:
