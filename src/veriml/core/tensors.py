@@ -177,8 +177,10 @@ def tensor_from_json(obj: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TEN
             )
         return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     try:
-        array = np.array(obj["data"], dtype=dtype.newbyteorder("="))
-    except (ValueError, TypeError, OverflowError) as exc:
+        # A float beyond the dtype's range is refused like an integer beyond it, not made inf.
+        with np.errstate(over="raise", invalid="raise"):
+            array = np.array(obj["data"], dtype=dtype.newbyteorder("="))
+    except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
         raise InvalidTensor("data does not fit dtype", dtype=dtype_name, reason=str(exc)) from exc
     if array.size != count:
         raise InvalidTensor("data does not match shape", shape=list(shape), got=array.size)
