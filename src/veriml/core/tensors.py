@@ -18,6 +18,7 @@ import binascii
 import hashlib
 import io
 import math
+import tokenize
 from collections.abc import Mapping
 from typing import Any
 
@@ -210,7 +211,8 @@ def tensor_from_npy(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
             raise InvalidTensor("unsupported .npy version", version=version)
-    except (ValueError, SyntaxError, EOFError) as exc:
+    # numpy re-tokenizes a header that does not parse, which can raise TokenError.
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as exc:
         raise InvalidTensor("not a valid .npy file", reason=str(exc)) from exc
     if dtype.hasobject or dtype.name not in SUPPORTED_DTYPES:
         raise InvalidTensor("unsupported tensor dtype in .npy", dtype=str(dtype))
