@@ -128,7 +128,14 @@ def tensor_from_canonical(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BY
             expected=math.prod(dims) * dtype.itemsize,
             got=len(body),
         )
+    _check_bools(body, dtype)
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _check_bools(raw: bytes, dtype: np.dtype[Any]) -> None:
+    """A bool is the byte 0 or 1; any other byte would give one value a second digest."""
+    if dtype.kind == "b" and raw and int(np.frombuffer(raw, dtype=np.uint8).max()) > 1:
+        raise InvalidTensor("a bool tensor holds a byte other than 0 and 1")
 
 
 def _check_shape(shape: Any, *, max_bytes: int, itemsize: int) -> tuple[int, ...]:
@@ -176,6 +183,7 @@ def tensor_from_json(obj: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TEN
                 expected=count * dtype.itemsize,
                 got=len(raw),
             )
+        _check_bools(raw, dtype)
         return np.frombuffer(raw, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
     try:
         # A float beyond the dtype's range is refused like an integer beyond it, not made inf.
@@ -223,6 +231,7 @@ def tensor_from_npy(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -
         raise InvalidTensor(
             ".npy data length does not match its header", expected=expected, got=len(body)
         )
+    _check_bools(body, dtype)
     array = np.frombuffer(body, dtype=dtype).reshape(shape, order="F" if fortran else "C")
     # astype(order="C") rather than ascontiguousarray, which turns 0-d arrays into 1-d.
     return array.astype(dtype.newbyteorder("="), order="C")
