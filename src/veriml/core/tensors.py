@@ -146,10 +146,11 @@ def _check_shape(shape: Any, *, max_bytes: int, itemsize: int) -> tuple[int, ...
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
             raise InvalidTensor("tensor dimensions must be non-negative integers", got=shape)
         dims.append(d)
-    count = math.prod(dims)
-    if count * itemsize > max_bytes:
+    # A zero dimension does not excuse the others: numpy cannot shape (0, 2**62, 2**62) either.
+    extent = math.prod(d for d in dims if d)
+    if extent * itemsize > max_bytes:
         raise InvalidTensor(
-            "tensor is larger than the limit", bytes=count * itemsize, limit=max_bytes
+            "tensor is larger than the limit", bytes=extent * itemsize, limit=max_bytes
         )
     return tuple(dims)
 
