@@ -14,7 +14,6 @@ JSON form: ``{"dtype": ..., "shape": [...], "data": nested lists}`` or, for exac
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import io
 import math
@@ -176,7 +175,7 @@ def tensor_from_json(obj: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TEN
             raise InvalidTensor("b64 must be a base64 string within the size limit")
         try:
             raw = base64.b64decode(text, validate=True)
-        except binascii.Error as exc:
+        except ValueError as exc:  # binascii.Error, or a ValueError for non-ASCII text
             raise InvalidTensor("b64 is not valid base64", reason=str(exc)) from exc
         if len(raw) != count * dtype.itemsize:
             raise InvalidTensor(
