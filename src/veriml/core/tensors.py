@@ -120,6 +120,9 @@ def tensor_from_canonical(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BY
     except ValueError as exc:
         raise InvalidTensor("canonical tensor shape is malformed", got=shape_text[:80]) from exc
     dims = _check_shape(shape, max_bytes=max_bytes, itemsize=dtype.itemsize)
+    if shape_text != ",".join(map(str, dims)):
+        # int() also reads "03", "+3" and " 3": one tensor would have several encodings.
+        raise InvalidTensor("canonical tensor shape is not canonical", got=shape_text[:80])
     body = rest[shape_end + 1 :]
     if len(body) != math.prod(dims) * dtype.itemsize:
         raise InvalidTensor(
