@@ -82,6 +82,18 @@ class _CardLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_document(self, node: Any) -> Any:
+        # PyYAML's scalar constructors raise plain exceptions for values their tags or
+        # patterns admit but cannot build (``2020-13-45``, ``!!int ""``, ``!!timestamp x``,
+        # 5,000 digits): each is a card that is not valid YAML, not a crash.
+        try:
+            return super().construct_document(node)
+        except (ArithmeticError, AttributeError, LookupError, TypeError, ValueError) as exc:
+            message = f"cannot construct a value: {type(exc).__name__}: {exc}"
+            raise yaml.constructor.ConstructorError(
+                None, None, message[:200], node.start_mark
+            ) from exc
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ModelCard:
