@@ -177,6 +177,10 @@ def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
                         out.write(chunk)
     except FileExistsError as exc:
         raise FormatError("archive holds a member twice", member=str(exc.filename)) from exc
+    except NotADirectoryError as exc:  # "a", then "a/b": a member inside a file
+        raise FormatError(
+            "archive puts a member inside one of its files", member=str(exc.filename)
+        ) from exc
     except (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError) as exc:
         raise FormatError(
             "not a complete tar archive (truncated or malformed)",
