@@ -92,7 +92,12 @@ class _BoundedTarInfo(tarfile.TarInfo):
                 "archive member is not a regular file or folder (sparse files are refused)",
                 member=self.name[:200],
             )
-        return super()._proc_member(tarfile_)  # type: ignore[misc]
+        try:
+            return super()._proc_member(tarfile_)  # type: ignore[misc]
+        except ValueError as exc:  # tarfile reads pax GNU.sparse.* values with a bare int()
+            raise FormatError(
+                "archive has a malformed extended header", reason=str(exc)[:200]
+            ) from exc
 
 
 def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath | None:
