@@ -102,6 +102,11 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
 def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath | None:
     name = member.name
+    try:
+        name.encode()
+    except UnicodeEncodeError as exc:  # tarfile keeps bytes that are not UTF-8 as surrogates
+        shown = name.encode(errors="backslashreplace").decode()
+        raise FormatError("archive member's path is not UTF-8", member=shown[:200]) from exc
     if "\\" in name or "\x00" in name or name.startswith("/"):
         raise FormatError("archive member has an unsafe path", member=name[:200])
     parts = [p for p in PurePosixPath(name).parts if p not in (".", "")]
