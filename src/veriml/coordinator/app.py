@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 import veriml
-from veriml.coordinator import db, hub, ledger, openai_routes, registry
+from veriml.coordinator import db, hub, ledger, openai_routes, registry, schemas
 from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.catalog import NamespaceRepository
 from veriml.coordinator.deps import LogDep, SettingsDep
@@ -47,6 +47,7 @@ from veriml.coordinator.settings import Settings
 from veriml.core.errors import Error, LimitExceeded, StorageError
 from veriml.models.blobstore import BlobStore
 from veriml.protocol.http_signatures import MAX_SKEW, MAX_WINDOW
+from veriml.protocol.openapi import complete_document
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.server import create_log_router
 from veriml.tlog.witness import WitnessClient
@@ -317,9 +318,24 @@ def create_app(settings: Settings) -> FastAPI:
         app.include_router(importlib.import_module(INFERENCE_ROUTES).router)
     app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")
     _service_routes(app)
+    _describe_bodies(app)
     app.add_middleware(_Metered, metrics=app.state.metrics)
     app.add_middleware(BodyLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes)
     return app
+
+
+def _describe_bodies(app: FastAPI) -> None:
+    """``/openapi.json`` with every request body described: the routes read raw bytes (a
+    signature covers them), so their bodies are declared as ``$ref``s to the schemas of
+    :mod:`veriml.coordinator.schemas`, added here to the document's components."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_document(build(), schemas.MODELS)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _service_routes(app: FastAPI) -> None:
@@ -336,7 +352,7 @@ def _service_routes(app: FastAPI) -> None:
             "heartbeat_interval": settings.heartbeat_interval,
         }
 
-    @app.get("/healthz", operation_id="healthz", tags=["service"])
+    @app.get("/healthz", operation_id="healthz", tags=["service"], responses=schemas.HEALTHZ)
     def healthz(request: Request, log: LogDep) -> dict[str, Any]:
         """200 when the database and the log answer; 503 problem JSON otherwise."""
         try:
@@ -346,7 +362,13 @@ def _service_routes(app: FastAPI) -> None:
             raise StorageError("coordinator database unreachable", reason=str(exc)[:200]) from exc
         return {"status": "ok", "log_size": log.size}
 
-    @app.get("/metrics", operation_id="metrics", tags=["service"])
+    @app.get(
+        "/metrics",
+        operation_id="metrics",
+        tags=["service"],
+        response_class=Response,
+        responses=schemas.METRICS,
+    )
     def metrics(request: Request) -> Response:
         """Prometheus text exposition: requests by operation, models, live nodes, log size."""
         body = request.app.state.metrics.render()

@@ -29,6 +29,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from veriml.coordinator import schemas
 from veriml.coordinator.auth import read_signed_body
 from veriml.coordinator.dispute_admission import (
     TooManyDisputes,
@@ -159,15 +160,8 @@ def create_dispute_router() -> APIRouter:
         operation_id="create_dispute",
         status_code=201,
         summary="Challenge a node's answer to a logged inference with your own trace",
-        responses={
-            201: {"description": "the dispute state"},
-            402: {"description": "no valid bond authorization, or a balance below the bond"},
-            403: {"description": "the request or the bond is not signed by the challenger"},
-            404: {"description": "no such inference, or no receipt of that node in it"},
-            409: {"description": "this receipt was already disputed with this claim"},
-            410: {"description": "the answer's challenge window has closed"},
-            429: {"description": "the defendant has the most open disputes a node may have"},
-        },
+        responses={201: {"description": "the dispute state"}},
+        openapi_extra=schemas.CREATE_DISPUTE,
     )
     async def create_dispute(request: Request) -> Response:
         """``{"inference", "node", "trace": {"root", "size"}, "outputs", "mode"?,
@@ -202,6 +196,7 @@ def create_dispute_router() -> APIRouter:
         "/v1/disputes/{dispute_id}",
         operation_id="get_dispute",
         summary="A dispute's state: the query it waits for, its rounds, its verdict",
+        responses=schemas.GET_DISPUTE,
     )
     async def get_dispute(dispute_id: str, request: Request) -> Response:
         return _json(_service(request).get(dispute_id).to_json())
@@ -210,6 +205,7 @@ def create_dispute_router() -> APIRouter:
         "/v1/disputes/{dispute_id}/reveal",
         operation_id="reveal_dispute_entry",
         summary="The challenger reveals the trace entry the dispute asks for",
+        openapi_extra=schemas.dispute_move(schemas.DisputeReveal, "the entry and its proof"),
     )
     async def reveal(dispute_id: str, request: Request) -> Response:
         """``{"index", "entry", "proof": [hex]}`` -> the state once the dispute has moved on."""
@@ -224,6 +220,7 @@ def create_dispute_router() -> APIRouter:
         "/v1/disputes/{dispute_id}/tensors",
         operation_id="submit_dispute_tensors",
         summary="The challenger sends the recorded tensors the dispute asks for",
+        openapi_extra=schemas.dispute_move(schemas.DisputeTensors, "the tensors asked for"),
     )
     async def tensors(dispute_id: str, request: Request) -> Response:
         """``{"tensors": {name: tensor JSON}}`` -> the state once the dispute has moved on."""

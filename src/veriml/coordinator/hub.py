@@ -54,6 +54,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fsspec.core import url_to_fs
 from starlette.concurrency import run_in_threadpool
 
+from veriml.coordinator import schemas
 from veriml.coordinator.archive import ArchiveLimits, extract_tar
 from veriml.coordinator.auth import SignedRequest, accept_signature, request_signature
 from veriml.coordinator.catalog import NamespaceRecord, NamespaceRepository
@@ -644,6 +645,8 @@ def _hub(request: Request) -> HubService:
 
 HubDep = Annotated[HubService, Depends(_hub)]
 router = APIRouter(tags=["hub"])
+MAX_OFFSET = 2**63 - 1
+"""The largest ``offset`` of a model listing: the databases' OFFSET is a 64-bit integer."""
 
 
 def _publisher(
@@ -681,7 +684,12 @@ def _publisher(
     return publisher
 
 
-@router.post("/v1/models", operation_id="publish_model", status_code=201)
+@router.post(
+    "/v1/models",
+    operation_id="publish_model",
+    status_code=201,
+    openapi_extra=schemas.PUBLISH_MODEL,
+)
 async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
     """Publish a model: the folder as a tar stream, ``model.sig`` inside; header
     ``X-Veriml-Publisher-Key`` = base64 of the publisher's PEM public key (EC), and the
@@ -721,7 +729,7 @@ def list_models(
     task: str | None = None,
     publisher: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
 ) -> dict[str, Any]:
     """Registered models, newest first; ``name`` matches a substring, ``publisher`` a key id.
 
@@ -754,14 +762,19 @@ def openai_model(record: ModelRecord) -> dict[str, Any]:
     }
 
 
-@router.get("/v1/models/{ref:path}", operation_id="get_model")
+@router.get("/v1/models/{ref:path}", operation_id="get_model", responses=schemas.GET_MODEL)
 def get_model(ref: str, hub: HubDep) -> dict[str, Any]:
     """One model by digest, ``name`` (latest registered) or ``name@version``, with lineage
     and its namespace's claim; names reach signed models only."""
     return hub.describe(hub.models.resolve(ref))
 
 
-@router.get("/v1/blobs/{digest}", operation_id="get_blob")
+@router.get(
+    "/v1/blobs/{digest}",
+    operation_id="get_blob",
+    response_class=Response,
+    responses=schemas.GET_BLOB,
+)
 def get_blob(digest: str, request: Request, hub: HubDep) -> Response:
     """A blob by digest; one ``Range`` honoured (206, or 416 beyond the end); immutable."""
     wanted = Digest.from_text(digest)

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
+from veriml.coordinator import schemas
 from veriml.coordinator.auth import payment_from_headers, read_signed_body
 from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.dispatch import JobRejected
@@ -227,12 +228,8 @@ def _upstream_problem(exc: Error, status: int) -> Response:
     "/v1/inferences",
     operation_id="create_inference",
     summary="Run an inference on nodes under a verification policy, logged once",
-    responses={
-        200: {"description": "the answer: outputs, receipts, verdict, log inclusion"},
-        413: {"description": "request body over the limit"},
-        422: {"description": "inputs that do not fit the model"},
-        503: {"description": "not enough live nodes, or none answered"},
-    },
+    responses={200: {"description": "the answer: outputs, receipts, verdict, log inclusion"}},
+    openapi_extra=schemas.CREATE_INFERENCE,
 )
 async def create_inference(
     request: Request, service: Service, idempotency_key: IdempotencyKey = None
@@ -269,6 +266,7 @@ async def create_inference(
     "/v1/inferences/{inference_id}",
     operation_id="get_inference",
     summary="An answered inference, as it was returned",
+    responses=schemas.GET_INFERENCE,
 )
 async def get_inference(inference_id: str, service: Service) -> Response:
     return _json(await service.get(inference_id))

@@ -35,6 +35,7 @@ import numpy as np
 import numpy.typing as npt
 from fastapi import APIRouter, Query, Request, Response
 
+from veriml.coordinator.schemas import GET_TENSOR, LEDGER_MOVE, LEDGER_STATE
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
@@ -360,7 +361,7 @@ async def _append_one(book: LedgerBook, entry: Entry, account: str) -> dict[str,
     }
 
 
-@router.get("/v1/ledger/state", operation_id="get_ledger_state")
+@router.get("/v1/ledger/state", operation_id="get_ledger_state", responses=LEDGER_STATE)
 async def get_ledger_state(
     request: Request, size: Annotated[int | None, Query(ge=0)] = None
 ) -> dict[str, Any]:
@@ -386,7 +387,7 @@ async def get_ledger_rules(request: Request) -> dict[str, Any]:
     }
 
 
-@router.post("/v1/ledger/deposit", operation_id="ledger_deposit")
+@router.post("/v1/ledger/deposit", operation_id="ledger_deposit", openapi_extra=LEDGER_MOVE)
 async def ledger_deposit(request: Request) -> dict[str, Any]:
     """Credit an account (minted): a ``deposit`` request signed by the rules' admin account
     (the coordinator's key)."""
@@ -404,7 +405,7 @@ async def ledger_deposit(request: Request) -> dict[str, Any]:
     return await _append_one(book, entry, account)
 
 
-@router.post("/v1/ledger/stake", operation_id="ledger_stake")
+@router.post("/v1/ledger/stake", operation_id="ledger_stake", openapi_extra=LEDGER_MOVE)
 async def ledger_stake(request: Request) -> dict[str, Any]:
     """Move the signer's balance into stake (the body is its signed ``stake`` request)."""
     ledger_request, envelope = await _ledger_request(request, "stake")
@@ -414,7 +415,7 @@ async def ledger_stake(request: Request) -> dict[str, Any]:
     return await _append_one(_book(request), entry, account)
 
 
-@router.post("/v1/ledger/unstake", operation_id="ledger_unstake")
+@router.post("/v1/ledger/unstake", operation_id="ledger_unstake", openapi_extra=LEDGER_MOVE)
 async def ledger_unstake(request: Request) -> dict[str, Any]:
     """Start unbonding the signer's stake; it returns to the balance after the delay."""
     ledger_request, envelope = await _ledger_request(request, "unstake")
@@ -427,7 +428,13 @@ async def ledger_unstake(request: Request) -> dict[str, Any]:
     return await _append_one(book, entry, account)
 
 
-@router.get("/v1/tensors/{digest}", operation_id="get_tensor", tags=["inference"])
+@router.get(
+    "/v1/tensors/{digest}",
+    operation_id="get_tensor",
+    tags=["inference"],
+    response_class=Response,
+    responses=GET_TENSOR,
+)
 async def get_tensor(digest: str, request: Request) -> Response:
     """A stored tensor in its canonical encoding (``veriml-tensor/v1``)."""
     try:

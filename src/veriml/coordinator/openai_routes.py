@@ -29,6 +29,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter
 
+from veriml.coordinator import schemas
 from veriml.coordinator.auth import payment_from_headers, read_signed_body
 from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
@@ -521,6 +522,7 @@ async def _complete(
     operation_id="create_chat_completion",
     summary="Chat completion on nodes under a verification policy, logged once",
     responses=_RESPONSES,
+    openapi_extra=schemas.OPENAI_CHAT,
 )
 async def create_chat_completion(request: Request, service: Service) -> Response:
     """OpenAI ``chat.completion`` (``stream: true``: SSE chunks) with a ``veriml`` member."""
@@ -532,6 +534,7 @@ async def create_chat_completion(request: Request, service: Service) -> Response
     operation_id="create_completion",
     summary="Text completion on nodes under a verification policy, logged once",
     responses=_RESPONSES,
+    openapi_extra=schemas.OPENAI_COMPLETION,
 )
 async def create_completion(request: Request, service: Service) -> Response:
     """OpenAI ``text_completion`` (``stream: true``: SSE chunks) with a ``veriml`` member."""
@@ -543,6 +546,7 @@ async def create_completion(request: Request, service: Service) -> Response:
     operation_id="create_embedding",
     summary="Embeddings on nodes under a verification policy, logged once",
     responses=_RESPONSES,
+    openapi_extra=schemas.OPENAI_EMBEDDING,
 )
 async def create_embedding(request: Request, service: Service) -> Response:
     """OpenAI embedding ``list`` (``encoding_format`` float or base64) with a ``veriml``

@@ -31,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from veriml.coordinator.deps import NodesDep, SettingsDep
 from veriml.coordinator.ledger import LedgerBook
 from veriml.coordinator.repositories import NodeRepository, NonceRepository
+from veriml.coordinator.schemas import HEARTBEAT, REGISTER_NODE
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
@@ -164,7 +165,9 @@ RegistryDep = Annotated[RegistryService, Depends(_registry)]
 router = APIRouter(tags=["nodes"])
 
 
-@router.post("/v1/nodes", operation_id="register_node", status_code=201)
+@router.post(
+    "/v1/nodes", operation_id="register_node", status_code=201, openapi_extra=REGISTER_NODE
+)
 async def register_node(request: Request, registry: RegistryDep) -> JSONResponse:
     """Register (or re-register) a node with its signed descriptor (a DSSE envelope)."""
     envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))
@@ -172,7 +175,9 @@ async def register_node(request: Request, registry: RegistryDep) -> JSONResponse
     return JSONResponse({"node_id": node_id, "log_index": index}, status_code=201)
 
 
-@router.post("/v1/nodes/{node_id}/heartbeat", operation_id="node_heartbeat")
+@router.post(
+    "/v1/nodes/{node_id}/heartbeat", operation_id="node_heartbeat", openapi_extra=HEARTBEAT
+)
 async def node_heartbeat(node_id: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
     """Record a heartbeat signed by the node's registered key."""
     envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))

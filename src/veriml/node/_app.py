@@ -20,7 +20,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Final
 
 import httpx
 import uvicorn
@@ -55,6 +55,14 @@ from veriml.node._memory import ReplayCache
 from veriml.node._models import ModelCache
 from veriml.protocol.accounts import OperatorBinding
 from veriml.protocol.messages import format_time
+from veriml.protocol.openapi import (
+    JSON,
+    JobRequest,
+    Responses,
+    complete_document,
+    json_body,
+    problems,
+)
 from veriml.runtime.llm import LLMSettings
 
 __all__ = ["NodeState", "create_node_app", "load_node_key", "serve_node"]
@@ -382,6 +390,43 @@ async def _problem_lines(lines: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield json.dumps({"error": body}).encode() + b"\n"
 
 
+_JOB_ANSWERS: Final[Responses] = {
+    "200": {
+        "description": "the result document (an LLM job: its answer; NDJSON lines on request)",
+        "content": {JSON: {"schema": {"type": "object"}}, NDJSON: {"schema": {"type": "string"}}},
+    },
+    **problems(
+        {
+            400: "a malformed body",
+            403: "a job not signed by this node's coordinator, or not for this node",
+            404: "a model the hub does not have",
+            409: "a job id seen before (a replay)",
+            410: "an expired job",
+            413: "a body, or an LLM prompt, over the limit",
+            422: "inputs (or an LLM job's request) that do not match the job or the model",
+            502: "a model the hub served that does not verify",
+            503: "busy or shutting down",
+            504: "the job timed out",
+        }
+    ),
+}
+_TRACE_ANSWERS: Final[Responses] = problems(
+    {400: "a malformed trace index", 404: "no such trace (kept)"}
+)
+
+
+def _describe_bodies(app: FastAPI) -> None:
+    """``/openapi.json`` with the job body described (the route reads raw bytes)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = complete_document(build(), [JobRequest])
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_node_app(config: NodeConfig) -> FastAPI:
     """The node's FastAPI app. Its lifespan loads (or creates) the node key, connects to the
     coordinator (registration and heartbeats in the background) and, on shutdown, stops
@@ -426,7 +471,14 @@ def create_node_app(config: NodeConfig) -> FastAPI:
     async def get_info(node: Node) -> dict[str, Any]:
         return node.info()
 
-    @app.post("/v1/jobs", operation_id="run_job")
+    @app.post(
+        "/v1/jobs",
+        operation_id="run_job",
+        openapi_extra={
+            "requestBody": json_body(JobRequest, "the signed job and its inputs (or request)"),
+            "responses": _JOB_ANSWERS,
+        },
+    )
     async def run_job(request: Request, node: Node) -> Response:
         body = await _read_json(request, config.max_body_bytes)
         if NDJSON in request.headers.get("accept", ""):
@@ -437,18 +489,26 @@ def create_node_app(config: NodeConfig) -> FastAPI:
 
     # Trace reads run in the default thread pool, never in a job lane: a dispute's reveals
     # do not wait behind jobs, however busy the node is.
-    @app.get("/v1/traces/{request_id}", operation_id="get_trace")
+    @app.get("/v1/traces/{request_id}", operation_id="get_trace", responses=_TRACE_ANSWERS)
     async def get_trace(request_id: str, node: Node) -> dict[str, Any]:
         return await asyncio.to_thread(lambda: node.traces.get(request_id).to_json())
 
-    @app.get("/v1/traces/{request_id}/entries/{index}", operation_id="get_trace_entry")
+    @app.get(
+        "/v1/traces/{request_id}/entries/{index}",
+        operation_id="get_trace_entry",
+        responses=_TRACE_ANSWERS,
+    )
     async def get_trace_entry(request_id: str, index: str, node: Node) -> dict[str, Any]:
         # Parsed here, not by FastAPI: a bad index is a 400 problem like every other.
         if not (index.isascii() and index.isdigit()) or len(index) > 12:
             raise FormatError("trace index must be a non-negative integer", got=index[:40])
         return await asyncio.to_thread(lambda: node.traces.get(request_id).reveal(int(index)))
 
-    @app.get("/v1/traces/{request_id}/tensors/{name:path}", operation_id="get_trace_tensor")
+    @app.get(
+        "/v1/traces/{request_id}/tensors/{name:path}",
+        operation_id="get_trace_tensor",
+        responses=_TRACE_ANSWERS,
+    )
     async def get_trace_tensor(request_id: str, name: str, node: Node) -> dict[str, Any]:
         # ``:path``: exported graphs name tensors like "/encoder/MatMul_output_0".
         return await asyncio.to_thread(lambda: node.traces.get(request_id).tensor(name))
@@ -457,6 +517,7 @@ def create_node_app(config: NodeConfig) -> FastAPI:
     async def healthz(node: Node) -> dict[str, Any]:
         return node.health()
 
+    _describe_bodies(app)
     return app
 
 

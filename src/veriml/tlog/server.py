@@ -52,6 +52,41 @@ _DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 _HEX_HASH = re.compile(r"[0-9a-fA-F]{64}")
 _PROBLEM_TYPE = "https://veriml.dev/problems/"
 
+# The OpenAPI declarations of the routes: what each answers, and the query parameters the
+# proof routes read themselves (to answer a problem, not FastAPI's 422, for a bad one).
+_PROBLEM_SCHEMA = {
+    "type": "object",
+    "required": ["type", "title", "status", "detail"],
+    "properties": {
+        "type": {"type": "string"},
+        "title": {"type": "string"},
+        "status": {"type": "integer"},
+        "detail": {"type": "string"},
+    },
+}
+
+
+def _problems(statuses: dict[int, str]) -> dict[int | str, dict[str, Any]]:
+    content = {"application/problem+json": {"schema": _PROBLEM_SCHEMA}}
+    return {status: {"description": text, "content": content} for status, text in statuses.items()}
+
+
+def _query(name: str, description: str, *, required: bool = True, **schema: Any) -> dict[str, Any]:
+    return {
+        "name": name,
+        "in": "query",
+        "required": required,
+        "description": description,
+        "schema": schema or {"type": "integer", "minimum": 0, "maximum": MAX_SIZE - 1},
+    }
+
+
+_PROOF = {
+    200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+    **_problems({400: "a malformed parameter", 404: "beyond the published tree"}),
+}
+_SIZE = _query("size", "the tree size the proof is for")
+
 
 def problem(status: int, title: str, detail: str) -> JSONResponse:
     """An RFC 9457 problem details response."""
@@ -130,7 +165,18 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
     """
     router = APIRouter(route_class=_ProblemRoute)
 
-    @router.get("/checkpoint", operation_id="log_checkpoint")
+    @router.get(
+        "/checkpoint",
+        operation_id="log_checkpoint",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "the signed checkpoint (C2SP tlog-checkpoint)",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            },
+            **_problems({503: "the log is not open"}),
+        },
+    )
     def checkpoint() -> Response:
         return Response(
             log.checkpoint(),
@@ -138,7 +184,20 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
             headers={"Cache-Control": CHECKPOINT_CACHE},
         )
 
-    @router.get("/tile/{rest:path}", operation_id="log_tile")
+    @router.get(
+        "/tile/{rest:path}",
+        operation_id="log_tile",
+        response_class=Response,
+        responses={
+            200: {
+                "description": "a hash tile or an entry bundle (C2SP tlog-tiles)",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            **_problems({400: "not a tile path", 404: "beyond the published tree"}),
+        },
+    )
     def tile(rest: str) -> Response:
         path = TilePath.from_path("tile/" + rest)
         data = log.read_tile(path)
@@ -149,7 +208,24 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
             headers={"Cache-Control": FULL_TILE_CACHE if full else PARTIAL_TILE_CACHE},
         )
 
-    @router.get("/proof/inclusion", operation_id="log_inclusion_proof")
+    @router.get(
+        "/proof/inclusion",
+        operation_id="log_inclusion_proof",
+        responses=_PROOF,
+        openapi_extra={
+            "parameters": [
+                _SIZE,
+                _query("index", "the entry's index (or give hash)", required=False),
+                _query(
+                    "hash",
+                    "the entry's RFC 9162 leaf hash, hex (or give index)",
+                    required=False,
+                    type="string",
+                    pattern="^[0-9a-fA-F]{64}$",
+                ),
+            ]
+        },
+    )
     def inclusion(request: Request) -> JSONResponse:
         size = _int_param(request, "size")
         limit = log.published_size
@@ -168,7 +244,17 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
             headers={"Cache-Control": PROOF_CACHE},
         )
 
-    @router.get("/proof/consistency", operation_id="log_consistency_proof")
+    @router.get(
+        "/proof/consistency",
+        operation_id="log_consistency_proof",
+        responses=_PROOF,
+        openapi_extra={
+            "parameters": [
+                _query("old", "the smaller tree size"),
+                _query("new", "the larger tree size"),
+            ]
+        },
+    )
     def consistency(request: Request) -> JSONResponse:
         old = _int_param(request, "old")
         new = _int_param(request, "new")
