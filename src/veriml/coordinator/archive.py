@@ -125,6 +125,15 @@ def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath 
     return PurePosixPath(*parts) if parts else None
 
 
+def _open_stream(source: _CountingReader, tarinfo: type[tarfile.TarInfo]) -> tarfile.TarFile:
+    try:
+        return tarfile.open(  # type: ignore[call-overload,no-any-return]
+            fileobj=source, mode="r|*", tarinfo=tarinfo
+        )
+    except TypeError as exc:  # tarfile reads a gzip header cut short as ord(b"")
+        raise tarfile.ReadError(f"the gzip header is cut short ({exc})") from exc
+
+
 def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
     """Extract the tar read from ``source`` into the empty folder ``dest``; the file count.
 
@@ -147,9 +156,7 @@ def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
             )
 
     try:
-        with tarfile.open(  # type: ignore[call-overload]
-            fileobj=counted, mode="r|*", tarinfo=bounded
-        ) as archive:
+        with _open_stream(counted, bounded) as archive:
             stream = archive.fileobj
             for member in archive:
                 check_ratio(stream.tell())
