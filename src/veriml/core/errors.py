@@ -62,8 +62,10 @@ class Error(Exception):
 
     def __init__(self, message: str, **evidence: Any) -> None:
         super().__init__(message)
-        self.message = message
-        self.evidence: dict[str, Any] = {k: v for k, v in evidence.items() if v is not None}
+        self.message = _utf8(message)
+        self.evidence: dict[str, Any] = {
+            k: _printable(v) for k, v in evidence.items() if v is not None
+        }
 
     def diagnostics(self) -> str:
         """A human-readable account of the failure and its evidence, on one line."""
@@ -74,6 +76,26 @@ class Error(Exception):
 
     def __str__(self) -> str:
         return self.diagnostics()
+
+
+def _utf8(text: str) -> str:
+    """``text`` as UTF-8 can hold it: a hostile JSON string may carry a lone surrogate
+    (``"\\ud800"``), which no UTF-8 text can; it is kept as a backslash escape, so every
+    diagnostic prints and every problem document renders."""
+    return text if text.isascii() else text.encode(errors="backslashreplace").decode()
+
+
+def _printable(value: Any, depth: int = 0) -> Any:
+    """Evidence with every string (in lists and objects too) made :func:`_utf8`."""
+    if isinstance(value, str):
+        return _utf8(value)
+    if depth < 8 and isinstance(value, list):
+        return [_printable(v, depth + 1) for v in value]
+    if depth < 8 and isinstance(value, tuple):
+        return tuple(_printable(v, depth + 1) for v in value)
+    if depth < 8 and isinstance(value, dict):
+        return {_printable(k, depth + 1): _printable(v, depth + 1) for k, v in value.items()}
+    return value
 
 
 def _show(value: Any) -> str:
