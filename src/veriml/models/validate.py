@@ -197,6 +197,8 @@ def external_data_files(model: onnx.ModelProto, onnx_path: Path, root: Path) -> 
             raise InvalidModel("external data location must be a relative path", **evidence)
         if ".." in posix.parts or ".." in windows.parts:
             raise InvalidModel("external data location escapes the model folder", **evidence)
+        if "\x00" in location:  # no file system path holds one; resolve() raises ValueError
+            raise InvalidModel("external data location holds a NUL character", **evidence)
         target = (base / posix).resolve()
         if not target.is_relative_to(resolved_root):
             raise InvalidModel(
