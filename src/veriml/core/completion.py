@@ -101,9 +101,15 @@ def _number(body: Mapping[str, Any], key: str, default: float) -> float:
     value = body.get(key)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, int | float):
         raise _bad(key, f"{key} must be a finite number", value=value)
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond every double
+        number = math.inf
+    if not math.isfinite(number):
+        raise _bad(key, f"{key} must be a finite number", value=value)
+    return number
 
 
 def _integer(body: Mapping[str, Any], key: str) -> int | None:
