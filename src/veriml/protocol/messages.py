@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import ipaddress
+import re
+import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -18,7 +21,13 @@ from typing import Any, Final
 from veriml.core.canonical import canonical_digest, canonicalize, parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import INTOTO_PAYLOAD_TYPE, Envelope, Statement, Subject
-from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
+from veriml.core.errors import (
+    FormatError,
+    KeyFileError,
+    LimitExceeded,
+    SignatureError,
+    VerificationError,
+)
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import format_time, parse_time
 from veriml.protocol.accounts import OperatorBinding
@@ -34,6 +43,7 @@ __all__ = [
     "NodeDescriptor",
     "PrefillCheck",
     "format_time",
+    "node_endpoint",
     "open_message",
     "open_prefill_check",
     "parse_time",
@@ -46,6 +56,15 @@ HEARTBEAT_TYPE = "application/vnd.veriml.heartbeat+json"
 JOB_TYPE = "application/vnd.veriml.job+json"
 MAX_MESSAGE_BYTES = 64 * 1024
 DESCRIPTOR_MAX_AGE = dt.timedelta(minutes=5)
+# A descriptor is logged for good: every member is bounded (docs/network.md, "Node
+# descriptor"), and so is the whole payload, unknown members included.
+MAX_DESCRIPTOR_BYTES = 16 * 1024
+MAX_ENDPOINT_CHARS = 256
+MAX_ENGINES = 8
+MAX_MODELS = 64
+MAX_FINGERPRINT_BYTES = 4096
+_ENGINE = re.compile(r"[a-z0-9][a-z0-9._+-]{0,63}")
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 
 
 def sign_message(payload_type: str, message: Mapping[str, Any], key: SigningKey) -> Envelope:
@@ -102,6 +121,60 @@ def _obj(message: Mapping[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def node_endpoint(text: str) -> str:
+    """A node's endpoint, normalised: a plain ``http``/``https`` origin (a host, an optional
+    port) with no user, path, query or fragment, at most 256 characters. Scheme and host are
+    lower-cased and a lone trailing ``/`` dropped: ``"HTTP://Node.Example:8701/"`` is
+    ``"http://node.example:8701"``. The coordinator only ever appends its own paths to it
+    (``/v1/jobs``, ``/v1/traces/...``), so a descriptor cannot aim it anywhere else on a host.
+
+    >>> node_endpoint("http://[::1]:8701/")
+    'http://[::1]:8701'
+    """
+    if not isinstance(text, str) or not 0 < len(text) <= MAX_ENDPOINT_CHARS:
+        raise FormatError("a node endpoint is 1-256 characters", member="endpoint")
+
+    def refuse(why: str) -> FormatError:
+        return FormatError(
+            f"a node endpoint is a plain http(s) origin: {why}", member="endpoint", got=text[:80]
+        )
+
+    # urlsplit would read a user from "@", a query from "?" and a fragment from "#"; none has
+    # a place in an origin, and neither has anything that is not printable ASCII.
+    if not text.isascii() or not text.isprintable() or any(c in text for c in " \\?#@"):
+        raise refuse("printable ASCII, with no user, query or fragment")
+    try:
+        parts = urllib.parse.urlsplit(text)
+        port = parts.port
+    except ValueError as exc:  # a port out of range, brackets around something else
+        raise refuse("a host, and a port of 1-65535") from exc
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    if scheme not in ("http", "https") or not host:
+        raise refuse("http or https, and a host")
+    if parts.path not in ("", "/"):
+        raise refuse("no path (the coordinator adds its own)")
+    if port == 0:
+        raise refuse("a port of 1-65535")
+    if ":" in host:  # urlsplit took it from brackets: an IPv6 address, nothing else
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError as exc:
+            raise refuse("an IPv6 host in brackets is an address") from exc
+    elif len(host) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in host.split(".")):
+        raise refuse("a DNS name or an IPv4 address as host")
+    return f"{scheme}://{host}" if port is None else f"{scheme}://{host}:{port}"
+
+
+def _bounded_obj(message: Mapping[str, Any], key: str) -> dict[str, Any]:
+    """An object member whose RFC 8785 form is at most :data:`MAX_FINGERPRINT_BYTES`."""
+    value = _obj(message, key)
+    if len(canonicalize(value)) > MAX_FINGERPRINT_BYTES:
+        raise LimitExceeded(
+            f"descriptor member {key!r} is too large", member=key, limit=MAX_FINGERPRINT_BYTES
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class NodeDescriptor:
     """What a node says about itself when it registers; signed by the node's own key.
@@ -125,6 +198,24 @@ class NodeDescriptor:
     """The operator's account id, read from the binding (checked by :meth:`open`)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "endpoint", node_endpoint(self.endpoint))
+        engines, models = tuple(self.engines), tuple(self.models)
+        if len(engines) > MAX_ENGINES or not all(
+            isinstance(e, str) and _ENGINE.fullmatch(e) for e in engines
+        ):
+            raise FormatError(
+                f"a descriptor lists at most {MAX_ENGINES} engines, each a short lower-case name",
+                member="engines",
+            )
+        if len(models) > MAX_MODELS:
+            raise FormatError(
+                f"a descriptor lists at most {MAX_MODELS} models ('*': every model)",
+                member="models",
+            )
+        object.__setattr__(self, "engines", engines)
+        object.__setattr__(self, "models", descriptor_models(models))
+        for name in ("hardware", "runtime"):
+            _bounded_obj({name: dict(getattr(self, name))}, name)
         if not self.operator:
             payload = parse_json_object(self.operator_binding.payload, what="operator binding")
             object.__setattr__(self, "operator", _str(payload, "operator", max_len=128))
@@ -171,7 +262,19 @@ class NodeDescriptor:
         cls, envelope: Envelope, *, now: dt.datetime | None = None, max_age: dt.timedelta | None
     ) -> NodeDescriptor:
         """Check a descriptor against the key it carries, and its operator binding.
-        ``max_age=None`` skips freshness (for re-checking an old descriptor from the log)."""
+        ``max_age=None`` skips freshness (for re-checking an old descriptor from the log).
+
+        Its size is checked first (:class:`LimitExceeded` past ``MAX_DESCRIPTOR_BYTES``), and
+        every member's bound and the endpoint rule (:func:`node_endpoint`) when it is built
+        (:class:`FormatError`), so nothing unbounded ever reaches the log."""
+        if len(envelope.payload) > MAX_DESCRIPTOR_BYTES:
+            raise LimitExceeded(
+                "node descriptor is too large",
+                size=len(envelope.payload),
+                limit=MAX_DESCRIPTOR_BYTES,
+            )
+        if len(envelope.to_bytes()) > 2 * MAX_DESCRIPTOR_BYTES:  # signatures and key ids
+            raise LimitExceeded("node descriptor envelope is too large", limit=MAX_DESCRIPTOR_BYTES)
         try:
             unverified = parse_json_object(envelope.payload, what="node descriptor")
             key = VerifyingKey.from_pem(_str(unverified, "public_key", max_len=4096).encode())
@@ -196,13 +299,13 @@ class NodeDescriptor:
             public_key=message["public_key"],
             operator_binding=binding,
             operator=_str(message, "operator", max_len=128),
-            endpoint=_str(message, "endpoint"),
-            issued_at=_str(message, "issued_at"),
+            endpoint=_str(message, "endpoint", max_len=MAX_ENDPOINT_CHARS),
+            issued_at=_str(message, "issued_at", max_len=64),
             nonce=_str(message, "nonce", max_len=128),
             engines=_str_list(message, "engines"),
-            models=descriptor_models(_str_list(message, "models")),
-            hardware=_obj(message, "hardware"),
-            runtime=_obj(message, "runtime"),
+            models=_str_list(message, "models"),
+            hardware=_bounded_obj(message, "hardware"),
+            runtime=_bounded_obj(message, "runtime"),
         )
         # 4. The node id is the signing key's id, the operator bound this node, and the
         # descriptor is fresh.
