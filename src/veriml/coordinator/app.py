@@ -41,6 +41,7 @@ from veriml.coordinator.disputes import DisputeOptions, DisputeService
 from veriml.coordinator.keys import load_or_create_keys
 from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
 from veriml.coordinator.problems import install_problem_handlers, problem
+from veriml.coordinator.ratelimit import RateLimits, install_rate_limits
 from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
 from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
@@ -172,7 +173,12 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
                 "registered (marked unsigned, reachable by digest only)"
             )
         state.registry = registry.RegistryService(
-            settings=settings, nodes=nodes, nonces=nonces, log=log, book=state.ledger
+            settings=settings,
+            nodes=nodes,
+            nonces=nonces,
+            log=log,
+            book=state.ledger,
+            limits=state.rate_limits,
         )
         tensors = ledger.TensorStore(blobs, max_bytes=settings.max_json_bytes)
         state.tensors, state.store_tensors = tensors, tensors.put
@@ -319,6 +325,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")
     _service_routes(app)
     _describe_bodies(app)
+    # Innermost, so the requests it refuses are metered and bounded like any other.
+    install_rate_limits(app, RateLimits.from_settings(settings))
     app.add_middleware(_Metered, metrics=app.state.metrics)
     app.add_middleware(BodyLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes)
     return app

@@ -51,6 +51,7 @@ _TITLES = {
     415: "Unsupported Media Type",
     416: "Range Not Satisfiable",
     422: "Unprocessable Content",
+    429: "Too Many Requests",
     500: "Internal Server Error",
     502: "Bad Gateway",
     503: "Service Unavailable",
@@ -95,12 +96,15 @@ def _jsonable(value: Any) -> Any:
 def problem(
     status: int,
     detail: str,
+    /,
     *,
     title: str | None = None,
     headers: dict[str, str] | None = None,
     **members: Any,
 ) -> JSONResponse:
-    """An ``application/problem+json`` response; ``members`` are extension members."""
+    """An ``application/problem+json`` response; ``members`` are extension members, never
+    replacing RFC 9457's own (an error's evidence may name a ``status`` or a ``detail`` of
+    its own: a node's, say)."""
     title = title or _TITLES.get(status, "Error")
     body: dict[str, Any] = {
         "type": PROBLEM_TYPE + title.lower().replace(" ", "-"),

@@ -2,11 +2,16 @@
 
 ``POST /v1/nodes`` checks the descriptor (docs/network.md, "Node descriptor") in order:
 
+0. the body is at most :data:`MAX_MESSAGE_BODY` bytes and the descriptor's payload at most
+   ``MAX_DESCRIPTOR_BYTES``, every member within its bound and the endpoint a plain http(s)
+   origin (413, 400), before its signature is checked;
 1. the DSSE envelope is signed by the key it carries, ``node_id`` is that key's id, and the
    operator binding it carries is signed by the operator it names, for this node (403);
 2. ``issued_at`` is within the freshness window of the coordinator's clock (403);
-3. the nonce was never used before (409: a replay);
-4. the node is not bound to another operator already (409: a node key stays with its first
+3. the operator has registrations left in its rate limit (429: with the client address's
+   budget, counted before the body is read, this bounds the entries anyone can append);
+4. the nonce was never used before (409: a replay);
+5. the node is not bound to another operator already (409: a node key stays with its first
    operator, so an operator cannot borrow another's nodes or shed a conviction);
 
 then appends ONE ``NodeEntry`` (the node's own signed descriptor, so anyone can re-check it
@@ -15,7 +20,8 @@ or replaces the node's row with the entry's index. A node that registers again (
 new endpoint) gets a new entry and its row is updated.
 
 ``POST /v1/nodes/{id}/heartbeat`` takes a heartbeat signed by the registered key (403 for
-any other key, 404 for an unknown node) and newer than the last one (409).
+any other key, 404 for an unknown node) and newer than the last one (409), within the node's
+heartbeat rate limit (429).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from starlette.concurrency import run_in_threadpool
 
 from veriml.coordinator.deps import NodesDep, SettingsDep
 from veriml.coordinator.ledger import LedgerBook
+from veriml.coordinator.ratelimit import RateLimits
 from veriml.coordinator.repositories import NodeRepository, NonceRepository
 from veriml.coordinator.schemas import HEARTBEAT, REGISTER_NODE
 from veriml.coordinator.settings import Settings
@@ -49,8 +56,9 @@ from veriml.tlog.log import Log
 
 __all__ = ["MAX_MESSAGE_BODY", "RegistryService", "read_body", "router"]
 
-# A descriptor or heartbeat envelope: a 64 KiB payload, base64, plus signatures.
-MAX_MESSAGE_BODY = 256 * 1024
+# A descriptor or heartbeat envelope: a payload of at most 64 KiB (a descriptor's, 16 KiB),
+# base64, plus signatures.
+MAX_MESSAGE_BODY = 96 * 1024
 # How far in the future a heartbeat's issued_at may be (clock skew).
 HEARTBEAT_SKEW = dt.timedelta(seconds=60)
 
@@ -89,20 +97,25 @@ class RegistryService:
         nonces: NonceRepository,
         log: Log,
         book: LedgerBook | None = None,
+        limits: RateLimits | None = None,
     ) -> None:
         self.settings = settings
         self.nodes = nodes
         self.nonces = nonces
         self.log = log
         self.book = book
+        self.limits = limits
+        """Registrations per operator and heartbeats per node, counted once signed."""
 
     def check(self, envelope: Envelope, *, now: dt.datetime | None = None) -> NodeDescriptor:
-        """Steps 1 to 4 (blocking); the descriptor."""
-        descriptor = NodeDescriptor.open(  # 1, 2
+        """Steps 0 to 5 (blocking); the descriptor."""
+        descriptor = NodeDescriptor.open(  # 0, 1, 2
             envelope, now=now, max_age=dt.timedelta(seconds=self.settings.descriptor_max_age)
         )
-        self.nonces.use(descriptor.nonce)  # 3
-        if self.book is not None:  # 4
+        if self.limits is not None:  # 3
+            self.limits.hit("register", "operator", descriptor.operator)
+        self.nonces.use(descriptor.nonce)  # 4
+        if self.book is not None:  # 5
             bound = self.book.state().operator_of(descriptor.node_id)
             if bound is not None and bound != descriptor.operator:
                 raise Conflict(
@@ -141,6 +154,8 @@ class RegistryService:
             raise VerificationError(
                 "heartbeat names another node", check="heartbeat", node=heartbeat.node_id
             )
+        if self.limits is not None:
+            self.limits.hit("heartbeat", "node", node_id)
         issued = parse_time(heartbeat.issued_at, what="issued_at")
         if issued > (now or dt.datetime.now(dt.UTC)) + HEARTBEAT_SKEW:
             raise VerificationError(

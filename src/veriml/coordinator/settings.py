@@ -18,18 +18,30 @@ import os
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from pathlib import Path
 from typing import Any
+
+from limits import RateLimitItem, parse_many
 
 from veriml.core.errors import FormatError
 from veriml.ledger.rules import Rules
 from veriml.tlog.cosignature import CosignatureVerifier
 
-__all__ = ["DEFAULT_LOG_ORIGIN", "ENV_PREFIX", "Settings"]
+__all__ = ["DEFAULT_LOG_ORIGIN", "ENV_PREFIX", "RATE_LIMIT_FAMILIES", "Settings"]
 
 ENV_PREFIX = "VERIML_"
 DEFAULT_LOG_ORIGIN = "veriml.local/coordinator"
 _PLACEHOLDERS = frozenset({"changeme", "changethis", "secret", "password", "placeholder", "xxx"})
+RATE_LIMIT_FAMILIES = ("register", "heartbeat", "publish", "inference", "dispute", "ledger")
+"""The route families with a rate limit each (``rate_limit_<family>``)."""
+_OFF = frozenset({"0", "off", "none", ""})
+# The limits library's synchronous storages (the coordinator calls them from worker threads).
+_LIMIT_STORAGES = frozenset(
+    {"memory", "memcached", "mongodb", "mongodb+srv"}
+    | {f"{db}{kind}" for db in ("redis", "valkey") for kind in ("", "s", "+unix", "+cluster")}
+    | {"redis+sentinel", "valkey+sentinel"}
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -90,6 +102,27 @@ class Settings:
     # are published as the log signs them.
     witnesses: tuple[str, ...] = ()
     witness_quorum: int | None = None
+    # Rate limits (docs/network.md, "Rate limits"), one per route family: the budget of each
+    # client address and, apart, of each signing key, as "N/second|minute|hour|day" (several
+    # joined by ";" must all have room); "0" or "off" turns a family's limits off. Past one,
+    # the answer is 429 with Retry-After and the route never runs.
+    rate_limit_register: str = "20/minute;120/hour"
+    rate_limit_heartbeat: str = "3000/minute"
+    rate_limit_publish: str = "30/minute"
+    rate_limit_inference: str = "1200/minute"
+    rate_limit_dispute: str = "120/minute"
+    rate_limit_ledger: str = "60/minute"
+    # Loopback clients and clients without an IP address (a Unix socket) are this machine's
+    # own processes: their per-address budgets are this many times the others' (1: no
+    # different from any address). A reverse proxy must forward the client's address
+    # (uvicorn's --forwarded-allow-ips), or every client shares the proxy's budget.
+    rate_limit_local_factor: int = 100
+    # Networks (CIDR) whose addresses have no per-address budget at all (their keys still
+    # do), e.g. "127.0.0.0/8" or a trusted gateway's. None by default: the operator's choice.
+    rate_limit_exempt: tuple[str, ...] = ()
+    # Where the counters live: "memory://" (each replica counts alone, so N replicas allow N
+    # times a budget) or a redis://, memcached:// or mongodb:// URL all replicas share.
+    rate_limit_storage: str = "memory://"
 
     def __post_init__(self) -> None:
         home = Path(self.home)
@@ -141,6 +174,20 @@ class Settings:
         outside = {k: v for k, v in fractions.items() if not 0 <= v <= 1}
         if outside:
             raise FormatError("ledger fractions must be within [0, 1]", **outside)
+        object.__setattr__(self, "rate_limit_exempt", tuple(self.rate_limit_exempt))
+        self.rate_limits()  # every limit parses, or the settings are refused
+        self.rate_limit_networks()
+        if self.rate_limit_local_factor < 1:
+            raise FormatError(
+                "the local rate limit factor must be at least 1",
+                got=self.rate_limit_local_factor,
+            )
+        scheme = self.rate_limit_storage.partition("://")[0]
+        if scheme not in _LIMIT_STORAGES:
+            raise FormatError(
+                "rate limit storage must be a memory://, redis://, memcached:// or mongodb:// URL",
+                got=scheme[:40],
+            )
         if self.log_batch_interval < 0:
             raise FormatError("log batch interval must be ≥ 0", got=self.log_batch_interval)
         if self.key_passphrase is not None and (
@@ -187,6 +234,41 @@ class Settings:
                     reason=exc.message,
                 ) from exc
         return tuple(endpoints)
+
+    def rate_limits(self) -> dict[str, tuple[RateLimitItem, ...]]:
+        """Each route family's limits (an empty tuple: the family is not limited)."""
+        out: dict[str, tuple[RateLimitItem, ...]] = {}
+        for family in RATE_LIMIT_FAMILIES:
+            text = str(getattr(self, f"rate_limit_{family}")).strip()
+            if text.lower() in _OFF:
+                out[family] = ()
+                continue
+            try:
+                items = tuple(parse_many(text))
+            except ValueError as exc:
+                raise FormatError(
+                    "a rate limit is N/second|minute|hour|day (several joined by ';'), or 0",
+                    setting=f"rate_limit_{family}",
+                    got=text[:80],
+                ) from exc
+            if not all(item.amount >= 1 for item in items):
+                raise FormatError(
+                    "a rate limit allows at least one request (0 turns it off)",
+                    setting=f"rate_limit_{family}",
+                    got=text[:80],
+                )
+            out[family] = items
+        return out
+
+    def rate_limit_networks(self) -> tuple[IPv4Network | IPv6Network, ...]:
+        """The networks in ``rate_limit_exempt``."""
+        try:
+            return tuple(ip_network(net, strict=False) for net in self.rate_limit_exempt)
+        except ValueError as exc:
+            raise FormatError(
+                "rate_limit_exempt lists networks (CIDR, as 10.0.0.0/8 or fd00::/8)",
+                got=", ".join(self.rate_limit_exempt)[:80],
+            ) from exc
 
     @property
     def required_cosignatures(self) -> int:
@@ -260,6 +342,8 @@ _CONVERTERS: dict[str, Callable[[str], Any]] = {
     "beacon_interval": float,
     "witnesses": _words,
     "witness_quorum": int,
+    "rate_limit_local_factor": int,
+    "rate_limit_exempt": _words,
 }
 
 
