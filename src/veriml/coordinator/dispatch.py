@@ -15,6 +15,15 @@ Failures are sorted by what the caller can do about them::
                          replay, expired, inputs that do not match); another node would refuse
                          the same job for the same reason, so the request fails
 
+What a client learns of a node's error answer is :func:`node_problem`'s summary, never the
+body itself: the status, and from a body that parses as a veriml problem, its ``check``,
+``param`` and ``code`` when each is a short name. A registered endpoint can point at any
+service the coordinator reaches, so echoing what answered there would make the coordinator a
+probe of its own network (docs/threat-model.md, "Abuse of the edges").
+:class:`PerHostTransport` enforces it for every call the coordinator makes to a node
+(dispatch, completions, dispute queries): an answer of 400 or more reaches its caller as that
+summary, and only its ``Retry-After`` header survives.
+
 :class:`PerHostTransport` is the transport of the coordinator's client to nodes: httpcore's
 pool checks every connection it holds (a ``poll`` system call each) whenever it assigns a
 request or takes a response back, so one pool shared by all nodes costs CPU in proportion to
@@ -24,14 +33,17 @@ the connections to *every* node on each job; one pool per node keeps it to that 
 from __future__ import annotations
 
 import datetime as dt
+import http
 import json
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import httpx
 
+from veriml.coordinator.problems import PROBLEM_TYPE
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
@@ -47,12 +59,17 @@ __all__ = [
     "JobSpec",
     "PerHostTransport",
     "dispatch",
+    "node_problem",
     "retain_until",
     "sign_job",
 ]
 
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
-_DETAIL_CHARS = 300
+MAX_PROBLEM_BYTES = 16 * 1024
+"""The most of a node's error answer read; a longer one is summarised by its status alone."""
+_NAME = re.compile(r"[a-z0-9][a-z0-9._:-]{0,63}")  # a check or an OpenAI error code
+_PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}")  # a request member
+_RETRY_AFTER = re.compile(r"[0-9]{1,6}")
 
 
 class JobRejected(ExecutionError):
@@ -152,7 +169,10 @@ class PerHostTransport(httpx.AsyncBaseTransport):
                 oldest = next(iter(self._pools))
                 await self._pools.pop(oldest).aclose()
             pool = self._pools[origin] = httpx.AsyncHTTPTransport(limits=self._limits)
-        return await pool.handle_async_request(request)
+        response = await pool.handle_async_request(request)
+        if response.status_code >= 400:
+            return await _summarised(response)
+        return response
 
     async def aclose(self) -> None:
         pools, self._pools = list(self._pools.values()), {}
@@ -160,16 +180,71 @@ class PerHostTransport(httpx.AsyncBaseTransport):
             await pool.aclose()
 
 
-def _problem_detail(body: bytes) -> str:
+def node_problem(status: int, body: bytes | Mapping[str, Any]) -> dict[str, Any]:
+    """The RFC 9457 problem a client may see for a node's error answer of ``status``: the
+    status and its reason phrase, and from ``body`` (the answer's bytes, or a problem object
+    a node streamed) only ``check``, ``param`` and ``code``, each kept when ``body`` is a
+    veriml problem object and the member is a short name. Nothing else of ``body`` survives,
+    so a summary of a summary is the summary.
+
+    >>> node_problem(400, b'{"type": "https://veriml.dev/problems/bad-request", '
+    ...              b'"detail": "secret", "param": "messages"}')["detail"]
+    'node answered 400 Bad Request (param messages)'
+    """
     try:
-        problem = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
-        return body[:_DETAIL_CHARS].decode("utf-8", "replace")
-    if isinstance(problem, dict):
-        for member in ("detail", "title"):
-            if isinstance(problem.get(member), str):
-                return str(problem[member])[:_DETAIL_CHARS]
-    return str(problem)[:_DETAIL_CHARS]
+        phrase = http.HTTPStatus(status).phrase
+    except ValueError:
+        phrase = "Error"
+    parsed: Any = body
+    if isinstance(body, bytes | bytearray):
+        try:
+            parsed = json.loads(body) if len(body) <= MAX_PROBLEM_BYTES else None
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            parsed = None
+    kept: dict[str, str] = {}
+    if isinstance(parsed, Mapping) and str(parsed.get("type", "")).startswith(PROBLEM_TYPE):
+        for member, pattern in (("check", _NAME), ("param", _PARAM), ("code", _NAME)):
+            value = parsed.get(member)
+            if isinstance(value, str) and pattern.fullmatch(value):
+                kept[member] = value
+    said = ", ".join(f"{member} {value}" for member, value in kept.items())
+    return {
+        "type": PROBLEM_TYPE + "node-error",
+        "title": phrase,
+        "status": status,
+        "detail": f"node answered {status} {phrase}" + (f" ({said})" if said else ""),
+        **kept,
+    }
+
+
+def _problem_detail(status: int, body: bytes) -> str:
+    return str(node_problem(status, body)["detail"])
+
+
+async def _summarised(response: httpx.Response) -> httpx.Response:
+    """``response`` (an error answer, not yet read) with its body replaced by
+    :func:`node_problem`'s summary; at most :data:`MAX_PROBLEM_BYTES` of it are read."""
+    raw = bytearray()
+    try:
+        async for chunk in cast(httpx.AsyncByteStream, response.stream):
+            raw += chunk
+            if len(raw) > MAX_PROBLEM_BYTES:
+                break
+    except httpx.HTTPError:
+        raw.clear()  # cut short: the status is all there is to say
+    finally:
+        await response.aclose()
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    body = bytes(raw) if encoding in ("", "identity") else b""
+    content = json.dumps(node_problem(response.status_code, body)).encode()
+    headers = [("content-type", "application/problem+json")]
+    retry = response.headers.get("retry-after", "").strip()
+    if _RETRY_AFTER.fullmatch(retry):
+        headers.append(("retry-after", retry))
+    extensions = {k: v for k, v in response.extensions.items() if k != "network_stream"}
+    return httpx.Response(
+        response.status_code, headers=headers, content=content, extensions=extensions
+    )
 
 
 async def _read_bounded(response: httpx.Response, limit: int, node: str) -> bytes:
@@ -227,11 +302,14 @@ async def dispatch(
             "node failed the job",
             node=node.node_id,
             status=status,
-            detail=_problem_detail(data),
+            detail=_problem_detail(status, data),
         )
     if status >= 400:
         raise JobRejected(
-            "node refused the job", node=node.node_id, status=status, detail=_problem_detail(data)
+            "node refused the job",
+            node=node.node_id,
+            status=status,
+            detail=_problem_detail(status, data),
         )
     if status != 200:
         raise VerificationError(
@@ -243,9 +321,10 @@ async def dispatch(
     try:
         return RunResult.from_bytes(data)
     except Error as exc:
+        # Which error, not its text: the text may quote what answered (module docstring).
         raise VerificationError(
             "node answered with something that is not a result document",
             check="result",
             node=node.node_id,
-            reason=exc.diagnostics()[:_DETAIL_CHARS],
+            reason=type(exc).__name__,
         ) from exc

@@ -143,21 +143,24 @@ def test_a_node_that_does_not_answer_in_time_is_unavailable() -> None:
         call(url, timeout=0.3)
 
 
-def test_a_busy_or_failing_node_is_unavailable_with_its_detail() -> None:
+def test_a_busy_or_failing_node_is_unavailable_with_its_status_not_its_words() -> None:
     app = node(503, {"title": "x", "detail": "queue is full"})
     with serve(app) as url, pytest.raises(NodeUnavailable) as exc:
         call(url)
     assert exc.value.evidence["status"] == 503
-    assert exc.value.evidence["detail"] == "queue is full"
+    assert exc.value.evidence["detail"] == "node answered 503 Service Unavailable"
     assert retryable(exc.value)
 
 
 @pytest.mark.parametrize("status", [403, 409, 410, 422])
 def test_a_node_that_refuses_the_job_is_not_retried(status: int) -> None:
-    app = node(status, {"detail": f"refused with {status}"})
-    with serve(app) as url, pytest.raises(JobRejected) as exc:
+    problem = {"type": "https://veriml.dev/problems/x", "detail": "words", "check": "job-time"}
+    with serve(node(status, problem)) as url, pytest.raises(JobRejected) as exc:
         call(url)
-    assert (exc.value.status, exc.value.detail) == (status, f"refused with {status}")
+    assert exc.value.status == status
+    assert exc.value.detail.startswith(f"node answered {status} ")
+    assert exc.value.detail.endswith("(check job-time)")  # a veriml problem's check survives
+    assert "words" not in exc.value.diagnostics()
     assert not retryable(exc.value)
 
 
