@@ -3,7 +3,9 @@
 ``serve coordinator`` creates its keys under ``HOME/coordinator/`` on first start (0600) and
 prints its URL, its job-signing key id and the log's verifier key (what clients pin); every
 other setting comes from ``VERIML_*`` variables (see docs/coordinator.md). ``serve node``
-runs a node (docs/node.md). Both stop cleanly on Ctrl-C or SIGTERM.
+runs a node (docs/node.md) that needs its coordinator's key (``--coordinator-key``), or
+``--trust-coordinator-on-first-use`` to learn it once and pin it in the node's home. Both stop
+cleanly on Ctrl-C or SIGTERM.
 """
 
 from __future__ import annotations
@@ -160,9 +162,20 @@ def node(
         typer.Option(
             "--coordinator-key",
             envvar="VERIML_COORDINATOR_KEY",
-            help="Coordinator public key PEM (omitted: trusted on first use, with a warning).",
+            help="Coordinator public key PEM: the node runs only jobs this key signed.",
         ),
     ] = None,
+    trust_on_first_use: Annotated[
+        bool,
+        # No environment variable on purpose, as for --byzantine: an unsafe choice is made on
+        # the command line, never inherited (LocalNetwork passes its environment to nodes).
+        typer.Option(
+            "--trust-coordinator-on-first-use",
+            help="UNSAFE: without --coordinator-key, believe the key the coordinator's "
+            "/v1/info presents the first time (logged), pin it in HOME/coordinator.pub and "
+            "refuse any other from then on.",
+        ),
+    ] = False,
     host: Annotated[
         str, typer.Option("--host", envvar="VERIML_NODE_HOST", help="Address to bind.")
     ] = "127.0.0.1",
@@ -283,6 +296,7 @@ def node(
 ) -> None:
     """Run a node: register with the coordinator, pull verified models, run signed jobs."""
     from veriml.node import BYZANTINE_MODES, NodeConfig, serve_node
+    from veriml.node._config import PINNED_COORDINATOR_KEY
 
     if byzantine is not None and byzantine not in BYZANTINE_MODES:
         raise typer.BadParameter(
@@ -296,6 +310,9 @@ def node(
             param_hint="'--operator-binding' / '--operator-key'",
         )
     extra = {} if concurrency is None else {"concurrency": concurrency}
+    first_use = coordinator_key is None and trust_on_first_use
+    if first_use:  # checked like any key path; the key is learnt once the rest is valid
+        coordinator_key = home / PINNED_COORDINATOR_KEY
     config = NodeConfig(
         coordinator_url=coordinator_url,
         key_path=key if key is not None else home / "node.key",
@@ -321,12 +338,30 @@ def node(
         relay_key_env=relay_key_env,
         **extra,  # type: ignore[arg-type]
     )
+    if first_use:
+        _learn_coordinator_key(config.coordinator, config.pinned_coordinator_key)
     console.print(f"node  http://{host}:{port}  -> {coordinator_url}")
     if byzantine is not None:
         console.print(f"BYZANTINE mode {byzantine}: this node cheats (tests and demos only)")
     if relay is not None:
         console.print(f"relay {relay_model} at {relay}: receipts are attested-relay (no re-run)")
     serve_node(config)
+
+
+def _learn_coordinator_key(url: str, pin: Path) -> None:
+    """Trust on first use (``learn_coordinator_key``): pin the key at ``pin``, or refuse a
+    coordinator that presents another key than the pinned one (exit 1)."""
+    import asyncio
+
+    import httpx
+
+    from veriml.node._coordinator import learn_coordinator_key
+
+    async def learn() -> None:
+        async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as client:
+            await learn_coordinator_key(url, pin, client=client)
+
+    asyncio.run(learn())
 
 
 def register(root: typer.Typer) -> None:

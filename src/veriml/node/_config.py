@@ -30,6 +30,10 @@ Defaults and why:
 - ``max_job_validity`` = 5 minutes: the replay cache keeps job ids in memory until they
   expire, so the node refuses jobs whose validity window is longer than this (docs/node.md,
   "Replay protection").
+- ``coordinator_key``: required. A node runs only jobs its coordinator signed, so it must know
+  that key from its operator, not from whoever answers at the coordinator's URL.
+  ``veriml serve node --trust-coordinator-on-first-use`` learns it once, with a warning, and
+  pins it at :attr:`NodeConfig.pinned_coordinator_key` (docs/node.md, "Coordinator key").
 """
 
 from __future__ import annotations
@@ -40,11 +44,14 @@ from pathlib import Path
 
 from veriml.core.errors import FormatError
 from veriml.node._byzantine import BYZANTINE_MODES
+from veriml.protocol.messages import node_endpoint
 from veriml.runtime import Profile
 
-__all__ = ["DEFAULT_PASSPHRASE_ENV", "NodeConfig"]
+__all__ = ["DEFAULT_PASSPHRASE_ENV", "PINNED_COORDINATOR_KEY", "NodeConfig"]
 
 DEFAULT_PASSPHRASE_ENV = "VERIML_NODE_PASSPHRASE"  # noqa: S105 - a variable name
+PINNED_COORDINATOR_KEY = "coordinator.pub"
+"""Where, under a node's home, a coordinator key learnt on first use is pinned."""
 _MAX_QUEUE = 1 << 16
 _MAX_THREADS = 256  # the runtime profile's own limit
 _MIN_LLM_CTX, _MAX_LLM_CTX = 64, 1 << 20
@@ -85,10 +92,11 @@ class NodeConfig:
     host: str = "127.0.0.1"
     port: int = 8701
     endpoint: str | None = None
-    """URL the coordinator reaches this node at; default ``http://host:port``."""
+    """The origin the coordinator reaches this node at (``http(s)://host[:port]``, no path);
+    default ``http://host:port``."""
     coordinator_key: Path | None = None
-    """The coordinator's Ed25519 public key (PEM). None: fetched once from ``/v1/info`` and
-    trusted on first use, with a warning."""
+    """The coordinator's Ed25519 public key (PEM): required (None is refused). Jobs signed by
+    any other key are refused."""
     concurrency: int = field(default_factory=_default_concurrency)
     queue_length: int = 64
     heartbeat_interval: float = 5.0
@@ -182,18 +190,42 @@ class NodeConfig:
             raise FormatError(
                 "unknown byzantine mode", got=self.byzantine, expected="|".join(BYZANTINE_MODES)
             )
-        if self.endpoint is not None and not self.endpoint.startswith(("http://", "https://")):
-            raise FormatError("advertised endpoint must be http(s)", got=self.endpoint)
         if self.endpoint is None and self.host in _ANY_ADDRESS:
             raise FormatError(
                 "a node bound to every interface needs an advertised endpoint the coordinator "
                 "can reach (--endpoint)",
                 host=self.host,
             )
+        # What the coordinator accepts in a descriptor: an http(s) origin, no path.
+        object.__setattr__(self, "endpoint", self._origin())
+        if self.coordinator_key is None:  # last: every other mistake is named first
+            raise FormatError(
+                "a node needs its coordinator's public key (--coordinator-key PEM), or "
+                "--trust-coordinator-on-first-use to learn and pin it once"
+            )
+
+    def _origin(self) -> str | None:
+        """The endpoint given, normalised; None when none is (the default is checked too)."""
+        try:
+            if self.endpoint is not None:
+                return node_endpoint(self.endpoint)
+            node_endpoint(self.advertised_endpoint)
+        except FormatError as exc:
+            raise FormatError(
+                "advertised endpoint must be an http(s) origin: scheme, host and port, no path",
+                got=self.advertised_endpoint[:80],
+            ) from exc
+        return None
 
     @property
     def advertised_endpoint(self) -> str:
-        return self.endpoint or f"http://{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return self.endpoint or f"http://{host}:{self.port}"
+
+    @property
+    def pinned_coordinator_key(self) -> Path:
+        """Where a coordinator key learnt on first use is kept (``HOME/coordinator.pub``)."""
+        return self.home / PINNED_COORDINATOR_KEY
 
     @property
     def profile(self) -> Profile:

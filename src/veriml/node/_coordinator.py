@@ -1,11 +1,16 @@
 """The node's side of the node <-> coordinator protocol: key, registration, heartbeats.
 
-- The coordinator's public key comes from the configuration (``--coordinator-key``) or, when
-  none is given, from ``GET /v1/info`` once, trusted on first use with a logged warning.
+- The coordinator's public key comes from the configuration (``--coordinator-key``): a node
+  never takes it from whoever answers at the coordinator's URL. Only ``veriml serve node
+  --trust-coordinator-on-first-use`` calls :func:`learn_coordinator_key`, which fetches it
+  from ``GET /v1/info`` once, logs a warning with its key id and pins it in the node's home;
+  from then on a coordinator presenting another key is refused, as SSH refuses a host key
+  that changed.
 - Registration (``POST /v1/nodes``) sends a signed :class:`NodeDescriptor` with a fresh nonce,
   the runtime fingerprint and ``models: ["*"]`` (any hub model is pulled on demand). It is
   retried until the coordinator accepts it, waiting as :func:`jittered_waits` says (0.25 s
-  growing to at most 30 s, each wait drawn at random), as is the first ``GET /v1/info``.
+  growing to at most 30 s, each wait drawn at random; at least the ``Retry-After`` of a 429),
+  as is the first-use ``GET /v1/info``.
 - Heartbeats (``POST /v1/nodes/{node_id}/heartbeat``) are signed :class:`Heartbeat` messages
   carrying the node's load and cached models, sent every ``heartbeat_interval`` seconds (each
   interval shortened by up to a fifth at random). A 404 means the coordinator no longer knows
@@ -22,18 +27,25 @@ import logging
 import random
 import secrets
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, FormatError, KeyFileError, NodeUnavailable
+from veriml.core.errors import (
+    Error,
+    FormatError,
+    KeyFileError,
+    NodeUnavailable,
+    VerificationError,
+)
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import utc_now
 from veriml.protocol.messages import Heartbeat, NodeDescriptor
 from veriml.runtime import Profile, platform_fingerprint, runtime_fingerprint
 
-__all__ = ["CoordinatorLink", "jittered_waits"]
+__all__ = ["CoordinatorLink", "jittered_waits", "learn_coordinator_key"]
 
 log = logging.getLogger("veriml.node")
 
@@ -59,6 +71,82 @@ def jittered_waits(
     while True:
         wait = min(cap, rng.uniform(start, wait * 3))
         yield wait
+
+
+async def _fetch_coordinator_key(url: str, client: httpx.AsyncClient) -> VerifyingKey:
+    """The key ``url``'s ``GET /v1/info`` presents (an Ed25519 key), or raise."""
+    response = await client.get(f"{url}/v1/info")
+    if response.status_code != 200 or len(response.content) > MAX_INFO_BYTES:
+        raise NodeUnavailable("coordinator /v1/info did not answer", status=response.status_code)
+    info = response.json()
+    pem = info.get("coordinator_key") if isinstance(info, dict) else None
+    if not isinstance(pem, str):
+        raise FormatError("coordinator /v1/info has no coordinator_key")
+    key = VerifyingKey.from_pem(pem.encode())
+    if key.kind != "ed25519":
+        raise KeyFileError("the coordinator key must be Ed25519", got=key.kind)
+    return key
+
+
+async def learn_coordinator_key(
+    url: str,
+    pin: Path,
+    *,
+    client: httpx.AsyncClient,
+    rng: random.Random | None = None,
+) -> VerifyingKey:
+    """Trust on first use: the coordinator key pinned at ``pin``, or, the first time, the one
+    ``url``'s ``GET /v1/info`` presents (asked again until it answers), logged with a warning
+    and pinned there.
+
+    With a pin, the coordinator is asked once: a different key is a :class:`VerificationError`
+    (``check="coordinator-key"``) and the node must not start; no answer leaves the pin in
+    force (the node then refuses every job another key signs). Delete ``pin`` to trust a
+    coordinator whose key really changed.
+    """
+    if pin.exists():
+        pinned = VerifyingKey.from_pem(pin.read_bytes())
+        try:
+            presented = await _fetch_coordinator_key(url, client)
+        except (httpx.HTTPError, ValueError, Error) as exc:
+            log.warning(
+                "coordinator key %s pinned at %s; %s/v1/info cannot confirm it now: %s",
+                pinned.key_id,
+                pin,
+                url,
+                _reason(exc),
+            )
+            return pinned
+        if presented.key_id != pinned.key_id:
+            raise VerificationError(
+                "the coordinator presents another key than the one this node trusted on first "
+                "use; if it really changed, delete the pin and start again",
+                check="coordinator-key",
+                pinned=pinned.key_id,
+                presented=presented.key_id,
+                pin=str(pin),
+            )
+        return pinned
+    waits = jittered_waits(BACKOFF_START, BACKOFF_MAX, rng=rng or random.Random())  # noqa: S311
+    while True:
+        try:
+            key = await _fetch_coordinator_key(url, client)
+            break
+        except (httpx.HTTPError, ValueError, Error) as exc:
+            log.warning("cannot fetch the coordinator key yet: %s", _reason(exc))
+        await asyncio.sleep(next(waits))
+    log.warning(
+        "UNSAFE: trusting coordinator key %s on first use (from %s/v1/info) and pinning it at "
+        "%s; pass --coordinator-key to pin it from a source you trust",
+        key.key_id,
+        url,
+        pin,
+    )
+    pin.parent.mkdir(parents=True, exist_ok=True)
+    partial = pin.with_name(pin.name + ".partial")
+    partial.write_bytes(key.to_pem())
+    partial.replace(pin)
+    return key
 
 
 class CoordinatorLink:
@@ -117,32 +205,14 @@ class CoordinatorLink:
         return descriptor.sign(self.key).to_json()
 
     async def fetch_key(self) -> VerifyingKey:
-        """The coordinator key from ``GET /v1/info``, retried until the coordinator answers.
-
-        Trust on first use: whoever answers at the URL is believed; say so loudly.
-        """
-        waits = jittered_waits(BACKOFF_START, BACKOFF_MAX, rng=self.rng)
-        while True:
-            try:
-                response = await self.client.get(f"{self.url}/v1/info")
-                if response.status_code == 200 and len(response.content) <= MAX_INFO_BYTES:
-                    pem = response.json().get("coordinator_key")
-                    if not isinstance(pem, str):
-                        raise FormatError("coordinator /v1/info has no coordinator_key")
-                    key = VerifyingKey.from_pem(pem.encode())
-                    if key.kind != "ed25519":
-                        raise KeyFileError("the coordinator key must be Ed25519", got=key.kind)
-                    log.warning(
-                        "trusting coordinator key %s on first use (from %s/v1/info); pass "
-                        "--coordinator-key to pin it",
-                        key.key_id,
-                        self.url,
-                    )
-                    return key
-                log.warning("coordinator /v1/info answered %d", response.status_code)
-            except (httpx.HTTPError, ValueError, Error) as exc:
-                log.warning("cannot fetch the coordinator key yet: %s", _reason(exc))
-            await asyncio.sleep(next(waits))
+        """Refused: a node believes no coordinator key that whoever answers at its URL
+        presents. Its configuration pins the key (``NodeConfig`` requires one), or
+        :func:`learn_coordinator_key` pins it on first use before the node starts."""
+        raise KeyFileError(
+            "this node has no pinned coordinator key: pass --coordinator-key, or start it "
+            "with --trust-coordinator-on-first-use",
+            url=self.url,
+        )
 
     async def register_once(self) -> int:
         """Register now; the log index of the registration, or raise."""
@@ -154,11 +224,13 @@ class CoordinatorLink:
                 "coordinator did not answer the registration", url=self.url, reason=_reason(exc)
             ) from exc
         if response.status_code not in (200, 201):
+            retry = response.headers.get("retry-after", "")
             raise NodeUnavailable(
                 "coordinator refused the registration",
                 url=self.url,
                 status=response.status_code,
                 detail=response.text[:300],
+                retry_after=min(int(retry), 3600) if retry.isdigit() else 0,
             )
         body = response.json()
         index = body.get("log_index") if isinstance(body, dict) else None
@@ -177,7 +249,9 @@ class CoordinatorLink:
                 await self.register_once()
                 return
             except (NodeUnavailable, ValueError) as exc:
-                delay = next(waits)
+                # A rate-limited registration waits as long as the coordinator asks.
+                asked = exc.evidence.get("retry_after", 0) if isinstance(exc, Error) else 0
+                delay = max(next(waits), float(asked))
                 log.warning("registration failed, retrying in %.1f s: %s", delay, _reason(exc))
                 await asyncio.sleep(delay)
 

@@ -102,6 +102,7 @@ def test_node_config_refuses_an_unknown_mode_and_bad_thread_counts(tmp_path: Any
         "key_path": tmp_path / "k",
         "operator_key": tmp_path / "operator.key",
         "home": tmp_path,
+        "coordinator_key": tmp_path / "coordinator.pub",
     }
     assert NodeConfig(**base).byzantine is None
     assert NodeConfig(**base, threads=4).profile.intra_op_threads == 4

@@ -17,6 +17,7 @@ def _config(**overrides: object) -> NodeConfig:
         "key_path": Path("n/node.key"),
         "operator_key": Path("op/operator.key"),
         "home": Path("n"),
+        "coordinator_key": Path("n/coordinator.pub"),
     }
     return NodeConfig(**(settings | overrides))  # type: ignore[arg-type]
 
@@ -34,7 +35,10 @@ def _config(**overrides: object) -> NodeConfig:
         {"job_timeout": -1},
         {"trace_retention": -1},
         {"endpoint": "127.0.0.1:9"},
+        {"endpoint": "http://127.0.0.1:9/v1"},  # a path: the coordinator adds its own
+        {"endpoint": "http://user@127.0.0.1:9"},
         {"host": "0.0.0.0"},
+        {"coordinator_key": None},  # a node would believe whoever answers at the URL
     ],
 )
 def test_an_impossible_configuration_is_refused(overrides: dict[str, object]) -> None:
@@ -47,6 +51,13 @@ def test_defaults_advertise_the_bound_address_and_cache_under_home() -> None:
     assert config.advertised_endpoint == "http://127.0.0.1:9001"
     assert config.cache_dir == Path("n/models")
     assert config.concurrency >= 1
+    assert config.pinned_coordinator_key == Path("n/coordinator.pub")
+
+
+def test_an_advertised_endpoint_is_normalised_to_the_origin_the_coordinator_stores() -> None:
+    assert _config(endpoint="HTTP://Node.Example:8701/").advertised_endpoint == (
+        "http://node.example:8701"
+    )
 
 
 def test_the_public_api_is_pinned() -> None:

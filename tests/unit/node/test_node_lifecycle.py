@@ -24,7 +24,7 @@ from _node_harness import (
 )
 
 from _servers import HOST, free_port, serve
-from veriml.core.errors import KeyFileError
+from veriml.core.errors import FormatError, KeyFileError
 from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node import create_node_app, load_node_key
@@ -87,21 +87,12 @@ def test_registration_is_retried_until_the_coordinator_answers(
     assert len(hub.registrations) == 1
 
 
-def test_without_a_pinned_key_the_node_trusts_the_coordinator_key_on_first_use(
-    tmp_path: Path,
-    hub: HubStandIn,
-    hub_url: str,
-    coordinator_key: SigningKey,
-    signed_model: SignedModel,
-    caplog: pytest.LogCaptureFixture,
+def test_without_a_pinned_key_a_node_does_not_start_and_believes_no_coordinator(
+    tmp_path: Path, hub: HubStandIn, hub_url: str
 ) -> None:
-    config = node_config(tmp_path / "node", hub_url, None)
-    with running_node(config) as url:
-        wait_until(lambda: httpx.get(f"{url}/healthz").json()["registered"])
-        node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
-        body = job_body(coordinator_key, node_id, signed_model.digest, inputs_for())
-        assert httpx.post(f"{url}/v1/jobs", json=body, timeout=60).status_code == 200
-    assert any("trusting coordinator key" in r.getMessage() for r in caplog.records)
+    with pytest.raises(FormatError, match="coordinator's public key"):
+        node_config(tmp_path / "node", hub_url, None)
+    assert hub.registrations == []  # nothing was asked of whoever answers at the URL
 
 
 def test_the_node_key_is_created_private_and_kept_across_restarts(
