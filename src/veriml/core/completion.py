@@ -161,7 +161,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         if unknown:
             raise _bad(f"{where}.{unknown[0]}", "unsupported message member")
         role = message.get("role")
-        if role not in ROLES:
+        if not isinstance(role, str) or role not in ROLES:  # a list or object is unhashable
             raise _bad(f"{where}.role", "unknown message role", role=role, roles=sorted(ROLES))
         content = message.get("content")
         clean: dict[str, Any] = {"role": role}
