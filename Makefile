@@ -43,6 +43,12 @@ format: $(VENV)/.stamp-dev
 bench: $(VENV)/.stamp-dev
 	$(PY) -m benchmarks
 
+# The fuzz suite's full run, 100,000 cases per parser (docs/fuzzing.md); `make test` runs a
+# short, derandomised run of the same targets. FUZZ_ARGS picks targets: FUZZ_ARGS=-k tar.
+.PHONY: fuzz
+fuzz: $(VENV)/.stamp-dev
+	VERIML_FUZZ=full $(PY) -m pytest tests/fuzz -p no:cacheprovider $(FUZZ_ARGS)
+
 # A supervised network under mixed traffic, two nodes SIGKILLed on the way (benchmarks/soak.py);
 # ~10 minutes, SOAK_SECONDS=120 for a short one. Not part of `make test`.
 soak: $(VENV)/.stamp-dev

@@ -1,0 +1,167 @@
+"""Signed protocol messages: node descriptors (with their operator bindings), jobs and
+heartbeats. Any envelope opens or is a FormatError or VerificationError, and an envelope
+nobody signed again opens only as the message its signer signed."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from typing import Any
+
+from _fuzzing import attempt, dumps, fuzz_settings, mutated_json, raw_json_bytes
+from hypothesis import given
+from hypothesis import strategies as st
+
+from _ledger import account, descriptor, t
+from veriml.core.canonical import canonical_digest, parse_json_object
+from veriml.core.completion import canonical_request
+from veriml.core.digest import Digest
+from veriml.core.dsse import Envelope
+from veriml.core.errors import FormatError, VerificationError
+from veriml.node._jobs import parse_job_body
+from veriml.protocol.messages import Heartbeat, Job, NodeDescriptor
+
+NODE = account("fuzz-msg-node")
+OPERATOR = account("fuzz-msg-operator")
+COORDINATOR = account("fuzz-msg-coordinator")
+NOW = dt.datetime(2026, 11, 26, 10, 0, 30, tzinfo=dt.UTC)
+
+DESCRIPTORS = [
+    descriptor(NODE, OPERATOR, nonce="0" * 32),
+    descriptor(
+        NODE,
+        OPERATOR,
+        nonce="1" * 32,
+        engines=("onnxruntime", "llama.cpp"),
+        models=("*", "relay:gpt-x", Digest.of(b"m").to_text()),
+        hardware={"cpu": "x86_64", "cores": 2},
+        runtime={"onnxruntime": "1.18"},
+    ),
+]
+SIGNED_DESCRIPTORS = [d.sign(NODE) for d in DESCRIPTORS]
+
+
+def _envelopes(signed: list[Envelope], signers: list[Any]) -> st.SearchStrategy[tuple[Any, bool]]:
+    return st.one_of(
+        mutated_json([e.to_json() for e in signed], signers=signers),
+        mutated_json([e.to_json() for e in signed], signers=signers),
+        raw_json_bytes().map(lambda b: (b, False)),
+    )
+
+
+def _envelope(obj: Any) -> Envelope:
+    if isinstance(obj, bytes):
+        return Envelope.from_bytes(obj)
+    return Envelope.from_json(obj)
+
+
+def _size(obj: Any) -> int:
+    return len(obj) if isinstance(obj, bytes) else len(dumps(obj))
+
+
+@fuzz_settings()
+@given(_envelopes(SIGNED_DESCRIPTORS, [NODE, OPERATOR]))
+def test_a_node_descriptor_opens_only_as_its_node_and_operator_signed_it(
+    case: tuple[Any, bool],
+) -> None:
+    obj, resigned = case
+
+    def open_() -> NodeDescriptor:
+        return NodeDescriptor.open(_envelope(obj), now=NOW, max_age=dt.timedelta(hours=1))
+
+    opened, _ = attempt(open_, allowed=(FormatError, VerificationError), size=_size(obj))
+    if opened is not None:
+        assert opened.node_id == NODE.key_id
+        assert opened.operator == OPERATOR.key_id
+        if not resigned:
+            assert opened in DESCRIPTORS
+
+
+MODEL = Digest.of(b"fuzz model")
+REQUEST = canonical_request(
+    "chat.completion", MODEL, {"messages": [{"role": "user", "content": "Hi"}]}, seed=7
+)
+JOBS = [
+    Job(
+        job_id="job-1",
+        node_id=NODE.key_id,
+        request_id="req-1",
+        model=MODEL,
+        inputs={"x": Digest.of(b"x")},
+        policy="quorum:2/3",
+        issued_at=t(0),
+        expires_at=t(60),
+        trace=True,
+        spot=Digest.of(b"spot"),
+        retain_until=t(3600),
+    ),
+    Job(
+        job_id="job-2",
+        node_id=NODE.key_id,
+        request_id="req-2",
+        model=MODEL,
+        inputs={},
+        policy="none",
+        issued_at=t(0),
+        expires_at=t(60),
+        kind="completion",
+        request=REQUEST,
+    ),
+]
+SIGNED_JOBS = [j.sign(COORDINATOR) for j in JOBS]
+requests = st.one_of(
+    st.just(REQUEST),
+    st.none(),
+    mutated_json([REQUEST]).map(lambda t: t[0]),
+)
+
+
+@fuzz_settings()
+@given(_envelopes(SIGNED_JOBS, [COORDINATOR]), requests)
+def test_a_job_opens_only_as_its_coordinator_signed_it_with_its_own_request(
+    case: tuple[Any, bool], request: Any
+) -> None:
+    obj, resigned = case
+    if isinstance(obj, bytes):  # raw bytes stand for the whole body
+        data = obj
+    else:
+        data = dumps({"job": obj} | ({} if request is None else {"request": request}))
+
+    def open_() -> Job:
+        # What a node does with a POST /v1/jobs body: parse it, then open the job.
+        parsed = parse_job_body(parse_json_object(data, what="job body"))
+        return Job.open(
+            parsed.envelope,
+            COORDINATOR.public,
+            node_id=NODE.key_id,
+            now=NOW,
+            request=parsed.request,
+        )
+
+    job, _ = attempt(open_, allowed=(FormatError, VerificationError), size=len(data))
+    if job is None:
+        return
+    assert job.node_id == NODE.key_id
+    if job.kind != "onnx":
+        assert job.request is not None
+        assert canonical_digest(dict(job.request)) == job.request_digest
+    if not resigned:
+        assert dataclasses.replace(job, request=None) in [
+            dataclasses.replace(j, request=None) for j in JOBS
+        ]
+
+
+HEARTBEAT = Heartbeat(NODE.key_id, t(0), active=1, queued=2, capacity=4, cached=("sha256:x",))
+
+
+@fuzz_settings()
+@given(_envelopes([HEARTBEAT.sign(NODE)], [NODE]))
+def test_a_heartbeat_opens_only_as_its_node_signed_it(case: tuple[Any, bool]) -> None:
+    obj, resigned = case
+    beat, _ = attempt(
+        lambda: Heartbeat.open(_envelope(obj), NODE.public),
+        allowed=(FormatError, VerificationError),
+        size=_size(obj),
+    )
+    if beat is not None and not resigned:
+        assert beat == HEARTBEAT
