@@ -22,12 +22,14 @@ import json
 import os
 import re
 import struct
+import time
 import tracemalloc
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 
@@ -60,7 +62,8 @@ def fuzz_settings(*, short: int | None = None) -> Callable[[F], F]:
     """Decorate a ``@given`` test as a fuzz target: profile ``fuzz`` (``VERIML_FUZZ=full``:
     100,000 cases, randomised) or ``fuzz-short`` (``make test``: derandomised), both
     registered in conftest.py, and each case counted for the summary. ``short`` lowers the
-    short run's count for a slow target; ``VERIML_FUZZ_EXAMPLES`` overrides either count."""
+    short run's count for a slow target; ``VERIML_FUZZ_EXAMPLES`` overrides either count, and
+    ``VERIML_FUZZ_BUDGET`` (seconds) stops a target early, as skipped, with its count."""
     profile = settings.get_profile("fuzz" if FULL else "fuzz-short")
     override = os.environ.get("VERIML_FUZZ_EXAMPLES")
     if override:
@@ -68,12 +71,18 @@ def fuzz_settings(*, short: int | None = None) -> Callable[[F], F]:
     elif short is not None and not FULL:
         profile = settings(profile, max_examples=short)
 
+    budget = float(os.environ.get("VERIML_FUZZ_BUDGET", "0"))
+
     def decorate(test: F) -> F:
         inner = test.hypothesis.inner_test  # type: ignore[attr-defined]
 
         @functools.wraps(inner)
         def counted(*args: Any, **kwargs: Any) -> Any:
-            STATS.setdefault(CURRENT[0], TargetStats()).cases += 1
+            stats = STATS.setdefault(CURRENT[0], TargetStats())
+            stats.cases += 1
+            if budget and time.monotonic() - stats.started > budget:
+                # Stop a long full run honestly: the summary reports the cases it ran.
+                pytest.skip(f"VERIML_FUZZ_BUDGET of {budget:.0f} s spent after {stats.cases} cases")
             return inner(*args, **kwargs)
 
         test.hypothesis.inner_test = counted  # type: ignore[attr-defined]
@@ -90,6 +99,7 @@ class TargetStats:
     cases: int = 0
     """Inputs the target ran (Hypothesis examples, shrinking included)."""
     seconds: float = 0.0
+    started: float = field(default_factory=time.monotonic)
     outcomes: dict[str, int] = field(default_factory=dict)
     """Parser calls by outcome: ``value``, an error's class name, ``crash``."""
 
@@ -221,7 +231,21 @@ def attempt(
 
 # -- byte mutations ----------------------------------------------------------------------------
 
-_INTS: tuple[int, ...] = (0, 1, 2, 7, 0x7F, 0x80, 0xFF, 0x100, 0xFFFF, 2**31 - 1, 2**31, 2**32 - 1, 2**32)
+_INTS: tuple[int, ...] = (
+    0,
+    1,
+    2,
+    7,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0xFFFF,
+    2**31 - 1,
+    2**31,
+    2**32 - 1,
+    2**32,
+)
 _INTS += (2**53, 2**63 - 1, 2**63, 2**64 - 1)
 BINARY_TOKENS: tuple[bytes, ...] = tuple(
     [struct.pack("<Q", v) for v in _INTS]

@@ -90,8 +90,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 "profile": "fuzz" if _fuzzing.FULL else "fuzz-short",
                 "cases": stats.cases,
                 "outcomes": dict(stats.outcomes),
-                "passed": call.excinfo is None,
-                "crash": None if call.excinfo is None else call.excinfo.typename,
+                "passed": call.excinfo is None or report.skipped,
+                "crash": None if call.excinfo is None or report.skipped else call.excinfo.typename,
+                "stopped": str(call.excinfo.value)[:120] if report.skipped else None,
             }
         )
     return report
@@ -105,6 +106,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     terminalreporter.section("fuzz targets")
     for row in _RESULTS:
         status = "ok" if row["passed"] else f"FAILED ({row['crash']})"
+        if row["stopped"]:
+            status = "stopped by VERIML_FUZZ_BUDGET"
         terminalreporter.write_line(
             f"{row['target']:<60} {row['cases']:>8} cases {row['seconds']:>8} s  {status}"
         )
