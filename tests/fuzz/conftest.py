@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import _fuzzing
@@ -79,10 +79,14 @@ def _fuzz_target(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     report = yield
-    if call.when == "call" and _fuzzing.STATS.get(item.name, _fuzzing.TargetStats()).cases:
-        stats = _fuzzing.STATS[item.name]
+    stats = _fuzzing.STATS.get(item.name)
+    if call.when == "call" and stats is not None and stats.cases:
+        failure = None if report.skipped or call.excinfo is None else call.excinfo.typename
+        stopped = str(call.excinfo.value)[:120] if report.skipped and call.excinfo else None
         _RESULTS.append(
             {
                 "target": item.name,
@@ -90,9 +94,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                 "profile": "fuzz" if _fuzzing.FULL else "fuzz-short",
                 "cases": stats.cases,
                 "outcomes": dict(stats.outcomes),
-                "passed": call.excinfo is None or report.skipped,
-                "crash": None if call.excinfo is None or report.skipped else call.excinfo.typename,
-                "stopped": str(call.excinfo.value)[:120] if report.skipped else None,
+                "passed": failure is None,
+                "crash": failure,
+                "stopped": stopped,
             }
         )
     return report
