@@ -17,7 +17,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
 from veriml.coordinator import schemas
@@ -206,7 +206,6 @@ def recover_pending(state: Any) -> int:
 
 
 Service = Annotated[InferenceService, Depends(inference_service)]
-IdempotencyKey = Annotated[str | None, Header(alias="Idempotency-Key")]
 
 
 def _json(content: dict[str, Any]) -> Response:
@@ -231,9 +230,7 @@ def _upstream_problem(exc: Error, status: int) -> Response:
     responses={200: {"description": "the answer: outputs, receipts, verdict, log inclusion"}},
     openapi_extra=schemas.CREATE_INFERENCE,
 )
-async def create_inference(
-    request: Request, service: Service, idempotency_key: IdempotencyKey = None
-) -> Response:
+async def create_inference(request: Request, service: Service) -> Response:
     """``{"model", "inputs", "policy"}`` -> ``{"id", "outputs", "receipts", "verdict", "log"}``.
 
     With an ``Idempotency-Key`` header the key is the request id, and retrying the request
@@ -249,7 +246,7 @@ async def create_inference(
     try:
         answer = await service.create(
             body,
-            idempotency_key=idempotency_key,
+            idempotency_key=request.headers.get("idempotency-key"),
             client=client,
             payment=payment,
             known_size=known_size(request.headers),

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from veriml.core.completion import MAX_SEED, MAX_STOP
 from veriml.protocol.accounts import LEDGER_REQUEST_TYPE
 from veriml.protocol.openapi import (
+    BASE64_PATTERN,
     JSON,
     PROBLEM,
     Digest,
@@ -69,11 +70,18 @@ class _Shape(BaseModel):
 
 # -- POST /v1/inferences ---------------------------------------------------------------------
 
+POLICY_PATTERN: Final = (
+    r"^(?:none|prefill|quorum:[0-9]{1,2}/[0-9]{1,2}|spot:[0-9](?:\.[0-9]+)?"
+    r"|optimistic:[0-9]{1,7}[smhd])(?:,(?:bitwise|tolerance))?$"
+)
+"""The policy grammar of :meth:`veriml.protocol.policy.Policy.parse` (a test holds the two
+together); the numbers' ranges are checked by the coordinator (400)."""
+
 Policy = Annotated[
     str,
     Field(
-        min_length=1,
-        max_length=128,
+        max_length=64,
+        pattern=POLICY_PATTERN,
         description="none, quorum:N/K, spot:P, optimistic:W or prefill, with ,tolerance "
         "after quorum or spot (docs/verification.md)",
         examples=["none", "quorum:3/2", "spot:0.1,tolerance"],
@@ -117,8 +125,37 @@ class ToolCall(_Shape):
 class ChatMessage(_Shape):
     """One message; ``content`` is text (null only beside an assistant's ``tool_calls``)."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "allOf": [
+                {  # no text: an assistant's tool calls
+                    "if": {
+                        "not": {
+                            "required": ["content"],
+                            "properties": {"content": {"type": "string"}},
+                        }
+                    },
+                    "then": {
+                        "required": ["role", "tool_calls"],
+                        "properties": {
+                            "role": {"const": "assistant"},
+                            "tool_calls": {"type": "array", "minItems": 1},
+                        },
+                    },
+                },
+                {  # a tool's answer names the call it answers
+                    "if": {"required": ["role"], "properties": {"role": {"const": "tool"}}},
+                    "then": {
+                        "required": ["tool_call_id"],
+                        "properties": {"tool_call_id": {"type": "string"}},
+                    },
+                },
+            ]
+        }
+    )
+
     role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | None
+    content: str | None = None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = Field(default=None, description="required on a tool message")
@@ -217,7 +254,7 @@ class EmbeddingRequest(_Shape):
 
     model: str = Field(min_length=1, examples=["smollm2"])
     input: str | Annotated[list[str], Field(min_length=1)]
-    encoding_format: Literal["float", "base64"] | None = None
+    encoding_format: Literal["float", "base64"] = "float"
     dimensions: None = Field(default=None, description="not supported")
     user: str | None = None
     veriml: VerimlExtension | None = None
@@ -377,6 +414,7 @@ PAYMENT: Final = header(
     "base64 of the client's signed payment ledger request (a DSSE envelope), when the "
     "rules charge fees",
     maxLength=16 * 1024,
+    pattern=BASE64_PATTERN,
 )
 POLICY: Final = header(
     "X-Veriml-Policy",
@@ -402,7 +440,7 @@ _TOO_LARGE = "the body is over the limit"
 
 CREATE_INFERENCE: Final = _operation(
     json_body(InferenceRequest, "the model, its inputs and the verification policy"),
-    [EPOCH, LOG_SIZE, PAYMENT, *SIGNATURE_HEADERS],
+    [IDEMPOTENCY, EPOCH, LOG_SIZE, PAYMENT, *SIGNATURE_HEADERS],
     problems(
         {
             400: "a malformed body, policy or header",

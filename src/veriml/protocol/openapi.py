@@ -4,9 +4,10 @@ The coordinator's and the node's routes read their bodies as raw bytes on purpos
 signature covers the exact bytes (docs/network.md, "Signed requests"), and the formats' own
 parsers (:class:`~veriml.core.dsse.Envelope`, :func:`~veriml.core.tensors.tensor_from_json`,
 ...) check them with evidence. The pydantic models here never parse a request: they only
-*describe* the bodies, so ``/docs`` can send requests and generated clients are typed. A test
-holds them to what the SDK and the coordinator really send (``tests/unit/protocol/
-test_openapi_bodies.py``) and schemathesis holds the servers to the documents
+*describe* the bodies, so ``/docs`` can send requests and generated clients are typed. Tests
+hold them to what the SDK, the nodes and the coordinator really send
+(``tests/unit/coordinator/test_openapi_bodies.py``, ``tests/unit/node/
+test_openapi_job_body.py``) and schemathesis holds the servers to the documents
 (``tests/integration/test_schemathesis.py``).
 
 This module has the shapes the coordinator and the nodes share (problem details, DSSE
@@ -26,6 +27,7 @@ from veriml.core.tensors import SUPPORTED_DTYPES
 from veriml.protocol.messages import HEARTBEAT_TYPE, JOB_TYPE, NODE_DESCRIPTOR_TYPE
 
 __all__ = [
+    "BASE64_PATTERN",
     "JSON",
     "PROBLEM",
     "REF",
@@ -55,7 +57,8 @@ Responses = dict[int | str, dict[str, Any]]
 """An operation's ``responses``, by status (as text: OpenAPI's keys, which merge with
 FastAPI's own)."""
 
-Base64 = Annotated[str, Field(pattern=r"^[A-Za-z0-9+/]*={0,2}$")]
+BASE64_PATTERN: Final = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
+Base64 = Annotated[str, Field(pattern=BASE64_PATTERN)]
 """Standard base64 (RFC 4648 §4), padded."""
 Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", examples=["sha256:" + "ab" * 32])]
 """A digest as veriml writes it: ``sha256:<64 lower-case hex>``."""
