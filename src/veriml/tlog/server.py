@@ -265,7 +265,25 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
 
     if allow_add:
 
-        @router.post("/add", operation_id="log_add")
+        @router.post(
+            "/add",
+            operation_id="log_add",
+            responses={
+                200: {"content": {"application/json": {"schema": {"type": "object"}}}},
+                **_problems({413: f"an entry over {MAX_ENTRY_SIZE} bytes"}),
+            },
+            openapi_extra={
+                "requestBody": {
+                    "required": True,
+                    "description": "one raw entry, as it is to be logged",
+                    "content": {
+                        "application/octet-stream": {
+                            "schema": {"type": "string", "format": "binary"}
+                        }
+                    },
+                }
+            },
+        )
         async def add(request: Request) -> Response:
             try:
                 entry = await _read_bounded(request, MAX_ENTRY_SIZE)
