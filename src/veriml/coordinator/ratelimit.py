@@ -35,7 +35,7 @@ import math
 import re
 import time
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network, ip_address
 from typing import Any, Final, TypeVar
 
@@ -130,6 +130,8 @@ class RateLimits:
         self._exempt = exempt
         self._inline = isinstance(storage, MemoryStorage)
         self._warned = 0.0
+        # Parsing an address costs more than counting it; clients come back.
+        self._bucket = lru_cache(maxsize=4096)(self._bucket_of)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimits:
@@ -159,9 +161,11 @@ class RateLimits:
     def address(self, client: tuple[str, int] | list[Any] | None) -> tuple[str, bool] | None:
         """The budget a client address counts against and whether it is local (loopback or
         not an IP address); None for an exempt address."""
-        host = client[0] if client else None
+        return self._bucket(str(client[0]) if client else "")
+
+    def _bucket_of(self, host: str) -> tuple[str, bool] | None:
         try:
-            ip: IPv4Address | IPv6Address = ip_address(str(host))
+            ip: IPv4Address | IPv6Address = ip_address(host)
         except ValueError:
             return _LOCAL, True
         if isinstance(ip, IPv6Address) and ip.ipv4_mapped is not None:
@@ -177,7 +181,8 @@ class RateLimits:
         is: an address, a key, an operator, a node); :class:`RateLimited` when it has no
         room (and nothing is counted)."""
         items = (self._local if local else self._families).get(family, ())
-        for item in items:  # every window must have room before any is counted
+        # Every window must have room before any is counted (one window's hit checks itself).
+        for item in items if len(items) > 1 else ():
             if not self._guarded(partial(self._limiter.test, item, family, scope, who)):
                 self._refuse(item, family, scope, who)
         for item in items:
