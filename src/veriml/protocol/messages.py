@@ -277,7 +277,10 @@ class NodeDescriptor:
             raise LimitExceeded("node descriptor envelope is too large", limit=MAX_DESCRIPTOR_BYTES)
         try:
             unverified = parse_json_object(envelope.payload, what="node descriptor")
-            key = VerifyingKey.from_pem(_str(unverified, "public_key", max_len=4096).encode())
+            pem = _str(unverified, "public_key", max_len=4096)
+            if not pem.isascii():  # no PEM; a lone surrogate (JSON escapes one) cannot encode
+                raise FormatError("public_key is not a PEM public key", member="public_key")
+            key = VerifyingKey.from_pem(pem.encode())
         except (FormatError, KeyFileError) as exc:
             raise VerificationError(
                 "node descriptor does not carry a usable key",
