@@ -74,6 +74,8 @@ def account_key(public_key: str) -> VerifyingKey:
 def _account_key(public_key: str) -> VerifyingKey:
     """:func:`account_key` of a checked string, parsed once per key (a client meets the same
     few operators in every answer); a failure is raised each time, never cached."""
+    if not public_key.isascii():  # no PEM; a lone surrogate (JSON escapes one) cannot encode
+        raise FormatError("an account key is a PEM public key", reason="not ASCII")
     try:
         return VerifyingKey.from_pem(public_key.encode())
     except KeyFileError as exc:
