@@ -4,19 +4,21 @@ nobody signed again opens only as the message its signer signed."""
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 import datetime as dt
+import json
 from typing import Any
 
 from _fuzzing import attempt, dumps, fuzz_settings, mutated_json, raw_json_bytes
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from _ledger import account, descriptor, t
 from veriml.core.canonical import canonical_digest, parse_json_object
 from veriml.core.completion import canonical_request
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
+from veriml.core.dsse import Envelope, pae
 from veriml.core.errors import FormatError, VerificationError
 from veriml.node._jobs import parse_job_body
 from veriml.protocol.messages import Heartbeat, Job, NodeDescriptor
@@ -59,8 +61,32 @@ def _size(obj: Any) -> int:
     return len(obj) if isinstance(obj, bytes) else len(dumps(obj))
 
 
+def _edited(envelope: dict[str, Any], signer: Any, **members: Any) -> dict[str, Any]:
+    """``envelope`` with its payload's ``members`` replaced, signed again by ``signer``."""
+    payload = json.loads(base64.b64decode(envelope["payload"])) | members
+    data = dumps(payload)
+    out = dict(envelope, payload=base64.b64encode(data).decode())
+    if signer is not None:
+        signature = signer.sign(pae(envelope["payloadType"], data))
+        out["signatures"] = [{"keyid": signer.key_id, "sig": base64.b64encode(signature).decode()}]
+    return out
+
+
+_DESCRIPTOR = SIGNED_DESCRIPTORS[0].to_json()
+_BINDING = DESCRIPTORS[0].operator_binding.to_json()
+
+
 @fuzz_settings()
 @given(_envelopes(SIGNED_DESCRIPTORS, [NODE, OPERATOR]))
+# Found probing this target's inputs: a lone surrogate in a public_key (the descriptor's, or its
+# operator binding's) made encode() raise UnicodeEncodeError before any signature was checked.
+@example((_edited(_DESCRIPTOR, None, public_key="\ud800"), False))
+@example(
+    (
+        _edited(_DESCRIPTOR, NODE, operator_binding=_edited(_BINDING, None, public_key="\ud800")),
+        True,
+    )
+)
 def test_a_node_descriptor_opens_only_as_its_node_and_operator_signed_it(
     case: tuple[Any, bool],
 ) -> None:
