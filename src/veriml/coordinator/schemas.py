@@ -32,6 +32,7 @@ from veriml.protocol.openapi import (
     NodeDescriptorEnvelope,
     Problem,
     Responses,
+    Shape,
     Tensor,
     header,
     json_body,
@@ -64,10 +65,6 @@ __all__ = [
 ]
 
 
-class _Shape(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
 # -- POST /v1/inferences ---------------------------------------------------------------------
 
 POLICY_PATTERN: Final = (
@@ -89,7 +86,7 @@ Policy = Annotated[
 ]
 
 
-class InferenceRequest(_Shape):
+class InferenceRequest(Shape):
     """``POST /v1/inferences`` (docs/network.md, "Inference request and answer")."""
 
     model: str = Field(
@@ -105,24 +102,24 @@ class InferenceRequest(_Shape):
 # -- the OpenAI-compatible API ---------------------------------------------------------------
 
 
-class VerimlExtension(_Shape):
+class VerimlExtension(Shape):
     """veriml's member of an OpenAI body (the OpenAI SDK's ``extra_body``)."""
 
     policy: Policy
 
 
-class FunctionCall(_Shape):
+class FunctionCall(Shape):
     name: str
     arguments: str = Field(description="the arguments as a JSON text")
 
 
-class ToolCall(_Shape):
+class ToolCall(Shape):
     id: str
     type: Literal["function"] = "function"
     function: FunctionCall
 
 
-class ChatMessage(_Shape):
+class ChatMessage(Shape):
     """One message; ``content`` is text (null only beside an assistant's ``tool_calls``)."""
 
     model_config = ConfigDict(
@@ -161,28 +158,28 @@ class ChatMessage(_Shape):
     tool_call_id: str | None = Field(default=None, description="required on a tool message")
 
 
-class FunctionDefinition(_Shape):
+class FunctionDefinition(Shape):
     name: str = Field(min_length=1)
     description: str | None = None
     parameters: dict[str, Any] | None = Field(default=None, description="a JSON Schema")
     strict: bool | None = None
 
 
-class Tool(_Shape):
+class Tool(Shape):
     type: Literal["function"]
     function: FunctionDefinition
 
 
-class NamedFunction(_Shape):
+class NamedFunction(Shape):
     name: str
 
 
-class ToolChoiceFunction(_Shape):
+class ToolChoiceFunction(Shape):
     type: Literal["function"]
     function: NamedFunction
 
 
-class ResponseFormat(_Shape):
+class ResponseFormat(Shape):
     type: Literal["text"] = Field(description="only text: veriml compares every token")
 
 
@@ -195,7 +192,7 @@ class StreamOptions(BaseModel):
 Zero = Annotated[float, Field(ge=0, le=0, description="not supported: 0 only")]
 
 
-class _Generation(_Shape):
+class _Generation(Shape):
     """What chat and text completions share: sampling, transport and veriml's member."""
 
     model: str = Field(
@@ -249,7 +246,7 @@ class CompletionRequest(_Generation):
     best_of: Annotated[int, Field(ge=1, le=1)] | None = None
 
 
-class EmbeddingRequest(_Shape):
+class EmbeddingRequest(Shape):
     """``POST /v1/embeddings``: OpenAI's body, with veriml's ``veriml`` member."""
 
     model: str = Field(min_length=1, examples=["smollm2"])
@@ -286,17 +283,17 @@ class LedgerRequestEnvelope(DsseEnvelope):
     payloadType: str = Field(json_schema_extra={"const": LEDGER_REQUEST_TYPE})
 
 
-class NodeRegistered(_Shape):
+class NodeRegistered(Shape):
     node_id: Digest
     log_index: int = Field(ge=0)
 
 
-class HeartbeatAccepted(_Shape):
+class HeartbeatAccepted(Shape):
     node_id: str
     heartbeat_interval: float
 
 
-class LedgerMove(_Shape):
+class LedgerMove(Shape):
     log_index: int = Field(ge=0)
     account: Digest
     state: dict[str, Any] = Field(description="the account's state after the move")
@@ -305,12 +302,12 @@ class LedgerMove(_Shape):
 # -- disputes --------------------------------------------------------------------------------
 
 
-class TraceCommitment(_Shape):
+class TraceCommitment(Shape):
     root: Digest
     size: int = Field(ge=1)
 
 
-class DisputeChallenge(_Shape):
+class DisputeChallenge(Shape):
     """``POST /v1/disputes``: a challenge of a node's answer with the challenger's trace
     (docs/verification.md, "Opening a dispute")."""
 
@@ -324,7 +321,7 @@ class DisputeChallenge(_Shape):
     )
 
 
-class PrefillChallenge(_Shape):
+class PrefillChallenge(Shape):
     """``POST /v1/disputes``: an LLM completion challenged by a failed prefill check."""
 
     inference: str = Field(min_length=1, max_length=200)
@@ -336,7 +333,7 @@ class PrefillChallenge(_Shape):
 Hash = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 
 
-class TraceEntry(_Shape):
+class TraceEntry(Shape):
     node: int = Field(ge=0)
     op_type: str
     name: str
@@ -345,7 +342,7 @@ class TraceEntry(_Shape):
     digest: Digest
 
 
-class DisputeReveal(_Shape):
+class DisputeReveal(Shape):
     """``POST /v1/disputes/{id}/reveal``: the trace entry asked for and its inclusion proof."""
 
     index: int = Field(ge=0)
@@ -355,7 +352,7 @@ class DisputeReveal(_Shape):
     size: int | None = Field(default=None, ge=1)
 
 
-class DisputeTensors(_Shape):
+class DisputeTensors(Shape):
     """``POST /v1/disputes/{id}/tensors``: the recorded tensors asked for."""
 
     tensors: dict[str, Tensor] = Field(min_length=1)

@@ -40,6 +40,7 @@ __all__ = [
     "NodeDescriptorEnvelope",
     "Problem",
     "Responses",
+    "Shape",
     "Tensor",
     "complete_document",
     "component_schemas",
@@ -64,7 +65,7 @@ Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$", examples=["sha25
 """A digest as veriml writes it: ``sha256:<64 lower-case hex>``."""
 
 
-class _Shape(BaseModel):
+class Shape(BaseModel):
     """A body's description: members beyond the declared ones are refused, as the parsers
     refuse them."""
 
@@ -85,12 +86,12 @@ class Problem(BaseModel):
     error: str | None = Field(default=None, description="the veriml error class")
 
 
-class DsseSignature(_Shape):
+class DsseSignature(Shape):
     keyid: str = Field(default="", description="veriml key id of the signer (may be empty)")
     sig: Base64
 
 
-class DsseEnvelope(_Shape):
+class DsseEnvelope(Shape):
     """A DSSE envelope (https://github.com/secure-systems-lab/dsse/blob/master/envelope.md);
     the payload is RFC 8785 JSON whose type ``payloadType`` names."""
 
@@ -122,7 +123,7 @@ class JobEnvelope(DsseEnvelope):
     payloadType: str = _payload_type(JOB_TYPE)
 
 
-class Tensor(_Shape):
+class Tensor(Shape):
     """A tensor as JSON (docs/formats.md): ``dtype``, ``shape`` and exactly one of ``data``
     (nested lists, row-major) and ``b64`` (little-endian C-order bytes, base64)."""
 
@@ -136,7 +137,7 @@ class Tensor(_Shape):
     b64: Base64 | None = None
 
 
-class CompletionClaim(_Shape):
+class CompletionClaim(Shape):
     """The completion a ``prefill`` job checks: its receipt and token ids."""
 
     receipt: DsseEnvelope
@@ -144,7 +145,7 @@ class CompletionClaim(_Shape):
     completion_tokens: list[Annotated[int, Field(ge=0)]]
 
 
-class JobRequest(_Shape):
+class JobRequest(Shape):
     """``POST /v1/jobs`` (docs/network.md, "Job"): the signed job, and the tensors whose
     digests it signs (ONNX) or the canonical request whose digest it signs (LLM jobs), plus
     the completion a ``prefill`` job checks."""
