@@ -31,8 +31,9 @@ def test_a_documented_error_is_an_outcome_and_anything_else_a_crash() -> None:
     assert isinstance(attempt(refuse, allowed=(FormatError,), size=0)[1], FormatError)
     with pytest.raises(AssertionError, match="not an error this parser documents"):
         attempt(refuse, allowed=(InvalidModel,), size=0)
+    empty: dict[str, int] = {}
     with pytest.raises(KeyError):
-        attempt(lambda: {}["x"], allowed=(FormatError,), size=0)
+        attempt(lambda: empty["x"], allowed=(FormatError,), size=0)
 
 
 def test_a_refusal_that_cannot_render_as_a_problem_document_is_a_crash() -> None:
