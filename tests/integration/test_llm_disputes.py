@@ -89,7 +89,9 @@ def test_a_watcher_prefill_checks_logged_completions_and_gets_the_cheater_slashe
 
     def ask(_: int) -> str:
         with Client(net.url, log_vkey=net.log_vkey) as client:
-            reply = client.chat("smollm2", MESSAGES, policy="none", verify=False, **GREEDY)
+            reply = client.chat(
+                "smollm2", MESSAGES, policy="none", verify=False, public=True, **GREEDY
+            )
             return str(reply.verdict.agreeing[0])
 
     # Concurrent requests spread over the nodes by load (sequential ones would all go to the

@@ -32,6 +32,7 @@ import pytest
 from _coordinator import make_signed_model, running_coordinator
 from _logread import logged_entries
 from _servers import free_port, start_process
+from _traces import read_trace
 from veriml.client import Client, LocalNetwork
 from veriml.coordinator.auth import sign_request
 from veriml.core.digest import Digest
@@ -181,12 +182,12 @@ def test_a_killed_node_refuses_replays_runs_the_jobs_in_flight_and_reveals_its_t
         assert in_flight.status_code in (200, 409), in_flight.text
         for job in never_sent[:3]:  # issued before the restart, never admitted: they run
             assert post_job(url, job).status_code == 200
-        revealed = httpx.get(f"{url}/v1/traces/{traced.request_id}", timeout=30)
+        revealed = read_trace(key, f"{url}/v1/traces/{traced.request_id}", timeout=30)
         assert revealed.status_code == 200
         assert revealed.json()["trace"]["root"] == root.root.to_text()
-        entry = httpx.get(f"{url}/v1/traces/{traced.request_id}/entries/0", timeout=30)
+        entry = read_trace(key, f"{url}/v1/traces/{traced.request_id}/entries/0", timeout=30)
         assert entry.json()["root"] == root.root.to_text()
-        assert httpx.get(f"{url}/v1/traces/{torn}", timeout=30).status_code == 404
+        assert read_trace(key, f"{url}/v1/traces/{torn}", timeout=30).status_code == 404
     assert not temporary.exists()
     assert not trace_file(home, torn).exists()
 

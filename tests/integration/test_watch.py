@@ -74,7 +74,7 @@ def watched(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Watched]:
             for i in range(MAX_REQUESTS):
                 x = rng.standard_normal((1, 4)).astype(np.float32)
                 policy = "none,tolerance" if i % 2 else "none"
-                result = client.infer("mlp", {"x": x}, policy=policy)
+                result = client.infer("mlp", {"x": x}, policy=policy, public=True)
                 answered_by[result.id] = result.verdict.agreeing[0]
                 if i % 2:
                     tolerance.add(result.id)

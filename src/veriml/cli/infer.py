@@ -43,6 +43,14 @@ def infer(
         bool, typer.Option("--verify/--no-verify", help="Verify the answer (default: yes).")
     ] = True,
     sign_key: SignKeyOpt = None,
+    public: Annotated[
+        bool,
+        typer.Option(
+            "--public",
+            help="Let anyone (watchers above all) read this request's inputs and answer; by "
+            "default only you can (docs/privacy.md).",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Run a model on the network under a policy; verify and show (or save) the answer."""
@@ -58,7 +66,7 @@ def infer(
         if not names and not inputs:
             raise fail("the model's inputs are unknown; name them: --input NAME=FILE")
         tensors = load_input_files(inputs or [], names)
-        result = client.infer(model, tensors, policy=policy)
+        result = client.infer(model, tensors, policy=policy, public=public)
     if out is not None:
         result.save(out)
     summary = {

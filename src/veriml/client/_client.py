@@ -62,6 +62,7 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_canonical
 from veriml.protocol.accounts import LedgerRequest
+from veriml.protocol.http_signatures import sign_request
 from veriml.protocol.sse import SSEReader, parse_sse
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.client import LogClient, SignedCheckpoint
@@ -95,6 +96,8 @@ current epoch and the one before, so this only needs to be well under its beacon
 MAX_MODEL_BYTES = 8 << 30
 LOG_SIZE_HEADER = "X-Veriml-Log-Size"
 PAYMENT_HEADER = "X-Veriml-Payment"
+CAPABILITY_HEADER = "X-Veriml-Capability"
+_EMPTY_DIGEST = Digest.of(b"")
 # The canonical encoding's header is at most a few hundred bytes on top of the tensor's data.
 MAX_TENSOR_ANSWER_BYTES = DEFAULT_MAX_TENSOR_BYTES + 4096
 CHECKPOINT_WRITE_INTERVAL = 1.0
@@ -172,15 +175,19 @@ def _llm_request(
     params: Mapping[str, Any],
     policy: str,
     request_id: str | None,
+    public: bool = False,
 ) -> LLMRequest:
     """The OpenAI request body: the model, the prompt member, then the caller's parameters
-    as given (the coordinator validates them; unset ones are left to its defaults)."""
+    as given (the coordinator validates them; unset ones are left to its defaults), and
+    ``veriml.visibility`` when the caller lets anyone read what the request leaves."""
     if not isinstance(model, str) or not model:
         raise FormatError("a model is a hub name, name@version or digest")
     reserved = sorted(set(params) & {"model", "messages", "prompt", "input", "veriml"})
     if reserved:
         raise FormatError("parameters repeat a request member", members=",".join(reserved))
     body = {"model": model, **payload, **{k: v for k, v in params.items() if v is not None}}
+    if public:
+        body["veriml"] = {"visibility": "public"}
     return LLMRequest(
         kind,
         body,
@@ -260,6 +267,7 @@ class _Base:
         )
         self._bounds: dict[Digest, OutputBounds] = {}
         self._rules: tuple[float, Mapping[str, Any]] | None = None
+        self._capabilities: dict[str, str] = {}
         self._epoch: tuple[float, int] | None = None
         self.verify = verify
         # Pinned up front: a client that verifies fails at construction, not mid-request.
@@ -412,13 +420,34 @@ class _Base:
         policy: str,
         request_id: str | None,
         epoch: int | None,
+        public: bool = False,
     ) -> tuple[Expected, bytes, dict[str, str]]:
         client = self.key.key_id if self.key is not None else None
-        expect = Expected.of(model, inputs, policy, request_id, client, epoch)
+        expect = Expected.of(model, inputs, policy, request_id, client, epoch, public)
         content = expect.content()
         extra = self._extra_headers(expect.request_id)
         headers = expect.headers(self.key, self._url("/v1/inferences"), content, extra)
         return expect, content, headers
+
+    def _keep_capability(self, request_id: str, response: httpx.Response) -> None:
+        """Remember the capability an answer came with (``X-Veriml-Capability``), so this
+        client can read its own request again without a key (the last 1024)."""
+        token = response.headers.get(CAPABILITY_HEADER)
+        if token and len(token) <= 128:
+            self._capabilities[request_id] = token
+            while len(self._capabilities) > 1024:
+                self._capabilities.pop(next(iter(self._capabilities)))
+
+    def _reader(self, path: str, request_id: str) -> dict[str, str]:
+        """What shows the coordinator this client may read ``request_id``'s data: the
+        capability it keeps, and a signed ``GET`` when it has a key (docs/privacy.md)."""
+        headers = {}
+        token = self._capabilities.get(request_id)
+        if token is not None:
+            headers[CAPABILITY_HEADER] = token
+        if self.key is not None:
+            headers |= sign_request(self.key, "GET", self._url(path), _EMPTY_DIGEST)
+        return headers
 
     def _url(self, path: str) -> str:
         """The absolute URL of ``path`` on the coordinator (what a request signature covers)."""
@@ -795,19 +824,24 @@ class Client(_Base):
         policy: str = "none",
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
     ) -> InferenceResult:
         """Run ``model`` (digest, name or name@version) on ``inputs`` under ``policy``;
         the answer is verified unless ``verify=False`` (here or on the client).
 
         ``request_id`` (default: a new UUID) is sent as ``Idempotency-Key``: retrying with the
-        same id after a lost answer returns the one logged answer, never a second entry."""
+        same id after a lost answer returns the one logged answer, never a second entry.
+        ``public=True`` lets anyone (watchers above all) read the request's inputs and answer;
+        by default only this client can (its key, or the capability the answer came with:
+        docs/privacy.md)."""
         epoch = self._named_epoch(verify)
-        expect, content, headers = self._expect(model, inputs, policy, request_id, epoch)
+        expect, content, headers = self._expect(model, inputs, policy, request_id, epoch, public)
         try:
             response = self._http.post("/v1/inferences", content=content, headers=headers)
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         self._forget_epoch(response)
+        self._keep_capability(expect.request_id, response)
         return self._answer(response, verify, expect)
 
     def _named_epoch(self, verify: bool | None) -> int | None:
@@ -822,7 +856,8 @@ class Client(_Base):
         """``GET /v1/inferences/{id}``, verified like :meth:`infer`, and it must be the answer
         to ``id`` (``check="request"``)."""
         try:
-            response = self._http.get(f"/v1/inferences/{id}", headers=self._known_size())
+            path = f"/v1/inferences/{id}"
+            response = self._http.get(path, headers=self._known_size() | self._reader(path, id))
         except httpx.HTTPError as exc:
             raise NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc)) from exc
         return _answer_to(id, self._answer(response, verify))
@@ -866,14 +901,16 @@ class Client(_Base):
             *self._ledger_request("deposit", amount, key, to=_account(account), memo=memo),
         )
 
-    def tensor(self, digest: Digest | str) -> Array:
-        """``GET /v1/tensors/{digest}``: a stored tensor (a request's input), decoded from its
-        canonical bytes after checking that they hash to ``digest``."""
+    def tensor(self, digest: Digest | str, *, inference: str) -> Array:
+        """``GET /v1/inferences/{inference}/tensors/{digest}``: an input of a request, decoded
+        from its canonical bytes after checking that they hash to ``digest``; readable when the
+        request is public or this client's own (docs/privacy.md)."""
         wanted = _digest(digest)
+        path = f"/v1/inferences/{inference}/tensors/{wanted.to_text()}"
         data = bytearray()
         try:
             with self._http.stream(
-                "GET", f"/v1/tensors/{wanted.to_text()}", extensions={STREAM: True}
+                "GET", path, headers=self._reader(path, inference), extensions={STREAM: True}
             ) as response:
                 if response.status_code >= 400:
                     response.read()
@@ -895,12 +932,15 @@ class Client(_Base):
         stream: bool = False,
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
         **params: Any,
     ) -> ChatResult | ChatStream:
         """``POST /v1/chat/completions``: ``messages`` answered by ``model`` (hub name,
         name@version or digest) under ``policy``, verified unless ``verify=False``.
 
-        ``params`` are the OpenAI client's: ``temperature``, ``top_p``, ``max_tokens``,
+        ``public=True`` lets anyone (watchers above all) read the request and its answer, as
+        for :meth:`infer`. ``params`` are the OpenAI client's: ``temperature``, ``top_p``,
+        ``max_tokens``,
         ``seed``, ``stop``, ``tools``, ``tool_choice``, ``response_format``, ... They are sent
         as given, and the receipt must sign the canonical request they make (docs/llm.md).
         With ``stream=True`` the answer is a :class:`ChatStream`: iterate it for text deltas;
@@ -912,7 +952,9 @@ class Client(_Base):
         >>> reply.content, reply.trust, reply.verified  # doctest: +SKIP
         """
         payload = {"messages": [dict(m) for m in messages]}
-        request = _llm_request("chat.completion", model, payload, params, policy, request_id)
+        request = _llm_request(
+            "chat.completion", model, payload, params, policy, request_id, public
+        )
         return self._llm(request, stream, verify)
 
     def complete(
@@ -924,11 +966,12 @@ class Client(_Base):
         stream: bool = False,
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
         **params: Any,
     ) -> ChatResult | ChatStream:
         """``POST /v1/completions``: raw-text completion of ``prompt``; as :meth:`chat`."""
         request = _llm_request(
-            "text_completion", model, {"prompt": prompt}, params, policy, request_id
+            "text_completion", model, {"prompt": prompt}, params, policy, request_id, public
         )
         return self._llm(request, stream, verify)
 
@@ -940,12 +983,15 @@ class Client(_Base):
         policy: str = "none",
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
         **params: Any,
     ) -> ChatResult:
         """``POST /v1/embeddings``: one vector per input text (``result.embeddings``),
         verified against the receipts' output digests."""
         value = input if isinstance(input, str) else list(input)
-        request = _llm_request("embedding", model, {"input": value}, params, policy, request_id)
+        request = _llm_request(
+            "embedding", model, {"input": value}, params, policy, request_id, public
+        )
         result = self._llm(request, False, verify)
         assert isinstance(result, ChatResult)
         return result
@@ -1124,11 +1170,13 @@ class AsyncClient(_Base):
         policy: str = "none",
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
     ) -> InferenceResult:
         epoch = await self._named_epoch(verify)
-        expect, content, headers = self._expect(model, inputs, policy, request_id, epoch)
+        expect, content, headers = self._expect(model, inputs, policy, request_id, epoch, public)
         response = await self._request("POST", "/v1/inferences", content=content, headers=headers)
         self._forget_epoch(response)
+        self._keep_capability(expect.request_id, response)
         return await self._answer_async(response, verify, expect)
 
     async def _named_epoch(self, verify: bool | None) -> int | None:
@@ -1140,7 +1188,9 @@ class AsyncClient(_Base):
         return self._learn_epoch(await self._get("/v1/ledger/rules"))
 
     async def inference(self, id: str, *, verify: bool | None = None) -> InferenceResult:
-        response = await self._request("GET", f"/v1/inferences/{id}", headers=self._known_size())
+        path = f"/v1/inferences/{id}"
+        headers = self._known_size() | self._reader(path, id)
+        response = await self._request("GET", path, headers=headers)
         return _answer_to(id, await self._answer_async(response, verify))
 
     async def _post(self, path: str, content: bytes, headers: Mapping[str, str]) -> dict[str, Any]:
@@ -1171,12 +1221,13 @@ class AsyncClient(_Base):
             *self._ledger_request("deposit", amount, key, to=_account(account), memo=memo),
         )
 
-    async def tensor(self, digest: Digest | str) -> Array:
+    async def tensor(self, digest: Digest | str, *, inference: str) -> Array:
         wanted = _digest(digest)
+        path = f"/v1/inferences/{inference}/tensors/{wanted.to_text()}"
         data = bytearray()
         try:
             async with self._http.stream(
-                "GET", f"/v1/tensors/{wanted.to_text()}", extensions={STREAM: True}
+                "GET", path, headers=self._reader(path, inference), extensions={STREAM: True}
             ) as response:
                 if response.status_code >= 400:
                     await response.aread()
@@ -1196,11 +1247,14 @@ class AsyncClient(_Base):
         stream: bool = False,
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
         **params: Any,
     ) -> ChatResult | AsyncChatStream:
         """As :meth:`Client.chat`; a stream is an :class:`AsyncChatStream` (``async for``)."""
         payload = {"messages": [dict(m) for m in messages]}
-        request = _llm_request("chat.completion", model, payload, params, policy, request_id)
+        request = _llm_request(
+            "chat.completion", model, payload, params, policy, request_id, public
+        )
         return await self._llm(request, stream, verify)
 
     async def complete(
@@ -1212,10 +1266,11 @@ class AsyncClient(_Base):
         stream: bool = False,
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
         **params: Any,
     ) -> ChatResult | AsyncChatStream:
         request = _llm_request(
-            "text_completion", model, {"prompt": prompt}, params, policy, request_id
+            "text_completion", model, {"prompt": prompt}, params, policy, request_id, public
         )
         return await self._llm(request, stream, verify)
 
@@ -1227,10 +1282,13 @@ class AsyncClient(_Base):
         policy: str = "none",
         verify: bool | None = None,
         request_id: str | None = None,
+        public: bool = False,
         **params: Any,
     ) -> ChatResult:
         value = input if isinstance(input, str) else list(input)
-        request = _llm_request("embedding", model, {"input": value}, params, policy, request_id)
+        request = _llm_request(
+            "embedding", model, {"input": value}, params, policy, request_id, public
+        )
         result = await self._llm(request, False, verify)
         assert isinstance(result, ChatResult)
         return result

@@ -109,6 +109,9 @@ class Expected:
     own_id: bool = True
     """The request id is a fresh one this client made (not the caller's, which may be a retry
     of a request answered under an earlier epoch)."""
+    public: bool = False
+    """The client let anyone read what the request leaves (``visibility: "public"``,
+    docs/privacy.md); the logged request must say so, and say nothing of the kind otherwise."""
 
     @classmethod
     def of(
@@ -119,20 +122,25 @@ class Expected:
         request_id: str | None,
         client: str | None = None,
         epoch: int | None = None,
+        public: bool = False,
     ) -> Expected:
         arrays = {name: np.asarray(value) for name, value in inputs.items()}
+        body: dict[str, Any] = {
+            "model": model,
+            "inputs": {name: tensor_to_json(a) for name, a in arrays.items()},
+            "policy": policy,
+        }
+        if public:
+            body["visibility"] = "public"
         return cls(
             model=model,
             inputs={name: tensor_digest(a) for name, a in arrays.items()},
             policy=policy,
             request_id=request_id or str(uuid.uuid4()),
-            body={
-                "model": model,
-                "inputs": {name: tensor_to_json(a) for name, a in arrays.items()},
-                "policy": policy,
-            },
+            body=body,
             client=client,
             epoch=epoch,
+            public=public,
             own_id=request_id is None,
         )
 
@@ -157,6 +165,7 @@ class Expected:
             or (self.model.startswith("sha256:") and result.model.to_text() != self.model)
             or any(dict(p.inputs) != dict(self.inputs) for p in verified.predicates)
             or (self.client is not None and result.request.get("client") != self.client)
+            or (result.request.get("visibility") == "public") != self.public
         )
         if mismatch:
             raise VerificationError(

@@ -457,6 +457,10 @@ class Watcher:
                 return _with(base, detail=f"verdict {verdict.outcome}: nothing to check")
             node = verdict.agreeing[0]
             base = _with(base, node=node)
+        own = self.client.key is not None and entry.extra.get("client") == self.client.key.key_id
+        if entry.extra.get("visibility") != "public" and not own:
+            # docs/privacy.md: a private request's inputs are its requester's to show.
+            return _with(base, detail="private request: its requester did not make it public")
         kind = entry.extra.get("kind")
         if kind in ("chat.completion", "text_completion"):
             return self._check_completion(entry, base, node)
@@ -464,7 +468,10 @@ class Watcher:
             return _with(base, detail="embeddings have no prefill check")
         try:
             predicate, claimed = _defendant_receipt(entry, node)
-            inputs = {name: self.client.tensor(d) for name, d in sorted(predicate.inputs.items())}
+            inputs = {
+                name: self.client.tensor(d, inference=entry.request_id)
+                for name, d in sorted(predicate.inputs.items())
+            }
             runner = self.runner(entry.model)
             outputs, trace = runner.traced(inputs, keep_tensors=True)
             mine = {name: tensor_digest(a) for name, a in outputs.items()}

@@ -30,7 +30,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 import veriml
-from veriml.coordinator import db, hub, ledger, openai_routes, registry, schemas
+from veriml.coordinator import auth, db, hub, ledger, openai_routes, registry, schemas
 from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.catalog import NamespaceRepository
 from veriml.coordinator.deps import LogDep, SettingsDep
@@ -156,6 +156,7 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         state = app.state
         state.engine, state.blobs, state.log = engine, blobs, log
         state.coordinator_key = keys.coordinator
+        state.capability_key = auth.capability_key(keys.coordinator)
         state.models, state.nodes, state.nonces = models, nodes, nonces
         state.ledger = ledger.LedgerBook(log, settings, admin=keys.coordinator.key_id)
         state.hub = hub.HubService(
@@ -180,7 +181,10 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
             book=state.ledger,
             limits=state.rate_limits,
         )
-        tensors = ledger.TensorStore(blobs, max_bytes=settings.max_json_bytes)
+        # Stored inputs live apart from the hub's blobs: GET /v1/blobs serves any blob by
+        # digest, and a private request's inputs are readable only by its requester.
+        tensor_blobs = BlobStore(settings.blobs_url.rstrip("/") + "/tensors")
+        tensors = ledger.TensorStore(tensor_blobs, max_bytes=settings.max_json_bytes)
         state.tensors, state.store_tensors = tensors, tensors.put
         hub_service = state.hub
         state.load_model = lambda digest: hub_service.onnx_package(digest).load_proto()

@@ -23,7 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import hmac
 from collections.abc import Mapping
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -40,16 +42,24 @@ from veriml.protocol.http_signatures import (
 from veriml.protocol.http_signatures import sign_request as sign_http_request
 
 __all__ = [
+    "CAPABILITY_HEADER",
     "KEY_HEADER",
     "PAYMENT_HEADER",
     "SignedRequest",
     "accept_signature",
+    "authorize_read",
+    "capability",
+    "capability_header",
+    "capability_key",
     "payment_from_headers",
+    "read_body",
     "read_signed_body",
     "request_signature",
     "sign_request",
 ]
 
+CAPABILITY_HEADER = "X-Veriml-Capability"
+"""A bearer capability to read one request's stored data (returned with its answer)."""
 PAYMENT_HEADER = "X-Veriml-Payment"
 """base64 of a DSSE envelope: the payer's signed ``payment`` ledger request for this request's
 fees (docs/ledger.md, "Authority"); required when the rules charge ``fee_per_job``."""
@@ -101,13 +111,9 @@ async def accept_signature(
     return key_id
 
 
-async def read_signed_body(
-    request: Request, limit: int, *, idempotent: bool = False
-) -> tuple[bytes, str | None]:
-    """A JSON route's body (at most ``limit`` bytes, 413 beyond) and its signer's key id (None
-    when unsigned): the signature is checked before the body is read, the digest and the nonce
-    after."""
-    signed = request_signature(request)
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most ``limit`` bytes: 413 from ``Content-Length`` before a byte is
+    read, or as soon as the stream passes the limit (nothing beyond it is held)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise LimitExceeded("request body is too large", size=int(declared), limit=limit)
@@ -118,8 +124,70 @@ async def read_signed_body(
         if size > limit:
             raise LimitExceeded("request body is too large", limit=limit)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+async def read_signed_body(
+    request: Request, limit: int, *, idempotent: bool = False
+) -> tuple[bytes, str | None]:
+    """A JSON route's body (at most ``limit`` bytes, 413 beyond) and its signer's key id (None
+    when unsigned): the signature is checked before the body is read, the digest and the nonce
+    after."""
+    signed = request_signature(request)
+    raw = await read_body(request, limit)
     return raw, await accept_signature(request, signed, Digest.of(raw), idempotent=idempotent)
+
+
+# -- reading what a request left behind (docs/privacy.md) ---------------------------------------
+
+
+def capability_key(coordinator: SigningKey) -> bytes:
+    """The secret capabilities are derived under: from the coordinator's key, so every replica
+    (they share it) and every restart derives the same ones, and nothing more is stored."""
+    return hashlib.sha256(b"veriml/capability/v1\n" + coordinator.to_pem()).digest()
+
+
+def capability(key: bytes, request_id: str) -> str:
+    """The capability to read request ``request_id``'s stored data: HMAC-SHA256 under ``key``
+    (a bearer token returned to the requester in ``X-Veriml-Capability``)."""
+    mac = hmac.new(key, b"read\n" + request_id.encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def capability_header(request: Request, request_id: str) -> dict[str, str]:
+    """``X-Veriml-Capability`` for an answer to ``request_id`` (empty before start-up)."""
+    key: bytes | None = getattr(request.app.state, "capability_key", None)
+    return {} if key is None else {CAPABILITY_HEADER: capability(key, request_id)}
+
+
+def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
+    """Refuse (403, ``check: "access"``) to show a stored answer, or what its request left
+    (inputs, canonical request, outputs), to anyone but: everyone, when the requester made it
+    public; the holder of its capability; a request signed (RFC 9421) by the requester's key.
+    """
+    requested = answer.get("request") or {}
+    if requested.get("visibility") == "public":
+        return
+    request_id = str(answer.get("id"))
+    presented = request.headers.get(CAPABILITY_HEADER)
+    key: bytes | None = getattr(request.app.state, "capability_key", None)
+    if (
+        presented
+        and key is not None
+        and hmac.compare_digest(presented.encode(), capability(key, request_id).encode())
+    ):
+        return
+    signed = request_signature(request)
+    if signed is not None:
+        signed.check_body(Digest.of(b""))
+        if signed.key_id == requested.get("client"):
+            return
+    raise SignatureError(
+        "this request is private: read it with its requester's signed request or its "
+        f"capability ({CAPABILITY_HEADER}), or have the requester make it public",
+        check="access",
+        id=request_id[:200],
+    )
 
 
 def payment_from_headers(headers: Mapping[str, str]) -> Envelope | None:

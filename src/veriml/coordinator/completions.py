@@ -61,6 +61,8 @@ from veriml.coordinator.inference import (
     answer_cites,
     check_request_id,
     provenance_json,
+    requester,
+    same_requester,
 )
 from veriml.coordinator.inference_store import InferenceStore, PendingInference
 from veriml.coordinator.openai_errors import NodeRefused
@@ -322,14 +324,16 @@ class CompletionService:
         payment: Envelope | None = None,
         known_size: int | None = None,
         epoch: int | None = None,
+        visibility: str | None = None,
     ) -> Prepared:
         """Steps 1-3 without sending anything: the model, the canonical request, the policy,
         the payment and enough nodes. Every client error surfaces here, before a stream starts.
 
-        ``body`` is the OpenAI request body without the ``veriml`` member. ``request_id`` (the
-        ``Idempotency-Key``) names the request: when an answer with that id is stored, the same
-        request (rebuilt with the stored seed) gets it back, and another request is a
-        ``Conflict``."""
+        ``body`` is the OpenAI request body without the ``veriml`` member; ``visibility`` its
+        ``veriml.visibility`` (``public`` lets anyone read what the request left).
+        ``request_id`` (the ``Idempotency-Key``) names the request: when an answer with that
+        id is stored, the same request (rebuilt with the stored seed) from the same requester
+        gets it back, and another request is a ``Conflict``."""
         model_ref = body.get("model")
         if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
             raise FormatError(
@@ -361,8 +365,9 @@ class CompletionService:
         if stored is None:
             jobs = parsed.nodes + (1 if parsed.kind in ("spot", "prefill") else 0)
             await asyncio.to_thread(self._draws.check_payment, client, payment, request_id, jobs)
-        extra = {} if client is None else {"client": client}
+        extra = requester(client, visibility)
         if stored is not None:
+            same_requester(stored.veriml, client, request_id)
             return Prepared(job, parsed, (), extra, stored=stored)
         prepared = Prepared(
             job,
@@ -438,6 +443,7 @@ class CompletionService:
         payment: Envelope | None = None,
         known_size: int | None = None,
         epoch: int | None = None,
+        visibility: str | None = None,
     ) -> CompletionAnswer:
         """:meth:`prepare` then :meth:`run`."""
         prepared = await self.prepare(
@@ -449,6 +455,7 @@ class CompletionService:
             payment=payment,
             known_size=known_size,
             epoch=epoch,
+            visibility=visibility,
         )
         return await self.run(prepared, on_token=on_token)
 

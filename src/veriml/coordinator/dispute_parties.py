@@ -41,6 +41,7 @@ from veriml.core.keys import SigningKey
 from veriml.core.receipt import InferencePredicate, TraceCommitment
 from veriml.core.tensors import tensor_from_json
 from veriml.core.timestamps import format_time
+from veriml.protocol.http_signatures import sign_request
 from veriml.runtime import TraceEntry
 from veriml.verify import verify_receipt
 from veriml.verify.dispute import Reason, TraceLayout
@@ -61,6 +62,7 @@ __all__ = [
 Array = npt.NDArray[Any]
 T = TypeVar("T")
 EMPTY_TRACE = TraceCommitment(Digest.of(b""), 0)
+_EMPTY = Digest.of(b"")
 """The commitment to nothing (the RFC 9162 root of the empty tree, size 0): what a party that
 produced no trace is recorded with."""
 _MAX_PROOF = 64
@@ -307,8 +309,10 @@ class NodeParty:
         ``timeout``); a 4xx answer (no such trace, no such tensor) is final."""
 
         async def attempt(left: float) -> httpx.Response:
+            # Signed afresh each time: the node reads traces to its coordinator only.
+            headers = sign_request(self._key, "GET", url, _EMPTY)
             try:
-                response = await self._http.get(url, timeout=httpx.Timeout(left))
+                response = await self._http.get(url, headers=headers, timeout=httpx.Timeout(left))
             except httpx.HTTPError as exc:
                 raise _Busy(None) from exc
             status = response.status_code

@@ -313,6 +313,27 @@ class _Request:
 # -- the service ---------------------------------------------------------------------------------
 
 
+def requester(client: str | None, visibility: Any) -> dict[str, str]:
+    """The request members a log entry carries about who asked (docs/privacy.md): the signer's
+    key id (``client``), and ``visibility: "public"`` when the requester let anyone read what
+    the request left (its inputs, canonical request and outputs). Private is the default and is
+    not written."""
+    if visibility not in (None, "private", "public"):
+        raise FormatError("visibility must be private or public", param="visibility")
+    out = {} if client is None else {"client": client}
+    if visibility == "public":
+        out["visibility"] = "public"
+    return out
+
+
+def same_requester(answer: Mapping[str, Any], client: str | None, request_id: str) -> None:
+    """A repeated ``Idempotency-Key`` gets the stored answer only from its requester: the
+    same signing key, or none when the first request was unsigned too (a stranger who guessed
+    the key and the inputs must not read a private answer)."""
+    if (answer.get("request") or {}).get("client") != client:
+        raise Conflict("this Idempotency-Key was used by another requester", key=request_id)
+
+
 def check_request_id(value: str) -> str:
     """A client-chosen request id (``Idempotency-Key``): 1-200 URL-safe characters."""
     if not _KEY_PATTERN.fullmatch(value):
@@ -476,7 +497,7 @@ class InferenceService:
         policy_text = request.get("policy", "none")
         if not isinstance(policy_text, str):
             raise FormatError("policy must be a string: none, quorum:N/K, spot:P or optimistic:W")
-        unknown = sorted(set(request) - {"model", "inputs", "policy"})
+        unknown = sorted(set(request) - {"model", "inputs", "policy", "visibility"})
         if unknown:
             raise FormatError("inference request has unknown members", members=",".join(unknown))
         policy = Policy.parse(policy_text)
@@ -506,7 +527,7 @@ class InferenceService:
             else self._draws.rules.challenge_window,
         )
         job = _Request(spec, arrays, draw, model.provenance, payment, known_size)
-        extra = {} if client is None else {"client": client}
+        extra = requester(client, request.get("visibility"))
         # Every node that answers is paid: a spot check may add one.
         jobs = policy.nodes + (1 if policy.kind == "spot" else 0)
         await asyncio.to_thread(self._draws.check_payment, client, payment, request_id, jobs)
@@ -529,6 +550,7 @@ class InferenceService:
                         raise Conflict(
                             "this Idempotency-Key was used for another request", key=request_id
                         )
+                    same_requester(stored[1], client, request_id)
                     return stored[1]
                 return await self._answer(job, digest, policy, candidates, extra)
         finally:

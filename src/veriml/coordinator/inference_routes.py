@@ -13,6 +13,7 @@ having failed. The service reports to the app's Prometheus registry:
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Mapping
 from typing import Annotated, Any
@@ -21,15 +22,22 @@ from fastapi import APIRouter, Depends, Request, Response
 from prometheus_client import CollectorRegistry, Counter
 
 from veriml.coordinator import schemas
-from veriml.coordinator.auth import payment_from_headers, read_signed_body
+from veriml.coordinator.auth import (
+    authorize_read,
+    capability_header,
+    payment_from_headers,
+    read_signed_body,
+)
 from veriml.coordinator.beacon import Beacon
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
+from veriml.coordinator.ledger import TENSOR_MEDIA_TYPE, TensorStore
 from veriml.coordinator.problems import problem
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, FormatError, InvalidInput, NodeUnavailable
+from veriml.core.dsse import Envelope
+from veriml.core.errors import Error, FormatError, InvalidInput, NodeUnavailable, NotFound
 from veriml.models import IOSignature
 
 __all__ = [
@@ -208,9 +216,9 @@ def recover_pending(state: Any) -> int:
 Service = Annotated[InferenceService, Depends(inference_service)]
 
 
-def _json(content: dict[str, Any]) -> Response:
+def _json(content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     body = json.dumps(content, separators=(",", ":"), ensure_ascii=False).encode()
-    return Response(body, media_type="application/json")
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _upstream_problem(exc: Error, status: int) -> Response:
@@ -256,7 +264,45 @@ async def create_inference(request: Request, service: Service) -> Response:
         return _upstream_problem(exc, 503)
     except JobRejected as exc:
         return _upstream_problem(exc, 502)
-    return _json(answer)
+    return _json(answer, capability_header(request, str(answer["id"])))
+
+
+@router.get(
+    "/v1/inferences/{inference_id}/tensors/{digest}",
+    operation_id="get_inference_tensor",
+    summary="An input of an answered inference, in its canonical encoding",
+    response_class=Response,
+    responses=schemas.GET_TENSOR,
+)
+async def get_inference_tensor(
+    inference_id: str, digest: str, request: Request, service: Service
+) -> Response:
+    """One input tensor of ``inference_id`` (``veriml-tensor/v1``; its SHA-256 is ``digest``),
+    to whoever may read the inference (docs/privacy.md): watchers of a public request, the
+    requester, the referee. A digest that is not one of its inputs is 404."""
+    try:
+        wanted = Digest.from_text(digest)
+    except FormatError as exc:
+        raise FormatError("tensor digest must be sha256:<64 hex>", got=digest[:80]) from exc
+    answer = await service.get(inference_id)
+    authorize_read(request, answer)
+    if wanted not in answer_inputs(answer):
+        raise NotFound("this inference has no input with this digest", digest=digest[:80])
+    store: TensorStore = request.app.state.tensors
+    data = await asyncio.to_thread(store.get_bytes, wanted)
+    return Response(data, media_type=TENSOR_MEDIA_TYPE)
+
+
+def answer_inputs(answer: Mapping[str, Any]) -> frozenset[Digest]:
+    """The input digests an answer's receipts name (every receipt names the same inputs)."""
+    out: set[Digest] = set()
+    for receipt in answer.get("receipts") or []:
+        try:
+            statement = json.loads(Envelope.from_json(receipt).payload)
+            out.update(Digest.from_text(i["digest"]) for i in statement["predicate"]["inputs"])
+        except (FormatError, ValueError, KeyError, TypeError):
+            continue
+    return frozenset(out)
 
 
 @router.get(
@@ -265,5 +311,9 @@ async def create_inference(request: Request, service: Service) -> Response:
     summary="An answered inference, as it was returned",
     responses=schemas.GET_INFERENCE,
 )
-async def get_inference(inference_id: str, service: Service) -> Response:
-    return _json(await service.get(inference_id))
+async def get_inference(inference_id: str, request: Request, service: Service) -> Response:
+    """The stored answer, to whoever may read it (docs/privacy.md): anyone when its requester
+    made it public, else the requester (a signed request by its key, or its capability)."""
+    answer = await service.get(inference_id)
+    authorize_read(request, answer)
+    return _json(answer)

@@ -17,8 +17,9 @@ Routes (problem JSON on error, docs/ledger.md and docs/coordinator.md):
   docs/ledger.md "Authority") signed by the rules' admin account, the coordinator's key;
 - ``POST /v1/ledger/stake`` / ``POST /v1/ledger/unstake``: the body is the account's own
   signed ``stake`` / ``unstake`` request (an operator stakes with its operator key);
-- ``GET /v1/tensors/{digest}``: a stored tensor in its canonical encoding (its SHA-256 is the
-  digest), for watchers and referees. Every request's inputs are stored before it is logged.
+
+Every request's inputs are stored in the :class:`TensorStore` before it is logged; they are
+read through ``GET /v1/inferences/{id}/tensors/{digest}`` (:mod:`.inference_routes`).
 """
 
 from __future__ import annotations
@@ -33,9 +34,10 @@ from typing import Annotated, Any
 
 import numpy as np
 import numpy.typing as npt
-from fastapi import APIRouter, Query, Request, Response
+from fastapi import APIRouter, Query, Request
 
-from veriml.coordinator.schemas import GET_TENSOR, LEDGER_MOVE, LEDGER_STATE
+from veriml.coordinator.auth import read_body
+from veriml.coordinator.schemas import LEDGER_MOVE, LEDGER_STATE
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
@@ -328,9 +330,7 @@ def _book(request: Request) -> LedgerBook:
 async def _ledger_request(request: Request, op: str) -> tuple[LedgerRequest, Envelope]:
     """The body: an account's signed ledger request for ``op`` (a DSSE envelope), checked
     (403 when its signature does not verify or it is for another op)."""
-    raw = await request.body()
-    if len(raw) > 64 << 10:
-        raise FormatError(f"{op} request body is too large", size=len(raw))
+    raw = await read_body(request, 64 << 10)
     envelope = Envelope.from_json(parse_json_object(raw, what=f"{op} request"))
     try:
         return LedgerRequest.open(envelope, op=op), envelope
@@ -426,21 +426,3 @@ async def ledger_unstake(request: Request) -> dict[str, Any]:
     account = ledger_request.account
     entry = UnstakeEntry(account, ledger_request.amount, format_time(now), available, envelope)
     return await _append_one(book, entry, account)
-
-
-@router.get(
-    "/v1/tensors/{digest}",
-    operation_id="get_tensor",
-    tags=["inference"],
-    response_class=Response,
-    responses=GET_TENSOR,
-)
-async def get_tensor(digest: str, request: Request) -> Response:
-    """A stored tensor in its canonical encoding (``veriml-tensor/v1``)."""
-    try:
-        wanted = Digest.from_text(digest)
-    except FormatError as exc:
-        raise FormatError("tensor digest must be sha256:<64 hex>", got=digest[:80]) from exc
-    store: TensorStore = request.app.state.tensors
-    data = await asyncio.to_thread(store.get_bytes, wanted)
-    return Response(data, media_type=TENSOR_MEDIA_TYPE)

@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter
 
 from veriml.coordinator import schemas
-from veriml.coordinator.auth import payment_from_headers, read_signed_body
+from veriml.coordinator.auth import capability_header, payment_from_headers, read_signed_body
 from veriml.coordinator.completion_checks import embedding_vectors
 from veriml.coordinator.completions import (
     LLM_ENGINE,
@@ -204,17 +204,24 @@ Service = Annotated[CompletionService, Depends(completion_service)]
 # -- request parsing -----------------------------------------------------------------------------
 
 
-async def _parse(request: Request) -> tuple[dict[str, Any], str, str | None]:
-    """The OpenAI body (without ``veriml``), the policy text and the signing client."""
+async def _parse(request: Request) -> tuple[dict[str, Any], str, str | None, str | None]:
+    """The OpenAI body (without ``veriml``), the policy text, the signing client and the
+    visibility the requester chose (``veriml.visibility``)."""
     limit = request.app.state.settings.max_json_bytes
     raw, client = await read_signed_body(request, limit, idempotent=True)
     body = parse_json_object(raw, what="request body")
     extension = body.pop("veriml", None)
     policy = request.headers.get(POLICY_HEADER)
+    visibility = None
     if extension is not None:
-        if not isinstance(extension, dict) or set(extension) - {"policy"}:
-            raise FormatError("veriml must be an object with a policy member", param="veriml")
-        member = extension.get("policy")
+        if not isinstance(extension, dict) or set(extension) - {"policy", "visibility"}:
+            raise FormatError(
+                "veriml must be an object with policy and visibility members", param="veriml"
+            )
+        visibility = extension.get("visibility")
+        if visibility not in (None, "private", "public"):
+            raise FormatError("veriml.visibility must be private or public", param="veriml")
+        member = extension.get("policy", policy or "none")
         if not isinstance(member, str):
             raise FormatError("veriml.policy must be a string", param="veriml.policy")
         if policy is not None and policy != member:
@@ -225,7 +232,7 @@ async def _parse(request: Request) -> tuple[dict[str, Any], str, str | None]:
                 member=member[:64],
             )
         policy = member
-    return body, policy or "none", client
+    return body, policy or "none", client, visibility
 
 
 def _error(exc: Error) -> JSONResponse:
@@ -486,7 +493,7 @@ async def _complete(
     build: Callable[[CompletionAnswer, str, int], dict[str, Any]],
 ) -> Response:
     try:
-        body, policy, client = await _parse(request)
+        body, policy, client, visibility = await _parse(request)
         payment, size = payment_from_headers(request.headers), known_size(request.headers)
         stream = _flag(body, "stream")
         include_usage = _include_usage(body) if stream else False
@@ -500,21 +507,23 @@ async def _complete(
             payment=payment,
             known_size=size,
             epoch=named_epoch(request.headers),
+            visibility=visibility,
         )
         if stream:
             settings = request.app.state.settings
             return StreamingResponse(
                 _stream(service, prepared, model, include_usage, settings.sse_keepalive),
                 media_type=SSE,
-                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+                | capability_header(request, prepared.job.request_id),
             )
         answer = await service.run(prepared)
     except Error as exc:
         return _error(exc)
     created = int(time.time())
-    return _json(
-        build(answer, model, created), headers={RECEIPT_HEADER: receipt_header(answer.veriml)}
-    )
+    headers = {RECEIPT_HEADER: receipt_header(answer.veriml)}
+    headers |= capability_header(request, str(answer.veriml["id"]))
+    return _json(build(answer, model, created), headers=headers)
 
 
 @router.post(
@@ -552,7 +561,7 @@ async def create_embedding(request: Request, service: Service) -> Response:
     """OpenAI embedding ``list`` (``encoding_format`` float or base64) with a ``veriml``
     member."""
     try:
-        body, policy, client = await _parse(request)
+        body, policy, client, visibility = await _parse(request)
         payment, size = payment_from_headers(request.headers), known_size(request.headers)
         encoding = body.pop("encoding_format", "float")
         if encoding not in ("float", "base64"):
@@ -567,10 +576,10 @@ async def create_embedding(request: Request, service: Service) -> Response:
             payment=payment,
             known_size=size,
             epoch=named_epoch(request.headers),
+            visibility=visibility,
         )
     except Error as exc:
         return _error(exc)
-    return _json(
-        embedding_body(answer, model, encoding),
-        headers={RECEIPT_HEADER: receipt_header(answer.veriml)},
-    )
+    headers = {RECEIPT_HEADER: receipt_header(answer.veriml)}
+    headers |= capability_header(request, str(answer.veriml["id"]))
+    return _json(embedding_body(answer, model, encoding), headers=headers)

@@ -608,7 +608,8 @@ def dispute_move(model: type[BaseModel], what: str) -> dict[str, Any]:
 
 OCTETS: Final = "application/octet-stream"
 GET_MODEL: Final[Responses] = problems({404: "no such model (names reach signed models only)"})
-GET_INFERENCE: Final[Responses] = problems({404: "no answer with this id (yet)"})
+_PRIVATE = "a private request, and not its requester asking (docs/privacy.md)"
+GET_INFERENCE: Final[Responses] = problems({403: _PRIVATE, 404: "no answer with this id (yet)"})
 GET_DISPUTE: Final[Responses] = problems(_DISPUTE_ANSWERS)
 LEDGER_STATE: Final[Responses] = problems({404: "the log has fewer entries than size"})
 GET_TENSOR: Final[Responses] = {
@@ -616,7 +617,7 @@ GET_TENSOR: Final[Responses] = {
         "description": "the tensor in its canonical encoding (veriml-tensor/v1)",
         "content": {"application/vnd.veriml.tensor": {"schema": {"type": "string"}}},
     },
-    **problems({400: "not a sha256 digest", 404: "no such tensor"}),
+    **problems({400: "not a sha256 digest", 403: _PRIVATE, 404: "no such input of this request"}),
 }
 _BLOB: Final = {"schema": {"type": "string", "format": "binary"}}
 GET_BLOB: Final[Responses] = {

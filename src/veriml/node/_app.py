@@ -29,6 +29,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veriml.core.completion import relay_model_id
+from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     Conflict,
@@ -41,6 +42,7 @@ from veriml.core.errors import (
     LimitExceeded,
     NodeUnavailable,
     NotFound,
+    SignatureError,
     StorageError,
     VerificationError,
 )
@@ -54,6 +56,7 @@ from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache
 from veriml.node._models import ModelCache
 from veriml.protocol.accounts import OperatorBinding
+from veriml.protocol.http_signatures import verify_request
 from veriml.protocol.messages import format_time
 from veriml.protocol.openapi import (
     JSON,
@@ -73,6 +76,7 @@ _PROBLEM_TYPE = "https://veriml.dev/problems/"
 # Checks on the job message itself: the coordinator's signature and the addressee.
 _FORBIDDEN_CHECKS = frozenset(
     {"job-signature", "payload-type", "message-type", "job-node", "job-time", "job-validity"}
+    | {"access", "request-signature"}
 )
 _TITLES = {
     400: "Bad Request",
@@ -352,6 +356,20 @@ class NodeState:
         }
 
 
+def _coordinator_only(request: Request, node: NodeState) -> None:
+    """Refuse (403, ``check: "access"``) a request not signed (RFC 9421) by the coordinator
+    key this node trusts."""
+    fields = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw]
+    signed = verify_request(request.method, str(request.url), fields)
+    trusted = node.jobs.coordinator_key
+    if signed is None or trusted is None or signed.key_id != trusted.key_id:
+        raise SignatureError(
+            "traces are read by the coordinator this node serves, with a signed request",
+            check="access",
+        )
+    signed.check_body(Digest.of(b""))
+
+
 def _state(request: Request) -> NodeState:
     state: NodeState = request.app.state.node
     return state
@@ -489,8 +507,12 @@ def create_node_app(config: NodeConfig) -> FastAPI:
 
     # Trace reads run in the default thread pool, never in a job lane: a dispute's reveals
     # do not wait behind jobs, however busy the node is.
+    # Traces hold a request's intermediate tensors: only the coordinator (its signed request,
+    # RFC 9421, under the key this node trusts) reads them, for the disputes it referees
+    # (docs/privacy.md).
     @app.get("/v1/traces/{request_id}", operation_id="get_trace", responses=_TRACE_ANSWERS)
-    async def get_trace(request_id: str, node: Node) -> dict[str, Any]:
+    async def get_trace(request_id: str, request: Request, node: Node) -> dict[str, Any]:
+        _coordinator_only(request, node)
         return await asyncio.to_thread(lambda: node.traces.get(request_id).to_json())
 
     @app.get(
@@ -498,7 +520,10 @@ def create_node_app(config: NodeConfig) -> FastAPI:
         operation_id="get_trace_entry",
         responses=_TRACE_ANSWERS,
     )
-    async def get_trace_entry(request_id: str, index: str, node: Node) -> dict[str, Any]:
+    async def get_trace_entry(
+        request_id: str, index: str, request: Request, node: Node
+    ) -> dict[str, Any]:
+        _coordinator_only(request, node)
         # Parsed here, not by FastAPI: a bad index is a 400 problem like every other.
         if not (index.isascii() and index.isdigit()) or len(index) > 12:
             raise FormatError("trace index must be a non-negative integer", got=index[:40])
@@ -509,7 +534,10 @@ def create_node_app(config: NodeConfig) -> FastAPI:
         operation_id="get_trace_tensor",
         responses=_TRACE_ANSWERS,
     )
-    async def get_trace_tensor(request_id: str, name: str, node: Node) -> dict[str, Any]:
+    async def get_trace_tensor(
+        request_id: str, name: str, request: Request, node: Node
+    ) -> dict[str, Any]:
+        _coordinator_only(request, node)
         # ``:path``: exported graphs name tensors like "/encoder/MatMul_output_0".
         return await asyncio.to_thread(lambda: node.traces.get(request_id).tensor(name))
 

@@ -272,7 +272,9 @@ def _check_request(
             seed=seed,
         )
     try:
-        canonical = canonical_request(kind, model, request, seed=seed)
+        # veriml's own member (visibility) is not part of the OpenAI request it signs.
+        sent = {k: v for k, v in request.items() if k != "veriml"}
+        canonical = canonical_request(kind, model, sent, seed=seed)
     except FormatError as exc:
         raise VerificationError(
             "the request sent cannot be rebuilt in canonical form",

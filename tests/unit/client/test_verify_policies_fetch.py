@@ -1,5 +1,5 @@
-"""Tensors fetched by digest (``Client.tensor``, ``GET /v1/tensors/{digest}``) are checked by
-hashing what was served: the canonical encoding's SHA-256 is the tensor digest."""
+"""Tensors fetched by digest (``Client.tensor``, ``GET /v1/inferences/{id}/tensors/{digest}``)
+are checked by hashing what was served: the canonical encoding's SHA-256 is the tensor digest."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ def coordinator() -> Iterator[str]:
     lie = tensor_digest(STORED + np.float32(1))
     app = FastAPI()
 
-    @app.get("/v1/tensors/{digest}")
-    def get_tensor(digest: str) -> Response:
+    @app.get("/v1/inferences/{inference}/tensors/{digest}")
+    def get_tensor(inference: str, digest: str) -> Response:
         wanted = Digest.from_text(digest)
         if wanted == tensor_digest(STORED):
             return Response(canonical_tensor_bytes(STORED), media_type="application/octet-stream")
@@ -42,8 +42,8 @@ def coordinator() -> Iterator[str]:
 
 def test_a_stored_tensor_comes_back_equal(coordinator: str) -> None:
     with Client(coordinator, verify=False) as client:
-        fetched = client.tensor(tensor_digest(STORED))
-        by_text = client.tensor(tensor_digest(STORED).to_text())
+        fetched = client.tensor(tensor_digest(STORED), inference="req-1")
+        by_text = client.tensor(tensor_digest(STORED).to_text(), inference="req-1")
     assert fetched.dtype == STORED.dtype
     np.testing.assert_array_equal(fetched, STORED)
     np.testing.assert_array_equal(by_text, STORED)
@@ -52,7 +52,7 @@ def test_a_stored_tensor_comes_back_equal(coordinator: str) -> None:
 def test_bytes_that_do_not_hash_to_the_digest_are_refused(coordinator: str) -> None:
     wanted = tensor_digest(STORED + np.float32(1))
     with Client(coordinator, verify=False) as client, pytest.raises(DigestMismatch) as caught:
-        client.tensor(wanted)
+        client.tensor(wanted, inference="req-1")
     assert caught.value.check == "tensor"
     assert caught.value.evidence["expected"] == wanted
     assert caught.value.evidence["calculated"] == tensor_digest(OTHER)
@@ -61,10 +61,11 @@ def test_bytes_that_do_not_hash_to_the_digest_are_refused(coordinator: str) -> N
 def test_the_async_client_checks_the_same_way(coordinator: str) -> None:
     async def fetch() -> None:
         async with AsyncClient(coordinator, verify=False) as client:
-            np.testing.assert_array_equal(await client.tensor(tensor_digest(STORED)), STORED)
+            got = await client.tensor(tensor_digest(STORED), inference="req-1")
+            np.testing.assert_array_equal(got, STORED)
             with pytest.raises(DigestMismatch):
-                await client.tensor(tensor_digest(STORED + np.float32(1)))
+                await client.tensor(tensor_digest(STORED + np.float32(1)), inference="req-1")
             with pytest.raises(NotFound):
-                await client.tensor(tensor_digest(OTHER))
+                await client.tensor(tensor_digest(OTHER), inference="req-1")
 
     asyncio.run(fetch())

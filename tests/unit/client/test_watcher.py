@@ -82,6 +82,8 @@ def inference(model: Model, request_id: str, *, runner: Runner | None = None) ->
         policy="none",
         receipts=(result.receipt,),
         verdict=Verdict("none", "accepted", (NODE_KEY.key_id,), outputs),
+        # Watchers check what requesters made public (docs/privacy.md).
+        extra={"visibility": "public"},
     )
 
 
@@ -266,8 +268,8 @@ def tensor_client(model: Model) -> Iterator[Client]:
     app = FastAPI()
     stored = {tensor_digest(X).to_text(): canonical_tensor_bytes(X)}
 
-    @app.get("/v1/tensors/{digest}")
-    def tensor(digest: str) -> Response:
+    @app.get("/v1/inferences/{inference}/tensors/{digest}")
+    def tensor(inference: str, digest: str) -> Response:
         if digest not in stored:
             return Response(b'{"title":"no such tensor"}', status_code=404)
         return Response(stored[digest], media_type="application/vnd.veriml.tensor")
@@ -288,6 +290,16 @@ def test_an_honest_answer_matches(tensor_client: Client, model: Model, cached: P
     watcher = Watcher(tensor_client, sample=1.0, cache_dir=cached, log=LogClient("/", VERIFIER))
     checked = watcher.check(inference(model, "honest"), index=4)
     assert (checked.result, checked.node, checked.index) == ("match", NODE_KEY.key_id, 4)
+
+
+def test_a_private_request_is_skipped_without_asking_for_its_inputs(
+    tensor_client: Client, model: Model, cached: Path
+) -> None:
+    watcher = Watcher(tensor_client, sample=1.0, cache_dir=cached, log=LogClient("/", VERIFIER))
+    private = replace(inference(model, "private"), extra={})
+    checked = watcher.check(private)
+    assert checked.result == "skipped"
+    assert "private" in checked.detail
 
 
 def test_a_wrong_answer_is_a_mismatch_reported_without_a_key(

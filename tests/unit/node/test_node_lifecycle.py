@@ -24,6 +24,7 @@ from _node_harness import (
 )
 
 from _servers import HOST, free_port, serve
+from _traces import read_trace
 from veriml.core.errors import FormatError, KeyFileError
 from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
@@ -130,7 +131,7 @@ def test_a_traced_job_without_retain_until_keeps_its_trace_for_the_retention_per
         assert answer.status_code == 200
         result = RunResult.from_json(answer.json())
         assert result.predicate.trace is not None
-        kept = httpx.get(f"{url}/v1/traces/t-1")
+        kept = read_trace(coordinator_key, f"{url}/v1/traces/t-1")
         assert kept.status_code == 200
         trace = Trace.from_json(kept.json()["trace"])
         assert trace.root == result.predicate.trace.root
@@ -139,7 +140,7 @@ def test_a_traced_job_without_retain_until_keeps_its_trace_for_the_retention_per
         for entry in trace.entries:
             assert tensor_digest(tensors[entry.output]) == entry.digest
         time.sleep(3.2)
-        gone = httpx.get(f"{url}/v1/traces/t-1")
+        gone = read_trace(coordinator_key, f"{url}/v1/traces/t-1")
         assert gone.status_code == 404
         assert gone.headers["content-type"] == "application/problem+json"
 
@@ -156,7 +157,7 @@ def test_an_untraced_job_keeps_no_trace(
         node_id = httpx.get(f"{url}/v1/info").json()["node_id"]
         body = job_body(coordinator_key, node_id, signed_model.digest, inputs_for(), request_id="u")
         assert httpx.post(f"{url}/v1/jobs", json=body, timeout=60).status_code == 200
-        assert httpx.get(f"{url}/v1/traces/u").status_code == 404
+        assert read_trace(coordinator_key, f"{url}/v1/traces/u").status_code == 404
 
 
 class _Server(uvicorn.Server):

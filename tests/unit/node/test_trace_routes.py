@@ -28,7 +28,8 @@ from _node_harness import (
 )
 
 from _servers import serve
-from veriml.core.keys import SigningKey
+from _traces import read_trace
+from veriml.core.keys import SigningKey, generate_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.core.timestamps import format_time
 from veriml.runtime import RunResult, TraceEntry
@@ -66,15 +67,15 @@ def _traced(
     return RunResult.from_json(response.json())
 
 
-def _reveal(url: str, request_id: str, index: int | str) -> httpx.Response:
-    return httpx.get(f"{url}/v1/traces/{request_id}/entries/{index}")
+def _reveal(key: SigningKey, url: str, request_id: str, index: int | str) -> httpx.Response:
+    return read_trace(key, f"{url}/v1/traces/{request_id}/entries/{index}")
 
 
-def _check_reveal(url: str, result: RunResult, index: int) -> TraceEntry:
+def _check_reveal(key: SigningKey, url: str, result: RunResult, index: int) -> TraceEntry:
     """Entry ``index`` as the coordinator checks it: proven against the receipt's root."""
     commitment = result.predicate.trace
     assert commitment is not None
-    response = _reveal(url, result.predicate.request_id, index)
+    response = _reveal(key, url, result.predicate.request_id, index)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["root"] == commitment.root.to_text()
@@ -100,14 +101,27 @@ def test_every_entry_is_proven_against_the_receipt_root_and_every_tensor_matches
     result = _traced(url, node_id, coordinator_key, signed_model, "r-1")
     assert result.trace is not None
     for index in range(result.trace.size):
-        entry = _check_reveal(url, result, index)
+        entry = _check_reveal(coordinator_key, url, result, index)
         assert entry == result.trace.entries[index]
-        kept = httpx.get(f"{url}/v1/traces/r-1/tensors/{entry.output}")
+        kept = read_trace(coordinator_key, f"{url}/v1/traces/r-1/tensors/{entry.output}")
         assert kept.status_code == 200, kept.text
         assert "b64" in kept.json()
         assert tensor_digest(tensor_from_json(kept.json())) == entry.digest
-    graph_input = httpx.get(f"{url}/v1/traces/r-1/tensors/x")
+    graph_input = read_trace(coordinator_key, f"{url}/v1/traces/r-1/tensors/x")
     assert tensor_digest(tensor_from_json(graph_input.json())) == result.predicate.inputs["x"]
+
+
+def test_only_the_coordinator_the_node_trusts_reads_its_traces(
+    node: tuple[str, str], coordinator_key: SigningKey, signed_model: SignedModel
+) -> None:
+    # docs/privacy.md: a trace holds a request's intermediate tensors.
+    url, node_id = node
+    _traced(url, node_id, coordinator_key, signed_model, "r-private")
+    for path in ("r-private", "r-private/entries/0", "r-private/tensors/x"):
+        where = f"{url}/v1/traces/{path}"
+        assert _problem(httpx.get(where), 403)["check"] == "access"
+        assert _problem(read_trace(generate_key(), where), 403)["check"] == "access"
+        assert read_trace(coordinator_key, where).status_code == 200
 
 
 def test_unknown_requests_and_names_are_404_and_bad_indices_400(
@@ -116,17 +130,19 @@ def test_unknown_requests_and_names_are_404_and_bad_indices_400(
     url, node_id = node
     result = _traced(url, node_id, coordinator_key, signed_model, "r-2")
     assert result.trace is not None
-    _problem(_reveal(url, "no-such-request", 0), 404)
-    _problem(httpx.get(f"{url}/v1/traces/no-such-request/tensors/x"), 404)
-    missing = _problem(httpx.get(f"{url}/v1/traces/r-2/tensors/no/such/tensor"), 404)
+    _problem(_reveal(coordinator_key, url, "no-such-request", 0), 404)
+    _problem(read_trace(coordinator_key, f"{url}/v1/traces/no-such-request/tensors/x"), 404)
+    missing = _problem(
+        read_trace(coordinator_key, f"{url}/v1/traces/r-2/tensors/no/such/tensor"), 404
+    )
     assert missing["name"] == "no/such/tensor"
-    out_of_range = _problem(_reveal(url, "r-2", result.trace.size), 400)
+    out_of_range = _problem(_reveal(coordinator_key, url, "r-2", result.trace.size), 400)
     assert out_of_range["size"] == result.trace.size
     for bad in ("-1", "one", "1.5", "99999999999999999999"):
-        _problem(_reveal(url, "r-2", bad), 400)
+        _problem(_reveal(coordinator_key, url, "r-2", bad), 400)
     # An untraced job keeps nothing to reveal.
     _traced(url, node_id, coordinator_key, signed_model, "r-3", trace=False)
-    _problem(_reveal(url, "r-3", 0), 404)
+    _problem(_reveal(coordinator_key, url, "r-3", 0), 404)
 
 
 def test_a_later_traced_job_for_the_same_request_replaces_the_trace(
@@ -138,8 +154,8 @@ def test_a_later_traced_job_for_the_same_request_replaces_the_trace(
     assert first.predicate.trace is not None
     assert again.predicate.trace is not None
     assert first.predicate.trace.root != again.predicate.trace.root
-    _check_reveal(url, again, 0)
-    body = _reveal(url, "r-4", 0).json()
+    _check_reveal(coordinator_key, url, again, 0)
+    body = _reveal(coordinator_key, url, "r-4", 0).json()
     assert body["root"] == again.predicate.trace.root.to_text()
 
 
@@ -172,11 +188,11 @@ def test_a_byzantine_node_warns_at_start_and_reveals_a_trace_consistent_with_its
         lie = _traced(url, node_id, coordinator_key, signed_model, "r-6")
         assert lie.trace is not None
         last = lie.trace.size - 1
-        entry = _check_reveal(url, lie, last)
+        entry = _check_reveal(coordinator_key, url, lie, last)
         (name,) = lie.outputs
         assert entry.output == name
         assert entry.digest == tensor_digest(lie.outputs[name])
-        kept = httpx.get(f"{url}/v1/traces/r-6/tensors/{name}").json()
+        kept = read_trace(coordinator_key, f"{url}/v1/traces/r-6/tensors/{name}").json()
         assert tensor_digest(tensor_from_json(kept)) == entry.digest
     assert any(
         "BYZANTINE" in r.getMessage() and "wrong-output" in r.getMessage() for r in caplog.records
@@ -206,8 +222,8 @@ def test_a_trace_outlives_a_node_restart_for_its_challenge_window(
     assert result.trace is not None
     with running_node(config) as url:
         for index in range(result.trace.size):
-            _check_reveal(url, result, index)
-        assert httpx.get(f"{url}/v1/traces/r-kept/tensors/x").status_code == 200
+            _check_reveal(coordinator_key, url, result, index)
+        assert read_trace(coordinator_key, f"{url}/v1/traces/r-kept/tensors/x").status_code == 200
         assert httpx.get(f"{url}/healthz").json()["traces"] == 2
 
 
@@ -274,7 +290,7 @@ def test_a_node_whose_job_queue_is_full_still_runs_retraces_and_serves_reveals(
         retrace = _traced(url, node_id, coordinator_key, signed_model, "r-answered")
         assert retrace.outputs.keys() == answered.outputs.keys()
         assert retrace.trace is not None
-        _check_reveal(url, retrace, retrace.trace.size - 1)
-        _check_reveal(url, optimistic, 0)
+        _check_reveal(coordinator_key, url, retrace, retrace.trace.size - 1)
+        _check_reveal(coordinator_key, url, optimistic, 0)
         hub.blob_gate.set()
         assert pending.result().status_code == 200
