@@ -133,7 +133,12 @@ def test_a_coordinator_killed_mid_request_logs_each_request_completely_or_not_at
             async with httpx.AsyncClient(timeout=30) as http:
 
                 async def one() -> None:
-                    body = {"model": "mlp", "inputs": INPUTS, "policy": "quorum:2/2"}
+                    body = {
+                        "model": "mlp",
+                        "inputs": INPUTS,
+                        "policy": "quorum:2/2",
+                        "visibility": "public",  # read back below by anyone
+                    }
                     with contextlib.suppress(httpx.HTTPError):
                         response = await http.post(f"{url}/v1/inferences", json=body)
                         if response.status_code == 200:

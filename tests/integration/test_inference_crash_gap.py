@@ -65,7 +65,12 @@ def test_an_answer_logged_before_a_crash_is_served_after_restart_and_logged_once
     publisher = tmp_path / "publisher.key"
     generate_key("ec").save(publisher)
     output = tmp_path / "coordinator.log"
-    body = {"model": "mlp", "inputs": {"x": tensor_to_json(X)}, "policy": "none"}
+    body = {
+        "model": "mlp",
+        "inputs": {"x": tensor_to_json(X)},
+        "policy": "none",
+        "visibility": "public",  # read back below by another client
+    }
     with contextlib.ExitStack() as stack:
         coordinator = stack.enter_context(
             start_process(_coordinator(home, port), url_to_poll=f"{url}/healthz", output=output)

@@ -168,7 +168,9 @@ def _happy_paths(net: Network) -> None:
     assert check_answer(net, answer).verdict.outcome == "accepted"
     assert len(answer["receipts"]) == 1
     np.testing.assert_array_equal(tensor_from_json(answer["outputs"]["probs"]), expected_probs(net))
-    stored = httpx.get(f"{net.url}/v1/inferences/{answer['id']}")
+    # Read back with the capability the answer came with (the request is private).
+    capability = {"X-Veriml-Capability": response.headers["X-Veriml-Capability"]}
+    stored = httpx.get(f"{net.url}/v1/inferences/{answer['id']}", headers=capability)
     assert stored.status_code == 200
     assert stored.json() == answer
 
@@ -268,7 +270,9 @@ def test_a_signed_request_is_logged_with_its_signer_and_a_bad_signature_is_refus
         answer = response.json()
         assert answer["request"] == {"client": client_key.key_id}
         assert check_answer(net, answer).extra == {"client": client_key.key_id}
-        with veriml.Client(net.url, log_vkey=net.info["log_vkey"]) as client:
+        # The requester reads it back by its key (the SDK signs the read).
+        log_vkey = net.info["log_vkey"]
+        with veriml.Client(net.url, log_vkey=log_vkey, key=client_key) as client:
             assert client.inference(answer["id"]).request == {"client": client_key.key_id}
         other = json.dumps({"model": "mlp", "inputs": INPUTS, "policy": "none"}).encode()
         forged = httpx.post(f"{net.url}/v1/inferences", content=other, headers=headers)

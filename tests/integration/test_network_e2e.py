@@ -274,7 +274,7 @@ def test_a_coordinator_killed_and_restarted_keeps_its_state_and_log(
     net: LocalNetwork, model: dict[str, Any], tmp_path: Path
 ) -> None:
     with _client(net) as client:
-        before = client.infer("mlp", {"x": X}, policy="quorum:3/2")
+        before = client.infer("mlp", {"x": X}, policy="quorum:3/2", public=True)
     answered: list[str] = []
     failed: list[BaseException] = []
     three_done = threading.Event()
