@@ -10,7 +10,8 @@ no one can predict which answers a watcher checks). A sampled, accepted inferenc
 
 1. the defendant is the first agreeing node; its receipt names the input digests and the
    output digests it signed;
-2. each input comes from ``GET /v1/tensors/{digest}`` (:meth:`Client.tensor`), kept only if
+2. each input comes from ``GET /v1/inferences/{id}/tensors/{digest}`` (:meth:`Client.tensor`;
+   public requests only, docs/privacy.md), kept only if
    it hashes to its digest;
 3. the model is pulled from the hub and verified (OMS signature and digest) by the node's own
    pull code (:func:`veriml.models.pull.pull_model`), cached under ``cache_dir``;

@@ -429,7 +429,11 @@ _JOB_ANSWERS: Final[Responses] = {
     ),
 }
 _TRACE_ANSWERS: Final[Responses] = problems(
-    {400: "a malformed trace index", 404: "no such trace (kept)"}
+    {
+        400: "a malformed trace index",
+        403: "not the coordinator's signed request (docs/privacy.md)",
+        404: "no such trace (kept)",
+    }
 )
 
 
