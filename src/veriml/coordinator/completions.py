@@ -55,6 +55,7 @@ from veriml.coordinator.completion_checks import (
     output_json,
     parse_policy,
 )
+from veriml.coordinator.dispatch import node_problem
 from veriml.coordinator.inference import (
     EpochSource,
     RequestDraws,
@@ -943,8 +944,11 @@ class CompletionService:
             elif isinstance(event.get("result"), dict):
                 return dict(event["result"])
             elif isinstance(event.get("error"), dict):
-                problem = event["error"]
-                raise _failed(node, int(problem.get("status", 500) or 500), problem)
+                # A streamed error is summarised like an error answer: nothing a node says in
+                # it reaches a client but its status and check names (no SSRF echo).
+                status = event["error"].get("status", 500)
+                status = status if isinstance(status, int) and 400 <= status < 600 else 500
+                raise _failed(node, status, node_problem(status, event["error"]))
             else:
                 raise VerificationError("node streamed an unknown event", node=node)
         raise VerificationError("node's answer ended without a result", check="result", node=node)
