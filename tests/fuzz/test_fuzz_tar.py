@@ -93,6 +93,10 @@ PLAIN = [VALID, LONG, PAX]
 COMPRESSED = [CODECS[c](p) for c in ("gz", "bz2", "xz") for p in PLAIN[:2]]
 
 
+# Built once: a strategy built inside the composite is cached by Hypothesis per example.
+MEMBER_DATA = st.binary(max_size=64) | st.just(b"\0" * 300_000)
+
+
 @st.composite
 def structured(draw: st.DrawFn) -> bytes:
     """An archive written member by member: names, types, pax headers drawn from the edges."""
@@ -100,7 +104,7 @@ def structured(draw: st.DrawFn) -> bytes:
         (
             draw(st.sampled_from(NAMES) | st.text(max_size=12)),
             draw(st.sampled_from(MEMBER_TYPES)),
-            draw(st.binary(max_size=64) | st.just(b"\0" * 300_000)),
+            draw(MEMBER_DATA),
         )
         for _ in range(draw(st.integers(0, 5)))
     ]
