@@ -47,6 +47,7 @@ __all__ = [
     "json_values",
     "mutated_bytes",
     "mutated_json",
+    "pick",
     "raw_json_bytes",
 ]
 
@@ -303,6 +304,9 @@ def byte_edits(tokens: Sequence[bytes] = ()) -> st.SearchStrategy[list[tuple[str
     return st.lists(st.tuples(op, where, chunk), min_size=1, max_size=6)
 
 
+_EDITS = byte_edits()
+
+
 def mutate(data: bytes, edits: Sequence[tuple[str, float, bytes]]) -> bytes:
     """Apply ``edits`` (op, relative position, chunk) to ``data``."""
     out = bytearray(data)
@@ -485,16 +489,27 @@ def _vocabulary(value: Any, keys: set[str], strings: set[str]) -> None:
         strings.add(value)
 
 
-@dataclass(frozen=True)
-class _Mutator:
-    signers: Mapping[str, SigningKey]
-    keys: tuple[str, ...]
-    strings: tuple[str, ...]
+_NUMBERS = st.sampled_from(INTERESTING_INTS + INTERESTING_FLOATS)
+_FLIPS = st.sampled_from([True, False, None, 0, 1, "true"])
+_NUDGES = st.sampled_from([-1, 1, 2**32, -(2**53)])
 
-    def value(self, draw: st.DrawFn) -> Any:
-        return draw(
-            st.one_of(json_values, st.sampled_from(self.strings), st.sampled_from(self.keys))
-        )
+
+def pick(draw: st.DrawFn, items: Sequence[T]) -> T:
+    # An index, not st.sampled_from(items): Hypothesis caches the strategies a test builds,
+    # and one built per case around a piece of the input would keep every case's input.
+    return items[draw(st.integers(0, len(items) - 1))]
+
+
+class _Mutator:
+    """Edits a JSON tree; every strategy it draws from is built once, here."""
+
+    def __init__(
+        self, signers: Mapping[str, SigningKey], keys: tuple[str, ...], strings: tuple[str, ...]
+    ) -> None:
+        self.signers = signers
+        self.values = st.one_of(json_values, st.sampled_from(strings), st.sampled_from(keys))
+        self.names = st.sampled_from(keys) | json_strings
+        self.strings = st.sampled_from(INTERESTING_STRINGS + strings)
 
     def leaf(self, draw: st.DrawFn, node: Any) -> Any:
         """One edit of ``node`` itself."""
@@ -509,27 +524,26 @@ class _Mutator:
             choices += ["flip"]
         elif isinstance(node, int | float):
             choices += ["number", "nudge", "to-string"]
-        op = draw(st.sampled_from(choices))
+        op = pick(draw, choices)
         if op == "replace":
-            return self.value(draw)
+            return draw(self.values)
         if op == "wrap":
-            return draw(st.sampled_from([[node], {"value": node}]))
+            return [node] if draw(st.booleans()) else {"value": node}
         if isinstance(node, dict):
             node = dict(node)
             if op == "add":
-                node[draw(st.sampled_from(self.keys) | json_strings)] = self.value(draw)
+                node[draw(self.names)] = draw(self.values)
             elif op == "empty":
                 node = {}
             else:
-                key = draw(st.sampled_from(sorted(node)))
-                item = node.pop(key)
+                item = node.pop(pick(draw, sorted(node)))
                 if op == "rename":
-                    node[draw(st.sampled_from(self.keys) | json_strings)] = item
+                    node[draw(self.names)] = item
             return node
         if isinstance(node, list):
             node = list(node)
             if op == "append":
-                node.append(self.value(draw))
+                node.append(draw(self.values))
             elif op == "empty":
                 node = []
             elif op == "reverse":
@@ -542,19 +556,16 @@ class _Mutator:
                     node.insert(i, node[i])
             return node
         if op == "string":
-            return draw(st.sampled_from(INTERESTING_STRINGS + self.strings))
+            return draw(self.strings)
         if op == "edit-string":
             assert isinstance(node, str)
-            data = mutate(node.encode("utf-8", "surrogatepass"), draw(byte_edits()))
-            return text_of(data)
-        if op == "to-number":
-            return draw(st.sampled_from(INTERESTING_INTS + INTERESTING_FLOATS))
+            return text_of(mutate(node.encode("utf-8", "surrogatepass"), draw(_EDITS)))
+        if op in ("to-number", "number"):
+            return draw(_NUMBERS)
         if op == "flip":
-            return draw(st.sampled_from([True, False, None, 0, 1, "true"]))
-        if op == "number":
-            return draw(st.sampled_from(INTERESTING_INTS + INTERESTING_FLOATS))
+            return draw(_FLIPS)
         if op == "nudge":
-            return node + draw(st.sampled_from([-1, 1, 2**32, -(2**53)]))
+            return node + draw(_NUDGES)
         return str(node)  # to-string
 
     def walk(self, draw: st.DrawFn, node: Any, depth: int) -> tuple[Any, bool]:
@@ -569,7 +580,7 @@ class _Mutator:
         elif isinstance(node, list):
             children = list(range(len(node)))
         if children and depth < 12 and draw(st.integers(0, 3)) > 0:
-            where = draw(st.sampled_from(children))
+            where = pick(draw, children)
             child, resigned = self.walk(draw, node[where], depth + 1)
             node = dict(node) if isinstance(node, dict) else list(node)
             node[where] = child
@@ -620,9 +631,11 @@ def mutated_json(
         tuple(sorted(strings)) or ("",),
     )
 
+    base = st.sampled_from(list(bases))
+
     @st.composite
     def strategy(draw: st.DrawFn) -> tuple[Any, bool]:
-        value = draw(st.sampled_from(list(bases)))
+        value = draw(base)
         resigned = False
         for _ in range(draw(st.integers(1, max_edits))):
             value, again = mutator.walk(draw, value, 0)

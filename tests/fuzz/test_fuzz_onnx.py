@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from _fuzzing import attempt, fuzz_settings, mutated_bytes
+from _fuzzing import attempt, fuzz_settings, mutated_bytes, pick
 from hypothesis import example, given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
@@ -32,18 +32,17 @@ LOCATIONS += ["C:\\w", "\\\\host\\share", "weights.bin\x00x", "", ".", "sub", "m
 NUMBERS = ["0", "1", "-1", "1024", "1025", "99999999999999999999", " 1", "1_0", "0x10", "1e3", ""]
 OPS = ["Gemm", "Relu", "Softmax", "Loop", "If", "Scan", "Reshape", "ConstantOfShape", "Resize"]
 OPS += ["Unknown", "", "Identity", "Cast"]
+_KEYS = st.lists(st.sampled_from(["location", "offset", "length", "checksum"]), max_size=4)
 
 
 def _external(model: onnx.ModelProto, draw: st.DrawFn) -> None:
-    tensor = model.graph.initializer[draw(st.integers(0, len(model.graph.initializer) - 1))]
+    tensor = pick(draw, model.graph.initializer)
     tensor.data_location = TensorProto.EXTERNAL
     tensor.ClearField("raw_data")
     tensor.ClearField("float_data")
     del tensor.external_data[:]
-    for key in draw(
-        st.lists(st.sampled_from(["location", "offset", "length", "checksum"]), max_size=4)
-    ):
-        value = draw(st.sampled_from(LOCATIONS if key == "location" else NUMBERS))
+    for key in draw(_KEYS):
+        value = pick(draw, LOCATIONS if key == "location" else NUMBERS)
         tensor.external_data.add(key=key, value=value)
 
 
@@ -83,10 +82,10 @@ def _edit(model: onnx.ModelProto, draw: st.DrawFn) -> None:
     elif what in ("elem_type", "dim") and not [*graph.input, *graph.output]:
         return
     elif what == "elem_type":
-        value = draw(st.sampled_from([*graph.input, *graph.output]))
+        value = pick(draw, [*graph.input, *graph.output])
         value.type.tensor_type.elem_type = draw(st.integers(0, 30) | st.just(1000))
     elif what == "dim":
-        value = draw(st.sampled_from([*graph.input, *graph.output]))
+        value = pick(draw, [*graph.input, *graph.output])
         dims = value.type.tensor_type.shape.dim
         if dims:
             dim = dims[draw(st.integers(0, len(dims) - 1))]
@@ -104,7 +103,7 @@ def _edit(model: onnx.ModelProto, draw: st.DrawFn) -> None:
         graph.node[0].attribute.append(helper.make_attribute("body", inner))
     elif what == "attribute":
         node = graph.node[draw(st.integers(0, len(graph.node) - 1))]
-        attribute: Any = draw(st.sampled_from([1, 1.5, "s", [1, 2], graph.initializer[0]]))
+        attribute: Any = pick(draw, [1, 1.5, "s", [1, 2], graph.initializer[0]])
         node.attribute.append(
             helper.make_attribute(draw(st.sampled_from(["axis", "alpha", "x"])), attribute)
         )
