@@ -293,7 +293,7 @@ for the restarted coordinator to take the dispute back."""
 
 def signed_post(url: str, path: str, body: dict[str, Any], key: SigningKey) -> httpx.Response:
     data = json.dumps(body).encode()
-    headers = {"content-type": "application/json"} | sign_request(key, "POST", path, data)
+    headers = sign_request(key, "POST", url + path, data, {"content-type": "application/json"})
     return httpx.post(url + path, content=data, headers=headers, timeout=120)
 
 
