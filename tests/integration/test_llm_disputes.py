@@ -98,7 +98,7 @@ def test_a_watcher_prefill_checks_logged_completions_and_gets_the_cheater_slashe
     # node that has the model cached), so the cheater answers some of them.
     answered: set[str] = set()
     # The draw picks nodes at random: rounds until the cheater has answered (each round misses
-    # it with probability about (2/3)^3, so eight rounds miss it once in 30,000 runs).
+    # it with probability about (2/3)^3, so eight rounds miss it about once in 15,000 runs).
     with ThreadPoolExecutor(max_workers=3) as pool:
         for _ in range(8):
             answered |= set(pool.map(ask, range(3)))
