@@ -27,9 +27,9 @@ Defaults and why:
 - ``retrace_concurrency`` = 1 and ``retrace_queue`` = 16: retraces (a traced job for a request
   the node already answered, sent for a dispute) run in their own lane, which ordinary jobs
   cannot fill; the coordinator bounds the disputes open against one node well below this.
-- ``max_job_validity`` = 5 minutes: the replay cache keeps job ids in memory until they
-  expire, so the node refuses jobs whose validity window is longer than this (docs/node.md,
-  "Replay protection").
+- ``max_job_validity`` = 5 minutes: the replay cache keeps job ids (in memory and in its
+  journal, ``HOME/replay``) until they expire, so the node refuses jobs whose validity window
+  is longer than this (docs/node.md, "Replay protection").
 - ``coordinator_key``: required. A node runs only jobs its coordinator signed, so it must know
   that key from its operator, not from whoever answers at the coordinator's URL.
   ``veriml serve node --trust-coordinator-on-first-use`` learns it once, with a warning, and
