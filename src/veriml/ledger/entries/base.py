@@ -310,6 +310,7 @@ class SignedEntry(BaseEntry):
 
     OP: ClassVar[str]
     AUTHORIZES: ClassVar[tuple[tuple[str, str], ...]]
+    at: str
     authorization: Envelope | None
 
     @property

@@ -1,4 +1,5 @@
-"""The entries of a dispute (docs/ledger.md, "Entries"; docs/disputes.md for the protocol).
+"""The entries of a dispute (docs/ledger.md, "Entries"; the protocol: docs/verification.md,
+"Disputes").
 
 A ``challenge`` opens a dispute about one node's receipt, a ``verdict`` closes it; the
 settlement that follows a verdict (``slash``, ``reward``, ``reputation``) moves money and lives

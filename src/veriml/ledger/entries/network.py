@@ -277,7 +277,7 @@ def _rules(kind: str, label: str, value: object) -> Rules:
 @dataclass(frozen=True, slots=True)
 class StateEntry(BaseEntry):
     """The ledger's rules and its bond map at this point of the log (docs/ledger.md,
-    "State entries"): ``rules`` in force from here on, and ``bonds`` = ``{"root", "size"}``,
+    "Entries" and "State"): ``rules`` in force from here on, and ``bonds`` = ``{"root", "size"}``,
     the :class:`~veriml.ledger.bonds.BondMap` of every account's stake. The fold recomputes the
     root and refuses an entry that differs; clients check an operator's stake against it with
     a short proof. The coordinator logs one when it starts and after every change of stake."""

@@ -17,6 +17,7 @@ from veriml.ledger.entries import (
     AMOUNT_LIMIT,
     LedgerEntry,
 )
+from veriml.ledger.entries.base import SignedEntry
 from veriml.ledger.rules import Rules
 from veriml.ledger.state.records import Account, LedgerError, OpenDispute
 from veriml.protocol.accounts import LedgerRequest
@@ -152,13 +153,23 @@ class Change:
     def fail(self, message: str, **evidence: Any) -> LedgerError:
         return LedgerError(message, index=self.index, type=self.kind, **evidence)
 
-    def authorised(self, request: LedgerRequest, envelope_payload: bytes, at: str) -> None:
-        """A signed request is used once, and within :data:`REQUEST_SKEW` of its entry."""
-        digest = Digest.of(envelope_payload)
+    def authorised(self, entry: SignedEntry, request: LedgerRequest) -> None:
+        """``entry``'s signed ``request`` is used once, and within :data:`REQUEST_SKEW` of
+        the entry."""
+        assert entry.authorization is not None  # the caller opened its request
+        digest = Digest.of(entry.authorization.payload)
         if digest in self.state._used or digest in self.used:
             raise self.fail("this signed request was already used", request=digest)
         self.used.append(digest)
-        self.near(request.issued_at, at)
+        self.near(request.issued_at, entry.at)
+
+    def debit(self, account_id: str, amount: int, message: str) -> Account:
+        """Take ``amount`` from ``account_id``'s balance, which must hold it (else ``message``)."""
+        account = self.account(account_id)
+        if account.balance < amount:
+            raise self.fail(message, account=account_id, balance=account.balance, amount=amount)
+        account.balance -= amount
+        return account
 
     def near(self, issued_at: str, at: str) -> None:
         skew = abs(parse_time(issued_at) - parse_time(at))

@@ -1,6 +1,6 @@
-"""The fold's rules for disputes (docs/ledger.md, "Authority"; docs/disputes.md): a challenge
-opens once, with both sides' signatures; a verdict closes it and names the settlement that
-must follow (:func:`~veriml.ledger.settlement.settle`). Pure: no I/O."""
+"""The fold's rules for disputes (docs/ledger.md, "Authority"; docs/verification.md,
+"Disputes"): a challenge opens once, with both sides' signatures; a verdict closes it and names
+the settlement that must follow (:func:`~veriml.ledger.settlement.settle`). Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from veriml.ledger.entries import (
 from veriml.ledger.settlement import settle
 from veriml.ledger.state.change import Change
 from veriml.ledger.state.records import OpenDispute
-from veriml.protocol.accounts import LedgerRequest, account_key
+from veriml.protocol.accounts import account_key
 from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE
 
 __all__ = ["RULES"]
@@ -101,18 +101,8 @@ def _challenge(change: Change, entry: ChallengeEntry) -> None:
         )
     change.claims.append(claim)
     if entry.authorization is not None:
-        change.authorised(
-            LedgerRequest.open(entry.authorization), entry.authorization.payload, entry.at
-        )
-    challenger = change.account(entry.challenger_account)
-    if challenger.balance < entry.bond:
-        raise change.fail(
-            "bond exceeds the challenger's balance",
-            account=entry.challenger_account,
-            balance=challenger.balance,
-            amount=entry.bond,
-        )
-    challenger.balance -= entry.bond
+        change.authorised(entry, entry.request)
+    change.debit(entry.challenger_account, entry.bond, "bond exceeds the challenger's balance")
     change.account(entry.defendant_node)
     node = entry.challenger.get("node")
     if node is not None:

@@ -23,17 +23,11 @@ from veriml.ledger.entries import (
     StakeEntry,
     UnstakeEntry,
 )
-from veriml.ledger.entries.base import SignedEntry
 from veriml.ledger.state.change import Change
 from veriml.ledger.state.records import Unbonding
 from veriml.protocol.accounts import account_key
 
 __all__ = ["RULES"]
-
-
-def _payload(entry: SignedEntry) -> bytes:
-    assert entry.authorization is not None  # the entry cannot be built without one
-    return entry.authorization.payload
 
 
 def _deposit(change: Change, entry: DepositEntry) -> None:
@@ -45,29 +39,21 @@ def _deposit(change: Change, entry: DepositEntry) -> None:
             signer=request.account,
             admin=rules.admin,
         )
-    change.authorised(request, _payload(entry), entry.at)
+    change.authorised(entry, request)
     change.account(entry.account).balance += entry.amount
     change.totals.minted += entry.amount
 
 
 def _stake(change: Change, entry: StakeEntry) -> None:
-    change.authorised(entry.request, _payload(entry), entry.at)
-    account = change.account(entry.account)
-    if account.balance < entry.amount:
-        raise change.fail(
-            "stake exceeds the balance",
-            account=entry.account,
-            balance=account.balance,
-            amount=entry.amount,
-        )
-    account.balance -= entry.amount
+    change.authorised(entry, entry.request)
+    account = change.debit(entry.account, entry.amount, "stake exceeds the balance")
     account.stake += entry.amount
     change.totals.staked += entry.amount
 
 
 def _unstake(change: Change, entry: UnstakeEntry) -> None:
     rules = change.rules_or_fail()
-    change.authorised(entry.request, _payload(entry), entry.at)
+    change.authorised(entry, entry.request)
     earliest = format_time(parse_time(entry.at) + dt.timedelta(seconds=rules.unstake_delay))
     if entry.available_at < earliest:
         raise change.fail(
@@ -130,7 +116,8 @@ def _fee(change: Change, entry: FeeEntry) -> None:
     change.paying = replace(paying, paid=paying.paid | {entry.payee})
     request = entry.request
     change.near(request.issued_at, entry.at)
-    key = Digest.of(_payload(entry))
+    assert entry.authorization is not None  # a fee cannot be built without one
+    key = Digest.of(entry.authorization.payload)
     spent = change.spent.get(key, change.state._spent.get(key, 0)) + entry.amount
     if spent > request.amount:
         raise change.fail(
@@ -140,15 +127,7 @@ def _fee(change: Change, entry: FeeEntry) -> None:
             spent=spent,
         )
     change.spent[key] = spent
-    payer = change.account(entry.payer)
-    if payer.balance < entry.amount:
-        raise change.fail(
-            "fee exceeds the payer's balance",
-            account=entry.payer,
-            balance=payer.balance,
-            amount=entry.amount,
-        )
-    payer.balance -= entry.amount
+    change.debit(entry.payer, entry.amount, "fee exceeds the payer's balance")
     payee = change.account(entry.payee)
     payee.balance += entry.amount
     if entry.amount > 0:
