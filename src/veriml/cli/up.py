@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from veriml.cli._common import console, err_console
+from veriml.cli._common import console, err_console, home_or_default
 from veriml.core.errors import NodeUnavailable
 
 if TYPE_CHECKING:
@@ -107,8 +107,12 @@ def up(
         ),
     ] = 8700,
     home: Annotated[
-        Path, typer.Option(envvar="VERIML_HOME", help="Keys, database, blobs and network.json.")
-    ] = Path(".veriml"),
+        Path | None,
+        typer.Option(
+            envvar="VERIML_HOME",
+            help="Keys, database, blobs and network.json (default: veriml config get home).",
+        ),
+    ] = None,
     db: Annotated[
         str | None,
         typer.Option(envvar="VERIML_DB", help="Coordinator database URL (default: SQLite)."),
@@ -180,7 +184,7 @@ def up(
     from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
 
     network = LocalNetwork(
-        home,
+        home_or_default(home),
         nodes=nodes,
         port=port,
         db=db,

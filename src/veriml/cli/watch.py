@@ -116,8 +116,7 @@ def watch(
     ] = False,
 ) -> None:
     """Follow the log, re-execute a random sample of inferences, dispute any mismatch."""
-    from veriml.client import Client
-    from veriml.client._watch import Watcher
+    from veriml.client import Client, Watcher
 
     signing = load_request_key(key)
     if signing is None:
@@ -168,8 +167,7 @@ def challenge(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-execute one inference locally; if a node's answer differs, dispute it."""
-    from veriml.client import Client
-    from veriml.client._watch import Watcher
+    from veriml.client import Client, Watcher
 
     signing = load_request_key(key)
     with (
