@@ -13,14 +13,11 @@ import os
 import tempfile
 import tomllib
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 import typer
 
 from veriml.cli._common import EXIT_FAILED, JsonOpt, console, fail, print_json
-
-if TYPE_CHECKING:
-    from veriml.client import ClientSettings
 
 __all__ = ["app", "register"]
 
@@ -31,27 +28,21 @@ KeyArg = Annotated[
 ]
 
 
-def _settings() -> ClientSettings:
-    from veriml.client import client_settings
-
-    return client_settings()
-
-
 def _effective() -> dict[str, str | None]:
     """Every key's value in effect; ``home`` and ``cache_dir`` with their defaults filled in."""
-    from veriml.client import cache_dir, default_home
+    from veriml.client import SETTINGS_KEYS, cache_dir, client_settings, default_home
 
-    settings = _settings()
-    values = {k: getattr(settings, k) for k in settings.KEYS}
+    settings = client_settings()
+    values = {k: getattr(settings, k) for k in SETTINGS_KEYS}
     values.update(home=default_home(), cache_dir=cache_dir())
     return {k: None if v is None else str(v) for k, v in values.items()}
 
 
 def _checked(key: str) -> str:
-    from veriml.client import ClientSettings
+    from veriml.client import SETTINGS_KEYS
 
-    if key not in ClientSettings.KEYS:
-        raise fail(f"unknown key {key!r}: one of {', '.join(ClientSettings.KEYS)}")
+    if key not in SETTINGS_KEYS:
+        raise fail(f"unknown key {key!r}: one of {', '.join(SETTINGS_KEYS)}")
     return key
 
 

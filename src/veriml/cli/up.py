@@ -41,7 +41,6 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from veriml.cli._common import console, err_console, home_or_default
-from veriml.core.errors import NodeUnavailable
 
 if TYPE_CHECKING:
     from veriml.client import LocalNetwork
@@ -182,6 +181,7 @@ def up(
     cheats = parse_byzantine(byzantine or [], nodes)
     restarts, max_failures = parse_restart(restart)
     from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
+    from veriml.core.errors import NodeUnavailable
 
     network = LocalNetwork(
         home_or_default(home),

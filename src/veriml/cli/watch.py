@@ -23,7 +23,6 @@ from rich.markup import escape
 from veriml.cli._common import JsonOpt, console, err_console, fail
 from veriml.cli.infer import LogVkeyOpt
 from veriml.cli.publish import CoordinatorOpt, load_request_key
-from veriml.core.errors import NodeUnavailable
 
 if TYPE_CHECKING:
     from veriml.client._watch import CheckedInference, WatchSummary
@@ -117,6 +116,7 @@ def watch(
 ) -> None:
     """Follow the log, re-execute a random sample of inferences, dispute any mismatch."""
     from veriml.client import Client, Watcher
+    from veriml.core.errors import NodeUnavailable
 
     signing = load_request_key(key)
     if signing is None:

@@ -12,10 +12,6 @@ from typing import Annotated
 import typer
 
 from veriml.cli._common import JsonOpt, console, err_console, home_or_default, print_json
-from veriml.core.errors import KeyFileError
-from veriml.core.keys import generate_key, load_private_key
-from veriml.tlog.cosignature import CosignatureSigner
-from veriml.tlog.note import NoteVerifier
 
 __all__ = ["app", "read_vkey", "register"]
 
@@ -51,6 +47,10 @@ def new(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a witness key and print its cosignature/v1 verifier key (for log operators)."""
+    from veriml.core.errors import KeyFileError
+    from veriml.core.keys import generate_key
+    from veriml.tlog.cosignature import CosignatureSigner
+
     key = generate_key("ed25519")
     signer = CosignatureSigner(name, key)
     vkey_file = _vkey_file(key_out)
@@ -99,6 +99,9 @@ def serve(
     """Serve POST /add-checkpoint (c2sp.org/tlog-witness) for the given logs."""
     import uvicorn
 
+    from veriml.core.keys import load_private_key
+    from veriml.tlog.cosignature import CosignatureSigner
+    from veriml.tlog.note import NoteVerifier
     from veriml.tlog.witness import create_witness_app
 
     signer = CosignatureSigner(_witness_name(key, name), load_private_key(key, kind="ed25519"))

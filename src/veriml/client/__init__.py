@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 from veriml.client._config import (
     NETWORK_FILE,
-    ClientSettings,
+    SETTINGS_KEYS,
     NetworkFile,
     cache_dir,
     client_settings,
@@ -70,6 +70,7 @@ __all__ = [
     "COMPLETION_CHECKS",
     "NETWORK_FILE",
     "POLICY_CHECKS",
+    "SETTINGS_KEYS",
     "AnswerOutputs",
     "AsyncChatStream",
     "AsyncClient",
@@ -77,7 +78,6 @@ __all__ = [
     "ChatResult",
     "ChatStream",
     "Client",
-    "ClientSettings",
     "InferenceResult",
     "LocalNetwork",
     "LogEvidence",

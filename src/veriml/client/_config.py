@@ -23,24 +23,21 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 import platformdirs
-from pydantic_settings import (
-    BaseSettings,
-    PydanticBaseSettingsSource,
-    SettingsConfigDict,
-    TomlConfigSettingsSource,
-)
 
 from veriml.core.errors import FormatError, NotFound, VerificationError
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.evidence import parse_log_key
 
+if TYPE_CHECKING:
+    from veriml.client._settings import ClientSettings
+
 __all__ = [
     "NETWORK_FILE",
-    "ClientSettings",
+    "SETTINGS_KEYS",
     "NetworkFile",
     "cache_dir",
     "client_settings",
@@ -58,6 +55,8 @@ MAX_NETWORK_FILE = 1 << 20
 
 
 APP_NAME = "veriml"
+SETTINGS_KEYS = ("home", "url", "log_vkey", "cache_dir")
+"""The settings' names: keys of the config file, ``VERIML_<KEY>`` in the environment."""
 
 
 def config_file() -> Path:
@@ -70,40 +69,12 @@ def config_file() -> Path:
     return platformdirs.user_config_path(APP_NAME) / "config.toml"
 
 
-class ClientSettings(BaseSettings):
-    """The SDK's and CLI's settings; every one is optional (``None``: use the default).
-
-    ``home`` is the local network's folder (keys, database, blobs, ``network.json``), ``url``
-    the coordinator, ``log_vkey`` the log key to pin, ``cache_dir`` the cache folder."""
-
-    KEYS: ClassVar[tuple[str, ...]] = ("home", "url", "log_vkey", "cache_dir")
-
-    model_config = SettingsConfigDict(
-        env_prefix="VERIML_", env_file=".env", env_ignore_empty=True, extra="ignore"
-    )
-
-    home: Path | None = None
-    url: str | None = None
-    log_vkey: str | None = None
-    cache_dir: Path | None = None
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # The config file is found when settings are read, so $VERIML_CONFIG set by a test or
-        # a wrapper script is honoured.
-        toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
-        return init_settings, env_settings, dotenv_settings, file_secret_settings, toml
-
-
 def client_settings() -> ClientSettings:
     """The settings as they stand now (read afresh on every call: cheap, and never stale)."""
+    # Imported here: pydantic-settings costs more to import than the rest of the SDK's
+    # start-up, and only a caller that leaves a setting to the defaults needs it.
+    from veriml.client._settings import ClientSettings
+
     secrets = os.environ.get("VERIML_SECRETS_DIR") or None
     return ClientSettings(_secrets_dir=secrets)  # type: ignore[call-arg]
 

@@ -133,3 +133,21 @@ def test_the_home_comes_from_the_config_not_the_working_directory(
     assert resolve_url(None) == "http://net.example"
     monkeypatch.setenv("VERIML_HOME", str(tmp_path / "elsewhere"))  # the override still wins
     assert default_home() == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    "command", [["--help"], ["model", "digest", "--help"], ["node", "serve", "--help"]]
+)
+def test_help_loads_no_heavy_stack(command: list[str]) -> None:
+    """Each command imports what it uses inside its function (docs/sdk.md, "Command line")."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "veriml", *command],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    heavy = {"onnx", "onnxruntime", "fastapi", "uvicorn", "sqlalchemy", "llama_cpp", "numpy"}
+    assert not heavy & loaded
+    assert not {m for m in loaded if m.startswith(("veriml.coordinator", "veriml.node"))}
