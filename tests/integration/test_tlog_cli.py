@@ -112,7 +112,7 @@ def test_serve_add_and_checkpoint_round_trip(log_key: tuple[Path, str], tmp_path
             f"{url}/tile/entries/000.p/3"
         ).content
     unreachable = veriml("log", "checkpoint", url, check=False)
-    assert unreachable.returncode == 1
+    assert unreachable.returncode == 3  # could not reach the service (docs/sdk.md)
     assert "unreachable" in unreachable.stderr
 
 

@@ -2,7 +2,9 @@
 
 Every command is a thin layer over the public API. Errors are printed as one line naming what
 was wrong; the traceback only appears with ``--verbose`` (or ``VERIML_VERBOSE=1``).
-Exit codes: 0 success, 1 failed verification or service failure, 2 usage or bad input.
+Exit codes (:data:`EXIT_CODES`, docs/sdk.md): 0 success; 1 the evidence is wrong (a check
+failed) or the service refused or failed the request; 2 a usage error or bad input; 3 the
+service could not be reached.
 """
 
 from __future__ import annotations
@@ -16,7 +18,30 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-__all__ = ["JsonOpt", "console", "err_console", "fail", "print_json", "state"]
+__all__ = [
+    "EXIT_CODES",
+    "EXIT_FAILED",
+    "EXIT_UNREACHABLE",
+    "EXIT_USAGE",
+    "JsonOpt",
+    "console",
+    "err_console",
+    "fail",
+    "home_or_default",
+    "print_json",
+    "state",
+]
+
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_CODES = {
+    0: "success",
+    EXIT_FAILED: "the evidence is wrong (a check failed) or the service failed the request",
+    EXIT_USAGE: "usage error or bad input",
+    EXIT_UNREACHABLE: "the service could not be reached",
+    130: "interrupted",
+}
 
 console = Console(highlight=False, soft_wrap=True)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -37,10 +62,20 @@ def print_json(value: Any) -> None:
     sys.stdout.flush()
 
 
-def fail(message: str, *, code: int = 2) -> typer.Exit:
+def fail(message: str, *, code: int = EXIT_USAGE) -> typer.Exit:
     """Print a one-line error and return the Exit to raise."""
     err_console.print(f"[bold red]error:[/] {escape(message)}", markup=True)
     return typer.Exit(code)
+
+
+def home_or_default(home: Path | None) -> Path:
+    """``home`` when given (``--home``, ``$VERIML_HOME``), else the configured one (the
+    ``home`` setting, else the user's data directory: ``veriml config get home``)."""
+    if home is not None:
+        return home
+    from veriml.client import default_home
+
+    return default_home()
 
 
 def existing_dir(path: Path) -> Path:

@@ -23,7 +23,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from veriml.cli._common import console
+from veriml.cli._common import console, home_or_default
 
 if TYPE_CHECKING:
     from veriml.runtime import RunResult
@@ -35,9 +35,12 @@ def _step(number: int, title: str) -> None:
 
 def demo(
     home: Annotated[
-        Path,
-        typer.Option(envvar="VERIML_HOME", help="Working folder; the demo uses HOME/demo."),
-    ] = Path(".veriml"),
+        Path | None,
+        typer.Option(
+            envvar="VERIML_HOME",
+            help="Working folder; the demo uses HOME/demo (default: veriml config get home).",
+        ),
+    ] = None,
     local: Annotated[
         bool, typer.Option("--local", help="The local flow only: no network, no services.")
     ] = False,
@@ -46,11 +49,11 @@ def demo(
     tampering is caught and that a cheating node is disputed and slashed. ``--local``: the
     receipt and log checks on one machine without services."""
     if local:
-        local_demo(home)
+        local_demo(home_or_default(home))
         return
     from veriml.cli.demo_network import network_demo
 
-    network_demo(home)
+    network_demo(home_or_default(home))
 
 
 def local_demo(home: Path) -> None:

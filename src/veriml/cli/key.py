@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from veriml.cli._common import JsonOpt, console, print_json
-from veriml.core.keys import KeyKind, generate_key, load_public_key
+
+if TYPE_CHECKING:
+    from veriml.core.keys import KeyKind
 
 app = typer.Typer(help="Create and inspect keys.", no_args_is_help=True)
 
@@ -46,6 +48,8 @@ def new(
     json_out: JsonOpt = False,
 ) -> None:
     """Write a new private key (mode 0600) to FILE and its public key to FILE.pub."""
+    from veriml.core.keys import generate_key
+
     if key_type not in ("ed25519", "ec"):
         raise typer.BadParameter("must be ed25519 or ec", param_hint="--type")
     kind: KeyKind = "ed25519" if key_type == "ed25519" else "ec"
@@ -65,6 +69,8 @@ def key_id(
     json_out: JsonOpt = False,
 ) -> None:
     """Print the key id (sha256 of the DER SubjectPublicKeyInfo) of a public key."""
+    from veriml.core.keys import load_public_key
+
     key = load_public_key(pubkey)
     if json_out:
         print_json({"type": key.kind, "key_id": key.key_id})

@@ -14,7 +14,7 @@ deposit mints, so it is signed with the rules' admin key (the coordinator's).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 
@@ -152,14 +152,7 @@ def stake(
     json_out: JsonOpt = False,
 ) -> None:
     """Move AMOUNT of the key's balance to its stake (an operator's nodes need it for jobs)."""
-    from veriml.client import Client
-
-    with Client(coordinator, verify=False, key=_key(key, "VERIML_CLIENT_PASSPHRASE")) as client:
-        answer = client.stake(amount)
-    if json_out:
-        print_json(answer)
-        return
-    _show_move(f"staked {amount}", answer)
+    _move("stake", amount, key, coordinator, json_out)
 
 
 @app.command("unstake")
@@ -171,14 +164,25 @@ def unstake(
 ) -> None:
     """Start unbonding AMOUNT of the key's stake: released after the coordinator's unstake
     delay, and slashable until then."""
+    _move("unstake", amount, key, coordinator, json_out)
+
+
+def _move(
+    verb: Literal["stake", "unstake"],
+    amount: int,
+    key: Path,
+    coordinator: str | None,
+    json_out: bool,
+) -> None:
+    """Stake or unstake AMOUNT with the account of ``key`` and print what the ledger says."""
     from veriml.client import Client
 
     with Client(coordinator, verify=False, key=_key(key, "VERIML_CLIENT_PASSPHRASE")) as client:
-        answer = client.unstake(amount)
+        answer = client.stake(amount) if verb == "stake" else client.unstake(amount)
     if json_out:
         print_json(answer)
         return
-    _show_move(f"unstaking {amount}", answer)
+    _show_move(f"staked {amount}" if verb == "stake" else f"unstaking {amount}", answer)
 
 
 @app.command("deposit")

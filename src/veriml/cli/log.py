@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import httpx
 import typer
 
 from veriml.cli._common import JsonOpt, console, print_json
 from veriml.cli.key import read_passphrase
 from veriml.cli.log_client import register_log_commands
-from veriml.core.errors import FormatError, KeyFileError, NodeUnavailable, StorageError
-from veriml.core.keys import generate_key, load_private_key
-from veriml.tlog.note import NoteSigner
-from veriml.tlog.tiles import MAX_ENTRY_SIZE
+
+if TYPE_CHECKING:
+    import httpx
+
+    from veriml.tlog.note import NoteSigner
 
 app = typer.Typer(help="Run, use and audit a transparency log.", no_args_is_help=True)
 
@@ -34,6 +34,10 @@ def _sidecar(key: Path) -> Path:
 
 def load_log_signer(key: Path, origin: str | None, passphrase_env: str | None = None) -> NoteSigner:
     """The note signer for a log key file; the origin comes from ``origin`` or the sidecar."""
+    from veriml.core.errors import KeyFileError
+    from veriml.core.keys import load_private_key
+    from veriml.tlog.note import NoteSigner
+
     if origin is None:
         try:
             meta = json.loads(_sidecar(key).read_text())
@@ -65,6 +69,10 @@ def new(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a log key (0600) and print the log's verifier key (name+hash+base64)."""
+    from veriml.core.errors import KeyFileError
+    from veriml.core.keys import generate_key
+    from veriml.tlog.note import NoteSigner
+
     key = generate_key("ed25519")
     signer = NoteSigner(origin, key)  # checks the origin is a valid key name first
     sidecar = _sidecar(key_out)
@@ -118,6 +126,7 @@ def serve(
     """Serve the log (tiles, checkpoint, proofs, POST /add) until interrupted."""
     import uvicorn
 
+    from veriml.core.errors import FormatError
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.log import Log, LogOptions
     from veriml.tlog.server import create_log_app
@@ -149,6 +158,10 @@ def serve(
 
 
 def _http(url: str, method: str, path: str, content: bytes | None = None) -> httpx.Response:
+    import httpx
+
+    from veriml.core.errors import FormatError, NodeUnavailable, StorageError
+
     target = url.rstrip("/") + "/" + path
     try:
         response = httpx.request(method, target, content=content, timeout=60.0)
@@ -171,6 +184,9 @@ def add(
     json_out: JsonOpt = False,
 ) -> None:
     """Add each FILE as one entry; print the indexes."""
+    from veriml.core.errors import FormatError
+    from veriml.tlog.tiles import MAX_ENTRY_SIZE
+
     results = []
     for file in files:
         size = file.stat().st_size

@@ -23,14 +23,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from veriml.cli._common import JsonOpt, console, err_console, print_json
 from veriml.cli.witness import read_vkey
-from veriml.core.errors import FormatError, VerificationError
-from veriml.tlog.cosignature import CosignatureVerifier
-from veriml.tlog.note import NoteVerifier
 
 if TYPE_CHECKING:
     from veriml.core.digest import Digest
     from veriml.core.dsse import Envelope
     from veriml.ledger.state import LedgerState
+    from veriml.tlog.cosignature import CosignatureVerifier
+    from veriml.tlog.note import NoteVerifier
 
 __all__ = ["register_log_commands"]
 
@@ -58,14 +57,20 @@ QuorumOpt = Annotated[
 
 
 def _log_verifier(vkey: str) -> NoteVerifier:
+    from veriml.tlog.note import NoteVerifier
+
     return NoteVerifier.from_vkey(read_vkey(vkey))
 
 
 def _witnesses(values: list[str] | None) -> list[CosignatureVerifier]:
+    from veriml.tlog.cosignature import CosignatureVerifier
+
     return [CosignatureVerifier.from_vkey(read_vkey(v)) for v in values or []]
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    from veriml.core.errors import FormatError
+
     try:
         with path.open("rb") as f:
             data = f.read(limit + 1)
@@ -117,6 +122,7 @@ class LedgerFold:
         self.spot: dict[str, list[int]] = {}
 
     def __call__(self, index: int, data: bytes) -> None:
+        from veriml.core.errors import FormatError, VerificationError
         from veriml.ledger.entries import parse_entry
 
         if self.state is None:
@@ -151,6 +157,7 @@ class LedgerFold:
         that secret be the one the primary's receipt committed to: the checked fraction this
         audit reports is then the log's, not the coordinator's word. (The fold checks that
         the secret follows from the epoch key once a beacon reveals it.)"""
+        from veriml.core.errors import FormatError, VerificationError
         from veriml.ledger.entries import InferenceEntry
         from veriml.verify.policy import Policy, check_spot
 
@@ -185,6 +192,7 @@ def _spot_commitment(receipt: Envelope) -> Digest | None:
     completion receipts spell it alike), or None. Unverified: it is compared, not trusted."""
     from veriml.core.digest import Digest
     from veriml.core.dsse import Statement
+    from veriml.core.errors import FormatError
 
     try:
         spot = Statement.from_bytes(receipt.payload).predicate.get("spot")
@@ -213,6 +221,7 @@ def compare_ledger(state: LedgerState, coordinator: str, size: int) -> None:
     import json
 
     from veriml.client import Client
+    from veriml.core.errors import VerificationError
 
     with Client(coordinator, verify=False) as client:
         theirs = client.ledger_state(size)

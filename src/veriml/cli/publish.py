@@ -1,5 +1,6 @@
-"""``veriml publish`` and ``veriml models``: the hub, through the SDK.
+"""``veriml model publish`` and ``veriml model list``: the hub, through the SDK.
 
+(``veriml publish`` and ``veriml models`` are the old spellings, hidden, for one release.)
 ``publish`` signs the folder (OMS, EC key) when its ``model.sig`` is absent or stale and
 streams it to the coordinator, the request signed by the same key; the coordinator verifies
 both before registering anything, and the first key to publish in a namespace (``acme`` of
@@ -133,6 +134,9 @@ def models(
         )
 
 
-def register(root: typer.Typer) -> None:
-    root.command("publish")(publish)
-    root.command("models")(models)
+def register(root: typer.Typer, model_app: typer.Typer) -> None:
+    """Add ``model publish`` and ``model list``, and the hidden old ``publish`` and ``models``."""
+    model_app.command("publish")(publish)
+    model_app.command("list")(models)
+    root.command("publish", hidden=True)(publish)
+    root.command("models", hidden=True)(models)

@@ -1,21 +1,24 @@
 """``veriml run`` and ``veriml verify``: local execution with a signed receipt, and its check.
 
 Both are thin layers over :func:`veriml.runtime.run` and :func:`veriml.verify.verify_receipt`.
-Exit codes: 0 success, 1 a failed verification check (named), 2 bad input or usage.
+Exit codes: 0 success, 1 a failed verification check (named), 2 bad input or usage
+(docs/sdk.md, "Exit codes").
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from veriml.cli._common import JsonOpt, console, fail, print_json
 from veriml.cli.key import read_passphrase
-from veriml.core.errors import VerificationError
-from veriml.core.keys import load_private_key, load_public_key
+
+if TYPE_CHECKING:
+    from veriml.verify import VerifiedInference, VerifiedReceipt
 
 __all__ = ["register"]
 
@@ -58,6 +61,7 @@ def run_command(
 ) -> None:
     """Run a model locally and write its outputs with a signed receipt."""
     # ONNX Runtime loads here, not at CLI start-up.
+    from veriml.core.keys import load_private_key
     from veriml.models import ModelPackage
     from veriml.runtime import load_input_files
     from veriml.runtime import run as run_model
@@ -132,9 +136,22 @@ def verify_command(
         raise fail("--reexecute needs --model DIR")
     if pubkey is None:
         raise fail("--pubkey NODE_PUB is required: a receipt is only as good as the key you trust")
+    from veriml.core.keys import load_public_key
+
     node_key = load_public_key(pubkey)
+    _report(
+        lambda: verify_receipt(result, node_key=node_key, model=model, reexecute=reexecute),
+        json_out,
+    )
+
+
+def _report(check: Callable[[], VerifiedReceipt | VerifiedInference], json_out: bool) -> None:
+    """Run ``check`` and print its account; a failed check prints ``{"ok": false, ...}`` with
+    ``--json`` and exits 1 (else the error boundary prints it)."""
+    from veriml.core.errors import VerificationError
+
     try:
-        verified = verify_receipt(result, node_key=node_key, model=model, reexecute=reexecute)
+        verified = check()
     except VerificationError as exc:
         if json_out:
             print_json({"ok": False, "check": exc.check, "error": exc.diagnostics()})
@@ -163,17 +180,7 @@ def _verify_network_result(path: Path, log_vkey: str | None, json_out: bool) -> 
     """A network answer saved by ``veriml infer --out``: every check of the SDK, offline."""
     from veriml.client import verify_inference_file
 
-    try:
-        verified = verify_inference_file(path, log_vkey=log_vkey)
-    except VerificationError as exc:
-        if json_out:
-            print_json({"ok": False, "check": exc.check, "error": exc.diagnostics()})
-            raise typer.Exit(exc.exit_code) from exc
-        raise
-    if json_out:
-        print_json(verified.to_json())
-    else:
-        console.print(verified.summary(), markup=False)
+    _report(lambda: verify_inference_file(path, log_vkey=log_vkey), json_out)
 
 
 def register(root: typer.Typer) -> None:

@@ -1,8 +1,9 @@
-"""``veriml serve coordinator|node``: run one network service in the foreground.
+"""``veriml coordinator serve`` and ``veriml node serve``: run one network service in the
+foreground (``veriml serve coordinator|node`` is the old spelling, hidden, for one release).
 
-``serve coordinator`` creates its keys under ``HOME/coordinator/`` on first start (0600) and
+``coordinator serve`` creates its keys under ``HOME/coordinator/`` on first start (0600) and
 prints its URL, its job-signing key id and the log's verifier key (what clients pin); every
-other setting comes from ``VERIML_*`` variables (see docs/coordinator.md). ``serve node``
+other setting comes from ``VERIML_*`` variables (see docs/coordinator.md). ``node serve``
 runs a node (docs/node.md) that needs its coordinator's key (``--coordinator-key``), or
 ``--trust-coordinator-on-first-use`` to learn it once and pin it in the node's home. Both stop
 cleanly on Ctrl-C or SIGTERM.
@@ -15,18 +16,23 @@ from typing import Annotated
 
 import typer
 
-from veriml.cli._common import JsonOpt, console, err_console, print_json
+from veriml.cli._common import JsonOpt, console, err_console, home_or_default, print_json
 
 __all__ = ["register"]
 
-app = typer.Typer(help="Run one network service (coordinator or node).", no_args_is_help=True)
+coordinator_app = typer.Typer(help="Run a coordinator (hub, scheduler, log).", no_args_is_help=True)
+node_app = typer.Typer(help="Run a node that executes signed jobs.", no_args_is_help=True)
 
 
-@app.command("coordinator")
 def coordinator(
     home: Annotated[
-        Path, typer.Option("--home", envvar="VERIML_HOME", help="State folder (keys, DB, blobs).")
-    ] = Path(".veriml"),
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar="VERIML_HOME",
+            help="State folder (keys, DB, blobs); default: the configured home (veriml config).",
+        ),
+    ] = None,
     host: Annotated[
         str, typer.Option("--host", envvar="VERIML_COORDINATOR_HOST", help="Address to bind.")
     ] = "127.0.0.1",
@@ -88,7 +94,7 @@ def coordinator(
     from veriml.coordinator.settings import Settings
 
     settings = Settings.from_env(
-        home=home,
+        home=home_or_default(home),
         db_url=db,
         blobs_url=blobs,
         log_db_url=log_db,
@@ -124,7 +130,6 @@ def coordinator(
     server.run()
 
 
-@app.command("node")
 def node(
     coordinator_url: Annotated[
         str,
@@ -295,8 +300,7 @@ def node(
     ] = None,
 ) -> None:
     """Run a node: register with the coordinator, pull verified models, run signed jobs."""
-    from veriml.node import BYZANTINE_MODES, NodeConfig, serve_node
-    from veriml.node._config import PINNED_COORDINATOR_KEY
+    from veriml.node import BYZANTINE_MODES, PINNED_COORDINATOR_KEY, NodeConfig, serve_node
 
     if byzantine is not None and byzantine not in BYZANTINE_MODES:
         raise typer.BadParameter(
@@ -355,7 +359,7 @@ def _learn_coordinator_key(url: str, pin: Path) -> None:
 
     import httpx
 
-    from veriml.node._coordinator import learn_coordinator_key
+    from veriml.node import learn_coordinator_key
 
     async def learn() -> None:
         async with httpx.AsyncClient(timeout=httpx.Timeout(10.0, connect=5.0)) as client:
@@ -365,4 +369,14 @@ def _learn_coordinator_key(url: str, pin: Path) -> None:
 
 
 def register(root: typer.Typer) -> None:
-    root.add_typer(app, name="serve")
+    """Add ``coordinator serve``, ``node serve`` and the hidden old ``serve coordinator|node``."""
+    coordinator_app.command("serve")(coordinator)
+    node_app.command("serve")(node)
+    root.add_typer(coordinator_app, name="coordinator")
+    root.add_typer(node_app, name="node")
+    legacy = typer.Typer(
+        help="Old spelling of coordinator serve / node serve.", no_args_is_help=True
+    )
+    legacy.command("coordinator")(coordinator)
+    legacy.command("node")(node)
+    root.add_typer(legacy, name="serve", hidden=True)

@@ -40,8 +40,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from veriml.cli._common import console, err_console
-from veriml.core.errors import NodeUnavailable
+from veriml.cli._common import console, err_console, home_or_default
 
 if TYPE_CHECKING:
     from veriml.client import LocalNetwork
@@ -107,8 +106,12 @@ def up(
         ),
     ] = 8700,
     home: Annotated[
-        Path, typer.Option(envvar="VERIML_HOME", help="Keys, database, blobs and network.json.")
-    ] = Path(".veriml"),
+        Path | None,
+        typer.Option(
+            envvar="VERIML_HOME",
+            help="Keys, database, blobs and network.json (default: veriml config get home).",
+        ),
+    ] = None,
     db: Annotated[
         str | None,
         typer.Option(envvar="VERIML_DB", help="Coordinator database URL (default: SQLite)."),
@@ -178,9 +181,10 @@ def up(
     cheats = parse_byzantine(byzantine or [], nodes)
     restarts, max_failures = parse_restart(restart)
     from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
+    from veriml.core.errors import NodeUnavailable
 
     network = LocalNetwork(
-        home,
+        home_or_default(home),
         nodes=nodes,
         port=port,
         db=db,

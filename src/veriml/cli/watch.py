@@ -23,7 +23,6 @@ from rich.markup import escape
 from veriml.cli._common import JsonOpt, console, err_console, fail
 from veriml.cli.infer import LogVkeyOpt
 from veriml.cli.publish import CoordinatorOpt, load_request_key
-from veriml.core.errors import NodeUnavailable
 
 if TYPE_CHECKING:
     from veriml.client._watch import CheckedInference, WatchSummary
@@ -116,8 +115,8 @@ def watch(
     ] = False,
 ) -> None:
     """Follow the log, re-execute a random sample of inferences, dispute any mismatch."""
-    from veriml.client import Client
-    from veriml.client._watch import Watcher
+    from veriml.client import Client, Watcher
+    from veriml.core.errors import NodeUnavailable
 
     signing = load_request_key(key)
     if signing is None:
@@ -168,8 +167,7 @@ def challenge(
     json_out: JsonOpt = False,
 ) -> None:
     """Re-execute one inference locally; if a node's answer differs, dispute it."""
-    from veriml.client import Client
-    from veriml.client._watch import Watcher
+    from veriml.client import Client, Watcher
 
     signing = load_request_key(key)
     with (

@@ -6,17 +6,12 @@ veriml witness serve --key w1.key --log "example.com/log+1234abcd+AQ..." --port 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from veriml.cli._common import JsonOpt, console, err_console, print_json
-from veriml.core.errors import KeyFileError
-from veriml.core.keys import generate_key, load_private_key
-from veriml.tlog.cosignature import CosignatureSigner
-from veriml.tlog.note import NoteVerifier
+from veriml.cli._common import JsonOpt, console, err_console, home_or_default, print_json
 
 __all__ = ["app", "read_vkey", "register"]
 
@@ -30,10 +25,6 @@ def read_vkey(value: str) -> str:
         data = path.read_bytes()[:4096]
         return data.decode("utf-8", "replace").strip()
     return value.strip()
-
-
-def _default_state() -> Path:
-    return Path(os.environ.get("VERIML_HOME", ".veriml")) / "witness.db"
 
 
 def _vkey_file(key: Path) -> Path:
@@ -56,6 +47,10 @@ def new(
     json_out: JsonOpt = False,
 ) -> None:
     """Create a witness key and print its cosignature/v1 verifier key (for log operators)."""
+    from veriml.core.errors import KeyFileError
+    from veriml.core.keys import generate_key
+    from veriml.tlog.cosignature import CosignatureSigner
+
     key = generate_key("ed25519")
     signer = CosignatureSigner(name, key)
     vkey_file = _vkey_file(key_out)
@@ -104,13 +99,16 @@ def serve(
     """Serve POST /add-checkpoint (c2sp.org/tlog-witness) for the given logs."""
     import uvicorn
 
+    from veriml.core.keys import load_private_key
+    from veriml.tlog.cosignature import CosignatureSigner
+    from veriml.tlog.note import NoteVerifier
     from veriml.tlog.witness import create_witness_app
 
     signer = CosignatureSigner(_witness_name(key, name), load_private_key(key, kind="ed25519"))
     verifiers = [NoteVerifier.from_vkey(read_vkey(v)) for v in logs]
     if not verifiers:
         raise typer.BadParameter("give at least one --log", param_hint="--log")
-    where = state or str(_default_state())
+    where = state or str(home_or_default(None) / "witness.db")
     witness_app = create_witness_app(where, signer, verifiers)
     err_console.print(f"witness {signer.vkey}")
     err_console.print(f"logs: {', '.join(v.name for v in verifiers)}; state: {where}")

@@ -1,8 +1,16 @@
-"""Where the SDK finds its coordinator, the log key it pins and the witnesses it requires.
+"""Where the SDK finds its settings, its coordinator, the log key it pins and the witnesses it
+requires.
 
-The coordinator URL comes from the caller, ``$VERIML_URL``, or ``HOME/network.json`` (written
-by ``veriml up``; ``HOME`` is ``$VERIML_HOME`` or ``./.veriml``). The log key is pinned from
-the caller, ``$VERIML_LOG_VKEY`` or that same file, and never learnt from the coordinator:
+Settings (:class:`ClientSettings`: ``home``, ``url``, ``log_vkey``, ``cache_dir``) are read by
+``pydantic-settings`` from, first to last: ``VERIML_<KEY>`` environment variables, a ``.env``
+file, a secrets directory (``$VERIML_SECRETS_DIR``, one file per key), and the TOML config
+file (:func:`config_file`, written by ``veriml config set``). They live in the user's
+directories (``platformdirs``), never in the working directory, so the pinned log key does not
+depend on where you stand (docs/sdk.md, "Configuration").
+
+The coordinator URL comes from the caller, the ``url`` setting, or ``HOME/network.json``
+(written by ``veriml up``; ``HOME`` is :func:`default_home`). The log key is pinned from
+the caller, the ``log_vkey`` setting or that same file, and never learnt from the coordinator:
 a client that asked the coordinator for the key would trust the coordinator for everything.
 A key pinned from the file comes with the file's witnesses and quorum (the local network's
 witness), unless the caller names witnesses itself.
@@ -15,17 +23,25 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+import platformdirs
 
 from veriml.core.errors import FormatError, NotFound, VerificationError
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.evidence import parse_log_key
 
+if TYPE_CHECKING:
+    from veriml.client._settings import ClientSettings
+
 __all__ = [
     "NETWORK_FILE",
+    "SETTINGS_KEYS",
     "NetworkFile",
     "cache_dir",
+    "client_settings",
+    "config_file",
     "default_home",
     "pin_log_key",
     "pin_witnesses",
@@ -38,20 +54,42 @@ NETWORK_FILE = "network.json"
 MAX_NETWORK_FILE = 1 << 20
 
 
+APP_NAME = "veriml"
+SETTINGS_KEYS = ("home", "url", "log_vkey", "cache_dir")
+"""The settings' names: keys of the config file, ``VERIML_<KEY>`` in the environment."""
+
+
+def config_file() -> Path:
+    """The TOML config file: ``$VERIML_CONFIG``, else ``config.toml`` in the user's config
+    directory (``~/.config/veriml/config.toml`` on Linux, ``~/Library/Application
+    Support/veriml/config.toml`` on macOS)."""
+    explicit = os.environ.get("VERIML_CONFIG")
+    if explicit:
+        return Path(explicit)
+    return platformdirs.user_config_path(APP_NAME) / "config.toml"
+
+
+def client_settings() -> ClientSettings:
+    """The settings as they stand now (read afresh on every call: cheap, and never stale)."""
+    # Imported here: pydantic-settings costs more to import than the rest of the SDK's
+    # start-up, and only a caller that leaves a setting to the defaults needs it.
+    from veriml.client._settings import ClientSettings
+
+    secrets = os.environ.get("VERIML_SECRETS_DIR") or None
+    return ClientSettings(_secrets_dir=secrets)  # type: ignore[call-arg]
+
+
 def default_home() -> Path:
-    """``$VERIML_HOME`` or ``./.veriml``."""
-    return Path(os.environ.get("VERIML_HOME") or ".veriml")
+    """The local network's folder: the ``home`` setting (``$VERIML_HOME``, the config file's
+    ``home``), else ``veriml`` in the user's data directory (``~/.local/share/veriml``)."""
+    return client_settings().home or platformdirs.user_data_path(APP_NAME)
 
 
 def cache_dir() -> Path:
-    """The SDK's cache folder in the user's cache directory: ``$VERIML_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/veriml``, else ``~/.cache/veriml`` (models pulled to check tolerance
-    answers, the checkpoints each log was seen at)."""
-    explicit = os.environ.get("VERIML_CACHE_DIR")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME")
-    return (Path(base) if base else Path.home() / ".cache") / "veriml"
+    """The SDK's cache folder (models pulled to check tolerance answers, the checkpoints each
+    log was seen at): the ``cache_dir`` setting (``$VERIML_CACHE_DIR``), else ``veriml`` in
+    the user's cache directory (``$XDG_CACHE_HOME/veriml`` or ``~/.cache/veriml`` on Linux)."""
+    return client_settings().cache_dir or platformdirs.user_cache_path(APP_NAME)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,26 +178,29 @@ def write_network_file(home: Path, network: NetworkFile) -> Path:
 
 
 def resolve_url(url: str | None, home: Path | None = None) -> str:
-    """The coordinator URL: ``url``, ``$VERIML_URL``, or the local network's."""
+    """The coordinator URL: ``url``, the ``url`` setting (``$VERIML_URL``), or the local
+    network's."""
     if url:
         return url.rstrip("/")
-    env = os.environ.get("VERIML_URL")
-    if env:
-        return env.rstrip("/")
+    configured = client_settings().url
+    if configured:
+        return configured.rstrip("/")
     network = read_network_file(home)
     if network is not None:
         return network.url.rstrip("/")
     raise NotFound(
-        "no coordinator URL: pass one, set VERIML_URL, or start a local network (veriml up)",
+        "no coordinator URL: pass one, set VERIML_URL or the url setting (veriml config set), "
+        "or start a local network (veriml up)",
         home=str(home if home is not None else default_home()),
     )
 
 
 def pin_log_key(log_vkey: str | NoteVerifier | None, home: Path | None = None) -> NoteVerifier:
-    """The pinned log key: ``log_vkey``, ``$VERIML_LOG_VKEY``, or the local network's."""
+    """The pinned log key: ``log_vkey``, the ``log_vkey`` setting (``$VERIML_LOG_VKEY``), or
+    the local network's."""
     if isinstance(log_vkey, NoteVerifier):
         return log_vkey
-    text = log_vkey or os.environ.get("VERIML_LOG_VKEY")
+    text = log_vkey or client_settings().log_vkey
     if not text:
         network = read_network_file(home)
         text = network.log_vkey if network is not None else None
@@ -181,13 +222,13 @@ def pin_witnesses(
     """The witnesses whose cosignatures a client requires, and how many.
 
     ``witnesses`` when the caller names any. Otherwise, when the log key itself comes from the
-    local network's file (no ``log_vkey``, no ``$VERIML_LOG_VKEY``), the file's witnesses and
+    local network's file (no ``log_vkey``, no ``log_vkey`` setting), the file's witnesses and
     ``witness_quorum`` (``quorum`` when the caller gives one): a client of ``veriml up``
     requires its witness by default. Else none.
     """
     if isinstance(quorum, bool) or not isinstance(quorum, int) or quorum < 0:
         raise FormatError("quorum is a non-negative integer", got=str(quorum)[:40])
-    if witnesses or log_vkey or os.environ.get("VERIML_LOG_VKEY"):
+    if witnesses or log_vkey or client_settings().log_vkey:
         return witness_verifiers(witnesses), quorum
     network = read_network_file(home)
     if network is None or not network.witnesses:

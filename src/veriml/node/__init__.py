@@ -13,6 +13,15 @@ demos only).
 
 from veriml.node._app import create_node_app, load_node_key, serve_node
 from veriml.node._byzantine import BYZANTINE_MODES
-from veriml.node._config import NodeConfig
+from veriml.node._config import PINNED_COORDINATOR_KEY, NodeConfig
+from veriml.node._coordinator import learn_coordinator_key
 
-__all__ = ["BYZANTINE_MODES", "NodeConfig", "create_node_app", "load_node_key", "serve_node"]
+__all__ = [
+    "BYZANTINE_MODES",
+    "PINNED_COORDINATOR_KEY",
+    "NodeConfig",
+    "create_node_app",
+    "learn_coordinator_key",
+    "load_node_key",
+    "serve_node",
+]

@@ -197,9 +197,9 @@ def test_an_unreadable_key_is_a_usage_error(tmp_path: Path) -> None:
     assert "error:" in done.stderr
 
 
-def test_an_unreachable_coordinator_exits_1(tmp_path: Path) -> None:
+def test_an_unreachable_coordinator_exits_3(tmp_path: Path) -> None:
     done = veriml("ledger", "state", "--coordinator", "http://127.0.0.1:1")
-    assert done.returncode == 1
+    assert done.returncode == 3  # could not reach the service (docs/sdk.md, "Exit codes")
     assert "unreachable" in done.stderr
 
 
