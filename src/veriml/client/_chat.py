@@ -16,19 +16,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from veriml.client._requests import check_epoch, epoch_header
+from veriml.client._requests import check_epoch, epoch_header, error_for_status
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import Trust
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
-    Conflict,
     Error,
     FormatError,
-    InvalidInput,
     LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
     VerificationError,
 )
 from veriml.protocol.policy import Policy, Verdict
@@ -344,7 +339,8 @@ def canonical_policy(text: str) -> str:
 
 def openai_error(status: int, body: object, url: str) -> Error:
     """The veriml error for an OpenAI error object ``{"error": {"message", "type", "param",
-    "code"}}`` (or a problem JSON) answered with ``status``."""
+    "code"}}`` (or a problem JSON) answered with ``status`` (:func:`error_for_status`; a
+    context too long for the model is :class:`LimitExceeded`)."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(error, Mapping):
         message = str(error.get("message") or "request failed")
@@ -354,20 +350,6 @@ def openai_error(status: int, body: object, url: str) -> Error:
         message = str(problem.get("detail") or problem.get("title") or "request failed")
         param, code = None, None
     evidence = {"status": status, "url": url, "param": param, "code": code}
-    if status == 404:
-        return NotFound(message, **evidence)
-    if status == 409:
-        return Conflict(message, **evidence)
-    if status == 402:
-        return PaymentRequired(message, **evidence)
-    if status == 413:
-        return LimitExceeded(message, **evidence)
     if status == 400 and code in ("context_length_exceeded", "too_many_tokens"):
         return LimitExceeded(message, **evidence)
-    if status == 403:
-        return VerificationError(message, check="signature", **evidence)
-    if status == 422:
-        return InvalidInput(message, **evidence)
-    if 400 <= status < 500:
-        return FormatError(message, **evidence)
-    return NodeUnavailable(message, **evidence)
+    return error_for_status(status, message, evidence)

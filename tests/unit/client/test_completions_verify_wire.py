@@ -8,13 +8,13 @@ from typing import Any
 
 import pytest
 
+from veriml.client._base import _llm_request
 from veriml.client._chat import (
     LLMRequest,
     StreamAssembler,
     canonical_policy,
     openai_error,
 )
-from veriml.client._client import _llm_request
 from veriml.core.errors import (
     FormatError,
     LimitExceeded,
