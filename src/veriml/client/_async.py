@@ -22,16 +22,15 @@ from veriml.client._base import (
     _append_bounded,
     _digest,
     _json_body,
-    _llm_request,
     _size_params,
     _tensor,
 )
-from veriml.client._chat import ChatResult, LLMRequest, StreamAssembler
+from veriml.client._chat import ChatResult, LLMRequest, StreamedAnswer, llm_request
 from veriml.client._publish import Progress, ensure_signed
 from veriml.client._requests import Expected, raise_for_problem
 from veriml.client._retry import STREAM, AsyncRetryTransport
 from veriml.core.digest import Digest
-from veriml.core.errors import NodeUnavailable, VerificationError
+from veriml.core.errors import NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import Array
 from veriml.protocol.sse import SSEReader
@@ -194,9 +193,7 @@ class AsyncClient(BaseClient):
     ) -> ChatResult | AsyncChatStream:
         """As :meth:`Client.chat`; a stream is an :class:`AsyncChatStream` (``async for``)."""
         payload = {"messages": [dict(m) for m in messages]}
-        request = _llm_request(
-            "chat.completion", model, payload, params, policy, request_id, public
-        )
+        request = llm_request("chat.completion", model, payload, params, policy, request_id, public)
         return await self._llm(request, stream, verify)
 
     async def complete(
@@ -211,7 +208,7 @@ class AsyncClient(BaseClient):
         public: bool = False,
         **params: Any,
     ) -> ChatResult | AsyncChatStream:
-        request = _llm_request(
+        request = llm_request(
             "text_completion", model, {"prompt": prompt}, params, policy, request_id, public
         )
         return await self._llm(request, stream, verify)
@@ -228,7 +225,7 @@ class AsyncClient(BaseClient):
         **params: Any,
     ) -> ChatResult:
         value = input if isinstance(input, str) else list(input)
-        request = _llm_request(
+        request = llm_request(
             "embedding", model, {"input": value}, params, policy, request_id, public
         )
         result = await self._llm(request, False, verify)
@@ -284,7 +281,7 @@ async def _aiter(chunks: Iterator[bytes]) -> AsyncIterator[bytes]:
         yield chunk
 
 
-class AsyncChatStream:
+class AsyncChatStream(StreamedAnswer):
     """The asyncio twin of :class:`ChatStream`: ``async for text in stream``, then
     ``stream.result``, verified once the stream has ended (failing closed the same way)."""
 
@@ -295,23 +292,8 @@ class AsyncChatStream:
         response: httpx.Response,
         verify: bool | None,
     ) -> None:
+        super().__init__(request, response, verify)
         self._client = client
-        self._request = request
-        self._response = response
-        self._verify = verify
-        self._assembler = StreamAssembler(request.kind)
-        self._result: ChatResult | None = None
-
-    @property
-    def result(self) -> ChatResult:
-        """The verified answer; only once the stream has been read to its end."""
-        if self._result is None:
-            raise VerificationError("the stream has not been read to its end", check="stream")
-        return self._result
-
-    @property
-    def text(self) -> str:
-        return self._assembler.text
 
     async def __aiter__(self) -> AsyncIterator[str]:
         reader = SSEReader()

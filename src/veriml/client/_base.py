@@ -12,7 +12,6 @@ import base64
 import json
 import shutil
 import time
-import uuid
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
-from veriml.client._chat import LLMRequest, canonical_policy, openai_error
+from veriml.client._chat import LLMRequest, openai_error
 from veriml.client._config import cache_dir, pin_log_key, pin_witnesses, resolve_url
 from veriml.client._history import Checkpoints, LogHistory
 from veriml.client._publish import Progress, counted, publisher_header, tar_size, tar_stream
@@ -45,7 +44,7 @@ from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.answer import InferenceResult, NodeEvidence
 from veriml.verify.completion import VerifiedCompletion, verify_completion
-from veriml.verify.completion_answer import CompletionEvidence, Kind
+from veriml.verify.completion_answer import CompletionEvidence
 from veriml.verify.evidence import open_checkpoint_note
 from veriml.verify.inference import verify_inference
 from veriml.verify.network import DEFAULT_MAX_EPOCH_AGE, NetworkEvidence, Requirements
@@ -157,35 +156,6 @@ def _tensor(wanted: Digest, data: bytes) -> Array:
             calculated=calculated,
         )
     return tensor_from_canonical(data)
-
-
-def _llm_request(
-    kind: Kind,
-    model: str,
-    payload: Mapping[str, Any],
-    params: Mapping[str, Any],
-    policy: str,
-    request_id: str | None,
-    public: bool = False,
-) -> LLMRequest:
-    """The OpenAI request body: the model, the prompt member, then the caller's parameters
-    as given (the coordinator validates them; unset ones are left to its defaults), and
-    ``veriml.visibility`` when the caller lets anyone read what the request leaves."""
-    if not isinstance(model, str) or not model:
-        raise FormatError("a model is a hub name, name@version or digest")
-    reserved = sorted(set(params) & {"model", "messages", "prompt", "input", "veriml"})
-    if reserved:
-        raise FormatError("parameters repeat a request member", members=",".join(reserved))
-    body = {"model": model, **payload, **{k: v for k, v in params.items() if v is not None}}
-    if public:
-        body["veriml"] = {"visibility": "public"}
-    return LLMRequest(
-        kind,
-        body,
-        canonical_policy(policy),
-        request_id or str(uuid.uuid4()),
-        own_id=request_id is None,
-    )
 
 
 def _pinned_digest(ref: str) -> Digest | None:

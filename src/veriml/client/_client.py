@@ -26,16 +26,15 @@ from veriml.client._base import (
     _append_bounded,
     _digest,
     _json_body,
-    _llm_request,
     _size_params,
     _tensor,
 )
-from veriml.client._chat import ChatResult, LLMRequest, StreamAssembler
+from veriml.client._chat import ChatResult, LLMRequest, StreamedAnswer, llm_request
 from veriml.client._publish import Progress, ensure_signed
 from veriml.client._requests import raise_for_problem
 from veriml.client._retry import STREAM, RetryTransport
 from veriml.core.digest import Digest
-from veriml.core.errors import NodeUnavailable, VerificationError
+from veriml.core.errors import NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import Array
 from veriml.protocol.sse import parse_sse
@@ -274,9 +273,7 @@ class Client(BaseClient):
         >>> reply.content, reply.trust, reply.verified  # doctest: +SKIP
         """
         payload = {"messages": [dict(m) for m in messages]}
-        request = _llm_request(
-            "chat.completion", model, payload, params, policy, request_id, public
-        )
+        request = llm_request("chat.completion", model, payload, params, policy, request_id, public)
         return self._llm(request, stream, verify)
 
     def complete(
@@ -292,7 +289,7 @@ class Client(BaseClient):
         **params: Any,
     ) -> ChatResult | ChatStream:
         """``POST /v1/completions``: raw-text completion of ``prompt``; as :meth:`chat`."""
-        request = _llm_request(
+        request = llm_request(
             "text_completion", model, {"prompt": prompt}, params, policy, request_id, public
         )
         return self._llm(request, stream, verify)
@@ -311,7 +308,7 @@ class Client(BaseClient):
         """``POST /v1/embeddings``: one vector per input text (``result.embeddings``),
         verified against the receipts' output digests."""
         value = input if isinstance(input, str) else list(input)
-        request = _llm_request(
+        request = llm_request(
             "embedding", model, {"input": value}, params, policy, request_id, public
         )
         result = self._llm(request, False, verify)
@@ -366,7 +363,7 @@ class Client(BaseClient):
         return ChatResult.of(request.kind, body, verified)
 
 
-class ChatStream:
+class ChatStream(StreamedAnswer):
     """A streamed completion: iterate it for the text deltas as they arrive; once the stream
     ends, ``result`` is the verified :class:`ChatResult` (as a non-streaming call returns).
 
@@ -380,24 +377,8 @@ class ChatStream:
     def __init__(
         self, client: Client, request: LLMRequest, response: httpx.Response, verify: bool | None
     ) -> None:
+        super().__init__(request, response, verify)
         self._client = client
-        self._request = request
-        self._response = response
-        self._verify = verify
-        self._assembler = StreamAssembler(request.kind)
-        self._result: ChatResult | None = None
-
-    @property
-    def result(self) -> ChatResult:
-        """The verified answer; only once the stream has been read to its end."""
-        if self._result is None:
-            raise VerificationError("the stream has not been read to its end", check="stream")
-        return self._result
-
-    @property
-    def text(self) -> str:
-        """The text received so far."""
-        return self._assembler.text
 
     def __iter__(self) -> Iterator[str]:
         try:

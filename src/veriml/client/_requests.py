@@ -89,11 +89,11 @@ def error_for_status(
     check: str = "signature",
     retry_after: str | None = None,
 ) -> Error:
-    """The veriml error an HTTP error status stands for (docs/sdk.md, "Errors"): 404
-    :class:`NotFound`, 409 :class:`Conflict`, 402 :class:`PaymentRequired`, 413
-    :class:`LimitExceeded`, 403 a :class:`VerificationError` naming ``check``, 422
-    :class:`InvalidInput`, 429 (too many requests: the retries gave up, see
-    :mod:`veriml.client._retry`) and 5xx :class:`NodeUnavailable`, any other 4xx
+    """The veriml error an HTTP error status stands for (docs/sdk.md, "Errors from the
+    coordinator"): 404 :class:`NotFound`, 409 :class:`Conflict`, 402
+    :class:`PaymentRequired`, 413 :class:`LimitExceeded`, 403 a :class:`VerificationError`
+    naming ``check``, 422 :class:`InvalidInput`, 429 (too many requests, once the retries of
+    :mod:`veriml.client._retry` gave up) and 5xx :class:`NodeUnavailable`, any other 4xx
     :class:`FormatError`."""
     if status == 404:
         return NotFound(message, **evidence)
