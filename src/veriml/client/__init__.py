@@ -59,7 +59,8 @@ if TYPE_CHECKING:
     from veriml.client._local import LocalNetwork
     from veriml.client._publish import Progress
     from veriml.client._requests import raise_for_problem
-    from veriml.client._watch import CheckedInference, Watcher, WatchSummary
+    from veriml.client._watch import Watcher
+    from veriml.client._watch_report import CheckedInference, WatchSummary
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.note import NoteVerifier
     from veriml.verify.completion import COMPLETION_CHECKS, VerifiedCompletion, verify_completion
@@ -138,8 +139,8 @@ def __getattr__(name: str) -> object:
         "canonical_policy": "veriml.client._chat",
         "Progress": "veriml.client._publish",
         "raise_for_problem": "veriml.client._requests",
-        "CheckedInference": "veriml.client._watch",
-        "WatchSummary": "veriml.client._watch",
+        "CheckedInference": "veriml.client._watch_report",
+        "WatchSummary": "veriml.client._watch_report",
         "COMPLETION_CHECKS": "veriml.verify.completion",
         "VerifiedCompletion": "veriml.verify.completion",
         "verify_completion": "veriml.verify.completion",
