@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -23,12 +22,12 @@ from veriml.client._chat import LLMRequest, openai_error
 from veriml.client._config import cache_dir, pin_log_key, pin_witnesses, resolve_url
 from veriml.client._history import Checkpoints, LogHistory
 from veriml.client._publish import Progress, counted, publisher_header, tar_size, tar_stream
+from veriml.client._pull import cached_model
 from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
 from veriml.client._retry import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Retries
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     DigestMismatch,
-    Error,
     FormatError,
     KeyFileError,
     LimitExceeded,
@@ -471,33 +470,21 @@ class BaseClient(LogHistory):
         bounds = self.output_bounds(result.model) if result.policy.endswith(",tolerance") else None
         return self._verify_result(result, expect, bounds)
 
-    def output_bounds(self, model: Digest) -> OutputBounds:
+    def output_bounds(self, model: Digest, *, progress: Progress | None = None) -> OutputBounds:
         """The output bounds of ``model`` (blocking), to recompute a tolerance verdict: the
         model is pulled from the hub and verified as a node pulls it (OMS signature and
         digest), cached under the user's cache directory, and its bounds computed here
-        (:func:`veriml.verify.tolerance.output_bounds`), never taken from the coordinator."""
+        (:func:`veriml.verify.tolerance.output_bounds`), never taken from the coordinator.
+        ``progress(done, total)`` is told the bytes of a pull as they arrive."""
         found = self._bounds.get(model)
         if found is not None:
             return found
-        from veriml.models.pull import load_cached, pull_model
         from veriml.verify.tolerance import output_bounds
 
         models = cache_dir() / "models"
-        folder = models / model.hex
-        package = None
-        if folder.is_dir():
-            try:
-                package = load_cached(folder, model)
-            except Error:  # changed on disk or half-written: pull it again
-                shutil.rmtree(folder, ignore_errors=True)
-        if package is None:
-            with httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0)) as http:
-                try:
-                    package = pull_model(http, self.url, model, models, max_bytes=MAX_MODEL_BYTES)
-                except httpx.HTTPError as exc:
-                    raise NodeUnavailable(
-                        "cannot pull the model from the hub", model=model, reason=repr(exc)[:200]
-                    ) from exc
+        package = cached_model(
+            self.url, model, models, max_bytes=MAX_MODEL_BYTES, progress=progress
+        )
         if package.kind != "onnx":
             raise VerificationError(
                 "tolerance mode needs an ONNX model", check="tolerance", model=model

@@ -29,13 +29,11 @@ from __future__ import annotations
 
 import random
 import secrets
-import shutil
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy.typing as npt
 
 from veriml.client._config import default_home, pin_log_key
@@ -45,6 +43,8 @@ from veriml.client._disputes import (
     Challenger,
     challenge_authorization,
 )
+from veriml.client._publish import Progress
+from veriml.client._pull import cached_model
 from veriml.client._requests import raise_for_problem
 from veriml.client._watch_report import CheckedInference, WatchState, WatchSummary
 from veriml.core.canonical import parse_json_object
@@ -55,7 +55,6 @@ from veriml.core.errors import (
     FormatError,
     InvalidModel,
     LogInconsistency,
-    NodeUnavailable,
     VerificationError,
 )
 from veriml.core.receipt import InferencePredicate
@@ -117,6 +116,7 @@ class Watcher:
     one a mismatch is reported but not disputed. ``sample`` is the rate in [0, 1]; ``seed``
     makes the draws reproducible (tests only: a predictable watcher can be dodged).
     ``state`` (a file) keeps the position and last checkpoint across runs.
+    ``pull_progress(done, total)`` is told the bytes of each model pull as they arrive.
 
     >>> with Client(url, key=watcher_key) as client:  # doctest: +SKIP
     ...     watcher = Watcher(client, sample=0.05, state=Path("watch.json"))
@@ -136,6 +136,7 @@ class Watcher:
         max_moves: int = DEFAULT_MAX_MOVES,
         dispute_timeout: float = DEFAULT_DISPUTE_TIMEOUT,
         log: LogClient | None = None,
+        pull_progress: Progress | None = None,
     ) -> None:
         if not 0.0 <= sample <= 1.0:
             raise FormatError("the sample rate is a probability in [0, 1]", got=sample)
@@ -150,6 +151,7 @@ class Watcher:
         self.state = WatchState.load(state) if state is not None else WatchState()
         self.cache_dir = cache_dir if cache_dir is not None else default_home() / "watch" / "models"
         self.max_model_bytes = max_model_bytes
+        self.pull_progress = pull_progress
         self.max_moves = max_moves
         self.dispute_timeout = dispute_timeout
         self._owns_log = log is None
@@ -453,30 +455,13 @@ class Watcher:
     def _package(self, digest: Digest) -> Any:
         """Model ``digest`` from the cache (re-validated) or pulled from the hub and verified,
         as a node does (ONNX or GGUF)."""
-        from veriml.models.pull import load_cached, pull_model
-
-        folder = self.cache_dir / digest.hex
-        package = None
-        if folder.is_dir():
-            try:
-                package = load_cached(folder, digest)
-            except Error:  # changed on disk or half-written: pull it again
-                shutil.rmtree(folder, ignore_errors=True)
-        if package is None:
-            with httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0)) as http:
-                try:
-                    package = pull_model(
-                        http,
-                        self.client.url,
-                        digest,
-                        self.cache_dir,
-                        max_bytes=self.max_model_bytes,
-                    )
-                except httpx.HTTPError as exc:
-                    raise NodeUnavailable(
-                        "cannot pull the model from the hub", model=digest, reason=repr(exc)[:200]
-                    ) from exc
-        return package
+        return cached_model(
+            self.client.url,
+            digest,
+            self.cache_dir,
+            max_bytes=self.max_model_bytes,
+            progress=self.pull_progress,
+        )
 
 
 def _with(base: CheckedInference, **changes: Any) -> CheckedInference:

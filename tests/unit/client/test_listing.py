@@ -1,5 +1,5 @@
-"""Listings follow the coordinator's paging to the end (docs/sdk.md, "Listings"), and publish
-reports its progress as the archive is sent.
+"""Listings follow the coordinator's paging to the end, and publishing and pulling a model report
+their progress as the bytes go (docs/sdk.md, "Listings and long uploads").
 
 Against a real coordinator on loopback where the paging is the coordinator's own (models), and
 against a small server answering recorded ``/v1/nodes`` bodies for the scheme nodes share
@@ -20,6 +20,8 @@ from _coordinator import SignedModel, make_signed_model, running_coordinator
 from _servers import serve
 from veriml.client import AsyncClient, Client
 from veriml.client._publish import tar_size
+from veriml.client._pull import cached_model
+from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, LimitExceeded
 
 MODELS = 5
@@ -158,3 +160,25 @@ def test_a_server_that_pages_forever_or_stands_still_is_refused(
         pytest.raises(FormatError),
     ):
         client.nodes()
+
+
+def test_a_model_pull_reports_its_bytes_against_the_hubs_size(
+    hub: tuple[str, list[SignedModel]], tmp_path: Path
+) -> None:
+    url, models = hub
+    with Client(url, verify=False, checkpoints=False) as client:
+        published = client.publish(models[0].folder, _key(models[0]))
+    digest = Digest.from_text(published["digest"])
+    calls: list[tuple[int, int | None]] = []
+    package = cached_model(
+        url, digest, tmp_path / "pulled", max_bytes=1 << 30, progress=lambda *c: calls.append(c)
+    )
+    assert package.digest == digest
+    size = published["size"]
+    assert calls[-1] == (size, size)
+    done = [d for d, _ in calls]
+    assert done == sorted(done)
+    assert {t for _, t in calls} == {size}
+    calls.clear()  # from the cache, nothing to pull
+    assert cached_model(url, digest, tmp_path / "pulled", max_bytes=1 << 30).digest == digest
+    assert calls == []
