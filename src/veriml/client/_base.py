@@ -231,7 +231,6 @@ class BaseClient(LogHistory):
             max_epoch_age=max_epoch_age,
         )
         self._bounds: dict[Digest, OutputBounds] = {}
-        self._rules: tuple[float, Mapping[str, Any]] | None = None
         self._capabilities: dict[str, str] = {}
         self._epoch: tuple[float, int] | None = None
         self.verify = verify

@@ -68,6 +68,7 @@ class LogHistory:
         self._forked = False  # a fork was found against the store: leave it as evidence
 
     def _log_client(self) -> LogClient:
+        """The reader of the log's tiles (the client's, under its pinned key)."""
         raise NotImplementedError
 
     def _check_consistent(
