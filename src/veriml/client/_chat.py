@@ -2,8 +2,8 @@
 API"): :class:`ChatResult`, the request as sent (:class:`LLMRequest`), OpenAI error objects as
 veriml errors, and server-sent events (read by :mod:`veriml.protocol.sse`) rebuilt into the
 body a non-streaming request would have returned (:class:`StreamAssembler`), so a stream
-verifies exactly like an answer. No I/O: the HTTP lives in :mod:`veriml.client._client`, the
-verification in :mod:`veriml.verify.completion`.
+verifies exactly like an answer. No I/O: the HTTP lives in the clients
+(:mod:`veriml.client._base`), the verification in :mod:`veriml.verify.completion`.
 """
 
 from __future__ import annotations
