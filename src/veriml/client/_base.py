@@ -23,7 +23,7 @@ from veriml.client._config import cache_dir, pin_log_key, pin_witnesses, resolve
 from veriml.client._history import Checkpoints, LogHistory
 from veriml.client._publish import Progress, counted, publisher_header, tar_size, tar_stream
 from veriml.client._pull import cached_model
-from veriml.client._requests import Expected, raise_for_problem, request_headers, stream_digest
+from veriml.client._requests import Expected, json_answer, request_headers, stream_digest
 from veriml.client._retry import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Retries
 from veriml.core.digest import Digest
 from veriml.core.errors import (
@@ -456,13 +456,7 @@ class BaseClient(LogHistory):
     def _answer(
         self, response: httpx.Response, verify: bool | None, expect: Expected | None = None
     ) -> InferenceResult:
-        raise_for_problem(response)
-        if len(response.content) > MAX_ANSWER_BYTES:
-            raise LimitExceeded("inference answer is too large", limit=MAX_ANSWER_BYTES)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise FormatError("the coordinator's answer is not JSON") from exc
+        body = json_answer(response, MAX_ANSWER_BYTES, "inference answer")
         result = InferenceResult.from_json(body)
         if not self._verifies(verify):
             return result

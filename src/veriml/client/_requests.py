@@ -36,6 +36,7 @@ from veriml.verify.inference import VerifiedInference
 __all__ = [
     "Expected",
     "error_for_status",
+    "json_answer",
     "raise_for_problem",
     "request_headers",
     "stream_digest",
@@ -80,6 +81,18 @@ def raise_for_problem(response: httpx.Response) -> None:
     check = str(problem.get("check") or "signature")
     retry_after = response.headers.get("Retry-After")
     raise error_for_status(response.status_code, detail, evidence, check, retry_after)
+
+
+def json_answer(response: httpx.Response, limit: int, what: str) -> Any:
+    """The JSON of a successful answer of at most ``limit`` bytes (a problem answer raises
+    the error it stands for); ``what`` names it in the errors."""
+    raise_for_problem(response)
+    if len(response.content) > limit:
+        raise LimitExceeded(f"the {what} is too large", limit=limit)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise FormatError(f"the coordinator's {what} is not JSON") from exc
 
 
 def error_for_status(
