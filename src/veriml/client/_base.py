@@ -241,8 +241,6 @@ class BaseClient(LogHistory):
         self._home = home
         self._log: LogClient | None = None
         super().__init__(checkpoints)
-        # Model references resolved to digests through the hub (None: not a hub model).
-        self._models: dict[str, Digest | None] = {}
         self._connect(timeout, limits or httpx.Limits())
 
     def _connect(self, timeout: float, limits: httpx.Limits) -> None:
@@ -522,12 +520,6 @@ class BaseClient(LogHistory):
             request.check(verified)
         self._check_consistent(signed, evidence.log.consistency)
         return verified
-
-    def _remember_model(self, ref: str, model: Mapping[str, Any] | None) -> Digest | None:
-        digest = None if model is None else model.get("digest")
-        value = None if digest is None else Digest.from_text(str(digest))
-        self._models[ref] = value
-        return value
 
     def _close_log(self) -> None:
         if self._log is not None:
