@@ -56,7 +56,8 @@ from onnx import TensorProto, helper
 
 from benchmarks._timing import best_rate
 from veriml.client import AsyncClient, Client
-from veriml.client._local import LocalNetwork, free_port
+from veriml.client._children import free_port
+from veriml.client._local import LocalNetwork
 from veriml.core.digest import Digest
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_to_json

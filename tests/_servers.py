@@ -17,7 +17,7 @@ from typing import Any
 import httpx
 import uvicorn
 
-from veriml.client._local import free_port
+from veriml.client._children import free_port
 
 HOST = "127.0.0.1"
 

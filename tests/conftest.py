@@ -7,6 +7,10 @@ Where the server is unreachable they skip with the reason, unless VERIML_REQUIRE
 The SDK's cache (``VERIML_CACHE_DIR``: the checkpoints each log was seen at, pulled models) is
 a fresh folder for every test, never the user's: a test that shows a client one log must not
 meet a checkpoint another test (or the developer) stored for a log with the same key.
+
+The user's directories (platformdirs: the config file, the state home) are a fresh folder for
+every test too, so that neither the developer's ``veriml config set`` nor one test's state
+reaches another test.
 """
 
 from __future__ import annotations
@@ -80,3 +84,19 @@ def _test_cache_dir(_session_cache_dir: Path, monkeypatch: pytest.MonkeyPatch) -
     folder = _session_cache_dir / f"test-{uuid.uuid4().hex[:12]}"
     monkeypatch.setenv("VERIML_CACHE_DIR", str(folder))
     return folder
+
+
+@pytest.fixture(autouse=True)
+def _user_dirs(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own XDG folders and config file: nothing is read from or left in $HOME."""
+    root = tmp_path_factory.mktemp("user")
+    for variable, name in (
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_STATE_HOME", "state"),
+    ):
+        monkeypatch.setenv(variable, str(root / name))
+    monkeypatch.setenv("VERIML_CONFIG", str(root / "config" / "veriml" / "config.toml"))
+    for variable in ("VERIML_HOME", "VERIML_URL", "VERIML_LOG_VKEY"):
+        monkeypatch.delenv(variable, raising=False)
+    return root

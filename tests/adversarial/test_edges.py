@@ -385,7 +385,7 @@ def _serve_node(home: Path, url: str, *args: str) -> subprocess.CompletedProcess
     if not operator.exists():
         generate_key().save(operator)
     command = [
-        *(sys.executable, "-m", "veriml", "serve", "node", "--coordinator", url),
+        *(sys.executable, "-m", "veriml", "node", "serve", "--coordinator", url),
         *("--home", str(home), "--operator-key", str(operator), "--port", str(free_port())),
         *args,
     ]

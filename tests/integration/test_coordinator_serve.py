@@ -1,4 +1,4 @@
-"""``veriml serve coordinator`` as a process: it prints what clients pin, serves the hub and
+"""``veriml coordinator serve`` as a process: it prints what clients pin, serves the hub and
 the log, and a restart (SIGTERM, then start again) keeps models, keys and the log."""
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def test_serve_coordinator_json_prints_what_clients_pin(tmp_path: Path) -> None:
         lines = []
         while not lines or not lines[-1].startswith("}"):
             line = proc.stdout.readline()
-            assert line, "serve coordinator exited before printing its JSON"
+            assert line, "coordinator serve exited before printing its JSON"
             lines.append(line)
         printed = json.loads("".join(lines))
         sidecar = json.loads((tmp_path / "home" / "coordinator" / "log.key.json").read_text())

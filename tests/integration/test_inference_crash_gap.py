@@ -40,7 +40,7 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 
 
 def _coordinator(home: Path, port: int) -> list[str]:
-    serve_args = ["serve", "coordinator", "--home", str(home), "--host", "127.0.0.1"]
+    serve_args = ["coordinator", "serve", "--home", str(home), "--host", "127.0.0.1"]
     return [sys.executable, "-m", "veriml", *serve_args, "--port", str(port)]
 
 

@@ -111,12 +111,12 @@ def hub(tmp_path: Path) -> Iterator[tuple[str, Digest, SigningKey, Path]]:
 
 @contextlib.contextmanager
 def node_process(home: Path, hub_url: str, pub: Path, port: int) -> Iterator[Any]:
-    """``veriml serve node`` on ``home``, bound to an operator key beside it."""
+    """``veriml node serve`` on ``home``, bound to an operator key beside it."""
     operator = home.parent / "operator.key"
     if not operator.exists():
         generate_key("ed25519").save(operator)
     args = [
-        *VERIML, "serve", "node", "--coordinator", hub_url, "--coordinator-key", str(pub),
+        *VERIML, "node", "serve", "--coordinator", hub_url, "--coordinator-key", str(pub),
         "--home", str(home), "--key", str(home / "node.key"), "--operator-key", str(operator),
         "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip

@@ -55,7 +55,7 @@ def chat(
 ) -> None:
     """Ask MODEL one question under a policy; print the verified answer and its trust."""
     from veriml.client import ChatResult, Client
-    from veriml.client._chat import canonical_policy
+    from veriml.client import canonical_policy
 
     canonical_policy(policy)
     messages: list[dict[str, Any]] = []

@@ -339,7 +339,7 @@ def _show_dispute(url: str, dispute: str, names: Mapping[str, str], trace_size: 
     ``trace_size`` is the length of the defendant's committed trace (its challenge entry)."""
     import httpx
 
-    from veriml.client._client import raise_for_problem
+    from veriml.client import raise_for_problem
 
     response = httpx.get(f"{url}/v1/disputes/{dispute}", timeout=30)
     raise_for_problem(response)

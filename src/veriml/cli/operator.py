@@ -6,7 +6,7 @@ has to live on the node's machine::
 
     veriml key new --out operator.key                       # the operator account
     veriml operator bind --key operator.key --node node.key.pub --out node-binding.json
-    veriml serve node --operator-binding node-binding.json ...
+    veriml node serve --operator-binding node-binding.json ...
     veriml ledger stake 1000 --key operator.key             # the operator's stake
 """
 

@@ -25,7 +25,7 @@ from veriml.cli.infer import LogVkeyOpt
 from veriml.cli.publish import CoordinatorOpt, load_request_key
 
 if TYPE_CHECKING:
-    from veriml.client._watch import CheckedInference, WatchSummary
+    from veriml.client import CheckedInference, WatchSummary
 
 __all__ = ["register"]
 

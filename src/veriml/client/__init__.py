@@ -14,10 +14,11 @@ LLM answers come through the OpenAI-compatible API (docs/llm.md)::
     reply = client.chat("smollm2", [{"role": "user", "content": "Hi"}], max_tokens=16)
     reply.content, reply.trust, reply.verified    # verified like infer(); see verify_completion
 
-Every answer is verified before it is returned (issue 4 §3): receipt signatures against node
-keys proven in the log, the model digest, the output digests, the inference entry's inclusion
-under a checkpoint signed by the pinned log key (and witnesses), and the policy verdict. Any
-failure raises :class:`veriml.core.errors.VerificationError` naming the ``check``.
+Every answer is verified before it is returned (docs/sdk.md, "What is verified, in order"):
+receipt signatures against node keys proven in the log, the model digest, the output digests,
+the inference entry's inclusion under a checkpoint signed by the pinned log key (and
+witnesses), and the policy verdict. Any failure raises :class:`veriml.errors.VerificationError`
+naming the ``check``.
 
 The checks themselves are pure code in :mod:`veriml.verify` (:mod:`~veriml.verify.inference`,
 :mod:`~veriml.verify.completion`, the answer formats in :mod:`~veriml.verify.answer`); this
@@ -55,11 +56,15 @@ from veriml.verify.inference import CHECKS, POLICY_CHECKS, VerifiedInference, ve
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from veriml.client._chat import ChatResult
-    from veriml.client._client import AsyncChatStream, AsyncClient, ChatStream, Client
+    from veriml.client._async import AsyncChatStream, AsyncClient
+    from veriml.client._chat import ChatResult, canonical_policy
+    from veriml.client._client import ChatStream, Client
     from veriml.client._disputes import Challenger
     from veriml.client._local import LocalNetwork
+    from veriml.client._publish import Progress
+    from veriml.client._requests import raise_for_problem
     from veriml.client._watch import Watcher
+    from veriml.client._watch_report import CheckedInference, WatchSummary
     from veriml.tlog.cosignature import CosignatureVerifier
     from veriml.tlog.note import NoteVerifier
     from veriml.verify.completion import COMPLETION_CHECKS, VerifiedCompletion, verify_completion
@@ -77,22 +82,27 @@ __all__ = [
     "Challenger",
     "ChatResult",
     "ChatStream",
+    "CheckedInference",
     "Client",
     "InferenceResult",
     "LocalNetwork",
     "LogEvidence",
     "NetworkFile",
     "NodeEvidence",
+    "Progress",
     "Verification",
     "VerifiedCompletion",
     "VerifiedInference",
+    "WatchSummary",
     "Watcher",
     "cache_dir",
+    "canonical_policy",
     "client_settings",
     "config_file",
     "default_home",
     "is_network_result",
     "pin_log_key",
+    "raise_for_problem",
     "read_network_file",
     "resolve_url",
     "verify_completion",
@@ -124,16 +134,21 @@ def verify_inference_file(
 
 def __getattr__(name: str) -> object:
     # The HTTP clients, the local-network launcher, the challenger, the watcher and the
-    # completion (LLM) verification load on first use.
+    # completion (LLM) verification load on first use; so do the helpers the CLI uses.
     homes = {
         "Client": "veriml.client._client",
-        "AsyncClient": "veriml.client._client",
+        "AsyncClient": "veriml.client._async",
         "LocalNetwork": "veriml.client._local",
         "Challenger": "veriml.client._disputes",
         "Watcher": "veriml.client._watch",
         "ChatStream": "veriml.client._client",
-        "AsyncChatStream": "veriml.client._client",
+        "AsyncChatStream": "veriml.client._async",
         "ChatResult": "veriml.client._chat",
+        "canonical_policy": "veriml.client._chat",
+        "Progress": "veriml.client._publish",
+        "raise_for_problem": "veriml.client._requests",
+        "CheckedInference": "veriml.client._watch_report",
+        "WatchSummary": "veriml.client._watch_report",
         "COMPLETION_CHECKS": "veriml.verify.completion",
         "VerifiedCompletion": "veriml.verify.completion",
         "verify_completion": "veriml.verify.completion",

@@ -2,33 +2,30 @@
 API"): :class:`ChatResult`, the request as sent (:class:`LLMRequest`), OpenAI error objects as
 veriml errors, and server-sent events (read by :mod:`veriml.protocol.sse`) rebuilt into the
 body a non-streaming request would have returned (:class:`StreamAssembler`), so a stream
-verifies exactly like an answer. Pure: the HTTP lives in :mod:`veriml.client._client`, the
-verification in :mod:`veriml.verify.completion`.
+verifies exactly like an answer. No I/O: the HTTP lives in the clients
+(:mod:`veriml.client._base`), the verification in :mod:`veriml.verify.completion`.
 """
 
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import httpx
 import numpy as np
 import numpy.typing as npt
 
-from veriml.client._requests import check_epoch, epoch_header
+from veriml.client._requests import check_epoch, epoch_header, error_for_status
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import Trust
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
-    Conflict,
     Error,
     FormatError,
-    InvalidInput,
     LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
     VerificationError,
 )
 from veriml.protocol.policy import Policy, Verdict
@@ -41,7 +38,9 @@ __all__ = [
     "ChatResult",
     "LLMRequest",
     "StreamAssembler",
+    "StreamedAnswer",
     "canonical_policy",
+    "llm_request",
     "openai_error",
 ]
 
@@ -336,6 +335,60 @@ class LLMRequest:
         check_epoch(verified.evidence.verdict.draw, self.epoch, own_id=self.own_id)
 
 
+def llm_request(
+    kind: Kind,
+    model: str,
+    payload: Mapping[str, Any],
+    params: Mapping[str, Any],
+    policy: str,
+    request_id: str | None,
+    public: bool = False,
+) -> LLMRequest:
+    """The OpenAI request body: the model, the prompt member, then the caller's parameters
+    as given (the coordinator validates them; unset ones are left to its defaults), and
+    ``veriml.visibility`` when the caller lets anyone read what the request leaves."""
+    if not isinstance(model, str) or not model:
+        raise FormatError("a model is a hub name, name@version or digest")
+    reserved = sorted(set(params) & {"model", "messages", "prompt", "input", "veriml"})
+    if reserved:
+        raise FormatError("parameters repeat a request member", members=",".join(reserved))
+    body = {"model": model, **payload, **{k: v for k, v in params.items() if v is not None}}
+    if public:
+        body["veriml"] = {"visibility": "public"}
+    return LLMRequest(
+        kind,
+        body,
+        canonical_policy(policy),
+        request_id or str(uuid.uuid4()),
+        own_id=request_id is None,
+    )
+
+
+class StreamedAnswer:
+    """What :class:`veriml.client.ChatStream` and its asyncio twin keep while a stream is
+    read: the request, the open response, the assembler rebuilding the answer's body and,
+    once the stream has ended, the result."""
+
+    def __init__(self, request: LLMRequest, response: httpx.Response, verify: bool | None) -> None:
+        self._request = request
+        self._response = response
+        self._verify = verify
+        self._assembler = StreamAssembler(request.kind)
+        self._result: ChatResult | None = None
+
+    @property
+    def result(self) -> ChatResult:
+        """The verified answer; only once the stream has been read to its end."""
+        if self._result is None:
+            raise VerificationError("the stream has not been read to its end", check="stream")
+        return self._result
+
+    @property
+    def text(self) -> str:
+        """The text received so far."""
+        return self._assembler.text
+
+
 def canonical_policy(text: str) -> str:
     """The canonical text of a policy; a malformed one is a :class:`FormatError` before any
     request is sent."""
@@ -344,7 +397,8 @@ def canonical_policy(text: str) -> str:
 
 def openai_error(status: int, body: object, url: str) -> Error:
     """The veriml error for an OpenAI error object ``{"error": {"message", "type", "param",
-    "code"}}`` (or a problem JSON) answered with ``status``."""
+    "code"}}`` (or a problem JSON) answered with ``status`` (:func:`error_for_status`; a
+    context too long for the model is :class:`LimitExceeded`)."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(error, Mapping):
         message = str(error.get("message") or "request failed")
@@ -354,20 +408,6 @@ def openai_error(status: int, body: object, url: str) -> Error:
         message = str(problem.get("detail") or problem.get("title") or "request failed")
         param, code = None, None
     evidence = {"status": status, "url": url, "param": param, "code": code}
-    if status == 404:
-        return NotFound(message, **evidence)
-    if status == 409:
-        return Conflict(message, **evidence)
-    if status == 402:
-        return PaymentRequired(message, **evidence)
-    if status == 413:
-        return LimitExceeded(message, **evidence)
     if status == 400 and code in ("context_length_exceeded", "too_many_tokens"):
         return LimitExceeded(message, **evidence)
-    if status == 403:
-        return VerificationError(message, check="signature", **evidence)
-    if status == 422:
-        return InvalidInput(message, **evidence)
-    if 400 <= status < 500:
-        return FormatError(message, **evidence)
-    return NodeUnavailable(message, **evidence)
+    return error_for_status(status, message, evidence)

@@ -44,7 +44,7 @@ from urllib.parse import quote
 
 import httpx
 
-from veriml.client._requests import raise_for_problem, request_headers
+from veriml.client._requests import json_answer, raise_for_problem, request_headers
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError, KeyFileError, LimitExceeded, NodeUnavailable
 from veriml.core.keys import SigningKey
@@ -348,14 +348,7 @@ class Challenger:
         if response.status_code == 410 and method == "POST" and dispute is not None:
             # Settled while this move was on its way (a deadline passed): read the verdict.
             return self._get(f"/v1/disputes/{quote(dispute, safe='')}", dispute)
-        raise_for_problem(response)
-        if len(response.content) > MAX_STATE_BYTES:
-            raise LimitExceeded("the dispute state is too large", limit=MAX_STATE_BYTES)
-        try:
-            body = response.json()
-        except ValueError as exc:
-            raise FormatError("the coordinator's dispute state is not JSON") from exc
-        state = DisputeState.from_json(body)
+        state = DisputeState.from_json(json_answer(response, MAX_STATE_BYTES, "dispute state"))
         if dispute is not None and state.id != dispute:
             raise FormatError("the coordinator answered about another dispute", expected=dispute)
         if self.on_state is not None:

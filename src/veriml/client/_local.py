@@ -44,7 +44,6 @@ with exponential backoff (``_supervisor.py``), which is what ``veriml up`` does.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import sys
 import threading
@@ -67,16 +66,21 @@ from veriml.client._children import (
     terminate,
 )
 from veriml.client._config import NETWORK_FILE, NetworkFile, write_network_file
+from veriml.client._local_keys import (
+    WITNESS_NAME,
+    log_key,
+    operator_keys,
+    read_log_key,
+    witness_key,
+    write_coordinator_pub,
+)
 from veriml.core.errors import Conflict, FormatError, NodeUnavailable
 
-__all__ = ["Child", "LocalNetwork", "free_port"]
+__all__ = ["LocalNetwork"]
 
 START_TIMEOUT = 90.0
 PORT_RETRIES = 3
 """How often one start moves a child whose port was taken between the check and its bind."""
-LOG_ORIGIN = "veriml.local/coordinator"
-"""The local log's origin (the coordinator's default) unless ``$VERIML_LOG_ORIGIN`` sets one."""
-WITNESS_NAME = "veriml.local/witness-{}"
 
 
 def _veriml() -> list[str]:
@@ -86,7 +90,7 @@ def _veriml() -> list[str]:
 def _per_node_args(
     nodes: int, byzantine: Mapping[int, str], threads: Mapping[int, int]
 ) -> list[list[str]]:
-    """The extra ``serve node`` arguments of each node, checked before anything starts."""
+    """The extra ``node serve`` arguments of each node, checked before anything starts."""
     extra: list[list[str]] = [[] for _ in range(nodes)]
     for index in (*byzantine, *threads):
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < nodes:
@@ -164,8 +168,8 @@ class LocalNetwork:
             *coordinator_python_args,
             "-m",
             "veriml",
-            "serve",
             "coordinator",
+            "serve",
             "--home",
             str(self.home),
             "--host",
@@ -194,8 +198,8 @@ class LocalNetwork:
             operator_key = operator_key / "operator.key"
             node_cmd = [
                 *_veriml(),
-                "serve",
                 "node",
+                "serve",
                 "--coordinator",
                 self.url,
                 "--coordinator-key",
@@ -280,7 +284,7 @@ class LocalNetwork:
         self._ensure_port(self.coordinator)  # a --port in use is refused before anything runs
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / NETWORK_FILE).unlink(missing_ok=True)
-        self._operator_keys()
+        operator_keys(self.nodes)
         if self.witnesses:
             self.start_witnesses()
         self.start_coordinator()
@@ -293,16 +297,6 @@ class LocalNetwork:
 
     def node_key_path(self, node: Child) -> Path:
         return self.home / "nodes" / node.name / "node.key"
-
-    def _operator_keys(self) -> None:
-        """An Ed25519 key per operator account, made once (mode 0600)."""
-        from veriml.core.keys import generate_key
-
-        for node in self.nodes:
-            path = node.operator_key
-            if path is not None and not path.exists():
-                path.parent.mkdir(parents=True, exist_ok=True)
-                generate_key("ed25519").save(path)
 
     def operator_id(self, node: Child) -> str:
         """The account id of ``node``'s operator."""
@@ -332,12 +326,12 @@ class LocalNetwork:
     def start_witnesses(self) -> None:
         """Make the log key and the witness keys (once) and start every witness trusting that
         log; return once each one answers. :meth:`start_coordinator` wires them in."""
-        origin, log_vkey = self._log_key()
+        origin, log_vkey = log_key(self.home / "coordinator", self.env)
         self._log_origin = origin
         folder = self.home / "witness"
         self.witness_vkeys = []
         for j, child in enumerate(self.witnesses, start=1):
-            key, vkey = self._witness_key(folder, j)
+            key, vkey = witness_key(folder, j)
             self.witness_vkeys.append(vkey)
             child.args = [
                 *_veriml(),
@@ -376,75 +370,12 @@ class LocalNetwork:
             args += ["--witness-quorum", str(self.witness_quorum)]
         return args
 
-    def _log_key(self) -> tuple[str, str]:
-        """The log's origin and verifier key, from the coordinator's key sidecar; the key is
-        made first if absent (the files ``veriml log new`` writes), so the witnesses can
-        trust the log before the coordinator starts."""
-        from veriml.core.keys import generate_key
-        from veriml.tlog.note import NoteSigner
-
-        data = self.home / "coordinator"
-        sidecar = data / "log.key.json"
-        if not sidecar.exists():
-            data.mkdir(parents=True, exist_ok=True)
-            origin = self.env.get("VERIML_LOG_ORIGIN") or LOG_ORIGIN
-            secret = self.env.get("VERIML_KEY_PASSPHRASE")
-            key = generate_key("ed25519")
-            key.save(data / "log.key", passphrase=secret.encode() if secret else None)
-            signer = NoteSigner(origin, key)
-            body = {"origin": origin, "vkey": signer.vkey}
-            sidecar.write_text(json.dumps(body, indent=2) + "\n")
-        try:
-            meta = json.loads(sidecar.read_text())
-            return str(meta["origin"]), str(meta["vkey"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise NodeUnavailable("unreadable log key sidecar", path=str(sidecar)) from exc
-
-    @staticmethod
-    def _witness_key(folder: Path, j: int) -> tuple[Path, str]:
-        """Witness ``j``'s key file and verifier key, made once (what ``veriml witness new``
-        writes: the key, mode 0600, ``.pub`` and ``.vkey``)."""
-        from veriml.core.keys import generate_key, load_private_key
-        from veriml.tlog.cosignature import CosignatureSigner
-
-        path = folder / f"witness-{j}.key"
-        if path.exists():
-            key = load_private_key(path, kind="ed25519")
-        else:
-            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-            key = generate_key("ed25519")
-            key.save(path)
-        vkey = CosignatureSigner(WITNESS_NAME.format(j), key).vkey
-        path.with_name(path.name + ".vkey").write_text(vkey + "\n")
-        return path, vkey
-
     def start_coordinator(self) -> None:
         """Start the coordinator (again, after a crash) and return once it answers."""
         self.restart(self.coordinator)
         self._wait(lambda: self.ready(self.coordinator), "the coordinator to start")
-        self.log_vkey = self._read_log_vkey()
-        self._write_coordinator_pub()
-
-    def _write_coordinator_pub(self) -> None:
-        # The nodes pin the coordinator's job-signing key from this disk (no trust on first use).
-        from veriml.core.keys import load_private_key
-
-        data = self.home / "coordinator"
-        key = load_private_key(data / "coordinator.key", kind="ed25519")
-        (data / "coordinator.pub").write_bytes(key.public.to_pem())
-
-    def _read_log_vkey(self) -> str:
-        # From the coordinator's own key sidecar on this disk, not from what it serves: the
-        # log key is pinned from a source the coordinator process cannot rewrite later.
-        import json
-
-        sidecar = self.home / "coordinator" / "log.key.json"
-        try:
-            return str(json.loads(sidecar.read_text())["vkey"])
-        except (OSError, ValueError, KeyError) as exc:
-            raise NodeUnavailable(
-                "the coordinator wrote no log key sidecar", path=str(sidecar)
-            ) from exc
+        self.log_vkey = read_log_key(self.home / "coordinator")[1]
+        write_coordinator_pub(self.home / "coordinator")
 
     def wait_registered(self, nodes: Sequence[Child] | None = None) -> None:
         """Wait until every node (or ``nodes``) is registered and live."""

@@ -11,16 +11,27 @@ import base64
 import os
 import tarfile
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 from veriml.core.errors import InvalidModel, VerificationError
 from veriml.core.keys import SigningKey, load_private_key
 
-__all__ = ["CHUNK", "ensure_signed", "model_files", "publisher_header", "tar_stream"]
+__all__ = [
+    "CHUNK",
+    "Progress",
+    "counted",
+    "ensure_signed",
+    "model_files",
+    "publisher_header",
+    "tar_size",
+    "tar_stream",
+]
 
 CHUNK = 1 << 20
 _BLOCK = tarfile.BLOCKSIZE
+Progress = Callable[[int, int | None], None]
+"""A progress callback: the bytes done so far and the total (None when unknown)."""
 
 
 def model_files(folder: Path) -> list[tuple[str, Path]]:
@@ -38,14 +49,22 @@ def model_files(folder: Path) -> list[tuple[str, Path]]:
     return sorted(files)
 
 
+def _header(name: str, size: int) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    return info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def _padding(size: int) -> int:
+    return -size % _BLOCK
+
+
 def tar_stream(folder: Path, *, chunk: int = CHUNK) -> Iterator[bytes]:
     """The folder as an uncompressed tar stream, produced lazily."""
     for name, path in model_files(folder):
         size = path.stat().st_size
-        info = tarfile.TarInfo(name)
-        info.size = size
-        info.mode = 0o644
-        yield info.tobuf(format=tarfile.PAX_FORMAT)
+        yield _header(name, size)
         written = 0
         with path.open("rb") as f:
             while written < size:
@@ -54,9 +73,29 @@ def tar_stream(folder: Path, *, chunk: int = CHUNK) -> Iterator[bytes]:
                     raise InvalidModel("model file shrank while uploading", path=str(path))
                 written += len(data)
                 yield data
-        if size % _BLOCK:
-            yield b"\0" * (_BLOCK - size % _BLOCK)
+        if _padding(size):
+            yield b"\0" * _padding(size)
     yield b"\0" * (2 * _BLOCK)
+
+
+def tar_size(folder: Path) -> int:
+    """The length of :func:`tar_stream` of ``folder``, from the files' sizes (nothing read)."""
+    total = 2 * _BLOCK
+    for name, path in model_files(folder):
+        size = path.stat().st_size
+        total += len(_header(name, size)) + size + _padding(size)
+    return total
+
+
+def counted(chunks: Iterable[bytes], total: int | None, progress: Progress) -> Iterator[bytes]:
+    """``chunks`` passed on, telling ``progress`` the bytes done (after each chunk has been
+    taken) and ``total``; it is told ``(0, total)`` first."""
+    done = 0
+    progress(done, total)
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        progress(done, total)
 
 
 def publisher_header(key: SigningKey) -> str:

@@ -18,6 +18,7 @@ import numpy as np
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     Conflict,
+    Error,
     FormatError,
     InvalidInput,
     LimitExceeded,
@@ -34,6 +35,8 @@ from veriml.verify.inference import VerifiedInference
 
 __all__ = [
     "Expected",
+    "error_for_status",
+    "json_answer",
     "raise_for_problem",
     "request_headers",
     "stream_digest",
@@ -63,7 +66,8 @@ def stream_digest(chunks: Iterable[bytes]) -> Digest:
 
 
 def raise_for_problem(response: httpx.Response) -> None:
-    """Turn an RFC 9457 problem answer into the veriml error it stands for."""
+    """Turn an RFC 9457 problem answer into the veriml error it stands for
+    (:func:`error_for_status`)."""
     if response.status_code < 400:
         return
     try:
@@ -74,22 +78,54 @@ def raise_for_problem(response: httpx.Response) -> None:
         problem = {}
     detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
     evidence = {"status": response.status_code, "url": str(response.request.url)}
-    status = response.status_code
+    check = str(problem.get("check") or "signature")
+    retry_after = response.headers.get("Retry-After")
+    raise error_for_status(response.status_code, detail, evidence, check, retry_after)
+
+
+def json_answer(response: httpx.Response, limit: int, what: str) -> Any:
+    """The JSON of a successful answer of at most ``limit`` bytes (a problem answer raises
+    the error it stands for); ``what`` names it in the errors."""
+    raise_for_problem(response)
+    if len(response.content) > limit:
+        raise LimitExceeded(f"the {what} is too large", limit=limit)
+    try:
+        return response.json()
+    except ValueError as exc:
+        raise FormatError(f"the coordinator's {what} is not JSON") from exc
+
+
+def error_for_status(
+    status: int,
+    message: str,
+    evidence: Mapping[str, Any],
+    check: str = "signature",
+    retry_after: str | None = None,
+) -> Error:
+    """The veriml error an HTTP error status stands for (docs/sdk.md, "Errors from the
+    coordinator"): 404 :class:`NotFound`, 409 :class:`Conflict`, 402
+    :class:`PaymentRequired`, 413 :class:`LimitExceeded`, 403 a :class:`VerificationError`
+    naming ``check``, 422 :class:`InvalidInput`, 429 (too many requests, once the retries of
+    :mod:`veriml.client._retry` gave up) and 5xx :class:`NodeUnavailable`, any other 4xx
+    :class:`FormatError`."""
     if status == 404:
-        raise NotFound(detail, **evidence)
+        return NotFound(message, **evidence)
     if status == 409:
-        raise Conflict(detail, **evidence)
+        return Conflict(message, **evidence)
     if status == 402:
-        raise PaymentRequired(detail, **evidence)
+        return PaymentRequired(message, **evidence)
     if status == 413:
-        raise LimitExceeded(detail, **evidence)
+        return LimitExceeded(message, **evidence)
     if status == 403:
-        raise VerificationError(detail, check=str(problem.get("check") or "signature"), **evidence)
+        return VerificationError(message, check=check, **evidence)
     if status == 422:
-        raise InvalidInput(detail, **evidence)
+        return InvalidInput(message, **evidence)
+    if status == 429:
+        waits = {} if retry_after is None else {"retry_after": retry_after[:64]}
+        return NodeUnavailable(f"rate limited: {message}", **evidence, **waits)
     if 400 <= status < 500:
-        raise FormatError(detail, **evidence)
-    raise NodeUnavailable(detail, **evidence)
+        return FormatError(message, **evidence)
+    return NodeUnavailable(message, **evidence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,23 +21,19 @@ no one can predict which answers a watcher checks). A sampled, accepted inferenc
 5. on a mismatch, with a signing key, it opens a dispute against the defendant and plays it
    with its own trace (:class:`~veriml.client._disputes.Challenger`).
 
-Each check is reported as a :class:`CheckedInference`; :class:`WatchSummary` adds them up.
+Each check is reported as a :class:`~veriml.client.CheckedInference`;
+:class:`~veriml.client.WatchSummary` adds them up (:mod:`veriml.client._watch_report`).
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import secrets
-import shutil
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import numpy.typing as npt
 
 from veriml.client._config import default_home, pin_log_key
@@ -47,7 +43,10 @@ from veriml.client._disputes import (
     Challenger,
     challenge_authorization,
 )
+from veriml.client._publish import Progress
+from veriml.client._pull import cached_model
 from veriml.client._requests import raise_for_problem
+from veriml.client._watch_report import CheckedInference, WatchState, WatchSummary
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
@@ -56,13 +55,11 @@ from veriml.core.errors import (
     FormatError,
     InvalidModel,
     LogInconsistency,
-    NodeUnavailable,
     VerificationError,
 )
 from veriml.core.receipt import InferencePredicate
 from veriml.core.tensors import tensor_digest
 from veriml.ledger.entries import InferenceEntry, parse_entry
-from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.tiles import TILE_WIDTH
 
@@ -72,177 +69,10 @@ if TYPE_CHECKING:
     from veriml.verify.answer import InferenceResult
     from veriml.verify.tolerance import OutputBounds
 
-__all__ = [
-    "STATE_FORMAT",
-    "CheckedInference",
-    "WatchState",
-    "WatchSummary",
-    "Watcher",
-]
+__all__ = ["Watcher"]
 
-STATE_FORMAT = "veriml-watch/v1"
 DEFAULT_MAX_MODEL_BYTES = 16 << 30
-MAX_STATE_FILE = 1 << 16
-
 Array = npt.NDArray[Any]
-Result = Literal["match", "mismatch", "skipped", "error"]
-
-
-@dataclass(frozen=True, slots=True)
-class CheckedInference:
-    """What the watcher concluded about one inference.
-
-    ``result`` is ``match``, ``mismatch`` (its outputs differ from the watcher's),
-    ``skipped`` (nothing to check: the answer was rejected) or ``error`` (the check could not
-    run: ``detail`` says why). ``dispute`` and ``winner`` are set when a mismatch was disputed.
-    """
-
-    id: str
-    model: str
-    result: Result
-    index: int | None = None
-    node: str | None = None
-    mode: str = "bitwise"
-    detail: str = ""
-    dispute: str | None = None
-    winner: str | None = None
-
-    @property
-    def won(self) -> bool | None:
-        """Whether the watcher won its dispute (``None``: no dispute, or a tie)."""
-        if self.winner in ("defendant", "neither"):
-            return False
-        return True if self.winner == "challenger" else None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "id": self.id,
-            "model": self.model,
-            "node": self.node,
-            "mode": self.mode,
-            "result": self.result,
-            "detail": self.detail,
-            "dispute": self.dispute,
-            "winner": self.winner,
-        }
-
-    def line(self) -> str:
-        """One human-readable line."""
-        where = f"entry {self.index} " if self.index is not None else ""
-        node = f" node {self.node[:16]}" if self.node else ""
-        text = f"{where}inference {self.id}{node}: {self.result}"
-        if self.detail:
-            text += f" ({self.detail})"
-        if self.dispute is not None:
-            text += f"; dispute {self.dispute} won by {self.winner}"
-        return text
-
-
-@dataclass
-class WatchSummary:
-    """Counts over every inference this watcher has looked at."""
-
-    sampled: int = 0
-    checked: int = 0
-    matched: int = 0
-    mismatched: int = 0
-    skipped: int = 0
-    errors: int = 0
-    disputes: int = 0
-    won: int = 0
-    lost: int = 0
-    position: int = 0
-
-    def add(self, checked: CheckedInference) -> None:
-        if checked.result == "skipped":
-            self.skipped += 1
-        elif checked.result == "error":
-            self.errors += 1
-        else:
-            self.checked += 1
-            if checked.result == "match":
-                self.matched += 1
-            else:
-                self.mismatched += 1
-        if checked.dispute is not None:
-            self.disputes += 1
-            self.won += checked.won is True
-            self.lost += checked.won is False
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "sampled": self.sampled,
-            "checked": self.checked,
-            "matched": self.matched,
-            "mismatched": self.mismatched,
-            "skipped": self.skipped,
-            "errors": self.errors,
-            "disputes": {"opened": self.disputes, "won": self.won, "lost": self.lost},
-            "position": self.position,
-        }
-
-    def line(self) -> str:
-        return (
-            f"watched {self.position} log entries: {self.sampled} inferences sampled, "
-            f"{self.checked} checked, {self.matched} matched, {self.mismatched} mismatched, "
-            f"{self.skipped} skipped, {self.errors} errors; disputes {self.disputes} opened, "
-            f"{self.won} won, {self.lost} lost"
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class WatchState:
-    """Where a watcher stopped: the next log index and the checkpoint it last verified
-    (``{"format": "veriml-watch/v1", "position": n, "checkpoint": "<checkpoint text>"}``)."""
-
-    position: int = 0
-    checkpoint: Checkpoint | None = None
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "format": STATE_FORMAT,
-            "position": self.position,
-            "checkpoint": None if self.checkpoint is None else self.checkpoint.to_text(),
-        }
-
-    @classmethod
-    def from_json(cls, obj: Any) -> WatchState:
-        if not isinstance(obj, Mapping) or obj.get("format") != STATE_FORMAT:
-            raise FormatError(f"a watch state is a JSON object with format {STATE_FORMAT!r}")
-        position, text = obj.get("position"), obj.get("checkpoint")
-        if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-            raise FormatError("watch state position must be a non-negative integer")
-        if text is not None and not isinstance(text, str):
-            raise FormatError("watch state checkpoint must be checkpoint text or null")
-        checkpoint = None if text is None else Checkpoint.from_text(text)
-        if checkpoint is not None and position > checkpoint.size:
-            raise FormatError("watch state position is beyond its checkpoint", position=position)
-        return cls(position, checkpoint)
-
-    @classmethod
-    def load(cls, path: Path) -> WatchState:
-        """The state in ``path``, or a fresh one when the file does not exist."""
-        try:
-            if path.stat().st_size > MAX_STATE_FILE:
-                raise FormatError("watch state file is too large", path=str(path))
-            data = path.read_bytes()
-        except FileNotFoundError:
-            return cls()
-        except OSError as exc:
-            raise FormatError("cannot read the watch state", path=str(path)) from exc
-        return cls.from_json(parse_json_object(data, what="watch state"))
-
-    def save(self, path: Path) -> None:
-        """Write atomically: a crash leaves the old state or the new one."""
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(self.to_json(), f)
-            Path(tmp).replace(path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
 
 
 def _defendant_receipt(
@@ -286,6 +116,7 @@ class Watcher:
     one a mismatch is reported but not disputed. ``sample`` is the rate in [0, 1]; ``seed``
     makes the draws reproducible (tests only: a predictable watcher can be dodged).
     ``state`` (a file) keeps the position and last checkpoint across runs.
+    ``pull_progress(done, total)`` is told the bytes of each model pull as they arrive.
 
     >>> with Client(url, key=watcher_key) as client:  # doctest: +SKIP
     ...     watcher = Watcher(client, sample=0.05, state=Path("watch.json"))
@@ -305,6 +136,7 @@ class Watcher:
         max_moves: int = DEFAULT_MAX_MOVES,
         dispute_timeout: float = DEFAULT_DISPUTE_TIMEOUT,
         log: LogClient | None = None,
+        pull_progress: Progress | None = None,
     ) -> None:
         if not 0.0 <= sample <= 1.0:
             raise FormatError("the sample rate is a probability in [0, 1]", got=sample)
@@ -319,6 +151,7 @@ class Watcher:
         self.state = WatchState.load(state) if state is not None else WatchState()
         self.cache_dir = cache_dir if cache_dir is not None else default_home() / "watch" / "models"
         self.max_model_bytes = max_model_bytes
+        self.pull_progress = pull_progress
         self.max_moves = max_moves
         self.dispute_timeout = dispute_timeout
         self._owns_log = log is None
@@ -622,30 +455,13 @@ class Watcher:
     def _package(self, digest: Digest) -> Any:
         """Model ``digest`` from the cache (re-validated) or pulled from the hub and verified,
         as a node does (ONNX or GGUF)."""
-        from veriml.models.pull import load_cached, pull_model
-
-        folder = self.cache_dir / digest.hex
-        package = None
-        if folder.is_dir():
-            try:
-                package = load_cached(folder, digest)
-            except Error:  # changed on disk or half-written: pull it again
-                shutil.rmtree(folder, ignore_errors=True)
-        if package is None:
-            with httpx.Client(timeout=httpx.Timeout(600.0, connect=10.0)) as http:
-                try:
-                    package = pull_model(
-                        http,
-                        self.client.url,
-                        digest,
-                        self.cache_dir,
-                        max_bytes=self.max_model_bytes,
-                    )
-                except httpx.HTTPError as exc:
-                    raise NodeUnavailable(
-                        "cannot pull the model from the hub", model=digest, reason=repr(exc)[:200]
-                    ) from exc
-        return package
+        return cached_model(
+            self.client.url,
+            digest,
+            self.cache_dir,
+            max_bytes=self.max_model_bytes,
+            progress=self.pull_progress,
+        )
 
 
 def _with(base: CheckedInference, **changes: Any) -> CheckedInference:

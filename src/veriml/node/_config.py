@@ -32,7 +32,7 @@ Defaults and why:
   is longer than this (docs/node.md, "Replay protection").
 - ``coordinator_key``: required. A node runs only jobs its coordinator signed, so it must know
   that key from its operator, not from whoever answers at the coordinator's URL.
-  ``veriml serve node --trust-coordinator-on-first-use`` learns it once, with a warning, and
+  ``veriml node serve --trust-coordinator-on-first-use`` learns it once, with a warning, and
   pins it at :attr:`NodeConfig.pinned_coordinator_key` (docs/node.md, "Coordinator key").
 """
 

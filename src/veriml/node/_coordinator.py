@@ -1,7 +1,7 @@
 """The node's side of the node <-> coordinator protocol: key, registration, heartbeats.
 
 - The coordinator's public key comes from the configuration (``--coordinator-key``): a node
-  never takes it from whoever answers at the coordinator's URL. Only ``veriml serve node
+  never takes it from whoever answers at the coordinator's URL. Only ``veriml node serve
   --trust-coordinator-on-first-use`` calls :func:`learn_coordinator_key`, which fetches it
   from ``GET /v1/info`` once, logs a warning with its key id and pins it in the node's home;
   from then on a coordinator presenting another key is refused, as SSH refuses a host key

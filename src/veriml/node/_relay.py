@@ -1,6 +1,6 @@
 """The relay engine: a node fronting an OpenAI-compatible upstream (docs/llm.md, "Relay engine").
 
-``veriml serve node --relay URL --relay-model NAME [--relay-key-env VAR]`` runs jobs through
+``veriml node serve --relay URL --relay-model NAME [--relay-key-env VAR]`` runs jobs through
 :class:`RelayEngine` instead of llama.cpp: the canonical request is forwarded to the upstream
 (a llama.cpp server, vLLM, Ollama, a hosted API, or another veriml network), and what comes
 back is signed as a completion receipt with ``trust: attested-relay`` and ``model:

@@ -12,9 +12,9 @@ from veriml.client._chat import (
     LLMRequest,
     StreamAssembler,
     canonical_policy,
+    llm_request,
     openai_error,
 )
-from veriml.client._client import _llm_request
 from veriml.core.errors import (
     FormatError,
     LimitExceeded,
@@ -56,7 +56,7 @@ def test_an_error_keeps_the_parameter_it_names() -> None:
 
 
 def test_the_request_body_is_openais_own_and_the_policy_travels_in_a_header() -> None:
-    request = _llm_request(
+    request = llm_request(
         "chat.completion",
         "smollm2",
         {"messages": [{"role": "user", "content": "Hi"}]},
@@ -80,7 +80,7 @@ def test_the_request_body_is_openais_own_and_the_policy_travels_in_a_header() ->
 @pytest.mark.parametrize("member", ["model", "messages", "veriml"])
 def test_parameters_cannot_override_a_request_member(member: str) -> None:
     with pytest.raises(FormatError):
-        _llm_request("chat.completion", "m", {"messages": []}, {member: "x"}, "none", None)
+        llm_request("chat.completion", "m", {"messages": []}, {member: "x"}, "none", None)
 
 
 def test_a_malformed_policy_is_refused_before_anything_is_sent() -> None:

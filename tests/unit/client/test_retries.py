@@ -135,9 +135,10 @@ def test_a_429_is_retried_only_when_it_says_when(scripted: tuple[Scripted, str])
     script.answers["/v1/nodes"] = [problem(429), ok({"nodes": []})]
     with client(url) as c:
         assert c.info() == INFO
-        with pytest.raises(FormatError) as caught:
+        with pytest.raises(NodeUnavailable) as caught:
             c.nodes()
     assert caught.value.evidence["status"] == 429
+    assert "rate limited" in caught.value.message
     assert (script.count("/v1/info"), script.count("/v1/nodes")) == (2, 1)
 
 

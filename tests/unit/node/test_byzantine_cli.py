@@ -1,4 +1,4 @@
-"""``veriml up --byzantine INDEX:MODE`` and ``veriml serve node --byzantine/--threads``: a bad
+"""``veriml up --byzantine INDEX:MODE`` and ``veriml node serve --byzantine/--threads``: a bad
 index or mode is a usage error (exit 2) before anything starts, and a good one reaches exactly
 the node it names."""
 
@@ -36,11 +36,11 @@ def test_up_refuses_a_bad_byzantine_spec_with_a_usage_error(
 
 def test_serve_node_refuses_an_unknown_mode_and_documents_the_option(tmp_path: Path) -> None:
     runner = CliRunner()
-    base = ["serve", "node", "--coordinator", "http://127.0.0.1:1", "--home", str(tmp_path)]
+    base = ["node", "serve", "--coordinator", "http://127.0.0.1:1", "--home", str(tmp_path)]
     done = runner.invoke(app, [*base, "--operator", "op", "--byzantine", "lying"])
     assert done.exit_code == 2, done.output
     assert runner.invoke(app, [*base, "--operator", "op", "--threads", "0"]).exit_code == 2
-    shown = " ".join(runner.invoke(app, ["serve", "node", "--help"]).output.split())
+    shown = " ".join(runner.invoke(app, ["node", "serve", "--help"]).output.split())
     assert "--byzantine" in shown
     assert "TESTS AND DEMOS ONLY" in shown
     assert "--threads" in shown

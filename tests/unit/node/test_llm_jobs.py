@@ -436,7 +436,7 @@ def test_serve_node_takes_the_llm_settings(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(veriml.node, "serve_node", started.append)
     operator = ["--operator-key", str(tmp_path / "operator.key")]
     operator += ["--coordinator-key", str(tmp_path / "coordinator.pub")]
-    base = ["serve", "node", "--coordinator", "http://127.0.0.1:1", "--home", str(tmp_path)]
+    base = ["node", "serve", "--coordinator", "http://127.0.0.1:1", "--home", str(tmp_path)]
     runner = CliRunner()
     done = runner.invoke(app, [*base, *operator, "--llm-threads", "2", "--llm-ctx", "4096"])
     assert done.exit_code == 0, done.output
