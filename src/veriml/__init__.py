@@ -12,11 +12,19 @@ The public API. Heavy parts (ONNX Runtime, model-signing) load on first use, so 
 Sub-packages with their own public surface: :mod:`veriml.models`, :mod:`veriml.runtime`,
 :mod:`veriml.verify`, :mod:`veriml.tlog`, :mod:`veriml.client` (the network SDK); errors in
 :mod:`veriml.errors`.
+
+``pip install veriml`` is the SDK, the CLI and offline verification; nodes, servers and LLMs
+come in extras (docs/models.md, "Installing"). Importing a part whose extra is missing raises
+``MissingExtraError`` naming the ``pip install`` that fixes it (:mod:`veriml._extras`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import sys
+from collections.abc import Sequence
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
@@ -93,6 +101,37 @@ if TYPE_CHECKING:
     from veriml.models import ModelPackage, model_digest, sign_model, verify_model
     from veriml.runtime import Profile, RunResult, run
     from veriml.verify import VerifiedReceipt, verify_receipt
+
+
+class _ExtrasGuard(importlib.abc.MetaPathFinder):
+    """Checks a veriml module's extra (:func:`veriml._extras.check`) before the import system
+    looks for it, then defers to the other finders. ``veriml.core`` is never guarded: the check
+    itself imports it (for the error class), and so does every other veriml package."""
+
+    def __init__(self) -> None:
+        self._busy = False
+
+    def find_spec(
+        self,
+        fullname: str,
+        path: Sequence[str] | None,
+        target: ModuleType | None = None,
+    ) -> None:
+        if self._busy or not fullname.startswith("veriml.") or fullname.startswith(_UNGUARDED):
+            return
+        self._busy = True  # the check's own imports pass straight through
+        try:
+            from veriml._extras import check
+
+            check(fullname)
+        finally:
+            self._busy = False
+
+
+_UNGUARDED = ("veriml.core", "veriml._extras")
+
+if not any(isinstance(finder, _ExtrasGuard) for finder in sys.meta_path):
+    sys.meta_path.insert(0, _ExtrasGuard())
 
 
 def __getattr__(name: str) -> Any:

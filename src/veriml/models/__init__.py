@@ -8,17 +8,38 @@ The public surface other packages build on::
     sign_model(Path("my-model"), Path("publisher.key"))
     verify_model(Path("my-model"), Path("publisher.key.pub"))
     load_package(Path("smollm2"))                   # ModelPackage (ONNX) or LLMPackage (GGUF)
+
+Each name loads its module on first use: a digest or a signature check never imports ONNX
+(which needs the ``node`` extra), and ``veriml model digest`` starts as fast as model_signing.
 """
 
-from veriml.models.blobstore import BlobRef, BlobStore
-from veriml.models.card import ModelCard
-from veriml.models.certificates import CertifiedModel, verify_model_certificate
-from veriml.models.digest import ManifestEntry, model_digest
-from veriml.models.gguf import GGUFInfo, LLMPackage
-from veriml.models.package import ModelPackage, load_package
-from veriml.models.signature import Dim, IOSignature, TensorSpec, io_signature
-from veriml.models.signing import sign_model, verify_model
-from veriml.models.validate import Limits, validate_onnx
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+# name -> the module of veriml.models that defines it
+_EXPORTS: dict[str, str] = {
+    "BlobRef": "blobstore",
+    "BlobStore": "blobstore",
+    "ModelCard": "card",
+    "CertifiedModel": "certificates",
+    "verify_model_certificate": "certificates",
+    "ManifestEntry": "digest",
+    "model_digest": "digest",
+    "GGUFInfo": "gguf",
+    "LLMPackage": "gguf",
+    "ModelPackage": "package",
+    "load_package": "package",
+    "Dim": "signature",
+    "IOSignature": "signature",
+    "TensorSpec": "signature",
+    "io_signature": "signature",
+    "sign_model": "signing",
+    "verify_model": "signing",
+    "Limits": "validate",
+    "validate_onnx": "validate",
+}
 
 __all__ = [
     "BlobRef",
@@ -41,3 +62,27 @@ __all__ = [
     "verify_model",
     "verify_model_certificate",
 ]
+
+if TYPE_CHECKING:
+    from veriml.models.blobstore import BlobRef, BlobStore
+    from veriml.models.card import ModelCard
+    from veriml.models.certificates import CertifiedModel, verify_model_certificate
+    from veriml.models.digest import ManifestEntry, model_digest
+    from veriml.models.gguf import GGUFInfo, LLMPackage
+    from veriml.models.package import ModelPackage, load_package
+    from veriml.models.signature import Dim, IOSignature, TensorSpec, io_signature
+    from veriml.models.signing import sign_model, verify_model
+    from veriml.models.validate import Limits, validate_onnx
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'veriml.models' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"veriml.models.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
