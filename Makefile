@@ -28,8 +28,11 @@ $(VENV)/.stamp-dev: pyproject.toml
 demo: $(VENV)/.stamp-demo
 	$(VENV)/bin/veriml demo
 
+# Two workers (pytest-xdist), each taking whole test files, so a file's module fixtures (a
+# local network, a compiled model) start once; TEST_WORKERS=1 runs the suite in one process.
+TEST_WORKERS ?= 2
 test: $(VENV)/.stamp-dev
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The model tests against the newest model-signing release, in a venv of their own (.venv keeps
 # the pinned range): veriml reads model_signing's private modules, which any release may change

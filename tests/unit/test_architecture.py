@@ -55,12 +55,15 @@ ALLOWED: dict[str, frozenset[str]] = {
     "node": _LIBRARIES,
     "client": _LIBRARIES,
     # The CLI drives everything: the services it serves and the SDK it calls.
-    "cli": _LIBRARIES | {"coordinator", "node", "client", "errors", TOP},
+    "cli": _LIBRARIES | {"coordinator", "node", "client", "errors", "_extras", TOP},
     # The public API re-exports the libraries and the SDK (lazily), never a service or the
     # CLI, so the table stays acyclic with the coordinator's __version__ read.
-    TOP: _LIBRARIES | {"client", "errors"},
+    TOP: _LIBRARIES | {"client", "errors", "_extras"},
     # veriml.errors is the public spelling of core.errors.
     "errors": frozenset({"core"}),
+    # Which extra installs what, and the finder that names a missing one (imported by the
+    # package's __init__ and the CLI's entry point).
+    "_extras": frozenset({"core"}),
     # python -m veriml runs the CLI.
     "__main__": frozenset({"cli"}),
 }

@@ -24,14 +24,6 @@ from veriml.models import model_digest
 # Everything an extra brings: none of it may be needed by the base commands.
 NOT_IN_BASE = sorted({m for mods in EXTRAS.values() for m in mods})
 
-# Lead: remove at merge, once the CLI's commands import lazily and main() runs the app inside
-# veriml._extras.missing_extra() (the CLI's part of the packaging work).
-NEEDS_LAZY_CLI = pytest.mark.skip(
-    reason="needs the CLI branch: `veriml verify` of a network answer imports neither "
-    "veriml.verify's receipt check nor veriml.runtime (ONNX Runtime), and main() runs the app "
-    "inside veriml._extras.missing_extra() (the server commands import uvicorn first)"
-)
-
 _RUN = """
 import sys
 for name in sys.argv[1].split(","):
@@ -97,7 +89,6 @@ def saved_answer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Pat
             yield _answer(net, "quorum:3/2").save(tmp / "answer.json"), net.vkey
 
 
-@NEEDS_LAZY_CLI
 def test_verify_of_a_saved_answer_needs_no_extra(saved_answer: tuple[Path, str]) -> None:
     path, vkey = saved_answer
     done = base_veriml("verify", str(path), "--log-vkey", vkey, "--json")
@@ -106,8 +97,8 @@ def test_verify_of_a_saved_answer_needs_no_extra(saved_answer: tuple[Path, str])
 
 
 SERVER_COMMANDS = [
-    (("serve", "coordinator"), "server"),
-    (("serve", "node", "--coordinator", "http://127.0.0.1:9", "--home", "{tmp}"), "node"),
+    (("coordinator", "serve"), "server"),
+    (("node", "serve", "--coordinator", "http://127.0.0.1:9", "--home", "{tmp}"), "node"),
     (("log", "serve", "--db", "sqlite:///{tmp}/log.db", "--key", "{tmp}/log.key"), "server"),
     (("witness", "serve", "--key", "{tmp}/w.key", "--log", "{tmp}/log.vkey"), "server"),
 ]
@@ -121,7 +112,6 @@ def test_a_server_command_shows_its_help_without_its_extra(
     assert done.returncode == 0, done.stderr
 
 
-@NEEDS_LAZY_CLI
 @pytest.mark.parametrize(("command", "extra"), SERVER_COMMANDS, ids=lambda c: " ".join(c[:2]))
 def test_a_server_command_without_its_extra_names_the_install_in_one_line(
     command: tuple[str, ...], extra: str, tmp_path: Path

@@ -105,8 +105,13 @@ publish.register(app, model.app)
 def main() -> None:
     """Console entry point: runs the app and turns veriml errors into one-line messages."""
     verbose = state.verbose or os.environ.get("VERIML_VERBOSE", "") not in ("", "0")
+    from veriml._extras import missing_extra
+
     try:
-        app()
+        # A command that imports a server, a node or llama.cpp lazily and lacks its extra
+        # fails with one line naming the `pip install` (veriml/_extras.py).
+        with missing_extra():
+            app()
     except KeyboardInterrupt:
         err_console.print("interrupted")
         sys.exit(130)

@@ -127,8 +127,6 @@ def verify_command(
 
     A network answer (``veriml infer --out``) is checked fully offline: node keys from the log,
     receipts, outputs, log inclusion under the pinned log key, and the verdict."""
-    from veriml.verify import verify_receipt
-
     if _is_network_result(result):
         _verify_network_result(result, log_vkey, json_out)
         return
@@ -137,6 +135,7 @@ def verify_command(
     if pubkey is None:
         raise fail("--pubkey NODE_PUB is required: a receipt is only as good as the key you trust")
     from veriml.core.keys import load_public_key
+    from veriml.verify import verify_receipt  # re-execution needs the 'node' extra
 
     node_key = load_public_key(pubkey)
     _report(
@@ -165,7 +164,7 @@ def _report(check: Callable[[], VerifiedReceipt | VerifiedInference], json_out: 
 
 def _is_network_result(path: Path) -> bool:
     from veriml.client import is_network_result
-    from veriml.runtime._result import MAX_RESULT_BYTES
+    from veriml.verify.answer import MAX_RESULT_BYTES
 
     try:
         if path.stat().st_size > MAX_RESULT_BYTES:
