@@ -507,7 +507,8 @@ class Watcher:
         token ids (from the coordinator, checked against what ``node`` signed), with the model
         pulled from the hub. A rejected completion is reported as a mismatch and challenged."""
         from veriml.core.canonical import canonical_digest
-        from veriml.core.completion import CompletionPredicate, check_canonical, token_digest
+        from veriml.core.completion import CompletionPredicate, token_digest
+        from veriml.protocol.openai_requests import check_canonical
         from veriml.verify.prefill import prefill_check
 
         try:

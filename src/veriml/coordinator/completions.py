@@ -76,12 +76,7 @@ from veriml.coordinator.scheduler import (
     pick,
 )
 from veriml.core.canonical import canonical_digest
-from veriml.core.completion import (
-    RequestKind,
-    canonical_request,
-    check_canonical,
-    relay_name,
-)
+from veriml.core.completion import RequestKind, relay_name
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
@@ -96,6 +91,7 @@ from veriml.core.errors import (
 from veriml.core.keys import SigningKey
 from veriml.ledger.entries import InferenceEntry
 from veriml.protocol.draw import Draw, sampling_seed
+from veriml.protocol.openai_requests import canonical_request, check_canonical
 from veriml.tlog.log import Log
 from veriml.verify.policy import (
     DisputeRef,

@@ -53,7 +53,6 @@ from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     COMPLETION_PREDICATE_TYPE,
     CompletionPredicate,
-    check_canonical,
     sampling_of,
     sign_completion,
     token_digest,
@@ -65,6 +64,7 @@ from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
 from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
+from veriml.protocol.openai_requests import check_canonical
 from veriml.runtime.llm import Completion, CompletionResult, LLMEngine, LLMSettings, TokenEvent
 from veriml.verify.prefill import PrefillReport, check_completion
 

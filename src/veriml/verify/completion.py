@@ -41,7 +41,6 @@ from veriml.core.completion import (
     COMPLETION_SUBJECT,
     CompletionPredicate,
     Trust,
-    canonical_request,
     open_completion,
     prompt_digest,
     relay_digest,
@@ -54,6 +53,7 @@ from veriml.core.errors import DigestMismatch, FormatError, SignatureError, Veri
 from veriml.protocol.draw import Draw, sampling_seed
 from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
 from veriml.protocol.messages import NodeDescriptor, open_prefill_check
+from veriml.protocol.openai_requests import canonical_request
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier

@@ -15,7 +15,6 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    canonical_request,
     completion_output_digest,
     sampling_of,
     sign_completion,
@@ -25,6 +24,7 @@ from veriml.core.digest import Digest
 from veriml.core.errors import DigestMismatch, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
+from veriml.protocol.openai_requests import canonical_request
 
 MODEL = Digest.of(b"model")
 CANONICAL = canonical_request(

@@ -45,7 +45,6 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    check_canonical,
     completion_output_digest,
     sampling_of,
     sign_completion,
@@ -59,6 +58,7 @@ from veriml.core.receipt import utc_now
 from veriml.ledger.entries import InferenceEntry, parse_entry
 from veriml.protocol.accounts import LedgerRequest
 from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
+from veriml.protocol.openai_requests import check_canonical
 from veriml.tlog import NoteVerifier, leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.note import NoteSigner

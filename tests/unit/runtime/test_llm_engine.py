@@ -10,15 +10,11 @@ import pytest
 from _llm import smollm2_engine, smollm2_folder, smollm2_package  # noqa: F401
 from veriml.core import Envelope, generate_key
 from veriml.core.canonical import canonical_digest
-from veriml.core.completion import (
-    canonical_request,
-    completion_output_digest,
-    open_completion,
-    token_digest,
-)
+from veriml.core.completion import completion_output_digest, open_completion, token_digest
 from veriml.core.errors import FormatError, InvalidInput, LimitExceeded
 from veriml.core.tensors import tensor_from_json
 from veriml.models import LLMPackage
+from veriml.protocol.openai_requests import canonical_request
 from veriml.runtime.llm import LLMEngine, LLMSettings, TokenEvent
 
 pytestmark = pytest.mark.slow

@@ -20,7 +20,6 @@ from veriml.client._chat import StreamAssembler
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    canonical_request,
     completion_output_digest,
     relay_digest,
     sampling_of,
@@ -34,6 +33,7 @@ from veriml.core.receipt import utc_now
 from veriml.ledger import InferenceEntry
 from veriml.protocol.draw import Draw, sampling_seed
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
+from veriml.protocol.openai_requests import canonical_request
 from veriml.protocol.sse import parse_sse
 from veriml.tlog import NoteSigner
 from veriml.verify.policy import Policy, SpotReveal, decide, spot_checked, spot_commitment

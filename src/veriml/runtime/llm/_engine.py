@@ -31,7 +31,6 @@ import numpy as np
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    check_canonical,
     completion_output_digest,
     embedding_output_digest,
     prompt_digest,
@@ -46,6 +45,7 @@ from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_to_json
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
+from veriml.protocol.openai_requests import check_canonical
 from veriml.runtime.llm._sampler import sample
 from veriml.runtime.llm._settings import LLMSettings
 from veriml.runtime.llm._template import ChatRenderer

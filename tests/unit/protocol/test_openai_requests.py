@@ -13,11 +13,8 @@ from veriml.core import Digest, Envelope, Statement, Subject, generate_key
 from veriml.core.canonical import canonical_digest, canonicalize, parse_json_object
 from veriml.core.completion import (
     COMPLETION_PREDICATE_TYPE,
-    DEFAULT_MAX_TOKENS,
     CompletionPredicate,
     Sampling,
-    canonical_request,
-    check_canonical,
     completion_output_digest,
     embedding_output_digest,
     open_completion,
@@ -27,6 +24,7 @@ from veriml.core.completion import (
 )
 from veriml.core.errors import FormatError, LimitExceeded, SignatureError, VerificationError
 from veriml.core.tensors import tensor_digest
+from veriml.protocol.openai_requests import DEFAULT_MAX_TOKENS, canonical_request, check_canonical
 
 MODEL = Digest.of(b"model")
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
