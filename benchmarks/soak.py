@@ -55,7 +55,9 @@ from typing import Any
 import numpy as np
 
 from veriml.client import Client, LocalNetwork
-from veriml.core.errors import Conflict, Error, NodeUnavailable, StorageError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, StorageError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import generate_key
 from veriml.models.examples import build_mlp, write_example_folder
 

@@ -28,7 +28,8 @@ import pytest
 
 from _rogue import RogueLog
 from veriml.client import Client, LocalNetwork
-from veriml.core.errors import NodeUnavailable, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import VerificationError
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_to_json
 from veriml.core.timestamps import parse_time

@@ -32,7 +32,8 @@ import numpy as np
 import pytest
 
 from veriml.client import Client, LocalNetwork, read_network_file
-from veriml.core.errors import LogInconsistency, SignatureError
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
+from veriml.core.errors import SignatureError
 from veriml.core.keys import generate_key
 from veriml.models.examples import build_mlp, write_example_folder
 

@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from _llm import gguf_bytes
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models.gguf import GGML_TYPE_SIZES, MAX_METADATA, MAX_TENSORS, read_gguf_info
 
 _FILE = Path(tempfile.mkdtemp(prefix="veriml-fuzz-gguf-")) / "model.gguf"

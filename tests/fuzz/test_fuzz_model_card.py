@@ -10,7 +10,7 @@ from _fuzzing import attempt, fuzz_settings, mutated_bytes, text_of
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models.card import ModelCard
 
 CARDS = [

@@ -17,7 +17,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp
 

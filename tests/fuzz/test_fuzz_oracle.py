@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from _fuzzing import MIB, AllocationExceeded, attempt
 
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError
+from veriml.core.errors import InvalidModelError as InvalidModel
 
 
 def test_a_case_that_allocates_past_its_bound_fails_even_when_it_returns() -> None:

@@ -20,7 +20,7 @@ from _fuzzing import (
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from veriml.core.errors import InvalidTensor
+from veriml.core.errors import InvalidTensorError as InvalidTensor
 from veriml.core.tensors import (
     SUPPORTED_DTYPES,
     canonical_tensor_bytes,

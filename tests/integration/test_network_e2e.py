@@ -34,7 +34,8 @@ from veriml.client import (
     read_network_file,
     verify_inference_file,
 )
-from veriml.core.errors import Error, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder

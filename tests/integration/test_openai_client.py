@@ -30,7 +30,8 @@ from veriml.client import (
     LocalNetwork,
 )
 from veriml.core.dsse import Envelope
-from veriml.core.errors import NotFound, VerificationError
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import VerificationError
 from veriml.core.keys import generate_key
 
 pytestmark = pytest.mark.slow

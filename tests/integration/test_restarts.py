@@ -36,7 +36,8 @@ from _traces import read_trace
 from veriml.client import Client, LocalNetwork
 from veriml.coordinator.auth import sign_request
 from veriml.core.digest import Digest
-from veriml.core.errors import LogInconsistency, NodeUnavailable
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.models import ModelPackage
@@ -48,7 +49,8 @@ from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
 from veriml.tlog.cosignature import CosignatureSigner, CosignatureVerifier
 from veriml.tlog.merkle import consistency_proof, leaf_hash, root_from_leaf_hashes
 from veriml.tlog.note import NoteSigner
-from veriml.tlog.witness import WitnessClient, WitnessConflict
+from veriml.tlog.witness import WitnessClient
+from veriml.tlog.witness import WitnessConflictError as WitnessConflict
 
 VERIML = [sys.executable, "-m", "veriml"]
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.5, 3.0]], dtype=np.float32)

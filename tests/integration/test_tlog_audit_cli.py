@@ -11,7 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from veriml.cli.app import app
-from veriml.core.errors import LogInconsistency, RootMismatchError, SignatureError
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
+from veriml.core.errors import RootMismatchError, SignatureError
 from veriml.tlog.cosignature import CosignatureVerifier
 
 GO_VKEY = "example.com/log+9d2609c6+AbHE3xwXzOkKA81MBX/HTU4u4k3f4qjJxf2NCkWh8ILz"

@@ -14,7 +14,7 @@ import pytest
 
 from _servers import serve
 from _vectors import GO_NOTES, go_tree_files
-from veriml.core.errors import LogInconsistency
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
 from veriml.tlog.log import Log, LogOptions

@@ -9,7 +9,9 @@ from pathlib import Path
 import pytest
 
 from _servers import free_port, serve
-from veriml.core.errors import LogInconsistency, NodeUnavailable, SignatureError, VerificationError
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import SignatureError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.tlog._witness_store import StoredCheckpoint, WitnessStore
 from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
@@ -19,9 +21,11 @@ from veriml.tlog.merkle import consistency_proof, leaf_hash, root_from_leaf_hash
 from veriml.tlog.note import NoteSigner, NoteVerifier
 from veriml.tlog.witness import (
     WitnessClient,
-    WitnessConflict,
     collect_cosignatures,
     create_witness_app,
+)
+from veriml.tlog.witness import (
+    WitnessConflictError as WitnessConflict,
 )
 
 ORIGIN = "example.com/log"

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from benchmarks.soak import _drift, _merge, _retriable
 
-from veriml.core.errors import Conflict, NodeUnavailable, StorageError, VerificationError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import StorageError, VerificationError
 
 
 def test_only_errors_a_same_id_retry_resolves_are_retriable() -> None:

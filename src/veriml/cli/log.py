@@ -18,7 +18,8 @@ import typer
 from veriml.cli._common import JsonOpt, console, print_json
 from veriml.cli.key import read_passphrase
 from veriml.cli.log_client import register_log_commands
-from veriml.core.errors import FormatError, KeyFileError, NodeUnavailable, StorageError
+from veriml.core.errors import FormatError, KeyFileError, StorageError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import generate_key, load_private_key
 from veriml.tlog.note import NoteSigner
 from veriml.tlog.tiles import MAX_ENTRY_SIZE

@@ -148,7 +148,7 @@ def verify_command(
 
 def _is_network_result(path: Path) -> bool:
     from veriml.client import is_network_result
-    from veriml.runtime._result import MAX_RESULT_BYTES
+    from veriml.runtime import MAX_RESULT_BYTES
 
     try:
         if path.stat().st_size > MAX_RESULT_BYTES:

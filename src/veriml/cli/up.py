@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from veriml.cli._common import console, err_console
-from veriml.core.errors import NodeUnavailable
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 
 if TYPE_CHECKING:
     from veriml.client import LocalNetwork

@@ -23,7 +23,7 @@ from rich.markup import escape
 from veriml.cli._common import JsonOpt, console, err_console, fail
 from veriml.cli.infer import LogVkeyOpt
 from veriml.cli.publish import CoordinatorOpt, load_request_key
-from veriml.core.errors import NodeUnavailable
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 
 if TYPE_CHECKING:
     from veriml.client._watch import CheckedInference, WatchSummary

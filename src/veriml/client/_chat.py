@@ -20,17 +20,13 @@ from veriml.client._requests import check_epoch, epoch_header
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import Trust
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    InvalidInput,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
 from veriml.protocol.policy import Policy, Verdict
 from veriml.verify.completion import VerifiedCompletion
 from veriml.verify.completion_answer import CompletionEvidence, Kind, completion_output

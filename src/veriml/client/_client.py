@@ -48,17 +48,12 @@ from veriml.client._retry import (
     RetryTransport,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import (
-    DigestMismatch,
-    Error,
-    FormatError,
-    KeyFileError,
-    LimitExceeded,
-    LogInconsistency,
-    NodeUnavailable,
-    NotFound,
-    VerificationError,
-)
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import Error, FormatError, KeyFileError, VerificationError
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import DEFAULT_MAX_TENSOR_BYTES, Array, tensor_from_canonical
 from veriml.protocol.accounts import LedgerRequest

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from veriml.core.errors import FormatError, NotFound, VerificationError
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.evidence import parse_log_key

@@ -46,7 +46,9 @@ import httpx
 
 from veriml.client._requests import raise_for_problem, request_headers
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, KeyFileError, LimitExceeded, NodeUnavailable
+from veriml.core.errors import FormatError, KeyFileError
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_to_json
 from veriml.protocol.accounts import LedgerRequest

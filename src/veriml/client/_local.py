@@ -67,7 +67,9 @@ from veriml.client._children import (
     terminate,
 )
 from veriml.client._config import NETWORK_FILE, NetworkFile, write_network_file
-from veriml.core.errors import Conflict, FormatError, NodeUnavailable
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 
 __all__ = ["Child", "LocalNetwork", "free_port"]
 

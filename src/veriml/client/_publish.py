@@ -14,7 +14,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from veriml.core.errors import InvalidModel, VerificationError
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import VerificationError
 from veriml.core.keys import SigningKey, load_private_key
 
 __all__ = ["CHUNK", "ensure_signed", "model_files", "publisher_header", "tar_stream"]

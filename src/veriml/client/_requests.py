@@ -16,16 +16,13 @@ import httpx
 import numpy as np
 
 from veriml.core.digest import Digest
-from veriml.core.errors import (
-    Conflict,
-    FormatError,
-    InvalidInput,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.protocol.draw import Draw

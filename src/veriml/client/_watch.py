@@ -51,14 +51,10 @@ from veriml.client._requests import raise_for_problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import (
-    Error,
-    FormatError,
-    InvalidModel,
-    LogInconsistency,
-    NodeUnavailable,
-    VerificationError,
-)
+from veriml.core.errors import Error, FormatError, VerificationError
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.receipt import InferencePredicate
 from veriml.core.tensors import tensor_digest
 from veriml.ledger.entries import InferenceEntry, parse_entry
@@ -593,7 +589,7 @@ class Watcher:
     ) -> bool:
         """Tolerance mode: the answer's output tensors (from the coordinator, checked against
         the digests the node signed) within the model's first-order output bounds."""
-        from veriml.verify._tensors import check_tensor_digests
+        from veriml.verify.tensors import check_tensor_digests
         from veriml.verify.tolerance import output_bounds, outputs_agree
 
         answer = self.client.inference(entry.request_id, verify=False)

@@ -45,7 +45,8 @@ from veriml.coordinator.ratelimit import RateLimits, install_rate_limits
 from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
 from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
-from veriml.core.errors import Error, LimitExceeded, StorageError
+from veriml.core.errors import Error, StorageError
+from veriml.core.errors import LimitExceededError as LimitExceeded
 from veriml.models.blobstore import BlobStore
 from veriml.protocol.http_signatures import MAX_SKEW, MAX_WINDOW
 from veriml.protocol.openapi import complete_document

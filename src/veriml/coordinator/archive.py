@@ -33,7 +33,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ClassVar
 
-from veriml.core.errors import FormatError, LimitExceeded, StorageError
+from veriml.core.errors import FormatError, StorageError
+from veriml.core.errors import LimitExceededError as LimitExceeded
 
 __all__ = ["MAX_HEADER_BYTES", "ArchiveLimits", "extract_tar"]
 

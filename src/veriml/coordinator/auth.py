@@ -32,7 +32,9 @@ from starlette.requests import Request
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, FormatError, LimitExceeded, SignatureError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError, SignatureError
+from veriml.core.errors import LimitExceededError as LimitExceeded
 from veriml.core.keys import SigningKey
 from veriml.protocol.http_signatures import (
     KEY_HEADER,

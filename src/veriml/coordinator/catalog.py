@@ -28,7 +28,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.coordinator import db
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, NotFound, StorageError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import StorageError
 from veriml.ledger.entries import namespace_of
 
 __all__ = [

@@ -34,7 +34,9 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import DigestMismatch, Error, FormatError, InvalidTensor, VerificationError
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import Error, FormatError, VerificationError
+from veriml.core.errors import InvalidTensorError as InvalidTensor
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_from_json, tensor_to_json
 from veriml.protocol.messages import Job, format_time, open_prefill_check

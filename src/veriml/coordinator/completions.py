@@ -79,15 +79,10 @@ from veriml.core.canonical import canonical_digest
 from veriml.core.completion import RequestKind, relay_name
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    NodeUnavailable,
-    NotFound,
-    StorageError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, StorageError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import SigningKey
 from veriml.ledger.entries import InferenceEntry
 from veriml.protocol.draw import Draw, sampling_seed

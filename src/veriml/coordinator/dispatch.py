@@ -47,7 +47,8 @@ from veriml.coordinator.problems import PROBLEM_TYPE
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, ExecutionError, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, ExecutionError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.protocol.messages import Job, format_time
 from veriml.protocol.policy import Policy

@@ -35,15 +35,10 @@ import numpy.typing as npt
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    NotFound,
-    PaymentRequired,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, SignatureError, VerificationError
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_from_json
 from veriml.core.timestamps import format_time, parse_time

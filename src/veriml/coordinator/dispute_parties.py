@@ -30,13 +30,9 @@ from veriml.coordinator.scheduler import Candidate, node_key
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    NodeUnavailable,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.receipt import InferencePredicate, TraceCommitment
 from veriml.core.tensors import tensor_from_json

@@ -29,7 +29,7 @@ from veriml.coordinator.dispute_store import DisputeRecord, PartyRecord
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict
+from veriml.core.errors import ConflictError as Conflict
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest
 from veriml.core.timestamps import format_time

@@ -53,7 +53,8 @@ from veriml.coordinator.dispute_parties import Claim
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, StorageError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import StorageError
 from veriml.core.receipt import TraceCommitment
 
 __all__ = ["DisputeRecord", "DisputeStore", "PartyRecord", "answered_at"]

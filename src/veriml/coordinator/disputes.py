@@ -90,14 +90,9 @@ from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyR
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    NotFound,
-    StorageError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, StorageError, VerificationError
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import SigningKey
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest, tensor_to_json

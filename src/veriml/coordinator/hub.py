@@ -64,17 +64,12 @@ from veriml.coordinator.problems import problem
 from veriml.coordinator.repositories import ModelRecord, ModelRepository
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import CHUNK_SIZE, Digest
-from veriml.core.errors import (
-    Conflict,
-    DigestMismatch,
-    FormatError,
-    InvalidModel,
-    LimitExceeded,
-    NotFound,
-    SignatureError,
-    StorageError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import FormatError, SignatureError, StorageError, VerificationError
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import VerifyingKey, load_public_key
 from veriml.core.timestamps import parse_time, utc_now
 from veriml.ledger.entries import Entry, ModelEntry, NamespaceEntry, namespace_of

@@ -69,17 +69,12 @@ from veriml.coordinator.scheduler import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    InvalidInput,
-    InvalidTensor,
-    NodeUnavailable,
-    NotFound,
-    StorageError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, StorageError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import InvalidTensorError as InvalidTensor
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.receipt import request_digest
 from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json

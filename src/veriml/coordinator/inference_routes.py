@@ -37,7 +37,10 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, FormatError, InvalidInput, NodeUnavailable, NotFound
+from veriml.core.errors import Error, FormatError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.models import IOSignature
 
 __all__ = [

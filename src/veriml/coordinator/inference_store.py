@@ -42,7 +42,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.coordinator import db
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, Error, NotFound, StorageError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, StorageError
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.receipt import utc_now
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.log import Log

@@ -42,15 +42,11 @@ from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    FormatError,
-    InvalidTensor,
-    NotFound,
-    PaymentRequired,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError, SignatureError, VerificationError
+from veriml.core.errors import InvalidTensorError as InvalidTensor
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest, tensor_from_canonical
 from veriml.core.timestamps import format_time, parse_time, utc_now
 from veriml.ledger.bonds import BondMap, BondProof

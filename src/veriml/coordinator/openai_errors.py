@@ -38,18 +38,13 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 from veriml.coordinator.dispatch import JobRejected
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    InvalidInput,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, SignatureError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
 
 __all__ = ["NodeRefused", "OpenAIError", "openai_error"]
 

@@ -16,23 +16,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from veriml.core.errors import (
-    Conflict,
-    DigestMismatch,
-    Error,
-    FormatError,
-    InvalidInput,
-    InvalidModel,
-    InvalidTensor,
-    KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
-    ReexecutionMismatch,
-    StorageError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import Error, FormatError, KeyFileError, StorageError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import InvalidTensorError as InvalidTensor
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
+from veriml.core.errors import ReexecutionMismatchError as ReexecutionMismatch
 
 __all__ = ["PROBLEM_TYPE", "install_problem_handlers", "problem", "problem_for", "status_for"]
 

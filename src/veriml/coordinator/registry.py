@@ -42,13 +42,10 @@ from veriml.coordinator.schemas import HEARTBEAT, REGISTER_NODE
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    LimitExceeded,
-    NotFound,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import SignatureError, VerificationError
 from veriml.core.keys import VerifyingKey
 from veriml.ledger.entries import NodeEntry
 from veriml.protocol.messages import Heartbeat, NodeDescriptor, parse_time

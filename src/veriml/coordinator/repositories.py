@@ -22,7 +22,9 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from veriml.coordinator import db
 from veriml.coordinator.catalog import ModelRecord, ModelRepository, storage_error
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, FormatError, NotFound, StorageError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError, StorageError
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.protocol.messages import NodeDescriptor
 
 __all__ = [

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, FormatError, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, FormatError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import VerifyingKey
 
 __all__ = [

@@ -18,7 +18,7 @@ import numpy as np
 from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement, Subject
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest
 
@@ -267,7 +267,7 @@ class CompletionPredicate:
             )
         except FormatError as exc:
             raise VerificationError(
-                "completion predicate is malformed", check="predicate", reason=exc.diagnostics()
+                "completion predicate is malformed", check=Check.PREDICATE, reason=exc.diagnostics()
             ) from exc
 
 
@@ -294,19 +294,19 @@ def open_completion(envelope: Envelope, key: VerifyingKey) -> tuple[CompletionPr
         statement = Statement.from_bytes(envelope.payload)
     except FormatError as exc:
         raise VerificationError(
-            "receipt payload is not a statement", check="statement", reason=exc.diagnostics()
+            "receipt payload is not a statement", check=Check.STATEMENT, reason=exc.diagnostics()
         ) from exc
     if statement.predicate_type != COMPLETION_PREDICATE_TYPE:
         raise VerificationError(
             "receipt is not a completion receipt",
-            check="predicate-type",
+            check=Check.PREDICATE_TYPE,
             expected=COMPLETION_PREDICATE_TYPE,
             got=statement.predicate_type,
         )
     if len(statement.subjects) != 1 or statement.subjects[0].name != COMPLETION_SUBJECT:
         raise VerificationError(
             "a completion receipt has exactly one subject named completion",
-            check="subject",
+            check=Check.SUBJECT,
             subjects=",".join(s.name for s in statement.subjects),
         )
     return CompletionPredicate.from_json(statement.predicate), statement.subjects[0].digest

@@ -25,7 +25,9 @@ from typing import Any, BinaryIO
 from fsspec.core import url_to_fs
 
 from veriml.core.digest import CHUNK_SIZE, Digest
-from veriml.core.errors import DigestMismatch, InvalidModel, StorageError
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import StorageError
 from veriml.models.validate import Limits, scan_folder
 
 __all__ = ["DEFAULT_MAX_BLOB", "BlobRef", "BlobStore", "VerifiedReader"]

@@ -33,7 +33,8 @@ from typing import Any
 import yaml
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError
+from veriml.core.errors import InvalidModelError as InvalidModel
 
 __all__ = ["CARD_FILE", "ModelCard"]
 

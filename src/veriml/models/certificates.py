@@ -29,7 +29,8 @@ from model_signing._signing import sign_certificate as ms_certificate
 from OpenSSL import crypto
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel, KeyFileError, SignatureError
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import KeyFileError, SignatureError
 from veriml.models.signing import default_signature_path, match_folder, read_bundle
 
 __all__ = ["CertifiedModel", "verify_model_certificate"]

@@ -30,7 +30,7 @@ from model_signing._signing import signing as ms_signing
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",

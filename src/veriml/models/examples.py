@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 
 __all__ = ["build_mlp", "smollm2_gguf", "write_example_folder", "write_llm_example_folder"]
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models.card import CARD_FILE, ModelCard
 from veriml.models.digest import (
     DEFAULT_SIGNATURE_NAME,

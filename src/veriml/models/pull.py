@@ -34,14 +34,11 @@ import httpx
 
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.errors import (
-    DigestMismatch,
-    FormatError,
-    InvalidModel,
-    NodeUnavailable,
-    NotFound,
-    StorageError,
-)
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import FormatError, StorageError
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import VerifyingKey
 from veriml.models.digest import DEFAULT_SIGNATURE_NAME
 from veriml.models.gguf import LLMPackage

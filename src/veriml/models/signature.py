@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 
 __all__ = ["Dim", "IOSignature", "TensorSpec", "io_signature"]
 

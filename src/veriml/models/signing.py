@@ -31,14 +31,9 @@ from model_signing._signing import sign_ec_key as ms_ec_key
 from model_signing._signing import sign_sigstore_pb as ms_sigstore_pb
 
 from veriml.core.digest import Digest
-from veriml.core.errors import (
-    DigestMismatch,
-    FormatError,
-    InvalidModel,
-    KeyFileError,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.core.keys import load_private_key, load_public_key
 from veriml.models.digest import (
     DEFAULT_CHUNK_SIZE,

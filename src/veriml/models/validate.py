@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped,unused-ignore]
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models.digest import GIT_PATHS
 
 __all__ = ["Limits", "external_data_files", "onnx_opsets", "scan_folder", "validate_onnx"]

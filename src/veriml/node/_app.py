@@ -31,21 +31,21 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from veriml.core.completion import relay_model_id
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
+from veriml.core.errors import ConflictError as Conflict
 from veriml.core.errors import (
-    Conflict,
     Error,
     ExecutionError,
     FormatError,
-    InvalidInput,
-    InvalidTensor,
     KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
     SignatureError,
     StorageError,
     VerificationError,
 )
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import InvalidTensorError as InvalidTensor
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import SigningKey, generate_key, load_private_key, load_public_key
 from veriml.node._byzantine import behaviour_for
 from veriml.node._config import NodeConfig

@@ -33,13 +33,8 @@ from typing import Any
 import httpx
 
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Error,
-    FormatError,
-    KeyFileError,
-    NodeUnavailable,
-    VerificationError,
-)
+from veriml.core.errors import Error, FormatError, KeyFileError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import utc_now
 from veriml.protocol.messages import Heartbeat, NodeDescriptor

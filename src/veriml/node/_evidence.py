@@ -39,7 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from veriml.core.errors import FormatError, NotFound, StorageError, VerificationError
+from veriml.core.errors import FormatError, StorageError, VerificationError
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.tensors import canonical_tensor_bytes, tensor_from_canonical, tensor_to_json
 from veriml.protocol.messages import format_time, parse_time
 from veriml.runtime import Trace

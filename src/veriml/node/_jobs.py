@@ -50,13 +50,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    ExecutionError,
-    FormatError,
-    InvalidInput,
-    InvalidTensor,
-    NodeUnavailable,
-)
+from veriml.core.errors import ExecutionError, FormatError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import InvalidTensorError as InvalidTensor
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._byzantine import Behaviour

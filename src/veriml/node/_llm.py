@@ -59,7 +59,8 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import Error, FormatError, InvalidInput, VerificationError
+from veriml.core.errors import Error, FormatError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage

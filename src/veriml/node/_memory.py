@@ -47,7 +47,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from veriml.core.errors import Conflict, StorageError, VerificationError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import StorageError, VerificationError
 from veriml.protocol.messages import Job, format_time, parse_time
 
 __all__ = ["ReplayCache", "system_boot_id"]

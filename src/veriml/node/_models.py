@@ -26,13 +26,10 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from veriml.core.digest import Digest
-from veriml.core.errors import (
-    FormatError,
-    InvalidInput,
-    InvalidModel,
-    NodeUnavailable,
-    VerificationError,
-)
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.models.gguf import LLMPackage
 from veriml.models.pull import PULL_TMP_PREFIX, Package, load_cached, pull_model
 from veriml.node._llm import LocalLLM

@@ -36,7 +36,9 @@ from veriml.core.completion import (
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import ExecutionError, FormatError, LimitExceeded, NodeUnavailable
+from veriml.core.errors import ExecutionError, FormatError
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.protocol.sse import parse_sse

@@ -22,9 +22,10 @@ from veriml.core.canonical import canonical_digest, canonicalize, parse_json_obj
 from veriml.core.digest import Digest
 from veriml.core.dsse import INTOTO_PAYLOAD_TYPE, Envelope, Statement, Subject
 from veriml.core.errors import (
+    Check,
     FormatError,
     KeyFileError,
-    LimitExceeded,
+    LimitExceededError,
     SignatureError,
     VerificationError,
 )
@@ -80,7 +81,7 @@ def open_message(
     if envelope.payload_type != payload_type:
         raise VerificationError(
             "unexpected message type",
-            check="payload-type",
+            check=Check.PAYLOAD_TYPE,
             expected=payload_type,
             got=envelope.payload_type,
         )
@@ -93,7 +94,7 @@ def open_message(
     if message.get("type") != message_type:
         raise VerificationError(
             "message has the wrong type",
-            check="message-type",
+            check=Check.MESSAGE_TYPE,
             expected=message_type,
             got=message.get("type"),
         )
@@ -169,7 +170,7 @@ def _bounded_obj(message: Mapping[str, Any], key: str) -> dict[str, Any]:
     """An object member whose RFC 8785 form is at most :data:`MAX_FINGERPRINT_BYTES`."""
     value = _obj(message, key)
     if len(canonicalize(value)) > MAX_FINGERPRINT_BYTES:
-        raise LimitExceeded(
+        raise LimitExceededError(
             f"descriptor member {key!r} is too large", member=key, limit=MAX_FINGERPRINT_BYTES
         )
     return value
@@ -264,17 +265,19 @@ class NodeDescriptor:
         """Check a descriptor against the key it carries, and its operator binding.
         ``max_age=None`` skips freshness (for re-checking an old descriptor from the log).
 
-        Its size is checked first (:class:`LimitExceeded` past ``MAX_DESCRIPTOR_BYTES``), and
+        Its size is checked first (:class:`LimitExceededError` past ``MAX_DESCRIPTOR_BYTES``), and
         every member's bound and the endpoint rule (:func:`node_endpoint`) when it is built
         (:class:`FormatError`), so nothing unbounded ever reaches the log."""
         if len(envelope.payload) > MAX_DESCRIPTOR_BYTES:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "node descriptor is too large",
                 size=len(envelope.payload),
                 limit=MAX_DESCRIPTOR_BYTES,
             )
         if len(envelope.to_bytes()) > 2 * MAX_DESCRIPTOR_BYTES:  # signatures and key ids
-            raise LimitExceeded("node descriptor envelope is too large", limit=MAX_DESCRIPTOR_BYTES)
+            raise LimitExceededError(
+                "node descriptor envelope is too large", limit=MAX_DESCRIPTOR_BYTES
+            )
         try:
             unverified = parse_json_object(envelope.payload, what="node descriptor")
             pem = _str(unverified, "public_key", max_len=4096)
@@ -284,18 +287,18 @@ class NodeDescriptor:
         except (FormatError, KeyFileError) as exc:
             raise VerificationError(
                 "node descriptor does not carry a usable key",
-                check="descriptor",
+                check=Check.DESCRIPTOR,
                 reason=exc.message,
             ) from exc
         if key.kind != "ed25519":
-            raise VerificationError("node keys are Ed25519", check="descriptor", got=key.kind)
+            raise VerificationError("node keys are Ed25519", check=Check.DESCRIPTOR, got=key.kind)
         message = open_message(envelope, NODE_DESCRIPTOR_TYPE, key, message_type="node-descriptor")
         try:
             binding = Envelope.from_json(_obj(message, "operator_binding"))
         except FormatError as exc:
             raise VerificationError(
                 "node descriptor carries no operator binding",
-                check="operator-binding",
+                check=Check.OPERATOR_BINDING,
                 reason=exc.message,
             ) from exc
         descriptor = cls(
@@ -315,7 +318,7 @@ class NodeDescriptor:
         if message.get("node_id") != descriptor.node_id:
             raise VerificationError(
                 "node id is not the signing key's id",
-                check="descriptor",
+                check=Check.DESCRIPTOR,
                 claimed=message.get("node_id"),
                 calculated=descriptor.node_id,
             )
@@ -323,12 +326,14 @@ class NodeDescriptor:
             bound = OperatorBinding.open(binding, node=descriptor.node_id)
         except FormatError as exc:
             raise VerificationError(
-                "the operator binding is malformed", check="operator-binding", reason=exc.message
+                "the operator binding is malformed",
+                check=Check.OPERATOR_BINDING,
+                reason=exc.message,
             ) from exc
         if message.get("operator") != bound.operator:
             raise VerificationError(
                 "the descriptor names another operator than the one that bound the node",
-                check="operator-binding",
+                check=Check.OPERATOR_BINDING,
                 claimed=str(message.get("operator"))[:80],
                 bound=bound.operator,
             )
@@ -338,7 +343,7 @@ class NodeDescriptor:
             if abs(current - issued) > max_age:
                 raise VerificationError(
                     "node descriptor is stale or from the future",
-                    check="freshness",
+                    check=Check.FRESHNESS,
                     issued_at=descriptor.issued_at,
                 )
         return descriptor
@@ -385,7 +390,7 @@ class Heartbeat:
         parse_time(heartbeat.issued_at, what="issued_at")
         if heartbeat.node_id != key.key_id:
             raise VerificationError(
-                "heartbeat names another node", check="heartbeat", node=heartbeat.node_id
+                "heartbeat names another node", check=Check.HEARTBEAT, node=heartbeat.node_id
             )
         return heartbeat
 
@@ -459,7 +464,7 @@ class Job:
         elif calculated != self.request_digest:
             raise VerificationError(
                 "job request does not match its signed digest",
-                check="job-request",
+                check=Check.JOB_REQUEST,
                 expected=self.request_digest,
                 calculated=calculated,
             )
@@ -511,7 +516,7 @@ class Job:
             message = open_message(envelope, JOB_TYPE, coordinator_key, message_type="job")
         except SignatureError as exc:
             raise SignatureError(
-                "job is not signed by this node's coordinator", check="job-signature"
+                "job is not signed by this node's coordinator", check=Check.JOB_SIGNATURE
             ) from exc
         inputs = _obj(message, "inputs")
         trace = message.get("trace", False)
@@ -549,18 +554,18 @@ class Job:
         if job.node_id != node_id:
             raise VerificationError(
                 "job is addressed to another node",
-                check="job-node",
+                check=Check.JOB_NODE,
                 expected=node_id,
                 got=job.node_id,
             )
         current = now or dt.datetime.now(dt.UTC)
         if parse_time(job.issued_at, what="issued_at") > current + skew:
             raise VerificationError(
-                "job is issued in the future", check="job-time", issued_at=job.issued_at
+                "job is issued in the future", check=Check.JOB_TIME, issued_at=job.issued_at
             )
         if parse_time(job.expires_at, what="expires_at") <= current:
             raise VerificationError(
-                "job has expired", check="job-expired", expires_at=job.expires_at
+                "job has expired", check=Check.JOB_EXPIRED, expires_at=job.expires_at
             )
         # Last, once the job is known to be ours and current: the request is the signed one.
         return job if request is None else dataclasses.replace(job, request=request)
@@ -570,7 +575,7 @@ class Job:
         if dict(digests) != dict(self.inputs):
             raise VerificationError(
                 "job inputs do not match their signed digests",
-                check="job-inputs",
+                check=Check.JOB_INPUTS,
                 expected=sorted(self.inputs),
                 got=sorted(digests),
             )
@@ -589,7 +594,7 @@ def _check_request(kind: str, request: Mapping[str, Any], model: Digest) -> None
     if request.get("model") != model.to_text():
         raise VerificationError(
             "job request names another model",
-            check="job-request",
+            check=Check.JOB_REQUEST,
             expected=model,
             got=str(request.get("model"))[:80],
         )
@@ -668,7 +673,7 @@ def open_prefill_check(envelope: Envelope, key: VerifyingKey) -> PrefillCheck:
     if envelope.payload_type != INTOTO_PAYLOAD_TYPE:
         raise VerificationError(
             "prefill check is not an in-toto statement",
-            check="prefill-check",
+            check=Check.PREFILL_CHECK,
             expected=INTOTO_PAYLOAD_TYPE,
             got=envelope.payload_type,
         )
@@ -677,7 +682,7 @@ def open_prefill_check(envelope: Envelope, key: VerifyingKey) -> PrefillCheck:
     if statement.predicate_type != PREFILL_CHECK_PREDICATE_TYPE:
         raise VerificationError(
             "statement is not a prefill check",
-            check="prefill-check",
+            check=Check.PREFILL_CHECK,
             expected=PREFILL_CHECK_PREDICATE_TYPE,
             got=statement.predicate_type,
         )
@@ -701,12 +706,12 @@ def open_prefill_check(envelope: Envelope, key: VerifyingKey) -> PrefillCheck:
         )
     except FormatError as exc:
         raise VerificationError(
-            "prefill check is malformed", check="prefill-check", reason=exc.message
+            "prefill check is malformed", check=Check.PREFILL_CHECK, reason=exc.message
         ) from exc
     if check.node_id != key.key_id:
         raise VerificationError(
             "prefill check names another node than its signer",
-            check="prefill-check",
+            check=Check.PREFILL_CHECK,
             expected=key.key_id,
             got=check.node_id,
         )

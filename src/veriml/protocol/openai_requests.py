@@ -20,7 +20,7 @@ from typing import Any, Final, cast, get_args
 
 from veriml.core.completion import MAX_SEED, RequestKind
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, LimitExceeded
+from veriml.core.errors import FormatError, LimitExceededError
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
@@ -242,7 +242,7 @@ def _sampling(body: Mapping[str, Any], seed: int | None, max_context: int | None
     if limit < 1:
         raise _bad(param, f"{param} must be >= 1", value=limit)
     if max_context is not None and limit > max_context:
-        raise LimitExceeded(
+        raise LimitExceededError(
             f"{param} exceeds the model's context", param=param, value=limit, limit=max_context
         )
     chosen = _integer(body, "seed")
@@ -279,7 +279,7 @@ def canonical_request(
     ``stream``, ``stream_options``, ``user``, ``n`` and the ``model`` name (the digest replaces
     it). ``seed`` fills a missing seed (the node's choice; a random one when neither is given);
     ``max_context``, when known, refuses a ``max_tokens`` above it with
-    :class:`LimitExceeded`.
+    :class:`LimitExceededError`.
 
     >>> canonical_request("text_completion", digest, {"prompt": "Hi", "temperature": 0},
     ...                   seed=7)["seed"]  # doctest: +SKIP

@@ -5,7 +5,7 @@ reference (``name``, ``name@version`` or a digest) names the model an answer ran
 published it. Pure: it parses the entries' logged bytes and compares; the caller proves that
 both entries are in the log (inclusion proofs against a checkpoint it trusts).
 
-The steps, each failing with :class:`~veriml.core.errors.VerificationError`
+The steps, each failing with :class:`~veriml.errors.VerificationError`
 (``check="provenance"``) whose evidence names what differs:
 
 1. the model entry parses and is a ``model`` entry for ``model`` (the digest that ran);

@@ -22,7 +22,7 @@ import pytest
 from _servers import serve
 from veriml.client import Client
 from veriml.client._checkpoints import CheckpointStore
-from veriml.core.errors import LogInconsistency
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
 from veriml.core.keys import generate_key
 from veriml.tlog.client import SignedCheckpoint, verify_checkpoint_note
 from veriml.tlog.log import Log

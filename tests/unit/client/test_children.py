@@ -23,7 +23,7 @@ from veriml.client._children import (
     terminate,
 )
 from veriml.client._local import LocalNetwork
-from veriml.core.errors import Conflict
+from veriml.core.errors import ConflictError as Conflict
 
 IGNORES_SIGTERM = (
     "import signal, sys, time\n"

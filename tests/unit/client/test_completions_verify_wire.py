@@ -15,13 +15,10 @@ from veriml.client._chat import (
     openai_error,
 )
 from veriml.client._client import _llm_request
-from veriml.core.errors import (
-    FormatError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    VerificationError,
-)
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.protocol.sse import parse_sse
 
 

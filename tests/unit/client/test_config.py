@@ -16,7 +16,8 @@ from veriml.client import (
     write_network_file,
 )
 from veriml.client._config import pin_witnesses
-from veriml.core.errors import FormatError, NotFound, VerificationError
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import generate_key
 from veriml.tlog import NoteSigner
 from veriml.tlog.cosignature import CosignatureSigner

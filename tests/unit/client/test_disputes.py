@@ -26,14 +26,10 @@ from veriml.client._disputes import Challenger, DisputeState, Query
 from veriml.coordinator.auth import request_signature
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, KeyFileError
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.models.examples import build_mlp

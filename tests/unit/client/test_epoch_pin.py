@@ -8,7 +8,8 @@ import pytest
 from veriml.client._requests import EPOCH_HEADER, check_epoch, epoch_header
 from veriml.coordinator.beacon import Epoch
 from veriml.coordinator.inference import RequestDraws
-from veriml.core.errors import Conflict, VerificationError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import VerificationError
 from veriml.protocol.draw import Draw
 
 SECRET = bytes(32)

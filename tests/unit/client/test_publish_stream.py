@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.client._publish import model_files, tar_stream
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 
 names = st.text("abcdefghij_-.", min_size=1, max_size=12).filter(lambda n: n not in (".", ".."))
 folders = st.dictionaries(

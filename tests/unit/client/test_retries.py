@@ -25,12 +25,9 @@ from _proxy import flaky_proxy
 from _servers import serve
 from veriml.client import AsyncClient, ChatStream, Client
 from veriml.client._retry import Retries, RetryTransport, parse_retry_after
-from veriml.core.errors import (
-    FormatError,
-    NodeUnavailable,
-    NotFound,
-    VerificationError,
-)
+from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import generate_key
 from veriml.tlog.note import NoteSigner
 

@@ -14,7 +14,8 @@ import pytest
 
 from veriml.client._children import Child, terminate
 from veriml.client._supervisor import RestartPolicy, Supervisor, exit_reason
-from veriml.core.errors import Conflict, FormatError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
 CRASH = [sys.executable, "-c", "raise SystemExit(3)"]

@@ -14,7 +14,8 @@ from fastapi.responses import Response
 from _servers import serve
 from veriml.client import AsyncClient, Client
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatch, NotFound
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest
 
 STORED = np.arange(12, dtype=np.float32).reshape(3, 4)

@@ -22,7 +22,8 @@ from fastapi.responses import Response
 from _servers import serve
 from veriml.client import Client
 from veriml.client._watch import CheckedInference, Watcher, WatchState, WatchSummary
-from veriml.core.errors import FormatError, LogInconsistency
+from veriml.core.errors import FormatError
+from veriml.core.errors import LogInconsistencyError as LogInconsistency
 from veriml.core.keys import generate_key
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest
 from veriml.ledger.entries import InferenceEntry

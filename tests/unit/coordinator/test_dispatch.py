@@ -18,7 +18,8 @@ from veriml.coordinator.dispatch import JobRejected, JobSpec, dispatch, sign_job
 from veriml.coordinator.scheduler import Candidate, retryable
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import NodeUnavailable, SignatureError, VerificationError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import SignatureError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.protocol.messages import Job, format_time
 

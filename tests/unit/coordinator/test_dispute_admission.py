@@ -16,7 +16,9 @@ from veriml.coordinator.dispute_admission import (
     check_challenge,
     check_window,
 )
-from veriml.core.errors import Conflict, PaymentRequired, SignatureError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
+from veriml.core.errors import SignatureError
 from veriml.core.timestamps import format_time
 from veriml.protocol.accounts import LedgerRequest
 

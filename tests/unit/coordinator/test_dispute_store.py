@@ -16,7 +16,7 @@ from veriml.coordinator.dispute_parties import Claim
 from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord, answered_at
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict
+from veriml.core.errors import ConflictError as Conflict
 from veriml.core.keys import generate_key
 from veriml.core.receipt import TraceCommitment
 

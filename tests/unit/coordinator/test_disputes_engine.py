@@ -37,7 +37,8 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, FormatError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import FormatError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest, tensor_to_json

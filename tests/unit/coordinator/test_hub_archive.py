@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from veriml.coordinator.archive import ArchiveLimits, extract_tar
 from veriml.coordinator.hub import RangeNotSatisfiable, parse_range
-from veriml.core.errors import FormatError, LimitExceeded
+from veriml.core.errors import FormatError
+from veriml.core.errors import LimitExceededError as LimitExceeded
 
 LIMITS = ArchiveLimits(max_bytes=1 << 20, max_files=100, max_depth=8)
 _name = st.text(alphabet="abcdefgh0123456789_-.", min_size=1, max_size=8).filter(

@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from _coordinator import SignedModel, make_signed_model, running_coordinator, tar_folder
 from _llm import gguf_bytes, make_smollm2_folder
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.core.keys import generate_key
 from veriml.ledger.entries import ModelEntry, parse_entry
 from veriml.models import sign_model

@@ -40,14 +40,12 @@ from veriml.coordinator.inference import (
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import (
-    Conflict,
-    InvalidInput,
-    InvalidTensor,
-    NodeUnavailable,
-    NotFound,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import InvalidInputError as InvalidInput
+from veriml.core.errors import InvalidTensorError as InvalidTensor
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.receipt import InferencePredicate, request_digest, sign_receipt
 from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json

@@ -22,7 +22,8 @@ from veriml.coordinator.inference_store import (
     StoredInference,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, NotFound
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import generate_key
 from veriml.tlog import leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions

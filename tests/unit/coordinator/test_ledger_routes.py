@@ -22,7 +22,8 @@ from veriml.coordinator.ledger import LedgerBook, TensorStore
 from veriml.coordinator.problems import status_for
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Signature, pae
-from veriml.core.errors import NotFound, PaymentRequired
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import PaymentRequiredError as PaymentRequired
 from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest, tensor_from_canonical
 from veriml.core.timestamps import format_time, parse_time

@@ -21,7 +21,8 @@ from veriml.core.completion import (
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatch, SignatureError, VerificationError
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import SignatureError, VerificationError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.protocol.messages import PrefillCheck, sign_prefill_check
 from veriml.protocol.openai_requests import canonical_request

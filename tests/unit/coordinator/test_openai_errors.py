@@ -6,16 +6,11 @@ import pytest
 
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.openai_errors import NodeRefused, openai_error
-from veriml.core.errors import (
-    Conflict,
-    Error,
-    FormatError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import Error, FormatError, SignatureError, VerificationError
+from veriml.core.errors import LimitExceededError as LimitExceeded
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 
 
 def _refused(status: int, **problem: object) -> NodeRefused:

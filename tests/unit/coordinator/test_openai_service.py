@@ -52,7 +52,9 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, NodeUnavailable, NotFound
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
+from veriml.core.errors import NotFoundError as NotFound
 from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger.entries import InferenceEntry, parse_entry

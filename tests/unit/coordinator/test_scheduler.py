@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 
 from veriml.coordinator.scheduler import Candidate, draw_order, eligible, gather, pick
 from veriml.core.digest import Digest
-from veriml.core.errors import ExecutionError, NodeUnavailable, SignatureError
+from veriml.core.errors import ExecutionError, SignatureError
+from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.protocol.draw import draw_secret
 
 MODEL = Digest.of(b"model")

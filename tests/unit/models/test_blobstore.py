@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from veriml.core import Digest
 from veriml.core.digest import CHUNK_SIZE
-from veriml.core.errors import DigestMismatch, InvalidModel, StorageError
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import StorageError
 from veriml.models import BlobRef, BlobStore
 
 

@@ -11,7 +11,7 @@ import pytest
 from model_builders import write_model_folder
 
 from _llm import gguf_bytes, smollm2_folder, smollm2_package  # noqa: F401
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models import LLMPackage, ModelPackage, load_package, model_digest
 from veriml.models.examples import smollm2_gguf
 from veriml.models.gguf import GGML_TYPE_SIZES, MAX_TENSORS, read_gguf_info

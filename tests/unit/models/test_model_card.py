@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.core import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models import ModelCard
 
 PARENT = "sha256:" + "ab" * 32

@@ -12,7 +12,8 @@ from model_builders import certificate_chain
 from model_signing import hashing as ms_hashing
 from model_signing import signing as ms_signing
 
-from veriml.core.errors import DigestMismatch, KeyFileError, SignatureError
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import KeyFileError, SignatureError
 from veriml.models import model_digest, sign_model, verify_model_certificate
 
 

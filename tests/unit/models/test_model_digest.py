@@ -15,7 +15,7 @@ from model_signing import hashing as ms_hashing
 from model_signing import signing as ms_signing
 
 from veriml.core import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models import model_digest
 from veriml.models.digest import files_digest, hash_manifest, manifest_entries
 from veriml.models.signing import signed_digest

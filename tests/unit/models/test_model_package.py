@@ -12,7 +12,7 @@ from model_builders import set_external_location, tiny_model, write_model_folder
 from onnx import numpy_helper
 
 from veriml.core import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.models import IOSignature, Limits, ModelPackage, model_digest, validate_onnx
 from veriml.models.signature import TensorSpec
 

@@ -11,13 +11,9 @@ import pytest
 from model_builders import ec_key_pair
 
 from veriml.core import generate_key
-from veriml.core.errors import (
-    DigestMismatch,
-    InvalidModel,
-    KeyFileError,
-    SignatureError,
-    VerificationError,
-)
+from veriml.core.errors import DigestMismatchError as DigestMismatch
+from veriml.core.errors import InvalidModelError as InvalidModel
+from veriml.core.errors import KeyFileError, SignatureError, VerificationError
 from veriml.models import model_digest, sign_model, verify_model
 from veriml.models.signing import signed_digest
 

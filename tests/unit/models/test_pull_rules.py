@@ -10,7 +10,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError
+from veriml.core.errors import InvalidModelError as InvalidModel
 from veriml.core.keys import generate_key
 from veriml.models.pull import HubModel, safe_relative
 

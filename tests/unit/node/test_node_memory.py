@@ -13,7 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, NotFound, VerificationError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import NotFoundError as NotFound
+from veriml.core.errors import VerificationError
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._memory import ReplayCache

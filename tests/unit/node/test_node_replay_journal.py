@@ -16,7 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, StorageError
+from veriml.core.errors import ConflictError as Conflict
+from veriml.core.errors import StorageError
 from veriml.node._memory import HEADER_SIZE, RECORD_SIZE, ReplayCache
 from veriml.protocol.messages import Job, format_time
 

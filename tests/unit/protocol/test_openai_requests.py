@@ -22,7 +22,7 @@ from veriml.core.completion import (
     sign_completion,
     token_digest,
 )
-from veriml.core.errors import FormatError, LimitExceeded, SignatureError, VerificationError
+from veriml.core.errors import FormatError, LimitExceededError, SignatureError, VerificationError
 from veriml.core.tensors import tensor_digest
 from veriml.protocol.openai_requests import DEFAULT_MAX_TOKENS, canonical_request, check_canonical
 
@@ -121,7 +121,7 @@ def test_invalid_chat_requests_name_the_param(body: dict[str, Any], param: str) 
 
 
 def test_max_tokens_over_the_context_is_a_limit() -> None:
-    with pytest.raises(LimitExceeded) as info:
+    with pytest.raises(LimitExceededError) as info:
         canonical_request("chat.completion", MODEL, {**CHAT, "max_tokens": 9000}, max_context=2048)
     assert info.value.evidence["param"] == "max_tokens"
     assert info.value.evidence["limit"] == 2048

@@ -9,8 +9,8 @@
 """
 
 from veriml.runtime.llm._engine import Completion, CompletionResult, LLMEngine, TokenEvent
-from veriml.runtime.llm._sampler import TokenInterval, draw, sample, token_interval
 from veriml.runtime.llm._settings import LLMSettings
+from veriml.runtime.llm.sampler import TokenInterval, draw, sample, token_interval
 
 __all__ = [
     "Completion",

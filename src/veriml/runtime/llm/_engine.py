@@ -40,15 +40,15 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import ExecutionError, FormatError, InvalidInput, LimitExceeded
+from veriml.core.errors import ExecutionError, FormatError, InvalidInputError, LimitExceededError
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_to_json
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
 from veriml.protocol.openai_requests import check_canonical
-from veriml.runtime.llm._sampler import sample
 from veriml.runtime.llm._settings import LLMSettings
 from veriml.runtime.llm._template import ChatRenderer
+from veriml.runtime.llm.sampler import sample
 
 __all__ = ["VERIFY_CHUNK", "Completion", "CompletionResult", "LLMEngine", "TokenEvent"]
 
@@ -313,7 +313,7 @@ class LLMEngine:
         kind = canonical.get("type")
         if kind == "chat.completion":
             if self._chat is None:
-                raise InvalidInput(
+                raise InvalidInputError(
                     "the model has no chat template; use /v1/completions",
                     param="messages",
                     model=str(self.package.digest),
@@ -330,7 +330,7 @@ class LLMEngine:
 
     def _check_model(self, canonical: Mapping[str, Any]) -> None:
         if canonical.get("model") != self.package.digest.to_text():
-            raise InvalidInput(
+            raise InvalidInputError(
                 "the request names another model",
                 param="model",
                 expected=self.package.digest.to_text(),
@@ -341,7 +341,7 @@ class LLMEngine:
         if not prompt:
             raise FormatError("the prompt has no tokens", param=param)
         if len(prompt) + max_tokens > self.settings.n_ctx:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "prompt plus max_tokens exceeds the context",
                 param=param if len(prompt) >= self.settings.n_ctx else "max_tokens",
                 prompt_tokens=len(prompt),
@@ -398,7 +398,7 @@ class LLMEngine:
     ) -> Completion:
         """Generate the completion of a canonical request (docs/llm.md stop conditions).
 
-        Raises :class:`LimitExceeded` before any decode when prompt plus ``max_tokens`` does
+        Raises :class:`LimitExceededError` before any decode when prompt plus ``max_tokens`` does
         not fit the context. ``on_token`` sees every token as it is chosen.
         """
         canonical = check_canonical(canonical)
@@ -462,14 +462,14 @@ class LLMEngine:
         if not tokens:
             raise FormatError("no tokens to evaluate", param="tokens")
         if len(tokens) > self.settings.n_ctx:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "tokens exceed the context",
                 param="tokens",
                 count=len(tokens),
                 limit=self.settings.n_ctx,
             )
         if any(not 0 <= int(t) < self.n_vocab for t in tokens):
-            raise InvalidInput("a token id is outside the vocabulary", param="tokens")
+            raise InvalidInputError("a token id is outside the vocabulary", param="tokens")
         split = len(tokens) if prompt_count is None else prompt_count
         if not 1 <= split <= len(tokens):
             raise FormatError("prompt_count must be within the tokens", param="prompt_count")
@@ -523,7 +523,7 @@ class LLMEngine:
             if not ids:
                 raise FormatError("an input has no tokens", param=f"input[{i}]")
             if len(ids) > self.settings.n_batch:
-                raise LimitExceeded(
+                raise LimitExceededError(
                     "an input exceeds the embedding batch",
                     param=f"input[{i}]",
                     tokens=len(ids),
