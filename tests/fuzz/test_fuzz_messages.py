@@ -20,7 +20,8 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, pae
 from veriml.core.errors import FormatError, VerificationError
 from veriml.node._jobs import parse_job_body
-from veriml.protocol.messages import Heartbeat, Job, NodeDescriptor
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import Heartbeat, NodeDescriptor
 from veriml.protocol.openai_requests import canonical_request
 
 NODE = account("fuzz-msg-node")

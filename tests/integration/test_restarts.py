@@ -43,7 +43,8 @@ from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.protocol.accounts import LedgerRequest
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.runtime import Runner, RunResult, Trace
 from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
 from veriml.tlog.cosignature import CosignatureSigner, CosignatureVerifier

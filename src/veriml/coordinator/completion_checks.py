@@ -39,7 +39,9 @@ from veriml.core.errors import Error, FormatError, VerificationError
 from veriml.core.errors import InvalidTensorError as InvalidTensor
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_from_json, tensor_to_json
-from veriml.protocol.messages import Job, format_time, open_prefill_check
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
+from veriml.protocol.prefill_check import open_prefill_check
 from veriml.verify.policy import Policy
 
 __all__ = [

@@ -50,7 +50,8 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, ExecutionError, VerificationError
 from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.keys import SigningKey
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.protocol.policy import Policy
 from veriml.runtime import RunResult
 

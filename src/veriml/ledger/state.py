@@ -77,7 +77,7 @@ from veriml.ledger.rules import Rules
 from veriml.ledger.settlement import Parties, settle
 from veriml.protocol.accounts import LedgerRequest, account_key
 from veriml.protocol.draw import Draw, beacon_commitment
-from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE
+from veriml.protocol.prefill_check import PREFILL_CHECK_PREDICATE_TYPE
 
 __all__ = [
     "REQUEST_SKEW",

@@ -61,7 +61,7 @@ from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache
 from veriml.node._models import ModelCache
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.runtime import Runner
 
 if TYPE_CHECKING:

@@ -64,8 +64,9 @@ from veriml.core.errors import InvalidInputError as InvalidInput
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
-from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
+from veriml.protocol.jobs import Job
 from veriml.protocol.openai_requests import check_canonical
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 from veriml.runtime.llm import Completion, CompletionResult, LLMEngine, LLMSettings, TokenEvent
 from veriml.verify.prefill import PrefillReport, check_completion
 

@@ -49,7 +49,8 @@ from pathlib import Path
 
 from veriml.core.errors import ConflictError as Conflict
 from veriml.core.errors import StorageError, VerificationError
-from veriml.protocol.messages import Job, format_time, parse_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time, parse_time
 
 __all__ = ["ReplayCache", "system_boot_id"]
 

@@ -57,9 +57,10 @@ from veriml.core.errors import (
     VerificationError,
 )
 from veriml.protocol.draw import Draw, sampling_seed
-from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
-from veriml.protocol.messages import NodeDescriptor, open_prefill_check
+from veriml.protocol.messages import NodeDescriptor
 from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
+from veriml.protocol.prefill_check import open_prefill_check
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier

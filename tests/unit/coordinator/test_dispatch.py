@@ -21,7 +21,8 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import NodeUnavailableError as NodeUnavailable
 from veriml.core.errors import SignatureError, VerificationError
 from veriml.core.keys import generate_key
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 
 COORDINATOR = generate_key("ed25519")
 NODE = generate_key("ed25519")

@@ -52,7 +52,7 @@ from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
 from veriml.ledger.entries import InferenceEntry, parse_entry
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.runtime import Runner, RunResult, canonical_request
 from veriml.tlog import NoteVerifier, leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions

@@ -24,8 +24,8 @@ from veriml.core.digest import Digest
 from veriml.core.errors import DigestMismatchError as DigestMismatch
 from veriml.core.errors import SignatureError, VerificationError
 from veriml.core.keys import SigningKey, generate_key
-from veriml.protocol.messages import PrefillCheck, sign_prefill_check
 from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 
 MODEL = Digest.of(b"model")
 CANONICAL = canonical_request(

@@ -59,8 +59,9 @@ from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger.entries import InferenceEntry, parse_entry
 from veriml.protocol.accounts import LedgerRequest
-from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
+from veriml.protocol.jobs import Job
 from veriml.protocol.openai_requests import check_canonical
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 from veriml.tlog import NoteVerifier, leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.note import NoteSigner

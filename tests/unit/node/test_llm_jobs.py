@@ -33,8 +33,10 @@ from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.tensors import tensor_from_json
 from veriml.models import sign_model
 from veriml.models.gguf import LLMPackage
-from veriml.protocol.messages import Job, format_time, open_prefill_check
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import open_prefill_check
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 

@@ -19,7 +19,8 @@ from veriml.core.errors import VerificationError
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._memory import ReplayCache
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.runtime import Trace, TraceEntry
 
 T0 = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)

@@ -19,7 +19,8 @@ from veriml.core.digest import Digest
 from veriml.core.errors import ConflictError as Conflict
 from veriml.core.errors import StorageError
 from veriml.node._memory import HEADER_SIZE, RECORD_SIZE, ReplayCache
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 
 T0 = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)
 BOOT = uuid.uuid4().bytes

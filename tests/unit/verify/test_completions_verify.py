@@ -32,8 +32,8 @@ from veriml.core.keys import generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger import InferenceEntry
 from veriml.protocol.draw import Draw, sampling_seed
-from veriml.protocol.messages import PrefillCheck, sign_prefill_check
 from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 from veriml.protocol.sse import parse_sse
 from veriml.tlog import NoteSigner
 from veriml.verify.policy import Policy, SpotReveal, decide, spot_checked, spot_commitment
