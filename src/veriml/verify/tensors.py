@@ -8,7 +8,7 @@ from typing import Any
 import numpy.typing as npt
 
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatchError, VerificationError
+from veriml.core.errors import Check, DigestMismatchError, VerificationError
 from veriml.core.tensors import tensor_digest
 
 __all__ = ["check_tensor_digests"]
@@ -18,7 +18,7 @@ def check_tensor_digests(
     tensors: Mapping[str, npt.NDArray[Any]],
     claimed: Mapping[str, Digest],
     *,
-    check: str,
+    check: Check | str,
     kind: str,
     claimant: str,
 ) -> None:

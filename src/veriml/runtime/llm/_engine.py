@@ -18,20 +18,17 @@ One engine serves one call at a time (a lock guards the context).
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    completion_output_digest,
     embedding_output_digest,
     prompt_digest,
     sampling_of,
@@ -39,140 +36,25 @@ from veriml.core.completion import (
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
 from veriml.core.errors import ExecutionError, FormatError, InvalidInputError, LimitExceededError
 from veriml.core.keys import SigningKey
-from veriml.core.tensors import tensor_to_json
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
 from veriml.protocol.openai_requests import check_canonical
+from veriml.runtime.llm._results import Completion, CompletionResult, GeneratedText, TokenEvent
 from veriml.runtime.llm._settings import LLMSettings
 from veriml.runtime.llm._template import ChatRenderer
 from veriml.runtime.llm.sampler import sample
 
-__all__ = ["VERIFY_CHUNK", "Completion", "CompletionResult", "LLMEngine", "TokenEvent"]
+__all__ = ["VERIFY_CHUNK", "LLMEngine"]
 
-FinishReason = Literal["stop", "length"]
 # Completion tokens per batch in a verifying pass: below 64 rows llama.cpp's CPU matmuls give
 # each row the same bits as a one-token decode (measured: 63 equal, 64 not; 32 leaves margin).
 VERIFY_CHUNK = 32
 
 
-@dataclass(frozen=True, slots=True)
-class TokenEvent:
-    """One generated token and the text it adds to the answer.
-
-    ``text`` is ``""`` while a UTF-8 character is incomplete or while the text could still
-    turn into a stop string; the event of the last token carries whatever was held back, so
-    the texts of all events concatenate to exactly the completion's ``content``.
-    """
-
-    token: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """A finished generation. ``tokens`` are every sampled token, the end-of-generation token
-    included (the prefill check verifies it was chosen); ``content`` excludes it and is cut
-    before a stop string."""
-
-    content: str
-    tokens: tuple[int, ...]
-    prompt_tokens: tuple[int, ...]
-    finish_reason: FinishReason
-    tool_calls: tuple[Mapping[str, Any], ...] = ()
-
-    def output_digest(self) -> Digest:
-        return completion_output_digest(
-            content=self.content,
-            tool_calls=self.tool_calls,
-            tokens=self.tokens,
-            finish_reason=self.finish_reason,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionResult:
-    """A signed answer: the completion (or embeddings), its receipt and what was signed."""
-
-    receipt: Envelope
-    predicate: CompletionPredicate
-    output_digest: Digest
-    completion: Completion | None = None
-    embeddings: tuple[np.ndarray[Any, Any], ...] = ()
-    embedding_prompts: tuple[tuple[int, ...], ...] = field(default=())
-
-    def to_json(self) -> dict[str, Any]:
-        """The node's answer body (contract: non-streaming answer of ``POST /v1/jobs``)."""
-        if self.completion is None:
-            return {
-                "receipt": self.receipt.to_json(),
-                "embeddings": [tensor_to_json(v, force_b64=True) for v in self.embeddings],
-                "prompt_tokens": [list(p) for p in self.embedding_prompts],
-            }
-        c = self.completion
-        return {
-            "receipt": self.receipt.to_json(),
-            "content": c.content,
-            "tool_calls": [dict(t) for t in c.tool_calls],
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": list(c.prompt_tokens),
-            "completion_tokens": list(c.tokens),
-        }
-
-
 _backend_ready = False
 _backend_lock = threading.Lock()
-
-
-class _Text:
-    """The text side of a generation: pieces accumulated, stop strings and ``max_tokens``
-    applied, streamed text held back while it could still become a stop string."""
-
-    def __init__(self, stop: Sequence[str], max_tokens: int) -> None:
-        self.stops = [s.encode("utf-8") for s in stop]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.max_tokens = max_tokens
-        self.text = bytearray()
-        self.tokens: list[int] = []
-        self.streamed = 0
-        self.end = 0
-        self.finish: FinishReason | None = None
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def add(self, token: int, end_of_generation: bool, piece: bytes) -> str:
-        """Append one token; return the text it releases to a stream."""
-        self.tokens.append(token)
-        if end_of_generation:
-            self.finish, self.end = "stop", len(self.text)
-        else:
-            before = len(self.text)
-            self.text += piece
-            hits = [
-                i for s in self.stops if (i := self.text.find(s, max(0, before - len(s) + 1))) >= 0
-            ]
-            if hits:
-                self.finish, self.end = "stop", min(hits)
-            elif len(self.tokens) == self.max_tokens:
-                self.finish, self.end = "length", len(self.text)
-        if self.finish is not None:
-            return self.decoder.decode(bytes(self.text[self.streamed : self.end]), final=True)
-        safe = len(self.text) - self.hold
-        if safe <= self.streamed:
-            return ""
-        out = self.decoder.decode(bytes(self.text[self.streamed : safe]))
-        self.streamed = safe
-        return out
-
-    def completion(self, prompt: Sequence[int]) -> Completion:
-        assert self.finish is not None  # callers stop adding once a finish is set
-        return Completion(
-            content=bytes(self.text[: self.end]).decode("utf-8", "replace"),
-            tokens=tuple(self.tokens),
-            prompt_tokens=tuple(prompt),
-            finish_reason=self.finish,
-        )
 
 
 def _llama_cpp() -> Any:
@@ -408,7 +290,7 @@ class LLMEngine:
         prompt = self.prompt_tokens(canonical)
         param = "messages" if canonical["type"] == "chat.completion" else "prompt"
         self._check_room(prompt, max_tokens, param)
-        text = _Text(canonical["stop"], max_tokens)
+        text = GeneratedText(canonical["stop"], max_tokens)
         with self._lock:
             self._clear(self._ctx)
             self._decode(self._ctx, prompt, 0, every=False)
@@ -434,7 +316,7 @@ class LLMEngine:
         digest from it. Tokens past the point where generation must have stopped are a
         :class:`FormatError`."""
         canonical = check_canonical(canonical)
-        text = _Text(canonical["stop"], int(canonical["max_tokens"]))
+        text = GeneratedText(canonical["stop"], int(canonical["max_tokens"]))
         for i, token in enumerate(tokens):
             if text.finish is not None:
                 raise FormatError("tokens continue after the generation ended", index=i)
