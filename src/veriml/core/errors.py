@@ -239,6 +239,7 @@ class Check(StrEnum):
     WITNESS_QUORUM = "witness quorum"
     WITNESS_SIZE = "witness size"
     CHECKPOINT = "checkpoint"
+    EVIDENCE = "evidence"
     # Signed protocol messages: descriptors, jobs, heartbeats, requests (protocol, node)
     DESCRIPTOR = "descriptor"
     MESSAGE_TYPE = "message-type"

@@ -94,7 +94,7 @@ def open_checkpoint_note(
 
 
 def prove_inclusion(
-    entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, check: str
+    entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, check: Check
 ) -> None:
     """``entry`` is the leaf at ``index`` of the tree ``cp`` commits to (RFC 9162 §2.1.3.2);
     a failure is reported under ``check``."""
@@ -124,7 +124,7 @@ def node_descriptors(evidence: Sequence[NodeEvidence], cp: Checkpoint) -> dict[s
                 check=Check.NODE_KEY,
                 node=node.id,
             )
-        prove_inclusion(node.entry, node.log_index, node.inclusion_proof, cp, "node-key")
+        prove_inclusion(node.entry, node.log_index, node.inclusion_proof, cp, Check.NODE_KEY)
         try:
             descriptor = _registration(node.entry)
         except Error as exc:
@@ -211,7 +211,7 @@ def check_inference_entry(
         raise VerificationError(
             "the inference entry cannot be rebuilt", check=Check.INCLUSION, reason=exc.diagnostics()
         ) from exc
-    prove_inclusion(entry, log.index, log.inclusion_proof, cp, "inclusion")
+    prove_inclusion(entry, log.index, log.inclusion_proof, cp, Check.INCLUSION)
 
 
 def evidence_json(

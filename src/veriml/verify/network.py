@@ -253,12 +253,12 @@ def proven_entries(entries: Sequence[LoggedEntry], cp: Checkpoint) -> dict[int, 
     """The cited entries by index, each proven in ``cp``'s tree (``check="evidence"``)."""
     proven: dict[int, bytes] = {}
     for item in entries:
-        prove_inclusion(item.entry, item.index, item.inclusion_proof, cp, "evidence")
+        prove_inclusion(item.entry, item.index, item.inclusion_proof, cp, Check.EVIDENCE)
         proven[item.index] = item.entry
     return proven
 
 
-def _cited(entries: Mapping[int, bytes], index: int | None, check: str, what: str) -> bytes:
+def _cited(entries: Mapping[int, bytes], index: int | None, check: Check, what: str) -> bytes:
     found = None if index is None else entries.get(index)
     if found is None:
         raise VerificationError(f"the answer does not carry its {what}", check=check, index=index)
@@ -303,7 +303,7 @@ def check_network(
     state = None
     state_index = evidence.state
     if state_index is not None:
-        state = open_state_entry(_cited(entries, state_index, "bonds", "ledger state entry"))
+        state = open_state_entry(_cited(entries, state_index, Check.BONDS, "ledger state entry"))
     stakes = check_operators(
         operators,
         state=state,
@@ -324,11 +324,11 @@ def check_network(
                 "the answer does not cite its model's provenance", check=Check.PROVENANCE
             )
         model_index, namespace_index = evidence.provenance
-        model_entry = _cited(entries, model_index, "provenance", "model entry")
+        model_entry = _cited(entries, model_index, Check.PROVENANCE, "model entry")
         namespace_entry = (
             None
             if namespace_index is None
-            else _cited(entries, namespace_index, "provenance", "namespace entry")
+            else _cited(entries, namespace_index, Check.PROVENANCE, "namespace entry")
         )
         check_provenance(
             ref or model.to_text(),
@@ -366,8 +366,8 @@ def _check_dispute(
 ) -> None:
     """A dispute the verdict cites: its ``challenge`` entry opened it about one of this
     answer's receipts, with the parties named, and its ``verdict`` entry has the winner."""
-    opened = _cited(entries, ref.opened, "disputes", "dispute's challenge entry")
-    closed = _cited(entries, ref.log_index, "disputes", "dispute's verdict entry")
+    opened = _cited(entries, ref.opened, Check.DISPUTES, "dispute's challenge entry")
+    closed = _cited(entries, ref.log_index, Check.DISPUTES, "dispute's verdict entry")
     try:
         challenge, decided = parse_entry(opened), parse_entry(closed)
     except FormatError as exc:
@@ -412,7 +412,7 @@ def _check_epoch(
 ) -> None:
     """The cited ``beacon`` entry began ``epoch``, before the jobs started (clock skew
     allowed) and no more than ``max_age`` seconds before."""
-    data = _cited(entries, index, "epoch", "draw's beacon entry")
+    data = _cited(entries, index, Check.EPOCH, "draw's beacon entry")
     try:
         beacon = parse_entry(data)
     except FormatError as exc:

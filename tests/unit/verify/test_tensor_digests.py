@@ -11,7 +11,9 @@ Y = np.arange(4, dtype=np.float32)
 
 
 def test_matching_tensors_pass() -> None:
-    check_tensor_digests({"y": Y}, {"y": tensor_digest(Y)}, check="output-digest", kind="output", claimant="x")
+    check_tensor_digests(
+        {"y": Y}, {"y": tensor_digest(Y)}, check="output-digest", kind="output", claimant="x"
+    )
 
 
 def test_a_missing_or_extra_name_fails_before_any_content_check() -> None:
@@ -28,7 +30,11 @@ def test_a_changed_value_is_a_digest_mismatch_with_evidence() -> None:
     changed[0] = np.nextafter(changed[0], np.float32(1))
     with pytest.raises(DigestMismatchError) as info:
         check_tensor_digests(
-            {"y": changed}, {"y": tensor_digest(Y)}, check="output-digest", kind="output", claimant="x"
+            {"y": changed},
+            {"y": tensor_digest(Y)},
+            check="output-digest",
+            kind="output",
+            claimant="x",
         )
     assert info.value.expected == tensor_digest(Y)
     assert info.value.calculated == tensor_digest(changed)
