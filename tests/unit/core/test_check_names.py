@@ -61,3 +61,15 @@ def test_the_old_class_names_still_import_with_a_deprecation_warning() -> None:
         assert errors.DigestMismatch is DigestMismatchError  # type: ignore[attr-defined]
     with pytest.raises(AttributeError):
         _ = errors.NoSuchError  # type: ignore[attr-defined]
+
+
+def test_docs_list_exactly_the_published_names() -> None:
+    doc = (Path(__file__).parents[3] / "docs" / "verification.md").read_text()
+    section = doc.split("## Check names", 1)[1].split("\n## ", 1)[0]
+    listed = [
+        name
+        for line in section.splitlines()
+        if line.startswith("- ")
+        for name in line.split(": ", 1)[1].split("`")[1::2]
+    ]
+    assert sorted(listed) == sorted(Check)
