@@ -34,10 +34,10 @@ from typing import Any
 import httpx
 
 from veriml.client import Client, LocalNetwork
-from veriml.core.completion import canonical_request
 from veriml.core.keys import generate_key
 from veriml.models import LLMPackage
 from veriml.models.examples import smollm2_gguf, write_llm_example_folder
+from veriml.protocol.openai_requests import canonical_request
 from veriml.runtime.llm import LLMEngine, LLMSettings
 from veriml.verify.prefill import prefill_check
 
@@ -151,7 +151,7 @@ from pathlib import Path
 mode, folder = sys.argv[1], Path(sys.argv[2])
 from benchmarks.bench_llm import PROMPT, bare_llama, engine_for
 if mode == "engine":
-    from veriml.core.completion import canonical_request
+    from veriml.protocol.openai_requests import canonical_request
     engine = engine_for(folder)
     engine.generate(canonical_request("text_completion", engine.package.digest,
         {"prompt": PROMPT, "max_tokens": 16, "temperature": 0}, seed=1))

@@ -55,7 +55,7 @@ from typing import Any
 import numpy as np
 
 from veriml.client import Client, LocalNetwork
-from veriml.core.errors import Conflict, Error, NodeUnavailable, StorageError
+from veriml.core.errors import ConflictError, Error, NodeUnavailableError, StorageError
 from veriml.core.keys import generate_key
 from veriml.models.examples import build_mlp, write_example_folder
 
@@ -83,11 +83,11 @@ def _rss_mib(pid: int) -> float | None:
 
 def _retriable(exc: BaseException) -> bool:
     """Whether sending the same request (same id) again is the documented remedy."""
-    if isinstance(exc, NodeUnavailable | StorageError):
+    if isinstance(exc, NodeUnavailableError | StorageError):
         return True
     # 409 while the first request with this id is still being answered, or for an epoch
     # that just turned; never for an id reused for a different request.
-    return isinstance(exc, Conflict) and "another request" not in str(exc)
+    return isinstance(exc, ConflictError) and "another request" not in str(exc)
 
 
 @dataclass

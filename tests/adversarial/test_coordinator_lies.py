@@ -28,7 +28,7 @@ import pytest
 
 from _rogue import RogueLog
 from veriml.client import Client, LocalNetwork
-from veriml.core.errors import NodeUnavailable, VerificationError
+from veriml.core.errors import NodeUnavailableError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_to_json
 from veriml.core.timestamps import parse_time
@@ -86,7 +86,7 @@ def test_two_nodes_of_one_operator_cannot_make_a_quorum_of_two(sybil: LocalNetwo
     # The coordinator will not schedule it: only two distinct operators exist.
     with (
         Client(sybil.url, log_vkey=sybil.log_vkey) as client,
-        pytest.raises(NodeUnavailable, match="distinct operators"),
+        pytest.raises(NodeUnavailableError, match="distinct operators"),
     ):
         client.infer("mlp", X, policy="quorum:3/3")
     # A lying coordinator has the party's second node run the same job and logs a verdict
@@ -210,7 +210,7 @@ def test_a_drawn_spot_check_answered_by_one_operator_is_refused(
         Client(solo.url, log_vkey=solo.log_vkey) as client,
     ):
         client.publish(folder, key)
-        with pytest.raises(NodeUnavailable, match="spot check was drawn"):
+        with pytest.raises(NodeUnavailableError, match="spot check was drawn"):
             client.infer("solo", X, policy="spot:1")
 
 

@@ -7,7 +7,7 @@ copied from X's home to Y's, and clients in separate Python processes. Each atta
 - **a forked log shown to a second process**: process A verifies an answer from X; process B,
   a fresh process of the same user, then asks Y. Without memory across processes B would
   accept Y's answer (shown below with ``checkpoints=False``); with the SDK's checkpoint store
-  (default on) B refuses it with ``LogInconsistency``, ``check="consistency"``;
+  (default on) B refuses it with ``LogInconsistencyError``, ``check="consistency"``;
 - **a checkpoint no witness cosigned**: X's network runs a witness (``veriml up`` does by
   default) and its ``network.json`` names it; a default client of that file refuses Y's answer,
   whose checkpoint the witness never saw, at ``check="checkpoint"``: the witness, which only
@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 from veriml.client import Client, LocalNetwork, read_network_file
-from veriml.core.errors import LogInconsistency, SignatureError
+from veriml.core.errors import LogInconsistencyError, SignatureError
 from veriml.core.keys import generate_key
 from veriml.models.examples import build_mlp, write_example_folder
 
@@ -118,7 +118,7 @@ def test_a_forked_log_shown_to_a_second_process_is_caught(
     monkeypatch.setenv("VERIML_CACHE_DIR", str(cache))
     with (
         Client(split.y.url, log_vkey=split.log_vkey) as b,
-        pytest.raises(LogInconsistency) as caught,
+        pytest.raises(LogInconsistencyError) as caught,
     ):
         b.infer("mlp", X_INPUT)
     assert caught.value.check == "consistency"

@@ -11,9 +11,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from veriml.core.canonical import canonical_digest, parse_json_object
-from veriml.core.completion import RequestKind, canonical_request, check_canonical
+from veriml.core.completion import RequestKind
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError
+from veriml.protocol.openai_requests import canonical_request, check_canonical
 
 MODEL = Digest.of(b"fuzz model")
 CHAT: dict[str, Any] = {

@@ -1,4 +1,4 @@
-"""GGUF headers: any file parses (within its bounds) or is an InvalidModel naming it, forged
+"""GGUF headers: any file parses (within its bounds) or is an InvalidModelError naming it, forged
 counts and lengths cost a comparison, and a header read back gives the values written."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from _llm import gguf_bytes
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models.gguf import GGML_TYPE_SIZES, MAX_METADATA, MAX_TENSORS, read_gguf_info
 
 _FILE = Path(tempfile.mkdtemp(prefix="veriml-fuzz-gguf-")) / "model.gguf"
@@ -100,7 +100,7 @@ def _info(data: bytes) -> Any:
 @given(inputs)
 @example(VALID[0])
 def test_a_gguf_header_parses_within_its_bounds_or_is_invalid_model(data: bytes) -> None:
-    info, error = attempt(lambda: _info(data), allowed=(InvalidModel,), size=len(data))
+    info, error = attempt(lambda: _info(data), allowed=(InvalidModelError,), size=len(data))
     if error is not None:
         assert error.evidence["path"] == str(_FILE)
         return

@@ -16,12 +16,13 @@ from hypothesis import strategies as st
 
 from _ledger import account, descriptor, t
 from veriml.core.canonical import canonical_digest, parse_json_object
-from veriml.core.completion import canonical_request
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, pae
 from veriml.core.errors import FormatError, VerificationError
 from veriml.node._jobs import parse_job_body
-from veriml.protocol.messages import Heartbeat, Job, NodeDescriptor
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import Heartbeat, NodeDescriptor
+from veriml.protocol.openai_requests import canonical_request
 
 NODE = account("fuzz-msg-node")
 OPERATOR = account("fuzz-msg-operator")

@@ -1,4 +1,4 @@
-"""Model cards: any README front matter parses or is an InvalidModel naming the file, aliases
+"""Model cards: any README front matter parses or is an InvalidModelError naming the file, aliases
 and deep nesting are refused before they expand, and a parsed card survives
 ``to_text``/``from_text``."""
 
@@ -10,7 +10,7 @@ from _fuzzing import attempt, fuzz_settings, mutated_bytes, text_of
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models.card import ModelCard
 
 CARDS = [
@@ -89,7 +89,9 @@ def _json(card: ModelCard) -> str:
 @example("---\n!!timestamp \n---\n")
 def test_a_card_parses_and_survives_its_text_form_or_is_invalid_model(text: str) -> None:
     size = len(text.encode("utf-8", "surrogatepass"))
-    card, error = attempt(lambda: ModelCard.from_text(text), allowed=(InvalidModel,), size=size)
+    card, error = attempt(
+        lambda: ModelCard.from_text(text), allowed=(InvalidModelError,), size=size
+    )
     if error is not None:
         assert error.evidence["path"] == "README.md"
     if card is not None:

@@ -1,9 +1,9 @@
 """ONNX validation: a model folder whose graph is mutated (bytes, or protobuf fields: opsets,
-types, shapes, operators, external-data locations) loads or is an InvalidModel naming the file,
+types, shapes, operators, external-data locations) loads or is an InvalidModelError naming the file,
 and no external-data location outside the folder is ever accepted.
 
 (Moved from tests/unit/models/test_models_fuzz.py, where mutating valid models found two
-checker paths raising bare ValueError/UnicodeDecodeError; they are InvalidModel since.)"""
+checker paths raising bare ValueError/UnicodeDecodeError; they are InvalidModelError since.)"""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp
 
@@ -155,7 +155,7 @@ def _outside(location: str) -> bool:
 def test_a_mutated_model_loads_inside_its_folder_or_is_invalid_model(data: bytes) -> None:
     MODEL.write_bytes(data)
     package, error = attempt(
-        lambda: ModelPackage.load(_FOLDER), allowed=(InvalidModel,), size=len(data)
+        lambda: ModelPackage.load(_FOLDER), allowed=(InvalidModelError,), size=len(data)
     )
     if error is not None:
         return

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from _fuzzing import MIB, AllocationExceeded, attempt
 
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError, InvalidModelError
 
 
 def test_a_case_that_allocates_past_its_bound_fails_even_when_it_returns() -> None:
@@ -30,7 +30,7 @@ def test_a_documented_error_is_an_outcome_and_anything_else_a_crash() -> None:
 
     assert isinstance(attempt(refuse, allowed=(FormatError,), size=0)[1], FormatError)
     with pytest.raises(AssertionError, match="not an error this parser documents"):
-        attempt(refuse, allowed=(InvalidModel,), size=0)
+        attempt(refuse, allowed=(InvalidModelError,), size=0)
     empty: dict[str, int] = {}
     with pytest.raises(KeyError):
         attempt(lambda: empty["x"], allowed=(FormatError,), size=0)

@@ -1,5 +1,5 @@
 """Hub uploads: a tar archive (plain, gzip, bzip2 or xz) extracts within its limits or is a
-FormatError (LimitExceeded among them), and whatever it extracts stays inside the folder."""
+FormatError (LimitExceededError among them), and whatever it extracts stays inside the folder."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
 """Tensors in every wire form (JSON ``data``, JSON ``b64``, ``.npy``, the canonical encoding):
-any input decodes or is an InvalidTensor, sizes are checked before allocation, and a decoded
+any input decodes or is an InvalidTensorError, sizes are checked before allocation, and a decoded
 tensor has the dtype and shape it claimed and survives a round trip bit for bit."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from _fuzzing import (
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from veriml.core.errors import InvalidTensor
+from veriml.core.errors import InvalidTensorError
 from veriml.core.tensors import (
     SUPPORTED_DTYPES,
     canonical_tensor_bytes,
@@ -108,7 +108,7 @@ B64_FORMS = [tensor_to_json(a, force_b64=True) for a in ARRAYS]
 def test_a_json_tensor_decodes_to_its_dtype_and_shape_or_is_invalid(obj: Any) -> None:
     array, _ = attempt(
         lambda: tensor_from_json(obj, max_bytes=MAX_BYTES),
-        allowed=(InvalidTensor,),
+        allowed=(InvalidTensorError,),
         size=len(dumps(obj)),
     )
     if array is not None:
@@ -130,7 +130,7 @@ def test_a_json_tensor_decodes_to_its_dtype_and_shape_or_is_invalid(obj: Any) ->
 def test_a_base64_tensor_decodes_exactly_or_is_invalid(obj: Any) -> None:
     array, _ = attempt(
         lambda: tensor_from_json(obj, max_bytes=MAX_BYTES),
-        allowed=(InvalidTensor,),
+        allowed=(InvalidTensorError,),
         size=len(dumps(obj)),
     )
     if array is not None:
@@ -177,7 +177,9 @@ NPY_TOKEN_ERROR = (
 @example(NPY_TOKEN_ERROR)
 def test_an_npy_file_decodes_to_its_header_or_is_invalid(data: bytes) -> None:
     array, _ = attempt(
-        lambda: tensor_from_npy(data, max_bytes=MAX_BYTES), allowed=(InvalidTensor,), size=len(data)
+        lambda: tensor_from_npy(data, max_bytes=MAX_BYTES),
+        allowed=(InvalidTensorError,),
+        size=len(data),
     )
     if array is not None:
         assert array.nbytes <= MAX_BYTES
@@ -197,7 +199,7 @@ CANONICAL = [canonical_tensor_bytes(a) for a in ARRAYS]
 def test_the_canonical_encoding_decodes_or_is_invalid(data: bytes) -> None:
     array, _ = attempt(
         lambda: tensor_from_canonical(data, max_bytes=MAX_BYTES),
-        allowed=(InvalidTensor,),
+        allowed=(InvalidTensorError,),
         size=len(data),
     )
     if array is not None:

@@ -71,7 +71,7 @@ def test_chat_json_names_every_check_and_agrees_with_the_stream(net: LocalNetwor
 
 def test_an_unknown_model_is_a_one_line_error(net: LocalNetwork) -> None:
     done = _chat(net, "no-such-model", PROMPT, "--max-tokens", "8")
-    assert done.returncode == 2  # NotFound: bad input
+    assert done.returncode == 2  # NotFoundError: bad input
     assert "Traceback" not in done.stderr
     assert done.stderr.startswith("error:")
 

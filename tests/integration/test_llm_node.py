@@ -17,7 +17,7 @@ from veriml.client import Client, LocalNetwork
 from veriml.core.completion import open_completion
 from veriml.core.dsse import Envelope
 from veriml.core.keys import VerifyingKey, generate_key
-from veriml.protocol.messages import open_prefill_check
+from veriml.protocol.prefill_check import open_prefill_check
 
 pytestmark = pytest.mark.slow
 

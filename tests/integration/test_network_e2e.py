@@ -34,7 +34,7 @@ from veriml.client import (
     read_network_file,
     verify_inference_file,
 )
-from veriml.core.errors import Error, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, NodeUnavailableError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.ledger import InferenceEntry, parse_entry
 from veriml.models.examples import build_mlp, write_example_folder
@@ -285,7 +285,7 @@ def test_a_coordinator_killed_and_restarted_keeps_its_state_and_log(
                 answered.append(client.infer("mlp", {"x": X - np.float32(i)}, policy="none").id)
             if len(answered) >= 3:
                 three_done.set()
-        except NodeUnavailable as exc:  # in flight at the crash: no answer
+        except NodeUnavailableError as exc:  # in flight at the crash: no answer
             failed.append(exc)
 
     # SIGKILL while requests are in flight.

@@ -30,7 +30,7 @@ from veriml.client import (
     LocalNetwork,
 )
 from veriml.core.dsse import Envelope
-from veriml.core.errors import NotFound, VerificationError
+from veriml.core.errors import NotFoundError, VerificationError
 from veriml.core.keys import generate_key
 
 pytestmark = pytest.mark.slow
@@ -220,5 +220,5 @@ def test_the_async_client_chats_and_streams_verified(net: LocalNetwork) -> None:
 
 
 def test_the_sdk_names_an_unknown_model(sdk: Client) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         sdk.chat("no-such-model", MESSAGES, max_tokens=8)

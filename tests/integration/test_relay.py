@@ -22,12 +22,13 @@ from _checks import ran
 from _llm import make_smollm2_folder
 from veriml.client import COMPLETION_CHECKS, ChatResult, ChatStream, Client, LocalNetwork
 from veriml.core.canonical import canonical_digest
-from veriml.core.completion import canonical_request, open_completion
+from veriml.core.completion import open_completion
 from veriml.core.digest import Digest
 from veriml.core.errors import ExecutionError, FormatError
 from veriml.core.keys import generate_key
 from veriml.node import NodeConfig
 from veriml.node._relay import RELAY_TOKEN, RelayEngine
+from veriml.protocol.openai_requests import canonical_request
 from veriml.runtime.llm import TokenEvent
 
 pytestmark = pytest.mark.slow

@@ -36,19 +36,20 @@ from _traces import read_trace
 from veriml.client import Client, LocalNetwork
 from veriml.coordinator.auth import sign_request
 from veriml.core.digest import Digest
-from veriml.core.errors import LogInconsistency, NodeUnavailable
+from veriml.core.errors import LogInconsistencyError, NodeUnavailableError
 from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.protocol.accounts import LedgerRequest
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.runtime import Runner, RunResult, Trace
 from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
 from veriml.tlog.cosignature import CosignatureSigner, CosignatureVerifier
 from veriml.tlog.merkle import consistency_proof, leaf_hash, root_from_leaf_hashes
 from veriml.tlog.note import NoteSigner
-from veriml.tlog.witness import WitnessClient, WitnessConflict
+from veriml.tlog.witness import WitnessClient, WitnessConflictError
 
 VERIML = [sys.executable, "-m", "veriml"]
 X = np.array([[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.5, 3.0]], dtype=np.float32)
@@ -248,7 +249,7 @@ def test_a_killed_witness_keeps_what_it_cosigned_and_refuses_a_rollback_or_a_for
                     old = acknowledged[-1]
                     try:
                         client.add_checkpoint(old, log.proof(old, size), log.signed(size))
-                    except NodeUnavailable:
+                    except NodeUnavailableError:
                         return  # the kill
                     acknowledged.append(size)
 
@@ -270,13 +271,13 @@ def test_a_killed_witness_keeps_what_it_cosigned_and_refuses_a_rollback_or_a_for
         size = int(seen.text.split("\n")[1])
         assert size in (last, last + 1)  # nothing acknowledged is lost (one more in flight)
         # A rollback: the log pretending the witness last saw less.
-        with pytest.raises(WitnessConflict) as rollback:
+        with pytest.raises(WitnessConflictError) as rollback:
             client.add_checkpoint(0, [], log.signed(last))
         assert rollback.value.latest_size == size
         # A fork: another tree, at the cosigned size or beyond it.
-        with pytest.raises(LogInconsistency):
+        with pytest.raises(LogInconsistencyError):
             client.add_checkpoint(size, [], fork.signed(size))
-        with pytest.raises(LogInconsistency):
+        with pytest.raises(LogInconsistencyError):
             client.add_checkpoint(size, fork.proof(size, 199), fork.signed(199))
         # The honest log goes on from there.
         assert client.add_checkpoint(size, log.proof(size, 199), log.signed(199)).name == (

@@ -281,7 +281,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path, setup: dict[str, Path]) -> 
     )
     assert proc.returncode != 0
     assert "Traceback" in proc.stderr
-    assert "InvalidInput" in proc.stderr
+    assert "InvalidInputError" in proc.stderr
 
 
 def test_verify_usage_errors_exit_2(setup: dict[str, Path]) -> None:

@@ -56,7 +56,8 @@ from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.node import NodeConfig, create_node_app
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 
 pytestmark = pytest.mark.slow
 

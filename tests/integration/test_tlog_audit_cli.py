@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from veriml.cli.app import app
-from veriml.core.errors import LogInconsistency, RootMismatchError, SignatureError
+from veriml.core.errors import LogInconsistencyError, RootMismatchError, SignatureError
 from veriml.tlog.cosignature import CosignatureVerifier
 
 GO_VKEY = "example.com/log+9d2609c6+AbHE3xwXzOkKA81MBX/HTU4u4k3f4qjJxf2NCkWh8ILz"
@@ -85,7 +85,7 @@ def test_audit_reports_and_remembers(tree: Path, tmp_path: Path) -> None:
     doc["size"] = 2000
     state.write_text(json.dumps(doc))
     _, _, exc = run("log", "audit", str(tree), "--vkey", GO_VKEY, "--state", str(state))
-    assert isinstance(exc, LogInconsistency)
+    assert isinstance(exc, LogInconsistencyError)
     assert exc.exit_code == 1
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from _servers import serve
 from _vectors import GO_NOTES, go_tree_files
-from veriml.core.errors import LogInconsistency
+from veriml.core.errors import LogInconsistencyError
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
 from veriml.tlog.log import Log, LogOptions
@@ -129,7 +129,7 @@ def test_another_logs_tree_is_never_overwritten(log: Log, target: str, tmp_path:
         publish_log(other, target)
     log.add_many([entry(i) for i in range(20)])
     before = published_files(target)
-    with pytest.raises(LogInconsistency):
+    with pytest.raises(LogInconsistencyError):
         publish_log(log, target)
     assert published_files(target) == before
 

@@ -9,7 +9,12 @@ from pathlib import Path
 import pytest
 
 from _servers import free_port, serve
-from veriml.core.errors import LogInconsistency, NodeUnavailable, SignatureError, VerificationError
+from veriml.core.errors import (
+    LogInconsistencyError,
+    NodeUnavailableError,
+    SignatureError,
+    VerificationError,
+)
 from veriml.core.keys import generate_key
 from veriml.tlog._witness_store import StoredCheckpoint, WitnessStore
 from veriml.tlog.checkpoint import Checkpoint, sign_checkpoint
@@ -19,7 +24,7 @@ from veriml.tlog.merkle import consistency_proof, leaf_hash, root_from_leaf_hash
 from veriml.tlog.note import NoteSigner, NoteVerifier
 from veriml.tlog.witness import (
     WitnessClient,
-    WitnessConflict,
+    WitnessConflictError,
     collect_cosignatures,
     create_witness_app,
 )
@@ -80,11 +85,11 @@ def test_witness_remembers_its_latest_checkpoint_across_restarts(tmp_path: Path,
     with serve(_app(state, signer, log), port=port) as url:
         client = WitnessClient(url, verifier)
         # A fresh start from 0 is refused: the witness still knows size 8.
-        with pytest.raises(WitnessConflict) as conflict:
+        with pytest.raises(WitnessConflictError) as conflict:
             client.add_checkpoint(0, [], fork.signed(20))
         assert conflict.value.latest_size == 8
         # A fork that does not extend the cosigned size-8 tree is never cosigned.
-        with pytest.raises(LogInconsistency):
+        with pytest.raises(LogInconsistencyError):
             client.add_checkpoint(8, fork.proof(8, 20), fork.signed(20))
         # The honest log continues.
         sig = client.add_checkpoint(8, log.proof(8, 20), log.signed(20))
@@ -135,7 +140,7 @@ def test_quorum_fails_closed_when_a_witness_is_down(tmp_path: Path, log: Log) ->
                 timeout=2,
             ),
         ]
-        with pytest.raises(NodeUnavailable):
+        with pytest.raises(NodeUnavailableError):
             clients[1].add_checkpoint(0, [], log.signed(3))
         with pytest.raises(VerificationError) as failed:
             collect_cosignatures(clients, {}, log.proof, log.signed(3), quorum=2)
@@ -154,7 +159,7 @@ def test_quorum_failure_from_a_fork_is_a_log_inconsistency(tmp_path: Path, log: 
         collect_cosignatures([client], {}, log.proof, log.signed(10), quorum=1)
         fork = Log(prefix="forged")
         fork.grow(20)
-        with pytest.raises(LogInconsistency):
+        with pytest.raises(LogInconsistencyError):
             collect_cosignatures([client], {}, fork.proof, fork.signed(20), quorum=1)
         client.close()
 
@@ -188,7 +193,7 @@ def test_witness_state_in_postgresql_keeps_the_same_guarantees(postgres_url: str
     app = create_witness_app(postgres_url, signer, [NoteVerifier.from_vkey(log.signer.vkey)])
     with serve(app) as url, WitnessClient(url, verifier) as client:
         client.add_checkpoint(0, [], log.signed(7))
-        with pytest.raises(WitnessConflict):
+        with pytest.raises(WitnessConflictError):
             client.add_checkpoint(0, [], log.signed(9))
         client.add_checkpoint(7, log.proof(7, 20), log.signed(20))
 

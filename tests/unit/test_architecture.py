@@ -35,8 +35,9 @@ ALLOWED: dict[str, frozenset[str]] = {
     # Running a model needs the validated package (models). It also commits to a trace with
     # RFC 9162 Merkle math, and there is one Merkle implementation: tlog.merkle (pure). This
     # edge is beside the brief's picture (core <- models <- runtime; core <- tlog), not
-    # against its direction: tlog imports core only.
-    "runtime": frozenset({"core", "models", "tlog"}),
+    # against its direction: tlog imports core only. The LLM engine checks that the request
+    # it runs is canonical, and the canonical form is API policy (protocol.openai_requests).
+    "runtime": frozenset({"core", "models", "tlog", "protocol"}),
     # The transparency log: Merkle math, notes, checkpoints, tiles, storage, witness.
     "tlog": frozenset({"core"}),
     # Wire formats the coordinator, the nodes and the SDK share (signed messages, policies

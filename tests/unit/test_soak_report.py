@@ -9,14 +9,14 @@ from pathlib import Path
 
 from benchmarks.soak import _drift, _merge, _retriable
 
-from veriml.core.errors import Conflict, NodeUnavailable, StorageError, VerificationError
+from veriml.core.errors import ConflictError, NodeUnavailableError, StorageError, VerificationError
 
 
 def test_only_errors_a_same_id_retry_resolves_are_retriable() -> None:
-    assert _retriable(NodeUnavailable("coordinator unreachable"))
+    assert _retriable(NodeUnavailableError("coordinator unreachable"))
     assert _retriable(StorageError("another replica is answering this Idempotency-Key; retry"))
-    assert _retriable(Conflict("a request with this Idempotency-Key is running"))
-    assert not _retriable(Conflict("this Idempotency-Key was used for another request"))
+    assert _retriable(ConflictError("a request with this Idempotency-Key is running"))
+    assert not _retriable(ConflictError("this Idempotency-Key was used for another request"))
     assert not _retriable(VerificationError("receipt signature does not verify"))
 
 

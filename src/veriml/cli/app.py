@@ -117,10 +117,10 @@ def main() -> None:
         sys.exit(130)
     except Exception as exc:
         # Imported here: the error tree comes with veriml.core, which ``--help`` never needs.
-        from veriml.core.errors import Error, NodeUnavailable
+        from veriml.core.errors import Error, NodeUnavailableError
 
         if not isinstance(exc, Error) or state.verbose or verbose:
             raise
         # Escaped: diagnostics hold shapes like [n,5] that rich would take for markup.
         err_console.print(f"[bold red]error:[/] {escape(exc.diagnostics())}", markup=True)
-        sys.exit(EXIT_UNREACHABLE if isinstance(exc, NodeUnavailable) else exc.exit_code)
+        sys.exit(EXIT_UNREACHABLE if isinstance(exc, NodeUnavailableError) else exc.exit_code)

@@ -54,8 +54,7 @@ def chat(
     json_out: JsonOpt = False,
 ) -> None:
     """Ask MODEL one question under a policy; print the verified answer and its trust."""
-    from veriml.client import ChatResult, Client
-    from veriml.client import canonical_policy
+    from veriml.client import ChatResult, Client, canonical_policy
 
     canonical_policy(policy)
     messages: list[dict[str, Any]] = []

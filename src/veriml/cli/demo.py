@@ -208,7 +208,7 @@ def _log_receipt(result: RunResult, work: Path) -> tuple[Path, int, int, str]:
 
 
 def _check_log_proof(proof_path: Path, vkey: str) -> list[tuple[str, bool, str]]:
-    from veriml.core.errors import VerificationError
+    from veriml.core.errors import Check, VerificationError
     from veriml.core.keys import generate_key
     from veriml.tlog import NoteSigner, NoteVerifier, TlogProof, verify_tlog_proof
 
@@ -233,7 +233,9 @@ def _check_log_proof(proof_path: Path, vkey: str) -> list[tuple[str, bool, str]]
         except VerificationError as exc:
             rows.append((label, False, exc.message))
         else:
-            raise VerificationError("a tampered log proof verified", check=label)
+            raise VerificationError(
+                f"a tampered log proof verified: {label}", check=Check.INCLUSION
+            )
     return rows
 
 

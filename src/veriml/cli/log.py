@@ -160,13 +160,13 @@ def serve(
 def _http(url: str, method: str, path: str, content: bytes | None = None) -> httpx.Response:
     import httpx
 
-    from veriml.core.errors import FormatError, NodeUnavailable, StorageError
+    from veriml.core.errors import FormatError, NodeUnavailableError, StorageError
 
     target = url.rstrip("/") + "/" + path
     try:
         response = httpx.request(method, target, content=content, timeout=60.0)
     except httpx.HTTPError as exc:
-        raise NodeUnavailable("log unreachable", url=target, reason=str(exc)) from exc
+        raise NodeUnavailableError("log unreachable", url=target, reason=str(exc)) from exc
     if response.status_code >= 400:
         try:
             detail = str(response.json().get("detail", ""))

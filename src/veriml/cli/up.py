@@ -181,7 +181,7 @@ def up(
     cheats = parse_byzantine(byzantine or [], nodes)
     restarts, max_failures = parse_restart(restart)
     from veriml.client import LocalNetwork  # imported here: CLI start-up stays light
-    from veriml.core.errors import NodeUnavailable
+    from veriml.core.errors import NodeUnavailableError
 
     network = LocalNetwork(
         home_or_default(home),
@@ -207,7 +207,7 @@ def up(
     try:
         try:
             network.start()
-        except NodeUnavailable:
+        except NodeUnavailableError:
             if not stop.is_set():
                 raise
             return  # stopped while starting: the finally below stops what did start

@@ -116,7 +116,7 @@ def watch(
 ) -> None:
     """Follow the log, re-execute a random sample of inferences, dispute any mismatch."""
     from veriml.client import Client, Watcher
-    from veriml.core.errors import NodeUnavailable
+    from veriml.core.errors import NodeUnavailableError
 
     signing = load_request_key(key)
     if signing is None:
@@ -129,7 +129,7 @@ def watch(
             while True:
                 try:
                     watcher.poll(lambda checked: _emit(checked, json_out))
-                except NodeUnavailable as exc:
+                except NodeUnavailableError as exc:
                     if once:
                         raise
                     # Following: an unreachable coordinator is retried at the next poll (a

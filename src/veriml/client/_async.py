@@ -30,7 +30,7 @@ from veriml.client._publish import Progress, ensure_signed
 from veriml.client._requests import Expected, raise_for_problem
 from veriml.client._retry import STREAM, AsyncRetryTransport
 from veriml.core.digest import Digest
-from veriml.core.errors import NodeUnavailable
+from veriml.core.errors import NodeUnavailableError
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import Array
 from veriml.protocol.sse import SSEReader
@@ -305,7 +305,7 @@ class AsyncChatStream(StreamedAnswer):
             if (event := reader.end()) is not None and (piece := self._assembler.feed(*event)):
                 yield piece
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "the stream broke off", url=self._client.url, reason=str(exc)
             ) from exc
         finally:

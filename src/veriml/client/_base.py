@@ -27,11 +27,11 @@ from veriml.client._requests import Expected, json_answer, request_headers, stre
 from veriml.client._retry import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Retries
 from veriml.core.digest import Digest
 from veriml.core.errors import (
-    DigestMismatch,
+    DigestMismatchError,
     FormatError,
     KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
+    LimitExceededError,
+    NodeUnavailableError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
@@ -68,7 +68,7 @@ LIST_PAGE_SIZE = 1000
 """Items asked for per page of a listing (the coordinator's largest ``limit``)."""
 MAX_LIST_PAGES = 10_000
 """Pages a listing follows at the most: a server that pages forever ends in
-:class:`LimitExceeded`, not a loop."""
+:class:`LimitExceededError`, not a loop."""
 
 
 @dataclass(slots=True)
@@ -108,7 +108,7 @@ class Listing:
         if type(following) is not int or self.offset is None or following <= self.offset:
             raise FormatError("a listing's next_offset does not move forward", got=str(following))
         if self.pages >= MAX_LIST_PAGES:
-            raise LimitExceeded("the listing does not end", limit=MAX_LIST_PAGES)
+            raise LimitExceededError("the listing does not end", limit=MAX_LIST_PAGES)
         self.offset = following
 
 
@@ -141,14 +141,14 @@ def _digest(digest: Digest | str) -> Digest:
 def _append_bounded(data: bytearray, chunk: bytes) -> None:
     data += chunk
     if len(data) > MAX_TENSOR_ANSWER_BYTES:
-        raise LimitExceeded("the tensor served is too large", limit=MAX_TENSOR_ANSWER_BYTES)
+        raise LimitExceededError("the tensor served is too large", limit=MAX_TENSOR_ANSWER_BYTES)
 
 
 def _tensor(wanted: Digest, data: bytes) -> Array:
     """A tensor fetched by digest: the canonical bytes must hash to the digest asked for."""
     calculated = Digest.of(data)
     if calculated != wanted:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the tensor served does not hash to the digest asked for",
             check="tensor",
             expected=wanted,
@@ -185,7 +185,7 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
     if response.status_code >= 400:
         raise openai_error(response.status_code, body, str(response.request.url))
     if len(response.content) > MAX_ANSWER_BYTES:
-        raise LimitExceeded("the answer is too large", limit=MAX_ANSWER_BYTES)
+        raise LimitExceededError("the answer is too large", limit=MAX_ANSWER_BYTES)
     if not isinstance(body, dict):
         raise FormatError("the coordinator's answer is not a JSON object")
     return body
@@ -251,8 +251,8 @@ class BaseClient(LogHistory):
         """Whether an answer is verified: the call's ``verify``, else the client's."""
         return self.verify if verify is None else verify
 
-    def _unreachable(self, exc: httpx.HTTPError) -> NodeUnavailable:
-        return NodeUnavailable("coordinator unreachable", url=self.url, reason=str(exc))
+    def _unreachable(self, exc: httpx.HTTPError) -> NodeUnavailableError:
+        return NodeUnavailableError("coordinator unreachable", url=self.url, reason=str(exc))
 
     @staticmethod
     def _query(params: Mapping[str, Any]) -> dict[str, Any]:

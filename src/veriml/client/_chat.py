@@ -25,7 +25,7 @@ from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
     Error,
     FormatError,
-    LimitExceeded,
+    LimitExceededError,
     VerificationError,
 )
 from veriml.protocol.policy import Policy, Verdict
@@ -398,7 +398,7 @@ def canonical_policy(text: str) -> str:
 def openai_error(status: int, body: object, url: str) -> Error:
     """The veriml error for an OpenAI error object ``{"error": {"message", "type", "param",
     "code"}}`` (or a problem JSON) answered with ``status`` (:func:`error_for_status`; a
-    context too long for the model is :class:`LimitExceeded`)."""
+    context too long for the model is :class:`LimitExceededError`)."""
     error = body.get("error") if isinstance(body, Mapping) else None
     if isinstance(error, Mapping):
         message = str(error.get("message") or "request failed")
@@ -409,5 +409,5 @@ def openai_error(status: int, body: object, url: str) -> Error:
         param, code = None, None
     evidence = {"status": status, "url": url, "param": param, "code": code}
     if status == 400 and code in ("context_length_exceeded", "too_many_tokens"):
-        return LimitExceeded(message, **evidence)
+        return LimitExceededError(message, **evidence)
     return error_for_status(status, message, evidence)

@@ -34,7 +34,7 @@ from veriml.client._publish import Progress, ensure_signed
 from veriml.client._requests import raise_for_problem
 from veriml.client._retry import STREAM, RetryTransport
 from veriml.core.digest import Digest
-from veriml.core.errors import NodeUnavailable
+from veriml.core.errors import NodeUnavailableError
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import Array
 from veriml.protocol.sse import parse_sse
@@ -76,7 +76,7 @@ class Client(BaseClient):
 
     def close(self) -> None:
         """Store the largest checkpoint seen (a fork found now raises
-        :class:`LogInconsistency`), then close the connections."""
+        :class:`LogInconsistencyError`), then close the connections."""
         try:
             self._close_store()
         finally:
@@ -387,7 +387,7 @@ class ChatStream(StreamedAnswer):
                 if piece:
                     yield piece
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "the stream broke off", url=self._client.url, reason=str(exc)
             ) from exc
         finally:

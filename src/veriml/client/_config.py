@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from veriml.core.errors import FormatError, NotFound, VerificationError
+from veriml.core.errors import FormatError, NotFoundError, VerificationError
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.evidence import parse_log_key
@@ -188,7 +188,7 @@ def resolve_url(url: str | None, home: Path | None = None) -> str:
     network = read_network_file(home)
     if network is not None:
         return network.url.rstrip("/")
-    raise NotFound(
+    raise NotFoundError(
         "no coordinator URL: pass one, set VERIML_URL or the url setting (veriml config set), "
         "or start a local network (veriml up)",
         home=str(home if home is not None else default_home()),

@@ -46,7 +46,7 @@ import httpx
 
 from veriml.client._requests import json_answer, raise_for_problem, request_headers
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, KeyFileError, LimitExceeded, NodeUnavailable
+from veriml.core.errors import FormatError, KeyFileError, LimitExceededError, NodeUnavailableError
 from veriml.core.keys import SigningKey
 from veriml.core.tensors import tensor_to_json
 from veriml.protocol.accounts import LedgerRequest
@@ -77,7 +77,7 @@ _RETRY_MAX = 2.0
 _TRANSIENT = frozenset({502, 503, 504})
 
 
-class _Unreachable(NodeUnavailable):
+class _Unreachable(NodeUnavailableError):
     """The coordinator did not answer this time (down, restarting, overloaded)."""
 
 
@@ -198,8 +198,8 @@ class Challenger:
     ``client`` must sign its requests (``Client(key=...)``): the coordinator records the key
     id as the challenger's account, which locks the bond and receives the reward.
     ``max_moves`` bounds the requests of one dispute and ``timeout`` its duration (seconds);
-    exceeding either raises (:class:`LimitExceeded`, :class:`NodeUnavailable`) and leaves the
-    dispute to the coordinator's own deadlines.
+    exceeding either raises (:class:`LimitExceededError`, :class:`NodeUnavailableError`) and
+    leaves the dispute to the coordinator's own deadlines.
     """
 
     def __init__(
@@ -283,13 +283,13 @@ class Challenger:
         """One move of :meth:`play` (or one poll while the other side has the move): the
         next state, poll wait and move count."""
         if moves >= self.max_moves:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "the dispute did not settle within the allowed moves",
                 dispute=state.id,
                 limit=self.max_moves,
             )
         if time.monotonic() > deadline:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "the coordinator did not settle the dispute in time",
                 dispute=state.id,
                 seconds=self.timeout,
@@ -309,7 +309,7 @@ class Challenger:
         wait = _POLL_START
         while True:
             if time.monotonic() > deadline:
-                raise NodeUnavailable(
+                raise NodeUnavailableError(
                     "the coordinator did not come back before the dispute's deadline",
                     dispute=dispute,
                     seconds=self.timeout,

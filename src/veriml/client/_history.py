@@ -15,7 +15,13 @@ from typing import Any
 
 from veriml.client._checkpoints import CheckpointStore
 from veriml.client._config import cache_dir
-from veriml.core.errors import Error, FormatError, LogInconsistency, NotFound, VerificationError
+from veriml.core.errors import (
+    Error,
+    FormatError,
+    LogInconsistencyError,
+    NotFoundError,
+    VerificationError,
+)
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.client import LogClient, SignedCheckpoint
 from veriml.tlog.merkle import verify_consistency
@@ -109,7 +115,7 @@ class LogHistory:
     ) -> SignedCheckpoint:
         """The larger of two checkpoints once the smaller is proven a prefix of it (with
         ``proof``, from the smaller size to ``shown``'s, when it is one), else
-        :class:`LogInconsistency` naming both sizes."""
+        :class:`LogInconsistencyError` naming both sizes."""
         older, newer = (
             (seen, shown) if seen.checkpoint.size <= shown.checkpoint.size else (shown, seen)
         )
@@ -119,12 +125,12 @@ class LogHistory:
                 verify_consistency(old.size, new.size, proof[1], old.root_hash, new.root_hash)
             else:
                 self._log_client().verify_consistent(old, newer)
-        except (VerificationError, NotFound) as exc:
-            # NotFound: the log serves no tiles at a size it signed before (a rollback).
+        except (VerificationError, NotFoundError) as exc:
+            # NotFoundError: the log serves no tiles at a size it signed before (a rollback).
             evidence: dict[str, Any] = {}
             if self._store is not None and self._stored in (old, new) and self.log_key:
                 evidence["stored"] = str(self._store.path(self.log_key))
-            raise LogInconsistency(
+            raise LogInconsistencyError(
                 "the log forked: a checkpoint it showed before and this one are not one history",
                 check="consistency",
                 old=old.size,
@@ -154,7 +160,7 @@ class LogHistory:
     def _write_store(self, *, closing: bool = False) -> None:
         """Store the largest checkpoint this client has seen if it grew (at most once a
         second unless ``closing``). When another process stored another one meanwhile, the two
-        must be one history (:class:`LogInconsistency` otherwise); the larger is kept."""
+        must be one history (:class:`LogInconsistencyError` otherwise); the larger is kept."""
         store, key = self._store, self.log_key
         if store is None or key is None or not self._store_read or self._forked:
             return
@@ -179,7 +185,7 @@ class LogHistory:
                     return
                 try:
                     self._advance(other)
-                except LogInconsistency:
+                except LogInconsistencyError:
                     self._forked = True
                     raise
                 self._stored = other.checkpoint
@@ -189,7 +195,7 @@ class LogHistory:
         or log that cannot be reached only warns."""
         try:
             self._write_store(closing=True)
-        except LogInconsistency:
+        except LogInconsistencyError:
             raise
         except Error as exc:
             _log.warning("checkpoint not stored on close: %s", exc.diagnostics())

@@ -21,7 +21,7 @@ cosigns before the log publishes anything. ``witnesses=0`` runs without one.
 ``nodes``) cheating in that mode (docs/verification.md, "Byzantine harness": tests and demos
 only); ``threads={index: n}`` gives it ``n`` intra-op threads.
 
-Ports: ``port=P`` puts the coordinator on ``P`` (a :class:`Conflict` if it is taken) and every
+Ports: ``port=P`` puts the coordinator on ``P`` (a :class:`ConflictError` if it is taken) and every
 node and witness on the next free port above it; ``port=0`` picks a free port for each
 (below the kernel's ephemeral range, so no client connection takes it meanwhile; see
 ``_children.py``). A node or witness whose port is taken by the time it starts is moved to
@@ -74,7 +74,7 @@ from veriml.client._local_keys import (
     witness_key,
     write_coordinator_pub,
 )
-from veriml.core.errors import Conflict, FormatError, NodeUnavailable
+from veriml.core.errors import ConflictError, FormatError, NodeUnavailableError
 
 __all__ = ["LocalNetwork"]
 
@@ -255,11 +255,11 @@ class LocalNetwork:
 
     def _ensure_port(self, child: Child) -> None:
         """Before ``child`` starts: move it off a port something else took meanwhile, or raise
-        :class:`Conflict` when it must keep that port (the coordinator's ``--port``)."""
+        :class:`ConflictError` when it must keep that port (the coordinator's ``--port``)."""
         if port_free(child.port):
             return
         if not self._movable(child):
-            raise Conflict(f"port {child.port} of {child.name} is in use", port=child.port)
+            raise ConflictError(f"port {child.port} of {child.name} is in use", port=child.port)
         child.move_to(self._pick_port({c.port for c in self.children()}))
         if child is self.coordinator:
             self.url = child.url
@@ -430,7 +430,7 @@ class LocalNetwork:
     def restart(self, child: Child) -> None:
         """Start ``child`` again after it exited, without waiting for it to serve. A node (or a
         witness while the coordinator is down) whose port was taken meanwhile moves to a free
-        one; a child that must keep its port raises :class:`Conflict`."""
+        one; a child that must keep its port raises :class:`ConflictError`."""
         if child.alive():
             return
         self._ensure_port(child)
@@ -509,10 +509,10 @@ class LocalNetwork:
         deadline = time.monotonic() + self.start_timeout
         while True:
             if self.cancel.is_set():
-                raise NodeUnavailable(f"start cancelled while waiting for {what}")
+                raise NodeUnavailableError(f"start cancelled while waiting for {what}")
             for child in self.dead():
                 if not self._respawn_if_port_lost(child):
-                    raise NodeUnavailable(
+                    raise NodeUnavailableError(
                         f"{child.name} exited while waiting for {what}",
                         code=child.process.returncode if child.process else None,
                         log=child.tail(600),
@@ -520,7 +520,9 @@ class LocalNetwork:
             if ready():
                 return
             if time.monotonic() > deadline:
-                raise NodeUnavailable(f"timed out waiting for {what}", seconds=self.start_timeout)
+                raise NodeUnavailableError(
+                    f"timed out waiting for {what}", seconds=self.start_timeout
+                )
             time.sleep(0.1)
 
     def _respawn_if_port_lost(self, child: Child) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from veriml.client._children import Child
-from veriml.core.errors import NodeUnavailable
+from veriml.core.errors import NodeUnavailableError
 
 __all__ = [
     "LOG_ORIGIN",
@@ -55,7 +55,7 @@ def read_log_key(data: Path) -> tuple[str, str]:
         meta = json.loads(sidecar.read_text())
         return str(meta["origin"]), str(meta["vkey"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise NodeUnavailable("unreadable log key sidecar", path=str(sidecar)) from exc
+        raise NodeUnavailableError("unreadable log key sidecar", path=str(sidecar)) from exc
 
 
 def witness_key(folder: Path, j: int) -> tuple[Path, str]:

@@ -14,7 +14,7 @@ import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from veriml.core.errors import InvalidModel, VerificationError
+from veriml.core.errors import InvalidModelError, VerificationError
 from veriml.core.keys import SigningKey, load_private_key
 
 __all__ = [
@@ -37,14 +37,14 @@ Progress = Callable[[int, int | None], None]
 def model_files(folder: Path) -> list[tuple[str, Path]]:
     """Every regular file under ``folder`` as (relative POSIX path, path), sorted by name."""
     if not folder.is_dir():
-        raise InvalidModel("a model is a folder", path=str(folder))
+        raise InvalidModelError("a model is a folder", path=str(folder))
     files: list[tuple[str, Path]] = []
     for root, dirs, names in os.walk(folder):
         dirs.sort()
         for name in sorted(names):
             path = Path(root) / name
             if path.is_symlink() or not path.is_file():
-                raise InvalidModel("model folders hold regular files only", path=str(path))
+                raise InvalidModelError("model folders hold regular files only", path=str(path))
             files.append((path.relative_to(folder).as_posix(), path))
     return sorted(files)
 
@@ -70,7 +70,7 @@ def tar_stream(folder: Path, *, chunk: int = CHUNK) -> Iterator[bytes]:
             while written < size:
                 data = f.read(min(chunk, size - written))
                 if not data:
-                    raise InvalidModel("model file shrank while uploading", path=str(path))
+                    raise InvalidModelError("model file shrank while uploading", path=str(path))
                 written += len(data)
                 yield data
         if _padding(size):

@@ -16,7 +16,7 @@ import httpx
 
 from veriml.client._publish import Progress
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, NodeUnavailable
+from veriml.core.errors import Error, NodeUnavailableError
 
 if TYPE_CHECKING:
     from veriml.models.pull import Package
@@ -45,7 +45,7 @@ def cached_model(
         try:
             return pull_model(http, url, digest, models, max_bytes=max_bytes)
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "cannot pull the model from the hub", model=digest, reason=repr(exc)[:200]
             ) from exc
 

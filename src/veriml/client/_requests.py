@@ -17,14 +17,15 @@ import numpy as np
 
 from veriml.core.digest import Digest
 from veriml.core.errors import (
-    Conflict,
+    Check,
+    ConflictError,
     Error,
     FormatError,
-    InvalidInput,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
+    InvalidInputError,
+    LimitExceededError,
+    NodeUnavailableError,
+    NotFoundError,
+    PaymentRequiredError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
@@ -78,9 +79,22 @@ def raise_for_problem(response: httpx.Response) -> None:
         problem = {}
     detail = str(problem.get("detail") or problem.get("title") or response.reason_phrase)
     evidence = {"status": response.status_code, "url": str(response.request.url)}
-    check = str(problem.get("check") or "signature")
+    check = _known_check(problem.get("check"), evidence)
     retry_after = response.headers.get("Retry-After")
     raise error_for_status(response.status_code, detail, evidence, check, retry_after)
+
+
+def _known_check(name: object, evidence: dict[str, Any]) -> Check:
+    """A problem's ``check`` as a published :class:`~veriml.errors.Check`; a name this SDK does
+    not know (a newer server, or a lying one) reads as ``signature``, and the name it sent is
+    kept in ``evidence`` as ``server_check``."""
+    if not name:
+        return Check.SIGNATURE
+    try:
+        return Check(str(name))
+    except ValueError:
+        evidence["server_check"] = str(name)[:128]
+        return Check.SIGNATURE
 
 
 def json_answer(response: httpx.Response, limit: int, what: str) -> Any:
@@ -88,7 +102,7 @@ def json_answer(response: httpx.Response, limit: int, what: str) -> Any:
     the error it stands for); ``what`` names it in the errors."""
     raise_for_problem(response)
     if len(response.content) > limit:
-        raise LimitExceeded(f"the {what} is too large", limit=limit)
+        raise LimitExceededError(f"the {what} is too large", limit=limit)
     try:
         return response.json()
     except ValueError as exc:
@@ -99,33 +113,33 @@ def error_for_status(
     status: int,
     message: str,
     evidence: Mapping[str, Any],
-    check: str = "signature",
+    check: Check = Check.SIGNATURE,
     retry_after: str | None = None,
 ) -> Error:
     """The veriml error an HTTP error status stands for (docs/sdk.md, "Errors from the
-    coordinator"): 404 :class:`NotFound`, 409 :class:`Conflict`, 402
-    :class:`PaymentRequired`, 413 :class:`LimitExceeded`, 403 a :class:`VerificationError`
-    naming ``check``, 422 :class:`InvalidInput`, 429 (too many requests, once the retries of
-    :mod:`veriml.client._retry` gave up) and 5xx :class:`NodeUnavailable`, any other 4xx
+    coordinator"): 404 :class:`NotFoundError`, 409 :class:`ConflictError`, 402
+    :class:`PaymentRequiredError`, 413 :class:`LimitExceededError`, 403 a :class:`VerificationError`
+    naming ``check``, 422 :class:`InvalidInputError`, 429 (too many requests, once the retries of
+    :mod:`veriml.client._retry` gave up) and 5xx :class:`NodeUnavailableError`, any other 4xx
     :class:`FormatError`."""
     if status == 404:
-        return NotFound(message, **evidence)
+        return NotFoundError(message, **evidence)
     if status == 409:
-        return Conflict(message, **evidence)
+        return ConflictError(message, **evidence)
     if status == 402:
-        return PaymentRequired(message, **evidence)
+        return PaymentRequiredError(message, **evidence)
     if status == 413:
-        return LimitExceeded(message, **evidence)
+        return LimitExceededError(message, **evidence)
     if status == 403:
         return VerificationError(message, check=check, **evidence)
     if status == 422:
-        return InvalidInput(message, **evidence)
+        return InvalidInputError(message, **evidence)
     if status == 429:
         waits = {} if retry_after is None else {"retry_after": retry_after[:64]}
-        return NodeUnavailable(f"rate limited: {message}", **evidence, **waits)
+        return NodeUnavailableError(f"rate limited: {message}", **evidence, **waits)
     if 400 <= status < 500:
         return FormatError(message, **evidence)
-    return NodeUnavailable(message, **evidence)
+    return NodeUnavailableError(message, **evidence)
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,8 +53,8 @@ from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
     Error,
     FormatError,
-    InvalidModel,
-    LogInconsistency,
+    InvalidModelError,
+    LogInconsistencyError,
     VerificationError,
 )
 from veriml.core.receipt import InferencePredicate
@@ -210,7 +210,7 @@ class Watcher:
         old = self.state.checkpoint
         if old is not None:
             if signed.checkpoint.size < old.size:
-                raise LogInconsistency(
+                raise LogInconsistencyError(
                     "the log shrank since this watcher last read it",
                     check="consistency",
                     old=old.size,
@@ -219,7 +219,7 @@ class Watcher:
             try:
                 self.log.verify_consistent(old, signed)
             except VerificationError as exc:
-                raise LogInconsistency(
+                raise LogInconsistencyError(
                     "the log forked since this watcher last read it",
                     check="consistency",
                     old=old.size,
@@ -340,7 +340,8 @@ class Watcher:
         token ids (from the coordinator, checked against what ``node`` signed), with the model
         pulled from the hub. A rejected completion is reported as a mismatch and challenged."""
         from veriml.core.canonical import canonical_digest
-        from veriml.core.completion import CompletionPredicate, check_canonical, token_digest
+        from veriml.core.completion import CompletionPredicate, token_digest
+        from veriml.protocol.openai_requests import check_canonical
         from veriml.verify.prefill import prefill_check
 
         try:
@@ -396,7 +397,7 @@ class Watcher:
 
         package = self._package(digest)
         if package.kind != "gguf":
-            raise InvalidModel("the logged model is not a GGUF language model", model=digest)
+            raise InvalidModelError("the logged model is not a GGUF language model", model=digest)
         n_ctx = predicate.runtime.get("n_ctx")
         settings = LLMSettings(n_ctx=n_ctx) if isinstance(n_ctx, int) else LLMSettings()
         engine = self._engines[digest] = LLMEngine(package, settings)
@@ -425,7 +426,7 @@ class Watcher:
     ) -> bool:
         """Tolerance mode: the answer's output tensors (from the coordinator, checked against
         the digests the node signed) within the model's first-order output bounds."""
-        from veriml.verify._tensors import check_tensor_digests
+        from veriml.verify.tensors import check_tensor_digests
         from veriml.verify.tolerance import output_bounds, outputs_agree
 
         answer = self.client.inference(entry.request_id, verify=False)
@@ -447,7 +448,7 @@ class Watcher:
 
         package = self._package(digest)
         if package.kind != "onnx":  # completion entries carry no tensors to re-run
-            raise InvalidModel("the logged model is not an ONNX graph", model=digest)
+            raise InvalidModelError("the logged model is not an ONNX graph", model=digest)
         runner = runner_for(package, Profile())
         self._runners[digest] = runner
         return runner

@@ -45,7 +45,7 @@ from veriml.coordinator.ratelimit import RateLimits, install_rate_limits
 from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
 from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
-from veriml.core.errors import Error, LimitExceeded, StorageError
+from veriml.core.errors import Error, LimitExceededError, StorageError
 from veriml.models.blobstore import BlobStore
 from veriml.protocol.http_signatures import MAX_SKEW, MAX_WINDOW
 from veriml.protocol.openapi import complete_document
@@ -108,7 +108,7 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > limit:
-                    raise LimitExceeded("request body is too large", limit=limit)
+                    raise LimitExceededError("request body is too large", limit=limit)
             return message
 
         await self.app(scope, counted, send)

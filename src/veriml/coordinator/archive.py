@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, ClassVar
 
-from veriml.core.errors import FormatError, LimitExceeded, StorageError
+from veriml.core.errors import FormatError, LimitExceededError, StorageError
 
 __all__ = ["MAX_HEADER_BYTES", "ArchiveLimits", "extract_tar"]
 
@@ -82,7 +82,7 @@ class _BoundedTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tarfile_: tarfile.TarFile) -> Any:
         if self.type in _EXTENDED and self.size > self.max_header:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "archive has an extended header (long name or pax) that is too large",
                 size=self.size,
                 limit=self.max_header,
@@ -119,7 +119,7 @@ def _safe_path(member: tarfile.TarInfo, limits: ArchiveLimits) -> PurePosixPath 
             member=name[:200],
         )
     if len(parts) > limits.max_depth:
-        raise LimitExceeded(
+        raise LimitExceededError(
             "archive member is nested too deep", member=name[:200], limit=limits.max_depth
         )
     return PurePosixPath(*parts) if parts else None
@@ -138,7 +138,7 @@ def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
     """Extract the tar read from ``source`` into the empty folder ``dest``; the file count.
 
     Raises :class:`FormatError` (malformed, truncated or unsafe archive) or
-    :class:`LimitExceeded`.
+    :class:`LimitExceededError`.
     """
     files = 0
     written = 0
@@ -148,7 +148,7 @@ def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
 
     def check_ratio(expanded: int) -> None:
         if expanded > limits.ratio_floor and expanded > counted.count * limits.max_ratio:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "archive expands too much (compression ratio)",
                 read=counted.count,
                 expanded=expanded,
@@ -178,9 +178,9 @@ def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
                     continue
                 files += 1
                 if files > limits.max_files:
-                    raise LimitExceeded("archive has too many files", limit=limits.max_files)
+                    raise LimitExceededError("archive has too many files", limit=limits.max_files)
                 if written + member.size > limits.max_bytes:
-                    raise LimitExceeded("model is too large", limit=limits.max_bytes)
+                    raise LimitExceededError("model is too large", limit=limits.max_bytes)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 data = archive.extractfile(member)
                 if data is None:  # pragma: no cover - isreg() members always have data
@@ -189,7 +189,7 @@ def extract_tar(source: BinaryIO, dest: Path, limits: ArchiveLimits) -> int:
                     while chunk := data.read(_CHUNK):
                         written += len(chunk)
                         if written > limits.max_bytes:
-                            raise LimitExceeded("model is too large", limit=limits.max_bytes)
+                            raise LimitExceededError("model is too large", limit=limits.max_bytes)
                         check_ratio(stream.tell())
                         out.write(chunk)
     except FileExistsError as exc:

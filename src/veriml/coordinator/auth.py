@@ -32,7 +32,7 @@ from starlette.requests import Request
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, FormatError, LimitExceeded, SignatureError
+from veriml.core.errors import ConflictError, FormatError, LimitExceededError, SignatureError
 from veriml.core.keys import SigningKey
 from veriml.protocol.http_signatures import (
     KEY_HEADER,
@@ -101,7 +101,7 @@ async def accept_signature(
     token = "req:" + hashlib.sha256(f"{key_id}\n{signed.nonce}".encode()).hexdigest()
     try:
         await run_in_threadpool(nonces.use, token)
-    except Conflict as exc:
+    except ConflictError as exc:
         if not covered_key:
             raise SignatureError(
                 "this signed request was sent before (its nonce is used): sign it again",
@@ -116,13 +116,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     read, or as soon as the stream passes the limit (nothing beyond it is held)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise LimitExceeded("request body is too large", size=int(declared), limit=limit)
+        raise LimitExceededError("request body is too large", size=int(declared), limit=limit)
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise LimitExceeded("request body is too large", limit=limit)
+            raise LimitExceededError("request body is too large", limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
 

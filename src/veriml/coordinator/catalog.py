@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.coordinator import db
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, NotFound, StorageError
+from veriml.core.errors import ConflictError, NotFoundError, StorageError
 from veriml.ledger.entries import namespace_of
 
 __all__ = [
@@ -222,7 +222,7 @@ class ModelRepository:
         else:
             found = self._one((db.models.c.name == ref) & _SIGNED)
         if found is None:
-            raise NotFound("no such model", model=ref[:300])
+            raise NotFoundError("no such model", model=ref[:300])
         return found
 
     def search(
@@ -267,7 +267,7 @@ class ModelRepository:
         of the same model registered *unsigned*: the row becomes ``record``, pending, and
         ``record`` is returned (an unsigned upload cannot squat its publisher's model; the
         caller restores the old row with :meth:`restore` if the registration fails). A signed
-        model's ``name@version`` bound to another digest is :class:`Conflict`.
+        model's ``name@version`` bound to another digest is :class:`ConflictError`.
         """
         row = record.to_row() | {"log_index": None, "claimed_at": now or time.time()}
         try:
@@ -303,8 +303,8 @@ class ModelRepository:
         return existing
 
     @staticmethod
-    def _taken(record: ModelRecord) -> Conflict:
-        return Conflict(
+    def _taken(record: ModelRecord) -> ConflictError:
+        return ConflictError(
             "model name@version is already bound to another digest",
             model=record.ref,
             digest=record.digest.to_text(),

@@ -34,10 +34,18 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import DigestMismatch, Error, FormatError, InvalidTensor, VerificationError
+from veriml.core.errors import (
+    DigestMismatchError,
+    Error,
+    FormatError,
+    InvalidTensorError,
+    VerificationError,
+)
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_from_json, tensor_to_json
-from veriml.protocol.messages import Job, format_time, open_prefill_check
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
+from veriml.protocol.prefill_check import open_prefill_check
 from veriml.verify.policy import Policy
 
 __all__ = [
@@ -245,7 +253,7 @@ def check_answer(
         content=content, tool_calls=calls, tokens=tokens, finish_reason=finish
     )
     if calculated != output:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the node's tokens and content are not what its receipt signed",
             check="output",
             expected=output,
@@ -265,7 +273,7 @@ def check_answer(
 
 def _check_prompt(predicate: CompletionPredicate, digest: Digest, count: int, node: str) -> None:
     if digest != predicate.prompt_digest or count != predicate.prompt_count:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the node's prompt tokens are not the ones its receipt signed",
             check="prompt",
             expected=f"{predicate.prompt_digest.to_text()} ({predicate.prompt_count})",
@@ -298,11 +306,11 @@ def _check_embedding(
         )
     try:
         vectors = tuple(tensor_from_json(v, max_bytes=max_tensor_bytes) for v in raw)
-    except InvalidTensor as exc:
+    except InvalidTensorError as exc:
         raise VerificationError("node answer's embeddings do not decode", node=name) from exc
     calculated = embedding_output_digest(vectors)
     if calculated != output:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the node's embeddings are not what its receipt signed",
             check="output",
             expected=output,

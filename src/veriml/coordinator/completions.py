@@ -4,12 +4,12 @@
 docs/openai-api.md) go through the steps of :mod:`veriml.coordinator.inference`, with a
 canonical request (docs/llm.md, "Canonical request") in place of input tensors:
 
-1. resolve the model reference; it must be a GGUF hub model (``NotFound`` -> 404);
+1. resolve the model reference; it must be a GGUF hub model (``NotFoundError`` -> 404);
 2. parse the policy and build the **canonical request** from the OpenAI body
    (:func:`veriml.core.completion.canonical_request`, ``FormatError`` naming the member);
    a request without ``seed`` gets one chosen here, so every node of a quorum samples with
    the same seed and their tokens can be compared bit for bit;
-3. pick nodes of distinct operators that run ``llama.cpp`` (``NodeUnavailable`` -> 503), sign
+3. pick nodes of distinct operators that run ``llama.cpp`` (``NodeUnavailableError`` -> 503), sign
    each a job carrying the request's digest, and post it with the request;
 4. stream the first answering node's tokens to the caller while it generates (NDJSON from the
    node; :class:`TokenSink` keeps the stream to one node's tokens even when nodes fail);
@@ -76,26 +76,22 @@ from veriml.coordinator.scheduler import (
     pick,
 )
 from veriml.core.canonical import canonical_digest
-from veriml.core.completion import (
-    RequestKind,
-    canonical_request,
-    check_canonical,
-    relay_name,
-)
+from veriml.core.completion import RequestKind, relay_name
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    NodeUnavailable,
-    NotFound,
+    NodeUnavailableError,
+    NotFoundError,
     StorageError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
 from veriml.ledger.entries import InferenceEntry
 from veriml.protocol.draw import Draw, sampling_seed
+from veriml.protocol.openai_requests import canonical_request, check_canonical
 from veriml.tlog.log import Log
 from veriml.verify.policy import (
     DisputeRef,
@@ -268,7 +264,7 @@ def _failed(node: str, status: int, problem: Mapping[str, Any]) -> Error:
     """The error for a node's failure status (or streamed ``error``) and its problem JSON."""
     if 400 <= status < 500:
         return NodeRefused("node refused the job", node=node, status=status, problem=problem)
-    return NodeUnavailable(
+    return NodeUnavailableError(
         "node failed the job", node=node, status=status, detail=str(problem.get("detail"))[:300]
     )
 
@@ -278,7 +274,7 @@ class CompletionService:
 
     Its collaborators are passed in, as for :class:`~veriml.coordinator.inference
     .InferenceService`: ``resolve_model(ref)`` (blocking) returns the GGUF model or raises
-    ``NotFound``; ``list_nodes(model)`` (blocking) the nodes that run it (``llama.cpp``, or
+    ``NotFoundError``; ``list_nodes(model)`` (blocking) the nodes that run it (``llama.cpp``, or
     relay nodes for ``model.relay``) and may
     get jobs; ``node_failed(node_id)`` is told when a node did not answer; ``observe`` gets
     ``("verdict", "<policy kind>/<outcome>")`` and ``("node-failure", reason)`` events. With a
@@ -334,7 +330,7 @@ class CompletionService:
         ``veriml.visibility`` (``public`` lets anyone read what the request left).
         ``request_id`` (the ``Idempotency-Key``) names the request: when an answer with that
         id is stored, the same request (rebuilt with the stored seed) from the same requester
-        gets it back, and another request is a ``Conflict``."""
+        gets it back, and another request is a ``ConflictError``."""
         model_ref = body.get("model")
         if not isinstance(model_ref, str) or not 0 < len(model_ref) <= 512:
             raise FormatError(
@@ -382,7 +378,7 @@ class CompletionService:
         )
         # 3. Enough nodes now, so a stream never starts for a request that cannot run.
         if len(self._choose(prepared, parsed.nodes, frozenset(), frozenset())) < parsed.nodes:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "not enough live nodes of distinct operators run this model",
                 model=model.digest,
                 policy=str(parsed),
@@ -397,8 +393,8 @@ class CompletionService:
         """The stored answer of ``request_id`` if it answers this very request."""
         try:
             found = await asyncio.to_thread(self._store.recover, request_id)
-        except NotFound as exc:  # pending: its first request is still running
-            raise Conflict(
+        except NotFoundError as exc:  # pending: its first request is still running
+            raise ConflictError(
                 "a request with this Idempotency-Key is running", key=request_id
             ) from exc
         if found is None:
@@ -408,7 +404,7 @@ class CompletionService:
         seed = canonical.get("seed") if isinstance(canonical, Mapping) else None
         again = canonical_request(kind, model.digest, body, seed=seed)
         if canonical_digest(again) != digest or not isinstance(veriml.get("output"), Mapping):
-            raise Conflict("this Idempotency-Key was used for another request", key=request_id)
+            raise ConflictError("this Idempotency-Key was used for another request", key=request_id)
         return answer_from_stored(veriml)
 
     def _lookup(self, ref: str) -> tuple[LLMModel, list[Candidate]]:
@@ -471,7 +467,7 @@ class CompletionService:
         first = self._choose(prepared, policy.nodes, frozenset(), frozenset())
         answers, failures = await self._run(prepared, first, sink)
         if len(answers) < policy.needed:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "not enough nodes answered with a verified receipt",
                 needed=policy.needed,
                 answered=len(answers),
@@ -492,7 +488,7 @@ class CompletionService:
                 if checker:
                     answers += (await self._run(prepared, checker, None, busy=busy))[0]
                 if len({n.operator for n, _ in answers}) < 2:
-                    raise NodeUnavailable(
+                    raise NodeUnavailableError(
                         "the spot check was drawn and no node of another operator carried it out",
                         request=job.request_id,
                         policy=str(policy),
@@ -563,7 +559,7 @@ class CompletionService:
         candidates = await asyncio.to_thread(self._list_nodes, model)
         defendant = next((n for n in candidates if n.node_id == node_id), None)
         if defendant is None:
-            raise NotFound("the defendant node is not registered or not live", node=node_id)
+            raise NotFoundError("the defendant node is not registered or not live", node=node_id)
         job = CompletionJob(
             request_id=str(stored.get("id")),
             kind=canonical["type"],
@@ -577,10 +573,10 @@ class CompletionService:
         pair = (defendant, answer)
         check = await self._prefill(prepared, pair, avoid=frozenset({defendant.operator}))
         if check is None:
-            raise NodeUnavailable("no node of another operator could check the completion")
+            raise NodeUnavailableError("no node of another operator could check the completion")
         rejected = check.vouched != {OUTPUT: answer.output}
         if rejected and not await self._confirmed(prepared, pair, check):
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "the completion's rejection could not be confirmed by a second operator: "
                 "nobody is convicted on one check",
                 node=node_id,
@@ -718,7 +714,9 @@ class CompletionService:
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
         for failure in gathered.failures:
-            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            reason = (
+                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
+            )
             self._observe("node-failure", reason)
         return gathered.answers[0][1] if gathered.answers else None
 
@@ -851,7 +849,9 @@ class CompletionService:
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
         for failure in gathered.failures:
-            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            reason = (
+                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
+            )
             self._observe("node-failure", reason)
         return list(gathered.answers), gathered.failures
 
@@ -881,7 +881,7 @@ class CompletionService:
         scheduler leaves it out until it heartbeats."""
         try:
             return await call
-        except NodeUnavailable:
+        except NodeUnavailableError:
             if self._node_failed is not None:
                 await asyncio.to_thread(self._node_failed, node.node_id)
             raise
@@ -916,11 +916,11 @@ class CompletionService:
                     )
                 return await self._read_result(response, node.node_id, sink, limit)
         except httpx.TimeoutException as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "node did not answer in time", node=node.node_id, endpoint=node.endpoint
             ) from exc
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "node could not be reached",
                 node=node.node_id,
                 endpoint=node.endpoint,

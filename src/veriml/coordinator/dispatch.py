@@ -7,7 +7,7 @@ document (``{"outputs", "receipt"}``), parsed here but verified by the caller.
 
 Failures are sorted by what the caller can do about them::
 
-    NodeUnavailable      connection refused or reset, timeout, 5xx (a queue-full 503 too):
+    NodeUnavailableError      connection refused or reset, timeout, 5xx (a queue-full 503 too):
                          the node is at fault or busy; try another node
     VerificationError    the node answered 2xx with something that is not a result document:
                          the node is at fault; try another node
@@ -47,9 +47,10 @@ from veriml.coordinator.problems import PROBLEM_TYPE
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, ExecutionError, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, ExecutionError, NodeUnavailableError, VerificationError
 from veriml.core.keys import SigningKey
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.protocol.policy import Policy
 from veriml.runtime import RunResult
 
@@ -286,11 +287,11 @@ async def dispatch(
         async with http.stream("POST", url, json=body, timeout=httpx.Timeout(timeout)) as response:
             data = await _read_bounded(response, max_result_bytes, node.node_id)
     except httpx.TimeoutException as exc:
-        raise NodeUnavailable(
+        raise NodeUnavailableError(
             "node did not answer in time", node=node.node_id, endpoint=node.endpoint
         ) from exc
     except httpx.HTTPError as exc:
-        raise NodeUnavailable(
+        raise NodeUnavailableError(
             "node could not be reached",
             node=node.node_id,
             endpoint=node.endpoint,
@@ -298,7 +299,7 @@ async def dispatch(
         ) from exc
     status = response.status_code
     if status >= 500:
-        raise NodeUnavailable(
+        raise NodeUnavailableError(
             "node failed the job",
             node=node.node_id,
             status=status,

@@ -11,9 +11,9 @@ leaves no trace. In the order the service applies them:
    challenger's own signed ``challenge`` ledger request for this inference, defendant node and
    the rules' bond, 0 included (the ledger admits no account into a dispute it did not sign
    into; :func:`bond_authorization`; missing, stale or for anything else: 402
-   :class:`~veriml.core.errors.PaymentRequired`; not signed by the request's signer: 403);
+   :class:`~veriml.core.errors.PaymentRequiredError`; not signed by the request's signer: 403);
 3. the **claim** (the challenged receipt and the outputs claimed instead) was never disputed,
-   in the ledger or in a dispute being opened now (409 :class:`~veriml.core.errors.Conflict`),
+   in the ledger or in a dispute being opened now (409 :class:`~veriml.core.errors.ConflictError`),
    and the challenger's balance covers the bond (402); the provisional ``challenge`` entry must
    pass the ledger fold's own check (:func:`check_challenge`);
 4. the defendant has fewer than ``max_open`` disputes open (:class:`TooManyDisputes`: 429 with
@@ -36,11 +36,11 @@ import numpy.typing as npt
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    NotFound,
-    PaymentRequired,
+    NotFoundError,
+    PaymentRequiredError,
     SignatureError,
     VerificationError,
 )
@@ -131,23 +131,23 @@ def bond_authorization(
     """The challenger's signed ``challenge`` request for a bond of ``bond`` (0 too: it is
     how the challenger signs into the dispute).
 
-    :class:`PaymentRequired` when it is missing, malformed, stale or for another inference,
+    :class:`PaymentRequiredError` when it is missing, malformed, stale or for another inference,
     node or amount; :class:`SignatureError` when it does not verify or another key than the
     request's ``signer`` signed it."""
     if raw is None:
-        raise PaymentRequired(
+        raise PaymentRequiredError(
             "a challenge locks a bond: attach your signed challenge request (authorization)",
             bond=bond,
         )
     if not isinstance(raw, Mapping):
-        raise PaymentRequired("the authorization is a DSSE envelope (a JSON object)")
+        raise PaymentRequiredError("the authorization is a DSSE envelope (a JSON object)")
     try:
         envelope = Envelope.from_json(raw)
         request = LedgerRequest.open(envelope, op="challenge")
     except SignatureError as exc:
         raise SignatureError(exc.message, check="bond-authorization", **exc.evidence) from exc
     except (FormatError, VerificationError) as exc:
-        raise PaymentRequired(
+        raise PaymentRequiredError(
             "the authorization is not a signed challenge request",
             reason=exc.diagnostics()[:200],
         ) from exc
@@ -162,14 +162,14 @@ def bond_authorization(
     got = {"inference": request.inference, "node": request.node, "amount": request.amount}
     for name, value in wanted.items():
         if got[name] != value:
-            raise PaymentRequired(
+            raise PaymentRequiredError(
                 f"the authorization is for another {name}",
                 expected=str(value)[:200],
                 got=str(got[name])[:200],
             )
     issued = parse_time(request.issued_at, what="issued_at")
     if abs((now or dt.datetime.now(dt.UTC)) - issued) > AUTHORIZATION_SKEW:
-        raise PaymentRequired(
+        raise PaymentRequiredError(
             "the authorization is stale or from the future: sign a fresh one",
             issued_at=request.issued_at,
         )
@@ -183,14 +183,14 @@ def check_challenge(
     had, not one being opened now (``opening``), and the fold would take it."""
     claim = entry.claim
     if state.disputed(claim) or claim in opening:
-        raise Conflict(
+        raise ConflictError(
             "this receipt was already disputed with this claim",
             inference=entry.inference[:200],
             claim=claim,
         )
     balance = state.account(entry.challenger_account).balance
     if balance < entry.bond:
-        raise PaymentRequired(
+        raise PaymentRequiredError(
             "the challenger's balance does not cover the bond",
             account=entry.challenger_account,
             balance=balance,
@@ -199,7 +199,7 @@ def check_challenge(
     try:
         state.check(entry)
     except LedgerError as exc:
-        raise Conflict(f"ledger rule: {exc.message}", **exc.evidence) from exc
+        raise ConflictError(f"ledger rule: {exc.message}", **exc.evidence) from exc
 
 
 # -- parsing a challenge --------------------------------------------------------------------------
@@ -228,13 +228,13 @@ def commitment_of(raw: object) -> TraceCommitment:
 
 
 def receipt_of(answer: Mapping[str, Any], node_id: str) -> Envelope:
-    """The receipt of node ``node_id`` in a stored answer (:class:`NotFound` if none)."""
+    """The receipt of node ``node_id`` in a stored answer (:class:`NotFoundError` if none)."""
     nodes = answer.get("nodes") or []
     receipts = answer.get("receipts") or []
     for node, receipt in zip(nodes, receipts, strict=False):
         if isinstance(node, Mapping) and node.get("id") == node_id:
             return Envelope.from_json(receipt)
-    raise NotFound(
+    raise NotFoundError(
         "the inference has no receipt of this node", node=node_id[:200], id=answer.get("id")
     )
 

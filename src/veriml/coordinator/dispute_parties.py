@@ -31,10 +31,10 @@ from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    NodeUnavailable,
+    NodeUnavailableError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey
@@ -250,7 +250,7 @@ class NodeParty:
                 return await dispatch(
                     self._http, self._node, spec, self._key, timeout=min(left, _MAX_JOB_VALIDITY)
                 )
-            except NodeUnavailable as exc:
+            except NodeUnavailableError as exc:
                 raise _Busy(exc.evidence.get("status")) from exc
             except JobRejected as exc:
                 if exc.status in _RETRY_STATUSES:
@@ -443,20 +443,22 @@ class RemoteParty:
         return result
 
     def submit_reveal(self, body: Mapping[str, Any]) -> None:
-        """Take a posted reveal (``Conflict`` when no reveal of that index is asked)."""
+        """Take a posted reveal (``ConflictError`` when no reveal of that index is asked)."""
         waiting = self._waiting
         if waiting is None or waiting[0] != "reveal" or waiting[2].done():
-            raise Conflict("the dispute is not waiting for a reveal", query=str(self.query))
+            raise ConflictError("the dispute is not waiting for a reveal", query=str(self.query))
         index = body.get("index")
         if index != waiting[1]:
-            raise Conflict("the dispute asks for another index", expected=waiting[1], got=index)
+            raise ConflictError(
+                "the dispute asks for another index", expected=waiting[1], got=index
+            )
         waiting[2].set_result(parse_reveal(body, index=waiting[1], commitment=None))
 
     def submit_tensors(self, tensors: Mapping[str, Array]) -> None:
         """Take posted tensors; they must include every asked name."""
         waiting = self._waiting
         if waiting is None or waiting[0] != "tensors" or waiting[2].done():
-            raise Conflict("the dispute is not waiting for tensors", query=str(self.query))
+            raise ConflictError("the dispute is not waiting for tensors", query=str(self.query))
         missing = sorted(set(waiting[1]) - set(tensors))
         if missing:
             raise FormatError("tensors asked for are missing", missing=",".join(missing)[:200])

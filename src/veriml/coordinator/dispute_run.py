@@ -29,7 +29,7 @@ from veriml.coordinator.dispute_store import DisputeRecord, PartyRecord
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict
+from veriml.core.errors import ConflictError
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest
 from veriml.core.timestamps import format_time
@@ -110,7 +110,7 @@ class DisputeRun:
         """The verdict's reference to this (settled) dispute: its verdict and its challenge
         entry, both of which a client checks in the log."""
         if self.winner is None or self.log_index is None:
-            raise Conflict("the dispute is not settled", dispute=self.id)
+            raise ConflictError("the dispute is not settled", dispute=self.id)
         return DisputeRef(
             id=self.id,
             defendant=self.defendant.claim.account,

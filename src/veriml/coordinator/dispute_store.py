@@ -53,7 +53,7 @@ from veriml.coordinator.dispute_parties import Claim
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, StorageError
+from veriml.core.errors import ConflictError, StorageError
 from veriml.core.receipt import TraceCommitment
 
 __all__ = ["DisputeRecord", "DisputeStore", "PartyRecord", "answered_at"]
@@ -228,14 +228,14 @@ class DisputeStore:
             return self._row_owner
 
     def insert(self, record: DisputeRecord) -> None:
-        """Write the row of a dispute about to be logged; :class:`Conflict` when a dispute
+        """Write the row of a dispute about to be logged; :class:`ConflictError` when a dispute
         of the same claim is open (on this or another replica)."""
         row = record.to_row(owner=self._me, lease_until=time.time() + self.lease)
         try:
             with self._engine.begin() as conn:
                 conn.execute(sa.insert(self._table).values(**row))
         except IntegrityError as exc:
-            raise Conflict(
+            raise ConflictError(
                 "a dispute of this receipt with this claim is already open",
                 claim=record.claim,
             ) from exc

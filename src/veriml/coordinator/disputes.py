@@ -91,10 +91,10 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    NotFound,
+    NotFoundError,
     StorageError,
     VerificationError,
 )
@@ -242,10 +242,10 @@ class DisputeService:
     # -- public API --------------------------------------------------------------------------
 
     def get(self, dispute_id: str) -> DisputeRun:
-        """The dispute ``dispute_id`` (``NotFound`` when unknown or long settled)."""
+        """The dispute ``dispute_id`` (``NotFoundError`` when unknown or long settled)."""
         run = self._runs.get(dispute_id)
         if run is None:
-            raise NotFound("no dispute with this id", id=dispute_id[:200])
+            raise NotFoundError("no dispute with this id", id=dispute_id[:200])
         return run
 
     async def check_window(self, answer: Mapping[str, Any]) -> None:
@@ -397,11 +397,11 @@ class DisputeService:
         """Take the challenger's move, then wait until it is asked again or the dispute
         settles (bounded: the defendant's move and the referee take at most a few deadlines).
 
-        ``Conflict`` when the challenger is not a remote party or is not asked for this move;
+        ``ConflictError`` when the challenger is not a remote party or is not asked for this move;
         ``FormatError`` for a malformed move (the move stays open until its deadline)."""
         challenger = run.challenger
         if run.status != "open" or not isinstance(challenger, RemoteParty):
-            raise Conflict("the dispute does not wait for this challenger", dispute=run.id)
+            raise ConflictError("the dispute does not wait for this challenger", dispute=run.id)
         challenger.moved.clear()
         if reveal is not None:
             challenger.submit_reveal(reveal)
@@ -754,7 +754,7 @@ class DisputeService:
         """The node as registered now (its endpoint may have changed), else as stored."""
         try:
             return self._find_node(model, stored.node_id)
-        except NotFound:
+        except NotFoundError:
             return stored
 
     # -- engine --------------------------------------------------------------------------------
@@ -765,12 +765,12 @@ class DisputeService:
                 return node
         found = self._find(node_id) if self._find is not None else None
         if found is None:
-            raise NotFound("the defendant node is not registered", node=node_id[:200])
+            raise NotFoundError("the defendant node is not registered", node=node_id[:200])
         return found
 
     def _stored_inputs(self, digests: Mapping[str, Digest]) -> dict[str, Array]:
         if self._load_tensor is None:
-            raise NotFound("this coordinator keeps no request inputs")
+            raise NotFoundError("this coordinator keeps no request inputs")
         out = {}
         for name, digest in digests.items():
             array = self._load_tensor(digest)
@@ -885,7 +885,7 @@ class DisputeService:
         ``challenger_node=False``, an account (a watcher) that signs in with its signed
         ``authorization`` (default: the one :func:`bonded` set) for its ``bond``, returned or
         burned by the verdict; ``referee`` names the signed check by digest. A claim disputed
-        before is a :class:`Conflict`."""
+        before is a :class:`ConflictError`."""
         if authorization is None and not challenger_node:
             authorization = _AUTHORIZATION.get()
         dispute = str(uuid.uuid4())

@@ -65,12 +65,12 @@ from veriml.coordinator.repositories import ModelRecord, ModelRepository
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import CHUNK_SIZE, Digest
 from veriml.core.errors import (
-    Conflict,
-    DigestMismatch,
+    ConflictError,
+    DigestMismatchError,
     FormatError,
-    InvalidModel,
-    LimitExceeded,
-    NotFound,
+    InvalidModelError,
+    LimitExceededError,
+    NotFoundError,
     SignatureError,
     StorageError,
     VerificationError,
@@ -143,7 +143,7 @@ class HubService:
         """
         record = self.models.get(digest)
         if record is None:
-            raise NotFound("no model with this digest", digest=digest)
+            raise NotFoundError("no model with this digest", digest=digest)
         target = self.checkout_root / digest.hex
         with self._checkout_lock:
             if not target.is_dir():
@@ -161,7 +161,7 @@ class HubService:
                     raise
         package = load_package(target)
         if package.digest != digest:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "checked-out model folder is not the registered model",
                 check="root-digest",
                 expected=digest,
@@ -170,10 +170,12 @@ class HubService:
         return package
 
     def onnx_package(self, digest: Digest) -> ModelPackage:
-        """:meth:`package` for callers that run the graph: an LLM is :class:`InvalidModel`."""
+        """:meth:`package` for callers that run the graph: an LLM is :class:`InvalidModelError`."""
         package = self.package(digest)
         if not isinstance(package, ModelPackage):
-            raise InvalidModel("this model is not an ONNX graph", digest=digest, kind=package.kind)
+            raise InvalidModelError(
+                "this model is not an ONNX graph", digest=digest, kind=package.kind
+            )
         return package
 
     @property
@@ -226,7 +228,7 @@ class HubService:
         package = load_package(folder, limits=limits)  # 4
         card = package.card
         if card is None or not card.name or not card.version:
-            raise InvalidModel(
+            raise InvalidModelError(
                 "the model card (README.md front matter) must give name and version",
                 path="README.md",
             )
@@ -247,7 +249,7 @@ class HubService:
             pub_path.write_bytes(publisher.to_pem())
             signed = verify_model(folder, pub_path)  # 5
             if signed != digest:
-                raise DigestMismatch(
+                raise DigestMismatchError(
                     "the signed digest is not the loaded model's",
                     check="root-digest",
                     expected=signed,
@@ -362,7 +364,7 @@ class HubService:
             if indexes is None:
                 try:
                     indexes = (await self.book.append(entries))[: len(entries)]
-                except Conflict as exc:  # the fold refused it: another key owns the name
+                except ConflictError as exc:  # the fold refused it: another key owns the name
                     raise await self._fold_refusal(record) or exc from exc
         except BaseException:
             if not recovering:
@@ -456,10 +458,10 @@ class HubService:
         """Where a registered model's provenance evidence is in the log (blocking): the index
         of its ``model`` entry and of its namespace's ``namespace`` entry (None for an
         unsigned model). Answers cite both, and the SDK checks them with
-        :func:`veriml.verify.check_provenance`. :class:`NotFound` for an unknown model."""
+        :func:`veriml.verify.check_provenance`. :class:`NotFoundError` for an unknown model."""
         record = self.models.get(digest)
         if record is None or record.log_index is None:
-            raise NotFound("no model with this digest", digest=digest)
+            raise NotFoundError("no model with this digest", digest=digest)
         if record.unsigned:
             return Provenance(record.log_index, None)
         claim = self.namespaces.get(namespace_of(record.name))
@@ -477,7 +479,7 @@ class HubService:
         for parent in record.parents:
             try:
                 known: ModelRecord | None = self.models.resolve(parent)
-            except (NotFound, FormatError):
+            except (NotFoundError, FormatError):
                 known = None
             lineage.append(
                 {"ref": parent, "digest": None, "name": None, "version": None, "log_index": None}
@@ -567,7 +569,7 @@ async def spool_upload(request: Request, path: Path, limit: int) -> Digest:
         async for chunk in request.stream():
             total += len(chunk)
             if total > limit:
-                raise LimitExceeded("upload is too large", limit=limit)
+                raise LimitExceededError("upload is too large", limit=limit)
             body.update(chunk)
             pending += chunk
             if len(pending) >= CHUNK_SIZE:
@@ -703,7 +705,7 @@ async def publish_model(request: Request, hub: HubDep) -> JSONResponse:
         and declared.isdigit()
         and int(declared) > hub.settings.max_upload_bytes
     ):
-        raise LimitExceeded("upload is too large", limit=hub.settings.max_upload_bytes)
+        raise LimitExceededError("upload is too large", limit=hub.settings.max_upload_bytes)
     staging = await run_in_threadpool(hub.new_staging)
     try:
         spooled = staging / "upload.tar"
@@ -779,7 +781,7 @@ def get_blob(digest: str, request: Request, hub: HubDep) -> Response:
     """A blob by digest; one ``Range`` honoured (206, or 416 beyond the end); immutable."""
     wanted = Digest.from_text(digest)
     if not hub.blobs.has(wanted):
-        raise NotFound("no such blob", digest=digest)
+        raise NotFoundError("no such blob", digest=digest)
     size = hub.blobs.size(wanted)
     etag = f'"{wanted.to_text()}"'
     headers = {"Accept-Ranges": "bytes", "ETag": etag, "Cache-Control": IMMUTABLE}

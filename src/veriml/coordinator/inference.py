@@ -3,16 +3,16 @@
 ``POST /v1/inferences`` (docs/network.md, "Inference request and answer") goes through these
 steps, in order; nothing is written anywhere before step 7:
 
-1. resolve the model reference (``NotFound`` -> 404);
+1. resolve the model reference (``NotFoundError`` -> 404);
 2. parse the policy (``FormatError`` -> 400) and decode every input tensor within the size
-   limit, then check them against the model's IO signature (``InvalidTensor`` /
-   ``InvalidInput`` naming the input) -- all before any node is asked;
+   limit, then check them against the model's IO signature (``InvalidTensorError`` /
+   ``InvalidInputError`` naming the input) -- all before any node is asked;
 3. with an ``Idempotency-Key``, a request already answered returns its stored answer (the same
-   key for another request is a ``Conflict``);
-4. with a ledger, check the payment (``PaymentRequired`` -> 402 when the rules charge fees and
+   key for another request is a ``ConflictError``);
+4. with a ledger, check the payment (``PaymentRequiredError`` -> 402 when the rules charge fees and
    the request carries no signed payment covering them), draw the request's secret from the
    current beacon epoch (:mod:`veriml.protocol.draw`), pick ``N`` live nodes of distinct
-   bonded operators in the stake-weighted order that secret gives (``NodeUnavailable`` -> 503
+   bonded operators in the stake-weighted order that secret gives (``NodeUnavailableError`` -> 503
    when there are not enough), and post each a job signed by the coordinator key;
 5. verify each answer's receipt under the node's **registered** key and check it names this
    request (request id and digest, model, policy, input digests); a node that fails, times out
@@ -70,13 +70,13 @@ from veriml.coordinator.scheduler import (
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    InvalidInput,
-    InvalidTensor,
-    NodeUnavailable,
-    NotFound,
+    InvalidInputError,
+    InvalidTensorError,
+    NodeUnavailableError,
+    NotFoundError,
     StorageError,
     VerificationError,
 )
@@ -162,13 +162,13 @@ class RequestDraws:
         """The request's draw, from the current epoch or from ``epoch`` when the client named
         it (``X-Veriml-Epoch``: then the coordinator cannot begin epochs until one draws what
         it wants, since the client refuses a draw from any other). A named epoch that is
-        neither the current one nor the one before is a :class:`Conflict` (409): the client
+        neither the current one nor the one before is a :class:`ConflictError` (409): the client
         asks for the current epoch again."""
         if epoch is None:
             return self._beacon.current().draw(request_id)
         named = self._beacon.epoch(epoch)
         if named is None:
-            raise Conflict(
+            raise ConflictError(
                 "the request names a randomness epoch that is not current",
                 check="epoch",
                 epoch=epoch,
@@ -331,7 +331,7 @@ def same_requester(answer: Mapping[str, Any], client: str | None, request_id: st
     same signing key, or none when the first request was unsigned too (a stranger who guessed
     the key and the inputs must not read a private answer)."""
     if (answer.get("request") or {}).get("client") != client:
-        raise Conflict("this Idempotency-Key was used by another requester", key=request_id)
+        raise ConflictError("this Idempotency-Key was used by another requester", key=request_id)
 
 
 def check_request_id(value: str) -> str:
@@ -349,19 +349,19 @@ def decode_inputs(
 ) -> tuple[dict[str, Array], dict[str, Any]]:
     """Decode and validate the request's input tensors; return arrays and their JSON by name."""
     if not isinstance(raw, Mapping):
-        raise InvalidTensor("inputs must be an object of input name -> tensor JSON")
+        raise InvalidTensorError("inputs must be an object of input name -> tensor JSON")
     expected = {spec.name for spec in io.inputs}
     unknown = sorted(set(raw) - expected)
     if unknown:
-        raise InvalidInput(
+        raise InvalidInputError(
             "unknown input name", got=",".join(unknown)[:200], expected=",".join(sorted(expected))
         )
     arrays: dict[str, Array] = {}
     for name, value in raw.items():
         try:
             arrays[name] = tensor_from_json(value, max_bytes=max_tensor_bytes)
-        except InvalidTensor as exc:
-            raise InvalidTensor(f"input {name!r}: {exc.message}", **exc.evidence) from exc
+        except InvalidTensorError as exc:
+            raise InvalidTensorError(f"input {name!r}: {exc.message}", **exc.evidence) from exc
     return validate_inputs(io, arrays), {str(name): value for name, value in raw.items()}
 
 
@@ -462,11 +462,11 @@ class InferenceService:
             )
 
     async def get(self, inference_id: str) -> dict[str, Any]:
-        """The stored answer of ``inference_id`` (``NotFound`` if there is none); a row a
+        """The stored answer of ``inference_id`` (``NotFoundError`` if there is none); a row a
         crash left pending is completed from the log first."""
         stored = await asyncio.to_thread(self._store.recover, inference_id)
         if stored is None:
-            raise NotFound("no inference with this id", id=inference_id[:200])
+            raise NotFoundError("no inference with this id", id=inference_id[:200])
         return stored[1]
 
     def recover_pending(self) -> int:
@@ -540,14 +540,14 @@ class InferenceService:
             async with lock:
                 try:
                     stored = await asyncio.to_thread(self._store.recover, request_id)
-                except NotFound as exc:
+                except NotFoundError as exc:
                     raise StorageError(
                         "another replica is answering this Idempotency-Key; retry",
                         key=request_id,
                     ) from exc
                 if stored is not None:
                     if stored[0] != digest:
-                        raise Conflict(
+                        raise ConflictError(
                             "this Idempotency-Key was used for another request", key=request_id
                         )
                     same_requester(stored[1], client, request_id)
@@ -584,7 +584,7 @@ class InferenceService:
             result = await dispatch(
                 self._http, node, spec, self._key, timeout=self._options.job_timeout
             )
-        except NodeUnavailable:
+        except NodeUnavailableError:
             self._lookups.clear()
             if self._node_failed is not None:
                 await asyncio.to_thread(self._node_failed, node.node_id)
@@ -620,7 +620,7 @@ class InferenceService:
 
         first = choose(policy.nodes, frozenset(), frozenset())
         if len(first) < policy.nodes:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "not enough live nodes of distinct operators serve this model",
                 model=spec.model,
                 policy=str(policy),
@@ -630,7 +630,7 @@ class InferenceService:
         # 5. Run, verify, and replace failing nodes.
         answers, failures = await self._run(first, spec, digest, choose)
         if len(answers) < policy.needed:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "not enough nodes answered with a verified receipt",
                 needed=policy.needed,
                 answered=len(answers),
@@ -651,7 +651,7 @@ class InferenceService:
                 if checker:
                     answers += (await self._run(checker, spec, digest, choose, busy=busy))[0]
                 if len({n.operator for n, _ in answers}) < 2:
-                    raise NodeUnavailable(
+                    raise NodeUnavailableError(
                         "the spot check was drawn and no node of another operator carried it out",
                         request=spec.request_id,
                         policy=str(policy),
@@ -755,7 +755,9 @@ class InferenceService:
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
         for failure in gathered.failures:
-            reason = "unavailable" if isinstance(failure.error, NodeUnavailable) else "unverified"
+            reason = (
+                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
+            )
             self._observe("node-failure", reason)
         return list(gathered.answers), gathered.failures
 
@@ -764,7 +766,7 @@ class InferenceService:
         bounds = self._bounds.get(model)
         if bounds is None:
             if self._load_model is None:
-                raise NotFound("tolerance mode needs the model, and this service has none")
+                raise NotFoundError("tolerance mode needs the model, and this service has none")
             load = self._load_model
             bounds = await asyncio.to_thread(lambda: output_bounds(load(model)))
             if len(self._bounds) >= _BOUNDS_CACHE:

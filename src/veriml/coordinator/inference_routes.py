@@ -37,7 +37,13 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, FormatError, InvalidInput, NodeUnavailable, NotFound
+from veriml.core.errors import (
+    Error,
+    FormatError,
+    InvalidInputError,
+    NodeUnavailableError,
+    NotFoundError,
+)
 from veriml.models import IOSignature
 
 __all__ = [
@@ -129,7 +135,7 @@ def _service_from_state(state: Any) -> InferenceService:
     def resolve_model(ref: str) -> ResolvedModel:
         record = models.resolve(ref)
         if record.kind != "onnx":  # a GGUF language model answers on the OpenAI routes
-            raise InvalidInput(
+            raise InvalidInputError(
                 "this model is a language model: use /v1/chat/completions, /v1/completions "
                 "or /v1/embeddings",
                 model=ref[:200],
@@ -260,7 +266,7 @@ async def create_inference(request: Request, service: Service) -> Response:
             known_size=known_size(request.headers),
             epoch=named_epoch(request.headers),
         )
-    except NodeUnavailable as exc:
+    except NodeUnavailableError as exc:
         return _upstream_problem(exc, 503)
     except JobRejected as exc:
         return _upstream_problem(exc, 502)
@@ -287,7 +293,7 @@ async def get_inference_tensor(
     answer = await service.get(inference_id)
     authorize_read(request, answer)
     if wanted not in answer_inputs(answer):
-        raise NotFound("this inference has no input with this digest", digest=digest[:80])
+        raise NotFoundError("this inference has no input with this digest", digest=digest[:80])
     store: TensorStore = request.app.state.tensors
     data = await asyncio.to_thread(store.get_bytes, wanted)
     return Response(data, media_type=TENSOR_MEDIA_TYPE)

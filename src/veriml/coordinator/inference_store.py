@@ -42,7 +42,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from veriml.coordinator import db
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, Error, NotFound, StorageError
+from veriml.core.errors import ConflictError, Error, NotFoundError, StorageError
 from veriml.core.receipt import utc_now
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.log import Log
@@ -225,7 +225,7 @@ class InferenceStore:
     ) -> tuple[Digest, dict[str, Any]] | None:
         """As :meth:`get`, but a pending row is completed first when its entry is in the log
         (or appended from the row, if its claim has expired). None if there is no row;
-        ``NotFound`` if the row is pending and its owner may still be appending its entry."""
+        ``NotFoundError`` if the row is pending and its owner may still be appending its entry."""
         row = self._row(inference_id)
         if row is None:
             return None
@@ -246,7 +246,7 @@ class InferenceStore:
             try:
                 self.recover(inference_id, now=now)
                 done += 1
-            except NotFound:
+            except NotFoundError:
                 pass  # not in the log and still claimed: its owner may be alive
         return done
 
@@ -258,7 +258,7 @@ class InferenceStore:
                 current = self._row(row.id)
                 if current is not None and current.log_index is not None:
                     return current  # completed meanwhile
-                raise NotFound(
+                raise NotFoundError(
                     "this inference is being answered and is not logged yet", id=row.id[:200]
                 )
             # Its owner died before the append: log it now, from the very bytes it reserved.
@@ -299,7 +299,7 @@ class InferenceStore:
     # -- writing --------------------------------------------------------------------------
 
     async def reserve(self, pending: PendingInference) -> PendingInference:
-        """Write ``pending`` as a pending row (``Conflict`` if its id is taken)."""
+        """Write ``pending`` as a pending row (``ConflictError`` if its id is taken)."""
         return await self._reserving.submit(pending)
 
     async def commit(self, index: int, pending: PendingInference) -> StoredInference:
@@ -328,7 +328,9 @@ class InferenceStore:
         try:
             self._insert([pending.to_row(now)])
         except IntegrityError:
-            return Conflict("an inference with this id is already stored", id=pending.inference_id)
+            return ConflictError(
+                "an inference with this id is already stored", id=pending.inference_id
+            )
         except Error as exc:
             return exc
         return pending

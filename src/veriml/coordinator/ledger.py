@@ -43,11 +43,11 @@ from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     FormatError,
-    InvalidTensor,
-    NotFound,
-    PaymentRequired,
+    InvalidTensorError,
+    NotFoundError,
+    PaymentRequiredError,
     SignatureError,
     VerificationError,
 )
@@ -124,7 +124,7 @@ class LedgerBook:
     def state_at(self, size: int) -> LedgerState:
         """The state folded from scratch over the log's first ``size`` entries (blocking)."""
         if not 0 <= size <= self._log.size:
-            raise NotFound("the log has fewer entries", size=size, log_size=self._log.size)
+            raise NotFoundError("the log has fewer entries", size=size, log_size=self._log.size)
         state = LedgerState()
         for start in range(0, size, _FOLD_CHUNK):
             state = fold(self._log.entries(start, min(size, start + _FOLD_CHUNK)), start=state)
@@ -202,7 +202,7 @@ class LedgerBook:
         slashes, reward and reputation, docs/ledger.md "Settlement") and, when stakes
         changed, a fresh ``state`` entry. The indexes of everything logged, in order.
 
-        A ledger rule they break is a :class:`Conflict` naming it, and nothing is logged.
+        A ledger rule they break is a :class:`ConflictError` naming it, and nothing is logged.
         Appends are serialised in this process; each entry is checked against the state
         that includes the entries before it.
         """
@@ -217,7 +217,7 @@ class LedgerBook:
                 try:
                     trial.apply(entry)
                 except LedgerError as exc:
-                    raise Conflict(f"ledger rule: {exc.message}", **exc.evidence) from exc
+                    raise ConflictError(f"ledger rule: {exc.message}", **exc.evidence) from exc
                 group.append(entry)
                 for settled in trial.expected:  # after a verdict: its settlement, as derived
                     trial.apply(settled)
@@ -235,14 +235,14 @@ class LedgerBook:
     def check_payment(
         self, payer: str | None, payment: Envelope | None, request_id: str, jobs: int
     ) -> None:
-        """Raise :class:`PaymentRequired` unless the request may run: free by rule, or signed
+        """Raise :class:`PaymentRequiredError` unless the request may run: free by rule, or signed
         by ``payer`` with a signed ``payment`` for ``request_id`` that covers ``jobs`` fees and
         a balance that does too."""
         fee = self.rules.fee_per_job
         if fee == 0:
             return
         if payer is None or payment is None:
-            raise PaymentRequired(
+            raise PaymentRequiredError(
                 "this coordinator charges fees: sign the request and attach a signed payment "
                 "(X-Veriml-Payment)",
                 fee_per_job=fee,
@@ -251,13 +251,13 @@ class LedgerBook:
         try:
             request = LedgerRequest.open(payment, op="payment", account=payer)
         except (VerificationError, FormatError) as exc:
-            raise PaymentRequired(
+            raise PaymentRequiredError(
                 "the payment is not a payment signed by the request's signer",
                 reason=exc.diagnostics()[:200],
             ) from exc
         needed = fee * jobs
         if request.request != request_id or request.amount < needed:
-            raise PaymentRequired(
+            raise PaymentRequiredError(
                 "the payment does not cover this request's fees",
                 request=str(request.request)[:200],
                 allowed=request.amount,
@@ -265,7 +265,7 @@ class LedgerBook:
             )
         balance = self.state().account(payer).balance
         if balance < needed:
-            raise PaymentRequired(
+            raise PaymentRequiredError(
                 "the payer's balance does not cover the fees",
                 account=payer,
                 balance=balance,
@@ -303,14 +303,14 @@ class TensorStore:
         return out
 
     def get_bytes(self, digest: Digest) -> bytes:
-        """The canonical bytes of a stored tensor (blocking); :class:`NotFound` if absent."""
+        """The canonical bytes of a stored tensor (blocking); :class:`NotFoundError` if absent."""
         if not self._blobs.has(digest):
-            raise NotFound("no tensor with this digest", digest=digest)
+            raise NotFoundError("no tensor with this digest", digest=digest)
         data = self._blobs.cat(digest, max_size=self.max_bytes + 1024)
         try:
             tensor_from_canonical(data, max_bytes=self.max_bytes)
-        except InvalidTensor as exc:  # another kind of blob (a model file) has this digest
-            raise NotFound("no tensor with this digest", digest=digest) from exc
+        except InvalidTensorError as exc:  # another kind of blob (a model file) has this digest
+            raise NotFoundError("no tensor with this digest", digest=digest) from exc
         return data
 
     def get(self, digest: Digest) -> Array:

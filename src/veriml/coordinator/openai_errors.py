@@ -9,18 +9,18 @@ The rest of the coordinator answers RFC 9457 problem JSON; ``/v1/chat/completion
 One pure mapping, :func:`openai_error`, turns a veriml error into a status and that object::
 
     error                                       status  type / code
-    NotFound (the model)                        404     invalid_request_error / model_not_found
-    LimitExceeded on the prompt, or a node's
+    NotFoundError (the model)                        404     invalid_request_error / model_not_found
+    LimitExceededError on the prompt, or a node's
       413 (prompt + max_tokens over context)    400     invalid_request_error /
                                                         context_length_exceeded
-    LimitExceeded on max_tokens                 400     invalid_request_error / max_tokens_exceeded
-    LimitExceeded (request body)                413     invalid_request_error / request_too_large
-    other FormatError, InvalidInput, or a node
+    LimitExceededError on max_tokens                 400     invalid_request_error / max_tokens_exceeded
+    LimitExceededError (request body)                413     invalid_request_error / request_too_large
+    other FormatError, InvalidInputError, or a node
       refusing a named request member           400     invalid_request_error / (none)
     SignatureError (a signed request)           403     permission_error / invalid_signature
-    Conflict                                    409     invalid_request_error / conflict
-    PaymentRequired (fees, no signed payment)   402     insufficient_quota / payment_required
-    NodeUnavailable                             503     service_unavailable_error /
+    ConflictError                                    409     invalid_request_error / conflict
+    PaymentRequiredError (fees, no signed payment)   402     insufficient_quota / payment_required
+    NodeUnavailableError                             503     service_unavailable_error /
                                                         no_nodes_available
     a node refusing the job for its own reasons 502     upstream_error / node_refused
     other VerificationError                     502     upstream_error / verification_failed
@@ -39,14 +39,14 @@ from typing import Any, Final
 
 from veriml.coordinator.dispatch import JobRejected
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    InvalidInput,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
+    InvalidInputError,
+    LimitExceededError,
+    NodeUnavailableError,
+    NotFoundError,
+    PaymentRequiredError,
     SignatureError,
     VerificationError,
 )
@@ -100,12 +100,12 @@ def _refused(exc: NodeRefused) -> OpenAIError:
     problem = exc.problem
     param, error, detail = problem.get("param"), problem.get("error"), exc.detail
     message = f"{detail} (node {exc.node})" if detail else f"node {exc.node} refused the job"
-    if error == "LimitExceeded" or exc.status == 413:
+    if error == "LimitExceededError" or exc.status == 413:
         # Prompt and max_tokens together do not fit the node's context: OpenAI's
         # context_length_exceeded, whichever member the node names.
         code = problem.get("code") or "context_length_exceeded"
         return 400, _body(message, "invalid_request_error", param, code)
-    if error in ("FormatError", "InvalidInput", "InvalidModel") or isinstance(param, str):
+    if error in ("FormatError", "InvalidInputError", "InvalidModelError") or isinstance(param, str):
         return 400, _body(message, "invalid_request_error", param, problem.get("code"))
     return 502, _body(message, "upstream_error", None, "node_refused")
 
@@ -116,21 +116,21 @@ def openai_error(exc: Error) -> OpenAIError:
     message = exc.diagnostics()
     if isinstance(exc, NodeRefused):
         return _refused(exc)
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFoundError):
         return 404, _body(message, "invalid_request_error", param or "model", "model_not_found")
-    if isinstance(exc, LimitExceeded):
+    if isinstance(exc, LimitExceededError):
         code = _limit_code(param)
         status = 413 if code == "request_too_large" else 400
         return status, _body(message, "invalid_request_error", param, code)
-    if isinstance(exc, FormatError | InvalidInput):
+    if isinstance(exc, FormatError | InvalidInputError):
         return 400, _body(message, "invalid_request_error", param, exc.evidence.get("code"))
     if isinstance(exc, SignatureError):
         return 403, _body(message, "permission_error", None, "invalid_signature")
-    if isinstance(exc, Conflict):
+    if isinstance(exc, ConflictError):
         return 409, _body(message, "invalid_request_error", param, "conflict")
-    if isinstance(exc, PaymentRequired):
+    if isinstance(exc, PaymentRequiredError):
         return 402, _body(message, "insufficient_quota", None, "payment_required")
-    if isinstance(exc, NodeUnavailable):
+    if isinstance(exc, NodeUnavailableError):
         return 503, _body(message, "service_unavailable_error", None, "no_nodes_available")
     if isinstance(exc, JobRejected):
         return 502, _body(message, "upstream_error", None, "node_refused")

@@ -17,19 +17,19 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from veriml.core.errors import (
-    Conflict,
-    DigestMismatch,
+    ConflictError,
+    DigestMismatchError,
     Error,
     FormatError,
-    InvalidInput,
-    InvalidModel,
-    InvalidTensor,
+    InvalidInputError,
+    InvalidModelError,
+    InvalidTensorError,
     KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
-    PaymentRequired,
-    ReexecutionMismatch,
+    LimitExceededError,
+    NodeUnavailableError,
+    NotFoundError,
+    PaymentRequiredError,
+    ReexecutionMismatchError,
     StorageError,
     VerificationError,
 )
@@ -60,23 +60,26 @@ _TITLES = {
 
 def status_for(exc: Error) -> int:
     """The HTTP status for a veriml error (the most specific class wins)."""
-    if isinstance(exc, LimitExceeded):
+    if isinstance(exc, LimitExceededError):
         return 413
-    if isinstance(exc, InvalidTensor | InvalidInput):
+    if isinstance(exc, InvalidTensorError | InvalidInputError):
         return 422
-    if isinstance(exc, FormatError | InvalidModel | KeyFileError):
+    if isinstance(exc, FormatError | InvalidModelError | KeyFileError):
         return 400
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, Conflict):
+    if isinstance(exc, ConflictError):
         return 409
-    if isinstance(exc, PaymentRequired):
+    if isinstance(exc, PaymentRequiredError):
         return 402
-    if isinstance(exc, DigestMismatch | ReexecutionMismatch) and exc.check != "file-digest":
+    if (
+        isinstance(exc, DigestMismatchError | ReexecutionMismatchError)
+        and exc.check != "file-digest"
+    ):
         return 422
     if isinstance(exc, VerificationError):
         return 403
-    if isinstance(exc, NodeUnavailable):
+    if isinstance(exc, NodeUnavailableError):
         return 502
     if isinstance(exc, StorageError):
         return 503

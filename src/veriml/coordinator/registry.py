@@ -43,9 +43,9 @@ from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
-    LimitExceeded,
-    NotFound,
+    ConflictError,
+    LimitExceededError,
+    NotFoundError,
     SignatureError,
     VerificationError,
 )
@@ -64,16 +64,16 @@ HEARTBEAT_SKEW = dt.timedelta(seconds=60)
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with :class:`LimitExceeded` (413) past ``limit`` bytes:
+    """The request body, refused with :class:`LimitExceededError` (413) past ``limit`` bytes:
     from ``Content-Length`` before reading, and while streaming."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise LimitExceeded("request body is too large", limit=limit)
+        raise LimitExceededError("request body is too large", limit=limit)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise LimitExceeded("request body is too large", limit=limit)
+            raise LimitExceededError("request body is too large", limit=limit)
     return bytes(body)
 
 
@@ -118,7 +118,7 @@ class RegistryService:
         if self.book is not None:  # 5
             bound = self.book.state().operator_of(descriptor.node_id)
             if bound is not None and bound != descriptor.operator:
-                raise Conflict(
+                raise ConflictError(
                     "this node is bound to another operator; a new operator needs a new node key",
                     node=descriptor.node_id,
                     operator=bound,
@@ -148,7 +148,7 @@ class RegistryService:
         """Check a heartbeat against the node's registered key and record its load."""
         row = self.nodes.get(node_id)
         if row is None:
-            raise NotFound("no such node; register first", node=node_id)
+            raise NotFoundError("no such node; register first", node=node_id)
         heartbeat = Heartbeat.open(envelope, VerifyingKey.from_pem(row.public_key.encode()))
         if heartbeat.node_id != node_id:
             raise VerificationError(

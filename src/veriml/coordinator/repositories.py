@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from veriml.coordinator import db
 from veriml.coordinator.catalog import ModelRecord, ModelRepository, storage_error
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, FormatError, NotFound, StorageError
+from veriml.core.errors import ConflictError, FormatError, NotFoundError, StorageError
 from veriml.protocol.messages import NodeDescriptor
 
 __all__ = [
@@ -164,7 +164,7 @@ class NodeRepository:
         cached: Sequence[str],
         now: float | None = None,
     ) -> None:
-        """Record a heartbeat newer than the last (an older or equal one is :class:`Conflict`)."""
+        """Record a heartbeat newer than the last (an older or equal one is :class:`ConflictError`)."""
         last = db.nodes.c.heartbeat_at
         query = (
             sa.update(db.nodes)
@@ -185,8 +185,8 @@ class NodeRepository:
             raise _storage(exc, "heartbeat") from exc
         if not updated:
             if self.get(node_id) is None:
-                raise NotFound("no such node", node=node_id)
-            raise Conflict("heartbeat is not newer than the last one", node=node_id)
+                raise NotFoundError("no such node", node=node_id)
+            raise ConflictError("heartbeat is not newer than the last one", node=node_id)
 
     def all(self) -> list[NodeRow]:
         try:
@@ -254,7 +254,7 @@ class NonceRepository:
         self._keep = keep
 
     def use(self, nonce: str, *, now: float | None = None) -> None:
-        """Record ``nonce``; a nonce seen before is :class:`Conflict` (a replay)."""
+        """Record ``nonce``; a nonce seen before is :class:`ConflictError` (a replay)."""
         if not nonce or len(nonce) > 128:
             raise FormatError("descriptor nonce must be 1 to 128 characters")
         now = now or time.time()
@@ -267,6 +267,6 @@ class NonceRepository:
                 )
                 conn.execute(sa.insert(db.descriptor_nonces).values(nonce=nonce, seen_at=now))
         except IntegrityError as exc:
-            raise Conflict("descriptor nonce was already used (replay)", nonce=nonce) from exc
+            raise ConflictError("descriptor nonce was already used (replay)", nonce=nonce) from exc
         except SQLAlchemyError as exc:
             raise _storage(exc, "record nonce") from exc

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Error, FormatError, NodeUnavailable, VerificationError
+from veriml.core.errors import Error, FormatError, NodeUnavailableError, VerificationError
 from veriml.core.keys import VerifyingKey
 
 __all__ = [
@@ -192,7 +192,7 @@ def pick(
 def retryable(exc: BaseException) -> bool:
     """A node that did not answer, or answered with evidence that does not verify, is replaced
     by another node; any other error ends the request."""
-    return isinstance(exc, NodeUnavailable | VerificationError)
+    return isinstance(exc, NodeUnavailableError | VerificationError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +273,6 @@ async def gather(
                 task.exception()  # retrieved, so asyncio does not report it as lost
     for node, _ in running.values():
         failures.append(
-            Failure(node, NodeUnavailable("node did not answer in time", node=node.node_id))
+            Failure(node, NodeUnavailableError("node did not answer in time", node=node.node_id))
         )
     return Gathered(tuple(answers), tuple(failures))

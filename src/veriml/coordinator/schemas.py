@@ -20,8 +20,9 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from veriml.core.completion import MAX_SEED, MAX_STOP
+from veriml.core.completion import MAX_SEED
 from veriml.protocol.accounts import LEDGER_REQUEST_TYPE
+from veriml.protocol.openai_requests import MAX_STOP
 from veriml.protocol.openapi import (
     BASE64_PATTERN,
     JSON,

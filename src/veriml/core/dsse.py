@@ -18,7 +18,7 @@ from typing import Any
 
 from veriml.core.canonical import canonicalize, parse_json_object
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, SignatureError, VerificationError
+from veriml.core.errors import Check, FormatError, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey
 
 __all__ = [
@@ -96,13 +96,13 @@ class Envelope:
                 key.verify(signature.sig, message)
             except SignatureError as exc:
                 raise SignatureError(
-                    "DSSE signature does not verify", check="signature", keyid=signature.keyid
+                    "DSSE signature does not verify", check=Check.SIGNATURE, keyid=signature.keyid
                 ) from exc
             good[key.key_id] = key
         if len(good) < threshold:
             raise SignatureError(
                 "envelope is not signed by enough trusted keys",
-                check="signature",
+                check=Check.SIGNATURE,
                 needed=threshold,
                 found=len(good),
                 signed_by=",".join(s.keyid for s in self.signatures) or "nobody",
@@ -188,7 +188,7 @@ class Statement:
         if obj.get("_type") != STATEMENT_TYPE:
             raise VerificationError(
                 "payload is not an in-toto Statement v1",
-                check="statement-type",
+                check=Check.STATEMENT_TYPE,
                 expected=STATEMENT_TYPE,
                 got=obj.get("_type"),
             )

@@ -29,7 +29,7 @@ from typing import Any
 from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement, Subject
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 
@@ -181,7 +181,7 @@ class InferencePredicate:
             )
         except FormatError as exc:
             raise VerificationError(
-                "receipt predicate is malformed", check="predicate", reason=exc.message
+                "receipt predicate is malformed", check=Check.PREDICATE, reason=exc.message
             ) from exc
 
 

@@ -25,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidTensor
+from veriml.core.errors import InvalidTensorError
 
 __all__ = [
     "DEFAULT_MAX_TENSOR_BYTES",
@@ -65,16 +65,16 @@ Array = npt.NDArray[Any]
 
 
 def check_dtype(name: str) -> np.dtype[Any]:
-    """The little-endian NumPy dtype for a supported dtype name, or :class:`InvalidTensor`."""
+    """The little-endian NumPy dtype for a supported dtype name, or :class:`InvalidTensorError`."""
     if name not in SUPPORTED_DTYPES:
-        raise InvalidTensor("unsupported tensor dtype", dtype=name)
+        raise InvalidTensorError("unsupported tensor dtype", dtype=name)
     return np.dtype(name).newbyteorder("<")
 
 
 def _dtype_name(array: Array) -> str:
     name = array.dtype.name
     if name not in SUPPORTED_DTYPES:
-        raise InvalidTensor("unsupported tensor dtype", dtype=str(array.dtype))
+        raise InvalidTensorError("unsupported tensor dtype", dtype=str(array.dtype))
     return name
 
 
@@ -107,25 +107,27 @@ def tensor_from_canonical(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BY
     digest (a content-addressed blob store) are checked by hashing what was read.
     """
     if not data.startswith(MAGIC):
-        raise InvalidTensor("not a canonical tensor encoding (bad magic)")
+        raise InvalidTensorError("not a canonical tensor encoding (bad magic)")
     rest = data[len(MAGIC) :]
     dtype_end = rest.find(b"\n")
     shape_end = rest.find(b"\n", dtype_end + 1) if dtype_end >= 0 else -1
     if dtype_end < 0 or shape_end < 0 or shape_end > 64 + 32 * 24:
-        raise InvalidTensor("canonical tensor header is malformed")
+        raise InvalidTensorError("canonical tensor header is malformed")
     dtype = check_dtype(rest[:dtype_end].decode("ascii", "replace"))
     shape_text = rest[dtype_end + 1 : shape_end].decode("ascii", "replace")
     try:
         shape = [int(d) for d in shape_text.split(",")] if shape_text else []
     except ValueError as exc:
-        raise InvalidTensor("canonical tensor shape is malformed", got=shape_text[:80]) from exc
+        raise InvalidTensorError(
+            "canonical tensor shape is malformed", got=shape_text[:80]
+        ) from exc
     dims = _check_shape(shape, max_bytes=max_bytes, itemsize=dtype.itemsize)
     if shape_text != ",".join(map(str, dims)):
         # int() also reads "03", "+3" and " 3": one tensor would have several encodings.
-        raise InvalidTensor("canonical tensor shape is not canonical", got=shape_text[:80])
+        raise InvalidTensorError("canonical tensor shape is not canonical", got=shape_text[:80])
     body = rest[shape_end + 1 :]
     if len(body) != math.prod(dims) * dtype.itemsize:
-        raise InvalidTensor(
+        raise InvalidTensorError(
             "canonical tensor body has the wrong length",
             expected=math.prod(dims) * dtype.itemsize,
             got=len(body),
@@ -137,21 +139,21 @@ def tensor_from_canonical(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BY
 def _check_bools(raw: bytes, dtype: np.dtype[Any]) -> None:
     """A bool is the byte 0 or 1; any other byte would give one value a second digest."""
     if dtype.kind == "b" and raw and int(np.frombuffer(raw, dtype=np.uint8).max()) > 1:
-        raise InvalidTensor("a bool tensor holds a byte other than 0 and 1")
+        raise InvalidTensorError("a bool tensor holds a byte other than 0 and 1")
 
 
 def _check_shape(shape: Any, *, max_bytes: int, itemsize: int) -> tuple[int, ...]:
     if not isinstance(shape, list | tuple) or len(shape) > MAX_RANK:
-        raise InvalidTensor("tensor shape must be a list of at most 32 dimensions", got=shape)
+        raise InvalidTensorError("tensor shape must be a list of at most 32 dimensions", got=shape)
     dims: list[int] = []
     for d in shape:
         if isinstance(d, bool) or not isinstance(d, int) or d < 0:
-            raise InvalidTensor("tensor dimensions must be non-negative integers", got=shape)
+            raise InvalidTensorError("tensor dimensions must be non-negative integers", got=shape)
         dims.append(d)
     # A zero dimension does not excuse the others: numpy cannot shape (0, 2**62, 2**62) either.
     extent = math.prod(d for d in dims if d)
     if extent * itemsize > max_bytes:
-        raise InvalidTensor(
+        raise InvalidTensorError(
             "tensor is larger than the limit", bytes=extent * itemsize, limit=max_bytes
         )
     return tuple(dims)
@@ -160,28 +162,28 @@ def _check_shape(shape: Any, *, max_bytes: int, itemsize: int) -> tuple[int, ...
 def tensor_from_json(obj: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -> Array:
     """Decode ``{"dtype","shape","data"}`` or ``{"dtype","shape","b64"}``; sizes checked first."""
     if not isinstance(obj, Mapping):
-        raise InvalidTensor("a JSON tensor is an object with dtype, shape and data or b64")
+        raise InvalidTensorError("a JSON tensor is an object with dtype, shape and data or b64")
     unknown = set(obj) - {"dtype", "shape", "data", "b64"}
     if unknown:
-        raise InvalidTensor("JSON tensor has unknown members", members=sorted(unknown))
+        raise InvalidTensorError("JSON tensor has unknown members", members=sorted(unknown))
     dtype_name = obj.get("dtype")
     if not isinstance(dtype_name, str):
-        raise InvalidTensor("JSON tensor needs a string dtype")
+        raise InvalidTensorError("JSON tensor needs a string dtype")
     dtype = check_dtype(dtype_name)
     shape = _check_shape(obj.get("shape"), max_bytes=max_bytes, itemsize=dtype.itemsize)
     count = math.prod(shape)
     if ("data" in obj) == ("b64" in obj):
-        raise InvalidTensor("JSON tensor needs exactly one of data and b64")
+        raise InvalidTensorError("JSON tensor needs exactly one of data and b64")
     if "b64" in obj:
         text = obj["b64"]
         if not isinstance(text, str) or len(text) > 4 * (max_bytes // 3 + 1):
-            raise InvalidTensor("b64 must be a base64 string within the size limit")
+            raise InvalidTensorError("b64 must be a base64 string within the size limit")
         try:
             raw = base64.b64decode(text, validate=True)
         except ValueError as exc:  # binascii.Error, or a ValueError for non-ASCII text
-            raise InvalidTensor("b64 is not valid base64", reason=str(exc)) from exc
+            raise InvalidTensorError("b64 is not valid base64", reason=str(exc)) from exc
         if len(raw) != count * dtype.itemsize:
-            raise InvalidTensor(
+            raise InvalidTensorError(
                 "b64 length does not match dtype and shape",
                 expected=count * dtype.itemsize,
                 got=len(raw),
@@ -193,9 +195,11 @@ def tensor_from_json(obj: Mapping[str, Any], *, max_bytes: int = DEFAULT_MAX_TEN
         with np.errstate(over="raise", invalid="raise"):
             array = np.array(obj["data"], dtype=dtype.newbyteorder("="))
     except (ValueError, TypeError, OverflowError, FloatingPointError) as exc:
-        raise InvalidTensor("data does not fit dtype", dtype=dtype_name, reason=str(exc)) from exc
+        raise InvalidTensorError(
+            "data does not fit dtype", dtype=dtype_name, reason=str(exc)
+        ) from exc
     if array.size != count:
-        raise InvalidTensor("data does not match shape", shape=list(shape), got=array.size)
+        raise InvalidTensorError("data does not match shape", shape=list(shape), got=array.size)
     return array.reshape(shape)
 
 
@@ -221,17 +225,17 @@ def tensor_from_npy(data: bytes, *, max_bytes: int = DEFAULT_MAX_TENSOR_BYTES) -
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
         else:
-            raise InvalidTensor("unsupported .npy version", version=version)
+            raise InvalidTensorError("unsupported .npy version", version=version)
     # numpy re-tokenizes a header that does not parse, which can raise TokenError.
     except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as exc:
-        raise InvalidTensor("not a valid .npy file", reason=str(exc)) from exc
+        raise InvalidTensorError("not a valid .npy file", reason=str(exc)) from exc
     if dtype.hasobject or dtype.name not in SUPPORTED_DTYPES:
-        raise InvalidTensor("unsupported tensor dtype in .npy", dtype=str(dtype))
+        raise InvalidTensorError("unsupported tensor dtype in .npy", dtype=str(dtype))
     shape = _check_shape(list(shape), max_bytes=max_bytes, itemsize=dtype.itemsize)
     expected = math.prod(shape) * dtype.itemsize
     body = data[stream.tell() :]
     if len(body) != expected:
-        raise InvalidTensor(
+        raise InvalidTensorError(
             ".npy data length does not match its header", expected=expected, got=len(body)
         )
     _check_bools(body, dtype)

@@ -2,7 +2,7 @@
 
 The public surface other packages build on::
 
-    pkg = ModelPackage.load(Path("my-model"))       # validated; raises InvalidModel
+    pkg = ModelPackage.load(Path("my-model"))       # validated; raises InvalidModelError
     pkg.digest, pkg.onnx_path, pkg.io, pkg.load_proto()
     model_digest(Path("my-model"))                  # OMS root digest, sha256:<hex>
     sign_model(Path("my-model"), Path("publisher.key"))

@@ -8,7 +8,7 @@ Layout under the store's root URL::
 A blob is streamed to a temporary name while it is hashed (never held whole in memory), then
 moved to its digest name, so a crash leaves at most a stray file under ``incoming/`` and never a
 partial blob under a digest. A blob already present is not written again. Reads are verified:
-:meth:`BlobStore.open` raises :class:`DigestMismatch` at end of stream if the bytes do not hash
+:meth:`BlobStore.open` raises :class:`DigestMismatchError` at end of stream if the bytes do not hash
 to the name, and :meth:`BlobStore.cat` before returning them.
 """
 
@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from fsspec.core import url_to_fs
 
 from veriml.core.digest import CHUNK_SIZE, Digest
-from veriml.core.errors import DigestMismatch, InvalidModel, StorageError
+from veriml.core.errors import DigestMismatchError, InvalidModelError, StorageError
 from veriml.models.validate import Limits, scan_folder
 
 __all__ = ["DEFAULT_MAX_BLOB", "BlobRef", "BlobStore", "VerifiedReader"]
@@ -66,7 +66,7 @@ class VerifiedReader:
         self._done = True
         calculated = Digest(self._hash.digest())
         if calculated != self._digest:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "stored blob does not match its digest (corrupted or tampered store)",
                 check="blob-digest",
                 expected=self._digest,
@@ -203,13 +203,13 @@ class BlobStore:
         for name, ref in manifest.items():
             rel = PurePosixPath(name)
             if rel.is_absolute() or ".." in rel.parts or not rel.parts or "\\" in name:
-                raise InvalidModel("manifest path escapes the folder", path=name)
+                raise InvalidModelError("manifest path escapes the folder", path=name)
             target = dest.joinpath(*rel.parts)
             target.parent.mkdir(parents=True, exist_ok=True)
             try:
                 with self.open(ref.digest) as reader, target.open("xb") as out:
                     while chunk := reader.read(CHUNK_SIZE):
                         out.write(chunk)
-            except DigestMismatch:
+            except DigestMismatchError:
                 target.unlink()  # never leave bytes that failed verification behind
                 raise

@@ -33,7 +33,7 @@ from typing import Any
 import yaml
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError, InvalidModelError
 
 __all__ = ["CARD_FILE", "ModelCard"]
 
@@ -121,11 +121,11 @@ class ModelCard:
             if value is None:
                 return None
             if isinstance(value, bool) or not isinstance(value, str | int):
-                raise InvalidModel(
+                raise InvalidModelError(
                     f"model card field {key!r} must be a string", path=where, field=key
                 )
             if isinstance(value, int) and not allow_int:
-                raise InvalidModel(
+                raise InvalidModelError(
                     f"model card field {key!r} must be a string", path=where, field=key
                 )
             return str(value)
@@ -135,7 +135,7 @@ class ModelCard:
             if value is None:
                 return []
             if not isinstance(value, list):
-                raise InvalidModel(
+                raise InvalidModelError(
                     f"model card field {key!r} must be a list", path=where, field=key
                 )
             return value
@@ -144,7 +144,7 @@ class ModelCard:
             try:
                 return Digest.from_text(value) if isinstance(value, str) else Digest.from_text("")
             except FormatError as exc:
-                raise InvalidModel(
+                raise InvalidModelError(
                     f"model card field {key!r} holds an invalid digest (want sha256:<hex>)",
                     path=where,
                     field=key,
@@ -156,7 +156,7 @@ class ModelCard:
                 return digest(value, "datasets")
             if isinstance(value, str) and _URI.match(value):
                 return value
-            raise InvalidModel(
+            raise InvalidModelError(
                 "model card field 'datasets' holds neither a digest nor a URI "
                 "(write sha256:<hex> or e.g. hf://datasets/NAME)",
                 path=where,
@@ -166,7 +166,7 @@ class ModelCard:
 
         version = meta.get("version")
         if isinstance(version, float):
-            raise InvalidModel(
+            raise InvalidModelError(
                 "model card field 'version' must be a string; quote it (version: \"1.0\")",
                 path=where,
                 field="version",
@@ -192,11 +192,11 @@ class ModelCard:
                 block = "\n".join(lines[1:i])
                 break
         else:
-            raise InvalidModel("model card front matter has no closing ---", path=where)
+            raise InvalidModelError("model card front matter has no closing ---", path=where)
         try:
             meta = yaml.load(block, Loader=_CardLoader)  # noqa: S506 - a SafeLoader
         except yaml.YAMLError as exc:
-            raise InvalidModel(
+            raise InvalidModelError(
                 "model card front matter is not valid YAML",
                 path=where,
                 reason=str(exc).splitlines()[0],
@@ -204,7 +204,7 @@ class ModelCard:
         if meta is None:
             meta = {}
         if not isinstance(meta, dict) or not all(isinstance(k, str) for k in meta):
-            raise InvalidModel(
+            raise InvalidModelError(
                 "model card front matter must be a mapping of names to values", path=where
             )
         return cls.from_mapping(meta, where=where)
@@ -217,17 +217,17 @@ class ModelCard:
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise InvalidModel("cannot read model card", path=str(path)) from exc
+            raise InvalidModelError("cannot read model card", path=str(path)) from exc
         if not stat.S_ISREG(st.st_mode):
-            raise InvalidModel("model card is not a regular file", path=str(path))
+            raise InvalidModelError("model card is not a regular file", path=str(path))
         if st.st_size > max_bytes:
-            raise InvalidModel(
+            raise InvalidModelError(
                 "model card is too large", path=str(path), size=st.st_size, limit=max_bytes
             )
         try:
             text = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise InvalidModel("model card is not UTF-8 text", path=str(path)) from exc
+            raise InvalidModelError("model card is not UTF-8 text", path=str(path)) from exc
         return cls.from_text(text, where=str(path))
 
     def to_json(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from model_signing._signing import sign_certificate as ms_certificate
 from OpenSSL import crypto
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel, KeyFileError, SignatureError
+from veriml.core.errors import InvalidModelError, KeyFileError, SignatureError
 from veriml.models.signing import default_signature_path, match_folder, read_bundle
 
 __all__ = ["CertifiedModel", "verify_model_certificate"]
@@ -110,7 +110,7 @@ def verify_model_certificate(
     """
     sig_path = signature if signature is not None else default_signature_path(path)
     if not path.is_dir():
-        raise InvalidModel("a model is a folder", path=str(path))
+        raise InvalidModelError("a model is a folder", path=str(path))
     _load_roots(roots)
     bundle = read_bundle(sig_path)
     cert = _signing_certificate(bundle, sig_path)

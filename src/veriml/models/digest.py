@@ -30,7 +30,7 @@ from model_signing._signing import signing as ms_signing
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 
 __all__ = [
     "DEFAULT_CHUNK_SIZE",
@@ -102,23 +102,23 @@ def hash_manifest(
 ) -> Any:
     """The ``model_signing`` manifest of a folder (files serialization, SHA-256).
 
-    Raises :class:`InvalidModel` when the folder holds a symlink or special file, cannot be
+    Raises :class:`InvalidModelError` when the folder holds a symlink or special file, cannot be
     read, or is not a folder.
     """
     if not path.is_dir() or path.is_symlink():
-        raise InvalidModel("a model is a folder", path=str(path))
+        raise InvalidModelError("a model is a folder", path=str(path))
     config = _config(path, ignore, max_workers=max_workers, chunk_size=chunk_size)
     try:
         return config.hash(path)
     except ValueError as exc:
         # model_signing signals symlinks and special files with a bare ValueError.
-        raise InvalidModel(
+        raise InvalidModelError(
             "model folder holds a symlink or special file; OMS hashing refuses them",
             path=str(path),
             reason=str(exc),
         ) from exc
     except OSError as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             "cannot read model file", path=exc.filename or str(path), reason=exc.strerror
         ) from exc
 
@@ -128,7 +128,7 @@ def manifest_entries(manifest: Any) -> tuple[ManifestEntry, ...]:
     entries = []
     for descriptor in manifest.resource_descriptors():
         if descriptor.digest.algorithm != "sha256":
-            raise InvalidModel(
+            raise InvalidModelError(
                 "only SHA-256 manifests identify veriml models",
                 algorithm=descriptor.digest.algorithm,
             )

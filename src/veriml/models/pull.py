@@ -35,11 +35,11 @@ import httpx
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.errors import (
-    DigestMismatch,
+    DigestMismatchError,
     FormatError,
-    InvalidModel,
-    NodeUnavailable,
-    NotFound,
+    InvalidModelError,
+    NodeUnavailableError,
+    NotFoundError,
     StorageError,
 )
 from veriml.core.keys import VerifyingKey
@@ -128,9 +128,9 @@ def safe_relative(name: str) -> PurePosixPath:
         or "\x00" in name
         or name != rel.as_posix()
     ):
-        raise InvalidModel("manifest path escapes the model folder", path=name[:200])
+        raise InvalidModelError("manifest path escapes the model folder", path=name[:200])
     if rel.as_posix() == DEFAULT_SIGNATURE_NAME:
-        raise InvalidModel("manifest lists the signature file as a model file", path=name)
+        raise InvalidModelError("manifest lists the signature file as a model file", path=name)
     return rel
 
 
@@ -141,7 +141,7 @@ def _fetch_json(client: httpx.Client, url: str, what: str) -> dict[str, Any]:
         for chunk in response.iter_bytes():
             body += chunk
             if len(body) > MAX_MODEL_JSON:
-                raise NodeUnavailable(
+                raise NodeUnavailableError(
                     f"the hub's {what} record is too large", url=url, limit=MAX_MODEL_JSON
                 )
     return parse_json_object(bytes(body), what=what)
@@ -149,9 +149,9 @@ def _fetch_json(client: httpx.Client, url: str, what: str) -> dict[str, Any]:
 
 def _raise_for_status(response: httpx.Response, url: str, what: str) -> None:
     if response.status_code == 404 and what == "model":
-        raise NotFound("the hub has no such model", url=url)
+        raise NotFoundError("the hub has no such model", url=url)
     if response.status_code != 200:
-        raise NodeUnavailable(
+        raise NodeUnavailableError(
             f"the hub did not serve the {what}", url=url, hub_status=response.status_code
         )
 
@@ -176,7 +176,7 @@ def _download(
         for chunk in response.iter_raw(CHUNK):
             written += len(chunk)
             if written > bound:
-                raise DigestMismatch(
+                raise DigestMismatchError(
                     "blob is longer than the hub said",
                     check="blob-size",
                     expected=bound,
@@ -186,7 +186,7 @@ def _download(
             out.write(chunk)
     calculated = Digest(h.digest())
     if calculated != digest or (size is not None and written != size):
-        raise DigestMismatch(
+        raise DigestMismatchError(
             f"blob {digest} does not match its digest",
             check="blob-digest",
             expected=digest,
@@ -209,7 +209,7 @@ def pull_model(
     url = f"{coordinator}/v1/models/{digest.to_text()}"
     hub = HubModel.from_json(_fetch_json(client, url, "model"))  # 1
     if hub.digest != digest:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "hub answered for another model",
             check="model-digest",
             expected=digest,
@@ -217,7 +217,7 @@ def pull_model(
         )
     paths = [safe_relative(f.path) for f in hub.files]  # 2
     if len(set(paths)) != len(paths):
-        raise InvalidModel("manifest lists a path twice", model=str(digest))
+        raise InvalidModelError("manifest lists a path twice", model=str(digest))
     if hub.size > max_bytes:
         raise StorageError("model is larger than this node accepts", size=hub.size, limit=max_bytes)
     cache_dir.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def pull_model(
         package = load_package(tmp)  # 5
         for claimed in (verified, package.digest):
             if claimed != digest:
-                raise DigestMismatch(
+                raise DigestMismatchError(
                     "pulled model is not the one the job names",
                     check="model-digest",
                     expected=digest,
@@ -284,7 +284,7 @@ def load_cached(folder: Path, digest: Digest) -> Package:
     """Re-validate a cached folder; refuse it unless its digest is still its name."""
     package = load_package(folder)
     if package.digest != digest:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "cached model changed on disk",
             check="cache",
             expected=digest,

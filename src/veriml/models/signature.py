@@ -8,7 +8,7 @@ from typing import Any
 
 import onnx
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 
 __all__ = ["Dim", "IOSignature", "TensorSpec", "io_signature"]
 
@@ -69,7 +69,7 @@ class IOSignature:
 def _spec(value: onnx.ValueInfoProto, where: str) -> TensorSpec:
     kind = value.type.WhichOneof("value")
     if kind != "tensor_type":
-        raise InvalidModel(
+        raise InvalidModelError(
             f"{where} {value.name!r} is not a tensor; only tensor inputs and outputs are supported",
             kind=kind,
         )
@@ -77,7 +77,7 @@ def _spec(value: onnx.ValueInfoProto, where: str) -> TensorSpec:
     try:
         dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name
     except (KeyError, ValueError) as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             f"{where} {value.name!r} has an unsupported element type", elem_type=tensor.elem_type
         ) from exc
     if not tensor.HasField("shape"):

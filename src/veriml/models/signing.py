@@ -32,9 +32,9 @@ from model_signing._signing import sign_sigstore_pb as ms_sigstore_pb
 
 from veriml.core.digest import Digest
 from veriml.core.errors import (
-    DigestMismatch,
+    DigestMismatchError,
     FormatError,
-    InvalidModel,
+    InvalidModelError,
     KeyFileError,
     SignatureError,
     VerificationError,
@@ -86,7 +86,7 @@ def sign_model(
     PosixPath('my-model/model.sig')
     """
     if not path.is_dir():
-        raise InvalidModel("a model is a folder", path=str(path))
+        raise InvalidModelError("a model is a folder", path=str(path))
     signing_key = load_private_key(key, passphrase=passphrase)
     if signing_key.kind != "ec":
         raise KeyFileError(
@@ -108,13 +108,13 @@ def sign_model(
     try:
         config.sign(path, sig_path)
     except ValueError as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             "model folder cannot be signed: it holds a symlink or special file",
             path=str(path),
             reason=str(exc),
         ) from exc
     except OSError as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             "cannot read the model or write the signature",
             path=exc.filename or str(path),
             reason=exc.strerror,
@@ -211,13 +211,13 @@ def verify_model(
     """Check that the folder ``path`` is exactly what the OMS bundle signed; return its digest.
 
     The returned digest is the OMS root digest, equal to :func:`model_digest` of the folder.
-    Raises :class:`SignatureError` (bundle, key or signature), :class:`DigestMismatch` (a file
+    Raises :class:`SignatureError` (bundle, key or signature), :class:`DigestMismatchError` (a file
     was modified: ``path`` names it) or :class:`VerificationError` (files added or removed).
     Returns nothing else: if it returns, the folder is signed by ``pubkey``.
     """
     sig_path = signature if signature is not None else default_signature_path(path)
     if not path.is_dir():
-        raise InvalidModel("a model is a folder", path=str(path))
+        raise InvalidModelError("a model is a folder", path=str(path))
     bundle = read_bundle(sig_path)  # 1
     expected = _signed_manifest(bundle, pubkey, sig_path)  # 2, 3, 4
     return match_folder(path, expected, sig_path, ignore)  # 5, 6
@@ -238,14 +238,14 @@ def match_folder(
     actual = hash_manifest(path, ignore=[sig_path.absolute(), *ignore])  # 6
     try:
         signed = {e.path: e.digest for e in manifest_entries(expected)}
-    except InvalidModel as exc:
+    except InvalidModelError as exc:
         raise VerificationError(
             "the signed manifest is not per-file SHA-256", check="serialization", **exc.evidence
         ) from exc
     found = {e.path: e.digest for e in manifest_entries(actual)}
     for name in sorted(signed.keys() & found.keys()):
         if signed[name] != found[name]:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 f"file {name} was modified after signing",
                 check="file-digest",
                 expected=signed[name],
@@ -266,7 +266,7 @@ def match_folder(
     digest = root_digest(actual)
     claimed = root_digest(expected)
     if digest != claimed:  # unreachable when every file matches; kept to fail closed
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "model root digest differs from the signed one",
             check="root-digest",
             expected=claimed,

@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 import onnx
 from google.protobuf.message import DecodeError  # type: ignore[import-untyped,unused-ignore]
 
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models.digest import GIT_PATHS
 
 __all__ = ["Limits", "external_data_files", "onnx_opsets", "scan_folder", "validate_onnx"]
@@ -57,7 +57,7 @@ class Limits:
             or min(self.max_files, self.max_total_bytes, self.max_onnx_bytes, self.max_card_bytes)
             < 0
         ):
-            raise InvalidModel("inconsistent model limits", limits=repr(self))
+            raise InvalidModelError("inconsistent model limits", limits=repr(self))
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,15 +74,16 @@ _SKIPPED_DIRS = frozenset(GIT_PATHS)
 
 def find_main_file(root: Path, files: tuple[Path, ...], main: str) -> Path:
     """A package's main file: ``main`` (``model.onnx``, ``model.gguf``) if present, else the
-    single file with its suffix; none, or several without ``main``, is :class:`InvalidModel`."""
+    single file with its suffix; none, or several without ``main``, is
+    :class:`InvalidModelError`."""
     if root / main in files:
         return root / main
     suffix = Path(main).suffix
     candidates = sorted(p for p in files if p.suffix == suffix)
     if not candidates:
-        raise InvalidModel(f"model folder has no {suffix} file", path=str(root))
+        raise InvalidModelError(f"model folder has no {suffix} file", path=str(root))
     if len(candidates) > 1:
-        raise InvalidModel(
+        raise InvalidModelError(
             f"model folder has several {suffix} files; name the main one {main}",
             path=str(root),
             found=", ".join(str(p.relative_to(root)) for p in candidates[:5]),
@@ -97,7 +98,7 @@ def scan_folder(root: Path, limits: Limits) -> FolderScan:
     so a huge folder costs no more than the limit to reject.
     """
     if root.is_symlink() or not root.is_dir():
-        raise InvalidModel("a model is a folder (not a symlink)", path=str(root))
+        raise InvalidModelError("a model is a folder (not a symlink)", path=str(root))
     files: list[Path] = []
     total = 0
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
@@ -106,22 +107,22 @@ def scan_folder(root: Path, limits: Limits) -> FolderScan:
             dirnames[:] = [d for d in dirnames if d not in _SKIPPED_DIRS]
         for name in sorted(dirnames):
             if (here / name).is_symlink():
-                raise InvalidModel("model folder holds a symlink", path=str(here / name))
+                raise InvalidModelError("model folder holds a symlink", path=str(here / name))
         for name in sorted(filenames):
             p = here / name
             st = p.lstat()
             if stat.S_ISLNK(st.st_mode):
-                raise InvalidModel("model folder holds a symlink", path=str(p))
+                raise InvalidModelError("model folder holds a symlink", path=str(p))
             if not stat.S_ISREG(st.st_mode):
-                raise InvalidModel("model folder holds a special file", path=str(p))
+                raise InvalidModelError("model folder holds a special file", path=str(p))
             files.append(p)
             total += st.st_size
             if len(files) > limits.max_files:
-                raise InvalidModel(
+                raise InvalidModelError(
                     "model folder has too many files", path=str(root), limit=limits.max_files
                 )
             if total > limits.max_total_bytes:
-                raise InvalidModel(
+                raise InvalidModelError(
                     "model folder is too large",
                     path=str(root),
                     size_at_least=total,
@@ -169,11 +170,11 @@ def _external_location(tensor: onnx.TensorProto, onnx_path: Path) -> tuple[str, 
         offset = int(info.get("offset", "0"))
         length = int(info["length"]) if "length" in info else None
     except ValueError as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             "external data offset/length is not an integer", path=str(onnx_path), tensor=tensor.name
         ) from exc
     if offset < 0 or (length is not None and length < 0):
-        raise InvalidModel("negative external data offset/length", path=str(onnx_path))
+        raise InvalidModelError("negative external data offset/length", path=str(onnx_path))
     return location, offset, length
 
 
@@ -194,14 +195,14 @@ def external_data_files(model: onnx.ModelProto, onnx_path: Path, root: Path) -> 
         evidence = {"path": str(onnx_path), "tensor": tensor.name, "location": location}
         posix, windows = PurePosixPath(location), PureWindowsPath(location)
         if not location or posix.is_absolute() or windows.is_absolute() or windows.drive:
-            raise InvalidModel("external data location must be a relative path", **evidence)
+            raise InvalidModelError("external data location must be a relative path", **evidence)
         if ".." in posix.parts or ".." in windows.parts:
-            raise InvalidModel("external data location escapes the model folder", **evidence)
+            raise InvalidModelError("external data location escapes the model folder", **evidence)
         if "\x00" in location:  # no file system path holds one; resolve() raises ValueError
-            raise InvalidModel("external data location holds a NUL character", **evidence)
+            raise InvalidModelError("external data location holds a NUL character", **evidence)
         target = (base / posix).resolve()
         if not target.is_relative_to(resolved_root):
-            raise InvalidModel(
+            raise InvalidModelError(
                 "external data location resolves outside the model folder (symlink)",
                 resolved=str(target),
                 **evidence,
@@ -209,12 +210,12 @@ def external_data_files(model: onnx.ModelProto, onnx_path: Path, root: Path) -> 
         try:
             st = target.stat()
         except OSError as exc:
-            raise InvalidModel("external data file is missing", **evidence) from exc
+            raise InvalidModelError("external data file is missing", **evidence) from exc
         if not stat.S_ISREG(st.st_mode):
-            raise InvalidModel("external data location is not a regular file", **evidence)
+            raise InvalidModelError("external data location is not a regular file", **evidence)
         end = offset + (length if length is not None else 0)
         if offset > st.st_size or end > st.st_size:
-            raise InvalidModel(
+            raise InvalidModelError(
                 "external data offset/length runs past the end of the file",
                 file_size=st.st_size,
                 end=end,
@@ -233,19 +234,21 @@ def _parse(path: Path, limits: Limits) -> onnx.ModelProto:
     try:
         st = path.stat()
     except OSError as exc:
-        raise InvalidModel("cannot read ONNX file", path=str(path), reason=exc.strerror) from exc
+        raise InvalidModelError(
+            "cannot read ONNX file", path=str(path), reason=exc.strerror
+        ) from exc
     if not stat.S_ISREG(st.st_mode):
-        raise InvalidModel("ONNX model is not a regular file", path=str(path))
+        raise InvalidModelError("ONNX model is not a regular file", path=str(path))
     if st.st_size > limits.max_onnx_bytes:
-        raise InvalidModel(
+        raise InvalidModelError(
             "ONNX file is too large", path=str(path), size=st.st_size, limit=limits.max_onnx_bytes
         )
     if st.st_size == 0:
-        raise InvalidModel("ONNX file is empty", path=str(path))
+        raise InvalidModelError("ONNX file is empty", path=str(path))
     try:
         return onnx.load_model(str(path), load_external_data=False)
     except (DecodeError, RuntimeError, ValueError) as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             "ONNX file is malformed or truncated (protobuf does not parse)",
             path=str(path),
             reason=str(exc) or type(exc).__name__,
@@ -263,20 +266,20 @@ def validate_onnx(
 
     ``root`` is the folder external data must stay in (default: the file's folder). With
     ``full_check`` the ``onnx.checker`` runs with shape inference, on the path so external
-    data and files over 2 GB work. Every failure is an :class:`InvalidModel` naming the file.
+    data and files over 2 GB work. Every failure is an :class:`InvalidModelError` naming the file.
     """
     limits = limits if limits is not None else Limits()
     root = root if root is not None else path.parent
     model = _parse(path, limits)
     if not model.HasField("graph"):
-        raise InvalidModel("ONNX file has no graph (truncated or not a model)", path=str(path))
+        raise InvalidModelError("ONNX file has no graph (truncated or not a model)", path=str(path))
     external_data_files(model, path, root)
     opsets = onnx_opsets(model)
     version = opsets.get(DEFAULT_DOMAIN)
     if version is None:
-        raise InvalidModel("ONNX model imports no ai.onnx opset", path=str(path))
+        raise InvalidModelError("ONNX model imports no ai.onnx opset", path=str(path))
     if not limits.min_opset <= version <= limits.max_opset:
-        raise InvalidModel(
+        raise InvalidModelError(
             "unsupported opset",
             path=str(path),
             opset=version,
@@ -293,7 +296,7 @@ def validate_onnx(
             ValueError,
         ) as exc:
             reason = str(exc).strip().splitlines()
-            raise InvalidModel(
+            raise InvalidModelError(
                 "ONNX checker rejects the model",
                 path=str(path),
                 reason=reason[0] if reason else type(exc).__name__,

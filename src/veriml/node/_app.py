@@ -32,16 +32,16 @@ from veriml.core.completion import relay_model_id
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     ExecutionError,
     FormatError,
-    InvalidInput,
-    InvalidTensor,
+    InvalidInputError,
+    InvalidTensorError,
     KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
+    LimitExceededError,
+    NodeUnavailableError,
+    NotFoundError,
     SignatureError,
     StorageError,
     VerificationError,
@@ -125,13 +125,13 @@ def load_binding(config: NodeConfig, key: SigningKey) -> Envelope:
 
 def status_for(exc: Error) -> int:
     """The HTTP status a veriml error answers with on the node API."""
-    if isinstance(exc, LimitExceeded):
+    if isinstance(exc, LimitExceededError):
         return 413
-    if isinstance(exc, Conflict):
+    if isinstance(exc, ConflictError):
         return 409
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, NodeUnavailable):
+    if isinstance(exc, NodeUnavailableError):
         return 504 if "timeout_seconds" in exc.evidence else 503
     if isinstance(exc, VerificationError):
         if exc.check == "job-expired":
@@ -141,7 +141,7 @@ def status_for(exc: Error) -> int:
         if exc.check in ("job-inputs", "job-request", "job-retention"):
             return 422
         return 502  # the hub served a model that does not verify
-    if isinstance(exc, InvalidTensor | InvalidInput):
+    if isinstance(exc, InvalidTensorError | InvalidInputError):
         return 422
     if isinstance(exc, FormatError):
         return 400
@@ -151,7 +151,7 @@ def status_for(exc: Error) -> int:
         return 503
     if isinstance(exc, ExecutionError):
         return 500
-    return 502  # InvalidModel: what the hub served is not a valid model
+    return 502  # InvalidModelError: what the hub served is not a valid model
 
 
 def problem_json(status: int, detail: str, **members: Any) -> dict[str, Any]:
@@ -381,12 +381,12 @@ Node = Annotated[NodeState, Depends(_state)]
 async def _read_json(request: Request, limit: int) -> Any:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise LimitExceeded("request body is too large", limit=limit, declared=declared[:20])
+        raise LimitExceededError("request body is too large", limit=limit, declared=declared[:20])
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise LimitExceeded("request body is too large", limit=limit)
+            raise LimitExceededError("request body is too large", limit=limit)
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:

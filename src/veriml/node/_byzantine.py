@@ -47,7 +47,7 @@ from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import InferencePredicate, request_digest, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
 from veriml.protocol.byzantine import BYZANTINE_MODES
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.runtime import (
     Runner,
     RunResult,

@@ -37,7 +37,7 @@ from veriml.core.errors import (
     Error,
     FormatError,
     KeyFileError,
-    NodeUnavailable,
+    NodeUnavailableError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey
@@ -77,7 +77,9 @@ async def _fetch_coordinator_key(url: str, client: httpx.AsyncClient) -> Verifyi
     """The key ``url``'s ``GET /v1/info`` presents (an Ed25519 key), or raise."""
     response = await client.get(f"{url}/v1/info")
     if response.status_code != 200 or len(response.content) > MAX_INFO_BYTES:
-        raise NodeUnavailable("coordinator /v1/info did not answer", status=response.status_code)
+        raise NodeUnavailableError(
+            "coordinator /v1/info did not answer", status=response.status_code
+        )
     info = response.json()
     pem = info.get("coordinator_key") if isinstance(info, dict) else None
     if not isinstance(pem, str):
@@ -220,12 +222,12 @@ class CoordinatorLink:
         try:
             response = await self.client.post(f"{self.url}/v1/nodes", json=envelope)
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "coordinator did not answer the registration", url=self.url, reason=_reason(exc)
             ) from exc
         if response.status_code not in (200, 201):
             retry = response.headers.get("retry-after", "")
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "coordinator refused the registration",
                 url=self.url,
                 status=response.status_code,
@@ -248,7 +250,7 @@ class CoordinatorLink:
             try:
                 await self.register_once()
                 return
-            except (NodeUnavailable, ValueError) as exc:
+            except (NodeUnavailableError, ValueError) as exc:
                 # A rate-limited registration waits as long as the coordinator asks.
                 asked = exc.evidence.get("retry_after", 0) if isinstance(exc, Error) else 0
                 delay = max(next(waits), float(asked))

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from veriml.core.errors import FormatError, NotFound, StorageError, VerificationError
+from veriml.core.errors import FormatError, NotFoundError, StorageError, VerificationError
 from veriml.core.tensors import canonical_tensor_bytes, tensor_from_canonical, tensor_to_json
 from veriml.protocol.messages import format_time, parse_time
 from veriml.runtime import Trace
@@ -108,11 +108,11 @@ class KeptTrace:
         return list(self.offsets)
 
     def read_tensor(self, name: str) -> Any:
-        """The kept tensor ``name`` (a graph input or a node output); :class:`NotFound` when
+        """The kept tensor ``name`` (a graph input or a node output); :class:`NotFoundError` when
         the trace keeps none of that name."""
         where = self.offsets.get(name)
         if where is None:
-            raise NotFound(
+            raise NotFoundError(
                 "the trace keeps no tensor of this name",
                 request_id=self.request_id[:256],
                 name=name[:256],
@@ -125,7 +125,7 @@ class KeptTrace:
                 f.seek(self.data_start + offset)
                 data = f.read(length)
         except OSError as exc:
-            raise NotFound("the trace is no longer kept", request_id=self.request_id) from exc
+            raise NotFoundError("the trace is no longer kept", request_id=self.request_id) from exc
         if len(data) != length:
             raise StorageError("a kept trace file is truncated", request_id=self.request_id)
         return tensor_from_canonical(data, max_bytes=self.max_tensor_bytes)
@@ -292,14 +292,16 @@ class TraceStore:
     # -- reading ------------------------------------------------------------------------------
 
     def get(self, request_id: str) -> KeptTrace:
-        """The kept trace of ``request_id``; :class:`NotFound` if none or expired. A read
+        """The kept trace of ``request_id``; :class:`NotFoundError` if none or expired. A read
         keeps the trace at least ``hold`` seconds more (a dispute is reading it)."""
         now = self._clock()
         with self._lock:
             self._prune(now)
             indexed = self._index.get(request_id)
             if indexed is None:
-                raise NotFound("no trace is kept for this request", request_id=request_id[:256])
+                raise NotFoundError(
+                    "no trace is kept for this request", request_id=request_id[:256]
+                )
             indexed.touched = now
             cached = self._parsed.get(request_id)
         with contextlib.suppress(OSError):
@@ -313,7 +315,9 @@ class TraceStore:
             with indexed.path.open("rb") as f:
                 header = _read_header(f, indexed.size)
         except OSError as exc:
-            raise NotFound("the trace is no longer kept", request_id=indexed.request_id) from exc
+            raise NotFoundError(
+                "the trace is no longer kept", request_id=indexed.request_id
+            ) from exc
         kept = _kept(header, indexed, self.max_tensor_bytes)
         with self._lock:
             self._parsed[indexed.request_id] = (indexed, kept)

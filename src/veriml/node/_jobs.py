@@ -53,9 +53,9 @@ from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     ExecutionError,
     FormatError,
-    InvalidInput,
-    InvalidTensor,
-    NodeUnavailable,
+    InvalidInputError,
+    InvalidTensorError,
+    NodeUnavailableError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.tensors import tensor_digest, tensor_from_json
@@ -64,7 +64,7 @@ from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._llm import CompletionEngine, LLMJobs
 from veriml.node._memory import ReplayCache
 from veriml.node._models import ModelCache
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.runtime import Runner
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ class JobService:
         :meth:`_submit` starts it or :meth:`_unwait`."""
         parsed = parse_job_body(body)  # 1
         if self.coordinator_key is None:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "node does not know its coordinator's key yet", retry_after=RETRY_AFTER_SECONDS
             )
         job = Job.open(  # 2
@@ -238,11 +238,11 @@ class JobService:
         )
         _kind_members(job, parsed)
         if not self.accepting:  # 3
-            raise NodeUnavailable("node is shutting down", retry_after=RETRY_AFTER_SECONDS)
+            raise NodeUnavailableError("node is shutting down", retry_after=RETRY_AFTER_SECONDS)
         self.traces.check_retention(job.retain_until, expires_at=job.expires_at)
         lane = self.lane_of(job)
         if lane.full:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 f"node is busy: its {lane.name} queue is full",
                 active=lane.active,
                 queued=lane.waiting,
@@ -257,8 +257,8 @@ class JobService:
         lane.waiting -= 1
         self._check_idle()
 
-    def _timed_out(self, job: Job) -> NodeUnavailable:
-        return NodeUnavailable(
+    def _timed_out(self, job: Job) -> NodeUnavailableError:
+        return NodeUnavailableError(
             "job did not finish within the node's job timeout",
             job_id=job.job_id,
             timeout_seconds=self.job_timeout,
@@ -370,7 +370,7 @@ class JobService:
             work = functools.partial(self._work, runner, job, parsed.inputs)
         elif job.kind == "prefill":
             if self.relay is not None:
-                raise InvalidInput("a relay node runs no model, so it checks no completion")
+                raise InvalidInputError("a relay node runs no model, so it checks no completion")
             local = await self.models.engine(job.model)
             work = functools.partial(self.llm.check, local, job, parsed.completion)
         else:
@@ -403,7 +403,7 @@ class JobService:
                 for name, obj in encoded.items()
             }
         except FormatError as exc:
-            raise InvalidTensor(exc.message, **exc.evidence) from exc
+            raise InvalidTensorError(exc.message, **exc.evidence) from exc
         job.check_inputs({name: tensor_digest(array) for name, array in inputs.items()})
         result = self.behaviour.run(runner, job, inputs)
         if result.trace is not None:

@@ -53,18 +53,19 @@ from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     COMPLETION_PREDICATE_TYPE,
     CompletionPredicate,
-    check_canonical,
     sampling_of,
     sign_completion,
     token_digest,
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import Error, FormatError, InvalidInput, VerificationError
+from veriml.core.errors import Error, FormatError, InvalidInputError, VerificationError
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
-from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
+from veriml.protocol.jobs import Job
+from veriml.protocol.openai_requests import check_canonical
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 from veriml.runtime.llm import Completion, CompletionResult, LLMEngine, LLMSettings, TokenEvent
 from veriml.verify.prefill import PrefillReport, check_completion
 
@@ -180,7 +181,7 @@ def _unverified_predicate(receipt: Envelope) -> CompletionPredicate:
             raise FormatError("not a completion receipt", got=statement.predicate_type)
         return CompletionPredicate.from_json(statement.predicate)
     except (FormatError, VerificationError) as exc:
-        raise InvalidInput(
+        raise InvalidInputError(
             "the completion to check has no completion receipt", reason=exc.message
         ) from exc
 
@@ -221,7 +222,7 @@ class LLMJobs:
         try:
             return check_canonical(job.request)
         except Error as exc:
-            raise InvalidInput(
+            raise InvalidInputError(
                 "the job's request is not a canonical request", **exc.evidence
             ) from exc
 

@@ -47,8 +47,9 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from veriml.core.errors import Conflict, StorageError, VerificationError
-from veriml.protocol.messages import Job, format_time, parse_time
+from veriml.core.errors import ConflictError, StorageError, VerificationError
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time, parse_time
 
 __all__ = ["ReplayCache", "system_boot_id"]
 
@@ -334,7 +335,7 @@ class ReplayCache:
                 self._journal.close()
 
     def admit(self, job: Job, *, now: dt.datetime | None = None) -> None:
-        """Record ``job``'s id, or raise: :class:`Conflict` for a replay (or a job that may
+        """Record ``job``'s id, or raise: :class:`ConflictError` for a replay (or a job that may
         have run unrecorded), :class:`VerificationError` for a validity window longer than the
         node accepts, :class:`StorageError` when the journal cannot record it."""
         current = now or dt.datetime.now(dt.UTC)
@@ -349,7 +350,7 @@ class ReplayCache:
                 limit_seconds=self.max_validity.total_seconds(),
             )
         if issued < self.floor:
-            raise Conflict(
+            raise ConflictError(
                 "job was issued before this node started, so it may have run already",
                 job_id=job.job_id,
                 issued_at=job.issued_at,
@@ -361,7 +362,7 @@ class ReplayCache:
             now_ms = _ms(current)
             self._prune(now_ms)
             if digest in self._seen:
-                raise Conflict("job was already received (replay)", job_id=job.job_id)
+                raise ConflictError("job was already received (replay)", job_id=job.job_id)
             if self._journal is not None:
                 self._journal.append(until, digest, now=now_ms)
             self._seen[digest] = until

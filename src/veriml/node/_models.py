@@ -28,9 +28,9 @@ import httpx
 from veriml.core.digest import Digest
 from veriml.core.errors import (
     FormatError,
-    InvalidInput,
-    InvalidModel,
-    NodeUnavailable,
+    InvalidInputError,
+    InvalidModelError,
+    NodeUnavailableError,
     VerificationError,
 )
 from veriml.models.gguf import LLMPackage
@@ -112,19 +112,19 @@ class ModelCache:
     async def runner(self, digest: Digest) -> Runner:
         """The ONNX runner for ``digest``: loaded, re-validated from the cache, or pulled.
 
-        A GGUF model is :class:`InvalidInput`: an ONNX job cannot run it."""
+        A GGUF model is :class:`InvalidInputError`: an ONNX job cannot run it."""
         loaded = await self._get(digest)
         if not isinstance(loaded, Runner):
-            raise InvalidInput("the job's model is a GGUF language model, not an ONNX graph")
+            raise InvalidInputError("the job's model is a GGUF language model, not an ONNX graph")
         return loaded
 
     async def engine(self, digest: Digest) -> LocalLLM:
         """The loaded GGUF model ``digest`` (pulled and loaded on first use).
 
-        An ONNX model is :class:`InvalidInput`: an LLM job cannot run it."""
+        An ONNX model is :class:`InvalidInputError`: an LLM job cannot run it."""
         loaded = await self._get(digest)
         if not isinstance(loaded, LocalLLM):
-            raise InvalidInput("the job's model is an ONNX graph, not a GGUF language model")
+            raise InvalidInputError("the job's model is an ONNX graph, not a GGUF language model")
         return loaded
 
     async def _get(self, digest: Digest) -> Runner | LocalLLM:
@@ -174,7 +174,7 @@ class ModelCache:
         if folder.is_dir():
             try:
                 return load_cached(folder, digest)
-            except (InvalidModel, VerificationError) as exc:
+            except (InvalidModelError, VerificationError) as exc:
                 log.warning("cached model %s is invalid, pulling again: %s", digest, exc)
                 shutil.rmtree(folder, ignore_errors=True)
         self.pulls += 1
@@ -185,6 +185,6 @@ class ModelCache:
                     client, self.coordinator, digest, self.cache_dir, max_bytes=self.max_bytes
                 )
             except httpx.HTTPError as exc:
-                raise NodeUnavailable(
+                raise NodeUnavailableError(
                     "cannot pull the model from the hub", model=str(digest), reason=repr(exc)[:200]
                 ) from exc

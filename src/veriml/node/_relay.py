@@ -36,7 +36,7 @@ from veriml.core.completion import (
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import ExecutionError, FormatError, LimitExceeded, NodeUnavailable
+from veriml.core.errors import ExecutionError, FormatError, LimitExceededError, NodeUnavailableError
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.protocol.sse import parse_sse
@@ -102,7 +102,7 @@ def _error(response: httpx.Response, url: str) -> Exception:
         return FormatError(
             f"the upstream refused the request: {message[:_MAX_ERROR_TEXT]}", **evidence
         )
-    return NodeUnavailable(f"the upstream failed: {message[:_MAX_ERROR_TEXT]}", **evidence)
+    return NodeUnavailableError(f"the upstream failed: {message[:_MAX_ERROR_TEXT]}", **evidence)
 
 
 class RelayEngine:
@@ -157,13 +157,13 @@ class RelayEngine:
         try:
             response = self._http.post(url, json=dict(body), headers=self._headers())
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "the upstream could not be reached", upstream=self.url, reason=type(exc).__name__
             ) from exc
         if response.status_code >= 400:
             raise _error(response, self.url)
         if len(response.content) > MAX_UPSTREAM_BYTES:
-            raise LimitExceeded("the upstream's answer is too large", limit=MAX_UPSTREAM_BYTES)
+            raise LimitExceededError("the upstream's answer is too large", limit=MAX_UPSTREAM_BYTES)
         try:
             answer = response.json()
         except ValueError as exc:
@@ -202,7 +202,7 @@ class RelayEngine:
                             on_token(TokenEvent(RELAY_TOKEN, piece))
                         finish = choice.get("finish_reason") or finish
         except httpx.HTTPError as exc:
-            raise NodeUnavailable(
+            raise NodeUnavailableError(
                 "the upstream stream broke off", upstream=self.url, reason=type(exc).__name__
             ) from exc
         except (ValueError, AttributeError) as exc:

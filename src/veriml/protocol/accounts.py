@@ -32,7 +32,7 @@ from typing import Any, Final
 from veriml.core.canonical import canonicalize, parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
+from veriml.core.errors import Check, FormatError, KeyFileError, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.core.timestamps import format_time, parse_time
 
@@ -186,7 +186,7 @@ class OperatorBinding:
             if wanted is not None and wanted != got:
                 raise VerificationError(
                     f"the operator binding is for another {what}",
-                    check="operator-binding",
+                    check=Check.OPERATOR_BINDING,
                     expected=wanted,
                     got=got,
                 )
@@ -314,7 +314,7 @@ class LedgerRequest:
             if wanted is not None and wanted != got:
                 raise VerificationError(
                     f"the ledger request is for another {what}",
-                    check="ledger-request",
+                    check=Check.LEDGER_REQUEST,
                     expected=wanted,
                     got=got,
                 )

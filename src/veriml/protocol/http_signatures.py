@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from http_message_signatures import algorithms
 
 from veriml.core.digest import Digest
-from veriml.core.errors import KeyFileError, SignatureError
+from veriml.core.errors import Check, KeyFileError, SignatureError
 from veriml.core.keys import SigningKey, VerifyingKey
 
 __all__ = [
@@ -128,7 +128,9 @@ class _Resolver(hms.HTTPSignatureKeyResolver):
 
     def resolve_public_key(self, key_id: str) -> Any:
         if key_id != self._key_id:
-            raise SignatureError("request signature names another key", check="request-signature")
+            raise SignatureError(
+                "request signature names another key", check=Check.REQUEST_SIGNATURE
+            )
         return self._key
 
     def resolve_private_key(self, key_id: str) -> Any:
@@ -199,7 +201,7 @@ class SignedRequest:
         if body_digest != self.content_digest:
             raise SignatureError(
                 "the body is not the one the request signature covers (Content-Digest)",
-                check="request-signature",
+                check=Check.REQUEST_SIGNATURE,
                 keyid=self.key_id,
             )
         return self.key_id
@@ -227,7 +229,7 @@ def verify_request(
         return None
 
     def refuse(message: str, **evidence: Any) -> SignatureError:
-        return SignatureError(message, check="request-signature", **evidence)
+        return SignatureError(message, check=Check.REQUEST_SIGNATURE, **evidence)
 
     if not key_text or "signature" not in headers or "signature-input" not in headers:
         raise refuse(f"a signed request needs {KEY_HEADER}, Signature-Input and Signature")

@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from pydantic.json_schema import models_json_schema
 
 from veriml.core.tensors import SUPPORTED_DTYPES
-from veriml.protocol.messages import HEARTBEAT_TYPE, JOB_TYPE, NODE_DESCRIPTOR_TYPE
+from veriml.protocol.jobs import JOB_TYPE
+from veriml.protocol.messages import HEARTBEAT_TYPE, NODE_DESCRIPTOR_TYPE
 
 __all__ = [
     "BASE64_PATTERN",

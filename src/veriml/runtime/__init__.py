@@ -11,12 +11,13 @@ from veriml.runtime._fingerprint import FLOAT_CPU_FLAGS, platform_fingerprint, r
 from veriml.runtime._inputs import load_input_files, validate_inputs
 from veriml.runtime._profile import OPTIMIZATION_LEVELS, Profile, create_session
 from veriml.runtime._reexec import Engine, check_node, node_model, reexecute_node
-from veriml.runtime._result import RawResult, RunResult, read_result_file
+from veriml.runtime._result import MAX_RESULT_BYTES, RawResult, RunResult, read_result_file
 from veriml.runtime._run import Runner, canonical_request, run, runner_for
 from veriml.runtime._trace import TRACE_FORMAT, Trace, TraceEntry, build_trace, traced_model
 
 __all__ = [
     "FLOAT_CPU_FLAGS",
+    "MAX_RESULT_BYTES",
     "OPTIMIZATION_LEVELS",
     "TRACE_FORMAT",
     "Engine",

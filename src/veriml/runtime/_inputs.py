@@ -17,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from veriml.core.canonical import parse_json_object
-from veriml.core.errors import FormatError, InvalidInput, InvalidTensor
+from veriml.core.errors import FormatError, InvalidInputError, InvalidTensorError
 from veriml.core.tensors import (
     DEFAULT_MAX_TENSOR_BYTES,
     SUPPORTED_DTYPES,
@@ -39,27 +39,29 @@ def _shape_text(shape: tuple[Any, ...] | None) -> str:
 
 def _check_one(spec: TensorSpec, value: object, symbols: dict[str, tuple[str, int]]) -> Array:
     if not isinstance(value, np.ndarray):
-        raise InvalidInput(f"input {spec.name!r} must be a NumPy array", got=type(value).__name__)
+        raise InvalidInputError(
+            f"input {spec.name!r} must be a NumPy array", got=type(value).__name__
+        )
     if value.dtype.name not in SUPPORTED_DTYPES:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"input {spec.name!r} has an unsupported dtype", expected=spec.dtype, got=value.dtype
         )
     if value.dtype.name != spec.dtype:
-        raise InvalidInput(
+        raise InvalidInputError(
             f"input {spec.name!r} has the wrong dtype", expected=spec.dtype, got=value.dtype.name
         )
     if spec.shape is None:
         return np.ascontiguousarray(value)
     given = tuple(int(d) for d in value.shape)
     if len(given) != len(spec.shape):
-        raise InvalidInput(
+        raise InvalidInputError(
             f"input {spec.name!r} has the wrong rank",
             expected=f"{len(spec.shape)} {_shape_text(spec.shape)}",
             got=f"{len(given)} {_shape_text(given)}",
         )
     for axis, (want, got) in enumerate(zip(spec.shape, given, strict=True)):
         if isinstance(want, int) and want != got:
-            raise InvalidInput(
+            raise InvalidInputError(
                 f"input {spec.name!r} has the wrong size on axis {axis}",
                 expected=_shape_text(spec.shape),
                 got=_shape_text(given),
@@ -67,7 +69,7 @@ def _check_one(spec: TensorSpec, value: object, symbols: dict[str, tuple[str, in
         if isinstance(want, str):
             seen = symbols.setdefault(want, (spec.name, got))
             if seen[1] != got:
-                raise InvalidInput(
+                raise InvalidInputError(
                     f"input {spec.name!r} disagrees with input {seen[0]!r} on dimension {want!r}",
                     expected=seen[1],
                     got=got,
@@ -79,18 +81,18 @@ def _check_one(spec: TensorSpec, value: object, symbols: dict[str, tuple[str, in
 def validate_inputs(signature: IOSignature, inputs: Mapping[str, object]) -> dict[str, Array]:
     """Check ``inputs`` against ``signature``; return them in signature order, C-contiguous.
 
-    Raises :class:`InvalidInput` naming the first input that is missing, unknown, of the wrong
+    Raises :class:`InvalidInputError` naming the first input that is missing, unknown, of the wrong
     dtype, rank or static size, or whose symbolic dimension disagrees with another input's.
     """
     expected = [spec.name for spec in signature.inputs]
     unknown = sorted(set(inputs) - set(expected))
     if unknown:
-        raise InvalidInput(
+        raise InvalidInputError(
             "unknown input name", got=",".join(unknown), expected=",".join(expected) or "none"
         )
     missing = [name for name in expected if name not in inputs]
     if missing:
-        raise InvalidInput("missing input", missing=",".join(missing))
+        raise InvalidInputError("missing input", missing=",".join(missing))
     symbols: dict[str, tuple[str, int]] = {}
     return {spec.name: _check_one(spec, inputs[spec.name], symbols) for spec in signature.inputs}
 
@@ -103,10 +105,12 @@ def _read_bounded(path: Path) -> bytes:
     try:
         size = path.stat().st_size
         if size > MAX_INPUT_FILE:
-            raise InvalidTensor("input file is too large", path=str(path), size=size)
+            raise InvalidTensorError("input file is too large", path=str(path), size=size)
         return path.read_bytes()
     except OSError as exc:
-        raise InvalidTensor("cannot read input file", path=str(path), reason=exc.strerror) from exc
+        raise InvalidTensorError(
+            "cannot read input file", path=str(path), reason=exc.strerror
+        ) from exc
 
 
 def _read_tensors(path: Path) -> Array | dict[str, Array]:
@@ -115,15 +119,15 @@ def _read_tensors(path: Path) -> Array | dict[str, Array]:
     if path.suffix.lower() == ".npy" or data.startswith(b"\x93NUMPY"):
         try:
             return tensor_from_npy(data)
-        except InvalidTensor as exc:
-            raise InvalidTensor(exc.message, path=str(path), **exc.evidence) from exc
+        except InvalidTensorError as exc:
+            raise InvalidTensorError(exc.message, path=str(path), **exc.evidence) from exc
     try:
         obj = parse_json_object(data, what=f"input file {path}")
         if "dtype" in obj:
             return tensor_from_json(obj)
         return {str(name): tensor_from_json(value) for name, value in obj.items()}
     except FormatError as exc:
-        raise InvalidTensor(exc.message, path=str(path), **exc.evidence) from exc
+        raise InvalidTensorError(exc.message, path=str(path), **exc.evidence) from exc
 
 
 def load_input_files(specs: Sequence[str], input_names: Sequence[str]) -> dict[str, Array]:
@@ -135,7 +139,7 @@ def load_input_files(specs: Sequence[str], input_names: Sequence[str]) -> dict[s
 
     def put(name: str, value: Array) -> None:
         if name in inputs:
-            raise InvalidInput("input given twice", input=name)
+            raise InvalidInputError("input given twice", input=name)
         inputs[name] = value
 
     for spec in specs:
@@ -143,7 +147,7 @@ def load_input_files(specs: Sequence[str], input_names: Sequence[str]) -> dict[s
         if sep and name in input_names:
             value = _read_tensors(Path(file))
             if isinstance(value, dict):
-                raise InvalidInput("NAME=FILE needs a file holding one tensor", input=name)
+                raise InvalidInputError("NAME=FILE needs a file holding one tensor", input=name)
             put(name, value)
             continue
         value = _read_tensors(Path(spec))
@@ -153,7 +157,7 @@ def load_input_files(specs: Sequence[str], input_names: Sequence[str]) -> dict[s
         elif len(input_names) == 1:
             put(input_names[0], value)
         else:
-            raise InvalidInput(
+            raise InvalidInputError(
                 "the model has several inputs: use --input NAME=FILE",
                 file=spec,
                 inputs=",".join(input_names),

@@ -28,7 +28,7 @@ from typing import Any, Final
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as _ort_state
 
-from veriml.core.errors import ExecutionError, FormatError, InvalidModel
+from veriml.core.errors import ExecutionError, FormatError, InvalidModelError
 
 __all__ = ["OPTIMIZATION_LEVELS", "ORT_ERRORS", "Profile", "create_session"]
 
@@ -151,6 +151,6 @@ def create_session(
             providers=[profile.execution_provider],
         )
     except ORT_ERRORS as exc:
-        raise InvalidModel(
+        raise InvalidModelError(
             f"onnxruntime cannot load the {what}", reason=str(exc).splitlines()[0][:300]
         ) from exc

@@ -19,7 +19,7 @@ import numpy.typing as npt
 import onnx
 from onnx import helper
 
-from veriml.core.errors import ExecutionError, InvalidInput, ReexecutionMismatch
+from veriml.core.errors import Check, ExecutionError, InvalidInputError, ReexecutionMismatchError
 from veriml.core.tensors import tensor_digest
 from veriml.runtime._profile import ORT_ERRORS, Profile, create_session
 from veriml.runtime._trace import Trace
@@ -61,7 +61,7 @@ def node_model(
     """
     graph = model.graph
     if not 0 <= node_index < len(graph.node):
-        raise InvalidInput("no such node in the graph", node=node_index, nodes=len(graph.node))
+        raise InvalidInputError("no such node in the graph", node=node_index, nodes=len(graph.node))
     node = graph.node[node_index]
     initializers = {init.name: init for init in graph.initializer}
     needed = [n for n in node.input if n]
@@ -75,7 +75,7 @@ def node_model(
             continue
         value = values.get(name)
         if not isinstance(value, np.ndarray):
-            raise InvalidInput(
+            raise InvalidInputError(
                 "re-execution needs a recorded tensor that is missing",
                 node=node_index,
                 op_type=node.op_type,
@@ -143,21 +143,21 @@ def check_node(
 ) -> None:
     """Re-execute one traced node and require bitwise equality with every recorded output.
 
-    Raises :class:`ReexecutionMismatch` (``check="node"``) naming the node and output whose
+    Raises :class:`ReexecutionMismatchError` (``check="node"``) naming the node and output whose
     digest differs. The trace must keep its tensors.
     """
     if trace.tensors is None:
-        raise InvalidInput("single-node re-execution needs a trace that kept its tensors")
+        raise InvalidInputError("single-node re-execution needs a trace that kept its tensors")
     recorded = trace.for_node(node_index)
     if not recorded:
-        raise InvalidInput("the trace has no outputs for this node", node=node_index)
+        raise InvalidInputError("the trace has no outputs for this node", node=node_index)
     outputs = reexecute_node(model, node_index, trace.tensors, engine=engine, profile=profile)
     for entry in recorded:
         calculated = tensor_digest(outputs[entry.output])
         if calculated != entry.digest:
-            raise ReexecutionMismatch(
+            raise ReexecutionMismatchError(
                 "re-executed node output differs from the recorded one",
-                check="node",
+                check=Check.NODE,
                 node=node_index,
                 op_type=entry.op_type,
                 output=entry.output,

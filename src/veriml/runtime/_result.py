@@ -1,4 +1,4 @@
-"""The result file of ``veriml run``: outputs plus the signed receipt (issue 2, "Receipts").
+"""The result file of ``veriml run``: outputs plus the signed receipt (docs/receipts.md).
 
 JSON form::
 
@@ -28,7 +28,7 @@ import numpy.typing as npt
 
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate
 from veriml.core.tensors import tensor_from_json, tensor_to_json
 from veriml.runtime._trace import Trace
@@ -123,7 +123,7 @@ class RunResult:
         if statement.predicate_type != PREDICATE_TYPE:
             raise VerificationError(
                 "receipt is not an inference receipt",
-                check="predicate-type",
+                check=Check.PREDICATE_TYPE,
                 expected=PREDICATE_TYPE,
                 got=statement.predicate_type,
             )

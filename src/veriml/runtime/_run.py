@@ -21,7 +21,7 @@ import onnx
 import onnxruntime as ort
 
 from veriml.core.digest import Digest
-from veriml.core.errors import ExecutionError, FormatError, InvalidModel, KeyFileError
+from veriml.core.errors import ExecutionError, FormatError, InvalidModelError, KeyFileError
 from veriml.core.keys import SigningKey
 from veriml.core.receipt import InferencePredicate, request_digest, sign_receipt, utc_now
 from veriml.core.tensors import tensor_digest
@@ -62,7 +62,7 @@ def _tensor_outputs(session: ort.InferenceSession, what: str) -> list[str]:
     names: list[str] = []
     for out in session.get_outputs():
         if not str(out.type).startswith("tensor("):
-            raise InvalidModel(
+            raise InvalidModelError(
                 f"{what} output is not a tensor; only tensor outputs are supported "
                 "(for scikit-learn classifiers convert with options={'zipmap': False})",
                 output=out.name,
@@ -88,7 +88,9 @@ def _serialize(model: onnx.ModelProto) -> bytes:
     try:
         data: bytes = model.SerializeToString()
     except ValueError as exc:  # protobuf refuses messages over 2 GiB
-        raise InvalidModel("model is too large to hand to onnxruntime", reason=str(exc)) from exc
+        raise InvalidModelError(
+            "model is too large to hand to onnxruntime", reason=str(exc)
+        ) from exc
     return data
 
 
@@ -124,7 +126,7 @@ class Runner:
             self._model, self._package = None, model
         else:
             if digest is None:
-                raise InvalidModel("a runner for an in-memory model needs its digest")
+                raise InvalidModelError("a runner for an in-memory model needs its digest")
             self.digest, self.files_digest = digest, files_digest
             self.io = io if io is not None else io_signature(model)
             self._session = create_session(_serialize(model), self.profile)
@@ -143,7 +145,7 @@ class Runner:
         assert self._package is not None
         again = ModelPackage.load(self._package.path, limits=self._package.limits)
         if (again.digest, again.files_digest) != (self.digest, self.files_digest):
-            raise InvalidModel(
+            raise InvalidModelError(
                 "model folder changed since its session was built",
                 path=str(self._package.path),
                 expected=self.digest,

@@ -30,7 +30,13 @@ import numpy.typing as npt
 import onnx
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel, InvalidTensor, RootMismatchError
+from veriml.core.errors import (
+    Check,
+    FormatError,
+    InvalidModelError,
+    InvalidTensorError,
+    RootMismatchError,
+)
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest
 from veriml.tlog.merkle import inclusion_proof, leaf_hash, root_from_leaf_hashes
@@ -156,7 +162,7 @@ class Trace:
         if not isinstance(stated, str) or Digest.from_text(stated) != trace.root:
             raise RootMismatchError(
                 "trace root does not match its entries",
-                check="trace-root",
+                check=Check.TRACE_ROOT,
                 expected=Digest.from_text(stated).raw if isinstance(stated, str) else b"",
                 calculated=trace.root.raw,
             )
@@ -192,17 +198,17 @@ def build_trace(
         value = values.get(name)
         where = {"node": index, "op_type": node.op_type, "output": name}
         if value is None:
-            raise InvalidModel("traced run did not return a node output", **where)
+            raise InvalidModelError("traced run did not return a node output", **where)
         if not isinstance(value, np.ndarray):
-            raise InvalidModel(
+            raise InvalidModelError(
                 "node output is not a tensor; tracing supports tensors only (no sequences or maps)",
                 got=type(value).__name__,
                 **where,
             )
         try:
             digest = tensor_digest(value)
-        except InvalidTensor as exc:
-            raise InvalidModel(
+        except InvalidTensorError as exc:
+            raise InvalidModelError(
                 "node output has a dtype tensor digests do not cover", dtype=value.dtype, **where
             ) from exc
         entries.append(TraceEntry(index, node.op_type, node.name, tuple(node.input), name, digest))

@@ -60,7 +60,7 @@ _LAZY: dict[str, str] = {
     "PublishReport": "veriml.tlog.publish",
     "publish_log": "veriml.tlog.publish",
     "WitnessClient": "veriml.tlog.witness",
-    "WitnessConflict": "veriml.tlog.witness",
+    "WitnessConflictError": "veriml.tlog.witness",
     "collect_cosignatures": "veriml.tlog.witness",
     "create_witness_app": "veriml.tlog.witness",
     "LogClient": "veriml.tlog.client",
@@ -81,7 +81,7 @@ if TYPE_CHECKING:
     from veriml.tlog.storage import MAX_ENTRY_SIZE, LogStorage
     from veriml.tlog.witness import (
         WitnessClient,
-        WitnessConflict,
+        WitnessConflictError,
         collect_cosignatures,
         create_witness_app,
     )
@@ -125,7 +125,7 @@ __all__ = [
     "TilePath",
     "TlogProof",
     "WitnessClient",
-    "WitnessConflict",
+    "WitnessConflictError",
     "audit",
     "build_tiles",
     "bundles_for_size",

@@ -30,7 +30,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from veriml.core.errors import FormatError, LogInconsistency, RootMismatchError, StorageError
+from veriml.core.errors import (
+    Check,
+    FormatError,
+    LogInconsistencyError,
+    RootMismatchError,
+    StorageError,
+)
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.client import LogClient, SignedCheckpoint, TileSource
 from veriml.tlog.cosignature import CosignatureVerifier
@@ -190,9 +196,9 @@ class _TreeReplay:
                 ),
                 len(hashes),
             )
-            raise LogInconsistency(
+            raise LogInconsistencyError(
                 "a served tile differs from the tree recomputed from the entries",
-                check="tile",
+                check=Check.TILE,
                 tile=path.to_path(),
                 hash_index=first,
                 served=served[first * HASH_SIZE : (first + 1) * HASH_SIZE],
@@ -244,17 +250,17 @@ def _check_previous(previous: AuditState | None, cp: Checkpoint) -> None:
     if previous.origin != cp.origin:
         raise FormatError("the state file is for another log", state=previous.origin, log=cp.origin)
     if cp.size < previous.size:
-        raise LogInconsistency(
+        raise LogInconsistencyError(
             "rollback: the log is smaller than when last audited",
-            check="rollback",
+            check=Check.ROLLBACK,
             previous_size=previous.size,
             size=cp.size,
             previous_checkpoint=previous.checkpoint,
         )
     if cp.size == previous.size and cp.root_hash != previous.root_hash:
-        raise LogInconsistency(
+        raise LogInconsistencyError(
             "split view: same size as last audited, different root",
-            check="split view",
+            check=Check.SPLIT_VIEW,
             size=cp.size,
             previous_root=previous.root_hash,
             root=cp.root_hash,
@@ -278,7 +284,7 @@ def audit(
     was hashed into the replay; the entries are proven to be the signed log's only when
     :func:`audit` returns, so a caller trusts what it folded only then.
 
-    Raises :class:`SignatureError` for a bad checkpoint, :class:`LogInconsistency` for a tile
+    Raises :class:`SignatureError` for a bad checkpoint, :class:`LogInconsistencyError` for a tile
     that disagrees with the entries, a rollback or a split view, :class:`RootMismatchError` when
     the entries do not hash to the checkpoint's root. The state file is only updated on success.
     """
@@ -329,14 +335,14 @@ def _audit(
     if root != cp.root_hash:
         raise RootMismatchError(
             "the entries do not hash to the checkpoint's root",
-            check="root",
+            check=Check.ROOT,
             expected=cp.root_hash,
             calculated=root,
         )
     if previous is not None and root_at_mark != previous.root_hash:
-        raise LogInconsistency(
+        raise LogInconsistencyError(
             "split view: the log's tree at the previously audited size has another root",
-            check="consistency",
+            check=Check.CONSISTENCY,
             previous_size=previous.size,
             previous_root=previous.root_hash,
             recomputed_root=root_at_mark,

@@ -19,7 +19,7 @@ import base64
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from veriml.core.errors import FormatError, SignatureError
+from veriml.core.errors import Check, FormatError, SignatureError
 from veriml.tlog.merkle import HASH_SIZE, MAX_SIZE
 from veriml.tlog.note import (
     MAX_NOTE_SIZE,
@@ -125,14 +125,14 @@ def open_checkpoint(
     # 2. The log itself must be among the signers; a witness alone is not enough.
     if not any(s.name == log.name and s.key_hash == log.key_hash for s in note.verified):
         raise SignatureError(
-            "the log's key did not sign the checkpoint", check="log signature", key=log.name
+            "the log's key did not sign the checkpoint", check=Check.LOG_SIGNATURE, key=log.name
         )
     # 3. Parse the body and check which log it claims to be.
     checkpoint = Checkpoint.from_text(note.text)
     if origin is not None and checkpoint.origin != origin:
         raise SignatureError(
             "checkpoint is for another log",
-            check="origin",
+            check=Check.ORIGIN,
             expected=origin,
             got=checkpoint.origin,
         )

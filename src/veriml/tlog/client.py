@@ -22,9 +22,10 @@ import fsspec  # type: ignore[import-untyped,unused-ignore]
 import httpx
 
 from veriml.core.errors import (
+    Check,
     FormatError,
-    NodeUnavailable,
-    NotFound,
+    NodeUnavailableError,
+    NotFoundError,
     SignatureError,
     VerificationError,
 )
@@ -96,9 +97,9 @@ class HttpSource:
         try:
             with self._client().stream("GET", url) as response:
                 if response.status_code == 404:
-                    raise NotFound("log resource not found", url=url)
+                    raise NotFoundError("log resource not found", url=url)
                 if response.status_code != 200:
-                    raise NodeUnavailable(
+                    raise NodeUnavailableError(
                         "log resource not served", url=url, status=response.status_code
                     )
                 chunks: list[bytes] = []
@@ -110,7 +111,7 @@ class HttpSource:
                     chunks.append(chunk)
                 return b"".join(chunks)
         except httpx.HTTPError as exc:
-            raise NodeUnavailable("log unreachable", url=url, reason=str(exc)) from exc
+            raise NodeUnavailableError("log unreachable", url=url, reason=str(exc)) from exc
 
 
 class FsspecSource:
@@ -125,9 +126,11 @@ class FsspecSource:
             with fsspec.open(url, "rb") as f:
                 data = _read_capped(f, limit)
         except FileNotFoundError as exc:
-            raise NotFound("log resource not found", url=url) from exc
+            raise NotFoundError("log resource not found", url=url) from exc
         except OSError as exc:
-            raise NodeUnavailable("cannot read log resource", url=url, reason=str(exc)) from exc
+            raise NodeUnavailableError(
+                "cannot read log resource", url=url, reason=str(exc)
+            ) from exc
         if len(data) > limit:
             raise FormatError("log resource is too large", url=url, limit=limit)
         return data
@@ -197,7 +200,7 @@ def verify_checkpoint_note(
     if len(valid) < quorum:
         raise SignatureError(
             "too few witness cosignatures",
-            check="witness quorum",
+            check=Check.WITNESS_QUORUM,
             quorum=quorum,
             valid=len(valid),
             cosigners=",".join(valid),
@@ -254,7 +257,7 @@ class LogClient:
         want = path.width * HASH_SIZE
         try:
             data = self.source.read(path.to_path(), limit=want)
-        except NotFound:
+        except NotFoundError:
             if path.width == TILE_WIDTH:
                 raise
             full = TilePath(path.level, path.index)
@@ -269,7 +272,7 @@ class LogClient:
         limit = path.width * (2 + MAX_ENTRY_BYTES)
         try:
             return self.source.read(path.to_path(), limit=limit)
-        except NotFound:
+        except NotFoundError:
             if path.width == TILE_WIDTH:
                 raise
         full = TilePath("entries", path.index)

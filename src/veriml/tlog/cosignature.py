@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 
-from veriml.core.errors import FormatError, SignatureError
+from veriml.core.errors import Check, FormatError, SignatureError
 from veriml.core.keys import SigningKey, VerifyingKey
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.note import (
@@ -107,7 +107,7 @@ class CosignatureVerifier:
         if len(signature) != _SIGNATURE_SIZE:
             raise SignatureError(
                 "cosignature has the wrong length",
-                check="cosignature length",
+                check=Check.COSIGNATURE_LENGTH,
                 key=self.name,
                 length=len(signature),
             )
@@ -119,7 +119,7 @@ class CosignatureVerifier:
             self.key.verify(signature[8:], cosigned_message(message, timestamp))
         except SignatureError as exc:
             raise SignatureError(
-                "cosignature does not verify", check="cosignature", key=self.name
+                "cosignature does not verify", check=Check.COSIGNATURE, key=self.name
             ) from exc
         return timestamp
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
 
-from veriml.core.errors import FormatError, NotFound, StorageError
+from veriml.core.errors import FormatError, NotFoundError, StorageError
 from veriml.tlog.merkle import (
     EMPTY_ROOT,
     HASH_SIZE,
@@ -244,7 +244,7 @@ class Log:
                 return
             limit = self._known_size = self.size
         if size > limit:
-            raise NotFound("tree size is beyond the log", size=size, tree_size=limit)
+            raise NotFoundError("tree size is beyond the log", size=size, tree_size=limit)
 
     def inclusion_proof(self, index: int, size: int, *, limit: int | None = None) -> list[bytes]:
         """RFC 9162 §2.1.3 inclusion proof of entry ``index`` in the tree of ``size``."""
@@ -263,7 +263,7 @@ class Log:
         self._bound(size, limit)
         index = self._storage.find_leaf(leaf_hash, size)
         if index is None:
-            raise NotFound("no entry with that leaf hash", leaf_hash=leaf_hash, size=size)
+            raise NotFoundError("no entry with that leaf hash", leaf_hash=leaf_hash, size=size)
         return index, self.inclusion_proof(index, size, limit=limit)
 
     def consistency_proof(self, old: int, new: int, *, limit: int | None = None) -> list[bytes]:
@@ -333,7 +333,7 @@ class Log:
     def _tile_width(self, path: TilePath, level: int, size: int) -> int:
         available = (size >> (TILE_HEIGHT * level)) - path.index * TILE_WIDTH
         if available < path.width:
-            raise NotFound("tile is beyond the tree", path=path.to_path(), tree_size=size)
+            raise NotFoundError("tile is beyond the tree", path=path.to_path(), tree_size=size)
         return path.width
 
     def read_tile(self, path: TilePath, *, size: int | None = None) -> bytes:
@@ -363,7 +363,7 @@ class Log:
     def entries(self, start: int, end: int) -> list[bytes]:
         """Entries ``[start, end)`` of the integrated tree."""
         if not 0 <= start <= end <= self.size:
-            raise NotFound("entries beyond the log", start=start, end=end)
+            raise NotFoundError("entries beyond the log", start=start, end=end)
         return self._storage.entries(start, end)
 
 

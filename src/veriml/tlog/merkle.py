@@ -6,7 +6,7 @@ consistency proofs (§2.1.4). The structure follows transparency-dev/merkle: *wh
 proof needs (:func:`inclusion_nodes`, :func:`consistency_nodes`, a :class:`ProofPlan`) is kept
 apart from *combining* their hashes (:meth:`ProofPlan.rehash`), so storage fetches the nodes
 it holds and nothing more; and every ``verify_*`` is a ``root_from_*`` plus a comparison that
-raises :class:`~veriml.core.errors.RootMismatchError` with both roots.
+raises :class:`~veriml.errors.RootMismatchError` with both roots.
 
 Pure logic, no I/O. Sizes and indices are bounded to ``[0, 2**63)`` as in every C2SP log.
 
@@ -21,7 +21,7 @@ import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from veriml.core.errors import RootMismatchError, VerificationError
+from veriml.core.errors import Check, RootMismatchError, VerificationError
 
 __all__ = [
     "EMPTY_ROOT",
@@ -71,7 +71,7 @@ class NodeID:
     def __post_init__(self) -> None:
         if not 0 <= self.level < 64 or not 0 <= self.index < MAX_SIZE:
             raise VerificationError(
-                "node id out of range", check="node id", level=self.level, index=self.index
+                "node id out of range", check=Check.NODE_ID, level=self.level, index=self.index
             )
 
     def coverage(self) -> tuple[int, int]:
@@ -175,7 +175,7 @@ class ProofPlan:
         if len(hashes) != len(self.ids):
             raise VerificationError(
                 "wrong number of node hashes for the proof plan",
-                check="node count",
+                check=Check.NODE_COUNT,
                 expected=len(self.ids),
                 got=len(hashes),
             )
@@ -220,7 +220,7 @@ def inclusion_nodes(index: int, size: int) -> ProofPlan:
     """The plan of the inclusion proof of leaf ``index`` in a tree of ``size`` (§2.1.3)."""
     _check_size("size", size)
     if not 0 <= index < size:
-        raise VerificationError("index is beyond size", check="index", index=index, size=size)
+        raise VerificationError("index is beyond size", check=Check.INDEX, index=index, size=size)
     return _plan(index, 0, size, skip_first=True)
 
 
@@ -229,7 +229,7 @@ def consistency_nodes(size1: int, size2: int) -> ProofPlan:
     _check_size("size2", size2)
     if not 0 < size1 <= size2:
         raise VerificationError(
-            "consistency needs 0 < size1 <= size2", check="sizes", size1=size1, size2=size2
+            "consistency needs 0 < size1 <= size2", check=Check.SIZES, size1=size1, size2=size2
         )
     if size1 == size2:
         return ProofPlan(())
@@ -266,7 +266,7 @@ def inclusion_proof(index: int, size: int, leaf_hashes: Sequence[bytes]) -> list
     straight from the RFC's recursive definition (for tests and tools)."""
     inclusion_nodes(index, size)  # validates the arguments
     if size > len(leaf_hashes):
-        raise VerificationError("fewer leaves than size", check="size", size=size)
+        raise VerificationError("fewer leaves than size", check=Check.SIZE, size=size)
     return _path(index, leaf_hashes[:size])
 
 
@@ -274,7 +274,7 @@ def consistency_proof(size1: int, size2: int, leaf_hashes: Sequence[bytes]) -> l
     """The consistency proof between the first ``size1`` and ``size2`` leaves, in memory."""
     consistency_nodes(size1, size2)  # validates the arguments
     if size2 > len(leaf_hashes):
-        raise VerificationError("fewer leaves than size2", check="size2", size2=size2)
+        raise VerificationError("fewer leaves than size2", check=Check.SIZE2, size2=size2)
     if size1 == size2:
         return []
     return _subproof(size1, leaf_hashes[:size2], True)
@@ -313,14 +313,14 @@ def root_from_inclusion_proof(
     # 1. The index lies in the tree and every hash has the hash size.
     _check_size("size", size)
     if not 0 <= index < size:
-        raise VerificationError("index is beyond size", check="index", index=index, size=size)
+        raise VerificationError("index is beyond size", check=Check.INDEX, index=index, size=size)
     _check_hash("leaf hash", leaf_hash)
     # 2. The proof has exactly the length the tree shape requires.
     inner, border = _proof_shape(index, size)
     if len(proof) != inner + border:
         raise VerificationError(
             "wrong inclusion proof length",
-            check="proof length",
+            check=Check.PROOF_LENGTH,
             expected=inner + border,
             got=len(proof),
         )
@@ -341,7 +341,7 @@ def verify_inclusion(
             "inclusion proof does not lead to the root",
             expected=root,
             calculated=calculated,
-            check="inclusion",
+            check=Check.INCLUSION,
         )
 
 
@@ -354,17 +354,17 @@ def root_from_consistency_proof(
     _check_size("size2", size2)
     if size2 < size1:
         raise VerificationError(
-            "size2 is smaller than size1", check="sizes", size1=size1, size2=size2
+            "size2 is smaller than size1", check=Check.SIZES, size1=size1, size2=size2
         )
     if size1 <= 0:
         raise VerificationError(
-            "consistency from an empty tree is meaningless", check="sizes", size1=size1
+            "consistency from an empty tree is meaningless", check=Check.SIZES, size1=size1
         )
     # 2. Equal sizes: the proof is empty and the root is the same.
     if size1 == size2:
         if proof:
             raise VerificationError(
-                "equal sizes need an empty proof", check="proof length", got=len(proof)
+                "equal sizes need an empty proof", check=Check.PROOF_LENGTH, got=len(proof)
             )
         return root1
     _check_hash("root1", root1)
@@ -379,12 +379,12 @@ def root_from_consistency_proof(
         seed, rest = root1, list(proof)
     else:
         if not proof:
-            raise VerificationError("empty consistency proof", check="proof length", got=0)
+            raise VerificationError("empty consistency proof", check=Check.PROOF_LENGTH, got=0)
         seed, rest = proof[0], list(proof[1:])
     if len(rest) != inner + border:
         raise VerificationError(
             "wrong consistency proof length",
-            check="proof length",
+            check=Check.PROOF_LENGTH,
             expected=inner + border + len(proof) - len(rest),
             got=len(proof),
         )
@@ -396,7 +396,7 @@ def root_from_consistency_proof(
             "consistency proof does not lead to the old root",
             expected=root1,
             calculated=hash1,
-            check="consistency root1",
+            check=Check.CONSISTENCY_ROOT1,
         )
     # 5. Rebuild root2 from all the siblings.
     return _chain_border_right(_chain_inner(seed, rest[:inner], mask), rest[inner:])
@@ -412,7 +412,7 @@ def verify_consistency(
             "consistency proof does not lead to the new root",
             expected=root2,
             calculated=calculated,
-            check="consistency root2",
+            check=Check.CONSISTENCY_ROOT2,
         )
 
 
@@ -437,7 +437,7 @@ class CompactRange:
         if len(hashes) != size.bit_count():
             raise VerificationError(
                 "wrong number of hashes for a compact range",
-                check="range length",
+                check=Check.RANGE_LENGTH,
                 expected=size.bit_count(),
                 got=len(hashes),
             )

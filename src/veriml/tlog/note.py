@@ -31,7 +31,7 @@ from typing import Protocol
 
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from veriml.core.errors import FormatError, KeyFileError, SignatureError
+from veriml.core.errors import Check, FormatError, KeyFileError, SignatureError
 from veriml.core.keys import SigningKey, VerifyingKey
 
 __all__ = [
@@ -273,7 +273,7 @@ class NoteVerifier:
             self.key.verify(signature, message)
         except SignatureError as exc:
             raise SignatureError(
-                "note signature does not verify", check="note signature", key=self.name
+                "note signature does not verify", check=Check.NOTE_SIGNATURE, key=self.name
             ) from exc
 
     @classmethod
@@ -332,7 +332,7 @@ def open_note(data: bytes, verifiers: Sequence[Verifier], *, max_size: int = MAX
         except SignatureError as exc:
             raise SignatureError(
                 "a trusted key's signature on the note does not verify",
-                check="note signature",
+                check=Check.NOTE_SIGNATURE,
                 key=sig.name,
                 key_hash=f"{sig.key_hash:08x}",
             ) from exc
@@ -341,7 +341,7 @@ def open_note(data: bytes, verifiers: Sequence[Verifier], *, max_size: int = MAX
     if not verified:
         raise SignatureError(
             "no trusted key signed the note",
-            check="note signers",
+            check=Check.NOTE_SIGNERS,
             signed_by=",".join(sorted({s.name for s in note.signatures})),
             trusted=",".join(sorted({v.name for v in verifiers})),
         )

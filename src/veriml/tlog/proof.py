@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from veriml.core.errors import FormatError, SignatureError, VerificationError
+from veriml.core.errors import Check, FormatError, SignatureError, VerificationError
 from veriml.tlog.checkpoint import Checkpoint, open_checkpoint, parse_size
 from veriml.tlog.merkle import HASH_SIZE, leaf_hash, verify_inclusion
 from veriml.tlog.note import MAX_NOTE_SIZE, Note, Verifier, b64decode_strict, b64encode
@@ -116,14 +116,14 @@ def verify_tlog_proof(
     if not 0 <= quorum <= len(witnesses):
         raise VerificationError(
             "quorum cannot be met by the trusted witnesses",
-            check="policy",
+            check=Check.POLICY,
             quorum=quorum,
             witnesses=len(witnesses),
         )
     # 1. Compute the leaf hash of the entry.
     if entry is None:
         if proof.extra is None:
-            raise VerificationError("no entry given and none in the proof", check="entry")
+            raise VerificationError("no entry given and none in the proof", check=Check.ENTRY)
         entry = proof.extra
     leaf = leaf_hash(entry)
     # 2. The checkpoint is signed by the log key, for the expected origin.
@@ -136,7 +136,7 @@ def verify_tlog_proof(
     if len(cosigned) < quorum:
         raise SignatureError(
             "too few trusted witnesses cosigned the checkpoint",
-            check="witness quorum",
+            check=Check.WITNESS_QUORUM,
             cosigned=len(cosigned),
             quorum=quorum,
         )

@@ -20,7 +20,7 @@ from typing import Any
 
 import fsspec
 
-from veriml.core.errors import FormatError, LogInconsistency, StorageError
+from veriml.core.errors import FormatError, LogInconsistencyError, StorageError
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.log import Log
 from veriml.tlog.note import MAX_NOTE_SIZE, Note
@@ -74,11 +74,11 @@ def _published_size(fs: Any, root: str, log: Log) -> int:
     try:
         ours = Checkpoint.from_text(Note.from_bytes(log.checkpoint_at(remote.size)).text)
     except StorageError as exc:
-        raise LogInconsistency(
+        raise LogInconsistencyError(
             "the published checkpoint was not signed by this log", size=remote.size
         ) from exc
     if ours != remote:
-        raise LogInconsistency(
+        raise LogInconsistencyError(
             "the published checkpoint differs from this log's",
             size=remote.size,
             published_root=remote.root_hash,
@@ -98,7 +98,9 @@ def publish_log(log: Log, url: str, **storage_options: Any) -> PublishReport:
     size, note = log.storage.checkpoint()
     old_size = _published_size(fs, root, log)
     if old_size > size:
-        raise LogInconsistency("the published tree is ahead of the log", old=old_size, size=size)
+        raise LogInconsistencyError(
+            "the published tree is ahead of the log", old=old_size, size=size
+        )
     made: set[str] = set()
     files = written = 0
 

@@ -35,7 +35,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.gzip import GZipMiddleware
 
-from veriml.core.errors import Error, FormatError, NotFound, StorageError, VerificationError
+from veriml.core.errors import Error, FormatError, NotFoundError, StorageError, VerificationError
 from veriml.tlog.log import Log
 from veriml.tlog.merkle import MAX_SIZE
 from veriml.tlog.storage import MAX_ENTRY_SIZE
@@ -103,7 +103,7 @@ def problem(status: int, title: str, detail: str) -> JSONResponse:
 
 
 def _problem_for(exc: Error) -> JSONResponse:
-    if isinstance(exc, NotFound):
+    if isinstance(exc, NotFoundError):
         return problem(404, "Not Found", exc.diagnostics())
     if isinstance(exc, FormatError | VerificationError):
         return problem(400, "Bad Request", exc.diagnostics())
@@ -144,16 +144,16 @@ def _b64(hashes: list[bytes]) -> list[str]:
 async def _read_bounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and (not declared.isdigit() or int(declared) > limit):
-        raise _TooLarge(declared)
+        raise _TooLargeError(declared)
     body = bytearray()
     async for chunk in request.stream():
         body += chunk
         if len(body) > limit:
-            raise _TooLarge(f"more than {limit}")
+            raise _TooLargeError(f"more than {limit}")
     return bytes(body)
 
 
-class _TooLarge(Exception):
+class _TooLargeError(Exception):
     pass
 
 
@@ -287,7 +287,7 @@ def create_log_router(log: Log, *, allow_add: bool = False) -> APIRouter:
         async def add(request: Request) -> Response:
             try:
                 entry = await _read_bounded(request, MAX_ENTRY_SIZE)
-            except _TooLarge as exc:
+            except _TooLargeError as exc:
                 return problem(
                     413,
                     "Content Too Large",

@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from veriml.core.errors import FormatError, RootMismatchError, VerificationError
+from veriml.core.errors import Check, FormatError, RootMismatchError, VerificationError
 from veriml.tlog.merkle import (
     HASH_SIZE,
     MAX_SIZE,
@@ -152,7 +152,7 @@ def hash_at(tile_hashes: Sequence[bytes], node: NodeID) -> bytes:
     if end > len(tile_hashes):
         raise VerificationError(
             "tile is too narrow for the node",
-            check="tile width",
+            check=Check.TILE_WIDTH,
             node=f"{node.level}/{node.index}",
             width=len(tile_hashes),
         )
@@ -246,7 +246,7 @@ class TileHashReader:
         cache_level0: int = 64,
     ) -> None:
         if not 0 <= size < MAX_SIZE or len(root) != HASH_SIZE:
-            raise VerificationError("bad tree size or root", check="tree", size=size)
+            raise VerificationError("bad tree size or root", check=Check.TREE, size=size)
         self.size = size
         self.root = root
         self._fetch = fetch
@@ -258,7 +258,11 @@ class TileHashReader:
         width = tile_width(level, index, self.size)
         if width == 0:
             raise VerificationError(
-                "tile is beyond the tree", check="tile", level=level, index=index, size=self.size
+                "tile is beyond the tree",
+                check=Check.TILE,
+                level=level,
+                index=index,
+                size=self.size,
             )
         return TilePath(level, index, width)
 
@@ -287,7 +291,7 @@ class TileHashReader:
                 "tiles at the right edge do not lead to the checkpoint root",
                 expected=self.root,
                 calculated=calculated,
-                check="tile root",
+                check=Check.TILE_ROOT,
             )
         for t in edge:
             self._cache[t] = tiles[(t.level, t.index)]
@@ -307,7 +311,8 @@ class TileHashReader:
                 "tile does not match its hash in the tile above",
                 expected=expected,
                 calculated=calculated,
-                check=f"tile {tile.to_path()}",
+                check=Check.TILE,
+                tile=tile.to_path(),
             )
         self._remember(tile, hashes)
         return hashes
@@ -317,7 +322,7 @@ class TileHashReader:
         if node.coverage()[1] > self.size:
             raise VerificationError(
                 "node is not complete in this tree",
-                check="node",
+                check=Check.NODE,
                 node=f"{node.level}/{node.index}",
                 size=self.size,
             )
@@ -342,7 +347,9 @@ class TileHashReader:
         """Decode entry bundle ``index`` and check every entry against the level-0 tile."""
         width = tile_width(0, index, self.size)
         if width == 0:
-            raise VerificationError("entry bundle is beyond the tree", check="bundle", index=index)
+            raise VerificationError(
+                "entry bundle is beyond the tree", check=Check.BUNDLE, index=index
+            )
         entries = decode_entry_bundle(data, width)
         hashes = self.read_tile(0, index)
         for i, (entry, h) in enumerate(zip(entries, hashes, strict=True)):
@@ -351,7 +358,8 @@ class TileHashReader:
                     "entry does not hash to its leaf",
                     expected=h,
                     calculated=leaf_hash(entry),
-                    check=f"entry {(index << TILE_HEIGHT) + i}",
+                    check=Check.ENTRY,
+                    index=(index << TILE_HEIGHT) + i,
                 )
         return entries
 
@@ -359,5 +367,7 @@ class TileHashReader:
         """Fetch entry bundle ``index`` and return its checked entries."""
         width = tile_width(0, index, self.size)
         if width == 0:
-            raise VerificationError("entry bundle is beyond the tree", check="bundle", index=index)
+            raise VerificationError(
+                "entry bundle is beyond the tree", check=Check.BUNDLE, index=index
+            )
         return self.check_entry_bundle(index, self._fetch(TilePath("entries", index, width)))

@@ -41,10 +41,11 @@ from fastapi.responses import PlainTextResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from veriml.core.errors import (
+    Check,
     Error,
     FormatError,
-    LogInconsistency,
-    NodeUnavailable,
+    LogInconsistencyError,
+    NodeUnavailableError,
     SignatureError,
     VerificationError,
 )
@@ -61,8 +62,8 @@ __all__ = [
     "AddCheckpointRequest",
     "Witness",
     "WitnessClient",
-    "WitnessConflict",
-    "WitnessRejected",
+    "WitnessConflictError",
+    "WitnessRejectedError",
     "collect_cosignatures",
     "create_witness_app",
 ]
@@ -134,7 +135,7 @@ class AddCheckpointRequest:
         return cls(old_size, proof, note)
 
 
-class WitnessRejected(Exception):
+class WitnessRejectedError(Exception):
     """Why the witness refused a request: an HTTP status and the veriml error behind it."""
 
     def __init__(self, status: int, error: Error, *, body: str | None = None) -> None:
@@ -170,25 +171,30 @@ class Witness:
         return sorted(self._logs)
 
     def add_checkpoint(self, body: bytes) -> bytes:
-        """Check and cosign; return the cosignature line(s) or raise :class:`WitnessRejected`."""
+        """Check and cosign; return the cosignature line(s).
+
+        Raises :class:`WitnessRejectedError` (with its HTTP status) for a refused checkpoint.
+        """
         # 1. Parse the request and the checkpoint (400 when malformed).
         try:
             request = AddCheckpointRequest.from_bytes(body)
             note = Note.from_bytes(request.checkpoint)
             checkpoint = Checkpoint.from_text(note.text)
         except FormatError as exc:
-            raise WitnessRejected(400, exc) from exc
+            raise WitnessRejectedError(400, exc) from exc
         # 2. Only known origins (404), signed by a trusted key for that origin (403).
         verifiers = self._logs.get(checkpoint.origin)
         if verifiers is None:
-            raise WitnessRejected(404, VerificationError("unknown log", origin=checkpoint.origin))
+            raise WitnessRejectedError(
+                404, VerificationError("unknown log", origin=checkpoint.origin)
+            )
         try:
             open_note(request.checkpoint, verifiers)
         except (SignatureError, FormatError) as exc:
-            raise WitnessRejected(403, exc) from exc
+            raise WitnessRejectedError(403, exc) from exc
         # 3. The old size cannot exceed the new size (400); an empty tree has the empty root.
         if request.old_size > checkpoint.size:
-            raise WitnessRejected(
+            raise WitnessRejectedError(
                 400,
                 FormatError(
                     "old size is larger than the checkpoint size",
@@ -197,9 +203,9 @@ class Witness:
                 ),
             )
         if checkpoint.size == 0 and checkpoint.root_hash != EMPTY_ROOT:
-            raise WitnessRejected(
+            raise WitnessRejectedError(
                 422,
-                LogInconsistency(
+                LogInconsistencyError(
                     "a checkpoint of size 0 must have the empty root", root=checkpoint.root_hash
                 ),
             )
@@ -228,16 +234,18 @@ class Witness:
             raise _conflict(request.old_size, latest_size)
         if latest is None or latest.size == 0:
             if request.proof:
-                raise WitnessRejected(
+                raise WitnessRejectedError(
                     422,
-                    LogInconsistency("a proof from size 0 must be empty", lines=len(request.proof)),
+                    LogInconsistencyError(
+                        "a proof from size 0 must be empty", lines=len(request.proof)
+                    ),
                 )
             return
         if latest.size == checkpoint.size:
             if request.proof or latest.root_hash != checkpoint.root_hash:
-                raise WitnessRejected(
+                raise WitnessRejectedError(
                     422,
-                    LogInconsistency(
+                    LogInconsistencyError(
                         "same size as the cosigned checkpoint: the root must match, no proof",
                         size=checkpoint.size,
                         cosigned_root=latest.root_hash,
@@ -254,26 +262,28 @@ class Witness:
                 checkpoint.root_hash,
             )
         except VerificationError as exc:
-            raise WitnessRejected(422, exc) from exc
+            raise WitnessRejectedError(422, exc) from exc
 
 
-def _conflict(old_size: int, latest_size: int) -> WitnessRejected:
-    error = LogInconsistency(
+def _conflict(old_size: int, latest_size: int) -> WitnessRejectedError:
+    error = LogInconsistencyError(
         "old size is not the latest cosigned size", old_size=old_size, latest_size=latest_size
     )
-    return WitnessRejected(409, error, body=f"{latest_size}\n")
+    return WitnessRejectedError(409, error, body=f"{latest_size}\n")
 
 
 async def _read_bounded(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise WitnessRejected(400, FormatError("request body is too large", size=int(declared)))
+        raise WitnessRejectedError(
+            400, FormatError("request body is too large", size=int(declared))
+        )
     chunks: list[bytes] = []
     total = 0
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise WitnessRejected(400, FormatError("request body is too large", limit=limit))
+            raise WitnessRejectedError(400, FormatError("request body is too large", limit=limit))
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -300,7 +310,7 @@ def create_witness_app(
         try:
             body = await _read_bounded(request, MAX_REQUEST_BYTES)
             lines = await run_in_threadpool(witness.add_checkpoint, body)
-        except WitnessRejected as rejected:
+        except WitnessRejectedError as rejected:
             if rejected.status == 422:  # possible evidence of log misbehaviour: keep a record
                 _log.warning("refused checkpoint: %s", rejected.error.diagnostics())
             media = SIZE_CONTENT_TYPE if rejected.status == 409 else "text/plain; charset=utf-8"
@@ -324,13 +334,13 @@ def create_witness_app(
     return app
 
 
-class WitnessConflict(LogInconsistency):
+class WitnessConflictError(LogInconsistencyError):
     """The witness's latest cosigned size is not the old size we sent (HTTP 409)."""
 
     def __init__(self, message: str, *, witness: str, old_size: int, latest_size: int) -> None:
         super().__init__(
             message,
-            check="witness size",
+            check=Check.WITNESS_SIZE,
             witness=witness,
             old_size=old_size,
             latest_size=latest_size,
@@ -375,9 +385,10 @@ class WitnessClient:
     ) -> NoteSignature:
         """Submit a checkpoint; return the witness's verified cosignature.
 
-        Raises :class:`WitnessConflict` (409, with the witness's size), :class:`LogInconsistency`
-        (422: the witness found the proof or roots inconsistent), :class:`SignatureError` (403),
-        :class:`VerificationError` (400, 404), :class:`NodeUnavailable` (unreachable or 5xx).
+        Raises :class:`WitnessConflictError` (409, with the witness's size),
+        :class:`LogInconsistencyError` (422: the witness found the proof or roots inconsistent),
+        :class:`SignatureError` (403), :class:`VerificationError` (400, 404),
+        :class:`NodeUnavailableError` (unreachable or 5xx).
         """
         body = AddCheckpointRequest(old_size, tuple(consistency_proof), signed_checkpoint)
         try:
@@ -387,7 +398,9 @@ class WitnessClient:
                 headers={"Content-Type": "text/plain; charset=utf-8"},
             )
         except httpx.HTTPError as exc:
-            raise NodeUnavailable("witness unreachable", witness=self.name, url=self.url) from exc
+            raise NodeUnavailableError(
+                "witness unreachable", witness=self.name, url=self.url
+            ) from exc
         text = response.text[:_MAX_RESPONSE_BYTES]
         status = response.status_code
         if status == 200:
@@ -399,7 +412,7 @@ class WitnessClient:
                 raise VerificationError(
                     "witness sent a malformed 409 body", witness=self.name, body=text[:80]
                 ) from exc
-            raise WitnessConflict(
+            raise WitnessConflictError(
                 "witness has cosigned another size",
                 witness=self.name,
                 old_size=old_size,
@@ -407,9 +420,9 @@ class WitnessClient:
             )
         detail = text.strip()[:200]
         if status == 422:
-            raise LogInconsistency(
+            raise LogInconsistencyError(
                 "witness found the checkpoint inconsistent",
-                check="witness",
+                check=Check.WITNESS,
                 witness=self.name,
                 detail=detail,
             )
@@ -421,7 +434,9 @@ class WitnessClient:
             raise VerificationError(
                 "witness rejected the request", witness=self.name, status=status, detail=detail
             )
-        raise NodeUnavailable("witness failed", witness=self.name, status=status, detail=detail)
+        raise NodeUnavailableError(
+            "witness failed", witness=self.name, status=status, detail=detail
+        )
 
     def _cosignature(self, signed_checkpoint: bytes, lines: bytes) -> NoteSignature:
         if len(lines) > _MAX_RESPONSE_BYTES:
@@ -447,7 +462,7 @@ def collect_cosignatures(
 
     ``old_sizes`` maps a witness name to the size we believe it last cosigned (0 if unknown);
     it is updated. On a 409 the request is retried once from the size the witness reports,
-    with a proof from ``proof_source(old, new)``. Raises :class:`LogInconsistency` if fewer
+    with a proof from ``proof_source(old, new)``. Raises :class:`LogInconsistencyError` if fewer
     than ``quorum`` cosigned and some witness reported an inconsistency, otherwise
     :class:`VerificationError`.
     """
@@ -460,7 +475,7 @@ def collect_cosignatures(
             proof = proof_source(old, size) if 0 < old < size else []
             try:
                 return client.add_checkpoint(old, proof, signed_checkpoint), size
-            except WitnessConflict as conflict:
+            except WitnessConflictError as conflict:
                 if attempt or conflict.latest_size > size:
                     raise
                 old = conflict.latest_size
@@ -485,7 +500,11 @@ def collect_cosignatures(
             "cosigned": len(signatures),
             "failures": "; ".join(f"{n}: {e.diagnostics()}" for n, e in failures.items()),
         }
-        if any(isinstance(e, LogInconsistency) for e in failures.values()):
-            raise LogInconsistency("too few witnesses cosigned", check="witness quorum", **evidence)
-        raise VerificationError("too few witnesses cosigned", check="witness quorum", **evidence)
+        if any(isinstance(e, LogInconsistencyError) for e in failures.values()):
+            raise LogInconsistencyError(
+                "too few witnesses cosigned", check=Check.WITNESS_QUORUM, **evidence
+            )
+        raise VerificationError(
+            "too few witnesses cosigned", check=Check.WITNESS_QUORUM, **evidence
+        )
     return note.add_signatures(*signatures).to_bytes()

@@ -2,7 +2,7 @@
 disputes. Pure code: no HTTP, no sockets (the SDK in :mod:`veriml.client` fetches evidence and
 calls these).
 
-Verifiers raise :class:`~veriml.core.errors.VerificationError` subclasses naming the failed
+Verifiers raise :class:`~veriml.errors.VerificationError` subclasses naming the failed
 check and return a description of what was verified on success; they never return ``False``.
 
 Every name loads its module on first use: receipt verification (which can re-execute, so it

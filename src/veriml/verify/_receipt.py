@@ -1,7 +1,7 @@
 """Verifying an inference receipt against its result file, a node key and optionally the model.
 
 The checks run in a fixed order and the first failure raises a
-:class:`~veriml.core.errors.VerificationError` subclass whose ``check`` names it:
+:class:`~veriml.errors.VerificationError` subclass whose ``check`` names it:
 
 1. ``signature``: the DSSE signature verifies under the trusted node key (DSSE v1 PAE,
    https://github.com/secure-systems-lab/dsse/blob/master/protocol.md); without a trusted key
@@ -33,12 +33,13 @@ import numpy.typing as npt
 from veriml.core.digest import Digest
 from veriml.core.dsse import Statement
 from veriml.core.errors import (
-    DigestMismatch,
+    Check,
+    DigestMismatchError,
     ExecutionError,
     FormatError,
-    InvalidInput,
-    InvalidModel,
-    ReexecutionMismatch,
+    InvalidInputError,
+    InvalidModelError,
+    ReexecutionMismatchError,
     SignatureError,
     VerificationError,
 )
@@ -60,7 +61,7 @@ from veriml.runtime import (
     read_result_file,
     runner_for,
 )
-from veriml.verify._tensors import check_tensor_digests
+from veriml.verify.tensors import check_tensor_digests
 
 __all__ = ["VerifiedReceipt", "verify_receipt"]
 
@@ -120,7 +121,7 @@ def _check_signature(raw: RawResult, node_key: VerifyingKey | None) -> Verifying
         # The receipt names its signer's key id, but an id is not a key: trusting it would let
         # anyone sign a receipt for anything. The caller must say which node key it trusts.
         raise SignatureError(
-            "no trusted node key given; pass the node's public key", check="signature"
+            "no trusted node key given; pass the node's public key", check=Check.SIGNATURE
         )
     raw.receipt.verify([node_key])
     return node_key
@@ -134,13 +135,13 @@ def _parse_statement(
     except FormatError as exc:
         raise VerificationError(
             "receipt payload is not an in-toto statement",
-            check="statement-type",
+            check=Check.STATEMENT_TYPE,
             reason=exc.message,
         ) from exc
     if statement.predicate_type != PREDICATE_TYPE:
         raise VerificationError(
             "receipt is not an inference receipt",
-            check="predicate-type",
+            check=Check.PREDICATE_TYPE,
             expected=PREDICATE_TYPE,
             got=statement.predicate_type,
         )
@@ -148,12 +149,12 @@ def _parse_statement(
         predicate = InferencePredicate.from_json(statement.predicate)
     except VerificationError as exc:
         raise VerificationError(
-            "inference predicate is malformed", check="predicate-type", reason=str(exc)
+            "inference predicate is malformed", check=Check.PREDICATE_TYPE, reason=str(exc)
         ) from exc
     if predicate.node_id != node_key.key_id:
         raise SignatureError(
             "receipt names a different node than the key that signed it",
-            check="signature",
+            check=Check.SIGNATURE,
             expected=node_key.key_id,
             got=predicate.node_id,
         )
@@ -165,25 +166,25 @@ def _check_outputs(raw: RawResult, statement: Statement) -> dict[str, Digest]:
     for subject in statement.subjects:
         if subject.name in claimed:
             raise VerificationError(
-                "receipt names an output twice", check="output-digest", output=subject.name
+                "receipt names an output twice", check=Check.OUTPUT_DIGEST, output=subject.name
             )
         claimed[subject.name] = subject.digest
     check_tensor_digests(
-        raw.outputs, claimed, check="output-digest", kind="output", claimant="the receipt"
+        raw.outputs, claimed, check=Check.OUTPUT_DIGEST, kind="output", claimant="the receipt"
     )
     return claimed
 
 
 def _check_inputs(inputs: Mapping[str, Array], predicate: InferencePredicate) -> None:
     check_tensor_digests(
-        inputs, predicate.inputs, check="input-digest", kind="input", claimant="the receipt"
+        inputs, predicate.inputs, check=Check.INPUT_DIGEST, kind="input", claimant="the receipt"
     )
     request = canonical_request(predicate.model_digest, predicate.inputs, predicate.policy)
     calculated = request_digest(request)
     if calculated != predicate.request_digest:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "request digest does not match the model, inputs and policy",
-            check="input-digest",
+            check=Check.INPUT_DIGEST,
             expected=predicate.request_digest,
             calculated=calculated,
         )
@@ -200,7 +201,7 @@ def _reexecute(
     except FormatError as exc:
         raise VerificationError(
             "receipt does not record a reproducible profile",
-            check="reexecution",
+            check=Check.REEXECUTION,
             reason=exc.message,
         ) from exc
     recomputed: TraceCommitment | None = None
@@ -211,17 +212,17 @@ def _reexecute(
             recomputed = trace.commitment
         else:
             outputs = runner.outputs(inputs)
-    except (InvalidInput, InvalidModel, ExecutionError) as exc:
+    except (InvalidInputError, InvalidModelError, ExecutionError) as exc:
         # The node signed a run that cannot be repeated here: fail closed, say why.
         raise VerificationError(
             "the signed run cannot be re-executed",
-            check="reexecution",
+            check=Check.REEXECUTION,
             reason=exc.diagnostics(),
         ) from exc
     if predicate.trace is not None and recomputed != predicate.trace:
-        raise ReexecutionMismatch(
+        raise ReexecutionMismatchError(
             "re-executed trace differs from the committed one",
-            check="reexecution",
+            check=Check.REEXECUTION,
             expected=predicate.trace.root,
             calculated=None if recomputed is None else recomputed.root,
             size=None if recomputed is None else recomputed.size,
@@ -233,9 +234,9 @@ def _reexecute(
             same = recorded_platform == platform_fingerprint() and predicate.runtime.get(
                 "version"
             ) == runner.fingerprint.get("version")
-            raise ReexecutionMismatch(
+            raise ReexecutionMismatchError(
                 f"re-executed output {name!r} differs from the signed one",
-                check="reexecution",
+                check=Check.REEXECUTION,
                 expected=expected,
                 calculated=calculated or "missing",
                 # Different CPU features can legitimately round differently; say so.
@@ -279,18 +280,18 @@ def verify_receipt(
     if model is not None:
         package = model if isinstance(model, ModelPackage) else ModelPackage.load(Path(model))
         if package.digest != predicate.model_digest:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "model folder is not the model the receipt names",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 expected=predicate.model_digest,
                 calculated=package.digest,
             )
         # The OMS root digest does not cover file names: the layout digest must match too,
         # and a receipt that does not bind it cannot be checked against a folder (fail closed).
         if predicate.model_files != package.files_digest:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "model folder's file layout is not the one the receipt names",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 expected=predicate.model_files or "absent from the receipt",
                 calculated=package.files_digest,
             )
@@ -300,7 +301,7 @@ def verify_receipt(
         if package is None or given_inputs is None:
             raise VerificationError(
                 "re-execution needs the model and the inputs",
-                check="reexecution",
+                check=Check.REEXECUTION,
                 model="given" if package is not None else "missing",
                 inputs="given" if given_inputs is not None else "missing",
             )

@@ -2,7 +2,7 @@
 
 The answer's ``veriml`` member (:class:`~veriml.verify.completion_answer.CompletionEvidence`)
 is checked by :func:`verify_completion` (re-exported by :mod:`veriml.client`) in this order;
-the first failure raises a :class:`~veriml.core.errors.VerificationError` whose ``check``
+the first failure raises a :class:`~veriml.errors.VerificationError` whose ``check``
 names it (steps 0, 1 and 6 are the log evidence every answer shares,
 :mod:`veriml.verify.evidence`; a ``spot:P`` answer adds ``spot`` before ``verdict``,
 :func:`veriml.verify.policy.check_spot_reveal`):
@@ -41,7 +41,6 @@ from veriml.core.completion import (
     COMPLETION_SUBJECT,
     CompletionPredicate,
     Trust,
-    canonical_request,
     open_completion,
     prompt_digest,
     relay_digest,
@@ -50,10 +49,18 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import DigestMismatch, FormatError, SignatureError, VerificationError
+from veriml.core.errors import (
+    Check,
+    DigestMismatchError,
+    FormatError,
+    SignatureError,
+    VerificationError,
+)
 from veriml.protocol.draw import Draw, sampling_seed
-from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
-from veriml.protocol.messages import NodeDescriptor, open_prefill_check
+from veriml.protocol.messages import NodeDescriptor
+from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import PREFILL_CHECK_PREDICATE_TYPE as PREFILL_TYPE
+from veriml.protocol.prefill_check import open_prefill_check
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
@@ -143,7 +150,7 @@ def _statement_type(receipt: Envelope) -> str:
     except FormatError as exc:
         raise VerificationError(
             "a receipt's payload is not an in-toto statement",
-            check="signature",
+            check=Check.SIGNATURE,
             reason=exc.message,
         ) from exc
 
@@ -160,14 +167,14 @@ def _open(
     except VerificationError as exc:
         raise VerificationError(
             "a receipt is not a well-formed completion receipt",
-            check="signature",
+            check=Check.SIGNATURE,
             node=descriptor.node_id,
             reason=exc.diagnostics(),
         ) from exc
     if predicate.node_id != descriptor.key.key_id:
         raise SignatureError(
             "a receipt names another node than its signer",
-            check="signature",
+            check=Check.SIGNATURE,
             node=descriptor.node_id,
         )
     return predicate, output
@@ -190,37 +197,39 @@ def _check_models(
     trusts = {p.trust for p in predicates}
     if len(trusts) != 1:
         raise VerificationError(
-            "the receipts mix trust levels", check="model-digest", trust=",".join(sorted(trusts))
+            "the receipts mix trust levels",
+            check=Check.MODEL_DIGEST,
+            trust=",".join(sorted(trusts)),
         )
     trust: Trust = predicates[0].trust
     digests = {p.model_digest for p in predicates}
     if len(digests) != 1:
         raise VerificationError(
-            "the receipts are for different models", check="model-digest", models=len(digests)
+            "the receipts are for different models", check=Check.MODEL_DIGEST, models=len(digests)
         )
     signed = predicates[0].model_digest
     if trust == "reexecutable":
         wanted = relay_digest(relay) if relay is not None else model
         if signed is None:
             raise VerificationError(
-                "a re-executable receipt must name its model digest", check="model-digest"
+                "a re-executable receipt must name its model digest", check=Check.MODEL_DIGEST
             )
         if wanted is not None and signed != wanted:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "the receipt is for another model than the one requested",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 expected=wanted,
                 calculated=signed,
             )
     elif signed is not None or predicates[0].upstream is None:
         raise VerificationError(
             "an attested-relay receipt names its upstream, and no model digest",
-            check="model-digest",
+            check=Check.MODEL_DIGEST,
         )
     elif model is not None:
         raise VerificationError(
             "a relay answered a request for a hub model: its receipt binds no model digest",
-            check="model-digest",
+            check=Check.MODEL_DIGEST,
             expected=model,
         )
     else:
@@ -228,7 +237,7 @@ def _check_models(
         if relay is not None and names != {relay}:
             raise VerificationError(
                 "a relay signed another upstream model than the one requested",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 expected=relay,
                 got=",".join(sorted(names))[:200],
             )
@@ -236,7 +245,7 @@ def _check_models(
         if p.request_id != evidence.id or p.policy != evidence.policy:
             raise VerificationError(
                 "a receipt is for another request or policy",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 request=p.request_id,
                 policy=p.policy,
             )
@@ -257,7 +266,7 @@ def _check_request(
     if len(digests) != 1:
         raise VerificationError(
             "the receipts do not share one request digest",
-            check="request-digest",
+            check=Check.REQUEST_DIGEST,
             digests=len(digests),
         )
     signed = next(iter(digests))
@@ -268,7 +277,7 @@ def _check_request(
     if drawn and (draw is None or seed != sampling_seed(draw.secret)):
         raise VerificationError(
             "the sampling seed was not drawn from the request's draw secret",
-            check="draw",
+            check=Check.DRAW,
             seed=seed,
         )
     try:
@@ -278,14 +287,14 @@ def _check_request(
     except FormatError as exc:
         raise VerificationError(
             "the request sent cannot be rebuilt in canonical form",
-            check="request-digest",
+            check=Check.REQUEST_DIGEST,
             reason=exc.diagnostics(),
         ) from exc
     calculated = canonical_digest(canonical)
     if calculated != signed:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the receipt is for another request than the one sent",
-            check="request-digest",
+            check=Check.REQUEST_DIGEST,
             expected=signed,
             calculated=calculated,
         )
@@ -304,9 +313,9 @@ def _check_prompt(
         calculated = token_digest([t for p in evidence.prompt_tokens for t in p])
     for p in predicates:
         if p.prompt_digest != calculated or p.prompt_count != count:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "the prompt tokens sent are not the ones the receipt signs",
-                check="prompt-tokens",
+                check=Check.PROMPT_TOKENS,
                 expected=f"{p.prompt_digest.to_text()} ({p.prompt_count} tokens)",
                 calculated=f"{calculated.to_text()} ({count} tokens)",
             )
@@ -326,13 +335,13 @@ def _check_output(
         # A rejected verdict agrees on no output: say so rather than blame the content.
         raise VerificationError(
             "the policy was not met: the verdict rejects the answer",
-            check="verdict",
+            check=Check.VERDICT,
             policy=evidence.verdict.policy,
         )
     if claimed != calculated:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the answer's output does not hash to the verdict's output digest",
-            check="output-digest",
+            check=Check.OUTPUT_DIGEST,
             expected=claimed,
             calculated=calculated,
         )
@@ -343,7 +352,7 @@ def _check_output(
         if signed != calculated:
             raise VerificationError(
                 "an agreeing receipt signs another output",
-                check="output-digest",
+                check=Check.OUTPUT_DIGEST,
                 node=predicate.node_id,
                 signed=signed,
                 calculated=calculated,
@@ -354,7 +363,7 @@ def _check_output(
         ):
             raise VerificationError(
                 "the generated token count or finish reason is not the signed one",
-                check="output-digest",
+                check=Check.OUTPUT_DIGEST,
                 node=predicate.node_id,
                 count=len(evidence.completion_tokens),
                 signed_count=predicate.completion_count,
@@ -373,41 +382,41 @@ def _check_prefill(
     if len(checks) != 1:
         raise VerificationError(
             "a prefill answer carries exactly one prefill-check receipt",
-            check="verdict",
+            check=Check.VERDICT,
             got=len(checks),
         )
     descriptor = receipt_signer(checks[0], nodes)
     check = open_prefill_check(checks[0], descriptor.key)
     wanted = Digest.of(primary.payload)
     if check.receipt != wanted:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the prefill check is about another receipt",
-            check="verdict",
+            check=Check.VERDICT,
             expected=wanted,
             calculated=check.receipt,
         )
     if model is not None and check.model != model:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the prefill check ran another model",
-            check="verdict",
+            check=Check.VERDICT,
             expected=model,
             calculated=check.model,
         )
     if check.request_id != evidence.id:
         raise VerificationError(
-            "the prefill check is for another request", check="verdict", got=check.request_id
+            "the prefill check is for another request", check=Check.VERDICT, got=check.request_id
         )
     if not check.accepted:
         raise VerificationError(
             "the prefill check did not accept the completion",
-            check="verdict",
+            check=Check.VERDICT,
             first_failure=check.report.get("first_failure"),
             reason=check.report.get("reason"),
         )
     if check.report.get("checked") != len(evidence.completion_tokens):
         raise VerificationError(
             "the prefill check did not check every generated token",
-            check="verdict",
+            check=Check.VERDICT,
             checked=check.report.get("checked"),
             tokens=len(evidence.completion_tokens),
         )
@@ -439,7 +448,7 @@ def _recompute(
         )
     except FormatError as exc:
         raise VerificationError(
-            "the verdict cannot be recomputed", check="verdict", reason=exc.diagnostics()
+            "the verdict cannot be recomputed", check=Check.VERDICT, reason=exc.diagnostics()
         ) from exc
 
 
@@ -491,7 +500,7 @@ def verify_completion(
     if unknown or not completions:
         raise VerificationError(
             "the answer's receipts are not completion receipts",
-            check="signature",
+            check=Check.SIGNATURE,
             types=",".join(unknown) or None,
         )
     answers = [_open(r, descriptors) for r in completions]
@@ -517,7 +526,7 @@ def verify_completion(
     entry_model = signed_model or stand_in or evidence.model
     if entry_model is None:
         raise VerificationError(
-            "a relayed answer names the model entry it was logged under", check="inclusion"
+            "a relayed answer names the model entry it was logged under", check=Check.INCLUSION
         )
     check_inference_entry(
         evidence.log,
@@ -534,7 +543,7 @@ def verify_completion(
     try:
         policy = Policy.parse(evidence.policy)
     except FormatError as exc:
-        raise VerificationError("unknown policy", check="verdict", reason=exc.message) from exc
+        raise VerificationError("unknown policy", check=Check.VERDICT, reason=exc.message) from exc
     # 7. The network evidence: bonded operators, the model's provenance (a hub model: the
     # digest that ran is the one the name asked for names), logged disputes, the window.
     operators = {descriptors[p.node_id].operator for p in predicates}
@@ -561,7 +570,7 @@ def verify_completion(
     if evidence.policy == "prefill":
         checker = _check_prefill(evidence, prefills, descriptors, completions[0], signed_model)
     elif prefills:
-        raise VerificationError("only a prefill answer carries prefill checks", check="verdict")
+        raise VerificationError("only a prefill answer carries prefill checks", check=Check.VERDICT)
     notes: list[str] = list(network.notes)
     ran = list(network.checks)
     answering = [descriptors[p.node_id].operator for p in predicates]

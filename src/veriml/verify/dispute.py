@@ -24,12 +24,12 @@ import onnx
 from onnx import numpy_helper
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel, VerificationError
+from veriml.core.errors import Check, FormatError, InvalidModelError, VerificationError
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest
 from veriml.tlog.merkle import leaf_hash, verify_inclusion
-from veriml.verify._tensors import check_tensor_digests
 from veriml.verify.policy import Compare, Winner
+from veriml.verify.tensors import check_tensor_digests
 from veriml.verify.tolerance import referee_tolerance, within_tolerance
 
 if TYPE_CHECKING:
@@ -135,7 +135,7 @@ class TraceLayout:
                 if not output:
                     continue
                 if output in producer or output in graph_inputs or output in initializers:
-                    raise InvalidModel("a tensor name is defined twice", name=output)
+                    raise InvalidModelError("a tensor name is defined twice", name=output)
                 producer[output] = len(entries)
                 entries.append(
                     LayoutEntry(
@@ -152,7 +152,7 @@ class TraceLayout:
             return self.producer[name]
         if name in self.graph_inputs or name in self.initializers:
             return None
-        raise InvalidModel("an operator reads a tensor nothing earlier defines", name=name)
+        raise InvalidModelError("an operator reads a tensor nothing earlier defines", name=name)
 
 
 def check_reveal(
@@ -162,20 +162,20 @@ def check_reveal(
     entry: TraceEntry,
     proof: Sequence[bytes],
 ) -> None:
-    """Raise ``VerificationError(check="reveal")`` unless ``entry`` is leaf ``index`` of the
+    """Raise ``VerificationError(check=Check.REVEAL)`` unless ``entry`` is leaf ``index`` of the
     committed trace (RFC 9162 inclusion, https://www.rfc-editor.org/rfc/rfc9162#section-2.1.3)
     and describes the operator the model's layout has at that index."""
     # 1. The commitment is to a trace of this model: same number of leaves.
     if commitment.size != layout.size:
         raise VerificationError(
             "the committed trace does not have the model's layout size",
-            check="reveal",
+            check=Check.REVEAL,
             committed=commitment.size,
             layout=layout.size,
         )
     if not 0 <= index < layout.size:
         raise VerificationError(
-            "reveal index is outside the trace", check="reveal", index=index, size=layout.size
+            "reveal index is outside the trace", check=Check.REVEAL, index=index, size=layout.size
         )
     # 2. The entry names what the layout has at that index.
     expected = layout.entries[index]
@@ -183,7 +183,7 @@ def check_reveal(
     if claimed != (expected.node, expected.op_type, expected.output, expected.inputs):
         raise VerificationError(
             "revealed entry does not match the model's layout",
-            check="reveal",
+            check=Check.REVEAL,
             index=index,
             expected=f"{expected.node}:{expected.op_type}:{expected.output}",
             got=f"{entry.node}:{entry.op_type}:{entry.output}",
@@ -196,7 +196,7 @@ def check_reveal(
     except VerificationError as exc:
         raise VerificationError(
             "revealed entry is not in the committed trace",
-            check="reveal",
+            check=Check.REVEAL,
             index=index,
             reason=exc.diagnostics(),
         ) from exc
@@ -418,18 +418,18 @@ def referee(
     if set(agreed) != needed:
         raise VerificationError(
             "agreed digests do not cover the operator's inputs",
-            check="referee-input",
+            check=Check.REFEREE_INPUT,
             needed=",".join(sorted(needed)),
             agreed=",".join(sorted(agreed)),
         )
     missing = needed - set(inputs)
     if missing:
         raise VerificationError(
-            "an agreed input tensor is missing", check="referee-input", input=min(missing)
+            "an agreed input tensor is missing", check=Check.REFEREE_INPUT, input=min(missing)
         )
     values = {name: np.asarray(inputs[name]) for name in needed}
     check_tensor_digests(
-        values, agreed, check="referee-input", kind="input", claimant="the agreed trace"
+        values, agreed, check=Check.REFEREE_INPUT, kind="input", claimant="the agreed trace"
     )
     outputs = reexecute_node(model, entry.node, values, engine="onnxruntime", profile=Profile())
     digests = {name: tensor_digest(value) for name, value in outputs.items()}

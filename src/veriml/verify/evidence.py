@@ -2,7 +2,7 @@
 
 Inference answers (:mod:`veriml.verify.inference`) and completion answers
 (:mod:`veriml.verify.completion`) prove themselves the same way; these are the steps they share,
-each raising a :class:`~veriml.core.errors.VerificationError` whose ``check`` names it:
+each raising a :class:`~veriml.errors.VerificationError` whose ``check`` names it:
 
 - ``log-key``: the log key is the one the caller pinned (:func:`parse_log_key`), never one
   learnt from the coordinator;
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import Error, FormatError, SignatureError, VerificationError
+from veriml.core.errors import Check, Error, FormatError, SignatureError, VerificationError
 from veriml.ledger.entries import InferenceEntry, NodeEntry, parse_entry
 from veriml.protocol.messages import NodeDescriptor
 from veriml.protocol.policy import Verdict
@@ -62,12 +62,12 @@ def parse_log_key(log_vkey: str | NoteVerifier) -> NoteVerifier:
     if isinstance(log_vkey, NoteVerifier):
         return log_vkey
     if not log_vkey:
-        raise VerificationError("no pinned log key: pass the log's vkey", check="log-key")
+        raise VerificationError("no pinned log key: pass the log's vkey", check=Check.LOG_KEY)
     try:
         return NoteVerifier.from_vkey(log_vkey.strip())
     except FormatError as exc:
         raise VerificationError(
-            "the pinned log key is not a note verifier key", check="log-key", reason=exc.message
+            "the pinned log key is not a note verifier key", check=Check.LOG_KEY, reason=exc.message
         ) from exc
 
 
@@ -84,17 +84,17 @@ def open_checkpoint_note(
     except VerificationError as exc:
         raise SignatureError(
             "the checkpoint is not signed by the pinned log key (and witness quorum)",
-            check="checkpoint",
+            check=Check.CHECKPOINT,
             reason=exc.diagnostics(),
         ) from exc
     except FormatError as exc:
         raise VerificationError(
-            "the checkpoint note is malformed", check="checkpoint", reason=exc.diagnostics()
+            "the checkpoint note is malformed", check=Check.CHECKPOINT, reason=exc.diagnostics()
         ) from exc
 
 
 def prove_inclusion(
-    entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, check: str
+    entry: bytes, index: int, proof: Sequence[bytes], cp: Checkpoint, check: Check
 ) -> None:
     """``entry`` is the leaf at ``index`` of the tree ``cp`` commits to (RFC 9162 §2.1.3.2);
     a failure is reported under ``check``."""
@@ -121,23 +121,23 @@ def node_descriptors(evidence: Sequence[NodeEvidence], cp: Checkpoint) -> dict[s
         if node.entry is None or node.inclusion_proof is None:
             raise VerificationError(
                 "the node's registration entry and its proof are missing",
-                check="node-key",
+                check=Check.NODE_KEY,
                 node=node.id,
             )
-        prove_inclusion(node.entry, node.log_index, node.inclusion_proof, cp, "node-key")
+        prove_inclusion(node.entry, node.log_index, node.inclusion_proof, cp, Check.NODE_KEY)
         try:
             descriptor = _registration(node.entry)
         except Error as exc:
             raise VerificationError(
                 "the node's log entry is not a valid registration",
-                check="node-key",
+                check=Check.NODE_KEY,
                 node=node.id,
                 reason=exc.diagnostics(),
             ) from exc
         if descriptor.node_id != node.id:
             raise VerificationError(
                 "the logged registration is for another node",
-                check="node-key",
+                check=Check.NODE_KEY,
                 expected=node.id,
                 got=descriptor.node_id,
             )
@@ -174,7 +174,7 @@ def receipt_signer(receipt: Envelope, nodes: Mapping[str, NodeDescriptor]) -> No
     if descriptor is None:
         raise SignatureError(
             "a receipt is from a node whose registration is not in the evidence",
-            check="signature",
+            check=Check.SIGNATURE,
             node=claimed or "unnamed",
         )
     return descriptor
@@ -209,9 +209,9 @@ def check_inference_entry(
         ).to_bytes()
     except FormatError as exc:
         raise VerificationError(
-            "the inference entry cannot be rebuilt", check="inclusion", reason=exc.diagnostics()
+            "the inference entry cannot be rebuilt", check=Check.INCLUSION, reason=exc.diagnostics()
         ) from exc
-    prove_inclusion(entry, log.index, log.inclusion_proof, cp, "inclusion")
+    prove_inclusion(entry, log.index, log.inclusion_proof, cp, Check.INCLUSION)
 
 
 def evidence_json(

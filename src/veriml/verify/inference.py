@@ -2,8 +2,8 @@
 
 The SDK (:mod:`veriml.client`, which re-exports :func:`verify_inference`) runs this on every
 answer before returning it, and ``veriml verify FILE`` runs it on a saved result. Checks run in
-the order of issue 4, §3; the first failure raises a
-:class:`~veriml.core.errors.VerificationError` whose ``check`` names it (steps 0, 1 and 4 are
+the order of docs/sdk.md, "What is verified, in order"; the first failure raises a
+:class:`~veriml.errors.VerificationError` whose ``check`` names it (steps 0, 1 and 4 are
 the log evidence every answer shares, :mod:`veriml.verify.evidence`):
 
 0. ``checkpoint``: the checkpoint note is signed by the pinned log key, its origin is the
@@ -47,13 +47,18 @@ import numpy.typing as npt
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import DigestMismatch, FormatError, SignatureError, VerificationError
+from veriml.core.errors import (
+    Check,
+    DigestMismatchError,
+    FormatError,
+    SignatureError,
+    VerificationError,
+)
 from veriml.core.receipt import PREDICATE_TYPE, InferencePredicate, request_digest
 from veriml.protocol.messages import NodeDescriptor
 from veriml.tlog.checkpoint import Checkpoint
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
-from veriml.verify._tensors import check_tensor_digests
 from veriml.verify.answer import InferenceResult, Verification
 from veriml.verify.evidence import (
     check_inference_entry,
@@ -70,6 +75,7 @@ from veriml.verify.network import (
     with_logged,
 )
 from veriml.verify.policy import Policy, Verdict, check_spot_reveal, check_verdict, decide
+from veriml.verify.tensors import check_tensor_digests
 
 if TYPE_CHECKING:
     from veriml.verify.tolerance import OutputBounds
@@ -147,25 +153,25 @@ def _receipt(
         statement = Statement.from_bytes(receipt.payload)
     except FormatError as exc:
         raise VerificationError(
-            "receipt payload is not an in-toto statement", check="signature", reason=exc.message
+            "receipt payload is not an in-toto statement", check=Check.SIGNATURE, reason=exc.message
         ) from exc
     if statement.predicate_type != PREDICATE_TYPE:
         raise VerificationError(
             "receipt is not an inference receipt",
-            check="signature",
+            check=Check.SIGNATURE,
             got=statement.predicate_type,
         )
     predicate = InferencePredicate.from_json(statement.predicate)
     if predicate.node_id != key.key_id:
         raise SignatureError(
             "receipt names another node than its signer",
-            check="signature",
+            check=Check.SIGNATURE,
             node=descriptor.node_id,
         )
     subjects: dict[str, Digest] = {}
     for subject in statement.subjects:
         if subject.name in subjects:
-            raise VerificationError("receipt names an output twice", check="output-digest")
+            raise VerificationError("receipt names an output twice", check=Check.OUTPUT_DIGEST)
         subjects[subject.name] = subject.digest
     return predicate, subjects
 
@@ -187,30 +193,30 @@ def _check_request(result: InferenceResult, predicates: Sequence[InferencePredic
     for p in predicates:
         calculated = request_digest(request_object(p.model_digest, p.inputs, p.policy))
         if calculated != p.request_digest:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "a receipt's request digest does not match its model, inputs and policy",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 expected=p.request_digest,
                 calculated=calculated,
             )
         if p.model_digest != result.model:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 "a receipt is for another model",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 expected=result.model,
                 calculated=p.model_digest,
             )
         if p.request_id != result.id or p.policy != result.policy:
             raise VerificationError(
                 "a receipt is for another request or policy",
-                check="model-digest",
+                check=Check.MODEL_DIGEST,
                 request=p.request_id,
                 policy=p.policy,
             )
     if len(digests) != 1:
         raise VerificationError(
             "the receipts do not share one request digest",
-            check="model-digest",
+            check=Check.MODEL_DIGEST,
             digests=len(digests),
         )
     return next(iter(digests))
@@ -222,7 +228,7 @@ def _check_outputs(
     """Step 3: agreed outputs = verdict outputs = every agreeing receipt's subjects."""
     claimed = dict(result.verdict.outputs)
     check_tensor_digests(
-        result.outputs, claimed, check="output-digest", kind="output", claimant="the verdict"
+        result.outputs, claimed, check=Check.OUTPUT_DIGEST, kind="output", claimant="the verdict"
     )
     if result.verdict.mode == "tolerance":
         # Agreeing receipts may sign other bits; step 5 checks each against its tensors and
@@ -233,7 +239,7 @@ def _check_outputs(
         if node in by_node and dict(by_node[node]) != claimed:
             raise VerificationError(
                 "an agreeing receipt signs other outputs",
-                check="output-digest",
+                check=Check.OUTPUT_DIGEST,
                 node=node,
             )
 
@@ -291,7 +297,7 @@ def verify_inference(
     try:
         policy = Policy.parse(result.policy)
     except FormatError as exc:
-        raise VerificationError("unknown policy", check="verdict", reason=exc.message) from exc
+        raise VerificationError("unknown policy", check=Check.VERDICT, reason=exc.message) from exc
     # 5. The network evidence: bonded operators, the model's provenance, logged disputes,
     # the challenge window.
     network = check_network(
@@ -342,7 +348,7 @@ def _check_policy(
     if verdict.mode != policy.compare:
         raise VerificationError(
             "the verdict's comparison mode is not the policy's",
-            check="verdict",
+            check=Check.VERDICT,
             mode=verdict.mode,
             policy=str(policy),
         )
@@ -354,7 +360,7 @@ def _check_policy(
             recomputed = _decide(policy, answers, verdict)
     except FormatError as exc:
         raise VerificationError(
-            "the verdict cannot be recomputed", check="verdict", reason=exc.diagnostics()
+            "the verdict cannot be recomputed", check=Check.VERDICT, reason=exc.diagnostics()
         ) from exc
     check_verdict(verdict, recomputed)
     return ran, notes
@@ -389,7 +395,7 @@ def _check_optimistic(predicates: Sequence[InferencePredicate]) -> None:
     if primary.trace is None:
         raise VerificationError(
             "the receipt of an optimistic answer must commit to a trace root",
-            check="optimistic",
+            check=Check.OPTIMISTIC,
             node=primary.node_id,
         )
 
@@ -401,7 +407,9 @@ def _answer_tensors(result: InferenceResult, answers: Sequence[Answer]) -> list[
     sent: dict[str, Tensors] = {}
     for answer in result.answers:
         if answer.node in sent:
-            raise VerificationError("the answer lists a node's outputs twice", check="tolerance")
+            raise VerificationError(
+                "the answer lists a node's outputs twice", check=Check.TOLERANCE
+            )
         sent[answer.node] = answer.outputs
     tensors: list[Tensors] = []
     for node, _, digests in answers:
@@ -410,12 +418,12 @@ def _answer_tensors(result: InferenceResult, answers: Sequence[Answer]) -> list[
             if dict(digests) != dict(result.verdict.outputs):
                 raise VerificationError(
                     "tolerance mode needs every differing node's outputs in the answer",
-                    check="tolerance",
+                    check=Check.TOLERANCE,
                     node=node,
                 )
             values = result.outputs
         check_tensor_digests(
-            values, digests, check="tolerance", kind="output", claimant=f"node {node}'s receipt"
+            values, digests, check=Check.TOLERANCE, kind="output", claimant=f"node {node}'s receipt"
         )
         tensors.append(values)
     return tensors
@@ -443,7 +451,7 @@ def _decide_tolerance(
     if recomputed != result.verdict:
         raise VerificationError(
             "tolerance agreement cannot be recomputed without the model's output bounds",
-            check="tolerance",
+            check=Check.TOLERANCE,
             hint="pass bounds=output_bounds(model) (the Client computes them from the hub)",
         )
     return recomputed

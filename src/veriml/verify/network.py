@@ -44,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.core.timestamps import format_time, parse_time
 from veriml.ledger.bonds import BondProof
 from veriml.ledger.entries import (
@@ -253,12 +253,12 @@ def proven_entries(entries: Sequence[LoggedEntry], cp: Checkpoint) -> dict[int, 
     """The cited entries by index, each proven in ``cp``'s tree (``check="evidence"``)."""
     proven: dict[int, bytes] = {}
     for item in entries:
-        prove_inclusion(item.entry, item.index, item.inclusion_proof, cp, "evidence")
+        prove_inclusion(item.entry, item.index, item.inclusion_proof, cp, Check.EVIDENCE)
         proven[item.index] = item.entry
     return proven
 
 
-def _cited(entries: Mapping[int, bytes], index: int | None, check: str, what: str) -> bytes:
+def _cited(entries: Mapping[int, bytes], index: int | None, check: Check, what: str) -> bytes:
     found = None if index is None else entries.get(index)
     if found is None:
         raise VerificationError(f"the answer does not carry its {what}", check=check, index=index)
@@ -303,7 +303,7 @@ def check_network(
     state = None
     state_index = evidence.state
     if state_index is not None:
-        state = open_state_entry(_cited(entries, state_index, "bonds", "ledger state entry"))
+        state = open_state_entry(_cited(entries, state_index, Check.BONDS, "ledger state entry"))
     stakes = check_operators(
         operators,
         state=state,
@@ -321,14 +321,14 @@ def check_network(
 
         if evidence.provenance is None:
             raise VerificationError(
-                "the answer does not cite its model's provenance", check="provenance"
+                "the answer does not cite its model's provenance", check=Check.PROVENANCE
             )
         model_index, namespace_index = evidence.provenance
-        model_entry = _cited(entries, model_index, "provenance", "model entry")
+        model_entry = _cited(entries, model_index, Check.PROVENANCE, "model entry")
         namespace_entry = (
             None
             if namespace_index is None
-            else _cited(entries, namespace_index, "provenance", "namespace entry")
+            else _cited(entries, namespace_index, Check.PROVENANCE, "namespace entry")
         )
         check_provenance(
             ref or model.to_text(),
@@ -347,7 +347,7 @@ def check_network(
     # epoch, current when the jobs ran.
     if verdict.draw is None:
         raise VerificationError(
-            "the verdict reveals no draw: who ran the request cannot be checked", check="epoch"
+            "the verdict reveals no draw: who ran the request cannot be checked", check=Check.EPOCH
         )
     _check_epoch(verdict.draw.epoch, evidence.beacon, entries, started, trust.max_epoch_age)
     checks.append("epoch")
@@ -366,17 +366,17 @@ def _check_dispute(
 ) -> None:
     """A dispute the verdict cites: its ``challenge`` entry opened it about one of this
     answer's receipts, with the parties named, and its ``verdict`` entry has the winner."""
-    opened = _cited(entries, ref.opened, "disputes", "dispute's challenge entry")
-    closed = _cited(entries, ref.log_index, "disputes", "dispute's verdict entry")
+    opened = _cited(entries, ref.opened, Check.DISPUTES, "dispute's challenge entry")
+    closed = _cited(entries, ref.log_index, Check.DISPUTES, "dispute's verdict entry")
     try:
         challenge, decided = parse_entry(opened), parse_entry(closed)
     except FormatError as exc:
         raise VerificationError(
-            "a dispute's entries do not parse", check="disputes", dispute=ref.id
+            "a dispute's entries do not parse", check=Check.DISPUTES, dispute=ref.id
         ) from exc
     if not isinstance(challenge, ChallengeEntry) or not isinstance(decided, DisputeVerdictEntry):
         raise VerificationError(
-            "a dispute's entries are not its challenge and verdict", check="disputes"
+            "a dispute's entries are not its challenge and verdict", check=Check.DISPUTES
         )
     digests = {Digest.of(r.payload).to_text() for r in receipts}
     challenger = challenge.challenger.get("node", challenge.challenger_account)
@@ -390,19 +390,19 @@ def _check_dispute(
         if len(set(values)) != 1:
             raise VerificationError(
                 f"a dispute's logged {what} is not the one the verdict claims",
-                check="disputes",
+                check=Check.DISPUTES,
                 dispute=ref.id,
             )
     if ref.challenger not in (challenger, challenge.challenger_account):
         raise VerificationError(
             "a dispute's logged challenger is not the one the verdict claims",
-            check="disputes",
+            check=Check.DISPUTES,
             dispute=ref.id,
         )
     if challenge.defendant["receipt"] not in digests:
         raise VerificationError(
             "a dispute is about a receipt that is not in this answer",
-            check="disputes",
+            check=Check.DISPUTES,
             dispute=ref.id,
         )
 
@@ -412,27 +412,27 @@ def _check_epoch(
 ) -> None:
     """The cited ``beacon`` entry began ``epoch``, before the jobs started (clock skew
     allowed) and no more than ``max_age`` seconds before."""
-    data = _cited(entries, index, "epoch", "draw's beacon entry")
+    data = _cited(entries, index, Check.EPOCH, "draw's beacon entry")
     try:
         beacon = parse_entry(data)
     except FormatError as exc:
         raise VerificationError(
-            "the cited beacon entry is malformed", check="epoch", reason=exc.message
+            "the cited beacon entry is malformed", check=Check.EPOCH, reason=exc.message
         ) from exc
     if not isinstance(beacon, BeaconEntry) or beacon.epoch != epoch:
         raise VerificationError(
-            "the cited entry does not begin the draw's epoch", check="epoch", epoch=epoch
+            "the cited entry does not begin the draw's epoch", check=Check.EPOCH, epoch=epoch
         )
     began = parse_time(beacon.at)
     jobs = parse_time(started)
     if began > jobs + CLOCK_SKEW:
         raise VerificationError(
-            "the draw's epoch began after the answer's jobs", check="epoch", epoch=epoch
+            "the draw's epoch began after the answer's jobs", check=Check.EPOCH, epoch=epoch
         )
     if jobs - began > dt.timedelta(seconds=max_age):
         raise VerificationError(
             "the draw's epoch began longer before the answer's jobs than this client allows",
-            check="epoch",
+            check=Check.EPOCH,
             epoch=epoch,
             began=beacon.at,
             max_age=max_age,
@@ -448,18 +448,18 @@ def _window(policy: Policy, state: StateEntry | None) -> float | None:
 def _check_window(verdict: Verdict, finished: str, window: float) -> None:
     final_after = verdict.final_after
     if final_after is None:
-        raise VerificationError("the verdict does not say when it is final", check="window")
+        raise VerificationError("the verdict does not say when it is final", check=Check.WINDOW)
     try:
         final = parse_time(final_after, what="verdict final_after")
         signed = parse_time(finished, what="receipt finished")
     except FormatError as exc:
         raise VerificationError(
-            "the challenge window cannot be read", check="window", reason=exc.message
+            "the challenge window cannot be read", check=Check.WINDOW, reason=exc.message
         ) from exc
     if final + CLOCK_SKEW < signed + dt.timedelta(seconds=window):
         raise VerificationError(
             "the challenge window is shorter than the rules'",
-            check="window",
+            check=Check.WINDOW,
             final_after=final_after,
             receipt_finished=finished,
             earliest=format_time(signed + dt.timedelta(seconds=window)),

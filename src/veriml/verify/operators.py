@@ -18,7 +18,7 @@ per operator. :func:`check_operators`:
 3. or, for a permissioned network, every operator is one the client pinned
    (``trusted_operators``): then no stake is needed.
 
-Failures raise :class:`~veriml.core.errors.VerificationError` with ``check="bonds"``. Pure.
+Failures raise :class:`~veriml.errors.VerificationError` with ``check="bonds"``. Pure.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.core.timestamps import parse_time
 from veriml.ledger.bonds import BondProof
 from veriml.ledger.entries import StateEntry, parse_entry
@@ -43,10 +43,12 @@ def open_state_entry(data: bytes) -> StateEntry:
         entry = parse_entry(data)
     except FormatError as exc:
         raise VerificationError(
-            "the cited ledger state entry does not parse", check="bonds", reason=exc.message
+            "the cited ledger state entry does not parse", check=Check.BONDS, reason=exc.message
         ) from exc
     if not isinstance(entry, StateEntry):
-        raise VerificationError("the cited log entry is not a ledger state entry", check="bonds")
+        raise VerificationError(
+            "the cited log entry is not a ledger state entry", check=Check.BONDS
+        )
     return entry
 
 
@@ -75,20 +77,20 @@ def check_operators(
         if strangers:
             raise VerificationError(
                 "an answering operator is not one this client trusts",
-                check="bonds",
+                check=Check.BONDS,
                 operators=",".join(strangers)[:300],
             )
         return {}
     if state is None or state_index is None:
         raise VerificationError(
             "the answer cites no ledger state: the operators' stake cannot be checked",
-            check="bonds",
+            check=Check.BONDS,
         )
     # 1. The bond map is from before the answer was logged, and recent enough.
     if not state_index < entry_index:
         raise VerificationError(
             "the cited ledger state was logged after the answer",
-            check="bonds",
+            check=Check.BONDS,
             state=state_index,
             entry=entry_index,
         )
@@ -96,12 +98,14 @@ def check_operators(
         signed = parse_time(signed_at, what="receipt time")
         committed = parse_time(state.at, what="state time")
     except FormatError as exc:
-        raise VerificationError("times cannot be read", check="bonds", reason=exc.message) from exc
+        raise VerificationError(
+            "times cannot be read", check=Check.BONDS, reason=exc.message
+        ) from exc
     delay = dt.timedelta(seconds=state.rules.unstake_delay)
     if committed > signed + CLOCK_SKEW or signed > committed + delay + CLOCK_SKEW:
         raise VerificationError(
             "the cited ledger state is not from when the nodes answered",
-            check="bonds",
+            check=Check.BONDS,
             state_at=state.at,
             signed_at=signed_at,
             unstake_delay=state.rules.unstake_delay,
@@ -117,14 +121,14 @@ def check_operators(
         if found is None:
             raise VerificationError(
                 "an answering operator has no stake in the logged bond map",
-                check="bonds",
+                check=Check.BONDS,
                 operator=operator,
             )
         found.check(state.root, state.size)
         if found.stake < floor:
             raise VerificationError(
                 "an answering operator is not bonded",
-                check="bonds",
+                check=Check.BONDS,
                 operator=operator,
                 stake=found.stake,
                 minimum=floor,

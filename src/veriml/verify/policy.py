@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Final
 
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatch, FormatError, VerificationError
+from veriml.core.errors import Check, DigestMismatchError, FormatError, VerificationError
 from veriml.protocol.draw import Draw
 from veriml.protocol.policy import (
     BASIS_POINTS,
@@ -89,18 +89,18 @@ def check_spot(
     secret is the one the primary node's signed receipt committed to.
 
     ``commitment`` is the receipt predicate's ``spot.commitment``: ``spot_commitment(r)`` of
-    the verdict's draw secret ``r`` must equal it (``DigestMismatch``, ``check="spot"``: the
+    the verdict's draw secret ``r`` must equal it (``DigestMismatchError``, ``check="spot"``: the
     node signed the commitment before anyone could see the decision), and
     :func:`spot_checked` of ``r`` must be the verdict's ``checked`` (``VerificationError``).
     """
     if draw is None:
-        raise VerificationError("a spot:P verdict must reveal its draw secret", check="spot")
+        raise VerificationError("a spot:P verdict must reveal its draw secret", check=Check.SPOT)
     # 1. The secret is the one committed to before the node signed.
     calculated = spot_commitment(draw.secret)
     if commitment is None or calculated != commitment:
-        raise DigestMismatch(
+        raise DigestMismatchError(
             "the revealed draw secret is not the one the receipt commits to",
-            check="spot",
+            check=Check.SPOT,
             expected=commitment,
             calculated=calculated,
         )
@@ -109,7 +109,7 @@ def check_spot(
     if checked != reveal.checked:
         raise VerificationError(
             "the spot decision does not follow from the draw secret",
-            check="spot",
+            check=Check.SPOT,
             claimed=reveal.checked,
             recomputed=checked,
         )
@@ -134,16 +134,18 @@ def check_spot_reveal(
     reveal = verdict.spot
     if policy.kind != "spot":
         if reveal is not None:
-            raise VerificationError("only a spot:P verdict has a spot decision", check="spot")
+            raise VerificationError("only a spot:P verdict has a spot decision", check=Check.SPOT)
         return False
     if reveal is None:
-        raise VerificationError("a spot:P verdict must say whether it was checked", check="spot")
+        raise VerificationError(
+            "a spot:P verdict must say whether it was checked", check=Check.SPOT
+        )
     check_spot(policy, reveal, verdict.draw, commitment)
     answered = set(operators)
     if reveal.checked and len(answered) < 2 and not verdict.disputes:
         raise VerificationError(
             "the spot check was drawn but no second operator's answer is in the evidence",
-            check="spot",
+            check=Check.SPOT,
             operators=len(answered),
         )
     return True
@@ -250,12 +252,16 @@ def _agreement(
             answers=len(answers),
             tensors=None if tensors is None else len(tensors),
         )
-    from veriml.verify._tensors import check_tensor_digests
+    from veriml.verify.tensors import check_tensor_digests
     from veriml.verify.tolerance import outputs_agree
 
     for (node_id, _, outputs), values in zip(answers, tensors, strict=True):
         check_tensor_digests(
-            values, outputs, check="verdict", kind="output", claimant=f"node {node_id}'s receipt"
+            values,
+            outputs,
+            check=Check.VERDICT,
+            kind="output",
+            claimant=f"node {node_id}'s receipt",
         )
     return lambda i, j: digests[i] == digests[j] or outputs_agree(tensors[i], tensors[j], bounds)
 
@@ -265,14 +271,14 @@ def check_verdict(claimed: Verdict, recomputed: Verdict) -> None:
     if claimed != recomputed:
         raise VerificationError(
             "the verdict does not follow from the receipts",
-            check="verdict",
+            check=Check.VERDICT,
             claimed=claimed.outcome,
             recomputed=recomputed.outcome,
         )
     if recomputed.outcome != "accepted":
         raise VerificationError(
             "the policy was not met",
-            check="verdict",
+            check=Check.VERDICT,
             policy=recomputed.policy,
             agreeing=len(recomputed.agreeing),
         )

@@ -30,7 +30,7 @@ import numpy as np
 from veriml.core.completion import Sampling, sampling_of
 from veriml.core.digest import Digest
 from veriml.core.errors import FormatError
-from veriml.runtime.llm._sampler import draw, token_interval
+from veriml.runtime.llm.sampler import draw, token_interval
 
 if TYPE_CHECKING:
     from veriml.runtime.llm import LLMEngine

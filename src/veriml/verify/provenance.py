@@ -5,7 +5,7 @@ reference (``name``, ``name@version`` or a digest) names the model an answer ran
 published it. Pure: it parses the entries' logged bytes and compares; the caller proves that
 both entries are in the log (inclusion proofs against a checkpoint it trusts).
 
-The steps, each failing with :class:`~veriml.core.errors.VerificationError`
+The steps, each failing with :class:`~veriml.errors.VerificationError`
 (``check="provenance"``) whose evidence names what differs:
 
 1. the model entry parses and is a ``model`` entry for ``model`` (the digest that ran);
@@ -32,13 +32,12 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.ledger.entries import ModelEntry, NamespaceEntry, namespace_of, parse_entry
 from veriml.protocol.accounts import account_key
 
 __all__ = ["Provenance", "check_provenance"]
 
-CHECK = "provenance"
 _E = TypeVar("_E", ModelEntry, NamespaceEntry)
 
 
@@ -58,7 +57,7 @@ class Provenance:
 
 
 def _fail(message: str, **evidence: object) -> VerificationError:
-    return VerificationError(message, check=CHECK, **evidence)
+    return VerificationError(message, check=Check.PROVENANCE, **evidence)
 
 
 def _parse(data: bytes, kind: type[_E], what: str) -> _E:

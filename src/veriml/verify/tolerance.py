@@ -40,7 +40,7 @@ import numpy.typing as npt
 import onnx
 from onnx import helper, numpy_helper
 
-from veriml.core.errors import ExecutionError, FormatError, InvalidModel
+from veriml.core.errors import ExecutionError, FormatError, InvalidModelError
 
 __all__ = [
     "UNIT_ROUNDOFF",
@@ -308,7 +308,7 @@ def _opset(model: onnx.ModelProto) -> int:
     for entry in model.opset_import:
         if entry.domain in _DEFAULT_DOMAINS:
             return int(entry.version)
-    raise InvalidModel("model imports no default-domain opset")
+    raise InvalidModelError("model imports no default-domain opset")
 
 
 _SMALL_CONSTANT: Final = 64

@@ -22,7 +22,7 @@ import pytest
 from _servers import serve
 from veriml.client import Client
 from veriml.client._checkpoints import CheckpointStore
-from veriml.core.errors import LogInconsistency
+from veriml.core.errors import LogInconsistencyError
 from veriml.core.keys import generate_key
 from veriml.tlog.client import SignedCheckpoint, verify_checkpoint_note
 from veriml.tlog.log import Log
@@ -244,7 +244,7 @@ def test_a_fork_shown_to_a_second_client_with_the_same_store_is_caught(
     shown = fork.grow(entries("fork", 0, 7))  # the same key, another history
     with client(fork, store) as second:
         assert second._known_size() == {"X-Veriml-Log-Size": "5"}
-        with pytest.raises(LogInconsistency) as caught:
+        with pytest.raises(LogInconsistencyError) as caught:
             second._check_consistent(shown)
     assert caught.value.check == "consistency"
     evidence = caught.value.diagnostics()
@@ -300,7 +300,7 @@ def test_a_fork_stored_by_another_process_meanwhile_is_caught_when_writing(
     with client(honest, store) as slow:
         slow._known_size()
         store.swap(verifier(honest.log), None, theirs)
-        with pytest.raises(LogInconsistency) as caught:
+        with pytest.raises(LogInconsistencyError) as caught:
             slow._check_consistent(mine)
     assert caught.value.check == "consistency"
 
@@ -314,7 +314,7 @@ def test_a_log_that_shows_less_than_it_signed_before_is_a_rollback(
     honest.grow(entries("a", 0, 4))
     store.swap(key, None, honest.grow(entries("a", 4, 2)))
     shown = fork.grow(entries("a", 0, 4))  # the first four entries, the same bytes: a prefix
-    with client(fork, store) as c, pytest.raises(LogInconsistency) as caught:
+    with client(fork, store) as c, pytest.raises(LogInconsistencyError) as caught:
         c._check_consistent(shown)
     assert "old=4" in caught.value.diagnostics()
     assert "new=6" in caught.value.diagnostics()

@@ -23,7 +23,7 @@ from veriml.client._children import (
     terminate,
 )
 from veriml.client._local import LocalNetwork
-from veriml.core.errors import Conflict
+from veriml.core.errors import ConflictError
 
 IGNORES_SIGTERM = (
     "import signal, sys, time\n"
@@ -88,7 +88,7 @@ def test_a_coordinator_port_in_use_is_refused_before_anything_starts(
     tmp_path: Path, client_socket: int
 ) -> None:
     net = LocalNetwork(tmp_path / "home", nodes=1, port=client_socket, witnesses=1)
-    with pytest.raises(Conflict, match="in use"):
+    with pytest.raises(ConflictError, match="in use"):
         net.start()
     assert not (tmp_path / "home").exists()
 

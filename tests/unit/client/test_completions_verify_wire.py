@@ -17,9 +17,9 @@ from veriml.client._chat import (
 )
 from veriml.core.errors import (
     FormatError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
+    LimitExceededError,
+    NodeUnavailableError,
+    NotFoundError,
     VerificationError,
 )
 from veriml.protocol.sse import parse_sse
@@ -34,11 +34,11 @@ def _error(message: str, code: str | None = None, param: str | None = None) -> d
 @pytest.mark.parametrize(
     ("status", "body", "kind"),
     [
-        (404, _error("model not found", "model_not_found", "model"), NotFound),
-        (400, _error("too long", "context_length_exceeded", "messages"), LimitExceeded),
+        (404, _error("model not found", "model_not_found", "model"), NotFoundError),
+        (400, _error("too long", "context_length_exceeded", "messages"), LimitExceededError),
         (400, _error("bad temperature", None, "temperature"), FormatError),
-        (503, _error("no node"), NodeUnavailable),
-        (502, "not json at all", NodeUnavailable),
+        (503, _error("no node"), NodeUnavailableError),
+        (502, "not json at all", NodeUnavailableError),
     ],
 )
 def test_openai_error_objects_become_the_veriml_error_they_stand_for(

@@ -16,7 +16,7 @@ from veriml.client import (
     write_network_file,
 )
 from veriml.client._config import pin_witnesses
-from veriml.core.errors import FormatError, NotFound, VerificationError
+from veriml.core.errors import FormatError, NotFoundError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.tlog import NoteSigner
 from veriml.tlog.cosignature import CosignatureSigner
@@ -37,7 +37,7 @@ def test_url_precedence_is_argument_then_environment_then_network_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("VERIML_URL", raising=False)
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         resolve_url(None, tmp_path)
     write_network_file(tmp_path, NetworkFile("http://file:1/", VKEY))
     assert resolve_url(None, tmp_path) == "http://file:1"

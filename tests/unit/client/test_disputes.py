@@ -27,12 +27,12 @@ from veriml.coordinator.auth import request_signature
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
     KeyFileError,
-    LimitExceeded,
-    NodeUnavailable,
+    LimitExceededError,
+    NodeUnavailableError,
 )
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.tensors import tensor_digest, tensor_from_json
@@ -273,7 +273,7 @@ def test_a_coordinator_problem_surfaces_as_a_veriml_error(
     traces: tuple[Trace, Trace, dict[str, Digest]], client: Client
 ) -> None:
     honest, _, outputs = traces
-    with pytest.raises(Conflict, match="already disputed"):
+    with pytest.raises(ConflictError, match="already disputed"):
         Challenger(client).challenge("already-disputed", "node-a", honest, outputs)
 
 
@@ -282,7 +282,7 @@ def test_a_dispute_that_never_settles_is_bounded_by_moves(
 ) -> None:
     service.behaviour = "endless"
     honest, _, outputs = traces
-    with pytest.raises(LimitExceeded, match="moves"):
+    with pytest.raises(LimitExceededError, match="moves"):
         Challenger(client, max_moves=5).challenge("inference-3", "node-a", honest, outputs)
     assert service.proofs_checked == 4  # the opening was the first move
 
@@ -292,7 +292,7 @@ def test_a_dispute_that_never_moves_is_bounded_by_the_deadline(
 ) -> None:
     service.behaviour = "silent"
     honest, _, outputs = traces
-    with pytest.raises(NodeUnavailable, match="in time"):
+    with pytest.raises(NodeUnavailableError, match="in time"):
         Challenger(client, timeout=0.4).challenge("inference-4", "node-a", honest, outputs)
 
 
@@ -395,5 +395,5 @@ def test_a_coordinator_that_never_comes_back_is_bounded_by_the_deadline(
     challenger = Challenger(client, timeout=0.5)
     state = challenger.open("inference-10", "node-a", honest, outputs)
     service.away = 10**6
-    with pytest.raises(NodeUnavailable, match="did not come back"):
+    with pytest.raises(NodeUnavailableError, match="did not come back"):
         challenger.play(state, honest)

@@ -8,7 +8,7 @@ import pytest
 from veriml.client._requests import EPOCH_HEADER, check_epoch, epoch_header
 from veriml.coordinator.beacon import Epoch
 from veriml.coordinator.inference import RequestDraws
-from veriml.core.errors import Conflict, VerificationError
+from veriml.core.errors import ConflictError, VerificationError
 from veriml.protocol.draw import Draw
 
 SECRET = bytes(32)
@@ -46,6 +46,6 @@ def test_the_coordinator_draws_from_the_named_epoch_or_refuses() -> None:
     draws = RequestDraws(beacon=lambda: epoch, ledger=None)
     assert draws.draw("r-1") == epoch.draw("r-1")
     assert draws.draw("r-1", 3) == epoch.draw("r-1")
-    with pytest.raises(Conflict) as info:
+    with pytest.raises(ConflictError) as info:
         draws.draw("r-1", 9)
     assert info.value.evidence["current_epoch"] == 3

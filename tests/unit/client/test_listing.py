@@ -22,7 +22,7 @@ from veriml.client import AsyncClient, Client
 from veriml.client._publish import tar_size
 from veriml.client._pull import cached_model
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, LimitExceeded
+from veriml.core.errors import FormatError, LimitExceededError
 
 MODELS = 5
 
@@ -150,7 +150,7 @@ def test_a_server_that_pages_forever_or_stands_still_is_refused(
     with (
         serve(_nodes_server("forever", seen)) as url,
         Client(url, verify=False) as client,
-        pytest.raises(LimitExceeded),
+        pytest.raises(LimitExceededError),
     ):
         client.nodes()
     assert len(seen) == 4

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.client._publish import model_files, tar_stream
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 
 names = st.text("abcdefghij_-.", min_size=1, max_size=12).filter(lambda n: n not in (".", ".."))
 folders = st.dictionaries(
@@ -61,5 +61,5 @@ def test_the_stream_yields_bounded_chunks_for_a_large_file(tmp_path: Path) -> No
 def test_a_symlink_in_the_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "a").write_bytes(b"x")
     (tmp_path / "link").symlink_to(tmp_path / "a")
-    with pytest.raises(InvalidModel):
+    with pytest.raises(InvalidModelError):
         model_files(tmp_path)

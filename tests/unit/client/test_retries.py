@@ -25,12 +25,7 @@ from _proxy import flaky_proxy
 from _servers import serve
 from veriml.client import AsyncClient, ChatStream, Client
 from veriml.client._retry import Retries, RetryTransport, parse_retry_after
-from veriml.core.errors import (
-    FormatError,
-    NodeUnavailable,
-    NotFound,
-    VerificationError,
-)
+from veriml.core.errors import FormatError, NodeUnavailableError, NotFoundError, VerificationError
 from veriml.core.keys import generate_key
 from veriml.tlog.note import NoteSigner
 
@@ -135,7 +130,7 @@ def test_a_429_is_retried_only_when_it_says_when(scripted: tuple[Scripted, str])
     script.answers["/v1/nodes"] = [problem(429), ok({"nodes": []})]
     with client(url) as c:
         assert c.info() == INFO
-        with pytest.raises(NodeUnavailable) as caught:
+        with pytest.raises(NodeUnavailableError) as caught:
             c.nodes()
     assert caught.value.evidence["status"] == 429
     assert "rate limited" in caught.value.message
@@ -144,7 +139,12 @@ def test_a_429_is_retried_only_when_it_says_when(scripted: tuple[Scripted, str])
 
 @pytest.mark.parametrize(
     ("status", "error"),
-    [(400, FormatError), (403, VerificationError), (404, NotFound), (500, NodeUnavailable)],
+    [
+        (400, FormatError),
+        (403, VerificationError),
+        (404, NotFoundError),
+        (500, NodeUnavailableError),
+    ],
 )
 def test_other_errors_are_never_retried(
     scripted: tuple[Scripted, str], status: int, error: type[Exception]
@@ -162,7 +162,7 @@ def test_a_server_that_is_always_unavailable_fails_after_the_retries_with_its_er
     script, url = scripted
     script.answers["/v1/info"] = [problem(503, **{"Retry-After": "0"})]
     started = time.monotonic()
-    with client(url, retries=3) as c, pytest.raises(NodeUnavailable) as caught:
+    with client(url, retries=3) as c, pytest.raises(NodeUnavailableError) as caught:
         c.info()
     assert time.monotonic() - started < 5
     assert caught.value.evidence["status"] == 503
@@ -174,7 +174,7 @@ def test_retrying_stops_once_the_retry_time_is_spent(scripted: tuple[Scripted, s
     script, url = scripted
     script.answers["/v1/info"] = [problem(503)]  # no Retry-After: backoff, growing
     started = time.monotonic()
-    with client(url, retries=100, retry_timeout=1.0) as c, pytest.raises(NodeUnavailable):
+    with client(url, retries=100, retry_timeout=1.0) as c, pytest.raises(NodeUnavailableError):
         c.info()
     spent = time.monotonic() - started
     # No retry is decided on after 1 s; the last wait is at most 1.5 s (0.25 s doubling + 0.5).
@@ -188,7 +188,7 @@ def test_a_retry_after_beyond_the_retry_time_is_not_waited_out(
     script, url = scripted
     script.answers["/v1/info"] = [problem(503, **{"Retry-After": "3600"}), ok(INFO)]
     started = time.monotonic()
-    with client(url) as c, pytest.raises(NodeUnavailable):
+    with client(url) as c, pytest.raises(NodeUnavailableError):
         c.info()
     assert time.monotonic() - started < 1.0
     assert script.count("/v1/info") == 1
@@ -197,7 +197,7 @@ def test_a_retry_after_beyond_the_retry_time_is_not_waited_out(
 def test_retries_0_never_retries(scripted: tuple[Scripted, str]) -> None:
     script, url = scripted
     script.answers["/v1/info"] = [problem(503, **{"Retry-After": "0"}), ok(INFO)]
-    with client(url, retries=0) as c, pytest.raises(NodeUnavailable):
+    with client(url, retries=0) as c, pytest.raises(NodeUnavailableError):
         c.info()
     assert script.count("/v1/info") == 1
 
@@ -207,7 +207,7 @@ def test_a_post_without_an_idempotency_key_is_never_retried(
 ) -> None:
     script, url = scripted
     script.answers["/v1/ledger/stake"] = [problem(503, **{"Retry-After": "0"}), ok({})]
-    with client(url, key=generate_key("ed25519")) as c, pytest.raises(NodeUnavailable):
+    with client(url, key=generate_key("ed25519")) as c, pytest.raises(NodeUnavailableError):
         c.stake(5)
     assert script.count("/v1/ledger/stake") == 1
 
@@ -246,7 +246,7 @@ def test_a_coordinator_that_cannot_be_reached_fails_with_the_attempts_it_took() 
     with serve(FastAPI()) as url:
         pass  # a port nothing listens on any more
     started = time.monotonic()
-    with client(url, retries=2) as c, pytest.raises(NodeUnavailable) as caught:
+    with client(url, retries=2) as c, pytest.raises(NodeUnavailableError) as caught:
         c.info()
     assert time.monotonic() - started < 5
     assert "after 3 attempts" in caught.value.evidence["reason"]
@@ -281,7 +281,7 @@ def test_a_stream_is_retried_before_its_first_byte_and_never_after(
         assert isinstance(stream, ChatStream)
         pieces = iter(stream)
         assert next(pieces) == "Hel"  # shown before the break
-        with pytest.raises(NodeUnavailable):
+        with pytest.raises(NodeUnavailableError):
             next(pieces)
     assert script.count("/v1/chat/completions") == 2  # the 503 asked again; the break not
     keys = {h["idempotency-key"] for m, p, _, h in script.seen if p == "/v1/chat/completions"}

@@ -14,7 +14,7 @@ import pytest
 
 from veriml.client._children import Child, terminate
 from veriml.client._supervisor import RestartPolicy, Supervisor, exit_reason
-from veriml.core.errors import Conflict, FormatError
+from veriml.core.errors import ConflictError, FormatError
 
 SLEEP = [sys.executable, "-c", "import time; time.sleep(120)"]
 CRASH = [sys.executable, "-c", "raise SystemExit(3)"]
@@ -32,7 +32,7 @@ class FakeNetwork:
 
     def restart(self, child: Child) -> None:
         if child.name in self.refuse:
-            raise Conflict("port 1 of node is in use", port=1)
+            raise ConflictError("port 1 of node is in use", port=1)
         child.start({})
 
     def ready(self, child: Child) -> bool:

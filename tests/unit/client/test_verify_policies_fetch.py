@@ -14,7 +14,7 @@ from fastapi.responses import Response
 from _servers import serve
 from veriml.client import AsyncClient, Client
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatch, NotFound
+from veriml.core.errors import DigestMismatchError, NotFoundError
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest
 
 STORED = np.arange(12, dtype=np.float32).reshape(3, 4)
@@ -51,7 +51,7 @@ def test_a_stored_tensor_comes_back_equal(coordinator: str) -> None:
 
 def test_bytes_that_do_not_hash_to_the_digest_are_refused(coordinator: str) -> None:
     wanted = tensor_digest(STORED + np.float32(1))
-    with Client(coordinator, verify=False) as client, pytest.raises(DigestMismatch) as caught:
+    with Client(coordinator, verify=False) as client, pytest.raises(DigestMismatchError) as caught:
         client.tensor(wanted, inference="req-1")
     assert caught.value.check == "tensor"
     assert caught.value.evidence["expected"] == wanted
@@ -63,9 +63,9 @@ def test_the_async_client_checks_the_same_way(coordinator: str) -> None:
         async with AsyncClient(coordinator, verify=False) as client:
             got = await client.tensor(tensor_digest(STORED), inference="req-1")
             np.testing.assert_array_equal(got, STORED)
-            with pytest.raises(DigestMismatch):
+            with pytest.raises(DigestMismatchError):
                 await client.tensor(tensor_digest(STORED + np.float32(1)), inference="req-1")
-            with pytest.raises(NotFound):
+            with pytest.raises(NotFoundError):
                 await client.tensor(tensor_digest(OTHER), inference="req-1")
 
     asyncio.run(fetch())

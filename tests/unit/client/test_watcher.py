@@ -23,7 +23,7 @@ from _servers import serve
 from veriml.client import Client
 from veriml.client._watch import Watcher
 from veriml.client._watch_report import CheckedInference, WatchState, WatchSummary
-from veriml.core.errors import FormatError, LogInconsistency
+from veriml.core.errors import FormatError, LogInconsistencyError
 from veriml.core.keys import generate_key
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest
 from veriml.ledger.entries import InferenceEntry
@@ -217,7 +217,7 @@ def test_a_log_that_forked_or_shrank_since_the_last_run_is_refused(
     else:
         later = entries[:10]
     watcher = recording(client, publish(tmp_path / "log", later), sample=1.0, state=state)
-    with pytest.raises(LogInconsistency):
+    with pytest.raises(LogInconsistencyError):
         watcher.poll()
     assert watcher.checked_indexes == []
     assert WatchState.load(state).position == 20  # the state is kept, not overwritten

@@ -18,9 +18,10 @@ from veriml.coordinator.dispatch import JobRejected, JobSpec, dispatch, sign_job
 from veriml.coordinator.scheduler import Candidate, retryable
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import NodeUnavailable, SignatureError, VerificationError
+from veriml.core.errors import NodeUnavailableError, SignatureError, VerificationError
 from veriml.core.keys import generate_key
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 
 COORDINATOR = generate_key("ed25519")
 NODE = generate_key("ed25519")
@@ -133,19 +134,19 @@ def test_the_node_receives_the_signed_job_and_the_inputs() -> None:
 
 
 def test_an_unreachable_node_is_unavailable_and_retryable() -> None:
-    with pytest.raises(NodeUnavailable) as exc:
+    with pytest.raises(NodeUnavailableError) as exc:
         call(f"http://127.0.0.1:{free_port()}")
     assert retryable(exc.value)
 
 
 def test_a_node_that_does_not_answer_in_time_is_unavailable() -> None:
-    with serve(node(200, {}, delay=1)) as url, pytest.raises(NodeUnavailable, match="in time"):
+    with serve(node(200, {}, delay=1)) as url, pytest.raises(NodeUnavailableError, match="in time"):
         call(url, timeout=0.3)
 
 
 def test_a_busy_or_failing_node_is_unavailable_with_its_status_not_its_words() -> None:
     app = node(503, {"title": "x", "detail": "queue is full"})
-    with serve(app) as url, pytest.raises(NodeUnavailable) as exc:
+    with serve(app) as url, pytest.raises(NodeUnavailableError) as exc:
         call(url)
     assert exc.value.evidence["status"] == 503
     assert exc.value.evidence["detail"] == "node answered 503 Service Unavailable"

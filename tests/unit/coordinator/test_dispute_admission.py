@@ -16,7 +16,7 @@ from veriml.coordinator.dispute_admission import (
     check_challenge,
     check_window,
 )
-from veriml.core.errors import Conflict, PaymentRequired, SignatureError
+from veriml.core.errors import ConflictError, PaymentRequiredError, SignatureError
 from veriml.core.timestamps import format_time
 from veriml.protocol.accounts import LedgerRequest
 
@@ -69,7 +69,7 @@ def test_a_bond_is_the_challenger_s_own_signed_request_for_exactly_this_dispute(
     assert _check(_bond()) is not None
     assert _check(_bond(amount=0), bond=0) is not None  # no bond: still how it signs in
     for bond in (0, 10):
-        with pytest.raises(PaymentRequired, match="attach"):
+        with pytest.raises(PaymentRequiredError, match="attach"):
             _check(None, bond=bond)
     for wrong in (
         _bond(amount=9),
@@ -77,12 +77,12 @@ def test_a_bond_is_the_challenger_s_own_signed_request_for_exactly_this_dispute(
         _bond(node=account("acme-node-1").key_id),
         _bond(issued_at=_at(-600)),
     ):
-        with pytest.raises(PaymentRequired):
+        with pytest.raises(PaymentRequiredError):
             _check(wrong)
-    with pytest.raises(PaymentRequired):
+    with pytest.raises(PaymentRequiredError):
         _check({"payload": "not an envelope"})
     payment = LedgerRequest.signed(WATCHER, "payment", 10, issued_at=_at(0), request="req-1")
-    with pytest.raises(PaymentRequired):
+    with pytest.raises(PaymentRequiredError):
         _check(payment.to_json())
     with pytest.raises(SignatureError) as other:
         _check(_bond(key=ADMIN))  # signed by another key than the request's signer
@@ -93,15 +93,15 @@ def test_a_claim_is_opened_once_and_only_with_a_bond_the_balance_covers() -> Non
     state = ledger(node_entry(BOLT_NODE, BOLT), deposit(WATCHER, 15))  # the fold knows the node
     first = challenge("d-1", BOLT_NODE, WATCHER, bond=10)
     check_challenge(state, first)
-    with pytest.raises(Conflict, match="already disputed"):
+    with pytest.raises(ConflictError, match="already disputed"):
         check_challenge(state, first, opening={first.claim})  # one being opened now
     state.apply(first)
     again = challenge("d-2", BOLT_NODE, WATCHER, bond=0, outputs=dict(first.challenger["outputs"]))
-    with pytest.raises(Conflict, match="already disputed"):
+    with pytest.raises(ConflictError, match="already disputed"):
         check_challenge(state, again)
     poorer = challenge("d-3", BOLT_NODE, WATCHER, bond=10)
-    with pytest.raises(PaymentRequired, match="balance"):
+    with pytest.raises(PaymentRequiredError, match="balance"):
         check_challenge(state, poorer)
     unsigned = challenge("d-4", BOLT_NODE, WATCHER.key_id)  # an account that signed nothing
-    with pytest.raises(Conflict, match="signs its challenge"):
+    with pytest.raises(ConflictError, match="signs its challenge"):
         check_challenge(state, unsigned)

@@ -16,7 +16,7 @@ from veriml.coordinator.dispute_parties import Claim
 from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord, answered_at
 from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict
+from veriml.core.errors import ConflictError
 from veriml.core.keys import generate_key
 from veriml.core.receipt import TraceCommitment
 
@@ -97,7 +97,7 @@ def test_an_expired_lease_is_taken_over_and_a_live_one_is_not(engine: Engine) ->
 
 def test_one_claim_is_open_once_across_replicas(engine: Engine) -> None:
     DisputeStore(engine, owner="first", lease=60).insert(record("d-1"))
-    with pytest.raises(Conflict, match="already open"):
+    with pytest.raises(ConflictError, match="already open"):
         DisputeStore(engine, owner="second", lease=60).insert(record("d-2"))
     DisputeStore(engine, owner="second", lease=60).insert(record("d-3", claim=b"another"))
 

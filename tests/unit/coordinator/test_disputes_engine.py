@@ -37,7 +37,7 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, FormatError
+from veriml.core.errors import ConflictError, FormatError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import TraceCommitment
 from veriml.core.tensors import tensor_digest, tensor_to_json
@@ -526,7 +526,7 @@ def test_a_remote_challenger_moves_by_submissions_and_wins(
             assert run.to_json()["deadline"] is not None
             if "index" in query:
                 i = query["index"]
-                with pytest.raises(Conflict):  # another index than the one asked
+                with pytest.raises(ConflictError):  # another index than the one asked
                     await svc.submit(run, reveal={"index": i + 1, "entry": {}, "proof": []})
                 body = {
                     "index": i,
@@ -572,7 +572,7 @@ def test_a_remote_challenger_that_stops_answering_loses_and_the_engine_moves_on(
     assert run.winner == "defendant"
     assert run.result is not None
     assert run.result["reason"] == "timeout"
-    with pytest.raises(Conflict):
+    with pytest.raises(ConflictError):
         asyncio.run(service(model, book).submit(run, reveal={"index": 0}))
 
 
@@ -877,7 +877,7 @@ def test_a_receipt_is_disputed_once_per_claim(
     assert first.winner == "defendant"
     size = log.size
     defendant, challenger = parties()
-    with pytest.raises(Conflict, match="already disputed"):
+    with pytest.raises(ConflictError, match="already disputed"):
         dispute(svc, defendant, challenger, receipt=receipt, digest=digest, inputs=inputs)
     assert log.size == size
     assert defendant.asked == challenger.asked == []  # refused before any move

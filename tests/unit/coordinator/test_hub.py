@@ -294,7 +294,7 @@ def test_invalid_model_is_400(tmp_path: Path, hub: tuple[str, object], model: Si
     info = tarfile.TarInfo("model.onnx")
     info.size = 4
     problem = _problem(model.post(url, tar_members((info, b"junk"))), 400)
-    assert problem["error"] == "InvalidModel"
+    assert problem["error"] == "InvalidModelError"
 
 
 def test_blob_ranges_follow_rfc_9110(hub: tuple[str, object], model: SignedModel) -> None:

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from veriml.coordinator.archive import ArchiveLimits, extract_tar
 from veriml.coordinator.hub import RangeNotSatisfiable, parse_range
-from veriml.core.errors import FormatError, LimitExceeded
+from veriml.core.errors import FormatError, LimitExceededError
 
 LIMITS = ArchiveLimits(max_bytes=1 << 20, max_files=100, max_depth=8)
 _name = st.text(alphabet="abcdefgh0123456789_-.", min_size=1, max_size=8).filter(
@@ -67,7 +67,7 @@ def test_a_compressed_archive_cannot_expand_past_the_limit(tmp_path: Path) -> No
         info.size = 4 << 20
         archive.addfile(info, io.BytesIO(bytes(info.size)))
     assert len(buf.getvalue()) < LIMITS.max_bytes  # small on the wire
-    with pytest.raises(LimitExceeded):
+    with pytest.raises(LimitExceededError):
         _extract(buf.getvalue(), tmp_path)
 
 
@@ -121,7 +121,7 @@ def test_an_oversized_extended_header_is_refused_before_it_is_read(
     info.type = kind
     info.size = 16 << 20
     source = _Counting(info.tobuf(format=tarfile.GNU_FORMAT) + b"a" * (16 << 20))
-    with pytest.raises(LimitExceeded, match="extended header") as refused:
+    with pytest.raises(LimitExceededError, match="extended header") as refused:
         extract_tar(source, tmp_path, LIMITS)
     assert refused.value.evidence["size"] == 16 << 20
     assert source.read_bytes < 1 << 20  # the header's 16 MB were never read
@@ -167,7 +167,7 @@ def test_an_archive_that_expands_beyond_the_ratio_is_refused(tmp_path: Path, mod
     limits = ArchiveLimits(
         max_bytes=64 << 20, max_files=10, max_depth=4, max_ratio=20, ratio_floor=1 << 20
     )
-    with pytest.raises(LimitExceeded, match="compression ratio"):
+    with pytest.raises(LimitExceededError, match="compression ratio"):
         extract_tar(io.BytesIO(buf.getvalue()), tmp_path, limits)
     # The same archive within a generous ratio is extracted whole.
     generous = ArchiveLimits(max_bytes=64 << 20, max_files=10, max_depth=4)

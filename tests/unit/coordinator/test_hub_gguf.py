@@ -15,7 +15,7 @@ from fastapi import FastAPI
 from _coordinator import SignedModel, make_signed_model, running_coordinator, tar_folder
 from _llm import gguf_bytes, make_smollm2_folder
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.core.keys import generate_key
 from veriml.ledger.entries import ModelEntry, parse_entry
 from veriml.models import sign_model
@@ -138,7 +138,7 @@ def test_the_service_checks_out_either_kind(
     assert isinstance(package, LLMPackage)
     assert package.digest.to_text() == record["digest"]
     assert package.gguf_path.read_bytes()[:4] == b"GGUF"
-    with pytest.raises(InvalidModel):
+    with pytest.raises(InvalidModelError):
         service.onnx_package(package.digest)
     mlp = Digest.from_text(httpx.get(url + "/v1/models/mlp@1.0.0").json()["digest"])
     assert isinstance(service.onnx_package(mlp), ModelPackage)

@@ -41,11 +41,11 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
-    Conflict,
-    InvalidInput,
-    InvalidTensor,
-    NodeUnavailable,
-    NotFound,
+    ConflictError,
+    InvalidInputError,
+    InvalidTensorError,
+    NodeUnavailableError,
+    NotFoundError,
     VerificationError,
 )
 from veriml.core.keys import SigningKey, VerifyingKey, generate_key
@@ -54,7 +54,7 @@ from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
 from veriml.ledger.entries import InferenceEntry, parse_entry
 from veriml.models import ModelPackage
 from veriml.models.examples import build_mlp, write_example_folder
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.runtime import Runner, RunResult, canonical_request
 from veriml.tlog import NoteVerifier, leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions
@@ -188,7 +188,7 @@ def run_network(
     def resolve(ref: str) -> ResolvedModel:
         if ref in ("mlp", "mlp@1.0.0", package.digest.to_text()):
             return model
-        raise NotFound("no such model", model=ref)
+        raise NotFoundError("no such model", model=ref)
 
     with contextlib.ExitStack() as stack:
         for node in nodes:
@@ -351,7 +351,7 @@ def test_when_every_node_fails_nothing_is_logged(
     nodes = [FakeNode("op-a", "dies"), FakeNode("op-b", "forged")]
 
     async def body(net: Network) -> None:
-        with pytest.raises(NodeUnavailable) as exc:
+        with pytest.raises(NodeUnavailableError) as exc:
             await net.service.create({"model": "mlp", "inputs": INPUTS, "policy": "none"})
         assert "verified receipt" in str(exc.value)
         assert net.log.size == 0
@@ -392,13 +392,13 @@ def test_a_node_that_refuses_the_job_fails_the_request_with_its_status_not_its_w
 @pytest.mark.parametrize(
     ("inputs", "error", "named"),
     [
-        ({"x": {"dtype": "float32", "shape": [2, 8], "data": [1.0]}}, InvalidTensor, "'x'"),
-        ({"x": {"dtype": "float32", "shape": [2, 8]}}, InvalidTensor, "'x'"),
-        ({"x": tensor_to_json(np.zeros((2, 5), np.float32))}, InvalidInput, "'x'"),
-        ({"x": tensor_to_json(np.zeros((2, 8), np.float64))}, InvalidInput, "'x'"),
-        ({"y": tensor_to_json(X)}, InvalidInput, "y"),
-        ({}, InvalidInput, "x"),
-        ([1, 2], InvalidTensor, "inputs"),
+        ({"x": {"dtype": "float32", "shape": [2, 8], "data": [1.0]}}, InvalidTensorError, "'x'"),
+        ({"x": {"dtype": "float32", "shape": [2, 8]}}, InvalidTensorError, "'x'"),
+        ({"x": tensor_to_json(np.zeros((2, 5), np.float32))}, InvalidInputError, "'x'"),
+        ({"x": tensor_to_json(np.zeros((2, 8), np.float64))}, InvalidInputError, "'x'"),
+        ({"y": tensor_to_json(X)}, InvalidInputError, "y"),
+        ({}, InvalidInputError, "x"),
+        ([1, 2], InvalidTensorError, "inputs"),
     ],
 )
 def test_bad_inputs_are_refused_naming_the_input_before_any_node_is_asked(
@@ -427,7 +427,7 @@ def test_not_enough_distinct_operators_is_unavailable_and_nothing_runs(
     nodes = [FakeNode("op-a"), FakeNode("op-a"), FakeNode("op-b")]
 
     async def body(net: Network) -> None:
-        with pytest.raises(NodeUnavailable) as exc:
+        with pytest.raises(NodeUnavailableError) as exc:
             await net.service.create({"model": "mlp", "inputs": INPUTS, "policy": "quorum:3/2"})
         assert exc.value.evidence["needed"] == 3
         assert exc.value.evidence["available"] == 2
@@ -441,9 +441,9 @@ def test_unknown_models_and_inferences_are_not_found(
     tmp_path: Path, package: ModelPackage, runner: Runner
 ) -> None:
     async def body(net: Network) -> None:
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             await net.service.create({"model": "nope", "inputs": INPUTS})
-        with pytest.raises(NotFound):
+        with pytest.raises(NotFoundError):
             await net.service.get("no-such-id")
 
     run_network(tmp_path, package, runner, [FakeNode("op-a")], body)
@@ -465,7 +465,7 @@ def test_an_idempotency_key_answers_a_retry_from_storage_without_logging_again(
         assert len(nodes[0].jobs) == 1
         assert logged_inferences(net) == 1
         other = {"model": "mlp", "inputs": {"x": tensor_to_json(X * 2)}}
-        with pytest.raises(Conflict):
+        with pytest.raises(ConflictError):
             await net.service.create(other, idempotency_key="order-42")
         with net.engine.connect() as conn:
             rows = conn.execute(sa.select(db.inferences.c.id, db.inferences.c.log_index)).all()

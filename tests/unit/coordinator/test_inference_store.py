@@ -22,7 +22,7 @@ from veriml.coordinator.inference_store import (
     StoredInference,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, NotFound
+from veriml.core.errors import ConflictError, NotFoundError
 from veriml.core.keys import generate_key
 from veriml.tlog import leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions
@@ -105,7 +105,7 @@ def test_a_reserved_id_is_a_conflict_for_that_answer_only(
         return [first, *await asyncio.gather(*again, return_exceptions=True)]
 
     first, duplicate, other = asyncio.run(main())
-    assert isinstance(duplicate, Conflict)
+    assert isinstance(duplicate, ConflictError)
     assert isinstance(other, PendingInference)
     assert inferences.get("same") == (Digest.of(b"same"), dict(first.response))
     assert inferences.get("missing") is None
@@ -135,7 +135,7 @@ def test_a_pending_row_not_logged_is_left_to_its_owner_until_its_claim_expires(
     inferences, log, _ = store
     asyncio.run(inferences.reserve(pending("unlogged", 3)))
     size = log.size
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         inferences.recover("unlogged")
     assert inferences.recover_all() == 0
     assert log.size == size

@@ -22,7 +22,7 @@ from veriml.coordinator.ledger import LedgerBook, TensorStore
 from veriml.coordinator.problems import status_for
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Signature, pae
-from veriml.core.errors import NotFound, PaymentRequired
+from veriml.core.errors import NotFoundError, PaymentRequiredError
 from veriml.core.keys import SigningKey, generate_key, load_private_key
 from veriml.core.tensors import canonical_tensor_bytes, tensor_digest, tensor_from_canonical
 from veriml.core.timestamps import format_time, parse_time
@@ -232,8 +232,8 @@ def test_a_coordinator_that_charges_fees_wants_a_signed_payment_that_covers_them
     covering = LedgerRequest.signed(client, "payment", 4, request="req-1")
     book.check_payment(client.key_id, covering, "req-1", jobs=2)  # 2 jobs x 2: covered
 
-    def refused(*args: Any, **kwargs: Any) -> PaymentRequired:
-        with pytest.raises(PaymentRequired) as info:
+    def refused(*args: Any, **kwargs: Any) -> PaymentRequiredError:
+        with pytest.raises(PaymentRequiredError) as info:
             book.check_payment(*args, **kwargs)
         assert status_for(info.value) == 402
         return info.value
@@ -309,5 +309,5 @@ def test_tensors_are_stored_by_digest_apart_from_the_hubs_blobs(
     assert httpx.get(url + f"/v1/tensors/{digests['x'].to_text()}").status_code == 404
     # A blob that is not a tensor (a model file, say) is not one.
     other = BlobStore(str(tmp_path / "home" / "coordinator" / "blobs")).put_bytes(b"weights")
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         store.get_bytes(other)

@@ -15,16 +15,16 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    canonical_request,
     completion_output_digest,
     sampling_of,
     sign_completion,
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatch, SignatureError, VerificationError
+from veriml.core.errors import DigestMismatchError, SignatureError, VerificationError
 from veriml.core.keys import SigningKey, generate_key
-from veriml.protocol.messages import PrefillCheck, sign_prefill_check
+from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 
 MODEL = Digest.of(b"model")
 CANONICAL = canonical_request(
@@ -139,7 +139,7 @@ def test_returned_tokens_or_content_that_differ_from_the_signed_digests_are_refu
 ) -> None:
     key = generate_key("ed25519")
     result = _result(key) | {member: value}
-    with pytest.raises(DigestMismatch) as caught:
+    with pytest.raises(DigestMismatchError) as caught:
         check_answer(result, _node(key), key.public, JOB)
     assert caught.value.check == check
 

@@ -7,12 +7,12 @@ import pytest
 from veriml.coordinator.dispatch import JobRejected
 from veriml.coordinator.openai_errors import NodeRefused, openai_error
 from veriml.core.errors import (
-    Conflict,
+    ConflictError,
     Error,
     FormatError,
-    LimitExceeded,
-    NodeUnavailable,
-    NotFound,
+    LimitExceededError,
+    NodeUnavailableError,
+    NotFoundError,
     SignatureError,
     VerificationError,
 )
@@ -25,21 +25,21 @@ def _refused(status: int, **problem: object) -> NodeRefused:
 @pytest.mark.parametrize(
     ("error", "status", "kind", "param", "code"),
     [
-        (NotFound("no such model", model="nope"), 404, "invalid_request_error", "model",
+        (NotFoundError("no such model", model="nope"), 404, "invalid_request_error", "model",
          "model_not_found"),
         (FormatError("temperature must be >= 0", param="temperature"), 400,
          "invalid_request_error", "temperature", None),
         (FormatError("not JSON"), 400, "invalid_request_error", None, None),
-        (LimitExceeded("prompt too long", param="messages"), 400, "invalid_request_error",
+        (LimitExceededError("prompt too long", param="messages"), 400, "invalid_request_error",
          "messages", "context_length_exceeded"),
-        (LimitExceeded("too many tokens", param="max_tokens"), 400, "invalid_request_error",
+        (LimitExceededError("too many tokens", param="max_tokens"), 400, "invalid_request_error",
          "max_tokens", "max_tokens_exceeded"),
-        (LimitExceeded("body too large", limit=10), 413, "invalid_request_error", None,
+        (LimitExceededError("body too large", limit=10), 413, "invalid_request_error", None,
          "request_too_large"),
         (SignatureError("bad", check="request-signature"), 403, "permission_error", None,
          "invalid_signature"),
-        (Conflict("balance too low"), 409, "invalid_request_error", None, "conflict"),
-        (NodeUnavailable("no nodes"), 503, "service_unavailable_error", None,
+        (ConflictError("balance too low"), 409, "invalid_request_error", None, "conflict"),
+        (NodeUnavailableError("no nodes"), 503, "service_unavailable_error", None,
          "no_nodes_available"),
         (VerificationError("bad receipt", check="output"), 502, "upstream_error", None,
          "verification_failed"),
@@ -63,7 +63,9 @@ def test_each_error_has_its_status_type_param_and_code(
 
 
 def test_a_node_refusing_an_overlong_prompt_is_the_clients_context_overflow() -> None:
-    refusal = _refused(413, error="LimitExceeded", param="messages", detail="prompt: 3000 > 2048")
+    refusal = _refused(
+        413, error="LimitExceededError", param="messages", detail="prompt: 3000 > 2048"
+    )
     status, body = openai_error(refusal)
     assert status == 400
     assert body["error"]["code"] == "context_length_exceeded"

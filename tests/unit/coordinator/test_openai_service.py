@@ -45,7 +45,6 @@ from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    check_canonical,
     completion_output_digest,
     sampling_of,
     sign_completion,
@@ -53,12 +52,14 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Conflict, NodeUnavailable, NotFound
+from veriml.core.errors import ConflictError, NodeUnavailableError, NotFoundError
 from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger.entries import InferenceEntry, parse_entry
 from veriml.protocol.accounts import LedgerRequest
-from veriml.protocol.messages import Job, PrefillCheck, sign_prefill_check
+from veriml.protocol.jobs import Job
+from veriml.protocol.openai_requests import check_canonical
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 from veriml.tlog import NoteVerifier, leaf_hash, open_checkpoint, verify_inclusion
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.note import NoteSigner
@@ -189,7 +190,7 @@ def node_app(node: FakeNode, coordinator: VerifyingKey) -> FastAPI:
             return StreamingResponse(failing(), media_type="application/x-ndjson")
         if node.behaviour == "overflow":
             problem = {"status": 413, "detail": "prompt is 9000 tokens, context 2048"}
-            problem |= {"error": "LimitExceeded", "param": "messages"}
+            problem |= {"error": "LimitExceededError", "param": "messages"}
             return JSONResponse(problem, status_code=413)
         result, tokens = node.complete(job, canonical)
         if "ndjson" not in request.headers.get("accept", ""):
@@ -228,7 +229,7 @@ def run_network(
     def resolve(ref: str) -> LLMModel:
         if ref in ("tiny", MODEL.to_text()):
             return LLMModel(MODEL, context_length=64)
-        raise NotFound("no such model", model=ref)
+        raise NotFoundError("no such model", model=ref)
 
     with contextlib.ExitStack() as stack:
         for node in nodes:
@@ -359,7 +360,7 @@ def test_a_node_refusing_an_overlong_prompt_is_the_clients_400(tmp_path: Path) -
 
 def test_no_llm_node_is_a_503_before_anything_runs(tmp_path: Path) -> None:
     async def body(net: Network) -> None:
-        with pytest.raises(NodeUnavailable):
+        with pytest.raises(NodeUnavailableError):
             await net.service.prepare("chat.completion", CHAT, policy="quorum:2/2")
 
     run_network(tmp_path, [FakeNode("op-a")], body)
@@ -585,7 +586,7 @@ def test_a_retried_idempotency_key_gets_the_stored_answer_without_running_again(
         assert again.answer.completion_tokens == first.answer.completion_tokens
         assert len(nodes[0].jobs) == 1
         assert net.log.size == 1
-        with pytest.raises(Conflict):
+        with pytest.raises(ConflictError):
             await net.service.create(
                 "chat.completion", CHAT | {"max_tokens": 3}, request_id="retry-1"
             )
@@ -639,7 +640,7 @@ def test_a_coordinator_that_charges_fees_runs_nothing_without_a_payment_that_cov
 ) -> None:
     """With fees (``fee_per_job`` > 0) a request must be signed and carry its signer's signed
     payment for this request (``X-Veriml-Payment``), from a balance that covers every node's
-    fee: else 402 (PaymentRequired, docs/ledger.md), before any node runs."""
+    fee: else 402 (PaymentRequiredError, docs/ledger.md), before any node runs."""
     url, _, nodes = coordinator
     client = generate_key("ed25519")
     raw = json.dumps(CHAT).encode()

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from veriml.coordinator.scheduler import Candidate, draw_order, eligible, gather, pick
 from veriml.core.digest import Digest
-from veriml.core.errors import ExecutionError, NodeUnavailable, SignatureError
+from veriml.core.errors import ExecutionError, NodeUnavailableError, SignatureError
 from veriml.protocol.draw import draw_secret
 
 MODEL = Digest.of(b"model")
@@ -318,7 +318,7 @@ def run_gather(
 
 def test_a_node_that_fails_is_replaced_by_a_spare() -> None:
     a, b, spare = node("a"), node("b"), node("s")
-    down = NodeUnavailable("down")
+    down = NodeUnavailableError("down")
     answers, failed, _ = run_gather([a, b], [spare], {a.node_id: down})
     assert sorted(answers) == sorted([b.node_id, spare.node_id])
     assert failed == [a.node_id]
@@ -333,7 +333,7 @@ def test_a_bad_receipt_is_retried_elsewhere() -> None:
 def test_a_replacement_never_shares_an_operator_with_a_running_slot() -> None:
     a, b = node("a", "acme"), node("b", "bolt")
     same_as_b = node("b2", "bolt")
-    answers, _, asked = run_gather([a, b], [same_as_b], {a.node_id: NodeUnavailable("down")})
+    answers, _, asked = run_gather([a, b], [same_as_b], {a.node_id: NodeUnavailableError("down")})
     assert answers == [b.node_id]
     assert same_as_b.node_id not in asked
 
@@ -341,7 +341,7 @@ def test_a_replacement_never_shares_an_operator_with_a_running_slot() -> None:
 def test_slots_stop_after_their_attempts() -> None:
     first = node("a")
     spares = [node(f"s{i}") for i in range(5)]
-    everyone_down = {c.node_id: NodeUnavailable("down") for c in [first, *spares]}
+    everyone_down = {c.node_id: NodeUnavailableError("down") for c in [first, *spares]}
     answers, failed, asked = run_gather([first], spares, everyone_down, attempts=3)
     assert answers == []
     assert len(asked) == 3 == len(failed)

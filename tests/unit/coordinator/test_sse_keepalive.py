@@ -31,7 +31,7 @@ from veriml.client import ChatStream, Client
 from veriml.coordinator.completions import CompletionService, LLMModel
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.protocol.sse import SSEReader
 
 KEEPALIVE = 0.2

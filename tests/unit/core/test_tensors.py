@@ -17,7 +17,7 @@ from veriml.core import (
     tensor_to_json,
     tensor_to_npy,
 )
-from veriml.core.errors import InvalidTensor
+from veriml.core.errors import InvalidTensorError
 from veriml.core.tensors import SUPPORTED_DTYPES
 
 
@@ -94,7 +94,7 @@ def test_non_finite_floats_are_written_as_b64() -> None:
 def test_malformed_json_tensors_are_rejected_with_a_reason(
     obj: dict[str, object], match: str
 ) -> None:
-    with pytest.raises(InvalidTensor, match=match):
+    with pytest.raises(InvalidTensorError, match=match):
         tensor_from_json(obj)
 
 
@@ -104,7 +104,7 @@ def test_npy_header_is_checked_before_allocation() -> None:
     np.lib.format.write_array_header_1_0(
         buf, {"descr": "<f4", "fortran_order": False, "shape": (1 << 40,)}
     )
-    with pytest.raises(InvalidTensor, match="limit"):
+    with pytest.raises(InvalidTensorError, match="limit"):
         tensor_from_npy(buf.getvalue() + b"\x00" * 16)
 
 
@@ -113,12 +113,12 @@ def test_npy_header_is_checked_before_allocation() -> None:
     [b"", b"\x93NUMPY", tensor_to_npy(np.zeros(4, np.float32))[:-3], b"PK\x03\x04"],
 )
 def test_truncated_or_foreign_npy_is_rejected(data: bytes) -> None:
-    with pytest.raises(InvalidTensor):
+    with pytest.raises(InvalidTensorError):
         tensor_from_npy(data)
 
 
 def test_object_arrays_are_refused() -> None:
     buf = io.BytesIO()
     np.save(buf, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(InvalidTensor):
+    with pytest.raises(InvalidTensorError):
         tensor_from_npy(buf.getvalue())

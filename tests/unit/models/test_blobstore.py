@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from veriml.core import Digest
 from veriml.core.digest import CHUNK_SIZE
-from veriml.core.errors import DigestMismatch, InvalidModel, StorageError
+from veriml.core.errors import DigestMismatchError, InvalidModelError, StorageError
 from veriml.models import BlobRef, BlobStore
 
 
@@ -89,12 +89,12 @@ def test_a_corrupted_blob_fails_on_read(tmp_path: Path) -> None:
     store = BlobStore(str(tmp_path))
     digest = store.put_bytes(b"original")
     Path(store.path(digest)).write_bytes(b"tampered")
-    with pytest.raises(DigestMismatch) as info:
+    with pytest.raises(DigestMismatchError) as info:
         store.cat(digest)
     assert info.value.expected == digest
     with store.open(digest) as reader:
         assert reader.read(3) == b"tam"
-        with pytest.raises(DigestMismatch):
+        with pytest.raises(DigestMismatchError):
             reader.read()
 
 
@@ -125,7 +125,7 @@ def test_folders_round_trip_through_a_manifest(tmp_path: Path) -> None:
 def test_a_manifest_cannot_write_outside_the_destination(tmp_path: Path, name: str) -> None:
     store = memory_store()
     ref = BlobRef(store.put_bytes(b"payload"), 7)
-    with pytest.raises(InvalidModel, match="escapes"):
+    with pytest.raises(InvalidModelError, match="escapes"):
         store.get_folder({name: ref}, tmp_path / "dst")
     assert not (tmp_path / "escape").exists()
 
@@ -133,7 +133,7 @@ def test_a_manifest_cannot_write_outside_the_destination(tmp_path: Path, name: s
 def test_put_folder_refuses_symlinks(tmp_path: Path) -> None:
     (tmp_path / "m").mkdir()
     (tmp_path / "m" / "link").symlink_to("/etc/hostname")
-    with pytest.raises(InvalidModel, match="symlink"):
+    with pytest.raises(InvalidModelError, match="symlink"):
         memory_store().put_folder(tmp_path / "m")
 
 
@@ -152,6 +152,6 @@ def test_a_corrupted_blob_is_not_left_in_a_restored_folder(tmp_path: Path) -> No
     store = BlobStore(str(tmp_path / "store"))
     digest = store.put_bytes(b"original")
     Path(store.path(digest)).write_bytes(b"tampered")
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatchError):
         store.get_folder({"model.onnx": BlobRef(digest, 8)}, tmp_path / "dst")
     assert not (tmp_path / "dst" / "model.onnx").exists()

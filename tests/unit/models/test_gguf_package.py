@@ -11,7 +11,7 @@ import pytest
 from model_builders import write_model_folder
 
 from _llm import gguf_bytes, smollm2_folder, smollm2_package  # noqa: F401
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models import LLMPackage, ModelPackage, load_package, model_digest
 from veriml.models.examples import smollm2_gguf
 from veriml.models.gguf import GGML_TYPE_SIZES, MAX_TENSORS, read_gguf_info
@@ -66,7 +66,7 @@ def test_vocab_size_key_wins_over_token_count(tmp_path: Path) -> None:
 @pytest.mark.parametrize("cut", [0, 3, 10, 23, 40, 120, -1])
 def test_truncated_gguf_is_invalid(tmp_path: Path, cut: int) -> None:
     data = gguf_bytes()
-    with pytest.raises(InvalidModel, match="truncated"):
+    with pytest.raises(InvalidModelError, match="truncated"):
         LLMPackage.load(_folder(tmp_path, data[:cut]))
 
 
@@ -76,25 +76,25 @@ def test_truncated_smollm2_is_invalid(tmp_path: Path) -> None:
     folder.mkdir()
     with source.open("rb") as f:
         (folder / "model.gguf").write_bytes(f.read(source.stat().st_size - 4096))
-    with pytest.raises(InvalidModel, match="tensor data runs past the end") as info:
+    with pytest.raises(InvalidModelError, match="tensor data runs past the end") as info:
         LLMPackage.load(folder)
     assert info.value.evidence["path"].endswith("model.gguf")
 
 
 def test_garbage_is_not_gguf(tmp_path: Path) -> None:
-    with pytest.raises(InvalidModel, match="magic"):
+    with pytest.raises(InvalidModelError, match="magic"):
         LLMPackage.load(_folder(tmp_path, b"PK\x03\x04" + bytes(range(256)) * 4))
 
 
 def test_unsupported_version(tmp_path: Path) -> None:
-    with pytest.raises(InvalidModel, match="version") as info:
+    with pytest.raises(InvalidModelError, match="version") as info:
         LLMPackage.load(_folder(tmp_path, gguf_bytes(version=1)))
     assert info.value.evidence["version"] == 1
 
 
 def test_huge_counts_are_refused_before_any_allocation(tmp_path: Path) -> None:
     header = b"GGUF" + struct.pack("<IQQ", 3, 2**60, 2**61) + b"\0" * 64
-    with pytest.raises(InvalidModel, match="header counts") as info:
+    with pytest.raises(InvalidModelError, match="header counts") as info:
         read_gguf_info(_folder(tmp_path, header) / "model.gguf")
     assert info.value.evidence["tensor_count"] == 2**60
 
@@ -104,7 +104,7 @@ def test_a_tensor_count_the_file_could_hold_is_still_bounded(tmp_path: Path) -> 
     # own the parser would build a list per tensor; the count is refused before the tables.
     count = MAX_TENSORS + 1
     header = b"GGUF" + struct.pack("<IQQ", 3, count, 0) + b"\0" * (count * 29)
-    with pytest.raises(InvalidModel, match="header counts") as info:
+    with pytest.raises(InvalidModelError, match="header counts") as info:
         read_gguf_info(_folder(tmp_path, header) / "model.gguf")
     assert info.value.evidence["limit"] == MAX_TENSORS
 
@@ -114,7 +114,7 @@ def test_huge_string_array_is_refused(tmp_path: Path) -> None:
     # tokenizer.ggml.tokens: patch its count (after the key, type 9, item type 8) to 2^40.
     at = data.index(b"tokenizer.ggml.tokens") + len("tokenizer.ggml.tokens") + 8
     data[at : at + 8] = struct.pack("<Q", 2**40)
-    with pytest.raises(InvalidModel, match=r"tokenizer\.ggml\.tokens items"):
+    with pytest.raises(InvalidModelError, match=r"tokenizer\.ggml\.tokens items"):
         read_gguf_info(_folder(tmp_path, bytes(data)) / "model.gguf")
 
 
@@ -122,12 +122,12 @@ def test_unknown_tensor_type_is_refused(tmp_path: Path) -> None:
     data = bytearray(gguf_bytes(tensors=(("w", (8, 4), 0),)))
     at = data.index(b"\x01\x00\x00\x00\x00\x00\x00\x00w") + 9 + 4 + 16  # name, n_dims, dims
     data[at : at + 4] = struct.pack("<I", 4)  # Q4_2: removed from ggml
-    with pytest.raises(InvalidModel, match="tensor type is unknown"):
+    with pytest.raises(InvalidModelError, match="tensor type is unknown"):
         read_gguf_info(_folder(tmp_path, bytes(data)) / "model.gguf")
 
 
 def test_missing_architecture_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(InvalidModel, match=r"general\.architecture"):
+    with pytest.raises(InvalidModelError, match=r"general\.architecture"):
         LLMPackage.load(_folder(tmp_path, gguf_bytes({"general.architecture": ""})))
 
 
@@ -154,7 +154,7 @@ def test_chat_template_file_overrides_metadata(tmp_path: Path) -> None:
 def test_several_gguf_files_need_a_main_one(tmp_path: Path) -> None:
     folder = _folder(tmp_path, gguf_bytes(), "a.gguf")
     (folder / "b.gguf").write_bytes(gguf_bytes())
-    with pytest.raises(InvalidModel, match="several"):
+    with pytest.raises(InvalidModelError, match="several"):
         LLMPackage.load(folder)
     (folder / "model.gguf").write_bytes(gguf_bytes())
     assert LLMPackage.load(folder).gguf_path.name == "model.gguf"
@@ -169,5 +169,5 @@ def test_load_package_dispatches_on_contents(tmp_path: Path) -> None:
     assert isinstance(onnx, ModelPackage)
     assert onnx.kind == "onnx"
     shutil.copy(gguf.gguf_path, onnx_folder / "model.gguf")
-    with pytest.raises(InvalidModel, match="both"):
+    with pytest.raises(InvalidModelError, match="both"):
         load_package(onnx_folder)

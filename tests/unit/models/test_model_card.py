@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.core import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models import ModelCard
 
 PARENT = "sha256:" + "ab" * 32
@@ -68,7 +68,7 @@ def test_a_readme_without_front_matter_has_no_card(tmp_path: Path) -> None:
 def test_invalid_fields_are_named(tmp_path: Path, front: str, field: str) -> None:
     readme = tmp_path / "README.md"
     readme.write_text(f"---\n{front}\n---\n")
-    with pytest.raises(InvalidModel) as info:
+    with pytest.raises(InvalidModelError) as info:
         ModelCard.from_file(readme)
     assert info.value.evidence["path"] == str(readme)
     assert info.value.evidence["field"] == field
@@ -84,7 +84,7 @@ def test_invalid_fields_are_named(tmp_path: Path, front: str, field: str) -> Non
     ],
 )
 def test_malformed_front_matter_is_refused(text: str, reason: str) -> None:
-    with pytest.raises(InvalidModel, match=reason):
+    with pytest.raises(InvalidModelError, match=reason):
         ModelCard.from_text(text)
 
 
@@ -98,10 +98,10 @@ def _laughs(depth: int) -> str:
 
 def test_an_alias_is_refused_before_anything_expands() -> None:
     # Nine levels are 10^9 nodes once constructed; refused while composing, before that.
-    with pytest.raises(InvalidModel, match="not valid YAML") as info:
+    with pytest.raises(InvalidModelError, match="not valid YAML") as info:
         ModelCard.from_text(_laughs(9))
     assert "aliases" in str(info.value.evidence["reason"])
-    with pytest.raises(InvalidModel, match="not valid YAML"):
+    with pytest.raises(InvalidModelError, match="not valid YAML"):
         ModelCard.from_text("---\nname: &n x\nversion: *n\n---\n")
 
 
@@ -113,7 +113,7 @@ def test_an_anchor_without_an_alias_is_harmless() -> None:
 
 def test_deep_nesting_is_refused_not_a_recursion_error() -> None:
     deep = "---\nname: x\ntags: " + "[" * 5000 + "]" * 5000 + "\n---\n"
-    with pytest.raises(InvalidModel, match="not valid YAML") as info:
+    with pytest.raises(InvalidModelError, match="not valid YAML") as info:
         ModelCard.from_text(deep)
     assert "nesting" in str(info.value.evidence["reason"])
     ok = "---\nname: x\ntags: " + "[" * 32 + "]" * 32 + "\n---\n"

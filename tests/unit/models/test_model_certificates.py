@@ -12,7 +12,7 @@ from model_builders import certificate_chain
 from model_signing import hashing as ms_hashing
 from model_signing import signing as ms_signing
 
-from veriml.core.errors import DigestMismatch, KeyFileError, SignatureError
+from veriml.core.errors import DigestMismatchError, KeyFileError, SignatureError
 from veriml.models import model_digest, sign_model, verify_model_certificate
 
 
@@ -75,7 +75,7 @@ def test_a_modified_file_fails_and_roots_are_required(model_dir: Path, tmp_path:
     root, cert, key = certificate_chain(tmp_path / "pki")
     sign_with_certificate(model_dir, cert, key, root)
     (model_dir / "README.md").write_text("---\nname: changed\n---\n")
-    with pytest.raises(DigestMismatch, match="README"):
+    with pytest.raises(DigestMismatchError, match="README"):
         verify_model_certificate(model_dir, [root])
     with pytest.raises(KeyFileError, match="at least one trusted root"):
         verify_model_certificate(model_dir, [])

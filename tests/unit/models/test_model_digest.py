@@ -15,7 +15,7 @@ from model_signing import hashing as ms_hashing
 from model_signing import signing as ms_signing
 
 from veriml.core import Digest
-from veriml.core.errors import InvalidModel
+from veriml.core.errors import InvalidModelError
 from veriml.models import model_digest
 from veriml.models.digest import files_digest, hash_manifest, manifest_entries
 from veriml.models.signing import signed_digest
@@ -106,13 +106,13 @@ def test_files_digest_binds_names_where_the_root_digest_does_not(tmp_path: Path)
 def test_a_symlink_in_the_folder_is_refused(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"graph")
     os.symlink("/etc/hostname", tmp_path / "link")
-    with pytest.raises(InvalidModel, match="symlink"):
+    with pytest.raises(InvalidModelError, match="symlink"):
         model_digest(tmp_path)
 
 
 def test_a_file_is_not_a_model_folder(tmp_path: Path) -> None:
     (tmp_path / "model.onnx").write_bytes(b"graph")
-    with pytest.raises(InvalidModel, match="folder"):
+    with pytest.raises(InvalidModelError, match="folder"):
         model_digest(tmp_path / "model.onnx")
 
 

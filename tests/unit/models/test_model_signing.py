@@ -12,8 +12,8 @@ from model_builders import ec_key_pair
 
 from veriml.core import generate_key
 from veriml.core.errors import (
-    DigestMismatch,
-    InvalidModel,
+    DigestMismatchError,
+    InvalidModelError,
     KeyFileError,
     SignatureError,
     VerificationError,
@@ -61,7 +61,7 @@ def test_a_file_modified_after_signing_is_named(
     sign_model(model_dir, key)
     with (model_dir / "weights.bin").open("r+b") as f:
         f.write(b"\xff")
-    with pytest.raises(DigestMismatch, match=r"weights\.bin was modified") as info:
+    with pytest.raises(DigestMismatchError, match=r"weights\.bin was modified") as info:
         verify_model(model_dir, pub)
     assert info.value.check == "file-digest"
 
@@ -159,5 +159,5 @@ def test_passphrase_protected_keys_sign(model_dir: Path, tmp_path: Path) -> None
 
 def test_a_symlinked_file_cannot_be_signed(model_dir: Path, ec_key: Path) -> None:
     os.symlink(model_dir / "weights.bin", model_dir / "alias.bin")
-    with pytest.raises(InvalidModel, match="symlink"):
+    with pytest.raises(InvalidModelError, match="symlink"):
         sign_model(model_dir, ec_key)

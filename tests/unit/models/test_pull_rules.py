@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError, InvalidModelError
 from veriml.core.keys import generate_key
 from veriml.models.pull import HubModel, safe_relative
 
@@ -33,13 +33,13 @@ def test_accepted_paths_stay_inside_the_folder(parts: list[str]) -> None:
 
 @given(st.lists(_part, max_size=3), st.lists(_part, max_size=3))
 def test_a_dot_dot_component_anywhere_is_refused(before: list[str], after: list[str]) -> None:
-    with pytest.raises(InvalidModel):
+    with pytest.raises(InvalidModelError):
         safe_relative("/".join([*before, "..", *after]))
 
 
 @pytest.mark.parametrize("name", ["", "/abs", "a//b", "a/./b", "a/", "a\\..\\b", "model.sig"])
 def test_ambiguous_or_reserved_paths_are_refused(name: str) -> None:
-    with pytest.raises(InvalidModel):
+    with pytest.raises(InvalidModelError):
         safe_relative(name)
 
 

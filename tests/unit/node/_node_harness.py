@@ -33,7 +33,8 @@ from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.models import ModelPackage, sign_model
 from veriml.models.examples import build_mlp, write_example_folder
 from veriml.node import NodeConfig, create_node_app
-from veriml.protocol.messages import DESCRIPTOR_MAX_AGE, Heartbeat, Job, NodeDescriptor, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import DESCRIPTOR_MAX_AGE, Heartbeat, NodeDescriptor, format_time
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from veriml.core.tensors import tensor_digest
 from veriml.models import ModelPackage
 from veriml.node import BYZANTINE_MODES, NodeConfig
 from veriml.node._byzantine import Behaviour, Impersonate, behaviour_for
-from veriml.protocol.messages import Job
+from veriml.protocol.jobs import Job
 from veriml.runtime import Runner, RunResult, Trace, runner_for
 from veriml.verify import verify_receipt
 

@@ -22,7 +22,6 @@ from _llm import make_smollm2_folder
 from _servers import serve
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
-    canonical_request,
     completion_output_digest,
     embedding_output_digest,
     open_completion,
@@ -34,7 +33,10 @@ from veriml.core.keys import SigningKey, VerifyingKey, generate_key
 from veriml.core.tensors import tensor_from_json
 from veriml.models import sign_model
 from veriml.models.gguf import LLMPackage
-from veriml.protocol.messages import Job, format_time, open_prefill_check
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
+from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import open_prefill_check
 
 MESSAGES = [{"role": "user", "content": "Name three colours."}]
 

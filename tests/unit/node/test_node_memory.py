@@ -13,11 +13,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, NotFound, VerificationError
+from veriml.core.errors import ConflictError, NotFoundError, VerificationError
 from veriml.core.tensors import tensor_digest, tensor_from_json
 from veriml.node._evidence import AnsweredRequests, TraceStore
 from veriml.node._memory import ReplayCache
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 from veriml.runtime import Trace, TraceEntry
 
 T0 = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)
@@ -50,7 +51,7 @@ def test_each_job_id_is_admitted_once_while_it_is_valid(ids: list[str]) -> None:
         try:
             cache.admit(_job(job_id), now=T0)
             admitted.append(job_id)
-        except Conflict:
+        except ConflictError:
             assert job_id in admitted
     assert sorted(admitted) == sorted(set(ids))
 
@@ -67,7 +68,7 @@ def test_ids_are_forgotten_once_their_job_expired() -> None:
 
 def test_a_job_issued_before_the_node_started_is_a_possible_replay() -> None:
     cache = ReplayCache(started_at=T0, max_validity=dt.timedelta(minutes=5))
-    with pytest.raises(Conflict, match="before this node started"):
+    with pytest.raises(ConflictError, match="before this node started"):
         cache.admit(_job("old", issued=T0 - dt.timedelta(milliseconds=1)), now=T0)
 
 
@@ -107,7 +108,7 @@ def test_a_trace_is_served_until_its_retention_ends(tmp_path: Path) -> None:
     clock.now += 9.9
     assert store.get("r1").trace.root == _trace(1).root
     clock.now += 0.1
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         store.get("r1")
     assert store.total_bytes == 0
     assert list(tmp_path.iterdir()) == []
@@ -128,7 +129,7 @@ def test_a_trace_is_kept_until_the_job_s_retain_until_across_a_restart(tmp_path:
     assert tensor_digest(tensor_from_json(kept.tensor("y"))) == trace.entries[0].digest
     assert kept.expires_at == _at(86_400)
     clock.now += 1
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         _store(tmp_path, clock).get("r")
 
 
@@ -144,7 +145,7 @@ def test_a_read_holds_the_trace_past_its_window(tmp_path: Path) -> None:
     assert store.get("r").job_id == "j"
     clock.now += 60
     assert store.prune() == 1
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         store.get("r")
 
 
@@ -170,7 +171,7 @@ def test_the_oldest_traces_go_first_when_the_budget_is_full(tmp_path: Path) -> N
         clock.now += 1
         store.put(request_id=f"r{i}", job_id=f"j{i}", model="m", trace=_trace(i))
     assert store.total_bytes <= 3 * size + size // 2
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         store.get("r0")
     assert store.get("r3").job_id == "j3"
     # The order survives a restart: the next one pushes out r1, not r3.
@@ -182,7 +183,7 @@ def test_the_oldest_traces_go_first_when_the_budget_is_full(tmp_path: Path) -> N
 def test_a_trace_larger_than_the_budget_is_not_kept(tmp_path: Path) -> None:
     store = _store(tmp_path, _Clock(), max_bytes=64)
     assert store.put(request_id="big", job_id="j", model="m", trace=_trace(0, size=4)) is None
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         store.get("big")
 
 
@@ -221,7 +222,7 @@ def test_kept_traces_serialise_digests_and_exact_tensors(tmp_path: Path) -> None
     body = kept.to_json()
     assert Trace.from_json(body["trace"]).root == kept.trace.root
     assert tensor_digest(tensor_from_json(body["tensors"]["y"])) == kept.trace.entries[0].digest
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         kept.tensor("no-such-tensor")
 
 

@@ -16,9 +16,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.core.digest import Digest
-from veriml.core.errors import Conflict, StorageError
+from veriml.core.errors import ConflictError, StorageError
 from veriml.node._memory import HEADER_SIZE, RECORD_SIZE, ReplayCache
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
 
 T0 = dt.datetime(2026, 11, 26, 3, 0, tzinfo=dt.UTC)
 BOOT = uuid.uuid4().bytes
@@ -54,10 +55,10 @@ def test_a_restart_in_the_same_boot_refuses_replays_and_runs_the_jobs_in_flight(
     first.close()  # what a SIGKILL leaves: every returned write is in the file
     again = _start(tmp_path, _at(10))
     assert again.restored
-    with pytest.raises(Conflict, match="replay"):
+    with pytest.raises(ConflictError, match="replay"):
         again.admit(_job("ran", _at(1)), now=_at(11))
     again.admit(_job("in-flight", _at(9)), now=_at(11))  # issued before the restart
-    with pytest.raises(Conflict, match="replay"):
+    with pytest.raises(ConflictError, match="replay"):
         again.admit(_job("in-flight", _at(9)), now=_at(12))
 
 
@@ -69,7 +70,7 @@ def test_a_journal_from_another_boot_falls_back_to_the_start_time(tmp_path: Path
     first.close()
     again = _start(tmp_path, _at(10), boot=uuid.uuid4().bytes)
     assert not again.restored
-    with pytest.raises(Conflict, match="before this node started"):
+    with pytest.raises(ConflictError, match="before this node started"):
         again.admit(_job("in-flight", _at(9)), now=_at(11))
     again.admit(_job("fresh", _at(10)), now=_at(11))
 
@@ -82,7 +83,7 @@ def test_the_floor_of_a_fallback_start_stays_across_later_restarts(tmp_path: Pat
     first.close()
     again = _start(tmp_path, _at(200))
     assert again.restored
-    with pytest.raises(Conflict, match="before this node started"):
+    with pytest.raises(ConflictError, match="before this node started"):
         again.admit(_job("older", _at(99)), now=_at(200))
     again.admit(_job("after-the-first-start", _at(150)), now=_at(200))
 
@@ -120,7 +121,7 @@ def test_a_torn_last_record_is_dropped_and_damage_is_not_trusted(tmp_path: Path)
     journal.write_bytes(bytes(data))
     damaged = _start(tmp_path, _at(3))
     assert not damaged.restored
-    with pytest.raises(Conflict, match="before this node started"):
+    with pytest.raises(ConflictError, match="before this node started"):
         damaged.admit(_job("c", _at(2)), now=_at(3))
 
 
@@ -144,7 +145,7 @@ def test_an_id_the_journal_cannot_record_is_not_admitted(
     cache.close()
     again = _start(tmp_path, _at(3))
     assert again.restored  # the short write was cut off: the file still lines up
-    with pytest.raises(Conflict, match="replay"):
+    with pytest.raises(ConflictError, match="replay"):
         again.admit(_job("j", _at(1)), now=_at(4))
 
 
@@ -161,7 +162,7 @@ def test_the_files_hold_about_two_validity_windows_of_ids(tmp_path: Path) -> Non
     assert records <= 2 * 6 * per_minute
     again = _start(tmp_path, _at(30 * 60 - 1))
     assert len(again) == 5 * per_minute  # the unexpired ones, and only those, come back
-    with pytest.raises(Conflict, match="replay"):
+    with pytest.raises(ConflictError, match="replay"):
         again.admit(_job("25-0", _at(25 * 60), lifetime=300), now=_at(30 * 60 - 1))
     assert len(_files(tmp_path)) == 1  # start-up rewrote them into one
 
@@ -200,7 +201,7 @@ def test_each_job_id_is_admitted_once_while_valid_whatever_the_restarts(
             job = _job(step, _at(clock), lifetime=30)
             try:
                 cache.admit(job, now=_at(clock))
-            except Conflict:
+            except ConflictError:
                 # Refused only while an admission of the same job id is still valid.
                 assert step in admitted
                 assert clock < admitted[step] + 30

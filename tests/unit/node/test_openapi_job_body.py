@@ -23,13 +23,14 @@ from fastapi.testclient import TestClient
 
 from veriml.coordinator.dispatch import JobSpec, dispatch
 from veriml.coordinator.scheduler import Candidate
-from veriml.core.completion import canonical_request
 from veriml.core.digest import Digest
 from veriml.core.errors import Error
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.node import NodeConfig, create_node_app
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
+from veriml.protocol.openai_requests import canonical_request
 
 
 @pytest.fixture(scope="module")

@@ -14,11 +14,11 @@ from hypothesis import strategies as st
 from veriml.core import Digest, generate_key
 from veriml.core.canonical import canonical_digest, canonicalize
 from veriml.core.errors import FormatError, KeyFileError, SignatureError, VerificationError
-from veriml.protocol.messages import (
+from veriml.protocol.jobs import Job
+from veriml.protocol.messages import format_time
+from veriml.protocol.prefill_check import (
     PREFILL_CHECK_PREDICATE_TYPE,
-    Job,
     PrefillCheck,
-    format_time,
     open_prefill_check,
     sign_prefill_check,
 )

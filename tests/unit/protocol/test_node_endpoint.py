@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from veriml.core.errors import FormatError, LimitExceeded
+from veriml.core.errors import FormatError, LimitExceededError
 from veriml.core.keys import generate_key
 from veriml.core.timestamps import utc_now
 from veriml.protocol.accounts import OperatorBinding
@@ -104,7 +104,7 @@ def _signed(**members: Any) -> Any:
 
 def test_a_descriptor_over_its_size_is_refused_before_its_signature_is_checked() -> None:
     envelope = _signed(padding="x" * MAX_DESCRIPTOR_BYTES)
-    with pytest.raises(LimitExceeded):
+    with pytest.raises(LimitExceededError):
         NodeDescriptor.open(envelope, max_age=None)
 
 
@@ -113,8 +113,8 @@ def test_a_descriptor_over_its_size_is_refused_before_its_signature_is_checked()
     [
         ({"models": ["*"] * (MAX_MODELS + 1)}, FormatError),
         ({"engines": ["Not An Engine"]}, FormatError),
-        ({"hardware": {"cpu": "x" * 5000}}, LimitExceeded),
-        ({"runtime": {"deep": [[[["x" * 5000]]]]}}, LimitExceeded),
+        ({"hardware": {"cpu": "x" * 5000}}, LimitExceededError),
+        ({"runtime": {"deep": [[[["x" * 5000]]]]}}, LimitExceededError),
         ({"endpoint": "http://127.0.0.1:8701/internal"}, FormatError),
         ({"issued_at": "2026-11-26T02:20:23Z" + " " * 100}, FormatError),
     ],

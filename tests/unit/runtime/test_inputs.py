@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from veriml.core.errors import InvalidInput, InvalidTensor
+from veriml.core.errors import InvalidInputError, InvalidTensorError
 from veriml.models import IOSignature, TensorSpec
 from veriml.runtime import load_input_files, validate_inputs
 
@@ -63,7 +63,7 @@ def test_bad_inputs_are_named_with_expected_and_given(
             del inputs[name]
         else:
             inputs[name] = value
-    with pytest.raises(InvalidInput, match=message) as info:
+    with pytest.raises(InvalidInputError, match=message) as info:
         validate_inputs(SIG, inputs)
     assert evidence in info.value.diagnostics()
 
@@ -133,5 +133,5 @@ def test_bad_input_files_are_named_errors(tmp_path: Path, files: list[str], mess
         f"{f.split('=')[0]}={tmp_path / f.split('=')[1]}" if "=" in f else str(tmp_path / f)
         for f in files
     ]
-    with pytest.raises((InvalidInput, InvalidTensor), match=message):
+    with pytest.raises((InvalidInputError, InvalidTensorError), match=message):
         load_input_files(specs, ["a", "k"])

@@ -10,15 +10,11 @@ import pytest
 from _llm import smollm2_engine, smollm2_folder, smollm2_package  # noqa: F401
 from veriml.core import Envelope, generate_key
 from veriml.core.canonical import canonical_digest
-from veriml.core.completion import (
-    canonical_request,
-    completion_output_digest,
-    open_completion,
-    token_digest,
-)
-from veriml.core.errors import FormatError, InvalidInput, LimitExceeded
+from veriml.core.completion import completion_output_digest, open_completion, token_digest
+from veriml.core.errors import FormatError, InvalidInputError, LimitExceededError
 from veriml.core.tensors import tensor_from_json
 from veriml.models import LLMPackage
+from veriml.protocol.openai_requests import canonical_request
 from veriml.runtime.llm import LLMEngine, LLMSettings, TokenEvent
 
 pytestmark = pytest.mark.slow
@@ -131,12 +127,12 @@ def test_context_overflow_is_refused_before_generating(smollm2_package: LLMPacka
         too_long = chat(smollm2_package, max_tokens=40)
         decodes: list[int] = []
         small._decode = lambda *a, **k: decodes.append(1)  # type: ignore[method-assign]
-        with pytest.raises(LimitExceeded) as info:
+        with pytest.raises(LimitExceededError) as info:
             small.generate(too_long)
         assert info.value.evidence["param"] == "max_tokens"
         assert info.value.evidence["limit"] == 64
         long_prompt = [{"role": "user", "content": "word " * 200}]
-        with pytest.raises(LimitExceeded) as info:
+        with pytest.raises(LimitExceededError) as info:
             small.generate(chat(smollm2_package, messages=long_prompt, max_tokens=1))
         assert info.value.evidence["param"] == "messages"
         assert decodes == []
@@ -146,7 +142,7 @@ def test_requests_for_another_model_or_not_canonical_are_refused(
     smollm2_engine: LLMEngine,  # noqa: F811
 ) -> None:
     request = chat(smollm2_engine.package)
-    with pytest.raises(InvalidInput):
+    with pytest.raises(InvalidInputError):
         smollm2_engine.generate({**request, "model": "sha256:" + "00" * 32})
     with pytest.raises(FormatError):
         smollm2_engine.generate({**request, "stream": True})

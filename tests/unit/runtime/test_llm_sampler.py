@@ -114,7 +114,7 @@ def test_unusable_logits_are_an_execution_error(bad: np.ndarray) -> None:
 
 
 def test_fast_float32_order_is_the_stable_order() -> None:
-    from veriml.runtime.llm._sampler import _order
+    from veriml.runtime.llm.sampler import _order
 
     rng = np.random.default_rng(1)
     row = rng.integers(-20, 20, 49152).astype(np.float32) / 4  # many ties

@@ -7,7 +7,7 @@ import json
 import onnxruntime as ort
 import pytest
 
-from veriml.core.errors import ExecutionError, FormatError, InvalidModel
+from veriml.core.errors import ExecutionError, FormatError, InvalidModelError
 from veriml.runtime import Profile, create_session, platform_fingerprint, runtime_fingerprint
 from veriml.runtime._fingerprint import _cpu_flags, _platform
 
@@ -93,5 +93,5 @@ def test_missing_execution_provider_is_an_execution_error() -> None:
 
 
 def test_garbage_model_bytes_are_an_invalid_model() -> None:
-    with pytest.raises(InvalidModel, match="cannot load"):
+    with pytest.raises(InvalidModelError, match="cannot load"):
         create_session(b"\x08\x07not a model", Profile())

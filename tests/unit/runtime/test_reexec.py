@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from _runtime_models import Model, conv_bn_model, if_model, runner_of
 
-from veriml.core.errors import InvalidInput, ReexecutionMismatch
+from veriml.core.errors import InvalidInputError, ReexecutionMismatchError
 from veriml.core.tensors import tensor_digest
 from veriml.runtime import Trace, TraceEntry, check_node, node_model, reexecute_node
 
@@ -73,7 +73,7 @@ def test_a_tampered_recorded_output_is_caught_naming_the_node() -> None:
         tensors,
     )
     check_node(model, forged, 1)  # BatchNormalization, before the forgery, still agrees
-    with pytest.raises(ReexecutionMismatch) as info:
+    with pytest.raises(ReexecutionMismatchError) as info:
         check_node(model, forged, 2)
     assert info.value.check == "node"
     assert "op_type=Relu" in str(info.value)
@@ -82,9 +82,9 @@ def test_a_tampered_recorded_output_is_caught_naming_the_node() -> None:
 def test_reexecution_needs_the_recorded_inputs() -> None:
     model, inputs = conv_bn_model()
     _, trace = runner_of(model).traced(inputs, keep_tensors=False)
-    with pytest.raises(InvalidInput, match="kept its tensors"):
+    with pytest.raises(InvalidInputError, match="kept its tensors"):
         check_node(model, trace, 0)
-    with pytest.raises(InvalidInput, match="missing"):
+    with pytest.raises(InvalidInputError, match="missing"):
         reexecute_node(model, 1, {})
-    with pytest.raises(InvalidInput, match="no such node"):
+    with pytest.raises(InvalidInputError, match="no such node"):
         reexecute_node(model, 99, {})

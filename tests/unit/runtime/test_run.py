@@ -16,7 +16,7 @@ from onnx import TensorProto, helper
 
 from veriml.core.digest import Digest
 from veriml.core.dsse import Statement
-from veriml.core.errors import FormatError, InvalidInput, InvalidModel, KeyFileError
+from veriml.core.errors import FormatError, InvalidInputError, InvalidModelError, KeyFileError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.receipt import PREDICATE_TYPE, request_digest, sign_receipt
 from veriml.core.tensors import tensor_digest
@@ -135,7 +135,7 @@ def test_result_file_has_outputs_and_a_dsse_receipt(node_key: SigningKey) -> Non
 
 def test_bad_inputs_are_refused_before_running(node_key: SigningKey) -> None:
     model, _ = mlp_model()
-    with pytest.raises(InvalidInput, match="'x' has the wrong dtype"):
+    with pytest.raises(InvalidInputError, match="'x' has the wrong dtype"):
         runner_of(model).run({"x": np.zeros((1, 16), np.float64)}, key=node_key)
 
 
@@ -156,7 +156,7 @@ def test_non_tensor_model_outputs_are_refused_when_the_runner_is_built() -> None
         [helper.make_tensor_sequence_value_info("seq", TensorProto.FLOAT, None)],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(InvalidModel, match="not a tensor"):
+    with pytest.raises(InvalidModelError, match="not a tensor"):
         runner_of(model)
 
 
@@ -231,7 +231,7 @@ def test_a_package_runner_keeps_no_python_copy_of_the_weights(tmp_path: Path) ->
 
 
 def test_tracing_refuses_a_package_folder_changed_after_loading(tmp_path: Path) -> None:
-    from veriml.core.errors import InvalidModel
+    from veriml.core.errors import InvalidModelError
     from veriml.models import ModelPackage
     from veriml.models.examples import build_mlp, write_example_folder
     from veriml.runtime import Runner
@@ -239,5 +239,5 @@ def test_tracing_refuses_a_package_folder_changed_after_loading(tmp_path: Path) 
     folder = write_example_folder(tmp_path / "m", build_mlp((8, 16, 3)), name="m")
     runner = Runner.for_package(ModelPackage.load(folder))
     onnx.save_model(build_mlp((8, 16, 3), seed=99), folder / "model.onnx")
-    with pytest.raises(InvalidModel, match="changed"):
+    with pytest.raises(InvalidModelError, match="changed"):
         runner.traced({"x": np.ones((1, 8), np.float32)})

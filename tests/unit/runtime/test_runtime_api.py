@@ -9,6 +9,7 @@ def test_runtime_exports_exactly_its_public_api() -> None:
     assert sorted(veriml.runtime.__all__) == [
         "Engine",
         "FLOAT_CPU_FLAGS",
+        "MAX_RESULT_BYTES",
         "OPTIMIZATION_LEVELS",
         "Profile",
         "RawResult",

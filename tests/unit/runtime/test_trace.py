@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, InvalidModel, RootMismatchError
+from veriml.core.errors import FormatError, InvalidModelError, RootMismatchError
 from veriml.core.tensors import tensor_digest
 from veriml.runtime import Trace, TraceEntry, traced_model
 from veriml.tlog.merkle import verify_inclusion
@@ -147,6 +147,6 @@ def test_a_sequence_valued_node_output_is_a_clear_error() -> None:
     runner = runner_of(model)
     x = np.ones((2, 3), np.float32)
     assert runner.outputs({"x": x})["y"].shape == (2, 3)  # untraced runs are fine
-    with pytest.raises(InvalidModel, match="not a tensor") as info:
+    with pytest.raises(InvalidModelError, match="not a tensor") as info:
         runner.traced({"x": x})
     assert "op_type=SplitToSequence" in str(info.value)

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from veriml.core.errors import (
     Error,
     FormatError,
-    LogInconsistency,
-    NotFound,
+    LogInconsistencyError,
+    NotFoundError,
     RootMismatchError,
     SignatureError,
 )
@@ -87,7 +87,7 @@ def test_every_shape_of_tree_audits_clean(tmp_path: Path, size: int) -> None:
 def test_tampered_level0_tile_is_detected(tmp_path: Path) -> None:
     log = write_log(tmp_path / "log", entries(600))
     flip(log / "tile/0/001", 77)
-    with pytest.raises(LogInconsistency) as err:
+    with pytest.raises(LogInconsistencyError) as err:
         audit(str(log), VERIFIER)
     assert err.value.evidence["tile"] == "tile/0/001"
     assert err.value.evidence["hash_index"] == 2
@@ -96,7 +96,7 @@ def test_tampered_level0_tile_is_detected(tmp_path: Path) -> None:
 def test_tampered_partial_tile_is_detected(tmp_path: Path) -> None:
     log = write_log(tmp_path / "log", entries(600))
     flip(log / "tile/1/000.p/2", 40)
-    with pytest.raises(LogInconsistency) as err:
+    with pytest.raises(LogInconsistencyError) as err:
         audit(str(log), VERIFIER)
     assert err.value.evidence["tile"] == "tile/1/000.p/2"
 
@@ -104,7 +104,7 @@ def test_tampered_partial_tile_is_detected(tmp_path: Path) -> None:
 def test_tampered_entry_bundle_is_detected(tmp_path: Path) -> None:
     log = write_log(tmp_path / "log", entries(600))
     flip(log / "tile/entries/002.p/88", 5)
-    with pytest.raises(LogInconsistency) as err:
+    with pytest.raises(LogInconsistencyError) as err:
         audit(str(log), VERIFIER)
     assert err.value.evidence["tile"] == "tile/0/002.p/88"
 
@@ -130,7 +130,7 @@ def test_truncated_bundle_is_a_format_error(tmp_path: Path) -> None:
 def test_missing_tile_is_reported(tmp_path: Path) -> None:
     log = write_log(tmp_path / "log", entries(300))
     (log / "tile/0/000").unlink()
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         audit(str(log), VERIFIER)
 
 
@@ -166,7 +166,7 @@ def test_rollback_is_detected_and_the_state_kept(tmp_path: Path) -> None:
     audit(str(log), VERIFIER, state_path=state)
     before = state.read_bytes()
     write_log(log, entries(400))
-    with pytest.raises(LogInconsistency) as err:
+    with pytest.raises(LogInconsistencyError) as err:
         audit(str(log), VERIFIER, state_path=state)
     assert err.value.check == "rollback"
     assert err.value.evidence["previous_size"] == 600
@@ -178,7 +178,7 @@ def test_split_view_at_the_same_size_is_detected(tmp_path: Path) -> None:
     log = write_log(tmp_path / "log", entries(500))
     audit(str(log), VERIFIER, state_path=state)
     write_log(log, entries(500, prefix="other"))
-    with pytest.raises(LogInconsistency) as err:
+    with pytest.raises(LogInconsistencyError) as err:
         audit(str(log), VERIFIER, state_path=state)
     assert err.value.check == "split view"
 
@@ -189,7 +189,7 @@ def test_fork_that_rewrites_history_is_detected(tmp_path: Path) -> None:
     log = write_log(tmp_path / "log", honest)
     audit(str(log), VERIFIER, state_path=state)
     write_log(log, [*honest[:499], b"rewritten", *entries(300, prefix="more")])
-    with pytest.raises(LogInconsistency) as err:
+    with pytest.raises(LogInconsistencyError) as err:
         audit(str(log), VERIFIER, state_path=state)
     assert err.value.check == "consistency"
     saved = AuditState.load(state)

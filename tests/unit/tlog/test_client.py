@@ -16,7 +16,7 @@ from starlette.staticfiles import StaticFiles
 from _servers import serve
 from veriml.core.errors import (
     FormatError,
-    NotFound,
+    NotFoundError,
     RootMismatchError,
     SignatureError,
     VerificationError,
@@ -115,7 +115,7 @@ def test_missing_partial_tile_falls_back_to_the_full_tile(tmp_path: Path) -> Non
 
 
 def test_missing_resource_is_not_found(tmp_path: Path) -> None:
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         LogClient(str(tmp_path), VERIFIER).checkpoint()
 
 
@@ -186,5 +186,5 @@ def test_http_client_and_audit_read_a_static_tree(vectors_dir: Path, tmp_path: P
             entry, _ = client.entry(500, client.checkpoint())
         assert entry == b"entry 500"
         assert audit(url, NoteVerifier.from_vkey(GO_VKEY)).entries == 1000
-        with pytest.raises(NotFound), LogClient(url + "nothing/", VERIFIER) as client:
+        with pytest.raises(NotFoundError), LogClient(url + "nothing/", VERIFIER) as client:
             client.checkpoint()

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from veriml.core.errors import FormatError, NodeUnavailable, StorageError
+from veriml.core.errors import FormatError, NodeUnavailableError, StorageError
 from veriml.core.keys import generate_key
 from veriml.tlog.checkpoint import open_checkpoint
 from veriml.tlog.merkle import (
@@ -257,7 +257,7 @@ def test_a_checkpoint_the_witnesses_refused_is_published_once_they_answer_withou
     def publisher(size: int, note: bytes) -> bytes:
         offered.append(size)
         if not up.is_set():
-            raise NodeUnavailable("witness unreachable")
+            raise NodeUnavailableError("witness unreachable")
         return note
 
     storage = open_storage(db_url, signer)
@@ -279,7 +279,7 @@ def test_a_checkpoint_the_witnesses_refused_is_published_once_they_answer_withou
 
 def test_close_does_not_wait_for_a_pending_publish_retry(db_url: str, signer: NoteSigner) -> None:
     def refuse(size: int, note: bytes) -> bytes:
-        raise NodeUnavailable("witness unreachable")
+        raise NodeUnavailableError("witness unreachable")
 
     storage = open_storage(db_url, signer)
     seq = Sequencer(storage, signer, max_interval=0.01, publisher=refuse)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from veriml.core.errors import FormatError, NotFound, StorageError
+from veriml.core.errors import FormatError, NotFoundError, StorageError
 from veriml.core.keys import generate_key
 from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.merkle import (
@@ -178,7 +178,7 @@ def test_proofs_from_stored_tiles_equal_proofs_from_all_leaves(
 
 def test_a_proof_beyond_the_tree_is_not_found(grown_log: tuple[Log, list[bytes]]) -> None:
     log, _ = grown_log
-    with pytest.raises(NotFound):
+    with pytest.raises(NotFoundError):
         log.inclusion_proof(0, PROOF_SIZE + 1)
     with pytest.raises(FormatError):
         log.inclusion_proof(PROOF_SIZE, PROOF_SIZE)

@@ -36,7 +36,7 @@ PUBLIC = {
     "TilePath",
     "TlogProof",
     "WitnessClient",
-    "WitnessConflict",
+    "WitnessConflictError",
     "audit",
     "build_tiles",
     "bundles_for_size",

@@ -28,7 +28,7 @@ from veriml.tlog.witness import (
     SIZE_CONTENT_TYPE,
     AddCheckpointRequest,
     Witness,
-    WitnessRejected,
+    WitnessRejectedError,
     create_witness_app,
 )
 
@@ -327,5 +327,5 @@ def test_mutated_requests_get_a_4xx_never_a_crash_or_a_bad_cosignature(
 def _submit(witness: Witness, body: bytes) -> tuple[int, bytes]:
     try:
         return 200, witness.add_checkpoint(body)
-    except WitnessRejected as rejected:
+    except WitnessRejectedError as rejected:
         return rejected.status, b""

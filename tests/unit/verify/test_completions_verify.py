@@ -20,7 +20,6 @@ from veriml.client._chat import StreamAssembler
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    canonical_request,
     completion_output_digest,
     relay_digest,
     sampling_of,
@@ -33,7 +32,8 @@ from veriml.core.keys import generate_key
 from veriml.core.receipt import utc_now
 from veriml.ledger import InferenceEntry
 from veriml.protocol.draw import Draw, sampling_seed
-from veriml.protocol.messages import PrefillCheck, sign_prefill_check
+from veriml.protocol.openai_requests import canonical_request
+from veriml.protocol.prefill_check import PrefillCheck, sign_prefill_check
 from veriml.protocol.sse import parse_sse
 from veriml.tlog import NoteSigner
 from veriml.verify.policy import Policy, SpotReveal, decide, spot_checked, spot_commitment

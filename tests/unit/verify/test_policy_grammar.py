@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from veriml.core import Digest
-from veriml.core.errors import DigestMismatch, FormatError
+from veriml.core.errors import DigestMismatchError, FormatError
 from veriml.core.tensors import tensor_digest
 from veriml.protocol.draw import Draw
 from veriml.verify.policy import (
@@ -315,7 +315,7 @@ def test_tolerance_quorum_groups_answers_within_bounds() -> None:
 def test_tolerance_mode_checks_tensors_against_receipts() -> None:
     value = np.ones(4, dtype=np.float32)
     answer, _ = _tensor_answer("n1", "o1", value)
-    with pytest.raises(DigestMismatch):
+    with pytest.raises(DigestMismatchError):
         decide(
             Policy.parse("none,tolerance"),
             [answer],

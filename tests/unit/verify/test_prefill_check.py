@@ -12,8 +12,9 @@ import numpy as np
 import pytest
 
 from _llm import smollm2_engine, smollm2_folder, smollm2_package  # noqa: F401
-from veriml.core.completion import Sampling, canonical_request, sampling_of
+from veriml.core.completion import Sampling, sampling_of
 from veriml.core.errors import FormatError
+from veriml.protocol.openai_requests import canonical_request
 from veriml.runtime.llm import Completion, LLMEngine
 from veriml.verify.prefill import check_completion, prefill_check
 

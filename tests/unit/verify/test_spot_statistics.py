@@ -18,7 +18,7 @@ import random
 
 import pytest
 
-from veriml.core.errors import DigestMismatch, FormatError, VerificationError
+from veriml.core.errors import DigestMismatchError, FormatError, VerificationError
 from veriml.protocol.draw import Draw, draw_secret
 from veriml.verify.policy import Policy, SpotReveal, check_spot, spot_checked, spot_commitment
 
@@ -133,9 +133,9 @@ def test_anyone_can_recheck_a_revealed_spot_decision() -> None:
     with pytest.raises(VerificationError) as flipped:
         check_spot(policy, SpotReveal(not checked), draw, commitment)
     assert flipped.value.check == "spot"
-    with pytest.raises(DigestMismatch):  # another secret than the one committed to
+    with pytest.raises(DigestMismatchError):  # another secret than the one committed to
         check_spot(policy, SpotReveal(checked), Draw(0, rng.randbytes(32)), commitment)
-    with pytest.raises(DigestMismatch):  # a receipt that committed to nothing
+    with pytest.raises(DigestMismatchError):  # a receipt that committed to nothing
         check_spot(policy, SpotReveal(checked), draw, None)
     with pytest.raises(VerificationError) as hidden:  # a verdict that reveals no draw
         check_spot(policy, SpotReveal(checked), None, commitment)

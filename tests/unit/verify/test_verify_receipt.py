@@ -15,9 +15,9 @@ from veriml.core.canonical import canonicalize
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
-    DigestMismatch,
+    DigestMismatchError,
     FormatError,
-    ReexecutionMismatch,
+    ReexecutionMismatchError,
     SignatureError,
     VerificationError,
 )
@@ -160,7 +160,7 @@ def test_a_tampered_output_value_fails_the_output_digest_check(
 ) -> None:
     outputs = {n: a.copy() for n, a in result.outputs.items()}
     outputs["probs"][0, 0] = np.float32(0.5)
-    with pytest.raises(DigestMismatch) as info:
+    with pytest.raises(DigestMismatchError) as info:
         verify_receipt(replace(result, outputs=outputs), node_key=node_key.public)
     assert _check(info) == "output-digest"
     assert info.value.expected == tensor_digest(result.outputs["probs"])
@@ -185,7 +185,7 @@ def test_tampered_inputs_fail_the_input_digest_check(
 ) -> None:
     doc = result.to_json()
     doc["inputs"]["x"]["data"][0][0] += 1.0
-    with pytest.raises(DigestMismatch) as info:
+    with pytest.raises(DigestMismatchError) as info:
         verify_receipt(doc, node_key=node_key.public)
     assert _check(info) == "input-digest"
 
@@ -194,7 +194,7 @@ def test_another_model_folder_fails_the_model_digest_check(
     result: RunResult, node_key: SigningKey, tmp_path: Path
 ) -> None:
     other = write_example_folder(tmp_path / "other", build_mlp((16, 24, 4), seed=1), name="mlp")
-    with pytest.raises(DigestMismatch) as info:
+    with pytest.raises(DigestMismatchError) as info:
         verify_receipt(result, node_key=node_key.public, model=other)
     assert _check(info) == "model-digest"
 
@@ -208,7 +208,7 @@ def test_a_node_signing_wrong_outputs_is_caught_by_reexecution(
     receipt = sign_receipt({"probs": tensor_digest(outputs["probs"])}, predicate, node_key)
     forged = RunResult(outputs, receipt, predicate, None, result.inputs)
     verify_receipt(forged, node_key=node_key.public, model=folder)  # checks 1-4 pass
-    with pytest.raises(ReexecutionMismatch) as info:
+    with pytest.raises(ReexecutionMismatchError) as info:
         verify_receipt(forged, node_key=node_key.public, model=folder, reexecute=True)
     assert _check(info) == "reexecution"
 
@@ -224,7 +224,7 @@ def test_a_forged_trace_commitment_is_caught_by_reexecution(
     forged = RunResult(
         result.outputs, sign_receipt(digests, predicate, node_key), predicate, None, result.inputs
     )
-    with pytest.raises(ReexecutionMismatch, match="trace") as info:
+    with pytest.raises(ReexecutionMismatchError, match="trace") as info:
         verify_receipt(forged, node_key=node_key.public, model=folder, reexecute=True)
     assert _check(info) == "reexecution"
 
@@ -273,7 +273,7 @@ def test_inputs_given_by_the_caller_are_checked_and_used_for_reexecution(
     verified = verify_receipt(doc, node_key=node_key.public, model=folder, reexecute=True, inputs=X)
     assert "input-digest" in verified.checks
     other = {"x": X["x"] + np.float32(1)}
-    with pytest.raises(DigestMismatch) as info:
+    with pytest.raises(DigestMismatchError) as info:
         verify_receipt(doc, node_key=node_key.public, inputs=other)
     assert _check(info) == "input-digest"
 
@@ -316,7 +316,7 @@ def test_a_folder_with_the_same_root_digest_but_renamed_files_fails_model_digest
 
     honest = run(first, X, key=node_key)
     verify_receipt(honest, node_key=node_key.public, model=first)
-    with pytest.raises(DigestMismatch, match="layout") as info:
+    with pytest.raises(DigestMismatchError, match="layout") as info:
         verify_receipt(honest, node_key=node_key.public, model=second)
     assert _check(info) == "model-digest"
 
@@ -327,6 +327,6 @@ def test_a_receipt_without_a_layout_digest_cannot_be_checked_against_a_folder(
     doc = result.to_json()
     statement = _statement(doc)
     del statement["predicate"]["model"]["files"]
-    with pytest.raises(DigestMismatch) as info:
+    with pytest.raises(DigestMismatchError) as info:
         verify_receipt(_resign(doc, statement, node_key), node_key=node_key.public, model=folder)
     assert _check(info) == "model-digest"

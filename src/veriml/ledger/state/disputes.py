@@ -18,7 +18,7 @@ from veriml.ledger.settlement import settle
 from veriml.ledger.state.change import Change
 from veriml.ledger.state.records import OpenDispute
 from veriml.protocol.accounts import account_key
-from veriml.protocol.messages import PREFILL_CHECK_PREDICATE_TYPE
+from veriml.protocol.prefill_check import PREFILL_CHECK_PREDICATE_TYPE
 
 __all__ = ["RULES"]
 

@@ -8,9 +8,10 @@
 :func:`sample` and :func:`draw` are pure and are what verifiers replay (docs/llm.md).
 """
 
-from veriml.runtime.llm._engine import Completion, CompletionResult, LLMEngine, TokenEvent
-from veriml.runtime.llm._sampler import TokenInterval, draw, sample, token_interval
+from veriml.runtime.llm._engine import LLMEngine
+from veriml.runtime.llm._results import Completion, CompletionResult, TokenEvent
 from veriml.runtime.llm._settings import LLMSettings
+from veriml.runtime.llm.sampler import TokenInterval, draw, sample, token_interval
 
 __all__ = [
     "Completion",

@@ -18,21 +18,17 @@ One engine serves one call at a time (a lock guards the context).
 
 from __future__ import annotations
 
-import codecs
 import ctypes
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,
-    check_canonical,
-    completion_output_digest,
     embedding_output_digest,
     prompt_digest,
     sampling_of,
@@ -40,139 +36,25 @@ from veriml.core.completion import (
     token_digest,
 )
 from veriml.core.digest import Digest
-from veriml.core.dsse import Envelope
-from veriml.core.errors import ExecutionError, FormatError, InvalidInput, LimitExceeded
+from veriml.core.errors import ExecutionError, FormatError, InvalidInputError, LimitExceededError
 from veriml.core.keys import SigningKey
-from veriml.core.tensors import tensor_to_json
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
-from veriml.runtime.llm._sampler import sample
+from veriml.protocol.openai_requests import check_canonical
+from veriml.runtime.llm._results import Completion, CompletionResult, GeneratedText, TokenEvent
 from veriml.runtime.llm._settings import LLMSettings
 from veriml.runtime.llm._template import ChatRenderer
+from veriml.runtime.llm.sampler import sample
 
-__all__ = ["VERIFY_CHUNK", "Completion", "CompletionResult", "LLMEngine", "TokenEvent"]
+__all__ = ["VERIFY_CHUNK", "LLMEngine"]
 
-FinishReason = Literal["stop", "length"]
 # Completion tokens per batch in a verifying pass: below 64 rows llama.cpp's CPU matmuls give
 # each row the same bits as a one-token decode (measured: 63 equal, 64 not; 32 leaves margin).
 VERIFY_CHUNK = 32
 
 
-@dataclass(frozen=True, slots=True)
-class TokenEvent:
-    """One generated token and the text it adds to the answer.
-
-    ``text`` is ``""`` while a UTF-8 character is incomplete or while the text could still
-    turn into a stop string; the event of the last token carries whatever was held back, so
-    the texts of all events concatenate to exactly the completion's ``content``.
-    """
-
-    token: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """A finished generation. ``tokens`` are every sampled token, the end-of-generation token
-    included (the prefill check verifies it was chosen); ``content`` excludes it and is cut
-    before a stop string."""
-
-    content: str
-    tokens: tuple[int, ...]
-    prompt_tokens: tuple[int, ...]
-    finish_reason: FinishReason
-    tool_calls: tuple[Mapping[str, Any], ...] = ()
-
-    def output_digest(self) -> Digest:
-        return completion_output_digest(
-            content=self.content,
-            tool_calls=self.tool_calls,
-            tokens=self.tokens,
-            finish_reason=self.finish_reason,
-        )
-
-
-@dataclass(frozen=True, slots=True)
-class CompletionResult:
-    """A signed answer: the completion (or embeddings), its receipt and what was signed."""
-
-    receipt: Envelope
-    predicate: CompletionPredicate
-    output_digest: Digest
-    completion: Completion | None = None
-    embeddings: tuple[np.ndarray[Any, Any], ...] = ()
-    embedding_prompts: tuple[tuple[int, ...], ...] = field(default=())
-
-    def to_json(self) -> dict[str, Any]:
-        """The node's answer body (contract: non-streaming answer of ``POST /v1/jobs``)."""
-        if self.completion is None:
-            return {
-                "receipt": self.receipt.to_json(),
-                "embeddings": [tensor_to_json(v, force_b64=True) for v in self.embeddings],
-                "prompt_tokens": [list(p) for p in self.embedding_prompts],
-            }
-        c = self.completion
-        return {
-            "receipt": self.receipt.to_json(),
-            "content": c.content,
-            "tool_calls": [dict(t) for t in c.tool_calls],
-            "finish_reason": c.finish_reason,
-            "prompt_tokens": list(c.prompt_tokens),
-            "completion_tokens": list(c.tokens),
-        }
-
-
 _backend_ready = False
 _backend_lock = threading.Lock()
-
-
-class _Text:
-    """The text side of a generation: pieces accumulated, stop strings and ``max_tokens``
-    applied, streamed text held back while it could still become a stop string."""
-
-    def __init__(self, stop: Sequence[str], max_tokens: int) -> None:
-        self.stops = [s.encode("utf-8") for s in stop]
-        self.hold = max((len(s) for s in self.stops), default=1) - 1
-        self.max_tokens = max_tokens
-        self.text = bytearray()
-        self.tokens: list[int] = []
-        self.streamed = 0
-        self.end = 0
-        self.finish: FinishReason | None = None
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-
-    def add(self, token: int, end_of_generation: bool, piece: bytes) -> str:
-        """Append one token; return the text it releases to a stream."""
-        self.tokens.append(token)
-        if end_of_generation:
-            self.finish, self.end = "stop", len(self.text)
-        else:
-            before = len(self.text)
-            self.text += piece
-            hits = [
-                i for s in self.stops if (i := self.text.find(s, max(0, before - len(s) + 1))) >= 0
-            ]
-            if hits:
-                self.finish, self.end = "stop", min(hits)
-            elif len(self.tokens) == self.max_tokens:
-                self.finish, self.end = "length", len(self.text)
-        if self.finish is not None:
-            return self.decoder.decode(bytes(self.text[self.streamed : self.end]), final=True)
-        safe = len(self.text) - self.hold
-        if safe <= self.streamed:
-            return ""
-        out = self.decoder.decode(bytes(self.text[self.streamed : safe]))
-        self.streamed = safe
-        return out
-
-    def completion(self, prompt: Sequence[int]) -> Completion:
-        assert self.finish is not None  # callers stop adding once a finish is set
-        return Completion(
-            content=bytes(self.text[: self.end]).decode("utf-8", "replace"),
-            tokens=tuple(self.tokens),
-            prompt_tokens=tuple(prompt),
-            finish_reason=self.finish,
-        )
 
 
 def _llama_cpp() -> Any:
@@ -313,7 +195,7 @@ class LLMEngine:
         kind = canonical.get("type")
         if kind == "chat.completion":
             if self._chat is None:
-                raise InvalidInput(
+                raise InvalidInputError(
                     "the model has no chat template; use /v1/completions",
                     param="messages",
                     model=str(self.package.digest),
@@ -330,7 +212,7 @@ class LLMEngine:
 
     def _check_model(self, canonical: Mapping[str, Any]) -> None:
         if canonical.get("model") != self.package.digest.to_text():
-            raise InvalidInput(
+            raise InvalidInputError(
                 "the request names another model",
                 param="model",
                 expected=self.package.digest.to_text(),
@@ -341,7 +223,7 @@ class LLMEngine:
         if not prompt:
             raise FormatError("the prompt has no tokens", param=param)
         if len(prompt) + max_tokens > self.settings.n_ctx:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "prompt plus max_tokens exceeds the context",
                 param=param if len(prompt) >= self.settings.n_ctx else "max_tokens",
                 prompt_tokens=len(prompt),
@@ -398,7 +280,7 @@ class LLMEngine:
     ) -> Completion:
         """Generate the completion of a canonical request (docs/llm.md stop conditions).
 
-        Raises :class:`LimitExceeded` before any decode when prompt plus ``max_tokens`` does
+        Raises :class:`LimitExceededError` before any decode when prompt plus ``max_tokens`` does
         not fit the context. ``on_token`` sees every token as it is chosen.
         """
         canonical = check_canonical(canonical)
@@ -408,7 +290,7 @@ class LLMEngine:
         prompt = self.prompt_tokens(canonical)
         param = "messages" if canonical["type"] == "chat.completion" else "prompt"
         self._check_room(prompt, max_tokens, param)
-        text = _Text(canonical["stop"], max_tokens)
+        text = GeneratedText(canonical["stop"], max_tokens)
         with self._lock:
             self._clear(self._ctx)
             self._decode(self._ctx, prompt, 0, every=False)
@@ -434,7 +316,7 @@ class LLMEngine:
         digest from it. Tokens past the point where generation must have stopped are a
         :class:`FormatError`."""
         canonical = check_canonical(canonical)
-        text = _Text(canonical["stop"], int(canonical["max_tokens"]))
+        text = GeneratedText(canonical["stop"], int(canonical["max_tokens"]))
         for i, token in enumerate(tokens):
             if text.finish is not None:
                 raise FormatError("tokens continue after the generation ended", index=i)
@@ -462,14 +344,14 @@ class LLMEngine:
         if not tokens:
             raise FormatError("no tokens to evaluate", param="tokens")
         if len(tokens) > self.settings.n_ctx:
-            raise LimitExceeded(
+            raise LimitExceededError(
                 "tokens exceed the context",
                 param="tokens",
                 count=len(tokens),
                 limit=self.settings.n_ctx,
             )
         if any(not 0 <= int(t) < self.n_vocab for t in tokens):
-            raise InvalidInput("a token id is outside the vocabulary", param="tokens")
+            raise InvalidInputError("a token id is outside the vocabulary", param="tokens")
         split = len(tokens) if prompt_count is None else prompt_count
         if not 1 <= split <= len(tokens):
             raise FormatError("prompt_count must be within the tokens", param="prompt_count")
@@ -523,7 +405,7 @@ class LLMEngine:
             if not ids:
                 raise FormatError("an input has no tokens", param=f"input[{i}]")
             if len(ids) > self.settings.n_batch:
-                raise LimitExceeded(
+                raise LimitExceededError(
                     "an input exceeds the embedding batch",
                     param=f"input[{i}]",
                     tokens=len(ids),

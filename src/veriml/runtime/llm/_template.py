@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from veriml.core.errors import FormatError, InvalidModel
+from veriml.core.errors import FormatError, InvalidModelError
 
 __all__ = ["render_chat"]
 
@@ -31,7 +31,9 @@ def _formatter(template: str, *, bos: str, eos: str) -> Any:
     try:
         return PinnedDateFormatter(template, eos_token=eos, bos_token=bos)
     except jinja2.TemplateError as exc:
-        raise InvalidModel("the model's chat template does not parse", reason=str(exc)) from exc
+        raise InvalidModelError(
+            "the model's chat template does not parse", reason=str(exc)
+        ) from exc
 
 
 class ChatRenderer:

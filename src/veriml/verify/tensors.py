@@ -8,7 +8,7 @@ from typing import Any
 import numpy.typing as npt
 
 from veriml.core.digest import Digest
-from veriml.core.errors import DigestMismatch, VerificationError
+from veriml.core.errors import Check, DigestMismatchError, VerificationError
 from veriml.core.tensors import tensor_digest
 
 __all__ = ["check_tensor_digests"]
@@ -18,7 +18,7 @@ def check_tensor_digests(
     tensors: Mapping[str, npt.NDArray[Any]],
     claimed: Mapping[str, Digest],
     *,
-    check: str,
+    check: Check | str,
     kind: str,
     claimant: str,
 ) -> None:
@@ -27,7 +27,7 @@ def check_tensor_digests(
     ``kind`` names the tensors ("output", "input"), ``claimant`` who committed to the digests
     ("the receipt", "the verdict"); both only shape the error message. Names are compared first
     (a missing or extra tensor is a ``VerificationError``), then contents in name order (the
-    first mismatch is a ``DigestMismatch`` with expected and calculated digests).
+    first mismatch is a ``DigestMismatchError`` with expected and calculated digests).
     """
     if set(tensors) != set(claimed):
         raise VerificationError(
@@ -39,7 +39,7 @@ def check_tensor_digests(
     for name, expected in sorted(claimed.items()):
         calculated = tensor_digest(tensors[name])
         if calculated != expected:
-            raise DigestMismatch(
+            raise DigestMismatchError(
                 f"{kind} {name!r} does not match the digest {claimant} commits to",
                 check=check,
                 expected=expected,

@@ -13,11 +13,8 @@ from veriml.core import Digest, Envelope, Statement, Subject, generate_key
 from veriml.core.canonical import canonical_digest, canonicalize, parse_json_object
 from veriml.core.completion import (
     COMPLETION_PREDICATE_TYPE,
-    DEFAULT_MAX_TOKENS,
     CompletionPredicate,
     Sampling,
-    canonical_request,
-    check_canonical,
     completion_output_digest,
     embedding_output_digest,
     open_completion,
@@ -25,8 +22,9 @@ from veriml.core.completion import (
     sign_completion,
     token_digest,
 )
-from veriml.core.errors import FormatError, LimitExceeded, SignatureError, VerificationError
+from veriml.core.errors import FormatError, LimitExceededError, SignatureError, VerificationError
 from veriml.core.tensors import tensor_digest
+from veriml.protocol.openai_requests import DEFAULT_MAX_TOKENS, canonical_request, check_canonical
 
 MODEL = Digest.of(b"model")
 CHAT = {"messages": [{"role": "user", "content": "Hi"}]}
@@ -123,7 +121,7 @@ def test_invalid_chat_requests_name_the_param(body: dict[str, Any], param: str) 
 
 
 def test_max_tokens_over_the_context_is_a_limit() -> None:
-    with pytest.raises(LimitExceeded) as info:
+    with pytest.raises(LimitExceededError) as info:
         canonical_request("chat.completion", MODEL, {**CHAT, "max_tokens": 9000}, max_context=2048)
     assert info.value.evidence["param"] == "max_tokens"
     assert info.value.evidence["limit"] == 2048
