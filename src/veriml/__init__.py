@@ -20,12 +20,13 @@ come in extras (docs/models.md, "Installing"). Importing a part whose extra is m
 
 from __future__ import annotations
 
-import importlib
 import importlib.abc
 import sys
 from collections.abc import Sequence
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from veriml.core.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -134,14 +135,4 @@ if not any(isinstance(finder, _ExtrasGuard) for finder in sys.meta_path):
     sys.meta_path.insert(0, _ExtrasGuard())
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'veriml' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -43,6 +43,7 @@ from veriml.client._config import (
     resolve_url,
     write_network_file,
 )
+from veriml.core.lazy import lazy_exports
 from veriml.verify.answer import (
     AnswerOutputs,
     InferenceResult,
@@ -132,31 +133,25 @@ def verify_inference_file(
     return verify_inference(result, log_key=log_key, witnesses=chosen, quorum=quorum, bounds=bounds)
 
 
-def __getattr__(name: str) -> object:
-    # The HTTP clients, the local-network launcher, the challenger, the watcher and the
-    # completion (LLM) verification load on first use; so do the helpers the CLI uses.
-    homes = {
-        "Client": "veriml.client._client",
-        "AsyncClient": "veriml.client._async",
-        "LocalNetwork": "veriml.client._local",
-        "Challenger": "veriml.client._disputes",
-        "Watcher": "veriml.client._watch",
-        "ChatStream": "veriml.client._client",
-        "AsyncChatStream": "veriml.client._async",
-        "ChatResult": "veriml.client._chat",
-        "canonical_policy": "veriml.client._chat",
-        "Progress": "veriml.client._publish",
-        "raise_for_problem": "veriml.client._requests",
-        "CheckedInference": "veriml.client._watch_report",
-        "WatchSummary": "veriml.client._watch_report",
-        "COMPLETION_CHECKS": "veriml.verify.completion",
-        "VerifiedCompletion": "veriml.verify.completion",
-        "verify_completion": "veriml.verify.completion",
-    }
-    if name in homes:
-        import importlib
+# The HTTP clients, the local-network launcher, the challenger, the watcher and the completion
+# (LLM) verification load on first use; so do the helpers the CLI uses.
+_LAZY: dict[str, str] = {
+    "Client": "veriml.client._client",
+    "AsyncClient": "veriml.client._async",
+    "LocalNetwork": "veriml.client._local",
+    "Challenger": "veriml.client._disputes",
+    "Watcher": "veriml.client._watch",
+    "ChatStream": "veriml.client._client",
+    "AsyncChatStream": "veriml.client._async",
+    "ChatResult": "veriml.client._chat",
+    "canonical_policy": "veriml.client._chat",
+    "Progress": "veriml.client._publish",
+    "raise_for_problem": "veriml.client._requests",
+    "CheckedInference": "veriml.client._watch_report",
+    "WatchSummary": "veriml.client._watch_report",
+    "COMPLETION_CHECKS": "veriml.verify.completion",
+    "VerifiedCompletion": "veriml.verify.completion",
+    "verify_completion": "veriml.verify.completion",
+}
 
-        value = getattr(importlib.import_module(homes[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'veriml.client' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, eager=tuple(__all__))

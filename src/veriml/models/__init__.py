@@ -15,8 +15,9 @@ Each name loads its module on first use: a digest or a signature check never imp
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from veriml.core.lazy import lazy_exports
 
 # name -> the module of veriml.models that defines it
 _EXPORTS: dict[str, str] = {
@@ -75,14 +76,4 @@ if TYPE_CHECKING:
     from veriml.models.validate import Limits, validate_onnx
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'veriml.models' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"veriml.models.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(__name__, {n: f".{m}" for n, m in _EXPORTS.items()})

@@ -25,8 +25,9 @@ checks answers and verdicts.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from veriml.core.lazy import lazy_exports
 
 __all__ = [
     "CHECKS",
@@ -151,10 +152,4 @@ if TYPE_CHECKING:
     from veriml.verify.tolerance import OutputBounds, output_bounds, outputs_agree
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOMES.get(name)
-    if home is None:
-        raise AttributeError(f"module 'veriml.verify' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"veriml.verify.{home}"), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(__name__, {n: f".{m}" for n, m in _HOMES.items()})

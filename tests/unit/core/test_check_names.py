@@ -58,7 +58,7 @@ def test_the_old_class_names_still_import_with_a_deprecation_warning() -> None:
     import veriml.errors as errors
 
     with pytest.warns(DeprecationWarning, match="DigestMismatchError"):
-        assert errors.DigestMismatchError is DigestMismatchError  # type: ignore[attr-defined]
+        assert errors.DigestMismatch is DigestMismatchError  # type: ignore[attr-defined]
     with pytest.raises(AttributeError):
         _ = errors.NoSuchError  # type: ignore[attr-defined]
 
