@@ -20,11 +20,11 @@ the inference service, build on; all are created at start-up and closed at shut-
                                                        adjust_active(node_id, delta)
     app.state.metrics          Metrics                 Prometheus registry and collectors
 
-Tables (``veriml.coordinator.db``): ``models``, ``nodes``, ``descriptor_nonces``,
+Tables (``veriml.coordinator.db.tables``): ``models``, ``nodes``, ``descriptor_nonces``,
 ``inferences`` (id PK, model, policy, request_digest, log_index, response JSON, created_at,
 and entry, leaf_hash, claimed_at for a row pending until its log entry is proved),
 all on ``db.metadata``. The inference service reads and writes ``inferences`` with its own
-repository functions; its router, ``veriml.coordinator.inference_routes.router``, is included
+repository functions; its router, ``veriml.coordinator.inference.routes.router``, is included
 by ``create_app`` when that module exists.
 """
 

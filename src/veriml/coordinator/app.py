@@ -30,20 +30,25 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.concurrency import run_in_threadpool
 
 import veriml
-from veriml.coordinator import auth, db, hub, ledger, openai_routes, registry, schemas
-from veriml.coordinator.beacon import Beacon
-from veriml.coordinator.catalog import NamespaceRepository
+from veriml.coordinator import auth, schemas
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.disputes import DisputeStore, answered_at
+from veriml.coordinator.db.models import NamespaceRepository
+from veriml.coordinator.db.nodes import ModelRepository, NodeRepository, NonceRepository
 from veriml.coordinator.deps import LogDep, SettingsDep
-from veriml.coordinator.dispatch import PerHostTransport
-from veriml.coordinator.dispute_routes import create_dispute_router
-from veriml.coordinator.dispute_store import DisputeStore, answered_at
-from veriml.coordinator.disputes import DisputeOptions, DisputeService
+from veriml.coordinator.disputes.routes import create_dispute_router
+from veriml.coordinator.disputes.service import DisputeOptions, DisputeService
+from veriml.coordinator.hub import service as hub
 from veriml.coordinator.keys import load_or_create_keys
+from veriml.coordinator.ledger import service as ledger
+from veriml.coordinator.llm import routes as openai_routes
 from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
+from veriml.coordinator.nodes import registry
+from veriml.coordinator.nodes.beacon import Beacon
+from veriml.coordinator.nodes.dispatch import PerHostTransport
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import install_problem_handlers, problem
 from veriml.coordinator.ratelimit import RateLimits, install_rate_limits
-from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
-from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.errors import Error, LimitExceeded, StorageError
 from veriml.models.blobstore import BlobStore
@@ -55,7 +60,7 @@ from veriml.tlog.witness import WitnessClient
 
 __all__ = ["INFERENCE_ROUTES", "create_app"]
 
-INFERENCE_ROUTES = "veriml.coordinator.inference_routes"
+INFERENCE_ROUTES = "veriml.coordinator.inference.routes"
 _UPLOAD_ROUTE = ("POST", "/v1/models")
 _log = logging.getLogger(__name__)
 
@@ -198,7 +203,7 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
 def _dispute_service(state: Any, settings: Settings) -> DisputeService:
     """The dispute engine over the app's keys, HTTP client, models, tensors, ledger and the
     database table that keeps open disputes across restarts."""
-    from veriml.coordinator.inference_routes import node_lister
+    from veriml.coordinator.inference.routes import node_lister
 
     options = DisputeOptions(
         timeout=settings.dispute_timeout,

@@ -10,7 +10,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from veriml.coordinator.repositories import ModelRepository, NodeRepository
+from veriml.coordinator.db.nodes import ModelRepository, NodeRepository
 from veriml.coordinator.settings import Settings
 from veriml.tlog.log import Log
 

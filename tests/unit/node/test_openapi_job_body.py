@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from veriml.coordinator.dispatch import JobSpec, dispatch
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.dispatch import JobSpec, dispatch
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.completion import canonical_request
 from veriml.core.digest import Digest
 from veriml.core.errors import Error

@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from veriml.coordinator import db
-from veriml.coordinator.ledger import LedgerBook
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.ledger.service import LedgerBook
 from veriml.core.errors import Error, StorageError
 from veriml.core.timestamps import utc_now
 from veriml.ledger.entries import BeaconEntry

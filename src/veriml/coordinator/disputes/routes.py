@@ -9,7 +9,8 @@
 
 A challenger is an account: the key id of the request signature (RFC 9421,
 :mod:`veriml.coordinator.auth`). Only the account that opened a
-dispute may move in it. The routes read the :class:`~veriml.coordinator.disputes.DisputeService`
+dispute may move in it. The routes read the
+:class:`~veriml.coordinator.disputes.service.DisputeService`
 from ``app.state.disputes`` and the stored inference through the app's inference service.
 
 Errors are RFC 9457 problems, and a refused challenge is neither logged nor charged: a
@@ -31,14 +32,14 @@ from fastapi import APIRouter, Request, Response
 
 from veriml.coordinator import schemas
 from veriml.coordinator.auth import read_signed_body
-from veriml.coordinator.dispute_admission import (
+from veriml.coordinator.disputes.admission import (
     TooManyDisputes,
     WindowClosed,
     bond_authorization,
     tensors_from_json,
 )
-from veriml.coordinator.disputes import DisputeRun, DisputeService, bonded
-from veriml.coordinator.inference_routes import inference_service
+from veriml.coordinator.disputes.service import DisputeRun, DisputeService, bonded
+from veriml.coordinator.inference.routes import inference_service
 from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.errors import FormatError, SignatureError, StorageError
@@ -101,8 +102,8 @@ async def _prefill_challenge(
     challenged by a watcher whose own prefill check rejected it; settled at once by another
     operator's prefill check (docs/llm.md, "Disputes"). 201 and the settled dispute. The bond
     and a claim disputed before are checked before any node is asked to check."""
-    from veriml.coordinator.completion_checks import answer_from_stored
-    from veriml.coordinator.openai_routes import completion_service
+    from veriml.coordinator.llm.checks import answer_from_stored
+    from veriml.coordinator.llm.routes import completion_service
 
     unknown = sorted(set(body) - {"inference", "node", "kind", "authorization"})
     if unknown:

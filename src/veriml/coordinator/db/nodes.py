@@ -1,6 +1,6 @@
 """Repositories: the only code that speaks SQL to the coordinator's tables (``db.py``).
 
-Models live in :mod:`veriml.coordinator.catalog` (re-exported here); nodes and descriptor
+Models live in :mod:`veriml.coordinator.db.models` (re-exported here); nodes and descriptor
 nonces here.
 
 Every write is safe with several coordinator replicas on one database: uniqueness comes from
@@ -19,8 +19,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from veriml.coordinator import db
-from veriml.coordinator.catalog import ModelRecord, ModelRepository, storage_error
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.models import ModelRecord, ModelRepository, storage_error
 from veriml.core.digest import Digest
 from veriml.core.errors import Conflict, FormatError, NotFound, StorageError
 from veriml.protocol.messages import NodeDescriptor

@@ -1,7 +1,7 @@
 """The completion service: LLM requests run on nodes, verified, decided, logged once.
 
 ``POST /v1/chat/completions``, ``/v1/completions`` and ``/v1/embeddings`` (docs/llm.md,
-docs/openai-api.md) go through the steps of :mod:`veriml.coordinator.inference`, with a
+docs/openai-api.md) go through the steps of :mod:`veriml.coordinator.inference.service`, with a
 canonical request (docs/llm.md, "Canonical request") in place of input tensors:
 
 1. resolve the model reference; it must be a GGUF hub model (``NotFound`` -> 404);
@@ -13,7 +13,7 @@ canonical request (docs/llm.md, "Canonical request") in place of input tensors:
    each a job carrying the request's digest, and post it with the request;
 4. stream the first answering node's tokens to the caller while it generates (NDJSON from the
    node; :class:`TokenSink` keeps the stream to one node's tokens even when nodes fail);
-5. verify every answer (:mod:`~veriml.coordinator.completion_checks`): the completion
+5. verify every answer (:mod:`~veriml.coordinator.llm.checks`): the completion
    receipt under the node's **registered** key, its binding to this request (id, digest,
    model, policy, sampling), and the prompt and output digests recomputed from the token ids
    and content the node returned; a node whose answer does not verify is replaced;
@@ -25,7 +25,7 @@ canonical request (docs/llm.md, "Canonical request") in place of input tensors:
    ``kind``), prove its inclusion through :class:`InferenceStore`, and pay the nodes' fees.
 
 Nothing is written before step 7; a crash after the append is completed from the log like
-any inference (:mod:`veriml.coordinator.inference_store`).
+any inference (:mod:`veriml.coordinator.db.inferences`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,17 @@ import httpx
 import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
-from veriml.coordinator.completion_checks import (
+from veriml.coordinator.db.inferences import InferenceStore, PendingInference
+from veriml.coordinator.inference.service import (
+    EpochSource,
+    RequestDraws,
+    answer_cites,
+    check_request_id,
+    provenance_json,
+    requester,
+    same_requester,
+)
+from veriml.coordinator.llm.checks import (
     OUTPUT,
     CompletionAnswer,
     CompletionJob,
@@ -55,19 +65,9 @@ from veriml.coordinator.completion_checks import (
     output_json,
     parse_policy,
 )
-from veriml.coordinator.dispatch import node_problem
-from veriml.coordinator.inference import (
-    EpochSource,
-    RequestDraws,
-    answer_cites,
-    check_request_id,
-    provenance_json,
-    requester,
-    same_requester,
-)
-from veriml.coordinator.inference_store import InferenceStore, PendingInference
-from veriml.coordinator.openai_errors import NodeRefused
-from veriml.coordinator.scheduler import (
+from veriml.coordinator.llm.errors import NodeRefused
+from veriml.coordinator.nodes.dispatch import node_problem
+from veriml.coordinator.nodes.scheduler import (
     Candidate,
     Failure,
     check_retry_options,
@@ -110,8 +110,8 @@ from veriml.verify.policy import (
 )
 
 if TYPE_CHECKING:
-    from veriml.coordinator.disputes import DisputeService
-    from veriml.coordinator.ledger import LedgerBook
+    from veriml.coordinator.disputes.service import DisputeService
+    from veriml.coordinator.ledger.service import LedgerBook
 
 __all__ = [
     "LLM_ENGINE",
@@ -276,7 +276,7 @@ def _failed(node: str, status: int, problem: Mapping[str, Any]) -> Error:
 class CompletionService:
     """Runs LLM requests on nodes (see the module docstring for the steps).
 
-    Its collaborators are passed in, as for :class:`~veriml.coordinator.inference
+    Its collaborators are passed in, as for :class:`~veriml.coordinator.inference.service
     .InferenceService`: ``resolve_model(ref)`` (blocking) returns the GGUF model or raises
     ``NotFound``; ``list_nodes(model)`` (blocking) the nodes that run it (``llama.cpp``, or
     relay nodes for ``model.relay``) and may

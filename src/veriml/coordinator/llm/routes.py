@@ -1,6 +1,6 @@
 """The OpenAI-compatible API: ``POST /v1/chat/completions``, ``/v1/completions`` and
 ``/v1/embeddings`` (docs/openai-api.md), over
-:class:`~veriml.coordinator.completions.CompletionService`.
+:class:`~veriml.coordinator.llm.service.CompletionService`.
 
 Request and response shapes are OpenAI's, so its SDKs work unchanged; veriml adds the
 ``veriml`` member (receipts, token ids, verdict, log inclusion), the ``X-Veriml-Receipt``
@@ -9,7 +9,7 @@ header (base64 of the first receipt's DSSE JSON) and, in streams, one ``event: v
 ``: keep-alive`` comment every ``sse_keepalive`` seconds, which clients skip but proxies see.
 The policy comes from the ``X-Veriml-Policy`` header or the body's
 ``veriml: {"policy": ...}`` member (the OpenAI SDK's ``extra_body``). Errors are OpenAI error
-objects (:mod:`veriml.coordinator.openai_errors`), not problem JSON. A request signed like
+objects (:mod:`veriml.coordinator.llm.errors`), not problem JSON. A request signed like
 ``POST /v1/inferences`` (RFC 9421, :mod:`veriml.coordinator.auth`) is logged with its client;
 an ``Idempotency-Key`` is the request id, and retrying with it returns the stored answer.
 
@@ -31,8 +31,10 @@ from prometheus_client import Counter
 
 from veriml.coordinator import schemas
 from veriml.coordinator.auth import capability_header, payment_from_headers, read_signed_body
-from veriml.coordinator.completion_checks import embedding_vectors
-from veriml.coordinator.completions import (
+from veriml.coordinator.inference.routes import beacon_of, known_size, named_epoch, node_lister
+from veriml.coordinator.llm.checks import embedding_vectors
+from veriml.coordinator.llm.errors import openai_error
+from veriml.coordinator.llm.service import (
     LLM_ENGINE,
     CompletionAnswer,
     CompletionOptions,
@@ -42,9 +44,7 @@ from veriml.coordinator.completions import (
     Prepared,
     TokenPiece,
 )
-from veriml.coordinator.inference_routes import beacon_of, known_size, named_epoch, node_lister
-from veriml.coordinator.openai_errors import openai_error
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import RequestKind, relay_digest, relay_model_id, relay_name
 from veriml.core.dsse import Envelope

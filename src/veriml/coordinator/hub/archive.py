@@ -2,7 +2,8 @@
 
 The upload is first spooled to disk whole, its digest computed as it arrives, so the
 publisher's request signature over that digest is checked before a single header of the archive
-is parsed (:mod:`veriml.coordinator.hub`, "authenticate before extracting"). The spooled file is
+is parsed (:mod:`veriml.coordinator.hub.service`, "authenticate before extracting"). The
+spooled file is
 then read with :mod:`tarfile` in stream mode (``r|*``: plain, gzip, bzip2 or xz), one member at
 a time: nothing is seeked and nothing is held whole. Every limit is enforced while reading, so a
 hostile archive costs at most the limit to refuse:

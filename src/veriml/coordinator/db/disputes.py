@@ -1,11 +1,12 @@
 """Open disputes in the database, so a coordinator restart resumes them (docs/verification.md,
 "Persistence").
 
-The ``disputes`` table (:mod:`veriml.coordinator.db`) holds one row per open dispute, written
+The ``disputes`` table (:mod:`veriml.coordinator.db.tables`) holds one row per open dispute, written
 just before its ``challenge`` entry is appended and deleted once its verdict is: everything
 needed to bring the dispute back in another process. The engine
-(:mod:`veriml.coordinator.disputes`) writes a row at each move (the reveals recorded so far and
-the move it asks now); on start-up it claims the rows no live replica holds and replays them.
+(:mod:`veriml.coordinator.disputes.service`) writes a row at each move (the reveals
+recorded so far and the move it asks now); on start-up it claims the rows no live replica
+holds and replays them.
 
 A row belongs to one replica at a time: ``owner`` (a random id per process) and
 ``lease_until`` (Unix seconds). The owner renews its leases while it drives the disputes and
@@ -48,9 +49,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from veriml.coordinator import db
-from veriml.coordinator.dispute_parties import Claim
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.disputes.parties import Claim
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Conflict, StorageError

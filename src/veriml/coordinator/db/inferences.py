@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from veriml.coordinator import db
+from veriml.coordinator.db import tables as db
 from veriml.core.digest import Digest
 from veriml.core.errors import Conflict, Error, NotFound, StorageError
 from veriml.core.receipt import utc_now

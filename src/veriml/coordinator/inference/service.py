@@ -28,7 +28,7 @@ steps, in order; nothing is written anywhere before step 7:
 
 The log entry is the request's single point of commitment: a crash before step 7 leaves no
 trace, and the entry is one atomic append, so a request is logged completely or not at all.
-A crash after the append leaves a pending row that :mod:`~veriml.coordinator.inference_store`
+A crash after the append leaves a pending row that :mod:`~veriml.coordinator.db.inferences`
 completes from the log (on ``GET``, on a retry with the same ``Idempotency-Key``, and at
 start-up): the answer is never lost and the request is never logged twice.
 
@@ -56,10 +56,10 @@ import numpy.typing as npt
 import onnx
 from sqlalchemy.engine import Engine
 
-from veriml.coordinator.beacon import Beacon, Epoch
-from veriml.coordinator.dispatch import JobSpec, dispatch
-from veriml.coordinator.inference_store import InferenceStore, PendingInference
-from veriml.coordinator.scheduler import (
+from veriml.coordinator.db.inferences import InferenceStore, PendingInference
+from veriml.coordinator.nodes.beacon import Beacon, Epoch
+from veriml.coordinator.nodes.dispatch import JobSpec, dispatch
+from veriml.coordinator.nodes.scheduler import (
     Candidate,
     Failure,
     check_retry_options,
@@ -104,8 +104,8 @@ from veriml.verify.policy import (
 from veriml.verify.tolerance import OutputBounds, output_bounds
 
 if TYPE_CHECKING:
-    from veriml.coordinator.disputes import DisputeService
-    from veriml.coordinator.ledger import LedgerBook
+    from veriml.coordinator.disputes.service import DisputeService
+    from veriml.coordinator.ledger.service import LedgerBook
 
 __all__ = [
     "InferenceOptions",

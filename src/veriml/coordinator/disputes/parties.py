@@ -1,5 +1,5 @@
 """The parties of a dispute (docs/verification.md, "Disputes"): what the engine in
-:mod:`veriml.coordinator.disputes` asks and checks, behind one small interface.
+:mod:`veriml.coordinator.disputes.service` asks and checks, behind one small interface.
 
 - :class:`NodeParty`: a node, first sent the same request again as a traced job when its
   receipt has no trace (a *retrace*), then asked for reveals through its trace endpoints.
@@ -25,8 +25,8 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import numpy.typing as npt
 
-from veriml.coordinator.dispatch import JobRejected, JobSpec, dispatch
-from veriml.coordinator.scheduler import Candidate, node_key
+from veriml.coordinator.nodes.dispatch import JobRejected, JobSpec, dispatch
+from veriml.coordinator.nodes.scheduler import Candidate, node_key
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement

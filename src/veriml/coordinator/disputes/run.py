@@ -3,7 +3,7 @@
 
 :class:`DisputeRun` is the live state (what ``GET /v1/disputes/{id}`` shows); :class:`Outcome`
 is how a dispute ended before it is logged. :func:`record_of` turns a run into the row the
-:class:`~veriml.coordinator.dispute_store.DisputeStore` keeps, so a restarted coordinator can
+:class:`~veriml.coordinator.db.disputes.DisputeStore` keeps, so a restarted coordinator can
 bring the run back: its parties reached again (a node by its id and endpoint, a remote
 challenger through the same HTTP routes) and its bisection replayed from the recorded reveals.
 """
@@ -18,15 +18,15 @@ from typing import Any
 
 import numpy.typing as npt
 
-from veriml.coordinator.dispute_parties import (
+from veriml.coordinator.db.disputes import DisputeRecord, PartyRecord
+from veriml.coordinator.disputes.parties import (
     EMPTY_TRACE,
     AbsentParty,
     NodeParty,
     Party,
     RemoteParty,
 )
-from veriml.coordinator.dispute_store import DisputeRecord, PartyRecord
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Conflict

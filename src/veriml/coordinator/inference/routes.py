@@ -1,5 +1,5 @@
 """``POST /v1/inferences`` and ``GET /v1/inferences/{id}`` (docs/network.md, "Inference
-request and answer"), over :class:`~veriml.coordinator.inference.InferenceService`.
+request and answer"), over :class:`~veriml.coordinator.inference.service.InferenceService`.
 
 The service is built on first use from what the app's lifespan put on ``app.state``
 (``veriml.coordinator`` lists the names) and kept there as ``app.state.inference``. Errors are
@@ -28,12 +28,12 @@ from veriml.coordinator.auth import (
     payment_from_headers,
     read_signed_body,
 )
-from veriml.coordinator.beacon import Beacon
-from veriml.coordinator.dispatch import JobRejected
-from veriml.coordinator.inference import InferenceOptions, InferenceService, ResolvedModel
-from veriml.coordinator.ledger import TENSOR_MEDIA_TYPE, TensorStore
+from veriml.coordinator.inference.service import InferenceOptions, InferenceService, ResolvedModel
+from veriml.coordinator.ledger.service import TENSOR_MEDIA_TYPE, TensorStore
+from veriml.coordinator.nodes.beacon import Beacon
+from veriml.coordinator.nodes.dispatch import JobRejected
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import problem
-from veriml.coordinator.scheduler import Candidate
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope

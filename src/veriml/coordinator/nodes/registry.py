@@ -34,10 +34,10 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from veriml.coordinator.db.nodes import NodeRepository, NonceRepository
 from veriml.coordinator.deps import NodesDep, SettingsDep
-from veriml.coordinator.ledger import LedgerBook
+from veriml.coordinator.ledger.service import LedgerBook
 from veriml.coordinator.ratelimit import RateLimits
-from veriml.coordinator.repositories import NodeRepository, NonceRepository
 from veriml.coordinator.schemas import HEARTBEAT, REGISTER_NODE
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object

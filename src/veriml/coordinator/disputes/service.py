@@ -7,19 +7,19 @@ docs/verification.md ("Disputes") is the spec. One engine serves two kinds of di
   records;
 - **external** (``POST /v1/disputes``): the challenger is a remote account (a client, a
   watcher, a node) moving through HTTP (``RemoteParty``); the defendant is a node. Before
-  anything is asked or logged, :mod:`veriml.coordinator.dispute_admission` checks the
+  anything is asked or logged, :mod:`veriml.coordinator.disputes.admission` checks the
   answer's challenge window, the challenger's signed bond, that the claim was never disputed
   and that the defendant has room for another dispute.
 
-The parties live in :mod:`veriml.coordinator.dispute_parties`, the game once both stand by a
-trace in :mod:`veriml.coordinator.dispute_game`, the run and its stored form in
-:mod:`veriml.coordinator.dispute_run` and :mod:`veriml.coordinator.dispute_store`.
+The parties live in :mod:`veriml.coordinator.disputes.parties`, the game once both stand by a
+trace in :mod:`veriml.coordinator.disputes.game`, the run and its stored form in
+:mod:`veriml.coordinator.disputes.run` and :mod:`veriml.coordinator.db.disputes`.
 
 A party is anything with the small :class:`Party` interface: ``open`` (the trace commitment
 it stands by), ``reveal(index)`` (a trace entry and its RFC 9162 inclusion proof) and
 ``tensors(names)``. The engine checks every answer (:func:`~veriml.verify.dispute.check_reveal`,
 tensor digests), so a party is trusted with nothing. The steps (steps 2-4 are played by
-:func:`veriml.coordinator.dispute_game.play`):
+:func:`veriml.coordinator.disputes.game.play`):
 
 1. each party opens: a node whose receipt has no trace is first sent the same request again as
    a traced job (a *retrace*); its outputs must repeat the receipt's, or it loses
@@ -40,7 +40,7 @@ both outputs are wrong. Settlement appends, through the ledger book, the ``verdi
 the settlement the ledger's rule derives from it (slashes of the losers' operators, the winning
 challenger's reward, reputation). The ``challenge`` entry was appended when the dispute opened.
 
-Open disputes are stored (:class:`~veriml.coordinator.dispute_store.DisputeStore`) when they
+Open disputes are stored (:class:`~veriml.coordinator.db.disputes.DisputeStore`) when they
 open and at every move; :meth:`DisputeService.resume` brings them back after a restart (their
 bisection replayed from the recorded reveals, the pending move asked again with a fresh
 deadline). Settled disputes are kept in memory for ``GET /v1/disputes/{id}`` up to
@@ -64,8 +64,8 @@ import httpx
 import numpy.typing as npt
 import onnx
 
-from veriml.coordinator.dispatch import JobSpec
-from veriml.coordinator.dispute_admission import (
+from veriml.coordinator.db.disputes import DisputeRecord, DisputeStore, PartyRecord
+from veriml.coordinator.disputes.admission import (
     TooManyDisputes,
     bond_authorization,
     check_challenge,
@@ -74,8 +74,8 @@ from veriml.coordinator.dispute_admission import (
     digest_map,
     receipt_of,
 )
-from veriml.coordinator.dispute_game import GRACE, ask_both, play
-from veriml.coordinator.dispute_parties import (
+from veriml.coordinator.disputes.game import GRACE, ask_both, play
+from veriml.coordinator.disputes.parties import (
     EMPTY_TRACE,
     Claim,
     NodeParty,
@@ -85,9 +85,9 @@ from veriml.coordinator.dispute_parties import (
     check_commitment,
     receipt_claim,
 )
-from veriml.coordinator.dispute_run import DisputeRun, Outcome, husk, record_of, revived
-from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.disputes.run import DisputeRun, Outcome, husk, record_of, revived
+from veriml.coordinator.nodes.dispatch import JobSpec
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
@@ -249,7 +249,7 @@ class DisputeService:
         return run
 
     async def check_window(self, answer: Mapping[str, Any]) -> None:
-        """Raise :class:`~veriml.coordinator.dispute_admission.WindowClosed` once the
+        """Raise :class:`~veriml.coordinator.disputes.admission.WindowClosed` once the
         challenge window of the stored ``answer`` has closed (every policy has one)."""
         inference = str(answer.get("id", ""))
         answered = None

@@ -43,8 +43,8 @@ from typing import Any, cast
 
 import httpx
 
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import PROBLEM_TYPE
-from veriml.coordinator.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import Error, ExecutionError, NodeUnavailable, VerificationError

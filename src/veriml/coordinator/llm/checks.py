@@ -1,5 +1,5 @@
 """Pure checks of what nodes answer to LLM jobs (no I/O): the coordinator's step 5 of
-:mod:`veriml.coordinator.completions`, and the stored form of an answer.
+:mod:`veriml.coordinator.llm.service`, and the stored form of an answer.
 
 - :func:`check_answer`: a completion or embedding answer, verified against its receipt under
   the node's registered key, bound to the request, its digests recomputed;
@@ -21,7 +21,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.completion import (
     CompletionPredicate,
     RequestKind,

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from veriml.coordinator import db
+from veriml.coordinator.db import tables as db
 from veriml.core.digest import Digest
 from veriml.core.errors import Conflict, NotFound, StorageError
 from veriml.ledger.entries import namespace_of

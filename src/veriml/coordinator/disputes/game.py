@@ -1,5 +1,5 @@
 """How a dispute is played once both parties stand by a trace (docs/verification.md,
-"Bisection" and "Referee"): steps 2-4 of :mod:`veriml.coordinator.disputes`.
+"Bisection" and "Referee"): steps 2-4 of :mod:`veriml.coordinator.disputes.service`.
 
 :func:`play` asks both parties for one trace index per round (each reveal proved against the
 party's own root) until :class:`~veriml.verify.dispute.Bisection` finds the first operator
@@ -23,8 +23,8 @@ from typing import Any
 import numpy.typing as npt
 import onnx
 
-from veriml.coordinator.dispute_parties import Party, PartyFault
-from veriml.coordinator.dispute_run import DisputeRun, Outcome
+from veriml.coordinator.disputes.parties import Party, PartyFault
+from veriml.coordinator.disputes.run import DisputeRun, Outcome
 from veriml.core.digest import Digest
 from veriml.core.errors import StorageError, VerificationError
 from veriml.core.receipt import TraceCommitment

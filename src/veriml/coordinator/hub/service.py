@@ -55,13 +55,13 @@ from fsspec.core import url_to_fs
 from starlette.concurrency import run_in_threadpool
 
 from veriml.coordinator import schemas
-from veriml.coordinator.archive import ArchiveLimits, extract_tar
 from veriml.coordinator.auth import SignedRequest, accept_signature, request_signature
-from veriml.coordinator.catalog import NamespaceRecord, NamespaceRepository
+from veriml.coordinator.db.models import NamespaceRecord, NamespaceRepository
+from veriml.coordinator.db.nodes import ModelRecord, ModelRepository
 from veriml.coordinator.deps import ModelsDep
-from veriml.coordinator.ledger import LedgerBook
+from veriml.coordinator.hub.archive import ArchiveLimits, extract_tar
+from veriml.coordinator.ledger.service import LedgerBook
 from veriml.coordinator.problems import problem
-from veriml.coordinator.repositories import ModelRecord, ModelRepository
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import CHUNK_SIZE, Digest
 from veriml.core.errors import (

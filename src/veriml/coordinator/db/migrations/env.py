@@ -1,4 +1,4 @@
-"""Alembic environment: the connection comes from :func:`veriml.coordinator.db.migrate`.
+"""Alembic environment: the connection comes from :func:`veriml.coordinator.db.tables.migrate`.
 
 On PostgreSQL an advisory lock serialises replicas that start together, so each migration
 runs once; SQLite serialises writers itself.
@@ -9,7 +9,7 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import context
 
-from veriml.coordinator.db import VERSION_TABLE, metadata
+from veriml.coordinator.db.tables import VERSION_TABLE, metadata
 
 _LOCK_ID = 0x7665726D6C  # "verml"
 

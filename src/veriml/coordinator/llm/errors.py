@@ -37,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from veriml.coordinator.dispatch import JobRejected
+from veriml.coordinator.nodes.dispatch import JobRejected
 from veriml.core.errors import (
     Conflict,
     Error,
