@@ -28,6 +28,7 @@ from veriml.coordinator.auth import (
     payment_from_headers,
     read_signed_body,
 )
+from veriml.coordinator.inference import faults
 from veriml.coordinator.inference.service import InferenceOptions, InferenceService, ResolvedModel
 from veriml.coordinator.ledger.service import TENSOR_MEDIA_TYPE, TensorStore
 from veriml.coordinator.nodes.beacon import Beacon
@@ -166,6 +167,7 @@ def _service_from_state(state: Any) -> InferenceService:
         store_tensors=getattr(state, "store_tensors", None),
         ledger=getattr(state, "ledger", None),
         beacon=beacon_of(state),
+        on_fault=faults.from_environment(),
     )
 
 

@@ -32,8 +32,8 @@ A crash after the append leaves a pending row that :mod:`~veriml.coordinator.db.
 completes from the log (on ``GET``, on a retry with the same ``Idempotency-Key``, and at
 start-up): the answer is never lost and the request is never logged twice.
 
-``VERIML_UNSAFE_TEST_CRASH_AFTER_LOG_APPEND=1`` makes the process SIGKILL itself right after
-the append (for crash tests only; it is off unless set, and logs a warning when on).
+Crash tests inject ``on_fault``, called right after the append
+(:mod:`veriml.coordinator.inference.faults`); production passes none.
 """
 
 from __future__ import annotations
@@ -41,10 +41,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import os
 import re
 import secrets
-import signal
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +55,7 @@ import onnx
 from sqlalchemy.engine import Engine
 
 from veriml.coordinator.db.inferences import InferenceStore, PendingInference
+from veriml.coordinator.inference.faults import AFTER_LOG_APPEND, Fault
 from veriml.coordinator.nodes.beacon import Beacon, Epoch
 from veriml.coordinator.nodes.dispatch import JobSpec, dispatch
 from veriml.coordinator.nodes.scheduler import (
@@ -116,7 +115,6 @@ __all__ = [
 ]
 
 Array = npt.NDArray[Any]
-CRASH_AFTER_APPEND = "VERIML_UNSAFE_TEST_CRASH_AFTER_LOG_APPEND"
 _log = logging.getLogger(__name__)
 _LOOKUP_CACHE = 256
 _KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
@@ -402,22 +400,24 @@ def check_answer(
 class InferenceService:
     """Runs inference requests on nodes (see the module docstring for the steps).
 
-    Its collaborators are passed in, so it runs the same inside the app and in tests:
-    ``resolve_model(ref)`` and ``list_nodes(model)`` are blocking lookups (called in a worker
-    thread), ``node_failed(node_id)`` is told when a node did not answer, and ``observe`` (for
-    metrics) gets ``("verdict", "<policy kind>/<outcome>")`` per answer,
-    ``("node-failure", "unavailable" | "unverified")`` per failed attempt and
-    ``("dispute", "<winner>")`` per dispute a request opened.
+        Its collaborators are passed in, so it runs the same inside the app and in tests:
+        ``resolve_model(ref)`` and ``list_nodes(model)`` are blocking lookups (called in a worker
+        thread), ``node_failed(node_id)`` is told when a node did not answer, and ``observe`` (for
+        metrics) gets ``("verdict", "<policy kind>/<outcome>")`` per answer,
+        ``("node-failure", "unavailable" | "unverified")`` per failed attempt and
+        ``("dispute", "<winner>")`` per dispute a request opened.
 
-    The verification policies (docs/verification.md) need three more collaborators:
-    ``disputes`` settles a spot check that disagrees and every dissenting quorum answer (without
-    it the disagreement is only recorded by the verdict); ``load_model(digest)`` (blocking)
-    gives the model whose output bounds tolerance mode compares with; ``store_tensors(arrays)``
-    (blocking) keeps every request's inputs by digest before the log append, so watchers and
-    disputes can fetch them. With a ``ledger``, a signed client pays ``fee_per_job`` to each
-    node that answered (its signed payment checked before any node runs, the fees logged with
-    the inference entry), nodes are scheduled under the latest ``state`` entry, and answers
-    carry their operators' stake proofs. ``beacon()`` gives the current randomness epoch.
+        The verification policies (docs/verification.md) need three more collaborators:
+        ``disputes`` settles a spot check that disagrees and every dissenting quorum answer (without
+        it the disagreement is only recorded by the verdict); ``load_model(digest)`` (blocking)
+        gives the model whose output bounds tolerance mode compares with; ``store_tensors(arrays)``
+        (blocking) keeps every request's inputs by digest before the log append, so watchers and
+        disputes can fetch them. With a ``ledger``, a signed client pays ``fee_per_job`` to each
+        node that answered (its signed payment checked before any node runs, the fees logged with
+        the inference entry), nodes are scheduled under the latest ``state`` entry, and answers
+        carry their operators' stake proofs. ``beacon()`` gives the current randomness epoch.
+    ``on_fault(point)``, injected by crash tests only, runs at the points named in
+    :mod:`veriml.coordinator.inference.faults`.
     """
 
     def __init__(
@@ -437,6 +437,7 @@ class InferenceService:
         store_tensors: Callable[[Mapping[str, Array]], object] | None = None,
         ledger: LedgerBook | None = None,
         beacon: EpochSource | None = None,
+        on_fault: Fault | None = None,
     ) -> None:
         self._log = log
         self._disputes = disputes
@@ -455,11 +456,7 @@ class InferenceService:
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
         self._lookups: dict[str, tuple[float, ResolvedModel, list[Candidate]]] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        self._crash_after_append = os.environ.get(CRASH_AFTER_APPEND) == "1"
-        if self._crash_after_append:
-            _log.warning(
-                "%s is set: the coordinator kills itself after a log append", CRASH_AFTER_APPEND
-            )
+        self._on_fault = on_fault
 
     async def get(self, inference_id: str) -> dict[str, Any]:
         """The stored answer of ``inference_id`` (``NotFound`` if there is none); a row a
@@ -714,8 +711,8 @@ class InferenceService:
         )
         await self._store.reserve(pending)
         index = await self._append(entry, pending, extra.get("client"), request.payment, nodes)
-        if self._crash_after_append:
-            os.kill(os.getpid(), signal.SIGKILL)
+        if self._on_fault is not None:
+            self._on_fault(AFTER_LOG_APPEND)
         stored = await self._store.commit(index, pending)
         return dict(stored.response)
 
