@@ -188,10 +188,12 @@ class NodeRepository:
                 raise NotFound("no such node", node=node_id)
             raise Conflict("heartbeat is not newer than the last one", node=node_id)
 
-    def all(self) -> list[NodeRow]:
+    def all(self, *, limit: int | None = None, offset: int = 0) -> list[NodeRow]:
+        """Registered nodes by id; at most ``limit`` of them after the first ``offset``."""
+        query = sa.select(db.nodes).order_by(db.nodes.c.node_id).limit(limit).offset(offset)
         try:
             with self._engine.connect() as conn:
-                rows = conn.execute(sa.select(db.nodes).order_by(db.nodes.c.node_id)).all()
+                rows = conn.execute(query).all()
         except SQLAlchemyError as exc:
             raise _storage(exc, "list nodes") from exc
         return [NodeRow.from_row(r) for r in rows]

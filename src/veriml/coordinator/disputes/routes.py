@@ -44,7 +44,7 @@ from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
 from veriml.core.errors import FormatError, SignatureError, StorageError
 
-__all__ = ["create_dispute_router"]
+__all__ = ["router"]
 
 
 def _service(request: Request) -> DisputeService:
@@ -152,85 +152,85 @@ async def _prefill_challenge(
     return _json(settled, status=201)
 
 
-def create_dispute_router() -> APIRouter:
-    """The dispute routes, bound to the app's services at request time."""
-    router = APIRouter(tags=["disputes"])
+router = APIRouter(tags=["disputes"])
 
-    @router.post(
-        "/v1/disputes",
-        operation_id="create_dispute",
-        status_code=201,
-        summary="Challenge a node's answer to a logged inference with your own trace",
-        responses={201: {"description": "the dispute state"}},
-        openapi_extra=schemas.CREATE_DISPUTE,
-    )
-    async def create_dispute(request: Request) -> Response:
-        """``{"inference", "node", "trace": {"root", "size"}, "outputs", "mode"?,
-        "authorization"?}`` -> 201 and the dispute state; the challenge entry is logged
-        before the answer. ``authorization`` is the challenger's signed ``challenge`` ledger
-        request for the rules' bond (needed when the bond is above 0)."""
-        service = _service(request)
-        account, body = await _signed_body(request)
-        inference = body.get("inference")
-        if not isinstance(inference, str) or not 0 < len(inference) <= 200:
-            raise FormatError("a dispute names the inference it challenges")
-        answer = await inference_service(request).get(inference)
-        try:
-            await service.check_window(answer)
-            if body.get("kind") == "prefill":
-                return await _prefill_challenge(request, answer, body, account)
-            run = await service.challenge(answer, body, account=account)
-        except WindowClosed as exc:
-            return problem(410, exc.message, title="Gone", **exc.evidence)
-        except TooManyDisputes as exc:
-            retry = str(exc.evidence.get("retry_after", 1))
-            return problem(
-                429,
-                exc.message,
-                title="Too Many Requests",
-                headers={"Retry-After": retry},
-                **exc.evidence,
-            )
-        return _json(run.to_json(), status=201)
 
-    @router.get(
-        "/v1/disputes/{dispute_id}",
-        operation_id="get_dispute",
-        summary="A dispute's state: the query it waits for, its rounds, its verdict",
-        responses=schemas.GET_DISPUTE,
-    )
-    async def get_dispute(dispute_id: str, request: Request) -> Response:
-        return _json(_service(request).get(dispute_id).to_json())
+@router.post(
+    "/v1/disputes",
+    operation_id="create_dispute",
+    status_code=201,
+    summary="Challenge a node's answer to a logged inference with your own trace",
+    responses={201: {"description": "the dispute state"}},
+    openapi_extra=schemas.CREATE_DISPUTE,
+)
+async def create_dispute(request: Request) -> Response:
+    """``{"inference", "node", "trace": {"root", "size"}, "outputs", "mode"?,
+    "authorization"?}`` -> 201 and the dispute state; the challenge entry is logged
+    before the answer. ``authorization`` is the challenger's signed ``challenge`` ledger
+    request for the rules' bond (needed when the bond is above 0)."""
+    service = _service(request)
+    account, body = await _signed_body(request)
+    inference = body.get("inference")
+    if not isinstance(inference, str) or not 0 < len(inference) <= 200:
+        raise FormatError("a dispute names the inference it challenges")
+    answer = await inference_service(request).get(inference)
+    try:
+        await service.check_window(answer)
+        if body.get("kind") == "prefill":
+            return await _prefill_challenge(request, answer, body, account)
+        run = await service.challenge(answer, body, account=account)
+    except WindowClosed as exc:
+        return problem(410, exc.message, title="Gone", **exc.evidence)
+    except TooManyDisputes as exc:
+        retry = str(exc.evidence.get("retry_after", 1))
+        return problem(
+            429,
+            exc.message,
+            title="Too Many Requests",
+            headers={"Retry-After": retry},
+            **exc.evidence,
+        )
+    return _json(run.to_json(), status=201)
 
-    @router.post(
-        "/v1/disputes/{dispute_id}/reveal",
-        operation_id="reveal_dispute_entry",
-        summary="The challenger reveals the trace entry the dispute asks for",
-        openapi_extra=schemas.dispute_move(schemas.DisputeReveal, "the entry and its proof"),
-    )
-    async def reveal(dispute_id: str, request: Request) -> Response:
-        """``{"index", "entry", "proof": [hex]}`` -> the state once the dispute has moved on."""
-        moved = await _move(request, dispute_id, "entry")
-        if isinstance(moved, Response):
-            return moved
-        service, run, body = moved
-        await service.submit(run, reveal=body)
-        return _json(run.to_json())
 
-    @router.post(
-        "/v1/disputes/{dispute_id}/tensors",
-        operation_id="submit_dispute_tensors",
-        summary="The challenger sends the recorded tensors the dispute asks for",
-        openapi_extra=schemas.dispute_move(schemas.DisputeTensors, "the tensors asked for"),
-    )
-    async def tensors(dispute_id: str, request: Request) -> Response:
-        """``{"tensors": {name: tensor JSON}}`` -> the state once the dispute has moved on."""
-        moved = await _move(request, dispute_id, "tensors")
-        if isinstance(moved, Response):
-            return moved
-        service, run, body = moved
-        arrays = tensors_from_json(body["tensors"], max_bytes=service.options.max_tensor_bytes)
-        await service.submit(run, tensors=arrays)
-        return _json(run.to_json())
+@router.get(
+    "/v1/disputes/{dispute_id}",
+    operation_id="get_dispute",
+    summary="A dispute's state: the query it waits for, its rounds, its verdict",
+    responses=schemas.GET_DISPUTE,
+)
+async def get_dispute(dispute_id: str, request: Request) -> Response:
+    return _json(_service(request).get(dispute_id).to_json())
 
-    return router
+
+@router.post(
+    "/v1/disputes/{dispute_id}/reveal",
+    operation_id="reveal_dispute_entry",
+    summary="The challenger reveals the trace entry the dispute asks for",
+    openapi_extra=schemas.dispute_move(schemas.DisputeReveal, "the entry and its proof"),
+)
+async def reveal(dispute_id: str, request: Request) -> Response:
+    """``{"index", "entry", "proof": [hex]}`` -> the state once the dispute has moved on."""
+    moved = await _move(request, dispute_id, "entry")
+    if isinstance(moved, Response):
+        return moved
+    service, run, body = moved
+    await service.submit(run, reveal=body)
+    return _json(run.to_json())
+
+
+@router.post(
+    "/v1/disputes/{dispute_id}/tensors",
+    operation_id="submit_dispute_tensors",
+    summary="The challenger sends the recorded tensors the dispute asks for",
+    openapi_extra=schemas.dispute_move(schemas.DisputeTensors, "the tensors asked for"),
+)
+async def tensors(dispute_id: str, request: Request) -> Response:
+    """``{"tensors": {name: tensor JSON}}`` -> the state once the dispute has moved on."""
+    moved = await _move(request, dispute_id, "tensors")
+    if isinstance(moved, Response):
+        return moved
+    service, run, body = moved
+    arrays = tensors_from_json(body["tensors"], max_bytes=service.options.max_tensor_bytes)
+    await service.submit(run, tensors=arrays)
+    return _json(run.to_json())

@@ -100,13 +100,8 @@ def node_lister(
     def list_nodes(model: Digest) -> list[Candidate]:
         ledger = book.state()
         return [
-            Candidate(
-                node_id=row.node_id,
-                operator=row.operator,
-                endpoint=row.endpoint,
-                public_key=row.public_key,
-                log_index=row.log_index,
-                last_seen=row.last_seen,
+            Candidate.of(
+                row,
                 active=row.active + row.queued,
                 capacity=row.capacity,
                 cached=frozenset(row.cached),

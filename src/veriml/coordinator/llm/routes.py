@@ -116,13 +116,8 @@ def _relay_nodes(state: Any, model: LLMModel) -> list[Candidate]:
     now, live = time.time(), state.settings.live_after
     ledger = state.ledger.state()
     return [
-        Candidate(
-            node_id=row.node_id,
-            operator=row.operator,
-            endpoint=row.endpoint,
-            public_key=row.public_key,
-            log_index=row.log_index,
-            last_seen=row.last_seen,
+        Candidate.of(
+            row,
             active=row.active + row.queued,
             capacity=row.capacity,
             models=(model.digest.to_text(),),

@@ -27,18 +27,13 @@ heartbeat rate limit (429).
 from __future__ import annotations
 
 import datetime as dt
-import time
-from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse
+from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
 from veriml.coordinator.db.nodes import NodeRepository, NonceRepository
-from veriml.coordinator.deps import NodesDep, SettingsDep
 from veriml.coordinator.ledger.service import LedgerBook
 from veriml.coordinator.ratelimit import RateLimits
-from veriml.coordinator.schemas import HEARTBEAT, REGISTER_NODE
 from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
@@ -54,7 +49,7 @@ from veriml.ledger.entries import NodeEntry
 from veriml.protocol.messages import Heartbeat, NodeDescriptor, parse_time
 from veriml.tlog.log import Log
 
-__all__ = ["MAX_MESSAGE_BODY", "RegistryService", "read_body", "router"]
+__all__ = ["MAX_MESSAGE_BODY", "RegistryService", "parse_envelope", "read_body"]
 
 # A descriptor or heartbeat envelope: a payload of at most 64 KiB (a descriptor's, 16 KiB),
 # base64, plus signatures.
@@ -169,42 +164,3 @@ class RegistryService:
             capacity=heartbeat.capacity,
             cached=heartbeat.cached,
         )
-
-
-def _registry(request: Request) -> RegistryService:
-    registry: RegistryService = request.app.state.registry
-    return registry
-
-
-RegistryDep = Annotated[RegistryService, Depends(_registry)]
-router = APIRouter(tags=["nodes"])
-
-
-@router.post(
-    "/v1/nodes", operation_id="register_node", status_code=201, openapi_extra=REGISTER_NODE
-)
-async def register_node(request: Request, registry: RegistryDep) -> JSONResponse:
-    """Register (or re-register) a node with its signed descriptor (a DSSE envelope)."""
-    envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))
-    node_id, index = await registry.register_async(envelope)
-    return JSONResponse({"node_id": node_id, "log_index": index}, status_code=201)
-
-
-@router.post(
-    "/v1/nodes/{node_id}/heartbeat", operation_id="node_heartbeat", openapi_extra=HEARTBEAT
-)
-async def node_heartbeat(node_id: str, request: Request, registry: RegistryDep) -> dict[str, Any]:
-    """Record a heartbeat signed by the node's registered key."""
-    envelope = parse_envelope(await read_body(request, MAX_MESSAGE_BODY))
-    await run_in_threadpool(registry.heartbeat, node_id, envelope)
-    return {"node_id": node_id, "heartbeat_interval": registry.settings.heartbeat_interval}
-
-
-@router.get("/v1/nodes", operation_id="list_nodes")
-def list_nodes(nodes: NodesDep, settings: SettingsDep) -> dict[str, Any]:
-    """Every registered node, with ``live`` (a heartbeat within three intervals)."""
-    now = time.time()
-    return {
-        "nodes": [n.to_json(live=n.is_live(now, settings.live_after)) for n in nodes.all()],
-        "heartbeat_interval": settings.heartbeat_interval,
-    }

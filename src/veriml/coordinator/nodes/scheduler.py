@@ -33,11 +33,14 @@ import hashlib
 import math
 from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from veriml.core.digest import Digest
 from veriml.core.errors import Error, FormatError, NodeUnavailable, VerificationError
 from veriml.core.keys import VerifyingKey
+
+if TYPE_CHECKING:
+    from veriml.coordinator.db.nodes import NodeRow
 
 __all__ = [
     "Candidate",
@@ -74,6 +77,20 @@ class Candidate:
     """From the ledger fold: paid jobs and disputes won, minus lost disputes."""
     stake: int = 1
     """The operator's stake (the draw's weight)."""
+
+    @classmethod
+    def of(cls, row: NodeRow, **scheduling: Any) -> Candidate:
+        """The registered node ``row`` as the scheduler sees it; ``scheduling`` gives what
+        the caller knows of its load, models, reputation and stake."""
+        return cls(
+            node_id=row.node_id,
+            operator=row.operator,
+            endpoint=row.endpoint,
+            public_key=row.public_key,
+            log_index=row.log_index,
+            last_seen=row.last_seen,
+            **scheduling,
+        )
 
     def serves(self, model: Digest) -> bool:
         return "*" in self.models or model.to_text() in self.models
