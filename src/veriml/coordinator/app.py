@@ -40,6 +40,7 @@ from veriml.coordinator.keys import load_or_create_keys
 from veriml.coordinator.ledger import routes as ledger_routes
 from veriml.coordinator.ledger.service import LedgerBook, TensorStore
 from veriml.coordinator.llm import routes as llm_routes
+from veriml.coordinator.llm import schemas as llm_schemas
 from veriml.coordinator.metrics import Metrics
 from veriml.coordinator.nodes import routes as nodes_routes
 from veriml.coordinator.nodes.beacon import Beacon
@@ -341,7 +342,7 @@ def _describe_bodies(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete_document(build(), schemas.MODELS)
+            app.openapi_schema = complete_document(build(), (*schemas.MODELS, *llm_schemas.MODELS))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -29,9 +29,9 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import Counter
 
-from veriml.coordinator import schemas
 from veriml.coordinator.auth import capability_header, payment_from_headers, read_signed_body
 from veriml.coordinator.inference.routes import beacon_of, known_size, named_epoch, node_lister
+from veriml.coordinator.llm import schemas as llm_schemas
 from veriml.coordinator.llm.checks import embedding_vectors
 from veriml.coordinator.llm.errors import openai_error
 from veriml.coordinator.llm.service import (
@@ -526,7 +526,7 @@ async def _complete(
     operation_id="create_chat_completion",
     summary="Chat completion on nodes under a verification policy, logged once",
     responses=_RESPONSES,
-    openapi_extra=schemas.OPENAI_CHAT,
+    openapi_extra=llm_schemas.OPENAI_CHAT,
 )
 async def create_chat_completion(request: Request, service: Service) -> Response:
     """OpenAI ``chat.completion`` (``stream: true``: SSE chunks) with a ``veriml`` member."""
@@ -538,7 +538,7 @@ async def create_chat_completion(request: Request, service: Service) -> Response
     operation_id="create_completion",
     summary="Text completion on nodes under a verification policy, logged once",
     responses=_RESPONSES,
-    openapi_extra=schemas.OPENAI_COMPLETION,
+    openapi_extra=llm_schemas.OPENAI_COMPLETION,
 )
 async def create_completion(request: Request, service: Service) -> Response:
     """OpenAI ``text_completion`` (``stream: true``: SSE chunks) with a ``veriml`` member."""
@@ -550,7 +550,7 @@ async def create_completion(request: Request, service: Service) -> Response:
     operation_id="create_embedding",
     summary="Embeddings on nodes under a verification policy, logged once",
     responses=_RESPONSES,
-    openapi_extra=schemas.OPENAI_EMBEDDING,
+    openapi_extra=llm_schemas.OPENAI_EMBEDDING,
 )
 async def create_embedding(request: Request, service: Service) -> Response:
     """OpenAI embedding ``list`` (``encoding_format`` float or base64) with a ``veriml``
