@@ -27,8 +27,8 @@ import httpx
 import sqlalchemy as sa
 
 from veriml.client import LocalNetwork
-from veriml.coordinator import db
-from veriml.coordinator.dispatch import JobSpec, sign_job
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.nodes.dispatch import JobSpec, sign_job
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.keys import load_private_key

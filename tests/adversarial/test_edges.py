@@ -34,7 +34,7 @@ from fastapi.responses import JSONResponse, Response
 from _coordinator import make_signed_model, running_coordinator
 from _servers import free_port, serve
 from veriml.client._retry import parse_retry_after
-from veriml.coordinator.dispatch import MAX_PROBLEM_BYTES, PerHostTransport, node_problem
+from veriml.coordinator.nodes.dispatch import MAX_PROBLEM_BYTES, PerHostTransport, node_problem
 from veriml.core.errors import VerificationError
 from veriml.core.keys import SigningKey, generate_key
 from veriml.core.timestamps import utc_now

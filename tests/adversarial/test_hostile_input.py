@@ -27,7 +27,7 @@ import pytest
 from fastapi import FastAPI
 
 from _coordinator import SignedModel, copy_model, make_signed_model, running_coordinator
-from veriml.coordinator.archive import MAX_HEADER_BYTES
+from veriml.coordinator.hub.archive import MAX_HEADER_BYTES
 from veriml.models import sign_model
 
 

@@ -19,7 +19,7 @@ from _fuzzing import byte_edits as edits
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from veriml.coordinator.archive import ArchiveLimits, extract_tar
+from veriml.coordinator.hub.archive import ArchiveLimits, extract_tar
 from veriml.core.errors import FormatError
 from veriml.models.examples import build_mlp
 

@@ -20,7 +20,7 @@ import pytest
 import veriml
 from _operators import bond, operator_key
 from _servers import free_port, serve, start_process
-from veriml.coordinator.inference import CRASH_AFTER_APPEND
+from veriml.coordinator.inference.faults import CRASH_AFTER_APPEND
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_to_json
 from veriml.ledger.entries import InferenceEntry, parse_entry

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import importlib.util
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
@@ -23,27 +21,34 @@ from functools import partial
 from typing import Any, cast
 
 import httpx
-import sqlalchemy as sa
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
-from sqlalchemy.exc import SQLAlchemyError
+from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import veriml
-from veriml.coordinator import auth, db, hub, ledger, openai_routes, registry, schemas
-from veriml.coordinator.beacon import Beacon
-from veriml.coordinator.catalog import NamespaceRepository
-from veriml.coordinator.deps import LogDep, SettingsDep
-from veriml.coordinator.dispatch import PerHostTransport
-from veriml.coordinator.dispute_routes import create_dispute_router
-from veriml.coordinator.dispute_store import DisputeStore, answered_at
-from veriml.coordinator.disputes import DisputeOptions, DisputeService
+from veriml.coordinator import auth, schemas
+from veriml.coordinator import routes as service_routes
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.disputes import DisputeStore, answered_at
+from veriml.coordinator.db.models import NamespaceRepository
+from veriml.coordinator.db.nodes import ModelRepository, NodeRepository, NonceRepository
+from veriml.coordinator.disputes import routes as disputes_routes
+from veriml.coordinator.disputes.service import DisputeOptions, DisputeService
+from veriml.coordinator.hub import routes as hub_routes
+from veriml.coordinator.hub.service import HubService
+from veriml.coordinator.inference import routes as inference_routes
 from veriml.coordinator.keys import load_or_create_keys
-from veriml.coordinator.metrics import CONTENT_TYPE, Metrics
+from veriml.coordinator.ledger import routes as ledger_routes
+from veriml.coordinator.ledger.service import LedgerBook, TensorStore
+from veriml.coordinator.llm import routes as llm_routes
+from veriml.coordinator.llm import schemas as llm_schemas
+from veriml.coordinator.metrics import Metrics
+from veriml.coordinator.nodes import routes as nodes_routes
+from veriml.coordinator.nodes.beacon import Beacon
+from veriml.coordinator.nodes.dispatch import PerHostTransport
+from veriml.coordinator.nodes.registry import RegistryService
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import install_problem_handlers, problem
 from veriml.coordinator.ratelimit import RateLimits, install_rate_limits
-from veriml.coordinator.repositories import ModelRepository, NodeRepository, NonceRepository
-from veriml.coordinator.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.errors import Error, LimitExceededError, StorageError
 from veriml.models.blobstore import BlobStore
@@ -53,9 +58,18 @@ from veriml.tlog.log import Log, LogOptions
 from veriml.tlog.server import create_log_router
 from veriml.tlog.witness import WitnessClient
 
-__all__ = ["INFERENCE_ROUTES", "create_app"]
+__all__ = ["ROUTERS", "create_app", "default_app"]
 
-INFERENCE_ROUTES = "veriml.coordinator.inference_routes"
+ROUTERS = (
+    hub_routes.router,
+    nodes_routes.router,
+    ledger_routes.router,
+    disputes_routes.router,
+    llm_routes.router,
+    inference_routes.router,
+)
+"""Every sub-package's ``routes.router``, included by :func:`create_app` in this order (then
+the log's read-only API under ``/log/`` and the service routes)."""
 _UPLOAD_ROUTE = ("POST", "/v1/models")
 _log = logging.getLogger(__name__)
 
@@ -158,8 +172,8 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         state.coordinator_key = keys.coordinator
         state.capability_key = auth.capability_key(keys.coordinator)
         state.models, state.nodes, state.nonces = models, nodes, nonces
-        state.ledger = ledger.LedgerBook(log, settings, admin=keys.coordinator.key_id)
-        state.hub = hub.HubService(
+        state.ledger = LedgerBook(log, settings, admin=keys.coordinator.key_id)
+        state.hub = HubService(
             settings=settings,
             models=models,
             namespaces=NamespaceRepository(engine),
@@ -173,7 +187,7 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
                 "unsigned publishing is on: models without a publisher signature are "
                 "registered (marked unsigned, reachable by digest only)"
             )
-        state.registry = registry.RegistryService(
+        state.registry = RegistryService(
             settings=settings,
             nodes=nodes,
             nonces=nonces,
@@ -184,7 +198,7 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         # Stored inputs live apart from the hub's blobs: GET /v1/blobs serves any blob by
         # digest, and a private request's inputs are readable only by its requester.
         tensor_blobs = BlobStore(settings.blobs_url.rstrip("/") + "/tensors")
-        tensors = ledger.TensorStore(tensor_blobs, max_bytes=settings.max_json_bytes)
+        tensors = TensorStore(tensor_blobs, max_bytes=settings.max_json_bytes)
         state.tensors, state.store_tensors = tensors, tensors.put
         hub_service = state.hub
         state.load_model = lambda digest: hub_service.onnx_package(digest).load_proto()
@@ -198,8 +212,6 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
 def _dispute_service(state: Any, settings: Settings) -> DisputeService:
     """The dispute engine over the app's keys, HTTP client, models, tensors, ledger and the
     database table that keeps open disputes across restarts."""
-    from veriml.coordinator.inference_routes import node_lister
-
     options = DisputeOptions(
         timeout=settings.dispute_timeout,
         job_timeout=settings.job_timeout,
@@ -221,7 +233,7 @@ def _dispute_service(state: Any, settings: Settings) -> DisputeService:
         book=state.ledger,
         load_tensor=state.tensors.get,
         store_tensors=state.tensors.put,
-        list_nodes=node_lister(state, schedulable_only=False),
+        list_nodes=inference_routes.node_lister(state, schedulable_only=False),
         find_node=partial(_registered_node, state.nodes),
         store=DisputeStore(engine, owner=uuid.uuid4().hex, lease=options.lease),
         answered_at=lambda inference: answered_at(engine, inference),
@@ -235,14 +247,7 @@ def _registered_node(nodes: NodeRepository, node_id: str) -> Candidate | None:
     row = nodes.get(node_id)
     if row is None:
         return None
-    return Candidate(
-        node_id=row.node_id,
-        operator=row.operator,
-        endpoint=row.endpoint,
-        public_key=row.public_key,
-        log_index=row.log_index,
-        last_seen=row.last_seen,
-    )
+    return Candidate.of(row)
 
 
 ABANDONED_AFTER_MOVES = 64
@@ -284,19 +289,17 @@ def create_app(settings: Settings) -> FastAPI:
             ),
         )
         app.state.disputes = _dispute_service(app.state, settings)
-        app.state.completions = openai_routes.service_from_state(app.state)
+        app.state.completions = llm_routes.service_from_state(app.state)
         try:  # before serving: a challenger's next request finds its dispute again
             await app.state.disputes.resume()
         except Error as exc:  # the sweeper tries again
             _log.warning("open disputes not resumed: %s", exc.diagnostics())
         sweeper = asyncio.create_task(_sweep_disputes(app.state.disputes, settings))
         rotation = asyncio.create_task(app.state.beacon.run(), name="veriml-beacon")
-        if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
-            routes = importlib.import_module(INFERENCE_ROUTES)
-            try:
-                await run_in_threadpool(routes.recover_pending, app.state)
-            except Error as exc:  # the rows stay pending; GET and retries complete them
-                _log.warning("pending inferences not recovered: %s", exc.diagnostics())
+        try:
+            await run_in_threadpool(inference_routes.recover_pending, app.state)
+        except Error as exc:  # the rows stay pending; GET and retries complete them
+            _log.warning("pending inferences not recovered: %s", exc.diagnostics())
         try:
             yield
         finally:
@@ -319,15 +322,10 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.state.metrics = Metrics()
     install_problem_handlers(app)
-    app.include_router(hub.router)
-    app.include_router(registry.router)
-    app.include_router(ledger.router)
-    app.include_router(create_dispute_router())
-    app.include_router(openai_routes.router)
-    if importlib.util.find_spec(INFERENCE_ROUTES) is not None:
-        app.include_router(importlib.import_module(INFERENCE_ROUTES).router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.include_router(create_log_router(cast(Log, _LogProxy(app))), prefix="/log")
-    _service_routes(app)
+    app.include_router(service_routes.router)
     _describe_bodies(app)
     # Innermost, so the requests it refuses are metered and bounded like any other.
     install_rate_limits(app, RateLimits.from_settings(settings))
@@ -344,47 +342,10 @@ def _describe_bodies(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = complete_document(build(), schemas.MODELS)
+            app.openapi_schema = complete_document(build(), (*schemas.MODELS, *llm_schemas.MODELS))
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _service_routes(app: FastAPI) -> None:
-    @app.get("/v1/info", operation_id="get_info", tags=["service"])
-    def get_info(request: Request, settings: SettingsDep, log: LogDep) -> dict[str, Any]:
-        """Who this coordinator is: its job-signing key and its log's identity."""
-        key = request.app.state.coordinator_key
-        return {
-            "version": veriml.__version__,
-            "coordinator_key": key.public.to_pem().decode(),
-            "coordinator_key_id": key.key_id,
-            "log_origin": log.origin,
-            "log_vkey": log.vkey,
-            "heartbeat_interval": settings.heartbeat_interval,
-        }
-
-    @app.get("/healthz", operation_id="healthz", tags=["service"], responses=schemas.HEALTHZ)
-    def healthz(request: Request, log: LogDep) -> dict[str, Any]:
-        """200 when the database and the log answer; 503 problem JSON otherwise."""
-        try:
-            with request.app.state.engine.connect() as conn:
-                conn.execute(sa.text("SELECT 1"))
-        except SQLAlchemyError as exc:
-            raise StorageError("coordinator database unreachable", reason=str(exc)[:200]) from exc
-        return {"status": "ok", "log_size": log.size}
-
-    @app.get(
-        "/metrics",
-        operation_id="metrics",
-        tags=["service"],
-        response_class=Response,
-        responses=schemas.METRICS,
-    )
-    def metrics(request: Request) -> Response:
-        """Prometheus text exposition: requests by operation, models, live nodes, log size."""
-        body = request.app.state.metrics.render()
-        return Response(body, media_type=CONTENT_TYPE)
 
 
 def default_app() -> FastAPI:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
     from prometheus_client.metrics_core import Metric
 
-    from veriml.coordinator.repositories import ModelRepository, NodeRepository
+    from veriml.coordinator.db.nodes import ModelRepository, NodeRepository
     from veriml.tlog.log import Log
 
 __all__ = ["CONTENT_TYPE", "Metrics"]

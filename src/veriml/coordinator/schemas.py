@@ -5,7 +5,8 @@ The routes read raw bytes on purpose (a request signature covers the exact bytes
 declares its body here instead, as ``openapi_extra``: a ``$ref`` to a component schema made
 from a pydantic model that only *describes* the body, the headers the route reads from
 ``request.headers``, and the answers that matter (RFC 9457 problems, or OpenAI error objects
-on the OpenAI routes). ``create_app`` adds the component schemas (:data:`MODELS`) to the
+on the OpenAI routes, whose bodies are in :mod:`veriml.coordinator.llm.schemas`).
+``create_app`` adds the component schemas (:data:`MODELS`, and the OpenAI ones) to the
 document (:func:`veriml.protocol.openapi.complete_document`). Shapes the nodes share (DSSE
 envelopes, tensors, problems) are in :mod:`veriml.protocol.openapi`.
 
@@ -18,20 +19,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from veriml.core.completion import MAX_SEED
 from veriml.protocol.accounts import LEDGER_REQUEST_TYPE
-from veriml.protocol.openai_requests import MAX_STOP
 from veriml.protocol.openapi import (
     BASE64_PATTERN,
     JSON,
-    PROBLEM,
     Digest,
     DsseEnvelope,
     HeartbeatEnvelope,
     NodeDescriptorEnvelope,
-    Problem,
     Responses,
     Shape,
     Tensor,
@@ -44,25 +41,27 @@ from veriml.protocol.openapi import (
 __all__ = [
     "CREATE_DISPUTE",
     "CREATE_INFERENCE",
+    "EPOCH",
     "HEARTBEAT",
+    "IDEMPOTENCY",
     "LEDGER_MOVE",
+    "LOG_SIZE",
     "MODELS",
-    "OPENAI_CHAT",
-    "OPENAI_COMPLETION",
-    "OPENAI_EMBEDDING",
+    "PAYMENT",
+    "POLICY",
     "PUBLISH_MODEL",
     "REGISTER_NODE",
-    "ChatCompletionRequest",
-    "CompletionRequest",
+    "SIGNATURE_HEADERS",
+    "TOO_LARGE",
     "DisputeChallenge",
     "DisputeReveal",
     "DisputeTensors",
-    "EmbeddingRequest",
     "InferenceRequest",
     "LedgerRequestEnvelope",
-    "OpenAIError",
+    "Policy",
     "PrefillChallenge",
     "dispute_move",
+    "operation",
 ]
 
 
@@ -98,181 +97,6 @@ class InferenceRequest(Shape):
     )
     inputs: dict[str, Tensor] = Field(description="the model's inputs by name")
     policy: Policy = "none"
-
-
-# -- the OpenAI-compatible API ---------------------------------------------------------------
-
-
-class VerimlExtension(Shape):
-    """veriml's member of an OpenAI body (the OpenAI SDK's ``extra_body``)."""
-
-    policy: Policy
-
-
-class FunctionCall(Shape):
-    name: str
-    arguments: str = Field(description="the arguments as a JSON text")
-
-
-class ToolCall(Shape):
-    id: str
-    type: Literal["function"] = "function"
-    function: FunctionCall
-
-
-class ChatMessage(Shape):
-    """One message; ``content`` is text (null only beside an assistant's ``tool_calls``)."""
-
-    model_config = ConfigDict(
-        json_schema_extra={
-            "allOf": [
-                {  # no text: an assistant's tool calls
-                    "if": {
-                        "not": {
-                            "required": ["content"],
-                            "properties": {"content": {"type": "string"}},
-                        }
-                    },
-                    "then": {
-                        "required": ["role", "tool_calls"],
-                        "properties": {
-                            "role": {"const": "assistant"},
-                            "tool_calls": {"type": "array", "minItems": 1},
-                        },
-                    },
-                },
-                {  # a tool's answer names the call it answers
-                    "if": {"required": ["role"], "properties": {"role": {"const": "tool"}}},
-                    "then": {
-                        "required": ["tool_call_id"],
-                        "properties": {"tool_call_id": {"type": "string"}},
-                    },
-                },
-            ]
-        }
-    )
-
-    role: Literal["system", "developer", "user", "assistant", "tool"]
-    content: str | None = None
-    name: str | None = None
-    tool_calls: list[ToolCall] | None = None
-    tool_call_id: str | None = Field(default=None, description="required on a tool message")
-
-
-class FunctionDefinition(Shape):
-    name: str = Field(min_length=1)
-    description: str | None = None
-    parameters: dict[str, Any] | None = Field(default=None, description="a JSON Schema")
-    strict: bool | None = None
-
-
-class Tool(Shape):
-    type: Literal["function"]
-    function: FunctionDefinition
-
-
-class NamedFunction(Shape):
-    name: str
-
-
-class ToolChoiceFunction(Shape):
-    type: Literal["function"]
-    function: NamedFunction
-
-
-class ResponseFormat(Shape):
-    type: Literal["text"] = Field(description="only text: veriml compares every token")
-
-
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    include_usage: bool | None = None
-
-
-Zero = Annotated[float, Field(ge=0, le=0, description="not supported: 0 only")]
-
-
-class _Generation(Shape):
-    """What chat and text completions share: sampling, transport and veriml's member."""
-
-    model: str = Field(
-        min_length=1,
-        description="a GGUF model's hub name, name@version or digest; or relay:NAME",
-        examples=["smollm2", "relay:gpt-4o-mini"],
-    )
-    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    top_k: int | None = Field(default=None, ge=0, description="0: no limit (veriml's)")
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    stop: (
-        Annotated[str, Field(min_length=1)]
-        | Annotated[list[Annotated[str, Field(min_length=1)]], Field(max_length=MAX_STOP)]
-        | None
-    ) = None
-    presence_penalty: Zero | None = None
-    frequency_penalty: Zero | None = None
-    logit_bias: Annotated[dict[str, float], Field(max_length=0)] | None = Field(
-        default=None, description="not supported: empty only"
-    )
-    n: Annotated[int, Field(ge=1, le=1)] | None = Field(default=None, description="1 only")
-    stream: bool | None = None
-    stream_options: StreamOptions | None = None
-    user: str | None = None
-    metadata: dict[str, Any] | None = None
-    store: bool | None = None
-    veriml: VerimlExtension | None = None
-
-
-class ChatCompletionRequest(_Generation):
-    """``POST /v1/chat/completions``: OpenAI's body, with veriml's ``veriml`` member."""
-
-    messages: list[ChatMessage] = Field(min_length=1)
-    tools: list[Tool] | None = None
-    tool_choice: Literal["none", "auto", "required"] | ToolChoiceFunction | None = None
-    response_format: ResponseFormat | None = None
-    parallel_tool_calls: bool | None = None
-    logprobs: Literal[False] | None = Field(default=None, description="not supported")
-
-
-class CompletionRequest(_Generation):
-    """``POST /v1/completions``: OpenAI's body, with veriml's ``veriml`` member."""
-
-    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
-    echo: Literal[False] | None = None
-    logprobs: Literal[0, False] | None = Field(default=None, description="not supported")
-    suffix: None = None
-    best_of: Annotated[int, Field(ge=1, le=1)] | None = None
-
-
-class EmbeddingRequest(Shape):
-    """``POST /v1/embeddings``: OpenAI's body, with veriml's ``veriml`` member."""
-
-    model: str = Field(min_length=1, examples=["smollm2"])
-    input: str | Annotated[list[str], Field(min_length=1)]
-    encoding_format: Literal["float", "base64"] = "float"
-    dimensions: None = Field(default=None, description="not supported")
-    user: str | None = None
-    veriml: VerimlExtension | None = None
-
-
-class OpenAIErrorDetail(BaseModel):
-    model_config = ConfigDict(extra="allow", frozen=True)
-
-    message: str
-    type: str
-    param: str | None
-    code: str | None
-
-
-class OpenAIError(BaseModel):
-    """OpenAI's error object (docs/openai-api.md, "Errors")."""
-
-    model_config = ConfigDict(frozen=True)
-
-    error: OpenAIErrorDetail
 
 
 # -- signed messages: nodes and the ledger ---------------------------------------------------
@@ -361,10 +185,6 @@ class DisputeTensors(Shape):
 
 MODELS: Final[tuple[type[BaseModel], ...]] = (
     InferenceRequest,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-    OpenAIError,
     NodeDescriptorEnvelope,
     HeartbeatEnvelope,
     NodeRegistered,
@@ -428,15 +248,15 @@ PUBLISHER_KEY: Final = header(
 # -- operations ------------------------------------------------------------------------------
 
 
-def _operation(
+def operation(
     body: dict[str, Any], parameters: list[dict[str, Any]], answers: Responses
 ) -> dict[str, Any]:
     return {"requestBody": body, "parameters": parameters, "responses": answers}
 
 
-_TOO_LARGE = "the body is over the limit"
+TOO_LARGE = "the body is over the limit"
 
-CREATE_INFERENCE: Final = _operation(
+CREATE_INFERENCE: Final = operation(
     json_body(InferenceRequest, "the model, its inputs and the verification policy"),
     [IDEMPOTENCY, EPOCH, LOG_SIZE, PAYMENT, *SIGNATURE_HEADERS],
     problems(
@@ -447,7 +267,7 @@ CREATE_INFERENCE: Final = _operation(
             404: "no such model",
             409: "the Idempotency-Key was used for another request, or the epoch is not "
             "the current one or the one before",
-            413: _TOO_LARGE,
+            413: TOO_LARGE,
             422: "inputs that do not decode or do not fit the model",
             502: "a node refused the job",
             503: "too few live nodes of distinct operators, or too few verified answers",
@@ -456,41 +276,7 @@ CREATE_INFERENCE: Final = _operation(
 )
 
 
-def _openai(model: type[BaseModel], what: str, *, streams: bool) -> dict[str, Any]:
-    error = {"schema": ref(OpenAIError)}
-    answers: Responses = {
-        str(status): {"description": text, "content": {JSON: error}}
-        for status, text in {
-            400: "OpenAI error: invalid parameter, context overflow, bad JSON",
-            402: "OpenAI error: no payment that covers the fees",
-            403: "OpenAI error: a request signature that does not verify",
-            404: "OpenAI error: unknown model (model_not_found)",
-            409: "OpenAI error: the Idempotency-Key is in use, or a balance below the fees",
-            502: "OpenAI error: a node refused the job, or its answer did not verify",
-            503: "OpenAI error: no live node runs this model",
-        }.items()
-    }
-    # Over the coordinator's limit before it is read: a problem; while it is read: OpenAI's.
-    answers["413"] = {
-        "description": _TOO_LARGE,
-        "content": {JSON: error, PROBLEM: {"schema": ref(Problem)}},
-    }
-    success: dict[str, Any] = {JSON: {"schema": {"type": "object"}}}
-    if streams:
-        success["text/event-stream"] = {"schema": {"type": "string"}}
-    answers["200"] = {"content": success}
-    return _operation(
-        json_body(model, what),
-        [IDEMPOTENCY, POLICY, EPOCH, LOG_SIZE, PAYMENT, *SIGNATURE_HEADERS],
-        answers,
-    )
-
-
-OPENAI_CHAT: Final = _openai(ChatCompletionRequest, "OpenAI's chat request", streams=True)
-OPENAI_COMPLETION: Final = _openai(CompletionRequest, "OpenAI's completion request", streams=True)
-OPENAI_EMBEDDING: Final = _openai(EmbeddingRequest, "OpenAI's embedding request", streams=False)
-
-PUBLISH_MODEL: Final = _operation(
+PUBLISH_MODEL: Final = operation(
     {
         "required": True,
         "description": "the model folder as a tar stream, model.sig inside",
@@ -508,7 +294,7 @@ PUBLISH_MODEL: Final = _operation(
                 403: "no publisher key, a request or OMS signature that does not verify, or "
                 "a namespace owned by another key",
                 409: "name@version is taken",
-                413: _TOO_LARGE,
+                413: TOO_LARGE,
             }
         ),
     },
@@ -517,10 +303,10 @@ PUBLISH_MODEL: Final = _operation(
 _SIGNED_MESSAGE = {
     400: "a body that is not a DSSE envelope",
     403: "a forged, unsigned or stale message",
-    413: _TOO_LARGE,
+    413: TOO_LARGE,
 }
 
-REGISTER_NODE: Final = _operation(
+REGISTER_NODE: Final = operation(
     json_body(NodeDescriptorEnvelope, "the node descriptor, signed by the node"),
     [],
     {
@@ -532,7 +318,7 @@ REGISTER_NODE: Final = _operation(
     },
 )
 
-HEARTBEAT: Final = _operation(
+HEARTBEAT: Final = operation(
     json_body(HeartbeatEnvelope, "the heartbeat, signed by the registered node key"),
     [],
     {
@@ -543,7 +329,7 @@ HEARTBEAT: Final = _operation(
     },
 )
 
-LEDGER_MOVE: Final = _operation(
+LEDGER_MOVE: Final = operation(
     json_body(LedgerRequestEnvelope, "the account's signed ledger request"),
     [],
     {
@@ -555,7 +341,7 @@ LEDGER_MOVE: Final = _operation(
                 403: "a signature that does not verify, a stale request, or (deposits) "
                 "a signer other than the rules' admin",
                 409: "a request the ledger took before",
-                413: _TOO_LARGE,
+                413: TOO_LARGE,
             }
         ),
     },
@@ -565,11 +351,11 @@ _DISPUTE_ANSWERS = {
     400: "a malformed body",
     403: "an unsigned request, or another account's signature",
     404: "no such dispute",
-    413: _TOO_LARGE,
+    413: TOO_LARGE,
     503: "this coordinator hosts no disputes (it is starting)",
 }
 
-CREATE_DISPUTE: Final = _operation(
+CREATE_DISPUTE: Final = operation(
     {
         "required": True,
         "description": "a challenge with the challenger's trace, or an LLM prefill challenge",
@@ -591,7 +377,7 @@ CREATE_DISPUTE: Final = _operation(
 
 def dispute_move(model: type[BaseModel], what: str) -> dict[str, Any]:
     """A challenger's move in an open dispute."""
-    return _operation(
+    return operation(
         json_body(model, what),
         SIGNATURE_HEADERS,
         problems(

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from veriml.client._requests import EPOCH_HEADER, check_epoch, epoch_header
-from veriml.coordinator.beacon import Epoch
-from veriml.coordinator.inference import RequestDraws
+from veriml.coordinator.inference.service import RequestDraws
+from veriml.coordinator.nodes.beacon import Epoch
 from veriml.core.errors import ConflictError, VerificationError
 from veriml.protocol.draw import Draw
 

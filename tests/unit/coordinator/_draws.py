@@ -14,8 +14,8 @@ import hashlib
 import itertools
 from collections.abc import Sequence
 
-from veriml.coordinator.beacon import Epoch
-from veriml.coordinator.scheduler import Candidate, draw_order
+from veriml.coordinator.nodes.beacon import Epoch
+from veriml.coordinator.nodes.scheduler import Candidate, draw_order
 
 __all__ = ["EPOCH", "request_drawn_first"]
 

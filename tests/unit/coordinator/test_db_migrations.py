@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from _coordinator import make_signed_model, running_coordinator
-from veriml.coordinator import db
+from veriml.coordinator.db import tables as db
 
 TABLES = {"models", "nodes", "descriptor_nonces", "inferences"}
 

@@ -14,8 +14,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from _servers import free_port, serve
-from veriml.coordinator.dispatch import JobRejected, JobSpec, dispatch, sign_job
-from veriml.coordinator.scheduler import Candidate, retryable
+from veriml.coordinator.nodes.dispatch import JobRejected, JobSpec, dispatch, sign_job
+from veriml.coordinator.nodes.scheduler import Candidate, retryable
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import NodeUnavailableError, SignatureError, VerificationError

@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 
 from _ledger import ADMIN, BOLT, BOLT_NODE, WATCHER, account, challenge, deposit, ledger, node_entry
-from veriml.coordinator.dispute_admission import (
+from veriml.coordinator.disputes.admission import (
     WindowClosed,
     bond_authorization,
     challenge_closes,

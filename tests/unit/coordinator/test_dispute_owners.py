@@ -16,9 +16,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from _ledger import receipt
-from veriml.coordinator import db
-from veriml.coordinator.dispute_parties import Claim
-from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.disputes import DisputeRecord, DisputeStore, PartyRecord
+from veriml.coordinator.disputes.parties import Claim
 from veriml.core.digest import Digest
 from veriml.core.keys import generate_key
 
@@ -26,8 +26,8 @@ OWNER = textwrap.dedent(
     """
     import sys, time
     sys.path[:0] = [{tests!r}, {here!r}]
-    from veriml.coordinator import db
-    from veriml.coordinator.dispute_store import DisputeStore
+    from veriml.coordinator.db import tables as db
+    from veriml.coordinator.db.disputes import DisputeStore
     from test_dispute_owners import record
 
     store = DisputeStore(db.open_engine({url!r}), owner="killed", lease=3600)

@@ -11,10 +11,10 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from _ledger import receipt
-from veriml.coordinator import db
-from veriml.coordinator.dispute_parties import Claim
-from veriml.coordinator.dispute_store import DisputeRecord, DisputeStore, PartyRecord, answered_at
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.disputes import DisputeRecord, DisputeStore, PartyRecord, answered_at
+from veriml.coordinator.disputes.parties import Claim
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.errors import ConflictError
 from veriml.core.keys import generate_key

@@ -20,10 +20,9 @@ from onnx import numpy_helper
 
 from _ledger import node_entry
 from _ledger import receipt as signed_receipt
-from veriml.coordinator import db
-from veriml.coordinator.dispatch import JobSpec
-from veriml.coordinator.dispute_store import DisputeStore
-from veriml.coordinator.disputes import (
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.disputes import DisputeStore
+from veriml.coordinator.disputes.service import (
     Claim,
     DisputeOptions,
     DisputeRun,
@@ -32,8 +31,9 @@ from veriml.coordinator.disputes import (
     PartyFault,
     RemoteParty,
 )
-from veriml.coordinator.ledger import LedgerBook
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.ledger.service import LedgerBook
+from veriml.coordinator.nodes.dispatch import JobSpec
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope

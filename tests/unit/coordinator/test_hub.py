@@ -26,8 +26,8 @@ from _coordinator import (
     running_coordinator,
     tar_members,
 )
-from veriml.coordinator import db
 from veriml.coordinator.auth import sign_request
+from veriml.coordinator.db import tables as db
 from veriml.core.digest import Digest
 from veriml.core.keys import generate_key
 from veriml.ledger.entries import ModelEntry, NamespaceEntry, parse_entry

@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veriml.coordinator.archive import ArchiveLimits, extract_tar
-from veriml.coordinator.hub import RangeNotSatisfiable, parse_range
+from veriml.coordinator.hub.archive import ArchiveLimits, extract_tar
+from veriml.coordinator.hub.routes import RangeNotSatisfiable, parse_range
 from veriml.core.errors import FormatError, LimitExceededError
 
 LIMITS = ArchiveLimits(max_bytes=1 << 20, max_files=100, max_depth=8)

@@ -29,15 +29,15 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from _servers import HOST, serve
-from veriml.coordinator import db
-from veriml.coordinator.dispatch import JobRejected, JobSpec
-from veriml.coordinator.inference import (
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.inference.service import (
     InferenceOptions,
     InferenceService,
     ResolvedModel,
     check_answer,
 )
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.dispatch import JobRejected, JobSpec
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (

@@ -14,8 +14,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from veriml.coordinator import db
-from veriml.coordinator.inference_store import (
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.inferences import (
     CLAIM_TIMEOUT,
     InferenceStore,
     PendingInference,

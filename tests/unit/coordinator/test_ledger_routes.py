@@ -18,7 +18,7 @@ from fastapi import FastAPI
 
 from _coordinator import running_coordinator
 from _ledger import inference
-from veriml.coordinator.ledger import LedgerBook, TensorStore
+from veriml.coordinator.ledger.service import LedgerBook, TensorStore
 from veriml.coordinator.problems import status_for
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Signature, pae

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from veriml.coordinator.completion_checks import CompletionJob, check_answer, check_prefill
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.llm.checks import CompletionJob, check_answer, check_prefill
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,

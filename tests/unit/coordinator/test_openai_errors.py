@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from veriml.coordinator.dispatch import JobRejected
-from veriml.coordinator.openai_errors import NodeRefused, openai_error
+from veriml.coordinator.llm.errors import NodeRefused, openai_error
+from veriml.coordinator.nodes.dispatch import JobRejected
 from veriml.core.errors import (
     ConflictError,
     Error,

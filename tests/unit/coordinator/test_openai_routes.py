@@ -15,8 +15,8 @@ import pytest
 
 from _coordinator import SignedModel, make_signed_model, running_coordinator, tar_folder
 from _llm import gguf_bytes
-from veriml.coordinator.completions import CompletionAnswer, NodeAnswer
-from veriml.coordinator.openai_routes import chat_body, completion_body, embedding_body
+from veriml.coordinator.llm.routes import chat_body, completion_body, embedding_body
+from veriml.coordinator.llm.service import CompletionAnswer, NodeAnswer
 from veriml.core.completion import CompletionPredicate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope

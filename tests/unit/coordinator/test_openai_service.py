@@ -31,17 +31,17 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from _coordinator import running_coordinator
 from _servers import serve
-from veriml.coordinator import db
 from veriml.coordinator.auth import sign_request
-from veriml.coordinator.completions import (
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.llm.errors import NodeRefused, openai_error
+from veriml.coordinator.llm.service import (
     CompletionOptions,
     CompletionService,
     LLMModel,
     TokenPiece,
     TokenSink,
 )
-from veriml.coordinator.openai_errors import NodeRefused, openai_error
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
     CompletionPredicate,

@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI, Request
 
 from _servers import serve
-from veriml.coordinator.dispatch import PerHostTransport
+from veriml.coordinator.nodes.dispatch import PerHostTransport
 
 
 def _peer_app() -> FastAPI:

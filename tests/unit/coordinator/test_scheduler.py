@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from veriml.coordinator.scheduler import Candidate, draw_order, eligible, gather, pick
+from veriml.coordinator.nodes.scheduler import Candidate, draw_order, eligible, gather, pick
 from veriml.core.digest import Digest
 from veriml.core.errors import ExecutionError, NodeUnavailableError, SignatureError
 from veriml.protocol.draw import draw_secret
@@ -362,7 +362,7 @@ def test_a_non_retryable_error_ends_the_request() -> None:
 
 
 def test_node_keys_are_parsed_once_and_retry_options_are_checked() -> None:
-    from veriml.coordinator.scheduler import check_retry_options, node_key
+    from veriml.coordinator.nodes.scheduler import check_retry_options, node_key
     from veriml.core.errors import FormatError
     from veriml.core.keys import generate_key
 

@@ -28,7 +28,7 @@ from test_openai_service import MODEL, FakeNode, fake_generation, node_app
 from _coordinator import running_coordinator
 from _servers import serve
 from veriml.client import ChatStream, Client
-from veriml.coordinator.completions import CompletionService, LLMModel
+from veriml.coordinator.llm.service import CompletionService, LLMModel
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.protocol.jobs import Job

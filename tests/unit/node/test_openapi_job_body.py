@@ -21,15 +21,14 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from veriml.coordinator.dispatch import JobSpec, dispatch
-from veriml.coordinator.scheduler import Candidate
+from veriml.coordinator.nodes.dispatch import JobSpec, dispatch
+from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.errors import Error
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_digest, tensor_to_json
 from veriml.node import NodeConfig, create_node_app
-from veriml.protocol.jobs import Job
-from veriml.protocol.messages import format_time
+from veriml.protocol.messages import Job, format_time
 from veriml.protocol.openai_requests import canonical_request
 
 

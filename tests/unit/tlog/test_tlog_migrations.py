@@ -15,7 +15,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 import veriml
-from veriml.coordinator import db
+from veriml.coordinator.db import tables as db
 from veriml.core.keys import generate_key
 from veriml.tlog import _witness_store, migrations, storage
 from veriml.tlog._witness_store import StoredCheckpoint, WitnessStore

@@ -1,0 +1,4 @@
+"""Alembic migrations of the coordinator schema.
+
+Run by :func:`veriml.coordinator.db.tables.migrate`.
+"""

@@ -1,0 +1,1 @@
+"""The model hub: publishing, resolving and serving signed models (docs/models.md)."""

@@ -1,0 +1,2 @@
+"""ONNX inference: the service that schedules, checks and logs a request, and its routes
+(docs/coordinator.md, "Inference")."""

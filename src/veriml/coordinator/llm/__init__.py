@@ -1,0 +1,1 @@
+"""The OpenAI-compatible LLM API: completions, their checks and errors (docs/llm.md)."""

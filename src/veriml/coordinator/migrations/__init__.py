@@ -1,1 +1,0 @@
-"""Alembic migrations of the coordinator schema; run by :func:`veriml.coordinator.db.migrate`."""
