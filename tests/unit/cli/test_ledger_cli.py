@@ -1,10 +1,10 @@
 """``veriml ledger ...`` and ``veriml log audit``'s ledger fold, against a stand-in coordinator.
 
-The stand-in reads each move as the coordinator does (veriml.coordinator.ledger): the body is
-the account's signed ledger request (docs/ledger.md, "Authority"), a deposit must be signed by
-the rules' admin, and the entry that carries the request is folded by the real ledger, so these
-tests pin the wire format; the full network is in tests/integration/test_ledger_cli.py. Exit
-codes: 2 usage, 1 failed check.
+The stand-in reads each move as the coordinator does (veriml.coordinator.ledger.service): the
+body is the account's signed ledger request (docs/ledger.md, "Authority"), a deposit must be
+signed by the rules' admin, and the entry that carries the request is folded by the real
+ledger, so these tests pin the wire format; the full network is in
+tests/integration/test_ledger_cli.py. Exit codes: 2 usage, 1 failed check, 3 unreachable.
 """
 
 from __future__ import annotations

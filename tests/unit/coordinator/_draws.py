@@ -2,7 +2,7 @@
 drawn to first.
 
 The coordinator orders a request's nodes by its draw secret, ``HMAC(epoch key, request id)``
-(veriml.protocol.draw, veriml.coordinator.scheduler), never by what nodes report about
+(veriml.protocol.draw, veriml.coordinator.nodes.scheduler), never by what nodes report about
 themselves. A service built by hand draws from a key of its own; built with
 ``beacon=lambda: EPOCH``, a test finds a request id whose draw puts a given node first, which
 is what "the forger is asked first" means now.

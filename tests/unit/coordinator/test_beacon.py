@@ -1,4 +1,4 @@
-"""The coordinator's randomness beacon (coordinator/beacon.py): epochs committed in the log
+"""The coordinator's randomness beacon (coordinator/nodes/beacon.py): epochs committed in the log
 before they are used, each key revealed two epochs later, draws that follow from the keys, a
 restart that continues the logged epoch."""
 

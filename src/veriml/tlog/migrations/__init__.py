@@ -1,7 +1,7 @@
 """Alembic migrations of the log's tables and of the witness's table.
 
 Two script folders, each with a version table of its own, so the log, the witness and the
-coordinator (``coordinator_alembic_version``, :mod:`veriml.coordinator.db`) can share one
+coordinator (``coordinator_alembic_version``, :mod:`veriml.coordinator.db.tables`) can share one
 database:
 
 ``log/``      ``tlog_state``, ``tlog_entries``, ``tlog_tiles``, ``tlog_checkpoints``
