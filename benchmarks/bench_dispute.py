@@ -1,5 +1,5 @@
 """Disputes: what the referee costs against a full re-execution, and how many rounds the
-bisection takes as the trace grows (issue 5, "Performance").
+bisection takes as the trace grows (goals: docs/verification.md, "Disputes").
 
 **Referee time ÷ one full re-execution** (``dispute_referee_ratio``, goal ≤ 0.05). The model
 is a generated chain of MatMul → Add → Relu layers (width 512, float32, batch 32), so every

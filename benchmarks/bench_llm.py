@@ -190,7 +190,7 @@ def _rss(folder: Path) -> dict[str, float]:
     }
 
 
-# -- through the network (issue 6: network ÷ direct tokens/s, time to first token) -----------
+# -- through the network (network ÷ direct tokens/s, time to first token) ----------------------
 #
 # ``network_figures``: a local network (a coordinator and one node, as ``veriml up`` starts
 # them) serves the same GGUF; the same greedy chat request is streamed through
@@ -275,7 +275,7 @@ def _direct_tokens(llm: Any, max_tokens: int) -> int:
 
 
 def network_figures(quick: bool) -> dict[str, Any]:
-    """The network-vs-direct figures of issue 6's performance table (see the module doc)."""
+    """The network-vs-direct figures (docs/llm.md; see the module doc)."""
     max_tokens = 32 if quick else 128
     rounds = 2 if quick else 4
     with tempfile.TemporaryDirectory(prefix="veriml-bench-llm-") as tmp:

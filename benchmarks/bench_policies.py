@@ -1,5 +1,6 @@
 """What each verification policy costs relative to ``none``, in node compute and in latency
-(issue 5, "Performance"): ``quorum:3/2`` ≤ 3.2× compute, ``spot:0.1`` ≤ 1.15× compute.
+(goals: docs/verification.md, "Comparison"): ``quorum:3/2`` ≤ 3.2× compute, ``spot:0.1`` ≤
+1.15× compute.
 
 A local network (a coordinator and three nodes of distinct operators, as ``veriml up`` starts
 them; SQLite) serves a seeded MLP 256-1024-1024-10 (batch 4, float32), so a job runs a model

@@ -1,4 +1,4 @@
-"""Red team: a malicious coordinator lying in its answers (issue 10, items 1 and 4).
+"""Red team: a malicious coordinator lying in its answers (docs/threat-model.md §1, §4).
 
 The network is real (a coordinator and nodes as ``veriml up`` starts them); the lies are
 written into the coordinator's *own log* with its own key (``_rogue.RogueLog``), so each

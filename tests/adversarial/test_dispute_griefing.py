@@ -1,4 +1,4 @@
-"""Red team: griefing honest nodes with disputes (issue 10, "No honest node can be slashed").
+"""Red team: griefing honest nodes with disputes (docs/threat-model.md §3).
 
 Each test is one attack on a real local network (``veriml serve`` processes on 127.0.0.1) and
 asserts that it fails: the honest party keeps its stake, and the attacker pays or is refused

@@ -1,4 +1,4 @@
-"""Red team: abuse of the coordinator's edges (issue 11, item 2).
+"""Red team: abuse of the coordinator's edges (docs/threat-model.md §8).
 
 - **floods**: one address or one key sending faster than its route family allows gets 429
   with ``Retry-After``, before the route reads the body; naming somebody else's key in a

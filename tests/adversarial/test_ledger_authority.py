@@ -1,4 +1,4 @@
-"""Red team: the ledger checks authority, not only arithmetic (issue 10, item 6).
+"""Red team: the ledger checks authority, not only arithmetic (docs/threat-model.md §6).
 
 A coordinator holds the log key, so it can append any entry it likes; what it cannot do is make
 an auditor accept one nobody had the right to write. Each attack here writes such an entry into

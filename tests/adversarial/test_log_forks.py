@@ -1,4 +1,4 @@
-"""Red team: a coordinator that shows different clients different logs (issue 10, item 4).
+"""Red team: a coordinator that shows different clients different logs (docs/threat-model.md §4).
 
 The attacker holds the log key and runs two coordinators under it, X and Y, with different
 histories (a split view). Real processes throughout: two local networks, the log key files

@@ -1,4 +1,4 @@
-"""Red team: a model name means its publisher's model (issue 10, item 2).
+"""Red team: a model name means its publisher's model (docs/threat-model.md §2).
 
 Attacks, each of which must fail:
 

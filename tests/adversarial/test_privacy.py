@@ -1,4 +1,4 @@
-"""Red team: what a request leaves is its requester's (issue 11, item 3; docs/privacy.md).
+"""Red team: what a request leaves is its requester's (docs/threat-model.md §9, docs/privacy.md).
 
 Before, every input tensor, output and trace was readable by anyone who knew the request id or
 a digest, and those sit in the public log. Attacks, each of which must fail:

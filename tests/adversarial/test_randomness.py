@@ -1,4 +1,4 @@
-"""Red team: randomness the coordinator cannot bias (issue 10, item 5).
+"""Red team: randomness the coordinator cannot bias (docs/threat-model.md §5).
 
 Every request's draw secret (who runs it, whether its spot check runs, an LLM's sampling seed)
 is ``HMAC(k_e, request id)`` under the key of the current beacon epoch, committed to in the log

@@ -1,4 +1,4 @@
-"""Red team: a captured signed request cannot be spent twice (issue 11, item 2).
+"""Red team: a captured signed request cannot be spent twice (docs/threat-model.md §8).
 
 Every signed route uses RFC 9421 signatures with a nonce the coordinator remembers in its
 database (docs/network.md, "Signed requests"). Attacks, each of which must fail:

@@ -1,4 +1,4 @@
-"""Red team: who runs a request is drawn, not chosen (issue 10, items 1 and 5).
+"""Red team: who runs a request is drawn, not chosen (docs/threat-model.md §1, §5).
 
 On a real network of four equally staked operators:
 

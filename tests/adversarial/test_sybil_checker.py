@@ -1,4 +1,4 @@
-"""Red team: a Sybil checker cannot get an honest LLM node convicted (issue 10, item 1).
+"""Red team: a Sybil checker cannot get an honest LLM node convicted (docs/threat-model.md §1).
 
 Three llama.cpp nodes of three bonded operators serve SmolLM2-135M. Node 2's operator is the
 attacker: its node answers honestly but signs a rejection of every completion it is asked to
