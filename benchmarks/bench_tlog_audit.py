@@ -3,8 +3,8 @@
 The tree (128-byte entries, as ``tile/...`` files with a signed checkpoint) is written to a temp
 folder; the audit then runs in a fresh subprocess so that its peak resident memory
 (``ru_maxrss``, interpreter included) is its own. The goal (docs/tlog-operations.md,
-"Performance") is ≥ 100,000 entries/s with ≤ 200 MiB: ``audit_ratio`` = entries/s ÷ 100,000 (goal ≥ 1.0), ``audit_peak_mib``.
-Quick mode uses 10^5 entries.
+"Performance") is ≥ 100,000 entries/s with ≤ 200 MiB: ``audit_ratio`` = entries/s ÷ 100,000
+(goal ≥ 1.0), ``audit_peak_mib``. Quick mode uses 10^5 entries.
 """
 
 from __future__ import annotations
