@@ -30,6 +30,7 @@ from OpenSSL import crypto
 
 from veriml.core.digest import Digest
 from veriml.core.errors import InvalidModelError, KeyFileError, SignatureError
+from veriml.models.digest import Progress
 from veriml.models.signing import default_signature_path, match_folder, read_bundle
 
 __all__ = ["CertifiedModel", "verify_model_certificate"]
@@ -102,6 +103,7 @@ def verify_model_certificate(
     signature: Path | None = None,
     identity: str | None = None,
     ignore: Iterable[Path | str] = (),
+    progress: Progress | None = None,
 ) -> CertifiedModel:
     """Check a certificate-signed OMS bundle against the trusted ``roots`` (PEM files).
 
@@ -148,6 +150,6 @@ def verify_model_certificate(
             expected=identity,
             signed_by=", ".join(names) or cert.subject.rfc4514_string(),
         )
-    digest = match_folder(path, expected, sig_path, ignore)
+    digest = match_folder(path, expected, sig_path, ignore, progress=progress)
     fingerprint = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
     return CertifiedModel(digest, cert.subject.rfc4514_string(), names, fingerprint)

@@ -43,6 +43,7 @@ from veriml.core.keys import load_private_key, load_public_key
 from veriml.models.digest import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SIGNATURE_NAME,
+    Progress,
     _config,
     hash_manifest,
     manifest_entries,
@@ -75,12 +76,14 @@ def sign_model(
     signature: Path | None = None,
     passphrase: bytes | None = None,
     ignore: Iterable[Path | str] = (),
+    progress: Progress | None = None,
 ) -> Path:
     """Sign the model folder ``path`` with the EC private key file ``key``; return the bundle.
 
     The bundle goes to ``signature`` (default ``path/model.sig``), which is excluded from
-    the digest. Ed25519 keys are refused with :class:`KeyFileError`: OMS key signatures are
-    ECDSA on P-256 or P-384.
+    the digest; ``progress`` is told ``(bytes hashed, total bytes)`` as the files are read.
+    Ed25519 keys are refused with :class:`KeyFileError`: OMS key signatures are ECDSA on
+    P-256 or P-384.
 
     >>> sign_model(Path("my-model"), Path("publisher.key"))  # doctest: +SKIP
     PosixPath('my-model/model.sig')
@@ -97,7 +100,11 @@ def sign_model(
         )
     sig_path = signature if signature is not None else default_signature_path(path)
     hashing = _config(
-        path, [sig_path.absolute(), *ignore], max_workers=None, chunk_size=DEFAULT_CHUNK_SIZE
+        path,
+        [sig_path.absolute(), *ignore],
+        max_workers=None,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        progress=progress,
     )
     # model_signing passes the password straight to cryptography, which takes bytes.
     config = ms_signing_api.Config().use_elliptic_key_signer(  # type: ignore[no-untyped-call]
@@ -207,8 +214,10 @@ def verify_model(
     *,
     signature: Path | None = None,
     ignore: Iterable[Path | str] = (),
+    progress: Progress | None = None,
 ) -> Digest:
     """Check that the folder ``path`` is exactly what the OMS bundle signed; return its digest.
+    ``progress`` is told ``(bytes hashed, total bytes)`` as the files are read.
 
     The returned digest is the OMS root digest, equal to :func:`model_digest` of the folder.
     Raises :class:`SignatureError` (bundle, key or signature), :class:`DigestMismatchError` (a file
@@ -220,11 +229,16 @@ def verify_model(
         raise InvalidModelError("a model is a folder", path=str(path))
     bundle = read_bundle(sig_path)  # 1
     expected = _signed_manifest(bundle, pubkey, sig_path)  # 2, 3, 4
-    return match_folder(path, expected, sig_path, ignore)  # 5, 6
+    return match_folder(path, expected, sig_path, ignore, progress=progress)  # 5, 6
 
 
 def match_folder(
-    path: Path, expected: Any, sig_path: Path, ignore: Iterable[Path | str] = ()
+    path: Path,
+    expected: Any,
+    sig_path: Path,
+    ignore: Iterable[Path | str] = (),
+    *,
+    progress: Progress | None = None,
 ) -> Digest:
     """Steps 5 and 6: the folder is exactly the verified manifest ``expected``; its digest."""
     params = expected.serialization_type  # 5
@@ -235,7 +249,7 @@ def match_folder(
             method=params.get("method"),
             hash_type=params.get("hash_type"),
         )
-    actual = hash_manifest(path, ignore=[sig_path.absolute(), *ignore])  # 6
+    actual = hash_manifest(path, ignore=[sig_path.absolute(), *ignore], progress=progress)  # 6
     try:
         signed = {e.path: e.digest for e in manifest_entries(expected)}
     except InvalidModelError as exc:
