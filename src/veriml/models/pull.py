@@ -35,6 +35,7 @@ import httpx
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.errors import (
+    Check,
     DigestMismatchError,
     FormatError,
     InvalidModelError,
@@ -179,7 +180,7 @@ def _download(
             if written > bound:
                 raise DigestMismatchError(
                     "blob is longer than the hub said",
-                    check="blob-size",
+                    check=Check.BLOB_SIZE,
                     expected=bound,
                     calculated=f">{bound}",
                 )
@@ -191,7 +192,7 @@ def _download(
     if calculated != digest or (size is not None and written != size):
         raise DigestMismatchError(
             f"blob {digest} does not match its digest",
-            check="blob-digest",
+            check=Check.BLOB_DIGEST,
             expected=digest,
             calculated=calculated,
         )
@@ -217,7 +218,7 @@ def pull_model(
     if hub.digest != digest:
         raise DigestMismatchError(
             "hub answered for another model",
-            check="model-digest",
+            check=Check.MODEL_DIGEST,
             expected=digest,
             calculated=hub.digest,
         )
@@ -266,7 +267,7 @@ def pull_model(
             if claimed != digest:
                 raise DigestMismatchError(
                     "pulled model is not the one the job names",
-                    check="model-digest",
+                    check=Check.MODEL_DIGEST,
                     expected=digest,
                     calculated=claimed,
                 )
@@ -315,7 +316,7 @@ def load_cached(folder: Path, digest: Digest) -> Package:
     if package.digest != digest:
         raise DigestMismatchError(
             "cached model changed on disk",
-            check="cache",
+            check=Check.CACHE,
             expected=digest,
             calculated=package.digest,
         )

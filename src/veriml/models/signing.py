@@ -32,6 +32,7 @@ from model_signing._signing import sign_sigstore_pb as ms_sigstore_pb
 
 from veriml.core.digest import Digest
 from veriml.core.errors import (
+    Check,
     DigestMismatchError,
     FormatError,
     InvalidModelError,
@@ -135,14 +136,14 @@ def read_bundle(sig_path: Path) -> Any:
     except OSError as exc:
         raise SignatureError(
             "cannot read the signature file",
-            check="signature-file",
+            check=Check.SIGNATURE_FILE,
             path=str(sig_path),
             reason=exc.strerror,
         ) from exc
     if size > MAX_SIGNATURE_BYTES:
         raise SignatureError(
             "signature file is too large",
-            check="signature-file",
+            check=Check.SIGNATURE_FILE,
             path=str(sig_path),
             size=size,
             limit=MAX_SIGNATURE_BYTES,
@@ -152,7 +153,7 @@ def read_bundle(sig_path: Path) -> Any:
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise SignatureError(
             "not an OMS signature bundle",
-            check="signature-file",
+            check=Check.SIGNATURE_FILE,
             path=str(sig_path),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -170,7 +171,7 @@ def signed_digest(signature: Path) -> Digest:
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, FormatError) as exc:
         raise SignatureError(
             "the bundle holds no OMS statement subject",
-            check="statement",
+            check=Check.STATEMENT,
             path=str(signature),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -185,7 +186,7 @@ def _signed_manifest(bundle: Any, pubkey: Path, sig_path: Path) -> Any:
         if hint.hint != ours:
             raise SignatureError(
                 "the model was signed by a different key",
-                check="public-key",
+                check=Check.PUBLIC_KEY,
                 signature=str(sig_path),
                 signed_by=hint.hint,
                 given=ours,
@@ -195,14 +196,14 @@ def _signed_manifest(bundle: Any, pubkey: Path, sig_path: Path) -> Any:
     except InvalidSignature as exc:
         raise SignatureError(
             "the signature does not verify with this key",
-            check="signature",
+            check=Check.SIGNATURE,
             signature=str(sig_path),
             keyid=public.key_id,
         ) from exc
     except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
         raise SignatureError(
             "the signed statement is not a valid OMS statement",
-            check="statement",
+            check=Check.STATEMENT,
             signature=str(sig_path),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -245,7 +246,7 @@ def match_folder(
     if params.get("method") != "files" or params.get("hash_type") != "sha256":
         raise VerificationError(
             "only per-file SHA-256 OMS signatures identify a veriml model",
-            check="serialization",
+            check=Check.SERIALIZATION,
             method=params.get("method"),
             hash_type=params.get("hash_type"),
         )
@@ -254,27 +255,27 @@ def match_folder(
         signed = {e.path: e.digest for e in manifest_entries(expected)}
     except InvalidModelError as exc:
         raise VerificationError(
-            "the signed manifest is not per-file SHA-256", check="serialization", **exc.evidence
+            "the signed manifest is not per-file SHA-256", check=Check.SERIALIZATION, **exc.evidence
         ) from exc
     found = {e.path: e.digest for e in manifest_entries(actual)}
     for name in sorted(signed.keys() & found.keys()):
         if signed[name] != found[name]:
             raise DigestMismatchError(
                 f"file {name} was modified after signing",
-                check="file-digest",
+                check=Check.FILE_DIGEST,
                 expected=signed[name],
                 calculated=found[name],
             )
     missing = sorted(signed.keys() - found.keys())
     if missing:
         raise VerificationError(
-            f"signed file {missing[0]} is missing", check="files", missing=", ".join(missing)
+            f"signed file {missing[0]} is missing", check=Check.FILES, missing=", ".join(missing)
         )
     unsigned = sorted(found.keys() - signed.keys())
     if unsigned:
         raise VerificationError(
             f"file {unsigned[0]} is not covered by the signature",
-            check="files",
+            check=Check.FILES,
             unsigned=", ".join(unsigned),
         )
     digest = root_digest(actual)
@@ -282,7 +283,7 @@ def match_folder(
     if digest != claimed:  # unreachable when every file matches; kept to fail closed
         raise DigestMismatchError(
             "model root digest differs from the signed one",
-            check="root-digest",
+            check=Check.ROOT_DIGEST,
             expected=claimed,
             calculated=digest,
         )
