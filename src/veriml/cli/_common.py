@@ -34,6 +34,7 @@ __all__ = [
     "err_console",
     "fail",
     "home_or_default",
+    "passphrase_env_option",
     "print_json",
     "progress_bar",
     "state",
@@ -65,6 +66,14 @@ ProgressOpt = Annotated[
     bool,
     typer.Option("--progress", help="Show the progress bar even when stderr is not a terminal."),
 ]
+
+
+def passphrase_env_option(
+    envvar: str, *, help: str = "Name of the environment variable holding the key's passphrase."
+) -> Any:
+    """The ``--passphrase-env`` option of a command that reads an encrypted key (its value is
+    a variable's name, never the passphrase itself), also set by the variable ``envvar``."""
+    return typer.Option("--passphrase-env", envvar=envvar, help=help)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ from veriml.cli._common import (
     ProgressOpt,
     console,
     err_console,
+    passphrase_env_option,
     print_json,
     progress_bar,
 )
@@ -80,12 +81,7 @@ def sign(
     ],
     signature: SignatureOpt = None,
     passphrase_env: Annotated[
-        str | None,
-        typer.Option(
-            "--passphrase-env",
-            envvar="VERIML_MODEL_KEY_PASSPHRASE_ENV",
-            help="Name of the environment variable holding the key's passphrase.",
-        ),
+        str | None, passphrase_env_option("VERIML_MODEL_KEY_PASSPHRASE_ENV")
     ] = None,
     ignore: IgnoreOpt = None,
     json_out: JsonOpt = False,

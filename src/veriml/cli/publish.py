@@ -17,7 +17,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from veriml.cli._common import JsonOpt, ProgressOpt, console, print_json, progress_bar
+from veriml.cli._common import (
+    JsonOpt,
+    ProgressOpt,
+    console,
+    passphrase_env_option,
+    print_json,
+    progress_bar,
+)
 from veriml.cli.key import read_passphrase
 
 if TYPE_CHECKING:
@@ -67,12 +74,7 @@ def publish(
     ],
     coordinator: CoordinatorOpt = None,
     passphrase_env: Annotated[
-        str | None,
-        typer.Option(
-            "--passphrase-env",
-            envvar="VERIML_PUBLISHER_PASSPHRASE_ENV",
-            help="Environment variable holding the key's passphrase.",
-        ),
+        str | None, passphrase_env_option("VERIML_PUBLISHER_PASSPHRASE_ENV")
     ] = None,
     json_out: JsonOpt = False,
     show_progress: ProgressOpt = False,

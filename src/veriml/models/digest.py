@@ -16,7 +16,7 @@ Excluded, as ``model_signing`` excludes them: git metadata (``.git/``, ``.gitatt
 ``.github/``, ``.gitignore``), the signature file (``model.sig`` by default) and any ``ignore``
 paths. Symbolic links and special files are refused, as ``model_signing`` refuses them.
 
-A ``progress`` callback (docs/models.md, "Digest") is told the bytes hashed so far and the
+A ``progress`` callback (docs/models.md, "Progress") is told the bytes hashed so far and the
 folder's total as model_signing's own reads go by: each file hasher's SHA-256 stream is
 counted, chunk by chunk; the reads and the hashing stay model_signing's.
 """
