@@ -1,4 +1,5 @@
-"""``veriml chat``: ask an LLM on the network and verify its answer (issue 6 §2).
+"""``veriml chat``: ask an LLM on the network and verify its answer (docs/llm.md,
+"OpenAI-compatible API").
 
 The prompt goes through the coordinator's OpenAI-compatible API as one user message; the
 answer is verified by the SDK (:meth:`veriml.Client.chat`) before the command reports success

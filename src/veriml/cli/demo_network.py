@@ -1,4 +1,4 @@
-"""The network demo (``veriml demo``, ``make demo``), issue 4 §5:
+"""The network demo (``veriml demo``, ``make demo``; docs/sdk.md, "The local network"):
 
 1. start a local network: a coordinator, three nodes of distinct operators and a witness that
    cosigns every checkpoint (subprocesses, free ports, SQLite and local blobs under
@@ -12,7 +12,7 @@
 6. print a summary (models, nodes, inferences, verdicts, log size);
 7. shut everything down.
 
-Then a cheating node is caught and slashed (issue 5, "Byzantine harness"):
+Then a cheating node is caught and slashed (docs/node.md, "Byzantine harness"):
 
 8. start a second network whose third node runs ``--byzantine wrong-output`` (one ulp added
    to its first float output, its trace consistent with it); every node stakes;

@@ -1,4 +1,5 @@
-"""``veriml infer``: run a model on the network and verify the answer (issue 4 §4).
+"""``veriml infer``: run a model on the network and verify the answer (docs/sdk.md, "What is
+verified, in order").
 
 Inputs are read as ``veriml run`` reads them; the answer is verified by the SDK before it is
 shown (``--no-verify`` skips that, explicitly) and ``--out FILE`` saves it for

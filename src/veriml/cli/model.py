@@ -9,7 +9,15 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from veriml.cli._common import JsonOpt, console, err_console, print_json
+from veriml.cli._common import (
+    JsonOpt,
+    ProgressOpt,
+    console,
+    err_console,
+    passphrase_env_option,
+    print_json,
+    progress_bar,
+)
 from veriml.cli.key import read_passphrase
 
 # veriml.models pulls in onnx and model-signing: imported inside the commands, so that the
@@ -42,12 +50,17 @@ IgnoreOpt = Annotated[
 
 
 @app.command("digest")
-def digest(model: ModelDir, ignore: IgnoreOpt = None, json_out: JsonOpt = False) -> None:
+def digest(
+    model: ModelDir,
+    ignore: IgnoreOpt = None,
+    json_out: JsonOpt = False,
+    show_progress: ProgressOpt = False,
+) -> None:
     """Print the OMS root digest of a model folder, as model_signing computes it."""
     from veriml.models import model_digest
 
-    with err_console.status(f"hashing {escape(str(model))}"):
-        value = model_digest(model, ignore=ignore or ())
+    with progress_bar("hashing", forced=show_progress) as progress:
+        value = model_digest(model, ignore=ignore or (), progress=progress)
     if json_out:
         print_json({"path": str(model), "digest": str(value)})
     else:
@@ -68,24 +81,25 @@ def sign(
     ],
     signature: SignatureOpt = None,
     passphrase_env: Annotated[
-        str | None,
-        typer.Option(
-            "--passphrase-env",
-            envvar="VERIML_MODEL_KEY_PASSPHRASE_ENV",
-            help="Name of the environment variable holding the key's passphrase.",
-        ),
+        str | None, passphrase_env_option("VERIML_MODEL_KEY_PASSPHRASE_ENV")
     ] = None,
     ignore: IgnoreOpt = None,
     json_out: JsonOpt = False,
+    show_progress: ProgressOpt = False,
 ) -> None:
     """Sign a model folder; writes an OMS signature bundle (default DIR/model.sig)."""
     from veriml.models import sign_model
     from veriml.models.signing import signed_digest
 
     passphrase = read_passphrase(passphrase_env)
-    with err_console.status(f"hashing and signing {escape(str(model))}"):
+    with progress_bar("hashing", forced=show_progress) as progress:
         written = sign_model(
-            model, key, signature=signature, passphrase=passphrase, ignore=ignore or ()
+            model,
+            key,
+            signature=signature,
+            passphrase=passphrase,
+            ignore=ignore or (),
+            progress=progress,
         )
     value = signed_digest(written)
     if json_out:
@@ -123,6 +137,7 @@ def verify(
     signature: SignatureOpt = None,
     ignore: IgnoreOpt = None,
     json_out: JsonOpt = False,
+    show_progress: ProgressOpt = False,
 ) -> None:
     """Check a model folder against its OMS signature; exit 1 naming the failed check."""
     from veriml.models import verify_model, verify_model_certificate
@@ -133,20 +148,23 @@ def verify(
         raise typer.BadParameter(
             "--identity goes with --certificate-chain", param_hint="--identity"
         )
-    status = err_console.status(f"verifying {escape(str(model))}")
+    bar = progress_bar("hashing", forced=show_progress)
     if pubkey is not None:
-        with status:
-            value = verify_model(model, pubkey, signature=signature, ignore=ignore or ())
+        with bar as progress:
+            value = verify_model(
+                model, pubkey, signature=signature, ignore=ignore or (), progress=progress
+            )
         info: dict[str, object] = {"path": str(model), "digest": str(value), "verified": True}
         shown = f"verified {model} {value}"
     else:
-        with status:
+        with bar as progress:
             certified = verify_model_certificate(
                 model,
                 certificate_chain or [],
                 signature=signature,
                 identity=identity,
                 ignore=ignore or (),
+                progress=progress,
             )
         info = {"path": str(model), "verified": True, **certified.to_json()}
         shown = f"verified {model} {certified.digest} signed by {certified.subject}"

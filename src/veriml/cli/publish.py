@@ -17,7 +17,14 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from veriml.cli._common import JsonOpt, console, print_json
+from veriml.cli._common import (
+    JsonOpt,
+    ProgressOpt,
+    console,
+    passphrase_env_option,
+    print_json,
+    progress_bar,
+)
 from veriml.cli.key import read_passphrase
 
 if TYPE_CHECKING:
@@ -67,21 +74,21 @@ def publish(
     ],
     coordinator: CoordinatorOpt = None,
     passphrase_env: Annotated[
-        str | None,
-        typer.Option(
-            "--passphrase-env",
-            envvar="VERIML_PUBLISHER_PASSPHRASE_ENV",
-            help="Environment variable holding the key's passphrase.",
-        ),
+        str | None, passphrase_env_option("VERIML_PUBLISHER_PASSPHRASE_ENV")
     ] = None,
     json_out: JsonOpt = False,
+    show_progress: ProgressOpt = False,
 ) -> None:
     """Sign (if needed) and publish a model folder to the hub; the request is signed by the
     publisher key too. The key claims the name's namespace if nobody has."""
     from veriml.client import Client
 
-    with Client(coordinator, verify=False) as client:
-        model = client.publish(folder, key, passphrase=read_passphrase(passphrase_env))
+    passphrase = read_passphrase(passphrase_env)
+    with (
+        Client(coordinator, verify=False) as client,
+        progress_bar("uploading", forced=show_progress) as progress,
+    ):
+        model = client.publish(folder, key, passphrase=passphrase, progress=progress)
     if json_out:
         print_json(model)
         return

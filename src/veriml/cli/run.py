@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from veriml.cli._common import JsonOpt, console, fail, print_json
+from veriml.cli._common import JsonOpt, console, fail, passphrase_env_option, print_json
 from veriml.cli.key import read_passphrase
 
 if TYPE_CHECKING:
@@ -46,10 +46,9 @@ def run_command(
     ] = None,
     passphrase_env: Annotated[
         str | None,
-        typer.Option(
-            "--passphrase-env",
-            envvar="VERIML_NODE_KEY_PASSPHRASE_ENV",
-            help="Environment variable holding the node key's passphrase.",
+        passphrase_env_option(
+            "VERIML_NODE_KEY_PASSPHRASE_ENV",
+            help="Name of the environment variable holding the node key's passphrase.",
         ),
     ] = None,
     no_inputs: Annotated[

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.markup import escape
 
-from veriml.cli._common import JsonOpt, console, err_console, fail
+from veriml.cli._common import JsonOpt, ProgressOpt, console, err_console, fail, progress_bar
 from veriml.cli.infer import LogVkeyOpt
 from veriml.cli.publish import CoordinatorOpt, load_request_key
 
@@ -113,6 +113,7 @@ def watch(
     json_out: Annotated[
         bool, typer.Option("--json", help="Print JSON lines: one per check, then a summary.")
     ] = False,
+    show_progress: ProgressOpt = False,
 ) -> None:
     """Follow the log, re-execute a random sample of inferences, dispute any mismatch."""
     from veriml.client import Client, Watcher
@@ -123,7 +124,10 @@ def watch(
         err_console.print("no --key: mismatches will be reported but not disputed")
     with (
         Client(coordinator, log_vkey=log_vkey, key=signing) as client,
-        Watcher(client, sample=sample, seed=seed, state=state, cache_dir=cache) as watcher,
+        progress_bar("pulling model", forced=show_progress) as progress,
+        Watcher(
+            client, sample=sample, seed=seed, state=state, cache_dir=cache, pull_progress=progress
+        ) as watcher,
     ):
         try:
             while True:
@@ -165,6 +169,7 @@ def challenge(
     log_vkey: LogVkeyOpt = None,
     cache: CacheOpt = None,
     json_out: JsonOpt = False,
+    show_progress: ProgressOpt = False,
 ) -> None:
     """Re-execute one inference locally; if a node's answer differs, dispute it."""
     from veriml.client import Client, Watcher
@@ -172,7 +177,8 @@ def challenge(
     signing = load_request_key(key)
     with (
         Client(coordinator, log_vkey=log_vkey, key=signing) as client,
-        Watcher(client, sample=1.0, cache_dir=cache) as watcher,
+        progress_bar("pulling model", forced=show_progress) as progress,
+        Watcher(client, sample=1.0, cache_dir=cache, pull_progress=progress) as watcher,
     ):
         # The answer is verified (receipts, log inclusion, verdict) before it is re-executed.
         checked = watcher.check_answer(client.inference(inference), node=node)

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 from fsspec.core import url_to_fs
 
 from veriml.core.digest import CHUNK_SIZE, Digest
-from veriml.core.errors import DigestMismatchError, InvalidModelError, StorageError
+from veriml.core.errors import Check, DigestMismatchError, InvalidModelError, StorageError
 from veriml.models.validate import Limits, scan_folder
 
 __all__ = ["DEFAULT_MAX_BLOB", "BlobRef", "BlobStore", "VerifiedReader"]
@@ -68,7 +68,7 @@ class VerifiedReader:
         if calculated != self._digest:
             raise DigestMismatchError(
                 "stored blob does not match its digest (corrupted or tampered store)",
-                check="blob-digest",
+                check=Check.BLOB_DIGEST,
                 expected=self._digest,
                 calculated=calculated,
             )

@@ -29,7 +29,8 @@ from model_signing._signing import sign_certificate as ms_certificate
 from OpenSSL import crypto
 
 from veriml.core.digest import Digest
-from veriml.core.errors import InvalidModelError, KeyFileError, SignatureError
+from veriml.core.errors import Check, InvalidModelError, KeyFileError, SignatureError
+from veriml.models.digest import Progress
 from veriml.models.signing import default_signature_path, match_folder, read_bundle
 
 __all__ = ["CertifiedModel", "verify_model_certificate"]
@@ -90,7 +91,7 @@ def _signing_certificate(bundle: Any, sig_path: Path) -> x509.Certificate:
     except (AttributeError, IndexError, TypeError, ValueError) as exc:
         raise SignatureError(
             "the bundle holds no signing certificate (signed with a bare key?)",
-            check="certificate",
+            check=Check.CERTIFICATE,
             signature=str(sig_path),
         ) from exc
 
@@ -102,6 +103,7 @@ def verify_model_certificate(
     signature: Path | None = None,
     identity: str | None = None,
     ignore: Iterable[Path | str] = (),
+    progress: Progress | None = None,
 ) -> CertifiedModel:
     """Check a certificate-signed OMS bundle against the trusted ``roots`` (PEM files).
 
@@ -123,20 +125,20 @@ def verify_model_certificate(
     except crypto.X509StoreContextError as exc:
         raise SignatureError(
             "the signing certificate does not chain to a trusted root",
-            check="certificate",
+            check=Check.CERTIFICATE,
             subject=cert.subject.rfc4514_string(),
             reason=str(exc),
         ) from exc
     except InvalidSignature as exc:
         raise SignatureError(
             "the signature does not verify with the signing certificate",
-            check="signature",
+            check=Check.SIGNATURE,
             signature=str(sig_path),
         ) from exc
     except (ValueError, KeyError, TypeError, IndexError) as exc:
         raise SignatureError(
             "the certificate cannot sign, or the signed statement is invalid",
-            check="certificate" if "certificate" in str(exc) else "statement",
+            check=Check.CERTIFICATE if "certificate" in str(exc) else "statement",
             signature=str(sig_path),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -144,10 +146,10 @@ def verify_model_certificate(
     if identity is not None and identity not in names:
         raise SignatureError(
             "the model was signed by another identity",
-            check="certificate",
+            check=Check.CERTIFICATE,
             expected=identity,
             signed_by=", ".join(names) or cert.subject.rfc4514_string(),
         )
-    digest = match_folder(path, expected, sig_path, ignore)
+    digest = match_folder(path, expected, sig_path, ignore, progress=progress)
     fingerprint = hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
     return CertifiedModel(digest, cert.subject.rfc4514_string(), names, fingerprint)

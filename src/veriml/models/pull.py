@@ -25,7 +25,7 @@ import dataclasses
 import hashlib
 import shutil
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -35,6 +35,7 @@ import httpx
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.errors import (
+    Check,
     DigestMismatchError,
     FormatError,
     InvalidModelError,
@@ -43,7 +44,7 @@ from veriml.core.errors import (
     StorageError,
 )
 from veriml.core.keys import VerifyingKey
-from veriml.models.digest import DEFAULT_SIGNATURE_NAME
+from veriml.models.digest import DEFAULT_SIGNATURE_NAME, Progress
 from veriml.models.gguf import LLMPackage
 from veriml.models.package import ModelPackage, load_package
 from veriml.models.signing import verify_model
@@ -164,9 +165,10 @@ def _download(
     *,
     size: int | None,
     limit: int,
+    received: Callable[[int], None] | None = None,
 ) -> None:
     """Stream one blob to ``target``, hashing while writing; never more than ``size`` (when
-    the hub stated it) or ``limit`` bytes."""
+    the hub stated it) or ``limit`` bytes. ``received`` is told each chunk's length."""
     url = f"{base}/v1/blobs/{digest.to_text()}"
     bound = limit if size is None else min(size, limit)
     h = hashlib.sha256()
@@ -178,17 +180,19 @@ def _download(
             if written > bound:
                 raise DigestMismatchError(
                     "blob is longer than the hub said",
-                    check="blob-size",
+                    check=Check.BLOB_SIZE,
                     expected=bound,
                     calculated=f">{bound}",
                 )
             h.update(chunk)
             out.write(chunk)
+            if received is not None:
+                received(len(chunk))
     calculated = Digest(h.digest())
     if calculated != digest or (size is not None and written != size):
         raise DigestMismatchError(
             f"blob {digest} does not match its digest",
-            check="blob-digest",
+            check=Check.BLOB_DIGEST,
             expected=digest,
             calculated=calculated,
         )
@@ -201,17 +205,20 @@ def pull_model(
     cache_dir: Path,
     *,
     max_bytes: int,
+    progress: Progress | None = None,
 ) -> Package:
     """Pull ``digest`` into ``cache_dir/<hex>`` (steps 1-6 above); return the loaded package.
 
-    Blocking (network and disk): call it off the event loop.
+    ``progress`` is told ``(bytes received, total)`` as the blobs arrive, the total being the
+    size of the files the hub lists (the signature's few bytes beyond it are not counted past
+    the total). Blocking (network and disk): call it off the event loop.
     """
     url = f"{coordinator}/v1/models/{digest.to_text()}"
     hub = HubModel.from_json(_fetch_json(client, url, "model"))  # 1
     if hub.digest != digest:
         raise DigestMismatchError(
             "hub answered for another model",
-            check="model-digest",
+            check=Check.MODEL_DIGEST,
             expected=digest,
             calculated=hub.digest,
         )
@@ -220,6 +227,7 @@ def pull_model(
         raise InvalidModelError("manifest lists a path twice", model=str(digest))
     if hub.size > max_bytes:
         raise StorageError("model is larger than this node accepts", size=hub.size, limit=max_bytes)
+    received = None if progress is None else _Received(hub.size, progress)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / digest.hex
     tmp = cache_dir / f"{PULL_TMP_PREFIX}{digest.hex}-{uuid.uuid4().hex[:8]}"
@@ -230,7 +238,15 @@ def pull_model(
             for rel, item in zip(paths, hub.files, strict=True):  # 3
                 target = tmp.joinpath(*rel.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
-                _download(client, coordinator, item.digest, target, size=item.size, limit=max_bytes)
+                _download(
+                    client,
+                    coordinator,
+                    item.digest,
+                    target,
+                    size=item.size,
+                    limit=max_bytes,
+                    received=received,
+                )
             _download(
                 client,
                 coordinator,
@@ -238,6 +254,7 @@ def pull_model(
                 tmp / DEFAULT_SIGNATURE_NAME,
                 size=None,
                 limit=MAX_SIGNATURE_BYTES,
+                received=received,
             )
             pub.write_bytes(hub.publisher_key.to_pem())
         except OSError as exc:  # colliding paths ("a" and "a/b"), a full disk
@@ -250,7 +267,7 @@ def pull_model(
             if claimed != digest:
                 raise DigestMismatchError(
                     "pulled model is not the one the job names",
-                    check="model-digest",
+                    check=Check.MODEL_DIGEST,
                     expected=digest,
                     calculated=claimed,
                 )
@@ -270,6 +287,19 @@ def pull_model(
             pub.unlink()
 
 
+class _Received:
+    """Counts a pull's bytes for ``progress``, never past the stated total."""
+
+    def __init__(self, total: int, progress: Progress) -> None:
+        self._total = total
+        self._done = 0
+        self._progress = progress
+
+    def __call__(self, count: int) -> None:
+        self._done = min(self._done + count, self._total)
+        self._progress(self._done, self._total)
+
+
 def _moved(package: Package, old: Path, new: Path) -> Package:
     if isinstance(package, LLMPackage):
         return dataclasses.replace(
@@ -286,7 +316,7 @@ def load_cached(folder: Path, digest: Digest) -> Package:
     if package.digest != digest:
         raise DigestMismatchError(
             "cached model changed on disk",
-            check="cache",
+            check=Check.CACHE,
             expected=digest,
             calculated=package.digest,
         )

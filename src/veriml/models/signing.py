@@ -32,6 +32,7 @@ from model_signing._signing import sign_sigstore_pb as ms_sigstore_pb
 
 from veriml.core.digest import Digest
 from veriml.core.errors import (
+    Check,
     DigestMismatchError,
     FormatError,
     InvalidModelError,
@@ -43,6 +44,7 @@ from veriml.core.keys import load_private_key, load_public_key
 from veriml.models.digest import (
     DEFAULT_CHUNK_SIZE,
     DEFAULT_SIGNATURE_NAME,
+    Progress,
     _config,
     hash_manifest,
     manifest_entries,
@@ -75,12 +77,14 @@ def sign_model(
     signature: Path | None = None,
     passphrase: bytes | None = None,
     ignore: Iterable[Path | str] = (),
+    progress: Progress | None = None,
 ) -> Path:
     """Sign the model folder ``path`` with the EC private key file ``key``; return the bundle.
 
     The bundle goes to ``signature`` (default ``path/model.sig``), which is excluded from
-    the digest. Ed25519 keys are refused with :class:`KeyFileError`: OMS key signatures are
-    ECDSA on P-256 or P-384.
+    the digest; ``progress`` is told ``(bytes hashed, total bytes)`` as the files are read.
+    Ed25519 keys are refused with :class:`KeyFileError`: OMS key signatures are ECDSA on
+    P-256 or P-384.
 
     >>> sign_model(Path("my-model"), Path("publisher.key"))  # doctest: +SKIP
     PosixPath('my-model/model.sig')
@@ -97,7 +101,11 @@ def sign_model(
         )
     sig_path = signature if signature is not None else default_signature_path(path)
     hashing = _config(
-        path, [sig_path.absolute(), *ignore], max_workers=None, chunk_size=DEFAULT_CHUNK_SIZE
+        path,
+        [sig_path.absolute(), *ignore],
+        max_workers=None,
+        chunk_size=DEFAULT_CHUNK_SIZE,
+        progress=progress,
     )
     # model_signing passes the password straight to cryptography, which takes bytes.
     config = ms_signing_api.Config().use_elliptic_key_signer(  # type: ignore[no-untyped-call]
@@ -128,14 +136,14 @@ def read_bundle(sig_path: Path) -> Any:
     except OSError as exc:
         raise SignatureError(
             "cannot read the signature file",
-            check="signature-file",
+            check=Check.SIGNATURE_FILE,
             path=str(sig_path),
             reason=exc.strerror,
         ) from exc
     if size > MAX_SIGNATURE_BYTES:
         raise SignatureError(
             "signature file is too large",
-            check="signature-file",
+            check=Check.SIGNATURE_FILE,
             path=str(sig_path),
             size=size,
             limit=MAX_SIGNATURE_BYTES,
@@ -145,7 +153,7 @@ def read_bundle(sig_path: Path) -> Any:
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise SignatureError(
             "not an OMS signature bundle",
-            check="signature-file",
+            check=Check.SIGNATURE_FILE,
             path=str(sig_path),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -163,7 +171,7 @@ def signed_digest(signature: Path) -> Digest:
     except (ValueError, KeyError, TypeError, IndexError, AttributeError, FormatError) as exc:
         raise SignatureError(
             "the bundle holds no OMS statement subject",
-            check="statement",
+            check=Check.STATEMENT,
             path=str(signature),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -178,7 +186,7 @@ def _signed_manifest(bundle: Any, pubkey: Path, sig_path: Path) -> Any:
         if hint.hint != ours:
             raise SignatureError(
                 "the model was signed by a different key",
-                check="public-key",
+                check=Check.PUBLIC_KEY,
                 signature=str(sig_path),
                 signed_by=hint.hint,
                 given=ours,
@@ -188,14 +196,14 @@ def _signed_manifest(bundle: Any, pubkey: Path, sig_path: Path) -> Any:
     except InvalidSignature as exc:
         raise SignatureError(
             "the signature does not verify with this key",
-            check="signature",
+            check=Check.SIGNATURE,
             signature=str(sig_path),
             keyid=public.key_id,
         ) from exc
     except (ValueError, KeyError, TypeError, IndexError, json.JSONDecodeError) as exc:
         raise SignatureError(
             "the signed statement is not a valid OMS statement",
-            check="statement",
+            check=Check.STATEMENT,
             signature=str(sig_path),
             reason=f"{type(exc).__name__}: {exc}",
         ) from exc
@@ -207,8 +215,10 @@ def verify_model(
     *,
     signature: Path | None = None,
     ignore: Iterable[Path | str] = (),
+    progress: Progress | None = None,
 ) -> Digest:
     """Check that the folder ``path`` is exactly what the OMS bundle signed; return its digest.
+    ``progress`` is told ``(bytes hashed, total bytes)`` as the files are read.
 
     The returned digest is the OMS root digest, equal to :func:`model_digest` of the folder.
     Raises :class:`SignatureError` (bundle, key or signature), :class:`DigestMismatchError` (a file
@@ -220,47 +230,52 @@ def verify_model(
         raise InvalidModelError("a model is a folder", path=str(path))
     bundle = read_bundle(sig_path)  # 1
     expected = _signed_manifest(bundle, pubkey, sig_path)  # 2, 3, 4
-    return match_folder(path, expected, sig_path, ignore)  # 5, 6
+    return match_folder(path, expected, sig_path, ignore, progress=progress)  # 5, 6
 
 
 def match_folder(
-    path: Path, expected: Any, sig_path: Path, ignore: Iterable[Path | str] = ()
+    path: Path,
+    expected: Any,
+    sig_path: Path,
+    ignore: Iterable[Path | str] = (),
+    *,
+    progress: Progress | None = None,
 ) -> Digest:
     """Steps 5 and 6: the folder is exactly the verified manifest ``expected``; its digest."""
     params = expected.serialization_type  # 5
     if params.get("method") != "files" or params.get("hash_type") != "sha256":
         raise VerificationError(
             "only per-file SHA-256 OMS signatures identify a veriml model",
-            check="serialization",
+            check=Check.SERIALIZATION,
             method=params.get("method"),
             hash_type=params.get("hash_type"),
         )
-    actual = hash_manifest(path, ignore=[sig_path.absolute(), *ignore])  # 6
+    actual = hash_manifest(path, ignore=[sig_path.absolute(), *ignore], progress=progress)  # 6
     try:
         signed = {e.path: e.digest for e in manifest_entries(expected)}
     except InvalidModelError as exc:
         raise VerificationError(
-            "the signed manifest is not per-file SHA-256", check="serialization", **exc.evidence
+            "the signed manifest is not per-file SHA-256", check=Check.SERIALIZATION, **exc.evidence
         ) from exc
     found = {e.path: e.digest for e in manifest_entries(actual)}
     for name in sorted(signed.keys() & found.keys()):
         if signed[name] != found[name]:
             raise DigestMismatchError(
                 f"file {name} was modified after signing",
-                check="file-digest",
+                check=Check.FILE_DIGEST,
                 expected=signed[name],
                 calculated=found[name],
             )
     missing = sorted(signed.keys() - found.keys())
     if missing:
         raise VerificationError(
-            f"signed file {missing[0]} is missing", check="files", missing=", ".join(missing)
+            f"signed file {missing[0]} is missing", check=Check.FILES, missing=", ".join(missing)
         )
     unsigned = sorted(found.keys() - signed.keys())
     if unsigned:
         raise VerificationError(
             f"file {unsigned[0]} is not covered by the signature",
-            check="files",
+            check=Check.FILES,
             unsigned=", ".join(unsigned),
         )
     digest = root_digest(actual)
@@ -268,7 +283,7 @@ def match_folder(
     if digest != claimed:  # unreachable when every file matches; kept to fail closed
         raise DigestMismatchError(
             "model root digest differs from the signed one",
-            check="root-digest",
+            check=Check.ROOT_DIGEST,
             expected=claimed,
             calculated=digest,
         )

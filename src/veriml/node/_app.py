@@ -32,6 +32,7 @@ from veriml.core.completion import relay_model_id
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     ConflictError,
     Error,
     ExecutionError,
@@ -365,7 +366,7 @@ def _coordinator_only(request: Request, node: NodeState) -> None:
     if signed is None or trusted is None or signed.key_id != trusted.key_id:
         raise SignatureError(
             "traces are read by the coordinator this node serves, with a signed request",
-            check="access",
+            check=Check.ACCESS,
         )
     signed.check_body(Digest.of(b""))
 

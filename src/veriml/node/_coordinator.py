@@ -34,6 +34,7 @@ import httpx
 
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     Error,
     FormatError,
     KeyFileError,
@@ -123,7 +124,7 @@ async def learn_coordinator_key(
             raise VerificationError(
                 "the coordinator presents another key than the one this node trusted on first "
                 "use; if it really changed, delete the pin and start again",
-                check="coordinator-key",
+                check=Check.COORDINATOR_KEY,
                 pinned=pinned.key_id,
                 presented=presented.key_id,
                 pin=str(pin),

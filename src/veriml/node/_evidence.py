@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from veriml.core.errors import FormatError, NotFoundError, StorageError, VerificationError
+from veriml.core.errors import Check, FormatError, NotFoundError, StorageError, VerificationError
 from veriml.core.tensors import canonical_tensor_bytes, tensor_from_canonical, tensor_to_json
 from veriml.protocol.messages import format_time, parse_time
 from veriml.runtime import Trace
@@ -218,7 +218,7 @@ class TraceStore:
         if _epoch(retain_until) - _epoch(expires_at) > self.max_retention:
             raise VerificationError(
                 "job asks to keep its trace longer than this node keeps traces",
-                check="job-retention",
+                check=Check.JOB_RETENTION,
                 retain_until=retain_until,
                 max_retention_seconds=self.max_retention,
             )

@@ -70,14 +70,14 @@ from veriml.runtime import Runner
 if TYPE_CHECKING:
     from veriml.runtime.llm import TokenEvent
 
-__all__ = ["JobCancelled", "JobService"]
+__all__ = ["JobCancelledError", "JobService"]
 
 log = logging.getLogger("veriml.node")
 
 RETRY_AFTER_SECONDS = 1
 
 
-class JobCancelled(ExecutionError):
+class JobCancelledError(ExecutionError):
     """An LLM generation stopped at a token boundary: its job timed out or its client left."""
 
 
@@ -290,7 +290,7 @@ class JobService:
 
         def on_token(event: TokenEvent) -> None:
             if cancel.is_set():
-                raise JobCancelled("generation stopped", job_id=job.job_id)
+                raise JobCancelledError("generation stopped", job_id=job.job_id)
             line = json.dumps({"token": event.token, "text": event.text}).encode() + b"\n"
             loop.call_soon_threadsafe(lines.put_nowait, line)
 
@@ -349,7 +349,7 @@ class JobService:
     ) -> bytes:
         def on_token(_: TokenEvent) -> None:
             if cancel.is_set():
-                raise JobCancelled("generation stopped", job_id=job.job_id)
+                raise JobCancelledError("generation stopped", job_id=job.job_id)
 
         # A relay streams from its upstream only when asked to: no token hook for it here.
         hook = on_token if self.relay is None else None

@@ -59,7 +59,7 @@ from veriml.core.completion import (
 )
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
-from veriml.core.errors import Error, FormatError, InvalidInputError, VerificationError
+from veriml.core.errors import Check, Error, FormatError, InvalidInputError, VerificationError
 from veriml.core.keys import SigningKey
 from veriml.core.timestamps import utc_now
 from veriml.models.gguf import LLMPackage
@@ -328,7 +328,7 @@ class LLMJobs:
         if predicate.request_digest != job.request_digest or predicate.model_digest != job.model:
             raise VerificationError(
                 "the completion to check answers another request or model",
-                check="job-request",
+                check=Check.JOB_REQUEST,
                 expected=job.request_digest,
                 got=predicate.request_digest,
             )
@@ -340,7 +340,7 @@ class LLMJobs:
         ):
             raise VerificationError(
                 "the completion's token lists are not the ones its receipt signs",
-                check="job-request",
+                check=Check.JOB_REQUEST,
                 prompt_count=len(prompt),
                 completion_count=len(tokens),
             )

@@ -47,7 +47,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from veriml.core.errors import ConflictError, StorageError, VerificationError
+from veriml.core.errors import Check, ConflictError, StorageError, VerificationError
 from veriml.protocol.jobs import Job
 from veriml.protocol.messages import format_time, parse_time
 
@@ -94,7 +94,7 @@ def _unseal(chunk: bytes) -> bytes | None:
     return body if _CRC.pack(zlib.crc32(body)) == crc else None
 
 
-class _Untrusted(Exception):
+class _UntrustedError(Exception):
     """Why a journal on disk cannot say which jobs were admitted."""
 
 
@@ -106,19 +106,19 @@ class _Read:
 
 
 def _read_file(path: Path) -> _Read | None:
-    """One journal file; None when absent. :class:`_Untrusted` when damaged."""
+    """One journal file; None when absent. :class:`_UntrustedError` when damaged."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         return None
     except OSError as exc:
-        raise _Untrusted(f"{path.name} is unreadable: {exc}") from exc
+        raise _UntrustedError(f"{path.name} is unreadable: {exc}") from exc
     header = _unseal(data[:HEADER_SIZE]) if len(data) >= HEADER_SIZE else None
     if header is None:
-        raise _Untrusted(f"{path.name} has no valid header")
+        raise _UntrustedError(f"{path.name} has no valid header")
     magic, boot, floor = _HEADER.unpack(header)
     if magic != MAGIC:
-        raise _Untrusted(f"{path.name} is not a replay journal")
+        raise _UntrustedError(f"{path.name} is not a replay journal")
     body = memoryview(data)[HEADER_SIZE:]
     whole = len(body) - len(body) % RECORD_SIZE
     records = []
@@ -127,7 +127,7 @@ def _read_file(path: Path) -> _Read | None:
     for start in range(0, whole, RECORD_SIZE):
         record = _unseal(bytes(body[start : start + RECORD_SIZE]))
         if record is None:
-            raise _Untrusted(f"{path.name} is damaged at record {start // RECORD_SIZE}")
+            raise _UntrustedError(f"{path.name} is damaged at record {start // RECORD_SIZE}")
         expires, digest = _RECORD.unpack(record)
         records.append((int(expires), bytes(digest)))
     return _Read(bytes(boot), int(floor), records)
@@ -162,7 +162,7 @@ class _Journal:
         for name in _FILES:
             try:
                 read = _read_file(self.root / name)
-            except _Untrusted as exc:
+            except _UntrustedError as exc:
                 why = why or str(exc)
                 continue
             if read is not None:
@@ -344,7 +344,7 @@ class ReplayCache:
         if expires - issued > self.max_validity:
             raise VerificationError(
                 "job validity window is longer than this node accepts",
-                check="job-validity",
+                check=Check.JOB_VALIDITY,
                 issued_at=job.issued_at,
                 expires_at=job.expires_at,
                 limit_seconds=self.max_validity.total_seconds(),

@@ -21,7 +21,7 @@ import os
 import shutil
 from collections import OrderedDict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import httpx
 
@@ -37,6 +37,8 @@ from veriml.models.gguf import LLMPackage
 from veriml.models.pull import PULL_TMP_PREFIX, Package, load_cached, pull_model
 from veriml.node._llm import LocalLLM
 from veriml.runtime import Profile, Runner, runner_for
+
+_Loaded = TypeVar("_Loaded", Runner, LocalLLM)
 
 if TYPE_CHECKING:
     from veriml.runtime.llm import LLMSettings
@@ -113,18 +115,24 @@ class ModelCache:
         """The ONNX runner for ``digest``: loaded, re-validated from the cache, or pulled.
 
         A GGUF model is :class:`InvalidInputError`: an ONNX job cannot run it."""
-        loaded = await self._get(digest)
-        if not isinstance(loaded, Runner):
-            raise InvalidInputError("the job's model is a GGUF language model, not an ONNX graph")
-        return loaded
+        return await self._get_as(
+            digest, Runner, "the job's model is a GGUF language model, not an ONNX graph"
+        )
 
     async def engine(self, digest: Digest) -> LocalLLM:
         """The loaded GGUF model ``digest`` (pulled and loaded on first use).
 
         An ONNX model is :class:`InvalidInputError`: an LLM job cannot run it."""
+        return await self._get_as(
+            digest, LocalLLM, "the job's model is an ONNX graph, not a GGUF language model"
+        )
+
+    async def _get_as(self, digest: Digest, kind: type[_Loaded], wrong: str) -> _Loaded:
+        """The model ``digest`` loaded as ``kind``; :class:`InvalidInputError` ``wrong`` when
+        it is the other kind."""
         loaded = await self._get(digest)
-        if not isinstance(loaded, LocalLLM):
-            raise InvalidInputError("the job's model is an ONNX graph, not a GGUF language model")
+        if not isinstance(loaded, kind):
+            raise InvalidInputError(wrong)
         return loaded
 
     async def _get(self, digest: Digest) -> Runner | LocalLLM:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -107,3 +108,27 @@ def test_bad_input_exits_2_with_one_line(model_dir: Path, tmp_path: Path) -> Non
     line = one_line_error(done)
     assert "escapes the model folder" in line
     assert "model.onnx" in line
+
+
+def test_a_forced_progress_bar_shows_its_final_state_on_stderr_only(
+    model_dir: Path, ec_key: Path, tmp_path: Path
+) -> None:
+    """``--progress`` draws the bar on stderr even off a terminal; stdout stays the JSON."""
+    plain = veriml("model", "digest", str(model_dir), "--json")
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stderr == ""  # no terminal, not forced: nothing extra
+    shown = veriml("model", "digest", str(model_dir), "--json", "--progress")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout) == json.loads(plain.stdout)
+    assert "hashing" in shown.stderr
+    assert "━" in shown.stderr  # the bar, drawn once as it ends: done equals the total
+    assert re.search(r"(\d+(?:\.\d+)?)/\1 (?:bytes|kB|MB)", shown.stderr), shown.stderr
+    sig = tmp_path / "tiny.sig"
+    signed = veriml(
+        "model", "sign", str(model_dir), "-k", str(ec_key), "-s", str(sig), "--progress"
+    )
+    assert signed.returncode == 0, signed.stderr
+    assert "hashing" in signed.stderr
+    quiet = veriml("model", "sign", str(model_dir), "-k", str(ec_key), "-s", str(sig))
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""

@@ -144,3 +144,22 @@ def test_digest_does_not_depend_on_worker_count_chunk_size_or_file_order(
         removed = Path(b) / names[0].split("/")[0]
         shutil.rmtree(removed) if removed.is_dir() else removed.unlink()
         assert model_digest(Path(b)) != reference
+
+
+def test_progress_counts_every_hashed_byte_in_order_against_the_total(tmp_path: Path) -> None:
+    """``progress`` sees the hashed bytes grow to the total of the files the digest covers
+    (not the signature, git metadata or ignored paths); the digest is unchanged."""
+    files = {"a.bin": os.urandom(3 << 20), "sub/b.bin": b"b" * 1000, "c": b""}
+    write_files(tmp_path, files, sorted(files))
+    (tmp_path / "model.sig").write_bytes(b"x" * 500)
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "HEAD").write_bytes(b"y" * 70)
+    (tmp_path / "skip.txt").write_bytes(b"z" * 90)
+    calls: list[tuple[int, int | None]] = []
+    value = model_digest(tmp_path, ignore=["skip.txt"], progress=lambda *c: calls.append(c))
+    assert value == model_digest(tmp_path, ignore=["skip.txt"])
+    total = sum(map(len, files.values()))
+    assert calls[-1] == (total, total)
+    done = [d for d, _ in calls]
+    assert done == sorted(done)
+    assert {t for _, t in calls} == {total}

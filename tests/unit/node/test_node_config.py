@@ -64,7 +64,9 @@ def test_the_public_api_is_pinned() -> None:
     assert sorted(veriml.node.__all__) == [
         "BYZANTINE_MODES",
         "NodeConfig",
+        "PINNED_COORDINATOR_KEY",
         "create_node_app",
+        "learn_coordinator_key",
         "load_node_key",
         "serve_node",
     ]

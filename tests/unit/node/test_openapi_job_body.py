@@ -27,8 +27,9 @@ from veriml.core.digest import Digest
 from veriml.core.errors import Error
 from veriml.core.keys import generate_key
 from veriml.core.tensors import tensor_digest, tensor_to_json
+from veriml.core.timestamps import format_time
 from veriml.node import NodeConfig, create_node_app
-from veriml.protocol.messages import Job, format_time
+from veriml.protocol.jobs import Job
 from veriml.protocol.openai_requests import canonical_request
 
 
