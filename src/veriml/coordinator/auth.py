@@ -30,6 +30,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from veriml.coordinator.state import started
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import ConflictError, FormatError, LimitExceededError, SignatureError
@@ -95,12 +96,12 @@ async def accept_signature(
         return None
     key_id = signed.check_body(body)
     covered_key = idempotent and request.headers.get("idempotency-key") is not None
-    nonces = getattr(request.app.state, "nonces", None)
-    if nonces is None:
+    state = started(request)
+    if state is None:
         raise SignatureError("this coordinator cannot check signed requests yet (starting)")
     token = "req:" + hashlib.sha256(f"{key_id}\n{signed.nonce}".encode()).hexdigest()
     try:
-        await run_in_threadpool(nonces.use, token)
+        await run_in_threadpool(state.nonces.use, token)
     except ConflictError as exc:
         if not covered_key:
             raise SignatureError(
@@ -156,8 +157,10 @@ def capability(key: bytes, request_id: str) -> str:
 
 def capability_header(request: Request, request_id: str) -> dict[str, str]:
     """``X-Veriml-Capability`` for an answer to ``request_id`` (empty before start-up)."""
-    key: bytes | None = getattr(request.app.state, "capability_key", None)
-    return {} if key is None else {CAPABILITY_HEADER: capability(key, request_id)}
+    state = started(request)
+    if state is None:
+        return {}
+    return {CAPABILITY_HEADER: capability(state.capability_key, request_id)}
 
 
 def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
@@ -170,11 +173,13 @@ def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
         return
     request_id = str(answer.get("id"))
     presented = request.headers.get(CAPABILITY_HEADER)
-    key: bytes | None = getattr(request.app.state, "capability_key", None)
+    state = started(request)
     if (
         presented
-        and key is not None
-        and hmac.compare_digest(presented.encode(), capability(key, request_id).encode())
+        and state is not None
+        and hmac.compare_digest(
+            presented.encode(), capability(state.capability_key, request_id).encode()
+        )
     ):
         return
     signed = request_signature(request)

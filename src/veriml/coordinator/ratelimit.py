@@ -341,10 +341,8 @@ async def _peek(receive: Receive) -> tuple[Receive, bytes | None]:
 
 def install_rate_limits(app: FastAPI, limits: RateLimits) -> None:
     """Wire ``limits`` into ``app``: the middleware, the 429 problem for :class:`RateLimited`
-    raised by services (the registry), ``app.state.rate_limits``, and 429 in the OpenAPI
-    document of every limited operation. Add it before the other middleware, so requests it
-    refuses are still metered."""
-    app.state.rate_limits = limits
+    raised by services (the registry), and 429 in the OpenAPI document of every limited
+    operation. Add it before the other middleware, so requests it refuses are still metered."""
 
     async def _limited(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RateLimited)
