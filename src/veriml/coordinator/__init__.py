@@ -12,8 +12,10 @@ Layout: one sub-package per resource, each with its routes (an ``APIRouter`` nam
     nodes/       registry.py (registrations, heartbeats), scheduler.py, dispatch.py,
                  beacon.py (the randomness that draws nodes), routes.py
     inference/   service.py (ONNX requests), faults.py (crash-test hooks), routes.py
-    llm/         service.py (completions), checks.py, errors.py, routes.py (OpenAI API)
-    disputes/    service.py, admission.py, game.py, parties.py, run.py, routes.py
+    llm/         service.py (completions), transport.py (jobs posted to nodes, tokens
+                 streamed back), checks.py, errors.py, routes.py (OpenAI API)
+    disputes/    ONNX and LLM disputes: service.py, admission.py, game.py, parties.py,
+                 run.py, llm.py (prefill checks and the LLM disputes), routes.py
     ledger/      service.py (the ledger book, stored tensors), routes.py
 
 Cross-cutting modules stay at the top, because every sub-package uses them and none owns

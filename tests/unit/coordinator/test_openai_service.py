@@ -35,13 +35,8 @@ from _servers import serve
 from veriml.coordinator.auth import sign_request
 from veriml.coordinator.db import tables as db
 from veriml.coordinator.llm.errors import NodeRefused, openai_error
-from veriml.coordinator.llm.service import (
-    CompletionOptions,
-    CompletionService,
-    LLMModel,
-    TokenPiece,
-    TokenSink,
-)
+from veriml.coordinator.llm.service import CompletionOptions, CompletionService, LLMModel
+from veriml.coordinator.llm.transport import TokenPiece, TokenSink
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (

@@ -751,11 +751,7 @@ class InferenceService:
             attempts_per_slot=self._options.attempts_per_slot,
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
-        for failure in gathered.failures:
-            reason = (
-                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
-            )
-            self._observe("node-failure", reason)
+        gathered.report(self._observe)
         return list(gathered.answers), gathered.failures
 
     async def _output_bounds(self, model: Digest) -> OutputBounds:

@@ -43,8 +43,8 @@ from veriml.coordinator.llm.service import (
     LLMModel,
     NodeAnswer,
     Prepared,
-    TokenPiece,
 )
+from veriml.coordinator.llm.transport import TokenPiece
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.state import Resources
 from veriml.core.canonical import parse_json_object
