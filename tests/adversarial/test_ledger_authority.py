@@ -91,7 +91,9 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
             client.stake(500)
         stake = next(
             e.authorization
-            for e in map(parse_entry, app.state.coordinator.log.entries(0, app.state.coordinator.log.size))
+            for e in map(
+                parse_entry, app.state.coordinator.log.entries(0, app.state.coordinator.log.size)
+            )
             if isinstance(e, StakeEntry)
         )
         assert stake is not None

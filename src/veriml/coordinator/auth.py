@@ -33,7 +33,7 @@ from starlette.requests import Request
 from veriml.coordinator.state import started
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import ConflictError, FormatError, LimitExceededError, SignatureError
+from veriml.core.errors import Check, ConflictError, FormatError, LimitExceededError, SignatureError
 from veriml.core.keys import SigningKey
 from veriml.protocol.http_signatures import (
     KEY_HEADER,
@@ -106,7 +106,7 @@ async def accept_signature(
         if not covered_key:
             raise SignatureError(
                 "this signed request was sent before (its nonce is used): sign it again",
-                check="request-replay",
+                check=Check.REQUEST_REPLAY,
                 keyid=key_id,
             ) from exc
     return key_id
@@ -190,7 +190,7 @@ def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
     raise SignatureError(
         "this request is private: read it with its requester's signed request or its "
         f"capability ({CAPABILITY_HEADER}), or have the requester make it public",
-        check="access",
+        check=Check.ACCESS,
         id=request_id[:200],
     )
 
@@ -202,12 +202,12 @@ def payment_from_headers(headers: Mapping[str, str]) -> Envelope | None:
     if text is None:
         return None
     if len(text) > _MAX_HEADER:
-        raise SignatureError("the payment header is too long", check="payment")
+        raise SignatureError("the payment header is too long", check=Check.PAYMENT)
     try:
         return Envelope.from_bytes(_b64(text, PAYMENT_HEADER))
     except FormatError as exc:
         raise SignatureError(
-            "the payment is not a DSSE envelope", check="payment", reason=exc.message
+            "the payment is not a DSSE envelope", check=Check.PAYMENT, reason=exc.message
         ) from exc
 
 
@@ -215,4 +215,4 @@ def _b64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise SignatureError(f"{what} is not base64", check="request-signature") from exc
+        raise SignatureError(f"{what} is not base64", check=Check.REQUEST_SIGNATURE) from exc

@@ -34,7 +34,7 @@ from _coordinator import running_coordinator
 from _servers import serve
 from veriml.coordinator.auth import sign_request
 from veriml.coordinator.db import tables as db
-from veriml.coordinator.llm.errors import NodeRefused, openai_error
+from veriml.coordinator.llm.errors import NodeRefusedError, openai_error
 from veriml.coordinator.llm.service import CompletionOptions, CompletionService, LLMModel
 from veriml.coordinator.llm.transport import TokenPiece, TokenSink
 from veriml.coordinator.nodes.scheduler import Candidate
@@ -341,7 +341,7 @@ def test_a_node_refusing_an_overlong_prompt_is_the_clients_400(tmp_path: Path) -
     nodes = [FakeNode("op-a", "overflow")]
 
     async def body(net: Network) -> None:
-        with pytest.raises(NodeRefused) as caught:
+        with pytest.raises(NodeRefusedError) as caught:
             await net.service.create("chat.completion", CHAT)
         status, error = openai_error(caught.value)
         assert (status, error["error"]["code"], error["error"]["param"]) == (

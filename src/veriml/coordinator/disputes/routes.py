@@ -34,15 +34,15 @@ from veriml.coordinator import schemas
 from veriml.coordinator.auth import read_signed_body
 from veriml.coordinator.deps import state_of
 from veriml.coordinator.disputes.admission import (
-    TooManyDisputes,
-    WindowClosed,
+    TooManyDisputesError,
+    WindowClosedError,
     bond_authorization,
     tensors_from_json,
 )
 from veriml.coordinator.disputes.service import DisputeRun, DisputeService, bonded
 from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
-from veriml.core.errors import FormatError, SignatureError
+from veriml.core.errors import Check, FormatError, SignatureError
 
 __all__ = ["router"]
 
@@ -58,7 +58,7 @@ async def _signed_body(request: Request) -> tuple[str, dict[str, Any]]:
     if account is None:
         raise SignatureError(
             "dispute requests are signed: the challenger's account is the signing key's id",
-            check="request-signature",
+            check=Check.REQUEST_SIGNATURE,
         )
     return account, parse_json_object(raw, what="dispute request")
 
@@ -77,7 +77,7 @@ async def _move(
     if account != run.challenger.claim.account:
         raise SignatureError(
             "only the challenger moves in a dispute",
-            check="dispute-party",
+            check=Check.DISPUTE_PARTY,
             dispute=run.id,
             signer=account,
         )
@@ -171,9 +171,9 @@ async def create_dispute(request: Request) -> Response:
         if body.get("kind") == "prefill":
             return await _prefill_challenge(request, answer, body, account)
         run = await service.challenge(answer, body, account=account)
-    except WindowClosed as exc:
+    except WindowClosedError as exc:
         return problem(410, exc.message, title="Gone", **exc.evidence)
-    except TooManyDisputes as exc:
+    except TooManyDisputesError as exc:
         retry = str(exc.evidence.get("retry_after", 1))
         return problem(
             429,

@@ -32,7 +32,7 @@ from veriml.coordinator.disputes.service import DisputeService
 from veriml.coordinator.inference import faults
 from veriml.coordinator.inference.service import InferenceOptions, InferenceService, ResolvedModel
 from veriml.coordinator.ledger.service import TENSOR_MEDIA_TYPE
-from veriml.coordinator.nodes.dispatch import JobRejected
+from veriml.coordinator.nodes.dispatch import JobRejectedError
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import problem
 from veriml.coordinator.state import Resources
@@ -213,7 +213,7 @@ async def create_inference(
         )
     except NodeUnavailableError as exc:
         return _upstream_problem(exc, 503)
-    except JobRejected as exc:
+    except JobRejectedError as exc:
         return _upstream_problem(exc, 502)
     return _json(answer, capability_header(request, str(answer["id"])))
 

@@ -69,6 +69,7 @@ from veriml.coordinator.nodes.scheduler import (
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     ConflictError,
     Error,
     FormatError,
@@ -168,7 +169,7 @@ class RequestDraws:
         if named is None:
             raise ConflictError(
                 "the request names a randomness epoch that is not current",
-                check="epoch",
+                check=Check.EPOCH,
                 epoch=epoch,
                 current_epoch=self._beacon.current().number,
             )
@@ -383,7 +384,7 @@ def check_answer(
         if signed != expected:
             raise VerificationError(
                 f"receipt does not answer this request: its {what} differs",
-                check="request-binding",
+                check=Check.REQUEST_BINDING,
                 node=node.node_id,
                 signed=str(signed)[:200],
                 expected=str(expected)[:200],
@@ -391,7 +392,7 @@ def check_answer(
     if spec.trace and p.trace is None:
         raise VerificationError(
             "receipt of a traced job commits to no trace",
-            check="request-binding",
+            check=Check.REQUEST_BINDING,
             node=node.node_id,
         )
     return dict(verified.output_digests)

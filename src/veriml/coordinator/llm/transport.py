@@ -16,10 +16,10 @@ from typing import Any, Final
 
 import httpx
 
-from veriml.coordinator.llm.errors import NodeRefused
+from veriml.coordinator.llm.errors import NodeRefusedError
 from veriml.coordinator.nodes.dispatch import node_problem
 from veriml.coordinator.nodes.scheduler import Candidate
-from veriml.core.errors import Error, NodeUnavailableError, VerificationError
+from veriml.core.errors import Check, Error, NodeUnavailableError, VerificationError
 
 __all__ = ["NDJSON", "NodeTransport", "TokenPiece", "TokenSink"]
 
@@ -77,7 +77,7 @@ async def _lines(response: httpx.Response, limit: int, node: str) -> AsyncIterat
         size += len(chunk)
         if size > limit:
             raise VerificationError(
-                "node answer is larger than the limit", check="result", node=node, limit=limit
+                "node answer is larger than the limit", check=Check.RESULT, node=node, limit=limit
             )
         buffer += chunk
         *lines, buffer = buffer.split(b"\n")
@@ -109,7 +109,7 @@ def _problem(data: bytes) -> dict[str, Any]:
 def _failed(node: str, status: int, problem: Mapping[str, Any]) -> Error:
     """The error for a node's failure status (or streamed ``error``) and its problem JSON."""
     if 400 <= status < 500:
-        return NodeRefused("node refused the job", node=node, status=status, problem=problem)
+        return NodeRefusedError("node refused the job", node=node, status=status, problem=problem)
     return NodeUnavailableError(
         "node failed the job", node=node, status=status, detail=str(problem.get("detail"))[:300]
     )
@@ -168,7 +168,7 @@ class NodeTransport:
                 if status != 200:
                     raise VerificationError(
                         "node answered with an unexpected status",
-                        check="result",
+                        check=Check.RESULT,
                         node=node.node_id,
                         status=status,
                     )
@@ -209,4 +209,6 @@ class NodeTransport:
                 raise _failed(node, status, node_problem(status, event["error"]))
             else:
                 raise VerificationError("node streamed an unknown event", node=node)
-        raise VerificationError("node's answer ended without a result", check="result", node=node)
+        raise VerificationError(
+            "node's answer ended without a result", check=Check.RESULT, node=node
+        )
