@@ -7,7 +7,8 @@ Layout: one sub-package per resource, each with its routes (an ``APIRouter`` nam
 ``router`` in ``routes.py``) beside its service; routes -> services -> repositories::
 
     db/          tables.py (SQLAlchemy 2 Core), migrations/ (Alembic), and the repositories,
-                 the only code that speaks SQL: models.py, nodes.py, inferences.py, disputes.py
+                 the only code that speaks SQL: models.py, nodes.py, inferences.py, disputes.py,
+                 beacon.py
     hub/         service.py (publish, resolve, serve blobs), archive.py, routes.py
     nodes/       registry.py (registrations, heartbeats), scheduler.py, dispatch.py,
                  beacon.py (the randomness that draws nodes), routes.py

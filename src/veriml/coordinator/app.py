@@ -29,6 +29,7 @@ import veriml
 from veriml.coordinator import auth, schemas
 from veriml.coordinator import routes as service_routes
 from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.beacon import BeaconKeyRepository
 from veriml.coordinator.db.disputes import DisputeStore, answered_at
 from veriml.coordinator.db.models import NamespaceRepository
 from veriml.coordinator.db.nodes import ModelRepository, NodeRepository, NonceRepository
@@ -207,7 +208,7 @@ def _open_resources(
             registry=registry,
             tensors=TensorStore(tensor_blobs, max_bytes=settings.max_json_bytes),
             # The randomness beacon opens after the ledger book (``Beacon.open``).
-            beacon=Beacon(engine, ledger, interval=settings.beacon_interval),
+            beacon=Beacon(BeaconKeyRepository(engine), ledger, interval=settings.beacon_interval),
             http=httpx.AsyncClient(
                 timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
                 transport=PerHostTransport(
