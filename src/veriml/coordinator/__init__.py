@@ -12,7 +12,9 @@ Layout: one sub-package per resource, each with its routes (an ``APIRouter`` nam
     hub/         service.py (publish, resolve, serve blobs), archive.py, routes.py
     nodes/       registry.py (registrations, heartbeats), scheduler.py, dispatch.py,
                  beacon.py (the randomness that draws nodes), routes.py
-    inference/   service.py (ONNX requests), faults.py (crash-test hooks), routes.py
+    inference/   service.py (ONNX requests), requests.py (the draw, ledger context and
+                 requester every request gets, ONNX or LLM), wire.py (inputs decoded, node
+                 answers checked, the answer built), faults.py (crash-test hooks), routes.py
     llm/         service.py (completions), transport.py (jobs posted to nodes, tokens
                  streamed back), checks.py, errors.py, routes.py (OpenAI API)
     disputes/    ONNX and LLM disputes: service.py, admission.py, game.py, parties.py,

@@ -30,12 +30,8 @@ from fastapi.responses import JSONResponse
 
 from _servers import HOST, serve
 from veriml.coordinator.db import tables as db
-from veriml.coordinator.inference.service import (
-    InferenceOptions,
-    InferenceService,
-    ResolvedModel,
-    check_answer,
-)
+from veriml.coordinator.inference.service import InferenceOptions, InferenceService, ResolvedModel
+from veriml.coordinator.inference.wire import check_answer
 from veriml.coordinator.nodes.dispatch import JobRejectedError, JobSpec
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest

@@ -45,7 +45,7 @@ from sqlalchemy.engine import Engine
 
 from veriml.coordinator.db.inferences import InferenceStore, PendingInference
 from veriml.coordinator.disputes.llm import PrefillReferee
-from veriml.coordinator.inference.service import (
+from veriml.coordinator.inference.requests import (
     EpochSource,
     RequestDraws,
     answer_cites,
