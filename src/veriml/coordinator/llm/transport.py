@@ -17,7 +17,7 @@ from typing import Any, Final
 import httpx
 
 from veriml.coordinator.llm.errors import NodeRefusedError
-from veriml.coordinator.nodes.dispatch import node_problem
+from veriml.coordinator.nodes.dispatch import node_problem, unreachable
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.errors import Check, Error, NodeUnavailableError, VerificationError
 
@@ -173,17 +173,8 @@ class NodeTransport:
                         status=status,
                     )
                 return await self._read_result(response, node.node_id, sink, limit)
-        except httpx.TimeoutException as exc:
-            raise NodeUnavailableError(
-                "node did not answer in time", node=node.node_id, endpoint=node.endpoint
-            ) from exc
         except httpx.HTTPError as exc:
-            raise NodeUnavailableError(
-                "node could not be reached",
-                node=node.node_id,
-                endpoint=node.endpoint,
-                reason=type(exc).__name__,
-            ) from exc
+            raise unreachable(node, exc) from exc
 
     async def _read_result(
         self, response: httpx.Response, node: str, sink: TokenSink | None, limit: int

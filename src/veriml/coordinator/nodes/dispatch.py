@@ -63,6 +63,7 @@ __all__ = [
     "node_problem",
     "retain_until",
     "sign_job",
+    "unreachable",
 ]
 
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
@@ -266,6 +267,21 @@ async def _read_bounded(response: httpx.Response, limit: int, node: str) -> byte
     return b"".join(chunks)
 
 
+def unreachable(node: Candidate, exc: httpx.HTTPError) -> NodeUnavailableError:
+    """The error for a job post to ``node`` that got no answer: in time, or at all (which
+    transport error, never its text)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return NodeUnavailableError(
+            "node did not answer in time", node=node.node_id, endpoint=node.endpoint
+        )
+    return NodeUnavailableError(
+        "node could not be reached",
+        node=node.node_id,
+        endpoint=node.endpoint,
+        reason=type(exc).__name__,
+    )
+
+
 async def dispatch(
     http: httpx.AsyncClient,
     node: Candidate,
@@ -286,17 +302,8 @@ async def dispatch(
     try:
         async with http.stream("POST", url, json=body, timeout=httpx.Timeout(timeout)) as response:
             data = await _read_bounded(response, max_result_bytes, node.node_id)
-    except httpx.TimeoutException as exc:
-        raise NodeUnavailableError(
-            "node did not answer in time", node=node.node_id, endpoint=node.endpoint
-        ) from exc
     except httpx.HTTPError as exc:
-        raise NodeUnavailableError(
-            "node could not be reached",
-            node=node.node_id,
-            endpoint=node.endpoint,
-            reason=type(exc).__name__,
-        ) from exc
+        raise unreachable(node, exc) from exc
     status = response.status_code
     if status >= 500:
         raise NodeUnavailableError(
