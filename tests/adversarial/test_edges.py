@@ -178,10 +178,10 @@ def test_a_junk_registration_is_refused_before_it_reaches_the_log(
     registry: tuple[str, FastAPI], junk: dict[str, Any], status: int
 ) -> None:
     url, app = registry
-    size = app.state.log.size
+    size = app.state.coordinator.log.size
     node, operator = generate_key(), generate_key()
     _problem(_register(url, node, _descriptor(node, operator, **junk)), status)
-    assert app.state.log.size == size
+    assert app.state.coordinator.log.size == size
     assert node.key_id not in {n["node_id"] for n in httpx.get(url + "/v1/nodes").json()["nodes"]}
 
 
@@ -197,26 +197,26 @@ def test_an_endpoint_is_stored_as_the_plain_origin(registry: tuple[str, FastAPI]
 def test_registrations_from_one_address_are_bounded_in_time(tmp_path: Path) -> None:
     limits = {"rate_limit_register": "3/minute;10/hour", "rate_limit_local_factor": 1}
     with running_coordinator(tmp_path / "home", **limits) as (url, app):
-        size = app.state.log.size
+        size = app.state.coordinator.log.size
         for _ in range(3):
             node, operator = generate_key(), generate_key()  # fresh keys cost nothing
             assert _register(url, node, _descriptor(node, operator)).status_code == 201
         node, operator = generate_key(), generate_key()
         _throttled(_register(url, node, _descriptor(node, operator)), "address")
-        assert app.state.log.size == size + 3
+        assert app.state.coordinator.log.size == size + 3
 
 
 def test_one_operator_s_registrations_are_bounded_from_any_address(tmp_path: Path) -> None:
     limits = {"rate_limit_register": "3/minute", "rate_limit_exempt": ("127.0.0.0/8",)}
     operator = generate_key()
     with running_coordinator(tmp_path / "home", **limits) as (url, app):
-        size = app.state.log.size
+        size = app.state.coordinator.log.size
         for _ in range(3):
             node = generate_key()
             assert _register(url, node, _descriptor(node, operator)).status_code == 201
         node = generate_key()
         _throttled(_register(url, node, _descriptor(node, operator)), "operator")
-        assert app.state.log.size == size + 3
+        assert app.state.coordinator.log.size == size + 3
         other = generate_key()  # another operator registers as before
         assert _register(url, other, _descriptor(other, generate_key())).status_code == 201
 

@@ -55,7 +55,7 @@ def _refused(response: httpx.Response, status: int) -> dict[str, object]:
 def _nothing_stored(url: str, app: FastAPI, size: int) -> None:
     assert _log_size(url) == size
     assert httpx.get(url + "/v1/models").json()["models"] == []
-    staging = app.state.hub.staging_root
+    staging = app.state.coordinator.hub.staging_root
     assert not staging.exists() or not any(staging.iterdir())
 
 

@@ -77,7 +77,7 @@ class Ledger:
 
     def append(self, entry: bytes) -> int:
         """What a lying coordinator does: log ``entry`` without its ledger's check."""
-        return int(self.app.state.log.add(entry))
+        return int(self.app.state.coordinator.log.add(entry))
 
 
 @pytest.fixture
@@ -91,7 +91,9 @@ def ledger(tmp_path: Path) -> Iterator[Ledger]:
             client.stake(500)
         stake = next(
             e.authorization
-            for e in map(parse_entry, app.state.log.entries(0, app.state.log.size))
+            for e in map(
+                parse_entry, app.state.coordinator.log.entries(0, app.state.coordinator.log.size)
+            )
             if isinstance(e, StakeEntry)
         )
         assert stake is not None

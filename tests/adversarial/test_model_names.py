@@ -69,7 +69,7 @@ def _key_file(model: SignedModel, folder: Path) -> Path:
 
 
 def _logged(app: FastAPI, index: int) -> bytes:
-    (entry,) = app.state.log.entries(index, index + 1)
+    (entry,) = app.state.coordinator.log.entries(index, index + 1)
     return bytes(entry)
 
 
@@ -129,7 +129,7 @@ def test_a_log_with_a_model_entry_under_another_keys_namespace_does_not_fold(
     hub: Hub, owner: SignedModel, attacker: SignedModel
 ) -> None:
     url, app = hub
-    genuine = app.state.log.entries(0, _log_size(url))
+    genuine = app.state.coordinator.log.entries(0, _log_size(url))
     fold(genuine)  # the coordinator's own log folds
     forged = _forged(owner, attacker)
     with pytest.raises(LedgerError) as caught:
@@ -154,7 +154,7 @@ def test_veriml_log_audit_rejects_a_coordinator_log_with_such_an_entry(
         clean = CliRunner().invoke(cli, audit)
         assert clean.exit_code == 0, clean.output
         # The coordinator bypasses its hub and writes the forged entry into its own log.
-        index = app.state.log.add(_forged(owner, attacker).to_bytes())
+        index = app.state.coordinator.log.add(_forged(owner, attacker).to_bytes())
         result = CliRunner().invoke(cli, audit)
     assert result.exit_code == 1
     assert isinstance(result.exception, VerificationError)
@@ -229,7 +229,7 @@ def test_check_provenance_refuses_what_a_lying_coordinator_could_cite(
     url, app = hub
     record = httpx.get(url + "/v1/models/acme/iris@1").json()
     digest = Digest.from_text(record["digest"])
-    cited = app.state.hub.provenance(digest)
+    cited = app.state.coordinator.hub.provenance(digest)
     assert cited.namespace is not None
     model, claim = _logged(app, cited.model), _logged(app, cited.namespace)
     assert check_provenance("acme/iris@1", digest, model, claim).publisher == owner.key.key_id

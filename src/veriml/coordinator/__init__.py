@@ -7,35 +7,38 @@ Layout: one sub-package per resource, each with its routes (an ``APIRouter`` nam
 ``router`` in ``routes.py``) beside its service; routes -> services -> repositories::
 
     db/          tables.py (SQLAlchemy 2 Core), migrations/ (Alembic), and the repositories,
-                 the only code that speaks SQL: models.py, nodes.py, inferences.py, disputes.py
+                 the only code that speaks SQL: models.py, nodes.py, inferences.py, disputes.py,
+                 beacon.py
     hub/         service.py (publish, resolve, serve blobs), archive.py, routes.py
     nodes/       registry.py (registrations, heartbeats), scheduler.py, dispatch.py,
                  beacon.py (the randomness that draws nodes), routes.py
-    inference/   service.py (ONNX requests), faults.py (crash-test hooks), routes.py
-    llm/         service.py (completions), checks.py, errors.py, routes.py (OpenAI API)
-    disputes/    service.py, admission.py, game.py, parties.py, run.py, routes.py
+    inference/   service.py (ONNX requests), requests.py (the draw, ledger context and
+                 requester every request gets, ONNX or LLM), wire.py (inputs decoded, node
+                 answers checked, the answer built), faults.py (crash-test hooks), routes.py
+    llm/         service.py (completions), transport.py (jobs posted to nodes, tokens
+                 streamed back), checks.py, errors.py, routes.py (OpenAI API)
+    disputes/    ONNX and LLM disputes: service.py, admission.py, game.py, parties.py,
+                 run.py, llm.py (prefill checks and the LLM disputes), routes.py
     ledger/      service.py (the ledger book, stored tensors), routes.py
 
 Cross-cutting modules stay at the top, because every sub-package uses them and none owns
 them: ``app.py`` (builds the state and includes every ``routes.router``), ``routes.py`` (the
-service routes: info, health, metrics), ``deps.py`` (every FastAPI dependency alias),
-``settings.py``, ``auth.py`` (request signatures), ``problems.py`` (problem JSON), ``keys.py``,
-``metrics.py``, ``ratelimit.py`` and ``schemas.py`` (request bodies in the OpenAPI document).
+service routes: info, health, metrics), ``state.py`` (the app's state), ``deps.py`` (every
+FastAPI dependency alias), ``settings.py``, ``auth.py`` (request signatures), ``problems.py``
+(problem JSON), ``keys.py``, ``metrics.py``, ``ratelimit.py`` and ``schemas.py`` (request
+bodies in the OpenAPI document).
 
-What the app's lifespan puts on ``app.state`` (all created at start-up and closed at
-shut-down; routes reach them through :mod:`veriml.coordinator.deps`)::
+The app's state is one frozen :class:`~veriml.coordinator.state.CoordinatorState`, built by
+the lifespan at start-up (its resources closed at shut-down) and stored once as
+``app.state.coordinator``; routes reach its members through :mod:`veriml.coordinator.deps`::
 
-    app.state.settings         Settings                the frozen configuration
-    app.state.engine           sqlalchemy.Engine       coordinator database (db/tables.py)
-    app.state.blobs            BlobStore               content-addressed blobs (model files)
-    app.state.log              veriml.tlog.Log         the coordinator's transparency log
-    app.state.coordinator_key  SigningKey              Ed25519 key that signs jobs
-    app.state.http             httpx.AsyncClient       outgoing calls to nodes
-    app.state.models           ModelRepository         resolve(ref) -> ModelRecord, get(digest)
-    app.state.nodes            NodeRepository          live_nodes(model) -> list[NodeRow],
-                                                       mark_failed(node_id),
-                                                       adjust_active(node_id, delta)
-    app.state.metrics          Metrics                 Prometheus registry and collectors
+    settings, metrics, rate_limits       configuration, Prometheus registry, per-client limits
+    engine, blobs, log                   database (db/tables.py), model blobs, transparency log
+    coordinator_key, capability_key      Ed25519 job-signing key, read-capability HMAC key
+    models, nodes, nonces                the repositories of db/
+    ledger, hub, registry, tensors       ledger book, hub, node registry, stored inputs
+    beacon, http                         randomness beacon, HTTP client to nodes
+    disputes, inference, completions     the services over all of the above
 """
 
 __all__: list[str] = []

@@ -1,8 +1,9 @@
 """``create_app(settings)``: the coordinator as one FastAPI application.
 
 Nothing is opened at import time or in ``create_app``: the lifespan opens the database (and
-migrates it), the blob store, the keys, the log and an HTTP client, puts them on
-``app.state`` (names in the package docstring) and closes them all at shut-down. The log's
+migrates it), the blob store, the keys, the log and an HTTP client, builds the services over
+them, stores the one frozen :class:`~veriml.coordinator.state.CoordinatorState` as
+``app.state.coordinator`` and closes them all at shut-down. The log's
 C2SP tlog-tiles API is mounted read-only under ``/log/`` (entries are appended by the
 coordinator itself, never through HTTP).
 
@@ -28,6 +29,7 @@ import veriml
 from veriml.coordinator import auth, schemas
 from veriml.coordinator import routes as service_routes
 from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.beacon import BeaconKeyRepository
 from veriml.coordinator.db.disputes import DisputeStore, answered_at
 from veriml.coordinator.db.models import NamespaceRepository
 from veriml.coordinator.db.nodes import ModelRepository, NodeRepository, NonceRepository
@@ -50,6 +52,7 @@ from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import install_problem_handlers, problem
 from veriml.coordinator.ratelimit import RateLimits, install_rate_limits
 from veriml.coordinator.settings import Settings
+from veriml.coordinator.state import CoordinatorState, Resources
 from veriml.core.errors import Error, LimitExceededError, StorageError
 from veriml.models.blobstore import BlobStore
 from veriml.protocol.http_signatures import MAX_SKEW, MAX_WINDOW
@@ -82,17 +85,16 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 class _LogProxy:
     """Stands for the log in the ``/log/`` router, which is built before the lifespan opens
-    the log; every attribute is read from ``app.state.log`` at request time."""
+    the log; every attribute is read from the app's state at request time."""
 
     def __init__(self, app: FastAPI) -> None:
         self._app = app
 
     def __getattr__(self, name: str) -> Any:
-        try:
-            log = self._app.state.log
-        except AttributeError as exc:
-            raise StorageError("the log is not open (the coordinator is starting)") from exc
-        return getattr(log, name)
+        state: CoordinatorState | None = getattr(self._app.state, "coordinator", None)
+        if state is None:
+            raise StorageError("the log is not open (the coordinator is starting)")
+        return getattr(state.log, name)
 
 
 class BodyLimit:
@@ -138,8 +140,10 @@ class _Metered:
         await self._counted(scope, receive, send)
 
 
-def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
-    """Open every resource onto ``app.state``; the closers, in the order to run them."""
+def _open_resources(
+    settings: Settings, metrics: Metrics, limits: RateLimits
+) -> tuple[Resources, list[Callable[[], None]]]:
+    """Open every resource (blocking); the closers, in the order to run them."""
     closers: list[Callable[[], None]] = []
     try:
         passphrase = settings.key_passphrase.encode() if settings.key_passphrase else None
@@ -165,53 +169,64 @@ def _open_state(app: FastAPI, settings: Settings) -> list[Callable[[], None]]:
         # Descriptor nonces and signed requests' nonces (kept past the longest signature).
         keep = max(2 * settings.descriptor_max_age, 2 * (MAX_WINDOW + MAX_SKEW.total_seconds()))
         nonces = NonceRepository(engine, keep=keep)
-        metrics: Metrics = app.state.metrics
         metrics.watch(models, nodes, log)
-        state = app.state
-        state.engine, state.blobs, state.log = engine, blobs, log
-        state.coordinator_key = keys.coordinator
-        state.capability_key = auth.capability_key(keys.coordinator)
-        state.models, state.nodes, state.nonces = models, nodes, nonces
-        state.ledger = LedgerBook(log, settings, admin=keys.coordinator.key_id)
-        state.hub = HubService(
+        ledger = LedgerBook(log, settings, admin=keys.coordinator.key_id)
+        hub = HubService(
             settings=settings,
             models=models,
             namespaces=NamespaceRepository(engine),
             blobs=blobs,
             log=log,
-            book=state.ledger,
+            book=ledger,
         )
-        state.hub.sweep_staging()
+        hub.sweep_staging()
         if settings.allow_unsigned_publish:
             _log.warning(
                 "unsigned publishing is on: models without a publisher signature are "
                 "registered (marked unsigned, reachable by digest only)"
             )
-        state.registry = RegistryService(
-            settings=settings,
-            nodes=nodes,
-            nonces=nonces,
-            log=log,
-            book=state.ledger,
-            limits=state.rate_limits,
+        registry = RegistryService(
+            settings=settings, nodes=nodes, nonces=nonces, log=log, book=ledger, limits=limits
         )
         # Stored inputs live apart from the hub's blobs: GET /v1/blobs serves any blob by
         # digest, and a private request's inputs are readable only by its requester.
         tensor_blobs = BlobStore(settings.blobs_url.rstrip("/") + "/tensors")
-        tensors = TensorStore(tensor_blobs, max_bytes=settings.max_json_bytes)
-        state.tensors, state.store_tensors = tensors, tensors.put
-        hub_service = state.hub
-        state.load_model = lambda digest: hub_service.onnx_package(digest).load_proto()
+        resources = Resources(
+            settings=settings,
+            metrics=metrics,
+            rate_limits=limits,
+            engine=engine,
+            blobs=blobs,
+            log=log,
+            coordinator_key=keys.coordinator,
+            capability_key=auth.capability_key(keys.coordinator),
+            models=models,
+            nodes=nodes,
+            nonces=nonces,
+            ledger=ledger,
+            hub=hub,
+            registry=registry,
+            tensors=TensorStore(tensor_blobs, max_bytes=settings.max_json_bytes),
+            # The randomness beacon opens after the ledger book (``Beacon.open``).
+            beacon=Beacon(BeaconKeyRepository(engine), ledger, interval=settings.beacon_interval),
+            http=httpx.AsyncClient(
+                timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
+                transport=PerHostTransport(
+                    limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
+                ),
+            ),
+        )
     except BaseException:
         for close in closers:
             close()
         raise
-    return closers
+    return resources, closers
 
 
-def _dispute_service(state: Any, settings: Settings) -> DisputeService:
+def _dispute_service(resources: Resources) -> DisputeService:
     """The dispute engine over the app's keys, HTTP client, models, tensors, ledger and the
     database table that keeps open disputes across restarts."""
+    settings = resources.settings
     options = DisputeOptions(
         timeout=settings.dispute_timeout,
         job_timeout=settings.job_timeout,
@@ -225,16 +240,16 @@ def _dispute_service(state: Any, settings: Settings) -> DisputeService:
         retrace_retention=min(ABANDONED_AFTER_MOVES * settings.dispute_timeout, 3600.0),
         max_tensor_bytes=settings.max_json_bytes,
     )
-    engine = state.engine
+    engine = resources.engine
     return DisputeService(
-        key=state.coordinator_key,
-        http=state.http,
-        load_model=state.load_model,
-        book=state.ledger,
-        load_tensor=state.tensors.get,
-        store_tensors=state.tensors.put,
-        list_nodes=inference_routes.node_lister(state, schedulable_only=False),
-        find_node=partial(_registered_node, state.nodes),
+        key=resources.coordinator_key,
+        http=resources.http,
+        load_model=resources.load_model,
+        book=resources.ledger,
+        load_tensor=resources.tensors.get,
+        store_tensors=resources.tensors.put,
+        list_nodes=inference_routes.node_lister(resources, schedulable_only=False),
+        find_node=partial(_registered_node, resources.nodes),
         store=DisputeStore(engine, owner=uuid.uuid4().hex, lease=options.lease),
         answered_at=lambda inference: answered_at(engine, inference),
         options=options,
@@ -273,31 +288,31 @@ async def _sweep_disputes(disputes: DisputeService, settings: Settings) -> None:
 def create_app(settings: Settings) -> FastAPI:
     """The coordinator app for ``settings``; resources open when the app starts."""
 
+    metrics = Metrics()
+    limits = RateLimits.from_settings(settings)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        closers = await run_in_threadpool(_open_state, app, settings)
+        resources, closers = await run_in_threadpool(_open_resources, settings, metrics, limits)
         # The rules and the bond map, then the randomness beacon: logged before any request.
-        await app.state.ledger.open()
-        app.state.beacon = Beacon(
-            app.state.engine, app.state.ledger, interval=settings.beacon_interval
+        await resources.ledger.open()
+        await resources.beacon.open()
+        disputes = _dispute_service(resources)
+        state = CoordinatorState.over(
+            resources,
+            disputes=disputes,
+            inference=inference_routes.service_over(resources, disputes),
+            completions=llm_routes.service_over(resources, disputes),
         )
-        await app.state.beacon.open()
-        app.state.http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.job_timeout, connect=5.0),
-            transport=PerHostTransport(
-                limits=httpx.Limits(max_connections=64, max_keepalive_connections=32)
-            ),
-        )
-        app.state.disputes = _dispute_service(app.state, settings)
-        app.state.completions = llm_routes.service_from_state(app.state)
+        app.state.coordinator = state
         try:  # before serving: a challenger's next request finds its dispute again
-            await app.state.disputes.resume()
+            await disputes.resume()
         except Error as exc:  # the sweeper tries again
             _log.warning("open disputes not resumed: %s", exc.diagnostics())
-        sweeper = asyncio.create_task(_sweep_disputes(app.state.disputes, settings))
-        rotation = asyncio.create_task(app.state.beacon.run(), name="veriml-beacon")
+        sweeper = asyncio.create_task(_sweep_disputes(disputes, settings))
+        rotation = asyncio.create_task(resources.beacon.run(), name="veriml-beacon")
         try:
-            await run_in_threadpool(inference_routes.recover_pending, app.state)
+            await run_in_threadpool(state.inference.recover_pending)
         except Error as exc:  # the rows stay pending; GET and retries complete them
             _log.warning("pending inferences not recovered: %s", exc.diagnostics())
         try:
@@ -307,8 +322,8 @@ def create_app(settings: Settings) -> FastAPI:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
-            await app.state.disputes.aclose()
-            await app.state.http.aclose()
+            await disputes.aclose()
+            await resources.http.aclose()
             for close in closers:
                 await run_in_threadpool(close)
 
@@ -319,8 +334,6 @@ def create_app(settings: Settings) -> FastAPI:
         docs_url="/docs",
         redoc_url=None,
     )
-    app.state.settings = settings
-    app.state.metrics = Metrics()
     install_problem_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
@@ -328,8 +341,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(service_routes.router)
     _describe_bodies(app)
     # Innermost, so the requests it refuses are metered and bounded like any other.
-    install_rate_limits(app, RateLimits.from_settings(settings))
-    app.add_middleware(_Metered, metrics=app.state.metrics)
+    install_rate_limits(app, limits)
+    app.add_middleware(_Metered, metrics=metrics)
     app.add_middleware(BodyLimit, default=settings.max_json_bytes, upload=settings.max_upload_bytes)
     return app
 

@@ -30,9 +30,10 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 
+from veriml.coordinator.state import started
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import ConflictError, FormatError, LimitExceededError, SignatureError
+from veriml.core.errors import Check, ConflictError, FormatError, LimitExceededError, SignatureError
 from veriml.core.keys import SigningKey
 from veriml.protocol.http_signatures import (
     KEY_HEADER,
@@ -95,17 +96,17 @@ async def accept_signature(
         return None
     key_id = signed.check_body(body)
     covered_key = idempotent and request.headers.get("idempotency-key") is not None
-    nonces = getattr(request.app.state, "nonces", None)
-    if nonces is None:
+    state = started(request)
+    if state is None:
         raise SignatureError("this coordinator cannot check signed requests yet (starting)")
     token = "req:" + hashlib.sha256(f"{key_id}\n{signed.nonce}".encode()).hexdigest()
     try:
-        await run_in_threadpool(nonces.use, token)
+        await run_in_threadpool(state.nonces.use, token)
     except ConflictError as exc:
         if not covered_key:
             raise SignatureError(
                 "this signed request was sent before (its nonce is used): sign it again",
-                check="request-replay",
+                check=Check.REQUEST_REPLAY,
                 keyid=key_id,
             ) from exc
     return key_id
@@ -156,8 +157,10 @@ def capability(key: bytes, request_id: str) -> str:
 
 def capability_header(request: Request, request_id: str) -> dict[str, str]:
     """``X-Veriml-Capability`` for an answer to ``request_id`` (empty before start-up)."""
-    key: bytes | None = getattr(request.app.state, "capability_key", None)
-    return {} if key is None else {CAPABILITY_HEADER: capability(key, request_id)}
+    state = started(request)
+    if state is None:
+        return {}
+    return {CAPABILITY_HEADER: capability(state.capability_key, request_id)}
 
 
 def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
@@ -170,11 +173,13 @@ def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
         return
     request_id = str(answer.get("id"))
     presented = request.headers.get(CAPABILITY_HEADER)
-    key: bytes | None = getattr(request.app.state, "capability_key", None)
+    state = started(request)
     if (
         presented
-        and key is not None
-        and hmac.compare_digest(presented.encode(), capability(key, request_id).encode())
+        and state is not None
+        and hmac.compare_digest(
+            presented.encode(), capability(state.capability_key, request_id).encode()
+        )
     ):
         return
     signed = request_signature(request)
@@ -185,7 +190,7 @@ def authorize_read(request: Request, answer: Mapping[str, Any]) -> None:
     raise SignatureError(
         "this request is private: read it with its requester's signed request or its "
         f"capability ({CAPABILITY_HEADER}), or have the requester make it public",
-        check="access",
+        check=Check.ACCESS,
         id=request_id[:200],
     )
 
@@ -197,12 +202,12 @@ def payment_from_headers(headers: Mapping[str, str]) -> Envelope | None:
     if text is None:
         return None
     if len(text) > _MAX_HEADER:
-        raise SignatureError("the payment header is too long", check="payment")
+        raise SignatureError("the payment header is too long", check=Check.PAYMENT)
     try:
         return Envelope.from_bytes(_b64(text, PAYMENT_HEADER))
     except FormatError as exc:
         raise SignatureError(
-            "the payment is not a DSSE envelope", check="payment", reason=exc.message
+            "the payment is not a DSSE envelope", check=Check.PAYMENT, reason=exc.message
         ) from exc
 
 
@@ -210,4 +215,4 @@ def _b64(text: str, what: str) -> bytes:
     try:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise SignatureError(f"{what} is not base64", check="request-signature") from exc
+        raise SignatureError(f"{what} is not base64", check=Check.REQUEST_SIGNATURE) from exc

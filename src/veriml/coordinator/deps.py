@@ -1,7 +1,10 @@
 """FastAPI dependency aliases: every object a route takes from the app's state, in one place.
 
-Routes declare ``hub: HubDep`` and get the object the app's lifespan built; nothing is a
-module-level global, so several apps can live in one process (as the tests run them).
+Routes declare ``hub: HubDep`` and get the member of the app's
+:class:`~veriml.coordinator.state.CoordinatorState` (``app.state.coordinator``) the lifespan
+built; nothing is a module-level global, so several apps can live in one process (as the
+tests run them). Code that is not a route parameter reads the same object with
+:func:`state_of`.
 """
 
 from __future__ import annotations
@@ -12,14 +15,22 @@ from typing import Annotated
 from fastapi import Depends, Query, Request
 
 from veriml.coordinator.db.nodes import ModelRepository, NodeRepository
+from veriml.coordinator.disputes.service import DisputeService
 from veriml.coordinator.hub.service import HubService
-from veriml.coordinator.ledger.service import LedgerBook
+from veriml.coordinator.inference.service import InferenceService
+from veriml.coordinator.ledger.service import LedgerBook, TensorStore
+from veriml.coordinator.llm.service import CompletionService
 from veriml.coordinator.nodes.registry import RegistryService
 from veriml.coordinator.settings import Settings
+from veriml.coordinator.state import CoordinatorState, started
+from veriml.core.errors import StorageError
 from veriml.tlog.log import Log
 
 __all__ = [
+    "CompletionsDep",
+    "DisputesDep",
     "HubDep",
+    "InferenceDep",
     "LedgerDep",
     "LogDep",
     "ModelsDep",
@@ -28,6 +39,9 @@ __all__ = [
     "PageDep",
     "RegistryDep",
     "SettingsDep",
+    "StateDep",
+    "TensorsDep",
+    "state_of",
 ]
 
 
@@ -56,41 +70,60 @@ def _page(
     return Page(limit=limit, offset=offset)
 
 
+def state_of(request: Request) -> CoordinatorState:
+    """The app's :class:`CoordinatorState` (``app.state.coordinator``); a
+    :class:`StorageError` (503) while the coordinator is starting."""
+    state = started(request)
+    if state is None:
+        raise StorageError("the coordinator is starting")
+    return state
+
+
 def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+    return state_of(request).settings
 
 
 def _models(request: Request) -> ModelRepository:
-    models: ModelRepository = request.app.state.models
-    return models
+    return state_of(request).models
 
 
 def _nodes(request: Request) -> NodeRepository:
-    nodes: NodeRepository = request.app.state.nodes
-    return nodes
+    return state_of(request).nodes
 
 
 def _log(request: Request) -> Log:
-    log: Log = request.app.state.log
-    return log
+    return state_of(request).log
 
 
 def _hub(request: Request) -> HubService:
-    hub: HubService = request.app.state.hub
-    return hub
+    return state_of(request).hub
 
 
 def _registry(request: Request) -> RegistryService:
-    registry: RegistryService = request.app.state.registry
-    return registry
+    return state_of(request).registry
 
 
 def _ledger(request: Request) -> LedgerBook:
-    book: LedgerBook = request.app.state.ledger
-    return book
+    return state_of(request).ledger
 
 
+def _tensors(request: Request) -> TensorStore:
+    return state_of(request).tensors
+
+
+def _inference(request: Request) -> InferenceService:
+    return state_of(request).inference
+
+
+def _completions(request: Request) -> CompletionService:
+    return state_of(request).completions
+
+
+def _disputes(request: Request) -> DisputeService:
+    return state_of(request).disputes
+
+
+StateDep = Annotated[CoordinatorState, Depends(state_of)]
 SettingsDep = Annotated[Settings, Depends(_settings)]
 ModelsDep = Annotated[ModelRepository, Depends(_models)]
 NodesDep = Annotated[NodeRepository, Depends(_nodes)]
@@ -98,4 +131,8 @@ LogDep = Annotated[Log, Depends(_log)]
 HubDep = Annotated[HubService, Depends(_hub)]
 RegistryDep = Annotated[RegistryService, Depends(_registry)]
 LedgerDep = Annotated[LedgerBook, Depends(_ledger)]
+TensorsDep = Annotated[TensorStore, Depends(_tensors)]
+InferenceDep = Annotated[InferenceService, Depends(_inference)]
+CompletionsDep = Annotated[CompletionService, Depends(_completions)]
+DisputesDep = Annotated[DisputeService, Depends(_disputes)]
 PageDep = Annotated[Page, Depends(_page)]

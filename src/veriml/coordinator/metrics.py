@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
@@ -34,6 +34,20 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_OBSERVED = {
+    "inference": (
+        "Inferences answered and logged, by policy kind and verdict",
+        "Node attempts that failed: no answer in time (unavailable) or evidence that did "
+        "not verify (unverified)",
+    ),
+    "completion": (
+        "LLM answers logged, by policy kind and verdict",
+        "LLM job attempts that failed: no answer (unavailable) or evidence that did not "
+        "verify (unverified)",
+    ),
+}
+"""The help texts of each service's ``veriml_<kind>_verdicts_total{policy,outcome}`` and
+``veriml_<kind>_node_failures_total{reason}`` counters."""
 _BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
@@ -75,6 +89,27 @@ class Metrics:
     def watch(self, models: ModelRepository, nodes: NodeRepository, log: Log) -> None:
         """Report the number of models, live nodes and the log size at every scrape."""
         self.registry.register(_StateCollector(models, nodes, log))
+
+    def observer(self, kind: Literal["inference", "completion"]) -> Callable[[str, str], None]:
+        """A service's ``observe(event, value)`` hook, counting its ``verdict`` events
+        (``"<policy>/<outcome>"``) and its ``node-failure`` events (the reason) in this
+        registry. Call it once per kind: each call registers its two counters."""
+        verdict_help, failure_help = _OBSERVED[kind]
+        verdicts = Counter(
+            f"veriml_{kind}_verdicts", verdict_help, ["policy", "outcome"], registry=self.registry
+        )
+        failures = Counter(
+            f"veriml_{kind}_node_failures", failure_help, ["reason"], registry=self.registry
+        )
+
+        def observe(event: str, value: str) -> None:
+            if event == "verdict":
+                policy, _, outcome = value.partition("/")
+                verdicts.labels(policy, outcome).inc()
+            elif event == "node-failure":
+                failures.labels(value).inc()
+
+        return observe
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -56,7 +56,7 @@ from veriml.protocol.openapi import problems
 
 __all__ = [
     "RateLimitMiddleware",
-    "RateLimited",
+    "RateLimitedError",
     "RateLimits",
     "family_of",
     "install_rate_limits",
@@ -87,7 +87,7 @@ _TOO_MANY: Final = problems(
 _WARN_EVERY = 60.0
 
 
-class RateLimited(Error):
+class RateLimitedError(Error):
     """A client address, key, operator or node asked more often than its route family allows
     (HTTP 429 with ``Retry-After``)."""
 
@@ -178,7 +178,7 @@ class RateLimits:
 
     def hit(self, family: str, scope: str, who: str, *, local: bool = False) -> None:
         """Count one request of ``family`` against ``who``'s budget (``scope``: what ``who``
-        is: an address, a key, an operator, a node); :class:`RateLimited` when it has no
+        is: an address, a key, an operator, a node); :class:`RateLimitedError` when it has no
         room (and nothing is counted)."""
         items = (self._local if local else self._families).get(family, ())
         # Every window must have room before any is counted (one window's hit checks itself).
@@ -190,7 +190,7 @@ class RateLimits:
                 self._refuse(item, family, scope, who)
 
     def test(self, family: str, scope: str, who: str) -> None:
-        """:class:`RateLimited` when ``who`` has no room left in ``family``; counts nothing."""
+        """:class:`RateLimitedError` when ``who`` has no room left in ``family``; counts nothing."""
         for item in self._families.get(family, ()):
             if not self._guarded(partial(self._limiter.test, item, family, scope, who)):
                 self._refuse(item, family, scope, who)
@@ -222,7 +222,7 @@ class RateLimits:
         except StorageError:  # storage gone since the test: ask for a full window
             reset = time.time() + item.get_expiry()
         retry = max(1, math.ceil(reset - time.time()))
-        raise RateLimited(
+        raise RateLimitedError(
             f"too many {family} requests from this {scope}: at most {item}; retry in {retry} s",
             family=family,
             scope=scope,
@@ -231,7 +231,7 @@ class RateLimits:
         )
 
 
-def rate_limited_response(exc: RateLimited) -> JSONResponse:
+def rate_limited_response(exc: RateLimitedError) -> JSONResponse:
     """The 429 problem for ``exc``, with ``Retry-After``."""
     members = dict(exc.evidence)
     members["error"] = type(exc).__name__
@@ -299,7 +299,7 @@ class RateLimitMiddleware:
                 key = _account(body) if body is not None else None
             if key is not None:
                 await limits.call(limits.test, family, "key", key)
-        except RateLimited as exc:
+        except RateLimitedError as exc:
             await rate_limited_response(exc)(scope, receive, send)
             return
         if key is None:
@@ -340,17 +340,15 @@ async def _peek(receive: Receive) -> tuple[Receive, bytes | None]:
 
 
 def install_rate_limits(app: FastAPI, limits: RateLimits) -> None:
-    """Wire ``limits`` into ``app``: the middleware, the 429 problem for :class:`RateLimited`
-    raised by services (the registry), ``app.state.rate_limits``, and 429 in the OpenAPI
-    document of every limited operation. Add it before the other middleware, so requests it
-    refuses are still metered."""
-    app.state.rate_limits = limits
+    """Wire ``limits`` into ``app``: the middleware, the 429 problem for :class:`RateLimitedError`
+    raised by services (the registry), and 429 in the OpenAPI document of every limited
+    operation. Add it before the other middleware, so requests it refuses are still metered."""
 
     async def _limited(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RateLimited)
+        assert isinstance(exc, RateLimitedError)
         return rate_limited_response(exc)
 
-    app.add_exception_handler(RateLimited, _limited)
+    app.add_exception_handler(RateLimitedError, _limited)
     app.add_middleware(RateLimitMiddleware, limits=limits)
     build = app.openapi
 

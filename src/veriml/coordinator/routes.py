@@ -5,16 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import Response
-from sqlalchemy.exc import SQLAlchemyError
 
 import veriml
 from veriml.coordinator import schemas
-from veriml.coordinator.deps import LogDep, SettingsDep
+from veriml.coordinator.db import tables as db
+from veriml.coordinator.deps import StateDep
 from veriml.coordinator.metrics import CONTENT_TYPE
-from veriml.core.errors import StorageError
 
 __all__ = ["router"]
 
@@ -22,32 +20,28 @@ router = APIRouter(tags=["service"])
 
 
 @router.get("/v1/info", operation_id="get_info")
-def get_info(request: Request, settings: SettingsDep, log: LogDep) -> dict[str, Any]:
+def get_info(state: StateDep) -> dict[str, Any]:
     """Who this coordinator is: its job-signing key and its log's identity."""
-    key = request.app.state.coordinator_key
+    key, log = state.coordinator_key, state.log
     return {
         "version": veriml.__version__,
         "coordinator_key": key.public.to_pem().decode(),
         "coordinator_key_id": key.key_id,
         "log_origin": log.origin,
         "log_vkey": log.vkey,
-        "heartbeat_interval": settings.heartbeat_interval,
+        "heartbeat_interval": state.settings.heartbeat_interval,
     }
 
 
 @router.get("/healthz", operation_id="healthz", responses=schemas.HEALTHZ)
-def healthz(request: Request, log: LogDep) -> dict[str, Any]:
+def healthz(state: StateDep) -> dict[str, Any]:
     """200 when the database and the log answer; 503 problem JSON otherwise."""
-    try:
-        with request.app.state.engine.connect() as conn:
-            conn.execute(sa.text("SELECT 1"))
-    except SQLAlchemyError as exc:
-        raise StorageError("coordinator database unreachable", reason=str(exc)[:200]) from exc
-    return {"status": "ok", "log_size": log.size}
+    db.ping(state.engine)
+    return {"status": "ok", "log_size": state.log.size}
 
 
 @router.get("/metrics", operation_id="metrics", response_class=Response, responses=schemas.METRICS)
-def metrics(request: Request) -> Response:
+def metrics(state: StateDep) -> Response:
     """Prometheus text exposition: requests by operation, models, live nodes, log size."""
-    body = request.app.state.metrics.render()
+    body = state.metrics.render()
     return Response(body, media_type=CONTENT_TYPE)

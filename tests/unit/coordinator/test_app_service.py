@@ -61,7 +61,7 @@ def test_healthz_reports_the_log(coordinator: tuple[str, FastAPI]) -> None:
     assert httpx.get(url + "/healthz").json() == {"status": "ok", "log_size": 2}
     # What a fresh coordinator logs before any request: the rules in force (a ``state`` entry
     # over the empty bond map), then epoch 0's beacon, committing to its key and revealing none.
-    rules, beacon = (parse_entry(e) for e in app.state.log.entries(0, 2))
+    rules, beacon = (parse_entry(e) for e in app.state.coordinator.log.entries(0, 2))
     assert isinstance(rules, StateEntry)
     assert rules.size == 0
     assert rules.rules.admin == httpx.get(url + "/v1/info").json()["coordinator_key_id"]

@@ -13,7 +13,7 @@ from veriml.protocol.draw import beacon_commitment, draw_secret
 
 
 def _beacons(app: object) -> list[BeaconEntry]:
-    log = app.state.log  # type: ignore[attr-defined]
+    log = app.state.coordinator.log  # type: ignore[attr-defined]
     entries = [parse_entry(e) for e in log.entries(0, log.size)]
     return [e for e in entries if isinstance(e, BeaconEntry)]
 
@@ -33,7 +33,7 @@ def test_each_epoch_is_committed_before_use_and_revealed_two_epochs_later(
 ) -> None:
     with running_coordinator(tmp_path / "home", beacon_interval=0.2) as (_, app):
         beacons = _wait_for_epochs(app, 4)
-        first = app.state.beacon.current()
+        first = app.state.coordinator.beacon.current()
     draw = first.draw("request-1")
     assert draw == first.draw("request-1")  # one draw per request and epoch
     assert draw.secret == draw_secret(first.key, "request-1")
@@ -56,8 +56,8 @@ def _committed(number: int, key: bytes, beacons: list[BeaconEntry]) -> bool:
 
 def test_a_restarted_coordinator_continues_the_logged_epoch(tmp_path: Path) -> None:
     with running_coordinator(tmp_path / "home", beacon_interval=600) as (_, app):
-        before = app.state.beacon.current()
+        before = app.state.coordinator.beacon.current()
     with running_coordinator(tmp_path / "home", beacon_interval=600) as (_, app):
-        after = app.state.beacon.current()
+        after = app.state.coordinator.beacon.current()
         assert len(_beacons(app)) == 1
     assert after == before

@@ -14,7 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from _servers import free_port, serve
-from veriml.coordinator.nodes.dispatch import JobRejected, JobSpec, dispatch, sign_job
+from veriml.coordinator.nodes.dispatch import JobRejectedError, JobSpec, dispatch, sign_job
 from veriml.coordinator.nodes.scheduler import Candidate, retryable
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
@@ -156,7 +156,7 @@ def test_a_busy_or_failing_node_is_unavailable_with_its_status_not_its_words() -
 @pytest.mark.parametrize("status", [403, 409, 410, 422])
 def test_a_node_that_refuses_the_job_is_not_retried(status: int) -> None:
     problem = {"type": "https://veriml.dev/problems/x", "detail": "words", "check": "job-time"}
-    with serve(node(status, problem)) as url, pytest.raises(JobRejected) as exc:
+    with serve(node(status, problem)) as url, pytest.raises(JobRejectedError) as exc:
         call(url)
     assert exc.value.status == status
     assert exc.value.detail.startswith(f"node answered {status} ")

@@ -10,7 +10,7 @@ import pytest
 
 from _ledger import ADMIN, BOLT, BOLT_NODE, WATCHER, account, challenge, deposit, ledger, node_entry
 from veriml.coordinator.disputes.admission import (
-    WindowClosed,
+    WindowClosedError,
     bond_authorization,
     challenge_closes,
     check_challenge,
@@ -42,7 +42,7 @@ def test_an_answer_s_window_is_its_final_after_else_its_time_plus_the_rules_wind
 def test_a_challenge_after_the_window_is_refused_with_the_time_it_closed() -> None:
     spot = {"id": "b", "verdict": {"policy": "spot:0.5"}}
     check_window(spot, answered_at=_at(0), window=60, now=NOW + dt.timedelta(seconds=59))
-    with pytest.raises(WindowClosed) as closed:
+    with pytest.raises(WindowClosedError) as closed:
         check_window(spot, answered_at=_at(0), window=60, now=NOW + dt.timedelta(seconds=60))
     assert closed.value.evidence["final_after"] == _at(60)
 

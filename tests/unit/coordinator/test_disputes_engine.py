@@ -28,7 +28,7 @@ from veriml.coordinator.disputes.service import (
     DisputeRun,
     DisputeService,
     NodeParty,
-    PartyFault,
+    PartyFaultError,
     RemoteParty,
 )
 from veriml.coordinator.ledger.service import LedgerBook
@@ -577,7 +577,7 @@ def test_a_remote_challenger_that_stops_answering_loses_and_the_engine_moves_on(
 
 
 def test_a_party_fault_names_its_reason() -> None:
-    fault = PartyFault("late", reason="timeout", index=3)
+    fault = PartyFaultError("late", reason="timeout", index=3)
     assert fault.reason == "timeout"
     assert fault.check == "dispute"
     assert "index" in fault.diagnostics()
@@ -762,11 +762,11 @@ def test_only_a_node_that_never_answers_in_time_loses_and_a_lost_trace_is_no_ans
 ) -> None:
     _, good = honest
     always_busy = TraceNode(good, busy=None)
-    with pytest.raises(PartyFault) as late:
+    with pytest.raises(PartyFaultError) as late:
         asyncio.run(always_busy.party(model, digest, inputs).reveal(0, 0.5))
     assert late.value.reason == "timeout"
     assert always_busy.seen["/v1/traces/req-1/entries/0"] > 1
-    with pytest.raises(PartyFault) as lost:
+    with pytest.raises(PartyFaultError) as lost:
         asyncio.run(TraceNode(good, gone=True).party(model, digest, inputs).reveal(0, 5.0))
     assert lost.value.reason == "invalid-proof"
 

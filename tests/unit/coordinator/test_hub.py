@@ -68,7 +68,7 @@ def _log_size(url: str) -> int:
 
 
 def _entries(app: FastAPI, start: int, end: int) -> list[object]:
-    return [parse_entry(e) for e in app.state.log.entries(start, end)]
+    return [parse_entry(e) for e in app.state.coordinator.log.entries(start, end)]
 
 
 def _staging_is_empty(home: Path) -> bool:
@@ -403,7 +403,7 @@ def test_registration_interrupted_after_its_log_append_is_finished_without_a_sec
         size = _log_size(url)
         claimed = first["namespace"]["log_index"]
         # What a replica killed between the log append and the rows' completion leaves.
-        with app.state.engine.begin() as conn:
+        with app.state.coordinator.engine.begin() as conn:
             conn.execute(sa.update(db.models).values(log_index=None, claimed_at=time.time() - 3600))
             conn.execute(sa.update(db.namespaces).values(log_index=None))
     with running_coordinator(home, db_url=db_url, blobs_url=blobs) as (url, app):
@@ -462,9 +462,9 @@ def test_the_first_model_of_a_namespace_claims_it_in_one_group_with_its_entry(
         assert record["namespace"] == {"name": "acme", "owner": iris.key.key_id, "log_index": start}
         # The evidence an answer cites, and what the SDK checks with it.
         digest = Digest.from_text(record["digest"])
-        provenance = app.state.hub.provenance(digest)
+        provenance = app.state.coordinator.hub.provenance(digest)
         assert (provenance.model, provenance.namespace) == (start + 1, start)
-        logged = app.state.log.entries
+        logged = app.state.coordinator.log.entries
         proven = check_provenance(
             "acme/iris@1",
             digest,
@@ -587,7 +587,7 @@ def test_an_allowed_unsigned_model_is_marked_and_reachable_by_digest_only(
         assert [m["unsigned"] for m in listed["models"]] == [True]
         assert listed["data"][0]["owned_by"] == "unsigned"
         assert listed["data"][0]["id"] == digest
-        provenance = app.state.hub.provenance(Digest.from_text(digest))
+        provenance = app.state.coordinator.hub.provenance(Digest.from_text(digest))
         assert (provenance.model, provenance.namespace) == (start, None)
         # A signed folder still needs its publisher's key to be published.
         _problem(httpx.post(url + "/v1/models", content=model.tar()), 400)

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from veriml.coordinator.hub.archive import ArchiveLimits, extract_tar
-from veriml.coordinator.hub.routes import RangeNotSatisfiable, parse_range
+from veriml.coordinator.hub.routes import RangeNotSatisfiableError, parse_range
 from veriml.core.errors import FormatError, LimitExceededError
 
 LIMITS = ArchiveLimits(max_bytes=1 << 20, max_files=100, max_depth=8)
@@ -82,7 +82,7 @@ def test_a_byte_range_is_the_slice_it_names(size: int, start: int, length: int) 
     blob = blob[:size]
     end = start + length
     if start >= size:
-        with pytest.raises(RangeNotSatisfiable):
+        with pytest.raises(RangeNotSatisfiableError):
             parse_range(f"bytes={start}-{end}", size)
         return
     first, last = parse_range(f"bytes={start}-{end}", size)

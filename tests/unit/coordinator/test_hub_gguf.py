@@ -79,7 +79,7 @@ def test_the_log_entry_of_a_gguf_model_names_its_digest(
     hub: tuple[str, FastAPI, dict[str, Any]],
 ) -> None:
     _, app, record = hub
-    log = app.state.hub.log
+    log = app.state.coordinator.hub.log
     (raw,) = log.storage.entries(record["log_index"], record["log_index"] + 1)
     entry = parse_entry(raw)
     assert isinstance(entry, ModelEntry)
@@ -133,7 +133,7 @@ def test_the_service_checks_out_either_kind(
     hub: tuple[str, FastAPI, dict[str, Any]], smollm2: SignedModel
 ) -> None:
     url, app, record = hub
-    service = app.state.hub
+    service = app.state.coordinator.hub
     package = service.package(LLMPackage.load(smollm2.folder).digest)
     assert isinstance(package, LLMPackage)
     assert package.digest.to_text() == record["digest"]

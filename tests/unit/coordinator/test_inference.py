@@ -30,13 +30,9 @@ from fastapi.responses import JSONResponse
 
 from _servers import HOST, serve
 from veriml.coordinator.db import tables as db
-from veriml.coordinator.inference.service import (
-    InferenceOptions,
-    InferenceService,
-    ResolvedModel,
-    check_answer,
-)
-from veriml.coordinator.nodes.dispatch import JobRejected, JobSpec
+from veriml.coordinator.inference.service import InferenceOptions, InferenceService, ResolvedModel
+from veriml.coordinator.inference.wire import check_answer
+from veriml.coordinator.nodes.dispatch import JobRejectedError, JobSpec
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
@@ -380,7 +376,7 @@ def test_a_node_that_refuses_the_job_fails_the_request_with_its_status_not_its_w
     nodes = [FakeNode("op-a", "refuses")]
 
     async def body(net: Network) -> None:
-        with pytest.raises(JobRejected) as exc:
+        with pytest.raises(JobRejectedError) as exc:
             await net.service.create({"model": "mlp", "inputs": INPUTS})
         assert exc.value.status == 403
         assert exc.value.detail == "node answered 403 Forbidden"  # not what the node said

@@ -66,7 +66,7 @@ def _problem(response: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def _logged(app: FastAPI, start: int = 0) -> list[Any]:
-    log = app.state.log
+    log = app.state.coordinator.log
     return [parse_entry(e) for e in log.entries(start, log.size)]
 
 
@@ -124,9 +124,9 @@ def test_deposit_stake_unstake_are_signed_requests_folded_into_the_state(
     # The fold from scratch at the log's size is the live state, byte for byte.
     assert httpx.get(url + f"/v1/ledger/state?size={state['size']}").json() == state
     # And an auditor folding the log's entries gets the same digest.
-    log = app.state.log
-    assert fold(log.entries(0, log.size)).digest() == app.state.ledger.state().digest()
-    book: LedgerBook = app.state.ledger
+    log = app.state.coordinator.log
+    assert fold(log.entries(0, log.size)).digest() == app.state.coordinator.ledger.state().digest()
+    book: LedgerBook = app.state.coordinator.ledger
     assert book.schedulable(node.key_id)  # its operator's 150 >= min_stake 50
     assert not book.schedulable(operator.key_id)  # an account is not a node
     assert not book.schedulable(generate_key().key_id)  # an unregistered node
@@ -138,7 +138,7 @@ def test_a_change_of_stake_is_logged_with_the_new_bond_map_as_one_group(
     url, app, admin = coordinator
     operator = generate_key()
     assert _send(url, "/v1/ledger/deposit", _deposit(admin, operator.key_id, 80)).status_code == 200
-    before = app.state.log.size
+    before = app.state.coordinator.log.size
     staked = _send(url, "/v1/ledger/stake", LedgerRequest.signed(operator, "stake", 80))
     assert staked.json()["log_index"] == before
     stake_entry, state_entry = _logged(app, before)
@@ -147,7 +147,7 @@ def test_a_change_of_stake_is_logged_with_the_new_bond_map_as_one_group(
     bonds = BondMap.of({operator.key_id: 80})
     assert (state_entry.root, state_entry.size) == (bonds.root(), 1)
     # A deposit moves no stake: no state entry follows it.
-    before = app.state.log.size
+    before = app.state.coordinator.log.size
     assert _send(url, "/v1/ledger/deposit", _deposit(admin, operator.key_id, 1)).status_code == 200
     assert [type(e) for e in _logged(app, before)] == [DepositEntry]
 
@@ -155,12 +155,12 @@ def test_a_change_of_stake_is_logged_with_the_new_bond_map_as_one_group(
 def test_only_the_admin_deposits(coordinator: Coordinator) -> None:
     url, app, _ = coordinator
     stranger = generate_key()
-    before = app.state.log.size
+    before = app.state.coordinator.log.size
     problem = _problem(
         _send(url, "/v1/ledger/deposit", _deposit(stranger, stranger.key_id, 5)), 403
     )
     assert problem["check"] == "ledger-request"
-    assert app.state.log.size == before
+    assert app.state.coordinator.log.size == before
 
 
 def test_a_replayed_ledger_request_is_refused(coordinator: Coordinator) -> None:
@@ -171,10 +171,10 @@ def test_a_replayed_ledger_request_is_refused(coordinator: Coordinator) -> None:
     assert "already used" in _problem(_send(url, "/v1/ledger/deposit", deposit), 409)["detail"]
     stake = LedgerRequest.signed(operator, "stake", 10)
     assert _send(url, "/v1/ledger/stake", stake).status_code == 200
-    before = app.state.log.size
+    before = app.state.coordinator.log.size
     assert "already used" in _problem(_send(url, "/v1/ledger/stake", stake), 409)["detail"]
-    assert app.state.log.size == before
-    assert app.state.ledger.state().account(operator.key_id).balance == 90
+    assert app.state.coordinator.log.size == before
+    assert app.state.coordinator.ledger.state().account(operator.key_id).balance == 90
 
 
 def test_ledger_requests_are_signed_by_their_account_for_their_route_and_recent(
@@ -183,7 +183,7 @@ def test_ledger_requests_are_signed_by_their_account_for_their_route_and_recent(
     url, app, admin = coordinator
     account = generate_key()
     assert _send(url, "/v1/ledger/deposit", _deposit(admin, account.key_id, 50)).status_code == 200
-    before = app.state.log.size
+    before = app.state.coordinator.log.size
     # An unstake request posted as a stake: the signer did not ask for this move.
     unstake = LedgerRequest.signed(account, "unstake", 5)
     assert _problem(_send(url, "/v1/ledger/stake", unstake), 403)["check"] == "ledger-request"
@@ -201,7 +201,7 @@ def test_ledger_requests_are_signed_by_their_account_for_their_route_and_recent(
     # Not an envelope at all, or an envelope without signatures.
     _problem(_send(url, "/v1/ledger/stake", {"amount": 5}), 400)
     _problem(_send(url, "/v1/ledger/stake", genuine.to_json() | {"signatures": []}), 400)
-    assert app.state.log.size == before
+    assert app.state.coordinator.log.size == before
     assert httpx.get(url + "/v1/ledger/state?size=999").status_code == 404
 
 
@@ -226,7 +226,7 @@ def test_a_coordinator_that_charges_fees_wants_a_signed_payment_that_covers_them
     paying: Coordinator,
 ) -> None:
     url, app, admin = paying
-    book: LedgerBook = app.state.ledger
+    book: LedgerBook = app.state.coordinator.ledger
     client, stranger = generate_key(), generate_key()
     assert _send(url, "/v1/ledger/deposit", _deposit(admin, client.key_id, 5)).status_code == 200
     covering = LedgerRequest.signed(client, "payment", 4, request="req-1")
@@ -253,7 +253,7 @@ def test_fees_are_logged_per_answering_node_under_the_payment_and_earn_reputatio
     paying: Coordinator,
 ) -> None:
     url, app, admin = paying
-    book: LedgerBook = app.state.ledger
+    book: LedgerBook = app.state.coordinator.ledger
     client, operator = generate_key(), generate_key()
     node_a, node_b = generate_key(), generate_key()
     for node in (node_a, node_b):  # fees pay registered nodes, for receipts they signed
@@ -281,7 +281,7 @@ def test_fees_are_logged_per_answering_node_under_the_payment_and_earn_reputatio
 
 def test_a_free_coordinator_charges_nothing(coordinator: Coordinator) -> None:
     _, app, _ = coordinator
-    book: LedgerBook = app.state.ledger
+    book: LedgerBook = app.state.coordinator.ledger
     book.check_payment(None, None, "req-1", jobs=3)
     client = generate_key()
     payment = LedgerRequest.signed(client, "payment", 4, request="req-1")
@@ -296,7 +296,7 @@ def test_tensors_are_stored_by_digest_apart_from_the_hubs_blobs(
 ) -> None:
     url, app, _ = coordinator
     x = np.arange(12, dtype=np.float32).reshape(3, 4)
-    store: TensorStore = app.state.tensors
+    store: TensorStore = app.state.coordinator.tensors
     digests = store.put({"x": x})
     assert digests == {"x": tensor_digest(x)}
     data = store.get_bytes(digests["x"])

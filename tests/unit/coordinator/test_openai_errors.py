@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from veriml.coordinator.llm.errors import NodeRefused, openai_error
-from veriml.coordinator.nodes.dispatch import JobRejected
+from veriml.coordinator.llm.errors import NodeRefusedError, openai_error
+from veriml.coordinator.nodes.dispatch import JobRejectedError
 from veriml.core.errors import (
     ConflictError,
     Error,
@@ -18,8 +18,8 @@ from veriml.core.errors import (
 )
 
 
-def _refused(status: int, **problem: object) -> NodeRefused:
-    return NodeRefused("node refused the job", node="n1", status=status, problem=problem)
+def _refused(status: int, **problem: object) -> NodeRefusedError:
+    return NodeRefusedError("node refused the job", node="n1", status=status, problem=problem)
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def _refused(status: int, **problem: object) -> NodeRefused:
          "no_nodes_available"),
         (VerificationError("bad receipt", check="output"), 502, "upstream_error", None,
          "verification_failed"),
-        (JobRejected("refused", node="n", status=403, detail="replay"), 502, "upstream_error",
+        (JobRejectedError("refused", node="n", status=403, detail="replay"), 502, "upstream_error",
          None, "node_refused"),
         (Error("boom"), 500, "server_error", None, None),
     ],

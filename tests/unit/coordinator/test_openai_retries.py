@@ -30,7 +30,7 @@ def test_a_lost_chat_answer_is_answered_again_from_storage_without_running_again
     assert proxy.dropped == 1
     assert reply.content == fake_generation(dict(reply.response["veriml"]["canonical_request"]))[2]
     assert [len(n.jobs) for n in nodes] == [1, 1]  # each node ran it once
-    log = app.state.log
+    log = app.state.coordinator.log
     entries = [parse_entry(raw) for raw in log.entries(0, log.size)]
     answers = [e for e in entries if isinstance(e, InferenceEntry)]
     assert [e.request_id for e in answers] == [reply.response["veriml"]["id"]]

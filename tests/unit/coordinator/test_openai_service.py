@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -33,14 +34,9 @@ from _coordinator import running_coordinator
 from _servers import serve
 from veriml.coordinator.auth import sign_request
 from veriml.coordinator.db import tables as db
-from veriml.coordinator.llm.errors import NodeRefused, openai_error
-from veriml.coordinator.llm.service import (
-    CompletionOptions,
-    CompletionService,
-    LLMModel,
-    TokenPiece,
-    TokenSink,
-)
+from veriml.coordinator.llm.errors import NodeRefusedError, openai_error
+from veriml.coordinator.llm.service import CompletionOptions, CompletionService, LLMModel
+from veriml.coordinator.llm.transport import TokenPiece, TokenSink
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.canonical import canonical_digest
 from veriml.core.completion import (
@@ -345,7 +341,7 @@ def test_a_node_refusing_an_overlong_prompt_is_the_clients_400(tmp_path: Path) -
     nodes = [FakeNode("op-a", "overflow")]
 
     async def body(net: Network) -> None:
-        with pytest.raises(NodeRefused) as caught:
+        with pytest.raises(NodeRefusedError) as caught:
             await net.service.create("chat.completion", CHAT)
         status, error = openai_error(caught.value)
         assert (status, error["error"]["code"], error["error"]["param"]) == (
@@ -431,16 +427,21 @@ def coordinator(
     with contextlib.ExitStack() as stack:
         url, app = stack.enter_context(running_coordinator(tmp_path / "home", **settings))
         for node in nodes:
-            node.url = stack.enter_context(serve(node_app(node, app.state.coordinator_key.public)))
-        state = app.state
-        app.state.completions = CompletionService(
-            engine=state.engine,
-            log=state.log,
-            key=state.coordinator_key,
-            http=state.http,
-            resolve_model=lambda ref: LLMModel(MODEL, 64),
-            list_nodes=lambda digest: [n.candidate() for n in nodes],
-            ledger=state.ledger,
+            node.url = stack.enter_context(
+                serve(node_app(node, app.state.coordinator.coordinator_key.public))
+            )
+        state = app.state.coordinator
+        app.state.coordinator = dataclasses.replace(
+            state,
+            completions=CompletionService(
+                engine=state.engine,
+                log=state.log,
+                key=state.coordinator_key,
+                http=state.http,
+                resolve_model=lambda ref: LLMModel(MODEL, 64),
+                list_nodes=lambda digest: [n.candidate() for n in nodes],
+                ledger=state.ledger,
+            ),
         )
         yield url, app, nodes
 
@@ -613,17 +614,20 @@ def test_a_node_failing_after_the_stream_began_ends_it_with_an_openai_error(
     with contextlib.ExitStack() as stack:
         url, app = stack.enter_context(running_coordinator(tmp_path / "home"))
         nodes[0].url = stack.enter_context(
-            serve(node_app(nodes[0], app.state.coordinator_key.public))
+            serve(node_app(nodes[0], app.state.coordinator.coordinator_key.public))
         )
-        state = app.state
-        app.state.completions = CompletionService(
-            engine=state.engine,
-            log=state.log,
-            key=state.coordinator_key,
-            http=state.http,
-            resolve_model=lambda ref: LLMModel(MODEL, 64),
-            list_nodes=lambda digest: [n.candidate() for n in nodes],
-            options=CompletionOptions(attempts_per_slot=1),
+        state = app.state.coordinator
+        app.state.coordinator = dataclasses.replace(
+            state,
+            completions=CompletionService(
+                engine=state.engine,
+                log=state.log,
+                key=state.coordinator_key,
+                http=state.http,
+                resolve_model=lambda ref: LLMModel(MODEL, 64),
+                list_nodes=lambda digest: [n.candidate() for n in nodes],
+                options=CompletionOptions(attempts_per_slot=1),
+            ),
         )
         response = httpx.post(url + "/v1/chat/completions", json=CHAT | {"stream": True})
     events = _sse_events(response.text)

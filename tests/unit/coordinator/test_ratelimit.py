@@ -12,7 +12,7 @@ from limits import parse, parse_many
 from limits.errors import StorageError
 from limits.storage import MemoryStorage
 
-from veriml.coordinator.ratelimit import RateLimited, RateLimits, _account, family_of
+from veriml.coordinator.ratelimit import RateLimitedError, RateLimits, _account, family_of
 from veriml.coordinator.settings import RATE_LIMIT_FAMILIES, Settings
 from veriml.core.errors import FormatError
 from veriml.core.keys import generate_key
@@ -83,7 +83,7 @@ def test_past_its_budget_a_request_is_refused_with_the_seconds_to_wait() -> None
     limits = _limits("2/minute")
     limits.hit("inference", "address", "203.0.113.7")
     limits.hit("inference", "address", "203.0.113.7")
-    with pytest.raises(RateLimited) as caught:
+    with pytest.raises(RateLimitedError) as caught:
         limits.hit("inference", "address", "203.0.113.7")
     evidence = caught.value.evidence
     assert (evidence["family"], evidence["scope"], evidence["limit"]) == (
@@ -99,7 +99,7 @@ def test_past_its_budget_a_request_is_refused_with_the_seconds_to_wait() -> None
 def test_every_window_must_have_room_and_a_refusal_counts_nothing() -> None:
     limits = _limits("1/second;3/hour")
     limits.hit("ledger", "key", "k")
-    with pytest.raises(RateLimited, match="1 per 1 second"):
+    with pytest.raises(RateLimitedError, match="1 per 1 second"):
         limits.hit("ledger", "key", "k")
     # The refused hit was not counted in the hourly window: two more are left there.
     assert limits._limiter.get_window_stats(parse("3/hour"), "ledger", "key", "k").remaining == 2
@@ -109,7 +109,7 @@ def test_local_clients_get_the_local_factor_times_the_budget() -> None:
     limits = _limits("1/minute", local_factor=3)
     for _ in range(3):
         limits.hit("register", "address", "local", local=True)
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimitedError):
         limits.hit("register", "address", "local", local=True)
 
 
@@ -118,7 +118,7 @@ def test_a_tested_key_spends_nothing_until_it_is_counted() -> None:
     for _ in range(5):  # forged requests naming the key: tested, never counted
         limits.test("inference", "key", "sha256:victim")
     limits.count("inference", "key", "sha256:victim")  # the victim's own answered request
-    with pytest.raises(RateLimited):
+    with pytest.raises(RateLimitedError):
         limits.test("inference", "key", "sha256:victim")
 
 

@@ -239,7 +239,7 @@ def test_live_nodes_are_least_loaded_first_and_failed_nodes_wait_for_a_heartbeat
     busy, idle, other = keys
     assert _post(url, f"/v1/nodes/{busy.key_id}/heartbeat", _heartbeat(busy, active=3))
     assert _post(url, f"/v1/nodes/{idle.key_id}/heartbeat", _heartbeat(idle, capacity=2))
-    nodes = app.state.nodes
+    nodes = app.state.coordinator.nodes
     assert [n.node_id for n in nodes.live_nodes(MODEL)] == [idle.key_id, busy.key_id]
     nodes.adjust_active(idle.key_id, 10)  # 10 of 2 slots busy vs 3 of 1
     assert [n.node_id for n in nodes.live_nodes(MODEL)] == [busy.key_id, idle.key_id]
@@ -251,7 +251,7 @@ def test_live_nodes_are_least_loaded_first_and_failed_nodes_wait_for_a_heartbeat
     assert _post(url, f"/v1/nodes/{idle.key_id}/heartbeat", _heartbeat(idle, at=later))
     assert {n.node_id for n in nodes.live_nodes(MODEL)} == {busy.key_id, idle.key_id}
     # Liveness is three heartbeat intervals.
-    future = time.time() + 3 * app.state.settings.heartbeat_interval + 1
+    future = time.time() + 3 * app.state.coordinator.settings.heartbeat_interval + 1
     assert nodes.live_nodes(MODEL, now=future) == []
     listed = {n["node_id"]: n["live"] for n in httpx.get(url + "/v1/nodes").json()["nodes"]}
     assert listed == {busy.key_id: True, idle.key_id: True, other.key_id: True}

@@ -89,9 +89,9 @@ def test_a_coordinator_publishes_only_cosigned_checkpoints_even_if_the_witness_s
     with running_coordinator(home, witnesses=(witness,)) as (url, coordinator):
         # The coordinator logged its rules and beacon at start; the witness is not up yet, so
         # only the empty tree is published.
-        assert coordinator.state.log.size > 0
+        assert coordinator.state.coordinator.log.size > 0
         assert b"\n0\n" in httpx.get(url + "/log/checkpoint").content
         with serve(app, port=port):
             # No new entry: the log offers the checkpoint again and the witness cosigns it.
             size = _published(url, log_vkey, CosignatureVerifier.from_vkey(W1.vkey), 1)
-        assert size == coordinator.state.log.size
+        assert size == coordinator.state.coordinator.log.size

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import json
 import time
@@ -66,18 +67,21 @@ def coordinator(tmp_path: Path) -> Iterator[str]:
         url, app = stack.enter_context(
             running_coordinator(tmp_path / "home", sse_keepalive=KEEPALIVE)
         )
-        key = app.state.coordinator_key.public
+        key = app.state.coordinator.coordinator_key.public
         nodes[0].url = stack.enter_context(serve(node_app(nodes[0], key)))
         nodes[1].url = stack.enter_context(serve(late(node_app(nodes[1], key), SLOW)))
-        state = app.state
-        state.completions = CompletionService(
-            engine=state.engine,
-            log=state.log,
-            key=state.coordinator_key,
-            http=state.http,
-            resolve_model=lambda ref: LLMModel(MODEL, 64),
-            list_nodes=lambda digest: [n.candidate() for n in nodes],
-            ledger=state.ledger,
+        state = app.state.coordinator
+        app.state.coordinator = dataclasses.replace(
+            state,
+            completions=CompletionService(
+                engine=state.engine,
+                log=state.log,
+                key=state.coordinator_key,
+                http=state.http,
+                resolve_model=lambda ref: LLMModel(MODEL, 64),
+                list_nodes=lambda digest: [n.candidate() for n in nodes],
+                ledger=state.ledger,
+            ),
         )
         yield url
 

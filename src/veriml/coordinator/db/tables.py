@@ -54,6 +54,7 @@ __all__ = [
     "namespaces",
     "nodes",
     "open_engine",
+    "ping",
 ]
 
 VERSION_TABLE = "coordinator_alembic_version"
@@ -213,6 +214,16 @@ def open_engine(url: str, *, migrate_schema: bool = True) -> Engine:
             engine.dispose()
             raise
     return engine
+
+
+def ping(engine: Engine) -> None:
+    """A round trip to the database (``GET /healthz``); a :class:`StorageError` (503) when
+    it does not answer."""
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        raise StorageError("coordinator database unreachable", reason=str(exc)[:200]) from exc
 
 
 def migrate(engine: Engine, revision: str = "head") -> None:

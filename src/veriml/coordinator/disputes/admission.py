@@ -16,7 +16,7 @@ leaves no trace. In the order the service applies them:
    in the ledger or in a dispute being opened now (409 :class:`~veriml.core.errors.ConflictError`),
    and the challenger's balance covers the bond (402); the provisional ``challenge`` entry must
    pass the ledger fold's own check (:func:`check_challenge`);
-4. the defendant has fewer than ``max_open`` disputes open (:class:`TooManyDisputes`: 429 with
+4. the defendant has fewer than ``max_open`` disputes open (:class:`TooManyDisputesError`: 429 with
    ``Retry-After``), so griefers cannot queue unbounded work against one node.
 
 The parsers of a challenge body (:func:`digest_map`, :func:`commitment_of`,
@@ -36,6 +36,7 @@ import numpy.typing as npt
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     ConflictError,
     Error,
     FormatError,
@@ -53,8 +54,8 @@ from veriml.protocol.accounts import LedgerRequest
 
 __all__ = [
     "AUTHORIZATION_SKEW",
-    "TooManyDisputes",
-    "WindowClosed",
+    "TooManyDisputesError",
+    "WindowClosedError",
     "bond_authorization",
     "challenge_closes",
     "check_challenge",
@@ -72,13 +73,13 @@ AUTHORIZATION_SKEW = dt.timedelta(minutes=5)
 between it and the ``challenge`` entry, which is logged after the defendant's retrace)."""
 
 
-class WindowClosed(Error):
+class WindowClosedError(Error):
     """The answer is final: its challenge window has closed (HTTP 410)."""
 
     exit_code = 2
 
 
-class TooManyDisputes(Error):
+class TooManyDisputesError(Error):
     """The defendant already has as many open disputes as the coordinator hosts per node
     (HTTP 429, retry later)."""
 
@@ -108,11 +109,11 @@ def check_window(
     window: float,
     now: dt.datetime | None = None,
 ) -> None:
-    """Raise :class:`WindowClosed` (evidence: ``final_after``) once the window has closed."""
+    """Raise :class:`WindowClosedError` (evidence: ``final_after``) once the window has closed."""
     closes = challenge_closes(answer, answered_at=answered_at, window=window)
     current = now or dt.datetime.now(dt.UTC)
     if closes is not None and closes <= current:
-        raise WindowClosed(
+        raise WindowClosedError(
             "the answer is final: its challenge window has closed",
             inference=str(answer.get("id", ""))[:200],
             final_after=format_time(closes),
@@ -145,7 +146,7 @@ def bond_authorization(
         envelope = Envelope.from_json(raw)
         request = LedgerRequest.open(envelope, op="challenge")
     except SignatureError as exc:
-        raise SignatureError(exc.message, check="bond-authorization", **exc.evidence) from exc
+        raise SignatureError(exc.message, check=Check.BOND_AUTHORIZATION, **exc.evidence) from exc
     except (FormatError, VerificationError) as exc:
         raise PaymentRequiredError(
             "the authorization is not a signed challenge request",
@@ -154,7 +155,7 @@ def bond_authorization(
     if request.account != signer:
         raise SignatureError(
             "the bond is authorised by another account than the challenger",
-            check="bond-authorization",
+            check=Check.BOND_AUTHORIZATION,
             signer=signer,
             account=request.account,
         )

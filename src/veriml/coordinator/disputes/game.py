@@ -23,7 +23,7 @@ from typing import Any
 import numpy.typing as npt
 import onnx
 
-from veriml.coordinator.disputes.parties import Party, PartyFault
+from veriml.coordinator.disputes.parties import Party, PartyFaultError
 from veriml.coordinator.disputes.run import DisputeRun, Outcome
 from veriml.core.digest import Digest
 from veriml.core.errors import StorageError, VerificationError
@@ -58,18 +58,18 @@ async def ask_both(
         try:
             return await asyncio.wait_for(ask(party), limit)
         except TimeoutError as exc:
-            raise PartyFault("party missed the deadline", reason="timeout") from exc
+            raise PartyFaultError("party missed the deadline", reason="timeout") from exc
 
     results = await asyncio.gather(
         bounded(run.defendant), bounded(run.challenger), return_exceptions=True
     )
     checked: list[Any] = []
-    faults: list[PartyFault | None] = []
+    faults: list[PartyFaultError | None] = []
     for side, party, result in zip(
         ("defendant", "challenger"), (run.defendant, run.challenger), results, strict=True
     ):
         if isinstance(result, BaseException):
-            if not isinstance(result, PartyFault):
+            if not isinstance(result, PartyFaultError):
                 raise result
             faults.append(result)
             checked.append(None)
@@ -78,7 +78,7 @@ async def ask_both(
         try:
             checked.append(check(side, party, result) if check is not None else result)
             faults.append(None)
-        except PartyFault as fault:
+        except PartyFaultError as fault:
             faults.append(fault)
             checked.append(None)
     d_fault, c_fault = faults
@@ -141,7 +141,7 @@ async def play(
             try:
                 check_reveal(commitments[side], layout, i, entry, proof)
             except VerificationError as exc:
-                raise PartyFault(
+                raise PartyFaultError(
                     f"the {side}'s reveal does not verify",
                     reason="invalid-proof",
                     index=i,
@@ -179,7 +179,7 @@ async def play(
         def matches(side: str, party: Party, tensors: dict[str, Array]) -> Array:
             value = tensors.get(name)
             if value is None or tensor_digest(value) != expected[side]:
-                raise PartyFault(
+                raise PartyFaultError(
                     f"the {side}'s output tensor does not match its reveal",
                     reason="invalid-proof",
                     tensor=name,
@@ -237,7 +237,7 @@ async def agreed_tensors(
             break
         try:
             got = await asyncio.wait_for(party.tensors(wanted, timeout), timeout + GRACE)
-        except PartyFault as failed:
+        except PartyFaultError as failed:
             fault = failed.reason
             continue
         except TimeoutError:

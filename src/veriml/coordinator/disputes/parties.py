@@ -25,12 +25,13 @@ from typing import Any, Protocol, TypeVar
 import httpx
 import numpy.typing as npt
 
-from veriml.coordinator.nodes.dispatch import JobRejected, JobSpec, dispatch
+from veriml.coordinator.nodes.dispatch import JobRejectedError, JobSpec, dispatch
 from veriml.coordinator.nodes.scheduler import Candidate, node_key
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
+    Check,
     ConflictError,
     Error,
     FormatError,
@@ -52,7 +53,7 @@ __all__ = [
     "Claim",
     "NodeParty",
     "Party",
-    "PartyFault",
+    "PartyFaultError",
     "RemoteParty",
     "check_commitment",
     "parse_reveal",
@@ -73,7 +74,7 @@ _MAX_JOB_VALIDITY = 300.0  # a node's default cap on a job's validity window
 _RETRY_STATUSES = frozenset({409, 410, 429})
 
 
-class _Busy(Exception):
+class _BusyError(Exception):
     """A node answer that is no answer yet (busy, unreachable): ask again."""
 
     def __init__(self, status: int | None, retry_after: float | None = None) -> None:
@@ -90,7 +91,7 @@ def _retry_after(response: httpx.Response) -> float | None:
 async def until_answered(
     attempt: Callable[[float], Awaitable[T]], timeout: float, *, node: str
 ) -> T:
-    """``attempt(seconds_left)`` until it answers; a :class:`_Busy` one is asked again after
+    """``attempt(seconds_left)`` until it answers; a :class:`_BusyError` one is asked again after
     a backoff (0.1 s doubling to 2 s, or the node's ``Retry-After``) while the move's
     ``timeout`` lasts, then the node loses by ``timeout``."""
     loop = asyncio.get_running_loop()
@@ -102,10 +103,10 @@ async def until_answered(
         attempts += 1
         try:
             return await attempt(max(left, 0.001))
-        except _Busy as busy:
+        except _BusyError as busy:
             pause = min(wait, busy.retry_after) if busy.retry_after else wait
             if deadline - loop.time() <= pause:
-                raise PartyFault(
+                raise PartyFaultError(
                     "node did not answer the dispute query in time",
                     reason="timeout",
                     node=node,
@@ -116,11 +117,11 @@ async def until_answered(
             wait = min(wait * 2, _BACKOFF_MAX)
 
 
-class PartyFault(VerificationError):
+class PartyFaultError(VerificationError):
     """A party failed a move; it loses the dispute with ``reason``."""
 
     def __init__(self, message: str, *, reason: Reason, **evidence: Any) -> None:
-        super().__init__(message, check="dispute", reason=reason, **evidence)
+        super().__init__(message, check=Check.DISPUTE, reason=reason, **evidence)
         self.reason: Reason = reason
 
 
@@ -146,7 +147,7 @@ class Claim:
 
 
 class Party(Protocol):
-    """One side of a dispute. Every method raises :class:`PartyFault` when the party fails
+    """One side of a dispute. Every method raises :class:`PartyFaultError` when the party fails
     the move (``timeout`` when it does not answer within ``timeout`` seconds)."""
 
     @property
@@ -174,7 +175,7 @@ def receipt_claim(receipt: Envelope) -> tuple[InferencePredicate, dict[str, Dige
 
 def check_commitment(party: str, commitment: TraceCommitment, layout: TraceLayout) -> None:
     if commitment.size != layout.size:
-        raise PartyFault(
+        raise PartyFaultError(
             f"the {party}'s trace does not have the model's size",
             reason="inconsistent",
             expected=layout.size,
@@ -251,20 +252,20 @@ class NodeParty:
                     self._http, self._node, spec, self._key, timeout=min(left, _MAX_JOB_VALIDITY)
                 )
             except NodeUnavailableError as exc:
-                raise _Busy(exc.evidence.get("status")) from exc
-            except JobRejected as exc:
+                raise _BusyError(exc.evidence.get("status")) from exc
+            except JobRejectedError as exc:
                 if exc.status in _RETRY_STATUSES:
-                    raise _Busy(exc.status) from exc
+                    raise _BusyError(exc.status) from exc
                 raise
 
         try:
             result = await until_answered(
                 attempt, max(timeout, self._job_timeout), node=self._node.node_id
             )
-        except PartyFault:
+        except PartyFaultError:
             raise
         except Error as exc:
-            raise PartyFault(
+            raise PartyFaultError(
                 "node refused the retrace job",
                 reason="inconsistent",
                 node=self._node.node_id,
@@ -273,7 +274,7 @@ class NodeParty:
         try:
             verified = verify_receipt(result, node_key=node_key(self._node.public_key))
         except Error as exc:
-            raise PartyFault(
+            raise PartyFaultError(
                 "retrace receipt does not verify under the node's key",
                 reason="inconsistent",
                 node=self._node.node_id,
@@ -286,13 +287,13 @@ class NodeParty:
             or dict(p.inputs) != dict(spec.input_digests)
             or p.trace is None
         ):
-            raise PartyFault(
+            raise PartyFaultError(
                 "retrace receipt does not answer the disputed request with a trace",
                 reason="inconsistent",
                 node=self._node.node_id,
             )
         if dict(verified.output_digests) != self._outputs:
-            raise PartyFault(
+            raise PartyFaultError(
                 "retrace outputs differ from the challenged receipt's",
                 reason="inconsistent",
                 node=self._node.node_id,
@@ -314,12 +315,12 @@ class NodeParty:
             try:
                 response = await self._http.get(url, headers=headers, timeout=httpx.Timeout(left))
             except httpx.HTTPError as exc:
-                raise _Busy(None) from exc
+                raise _BusyError(None) from exc
             status = response.status_code
             if status == 429 or status >= 500:
-                raise _Busy(status, _retry_after(response))
+                raise _BusyError(status, _retry_after(response))
             if status != 200:
-                raise PartyFault(
+                raise PartyFaultError(
                     "node could not answer the dispute query",
                     reason="invalid-proof",
                     node=self._node.node_id,
@@ -335,7 +336,7 @@ class NodeParty:
             body = parse_json_object(response.content, what="trace reveal")
             return parse_reveal(body, index=index, commitment=self._trace)
         except FormatError as exc:
-            raise PartyFault(
+            raise PartyFaultError(
                 "node's reveal is malformed",
                 reason="invalid-proof",
                 node=self._node.node_id,
@@ -352,7 +353,7 @@ class NodeParty:
                 obj = parse_json_object(response.content, what="trace tensor")
                 out[name] = tensor_from_json(obj, max_bytes=self._max_tensor_bytes)
             except FormatError as exc:
-                raise PartyFault(
+                raise PartyFaultError(
                     "node's tensor is malformed",
                     reason="invalid-proof",
                     node=self._node.node_id,
@@ -427,7 +428,7 @@ class RemoteParty:
         try:
             return await asyncio.wait_for(future, timeout)
         except TimeoutError as exc:
-            raise PartyFault(
+            raise PartyFaultError(
                 "challenger did not answer before the deadline", reason="timeout", query=kind
             ) from exc
         finally:
@@ -477,10 +478,10 @@ class AbsentParty:
         return self._claim
 
     async def open(self, timeout: float) -> TraceCommitment:
-        raise PartyFault("party cannot be reached", reason="timeout")
+        raise PartyFaultError("party cannot be reached", reason="timeout")
 
     async def reveal(self, index: int, timeout: float) -> tuple[TraceEntry, list[bytes]]:
-        raise PartyFault("party cannot be reached", reason="timeout")
+        raise PartyFaultError("party cannot be reached", reason="timeout")
 
     async def tensors(self, names: Sequence[str], timeout: float) -> dict[str, Array]:
-        raise PartyFault("party cannot be reached", reason="timeout")
+        raise PartyFaultError("party cannot be reached", reason="timeout")

@@ -11,7 +11,7 @@ A challenger is an account: the key id of the request signature (RFC 9421,
 :mod:`veriml.coordinator.auth`). Only the account that opened a
 dispute may move in it. The routes read the
 :class:`~veriml.coordinator.disputes.service.DisputeService`
-from ``app.state.disputes`` and the stored inference through the app's inference service.
+from the app's state (:func:`~veriml.coordinator.deps.state_of`), with the stored inference.
 
 Errors are RFC 9457 problems, and a refused challenge is neither logged nor charged: a
 malformed body is 400 (the move stays open until its deadline); a missing, stale or
@@ -32,26 +32,19 @@ from fastapi import APIRouter, Request, Response
 
 from veriml.coordinator import schemas
 from veriml.coordinator.auth import read_signed_body
+from veriml.coordinator.deps import state_of
 from veriml.coordinator.disputes.admission import (
-    TooManyDisputes,
-    WindowClosed,
+    TooManyDisputesError,
+    WindowClosedError,
     bond_authorization,
     tensors_from_json,
 )
 from veriml.coordinator.disputes.service import DisputeRun, DisputeService, bonded
-from veriml.coordinator.inference.routes import inference_service
 from veriml.coordinator.problems import problem
 from veriml.core.canonical import parse_json_object
-from veriml.core.errors import FormatError, SignatureError, StorageError
+from veriml.core.errors import Check, FormatError, SignatureError
 
 __all__ = ["router"]
-
-
-def _service(request: Request) -> DisputeService:
-    service: DisputeService | None = getattr(request.app.state, "disputes", None)
-    if service is None:
-        raise StorageError("this coordinator hosts no disputes (it is starting, or has no ledger)")
-    return service
 
 
 def _json(content: dict[str, Any], status: int = 200) -> Response:
@@ -61,11 +54,11 @@ def _json(content: dict[str, Any], status: int = 200) -> Response:
 
 async def _signed_body(request: Request) -> tuple[str, dict[str, Any]]:
     """The verified signer's key id and the JSON object body; unsigned requests are refused."""
-    raw, account = await read_signed_body(request, request.app.state.settings.max_json_bytes)
+    raw, account = await read_signed_body(request, state_of(request).settings.max_json_bytes)
     if account is None:
         raise SignatureError(
             "dispute requests are signed: the challenger's account is the signing key's id",
-            check="request-signature",
+            check=Check.REQUEST_SIGNATURE,
         )
     return account, parse_json_object(raw, what="dispute request")
 
@@ -78,13 +71,13 @@ async def _move(
     request: Request, dispute_id: str, body_of: str
 ) -> tuple[DisputeService, DisputeRun, dict[str, Any]] | Response:
     """The checks every challenger move shares: signed, the challenger's, still open."""
-    service = _service(request)
+    service = state_of(request).disputes
     run = service.get(dispute_id)
     account, body = await _signed_body(request)
     if account != run.challenger.claim.account:
         raise SignatureError(
             "only the challenger moves in a dispute",
-            check="dispute-party",
+            check=Check.DISPUTE_PARTY,
             dispute=run.id,
             signer=account,
         )
@@ -103,7 +96,6 @@ async def _prefill_challenge(
     operator's prefill check (docs/llm.md, "Disputes"). 201 and the settled dispute. The bond
     and a claim disputed before are checked before any node is asked to check."""
     from veriml.coordinator.llm.checks import answer_from_stored
-    from veriml.coordinator.llm.routes import completion_service
 
     unknown = sorted(set(body) - {"inference", "node", "kind", "authorization"})
     if unknown:
@@ -111,7 +103,7 @@ async def _prefill_challenge(
     node = body.get("node")
     if not isinstance(node, str) or not 0 < len(node) <= 256:
         raise FormatError("a prefill challenge names the defendant node")
-    service = _service(request)
+    service = state_of(request).disputes
     authorization = bond_authorization(
         body.get("authorization"),
         signer=account,
@@ -129,7 +121,7 @@ async def _prefill_challenge(
     )
     async with checked:
         with bonded(authorization):
-            ref = await completion_service(request).challenge(answer, node, account=account)
+            ref = await state_of(request).completions.challenge(answer, node, account=account)
     settled = {
         "id": ref.id,
         "status": "settled",
@@ -168,20 +160,20 @@ async def create_dispute(request: Request) -> Response:
     "authorization"?}`` -> 201 and the dispute state; the challenge entry is logged
     before the answer. ``authorization`` is the challenger's signed ``challenge`` ledger
     request for the rules' bond (needed when the bond is above 0)."""
-    service = _service(request)
+    service = state_of(request).disputes
     account, body = await _signed_body(request)
     inference = body.get("inference")
     if not isinstance(inference, str) or not 0 < len(inference) <= 200:
         raise FormatError("a dispute names the inference it challenges")
-    answer = await inference_service(request).get(inference)
+    answer = await state_of(request).inference.get(inference)
     try:
         await service.check_window(answer)
         if body.get("kind") == "prefill":
             return await _prefill_challenge(request, answer, body, account)
         run = await service.challenge(answer, body, account=account)
-    except WindowClosed as exc:
+    except WindowClosedError as exc:
         return problem(410, exc.message, title="Gone", **exc.evidence)
-    except TooManyDisputes as exc:
+    except TooManyDisputesError as exc:
         retry = str(exc.evidence.get("retry_after", 1))
         return problem(
             429,
@@ -200,7 +192,7 @@ async def create_dispute(request: Request) -> Response:
     responses=schemas.GET_DISPUTE,
 )
 async def get_dispute(dispute_id: str, request: Request) -> Response:
-    return _json(_service(request).get(dispute_id).to_json())
+    return _json(state_of(request).disputes.get(dispute_id).to_json())
 
 
 @router.post(

@@ -66,7 +66,7 @@ import onnx
 
 from veriml.coordinator.db.disputes import DisputeRecord, DisputeStore, PartyRecord
 from veriml.coordinator.disputes.admission import (
-    TooManyDisputes,
+    TooManyDisputesError,
     bond_authorization,
     check_challenge,
     check_window,
@@ -80,7 +80,7 @@ from veriml.coordinator.disputes.parties import (
     Claim,
     NodeParty,
     Party,
-    PartyFault,
+    PartyFaultError,
     RemoteParty,
     check_commitment,
     receipt_claim,
@@ -91,6 +91,7 @@ from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     ConflictError,
     Error,
     FormatError,
@@ -114,7 +115,7 @@ __all__ = [
     "LedgerAppender",
     "NodeParty",
     "Party",
-    "PartyFault",
+    "PartyFaultError",
     "RemoteParty",
     "bonded",
     "receipt_claim",
@@ -249,7 +250,7 @@ class DisputeService:
         return run
 
     async def check_window(self, answer: Mapping[str, Any]) -> None:
-        """Raise :class:`~veriml.coordinator.disputes.admission.WindowClosed` once the
+        """Raise :class:`~veriml.coordinator.disputes.admission.WindowClosedError` once the
         challenge window of the stored ``answer`` has closed (every policy has one)."""
         inference = str(answer.get("id", ""))
         answered = None
@@ -575,7 +576,7 @@ class DisputeService:
         if limit:
             open_now = sum(1 for d in state.open_disputes.values() if d.defendant == node)
             if open_now + self._opening_against[node] >= self.options.max_open_per_node:
-                raise TooManyDisputes(
+                raise TooManyDisputesError(
                     "the defendant has as many open disputes as this coordinator hosts",
                     node=node[:200],
                     open=open_now,
@@ -776,7 +777,7 @@ class DisputeService:
             array = self._load_tensor(digest)
             if tensor_digest(array) != digest:
                 raise VerificationError(
-                    "stored input does not match its digest", check="input-digest", input=name
+                    "stored input does not match its digest", check=Check.INPUT_DIGEST, input=name
                 )
             out[name] = array
         return out

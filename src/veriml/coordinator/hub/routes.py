@@ -33,6 +33,7 @@ from veriml.coordinator.problems import problem
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import CHUNK_SIZE, Digest
 from veriml.core.errors import (
+    Check,
     FormatError,
     LimitExceededError,
     NotFoundError,
@@ -66,7 +67,7 @@ def _verified_stream(blobs: BlobStore, digest: Digest) -> Iterator[bytes]:
 def parse_range(header: str, size: int) -> tuple[int, int] | None:
     """One ``bytes=`` range (RFC 9110 §14.1.2) as ``(start, end inclusive)``; None when the
     header asks for several ranges or is not a bytes range (then the whole blob is sent);
-    :class:`RangeNotSatisfiable` when no byte of it exists."""
+    :class:`RangeNotSatisfiableError` when no byte of it exists."""
     unit, sep, spec = header.partition("=")
     if not sep or unit.strip().lower() != "bytes" or "," in spec:
         return None
@@ -78,7 +79,7 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
             return None
         suffix = int(last)
         if suffix == 0 or size == 0:
-            raise RangeNotSatisfiable(size)
+            raise RangeNotSatisfiableError(size)
         return max(size - suffix, 0), size - 1
     if not first.isdigit() or (last and not last.isdigit()):
         return None
@@ -86,11 +87,11 @@ def parse_range(header: str, size: int) -> tuple[int, int] | None:
     if last and int(last) < start:
         return None  # an invalid range is ignored (RFC 9110 §14.2)
     if start >= size:
-        raise RangeNotSatisfiable(size)
+        raise RangeNotSatisfiableError(size)
     return start, min(int(last), size - 1) if last else size - 1
 
 
-class RangeNotSatisfiable(Exception):
+class RangeNotSatisfiableError(Exception):
     def __init__(self, size: int) -> None:
         super().__init__(size)
         self.size = size
@@ -110,7 +111,7 @@ def _publisher(
             raise SignatureError(
                 "this hub publishes signed models only: sign the folder (model.sig) and give "
                 f"the publisher key in {PUBLISHER_KEY_HEADER} (base64 PEM)",
-                check="publisher-key",
+                check=Check.PUBLISHER_KEY,
             )
         return None
     try:
@@ -122,12 +123,12 @@ def _publisher(
             raise SignatureError(
                 "this hub accepts publications signed by the publisher key only "
                 "(RFC 9421: X-Veriml-Key, Signature-Input, Signature)",
-                check="request-signature",
+                check=Check.REQUEST_SIGNATURE,
             )
         if signature.key_id != publisher.key_id:
             raise SignatureError(
                 "the publication is signed by another key than the publisher's",
-                check="request-signature",
+                check=Check.REQUEST_SIGNATURE,
                 expected=publisher.key_id,
                 got=signature.key_id,
             )
@@ -242,7 +243,7 @@ def get_blob(digest: str, request: Request, hub: HubDep) -> Response:
     if header is not None and request.headers.get("if-range") in (None, etag):
         try:
             span = parse_range(header, size)
-        except RangeNotSatisfiable:
+        except RangeNotSatisfiableError:
             return problem(
                 416,
                 f"range {header[:60]} is beyond the blob's {size} bytes",

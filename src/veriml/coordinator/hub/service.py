@@ -57,6 +57,7 @@ from veriml.coordinator.ledger.service import LedgerBook
 from veriml.coordinator.settings import Settings
 from veriml.core.digest import CHUNK_SIZE, Digest
 from veriml.core.errors import (
+    Check,
     ConflictError,
     DigestMismatchError,
     FormatError,
@@ -153,7 +154,7 @@ class HubService:
         if package.digest != digest:
             raise DigestMismatchError(
                 "checked-out model folder is not the registered model",
-                check="root-digest",
+                check=Check.ROOT_DIGEST,
                 expected=digest,
                 calculated=package.digest,
             )
@@ -233,7 +234,7 @@ class HubService:
         else:
             if not signature.is_file():
                 raise SignatureError(
-                    "the upload has no model.sig (OMS signature)", check="signature-file"
+                    "the upload has no model.sig (OMS signature)", check=Check.SIGNATURE_FILE
                 )
             pub_path = folder.parent / "publisher.pub"
             pub_path.write_bytes(publisher.to_pem())
@@ -241,7 +242,7 @@ class HubService:
             if signed != digest:
                 raise DigestMismatchError(
                     "the signed digest is not the loaded model's",
-                    check="root-digest",
+                    check=Check.ROOT_DIGEST,
                     expected=signed,
                     calculated=digest,
                 )
@@ -255,7 +256,9 @@ class HubService:
         if publisher is not None:
             sig_ref = refs.get(DEFAULT_SIGNATURE_NAME)
             if sig_ref is None or sig_ref.size > MAX_SIGNATURE_BYTES:
-                raise SignatureError("the OMS signature is missing or too large", check="signature")
+                raise SignatureError(
+                    "the OMS signature is missing or too large", check=Check.SIGNATURE
+                )
         manifest = tuple(
             {"path": e.path, "digest": e.digest.to_text(), "size": refs[e.path].size}
             for e in package.manifest
@@ -502,7 +505,7 @@ def namespace_taken(namespace: str, owner: str, publisher: str) -> VerificationE
     """The 403 refusal of a name in a namespace that another publisher key owns."""
     return VerificationError(
         f"namespace {namespace!r} is owned by another publisher key",
-        check="namespace",
+        check=Check.NAMESPACE,
         namespace=namespace,
         owner=owner,
         publisher=publisher,

@@ -1,12 +1,12 @@
 """``POST /v1/inferences`` and ``GET /v1/inferences/{id}`` (docs/network.md, "Inference
 request and answer"), over :class:`~veriml.coordinator.inference.service.InferenceService`.
 
-The service is built on first use from what the app's lifespan put on ``app.state``
-(``veriml.coordinator`` lists the names) and kept there as ``app.state.inference``. Errors are
-RFC 9457 problem details through the app's handlers, except two statuses this API sets itself:
-too few nodes (none live, or every attempt failed) is **503** with ``Retry-After``, since
-trying again later may succeed; a node refusing the job is **502**, the coordinator's upstream
-having failed. The service reports to the app's Prometheus registry:
+The app's lifespan builds the service with :func:`service_over`; routes take it as
+:data:`~veriml.coordinator.deps.InferenceDep`. Errors are RFC 9457 problem details through
+the app's handlers, except two statuses this API sets itself: too few nodes (none live, or
+every attempt failed) is **503** with ``Retry-After``, since trying again later may succeed;
+a node refusing the job is **502**, the coordinator's upstream having failed. The service
+reports to the app's Prometheus registry:
 ``veriml_inference_verdicts_total{policy,outcome}`` and
 ``veriml_inference_node_failures_total{reason="unavailable"|"unverified"}``.
 """
@@ -16,10 +16,9 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable, Mapping
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
-from prometheus_client import CollectorRegistry, Counter
+from fastapi import APIRouter, Request, Response
 
 from veriml.coordinator import schemas
 from veriml.coordinator.auth import (
@@ -28,13 +27,15 @@ from veriml.coordinator.auth import (
     payment_from_headers,
     read_signed_body,
 )
+from veriml.coordinator.deps import InferenceDep, SettingsDep, TensorsDep
+from veriml.coordinator.disputes.service import DisputeService
 from veriml.coordinator.inference import faults
 from veriml.coordinator.inference.service import InferenceOptions, InferenceService, ResolvedModel
-from veriml.coordinator.ledger.service import TENSOR_MEDIA_TYPE, TensorStore
-from veriml.coordinator.nodes.beacon import Beacon
-from veriml.coordinator.nodes.dispatch import JobRejected
+from veriml.coordinator.ledger.service import TENSOR_MEDIA_TYPE
+from veriml.coordinator.nodes.dispatch import JobRejectedError
 from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import problem
+from veriml.coordinator.state import Resources
 from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
@@ -50,13 +51,11 @@ from veriml.models import IOSignature
 __all__ = [
     "EPOCH_HEADER",
     "LOG_SIZE_HEADER",
-    "beacon_of",
-    "inference_service",
     "known_size",
     "named_epoch",
     "node_lister",
-    "recover_pending",
     "router",
+    "service_over",
 ]
 
 router = APIRouter(tags=["inference"])
@@ -65,33 +64,8 @@ LOG_SIZE_HEADER = "X-Veriml-Log-Size"
 EPOCH_HEADER = "X-Veriml-Epoch"
 
 
-def _observer(registry: CollectorRegistry) -> Callable[[str, str], None]:
-    verdicts = Counter(
-        "veriml_inference_verdicts",
-        "Inferences answered and logged, by policy kind and verdict",
-        ["policy", "outcome"],
-        registry=registry,
-    )
-    failures = Counter(
-        "veriml_inference_node_failures",
-        "Node attempts that failed: no answer in time (unavailable) or evidence that did "
-        "not verify (unverified)",
-        ["reason"],
-        registry=registry,
-    )
-
-    def observe(event: str, value: str) -> None:
-        if event == "verdict":
-            kind, _, outcome = value.partition("/")
-            verdicts.labels(kind, outcome).inc()
-        elif event == "node-failure":
-            failures.labels(value).inc()
-
-    return observe
-
-
 def node_lister(
-    state: Any, *, schedulable_only: bool = True, engine: str | None = None
+    resources: Resources, *, schedulable_only: bool = True, engine: str | None = None
 ) -> Callable[[Digest], list[Candidate]]:
     """``list_nodes(model)``: the live nodes serving ``model`` that the ledger's rules let
     receive jobs (an operator with the minimum stake, enough reputation), with their
@@ -101,7 +75,7 @@ def node_lister(
     ``schedulable_only=False`` keeps the nodes the rules exclude: the dispute service still
     reaches a node slashed below the minimum stake, whose earlier answers stay challengeable.
     ``engine`` keeps the nodes whose descriptor lists that runtime (``llama.cpp``)."""
-    nodes, book = state.nodes, state.ledger
+    nodes, book = resources.nodes, resources.ledger
 
     def list_nodes(model: Digest) -> list[Candidate]:
         ledger = book.state()
@@ -123,10 +97,10 @@ def node_lister(
     return list_nodes
 
 
-def _service_from_state(state: Any) -> InferenceService:
-    settings = state.settings
-    models = state.models
-    nodes = state.nodes
+def service_over(resources: Resources, disputes: DisputeService) -> InferenceService:
+    """The app's inference service over its resources and its dispute service."""
+    settings = resources.settings
+    models = resources.models
 
     def resolve_model(ref: str) -> ResolvedModel:
         record = models.resolve(ref)
@@ -137,44 +111,37 @@ def _service_from_state(state: Any) -> InferenceService:
                 model=ref[:200],
                 kind=record.kind,
             )
-        provenance = state.hub.provenance(record.digest)
+        provenance = resources.hub.provenance(record.digest)
         return ResolvedModel(
             record.digest,
             IOSignature.from_json(record.io),
             (provenance.model, provenance.namespace),
         )
 
-    list_nodes = node_lister(state)
-
     return InferenceService(
-        engine=state.engine,
-        log=state.log,
-        key=state.coordinator_key,
-        http=state.http,
+        engine=resources.engine,
+        log=resources.log,
+        key=resources.coordinator_key,
+        http=resources.http,
         resolve_model=resolve_model,
-        list_nodes=list_nodes,
-        node_failed=nodes.mark_failed,
-        observe=_observer(state.metrics.registry),
+        list_nodes=node_lister(resources),
+        node_failed=resources.nodes.mark_failed,
+        observe=resources.metrics.observer("inference"),
         options=InferenceOptions(
             job_timeout=settings.job_timeout,
             attempts_per_slot=settings.max_job_attempts,
             live_within=settings.live_after,
             max_tensor_bytes=settings.max_json_bytes,
         ),
-        # The verification policies' collaborators, when the app provides them (app.py):
-        # disputes, the model for tolerance bounds, and the store of request inputs.
-        disputes=getattr(state, "disputes", None),
-        load_model=getattr(state, "load_model", None),
-        store_tensors=getattr(state, "store_tensors", None),
-        ledger=getattr(state, "ledger", None),
-        beacon=beacon_of(state),
+        # The verification policies' collaborators: disputes, the model for tolerance
+        # bounds, and the store of request inputs.
+        disputes=disputes,
+        load_model=resources.load_model,
+        store_tensors=resources.tensors.put,
+        ledger=resources.ledger,
+        beacon=resources.beacon,
         on_fault=faults.from_environment(),
     )
-
-
-def beacon_of(state: Any) -> Beacon | None:
-    """The app's randomness beacon (``app.state.beacon``), when it has one."""
-    return getattr(state, "beacon", None)
 
 
 def named_epoch(headers: Mapping[str, str]) -> int | None:
@@ -196,27 +163,6 @@ def known_size(headers: Mapping[str, str]) -> int | None:
     if value is None or not value.isdigit() or len(value) > 19:
         return None
     return int(value)
-
-
-def inference_service(request: Request) -> InferenceService:
-    """The app's inference service, built from ``app.state`` on first use."""
-    state = request.app.state
-    service: InferenceService | None = getattr(state, "inference", None)
-    if service is None:
-        service = state.inference = _service_from_state(state)
-    return service
-
-
-def recover_pending(state: Any) -> int:
-    """Build the app's inference service and complete the answers a crash left pending
-    (blocking; the app's lifespan runs it at start-up)."""
-    service: InferenceService | None = getattr(state, "inference", None)
-    if service is None:
-        service = state.inference = _service_from_state(state)
-    return service.recover_pending()
-
-
-Service = Annotated[InferenceService, Depends(inference_service)]
 
 
 def _json(content: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -241,7 +187,9 @@ def _upstream_problem(exc: Error, status: int) -> Response:
     responses={200: {"description": "the answer: outputs, receipts, verdict, log inclusion"}},
     openapi_extra=schemas.CREATE_INFERENCE,
 )
-async def create_inference(request: Request, service: Service) -> Response:
+async def create_inference(
+    request: Request, service: InferenceDep, settings: SettingsDep
+) -> Response:
     """``{"model", "inputs", "policy"}`` -> ``{"id", "outputs", "receipts", "verdict", "log"}``.
 
     With an ``Idempotency-Key`` header the key is the request id, and retrying the request
@@ -251,7 +199,7 @@ async def create_inference(request: Request, service: Service) -> Response:
     without an ``Idempotency-Key``, is refused (403).
     """
     payment = payment_from_headers(request.headers)
-    limit = request.app.state.settings.max_json_bytes
+    limit = settings.max_json_bytes
     raw, client = await read_signed_body(request, limit, idempotent=True)
     body = parse_json_object(raw, what="inference request")
     try:
@@ -265,7 +213,7 @@ async def create_inference(request: Request, service: Service) -> Response:
         )
     except NodeUnavailableError as exc:
         return _upstream_problem(exc, 503)
-    except JobRejected as exc:
+    except JobRejectedError as exc:
         return _upstream_problem(exc, 502)
     return _json(answer, capability_header(request, str(answer["id"])))
 
@@ -278,7 +226,7 @@ async def create_inference(request: Request, service: Service) -> Response:
     responses=schemas.GET_TENSOR,
 )
 async def get_inference_tensor(
-    inference_id: str, digest: str, request: Request, service: Service
+    inference_id: str, digest: str, request: Request, service: InferenceDep, store: TensorsDep
 ) -> Response:
     """One input tensor of ``inference_id`` (``veriml-tensor/v1``; its SHA-256 is ``digest``),
     to whoever may read the inference (docs/privacy.md): watchers of a public request, the
@@ -291,7 +239,6 @@ async def get_inference_tensor(
     authorize_read(request, answer)
     if wanted not in answer_inputs(answer):
         raise NotFoundError("this inference has no input with this digest", digest=digest[:80])
-    store: TensorStore = request.app.state.tensors
     data = await asyncio.to_thread(store.get_bytes, wanted)
     return Response(data, media_type=TENSOR_MEDIA_TYPE)
 
@@ -314,7 +261,7 @@ def answer_inputs(answer: Mapping[str, Any]) -> frozenset[Digest]:
     summary="An answered inference, as it was returned",
     responses=schemas.GET_INFERENCE,
 )
-async def get_inference(inference_id: str, request: Request, service: Service) -> Response:
+async def get_inference(inference_id: str, request: Request, service: InferenceDep) -> Response:
     """The stored answer, to whoever may read it (docs/privacy.md): anyone when its requester
     made it public, else the requester (a signed request by its key, or its capability)."""
     answer = await service.get(inference_id)

@@ -39,10 +39,7 @@ Crash tests inject ``on_fault``, called right after the append
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
-import re
-import secrets
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
@@ -56,7 +53,16 @@ from sqlalchemy.engine import Engine
 
 from veriml.coordinator.db.inferences import InferenceStore, PendingInference
 from veriml.coordinator.inference.faults import AFTER_LOG_APPEND, Fault
-from veriml.coordinator.nodes.beacon import Beacon, Epoch
+from veriml.coordinator.inference.requests import (
+    EpochSource,
+    RequestDraws,
+    answer_cites,
+    check_request_id,
+    provenance_json,
+    requester,
+    same_requester,
+)
+from veriml.coordinator.inference.wire import NodeAnswer, answer_json, check_answer, decode_inputs
 from veriml.coordinator.nodes.dispatch import JobSpec, dispatch
 from veriml.coordinator.nodes.scheduler import (
     Candidate,
@@ -72,24 +78,18 @@ from veriml.core.errors import (
     ConflictError,
     Error,
     FormatError,
-    InvalidInputError,
-    InvalidTensorError,
     NodeUnavailableError,
     NotFoundError,
     StorageError,
-    VerificationError,
 )
-from veriml.core.keys import SigningKey, VerifyingKey
+from veriml.core.keys import SigningKey
 from veriml.core.receipt import request_digest
-from veriml.core.tensors import tensor_digest, tensor_from_json, tensor_to_json
-from veriml.core.timestamps import format_time
-from veriml.ledger.entries import Entry, InferenceEntry
-from veriml.ledger.rules import Rules
+from veriml.core.tensors import tensor_digest
+from veriml.ledger.entries import InferenceEntry
 from veriml.models import IOSignature
 from veriml.protocol.draw import Draw
-from veriml.runtime import RunResult, canonical_request, validate_inputs
+from veriml.runtime import canonical_request
 from veriml.tlog.log import Log
-from veriml.verify import verify_receipt
 from veriml.verify.policy import (
     DisputeRef,
     Policy,
@@ -110,14 +110,11 @@ __all__ = [
     "InferenceOptions",
     "InferenceService",
     "ResolvedModel",
-    "check_answer",
-    "decode_inputs",
 ]
 
 Array = npt.NDArray[Any]
 _log = logging.getLogger(__name__)
 _LOOKUP_CACHE = 256
-_KEY_PATTERN = re.compile(r"[A-Za-z0-9._:~+/=-]{1,200}")
 _BOUNDS_CACHE = 64
 
 
@@ -129,143 +126,6 @@ class ResolvedModel:
     digest: Digest
     io: IOSignature
     provenance: tuple[int, int | None] | None = None
-
-
-def provenance_json(provenance: tuple[int, int | None] | None) -> dict[str, Any] | None:
-    """An answer's ``provenance`` member: ``{"model": index, "namespace": index | null}``."""
-    if provenance is None:
-        return None
-    return {"model": provenance[0], "namespace": provenance[1]}
-
-
-class RequestDraws:
-    """The randomness and ledger context every request gets before it runs: its draw secret
-    from the beacon's current epoch, the ``state`` entry it cites, the rules, and the stake
-    proofs its answer carries. Shared by the inference and completion services."""
-
-    def __init__(self, *, beacon: EpochSource | None, ledger: LedgerBook | None) -> None:
-        # Without a beacon (a service built by hand, in tests) draws come from a key this
-        # process keeps to itself: unpredictable, but no log commits to it. A bare callable
-        # is the current epoch alone.
-        self._beacon: Beacon | _OneEpoch
-        if beacon is None:
-            self._beacon = _OneEpoch(lambda: _PRIVATE_EPOCH)
-        elif isinstance(beacon, Beacon):
-            self._beacon = beacon
-        else:
-            self._beacon = _OneEpoch(beacon)
-        self.ledger = ledger
-
-    def draw(self, request_id: str, epoch: int | None = None) -> Draw:
-        """The request's draw, from the current epoch or from ``epoch`` when the client named
-        it (``X-Veriml-Epoch``: then the coordinator cannot begin epochs until one draws what
-        it wants, since the client refuses a draw from any other). A named epoch that is
-        neither the current one nor the one before is a :class:`ConflictError` (409): the client
-        asks for the current epoch again."""
-        if epoch is None:
-            return self._beacon.current().draw(request_id)
-        named = self._beacon.epoch(epoch)
-        if named is None:
-            raise ConflictError(
-                "the request names a randomness epoch that is not current",
-                check="epoch",
-                epoch=epoch,
-                current_epoch=self._beacon.current().number,
-            )
-        return named.draw(request_id)
-
-    @property
-    def rules(self) -> Rules | None:
-        return None if self.ledger is None else self.ledger.rules
-
-    def final_after(self, policy: Policy) -> str | None:
-        """When the answer can no longer be challenged: ``optimistic:W``'s W, else the
-        rules' challenge window (None without a ledger, except for optimistic)."""
-        window: float | None = policy.window if policy.kind == "optimistic" else None
-        if window is None and self.ledger is not None:
-            window = self.ledger.rules.challenge_window
-        if window is None:
-            return None
-        return format_time(dt.datetime.now(dt.UTC) + dt.timedelta(seconds=window))
-
-    async def beacon(self, draw: Draw | None) -> int | None:
-        """The log index of the ``beacon`` entry that began ``draw``'s epoch (cited by the
-        answer, so the SDK can check the epoch is current), None without a ledger. The beacon
-        knows it for the epochs requests draw from; the ledger's fold is asked only for an
-        epoch the beacon has moved past."""
-        if draw is None:
-            return None
-        epoch = self._beacon.epoch(draw.epoch)
-        if epoch is not None and epoch.index is not None:
-            return epoch.index
-        if self.ledger is None:
-            return None
-        state = await asyncio.to_thread(self.ledger.state)
-        return state.epoch_index(draw.epoch)
-
-    async def state(self) -> int | None:
-        """The ``state`` entry the request is scheduled under (and its answer cites)."""
-        return None if self.ledger is None else await self.ledger.current_state()
-
-    def bonds(self, state: int | None, operators: Sequence[str]) -> dict[str, Any] | None:
-        """The answer's ``bonds`` member: the cited state and each operator's stake proof."""
-        if state is None or self.ledger is None:
-            return None
-        proofs = self.ledger.prove_bonds(state, operators)
-        return {"state": state, "proofs": [p.to_json() for p in proofs]}
-
-    def check_payment(
-        self, client: str | None, payment: Envelope | None, request_id: str, jobs: int
-    ) -> None:
-        if self.ledger is not None:
-            self.ledger.check_payment(client, payment, request_id, jobs)
-
-    def fees(
-        self, client: str | None, payment: Envelope | None, nodes: Sequence[str], request: str
-    ) -> list[Entry]:
-        if self.ledger is None:
-            return []
-        return self.ledger.fees(client, payment, nodes, request)
-
-
-_PRIVATE_EPOCH = Epoch(0, secrets.token_bytes(32))
-
-EpochSource = Beacon | Callable[[], Epoch]
-"""The app's :class:`Beacon`, or (services built by hand) a reader of the current epoch."""
-
-
-class _OneEpoch:
-    """A reader of the current epoch as a beacon: no earlier epoch can be named."""
-
-    def __init__(self, current: Callable[[], Epoch]) -> None:
-        self.current = current
-
-    def epoch(self, number: int) -> Epoch | None:
-        epoch = self.current()
-        return epoch if epoch.number == number else None
-
-
-def answer_cites(
-    nodes: Sequence[Candidate],
-    state: int | None,
-    provenance: tuple[int, int | None] | None,
-    disputes: Sequence[DisputeRef],
-    beacon: int | None = None,
-) -> tuple[int, ...]:
-    """The log indexes an answer relies on, proven beside it: the nodes' registrations, the
-    cited state, the model's provenance, each dispute's challenge and verdict, the beacon
-    entry that began the draw's epoch."""
-    cites = [n.log_index for n in nodes]
-    for index in (state, beacon):
-        if index is not None:
-            cites.append(index)
-    if provenance is not None:
-        cites += [i for i in provenance if i is not None]
-    for ref in disputes:
-        cites.append(ref.log_index)
-        if ref.opened is not None:
-            cites.append(ref.opened)
-    return tuple(sorted(set(cites)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -289,12 +149,6 @@ class InferenceOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class _Answer:
-    result: RunResult
-    outputs: Mapping[str, Digest]
-
-
-@dataclass(frozen=True, slots=True)
 class _Request:
     """One request as the policies need it: the shared job spec, the decoded inputs (for
     disputes and the tensor store), its draw, the model's provenance, the client's signed
@@ -309,92 +163,6 @@ class _Request:
 
 
 # -- the service ---------------------------------------------------------------------------------
-
-
-def requester(client: str | None, visibility: Any) -> dict[str, str]:
-    """The request members a log entry carries about who asked (docs/privacy.md): the signer's
-    key id (``client``), and ``visibility: "public"`` when the requester let anyone read what
-    the request left (its inputs, canonical request and outputs). Private is the default and is
-    not written."""
-    if visibility not in (None, "private", "public"):
-        raise FormatError("visibility must be private or public", param="visibility")
-    out = {} if client is None else {"client": client}
-    if visibility == "public":
-        out["visibility"] = "public"
-    return out
-
-
-def same_requester(answer: Mapping[str, Any], client: str | None, request_id: str) -> None:
-    """A repeated ``Idempotency-Key`` gets the stored answer only from its requester: the
-    same signing key, or none when the first request was unsigned too (a stranger who guessed
-    the key and the inputs must not read a private answer)."""
-    if (answer.get("request") or {}).get("client") != client:
-        raise ConflictError("this Idempotency-Key was used by another requester", key=request_id)
-
-
-def check_request_id(value: str) -> str:
-    """A client-chosen request id (``Idempotency-Key``): 1-200 URL-safe characters."""
-    if not _KEY_PATTERN.fullmatch(value):
-        raise FormatError(
-            "Idempotency-Key must be 1-200 characters of A-Z a-z 0-9 . _ : ~ + / = -",
-            got=value[:40],
-        )
-    return value
-
-
-def decode_inputs(
-    io: IOSignature, raw: object, *, max_tensor_bytes: int
-) -> tuple[dict[str, Array], dict[str, Any]]:
-    """Decode and validate the request's input tensors; return arrays and their JSON by name."""
-    if not isinstance(raw, Mapping):
-        raise InvalidTensorError("inputs must be an object of input name -> tensor JSON")
-    expected = {spec.name for spec in io.inputs}
-    unknown = sorted(set(raw) - expected)
-    if unknown:
-        raise InvalidInputError(
-            "unknown input name", got=",".join(unknown)[:200], expected=",".join(sorted(expected))
-        )
-    arrays: dict[str, Array] = {}
-    for name, value in raw.items():
-        try:
-            arrays[name] = tensor_from_json(value, max_bytes=max_tensor_bytes)
-        except InvalidTensorError as exc:
-            raise InvalidTensorError(f"input {name!r}: {exc.message}", **exc.evidence) from exc
-    return validate_inputs(io, arrays), {str(name): value for name, value in raw.items()}
-
-
-def check_answer(
-    result: RunResult, node: Candidate, key: VerifyingKey, spec: JobSpec, digest: Digest
-) -> dict[str, Digest]:
-    """Verify a node's result under its registered key and that it answers this request;
-    return the signed output digests."""
-    verified = verify_receipt(result, node_key=key)
-    p = verified.predicate
-    bindings = {
-        "node": (p.node_id, node.node_id),
-        "request id": (p.request_id, spec.request_id),
-        "request digest": (p.request_digest, digest),
-        "model": (p.model_digest, spec.model),
-        "policy": (p.policy, spec.policy),
-        "inputs": (dict(p.inputs), dict(spec.input_digests)),
-        "spot commitment": (p.spot, spec.spot),
-    }
-    for what, (signed, expected) in bindings.items():
-        if signed != expected:
-            raise VerificationError(
-                f"receipt does not answer this request: its {what} differs",
-                check="request-binding",
-                node=node.node_id,
-                signed=str(signed)[:200],
-                expected=str(expected)[:200],
-            )
-    if spec.trace and p.trace is None:
-        raise VerificationError(
-            "receipt of a traced job commits to no trace",
-            check="request-binding",
-            node=node.node_id,
-        )
-    return dict(verified.output_digests)
 
 
 class InferenceService:
@@ -576,7 +344,7 @@ class InferenceService:
             self._lookups[ref] = (now + self._options.lookup_ttl, model, candidates)
         return model, candidates
 
-    async def _attempt(self, node: Candidate, spec: JobSpec, digest: Digest) -> _Answer:
+    async def _attempt(self, node: Candidate, spec: JobSpec, digest: Digest) -> NodeAnswer:
         try:
             result = await dispatch(
                 self._http, node, spec, self._key, timeout=self._options.job_timeout
@@ -587,7 +355,7 @@ class InferenceService:
                 await asyncio.to_thread(self._node_failed, node.node_id)
             raise
         outputs = check_answer(result, node, node_key(node.public_key), spec, digest)
-        return _Answer(result, outputs)
+        return NodeAnswer(result, outputs)
 
     async def _answer(
         self,
@@ -690,7 +458,7 @@ class InferenceService:
         if self._store_tensors is not None:
             await asyncio.to_thread(self._store_tensors, request.arrays)
         nodes = [n for n, _ in answers]
-        answer = _response(spec, verdict, answers, chosen, extra, tolerance=bounds is not None)
+        answer = answer_json(spec, verdict, answers, chosen, extra, tolerance=bounds is not None)
         bonds = self._draws.bonds(state, [n.operator for n in nodes])
         if bonds is not None:
             answer["bonds"] = bonds
@@ -739,7 +507,7 @@ class InferenceService:
         choose: Callable[[int, frozenset[str], frozenset[str]], list[Candidate]],
         *,
         busy: frozenset[str] = frozenset(),
-    ) -> tuple[list[tuple[Candidate, _Answer]], tuple[Failure, ...]]:
+    ) -> tuple[list[tuple[Candidate, NodeAnswer]], tuple[Failure, ...]]:
         """The verified answers of ``nodes`` (one slot each), failing nodes replaced by nodes
         of operators not in ``busy``, and the failed attempts."""
         gathered = await gather(
@@ -751,11 +519,7 @@ class InferenceService:
             attempts_per_slot=self._options.attempts_per_slot,
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
-        for failure in gathered.failures:
-            reason = (
-                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
-            )
-            self._observe("node-failure", reason)
+        gathered.report(self._observe)
         return list(gathered.answers), gathered.failures
 
     async def _output_bounds(self, model: Digest) -> OutputBounds:
@@ -776,7 +540,7 @@ class InferenceService:
         request: _Request,
         policy: Policy,
         verdict: Verdict,
-        answers: Sequence[tuple[Candidate, _Answer]],
+        answers: Sequence[tuple[Candidate, NodeAnswer]],
     ) -> list[DisputeRef]:
         """Settle, side by side, the disagreements a verdict leaves before it is logged: the
         pairs :func:`~veriml.verify.policy.disputed_pairs` names."""
@@ -789,7 +553,7 @@ class InferenceService:
         disputes = self._disputes
 
         async def one(
-            defendant: tuple[Candidate, _Answer], challenger: tuple[Candidate, _Answer]
+            defendant: tuple[Candidate, NodeAnswer], challenger: tuple[Candidate, NodeAnswer]
         ) -> DisputeRef | None:
             try:
                 return await disputes.between_nodes(
@@ -814,39 +578,3 @@ class InferenceService:
         for ref in refs:
             self._observe("dispute", ref.winner)
         return refs
-
-
-def _response(
-    spec: JobSpec,
-    verdict: Verdict,
-    answers: Sequence[tuple[Candidate, _Answer]],
-    chosen: _Answer,
-    extra: Mapping[str, str],
-    *,
-    tolerance: bool = False,
-) -> dict[str, Any]:
-    """The answer without its ``log`` member (added once the entry is proved).
-
-    In tolerance mode the answers differ within bounds, so every answer's outputs are
-    returned (``answers``): a client recomputes the verdict from them."""
-    response = {
-        "id": spec.request_id,
-        "model": spec.model.to_text(),
-        "policy": spec.policy,
-        "outputs": chosen.result.to_json(include_inputs=False)["outputs"],
-        "receipts": [a.result.receipt.to_json() for _, a in answers],
-        "nodes": [{"id": n.node_id, "log_index": n.log_index} for n, _ in answers],
-        "verdict": verdict.to_json(),
-    }
-    if tolerance:
-        response["answers"] = [
-            {
-                "node": n.node_id,
-                "outputs": {k: tensor_to_json(v) for k, v in a.result.outputs.items()},
-            }
-            for n, a in answers
-        ]
-    if extra:
-        # Members the log entry's request carries beyond id, digest, model and policy.
-        response["request"] = dict(extra)
-    return response

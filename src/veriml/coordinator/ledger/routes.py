@@ -21,6 +21,7 @@ from veriml.coordinator.schemas import LEDGER_MOVE, LEDGER_STATE
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     SignatureError,
     VerificationError,
 )
@@ -46,7 +47,7 @@ async def _ledger_request(request: Request, op: str) -> tuple[LedgerRequest, Env
     except SignatureError:
         raise
     except VerificationError as exc:
-        raise SignatureError(exc.message, check="ledger-request", **exc.evidence) from exc
+        raise SignatureError(exc.message, check=Check.LEDGER_REQUEST, **exc.evidence) from exc
 
 
 def _fresh(ledger_request: LedgerRequest) -> None:
@@ -56,7 +57,7 @@ def _fresh(ledger_request: LedgerRequest) -> None:
     if skew > dt.timedelta(minutes=5):
         raise VerificationError(
             "the ledger request is stale or from the future",
-            check="freshness",
+            check=Check.FRESHNESS,
             issued_at=ledger_request.issued_at,
         )
 
@@ -103,7 +104,7 @@ async def ledger_deposit(request: Request, book: LedgerDep) -> dict[str, Any]:
     _fresh(ledger_request)
     if ledger_request.account != book.rules.admin:
         raise SignatureError(
-            "deposits must be signed by the ledger's admin key", check="ledger-request"
+            "deposits must be signed by the ledger's admin key", check=Check.LEDGER_REQUEST
         )
     account = str(ledger_request.to)
     entry = DepositEntry(

@@ -35,6 +35,7 @@ from veriml.core.completion import (
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
+    Check,
     DigestMismatchError,
     Error,
     FormatError,
@@ -183,7 +184,7 @@ def _bind(what: str, signed: object, expected: object, node: str) -> None:
     if signed != expected:
         raise VerificationError(
             f"receipt does not answer this request: its {what} differs",
-            check="request-binding",
+            check=Check.REQUEST_BINDING,
             node=node,
             signed=str(signed)[:200],
             expected=str(expected)[:200],
@@ -255,7 +256,7 @@ def check_answer(
     if calculated != output:
         raise DigestMismatchError(
             "the node's tokens and content are not what its receipt signed",
-            check="output",
+            check=Check.OUTPUT,
             expected=output,
             calculated=calculated,
         )
@@ -275,7 +276,7 @@ def _check_prompt(predicate: CompletionPredicate, digest: Digest, count: int, no
     if digest != predicate.prompt_digest or count != predicate.prompt_count:
         raise DigestMismatchError(
             "the node's prompt tokens are not the ones its receipt signed",
-            check="prompt",
+            check=Check.PROMPT,
             expected=f"{predicate.prompt_digest.to_text()} ({predicate.prompt_count})",
             calculated=f"{digest.to_text()} ({count})",
         )
@@ -312,7 +313,7 @@ def _check_embedding(
     if calculated != output:
         raise DigestMismatchError(
             "the node's embeddings are not what its receipt signed",
-            check="output",
+            check=Check.OUTPUT,
             expected=output,
             calculated=calculated,
         )

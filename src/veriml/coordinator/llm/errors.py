@@ -32,7 +32,7 @@ One pure mapping, :func:`openai_error`, turns a veriml error into a status and t
 ``param`` is the request member at fault when the error's evidence names it (``param=``).
 A node that refuses a job for a client error (its prompt does not fit the context, say) is
 reported as that client error: the evidence the node sent back (``param``, ``code``) travels
-in :class:`NodeRefused`.
+in :class:`NodeRefusedError`.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, Final
 
-from veriml.coordinator.nodes.dispatch import JobRejected
+from veriml.coordinator.nodes.dispatch import JobRejectedError
 from veriml.core.errors import (
     ConflictError,
     Error,
@@ -54,7 +54,7 @@ from veriml.core.errors import (
     VerificationError,
 )
 
-__all__ = ["NodeRefused", "OpenAIError", "openai_error"]
+__all__ = ["NodeRefusedError", "OpenAIError", "openai_error"]
 
 OpenAIError = tuple[int, dict[str, Any]]
 """A status and the ``{"error": {...}}`` body."""
@@ -63,7 +63,7 @@ PROMPT_PARAMS: Final = frozenset({"messages", "prompt", "input"})
 _MAX_MESSAGE: Final = 1000
 
 
-class NodeRefused(JobRejected):
+class NodeRefusedError(JobRejectedError):
     """A node refused a completion job with a 4xx problem; ``problem`` is its problem JSON
     (``param`` and ``error`` members say which request member it refused, and why)."""
 
@@ -97,7 +97,7 @@ def _limit_code(param: object) -> str:
     return "request_too_large"
 
 
-def _refused(exc: NodeRefused) -> OpenAIError:
+def _refused(exc: NodeRefusedError) -> OpenAIError:
     """A node's 4xx refusal: a client error when the node says which member is at fault,
     otherwise the coordinator's upstream failed (502)."""
     problem = exc.problem
@@ -117,7 +117,7 @@ def openai_error(exc: Error) -> OpenAIError:
     """The status and OpenAI error body for ``exc`` (the table in the module docstring)."""
     param = exc.evidence.get("param")
     message = exc.diagnostics()
-    if isinstance(exc, NodeRefused):
+    if isinstance(exc, NodeRefusedError):
         return _refused(exc)
     if isinstance(exc, NotFoundError):
         return 404, _body(message, "invalid_request_error", param or "model", "model_not_found")
@@ -135,7 +135,7 @@ def openai_error(exc: Error) -> OpenAIError:
         return 402, _body(message, "insufficient_quota", None, "payment_required")
     if isinstance(exc, NodeUnavailableError):
         return 503, _body(message, "service_unavailable_error", None, "no_nodes_available")
-    if isinstance(exc, JobRejected):
+    if isinstance(exc, JobRejectedError):
         return 502, _body(message, "upstream_error", None, "node_refused")
     if isinstance(exc, VerificationError):
         return 502, _body(message, "upstream_error", None, "verification_failed")

@@ -23,14 +23,15 @@ import base64
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from typing import Annotated, Any, Final, Literal
+from typing import Any, Final, Literal
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import Counter
 
 from veriml.coordinator.auth import capability_header, payment_from_headers, read_signed_body
-from veriml.coordinator.inference.routes import beacon_of, known_size, named_epoch, node_lister
+from veriml.coordinator.deps import CompletionsDep, state_of
+from veriml.coordinator.disputes.service import DisputeService
+from veriml.coordinator.inference.routes import known_size, named_epoch, node_lister
 from veriml.coordinator.llm import schemas as llm_schemas
 from veriml.coordinator.llm.checks import embedding_vectors
 from veriml.coordinator.llm.errors import openai_error
@@ -42,9 +43,10 @@ from veriml.coordinator.llm.service import (
     LLMModel,
     NodeAnswer,
     Prepared,
-    TokenPiece,
 )
+from veriml.coordinator.llm.transport import TokenPiece
 from veriml.coordinator.nodes.scheduler import Candidate
+from veriml.coordinator.state import Resources
 from veriml.core.canonical import parse_json_object
 from veriml.core.completion import RequestKind, relay_digest, relay_model_id, relay_name
 from veriml.core.dsse import Envelope
@@ -57,10 +59,9 @@ __all__ = [
     "RECEIPT_HEADER",
     "chat_body",
     "completion_body",
-    "completion_service",
     "embedding_body",
     "router",
-    "service_from_state",
+    "service_over",
     "veriml_member",
 ]
 
@@ -77,44 +78,12 @@ router = APIRouter(tags=["openai"])
 # -- the service ---------------------------------------------------------------------------------
 
 
-def _observer(state: Any) -> Callable[[str, str], None]:
-    """The service's events as Prometheus counters in the app's registry (created once per
-    app): ``veriml_completion_verdicts_total{policy,outcome}`` and
-    ``veriml_completion_node_failures_total{reason}``."""
-    observe: Callable[[str, str], None] | None = getattr(state, "completion_observer", None)
-    if observe is not None:
-        return observe
-    verdicts = Counter(
-        "veriml_completion_verdicts",
-        "LLM answers logged, by policy kind and verdict",
-        ["policy", "outcome"],
-        registry=state.metrics.registry,
-    )
-    failures = Counter(
-        "veriml_completion_node_failures",
-        "LLM job attempts that failed: no answer (unavailable) or evidence that did not "
-        "verify (unverified)",
-        ["reason"],
-        registry=state.metrics.registry,
-    )
-
-    def count(event: str, value: str) -> None:
-        if event == "verdict":
-            kind, _, outcome = value.partition("/")
-            verdicts.labels(kind, outcome).inc()
-        elif event == "node-failure":
-            failures.labels(value).inc()
-
-    state.completion_observer = count
-    return count
-
-
-def _relay_nodes(state: Any, model: LLMModel) -> list[Candidate]:
+def _relay_nodes(resources: Resources, model: LLMModel) -> list[Candidate]:
     """Live relay nodes serving ``relay:NAME`` that the ledger lets receive jobs, as the
     scheduler sees them: serving the stand-in digest the request is bound to."""
     wanted = relay_model_id(str(model.relay))
-    now, live = time.time(), state.settings.live_after
-    ledger = state.ledger.state()
+    now, live = time.time(), resources.settings.live_after
+    ledger = resources.ledger.state()
     return [
         Candidate.of(
             row,
@@ -123,22 +92,22 @@ def _relay_nodes(state: Any, model: LLMModel) -> list[Candidate]:
             models=(model.digest.to_text(),),
             reputation=ledger.reputation_of(row.node_id),
         )
-        for row in state.nodes.all()
+        for row in resources.nodes.all()
         if row.is_live(now, live)
         and RELAY_ENGINE in row.engines
         and wanted in row.models
-        and state.ledger.schedulable(row.node_id)
+        and resources.ledger.schedulable(row.node_id)
     ]
 
 
-def service_from_state(state: Any) -> CompletionService:
-    """The completion service over what the app's lifespan put on ``app.state``."""
-    settings, models = state.settings, state.models
-    llama_nodes = node_lister(state, engine=LLM_ENGINE)
+def service_over(resources: Resources, disputes: DisputeService) -> CompletionService:
+    """The app's completion service over its resources and its dispute service."""
+    settings, models = resources.settings, resources.models
+    llama_nodes = node_lister(resources, engine=LLM_ENGINE)
 
     def list_nodes(model: LLMModel) -> list[Candidate]:
         if model.relay is not None:
-            return _relay_nodes(state, model)
+            return _relay_nodes(resources, model)
         return llama_nodes(model.digest)
 
     def resolve_model(ref: str) -> LLMModel:
@@ -156,7 +125,7 @@ def service_from_state(state: Any) -> CompletionService:
                 model=ref[:200],
             )
         context = record.io.get("context_length")
-        provenance = state.hub.provenance(record.digest)
+        provenance = resources.hub.provenance(record.digest)
         return LLMModel(
             record.digest,
             context if isinstance(context, int) else None,
@@ -164,36 +133,24 @@ def service_from_state(state: Any) -> CompletionService:
         )
 
     return CompletionService(
-        engine=state.engine,
-        log=state.log,
-        key=state.coordinator_key,
-        http=state.http,
+        engine=resources.engine,
+        log=resources.log,
+        key=resources.coordinator_key,
+        http=resources.http,
         resolve_model=resolve_model,
         list_nodes=list_nodes,
-        node_failed=state.nodes.mark_failed,
-        observe=_observer(state),
+        node_failed=resources.nodes.mark_failed,
+        observe=resources.metrics.observer("completion"),
         options=CompletionOptions(
             job_timeout=settings.job_timeout,
             attempts_per_slot=settings.max_job_attempts,
             live_within=settings.live_after,
             max_result_bytes=settings.max_json_bytes,
         ),
-        ledger=getattr(state, "ledger", None),
-        disputes=getattr(state, "disputes", None),
-        beacon=beacon_of(state),
+        ledger=resources.ledger,
+        disputes=disputes,
+        beacon=resources.beacon,
     )
-
-
-def completion_service(request: Request) -> CompletionService:
-    """The app's completion service (built by the lifespan, or here on first use)."""
-    state = request.app.state
-    service: CompletionService | None = getattr(state, "completions", None)
-    if service is None:
-        service = state.completions = service_from_state(state)
-    return service
-
-
-Service = Annotated[CompletionService, Depends(completion_service)]
 
 
 # -- request parsing -----------------------------------------------------------------------------
@@ -202,7 +159,7 @@ Service = Annotated[CompletionService, Depends(completion_service)]
 async def _parse(request: Request) -> tuple[dict[str, Any], str, str | None, str | None]:
     """The OpenAI body (without ``veriml``), the policy text, the signing client and the
     visibility the requester chose (``veriml.visibility``)."""
-    limit = request.app.state.settings.max_json_bytes
+    limit = state_of(request).settings.max_json_bytes
     raw, client = await read_signed_body(request, limit, idempotent=True)
     body = parse_json_object(raw, what="request body")
     extension = body.pop("veriml", None)
@@ -505,7 +462,7 @@ async def _complete(
             visibility=visibility,
         )
         if stream:
-            settings = request.app.state.settings
+            settings = state_of(request).settings
             return StreamingResponse(
                 _stream(service, prepared, model, include_usage, settings.sse_keepalive),
                 media_type=SSE,
@@ -528,7 +485,7 @@ async def _complete(
     responses=_RESPONSES,
     openapi_extra=llm_schemas.OPENAI_CHAT,
 )
-async def create_chat_completion(request: Request, service: Service) -> Response:
+async def create_chat_completion(request: Request, service: CompletionsDep) -> Response:
     """OpenAI ``chat.completion`` (``stream: true``: SSE chunks) with a ``veriml`` member."""
     return await _complete(request, service, "chat.completion", chat_body)
 
@@ -540,7 +497,7 @@ async def create_chat_completion(request: Request, service: Service) -> Response
     responses=_RESPONSES,
     openapi_extra=llm_schemas.OPENAI_COMPLETION,
 )
-async def create_completion(request: Request, service: Service) -> Response:
+async def create_completion(request: Request, service: CompletionsDep) -> Response:
     """OpenAI ``text_completion`` (``stream: true``: SSE chunks) with a ``veriml`` member."""
     return await _complete(request, service, "text_completion", completion_body)
 
@@ -552,7 +509,7 @@ async def create_completion(request: Request, service: Service) -> Response:
     responses=_RESPONSES,
     openapi_extra=llm_schemas.OPENAI_EMBEDDING,
 )
-async def create_embedding(request: Request, service: Service) -> Response:
+async def create_embedding(request: Request, service: CompletionsDep) -> Response:
     """OpenAI embedding ``list`` (``encoding_format`` float or base64) with a ``veriml``
     member."""
     try:

@@ -12,7 +12,8 @@ canonical request (docs/llm.md, "Canonical request") in place of input tensors:
 3. pick nodes of distinct operators that run ``llama.cpp`` (``NodeUnavailableError`` -> 503), sign
    each a job carrying the request's digest, and post it with the request;
 4. stream the first answering node's tokens to the caller while it generates (NDJSON from the
-   node; :class:`TokenSink` keeps the stream to one node's tokens even when nodes fail);
+   node, :mod:`~veriml.coordinator.llm.transport`; its ``TokenSink`` keeps the stream to one
+   node's tokens even when nodes fail);
 5. verify every answer (:mod:`~veriml.coordinator.llm.checks`): the completion
    receipt under the node's **registered** key, its binding to this request (id, digest,
    model, policy, sampling), and the prompt and output digests recomputed from the token ids
@@ -31,11 +32,10 @@ any inference (:mod:`veriml.coordinator.db.inferences`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -44,7 +44,8 @@ import numpy.typing as npt
 from sqlalchemy.engine import Engine
 
 from veriml.coordinator.db.inferences import InferenceStore, PendingInference
-from veriml.coordinator.inference.service import (
+from veriml.coordinator.disputes.llm import PrefillReferee
+from veriml.coordinator.inference.requests import (
     EpochSource,
     RequestDraws,
     answer_cites,
@@ -58,15 +59,12 @@ from veriml.coordinator.llm.checks import (
     CompletionAnswer,
     CompletionJob,
     NodeAnswer,
-    PrefillVouch,
     answer_from_stored,
     check_answer,
-    check_prefill,
     output_json,
     parse_policy,
 )
-from veriml.coordinator.llm.errors import NodeRefused
-from veriml.coordinator.nodes.dispatch import node_problem
+from veriml.coordinator.llm.transport import NodeTransport, TokenPiece, TokenSink
 from veriml.coordinator.nodes.scheduler import (
     Candidate,
     Failure,
@@ -81,12 +79,10 @@ from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
     ConflictError,
-    Error,
     FormatError,
     NodeUnavailableError,
     NotFoundError,
     StorageError,
-    VerificationError,
 )
 from veriml.core.keys import SigningKey
 from veriml.ledger.entries import InferenceEntry
@@ -98,9 +94,7 @@ from veriml.verify.policy import (
     Policy,
     SpotReveal,
     Verdict,
-    Winner,
     decide,
-    disputed_pairs,
     spot_checked,
     spot_commitment,
 )
@@ -118,14 +112,10 @@ __all__ = [
     "LLMModel",
     "NodeAnswer",
     "Prepared",
-    "TokenPiece",
-    "TokenSink",
 ]
 
 LLM_ENGINE: Final = "llama.cpp"
 """The engine a node's descriptor lists when it runs GGUF models."""
-NDJSON: Final = "application/x-ndjson"
-_MAX_ERROR_BYTES: Final = 64 << 10
 _log = logging.getLogger(__name__)
 
 Array = npt.NDArray[Any]
@@ -164,14 +154,6 @@ class CompletionOptions:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenPiece:
-    """One generated token as streamed to the caller: its id and decoded text."""
-
-    token: int
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
 class Prepared:
     """A request checked and ready to run: nothing has been sent to a node yet."""
 
@@ -187,86 +169,6 @@ class Prepared:
     provenance: tuple[int, int | None] | None = None
     payment: Envelope | None = None
     known_size: int | None = None
-
-
-class TokenSink:
-    """Forwards the tokens of one node at a time to ``emit``.
-
-    Every node of a request streams; the first to send a token owns the stream. If the owner
-    fails, the next node to stream takes over and its first tokens are skipped up to the number
-    already forwarded: with the same seed every honest node generates the same tokens, so the
-    caller sees each token once. (The final ``veriml`` object is authoritative either way.)
-    """
-
-    def __init__(self, emit: Callable[[TokenPiece], None]) -> None:
-        self._emit = emit
-        self._owner: str | None = None
-        self._sent = 0
-        self._seen: dict[str, int] = {}
-
-    def feed(self, node_id: str, piece: TokenPiece) -> None:
-        """A token from ``node_id``, forwarded if that node owns (or may take) the stream."""
-        if self._owner is None:
-            self._owner = node_id
-        if node_id != self._owner:
-            return
-        position = self._seen.get(node_id, 0)
-        self._seen[node_id] = position + 1
-        if position >= self._sent:
-            self._sent += 1
-            self._emit(piece)
-
-    def failed(self, node_id: str) -> None:
-        """``node_id`` failed: another node may take over the stream."""
-        if self._owner == node_id:
-            self._owner = None
-        self._seen.pop(node_id, None)
-
-
-async def _lines(response: httpx.Response, limit: int, node: str) -> AsyncIterator[bytes]:
-    """The response body's lines, the whole body bounded by ``limit`` bytes."""
-    buffer = b""
-    size = 0
-    async for chunk in response.aiter_bytes():
-        size += len(chunk)
-        if size > limit:
-            raise VerificationError(
-                "node answer is larger than the limit", check="result", node=node, limit=limit
-            )
-        buffer += chunk
-        *lines, buffer = buffer.split(b"\n")
-        for line in lines:
-            if line.strip():
-                yield line
-    if buffer.strip():
-        yield buffer
-
-
-def _event(line: bytes, node: str) -> dict[str, Any]:
-    try:
-        event = json.loads(line)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise VerificationError("node streamed a line that is not JSON", node=node) from exc
-    if not isinstance(event, dict):
-        raise VerificationError("node streamed a line that is not a JSON object", node=node)
-    return event
-
-
-def _problem(data: bytes) -> dict[str, Any]:
-    try:
-        parsed = json.loads(data)
-    except (ValueError, UnicodeDecodeError):
-        return {"detail": data[:300].decode("utf-8", "replace")}
-    return parsed if isinstance(parsed, dict) else {"detail": str(parsed)[:300]}
-
-
-def _failed(node: str, status: int, problem: Mapping[str, Any]) -> Error:
-    """The error for a node's failure status (or streamed ``error``) and its problem JSON."""
-    if 400 <= status < 500:
-        return NodeRefused("node refused the job", node=node, status=status, problem=problem)
-    return NodeUnavailableError(
-        "node failed the job", node=node, status=status, detail=str(problem.get("detail"))[:300]
-    )
 
 
 class CompletionService:
@@ -298,15 +200,26 @@ class CompletionService:
         beacon: EpochSource | None = None,
     ) -> None:
         self._log = log
-        self._disputes = disputes
         self._key = key
-        self._http = http
         self._resolve_model = resolve_model
         self._list_nodes = list_nodes
-        self._node_failed = node_failed
         self._observe = observe or (lambda event, value: None)
         self._options = options or CompletionOptions()
         self._ledger = ledger
+        self._transport = NodeTransport(
+            http,
+            timeout=self._options.job_timeout,
+            max_result_bytes=self._options.max_result_bytes,
+            node_failed=node_failed,
+        )
+        self._referee = PrefillReferee(
+            key=key,
+            transport=self._transport,
+            choose=self._choose,
+            observe=self._observe,
+            options=self._options,
+            disputes=disputes,
+        )
         self._draws = RequestDraws(beacon=beacon, ledger=ledger)
         self._store = InferenceStore(engine, log, publish_timeout=self._options.publish_timeout)
 
@@ -497,21 +410,23 @@ class CompletionService:
         evidence = [(n, a.receipt) for n, a in answers]
         disputes: list[DisputeRef] = []
         if policy.kind == "prefill":
-            check = await self._prefill(prepared, answers[0])
+            check = await self._referee.prefill(prepared, answers[0])
             if check is not None:
                 triples.append((check.node.node_id, check.node.operator, check.vouched))
                 evidence.append((check.node, check.receipt))
                 rejected = check.vouched != {OUTPUT: answers[0][1].output}
                 if (
-                    self._disputes is not None
+                    self._referee.hosts_disputes
                     and rejected
-                    and await self._confirmed(prepared, answers[0], check)
+                    and await self._referee.confirmed(prepared, answers[0], check)
                 ):
                     # The checker's failed (and confirmed) check convicts the generator; it is
                     # the challenger.
                     checking = (check.node, answers[0][1])
                     disputes.append(
-                        await self._record(prepared, answers[0], checking, check, "challenger")
+                        await self._referee.record(
+                            prepared, answers[0], checking, check, "challenger"
+                        )
                     )
         # 6. The verdict, from the verified answers; the disagreements it leaves are settled
         # first, and the verdict decided again with their outcomes.
@@ -519,7 +434,7 @@ class CompletionService:
         verdict = decide(
             policy, triples, spot=spot, disputes=disputes, final_after=final_after, draw=draw
         )
-        dissent = await self._settle_dissent(prepared, answers, verdict)
+        dissent = await self._referee.settle_dissent(prepared, answers, verdict)
         if dissent:
             verdict = decide(
                 policy,
@@ -544,7 +459,7 @@ class CompletionService:
         completion the answer returned. If the check fails, ``node_id`` is convicted and
         ``account`` rewarded; if it passes, the challenge fails and ``account`` loses its bond.
         """
-        if self._disputes is None:
+        if not self._referee.hosts_disputes:
             raise StorageError("this coordinator hosts no disputes")
         answer = answer_from_stored(stored).answer
         if answer.predicate.node_id != node_id:
@@ -570,195 +485,7 @@ class CompletionService:
             spot=answer.predicate.spot,
         )
         prepared = Prepared(job, Policy("none"), tuple(candidates))
-        pair = (defendant, answer)
-        check = await self._prefill(prepared, pair, avoid=frozenset({defendant.operator}))
-        if check is None:
-            raise NodeUnavailableError("no node of another operator could check the completion")
-        rejected = check.vouched != {OUTPUT: answer.output}
-        if rejected and not await self._confirmed(prepared, pair, check):
-            raise NodeUnavailableError(
-                "the completion's rejection could not be confirmed by a second operator: "
-                "nobody is convicted on one check",
-                node=node_id,
-            )
-        ref = await self._disputes.settle_checked(
-            inference=job.request_id,
-            defendant=node_id,
-            receipt=answer.receipt,
-            challenger=account,
-            outputs={},
-            winner="challenger" if rejected else "defendant",
-            claims={"defendant": answer.output},
-            referee={"prefill-check": Digest.of(check.receipt.payload)},
-            op_type="prefill",
-            step=check.first_failure,
-            challenger_node=False,
-            bond=self._disputes.options.challenge_bond,
-        )
-        self._observe("dispute", ref.winner)
-        return ref
-
-    async def _settle_dissent(
-        self,
-        prepared: Prepared,
-        answers: Sequence[tuple[Candidate, NodeAnswer]],
-        verdict: Verdict,
-    ) -> list[DisputeRef]:
-        """The disagreements ``verdict`` leaves (:func:`~veriml.verify.policy.disputed_pairs`:
-        a ``spot`` check that came out different, the primary against the checker; under
-        ``quorum``, dissenting answers against an agreeing one), each settled by prefill checks
-        (:meth:`_arbitrate`)."""
-        if self._disputes is None or prepared.job.kind == "embedding" or len(answers) < 2:
-            return []
-        parties = [(n.node_id, n.operator) for n, _ in answers]
-        pairs = [
-            (answers[d], answers[c]) for d, c in disputed_pairs(prepared.policy, verdict, parties)
-        ]
-        settled = await asyncio.gather(*(self._arbitrate(prepared, d, c) for d, c in pairs))
-        return [ref for ref in settled if ref is not None]
-
-    async def _arbitrate(
-        self,
-        prepared: Prepared,
-        defendant: tuple[Candidate, NodeAnswer],
-        challenger: tuple[Candidate, NodeAnswer],
-    ) -> DisputeRef | None:
-        """Two nodes gave different completions of one request (same seed, same sampling):
-        a third operator's node prefill-checks the defendant's, then, if that passes, the
-        challenger's. The one whose check fails loses (``none`` when both pass); the settlement
-        is logged with the signed check it rests on. None when no node of a third operator
-        answered: the parties' own operators never check, or one operator's word (the
-        challenger's, checking its own claim) would convict another."""
-        assert self._disputes is not None
-        avoid = frozenset({defendant[0].operator, challenger[0].operator})
-        check = await self._prefill(prepared, defendant, avoid=avoid, strict=True)
-        if check is None:
-            return None
-        # The losing side is held wrong by two operators: the third operator's check, and
-        # the other side's own different completion.
-        if check.vouched != {OUTPUT: defendant[1].output}:
-            return await self._record(prepared, defendant, challenger, check, "challenger")
-        other = await self._prefill(prepared, challenger, avoid=avoid, strict=True)
-        if other is None:
-            return None
-        if other.vouched != {OUTPUT: challenger[1].output}:
-            return await self._record(prepared, defendant, challenger, other, "defendant")
-        return await self._record(prepared, defendant, challenger, check, "none")
-
-    async def _record(
-        self,
-        prepared: Prepared,
-        defendant: tuple[Candidate, NodeAnswer],
-        challenger: tuple[Candidate, NodeAnswer],
-        check: PrefillVouch,
-        winner: Winner,
-    ) -> DisputeRef:
-        """Log a dispute ``check`` settled: its challenge and settlement in one append. The
-        challenger is the node that answered differently or, under ``prefill``, the checking
-        node itself (then it claims no output of its own)."""
-        assert self._disputes is not None
-        claims = {"defendant": defendant[1].output}
-        checking = challenger[0].node_id == check.node.node_id
-        if not checking:
-            claims["challenger"] = challenger[1].output
-        ref = await self._disputes.settle_checked(
-            inference=prepared.job.request_id,
-            defendant=defendant[0].node_id,
-            receipt=defendant[1].receipt,
-            challenger=challenger[0].node_id,
-            outputs={} if "challenger" not in claims else {OUTPUT: challenger[1].output},
-            winner=winner,
-            claims=claims,
-            referee={"prefill-check": Digest.of(check.receipt.payload)},
-            op_type="prefill",
-            step=check.first_failure,
-            # The challenger signs in with its own statement about the request: the checking
-            # node's signed prefill check, or the other node's completion receipt.
-            statement=check.receipt if checking else challenger[1].receipt,
-        )
-        self._observe("dispute", winner)
-        return ref
-
-    async def _prefill(
-        self,
-        prepared: Prepared,
-        primary: tuple[Candidate, NodeAnswer],
-        *,
-        avoid: frozenset[str] = frozenset(),
-        strict: bool = False,
-    ) -> PrefillVouch | None:
-        """``prefill``: a node of another operator checks the primary's completion (failing
-        checkers replaced like any node); None when no such node answered. Operators in
-        ``avoid`` (the parties of a disagreement) check only when no other operator can, or,
-        ``strict``, never."""
-        generator, answer = primary
-        tried, busy = frozenset({generator.node_id}), frozenset({generator.operator})
-        if strict:
-            busy |= avoid
-        first = self._choose(prepared, 1, tried, busy | avoid) or self._choose(
-            prepared, 1, tried, busy
-        )
-        if not first:
-            _log.warning(
-                "prefill check of %s: no node of another operator", prepared.job.request_id
-            )
-            return None
-        gathered = await gather(
-            first,
-            lambda node: self._check(node, prepared.job, answer),
-            lambda t, used: next(
-                iter(self._choose(prepared, 1, frozenset(t) | tried, frozenset(used) | busy)),
-                None,
-            ),
-            attempts_per_slot=self._options.attempts_per_slot,
-            timeout=self._options.job_timeout * self._options.attempts_per_slot,
-        )
-        for failure in gathered.failures:
-            reason = (
-                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
-            )
-            self._observe("node-failure", reason)
-        return gathered.answers[0][1] if gathered.answers else None
-
-    async def _confirmed(
-        self,
-        prepared: Prepared,
-        primary: tuple[Candidate, NodeAnswer],
-        check: PrefillVouch,
-        avoid: frozenset[str] = frozenset(),
-    ) -> bool:
-        """Whether a check that rejected ``primary``'s completion is confirmed by a second
-        check, by a node of yet another operator. A conviction rests on two independent
-        operators' signed, re-runnable checks, so one lying checker (a party that bought an
-        operator account) cannot get an honest node slashed. Unconfirmed (the second check
-        accepts, or no third operator can check): nobody is convicted."""
-        others = avoid | {primary[0].operator, check.node.operator}
-        second = await self._prefill(prepared, primary, avoid=others, strict=True)
-        confirmed = second is not None and second.vouched != {OUTPUT: primary[1].output}
-        if not confirmed:
-            _log.warning(
-                "prefill rejection of %s by %s not confirmed by another operator: no conviction",
-                prepared.job.request_id,
-                check.node.node_id,
-            )
-        return confirmed
-
-    async def _check(self, node: Candidate, job: CompletionJob, answer: NodeAnswer) -> PrefillVouch:
-        """One prefill job: post the completion, verify the signed report under the checking
-        node's registered key and that it is about this receipt, model and request."""
-        timeout = self._options.job_timeout
-        envelope = job.sign_for(node.node_id, self._key, timeout=timeout, kind="prefill")
-        body = {
-            "job": envelope.to_json(),
-            "request": dict(job.canonical),
-            "completion": {
-                "receipt": answer.receipt.to_json(),
-                "prompt_tokens": list(answer.prompt_tokens),
-                "completion_tokens": list(answer.completion_tokens),
-            },
-        }
-        result = await self._tracked(node, self._post(node, body, None))
-        return check_prefill(result, node, node_key(node.public_key), job, answer)
+        return await self._referee.challenge(prepared, defendant, answer, account=account)
 
     async def _log_answer(
         self,
@@ -848,11 +575,7 @@ class CompletionService:
             attempts_per_slot=self._options.attempts_per_slot,
             timeout=self._options.job_timeout * self._options.attempts_per_slot,
         )
-        for failure in gathered.failures:
-            reason = (
-                "unavailable" if isinstance(failure.error, NodeUnavailableError) else "unverified"
-            )
-            self._observe("node-failure", reason)
+        gathered.report(self._observe)
         return list(gathered.answers), gathered.failures
 
     async def _attempt(
@@ -862,7 +585,7 @@ class CompletionService:
         envelope = job.sign_for(node.node_id, self._key, timeout=self._options.job_timeout)
         body = {"job": envelope.to_json(), "request": dict(job.canonical)}
         try:
-            result = await self._tracked(node, self._post(node, body, sink))
+            result = await self._transport.post(node, body, sink)
             return check_answer(
                 result,
                 node,
@@ -873,82 +596,3 @@ class CompletionService:
         finally:
             if sink is not None:
                 sink.failed(node.node_id)  # a no-op for a node that answered: it has finished
-
-    async def _tracked(
-        self, node: Candidate, call: Awaitable[Mapping[str, Any]]
-    ) -> Mapping[str, Any]:
-        """Await ``call``; a node that did not answer is reported (``node_failed``) so the
-        scheduler leaves it out until it heartbeats."""
-        try:
-            return await call
-        except NodeUnavailableError:
-            if self._node_failed is not None:
-                await asyncio.to_thread(self._node_failed, node.node_id)
-            raise
-
-    async def _post(
-        self, node: Candidate, body: Mapping[str, Any], sink: TokenSink | None
-    ) -> Mapping[str, Any]:
-        """Post a job body to ``node`` and read its answer: an NDJSON stream (tokens, then the
-        result) or one JSON result."""
-        timeout = self._options.job_timeout
-        url = node.endpoint.rstrip("/") + "/v1/jobs"
-        headers = {"Accept": NDJSON}
-        limit = self._options.max_result_bytes
-        try:
-            async with self._http.stream(
-                "POST", url, json=body, headers=headers, timeout=httpx.Timeout(timeout)
-            ) as response:
-                status = response.status_code
-                if status >= 400:
-                    data = b""
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > _MAX_ERROR_BYTES:
-                            break
-                    raise _failed(node.node_id, status, _problem(data))
-                if status != 200:
-                    raise VerificationError(
-                        "node answered with an unexpected status",
-                        check="result",
-                        node=node.node_id,
-                        status=status,
-                    )
-                return await self._read_result(response, node.node_id, sink, limit)
-        except httpx.TimeoutException as exc:
-            raise NodeUnavailableError(
-                "node did not answer in time", node=node.node_id, endpoint=node.endpoint
-            ) from exc
-        except httpx.HTTPError as exc:
-            raise NodeUnavailableError(
-                "node could not be reached",
-                node=node.node_id,
-                endpoint=node.endpoint,
-                reason=type(exc).__name__,
-            ) from exc
-
-    async def _read_result(
-        self, response: httpx.Response, node: str, sink: TokenSink | None, limit: int
-    ) -> Mapping[str, Any]:
-        streamed = response.headers.get("content-type", "").startswith(NDJSON)
-        async for line in _lines(response, limit, node):
-            event = _event(line, node)
-            if not streamed:
-                return event
-            if "token" in event:
-                token, text = event.get("token"), event.get("text", "")
-                if not isinstance(token, int) or isinstance(token, bool):
-                    raise VerificationError("node streamed a token that is not an id", node=node)
-                if sink is not None:
-                    sink.feed(node, TokenPiece(token, text if isinstance(text, str) else ""))
-            elif isinstance(event.get("result"), dict):
-                return dict(event["result"])
-            elif isinstance(event.get("error"), dict):
-                # A streamed error is summarised like an error answer: nothing a node says in
-                # it reaches a client but its status and check names (no SSRF echo).
-                status = event["error"].get("status", 500)
-                status = status if isinstance(status, int) and 400 <= status < 600 else 500
-                raise _failed(node, status, node_problem(status, event["error"]))
-            else:
-                raise VerificationError("node streamed an unknown event", node=node)
-        raise VerificationError("node's answer ended without a result", check="result", node=node)

@@ -5,7 +5,8 @@ seed) is ``HMAC(k_e, request id)`` under the key of the current **epoch**
 (:mod:`veriml.protocol.draw`). :class:`Beacon` keeps those keys:
 
 1. a new epoch's key is drawn from the CSPRNG and stored in ``beacon_keys`` (the coordinator's
-   database, shared by replicas) before anything is logged;
+   database, shared by replicas; :mod:`veriml.coordinator.db.beacon`) before anything is
+   logged;
 2. one ``beacon`` entry commits to it and reveals the key of the epoch before the previous one
    (``REVEAL_LAG``: requests draw from the current epoch and may be logged in the next, so a
    key is revealed only once every job drawn from it has long expired; the ledger's fold checks
@@ -24,14 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-import time
 from dataclasses import dataclass
 
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
-
-from veriml.coordinator.db import tables as db
+from veriml.coordinator.db.beacon import BeaconKeyRepository
 from veriml.coordinator.ledger.service import LedgerBook
 from veriml.core.errors import Error, StorageError
 from veriml.core.timestamps import utc_now
@@ -62,10 +58,10 @@ class Beacon:
     """The coordinator's epochs (module docstring): :meth:`open` at start-up, :meth:`current`
     per request, :meth:`run` in the background."""
 
-    def __init__(self, engine: Engine, book: LedgerBook, *, interval: float) -> None:
+    def __init__(self, keys: BeaconKeyRepository, book: LedgerBook, *, interval: float) -> None:
         if not interval > 0:
             raise StorageError("the beacon interval must be positive", interval=interval)
-        self._engine = engine
+        self._keys = keys
         self._book = book
         self.interval = interval
         self._current: Epoch | None = None
@@ -92,9 +88,11 @@ class Beacon:
             state = await asyncio.to_thread(self._book.refresh)
             number = state.epoch
             if number is not None:
-                key = await asyncio.to_thread(self._key, number)
+                key = await asyncio.to_thread(self._keys.key, number)
                 if key is not None:
-                    before = None if number == 0 else await asyncio.to_thread(self._key, number - 1)
+                    before = (
+                        None if number == 0 else await asyncio.to_thread(self._keys.key, number - 1)
+                    )
                     self._previous = (
                         None
                         if before is None
@@ -122,48 +120,16 @@ class Beacon:
     async def _begin(self, latest: int | None) -> Epoch:
         number = 0 if latest is None else latest + 1
         revealed = number - REVEAL_LAG
-        previous = None if revealed < 0 else await asyncio.to_thread(self._key, revealed)
+        previous = None if revealed < 0 else await asyncio.to_thread(self._keys.key, revealed)
         key = secrets.token_bytes(KEY_SIZE)
-        await asyncio.to_thread(self._store, number, key)
+        await asyncio.to_thread(self._keys.store, number, key)
         entry = BeaconEntry(number, beacon_commitment(key), utc_now(), previous)
         if revealed >= 0 and previous is None:
             _log.warning("epoch %d's key is lost: it is never revealed", revealed)
         indices = await self._book.append([entry])
-        await asyncio.to_thread(self._logged, number, indices[0])
+        await asyncio.to_thread(self._keys.logged, number, indices[0])
         current = self._current
         self._previous = current if current is not None and current.number == number - 1 else None
         self._current = Epoch(number, key, indices[0])
         _log.info("beacon epoch %d begins (log index %d)", number, indices[0])
         return self._current
-
-    def _key(self, number: int) -> bytes | None:
-        query = sa.select(db.beacon_keys.c.key).where(db.beacon_keys.c.epoch == number)
-        try:
-            with self._engine.connect() as conn:
-                found = conn.execute(query).scalar()
-        except SQLAlchemyError as exc:
-            raise StorageError("cannot read the beacon keys", reason=type(exc).__name__) from exc
-        return None if found is None else bytes.fromhex(str(found))
-
-    def _store(self, number: int, key: bytes) -> None:
-        row = {"epoch": number, "key": key.hex(), "created_at": time.time(), "log_index": None}
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(sa.delete(db.beacon_keys).where(db.beacon_keys.c.epoch == number))
-                conn.execute(sa.insert(db.beacon_keys), [row])
-        except IntegrityError as exc:
-            raise StorageError("another replica began this epoch", epoch=number) from exc
-        except SQLAlchemyError as exc:
-            raise StorageError("cannot store the beacon key", reason=type(exc).__name__) from exc
-
-    def _logged(self, number: int, index: int) -> None:
-        query = (
-            sa.update(db.beacon_keys)
-            .where(db.beacon_keys.c.epoch == number)
-            .values(log_index=index)
-        )
-        try:
-            with self._engine.begin() as conn:
-                conn.execute(query)
-        except SQLAlchemyError as exc:
-            raise StorageError("cannot record the beacon entry", reason=type(exc).__name__) from exc

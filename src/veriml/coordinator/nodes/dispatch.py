@@ -11,7 +11,7 @@ Failures are sorted by what the caller can do about them::
                          the node is at fault or busy; try another node
     VerificationError    the node answered 2xx with something that is not a result document:
                          the node is at fault; try another node
-    JobRejected          4xx: the node refused this job (bad signature, wrong addressee,
+    JobRejectedError          4xx: the node refused this job (bad signature, wrong addressee,
                          replay, expired, inputs that do not match); another node would refuse
                          the same job for the same reason, so the request fails
 
@@ -47,7 +47,7 @@ from veriml.coordinator.nodes.scheduler import Candidate
 from veriml.coordinator.problems import PROBLEM_TYPE
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope
-from veriml.core.errors import Error, ExecutionError, NodeUnavailableError, VerificationError
+from veriml.core.errors import Check, Error, ExecutionError, NodeUnavailableError, VerificationError
 from veriml.core.keys import SigningKey
 from veriml.protocol.jobs import Job
 from veriml.protocol.messages import format_time
@@ -56,13 +56,14 @@ from veriml.runtime import RunResult
 
 __all__ = [
     "DEFAULT_MAX_RESULT_BYTES",
-    "JobRejected",
+    "JobRejectedError",
     "JobSpec",
     "PerHostTransport",
     "dispatch",
     "node_problem",
     "retain_until",
     "sign_job",
+    "unreachable",
 ]
 
 DEFAULT_MAX_RESULT_BYTES = 256 * 1024 * 1024
@@ -73,7 +74,7 @@ _PARAM = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{0,63}")  # a request member
 _RETRY_AFTER = re.compile(r"[0-9]{1,6}")
 
 
-class JobRejected(ExecutionError):
+class JobRejectedError(ExecutionError):
     """A node refused a job with a 4xx answer; ``status`` and ``detail`` are the node's."""
 
     def __init__(self, message: str, *, node: str, status: int, detail: str) -> None:
@@ -252,7 +253,7 @@ async def _read_bounded(response: httpx.Response, limit: int, node: str) -> byte
     declared = response.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise VerificationError(
-            "node answer is larger than the limit", check="result", node=node, limit=limit
+            "node answer is larger than the limit", check=Check.RESULT, node=node, limit=limit
         )
     chunks: list[bytes] = []
     size = 0
@@ -260,10 +261,25 @@ async def _read_bounded(response: httpx.Response, limit: int, node: str) -> byte
         size += len(chunk)
         if size > limit:
             raise VerificationError(
-                "node answer is larger than the limit", check="result", node=node, limit=limit
+                "node answer is larger than the limit", check=Check.RESULT, node=node, limit=limit
             )
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def unreachable(node: Candidate, exc: httpx.HTTPError) -> NodeUnavailableError:
+    """The error for a job post to ``node`` that got no answer: in time, or at all (which
+    transport error, never its text)."""
+    if isinstance(exc, httpx.TimeoutException):
+        return NodeUnavailableError(
+            "node did not answer in time", node=node.node_id, endpoint=node.endpoint
+        )
+    return NodeUnavailableError(
+        "node could not be reached",
+        node=node.node_id,
+        endpoint=node.endpoint,
+        reason=type(exc).__name__,
+    )
 
 
 async def dispatch(
@@ -286,17 +302,8 @@ async def dispatch(
     try:
         async with http.stream("POST", url, json=body, timeout=httpx.Timeout(timeout)) as response:
             data = await _read_bounded(response, max_result_bytes, node.node_id)
-    except httpx.TimeoutException as exc:
-        raise NodeUnavailableError(
-            "node did not answer in time", node=node.node_id, endpoint=node.endpoint
-        ) from exc
     except httpx.HTTPError as exc:
-        raise NodeUnavailableError(
-            "node could not be reached",
-            node=node.node_id,
-            endpoint=node.endpoint,
-            reason=type(exc).__name__,
-        ) from exc
+        raise unreachable(node, exc) from exc
     status = response.status_code
     if status >= 500:
         raise NodeUnavailableError(
@@ -306,7 +313,7 @@ async def dispatch(
             detail=_problem_detail(status, data),
         )
     if status >= 400:
-        raise JobRejected(
+        raise JobRejectedError(
             "node refused the job",
             node=node.node_id,
             status=status,
@@ -315,7 +322,7 @@ async def dispatch(
     if status != 200:
         raise VerificationError(
             "node answered with an unexpected status",
-            check="result",
+            check=Check.RESULT,
             node=node.node_id,
             status=status,
         )
@@ -325,7 +332,7 @@ async def dispatch(
         # Which error, not its text: the text may quote what answered (module docstring).
         raise VerificationError(
             "node answered with something that is not a result document",
-            check="result",
+            check=Check.RESULT,
             node=node.node_id,
             reason=type(exc).__name__,
         ) from exc

@@ -38,6 +38,7 @@ from veriml.coordinator.settings import Settings
 from veriml.core.canonical import parse_json_object
 from veriml.core.dsse import Envelope
 from veriml.core.errors import (
+    Check,
     ConflictError,
     LimitExceededError,
     NotFoundError,
@@ -77,7 +78,7 @@ def parse_envelope(body: bytes) -> Envelope:
     (403), not as malformed."""
     obj = parse_json_object(body, what="DSSE envelope")
     if obj.get("signatures") in ([], None):
-        raise SignatureError("the message is unsigned", check="signature")
+        raise SignatureError("the message is unsigned", check=Check.SIGNATURE)
     return Envelope.from_json(obj)
 
 
@@ -147,14 +148,14 @@ class RegistryService:
         heartbeat = Heartbeat.open(envelope, VerifyingKey.from_pem(row.public_key.encode()))
         if heartbeat.node_id != node_id:
             raise VerificationError(
-                "heartbeat names another node", check="heartbeat", node=heartbeat.node_id
+                "heartbeat names another node", check=Check.HEARTBEAT, node=heartbeat.node_id
             )
         if self.limits is not None:
             self.limits.hit("heartbeat", "node", node_id)
         issued = parse_time(heartbeat.issued_at, what="issued_at")
         if issued > (now or dt.datetime.now(dt.UTC)) + HEARTBEAT_SKEW:
             raise VerificationError(
-                "heartbeat is from the future", check="freshness", issued_at=heartbeat.issued_at
+                "heartbeat is from the future", check=Check.FRESHNESS, issued_at=heartbeat.issued_at
             )
         self.nodes.heartbeat(
             node_id,

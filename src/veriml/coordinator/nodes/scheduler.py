@@ -227,6 +227,14 @@ class Gathered(Generic[T]):
     answers: tuple[tuple[Candidate, T], ...]
     failures: tuple[Failure, ...] = field(default_factory=tuple)
 
+    def report(self, observe: Callable[[str, str], None]) -> None:
+        """Tell ``observe`` of every failed attempt: ``("node-failure", "unavailable")`` for
+        a node that did not answer, ``("node-failure", "unverified")`` for evidence that did
+        not verify."""
+        for failure in self.failures:
+            unavailable = isinstance(failure.error, NodeUnavailableError)
+            observe("node-failure", "unavailable" if unavailable else "unverified")
+
 
 async def gather(
     first: Sequence[Candidate],
