@@ -11,7 +11,7 @@ coordinator lists only if its operator allows unsigned publishing.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -99,24 +99,11 @@ def publish(
     )
 
 
-def models(
-    coordinator: CoordinatorOpt = None,
-    name: Annotated[str | None, typer.Option(help="Only this model name.")] = None,
-    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
-    publisher: Annotated[str | None, typer.Option(help="Only this publisher key id.")] = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """List the hub's models."""
-    from veriml.client import Client
-
-    with Client(coordinator, verify=False) as client:
-        found = client.models(name=name, task=task, publisher=publisher)
-    if json_out:
-        print_json(found)
-        return
+def models_table(found: list[dict[str, Any]]) -> Table:
+    """The hub's models as a table; an unsigned model is marked, never shown as anyone's."""
     table = Table(show_header=True, header_style="bold")
     for column in ("name", "version", "task", "digest", "publisher", "log"):
-        table.add_column(column)
+        table.add_column(column, no_wrap=column == "digest")
     for m in found:
         pub = m.get("publisher")
         # An unsigned model is marked, never shown as if its name were anyone's.
@@ -133,7 +120,37 @@ def models(
             signer,
             Text(str(m.get("log_index", ""))),
         )
-    console.print(table)
+    return table
+
+
+def _print_whole(table: Table) -> None:
+    """Print ``table`` at its natural width even on a narrower terminal (which then wraps the
+    lines): a digest is what a user copies, and the only way to an unsigned model, so it is
+    never cut to fit."""
+    from rich.console import Console
+    from rich.measure import Measurement
+
+    need = Measurement.get(console, console.options.update_width(1 << 16), table).maximum
+    wide = console if need <= console.width else Console(width=need, highlight=False)
+    wide.print(table)
+
+
+def models(
+    coordinator: CoordinatorOpt = None,
+    name: Annotated[str | None, typer.Option(help="Only this model name.")] = None,
+    task: Annotated[str | None, typer.Option(help="Only this task.")] = None,
+    publisher: Annotated[str | None, typer.Option(help="Only this publisher key id.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """List the hub's models."""
+    from veriml.client import Client
+
+    with Client(coordinator, verify=False) as client:
+        found = client.models(name=name, task=task, publisher=publisher)
+    if json_out:
+        print_json(found)
+        return
+    _print_whole(models_table(found))
     if any(m.get("unsigned") for m in found):
         console.print(
             f"{UNSIGNED}: no publisher signed it; no name reaches it (use its digest)",
