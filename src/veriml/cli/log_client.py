@@ -23,6 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from veriml.cli._common import JsonOpt, console, err_console, print_json
 from veriml.cli.witness import read_vkey
+from veriml.core.errors import Check
 
 if TYPE_CHECKING:
     from veriml.core.digest import Digest
@@ -135,7 +136,7 @@ class LedgerFold:
                 return
             raise VerificationError(
                 "a log entry is not a veriml entry, so the ledger cannot be folded",
-                check="ledger",
+                check=Check.LEDGER,
                 index=index,
                 reason=exc.diagnostics(),
             ) from exc
@@ -145,7 +146,7 @@ class LedgerFold:
         except FormatError as exc:
             raise VerificationError(
                 "the ledger does not fold over the log",
-                check="ledger",
+                check=Check.LEDGER,
                 index=index,
                 reason=exc.diagnostics(),
             ) from exc
@@ -170,7 +171,7 @@ class LedgerFold:
         except (FormatError, VerificationError) as exc:
             raise VerificationError(
                 "a spot check's decision does not follow from the logged draw",
-                check="ledger",
+                check=Check.LEDGER,
                 index=index,
                 reason=exc.diagnostics(),
             ) from exc
@@ -230,7 +231,7 @@ def compare_ledger(state: LedgerState, coordinator: str, size: int) -> None:
     if ours != theirs:
         raise VerificationError(
             "the coordinator's ledger differs from the one folded from the log",
-            check="ledger",
+            check=Check.LEDGER,
             size=size,
             **_first_difference(ours, theirs),
         )

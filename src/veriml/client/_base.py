@@ -27,6 +27,7 @@ from veriml.client._requests import Expected, json_answer, request_headers, stre
 from veriml.client._retry import DEFAULT_RETRIES, DEFAULT_RETRY_TIMEOUT, Retries
 from veriml.core.digest import Digest
 from veriml.core.errors import (
+    Check,
     DigestMismatchError,
     FormatError,
     KeyFileError,
@@ -150,7 +151,7 @@ def _tensor(wanted: Digest, data: bytes) -> Array:
     if calculated != wanted:
         raise DigestMismatchError(
             "the tensor served does not hash to the digest asked for",
-            check="tensor",
+            check=Check.TENSOR,
             expected=wanted,
             calculated=calculated,
         )
@@ -169,7 +170,7 @@ def _answer_to(request_id: str, result: InferenceResult) -> InferenceResult:
     if result.id != request_id:
         raise VerificationError(
             "the answer is for another request id",
-            check="request",
+            check=Check.REQUEST,
             asked=request_id[:200],
             answered=result.id[:200],
         )
@@ -389,7 +390,7 @@ class BaseClient(LogHistory):
             if not 0 <= node.log_index < signed.checkpoint.size:
                 raise VerificationError(
                     "a node's registration is not in the answer's checkpoint",
-                    check="node-key",
+                    check=Check.NODE_KEY,
                     node=node.id,
                     index=node.log_index,
                 )
@@ -441,7 +442,7 @@ class BaseClient(LogHistory):
         if type(epoch) is not int or epoch < 0:
             raise VerificationError(
                 "the coordinator names no randomness epoch: its draws cannot be pinned",
-                check="epoch",
+                check=Check.EPOCH,
             )
         self._epoch = (time.monotonic(), epoch)
         return epoch
@@ -478,7 +479,7 @@ class BaseClient(LogHistory):
         )
         if package.kind != "onnx":
             raise VerificationError(
-                "tolerance mode needs an ONNX model", check="tolerance", model=model
+                "tolerance mode needs an ONNX model", check=Check.TOLERANCE, model=model
             )
         bounds = output_bounds(package.load_proto())
         self._bounds[model] = bounds

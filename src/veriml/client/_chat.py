@@ -23,6 +23,7 @@ from veriml.core.canonical import parse_json_object
 from veriml.core.completion import Trust
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
+    Check,
     Error,
     FormatError,
     LimitExceededError,
@@ -243,12 +244,12 @@ class StreamAssembler:
         if self._veriml is None:
             raise VerificationError(
                 "the stream ended without its veriml event: nothing to verify it by",
-                check="stream",
+                check=Check.STREAM,
             )
         if not self._done:
-            raise VerificationError("the stream ended before [DONE]", check="stream")
+            raise VerificationError("the stream ended before [DONE]", check=Check.STREAM)
         if self._finish is None:
-            raise VerificationError("the stream never gave a finish_reason", check="stream")
+            raise VerificationError("the stream never gave a finish_reason", check=Check.STREAM)
         content = self.text
         calls = [self._calls[i] for i in sorted(self._calls)]
         if self.kind == "text_completion":
@@ -321,14 +322,14 @@ class LLMRequest:
         if self.request_id and verified.evidence.id != self.request_id:
             raise VerificationError(
                 "the answer is for another request than the one sent",
-                check="request",
+                check=Check.REQUEST,
                 request=self.request_id,
                 answered=verified.evidence.id,
             )
         if verified.evidence.policy != canonical_policy(self.policy):
             raise VerificationError(
                 "the answer is under another policy than the one asked for",
-                check="request",
+                check=Check.REQUEST,
                 asked=self.policy,
                 answered=verified.evidence.policy,
             )
@@ -380,7 +381,7 @@ class StreamedAnswer:
     def result(self) -> ChatResult:
         """The verified answer; only once the stream has been read to its end."""
         if self._result is None:
-            raise VerificationError("the stream has not been read to its end", check="stream")
+            raise VerificationError("the stream has not been read to its end", check=Check.STREAM)
         return self._result
 
     @property

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import platformdirs
 
-from veriml.core.errors import FormatError, NotFoundError, VerificationError
+from veriml.core.errors import Check, FormatError, NotFoundError, VerificationError
 from veriml.tlog.cosignature import CosignatureVerifier
 from veriml.tlog.note import NoteVerifier
 from veriml.verify.evidence import parse_log_key
@@ -208,7 +208,7 @@ def pin_log_key(log_vkey: str | NoteVerifier | None, home: Path | None = None) -
         # Learning the key from the coordinator would make the coordinator the trust anchor.
         raise VerificationError(
             "no pinned log key: pass log_vkey, set VERIML_LOG_VKEY, or use a local network",
-            check="log-key",
+            check=Check.LOG_KEY,
         )
     return parse_log_key(text)
 

@@ -16,6 +16,7 @@ from typing import Any
 from veriml.client._checkpoints import CheckpointStore
 from veriml.client._config import cache_dir
 from veriml.core.errors import (
+    Check,
     Error,
     FormatError,
     LogInconsistencyError,
@@ -132,7 +133,7 @@ class LogHistory:
                 evidence["stored"] = str(self._store.path(self.log_key))
             raise LogInconsistencyError(
                 "the log forked: a checkpoint it showed before and this one are not one history",
-                check="consistency",
+                check=Check.CONSISTENCY,
                 old=old.size,
                 new=new.size,
                 reason=exc.message,

@@ -220,7 +220,7 @@ class Expected:
         if mismatch:
             raise VerificationError(
                 "the answer is not for the request this client sent",
-                check="request",
+                check=Check.REQUEST,
                 request=self.request_id,
                 answered=result.id,
             )
@@ -247,7 +247,7 @@ def check_epoch(draw: Draw | None, epoch: int | None, *, own_id: bool) -> None:
         return
     raise VerificationError(
         "the answer drew from another epoch than the one this client named",
-        check="epoch",
+        check=Check.EPOCH,
         named=epoch,
         drew=drew,
     )

@@ -51,6 +51,7 @@ from veriml.core.canonical import parse_json_object
 from veriml.core.digest import Digest
 from veriml.core.dsse import Envelope, Statement
 from veriml.core.errors import (
+    Check,
     Error,
     FormatError,
     InvalidModelError,
@@ -212,7 +213,7 @@ class Watcher:
             if signed.checkpoint.size < old.size:
                 raise LogInconsistencyError(
                     "the log shrank since this watcher last read it",
-                    check="consistency",
+                    check=Check.CONSISTENCY,
                     old=old.size,
                     new=signed.checkpoint.size,
                 )
@@ -221,7 +222,7 @@ class Watcher:
             except VerificationError as exc:
                 raise LogInconsistencyError(
                     "the log forked since this watcher last read it",
-                    check="consistency",
+                    check=Check.CONSISTENCY,
                     old=old.size,
                     new=signed.checkpoint.size,
                     reason=exc.message,
@@ -431,7 +432,11 @@ class Watcher:
 
         answer = self.client.inference(entry.request_id, verify=False)
         check_tensor_digests(
-            answer.outputs, claimed, check="output-digest", kind="output", claimant="the receipt"
+            answer.outputs,
+            claimed,
+            check=Check.OUTPUT_DIGEST,
+            kind="output",
+            claimant="the receipt",
         )
         bounds = self._bounds.get(entry.model)
         if bounds is None:  # a static analysis of the graph: once per model

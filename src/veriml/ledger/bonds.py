@@ -23,7 +23,7 @@ from typing import Any
 
 from veriml.core.canonical import canonicalize
 from veriml.core.digest import Digest
-from veriml.core.errors import FormatError, VerificationError
+from veriml.core.errors import Check, FormatError, VerificationError
 from veriml.tlog.merkle import (
     inclusion_proof,
     leaf_hash,
@@ -91,7 +91,7 @@ class BondProof:
         if self.size != size:
             raise VerificationError(
                 "the stake proof is for another bond map",
-                check="bonds",
+                check=Check.BONDS,
                 account=self.account,
                 size=self.size,
                 expected=size,
@@ -107,7 +107,7 @@ class BondProof:
         except (VerificationError, FormatError) as exc:
             raise VerificationError(
                 "the account's stake is not in the logged bond map",
-                check="bonds",
+                check=Check.BONDS,
                 account=self.account,
                 reason=exc.message,
             ) from exc

@@ -11,29 +11,36 @@ from veriml.errors import Check, DigestMismatchError, VerificationError
 SRC = Path(veriml.__file__).parent
 
 
-def _literal_checks() -> dict[str, str]:
-    """Every string literal passed as ``check=`` in the sources, with where it is."""
-    found: dict[str, str] = {}
+def _checks() -> tuple[dict[str, str], dict[str, str]]:
+    """Every ``check=`` argument in the sources, with where it is: string literals, and
+    members named as ``Check.NAME``."""
+    literals: dict[str, str] = {}
+    members: dict[str, str] = {}
     for path in sorted(SRC.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), str(path))):
             if not isinstance(node, ast.Call):
                 continue
             for keyword in node.keywords:
-                value = keyword.value
-                if (
-                    keyword.arg == "check"
-                    and isinstance(value, ast.Constant)
-                    and isinstance(value.value, str)
+                value, where = keyword.value, f"{path.relative_to(SRC)}:{node.lineno}"
+                if keyword.arg != "check":
+                    continue
+                if isinstance(value, ast.Constant) and isinstance(value.value, str):
+                    literals.setdefault(value.value, where)
+                elif (
+                    isinstance(value, ast.Attribute)
+                    and isinstance(value.value, ast.Name)
+                    and value.value.id == "Check"
                 ):
-                    found.setdefault(value.value, f"{path.relative_to(SRC)}:{node.lineno}")
-    return found
+                    members.setdefault(value.attr, where)
+    return literals, members
 
 
-def test_every_check_literal_in_the_sources_is_a_published_name() -> None:
-    literals = _literal_checks()
-    assert literals, "the scan found no check= literal: it is looking in the wrong place"
+def test_every_check_in_the_sources_is_a_published_name() -> None:
+    literals, members = _checks()
+    assert len(members) > 50, "the scan found few Check members: it is looking in the wrong place"
     unknown = {name: where for name, where in literals.items() if name not in set(Check)}
     assert not unknown
+    assert not {name: where for name, where in members.items() if name not in Check.__members__}
 
 
 def test_a_check_name_is_kept_as_the_string_it_always_was() -> None:
