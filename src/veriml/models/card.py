@@ -47,11 +47,15 @@ _END = re.compile(r"^(---|\.\.\.)[ \t]*\r?$")
 
 
 def _jsonable(value: Any) -> Any:
-    """YAML scalars JSON lacks (dates, binary) become strings, so cards print as JSON."""
+    """YAML values JSON lacks become JSON, so cards print as JSON and read back the same:
+    dates and binary become strings, a ``!!set`` a list in a fixed order (a set's own order
+    changes from one process to the next)."""
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_jsonable(v) for v in value]
+    if isinstance(value, set | frozenset):
+        return sorted((_jsonable(v) for v in value), key=repr)
     if isinstance(value, dt.date | dt.datetime):
         return value.isoformat()
     if isinstance(value, bytes):
