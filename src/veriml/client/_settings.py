@@ -7,7 +7,9 @@ importing ``pydantic-settings`` is slower than the rest of the SDK's start-up.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
+from pydantic.fields import FieldInfo
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -17,7 +19,28 @@ from pydantic_settings import (
 
 from veriml.client._config import config_file
 
-__all__ = ["ClientSettings"]
+__all__ = ["TRUST_ANCHORS", "ClientSettings"]
+
+TRUST_ANCHORS = frozenset({"log_vkey", "home"})
+"""Settings that decide what a client trusts: the pinned log key, and the home whose
+``network.json`` pins a log key and its witnesses. Only the user sets them (arguments, the
+environment, the secrets folder, the user's config file), never a ``.env`` file, which belongs
+to whatever directory the command runs in (docs/threat-model.md)."""
+
+
+class _NoTrustAnchors(PydanticBaseSettingsSource):
+    """``source`` without the :data:`TRUST_ANCHORS`: what a file in the working directory
+    may set."""
+
+    def __init__(self, source: PydanticBaseSettingsSource) -> None:
+        super().__init__(source.settings_cls)
+        self._source = source
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads the wrapped source whole
+
+    def __call__(self) -> dict[str, Any]:
+        return {k: v for k, v in self._source().items() if k not in TRUST_ANCHORS}
 
 
 class ClientSettings(BaseSettings):
@@ -47,4 +70,5 @@ class ClientSettings(BaseSettings):
         # The config file is found when settings are read, so $VERIML_CONFIG set by a test or
         # a wrapper script is honoured.
         toml = TomlConfigSettingsSource(settings_cls, toml_file=config_file())
-        return init_settings, env_settings, dotenv_settings, file_secret_settings, toml
+        dotenv = _NoTrustAnchors(dotenv_settings)
+        return init_settings, env_settings, dotenv, file_secret_settings, toml
