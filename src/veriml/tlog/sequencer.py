@@ -392,7 +392,10 @@ class Sequencer:
             if self._to_publish is None or self._to_publish[0] < size:
                 self._to_publish = (size, note)
             self._wake.set()
-        self._publishing.submit(self._publish_latest)
+        try:
+            self._publishing.submit(self._publish_latest)
+        except RuntimeError:  # close() shut the executor down while this batch integrated
+            return
 
     def _publish_latest(self) -> None:
         assert self._publisher is not None
