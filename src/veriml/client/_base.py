@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from abc import abstractmethod
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -244,9 +245,10 @@ class BaseClient(LogHistory):
         super().__init__(checkpoints)
         self._connect(timeout, limits or httpx.Limits())
 
+    @abstractmethod
     def _connect(self, timeout: float, limits: httpx.Limits) -> None:
         """Open the HTTP client (with the retry transport, veriml.client._retry)."""
-        raise NotImplementedError
+        ...
 
     def _verifies(self, verify: bool | None) -> bool:
         """Whether an answer is verified: the call's ``verify``, else the client's."""

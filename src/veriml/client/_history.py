@@ -9,6 +9,7 @@ import logging
 import os
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,7 +55,7 @@ def _checkpoint_store(checkpoints: Checkpoints) -> CheckpointStore | None:
     raise FormatError("checkpoints is True, False or a folder", got=repr(checkpoints)[:40])
 
 
-class LogHistory:
+class LogHistory(ABC):
     """The largest checkpoint a client has seen, kept in memory and in the user's checkpoint
     store; the clients inherit it (:class:`veriml.client.Client`). ``log_key`` and
     ``_log_client`` are the client's: the pinned log key and its tile reader."""
@@ -74,9 +75,10 @@ class LogHistory:
         self._stored_at = -float("inf")
         self._forked = False  # a fork was found against the store: leave it as evidence
 
+    @abstractmethod
     def _log_client(self) -> LogClient:
         """The reader of the log's tiles (the client's, under its pinned key)."""
-        raise NotImplementedError
+        ...
 
     def _check_consistent(
         self, signed: SignedCheckpoint, proof: tuple[int, Sequence[bytes]] | None = None
